@@ -1,0 +1,1 @@
+"""One folder per algorithm: config.py + agent.py + README.md."""

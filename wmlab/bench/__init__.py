@@ -1,0 +1,1 @@
+"""Benchmarks run by `wmlab bench NAME`; results go to docs/benchmarks.md."""

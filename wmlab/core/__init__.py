@@ -1,0 +1,1 @@
+"""Protocols, shared types, the registry and config helpers."""

@@ -1,0 +1,1 @@
+"""Sequence replay and offline datasets."""

@@ -1,0 +1,1 @@
+"""Environment adapters and built-in environments (see wmlab.envs.make)."""

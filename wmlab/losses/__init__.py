@@ -1,0 +1,1 @@
+"""Pure loss and return functions, each citing its equation."""

@@ -1,0 +1,1 @@
+"""World model families, one file each (see wmlab.core.registry.MODELS)."""

@@ -1,0 +1,1 @@
+"""Building blocks only: MLPs, conv encoders/decoders, recurrent cells, norms, distributions."""

@@ -1,0 +1,1 @@
+"""Planners that search action sequences against a rollout function."""

@@ -1,0 +1,1 @@
+"""The generic training loop, logging, checkpoints and rank awareness."""
