@@ -1,0 +1,47 @@
+"""Shape checks for tensors entering a module, with messages written in the shape legend.
+
+    sizes = check_shape("obs['vector']", vector, ("B", "T", 4))
+    check_shape("action", action, ("B", "T", 2), sizes)
+    # ShapeError: action: expected (B, T, 2) with B=4, T=7, got (4, 7, 3)
+
+Letters are bound on first sight and must agree afterwards; integers must match exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from wmlab.core.errors import ShapeError
+
+
+def format_expected(expected: Sequence[int | str], sizes: dict[str, int]) -> str:
+    pattern = f"({', '.join(str(size) for size in expected)})"
+    letters = list(dict.fromkeys(size for size in expected if isinstance(size, str) and size in sizes))
+    bound = ", ".join(f"{letter}={sizes[letter]}" for letter in letters)
+    return f"{pattern} with {bound}" if bound else pattern
+
+
+def shape_matches(shape: tuple[int, ...], expected: Sequence[int | str], sizes: dict[str, int]) -> dict[str, int] | None:
+    """The letters bound by matching `shape` against `expected`, or None when it does not match."""
+    if len(shape) != len(expected):
+        return None
+    bound = dict(sizes)
+    for actual, wanted in zip(shape, expected):
+        if isinstance(wanted, int):
+            if actual != wanted:
+                return None
+        elif bound.setdefault(wanted, actual) != actual:
+            return None
+    return bound
+
+
+def check_shape(name: str, value: Any, expected: Sequence[int | str], sizes: dict[str, int] | None = None) -> dict[str, int]:
+    """Raise ShapeError unless value.shape matches `expected`; returns `sizes` with the letters
+    bound (updated in place when given, so one dict threads through several checks)."""
+    sizes = {} if sizes is None else sizes
+    shape = tuple(value.shape)
+    bound = shape_matches(shape, expected, sizes)
+    if bound is None:
+        raise ShapeError(f"{name}: expected {format_expected(expected, sizes)}, got {shape}")
+    sizes.update(bound)
+    return sizes

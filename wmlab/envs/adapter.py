@@ -1,0 +1,110 @@
+"""Resolve an environment id and present every environment with dict observations.
+
+Ids, in the order they are tried:
+- a wmlab built-in or user-registered name (`wmlab list`): `dyna-maze`, `two-rooms`, ...
+- any gymnasium id, including one from the user's own package: `CartPole-v1`,
+  `my_package.envs:MyEnv-v0` (gymnasium imports `my_package.envs`, which registers the id).
+
+Observations become dicts of arrays so that every world model reads them the same way:
+`image` (H, W, C) uint8, `vector` (D,) float32, `state` () int64 for a Discrete space.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+from wmlab.core.errors import IncompatibleSpaceError, WmlabError
+from wmlab.core.registry import ENVIRONMENTS, UnknownNameError
+
+
+def observation_key(space: spaces.Space) -> str:
+    if isinstance(space, spaces.Discrete):
+        return "state"
+    if isinstance(space, spaces.Box):
+        if space.dtype == np.uint8 and len(space.shape) == 3:
+            return "image"
+        if len(space.shape) == 1:
+            return "vector"
+    raise IncompatibleSpaceError(
+        f"wmlab cannot map the observation space {space} to one of its keys "
+        "(image: uint8 (H, W, C); vector: 1-D Box; state: Discrete); wrap the environment to flatten it"
+    )
+
+
+def convert_space(space: spaces.Space) -> spaces.Dict:
+    """A Dict space: a single space under its key; a Dict keeps its keys (vectors as float32)."""
+    if isinstance(space, spaces.Dict):
+        return spaces.Dict({key: as_float32(sub) for key, sub in space.spaces.items()})
+    return spaces.Dict({observation_key(space): as_float32(space)})
+
+
+def as_float32(space: spaces.Space) -> spaces.Space:
+    if isinstance(space, spaces.Box) and space.dtype != np.uint8:
+        return spaces.Box(space.low.astype(np.float32), space.high.astype(np.float32), dtype=np.float32)
+    return space
+
+
+class DictObservations(gymnasium.ObservationWrapper):
+    """Present any environment's observations as a dict of `image` / `vector` / `state` arrays."""
+
+    def __init__(self, env: gymnasium.Env):
+        super().__init__(env)
+        self._inner_is_dict = isinstance(env.observation_space, spaces.Dict)
+        self._key = None if self._inner_is_dict else observation_key(env.observation_space)
+        self.observation_space = convert_space(env.observation_space)
+
+    def observation(self, observation: Any) -> dict[str, np.ndarray]:
+        if self._inner_is_dict:
+            return {key: np.asarray(value, dtype=self.observation_space[key].dtype) for key, value in observation.items()}
+        return {self._key: np.asarray(observation, dtype=self.observation_space[self._key].dtype)}
+
+    # Exact resume for environments that can export their state (the built-in ones can).
+    def get_state(self) -> dict | None:
+        base = self.env.unwrapped
+        return base.get_state() if hasattr(base, "get_state") else None
+
+    def set_state(self, state: dict) -> None:
+        self.env.unwrapped.set_state(state)
+
+
+def make_env(env_id: str, seed: int | None = None, **kwargs: Any) -> DictObservations:
+    """Build the environment `env_id` with dict observations; unknown ids name the close matches."""
+    env = _make_raw(env_id, **kwargs)
+    wrapped = DictObservations(env)
+    if seed is not None:
+        wrapped.reset(seed=seed)
+        wrapped.action_space.seed(seed)
+    return wrapped
+
+
+def _make_raw(env_id: str, **kwargs: Any) -> gymnasium.Env:
+    if env_id in ENVIRONMENTS:
+        return ENVIRONMENTS.get(env_id).load()(**kwargs)
+    try:
+        return gymnasium.make(env_id, **kwargs)
+    except gymnasium.error.NameNotFound:
+        pass
+    except gymnasium.error.VersionNotFound as error:
+        raise UnknownNameError(f"unknown environment {env_id!r}: {error}") from None
+    except gymnasium.error.DependencyNotInstalled as error:
+        raise WmlabError(f"environment {env_id!r} needs an optional dependency: {error}") from None
+    except ModuleNotFoundError as error:
+        raise UnknownNameError(
+            f"unknown environment {env_id!r}: {error} "
+            "(for your own package use `my_package.module:EnvId-v0` with the package installed)"
+        ) from None
+    gym_ids = list(gymnasium.registry.keys())
+    raise UnknownNameError(ENVIRONMENTS.unknown_message(env_id, extra_candidates=gym_ids))
+
+
+def environment_names() -> list[str]:
+    return ENVIRONMENTS.names()
+
+
+def close_matches(env_id: str) -> list[str]:
+    return difflib.get_close_matches(env_id, ENVIRONMENTS.names() + list(gymnasium.registry.keys()), n=5)

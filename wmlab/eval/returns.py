@@ -1,0 +1,56 @@
+"""Evaluate an agent's greedy policy in the real environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from wmlab.envs.adapter import make_env
+
+
+def evaluate_agent(agent: Any, env_id: str, episodes: int, seed: int, env_kwargs: dict | None = None, max_steps: int = 10_000) -> dict[str, float]:
+    """Run `episodes` greedy episodes on fresh environments seeded `seed, seed + 1, ...`.
+
+    Returns eval/return (mean), eval/return_std, eval/length and, where the environment reports
+    `info["success"]`, eval/success (fraction of episodes).
+    """
+    returns, lengths, successes = [], [], []
+    env = make_env(env_id, **(env_kwargs or {}))
+    try:
+        for episode in range(episodes):
+            observation, info = env.reset(seed=seed + episode)
+            agent_state, total, length, success = None, 0.0, 0, None
+            is_first = True
+            while True:
+                batched = {key: value[None] for key, value in observation.items()}
+                batched["is_first"] = np.array([is_first])
+                action, agent_state = agent.act(batched, agent_state, explore=False)
+                observation, reward, terminated, truncated, info = env.step(unbatch_action(action))
+                total += float(reward)
+                length += 1
+                is_first = False
+                if "success" in info:
+                    success = bool(info["success"]) or bool(success)
+                if terminated or truncated or length >= max_steps:
+                    break
+            returns.append(total)
+            lengths.append(length)
+            if success is not None:
+                successes.append(success)
+    finally:
+        env.close()
+    metrics = {
+        "eval/return": float(np.mean(returns)),
+        "eval/return_std": float(np.std(returns)),
+        "eval/length": float(np.mean(lengths)),
+    }
+    if successes:
+        metrics["eval/success"] = float(np.mean(successes))
+    return metrics
+
+
+def unbatch_action(action: Any) -> Any:
+    """The first row of a batched action, as the environment expects it (int for Discrete)."""
+    row = np.asarray(action)[0]
+    return row.item() if row.ndim == 0 else row

@@ -1,0 +1,44 @@
+"""The training loop's own settings (each algorithm has its own config next to its agent)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long to train and how to schedule collection, updates, evaluation and checkpoints."""
+
+    steps: int = 20_000
+    """Total environment steps to collect (summed over environments); `--resume` may raise it."""
+    num_envs: int = 1
+    """Environments stepped in lockstep by each process."""
+    seed: int = 0
+    """Seed for environments, replay sampling and the agent's random generators."""
+    train_ratio: float = 64.0
+    """Replayed steps per environment step (DreamerV3's definition): updates per environment step
+    = train_ratio / (batch_size * sequence_length). Ignored by agents that learn from transitions."""
+    batch_size: int = 16
+    """Sequences per replay batch (B)."""
+    sequence_length: int = 16
+    """Steps per sampled sequence (T)."""
+    learning_starts: int = 1_000
+    """Environment steps collected before the first update."""
+    replay_capacity: int = 1_000_000
+    """Replay capacity in steps; the oldest whole episodes are evicted first."""
+    eval_every: int = 5_000
+    """Evaluate the greedy agent every this many environment steps (0: only at the end)."""
+    eval_episodes: int = 5
+    """Episodes per evaluation."""
+    checkpoint_every: int = 5_000
+    """Write a resumable checkpoint every this many environment steps (and always at the end)."""
+    log_every: int = 1_000
+    """Write averaged training metrics every this many environment steps."""
+    device: str = "cpu"
+    """Torch device for the agent ('cpu', 'cuda', 'cuda:1', 'mps')."""
+    threads: int = 0
+    """Torch CPU threads (0: leave torch's default)."""
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files under RUN_DIR/tensorboard."""

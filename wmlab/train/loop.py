@@ -1,0 +1,476 @@
+"""The generic training loop: collect -> store -> update -> evaluate -> checkpoint.
+
+One loop serves every algorithm. An agent says what it learns from (`learns_from`):
+- "transitions": each real step is handed to `agent.observe` as it happens (tabular Dyna);
+- "replay": steps go to the sequence replay and `agent.update` gets B x T windows at the
+  configured train ratio (every neural world model).
+
+A run directory holds everything needed to continue it:
+
+    RUN_DIR/config.json        algorithm, environment and every setting
+    RUN_DIR/metrics.jsonl      one JSON object per log event (rank 0)
+    RUN_DIR/tensorboard/       the same metrics for TensorBoard (rank 0)
+    RUN_DIR/replay/rank<r>/    each process's episodes, written as they complete
+    RUN_DIR/checkpoints/rank<r>/  agent weights, optimiser, RNG states, counters, environment state
+    RUN_DIR/summary.json       headline numbers at the end (rank 0)
+
+Data-parallel training under torchrun: each rank collects with its own seed and replay, gradients
+are averaged inside the agent's update (wmlab.train.distributed.average_gradients), and only rank 0
+writes logs and the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wmlab.core.errors import RunDirectoryError
+from wmlab.core.registry import ALGORITHMS
+from wmlab.core.types import Transition
+from wmlab.envs.adapter import make_env
+from wmlab.eval.returns import evaluate_agent, unbatch_action
+from wmlab.train import distributed
+from wmlab.train.config import TrainConfig
+from wmlab.train.logger import MetricsAverager, MetricsLogger
+from wmlab.train.serialization import load_state, save_state
+
+CONFIG_FILE = "config.json"
+
+
+@dataclass
+class Counters:
+    """Everything the schedule depends on; saved with each checkpoint."""
+
+    env_steps: int = 0  # this process's environment steps
+    updates: int = 0
+    episodes: int = 0
+    updates_owed: float = 0.0
+    evaluations: int = 0
+    last_eval_step: int = -1
+    next_log_step: int = 0
+    next_checkpoint_step: int = 0
+    elapsed_seconds: float = 0.0
+    recent_returns: list = field(default_factory=list)
+    recent_lengths: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What a run directory's config.json records."""
+
+    algorithm: str
+    env: str
+    train: TrainConfig
+    agent: Any
+    env_kwargs: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "algorithm": self.algorithm,
+            "env": self.env,
+            "env_kwargs": self.env_kwargs,
+            "train": asdict(self.train),
+            "agent": asdict(self.agent),
+        }
+
+
+def load_run_spec(run_dir: Path) -> RunSpec:
+    """Read RUN_DIR/config.json back into typed configs; clear errors when missing or corrupt."""
+    from wmlab.core.config import from_dict
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise RunDirectoryError(f"run directory {run_dir} does not exist")
+    if not path.is_file():
+        raise RunDirectoryError(f"{run_dir} holds no run ({CONFIG_FILE} is missing)")
+    try:
+        raw = json.loads(path.read_text())
+        entry = ALGORITHMS.get(raw["algorithm"])
+        return RunSpec(
+            algorithm=raw["algorithm"],
+            env=raw["env"],
+            env_kwargs=raw.get("env_kwargs", {}),
+            train=from_dict(TrainConfig, raw["train"]),
+            agent=from_dict(entry.load_config(), raw["agent"]),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunDirectoryError(f"{path} is corrupt ({error})") from None
+
+
+def build_agent(spec: RunSpec, observation_space, action_space, seed: int):
+    agent_class = ALGORITHMS.get(spec.algorithm).load()
+    return agent_class(spec.agent, observation_space, action_space, seed=seed, device=spec.train.device)
+
+
+def load_trained_agent(run_dir: str | Path, rank: int = 0):
+    """(RunSpec, agent) with the weights of the run's latest checkpoint, for evaluation."""
+    run_dir = Path(run_dir)
+    spec = load_run_spec(run_dir)
+    checkpoint = run_dir / "checkpoints" / f"rank{rank}"
+    if not checkpoint.is_dir():
+        raise RunDirectoryError(f"{run_dir} has no checkpoint yet ({checkpoint} is missing)")
+    env = make_env(spec.env, **spec.env_kwargs)
+    agent = build_agent(spec, env.observation_space, env.action_space, seed=spec.train.seed)
+    env.close()
+    agent.load_state_dict(load_state(checkpoint, "agent"))
+    return spec, agent
+
+
+class Trainer:
+    """Runs (or resumes) one training run in `run_dir`."""
+
+    def __init__(self, spec: RunSpec, run_dir: str | Path, resume: bool = False, force: bool = False):
+        distributed.init_from_environment()
+        self.spec = spec
+        self.config: TrainConfig = spec.train
+        self.run_dir = Path(run_dir)
+        self.rank = distributed.rank()
+        self.world_size = distributed.world_size()
+        self._prepare_run_directory(resume=resume, force=force)
+        if self.config.threads > 0:
+            torch.set_num_threads(self.config.threads)
+
+        self.seed = self.config.seed + 1000 * self.rank
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2**32)
+        torch.manual_seed(self.seed)
+
+        self.envs = [make_env(spec.env, **spec.env_kwargs) for _ in range(self.config.num_envs)]
+        observation_space, action_space = self.envs[0].observation_space, self.envs[0].action_space
+        self.agent = build_agent(spec, observation_space, action_space, seed=self.seed)
+        for module in getattr(self.agent, "modules", lambda: {})().values():
+            distributed.broadcast_module(module)
+
+        self.replay = None
+        if self.agent.learns_from == "replay":
+            from wmlab.data.replay import ReplayBuffer
+
+            self.replay = ReplayBuffer(
+                self.run_dir / "replay" / f"rank{self.rank}",
+                capacity=self.config.replay_capacity,
+                num_envs=self.config.num_envs,
+                seed=self.seed,
+            )
+        # Schedules are given in environment steps over all processes; each process counts its own.
+        self.log_every = max(1, self.config.log_every // self.world_size)
+        self.eval_every = self.config.eval_every // self.world_size
+        self.checkpoint_every = max(1, self.config.checkpoint_every // self.world_size)
+        self.counters = Counters(next_log_step=self.log_every, next_checkpoint_step=self.checkpoint_every)
+        self.observations: list[dict[str, np.ndarray]] = []
+        self.is_first = np.ones(self.config.num_envs, dtype=bool)
+        self.agent_state = None
+        self.episode_returns = np.zeros(self.config.num_envs)
+        self.episode_lengths = np.zeros(self.config.num_envs, dtype=np.int64)
+        if resume:
+            self._load_checkpoint()
+        else:
+            self._reset_all_envs()
+        self.logger = MetricsLogger(self.run_dir, tensorboard=self.config.tensorboard)
+        self.averager = MetricsAverager()
+
+    # ----------------------------------------------------------------------------------------
+    # Run directory and checkpoints
+
+    def _prepare_run_directory(self, resume: bool, force: bool) -> None:
+        config_path = self.run_dir / CONFIG_FILE
+        if resume:
+            if not (self.run_dir / "checkpoints" / f"rank{self.rank}").is_dir():
+                raise RunDirectoryError(f"cannot resume {self.run_dir}: it has no checkpoint for rank {self.rank}")
+            return
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            if not force:
+                raise RunDirectoryError(
+                    f"{self.run_dir} already holds a run; pass --resume {self.run_dir} to continue it, "
+                    "--force to replace it, or choose another --run-dir"
+                )
+            if distributed.is_main_process():
+                shutil.rmtree(self.run_dir)
+        distributed.barrier()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main_process():
+            config_path.write_text(json.dumps(self.spec.to_json(), indent=2))
+
+    def _checkpoint_directory(self) -> Path:
+        return self.run_dir / "checkpoints" / f"rank{self.rank}"
+
+    def save_checkpoint(self) -> None:
+        """Write the agent and everything the loop needs to continue exactly, atomically."""
+        target = self._checkpoint_directory()
+        staging = target.with_name(target.name + ".new")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_state(self.agent.state_dict(), staging, "agent")
+        environment_states = [env.get_state() for env in self.envs]
+        loop_state = {
+            "counters": asdict(self.counters),
+            "observations": self.observations,
+            "is_first": self.is_first,
+            "agent_state": self.agent_state,
+            "episode_returns": self.episode_returns,
+            "episode_lengths": self.episode_lengths,
+            "environments": json.dumps(environment_states),
+            "replay": json.dumps(self.replay.checkpoint()) if self.replay is not None else None,
+            "rng": {
+                "python": json.dumps(random.getstate()),
+                "numpy": json.dumps(np.random.get_state()[1].tolist()),
+                "numpy_position": np.random.get_state()[2],
+                "torch": torch.get_rng_state(),
+            },
+        }
+        save_state(loop_state, staging, "loop")
+        previous = target.with_name(target.name + ".old")
+        shutil.rmtree(previous, ignore_errors=True)
+        if target.exists():
+            target.rename(previous)
+        staging.rename(target)
+        shutil.rmtree(previous, ignore_errors=True)
+
+    def _load_checkpoint(self) -> None:
+        directory = self._checkpoint_directory()
+        self.agent.load_state_dict(load_state(directory, "agent"))
+        loop_state = load_state(directory, "loop")
+        self.counters = Counters(**loop_state["counters"])
+        self.observations = loop_state["observations"]
+        self.is_first = np.asarray(loop_state["is_first"], dtype=bool)
+        self.agent_state = loop_state["agent_state"]
+        self.episode_returns = loop_state["episode_returns"]
+        self.episode_lengths = loop_state["episode_lengths"]
+        environment_states = json.loads(loop_state["environments"])
+        for index, (env, state) in enumerate(zip(self.envs, environment_states)):
+            if state is None:
+                # The environment cannot export its state: start a fresh episode. The interrupted
+                # one stays in replay as it was (its last stored step is not marked last).
+                self._reset_env(index, seed=self.seed + 7919 * (self.counters.episodes + index + 1))
+            else:
+                env.set_state(state)
+        if self.replay is not None:
+            self.replay.load_state_dict(json.loads(loop_state["replay"]))
+        rng = loop_state["rng"]
+        python_state = json.loads(rng["python"])
+        random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+        np.random.set_state(("MT19937", np.array(json.loads(rng["numpy"]), dtype=np.uint32), rng["numpy_position"]))
+        torch.set_rng_state(rng["torch"])
+
+    # ----------------------------------------------------------------------------------------
+    # Collection
+
+    def _empty_action(self) -> np.ndarray:
+        space = self.envs[0].action_space
+        return np.zeros(space.shape, dtype=space.dtype if space.shape else np.int64)
+
+    def _reset_env(self, index: int, seed: int | None = None) -> None:
+        observation, _ = self.envs[index].reset(seed=seed)
+        if index < len(self.observations):
+            self.observations[index] = observation
+        else:
+            self.observations.append(observation)
+        self.is_first[index] = True
+        self.episode_returns[index] = 0.0
+        self.episode_lengths[index] = 0
+        self._store(index, observation, self._empty_action(), 0.0, first=True, last=False, terminal=False)
+
+    def _reset_all_envs(self) -> None:
+        for index, env in enumerate(self.envs):
+            env.action_space.seed(self.seed + index)
+            self._reset_env(index, seed=self.seed + index)
+
+    def _store(self, index: int, observation, action, reward, first: bool, last: bool, terminal: bool) -> None:
+        if self.replay is None:
+            return
+        step = dict(observation)
+        step.update(
+            action=np.asarray(action),
+            reward=np.float32(reward),
+            is_first=np.bool_(first),
+            is_last=np.bool_(last),
+            is_terminal=np.bool_(terminal),
+        )
+        self.replay.add(step, env_index=index)
+
+    def _batched_observations(self) -> dict[str, np.ndarray]:
+        batched = {key: np.stack([obs[key] for obs in self.observations]) for key in self.observations[0]}
+        batched["is_first"] = self.is_first.copy()
+        return batched
+
+    def collect_step(self) -> dict[str, float]:
+        """One step of every environment; returns metrics from online learning, if any."""
+        batched = self._batched_observations()
+        actions, self.agent_state = self.agent.act(batched, self.agent_state, explore=True)
+        actions = np.asarray(actions)
+        next_observations, rewards, terminateds, truncateds = [], [], [], []
+        for index, env in enumerate(self.envs):
+            action = unbatch_action(actions[index : index + 1])
+            observation, reward, terminated, truncated, _ = env.step(action)
+            next_observations.append(observation)
+            rewards.append(float(reward))
+            terminateds.append(bool(terminated))
+            truncateds.append(bool(truncated))
+            self._store(index, observation, action, reward, first=False, last=terminated or truncated, terminal=terminated)
+        metrics = {}
+        if self.agent.learns_from == "transitions":
+            transition = Transition(
+                obs={key: value for key, value in batched.items() if key != "is_first"},
+                action=actions,
+                reward=np.asarray(rewards, dtype=np.float32),
+                next_obs={key: np.stack([obs[key] for obs in next_observations]) for key in next_observations[0]},
+                terminated=np.asarray(terminateds),
+                truncated=np.asarray(truncateds),
+            )
+            metrics = self.agent.observe(transition)
+        self.counters.env_steps += len(self.envs)
+        self.is_first[:] = False
+        for index in range(len(self.envs)):
+            self.observations[index] = next_observations[index]
+            self.episode_returns[index] += rewards[index]
+            self.episode_lengths[index] += 1
+            if terminateds[index] or truncateds[index]:
+                self.counters.episodes += 1
+                self.counters.recent_returns.append(float(self.episode_returns[index]))
+                self.counters.recent_lengths.append(int(self.episode_lengths[index]))
+                self._reset_env(index)
+        return metrics
+
+    # ----------------------------------------------------------------------------------------
+    # Updates, evaluation, logging
+
+    def _updates_due(self) -> int:
+        if self.replay is None or self.counters.env_steps < self.config.learning_starts:
+            return 0
+        if len(self.replay) < self.config.sequence_length:
+            return 0
+        replayed_per_update = self.config.batch_size * self.config.sequence_length
+        self.counters.updates_owed += len(self.envs) * self.config.train_ratio / replayed_per_update
+        due = int(self.counters.updates_owed)
+        self.counters.updates_owed -= due
+        return due
+
+    def update(self) -> None:
+        for _ in range(self._updates_due()):
+            batch = self.replay.sample(self.config.batch_size, self.config.sequence_length)
+            self.averager.add(self.agent.update(batch))
+            self.counters.updates += 1
+
+    def evaluate(self) -> dict[str, float]:
+        metrics = evaluate_agent(
+            self.agent,
+            self.spec.env,
+            episodes=self.config.eval_episodes,
+            seed=10_000_000 + 1000 * self.counters.evaluations + self.seed,
+            env_kwargs=self.spec.env_kwargs,
+        )
+        self.counters.evaluations += 1
+        self.counters.last_eval_step = self.counters.env_steps
+        self.logger.write(self._global_steps(), self._elapsed(), metrics)
+        return metrics
+
+    def _global_steps(self) -> int:
+        return self.counters.env_steps * self.world_size
+
+    def _elapsed(self) -> float:
+        return self.counters.elapsed_seconds + (time.perf_counter() - self._session_start)
+
+    def _log(self) -> None:
+        metrics = self.averager.pop()
+        if self.counters.recent_returns:
+            metrics["train/return"] = float(np.mean(self.counters.recent_returns))
+            metrics["train/length"] = float(np.mean(self.counters.recent_lengths))
+            self.counters.recent_returns.clear()
+            self.counters.recent_lengths.clear()
+        metrics["train/episodes"] = float(self.counters.episodes)
+        metrics["train/updates"] = float(self.counters.updates)
+        metrics["train/steps_per_second"] = self._steps_since_log / max(time.perf_counter() - self._log_clock, 1e-9)
+        self._steps_since_log, self._log_clock = 0, time.perf_counter()
+        self.logger.write(self._global_steps(), self._elapsed(), metrics)
+
+    # ----------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train until `config.steps` environment steps (over all ranks); returns the summary."""
+        config = self.config
+        target = config.steps // self.world_size
+        self._session_start = time.perf_counter()
+        self._log_clock, self._steps_since_log = time.perf_counter(), 0
+        last_eval: dict[str, float] = {}
+        with _progress_bar(config.progress and distributed.is_main_process(), total=config.steps, done=self._global_steps()) as advance:
+            while self.counters.env_steps < target:
+                self.averager.add(self.collect_step())
+                self._steps_since_log += len(self.envs)
+                self.update()
+                advance(self._global_steps(), self.counters.recent_returns[-1] if self.counters.recent_returns else None)
+                if self.eval_every and self.counters.env_steps % self.eval_every < len(self.envs):
+                    last_eval = self.evaluate()
+                if self.counters.env_steps >= self.counters.next_log_step:
+                    self._log()
+                    self.counters.next_log_step += self.log_every
+                if self.counters.env_steps >= self.counters.next_checkpoint_step and self.counters.env_steps < target:
+                    self._checkpoint_now()
+                    self.counters.next_checkpoint_step += self.checkpoint_every
+        if self.counters.last_eval_step != self.counters.env_steps:
+            last_eval = self.evaluate()
+        self._checkpoint_now()
+        summary = self._summary(last_eval)
+        self.logger.close()
+        for env in self.envs:
+            env.close()
+        return summary
+
+    def _checkpoint_now(self) -> None:
+        self.counters.elapsed_seconds = self._elapsed()
+        self._session_start = time.perf_counter()
+        self.save_checkpoint()
+
+    def _summary(self, last_eval: dict[str, float]) -> dict[str, Any]:
+        summary = {
+            "algorithm": self.spec.algorithm,
+            "env": self.spec.env,
+            "env_steps": self._global_steps(),
+            "updates": self.counters.updates,
+            "episodes": self.counters.episodes,
+            "wall_seconds": round(self.counters.elapsed_seconds, 1),
+            "world_size": self.world_size,
+            **last_eval,
+        }
+        if distributed.is_main_process():
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+class _progress_bar:
+    """A rich progress bar over environment steps (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled, self.total, self.done = enabled, total, done
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda steps, last_return: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[last_return]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        self._progress.__enter__()
+        task = self._progress.add_task("train", total=self.total, completed=self.done, last_return="")
+
+        def advance(steps: int, last_return: float | None) -> None:
+            text = "" if last_return is None else f"return {last_return:.2f}"
+            self._progress.update(task, completed=steps, last_return=text)
+
+        return advance
+
+    def __exit__(self, *exc_info):
+        if self.enabled:
+            self._progress.__exit__(*exc_info)
+        return False

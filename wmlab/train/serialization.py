@@ -1,0 +1,101 @@
+"""Safe, exact serialisation of nested state (agent weights, optimiser state, RNG states, counters).
+
+Tensors and numpy arrays go to one safetensors file; the structure around them (dicts with any
+key types, lists, tuples, numbers, strings) goes to JSON. Nothing is pickled, so loading a
+checkpoint from someone else cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wmlab.core.errors import RunDirectoryError
+
+
+def flatten_state(state: Any) -> tuple[dict[str, Any], Any]:
+    """Split `state` into (tensors by path, JSON skeleton that refers to them)."""
+    import torch
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def visit(value: Any, path: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            tensors[path] = value.detach().cpu().contiguous()
+            return {"__tensor__": path}
+        if isinstance(value, np.ndarray):
+            tensors[path] = torch.from_numpy(np.ascontiguousarray(value).copy())
+            return {"__ndarray__": path}
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, dict):
+            items = [[encode_key(key), visit(item, f"{path}/{key}")] for key, item in value.items()]
+            return {"__dict__": items}
+        if isinstance(value, tuple):
+            return {"__tuple__": [visit(item, f"{path}/{index}") for index, item in enumerate(value)]}
+        if isinstance(value, list):
+            return [visit(item, f"{path}/{index}") for index, item in enumerate(value)]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"cannot serialise {type(value).__name__} at {path or '/'}; use tensors, arrays, numbers, strings, lists or dicts")
+
+    return tensors, visit(state, "")
+
+
+def encode_key(key: Any) -> Any:
+    if isinstance(key, (bool, int, str)) or key is None:
+        return key
+    raise TypeError(f"dictionary keys must be str, int, bool or None, got {type(key).__name__}")
+
+
+def unflatten_state(tensors: dict[str, Any], skeleton: Any) -> Any:
+    def visit(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "__tensor__" in node:
+                return tensors[node["__tensor__"]]
+            if "__ndarray__" in node:
+                return tensors[node["__ndarray__"]].numpy()
+            if "__tuple__" in node:
+                return tuple(visit(item) for item in node["__tuple__"])
+            if "__dict__" in node:
+                return {key: visit(item) for key, item in node["__dict__"]}
+            raise ValueError(f"malformed state skeleton node: {sorted(node)}")
+        if isinstance(node, list):
+            return [visit(item) for item in node]
+        return node
+
+    return visit(skeleton)
+
+
+def save_state(state: Any, directory: Path, name: str) -> None:
+    """Write `name.safetensors` and `name.json` under `directory`."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors, skeleton = flatten_state(state)
+    # safetensors refuses tensors that share memory; flatten_state already made them contiguous
+    # copies per path, so clone only what still aliases.
+    save_file({key: value.clone() for key, value in tensors.items()}, str(directory / f"{name}.safetensors"))
+    (directory / f"{name}.json").write_text(json.dumps(skeleton))
+
+
+def load_state(directory: Path, name: str) -> Any:
+    """Inverse of save_state; a missing or corrupt file raises RunDirectoryError naming it."""
+    from safetensors.torch import load_file
+
+    tensor_path, skeleton_path = directory / f"{name}.safetensors", directory / f"{name}.json"
+    for path in (tensor_path, skeleton_path):
+        if not path.is_file():
+            raise RunDirectoryError(f"checkpoint file {path} is missing")
+    try:
+        tensors = load_file(str(tensor_path))
+    except Exception as error:  # safetensors raises its own SafetensorError on truncated files
+        raise RunDirectoryError(f"checkpoint file {tensor_path} is corrupt ({error})") from None
+    try:
+        skeleton = json.loads(skeleton_path.read_text())
+        return unflatten_state(tensors, skeleton)
+    except (ValueError, KeyError) as error:
+        raise RunDirectoryError(f"checkpoint file {skeleton_path} is corrupt ({error})") from None
