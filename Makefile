@@ -13,8 +13,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
-	{ cat constraints.txt; $(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])"; } > $(VENV)/constraints.txt
-	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,classic]"
+	{ cat constraints.txt; $(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" 2>/dev/null; } > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,all]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,6 +1,8 @@
 """Resolve an environment id and present every environment with dict observations.
 
 Ids, in the order they are tried:
+- a suite prefix: `dmc:cartpole-swingup`, `atari:Pong`, `minigrid:MiniGrid-Empty-8x8-v0`,
+  `crafter:reward` (each suite's optional dependency is an extra: `pip install 'wmlab[dmc]'`)
 - a wmlab built-in or user-registered name (`wmlab list`): `dyna-maze`, `two-rooms`, ...
 - any gymnasium id, including one from the user's own package: `CartPole-v1`,
   `my_package.envs:MyEnv-v0` (gymnasium imports `my_package.envs`, which registers the id).
@@ -82,7 +84,32 @@ def make_env(env_id: str, seed: int | None = None, **kwargs: Any) -> DictObserva
     return wrapped
 
 
+#: prefix -> (factory `make(task, **kwargs)`, the pip extra that installs the suite)
+SUITES = {
+    "dmc": ("wmlab.envs.dmc:make_dmc", "dmc"),
+    "atari": ("wmlab.envs.atari:make_atari", "atari"),
+    "minigrid": ("wmlab.envs.minigrid:make_minigrid", "minigrid"),
+    "crafter": ("wmlab.envs.crafter:make_crafter", "crafter"),
+}
+
+
+def _make_suite(env_id: str, **kwargs: Any) -> gymnasium.Env:
+    from wmlab.core.registry import _load
+
+    prefix, _, task = env_id.partition(":")
+    target, extra = SUITES[prefix]
+    try:
+        factory = _load(target)
+    except ModuleNotFoundError as error:
+        if error.name and error.name.startswith("wmlab"):
+            raise
+        raise WmlabError(f"{env_id!r} needs the {extra} suite: pip install 'wmlab[{extra}]' (missing module {error.name!r})") from None
+    return factory(task, **kwargs)
+
+
 def _make_raw(env_id: str, **kwargs: Any) -> gymnasium.Env:
+    if env_id.partition(":")[0] in SUITES:
+        return _make_suite(env_id, **kwargs)
     if env_id in ENVIRONMENTS:
         return ENVIRONMENTS.get(env_id).load()(**kwargs)
     try:

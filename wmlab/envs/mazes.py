@@ -192,6 +192,12 @@ class GridMaze(gymnasium.Env):
     def current_layout(self) -> MazeLayout:
         return self.later_layout if self.walls_changed else self.layout
 
+    def successor(self, position: int, action: int) -> int:
+        """Where `action` leads from cell index `position` under the walls now in force,
+        without taking a step (for planning checks and tests)."""
+        table = self._later_successors if self.walls_changed else self._successors
+        return table[position][action]
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[int, dict]:
         super().reset(seed=seed)
         self.position = self.start_index

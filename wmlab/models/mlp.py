@@ -158,7 +158,7 @@ class MLPWorldModel(nn.Module):
         target = self.target_normalizer.denormalize(normalized_target)
         return state + target if self.config.predict_deltas else target
 
-    # --- the WorldModel protocol -------------------------------------------------------------
+    # --- prediction: one step, and the WorldModel protocol ------------------------------------
 
     def step(self, state: torch.Tensor, action: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One predicted step: state (B, D), action (B, A) or indices (B,) ->
