@@ -174,3 +174,23 @@ def test_data_parallel_smoke_two_processes(tmp_path):
     ongoing1 = np.load(run_dir / "replay" / "rank1" / "ongoing" / "env0.npz")
     assert len(ongoing0["vector"]) == len(ongoing1["vector"]) == 101
     assert not np.array_equal(ongoing0["vector"], ongoing1["vector"])
+
+
+def test_help_documents_every_field_and_bad_overrides_fail(capsys):
+    import dataclasses
+
+    from wmlab.agents.mpc.config import MPCConfig
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("train", "--algo", "mpc", "--help")
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    for field in dataclasses.fields(MPCConfig):
+        assert f"--agent.{field.name.replace('_', '-')}" in help_text
+    for field in dataclasses.fields(TrainConfig):
+        assert f"--train.{field.name.replace('_', '-')}" in help_text
+    assert "Replayed steps per environment step" in help_text  # field docstrings become the help
+    for bad in (["--train.steps", "many"], ["--agent.no-such-field", "1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli("train", "--algo", "mpc", "--env", "two-rooms-state", *bad)
+        assert exit_info.value.code == 2

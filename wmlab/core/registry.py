@@ -85,12 +85,14 @@ for _entry in [
     Entry("trajectory-sampling", "wmlab.agents.dyna.agent:TrajectorySamplingAgent", "Dyna with on-policy trajectory sampling for planning updates (Sutton & Barto 8.6)", "wmlab.agents.dyna.config:DynaConfig"),
     Entry("dyna-2", "wmlab.agents.dyna.agent:Dyna2Agent", "Dyna-2: permanent and transient memories over linear features (Silver et al. 2008)", "wmlab.agents.dyna.config:Dyna2Config"),
     Entry("mpc", "wmlab.agents.mpc.agent:MPCAgent", "Random-shooting MPC over a learned feed-forward dynamics model (Nagabandi et al. 2018)", "wmlab.agents.mpc.config:MPCConfig"),
+    Entry("tdmpc2", "wmlab.agents.tdmpc2.agent:TDMPC2Agent", "TD-MPC2: MPPI with a policy prior in the latent space of an implicit world model learned by TD (Hansen et al. 2023)", "wmlab.agents.tdmpc2.config:TDMPC2Config"),
 ]:
     ALGORITHMS.add(_entry)
 
 for _entry in [
     Entry("tabular", "wmlab.models.tabular:TabularModel", "Deterministic or sample-model table of (s, a) -> (r, s') for Dyna"),
     Entry("mlp", "wmlab.models.mlp:MLPWorldModel", "Feed-forward dynamics model: next-state delta, reward and continue from (s, a)", "wmlab.models.mlp:MLPWorldModelConfig"),
+    Entry("tdmpc", "wmlab.models.tdmpc:TDMPCModel", "TD-MPC2's decoder-free latent model: SimNorm latents, two-hot reward, Q ensemble, policy prior", "wmlab.models.tdmpc:TDMPCModelConfig"),
 ]:
     MODELS.add(_entry)
 

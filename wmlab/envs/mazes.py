@@ -232,6 +232,14 @@ class GridMaze(gymnasium.Env):
         grid[self.cell(self.position)] = _AGENT
         return np.repeat(np.repeat(grid, self.cell_pixels, axis=0), self.cell_pixels, axis=1)
 
+    def world_state(self) -> dict[str, Any]:
+        """The part of the state that outlives episodes (the step count that moves the walls):
+        evaluation copies it so that it scores the layout the agent trains on now."""
+        return {"total_steps": int(self.total_steps)}
+
+    def load_world_state(self, state: dict[str, Any]) -> None:
+        self.total_steps = int(state["total_steps"])
+
     def get_state(self) -> dict[str, Any]:
         """Everything needed to continue exactly, as JSON-serialisable values."""
         return {

@@ -9,14 +9,27 @@ import numpy as np
 from wmlab.envs.adapter import make_env
 
 
-def evaluate_agent(agent: Any, env_id: str, episodes: int, seed: int, env_kwargs: dict | None = None, max_steps: int = 10_000) -> dict[str, float]:
+def evaluate_agent(
+    agent: Any,
+    env_id: str,
+    episodes: int,
+    seed: int,
+    env_kwargs: dict | None = None,
+    max_steps: int = 10_000,
+    world_state: dict | None = None,
+) -> dict[str, float]:
     """Run `episodes` greedy episodes on fresh environments seeded `seed, seed + 1, ...`.
+
+    `world_state`: for environments that change over a run (the blocking and shortcut mazes), the
+    training environment's `world_state()`, so that evaluation sees the world as it is now.
 
     Returns eval/return (mean), eval/return_std, eval/length and, where the environment reports
     `info["success"]`, eval/success (fraction of episodes).
     """
     returns, lengths, successes = [], [], []
     env = make_env(env_id, **(env_kwargs or {}))
+    if world_state is not None and hasattr(env.unwrapped, "load_world_state"):
+        env.unwrapped.load_world_state(world_state)
     try:
         for episode in range(episodes):
             observation, info = env.reset(seed=seed + episode)

@@ -364,6 +364,7 @@ class Trainer:
             episodes=self.config.eval_episodes,
             seed=10_000_000 + 1000 * self.counters.evaluations + self.seed,
             env_kwargs=self.spec.env_kwargs,
+            world_state=getattr(self.envs[0].unwrapped, "world_state", lambda: None)(),
         )
         self.counters.evaluations += 1
         self.counters.last_eval_step = self.counters.env_steps

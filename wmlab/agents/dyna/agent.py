@@ -127,10 +127,10 @@ class TabularAgent:
     # One transition at a time: what subclasses implement
 
     def choose(self, state: int, explore: bool) -> int:
-        values = self.action_values(state)
+        """One action for one state: epsilon-greedy when exploring, else greedy."""
         if explore and self.rng.random() < self.config.epsilon:
             return int(self.rng.random() * self.num_actions)
-        return self.best_action(values)
+        return self.best_action(self.action_values(state))
 
     def learn(self, state: int, action: int, reward: float, next_state: int, terminal: bool, truncated: bool = False) -> float:
         """Learn from one real transition; returns the direct TD error."""

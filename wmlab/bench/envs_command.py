@@ -1,0 +1,23 @@
+"""`wmlab bench envs`: environment steps per second through wmlab against the raw libraries."""
+
+from __future__ import annotations
+
+from wmlab.bench.common import parse_bench_arguments, prepare_run_dir, write_results
+
+
+def run(argv: list[str]) -> int:
+    from wmlab.bench.envs import envs_markdown, envs_tables, format_envs_table, run_envs_benchmark
+
+    arguments = parse_bench_arguments(
+        "envs",
+        argv,
+        "Measure environment steps per second through wmlab (make_env, dict observations) against the raw "
+        "library doing the same work (dm_control from pixels, Atari 64x64), and dm_control's frame time with "
+        "and without shadows, reflections and skybox. --seeds sets the repetitions per row (default 5).",
+    )
+    run_dir = prepare_run_dir(arguments)
+    results = run_envs_benchmark(quick=arguments.quick, seeds=arguments.seeds or 5, progress=arguments.progress)
+    results["tables"] = envs_tables(results)
+    print(format_envs_table(results))
+    write_results("envs", results, arguments, run_dir, envs_markdown(results))
+    return 0

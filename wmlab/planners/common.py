@@ -1,0 +1,93 @@
+"""What the sampling planners (CEM, MPPI) share: action bounds, candidate scoring, categorical
+sampling, and the generator that draws every random number.
+
+Continuous spreads are measured in units of half the action range, so that one setting (TD-MPC2's
+min/max std 0.05/2 for actions in [-1, 1]) means the same for any bounds.
+
+Shape legend: N candidates, L horizon, A action dim, K number of discrete actions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.protocols import RolloutFn
+from wmlab.planners.shooting import check_action_space
+
+
+def make_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator:
+    """The CPU generator a planner draws from: the one given, or a new one seeded with `seed`."""
+    if generator is not None and seed is not None:
+        raise ValueError("pass a generator or a seed, not both")
+    if generator is None:
+        generator = torch.Generator()
+        if seed is not None:
+            generator.manual_seed(seed)
+    return generator
+
+
+class BoxBounds:
+    """Centre and half-range of a bounded 1-D Box, as float32 tensors (A,) on `device`."""
+
+    def __init__(self, action_space: spaces.Box, device: torch.device):
+        low = torch.as_tensor(action_space.low, dtype=torch.float32, device=device)
+        high = torch.as_tensor(action_space.high, dtype=torch.float32, device=device)
+        self.low, self.high = low, high
+        self.centre = (low + high) / 2
+        self.half_range = (high - low) / 2
+        self.size = int(low.shape[0])
+
+    def clamp(self, actions: torch.Tensor) -> torch.Tensor:  # (..., A) -> (..., A)
+        return torch.maximum(torch.minimum(actions, self.high), self.low)
+
+
+def check_space(action_space: spaces.Space, planner: str) -> None:
+    """A bounded 1-D Box or a Discrete space starting at 0 (indices are probabilities' columns)."""
+    try:
+        check_action_space(action_space)
+    except IncompatibleSpaceError as error:
+        raise IncompatibleSpaceError(str(error).replace("random shooting", planner)) from None
+    if isinstance(action_space, spaces.Discrete) and int(action_space.start) != 0:
+        raise IncompatibleSpaceError(f"{planner} takes Discrete actions that start at 0, got {action_space}")
+
+
+def score(rollout_fn: RolloutFn, state: Any, candidates: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Returns (N,) of the candidates, float32 on `device`; a NaN (a diverging model) becomes -inf
+    so that it is never chosen."""
+    N = candidates.shape[0]
+    returns = torch.as_tensor(rollout_fn(state, candidates), device=device)
+    if tuple(returns.shape) != (N,):
+        raise ShapeError(f"rollout_fn returns: expected (N,) with N={N}, got {tuple(returns.shape)}")
+    return torch.nan_to_num(returns.float(), nan=-float("inf"))
+
+
+def sample_categorical(probabilities: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` index sequences from per-step probabilities (L, K): int64 (count, L)."""
+    draws = torch.multinomial(probabilities.cpu(), count, replacement=True, generator=generator)  # (L, count)
+    return draws.T.contiguous().to(probabilities.device)
+
+
+def mix_with_uniform(probabilities: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1 - weight) * p + weight / K over the last dimension: no action's probability falls below
+    weight / K, the discrete counterpart of a minimum standard deviation."""
+    if weight <= 0:
+        return probabilities
+    return (1 - weight) * probabilities + weight / probabilities.shape[-1]
+
+
+def check_prior(prior: Any, action_space: spaces.Space, horizon: int, device: torch.device) -> torch.Tensor:
+    """Prior sequences as a tensor: float (P, L, A) for a Box, int64 indices (P, L) for a Discrete space."""
+    prior = torch.as_tensor(prior, device=device)
+    if isinstance(action_space, spaces.Discrete):
+        if prior.ndim != 2 or prior.shape[1] != horizon or prior.is_floating_point():
+            raise ShapeError(f"prior_actions: expected int64 indices (P, {horizon}), got {prior.dtype} {tuple(prior.shape)}")
+        return prior.long()
+    size = int(np.prod(action_space.shape))
+    if prior.ndim != 3 or prior.shape[1:] != (horizon, size):
+        raise ShapeError(f"prior_actions: expected (P, {horizon}, {size}), got {tuple(prior.shape)}")
+    return prior.float()
