@@ -177,7 +177,7 @@ def test_achievement_success_rates_from_episode_infos():
 def test_describe_suites_names_every_suite_and_how_to_install_it(monkeypatch):
     import importlib.util
 
-    from wmlab.bench.envs_extra import describe_suites
+    from wmlab.envs.suites import describe_suites
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "crafter" else real_find_spec(name, *rest))
@@ -189,7 +189,7 @@ def test_describe_suites_names_every_suite_and_how_to_install_it(monkeypatch):
 
 
 def test_describe_suites_probes_the_real_spaces(monkeypatch):
-    from wmlab.bench import envs_extra
+    from wmlab.envs import suites as envs_extra
 
     for name in ("dmc", "atari", "crafter"):  # slow to build; the others show the mechanism
         monkeypatch.delitem(envs_extra.SUITES, name)

@@ -36,7 +36,9 @@ commands:
   eval     evaluate a trained run's greedy agent (wmlab eval RUN_DIR)
   report   write RUN_DIR/report.html (learning curves, tables, figures)
   list     show every registered algorithm, model and environment
-  bench    run a benchmark: dyna (wmlab bench NAME --help)
+  envs     show the environment suites, their ids, spaces and install commands
+  record   record episodes of any environment and policy to a dataset folder
+  bench    run a benchmark: dyna, envs (wmlab bench NAME --help)
 """
 
 
@@ -46,7 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    commands = {"train": train_command, "eval": eval_command, "report": report_command, "list": list_command, "bench": bench_command}
+    commands = {
+        "train": train_command,
+        "eval": eval_command,
+        "report": report_command,
+        "list": list_command,
+        "envs": envs_command,
+        "record": record_command,
+        "bench": bench_command,
+    }
     if command not in commands:
         print(f"wmlab: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
@@ -197,11 +207,35 @@ def list_command(argv: list[str]) -> int:
     return 0
 
 
+def envs_command(argv: list[str]) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from wmlab.envs.suites import describe_suites
+
+    table = Table(title="Environment suites", title_justify="left", show_lines=True)
+    for column in ("suite", "example ids", "observation / action", "status"):
+        table.add_column(column)
+    for row in describe_suites(probe="--no-probe" not in argv):
+        probed = "\n".join(f"{key}: {row[key]}" for key in ("observation", "action") if row.get(key))
+        spaces = row["description"] + ("\n" + (row.get("error") or probed) if (row.get("error") or probed) else "")
+        status = "installed" if row["available"] else f"missing: {row['install']}"
+        table.add_row(row["suite"], "\n".join(row["examples"]), spaces, status)
+    Console().print(table)
+    return 0
+
+
+def record_command(argv: list[str]) -> int:
+    from wmlab.data.dataset import record_command as record
+
+    return record(argv) or 0
+
+
 # --------------------------------------------------------------------------------------------
 # bench
 
 
-BENCHMARKS = {"dyna": "wmlab.bench.dyna_command:run"}
+BENCHMARKS = {"dyna": "wmlab.bench.dyna_command:run", "envs": "wmlab.bench.envs_command:run"}
 
 
 def bench_command(argv: list[str]) -> int:

@@ -12,8 +12,9 @@ Both loops play the same pre-drawn random actions from the same seed, so they vi
 states. Within a repetition the two loops take turns in short chunks (wmlab-raw, raw-wmlab, ...),
 so that a change of load on a shared machine falls on both; each repetition gives a ratio of
 times, and a row reports the median ratio as `overhead_percent` = (median wmlab time / raw
-time - 1) * 100, beside the median steps per second of each. A second table times one dm_control frame with and without shadows, reflections
-and skybox.
+time - 1) * 100, beside the median steps per second of each. A second table times one
+dm_control frame with and without shadows, reflections and skybox (blocks of frames taken in
+turn, the median block).
 
 Results: {"settings", "rows": [{"suite", "wmlab_steps_per_second", "raw_steps_per_second",
 "overhead_percent", ...}], "render": [...], "tables": [...]}. Other suites append rows (see
@@ -83,7 +84,7 @@ def run_envs_benchmark(quick: bool = False, seeds: int = 5, progress: bool = Tru
         bar.describe(case.suite)
         rows.append(_measure_case(case, quick, seeds, bar))
     render_rows = []
-    frames = 20 if quick else 200
+    frames = 20 if quick else 100
     for task in RENDER_TASKS:
         bar.describe(f"render {task}")
         render_rows.append(_measure_render(task, frames))
@@ -272,12 +273,32 @@ def _sampler_box(low: np.ndarray, high: np.ndarray) -> Callable[[np.random.Gener
     return lambda generator: generator.uniform(low, high).astype(np.float32)
 
 
-def _measure_render(task: str, frames: int) -> dict[str, Any]:
-    from wmlab.envs.dmc import frame_time_ms
+def _measure_render(task: str, frames: int, blocks: int = 3) -> dict[str, Any]:
+    """Milliseconds per frame with the effects on and off: median of blocks taken in turn."""
+    from wmlab.envs.dmc import make_dmc
 
-    full = frame_time_ms(task, frames=frames, fast_render=False)
-    fast = frame_time_ms(task, frames=frames, fast_render=True)
-    return {"task": task, "size": 64, "full_ms_per_frame": round(full, 3), "fast_ms_per_frame": round(fast, 3), "speedup": round(full / fast, 2)}
+    environments = {fast: make_dmc(task, observation="state", seed=0, fast_render=fast) for fast in (False, True)}
+    for env in environments.values():
+        env.reset()
+        env.render()  # the first frame opens the GL context
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for block in range(blocks):
+        for fast in (False, True) if block % 2 == 0 else (True, False):
+            render = environments[fast]._render_frame
+            start = time.perf_counter()
+            for _ in range(frames):
+                render()
+            times[fast].append((time.perf_counter() - start) / frames * 1e3)
+    for env in environments.values():
+        env.close()
+    full, fast = statistics.median(times[False]), statistics.median(times[True])
+    return {
+        "task": task,
+        "size": 64,
+        "full_ms_per_frame": round(full, 3),
+        "fast_ms_per_frame": round(fast, 3),
+        "speedup": round(full / fast, 2),
+    }
 
 
 def _gl_renderer() -> str | None:
@@ -331,25 +352,32 @@ def format_envs_table(results: dict[str, Any]) -> str:
     for table in envs_tables(results):
         rows = [[str(value) for value in row] for row in [table["columns"], *table["rows"]]]
         widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-        lines = ["  ".join(value.ljust(width) if column == 0 else value.rjust(width) for column, (value, width) in enumerate(zip(row, widths))) for row in rows]
+        lines = [_aligned(row, widths) for row in rows]
         lines.insert(1, "  ".join("-" * width for width in widths))
         blocks.append(table["title"] + "\n" + "\n".join(lines))
     settings = results.get("settings", {})
     blocks.append(
-        f"{settings.get('repetitions', '?')} alternating repetitions per row; GL renderer: {settings.get('gl_renderer', '?')}; "
+        f"{settings.get('repetitions', '?')} repetitions per row; GL renderer: {settings.get('gl_renderer', '?')}; "
         f"wall time: {results.get('wall_time_s', '?')} s"
     )
     return "\n\n".join(blocks)
 
 
+def _aligned(row: list[str], widths: list[int]) -> str:
+    # Names to the left, numbers to the right.
+    cells = [row[0].ljust(widths[0])] + [value.rjust(width) for value, width in zip(row[1:], widths[1:])]
+    return "  ".join(cells)
+
+
 def envs_markdown(results: dict[str, Any]) -> str:
     """A docs/benchmarks.md section with the settings and both tables."""
     settings = results["settings"]
+    steps = ", ".join(f"{suite} {count}" for suite, count in settings["steps_per_run"].items())
     lines = [
         "## Environment throughput (wmlab against the raw libraries)",
         "",
         f"Command: `wmlab bench envs{' --quick' if settings['quick'] else ''} --seeds {settings['repetitions']}` — "
-        f"{settings['repetitions']} alternating repetitions per row, steps per run {settings['steps_per_run']}; "
+        f"{settings['repetitions']} repetitions per row, agent steps per repetition: {steps}; "
         f"MUJOCO_GL={settings['mujoco_gl']}, GL renderer {settings['gl_renderer']}; wall time {results.get('wall_time_s', '?')} s. "
         "Overhead = median over repetitions of wmlab time / raw time, minus 1.",
         "",

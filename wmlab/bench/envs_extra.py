@@ -1,4 +1,5 @@
-"""`wmlab bench envs` and `wmlab envs`: what the suite adapters cost, and which suites are there.
+"""`wmlab bench envs`, second half: what the MiniGrid and Crafter adapters cost (the first half,
+dm_control and Atari, is wmlab/bench/envs.py; wmlab/bench/envs_command.py runs both).
 
 Overhead. For MiniGrid from 64 x 64 RGB and for Crafter, the same random action sequence is
 stepped through `wmlab.envs.make_env` and through the library alone (MiniGrid: gymnasium.make
@@ -12,7 +13,6 @@ the target is under 10 %.
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -141,121 +141,3 @@ def run_envs_benchmark(
         "quick": quick,
     }
     return {"rows": rows, "settings": settings}
-
-
-def format_envs_table(results: dict[str, Any]) -> str:
-    lines = [
-        "| suite | environment | wmlab steps/s | raw steps/s | overhead |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for row in results["rows"]:
-        lines.append(
-            f"| {row['suite']} | {results['settings']['suites'][row['suite']]} | {row['wmlab_steps_per_second']:.0f} "
-            f"| {row['raw_steps_per_second']:.0f} | {row['overhead_percent']:+.1f} % |"
-        )
-    return "\n".join(lines)
-
-
-def run(argv: list[str]) -> int:
-    """`wmlab bench envs`: adapter overhead for MiniGrid RGB and Crafter."""
-    from wmlab.bench.common import parse_bench_arguments, write_results
-
-    arguments = parse_bench_arguments("envs", argv, "Steps per second through wmlab's MiniGrid (64x64 RGB) and Crafter adapters against the libraries alone; the overhead target is under 10 %.")
-    results = run_envs_benchmark(quick=arguments.quick)
-    table = format_envs_table(results)
-    print(table)
-    markdown = f"## Environment adapter overhead\n\n{table}\n\nMedian of {results['settings']['repetitions']} alternating repetitions; only step calls are timed.\n"
-    write_results("envs", results, arguments, None, markdown)
-    return 0
-
-
-# ---------------------------------------------------------------------- wmlab envs
-
-
-#: suite -> (module that must be importable, pip extra, example ids, what its spaces are)
-SUITES: dict[str, dict[str, Any]] = {
-    "built-in": {
-        "module": None,
-        "extra": None,
-        "examples": ["dyna-maze", "two-rooms", "two-rooms-state"],
-        "spaces": "pure numpy; discrete states, 64x64 RGB pixels or state vectors (wmlab list)",
-    },
-    "gymnasium": {
-        "module": "gymnasium",
-        "extra": None,
-        "examples": ["CartPole-v1", "Pendulum-v1"],
-        "spaces": "any gymnasium id, or my_package.module:EnvId-v0 from your own package",
-    },
-    "dmc": {
-        "module": "dm_control",
-        "extra": "dmc",
-        "examples": ["dmc:cartpole-swingup", "dmc:walker-walk"],
-        "spaces": "DeepMind Control Suite: continuous actions in [-1, 1]; proprioceptive vectors or pixels",
-    },
-    "atari": {
-        "module": "ale_py",
-        "extra": "atari",
-        "examples": ["atari:Pong", "atari:Breakout"],
-        "spaces": "Arcade Learning Environment: pixel frames, discrete actions",
-    },
-    "minigrid": {
-        "module": "minigrid",
-        "extra": "minigrid",
-        "examples": ["minigrid:DoorKey-5x5", "minigrid:Empty-8x8"],
-        "spaces": "64x64 RGB of the full grid or the agent's view, or a symbolic vector; 7 discrete actions",
-    },
-    "crafter": {
-        "module": "crafter",
-        "extra": "crafter",
-        "examples": ["crafter:reward", "crafter:noreward"],
-        "spaces": "64x64 RGB, 17 discrete actions, 22 achievements (Crafter score)",
-    },
-}
-
-
-def describe_suites(probe: bool = True) -> list[dict[str, Any]]:
-    """One dict per suite: name, examples, availability, the install command when missing.
-
-    probe: build each available suite's first example (without resetting it) and report its
-    actual observation and action spaces; a failure is reported in "error", not raised.
-    """
-    rows = []
-    for name, suite in SUITES.items():
-        available = suite["module"] is None or importlib.util.find_spec(suite["module"]) is not None
-        row = {
-            "suite": name,
-            "examples": list(suite["examples"]),
-            "description": suite["spaces"],
-            "available": available,
-            "install": None if available or suite["extra"] is None else f"pip install 'wmlab[{suite['extra']}]'",
-        }
-        if probe and available:
-            row.update(_probe(suite["examples"][0]))
-        rows.append(row)
-    return rows
-
-
-def _probe(env_id: str) -> dict[str, Any]:
-    from wmlab.envs.adapter import make_env
-
-    try:
-        env = make_env(env_id)
-    except Exception as error:  # noqa: BLE001 — any failure is shown to the user, not raised
-        return {"error": f"{type(error).__name__}: {error}"}
-    try:
-        return {"observation": _space_summary(env.observation_space), "action": _space_summary(env.action_space)}
-    finally:
-        env.close()
-
-
-def _space_summary(space) -> str:
-    from gymnasium import spaces
-
-    if isinstance(space, spaces.Dict):
-        return ", ".join(f"{key} {_space_summary(sub)}" for key, sub in space.spaces.items())
-    if isinstance(space, spaces.Discrete):
-        return f"Discrete({space.n})"
-    if isinstance(space, spaces.Box):
-        low, high = np.min(space.low), np.max(space.high)
-        return f"{tuple(space.shape)} {np.dtype(space.dtype).name} in [{low:g}, {high:g}]"
-    return str(space)

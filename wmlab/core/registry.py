@@ -85,14 +85,22 @@ for _entry in [
     Entry("trajectory-sampling", "wmlab.agents.dyna.agent:TrajectorySamplingAgent", "Dyna with on-policy trajectory sampling for planning updates (Sutton & Barto 8.6)", "wmlab.agents.dyna.config:DynaConfig"),
     Entry("dyna-2", "wmlab.agents.dyna.agent:Dyna2Agent", "Dyna-2: permanent and transient memories over linear features (Silver et al. 2008)", "wmlab.agents.dyna.config:Dyna2Config"),
     Entry("mpc", "wmlab.agents.mpc.agent:MPCAgent", "Random-shooting MPC over a learned feed-forward dynamics model (Nagabandi et al. 2018)", "wmlab.agents.mpc.config:MPCConfig"),
+    Entry("dreamer", "wmlab.agents.dreamer.agent:DreamerAgent", "Dreamer (V3 settings): actor-critic learned in the imagination of an RSSM world model (Hafner et al. 2023)", "wmlab.agents.dreamer.config:DreamerConfig"),
+    Entry("dreamer-v1", "wmlab.agents.dreamer.agent:DreamerAgent", "DreamerV1: Gaussian RSSM, returns backpropagated through the dynamics (Hafner et al. 2020)", "wmlab.agents.dreamer.config:DreamerV1Config"),
+    Entry("dreamer-v2", "wmlab.agents.dreamer.agent:DreamerAgent", "DreamerV2: categorical RSSM with KL balancing, mixed REINFORCE / dynamics actor gradients (Hafner et al. 2021)", "wmlab.agents.dreamer.config:DreamerV2Config"),
+    Entry("dreamer-v3", "wmlab.agents.dreamer.agent:DreamerAgent", "DreamerV3: the same as dreamer (symlog two-hot heads, return normalisation, LaProp; Hafner et al. 2023)", "wmlab.agents.dreamer.config:DreamerConfig"),
+    Entry("planet", "wmlab.agents.planet.agent:PlaNetAgent", "PlaNet: CEM planning in the latent space of a Gaussian RSSM (Hafner et al. 2019)", "wmlab.agents.planet.config:PlaNetConfig"),
     Entry("tdmpc2", "wmlab.agents.tdmpc2.agent:TDMPC2Agent", "TD-MPC2: MPPI with a policy prior in the latent space of an implicit world model learned by TD (Hansen et al. 2023)", "wmlab.agents.tdmpc2.config:TDMPC2Config"),
+    Entry("world-models", "wmlab.agents.world_models.agent:WorldModelsAgent", "World Models: V (VAE), M (MDN-RNN), linear C by CMA-ES, in the dream or in reality (Ha & Schmidhuber 2018); trained by `wmlab pipeline world-models`", "wmlab.agents.world_models.config:WorldModelsConfig"),
 ]:
     ALGORITHMS.add(_entry)
 
 for _entry in [
     Entry("tabular", "wmlab.models.tabular:TabularModel", "Deterministic or sample-model table of (s, a) -> (r, s') for Dyna"),
     Entry("mlp", "wmlab.models.mlp:MLPWorldModel", "Feed-forward dynamics model: next-state delta, reward and continue from (s, a)", "wmlab.models.mlp:MLPWorldModelConfig"),
+    Entry("rssm", "wmlab.models.rssm:RSSM", "Recurrent state-space model (PlaNet, Dreamer V1-V3): GRU or block GRU, Gaussian or categorical latents", "wmlab.models.rssm:RSSMConfig"),
     Entry("tdmpc", "wmlab.models.tdmpc:TDMPCModel", "TD-MPC2's decoder-free latent model: SimNorm latents, two-hot reward, Q ensemble, policy prior", "wmlab.models.tdmpc:TDMPCModelConfig"),
+    Entry("vae-mdnrnn", "wmlab.models.vae_mdnrnn:VAEMDNRNN", "World Models' V and M (Ha & Schmidhuber 2018): conv VAE codes, LSTM with a mixture-density head, sampled with temperature", "wmlab.models.vae_mdnrnn:VAEMDNRNNConfig"),
 ]:
     MODELS.add(_entry)
 

@@ -38,7 +38,7 @@ import numpy as np
 from gymnasium import spaces
 
 from wmlab.core.errors import WmlabError
-from wmlab.core.types import STEP_KEYS, Batch
+from wmlab.core.types import Batch
 from wmlab.data.replay import ReplayBuffer
 
 __all__ = [

@@ -19,8 +19,9 @@ The protocol (DreamerV3's atari100k configuration, IRIS, DIAMOND):
 Life loss: with `terminal_on_life_loss=True` a lost life sets `terminated`, so that a world model
 learns what losing a life means, but the next `reset()` only resumes the same game (no emulator
 reset, no no-ops; it returns the current frame) until the game is really over. Training
-environments turn it on (IRIS's and DIAMOND's do); evaluation must play full games and keeps
-the default, False — scores are only comparable over full games. `info["game_over"]` (the game
+configurations turn it on (IRIS's and DIAMOND's training environments do; DreamerV3's
+atari100k configuration leaves lives unused); evaluation must play full games and keeps the
+default, False — scores are only comparable over full games. `info["game_over"]` (the game
 ended or reached `max_frames`: the next reset is a real one) tells the two apart, and
 `info["lives"]` gives the count.
 
@@ -146,6 +147,8 @@ class AtariEnv(gymnasium.Env):
         self.terminal_on_life_loss = bool(terminal_on_life_loss)
         self.max_frames = int(max_frames)
         self.render_mode = "rgb_array"
+        # The console draws 60 frames a second; an agent step lasts frame_skip of them.
+        self.metadata = {**self.metadata, "render_fps": 60.0 / self.frame_skip}
 
         self._gym_env = gymnasium.make(
             f"ALE/{game}-v5",
@@ -232,6 +235,15 @@ class AtariEnv(gymnasium.Env):
 
     def close(self) -> None:
         self._gym_env.close()
+
+    @property
+    def episode_frames(self) -> int:
+        """Emulator frames since the game's last real reset, no-ops included (the unit of `max_frames`)."""
+        return self._ale.getEpisodeFrameNumber()
+
+    @property
+    def lives(self) -> int:
+        return self._lives
 
     # ------------------------------------------------------------------------ exact resumption
 

@@ -33,17 +33,19 @@ steps and its return is dm_control's episode return. Reaching the limit sets `tr
 Rendering: unless the user has chosen one, the module sets `MUJOCO_GL=egl` (on Linux, before
 dm_control is imported), so frames come from a headless EGL context (a GPU's, or Mesa's
 software renderer). The frame is rendered with shadows, reflections and the skybox off
-(MuJoCo's render flags on one camera kept for the environment's life): on this project's
-2-core CPU machine under Mesa llvmpipe a 64 x 64 cartpole frame took 14.2 ms with them and 1.5 ms
-without. Pass `fast_render=False` for frames that look like dm_control's `physics.render`
-default (shadows, reflections, skybox on), as the papers' frames do.
+(MuJoCo's render flags, set once on the one camera kept for the environment's life): with
+Mesa's llvmpipe software renderer on a shared 2-core machine that made a 64 x 64 frame 6 to 17
+times faster across our runs of `wmlab bench envs` (cartpole on a lightly loaded machine: 12.8 ms
+with them, 1.5 ms without). Pass `fast_render=False` for frames like dm_control's
+`physics.render` default (shadows, reflections, skybox on), which the papers' code renders.
 
 Exact resume: `get_state()` returns plain JSON types — the MuJoCo integration state (time,
 positions, velocities, activations, controls, solver warm start), the model fields that the
 suite's tasks change at each reset (target positions, sizes, colours, the quadruped's height
-field), the number of control steps taken, and the task's random state — and `set_state()`
-restores it into an environment built with the same settings, after which the same actions give
-bit-identical observations and rewards.
+field: about 0.7 MB of JSON for quadruped-escape, 8 kB for reacher, finger or ball_in_cup), the
+number of control steps taken, and the task's random state — and `set_state()` restores it into
+an environment built with the same settings, after which the same actions give bit-identical
+observations and rewards.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ if sys.platform.startswith("linux"):
 PLANET_ACTION_REPEAT = {"cartpole": 8, "walker": 2, "cheetah": 4, "finger": 2, "reacher": 4, "ball_in_cup": 6}
 #: Repeat for domains outside PlaNet's table: DreamerV3's dmc setting (repeat 2 everywhere).
 DEFAULT_ACTION_REPEAT = 2
-#: The camera the papers render each domain from; the rest use camera 0.
+#: The camera Dreamer's dmc wrappers render each domain from; the rest use camera 0.
 DEFAULT_CAMERA = {"quadruped": 2}
 #: Short names the papers' code uses (PlaNet's and Dreamer's `cup_catch`).
 DOMAIN_ALIASES = {"cup": "ball_in_cup"}
@@ -188,6 +190,8 @@ class DeepMindControlEnv(gymnasium.Env):
         kwargs = {**dict(task_kwargs or {}), "random": self._random, "time_limit": float("inf")}
         self._env = suite.load(domain, task, task_kwargs=kwargs)
         self._physics = self._env.physics
+        # Real time: one agent step lasts action_repeat control steps of the task.
+        self.metadata = {**self.metadata, "render_fps": 1.0 / (self._env.control_timestep() * action_repeat)}
 
         action_spec = self._env.action_spec()
         self.action_space = spaces.Box(
@@ -197,7 +201,8 @@ class DeepMindControlEnv(gymnasium.Env):
             (key, int(np.prod(spec.shape, dtype=int))) for key, spec in self._env.observation_spec().items()
         )
         self._state_keys = tuple(key for key, _ in self.state_layout)
-        vector_space = spaces.Box(-np.inf, np.inf, shape=(sum(size for _, size in self.state_layout),), dtype=np.float32)
+        vector_size = sum(length for _, length in self.state_layout)
+        vector_space = spaces.Box(-np.inf, np.inf, shape=(vector_size,), dtype=np.float32)
         image_space = spaces.Box(0, 255, shape=(self.size, self.size, 3), dtype=np.uint8)
         if observation == "state":
             self.observation_space = vector_space
@@ -229,6 +234,8 @@ class DeepMindControlEnv(gymnasium.Env):
             raise gymnasium.error.ResetNeeded("call reset() before step(), and again after an episode ends")
         action = np.asarray(action, dtype=np.float64)
         if action.shape != self.action_space.shape:
+            if action.size != self.action_space.shape[0]:
+                raise ValueError(f"{self.task_id} takes actions of shape {self.action_space.shape}, not {action.shape}")
             action = action.reshape(self.action_space.shape)
         if not np.isfinite(action).all():
             raise ValueError(f"the action must be finite, not {action}")
@@ -309,7 +316,7 @@ class DeepMindControlEnv(gymnasium.Env):
             values = state["model"].get(name)
             field = getattr(model, name)
             field[...] = pristine if values is None else np.asarray(values, dtype=field.dtype).reshape(field.shape)
-        if "hfield_data" in state["model"] and self._camera is not None:
+        if model.nhfield and self._camera is not None:
             # The renderer holds its own copy of the terrain; a context made later uploads the new one.
             contexts = self._physics.contexts
             with contexts.gl.make_current() as context:
@@ -354,22 +361,4 @@ class DeepMindControlEnv(gymnasium.Env):
         return camera
 
 
-def frame_time_ms(task: str = "cartpole-swingup", size: int = 64, frames: int = 200, fast_render: bool = True) -> float:
-    """Median milliseconds per rendered frame over three blocks of `frames` (for the docs' numbers)."""
-    import statistics
-    import time
-
-    env = make_dmc(task, observation="state", size=size, seed=0, fast_render=fast_render)
-    env.reset()
-    env._render_frame()  # the first frame opens the GL context
-    blocks = []
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(frames):
-            env._render_frame()
-        blocks.append((time.perf_counter() - start) / frames * 1e3)
-    env.close()
-    return statistics.median(blocks)
-
-
-__all__ = ["DeepMindControlEnv", "make_dmc", "parse_task", "frame_time_ms", "PLANET_ACTION_REPEAT"]
+__all__ = ["DeepMindControlEnv", "make_dmc", "parse_task", "PLANET_ACTION_REPEAT"]

@@ -69,7 +69,7 @@ def make_minigrid(
 def resolve_minigrid_id(task: str) -> str:
     """The registered gymnasium id for a full or short MiniGrid / BabyAI task name."""
     registered = [name for name in gymnasium.registry if name.startswith(("MiniGrid-", "BabyAI-"))]
-    if task in gymnasium.registry:
+    if task in registered:
         return task
     stems = [task] if task.startswith(("MiniGrid-", "BabyAI-")) else [f"MiniGrid-{task}", f"BabyAI-{task}"]
     for stem in stems:

@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import torch
 
+from wmlab.nn.categorical import log_softmax
+
 
 class KLTerms(NamedTuple):
     """loss: the weighted, clipped objective; dynamics / representation: the unclipped KL values
@@ -28,8 +30,8 @@ class KLTerms(NamedTuple):
 
 def categorical_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) (..., S) between categoricals given by logits (..., S, K), summed over K."""
-    log_p = logits_p.log_softmax(-1)
-    return (log_p.exp() * (log_p - logits_q.log_softmax(-1))).sum(-1)
+    log_p = log_softmax(logits_p)
+    return (log_p.exp() * (log_p - log_softmax(logits_q))).sum(-1)
 
 
 def gaussian_kl(mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor, std_q: torch.Tensor) -> torch.Tensor:

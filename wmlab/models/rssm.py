@@ -280,6 +280,16 @@ def dense_stack(input_size: int, units: int, layers: int, norm: str, activation:
     return nn.Sequential(*blocks)
 
 
+#: Loss terms that an observation key must not shadow.
+_RESERVED_TERMS = ("reward", "continue", "dyn", "rep", "kl", "overshooting", "world_model")
+
+
+def term_name(key: str) -> str:
+    """The loss term of observation `key`: `loss/image`, `loss/vector`, ... (prefixed with obs_
+    where a key would shadow another term)."""
+    return f"obs_{key}" if key in _RESERVED_TERMS else key
+
+
 def stack_width(input_size: int, units: int, layers: int) -> int:
     return units if layers > 0 else input_size
 
@@ -677,14 +687,14 @@ class RSSM(nn.Module):
         predictions = self.decoder(flat_features)
         for key in self.layout.image_keys:
             target = torch.as_tensor(batch.obs[key], device=self.device).flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0 - 0.5
-            terms[f"image/{key}"] = (predictions[key] - target).pow(2).sum((1, 2, 3)).unflatten(0, (sizes["B"], sizes["T"]))
-            weights[f"image/{key}"] = scales.image
+            terms[term_name(key)] = (predictions[key] - target).pow(2).sum((1, 2, 3)).unflatten(0, (sizes["B"], sizes["T"]))
+            weights[term_name(key)] = scales.image
         for key in self.layout.vector_keys:
             target = torch.as_tensor(batch.obs[key], device=self.device).flatten(0, 1).float()
             if config.vector_loss == "symlog_mse":
                 target = symlog(target)
-            terms[f"vector/{key}"] = (predictions[key] - target).pow(2).sum(-1).unflatten(0, (sizes["B"], sizes["T"]))
-            weights[f"vector/{key}"] = scales.vector
+            terms[term_name(key)] = (predictions[key] - target).pow(2).sum(-1).unflatten(0, (sizes["B"], sizes["T"]))
+            weights[term_name(key)] = scales.vector
 
         reward_output = self.reward_head(features)
         if self.two_hot is not None:
@@ -715,7 +725,7 @@ class RSSM(nn.Module):
             predicted_reward = self.two_hot.decode(reward_output) if self.two_hot is not None else reward_output[..., 0]
             metrics["wm/reward_mse"] = (predicted_reward - reward).pow(2).mean()
             for key in self.layout.image_keys:
-                metrics[f"wm/image_mse/{key}"] = terms[f"image/{key}"].mean() / math.prod(predictions[key].shape[1:])
+                metrics[f"wm/{key}_mse"] = terms[term_name(key)].mean() / math.prod(predictions[key].shape[1:])
         posterior = {name: value.detach() for name, value in posterior.items()}
         return total, metrics, posterior
 

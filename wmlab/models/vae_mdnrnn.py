@@ -131,7 +131,8 @@ def prepare_frames(images: Any, crop: tuple[int, int, int, int] = (0, 0, 0, 0)) 
     height, width = images.shape[-3], images.shape[-2]
     if min(top, bottom, left, right) < 0 or top + bottom >= height or left + right >= width:
         raise ValueError(f"crop {crop} (top, bottom, left, right) does not leave any of a {height}x{width} frame")
-    images = images[..., top : height - bottom, left : width - right, :]
+    if (top, bottom, left, right) != (0, 0, 0, 0):
+        images = images[..., top : height - bottom, left : width - right, :]
     if images.shape[-3:-1] == (IMAGE_SIZE, IMAGE_SIZE):
         return images
     leading = images.shape[:-3]
@@ -550,11 +551,12 @@ class VAEMDNRNN(nn.Module):
         return loss, {"loss/reconstruction": float(terms["reconstruction"].detach()), "loss/kl": float(terms["kl"].detach()), "wm/kl_raw": float(terms["kl_raw"].detach())}
 
     def mdnrnn_terms(
-        self, latents: torch.Tensor, action: Any, reward: Any, is_first: Any, is_terminal: Any
+        self, latents: torch.Tensor, action: Any, reward: Any, is_first: Any, is_terminal: Any, mask: Any = None
     ) -> dict[str, torch.Tensor]:
         """M's terms on codes (B, T, Z) of real sequences with action (B, T, A) (action_t led to
         step t), reward, is_first and is_terminal (B, T). Step t is predicted from h_t, which has
-        seen steps < t; each window starts afresh, so its first step is not predicted."""
+        seen steps < t; each window starts afresh, so its first step is not predicted. `mask`
+        (B, T) marks the steps that exist, when windows are padded past an episode's end."""
         sizes = check_shape("latents", latents, ("B", "T", self.latent_size))
         actions = self.encode_action(action, ("B", "T"), sizes)
         reward = torch.as_tensor(reward, device=self.device).float()
@@ -564,10 +566,12 @@ class VAEMDNRNN(nn.Module):
         is_terminal = torch.as_tensor(is_terminal, device=self.device).float()
         check_shape("is_terminal", is_terminal, ("B", "T"), sizes)
         is_first[:, 0] = True
+        exists = torch.ones_like(is_first) if mask is None else torch.as_tensor(mask, device=self.device).bool()
+        check_shape("mask", exists, ("B", "T"), sizes)
         previous = torch.cat([torch.zeros_like(latents[:, :1]), latents[:, :-1]], 1)
         zeros = latents.new_zeros(sizes["B"], self.hidden_size)
         hiddens, _, _ = self.mdnrnn.unroll(torch.cat([previous, actions], -1), is_first, zeros, zeros)
-        predicted = (~is_first).float()
+        predicted = (~is_first & exists).float()
         count = predicted.sum().clamp(min=1.0)
         # -log P(z_t | h_t) per latent dimension (Sec. 2.2, arXiv:1803.10122), so that its scale
         # does not grow with Z; the authors average the per-dimension mixture loss the same way.
@@ -581,10 +585,10 @@ class VAEMDNRNN(nn.Module):
         return terms
 
     def mdnrnn_loss(
-        self, latents: torch.Tensor, action: Any, reward: Any, is_first: Any, is_terminal: Any
+        self, latents: torch.Tensor, action: Any, reward: Any, is_first: Any, is_terminal: Any, mask: Any = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """M alone on codes (B, T, Z): (weighted loss, metrics)."""
-        terms = self.mdnrnn_terms(latents, action, reward, is_first, is_terminal)
+        terms = self.mdnrnn_terms(latents, action, reward, is_first, is_terminal, mask)
         scales = self.config.loss_scales
         loss = sum(getattr(scales, name) * value for name, value in terms.items())
         return loss, {f"loss/{name}": float(value.detach()) for name, value in terms.items()}

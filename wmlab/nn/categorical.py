@@ -20,8 +20,8 @@ import torch.nn.functional as F
 def unimix_logits(logits: torch.Tensor, unimix: float) -> torch.Tensor:
     """Log-probabilities (..., K) of (1 - unimix) * softmax(logits) + unimix / K."""
     if unimix <= 0:
-        return logits.log_softmax(-1)
-    probabilities = (1 - unimix) * logits.softmax(-1) + unimix / logits.shape[-1]
+        return log_softmax(logits)
+    probabilities = (1 - unimix) * softmax(logits) + unimix / logits.shape[-1]
     return probabilities.log()
 
 
@@ -32,7 +32,7 @@ def sample_one_hot(logits: torch.Tensor, generator: torch.Generator | None = Non
     drawn from `generator` on the logits' device. Sampling inverts the cumulative distribution,
     which needs one uniform number per variable rather than K Gumbel draws.
     """
-    probabilities = logits.softmax(-1)
+    probabilities = softmax(logits)
     if uniform is None:
         uniform = torch.rand(logits.shape[:-1], generator=generator, device=logits.device, dtype=logits.dtype)
     index = (probabilities.cumsum(-1) < uniform.unsqueeze(-1)).sum(-1).clamp_max(logits.shape[-1] - 1)
@@ -42,5 +42,27 @@ def sample_one_hot(logits: torch.Tensor, generator: torch.Generator | None = Non
 
 def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (...) of Categorical(logits (..., K)), in nats."""
-    log_probabilities = logits.log_softmax(-1)
+    log_probabilities = log_softmax(logits)
     return -(log_probabilities.exp() * log_probabilities).sum(-1)
+
+
+# PyTorch's CPU softmax kernels are several times slower than plain tensor ops when the last
+# dimension is tiny (K = 4 classes of DreamerV3's size1m, a handful of actions), and faster when it
+# is large (255 two-hot bins); these choose by size.
+_SMALL = 16
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dimension."""
+    if logits.shape[-1] > _SMALL:
+        return logits.softmax(-1)
+    exponentials = (logits - logits.amax(-1, keepdim=True)).exp()
+    return exponentials / exponentials.sum(-1, keepdim=True)
+
+
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the last dimension."""
+    if logits.shape[-1] > _SMALL:
+        return logits.log_softmax(-1)
+    shifted = logits - logits.amax(-1, keepdim=True)
+    return shifted - shifted.exp().sum(-1, keepdim=True).log()

@@ -416,6 +416,8 @@ class Trainer:
         if self.counters.last_eval_step != self.counters.env_steps:
             last_eval = self.evaluate()
         self._checkpoint_now()
+        if hasattr(self.agent, "on_run_end"):  # e.g. an RSSM's open-loop videos, after the last checkpoint
+            self.agent.on_run_end(self.run_dir, self.replay)
         summary = self._summary(last_eval)
         self.logger.close()
         for env in self.envs:

@@ -1,0 +1,126 @@
+"""TD-MPC2 benchmarks: learning runs and speed measurements (results go to docs/benchmarks.md).
+
+    python benchmarks/tdmpc2.py dmc --run-dir runs/tdmpc2-cartpole-swingup --steps 100000
+    python benchmarks/tdmpc2.py cartpole --run-dir runs/tdmpc2-cartpole-v1 --steps 20000
+    python benchmarks/tdmpc2.py speed
+
+`dmc` trains on dmc:cartpole-swingup from states with TD-MPC2's setting: action repeat 2 (500 agent
+steps per episode, discount 0.99 by the paper's heuristic), batch 256 windows of horizon + 1 = 4
+steps, one update per environment step (train ratio 256 x 4 = 1024), 2500 seed steps of random
+actions before planning and before the first update. The CLI has no flag for environment
+arguments (action_repeat), which is why this goes through the Python API; the run directory
+records every setting in config.json and resumes with `wmlab train --resume RUN_DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wmlab.agents.tdmpc2.config import TDMPC2Config
+from wmlab.models.tdmpc import TDMPCModelConfig
+from wmlab.train.config import TrainConfig
+from wmlab.train.loop import RunSpec, Trainer
+
+
+def dmc_spec(steps: int, seed: int, size: str) -> RunSpec:
+    train = TrainConfig(
+        steps=steps, seed=seed, batch_size=256, sequence_length=4, train_ratio=1024.0, learning_starts=2500,
+        eval_every=5000, eval_episodes=2, checkpoint_every=5000, log_every=1000, threads=1, progress=False,
+    )
+    agent = TDMPC2Config(model=TDMPCModelConfig(size=size), random_steps=2500)
+    return RunSpec("tdmpc2", "dmc:cartpole-swingup", train=train, agent=agent, env_kwargs={"action_repeat": 2})
+
+
+def cartpole_spec(steps: int, seed: int, size: str) -> RunSpec:
+    """CartPole-v1 with discrete MPPI: 500-step episodes (discount 0.99 by the paper's heuristic),
+    otherwise TD-MPC2's settings, with 1000 seed steps (the paper's minimum)."""
+    train = TrainConfig(
+        steps=steps, seed=seed, batch_size=256, sequence_length=4, train_ratio=1024.0, learning_starts=1000,
+        eval_every=2500, eval_episodes=2, checkpoint_every=2500, log_every=500, threads=1, progress=False,
+    )
+    agent = TDMPC2Config(model=TDMPCModelConfig(size=size), random_steps=1000)
+    return RunSpec("tdmpc2", "CartPole-v1", train=train, agent=agent)
+
+
+def train(spec: RunSpec, run_dir: Path, resume: bool) -> None:
+    torch.set_num_threads(1)
+    summary = Trainer(spec, run_dir, resume=resume).run()
+    print(json.dumps(summary, indent=2))
+
+
+def speed(steps: int, sizes: list[str], compile_modes: list[bool]) -> None:
+    """Planning latency per step (act at the default MPPI settings) and update time (batch 256 x 4)
+    on dmc:cartpole-swingup from states, one thread; prints one JSON line per setting."""
+    from wmlab.agents.tdmpc2.agent import TDMPC2Agent
+    from wmlab.envs.adapter import make_env
+    from wmlab.core.types import Batch
+
+    torch.set_num_threads(1)
+    env = make_env("dmc:cartpole-swingup", action_repeat=2)
+    rng = np.random.default_rng(0)
+    D = env.observation_space["vector"].shape[0]
+    batch = Batch(
+        obs={"vector": rng.normal(size=(256, 4, D)).astype(np.float32)},
+        action=rng.uniform(-1, 1, (256, 4, 1)).astype(np.float32),
+        reward=rng.uniform(0, 1, (256, 4)).astype(np.float32),
+        is_first=np.zeros((256, 4), bool), is_last=np.zeros((256, 4), bool), is_terminal=np.zeros((256, 4), bool),
+    )
+    for size in sizes:
+        for compiled in compile_modes:
+            config = TDMPC2Config(model=TDMPCModelConfig(size=size), random_steps=0, compile=compiled)
+            agent = TDMPC2Agent(config, env.observation_space, env.action_space, seed=0)
+            observation, _ = env.reset(seed=0)
+            state, first, act_times, update_times = None, True, [], []
+            for step in range(steps):
+                batched = {key: value[None] for key, value in observation.items()}
+                batched["is_first"] = np.array([first])
+                start = time.perf_counter()
+                action, state = agent.act(batched, state, explore=True)
+                act_times.append(time.perf_counter() - start)
+                observation, _, terminated, truncated, _ = env.step(action[0])
+                first = terminated or truncated
+                start = time.perf_counter()
+                agent.update(batch)
+                update_times.append(time.perf_counter() - start)
+            warm = max(3, steps // 5)  # the first calls compile (or warm caches): leave them out
+            act_ms, update_ms = 1000 * np.median(act_times[warm:]), 1000 * np.median(update_times[warm:])
+            parameters = sum(p.numel() for p in agent.model.parameters() if p.requires_grad)
+            print(json.dumps({
+                "size": size, "compile": compiled, "parameters": parameters,
+                "plan_ms_per_step": round(act_ms, 1), "update_ms": round(update_ms, 1),
+                "env_steps_per_second": round(1000 / (act_ms + update_ms), 2),
+                "first_act_ms": round(1000 * act_times[0], 1), "first_update_ms": round(1000 * update_times[0], 1),
+            }), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benchmark", choices=["dmc", "cartpole", "speed"])
+    parser.add_argument("--run-dir", type=Path)
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", default="1M")
+    parser.add_argument("--sizes", default="1M,5M", help="speed: comma-separated presets")
+    parser.add_argument("--compile", default="off,on", help="speed: off, on or off,on")
+    parser.add_argument("--resume", action="store_true")
+    arguments = parser.parse_args()
+    if arguments.benchmark == "speed":
+        modes = [{"off": False, "on": True}[mode] for mode in arguments.compile.split(",")]
+        speed(min(arguments.steps, 100), arguments.sizes.split(","), modes)
+        return
+    make_spec = dmc_spec if arguments.benchmark == "dmc" else cartpole_spec
+    spec = make_spec(arguments.steps, arguments.seed, arguments.size)
+    if arguments.resume:
+        spec = replace(spec, train=replace(spec.train, steps=arguments.steps))
+    train(spec, arguments.run_dir, arguments.resume)
+
+
+if __name__ == "__main__":
+    main()

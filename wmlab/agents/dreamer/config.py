@@ -1,0 +1,251 @@
+"""Configuration of Dreamer: one learner, three papers.
+
+`DreamerConfig` holds DreamerV3's settings (arXiv:2301.04104 and the authors' current
+configs.yaml); `DreamerV1Config` (arXiv:1912.01603, the authors' dreamer.py defaults) and
+`DreamerV2Config` (arXiv:2010.02193, the authors' configs.yaml defaults) are the same class with
+other defaults. Every field can still be overridden on the command line
+(`--agent.model.free-nats 3`); the model size is `--agent.model.size size12m`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wmlab.models.rssm import RSSMConfig, RSSMLossScales
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """One optimiser (Dreamer trains the world model, the actor and the critic with three)."""
+
+    kind: str = "laprop"
+    """"laprop" (DreamerV3's current optimiser: RMS-normalise the gradient, then momentum) or "adam"
+    (AdamW: decoupled weight decay)."""
+    learning_rate: float = 4e-5
+    """Step size after warm-up."""
+    epsilon: float = 1e-20
+    """Added to the RMS denominator."""
+    beta1: float = 0.9
+    """Momentum decay."""
+    beta2: float = 0.999
+    """Decay of the squared-gradient average."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay per step, times the learning rate."""
+    grad_clip: float = 0.0
+    """Largest global gradient norm (0: off)."""
+    adaptive_clip: float = 0.3
+    """Adaptive gradient clipping: each tensor's gradient norm is capped at this fraction of the
+    tensor's norm (at least 1e-3), as in DreamerV3's current optimiser (0: off)."""
+    warmup: int = 1000
+    """Updates over which the learning rate ramps linearly from 0 (0: none)."""
+
+
+V3_OPTIMIZER = OptimizerConfig()
+
+
+@dataclass(frozen=True)
+class DreamerConfig:
+    """DreamerV3 (the defaults): categorical RSSM, symlog two-hot reward and critic, percentile return
+    normalisation, REINFORCE actor with entropy 3e-4, LaProp with adaptive gradient clipping."""
+
+    model: RSSMConfig = field(default_factory=RSSMConfig)
+    """The world model (size, latents, heads, KL and loss scales)."""
+    units: int | None = None
+    """Units of the actor's and critic's hidden layers (unset: the world model's `units`)."""
+    actor_layers: int = 3
+    """Hidden layers of the actor."""
+    critic_layers: int = 3
+    """Hidden layers of the critic."""
+    continuous_actor: str = "bounded_normal"
+    """Distribution for Box actions: "bounded_normal" (Normal(tanh(mean), std in [min_std, max_std]),
+    DreamerV3) or "tanh_normal" (tanh of a Normal, DreamerV1)."""
+    actor_min_std: float = 0.1
+    """Smallest standard deviation of a continuous actor."""
+    actor_max_std: float = 1.0
+    """Largest standard deviation of a bounded-normal actor."""
+    actor_init_std: float = 5.0
+    """Tanh-normal actor: the standard deviation at a zero network output (DreamerV1's init_std)."""
+    actor_mean_scale: float = 5.0
+    """Tanh-normal actor: mean = scale * tanh(output / scale) (DreamerV1)."""
+    actor_unimix: float = 0.01
+    """Discrete actor: weight of the uniform distribution mixed into its action probabilities."""
+    actor_output_scale: float = 0.01
+    """Scale of the actor's initial output-layer weights (DreamerV3's outscale), so that the first
+    policy is close to uniform / zero-mean."""
+    reinforce_continuous: float = 1.0
+    """Weight rho of the REINFORCE gradient for Box actions; 1 - rho goes to backpropagating the
+    return through the dynamics (DreamerV2 Eq. 6). DreamerV3's current configs: 1."""
+    reinforce_discrete: float = 1.0
+    """Weight rho of the REINFORCE gradient for Discrete actions (straight-through samples carry the
+    dynamics gradient)."""
+    entropy_scale: float = 3e-4
+    """Weight eta of the actor's entropy bonus."""
+    critic_head: str = "twohot"
+    """"twohot" (symexp two-hot, DreamerV3) or "mse" (a scalar, Gaussian log-likelihood)."""
+    critic_bins: int = 255
+    """Bins of the two-hot critic."""
+    imagination_horizon: int = 15
+    """Imagined steps H from every posterior state of the batch."""
+    discount: float = 1 - 1 / 333
+    """Discount gamma (DreamerV3: 1 - 1 / 333, "horizon 333")."""
+    return_lambda: float = 0.95
+    """lambda of the lambda-returns."""
+    return_normalization: bool = True
+    """Divide advantages by max(limit, S), S the spread between running return percentiles (DreamerV3)."""
+    return_percentiles: tuple[float, float] = (5.0, 95.0)
+    """Low and high percentiles whose difference is S."""
+    return_normalization_decay: float = 0.99
+    """Decay of the moving averages of the percentiles."""
+    return_scale_limit: float = 1.0
+    """Returns are only ever scaled down: the divisor is at least this."""
+    critic_targets_from_slow: bool = False
+    """Compute the lambda-return targets and baselines with the slow critic (DreamerV2's target network)
+    rather than the critic itself (DreamerV3)."""
+    slow_critic_fraction: float = 0.02
+    """Each slow-critic update moves it this fraction towards the critic (1: copy)."""
+    slow_critic_every: int = 1
+    """Updates between slow-critic updates."""
+    slow_critic_regularizer: float = 1.0
+    """Weight of the critic's loss towards the slow critic's prediction (DreamerV3)."""
+    model_optimizer: OptimizerConfig = field(default_factory=lambda: V3_OPTIMIZER)
+    """Optimiser of the world model."""
+    actor_optimizer: OptimizerConfig = field(default_factory=lambda: V3_OPTIMIZER)
+    """Optimiser of the actor."""
+    critic_optimizer: OptimizerConfig = field(default_factory=lambda: V3_OPTIMIZER)
+    """Optimiser of the critic."""
+    random_steps: int = 0
+    """Environment steps (summed over environments) of uniformly random actions before the actor acts."""
+    exploration_noise: float = 0.0
+    """While exploring: std of Gaussian noise added to Box actions in [-1, 1] (DreamerV1: 0.3), or the
+    probability of a random Discrete action."""
+    open_loop_report: bool = True
+    """At the end of a run, write open-loop prediction videos (pixel runs) and an imagined-vs-real
+    reward figure into the run directory."""
+
+
+# --- DreamerV1 (arXiv:1912.01603; defaults of the authors' dreamer.py) -------------------------
+
+V1_MODEL = RSSMConfig(
+    size=None,
+    deterministic_size=200,
+    hidden_size=200,
+    stochastic_size=30,
+    classes=0,
+    latent="gaussian",
+    min_std=0.1,
+    unimix=0.0,
+    core="gru",
+    gru_norm="none",
+    prior_layers=1,
+    posterior_layers=1,
+    norm="none",
+    activation="elu",
+    cnn_depth=32,
+    cnn_multipliers=(1, 2, 4, 8),
+    cnn_kernel=4,
+    units=400,
+    encoder_layers=2,
+    decoder_layers=2,
+    reward_layers=2,
+    symlog_inputs=False,
+    vector_loss="mse",
+    reward_head="mse",
+    predict_continue=False,
+    kl_balancing=False,
+    free_nats=3.0,
+    free_nats_average_first=True,
+    # 0.5: a unit-variance Gaussian log-likelihood of images and rewards.
+    loss_scales=RSSMLossScales(image=0.5, vector=0.5, reward=0.5, kl=1.0),
+)
+
+
+@dataclass(frozen=True)
+class DreamerV1Config(DreamerConfig):
+    """DreamerV1: Gaussian RSSM, tanh-normal actor trained by backpropagating lambda-returns
+    through the learned dynamics, Adam, free nats 3."""
+
+    model: RSSMConfig = field(default_factory=lambda: V1_MODEL)
+    actor_layers: int = 4
+    critic_layers: int = 3
+    continuous_actor: str = "tanh_normal"
+    actor_min_std: float = 1e-4
+    actor_unimix: float = 0.0
+    actor_output_scale: float = 1.0
+    reinforce_continuous: float = 0.0
+    reinforce_discrete: float = 0.0
+    entropy_scale: float = 0.0
+    critic_head: str = "mse"
+    discount: float = 0.99
+    return_normalization: bool = False
+    slow_critic_regularizer: float = 0.0
+    model_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 6e-4, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0))
+    actor_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 8e-5, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0))
+    critic_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 8e-5, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0))
+    random_steps: int = 5000
+    exploration_noise: float = 0.3
+
+
+# --- DreamerV2 (arXiv:2010.02193; the defaults of the authors' configs.yaml) -------------------
+
+V2_MODEL = RSSMConfig(
+    size=None,
+    deterministic_size=400,
+    hidden_size=400,
+    stochastic_size=32,
+    classes=32,
+    latent="categorical",
+    unimix=0.0,
+    core="gru",
+    gru_norm="layer",
+    prior_layers=1,
+    posterior_layers=1,
+    norm="none",
+    activation="elu",
+    cnn_depth=48,
+    cnn_multipliers=(1, 2, 4, 8),
+    cnn_kernel=4,
+    units=400,
+    encoder_layers=4,
+    decoder_layers=4,
+    reward_layers=4,
+    continue_layers=4,
+    symlog_inputs=False,
+    vector_loss="mse",
+    reward_head="mse",
+    predict_continue=True,
+    kl_balancing=True,
+    free_nats=0.0,
+    free_nats_average_first=True,
+    # KL balancing 0.8 with KL scale 1; images as a unit-variance Gaussian log-likelihood.
+    loss_scales=RSSMLossScales(image=0.5, vector=1.0, reward=1.0, continuation=1.0, dynamics=0.8, representation=0.2),
+)
+
+
+@dataclass(frozen=True)
+class DreamerV2Config(DreamerConfig):
+    """DreamerV2: 32 x 32 categorical RSSM with KL balancing 0.8, actor gradients mixing REINFORCE
+    (0.9) and dynamics backpropagation (0.1), a target critic copied every 100 updates, Adam."""
+
+    model: RSSMConfig = field(default_factory=lambda: V2_MODEL)
+    actor_layers: int = 4
+    critic_layers: int = 4
+    actor_unimix: float = 0.0
+    actor_output_scale: float = 1.0
+    reinforce_continuous: float = 0.9
+    reinforce_discrete: float = 0.9
+    entropy_scale: float = 1e-4
+    critic_head: str = "mse"
+    discount: float = 0.99
+    return_normalization: bool = False
+    critic_targets_from_slow: bool = True
+    slow_critic_fraction: float = 1.0
+    slow_critic_every: int = 100
+    slow_critic_regularizer: float = 0.0
+    model_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 3e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0))
+    actor_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 1e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0))
+    critic_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 1e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0))
+    random_steps: int = 10000
+
+
+#: The version presets by name.
+PRESETS: dict[str, type[DreamerConfig]] = {"v1": DreamerV1Config, "v2": DreamerV2Config, "v3": DreamerConfig}
