@@ -57,10 +57,15 @@ def train(spec: RunSpec, run_dir: Path, resume: bool) -> None:
 
 def speed(steps: int, sizes: list[str], compile_modes: list[bool]) -> None:
     """Planning latency per step (act at the default MPPI settings) and update time (batch 256 x 4)
-    on dmc:cartpole-swingup from states, one thread; prints one JSON line per setting."""
+    on dmc:cartpole-swingup from states, one thread; prints one JSON line per setting.
+
+    Both wall time and this thread's CPU time are reported (medians after warm-up): on a machine
+    shared with other jobs the wall time grows with the load, the CPU time much less."""
+    import os
+
     from wmlab.agents.tdmpc2.agent import TDMPC2Agent
-    from wmlab.envs.adapter import make_env
     from wmlab.core.types import Batch
+    from wmlab.envs.adapter import make_env
 
     torch.set_num_threads(1)
     env = make_env("dmc:cartpole-swingup", action_repeat=2)
@@ -72,31 +77,38 @@ def speed(steps: int, sizes: list[str], compile_modes: list[bool]) -> None:
         reward=rng.uniform(0, 1, (256, 4)).astype(np.float32),
         is_first=np.zeros((256, 4), bool), is_last=np.zeros((256, 4), bool), is_terminal=np.zeros((256, 4), bool),
     )
+
+    def timed(function):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        result = function()
+        return result, time.perf_counter() - wall, time.thread_time() - cpu
+
     for size in sizes:
         for compiled in compile_modes:
             config = TDMPC2Config(model=TDMPCModelConfig(size=size), random_steps=0, compile=compiled)
             agent = TDMPC2Agent(config, env.observation_space, env.action_space, seed=0)
             observation, _ = env.reset(seed=0)
-            state, first, act_times, update_times = None, True, [], []
+            state, first, acts, updates = None, True, [], []
             for step in range(steps):
                 batched = {key: value[None] for key, value in observation.items()}
                 batched["is_first"] = np.array([first])
-                start = time.perf_counter()
-                action, state = agent.act(batched, state, explore=True)
-                act_times.append(time.perf_counter() - start)
+                (action, state), wall, cpu = timed(lambda: agent.act(batched, state, explore=True))
+                acts.append((wall, cpu))
                 observation, _, terminated, truncated, _ = env.step(action[0])
                 first = terminated or truncated
-                start = time.perf_counter()
-                agent.update(batch)
-                update_times.append(time.perf_counter() - start)
+                _, wall, cpu = timed(lambda: agent.update(batch))
+                updates.append((wall, cpu))
             warm = max(3, steps // 5)  # the first calls compile (or warm caches): leave them out
-            act_ms, update_ms = 1000 * np.median(act_times[warm:]), 1000 * np.median(update_times[warm:])
+            act_wall, act_cpu = (1000 * np.median([t[i] for t in acts[warm:]]) for i in (0, 1))
+            update_wall, update_cpu = (1000 * np.median([t[i] for t in updates[warm:]]) for i in (0, 1))
             parameters = sum(p.numel() for p in agent.model.parameters() if p.requires_grad)
             print(json.dumps({
-                "size": size, "compile": compiled, "parameters": parameters,
-                "plan_ms_per_step": round(act_ms, 1), "update_ms": round(update_ms, 1),
-                "env_steps_per_second": round(1000 / (act_ms + update_ms), 2),
-                "first_act_ms": round(1000 * act_times[0], 1), "first_update_ms": round(1000 * update_times[0], 1),
+                "size": size, "compile": compiled, "parameters": parameters, "steps_timed": steps - warm,
+                "plan_ms": round(act_wall, 1), "plan_cpu_ms": round(act_cpu, 1),
+                "update_ms": round(update_wall, 1), "update_cpu_ms": round(update_cpu, 1),
+                "env_steps_per_second_cpu": round(1000 / (act_cpu + update_cpu), 2),
+                "first_plan_s": round(acts[0][0], 1), "first_update_s": round(updates[0][0], 1),
+                "load_average": round(os.getloadavg()[0], 2),
             }), flush=True)
 
 

@@ -339,3 +339,23 @@ def test_presets():
     assert default_config("two-rooms").frame_crop == (0, 0, 0, 0)
     quick = default_config("CarRacing-v3", quick=True)
     assert quick.collect.episodes < 10 and quick.controller.population < 64
+
+
+def test_pipeline_command_trains_c_in_reality(tmp_path, capsys):
+    from wmlab.agents.world_models.pipeline import pipeline_command
+
+    run_dir = tmp_path / "real"
+    tiny = [
+        "--model.vae.latent-size", "4", "--model.vae.channels", "4", "8", "8", "8", "--model.mdnrnn.hidden-size", "8",
+        "--collect.episodes", "2", "--collect.max-steps", "8", "--vae.epochs", "1", "--mdnrnn.updates", "2",
+        "--controller.generations", "2", "--controller.population", "4", "--controller.rollouts", "1",
+        "--controller.max-steps", "6", "--evaluation-episodes", "1", "--dream-evaluation-episodes", "2", "--video-steps", "3",
+    ]
+    code = pipeline_command(["--env", "two-rooms", "--env-kwargs", '{"max_episode_steps": 10}', "--run-dir", str(run_dir), "--quick", "--no-progress", *tiny])
+    assert code == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["algorithm"] == "world-models" and config["agent"]["dream"] is False and config["agent"]["model"]["vae"]["latent_size"] == 4
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["dream"] is False and summary["controller/parameters"] == 2 * (4 + 8 + 1) and summary["eval/length"] == 10
+    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "controller/fitness_mean" in line]
+    assert [record["step"] for record in curve] == [1, 2]

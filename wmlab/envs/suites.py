@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+import numpy as np
+
 
 
 #: suite -> (module that must be importable, pip extra, example ids, what its spaces are)

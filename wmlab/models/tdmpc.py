@@ -409,11 +409,22 @@ class TDMPCModel(nn.Module):
         log_prob = squash_log_prob(gaussian_log_prob(noise, log_std), squashed)
         return PolicyOutput(squashed, torch.tanh(mean), log_prob, -log_prob, None)
 
-    def value(self, latent: torch.Tensor, reduction: str = "min", target: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def value(
+        self,
+        latent: torch.Tensor,
+        reduction: str = "min",
+        target: bool = False,
+        generator: torch.Generator | None = None,
+        members: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """V(z) = Q(z, a ~ p(z)) over two random ensemble members, their min or average:
-        (..., D) -> (...). Discrete policies take the exact expectation over the K actions."""
-        members = self.two_members(generator)
-        policy = self.policy_distribution(latent, generator=generator, sample=not self.discrete)
+        (..., D) -> (...). Discrete policies take the exact expectation over the K actions.
+        `members` (2,) and the policy's `noise` (..., A) may be drawn by the caller, which keeps
+        this function free of random draws (and so one graph under torch.compile)."""
+        if members is None:
+            members = self.two_members(generator)
+        policy = self.policy_distribution(latent, noise=noise, generator=generator, sample=not self.discrete)
         if self.discrete:
             actions = torch.eye(self.action_size, device=latent.device)  # (K, K)
             expanded = latent.unsqueeze(-2).expand(*latent.shape[:-1], self.action_size, self.latent_size)

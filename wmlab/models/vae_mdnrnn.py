@@ -12,7 +12,8 @@ M (Sec. 2.2 and Appendix A.2): h_{t+1} = LSTM([z_t, a_t], h_t), and from h_{t+1}
 P(z_{t+1} | a_t, z_t, h_t) = sum_k pi_k N(z_{t+1}; mu_k, diag(sigma_k^2)). Sampling with a
 temperature tau divides the mixture logits by tau and multiplies every standard deviation by
 sqrt(tau) (the paper's way, as in the authors' released code); tau -> 0 gives the mean of the most
-likely component, and tau > 1 a more uncertain, harder to exploit dream (Sec. 4.5).
+likely component, and tau > 1 a more uncertain dream that is harder to exploit (the VizDoom
+experiment, "Cheating the World Model").
 
 The model's state for B sequences is a dict of tensors:
     {"latent": z_t (B, Z), "hidden": h_t (B, D), "cell": c_t (B, D)}
@@ -248,7 +249,7 @@ def sample_mixture(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One sample per row with temperature tau: component ~ softmax(logits / tau), then
-    x = mu_k + sigma_k * sqrt(tau) * eps (the paper's temperature, Sec. 4.5). tau = 0 returns the
+    x = mu_k + sigma_k * sqrt(tau) * eps (the paper's temperature, as in its VizDoom experiment). tau = 0 returns the
     mean of the most likely component.
 
     logits (..., K, G), means and log_stds (..., K, Z) -> (..., Z).

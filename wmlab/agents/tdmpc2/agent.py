@@ -59,7 +59,8 @@ class TDMPC2Agent:
         # The planner searches in model units: [-1, 1] per dimension, or indices.
         self.planning_space = spaces.Discrete(A) if model.discrete else spaces.Box(-1.0, 1.0, (A,), np.float32)
         self.horizon = config.planner.horizon
-        self.estimate_value = torch.compile(self._estimate_value) if config.compile else self._estimate_value
+        self.estimate_value = self._estimate_value
+        self.rollout_return = torch.compile(self._rollout_return) if config.compile else self._rollout_return
         self.compute_loss = torch.compile(self.model.compute_loss) if config.compile else self.model.compute_loss
         #: Environment steps taken while exploring (summed over environments): the clock of `random_steps`.
         self.steps = 0
@@ -123,15 +124,21 @@ class TDMPC2Agent:
     def _estimate_value(self, latent: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """The rollout function handed to MPPI: latent (1, D), candidates (N, L, A) in [-1, 1] or
         indices (N, L) -> sum_t discount^t R(z_t, a_t) + discount^L V(z_L), V the average of two
-        random Qs at a ~ p(z_L) (TD-MPC2's return estimate, Sec. 3.2 of arXiv:2310.16828)."""
+        random Qs at a ~ p(z_L) (TD-MPC2's return estimate, Sec. 3.2 of arXiv:2310.16828).
+        The random draws happen here, so that the rollout itself is deterministic (and compilable)."""
         actions = torch.nn.functional.one_hot(candidates, self.model.action_size).float() if self.model.discrete else candidates
+        members = self.model.two_members(self.generator)
+        noise = None if self.model.discrete else torch.randn((actions.shape[0], self.model.action_size), generator=self.generator).to(self.device)
+        return self.rollout_return(latent, actions, members, noise)
+
+    def _rollout_return(self, latent: torch.Tensor, actions: torch.Tensor, members: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         z = latent.expand(actions.shape[0], -1)
         total, discount = torch.zeros(actions.shape[0], device=self.device), 1.0
         for step in range(actions.shape[1]):
             total = total + discount * self.model.reward(z, actions[:, step])
             z = self.model.next(z, actions[:, step])
             discount *= self.model.config.discount
-        return total + discount * self.model.value(z, reduction="avg", generator=self.generator)
+        return total + discount * self.model.value(z, reduction="avg", members=members, noise=noise)
 
     def random_actions(self, count: int) -> torch.Tensor:
         """Uniform random environment actions: (count, A) within the bounds, or indices (count,)."""

@@ -123,7 +123,8 @@ class WorldModelsConfig:
     environment (its CarRacing experiment); C is always evaluated in the real environment."""
     temperature: float = 1.0
     """tau of the dream: M's mixture logits are divided by tau and its standard deviations
-    multiplied by sqrt(tau) (the paper: 1.15 was best on DoomTakeCover; 0.1 exploitable)."""
+    multiplied by sqrt(tau) (the paper: 1.15 was best on DoomTakeCover; 0.1 exploitable). The
+    pipeline's dreams use this; `model.temperature` is only the model's default elsewhere."""
     frame_crop: tuple[int, int, int, int] = (0, 0, 0, 0)
     """Pixels removed from the (top, bottom, left, right) of each frame before it is resized to
     64x64 (the CarRacing preset drops the 12-row dashboard at the bottom, as the authors do)."""

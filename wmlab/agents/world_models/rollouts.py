@@ -59,12 +59,19 @@ class RealRolloutSettings:
     """Everything a process needs to run real episodes of candidate controllers (picklable)."""
 
     env_id: str
+    """The environment (a wmlab name or a gymnasium id)."""
     env_kwargs: dict = field(default_factory=dict)
+    """Its keyword arguments."""
     frame_crop: tuple[int, int, int, int] = (0, 0, 0, 0)
+    """Pixels removed from (top, bottom, left, right) before frames are resized for V."""
     inputs: str = "latent_and_hidden"
+    """What C reads: "latent_and_hidden" ([z, h]) or "latent" (z)."""
     sample_latents: bool = True
+    """Feed a sample of q(z | x) rather than its mean."""
     max_steps: int = 0
+    """Cap on an episode's steps; 0 keeps the environment's own limit."""
     envs_per_batch: int = 64
+    """Environments stepped in lockstep by one process."""
 
 
 class RealRollouts:
