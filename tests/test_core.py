@@ -112,3 +112,23 @@ def test_unmappable_observation_space_is_refused():
 
     with pytest.raises(IncompatibleSpaceError, match="flatten"):
         DictObservations(Grid())
+
+
+def test_a_users_own_package_env_by_module_prefix(tmp_path, monkeypatch):
+    package = tmp_path / "my_world_envs"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import gymnasium\n"
+        "from gymnasium.envs.classic_control import PendulumEnv\n"
+        "gymnasium.register('MyPendulum-v0', entry_point=PendulumEnv, max_episode_steps=7)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    env = make_env("my_world_envs:MyPendulum-v0", seed=1)
+    env.reset(seed=1)
+    steps = 0
+    while True:
+        steps += 1
+        *_, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            break
+    assert steps == 7 and env.observation_space["vector"].shape == (3,)

@@ -111,6 +111,9 @@ def test_cli_smoke_dreamer_on_pixels_writes_open_loop_videos(tmp_path):
     assert any("loss/image" in line and "loss/actor" in line for line in lines)
     assert (run_dir / "videos" / "open_loop_image.gif").stat().st_size > 1000
     assert (run_dir / "figures" / "open_loop_reward.png").is_file()
+    # config.json round-trips (nested optimiser and model configs, tuples) and the run extends
+    assert run_cli("train", "--resume", run_dir, "--train.steps", 70, "--train.no-progress") == 0
+    assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 70
 
 
 def test_cli_smoke_planet_on_vectors(tmp_path):
