@@ -132,3 +132,30 @@ def test_a_users_own_package_env_by_module_prefix(tmp_path, monkeypatch):
         if terminated or truncated:
             break
     assert steps == 7 and env.observation_space["vector"].shape == (3,)
+
+
+def test_pixels_from_a_gymnasium_env_and_a_clear_refusal(tmp_path, monkeypatch):
+    import gymnasium
+
+    from wmlab.core.errors import WmlabError
+
+    env = make_env("CartPole-v1", observation="pixels")
+    observation, _ = env.reset(seed=0)
+    assert observation["image"].shape == (64, 64, 3) and observation["image"].dtype == np.uint8
+    assert observation["image"].std() > 0  # a real frame, not a blank
+
+    class NoRender(gymnasium.Env):
+        metadata = {"render_modes": []}
+        observation_space = gymnasium.spaces.Box(-1, 1, (2,), dtype=np.float32)
+        action_space = gymnasium.spaces.Discrete(2)
+
+        def __init__(self, render_mode=None):
+            self.render_mode = render_mode
+
+    gymnasium.register("WmlabNoRender-v0", entry_point=NoRender)
+    with pytest.raises(WmlabError, match="cannot be observed from pixels"):
+        make_env("WmlabNoRender-v0", observation="pixels")
+    with pytest.raises(UnknownNameError, match="Did you mean: dmc"):
+        make_env("dmx:cartpole-swingup")
+    with pytest.raises(WmlabError, match="does not take these options"):
+        make_env("dyna-maze", observation="pixels")

@@ -9,11 +9,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from gymnasium import spaces
 
 from wmlab.agents.dreamer.agent import DreamerAgent, NormalPolicy, TanhNormalPolicy
 from wmlab.agents.dreamer.config import PRESETS, DreamerConfig
 from wmlab.agents.dreamer.optim import LaProp
+from wmlab.agents.planet.agent import PlaNetAgent
 from wmlab.agents.planet.config import PlaNetConfig
 from wmlab.cli import main
 from wmlab.planners.cem import CEMConfig
@@ -52,6 +52,22 @@ def test_every_preset_updates_and_acts(version, observation_space, action_space)
     else:
         assert action.shape == (2, 2) and action.dtype == np.float32 and np.all(np.abs(action) <= 2.0)
     assert set(state) == {"deter", "stoch", "action"}
+
+
+@pytest.mark.parametrize("observation_space", [PIXELS, VECTORS], ids=["pixels", "vectors"])
+@pytest.mark.parametrize("action_space", [BOX, DISCRETE], ids=["box", "discrete"])
+def test_planet_updates_and_plans(observation_space, action_space):
+    model = replace(PlaNetConfig().model, deterministic_size=16, hidden_size=16, stochastic_size=4, cnn_depth=4, units=16)
+    config = PlaNetConfig(model=model, planner=CEMConfig(horizon=3, iterations=2, candidates=16, elites=4), random_steps=0)
+    agent = PlaNetAgent(config, observation_space, action_space, seed=0)
+    metrics = agent.update(random_batch(observation_space, action_space, B=2, T=5))
+    assert all(math.isfinite(value) for value in metrics.values()) and "loss/kl" in metrics
+    batch = random_batch(observation_space, action_space, B=2, T=1)
+    obs = {key: value[:, 0] for key, value in batch.obs.items()}
+    action, state = agent.act({**obs, "is_first": np.ones(2, bool)}, None, explore=True)
+    action, state = agent.act({**obs, "is_first": np.zeros(2, bool)}, state, explore=False)
+    assert action.shape == ((2,) if action_space is DISCRETE else (2, 2))
+    assert PlaNetConfig().model.deterministic_size == 200 and PlaNetConfig().planner == CEMConfig(horizon=12, iterations=10, candidates=1000, elites=100)
 
 
 def test_presets_differ_where_the_papers_do():

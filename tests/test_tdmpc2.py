@@ -316,11 +316,11 @@ def test_cli_smoke_run_on_pendulum(tmp_path):
     code = main([
         "train", "--algo", "tdmpc2", "--env", "Pendulum-v1", "--run-dir", str(run_dir),
         "--train.steps", "300", "--train.learning-starts", "100", "--train.batch-size", "8",
-        "--train.sequence-length", "4", "--train.train-ratio", "64", "--train.eval-every", "0",
+        "--train.sequence-length", "4", "--train.train-ratio", "16", "--train.eval-every", "0",
         "--train.eval-episodes", "1", "--train.log-every", "100", "--train.no-progress", "--train.no-tensorboard",
         "--agent.random-steps", "100", "--agent.model.size", "1M", "--agent.model.latent-size", "16",
         "--agent.model.mlp-width", "16", "--agent.model.encoder-width", "16",
-        "--agent.planner.samples", "32", "--agent.planner.elites", "4", "--agent.planner.iterations", "2",
+        "--agent.planner.samples", "16", "--agent.planner.elites", "2", "--agent.planner.iterations", "1",
         "--agent.planner.policy-trajectories", "4",
     ])
     assert code == 0
@@ -361,10 +361,10 @@ register_env("test-line", Line, "a discrete line task for TD-MPC2's resume test"
 
 def tiny_spec(steps: int, env: str) -> RunSpec:
     train = TrainConfig(
-        steps=steps, learning_starts=60, train_ratio=32.0, batch_size=4, sequence_length=4, eval_every=100,
+        steps=steps, learning_starts=60, train_ratio=8.0, batch_size=4, sequence_length=4, eval_every=100,
         eval_episodes=1, checkpoint_every=100, log_every=50, progress=False, tensorboard=False,
     )
-    return RunSpec("tdmpc2", env, train=train, agent=replace(TINY_AGENT, random_steps=60), env_kwargs={"max_episode_steps": 70})
+    return RunSpec("tdmpc2", env, train=train, agent=replace(TINY_AGENT, random_steps=60), env_kwargs={"max_episode_steps": 50})
 
 
 @pytest.mark.parametrize("env", ["two-rooms-state", "test-line"], ids=["box", "discrete"])

@@ -2,6 +2,7 @@
 
     wmlab train --algo dyna-q --env dyna-maze --run-dir runs/maze
     wmlab train --algo mpc --env two-rooms-state --train.steps 20000 --agent.planner.horizon 10
+    wmlab train --algo dreamer --env dmc:cartpole-swingup --env-kwargs '{"observation": "pixels"}' 
     wmlab train --resume runs/maze --train.steps 40000
     wmlab eval runs/maze --episodes 20
     wmlab report runs/maze
@@ -92,6 +93,7 @@ def _train_command_class(agent_config: type) -> type:
         [
             ("algo", documented(str, "Algorithm (wmlab list shows them)."), dataclasses.field(default=DEFAULT_ALGORITHM)),
             ("env", documented(str, "Environment: a wmlab name, a gymnasium id, or my_package.module:EnvId-v0."), dataclasses.field(default=DEFAULT_ENV)),
+            ("env_kwargs", documented(str, 'Environment options as JSON, e.g. \'{"observation": "pixels"}\'.'), dataclasses.field(default="{}")),
             ("run_dir", documented(Path | None, "Run directory (default runs/ALGO-ENV-seedSEED)."), dataclasses.field(default=None)),
             ("force", documented(bool, "Replace a run directory that already holds a run."), dataclasses.field(default=False)),
             ("resume", documented(Path | None, "Continue the run in this directory from its last checkpoint."), dataclasses.field(default=None)),
@@ -112,11 +114,11 @@ def parse_train_arguments(argv: list[str]):
     if resume_dir is not None:
         saved = load_run_spec(Path(resume_dir))
         command_class = _train_command_class(ALGORITHMS.get(saved.algorithm).load_config())
-        default = command_class(algo=saved.algorithm, env=saved.env, run_dir=Path(resume_dir), resume=Path(resume_dir), train=saved.train, agent=saved.agent)
+        default = command_class(algo=saved.algorithm, env=saved.env, env_kwargs=json.dumps(saved.env_kwargs), run_dir=Path(resume_dir), resume=Path(resume_dir), train=saved.train, agent=saved.agent)
         parsed = tyro.cli(command_class, args=argv, default=default, prog="wmlab train")
         changed = {f"train.{name}" for name in differences(saved.train, parsed.train)}
         changed |= {f"agent.{name}" for name in differences(saved.agent, parsed.agent)}
-        changed |= {name for name in ("algo", "env") if getattr(parsed, name) != getattr(default, name)}
+        changed |= {name for name in ("algo", "env", "env_kwargs") if getattr(parsed, name) != getattr(default, name)}
         refused = sorted(changed - RESUMABLE_CHANGES)
         if refused:
             raise WmlabError(f"--resume continues the saved run; these settings cannot change: {', '.join(refused)} (start a new run instead)")
@@ -127,7 +129,13 @@ def parse_train_arguments(argv: list[str]):
     command_class = _train_command_class(ALGORITHMS.get(algorithm).load_config())
     parsed = tyro.cli(command_class, args=argv, prog="wmlab train", description=f"Train {algorithm}. " + (ALGORITHMS.get(algorithm).description or ""))
     run_dir = parsed.run_dir or Path("runs") / f"{parsed.algo}-{parsed.env.replace(':', '-').replace('/', '-')}-seed{parsed.train.seed}"
-    spec = RunSpec(algorithm=parsed.algo, env=parsed.env, train=parsed.train, agent=parsed.agent)
+    try:
+        env_kwargs = json.loads(parsed.env_kwargs)
+    except json.JSONDecodeError as error:
+        raise WmlabError(f"--env-kwargs must be a JSON object: {error}") from None
+    if not isinstance(env_kwargs, dict):
+        raise WmlabError(f"--env-kwargs must be a JSON object, got {parsed.env_kwargs!r}")
+    spec = RunSpec(algorithm=parsed.algo, env=parsed.env, env_kwargs=env_kwargs, train=parsed.train, agent=parsed.agent)
     return spec, run_dir, False, parsed.force
 
 

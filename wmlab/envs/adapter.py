@@ -14,6 +14,7 @@ Observations become dicts of arrays so that every world model reads them the sam
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from typing import Any
 
 import gymnasium
@@ -108,10 +109,24 @@ def _make_suite(env_id: str, **kwargs: Any) -> gymnasium.Env:
 
 
 def _make_raw(env_id: str, **kwargs: Any) -> gymnasium.Env:
-    if env_id.partition(":")[0] in SUITES:
+    prefix = env_id.partition(":")[0] if ":" in env_id else None
+    if prefix in SUITES:
         return _make_suite(env_id, **kwargs)
+    if prefix is not None and "." not in prefix and importlib.util.find_spec(prefix) is None:
+        close = difflib.get_close_matches(prefix, list(SUITES), n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownNameError(
+            f"unknown suite {prefix!r} in {env_id!r}.{hint} Suites: {', '.join(SUITES)} (`wmlab envs`); "
+            "for your own package use `my_package.module:EnvId-v0` with the package installed"
+        )
     if env_id in ENVIRONMENTS:
-        return ENVIRONMENTS.get(env_id).load()(**kwargs)
+        try:
+            return ENVIRONMENTS.get(env_id).load()(**kwargs)
+        except TypeError as error:
+            raise WmlabError(f"{env_id!r} does not take these options {sorted(kwargs)}: {error}") from None
+    if kwargs.get("observation") == "pixels":
+        kwargs.pop("observation")
+        return _gymnasium_pixels(env_id, **kwargs)
     try:
         return gymnasium.make(env_id, **kwargs)
     except gymnasium.error.NameNotFound:
@@ -127,6 +142,25 @@ def _make_raw(env_id: str, **kwargs: Any) -> gymnasium.Env:
         ) from None
     gym_ids = list(gymnasium.registry.keys())
     raise UnknownNameError(ENVIRONMENTS.unknown_message(env_id, extra_candidates=gym_ids))
+
+
+def _gymnasium_pixels(env_id: str, size: int = 64, **kwargs: Any) -> gymnasium.Env:
+    """A gymnasium environment observed through its rendered frames, resized to size x size."""
+    try:
+        env = gymnasium.make(env_id, render_mode="rgb_array", **kwargs)
+    except (TypeError, gymnasium.error.Error) as error:
+        raise WmlabError(f"{env_id!r} cannot be observed from pixels: it does not render rgb_array frames ({error})") from None
+    if "rgb_array" not in (env.metadata.get("render_modes") or []):
+        env.close()
+        raise WmlabError(f"{env_id!r} cannot be observed from pixels: it does not render rgb_array frames; use its state observations")
+    from gymnasium.wrappers import AddRenderObservation, TransformObservation
+
+    from wmlab.envs.images import area_resizer
+
+    resize = area_resizer(size, 3)[0]
+    frames = AddRenderObservation(env, render_only=True)
+    space = spaces.Box(0, 255, (size, size, 3), dtype=np.uint8)
+    return TransformObservation(frames, lambda frame: resize(np.asarray(frame, dtype=np.uint8)), space)
 
 
 def environment_names() -> list[str]:

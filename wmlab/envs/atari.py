@@ -41,6 +41,7 @@ import numpy as np
 from gymnasium import spaces
 
 from wmlab.core.errors import WmlabError
+from wmlab.envs.images import area_resizer  # noqa: F401 (re-exported for the benchmark and tests)
 
 FRAME_SKIP = 4
 NOOP_MAX = 30
@@ -93,24 +94,6 @@ def make_atari(
         full_action_space=full_action_space,
         seed=seed,
     )
-
-
-def area_resizer(size: int, channels: int) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-    """A function that shrinks a frame to (size, size) by area averaging, and its backend's name."""
-    try:
-        import cv2
-    except ImportError:
-        from PIL import Image
-
-        def resize(frame: np.ndarray) -> np.ndarray:
-            return np.asarray(Image.fromarray(frame).resize((size, size), Image.Resampling.BOX))
-
-        return resize, "pillow-box"
-
-    def resize_cv2(frame: np.ndarray) -> np.ndarray:
-        return cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
-
-    return resize_cv2, "cv2-area"
 
 
 class AtariEnv(gymnasium.Env):

@@ -776,7 +776,3 @@ class RSSM(nn.Module):
         if not losses:
             return torch.zeros((), device=self.device)
         return torch.stack(losses).mean()
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in module.parameters())
