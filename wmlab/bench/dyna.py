@@ -27,6 +27,7 @@ import numpy as np
 from wmlab.agents.dyna.agent import DynaQAgent, DynaQPlusAgent, PrioritizedSweepingAgent, TabularAgent
 from wmlab.agents.dyna.config import DynaConfig
 from wmlab.envs.mazes import BlockingMaze, DynaMaze, GridMaze, ShortcutMaze
+from wmlab.bench.common import BenchProgress
 
 # Figure 8.2's setting (the book's values): gamma 0.95, alpha 0.1, epsilon 0.1, 50 episodes.
 DYNA_MAZE_CONFIG = DynaConfig(gamma=0.95, alpha=0.1, epsilon=0.1)
@@ -177,31 +178,6 @@ def median_or_none(values: list[int | None]) -> float | None:
 # The benchmark
 
 
-class _Progress:
-    """A rich progress bar over all runs, or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-            self.bar.start()
-            self.task = self.bar.add_task("dyna", total=total)
-
-    def describe(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, description=text)
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def run_dyna_benchmark(seeds: int = 30, quick: bool = False, figures_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (a), (b) and (c) and return every measured figure with its settings, as JSON values.
 
@@ -214,7 +190,7 @@ def run_dyna_benchmark(seeds: int = 30, quick: bool = False, figures_dir: Path |
     sweeping_settings = SWEEPING_SETTINGS[1:2] if quick else SWEEPING_SETTINGS
     max_steps = 50_000 if quick else MAX_STEPS_PER_RUN
     total_runs = runs * (len(DYNA_MAZE_PLANNING_STEPS) + 2 * len(CHANGING_MAZES) + 2 * len(sweeping_settings))
-    bar = _Progress(progress, total_runs)
+    bar = BenchProgress(progress, total_runs, "dyna")
     try:
         dyna_maze = _dyna_maze(runs, bar)
         changing = {name: _changing_maze(name, runs, bar) for name in CHANGING_MAZES}
@@ -247,7 +223,7 @@ def _config_dict(config: DynaConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in config.__dataclass_fields__}
 
 
-def _dyna_maze(runs: int, bar: _Progress) -> dict[str, Any]:
+def _dyna_maze(runs: int, bar: BenchProgress) -> dict[str, Any]:
     mean_steps, cells = {}, []
     for planning_steps in DYNA_MAZE_PLANNING_STEPS:
         bar.describe(f"Dyna maze, n = {planning_steps}")
@@ -280,7 +256,7 @@ def _cell(planning_steps: int, episode: int, ours: float, standard_error: float,
     }
 
 
-def _changing_maze(name: str, runs: int, bar: _Progress) -> dict[str, Any]:
+def _changing_maze(name: str, runs: int, bar: BenchProgress) -> dict[str, Any]:
     make_env, total_steps, opening = CHANGING_MAZES[name]
     change_step = make_env().change_step
     result: dict[str, Any] = {"total_steps": total_steps, "change_step": change_step, "opening": list(opening)}
@@ -302,7 +278,7 @@ def _changing_maze(name: str, runs: int, bar: _Progress) -> dict[str, Any]:
     return result
 
 
-def _sweeping(resolution: int, alpha: float, runs: int, max_steps: int, bar: _Progress) -> dict[str, Any]:
+def _sweeping(resolution: int, alpha: float, runs: int, max_steps: int, bar: BenchProgress) -> dict[str, Any]:
     layout = DynaMaze(resolution=resolution).layout
     config = replace(SWEEPING_CONFIG, alpha=alpha)
     result: dict[str, Any] = {"resolution": resolution, "alpha": alpha, "open_cells": layout.open_cells, "shortest_path": layout.shortest_path_length()}

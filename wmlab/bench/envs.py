@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from wmlab.bench.common import BenchProgress
+
 @dataclass(frozen=True)
 class EnvCase:
     """One benchmark row: a wmlab id with its keyword arguments, timed against the raw library."""
@@ -78,7 +80,7 @@ def run_envs_benchmark(quick: bool = False, seeds: int = 5, progress: bool = Tru
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, not {seeds}")
     started = time.time()
-    bar = _Progress(progress, len(CASES) * seeds + len(RENDER_TASKS))
+    bar = BenchProgress(progress, len(CASES) * seeds + len(RENDER_TASKS), "envs")
     rows = []
     for case in CASES:
         bar.describe(case.suite)
@@ -118,7 +120,7 @@ def _chunking(case: EnvCase, quick: bool) -> tuple[int, int]:
     return (QUICK_CHUNK_STEPS, QUICK_CHUNKS) if quick else (case.chunk_steps, case.chunks)
 
 
-def _measure_case(case: EnvCase, quick: bool, repetitions: int, bar: "_Progress") -> dict[str, Any]:
+def _measure_case(case: EnvCase, quick: bool, repetitions: int, bar: BenchProgress) -> dict[str, Any]:
     chunk_steps, chunks = _chunking(case, quick)
     steps = chunk_steps * chunks
     wmlab_times, raw_times = [], []
@@ -387,28 +389,3 @@ def envs_markdown(results: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table["rows"]]
         lines.append("")
     return "\n".join(lines)
-
-
-class _Progress:
-    """A rich progress bar over all timed runs, or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-            self.bar.start()
-            self.task = self.bar.add_task("envs", total=total)
-
-    def describe(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, description=text)
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
