@@ -5,6 +5,8 @@
     wmlab train --algo dreamer --env dmc:cartpole-swingup --env-kwargs '{"observation": "pixels"}' 
     wmlab train --resume runs/maze --train.steps 40000
     wmlab eval runs/maze --episodes 20
+    wmlab eval runs/cartpole --suite all
+    wmlab eval --compare runs/a runs/b --suite horizon
     wmlab report runs/maze
     wmlab list
     wmlab bench dyna --seeds 30 --out dyna.json
@@ -34,7 +36,7 @@ USAGE = """usage: wmlab COMMAND [options]
 
 commands:
   train    train an agent and its world model (wmlab train --algo NAME --help)
-  eval     evaluate a trained run's greedy agent (wmlab eval RUN_DIR)
+  eval     evaluate a run's agent or world model (wmlab eval RUN_DIR [--suite horizon|...|all])
   report   write RUN_DIR/report.html (learning curves, tables, figures)
   list     show every registered algorithm, model and environment
   envs     show the environment suites, their ids, spaces and install commands
@@ -157,21 +159,40 @@ def train_command(argv: list[str]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class EvalCommand:
-    """Evaluate the greedy agent of a run's latest checkpoint in the real environment."""
+    """Evaluate a run: the greedy agent's returns in the real environment (suite "returns", the
+    default), or its world model (horizon, calibration, bound, dream, controllability, all), with
+    JSON in RUN_DIR/eval/ and figures in RUN_DIR/figures/. `--compare RUN_A RUN_B` overlays runs."""
 
-    run_dir: tyro.conf.Positional[Path]
-    """The run directory."""
+    run_dir: tyro.conf.Positional[Path | None] = None
+    """The run directory (leave out with --compare)."""
+    suite: str = "returns"
+    """returns | horizon | calibration | bound | dream | controllability | all (every world-model suite)."""
+    compare: tuple[Path, ...] = ()
+    """Run directories whose suite results are overlaid in one figure (default suite: horizon)."""
     episodes: int = 10
-    """Evaluation episodes."""
+    """Evaluation episodes (returns), or fresh episodes collected when the replay cannot serve."""
     seed: int = 123
-    """Seed of the first evaluation episode (episode i uses seed + i)."""
+    """Seed of the first evaluation episode (episode i uses seed + i), and of the world-model suites."""
+    sequences: int = 16
+    """World-model suites: windows of real data."""
+    context: int = 5
+    """World-model suites: real steps filtered before the open-loop rollout."""
+    horizon: int = 50
+    """World-model suites: longest open-loop horizon (clipped to the episodes' length)."""
+    samples: int = 16
+    """Calibration: stochastic rollouts per start."""
+    source: str = "replay"
+    """World-model suites: "replay" (the run's stored episodes) or "env" (fresh episodes from the agent)."""
     out: Path | None = None
-    """Write the metrics as JSON here (default RUN_DIR/eval.json)."""
-
+    """Write the metrics as JSON here (returns; default RUN_DIR/eval.json), or the --compare figure."""
 
 
 def eval_command(argv: list[str]) -> int:
     arguments = tyro.cli(EvalCommand, args=argv, prog="wmlab eval")
+    if arguments.compare or arguments.suite != "returns":
+        return _world_model_eval(arguments)
+    if arguments.run_dir is None:
+        raise WmlabError("give a run directory: wmlab eval RUN_DIR")
     from wmlab.eval.returns import evaluate_agent
     from wmlab.train.loop import load_trained_agent
 
@@ -185,12 +206,61 @@ def eval_command(argv: list[str]) -> int:
     return 0
 
 
+def _world_model_eval(arguments: EvalCommand) -> int:
+    from wmlab.eval.suites import ALL_SUITES, SUITES, SuiteSettings, compare_runs, run_suites
+
+    if arguments.suite not in ALL_SUITES:
+        raise WmlabError(f"unknown suite {arguments.suite!r}; choose from {', '.join(ALL_SUITES)}")
+    if arguments.source not in ("replay", "env"):
+        raise WmlabError(f"--source must be replay or env, got {arguments.source!r}")
+    settings = SuiteSettings(
+        sequences=arguments.sequences, context=arguments.context, horizon=arguments.horizon, samples=arguments.samples,
+        episodes=arguments.episodes, seed=arguments.seed, source=arguments.source,
+    )
+    if arguments.compare:
+        suite = "horizon" if arguments.suite == "returns" else arguments.suite
+        if suite == "all":
+            raise WmlabError("--compare overlays one suite at a time: pick one with --suite")
+        runs = ([arguments.run_dir] if arguments.run_dir is not None else []) + list(arguments.compare)
+        path = compare_runs(runs, suite, settings, arguments.out)
+        print(f"comparison of {len(runs)} runs written to {path}")
+        return 0
+    if arguments.run_dir is None:
+        raise WmlabError("give a run directory: wmlab eval RUN_DIR --suite SUITE")
+    suites = list(SUITES) if arguments.suite == "all" else [arguments.suite]
+    results = run_suites(arguments.run_dir, suites, settings)
+    for suite, result in results.items():
+        print(f"{suite:16s} {_suite_summary(suite, result)}")
+    print(f"written to {arguments.run_dir / 'eval'} and {arguments.run_dir / 'figures'}")
+    return 0
+
+
+def _suite_summary(suite: str, result: dict) -> str:
+    """One line per suite for the terminal; the JSON holds the rest."""
+    if suite == "horizon":
+        parts = [f"{name}@{h}={value:.4g}" for name, by_horizon in result["at_horizon"]["open_loop"].items() for h, value in list(by_horizon.items())[-1:] if value is not None]
+        return ", ".join(parts) or "; ".join(result["notes"])
+    if suite == "calibration":
+        if not result["calibratable"]:
+            return f"cannot be calibrated: {result['reason']}"
+        return f"mean calibration error {result['mean_calibration_error']:.3f}" + (" (over-confident)" if result["overconfident"] else "")
+    if suite == "bound":
+        return f"eps={result['one_step_error']:.4g}, L={result['lipschitz']:.4g}" if result["defined"] else result["reason"]
+    if suite == "dream":
+        return f"imagination and reality part at horizon {result['parting_horizon']}" if result["parting_horizon"] else "imagination and reality stay within the threshold"
+    if suite == "controllability":
+        return ", ".join(f"delta-PSNR[{key}]={value:.3f} dB" for key, value in result["mean_delta_psnr"].items()) if result["defined"] else result["reason"]
+    return ""
+
+
 def report_command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: wmlab report RUN_DIR [--out FILE.html]\n\nWrite one self-contained HTML page for a run.")
         return 0
-    from wmlab.report.html import build_report
+    from wmlab.eval.suites import report_section
+    from wmlab.report.html import build_report, register_section
 
+    register_section("World-model evaluation", report_section)
     output = _option_value(argv, "--out")
     path = build_report(Path(argv[0]), Path(output) if output else None)
     print(f"report written to {path}")

@@ -24,10 +24,8 @@ C's learning curve) and videos/ (a real and a dream rollout), which `wmlab repor
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -1,0 +1,230 @@
+"""JEPA world models: masking, EMA, VICReg terms, collapse diagnostics, planning, shapes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, ValueLearner, expectile_loss
+from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
+from wmlab.core.types import Batch
+from wmlab.models.jepa import (
+    JEPAConfig,
+    JEPAWorldModel,
+    collapse_diagnostics,
+    ema_momentum,
+    ema_update,
+    goal_distance_returns,
+    is_collapsed,
+    vicreg_covariance,
+    vicreg_variance,
+)
+from wmlab.models.jepa_masking import MaskedJEPA, MaskedJEPAConfig, sample_block, sample_block_masks, sample_tube_mask
+from wmlab.planners.mppi import MPPI, MPPIConfig
+
+TINY = JEPAConfig(embedding_size=8, encoder_depth=4, hidden_size=32)
+ACTIONS = spaces.Box(-1.0, 1.0, (2,), np.float32)
+PIXELS = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
+VECTORS = spaces.Dict({"vector": spaces.Box(-1.0, 1.0, (5,), np.float32)})
+
+
+def make_batch(observation_space, B=3, T=4, seed=0):
+    rng = np.random.default_rng(seed)
+    key, space = next(iter(observation_space.spaces.items()))
+    if key == "image":
+        obs = rng.integers(0, 256, (B, T, *space.shape), dtype=np.uint8)
+    else:
+        obs = rng.uniform(-1, 1, (B, T, *space.shape)).astype(np.float32)
+    is_first = np.zeros((B, T), bool)
+    is_first[:, 0] = True
+    is_first[0, 2] = True  # an episode boundary inside a window
+    return Batch(obs={key: obs}, action=rng.uniform(-1, 1, (B, T, 2)).astype(np.float32), reward=np.zeros((B, T), np.float32), is_first=is_first, is_last=np.zeros((B, T), bool), is_terminal=np.zeros((B, T), bool))
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+def test_block_has_requested_scale_and_aspect():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        mask = sample_block((16, 16), (0.15, 0.2), (0.75, 1.5), generator)
+        rows, columns = mask.any(1).sum().item(), mask.any(0).sum().item()
+        assert mask.sum() == rows * columns  # one rectangle
+        # Rounding to whole patches moves the area by at most one row and one column.
+        assert 0.15 * 256 - rows - columns - 1 <= mask.sum() <= 0.2 * 256 + rows + columns + 1
+        assert 0.75 * 0.7 <= rows / columns <= 1.5 / 0.7
+
+
+def test_block_masks_separate_context_from_targets():
+    generator = torch.Generator().manual_seed(1)
+    context, targets = sample_block_masks((8, 8), generator, targets=4)
+    assert context.shape == (8, 8) and targets.shape == (4, 8, 8)
+    assert not (context & targets.any(0)).any()
+    assert context.any()
+
+
+def test_tube_mask_repeats_over_frames():
+    mask = sample_tube_mask(4, (8, 8), torch.Generator().manual_seed(2), blocks=2, scale=(0.25, 0.25), aspect=(1.0, 1.0))
+    assert mask.shape == (4, 8, 8)
+    assert torch.equal(mask[0], mask[3])
+    assert 16 <= mask[0].sum() <= 32  # two 4 x 4 blocks, possibly overlapping
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (2, 3, 3, 32, 32)])
+def test_masked_jepa_loss_is_finite(shape):
+    model = MaskedJEPA(MaskedJEPAConfig(image_size=32, width=16, predictor_width=16, heads=2, depth=1))
+    loss, metrics = model.loss(torch.randint(0, 256, shape, dtype=torch.uint8), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and 0 < metrics["mask/target_fraction"] < 1
+    assert model.update_target() == pytest.approx(0.996)
+
+
+# ----------------------------------------------------------------------------- EMA
+
+
+def test_ema_update_is_exact():
+    online, target = nn.Linear(1, 1), nn.Linear(1, 1)
+    with torch.no_grad():
+        online.weight.fill_(2.0), online.bias.fill_(-1.0)
+        target.weight.fill_(1.0), target.bias.fill_(1.0)
+    ema_update(target, online, momentum=0.75)
+    # 0.75 * 1 + 0.25 * 2 = 1.25 and 0.75 * 1 + 0.25 * (-1) = 0.5
+    assert target.weight.item() == pytest.approx(1.25) and target.bias.item() == pytest.approx(0.5)
+
+
+def test_momentum_schedules():
+    assert ema_momentum(0, 0.996, 1.0, 100, "linear") == pytest.approx(0.996)
+    assert ema_momentum(50, 0.996, 1.0, 100, "linear") == pytest.approx(0.998)
+    assert ema_momentum(50, 0.996, 1.0, 100, "cosine") == pytest.approx(0.998)
+    assert ema_momentum(25, 0.996, 1.0, 100, "cosine") == pytest.approx(1.0 - 0.004 * (math.cos(math.pi / 4) + 1) / 2)
+    assert ema_momentum(500, 0.996, 1.0, 100, "cosine") == 1.0
+
+
+def test_model_target_follows_encoder_with_momentum():
+    model = JEPAWorldModel(JEPAConfig(**{**TINY.__dict__, "collapse_prevention": "ema", "momentum_schedule": "linear", "momentum_steps": 2}), VECTORS, ACTIONS)
+    online = [p.detach().clone() for p in model.encoder.parameters()]
+    with torch.no_grad():
+        for p in model.encoder.parameters():
+            p.add_(1.0)
+    assert model.update_target() == pytest.approx(0.996)
+    for before, target in zip(online, model.target_encoder.parameters()):
+        torch.testing.assert_close(target, before + 0.004)
+    assert model.update_target() == pytest.approx(0.998)
+
+
+# ----------------------------------------------------------------------------- VICReg and collapse
+
+
+def test_vicreg_terms_match_hand_computation():
+    z = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+    # Var (unbiased) of each column is 2; std = sqrt(2 + 1e-4) > 1, so no variance penalty.
+    assert vicreg_variance(z).item() == pytest.approx(0.0)
+    # Covariance matrix [[2, 2], [2, 2]]: off-diagonal 2 * 2^2 = 8, over D = 2 -> 4.
+    assert vicreg_covariance(z).item() == pytest.approx(4.0)
+    small = torch.tensor([[0.0, 0.0], [0.5, 0.0]])
+    # Column stds sqrt(0.125 + 1e-4) and sqrt(1e-4): mean of the two hinges.
+    expected = ((1 - math.sqrt(0.125 + 1e-4)) + (1 - math.sqrt(1e-4))) / 2
+    assert vicreg_variance(small).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_diagnostics_flag_a_constant_encoder():
+    collapsed = collapse_diagnostics(torch.ones(64, 8) * 3.0)
+    assert collapsed["jepa/embedding_std_min"] == 0.0
+    assert collapsed["jepa/effective_rank"] == pytest.approx(1.0, abs=1e-3)
+    assert is_collapsed(collapsed)
+    healthy = collapse_diagnostics(torch.randn(256, 8, generator=torch.Generator().manual_seed(0)))
+    assert healthy["jepa/effective_rank"] > 6 and not is_collapsed(healthy)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+@pytest.mark.parametrize("observation_space", [PIXELS, VECTORS], ids=["pixels", "vectors"])
+@pytest.mark.parametrize("prevention", ["vicreg", "ema"])
+def test_loss_shapes_and_finite(observation_space, prevention):
+    torch.manual_seed(0)
+    model = JEPAWorldModel(JEPAConfig(**{**TINY.__dict__, "collapse_prevention": prevention}), observation_space, ACTIONS)
+    batch = make_batch(observation_space)
+    loss, metrics = model.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert {"loss/teacher_forcing", "loss/rollout", "jepa/embedding_std_min", "jepa/effective_rank"} <= set(metrics)
+    assert ("loss/variance" in metrics) == (prevention == "vicreg")
+    states, last = model.observe(batch.obs, batch.action, batch.is_first, model.initial(3))
+    assert states.shape == (3, 4, 8) and last.shape == (3, 8)
+    trajectory = model.imagine(last, torch.zeros(3, 5, 2), horizon=5)
+    assert trajectory.states.shape == (3, 5, 8) and trajectory.rewards.shape == (3, 5)
+    by_policy = model.imagine(last, lambda z: torch.zeros(z.shape[0], 2), horizon=2)
+    assert by_policy.actions.shape == (3, 2, 2)
+
+
+def test_decode_refuses():
+    model = JEPAWorldModel(TINY, VECTORS, ACTIONS)
+    assert model.can_decode is False
+    with pytest.raises(NotImplementedError, match="representation space"):
+        model.decode(torch.zeros(1, 8))
+
+
+def test_agent_update_and_act_on_pixels():
+    config = JEPAPlannerConfig(model=TINY, value=ValueConfig(hidden_size=16, projection_size=8), planner=MPPIConfig(horizon=3, iterations=2, samples=16, elites=4, policy_trajectories=0), replan_every=2)
+    agent = JEPAPlannerAgent(config, PIXELS, ACTIONS)
+    metrics = agent.update(make_batch(PIXELS))
+    assert math.isfinite(metrics["loss/total"])
+    agent.set_goal(np.zeros((64, 64, 3), np.uint8))
+    action, state = agent.act({"image": np.zeros((1, 64, 64, 3), np.uint8), "is_first": np.array([True])}, None, explore=False)
+    assert action.shape == (1, 2) and np.all(np.abs(action) <= 1)
+
+
+# ----------------------------------------------------------------------------- planning and value
+
+
+class PositionModel(nn.Module):
+    """A toy JEPA whose dynamics are known: embedding = position, predictor = position + 0.1 action."""
+
+    def rollout(self, embedding, actions):
+        return embedding[:, None] + 0.1 * actions.cumsum(1)
+
+
+def test_distance_planning_reaches_goal_on_a_known_model():
+    model, goal = PositionModel(), torch.tensor([0.8, -0.6])
+    planner = MPPI(MPPIConfig(horizon=5, iterations=6, samples=256, elites=16, policy_trajectories=0, temperature=5.0), seed=0)
+    position = torch.zeros(2)
+    rollout_fn = goal_distance_returns(model, goal)
+    for _ in range(20):  # MPC: execute the first action, replan
+        action = planner.plan(rollout_fn, position[None], ACTIONS)[0]
+        position = position + 0.1 * action
+    assert torch.linalg.norm(position - goal) < 0.05
+
+
+def test_expectile_loss_and_value_learning():
+    difference = torch.tensor([1.0, -2.0])
+    assert expectile_loss(difference, 0.9).item() == pytest.approx((0.9 * 1 + 0.1 * 4) / 2)
+    # A chain 0 -> 1 -> ... -> 9 in a 1-D embedding: V(z_t, z_j) should approach -(steps) for gamma=1.
+    torch.manual_seed(0)
+    episode = torch.arange(10.0)[:, None] / 10
+    config = ValueConfig(hidden_size=32, projection_size=8, discount=0.9, expectile=0.5, batch_size=128, learning_rate=3e-3, target_rate=0.05)
+    value = GoalValue(1, config)
+    learner = ValueLearner(value, config, seed=0)
+    for _ in range(600):
+        learner.update([episode])
+    with torch.no_grad():
+        near, far = value(episode[2], episode[3]).item(), value(episode[2], episode[9]).item()
+    assert near == pytest.approx(-1.0, abs=0.35)
+    assert far < near - 2.0  # farther goals have lower value
+
+
+def test_pipeline_smoke(tmp_path):
+    from wmlab.agents.jepa_planner.pipeline import jepa_command, positions_from_frame
+    from wmlab.envs.two_rooms import make_two_rooms_pixels
+
+    env = make_two_rooms_pixels()
+    frame, info = env.reset(seed=3)
+    read = positions_from_frame(frame)
+    assert np.allclose(read[:2], info["agent"], atol=0.01) and np.allclose(read[4], info["door"][1], atol=0.02)
+    assert jepa_command(["--out", str(tmp_path / "jepa"), "--quick"]) == 0
+    assert (tmp_path / "jepa" / "results.json").is_file()

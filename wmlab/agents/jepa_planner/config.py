@@ -1,0 +1,65 @@
+"""Configuration of JEPA planning: the planner, the goal-conditioned value and model training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wmlab.models.jepa import JEPAConfig
+from wmlab.planners.mppi import MPPIConfig
+
+OBJECTIVES = ("distance", "value")
+
+
+def default_mppi() -> MPPIConfig:
+    # EB-JEPA plans two-rooms with MPPI at 200 samples and 20 elites over 20 iterations; we keep
+    # the samples and elites and cut the iterations to 6 over a horizon of 8 (warm starts carry
+    # the plan between steps) to fit a shared CPU. No policy prior: plans start from the Gaussian.
+    return MPPIConfig(horizon=8, iterations=6, samples=200, elites=20, policy_trajectories=0, temperature=1.0, min_std=0.1, max_std=1.0)
+
+
+@dataclass(frozen=True)
+class ValueConfig:
+    """Goal-conditioned value V(z, g) = -||phi(z) - phi(g)||, trained by expectile TD on offline data."""
+
+    hidden_size: int = 256
+    """Width of phi's two hidden layers."""
+    projection_size: int = 64
+    """Size of phi's output, the space in which the value is a distance."""
+    discount: float = 0.99
+    """gamma of the -1-per-step reaching reward."""
+    expectile: float = 0.9
+    """tau of IQL's expectile loss: above 0.5 the value leans toward the best trajectories in the data."""
+    target_rate: float = 0.005
+    """Polyak rate of the target value used in the TD target."""
+    geometric_goal_fraction: float = 0.5
+    """Share of hindsight goals drawn geometrically (Geom(1 - gamma)) ahead; the rest uniformly
+    among the episode's later steps."""
+    learning_rate: float = 3e-4
+    batch_size: int = 512
+
+
+@dataclass(frozen=True)
+class JEPAPlannerConfig:
+    """A JEPA world model, a goal-conditioned value on its embeddings, and MPC over both."""
+
+    model: JEPAConfig = field(default_factory=JEPAConfig)
+    """The world model."""
+    value: ValueConfig = field(default_factory=ValueConfig)
+    """The goal-conditioned value (used when objective is "value")."""
+    planner: MPPIConfig = field(default_factory=default_mppi)
+    """MPPI over action sequences in representation space."""
+    objective: str = "value"
+    """"distance": minimise the squared distance of predicted to goal embeddings, summed over the
+    horizon; "value": maximise the predicted goal-conditioned value, averaged over the horizon."""
+    replan_every: int = 4
+    """MPC: execute this many actions of each plan before planning again."""
+    learning_rate: float = 3e-4
+    """Adam step size of the world model."""
+    gradient_clip: float = 10.0
+    """Global norm the world model's gradients are clipped to."""
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not 1 <= self.replan_every <= self.planner.horizon:
+            raise ValueError(f"replan_every must be in 1..horizon ({self.planner.horizon}), got {self.replan_every}")

@@ -1,0 +1,223 @@
+"""Offline, reward-free JEPA on two-rooms from pixels: record -> train model -> train value -> plan.
+
+`wmlab pipeline jepa --out runs/jepa` (the lead wires `jepa_command` into the CLI):
+
+1. record episodes of a noisy scripted expert mixed with random actions (`exploration_policy`):
+   the expert reads the agent, goal and door from the frame itself, so the recorder needs nothing
+   but pixels; each episode draws a random-action probability from `random_fractions`;
+2. train the JEPA world model on B x T windows of the frames and actions (no rewards are read);
+3. embed every recorded frame with the frozen encoder and train the goal-conditioned value on
+   hindsight goals;
+4. evaluate MPC toward goal images in the other room (random door per episode): success rate of
+   distance-to-goal planning and of value-guided planning.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, ValueLearner
+from wmlab.agents.jepa_planner.config import JEPAPlannerConfig
+from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, WALL_RGB, TwoRoomsGeometry, scripted_action
+
+
+def positions_from_frame(frame: np.ndarray) -> np.ndarray:
+    """[agent x, agent y, goal x, goal y, door y] read off a two-rooms frame (H, W, 3) by colour."""
+    size = frame.shape[0]
+    centres = (np.arange(size) + 0.5) / size
+
+    def centre_of(colour) -> tuple[float, float]:
+        rows, columns = np.nonzero(np.all(frame == np.array(colour, np.uint8), axis=-1))
+        if len(rows) == 0:
+            return 0.5, 0.5
+        return float(centres[columns].mean()), float(1.0 - centres[rows].mean())
+
+    agent, goal = centre_of(AGENT_RGB), centre_of(GOAL_RGB)
+    wall_columns = np.flatnonzero(np.abs(centres - 0.5) <= TwoRoomsGeometry().wall_thickness / 2)
+    open_rows = np.flatnonzero(~np.all(frame[:, wall_columns] == np.array(WALL_RGB, np.uint8), axis=(-1, -2)))
+    door_y = float(1.0 - centres[open_rows].mean()) if len(open_rows) else 0.5
+    return np.array([*agent, *goal, door_y], np.float32)
+
+
+def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0), noise: float = 0.3):
+    """policy(obs, state) -> (action, state) for record_dataset: per episode, a probability p drawn
+    from `random_fractions`; each step a uniform random action with probability p, else the
+    scripted expert's action plus Gaussian noise of std `noise`, clipped to [-1, 1]."""
+    rng = np.random.default_rng(seed)
+
+    def noisy_expert(obs, state):
+        if state is None or bool(obs["is_first"][0]):
+            state = {"random_fraction": float(rng.choice(random_fractions))}
+        if rng.random() < state["random_fraction"]:
+            action = rng.uniform(-1.0, 1.0, 2)
+        else:
+            action = scripted_action(positions_from_frame(obs["image"][0])) + noise * rng.standard_normal(2)
+        return np.clip(action, -1.0, 1.0).astype(np.float32), state
+
+    return noisy_expert
+
+
+@dataclass(frozen=True)
+class PipelineArguments:
+    """Record two-rooms pixels offline, train a JEPA world model and a goal value, evaluate planning."""
+
+    out: Path = Path("runs/jepa")
+    """Directory for the dataset, checkpoints and results."""
+    episodes: int = 400
+    """Episodes to record (capped at `episode_steps` steps each)."""
+    episode_steps: int = 100
+    """Truncate recorded episodes after this many steps."""
+    eval_steps: int = 60
+    """Steps allowed to reach the goal in evaluation (the scripted expert needs about 18 on average)."""
+    train_steps: int = 3000
+    """World-model gradient steps."""
+    batch_size: int = 32
+    """Windows per world-model batch."""
+    sequence_length: int = 8
+    """T, steps per window (the rollout loss predicts T - 1 steps open loop)."""
+    value_steps: int = 3000
+    """Goal-value gradient steps."""
+    eval_episodes: int = 200
+    """Evaluation episodes per objective and seed."""
+    seeds: int = 1
+    """Training seeds (0 .. seeds-1); each trains its own model and value on the same dataset."""
+    objectives: tuple[str, ...] = ("distance", "value")
+    """Planning objectives to evaluate."""
+    collapse_prevention: str = "vicreg"
+    """"vicreg" or "ema"."""
+    reuse_checkpoints: bool = False
+    """Load each seed's saved checkpoint from --out instead of training (evaluate only)."""
+    quick: bool = False
+    """Tiny sizes for a smoke test; numbers not comparable."""
+    threads: int = 1
+    """torch CPU threads."""
+    device: str = "cpu"
+
+
+def _log(path: Path, record: dict) -> None:
+    with open(path, "a") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+def train_model(agent: JEPAPlannerAgent, dataset, steps: int, batch_size: int, length: int, log: Path) -> dict:
+    started, metrics = time.time(), {}
+    for step in range(1, steps + 1):
+        metrics = agent.update(dataset.sample(batch_size, length))
+        if step % 100 == 0 or step == steps:
+            _log(log, {"step": step, "seconds": round(time.time() - started, 1), **{k: round(v, 5) for k, v in metrics.items()}})
+    return metrics
+
+
+@torch.no_grad()
+def embed_episodes(model, dataset, chunk: int = 512) -> list[torch.Tensor]:
+    model.eval()
+    episodes = []
+    for episode in dataset.episodes():
+        frames = episode[model.observation_key]
+        episodes.append(torch.cat([model.encode(frames[i : i + chunk]) for i in range(0, len(frames), chunk)]))
+    return episodes
+
+
+def train_value(agent: JEPAPlannerAgent, episodes: list[torch.Tensor], steps: int, seed: int, log: Path) -> dict:
+    learner, metrics = ValueLearner(agent.value, agent.config.value, seed=seed), {}
+    for step in range(1, steps + 1):
+        metrics = learner.update(episodes)
+        if step % 200 == 0 or step == steps:
+            _log(log, {"value_step": step, **{k: round(v, 5) for k, v in metrics.items()}})
+    return metrics
+
+
+def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: int, seed: int, log: Path | None = None) -> dict:
+    """Success rate of MPC toward the goal image, random door, goal in the other room."""
+    from wmlab.envs.two_rooms import make_two_rooms_pixels
+
+    agent.config = replace(agent.config, objective=objective)
+    env = make_two_rooms_pixels(max_episode_steps=max_steps)
+    successes, lengths, started = [], [], time.time()
+    for episode in range(episodes):
+        frame, info = env.reset(seed=seed + episode)
+        agent.set_goal(env.goal_observation())
+        state, success = None, bool(info["success"])
+        for step in range(max_steps):
+            action, state = agent.act({"image": frame[None], "is_first": np.array([step == 0])}, state, explore=False)
+            frame, _, terminated, truncated, info = env.step(action[0])
+            success = success or bool(info["success"])
+            if terminated or truncated:
+                break
+        successes.append(success)
+        lengths.append(step + 1)
+        if log is not None and (episode + 1) % 25 == 0:
+            _log(log, {"objective": objective, "episodes_done": episode + 1, "success_rate_so_far": float(np.mean(successes)), "seconds": round(time.time() - started, 1)})
+    return {
+        "objective": objective,
+        "episodes": episodes,
+        "success_rate": float(np.mean(successes)),
+        "mean_length": float(np.mean(lengths)),
+        "seconds": round(time.time() - started, 1),
+    }
+
+
+def run_pipeline(arguments: PipelineArguments) -> dict:
+    from wmlab.data.dataset import load_dataset, record_dataset
+    from wmlab.models.jepa import JEPAConfig
+    from wmlab.train.serialization import load_state, save_state
+
+    torch.set_num_threads(arguments.threads)
+    out = arguments.out
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "metrics.jsonl"
+    if arguments.quick:
+        arguments = replace(arguments, episodes=6, episode_steps=20, train_steps=3, value_steps=3, eval_episodes=1, eval_steps=5, sequence_length=4, batch_size=4)
+    dataset_dir = out / "dataset"
+    if not (dataset_dir / "manifest.json").exists():
+        record_dataset(
+            "two-rooms", exploration_policy(seed=0), arguments.episodes, dataset_dir, seed=0,
+            max_episode_steps=arguments.episode_steps, progress=False, policy_name="noisy-scripted-expert+random",
+        )
+    dataset = load_dataset(dataset_dir, seed=0)
+    results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(arguments).items()}, "runs": []}
+    for seed in range(arguments.seeds):
+        torch.manual_seed(seed)
+        model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1))
+        if arguments.quick:
+            model_config = replace(model_config, embedding_size=8, encoder_depth=4, hidden_size=32)
+        config = JEPAPlannerConfig(model=model_config)
+        agent = JEPAPlannerAgent(config, dataset.observation_space, dataset.action_space, seed=seed, device=arguments.device)
+        checkpoint = out / f"seed{seed}"
+        model_metrics, value_metrics, model_seconds, value_seconds = {}, {}, 0.0, 0.0
+        if arguments.reuse_checkpoints:
+            agent.load_state_dict(load_state(checkpoint, "checkpoint"))
+        else:
+            started = time.time()
+            model_metrics = train_model(agent, dataset, arguments.train_steps, arguments.batch_size, arguments.sequence_length, log)
+            model_seconds = time.time() - started
+            started = time.time()
+            value_metrics = train_value(agent, embed_episodes(agent.model, dataset), arguments.value_steps, seed, log)
+            value_seconds = time.time() - started
+            save_state(agent.state_dict(), checkpoint, "checkpoint")
+        run = {"seed": seed, "model_seconds": round(model_seconds, 1), "value_seconds": round(value_seconds, 1), "final_model_metrics": model_metrics, "final_value_metrics": value_metrics, "evaluations": []}
+        for objective in arguments.objectives:
+            evaluation = evaluate(agent, objective, arguments.eval_episodes, arguments.eval_steps, seed=100_000, log=log)
+            run["evaluations"].append(evaluation)
+            _log(log, {"seed": seed, **evaluation})
+        results["runs"].append(run)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def jepa_command(argv: list[str]) -> int:
+    """`wmlab pipeline jepa [--out DIR] [--train-steps N] ...`"""
+    import tyro
+
+    arguments = tyro.cli(PipelineArguments, args=argv, prog="wmlab pipeline jepa")
+    results = run_pipeline(arguments)
+    for run in results["runs"]:
+        for evaluation in run["evaluations"]:
+            print(f"seed {run['seed']} {evaluation['objective']}: success {evaluation['success_rate']:.1%} over {evaluation['episodes']} episodes")
+    return 0

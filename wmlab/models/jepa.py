@@ -1,0 +1,368 @@
+"""JEPA world model: an action-conditioned predictor in representation space, with no decoder.
+
+An encoder maps each observation to an embedding z_t (a conv encoder for 64 x 64 pixels, an MLP
+for vectors); a predictor maps (z_t, a_{t+1}) to z_{t+1}. Training compares predicted and target
+embeddings, never pixels, so something must stop the trivial solution where every observation maps
+to the same point (collapse). Two remedies, chosen by `collapse_prevention`:
+
+- "vicreg": variance and covariance terms on the embeddings (VICReg, Bardes et al. 2022,
+  arXiv:2105.04906, Eqs. 1-4), as the EB-JEPA two-rooms model and PLDM (Sobal et al. 2025,
+  arXiv:2502.14819) do, plus a temporal-smoothness term and an optional inverse-dynamics head
+  that ties the embedding to what the actions control.
+- "ema": targets come from an exponential moving average of the encoder with gradients stopped
+  (BYOL / I-JEPA / V-JEPA). The momentum ramps from 0.996 to 1.0 over training, linearly as in
+  I-JEPA (arXiv:2301.08243, Sec. 4) or along BYOL's cosine (arXiv:2006.07733, Sec. 3.2).
+
+The predictor is trained two ways at once (V-JEPA 2-AC, arXiv:2506.09985, Sec. 3): teacher
+forcing, one step from every encoded z_t, and an open-loop rollout from z_0 over the whole window,
+which teaches it to live with its own errors as a planner will make it do.
+
+Collapse diagnostics, logged with every loss: the smallest per-dimension standard deviation of
+the embeddings ("jepa/embedding_std_min") and their effective rank ("jepa/effective_rank",
+RankMe: exp of the entropy of the normalised singular values; Garrido et al. 2023,
+arXiv:2210.02885, Eq. 1). A collapsed encoder has std ~ 0 and rank ~ 1.
+
+Shape legend: B batch, T time, L horizon, A action dim, D embedding, C, H, W image.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+
+from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.shapes import check_shape
+from wmlab.core.types import Batch, Trajectory
+from wmlab.nn.conv import ConvEncoder
+from wmlab.nn.mlp import MLP
+
+COLLAPSE_PREVENTIONS = ("vicreg", "ema")
+MOMENTUM_SCHEDULES = ("linear", "cosine")
+
+
+@dataclass(frozen=True)
+class JEPALossScales:
+    """Weights of the loss terms, in one place (each is also reported unweighted as `loss/<term>`)."""
+
+    teacher_forcing: float = 1.0
+    """One-step prediction from every encoded embedding."""
+    rollout: float = 1.0
+    """Open-loop multi-step prediction from the first embedding of the window."""
+    variance: float = 1.0
+    """VICReg variance hinge (vicreg only); Bardes et al. use 25 against an invariance weight of 25."""
+    covariance: float = 0.04
+    """VICReg off-diagonal covariance (vicreg only); Bardes et al. use 1 against 25, i.e. 0.04."""
+    smoothness: float = 0.1
+    """Squared distance between consecutive embeddings (PLDM's temporal smoothness; vicreg only)."""
+    inverse_dynamics: float = 1.0
+    """Action regressed from (z_t, z_{t+1}) when `inverse_dynamics` is on."""
+
+
+@dataclass(frozen=True)
+class JEPAConfig:
+    """An action-conditioned JEPA world model; the defaults are a small CPU-sized model."""
+
+    embedding_size: int = 32
+    """D, the size of the representation that is predicted and planned in."""
+    encoder_depth: int = 16
+    """Channels of the first conv stage (pixels); later stages multiply it by `encoder_multipliers`."""
+    encoder_multipliers: tuple[int, ...] = (1, 2, 3, 4)
+    """Channel multipliers of the four stride-2 conv stages (64 x 64 -> 4 x 4)."""
+    hidden_size: int = 256
+    """Width of the MLP encoder (vectors), the predictor and the inverse-dynamics head."""
+    predictor_layers: int = 2
+    """Hidden layers of the predictor MLP."""
+    residual_predictor: bool = True
+    """Predict z_{t+1} - z_t rather than z_{t+1}: small moves then need small outputs."""
+    collapse_prevention: str = "vicreg"
+    """"vicreg" (variance/covariance terms) or "ema" (stop-gradient EMA target encoder)."""
+    variance_target: float = 1.0
+    """gamma of the VICReg variance hinge: each dimension's std is pushed up to this."""
+    momentum_start: float = 0.996
+    """EMA momentum at step 0 (I-JEPA: 0.996; V-JEPA: 0.998)."""
+    momentum_end: float = 1.0
+    """EMA momentum at `momentum_steps` and after."""
+    momentum_steps: int = 10_000
+    """Updates over which the momentum ramps from start to end."""
+    momentum_schedule: str = "cosine"
+    """"linear" (I-JEPA) or "cosine" (BYOL)."""
+    inverse_dynamics: bool = True
+    """Add a head that regresses the action from consecutive embeddings."""
+    loss_scales: JEPALossScales = field(default_factory=JEPALossScales)
+    """Weights of the loss terms."""
+
+    def __post_init__(self):
+        if self.collapse_prevention not in COLLAPSE_PREVENTIONS:
+            raise ValueError(f"collapse_prevention must be one of {COLLAPSE_PREVENTIONS}, got {self.collapse_prevention!r}")
+        if self.momentum_schedule not in MOMENTUM_SCHEDULES:
+            raise ValueError(f"momentum_schedule must be one of {MOMENTUM_SCHEDULES}, got {self.momentum_schedule!r}")
+        if not 0 <= self.momentum_start <= self.momentum_end <= 1:
+            raise ValueError(f"need 0 <= momentum_start <= momentum_end <= 1, got {self.momentum_start}, {self.momentum_end}")
+        if self.embedding_size < 1 or self.momentum_steps < 1:
+            raise ValueError("embedding_size and momentum_steps must be at least 1")
+
+
+# ------------------------------------------------------------------------------ pure functions
+
+
+def vicreg_variance(embeddings: torch.Tensor, target: float = 1.0, epsilon: float = 1e-4) -> torch.Tensor:
+    """mean_j max(0, target - sqrt(Var(z^j) + epsilon)) over embeddings (N, D) (Eq. 1, arXiv:2105.04906)."""
+    std = torch.sqrt(embeddings.var(dim=0) + epsilon)
+    return F.relu(target - std).mean()
+
+
+def vicreg_covariance(embeddings: torch.Tensor) -> torch.Tensor:
+    """sum_{i != j} C_ij^2 / D, C the (unbiased) covariance of embeddings (N, D) (Eqs. 3-4, arXiv:2105.04906)."""
+    N, D = embeddings.shape
+    centred = embeddings - embeddings.mean(dim=0)
+    covariance = centred.T @ centred / (N - 1)
+    off_diagonal = covariance - torch.diag(torch.diagonal(covariance))
+    return off_diagonal.pow(2).sum() / D
+
+
+def effective_rank(embeddings: torch.Tensor, epsilon: float = 1e-7) -> torch.Tensor:
+    """exp(-sum_k p_k log p_k), p_k = sigma_k / sum sigma + epsilon, over the singular values of
+    embeddings (N, D) (RankMe, arXiv:2210.02885, Eq. 1): between 1 (collapsed) and min(N, D)."""
+    singular_values = torch.linalg.svdvals(embeddings.float())
+    p = singular_values / (singular_values.sum() + epsilon) + epsilon
+    return torch.exp(-(p * p.log()).sum())
+
+
+def ema_momentum(step: int, start: float, end: float, total_steps: int, schedule: str) -> float:
+    """The EMA momentum at `step`: linear (I-JEPA) or cosine, 1 - (1 - start)(cos(pi k/K) + 1)/2
+    scaled to reach `end` (BYOL, arXiv:2006.07733, Sec. 3.2); constant at `end` after K steps."""
+    progress = min(max(step, 0) / total_steps, 1.0)
+    if schedule == "linear":
+        return start + (end - start) * progress
+    if schedule == "cosine":
+        return end - (end - start) * (math.cos(math.pi * progress) + 1) / 2
+    raise ValueError(f"unknown momentum schedule {schedule!r}; choose one of {MOMENTUM_SCHEDULES}")
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- momentum * target + (1 - momentum) * online, parameter by parameter."""
+    for target_parameter, online_parameter in zip(target.parameters(), online.parameters()):
+        target_parameter.lerp_(online_parameter.detach(), 1.0 - momentum)
+    for target_buffer, online_buffer in zip(target.buffers(), online.buffers()):
+        target_buffer.copy_(online_buffer)
+
+
+def collapse_diagnostics(embeddings: torch.Tensor, prefix: str = "jepa") -> dict[str, float]:
+    """Per-dimension std (min and mean) and effective rank of embeddings (N, D), as metrics."""
+    embeddings = embeddings.detach().reshape(-1, embeddings.shape[-1]).float()
+    std = embeddings.std(dim=0) if embeddings.shape[0] > 1 else torch.zeros(embeddings.shape[-1])
+    return {
+        f"{prefix}/embedding_std_min": float(std.min()),
+        f"{prefix}/embedding_std_mean": float(std.mean()),
+        f"{prefix}/effective_rank": float(effective_rank(embeddings)),
+    }
+
+
+def is_collapsed(metrics: dict[str, float], prefix: str = "jepa", min_std: float = 1e-3, min_rank: float = 1.5) -> bool:
+    """Whether diagnostics say the representation has collapsed (no dimension varies, or all
+    variation lies along one direction)."""
+    return metrics[f"{prefix}/embedding_std_mean"] < min_std or metrics[f"{prefix}/effective_rank"] < min_rank
+
+
+# ------------------------------------------------------------------------------ the model
+
+
+class JEPAWorldModel(nn.Module):
+    """Encoder + action-conditioned predictor; states are embeddings (B, D).
+
+    `observation_space` is a Dict with one key: "image" (H, W, C) uint8 or "vector" (D_obs,);
+    `action_space` a 1-D Box.
+    """
+
+    #: JEPA predicts in representation space; there is no way back to pixels.
+    can_decode = False
+
+    def __init__(self, config: JEPAConfig, observation_space: spaces.Space, action_space: spaces.Space):
+        super().__init__()
+        self.config = config
+        if not isinstance(action_space, spaces.Box) or len(action_space.shape) != 1:
+            raise IncompatibleSpaceError(f"the JEPA world model takes a 1-D Box action space, got {action_space}")
+        keys = list(observation_space.spaces) if isinstance(observation_space, spaces.Dict) else []
+        if keys not in (["image"], ["vector"]):
+            raise IncompatibleSpaceError(f"the JEPA world model takes a Dict with one 'image' or 'vector' key, got {observation_space}")
+        self.observation_key = keys[0]
+        self.observation_shape = tuple(observation_space[self.observation_key].shape)
+        self.action_size = int(action_space.shape[0])
+        D = config.embedding_size
+        if self.observation_key == "image":
+            height, width, channels = self.observation_shape
+            conv = ConvEncoder(channels, config.encoder_depth, config.encoder_multipliers, image_size=(height, width))
+            self.encoder = nn.Sequential(conv, nn.Linear(conv.features, D))
+        else:
+            self.encoder = MLP(self.observation_shape[0], D, config.hidden_size, 2, layer_norm=True)
+        self.predictor = MLP(D + self.action_size, D, config.hidden_size, config.predictor_layers, layer_norm=True)
+        self.inverse_dynamics = MLP(2 * D, self.action_size, config.hidden_size, 1) if config.inverse_dynamics else None
+        self.target_encoder = None
+        if config.collapse_prevention == "ema":
+            self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        #: EMA updates done so far (drives the momentum schedule).
+        self.register_buffer("target_updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ encoding and predicting
+
+    def preprocess(self, observation: Any) -> torch.Tensor:
+        """(..., H, W, C) uint8 -> (..., C, H, W) float in [-0.5, 0.5]; vectors -> float."""
+        x = torch.as_tensor(observation, device=self.device)
+        if self.observation_key == "image":
+            return x.movedim(-1, -3).float() / 255.0 - 0.5
+        return x.float()
+
+    def _encode_with(self, encoder: nn.Module, observation: Any) -> torch.Tensor:
+        x = self.preprocess(observation)
+        trailing = 3 if self.observation_key == "image" else 1
+        leading = x.shape[: x.dim() - trailing]
+        expected = self.observation_shape if self.observation_key == "vector" else (self.observation_shape[2], *self.observation_shape[:2])
+        if tuple(x.shape[x.dim() - trailing :]) != expected:
+            raise ShapeError(f"obs[{self.observation_key!r}]: expected (..., {', '.join(map(str, self.observation_shape))}), got {tuple(torch.as_tensor(observation).shape)}")
+        return encoder(x.reshape(-1, *expected)).reshape(*leading, self.config.embedding_size)
+
+    def encode(self, observation: Any) -> torch.Tensor:
+        """Observations (..., H, W, C) or (..., D_obs) -> embeddings (..., D)."""
+        return self._encode_with(self.encoder, observation)
+
+    def predict(self, embedding: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """z_t (..., D), a_{t+1} (..., A) -> predicted z_{t+1} (..., D)."""
+        output = self.predictor(torch.cat([embedding, action.to(embedding.dtype)], dim=-1))
+        return embedding + output if self.config.residual_predictor else output
+
+    def rollout(self, embedding: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Open loop: z_0 (N, D), actions (N, L, A) -> predicted z_1..z_L (N, L, D)."""
+        sizes = check_shape("embedding", embedding, ("N", self.config.embedding_size))
+        check_shape("actions", actions, ("N", "L", self.action_size), sizes)
+        states, z = [], embedding
+        for step in range(actions.shape[1]):
+            z = self.predict(z, actions[:, step])
+            states.append(z)
+        return torch.stack(states, dim=1)
+
+    # ------------------------------------------------------------------ WorldModel protocol
+
+    def initial(self, batch_size: int) -> torch.Tensor:
+        """Zeros (B, D): JEPA is not recurrent, so the state before any observation is a placeholder."""
+        return torch.zeros(batch_size, self.config.embedding_size, device=self.device)
+
+    def observe(self, obs: dict, action: Any, is_first: Any, state: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each frame's embedding (B, T, D) and the last one (B, D): the encoder sees one frame,
+        so neither the actions nor the previous state change the posterior."""
+        embeddings = self.encode(obs[self.observation_key])
+        return embeddings, embeddings[:, -1]
+
+    def imagine(self, state: torch.Tensor, actions_or_policy: Any, horizon: int) -> Trajectory:
+        """Roll the predictor from embeddings (B, D) under actions (B, L, A) or `policy(z) -> (B, A)`."""
+        if callable(actions_or_policy):
+            actions, states, z = [], [], state
+            for _ in range(horizon):
+                action = torch.as_tensor(actions_or_policy(z), device=self.device, dtype=z.dtype)
+                z = self.predict(z, action)
+                actions.append(action)
+                states.append(z)
+            actions, states = torch.stack(actions, 1), torch.stack(states, 1)
+        else:
+            actions = torch.as_tensor(actions_or_policy, device=self.device, dtype=state.dtype)[:, :horizon]
+            states = self.rollout(state, actions)
+        B, L = actions.shape[:2]
+        # Reward-free: goals are given at planning time, so the model predicts no reward.
+        return Trajectory(states=states, actions=actions, rewards=torch.zeros(B, L, device=self.device), continues=torch.ones(B, L, device=self.device))
+
+    def decode(self, state: Any) -> dict:
+        raise NotImplementedError(
+            "a JEPA world model predicts in representation space and has no decoder: it is trained "
+            "to match embeddings, never pixels, so there is no observation to return. Probe the "
+            "embeddings (e.g. a linear read-out of positions) or plan toward a goal embedding instead."
+        )
+
+    def loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Teacher-forcing and rollout prediction losses plus the collapse-prevention terms."""
+        config, scales = self.config, self.config.loss_scales
+        observation = torch.as_tensor(batch.obs[self.observation_key], device=self.device)
+        action = torch.as_tensor(batch.action, device=self.device).float()
+        sizes = check_shape("action", action, ("B", "T", self.action_size))
+        check_shape(f"obs[{self.observation_key!r}]", observation, ("B", "T", *self.observation_shape), sizes)
+        if sizes["T"] < 2:
+            raise ShapeError("the JEPA loss needs windows of at least T=2 steps")
+        is_first = torch.as_tensor(batch.is_first, device=self.device).bool()
+
+        z = self.encode(observation)  # (B, T, D)
+        if self.target_encoder is not None:
+            with torch.no_grad():
+                target = self._encode_with(self.target_encoder, observation)
+        else:
+            target = z
+        # Step t+1 continues step t unless a new episode starts there; the rollout from z_0 stays
+        # valid only until the first episode start in the window.
+        transition = (~is_first[:, 1:]).float()  # (B, T-1)
+        rollout_valid = transition.cumprod(dim=1)
+        next_actions = action[:, 1:]
+
+        one_step = self.predict(z[:, :-1], next_actions)
+        terms = {"teacher_forcing": _masked_mean((one_step - target[:, 1:]).pow(2).mean(-1), transition)}
+        rolled = self.rollout(z[:, 0], next_actions)
+        terms["rollout"] = _masked_mean((rolled - target[:, 1:]).pow(2).mean(-1), rollout_valid)
+
+        flat = z.reshape(-1, config.embedding_size)
+        if config.collapse_prevention == "vicreg":
+            terms["variance"] = vicreg_variance(flat, config.variance_target)
+            terms["covariance"] = vicreg_covariance(flat)
+            terms["smoothness"] = _masked_mean((z[:, 1:] - z[:, :-1]).pow(2).mean(-1), transition)
+        if self.inverse_dynamics is not None:
+            predicted_action = self.inverse_dynamics(torch.cat([z[:, :-1], z[:, 1:]], dim=-1))
+            terms["inverse_dynamics"] = _masked_mean((predicted_action - next_actions).pow(2).mean(-1), transition)
+
+        total = sum(getattr(scales, name) * value for name, value in terms.items())
+        metrics = {f"loss/{name}": float(value.detach()) for name, value in terms.items()}
+        metrics["loss/total"] = float(total.detach())
+        metrics.update(collapse_diagnostics(flat))
+        if self.target_encoder is not None:
+            metrics["jepa/ema_momentum"] = self.current_momentum()
+        return total, metrics
+
+    # ------------------------------------------------------------------ EMA target
+
+    def current_momentum(self) -> float:
+        config = self.config
+        return ema_momentum(int(self.target_updates), config.momentum_start, config.momentum_end, config.momentum_steps, config.momentum_schedule)
+
+    def update_target(self) -> float:
+        """After each optimiser step: move the EMA target toward the encoder; returns the momentum
+        used. Does nothing (returns 0) without an EMA target."""
+        if self.target_encoder is None:
+            return 0.0
+        momentum = self.current_momentum()
+        ema_update(self.target_encoder, self.encoder, momentum)
+        self.target_updates += 1
+        return momentum
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def goal_distance_returns(model: JEPAWorldModel, goal: torch.Tensor, terminal_only: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A planner's `rollout_fn(z (1, D) or (D,), actions (N, L, A)) -> (N,)`: minus the squared
+    distance of the predicted embeddings to the goal embedding (D,), summed over the horizon (or
+    the last step only), the EB-JEPA / PLDM planning cost."""
+
+    def rollout_fn(state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        start = state.reshape(1, -1).expand(actions.shape[0], -1)
+        predicted = model.rollout(start, actions.to(start.dtype))
+        distance = (predicted - goal.reshape(1, 1, -1)).pow(2).sum(-1)  # (N, L)
+        return -(distance[:, -1] if terminal_only else distance.sum(1))
+
+    return rollout_fn
