@@ -359,3 +359,15 @@ def test_pipeline_command_trains_c_in_reality(tmp_path, capsys):
     assert summary["dream"] is False and summary["controller/parameters"] == 2 * (4 + 8 + 1) and summary["eval/length"] == 10
     curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "controller/fitness_mean" in line]
     assert [record["step"] for record in curve] == [1, 2]
+
+
+def test_restarted_stages_do_not_log_a_step_twice(tmp_path):
+    pipeline = Pipeline(tiny_config(), "two-rooms", tmp_path, 0, {}, "cpu", 0, False, False)
+    for step in (1, 2, 3):
+        pipeline.log(step, {"vae/loss": float(step)})
+    pipeline.log(2, {"mdnrnn/loss": 1.0})
+    pipeline.log(5, {"eval/return": 1.0, "dream/return": 2.0})
+    pipeline.forget_metrics("vae/", 1)
+    pipeline.forget_metrics(("eval/", "dream/"), -1)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(record["step"], sorted(set(record) - {"step", "time"})) for record in records] == [(1, ["vae/loss"]), (2, ["mdnrnn/loss"])]

@@ -41,6 +41,7 @@ commands:
   list     show every registered algorithm, model and environment
   envs     show the environment suites, their ids, spaces and install commands
   record   record episodes of any environment and policy to a dataset folder
+  pipeline run a multi-stage pipeline: world-models, jepa (wmlab pipeline NAME --help)
   bench    run a benchmark: dyna, envs (wmlab bench NAME --help)
 """
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         "list": list_command,
         "envs": envs_command,
         "record": record_command,
+        "pipeline": pipeline_command,
         "bench": bench_command,
     }
     if command not in commands:
@@ -316,19 +318,35 @@ def record_command(argv: list[str]) -> int:
 BENCHMARKS = {"dyna": "wmlab.bench.dyna_command:run", "envs": "wmlab.bench.envs_command:run"}
 
 
+PIPELINES = {
+    "world-models": "wmlab.agents.world_models.pipeline:pipeline_command",
+    "jepa": "wmlab.agents.jepa_planner.pipeline:jepa_command",
+}
+
+
 def bench_command(argv: list[str]) -> int:
+    usage = "usage: wmlab bench NAME [--seeds N] [--quick] [--out FILE.json] [--run-dir DIR]"
+    return _dispatch("benchmark", BENCHMARKS, argv, usage)
+
+
+def pipeline_command(argv: list[str]) -> int:
+    return _dispatch("pipeline", PIPELINES, argv, "usage: wmlab pipeline NAME [options] (wmlab pipeline NAME --help)")
+
+
+def _dispatch(kind: str, table: dict[str, str], argv: list[str], usage: str) -> int:
+    """Run `table[argv[0]](argv[1:])`; an unknown name gives the close matches."""
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"usage: wmlab bench NAME [--seeds N] [--quick] [--out FILE.json] [--run-dir DIR]\n\nbenchmarks: {', '.join(BENCHMARKS)}")
+        print(f"{usage}\n\n{kind}s: {', '.join(table)}")
         return 0
     name = argv[0]
-    if name not in BENCHMARKS:
+    if name not in table:
         import difflib
 
-        close = difflib.get_close_matches(name, list(BENCHMARKS))
-        raise UnknownNameError(f"unknown benchmark {name!r}." + (f" Did you mean: {', '.join(close)}?" if close else "") + f" Benchmarks: {', '.join(BENCHMARKS)}")
+        close = difflib.get_close_matches(name, list(table))
+        raise UnknownNameError(f"unknown {kind} {name!r}." + (f" Did you mean: {', '.join(close)}?" if close else "") + f" {kind.capitalize()}s: {', '.join(table)}")
     from wmlab.core.registry import _load
 
-    return _load(BENCHMARKS[name])(argv[1:])
+    return _load(table[name])(argv[1:]) or 0
 
 
 if __name__ == "__main__":

@@ -70,12 +70,12 @@ def benchmark_config(quick: bool, inputs: str = "latent_and_hidden", temperature
     return dataclasses.replace(
         base,
         collect=CollectConfig(episodes=40, policy="brownian", max_steps=500),
-        vae=VAETrainingConfig(epochs=5, batch_size=100),
-        mdnrnn=MDNRNNTrainingConfig(updates=1_000, batch_size=32, sequence_length=200, checkpoint_every=100),
-        controller=ControllerTrainingConfig(inputs=inputs, generations=30, population=64, rollouts=16, max_steps=500, eval_every=0),
+        vae=VAETrainingConfig(epochs=2, batch_size=32),
+        mdnrnn=MDNRNNTrainingConfig(updates=600, batch_size=32, sequence_length=200, checkpoint_every=100),
+        controller=ControllerTrainingConfig(inputs=inputs, generations=30, population=64, rollouts=4, max_steps=500, eval_every=0),
         dream=True,
         temperature=temperature,
-        evaluation_episodes=16,
+        evaluation_episodes=8,
         dream_evaluation_episodes=256,
         video_steps=300,
     )
@@ -104,7 +104,7 @@ def settings_line(settings: dict[str, Any]) -> str:
     controller, collect = settings["controller"], settings["collect"]
     return (
         f"Budget: {collect['episodes']} {collect['policy']} random rollouts of {collect['max_steps']} steps (paper: 10,000 whole "
-        f"episodes); V {settings['vae']['epochs']} epochs, batch {settings['vae']['batch_size']}, Adam 1e-4 (paper: 10 epochs); "
+        f"episodes); V {settings['vae']['epochs']} epochs, batch {settings['vae']['batch_size']}, Adam 1e-4 (authors: 10 epochs, batch 100); "
         f"M {settings['mdnrnn']['updates']} updates of {settings['mdnrnn']['batch_size']} x {settings['mdnrnn']['sequence_length']} "
         f"steps (authors: 4000 of 100 x 999), with reward and done heads; C by CMA-ES **in the dream**, population "
         f"{controller['population']} x {controller['rollouts']} dream rollouts of {controller['max_steps']} steps, "

@@ -262,6 +262,24 @@ class Pipeline:
         with (self.run_dir / "metrics.jsonl").open("a") as stream:
             stream.write(json.dumps(record) + "\n")
 
+    def forget_metrics(self, prefix: str | tuple[str, ...], after_step: int) -> None:
+        """Drop the `prefix` metrics logged after `after_step`: a stage that restarts or resumes
+        logs them again, and a curve must not hold two values for one step."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by an interruption
+            names = [key for key in record if key not in ("step", "time")]
+            if names and all(name.startswith(prefix) for name in names) and record.get("step", 0) > after_step:
+                continue
+            kept.append(line)
+        path.write_text("".join(line + "\n" for line in kept))
+
     def copy_models_from(self, other: Path) -> None:
         """Take the finished collect, V and M stages of `other` whose settings match this run's."""
         if not (other / "stages").is_dir():
@@ -316,6 +334,7 @@ class Pipeline:
             policy, name = "random", "uniform"
         else:
             policy, name = brownian_policy(self.action_space, settings.brownian_dt, self.seed), "brownian"
+        self.forget_metrics("collect/", -1)
         manifest = record_dataset(
             self.env_id, policy, settings.episodes, directory, seed=self.seed, env_kwargs=self.env_kwargs,
             progress=self.progress, max_episode_steps=settings.max_steps or None, force=True, policy_name=name,
@@ -355,6 +374,7 @@ class Pipeline:
             optimizer.load_state_dict(checkpoint["optimizer"])
             generator.set_state(checkpoint["generator"])
             epoch, updates = int(checkpoint["epoch"]), int(checkpoint["updates"])
+        self.forget_metrics("vae/", updates)
         batches = max(1, -(-len(frames) // settings.batch_size))
         advance = self.bars.task("V", settings.epochs * batches, epoch * batches)
         averager: dict[str, list[float]] = {}
@@ -432,6 +452,7 @@ class Pipeline:
             optimizer.load_state_dict(checkpoint["optimizer"])
             generator.set_state(checkpoint["generator"])
             updates = int(checkpoint["updates"])
+        self.forget_metrics("mdnrnn/", updates)
         advance = self.bars.task("M", settings.updates, updates)
         averager: dict[str, list[float]] = {}
         model.train()
@@ -514,6 +535,7 @@ class Pipeline:
         else:
             strategy = CMAES(controller.parameter_count, settings.population, settings.initial_sigma, seed=self.seed)
             curve = {"generation": [], "mean": [], "best": [], "worst": [], "sigma": [], "real_generation": [], "real_return": []}
+        self.forget_metrics("controller/", strategy.generation)
         N, R = settings.population, settings.rollouts
         dream = self.dream(model, N * R, self.seed) if self.config.dream else None
         advance = self.bars.task("C (dream)" if dream else "C (real)", settings.generations, strategy.generation)
@@ -571,6 +593,7 @@ class Pipeline:
         result = self.load_result("controller")
         parameters = np.asarray(result["parameters"], dtype=np.float32)
         episodes = self.config.evaluation_episodes
+        self.forget_metrics(("eval/", "dream/"), -1)
         with self.real_rollouts(model, controller) as real:
             seeds = (2**31 - 1 - np.arange(episodes)).reshape(1, -1)
             advance = self.bars.task("evaluate", 1, 0)
