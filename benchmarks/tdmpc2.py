@@ -39,18 +39,20 @@ def dmc_spec(steps: int, seed: int, size: str) -> RunSpec:
     return RunSpec("tdmpc2", "dmc:cartpole-swingup", train=train, agent=agent, env_kwargs={"action_repeat": 2})
 
 
-def cartpole_spec(steps: int, seed: int, size: str) -> RunSpec:
+def cartpole_spec(steps: int, seed: int, size: str, episodic: bool = True) -> RunSpec:
     """CartPole-v1 with discrete MPPI: 500-step episodes (discount 0.99 by the paper's heuristic),
     TD-MPC2's model, losses and update schedule, 1000 seed steps (the authors' minimum). MPPI keeps
     its horizon (3), iterations (6) and temperature, but scores 64 sequences (8 of them from the
     policy prior, 8 elites) instead of 512: two actions over three steps make only 8 distinct
-    sequences, and 512 samples would score each about 64 times per iteration."""
+    sequences, and 512 samples would score each about 64 times per iteration. The episode ends on
+    failure with a constant reward of 1, so the model learns a termination head (`episodic`)."""
     train = TrainConfig(
         steps=steps, seed=seed, batch_size=256, sequence_length=4, train_ratio=1024.0, learning_starts=1000,
         eval_every=2500, eval_episodes=2, checkpoint_every=2500, log_every=500, threads=1, progress=False,
     )
     planner = MPPIConfig(samples=64, elites=8, policy_trajectories=8)
-    agent = TDMPC2Config(model=TDMPCModelConfig(size=size), planner=planner, random_steps=1000)
+    model = TDMPCModelConfig(size=size, episodic=episodic)
+    agent = TDMPC2Config(model=model, planner=planner, random_steps=1000)
     return RunSpec("tdmpc2", "CartPole-v1", train=train, agent=agent)
 
 
@@ -127,13 +129,16 @@ def main() -> None:
     parser.add_argument("--sizes", default="1M,5M", help="speed: comma-separated presets")
     parser.add_argument("--compile", default="off,on", help="speed: off, on or off,on")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--no-episodic", action="store_true", help="cartpole: no termination head")
     arguments = parser.parse_args()
     if arguments.benchmark == "speed":
         modes = [{"off": False, "on": True}[mode] for mode in arguments.compile.split(",")]
         speed(min(arguments.steps, 100), arguments.sizes.split(","), modes)
         return
-    make_spec = dmc_spec if arguments.benchmark == "dmc" else cartpole_spec
-    spec = make_spec(arguments.steps, arguments.seed, arguments.size)
+    if arguments.benchmark == "dmc":
+        spec = dmc_spec(arguments.steps, arguments.seed, arguments.size)
+    else:
+        spec = cartpole_spec(arguments.steps, arguments.seed, arguments.size, episodic=not arguments.no_episodic)
     if arguments.resume:
         spec = replace(spec, train=replace(spec.train, steps=arguments.steps))
     train(spec, arguments.run_dir, arguments.resume)

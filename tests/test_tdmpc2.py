@@ -386,3 +386,30 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, env):
     weights_b = load_state(tmp_path / "resumed" / "checkpoints" / "rank0", "agent")["model"]
     for name, tensor in weights_a.items():
         assert torch.equal(tensor, weights_b[name]), name
+
+
+def test_episodic_model_learns_termination_and_planning_stops_at_predicted_terminals():
+    model = TDMPCModel(tiny_model_config(episodic=True), VECTOR, DISCRETE).train()
+    batch = random_batch(VECTOR, DISCRETE)
+    batch.is_terminal[:, 2] = True
+    result = model.compute_loss(batch)
+    assert math.isfinite(result.metrics["loss/termination"]) and result.metrics["loss/termination"] > 0
+    trajectory = model.imagine(model.initial(2), np.zeros((2, 3), np.int64))
+    assert ((trajectory.continues > 0) & (trajectory.continues < 1)).all()
+
+    agent = TDMPC2Agent(replace(TINY_AGENT, model=tiny_model_config(episodic=True)), VECTOR, DISCRETE, seed=0)
+    reward = symexp(0.2)  # on bin 51 exactly
+    with torch.no_grad():  # that reward everywhere, values 0 (zero-initialised Q outputs)
+        agent.model.reward_head[-1].bias.zero_()
+        agent.model.reward_head[-1].bias[51] = 40.0
+        agent.model.termination_head[-1].bias.fill_(-50.0)  # never terminal
+    candidates = torch.zeros(4, 3, dtype=torch.int64)
+    members, latent = torch.tensor([0, 1]), agent.model.initial(1)
+    actions = F.one_hot(candidates, 3).float()
+    never = agent.rollout_return(latent, actions, members, None)
+    with torch.no_grad():
+        agent.model.termination_head[-1].bias.fill_(50.0)  # every reached latent is terminal
+    always = agent.rollout_return(latent, actions, members, None)
+    gamma = agent.model.config.discount
+    torch.testing.assert_close(never, torch.full((4,), reward * (1 + gamma + gamma**2)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(always, torch.full((4,), reward), atol=1e-4, rtol=0)  # only the first step counts

@@ -32,6 +32,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from wmlab.agents.world_models.config import (
     CollectConfig,
     ControllerTrainingConfig,
@@ -61,7 +63,7 @@ def benchmark_config(quick: bool, inputs: str = "latent_and_hidden", temperature
     budgets cut to fit two shared cores; C trained in the dream and scored in reality."""
     base = default_config(CARRACING, quick=quick)
     if quick:
-        tiny = VAEMDNRNNConfig(vae=ConvVAEConfig(latent_size=8, channels=(8, 8, 16, 16)), mdnrnn=MDNRNNConfig(hidden_size=32))
+        tiny = VAEMDNRNNConfig(vae=ConvVAEConfig(latent_size=8, channels=(8, 8, 16, 16)), mdnrnn=MDNRNNConfig(hidden_size=32, predict_done=False))
         return dataclasses.replace(
             base, model=tiny, dream=True, temperature=temperature, collect=CollectConfig(episodes=3, max_steps=40),
             controller=dataclasses.replace(base.controller, inputs=inputs, generations=2, population=4, rollouts=2, max_steps=40),
@@ -71,11 +73,11 @@ def benchmark_config(quick: bool, inputs: str = "latent_and_hidden", temperature
         base,
         collect=CollectConfig(episodes=40, policy="brownian", max_steps=500),
         vae=VAETrainingConfig(epochs=2, batch_size=32),
-        mdnrnn=MDNRNNTrainingConfig(updates=600, batch_size=32, sequence_length=200, checkpoint_every=100),
-        controller=ControllerTrainingConfig(inputs=inputs, generations=30, population=64, rollouts=4, max_steps=500, eval_every=0),
+        mdnrnn=MDNRNNTrainingConfig(updates=1_500, batch_size=32, sequence_length=200, checkpoint_every=100),
+        controller=ControllerTrainingConfig(inputs=inputs, generations=150, population=64, rollouts=4, max_steps=500, eval_every=0),
         dream=True,
         temperature=temperature,
-        evaluation_episodes=8,
+        evaluation_episodes=16,
         dream_evaluation_episodes=256,
         video_steps=300,
     )
@@ -122,6 +124,47 @@ def header(name: str, arguments: BenchArguments, seeds: list[int]) -> str:
     )
 
 
+def baselines(run_dir: Path, episodes: int) -> dict[str, dict[str, float]]:
+    """Real returns, on the evaluation's seeds, of the two controllers every run starts from:
+    C = 0 (CMA-ES's starting point: tanh(0) mapped onto the bounds, steering 0, gas 0.5, brake 0.5)
+    and the brownian random actions that recorded the data. Computed once per directory."""
+    cache = run_dir / "bench" / "baselines.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    from wmlab.agents.world_models.pipeline import brownian_policy
+    from wmlab.envs.adapter import make_env
+
+    env = make_env(CARRACING)
+    collect = CollectConfig()
+    results = {}
+    for name in ("C = 0 (CMA-ES start)", "brownian random actions"):
+        policy = brownian_policy(env.action_space, collect.brownian_dt, seed=0)
+        returns = []
+        for episode in range(episodes):
+            observation, _ = env.reset(seed=2**31 - 1 - episode)  # the evaluation's seeds
+            state, total, done = None, 0.0, False
+            while not done:
+                if name.startswith("C = 0"):
+                    action = np.array([0.0, 0.5, 0.5], np.float32)
+                else:
+                    action, state = policy(observation, state)
+                    action = action[0]
+                observation, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+        results[name] = {"return": float(np.mean(returns)), "return_std": float(np.std(returns)), "episodes": episodes}
+    env.close()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def baseline_lines(results: dict[str, dict[str, float]], columns: int) -> list[str]:
+    blanks = " — |" * (columns - 2)
+    return [f"| ({name}) |{blanks} {value['return']:.1f} +- {value['return_std']:.1f} |" for name, value in results.items()]
+
+
 # ----------------------------------------------------------------------------------------------
 # (a) the temperature table
 
@@ -143,7 +186,7 @@ def temperature(argv: list[str]) -> int:
             })
     results = {
         "benchmark": "world-models-temperature", "env": CARRACING, "settings": dataclasses.asdict(benchmark_config(arguments.quick)),
-        "rows": rows, "paper": PAPER["doom_tau"],
+        "rows": rows, "baselines": baselines(run_dir, benchmark_config(arguments.quick).evaluation_episodes), "paper": PAPER["doom_tau"],
     }
     markdown = "\n".join([
         "### World Models: C trained inside the dream at several temperatures (CarRacing-v3)",
@@ -154,6 +197,7 @@ def temperature(argv: list[str]) -> int:
         "| tau | dream return | real return |",
         "|---|---|---|",
         *(f"| {row['temperature']} | {row['dream_return']:.1f} +- {row['dream_return_std']:.1f} | {row['real_return']:.1f} +- {row['real_return_std']:.1f} |" for row in rows),
+        *baseline_lines(results["baselines"], 3),
         "",
         f"Paper: {results['paper']}",
         "",
@@ -184,7 +228,7 @@ def carracing(argv: list[str]) -> int:
     results = {
         "benchmark": "world-models-carracing", "env": CARRACING,
         "settings": {inputs: dataclasses.asdict(benchmark_config(arguments.quick, inputs)) for inputs in ("latent_and_hidden", "latent")},
-        "rows": rows, "paper": PAPER["carracing"],
+        "rows": rows, "baselines": baselines(run_dir, benchmark_config(arguments.quick).evaluation_episodes), "paper": PAPER["carracing"],
     }
     markdown = "\n".join([
         "### World Models on CarRacing-v3: V-M-C and the z-only controller",
@@ -195,6 +239,7 @@ def carracing(argv: list[str]) -> int:
         "| controller | parameters | dream return | real return (ours) | paper (CarRacing-v0, C in reality) |",
         "|---|---|---|---|---|",
         *(f"| {row['controller']} | {row['parameters']} | {row['dream_return']:.1f} | {row['real_return']:.1f} +- {row['real_return_std']:.1f} | {results['paper'][row['controller']]} |" for row in rows),
+        *(line + " — |" for line in baseline_lines(results["baselines"], 4)),
         "",
     ])
     print(markdown)

@@ -71,6 +71,8 @@ class TDMPCLossScales:
     """Weight of the two-hot reward cross-entropy."""
     value: float = 0.1
     """Weight of the two-hot TD-target cross-entropy, averaged over the Q ensemble."""
+    termination: float = 1.0
+    """Weight of the termination head's binary cross-entropy (only with `episodic`)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,10 @@ class TDMPCModelConfig:
     """Polyak rate of the target Q ensemble (a momentum of 0.99)."""
     scale_tau: float = 0.01
     """Rate of the running 5-95 percentile range that scales Q in the policy loss."""
+    episodic: bool = False
+    """Learn a termination head on the rolled-out latents and stop planned returns at predicted
+    terminals (the authors' later `episodic` option, off in the paper's continuous-control tasks;
+    worth turning on where episodes end on failure, like CartPole)."""
     image_shift: int = 3
     """Pixels of random-shift augmentation of image observations in training (DrQ's; 0: none)."""
     loss_scales: TDMPCLossScales = field(default_factory=TDMPCLossScales)
@@ -291,6 +297,7 @@ class TDMPCModel(nn.Module):
         self.reward_head = nn.Sequential(trunk(D + A, width, 2), nn.Linear(width, config.bins))
         self.policy = nn.Sequential(trunk(D, width, 2), nn.Linear(width, A if self.discrete else 2 * A))
         self.q_functions = EnsembleMLP(sizes.q_functions, D + A, config.bins, width, layers=2, activation="mish", dropout=config.dropout)
+        self.termination_head = nn.Sequential(trunk(D, width, 2), nn.Linear(width, 1)) if config.episodic else None
         self._initialise()
         self.target_q_functions = copy.deepcopy(self.q_functions).requires_grad_(False)
         self.two_hot = TwoHot(config.bins, config.value_low, config.value_high, transform="symlog")
@@ -454,7 +461,8 @@ class TDMPCModel(nn.Module):
     def imagine(self, state: torch.Tensor, actions_or_policy: Any | Callable[[torch.Tensor], Any], horizon: int | None = None) -> Trajectory:
         """Roll the dynamics from latent (B, D) with environment actions (B, L, A) / indices (B, L),
         or a policy(latent (B, D)) -> environment action. Step l holds the latent reached by action
-        l and the reward predicted for taking it; TD-MPC2 predicts no termination, so continues are 1.
+        l and the reward predicted for taking it; continues are 1 - P(terminal) of the reached latent
+        with an episodic model, else 1 (TD-MPC2 predicts no termination).
         extras["values"] (B, L): V of each reached latent (average of two Qs)."""
         sizes = check_shape("state", state, ("B", self.latent_size))
         policy = actions_or_policy if callable(actions_or_policy) else None
@@ -478,10 +486,16 @@ class TDMPCModel(nn.Module):
             states=states,
             actions=self.to_env_action(torch.stack(taken, 1)),
             rewards=rewards_tensor,
-            continues=torch.ones_like(rewards_tensor),
+            continues=1 - torch.sigmoid(self.termination_logits(states)) if self.termination_head is not None else torch.ones_like(rewards_tensor),
             observations=None,
             extras={"values": self.value(states, reduction="avg")},
         )
+
+    def termination_logits(self, latent: torch.Tensor) -> torch.Tensor:
+        """Logit that latent (..., D) is terminal, (...); only for an episodic model."""
+        if self.termination_head is None:
+            raise ValueError("this model has no termination head; build it with episodic=True")
+        return self.termination_head(latent)[..., 0]
 
     def decode(self, state: Any) -> dict:
         raise NotImplementedError(
@@ -542,9 +556,14 @@ class TDMPCModel(nn.Module):
         }
         scales = self.config.loss_scales
         total = scales.consistency * terms["consistency"] + scales.reward * terms["reward"] + scales.value * terms["value"]
+        if self.termination_head is not None:
+            # Unweighted by rho, as in the authors' code: a plain mean over the reached latents.
+            errors = F.binary_cross_entropy_with_logits(self.termination_logits(rollout[:, 1:]), terminal.float(), reduction="none")
+            terms["termination"] = (errors * valid).sum() / valid.sum().clamp_min(1.0)
+            total = total + scales.termination * terms["termination"]
         with torch.no_grad():
             values = torch.stack([*terms.values(), total, masked_step_means(targets, valid).mean(), valid.mean()]).tolist()
-        names = ["loss/consistency", "loss/reward", "loss/value", "loss/total", "wm/td_target", "wm/valid_fraction"]
+        names = [f"loss/{name}" for name in terms] + ["loss/total", "wm/td_target", "wm/valid_fraction"]
         valid_latents = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
         return TDMPCLoss(total, dict(zip(names, values)), rollout, valid_latents)
 
@@ -605,7 +624,8 @@ class TDMPCModel(nn.Module):
         TD-MPC2), the rest of the joint model, and the policy prior (its own optimiser)."""
         return {
             "encoder": list(self.encoder.parameters()),
-            "model": list(self.dynamics.parameters()) + list(self.reward_head.parameters()) + list(self.q_functions.parameters()),
+            "model": list(self.dynamics.parameters()) + list(self.reward_head.parameters()) + list(self.q_functions.parameters())
+            + (list(self.termination_head.parameters()) if self.termination_head is not None else []),
             "policy": list(self.policy.parameters()),
         }
 

@@ -134,11 +134,16 @@ class TDMPC2Agent:
     def _rollout_return(self, latent: torch.Tensor, actions: torch.Tensor, members: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         z = latent.expand(actions.shape[0], -1)
         total, discount = torch.zeros(actions.shape[0], device=self.device), 1.0
+        # With a termination head, nothing counts after a latent predicted terminal (P > 0.5), as
+        # in the authors' episodic planning.
+        alive = torch.ones(actions.shape[0], device=self.device)
         for step in range(actions.shape[1]):
-            total = total + discount * self.model.reward(z, actions[:, step])
+            total = total + discount * alive * self.model.reward(z, actions[:, step])
             z = self.model.next(z, actions[:, step])
             discount *= self.model.config.discount
-        return total + discount * self.model.value(z, reduction="avg", members=members, noise=noise)
+            if self.model.termination_head is not None:
+                alive = alive * (self.model.termination_logits(z) <= 0).float()
+        return total + discount * alive * self.model.value(z, reduction="avg", members=members, noise=noise)
 
     def random_actions(self, count: int) -> torch.Tensor:
         """Uniform random environment actions: (count, A) within the bounds, or indices (count,)."""

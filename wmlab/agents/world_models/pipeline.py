@@ -13,9 +13,9 @@ Running the command again skips finished stages; a stage interrupted midway resu
 last checkpoint (V at epoch boundaries, M every `checkpoint_every` updates, CMA-ES after every
 generation); the recording of rollouts restarts from its first episode. A finished stage whose
 settings no longer match the command is an error, unless --force recomputes it and every stage
-after it. `--models-from OTHER_RUN` copies the finished collect, V and M stages of another run
-whose settings match, so C can be trained again (say, at another temperature) without
-retraining the world model.
+after it. `--models-from OTHER_RUN` copies the finished collect, V, encode and M stages of
+another run, in order, while their settings match, so C can be trained again (say, at another
+temperature) without retraining the world model, or M again without recording and V.
 
 RUN_DIR also holds config.json (readable by `wmlab eval`), metrics.jsonl, summary.json,
 checkpoints/rank0/agent.* (the trained V-M-C for `wmlab eval`), figures/ (V's reconstructions,
@@ -25,8 +25,10 @@ C's learning curve) and videos/ (a real and a dream rollout), which `wmlab repor
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -67,7 +69,7 @@ class PipelineCommand:
     force: bool = False
     """Recompute stages whose saved settings differ from these (and every later stage)."""
     models_from: Path | None = None
-    """Copy the finished collect, V and M stages of this run when their settings match."""
+    """Copy the finished collect, V and M stages of this run, in order, while their settings match."""
     device: str = "cpu"
     """Torch device ('cpu', 'cuda', ...)."""
     threads: int = 0
@@ -281,18 +283,24 @@ class Pipeline:
         path.write_text("".join(line + "\n" for line in kept))
 
     def copy_models_from(self, other: Path) -> None:
-        """Take the finished collect, V and M stages of `other` whose settings match this run's."""
+        """Take the finished collect, V, encode and M stages of `other`, in order, for as long as
+        their settings match this run's (a changed M still reuses the recording and V)."""
         if not (other / "stages").is_dir():
             raise RunDirectoryError(f"{other} holds no World Models stages to copy")
         from wmlab.train.serialization import load_state
 
         for stage in STAGES[: STAGES.index("mdnrnn") + 1]:
             source = other / "stages" / stage
-            if (self.stage_dir(stage) / f"{RESULT}.json").is_file() or not (source / f"{RESULT}.json").is_file():
+            if (self.stage_dir(stage) / f"{RESULT}.json").is_file():
                 continue
-            if load_state(source, RESULT).get("inputs") != self.inputs(stage):
-                raise RunDirectoryError(f"stage {stage!r} of {other} was computed with other settings than this run's; it cannot be reused")
+            if not (source / f"{RESULT}.json").is_file() or load_state(source, RESULT).get("inputs") != self.inputs(stage):
+                if stage == STAGES[0]:
+                    raise RunDirectoryError(f"the rollouts of {other} were recorded with other settings than this run's; nothing can be reused")
+                return
             self.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+            if stage == "collect" and not (self.stage_dir(stage) / "dataset").exists():
+                # V or M may still have to be trained here; hard links cost no space.
+                shutil.copytree(source / "dataset", self.stage_dir(stage) / "dataset", copy_function=_link_or_copy)
             for suffix in (".safetensors", ".json"):
                 shutil.copy2(source / f"{RESULT}{suffix}", self.stage_dir(stage) / f"{RESULT}{suffix}")
 
@@ -442,6 +450,11 @@ class Pipeline:
         settings = self.config.mdnrnn
         model = self.build_model()
         codes = self.load_result("encode")
+        if self.config.model.mdnrnn.predict_done and not np.asarray(codes["is_terminal"]).any():
+            warnings.warn(
+                "no recorded episode terminated, so M's done head learns from no terminal example; a C trained in the "
+                "dream may learn to end its episodes there (pass --model.mdnrnn.no-predict-done when the task cannot end)"
+            )
         sampler = SequenceSampler(codes, settings.sequence_length)
         optimizer = torch.optim.Adam(model.mdnrnn.parameters(), lr=settings.learning_rate)
         generator = torch.Generator().manual_seed(self.seed + 1)
@@ -739,6 +752,13 @@ class SequenceSampler:
         batch["is_first"] = torch.as_tensor(is_first)
         batch["mask"] = torch.as_tensor(mask)
         return batch
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # another filesystem
+        shutil.copy2(source, destination)
 
 
 def _own_step_limit(env) -> int:
