@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from wmlab.models.rssm import RSSMConfig, RSSMLossScales
+from wmlab.agents.dreamer.config import V1_MODEL
+from wmlab.models.rssm import RSSMConfig
 from wmlab.planners.cem import CEMConfig
 
-#: PlaNet's RSSM: GRU 200, Gaussian latent 30, free nats 3 (arXiv:1811.04551, Sec. 4 and Appendix A).
-PLANET_MODEL = RSSMConfig(
-    size=None,
-    deterministic_size=200,
-    hidden_size=200,
-    stochastic_size=30,
-    classes=0,
-    latent="gaussian",
-    min_std=0.1,
-    unimix=0.0,
-    core="gru",
-    gru_norm="none",
-    prior_layers=1,
-    posterior_layers=1,
-    norm="none",
-    activation="relu",
-    cnn_depth=32,
-    cnn_multipliers=(1, 2, 4, 8),
-    cnn_kernel=4,
-    units=200,
-    encoder_layers=2,
-    decoder_layers=2,
-    reward_layers=2,
-    symlog_inputs=False,
-    vector_loss="mse",
-    reward_head="mse",
-    predict_continue=False,
-    kl_balancing=False,
-    free_nats=3.0,
-    free_nats_average_first=True,
-    # 0.5: unit-variance Gaussian log-likelihoods of images, vectors and rewards.
-    loss_scales=RSSMLossScales(image=0.5, vector=0.5, reward=0.5, kl=1.0),
-)
+#: PlaNet's RSSM: GRU 200, Gaussian latent 30, free nats 3 (arXiv:1811.04551, Sec. 4 and
+#: Appendix A) — DreamerV1's model (which inherited it) with ReLU and 200-unit layers.
+PLANET_MODEL = replace(V1_MODEL, activation="relu", units=200)
 
 
 @dataclass(frozen=True)
