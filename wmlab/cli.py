@@ -42,7 +42,7 @@ commands:
   envs     show the environment suites, their ids, spaces and install commands
   record   record episodes of any environment and policy to a dataset folder
   pipeline run a multi-stage pipeline: world-models, jepa (wmlab pipeline NAME --help)
-  bench    run a benchmark: dyna, envs (wmlab bench NAME --help)
+  bench    run a benchmark: dyna, envs, world-models-temperature, world-models-carracing
 """
 
 
@@ -315,7 +315,12 @@ def record_command(argv: list[str]) -> int:
 # bench
 
 
-BENCHMARKS = {"dyna": "wmlab.bench.dyna_command:run", "envs": "wmlab.bench.envs_command:run"}
+BENCHMARKS = {
+    "dyna": "wmlab.bench.dyna_command:run",
+    "envs": "wmlab.bench.envs_command:run",
+    "world-models-temperature": "wmlab.bench.world_models:temperature",
+    "world-models-carracing": "wmlab.bench.world_models:carracing",
+}
 
 
 PIPELINES = {
