@@ -1,15 +1,17 @@
 """TD-MPC2 benchmarks: learning runs and speed measurements (results go to docs/benchmarks.md).
 
-    python benchmarks/tdmpc2.py dmc --run-dir runs/tdmpc2-cartpole-swingup --steps 100000
-    python benchmarks/tdmpc2.py cartpole --run-dir runs/tdmpc2-cartpole-v1 --steps 20000
-    python benchmarks/tdmpc2.py speed
+    python benchmarks/tdmpc2.py dmc --run-dir runs/tdmpc2-dmc-cartpole-swingup-1M --steps 100000 --size 1M
+    python benchmarks/tdmpc2.py dmc --run-dir runs/tdmpc2-dmc-cartpole-swingup-1M --steps 100000 --size 1M --resume
+    python benchmarks/tdmpc2.py cartpole --run-dir runs/tdmpc2-cartpole-v1-1M-episodic --steps 20000 --size 1M
+    python benchmarks/tdmpc2.py speed --sizes 1M,5M --compile off,on --steps 40
 
 `dmc` trains on dmc:cartpole-swingup from states with TD-MPC2's setting: action repeat 2 (500 agent
 steps per episode, discount 0.99 by the paper's heuristic), batch 256 windows of horizon + 1 = 4
 steps, one update per environment step (train ratio 256 x 4 = 1024), 2500 seed steps of random
 actions before planning and before the first update. The CLI has no flag for environment
 arguments (action_repeat), which is why this goes through the Python API; the run directory
-records every setting in config.json and resumes with `wmlab train --resume RUN_DIR`.
+records every setting in config.json; `--resume` continues it from its last checkpoint (exactly:
+the DMC adapter exports its state).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +140,6 @@ def main() -> None:
         spec = dmc_spec(arguments.steps, arguments.seed, arguments.size)
     else:
         spec = cartpole_spec(arguments.steps, arguments.seed, arguments.size, episodic=not arguments.no_episodic)
-    if arguments.resume:
-        spec = replace(spec, train=replace(spec.train, steps=arguments.steps))
     train(spec, arguments.run_dir, arguments.resume)
 
 
