@@ -12,7 +12,7 @@ from gymnasium import spaces
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.types import Batch
 from wmlab.losses.kl import categorical_kl, gaussian_kl, gaussian_kl_free_nats, kl_balanced, kl_balanced_gaussian
-from wmlab.losses.returns import lambda_returns, return_scale, update_return_percentiles
+from wmlab.losses.returns import horizon_weighted_returns, lambda_returns, return_scale, update_return_percentiles
 from wmlab.models.rssm import RSSM, SIZES, RSSMConfig, resolve_widths
 from wmlab.nn.categorical import sample_one_hot, unimix_logits
 from wmlab.nn.conv import ConvDecoder, ConvEncoder
@@ -144,6 +144,17 @@ def test_lambda_returns_by_hand():
     torch.testing.assert_close(monte_carlo[:, 0], torch.tensor([1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 6]))
     with pytest.raises(ShapeError):
         lambda_returns(rewards, values[:, :2], continues, bootstrap, 0.95, 0.99)
+
+
+def test_horizon_weighted_returns_by_hand():
+    returns = torch.tensor([[10.0, 20.0, 30.0]])
+    values = torch.tensor([[0.0, 4.0, 8.0]])
+    # c = 0.5 ** t = 1, 0.5, 0.25: 10, 0.5 * 20 + 0.5 * 4 = 12, 0.25 * 30 + 0.75 * 8 = 13.5
+    torch.testing.assert_close(horizon_weighted_returns(returns, values, 0.5), torch.tensor([[10.0, 12.0, 13.5]]))
+    assert horizon_weighted_returns(returns, values, 1.0) is returns
+    torch.testing.assert_close(horizon_weighted_returns(returns, values, 0.0), torch.tensor([[10.0, 4.0, 8.0]]))
+    with pytest.raises(ValueError, match="confidence_decay"):
+        horizon_weighted_returns(returns, values, 1.5)
 
 
 def test_percentile_return_normalisation_by_hand():

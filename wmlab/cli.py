@@ -30,7 +30,7 @@ from wmlab.core.registry import UnknownNameError
 DEFAULT_ALGORITHM = "dyna-q"
 DEFAULT_ENV = "dyna-maze"
 # Fields that may change when a run is resumed; anything else would make it another run.
-RESUMABLE_CHANGES = {"train.steps", "train.progress", "train.device", "train.threads", "train.tensorboard", "train.eval_every", "train.eval_episodes", "train.log_every", "train.checkpoint_every"}
+RESUMABLE_CHANGES = {"train.steps", "train.progress", "train.device", "train.threads", "train.tensorboard", "train.eval_every", "train.eval_episodes", "train.log_every", "train.checkpoint_every", "train.time_limit"}
 
 USAGE = """usage: wmlab COMMAND [options]
 

@@ -111,6 +111,7 @@ for _entry in [
     Entry("shortcut-maze", "wmlab.envs.mazes:ShortcutMaze", "Sutton & Barto's shortcut maze (Fig. 8.5): a shortcut opens after 3000 steps"),
     Entry("two-rooms", "wmlab.envs.two_rooms:make_two_rooms_pixels", "Two rooms from 64x64 RGB pixels: a point agent, a wall with a door at a random height, a goal"),
     Entry("two-rooms-state", "wmlab.envs.two_rooms:make_two_rooms_state", "Two rooms from a state vector (agent, goal, door)"),
+    Entry("multitask", "wmlab.envs.multitask:MultiTaskEnv", "Several tasks as one environment (TD-MPC2's multi-task setting): padded state vectors and actions, a task index and an action mask; --env-kwargs '{\"tasks\": [...]}'"),
 ]:
     ENVIRONMENTS.add(_entry)
 

@@ -46,6 +46,22 @@ def lambda_returns(
     return torch.stack(returns[::-1], 1)
 
 
+def horizon_weighted_returns(returns: torch.Tensor, values: torch.Tensor, confidence_decay: float) -> torch.Tensor:
+    """Horizon-aware targets (B, L): c_t * R_t + (1 - c_t) * v_t with the confidence
+    c_t = confidence_decay ** t falling with imagination depth t (0 at the real start state), so
+    that returns computed from deep, less trustworthy imagined states lean on the critic's value
+    v_t of the state itself (B, L). confidence_decay = 1 gives the plain lambda-returns."""
+    sizes = check_shape("returns", returns, ("B", "L"))
+    check_shape("values", values, ("B", "L"), sizes)
+    if not 0.0 <= confidence_decay <= 1.0:
+        raise ValueError(f"confidence_decay must lie in [0, 1], got {confidence_decay}")
+    if confidence_decay == 1.0:
+        return returns
+    depth = torch.arange(sizes["L"], device=returns.device, dtype=returns.dtype)
+    confidence = confidence_decay**depth  # (L,)
+    return confidence * returns + (1 - confidence) * values
+
+
 def update_return_percentiles(
     returns: torch.Tensor,
     low: torch.Tensor,

@@ -16,13 +16,25 @@ support reward and value prediction. `decode` therefore raises NotImplementedErr
 Actions enter the networks in model units: a Box is rescaled to [-1, 1] (TD-MPC2 assumes that
 range), a Discrete action is one-hot. `to_model_action` / `to_env_action` convert.
 
+Multi-task (the paper's Sec. 4 and its multi-task models): when the observation space has a `task`
+entry (a Discrete(n) index, as `wmlab.envs.multitask` gives), the model learns one embedding of
+`task_embedding_size` (96) per task, kept within the unit ball (an nn.Embedding with max_norm=1),
+and appends it to the input of the encoder, dynamics, reward, Q-functions, policy prior and
+termination head. With an `action_mask` entry (A,) as well, the policy prior's mean, log std and
+noise are zeroed outside the task's own action dimensions, whose log-density alone is counted,
+and actions entering the model in training are masked the same way. Every method that needs the
+task takes `task` (indices whose shape is a prefix of the input's leading shape) and, where the
+policy is involved, `action_mask` (the same prefix, then A); a single-task model ignores them.
+
 Shape legend: B batch, T time, H training horizon (T - 1), L imagination horizon, N candidates,
-A action dim (K discrete actions), D latent size, E ensemble members, C, H, W image.
+A action dim (K discrete actions), D latent size, E ensemble members, C, H, W image,
+M task embedding size.
 """
 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -125,6 +137,12 @@ class TDMPCModelConfig:
     worth turning on where episodes end on failure, like CartPole)."""
     image_shift: int = 3
     """Pixels of random-shift augmentation of image observations in training (DrQ's; 0: none)."""
+    task_embedding_size: int = 96
+    """Size M of the learned task embedding of a multi-task model (TD-MPC2's task_dim); used only
+    when the observations carry a `task` index."""
+    task_discounts: tuple[float, ...] = ()
+    """Multi-task: the discount of each task, by task index (TD-MPC2 sets each from its episode
+    length with the heuristic of `discount`); empty: `discount` for every task."""
     loss_scales: TDMPCLossScales = field(default_factory=TDMPCLossScales)
     """Weights of the consistency, reward and value terms."""
 
@@ -151,12 +169,15 @@ class PolicyOutput(NamedTuple):
 @dataclass
 class TDMPCLoss:
     """The joint loss and what the policy update reuses: the latents rolled out by the dynamics
-    (B, H + 1, D) and which of them are valid (B, H + 1) (no episode boundary crossed)."""
+    (B, H + 1, D), which of them are valid (B, H + 1) (no episode boundary crossed) and, for a
+    multi-task model, each window's task (B,) and action mask (B, A) (else None)."""
 
     total: torch.Tensor
     metrics: dict[str, float]
     latents: torch.Tensor
     valid: torch.Tensor
+    task: torch.Tensor | None = None
+    action_mask: torch.Tensor | None = None
 
 
 def rho_weights(rho: float, steps: int, device=None) -> torch.Tensor:
@@ -190,15 +211,27 @@ def min_of_two(values: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
     return torch.minimum(values[members[0]], values[members[1]])
 
 
-def gaussian_log_prob(noise: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """log N(mean + std * noise; mean, std) summed over the action dimension: (B, A) -> (B,)."""
-    return (-0.5 * noise.pow(2) - log_std - 0.5 * torch.log(torch.tensor(2 * torch.pi))).sum(-1)
+def gaussian_log_prob(noise: torch.Tensor, log_std: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """log N(mean + std * noise; mean, std) summed over the action dimension: (B, A) -> (B,);
+    with a mask (B, A), over the dimensions where it is 1 only (TD-MPC2's multi-task policy)."""
+    terms = -0.5 * noise.pow(2) - log_std - 0.5 * torch.log(torch.tensor(2 * torch.pi))
+    return (terms if mask is None else terms * mask).sum(-1)
 
 
-def squash_log_prob(log_prob: torch.Tensor, squashed: torch.Tensor) -> torch.Tensor:
+def squash_log_prob(log_prob: torch.Tensor, squashed: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """The log-density after tanh: log p(u) - sum log(1 - tanh(u)^2) (SAC's change of variables);
-    the small constant keeps log finite where tanh saturates."""
-    return log_prob - torch.log(F.relu(1 - squashed.pow(2)) + 1e-6).sum(-1)
+    the small constant keeps log finite where tanh saturates. A mask (B, A) keeps the sum to the
+    dimensions where it is 1."""
+    corrections = torch.log(F.relu(1 - squashed.pow(2)) + 1e-6)
+    return log_prob - (corrections if mask is None else corrections * mask).sum(-1)
+
+
+def expand_to(values: torch.Tensor, leading: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """values (*prefix, F) -> (*leading, F), where prefix is a prefix of leading: per-sample (or
+    per-window) task quantities broadcast over the trailing dims (time, candidates) of an input."""
+    while values.ndim - 1 < len(leading):
+        values = values.unsqueeze(-2)
+    return values.expand(*leading, values.shape[-1])
 
 
 class ShiftAugmentation(nn.Module):
@@ -284,20 +317,36 @@ class TDMPCModel(nn.Module):
             self.register_buffer("action_centre", (low + high) / 2, persistent=False)
             self.register_buffer("action_half_range", (high - low) / 2, persistent=False)
         A = self.action_size
+        self.num_tasks, self.masks_actions = task_entries(observation_space, self.action_size, self.discrete)
+        if self.num_tasks and self.observation_key == "image":
+            raise IncompatibleSpaceError(
+                "multi-task TD-MPC2 here encodes state vectors (the authors' multi-task models are state-based too); "
+                "observe the tasks from states"
+            )
+        # Multi-task: one learned embedding per task, renormalised to at most unit L2 norm when looked
+        # up, appended to every network's input (TD-MPC2's task_dim 96; 0 without tasks).
+        M = config.task_embedding_size if self.num_tasks else 0
+        self.task_embedding = nn.Embedding(self.num_tasks, M, max_norm=1.0) if self.num_tasks else None
+        if config.task_discounts and len(config.task_discounts) != self.num_tasks:
+            raise ValueError(f"task_discounts holds {len(config.task_discounts)} discounts for {self.num_tasks} tasks; give one per task (or none)")
+        if config.task_discounts:
+            self.register_buffer("task_discounts", torch.tensor(config.task_discounts, dtype=torch.float32), persistent=False)
+        else:
+            self.task_discounts = None
 
         if self.observation_key == "image":
             self.encoder = PixelEncoder(self.observation_shape, config.conv_channels, D, config.simnorm_group, config.image_shift)
         else:
             hidden = max(sizes.encoder_layers - 1, 1)
             self.encoder = nn.Sequential(
-                trunk(self.observation_shape[0], sizes.encoder_width, hidden),
+                trunk(self.observation_shape[0] + M, sizes.encoder_width, hidden),
                 normed_head(sizes.encoder_width, D, config.simnorm_group),
             )
-        self.dynamics = nn.Sequential(trunk(D + A, width, 2), normed_head(width, D, config.simnorm_group))
-        self.reward_head = nn.Sequential(trunk(D + A, width, 2), nn.Linear(width, config.bins))
-        self.policy = nn.Sequential(trunk(D, width, 2), nn.Linear(width, A if self.discrete else 2 * A))
-        self.q_functions = EnsembleMLP(sizes.q_functions, D + A, config.bins, width, layers=2, activation="mish", dropout=config.dropout)
-        self.termination_head = nn.Sequential(trunk(D, width, 2), nn.Linear(width, 1)) if config.episodic else None
+        self.dynamics = nn.Sequential(trunk(D + M + A, width, 2), normed_head(width, D, config.simnorm_group))
+        self.reward_head = nn.Sequential(trunk(D + M + A, width, 2), nn.Linear(width, config.bins))
+        self.policy = nn.Sequential(trunk(D + M, width, 2), nn.Linear(width, A if self.discrete else 2 * A))
+        self.q_functions = EnsembleMLP(sizes.q_functions, D + M + A, config.bins, width, layers=2, activation="mish", dropout=config.dropout)
+        self.termination_head = nn.Sequential(trunk(D + M, width, 2), nn.Linear(width, 1)) if config.episodic else None
         self._initialise()
         self.target_q_functions = copy.deepcopy(self.q_functions).requires_grad_(False)
         self.two_hot = TwoHot(config.bins, config.value_low, config.value_high, transform="symlog")
@@ -316,6 +365,8 @@ class TDMPCModel(nn.Module):
             nn.init.zeros_(layer.bias)
         nn.init.zeros_(self.reward_head[-1].weight)
         nn.init.zeros_(self.q_functions.output.weight)
+        if self.task_embedding is not None:
+            nn.init.uniform_(self.task_embedding.weight, -0.02, 0.02)  # the authors' embedding initialisation
 
     def train(self, mode: bool = True) -> "TDMPCModel":
         super().train(mode)
@@ -348,10 +399,67 @@ class TDMPCModel(nn.Module):
             return action.argmax(-1)
         return self.action_centre + self.action_half_range * action
 
+    # --- tasks (multi-task models only) -------------------------------------------------------
+
+    def task_inputs(self, obs: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The task indices (*leading,) int64 and action masks (*leading, A) float of obs, on the
+        model's device; None for what this model does not use (both for a single-task model)."""
+        task = mask = None
+        if self.task_embedding is not None:
+            if "task" not in obs:
+                raise ShapeError("this multi-task TD-MPC2 model needs obs['task'], the task index of each observation")
+            task = torch.as_tensor(obs["task"], device=self.device).long()
+            if task.numel() and (task.min() < 0 or task.max() >= self.num_tasks):
+                raise ShapeError(f"obs['task']: indices must lie in 0..{self.num_tasks - 1}, got {task.unique().tolist()}")
+        if self.masks_actions:
+            if "action_mask" not in obs:
+                raise ShapeError("this TD-MPC2 model masks actions and needs obs['action_mask'] (..., A)")
+            mask = torch.as_tensor(obs["action_mask"], device=self.device).float()
+            if mask.shape[-1:] != (self.action_size,):
+                raise ShapeError(f"obs['action_mask']: expected (..., {self.action_size}), got {tuple(mask.shape)}")
+        return task, mask
+
+    def task_features(self, task: torch.Tensor) -> torch.Tensor:
+        """Task indices (...) -> their embeddings (..., M), each of L2 norm at most 1 (nn.Embedding's
+        max_norm renormalises the looked-up rows in place, as in the authors' code)."""
+        if self.task_embedding is None:
+            raise ValueError("this model has no task embedding: its observations carry no 'task' index")
+        return self.task_embedding(torch.as_tensor(task, device=self.device).long())
+
+    def with_task(self, x: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        """x (..., F) -> (..., F + M), the task's embedding appended (TD-MPC2's task conditioning);
+        x itself in a single-task model. task: indices whose shape is a prefix of x's leading shape."""
+        if self.task_embedding is None:
+            return x
+        if task is None:
+            raise ValueError("this multi-task TD-MPC2 model needs the task index of its inputs (task=...)")
+        return torch.cat([x, expand_to(self.task_features(task), x.shape[:-1])], -1)
+
+    def task_discount(self, task: torch.Tensor | None = None) -> float | torch.Tensor:
+        """The discount of each task, task indices (...) -> (...), or `config.discount` (a float)
+        without task discounts or without a task."""
+        if task is None or self.task_discounts is None:
+            return self.config.discount
+        return self.task_discounts[torch.as_tensor(task, device=self.device).long()]
+
+    @contextmanager
+    def frozen_task_embedding(self):
+        """Within this block the task embedding receives no gradient (the policy update's, as the
+        authors freeze it with the Q-functions)."""
+        if self.task_embedding is None:
+            yield
+            return
+        self.task_embedding.requires_grad_(False)
+        try:
+            yield
+        finally:
+            self.task_embedding.requires_grad_(True)
+
     # --- the five components -----------------------------------------------------------------
 
-    def encode(self, obs: dict) -> torch.Tensor:
-        """obs {key: (*leading, ...)} -> latents (*leading, D), for any number of leading dims."""
+    def encode(self, obs: dict, task: torch.Tensor | None = None) -> torch.Tensor:
+        """obs {key: (*leading, ...)} -> latents (*leading, D), for any number of leading dims. A
+        multi-task model reads obs['task'] (*leading,) unless `task` is given."""
         x = torch.as_tensor(obs[self.observation_key], device=self.device)
         feature_dims = len(self.observation_shape)
         if tuple(x.shape[x.ndim - feature_dims:]) != self.observation_shape or x.ndim <= feature_dims:
@@ -360,23 +468,37 @@ class TDMPCModel(nn.Module):
         flat = x.reshape(-1, *self.observation_shape)
         if self.observation_key == "vector":
             flat = flat.float()
+        if self.task_embedding is not None:
+            if task is None:
+                task = self.task_inputs(obs)[0]
+            task = torch.as_tensor(task, device=self.device)
+            flat = self.with_task(flat, torch.broadcast_to(task, leading).reshape(-1))
         return self.encoder(flat).reshape(*leading, self.latent_size)
 
-    def next(self, latent: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def next(self, latent: torch.Tensor, action: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         """z' = d(z, a): (..., D), (..., A) -> (..., D)."""
-        return self.dynamics(torch.cat([latent, action], -1))
+        return self.dynamics(torch.cat([self.with_task(latent, task), action], -1))
 
-    def reward_logits(self, latent: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def reward_logits(self, latent: torch.Tensor, action: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         """(..., D), (..., A) -> two-hot logits (..., bins) of the reward received for a in z."""
-        return self.reward_head(torch.cat([latent, action], -1))
+        return self.reward_head(torch.cat([self.with_task(latent, task), action], -1))
 
-    def reward(self, latent: torch.Tensor, action: torch.Tensor) -> torch.Tensor:  # -> (...)
-        return self.two_hot.decode(self.reward_logits(latent, action))
+    def reward(self, latent: torch.Tensor, action: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:  # -> (...)
+        return self.two_hot.decode(self.reward_logits(latent, action, task))
 
-    def q_logits(self, latent: torch.Tensor, action: torch.Tensor, members: torch.Tensor | None = None, target: bool = False, detach: bool = False, dropout: bool = True) -> torch.Tensor:
+    def q_logits(
+        self,
+        latent: torch.Tensor,
+        action: torch.Tensor,
+        members: torch.Tensor | None = None,
+        target: bool = False,
+        detach: bool = False,
+        dropout: bool = True,
+        task: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(..., D), (..., A) -> logits (E', ..., bins) of the selected ensemble members."""
         ensemble = self.target_q_functions if target else self.q_functions
-        return ensemble(torch.cat([latent, action], -1), members=members, detach=detach, dropout=dropout)
+        return ensemble(torch.cat([self.with_task(latent, task), action], -1), members=members, detach=detach, dropout=dropout)
 
     def q_values(self, latent: torch.Tensor, action: torch.Tensor, **kwargs) -> torch.Tensor:
         """Decoded values (E', ...) of the selected members; keywords as for q_logits."""
@@ -386,13 +508,24 @@ class TDMPCModel(nn.Module):
         """Two distinct random members of the Q ensemble, (2,) on the model's device."""
         return torch.randperm(self.sizes.q_functions, generator=generator)[:2].to(self.device)
 
-    def policy_distribution(self, latent: torch.Tensor, noise: torch.Tensor | None = None, generator: torch.Generator | None = None, sample: bool = True) -> PolicyOutput:
+    def policy_distribution(
+        self,
+        latent: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        sample: bool = True,
+        task: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
+    ) -> PolicyOutput:
         """The policy prior at latent (B, D). Continuous: mean and log std from the network, the
         log std squashed into [log_std_min, log_std_max], a reparameterised sample through tanh.
         Discrete: a categorical over K actions, sampled with `generator` (not differentiable: the
         discrete policy loss takes the exact expectation instead); with sample=False the discrete
-        action is the mode, which saves the draw where only the probabilities are needed."""
-        output = self.policy(latent)
+        action is the mode, which saves the draw where only the probabilities are needed.
+        action_mask (a prefix of B, then A): mean, log std and noise are zeroed outside the task's
+        action dimensions (so are the sample and the mode), and the log-density counts only its own
+        dimensions (TD-MPC2's multi-task policy)."""
+        output = self.policy(self.with_task(latent, task))
         if self.discrete:
             log_probabilities = output.log_softmax(-1)
             probabilities = log_probabilities.exp()
@@ -412,8 +545,12 @@ class TDMPCModel(nn.Module):
         log_std = config.log_std_min + 0.5 * (config.log_std_max - config.log_std_min) * (torch.tanh(raw_log_std) + 1)
         if noise is None:
             noise = torch.randn(mean.shape, generator=generator).to(mean.device) if generator is not None else torch.randn_like(mean)
+        mask = None
+        if action_mask is not None:
+            mask = expand_to(torch.as_tensor(action_mask, device=mean.device, dtype=mean.dtype), mean.shape[:-1])
+            mean, log_std, noise = mean * mask, log_std * mask, noise * mask
         squashed = torch.tanh(mean + noise * log_std.exp())
-        log_prob = squash_log_prob(gaussian_log_prob(noise, log_std), squashed)
+        log_prob = squash_log_prob(gaussian_log_prob(noise, log_std, mask), squashed, mask)
         return PolicyOutput(squashed, torch.tanh(mean), log_prob, -log_prob, None)
 
     def value(
@@ -424,6 +561,8 @@ class TDMPCModel(nn.Module):
         generator: torch.Generator | None = None,
         members: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        task: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """V(z) = Q(z, a ~ p(z)) over two random ensemble members, their min or average:
         (..., D) -> (...). Discrete policies take the exact expectation over the K actions.
@@ -431,13 +570,13 @@ class TDMPCModel(nn.Module):
         this function free of random draws (and so one graph under torch.compile)."""
         if members is None:
             members = self.two_members(generator)
-        policy = self.policy_distribution(latent, noise=noise, generator=generator, sample=not self.discrete)
+        policy = self.policy_distribution(latent, noise=noise, generator=generator, sample=not self.discrete, task=task, action_mask=action_mask)
         if self.discrete:
             actions = torch.eye(self.action_size, device=latent.device)  # (K, K)
             expanded = latent.unsqueeze(-2).expand(*latent.shape[:-1], self.action_size, self.latent_size)
-            values = self.q_values(expanded, actions.expand(*latent.shape[:-1], -1, -1), members=members, target=target, dropout=False)  # (2, ..., K)
+            values = self.q_values(expanded, actions.expand(*latent.shape[:-1], -1, -1), members=members, target=target, dropout=False, task=task)  # (2, ..., K)
         else:
-            values = self.q_values(latent, policy.action, members=members, target=target, dropout=False)  # (2, ...)
+            values = self.q_values(latent, policy.action, members=members, target=target, dropout=False, task=task)  # (2, ...)
         combined = torch.minimum(values[0], values[1]) if reduction == "min" else (values[0] + values[1]) / 2
         if self.discrete:
             combined = (policy.probabilities * combined).sum(-1)
@@ -458,13 +597,23 @@ class TDMPCModel(nn.Module):
         check_shape("is_first", torch.as_tensor(is_first), ("B", "T"), sizes)
         return latents, latents[:, -1]
 
-    def imagine(self, state: torch.Tensor, actions_or_policy: Any | Callable[[torch.Tensor], Any], horizon: int | None = None) -> Trajectory:
+    def imagine(
+        self,
+        state: torch.Tensor,
+        actions_or_policy: Any | Callable[[torch.Tensor], Any],
+        horizon: int | None = None,
+        task: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
+    ) -> Trajectory:
         """Roll the dynamics from latent (B, D) with environment actions (B, L, A) / indices (B, L),
         or a policy(latent (B, D)) -> environment action. Step l holds the latent reached by action
         l and the reward predicted for taking it; continues are 1 - P(terminal) of the reached latent
         with an episodic model, else 1 (TD-MPC2 predicts no termination).
-        extras["values"] (B, L): V of each reached latent (average of two Qs)."""
+        extras["values"] (B, L): V of each reached latent (average of two Qs).
+        A multi-task model needs `task` (B,) and, if it masks actions, `action_mask` (B, A)."""
         sizes = check_shape("state", state, ("B", self.latent_size))
+        if self.masks_actions and action_mask is None:
+            raise ValueError("this TD-MPC2 model masks actions; imagine needs action_mask (B, A)")
         policy = actions_or_policy if callable(actions_or_policy) else None
         if policy is None:
             actions = self.to_model_action(actions_or_policy, ("B", "L"), sizes)
@@ -473,11 +622,14 @@ class TDMPCModel(nn.Module):
             horizon = sizes["L"]
         elif horizon is None:
             raise ValueError("imagine with a policy needs a horizon")
+        mask = None if action_mask is None else torch.as_tensor(action_mask, device=self.device).float()
         latent, latents, taken, rewards = state, [], [], []
         for step in range(horizon):
             action = actions[:, step] if policy is None else self.to_model_action(policy(latent), ("B",), dict(sizes))
-            rewards.append(self.reward(latent, action))
-            latent = self.next(latent, action)
+            if mask is not None:
+                action = action * mask
+            rewards.append(self.reward(latent, action, task))
+            latent = self.next(latent, action, task)
             latents.append(latent)
             taken.append(action)
         states = torch.stack(latents, 1)
@@ -486,16 +638,16 @@ class TDMPCModel(nn.Module):
             states=states,
             actions=self.to_env_action(torch.stack(taken, 1)),
             rewards=rewards_tensor,
-            continues=1 - torch.sigmoid(self.termination_logits(states)) if self.termination_head is not None else torch.ones_like(rewards_tensor),
+            continues=1 - torch.sigmoid(self.termination_logits(states, task)) if self.termination_head is not None else torch.ones_like(rewards_tensor),
             observations=None,
-            extras={"values": self.value(states, reduction="avg")},
+            extras={"values": self.value(states, reduction="avg", task=task, action_mask=mask)},
         )
 
-    def termination_logits(self, latent: torch.Tensor) -> torch.Tensor:
+    def termination_logits(self, latent: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
         """Logit that latent (..., D) is terminal, (...); only for an episodic model."""
         if self.termination_head is None:
             raise ValueError("this model has no termination head; build it with episodic=True")
-        return self.termination_head(latent)[..., 0]
+        return self.termination_head(self.with_task(latent, task))[..., 0]
 
     def decode(self, state: Any) -> dict:
         raise NotImplementedError(
@@ -518,7 +670,9 @@ class TDMPCModel(nn.Module):
 
         z_0 = h(s_0) and z_{t+1} = d(z_t, a_t) (the latent rollout), q_t the TD target from the
         target ensemble. Step t+1 of the window holds a_t and r_t (wmlab.core.types); transitions
-        after an episode boundary inside the window are left out.
+        after an episode boundary inside the window are left out. A multi-task model conditions the
+        window on the task of its first step, masks its actions with that step's action mask, and
+        discounts each TD target with its task's discount.
         """
         batch = batch.to_torch(self.device)
         observation = batch.obs[self.observation_key]
@@ -533,20 +687,32 @@ class TDMPCModel(nn.Module):
         terminal = batch.is_terminal[:, 1:]
         # A transition counts while the window is still in the episode of its first step.
         valid = torch.cumprod((~batch.is_first[:, 1:].bool()).float(), 1)  # (B, H)
+        tasks, masks = self.task_inputs(batch.obs)  # (B, T), (B, T, A) or None
+        if tasks is not None:
+            check_shape("obs['task']", tasks, ("B", "T"), sizes)
+        if masks is not None:
+            check_shape("obs['action_mask']", masks, ("B", "T", self.action_size), sizes)
+        task = None if tasks is None else tasks[:, 0]  # (B,)
+        action_mask = None if masks is None else masks[:, 0]  # (B, A)
+        if action_mask is not None:
+            actions = actions * action_mask[:, None]
+        next_tasks = None if tasks is None else tasks[:, 1:]
+        next_masks = None if masks is None else masks[:, 1:]
 
         with torch.no_grad():
-            next_latents = self.encode({self.observation_key: observation[:, 1:]})  # (B, H, D)
-            targets = td_target(rewards, terminal, self.value(next_latents, "min", target=True), self.config.discount)
+            next_latents = self.encode({self.observation_key: observation[:, 1:]}, task=next_tasks)  # (B, H, D)
+            next_values = self.value(next_latents, "min", target=True, task=next_tasks, action_mask=next_masks)
+            targets = td_target(rewards, terminal, next_values, self.task_discount(next_tasks))
 
-        latent = self.encode({self.observation_key: observation[:, 0]})
+        latent = self.encode({self.observation_key: observation[:, 0]}, task=task)
         latents, consistency = [latent], []
         for t in range(H):
-            latent = self.next(latent, actions[:, t])
+            latent = self.next(latent, actions[:, t], task)
             consistency.append((latent - next_latents[:, t]).pow(2).mean(-1))
             latents.append(latent)
         rollout = torch.stack(latents, 1)  # (B, H + 1, D)
-        reward_loss = self.two_hot.loss(self.reward_logits(rollout[:, :-1], actions), rewards)  # (B, H)
-        value_loss = self.two_hot.loss(self.q_logits(rollout[:, :-1], actions), targets.expand(self.sizes.q_functions, -1, -1)).mean(0)
+        reward_loss = self.two_hot.loss(self.reward_logits(rollout[:, :-1], actions, task), rewards)  # (B, H)
+        value_loss = self.two_hot.loss(self.q_logits(rollout[:, :-1], actions, task=task), targets.expand(self.sizes.q_functions, -1, -1)).mean(0)
 
         rho = self.config.rho
         terms = {
@@ -558,36 +724,45 @@ class TDMPCModel(nn.Module):
         total = scales.consistency * terms["consistency"] + scales.reward * terms["reward"] + scales.value * terms["value"]
         if self.termination_head is not None:
             # Unweighted by rho, as in the authors' code: a plain mean over the reached latents.
-            errors = F.binary_cross_entropy_with_logits(self.termination_logits(rollout[:, 1:]), terminal.float(), reduction="none")
+            errors = F.binary_cross_entropy_with_logits(self.termination_logits(rollout[:, 1:], task), terminal.float(), reduction="none")
             terms["termination"] = (errors * valid).sum() / valid.sum().clamp_min(1.0)
             total = total + scales.termination * terms["termination"]
         with torch.no_grad():
             values = torch.stack([*terms.values(), total, masked_step_means(targets, valid).mean(), valid.mean()]).tolist()
         names = [f"loss/{name}" for name in terms] + ["loss/total", "wm/td_target", "wm/valid_fraction"]
         valid_latents = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
-        return TDMPCLoss(total, dict(zip(names, values)), rollout, valid_latents)
+        return TDMPCLoss(total, dict(zip(names, values)), rollout, valid_latents, task, action_mask)
 
-    def policy_loss(self, latents: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def policy_loss(
+        self,
+        latents: torch.Tensor,
+        valid: torch.Tensor,
+        task: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """TD-MPC2's policy-prior objective (Sec. 3.1, arXiv:2310.16828) on latents (B, S, D), valid (B, S):
 
             mean_t rho^t mean_b [ beta * log p(a|z_t) - Q(z_t, a) / S_Q ],  a ~ p(z_t),
 
         Q the average of two random members (weights held fixed, no dropout) and S_Q the running
         5-95 percentile range of Q (at least 1). Discrete policies take the exact expectation over
-        actions: beta * sum p log p - sum p Q / S_Q. Updates the running scale in training mode."""
+        actions: beta * sum p log p - sum p Q / S_Q. Updates the running scale in training mode.
+        A multi-task model takes each window's task (B,) and action mask (B, A) (`TDMPCLoss`); the
+        task embedding is held fixed here, as the authors do."""
         latents = latents.detach()
         members = self.two_members()
-        policy = self.policy_distribution(latents, sample=not self.discrete)
-        if self.discrete:
-            K = self.action_size
-            expanded = latents.unsqueeze(-2).expand(*latents.shape[:-1], K, self.latent_size)
-            one_hots = torch.eye(K, device=latents.device).expand(*latents.shape[:-1], K, K)
-            q = self.q_values(expanded, one_hots, members=members, detach=True, dropout=False).mean(0)  # (B, S, K)
-            expected_q = (policy.probabilities * q).sum(-1)
-            negative_entropy = -policy.entropy
-        else:
-            expected_q = self.q_values(latents, policy.action, members=members, detach=True, dropout=False).mean(0)  # (B, S)
-            negative_entropy = policy.log_prob
+        with self.frozen_task_embedding():
+            policy = self.policy_distribution(latents, sample=not self.discrete, task=task, action_mask=action_mask)
+            if self.discrete:
+                K = self.action_size
+                expanded = latents.unsqueeze(-2).expand(*latents.shape[:-1], K, self.latent_size)
+                one_hots = torch.eye(K, device=latents.device).expand(*latents.shape[:-1], K, K)
+                q = self.q_values(expanded, one_hots, members=members, detach=True, dropout=False, task=task).mean(0)  # (B, S, K)
+                expected_q = (policy.probabilities * q).sum(-1)
+                negative_entropy = -policy.entropy
+            else:
+                expected_q = self.q_values(latents, policy.action, members=members, detach=True, dropout=False, task=task).mean(0)  # (B, S)
+                negative_entropy = policy.log_prob
         if self.training:
             self.update_value_scale(expected_q[:, 0])
         per_entry = self.config.entropy_coef * negative_entropy - expected_q / self.value_scale
@@ -621,11 +796,13 @@ class TDMPCModel(nn.Module):
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by the optimiser that updates them: the encoder (a lower learning rate in
-        TD-MPC2), the rest of the joint model, and the policy prior (its own optimiser)."""
+        TD-MPC2), the rest of the joint model (the task embedding included, as in the authors'
+        code), and the policy prior (its own optimiser)."""
         return {
             "encoder": list(self.encoder.parameters()),
             "model": list(self.dynamics.parameters()) + list(self.reward_head.parameters()) + list(self.q_functions.parameters())
-            + (list(self.termination_head.parameters()) if self.termination_head is not None else []),
+            + (list(self.termination_head.parameters()) if self.termination_head is not None else [])
+            + (list(self.task_embedding.parameters()) if self.task_embedding is not None else []),
             "policy": list(self.policy.parameters()),
         }
 
@@ -642,6 +819,26 @@ def observation_entry(observation_space: spaces.Space) -> tuple[str, tuple[int, 
             f"TD-MPC2 encodes a 'vector' (D,) or an 'image' (H, W, C) observation, and this space has {sorted(space.spaces)}"
         )
     raise IncompatibleSpaceError(f"TD-MPC2 takes wmlab's Dict observation spaces, got {space}")
+
+
+def task_entries(observation_space: spaces.Space, action_size: int, discrete: bool) -> tuple[int, bool]:
+    """(number of tasks, whether actions are masked) from the `task` (a Discrete(n) index) and
+    `action_mask` (a Box (A,)) entries of a multi-task observation space; (0, False) without them."""
+    if not isinstance(observation_space, spaces.Dict):
+        return 0, False
+    num_tasks = 0
+    task_space = observation_space.spaces.get("task")
+    if task_space is not None:
+        if not (isinstance(task_space, spaces.Discrete) and int(task_space.start) == 0):
+            raise IncompatibleSpaceError(f"TD-MPC2 reads obs['task'] as a task index, a Discrete(n) space starting at 0; got {task_space}")
+        num_tasks = int(task_space.n)
+    mask_space = observation_space.spaces.get("action_mask")
+    if mask_space is not None:
+        if discrete:
+            raise IncompatibleSpaceError("TD-MPC2 masks continuous (Box) actions only; this action space is Discrete")
+        if not (isinstance(mask_space, spaces.Box) and tuple(mask_space.shape) == (action_size,)):
+            raise IncompatibleSpaceError(f"obs['action_mask'] must be a Box of the action's shape ({action_size},), got {mask_space}")
+    return num_tasks, mask_space is not None
 
 
 def action_entry(action_space: spaces.Space) -> tuple[bool, int]:

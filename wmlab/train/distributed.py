@@ -65,6 +65,18 @@ def average_gradients(module) -> None:
         offset += g.numel()
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` is true on any rank (itself in one process), so that ranks decide together."""
+    if not is_initialized():
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
 def broadcast_module(module) -> None:
     """Copy rank 0's parameters and buffers to every rank, so that all start identical."""
     if not is_initialized():

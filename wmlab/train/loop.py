@@ -393,9 +393,11 @@ class Trainer:
     # ----------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        """Train until `config.steps` environment steps (over all ranks); returns the summary."""
+        """Train until `config.steps` environment steps (over all ranks) or `config.time_limit`
+        seconds; returns the summary."""
         config = self.config
         target = config.steps // self.world_size
+        self.stopped_by_time_limit = False
         self._session_start = time.perf_counter()
         self._log_clock, self._steps_since_log = time.perf_counter(), 0
         last_eval: dict[str, float] = {}
@@ -410,6 +412,9 @@ class Trainer:
                 if self.counters.env_steps >= self.counters.next_log_step:
                     self._log()
                     self.counters.next_log_step += self.log_every
+                    if config.time_limit > 0 and distributed.any_rank(self._elapsed() >= config.time_limit):
+                        self.stopped_by_time_limit = True
+                        break
                 if self.counters.env_steps >= self.counters.next_checkpoint_step and self.counters.env_steps < target:
                     self._checkpoint_now()
                     self.counters.next_checkpoint_step += self.checkpoint_every
@@ -437,6 +442,7 @@ class Trainer:
             "updates": self.counters.updates,
             "episodes": self.counters.episodes,
             "wall_seconds": round(self.counters.elapsed_seconds, 1),
+            "stopped_by": "time_limit" if getattr(self, "stopped_by_time_limit", False) else "steps",
             "world_size": self.world_size,
             **last_eval,
         }

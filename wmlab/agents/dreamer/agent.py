@@ -34,7 +34,7 @@ from wmlab.agents.dreamer.optim import Optimizer
 from wmlab.core.errors import IncompatibleSpaceError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Transition
-from wmlab.losses.returns import lambda_returns, return_scale, update_return_percentiles
+from wmlab.losses.returns import horizon_weighted_returns, lambda_returns, return_scale, update_return_percentiles
 from wmlab.models.rssm import RSSM, State, dense_stack, resolve_widths
 from wmlab.nn.categorical import categorical_entropy, log_softmax, sample_one_hot, unimix_logits
 from wmlab.nn.distributions import TwoHot
@@ -329,6 +329,7 @@ class DreamerAgent:
             values = target_critic.value(target_critic(features))  # (N, H + 1)
             # Eq. 7, arXiv:2301.04104v1: R_t = r_{t+1} + gamma c_{t+1} ((1 - lambda) v_{t+1} + lambda R_{t+1}).
             returns = lambda_returns(rewards[:, 1:], values[:, 1:], continues[:, 1:], values[:, -1], config.return_lambda, config.discount)
+            returns = horizon_weighted_returns(returns, values[:, :-1], config.horizon_confidence)
         # Weight of step t: the probability that the trajectory is still alive, discounted
         # (DreamerV3: cumprod(gamma * c) / gamma), so that steps after a predicted end count less.
         weights = (torch.cumprod(config.discount * continues.detach(), 1) / config.discount)[:, :-1]  # (N, H)

@@ -90,6 +90,10 @@ class DreamerConfig:
     """Discount gamma (DreamerV3: 1 - 1 / 333, "horizon 333")."""
     return_lambda: float = 0.95
     """lambda of the lambda-returns."""
+    horizon_confidence: float = 1.0
+    """Horizon-aware policy optimisation (a study, not in any paper's preset): the actor's and
+    critic's targets become c_t * R_t + (1 - c_t) * v_t with c_t = horizon_confidence ** t at
+    imagination depth t (1: plain lambda-returns)."""
     return_normalization: bool = True
     """Divide advantages by max(limit, S), S the spread between running return percentiles (DreamerV3)."""
     return_percentiles: tuple[float, float] = (5.0, 95.0)
