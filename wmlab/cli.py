@@ -1,4 +1,4 @@
-"""The `wmlab` command: train | eval | report | list | bench.
+"""The `wmlab` command: train | eval | report | list | bench | study.
 
     wmlab train --algo dyna-q --env dyna-maze --run-dir runs/maze
     wmlab train --algo mpc --env two-rooms-state --train.steps 20000 --agent.planner.horizon 10
@@ -10,6 +10,7 @@
     wmlab report runs/maze
     wmlab list
     wmlab bench dyna --seeds 30 --out dyna.json
+    wmlab study horizon --out studies/horizon --seeds 3
 
 `wmlab train --algo NAME --help` documents every field of that algorithm's config.
 """
@@ -42,7 +43,8 @@ commands:
   envs     show the environment suites, their ids, spaces and install commands
   record   record episodes of any environment and policy to a dataset folder
   pipeline run a multi-stage pipeline: world-models, jepa (wmlab pipeline NAME --help)
-  bench    run a benchmark: dyna, envs, world-models-temperature, world-models-carracing
+  bench    run a benchmark: dyna, envs, world-models-temperature, world-models-carracing, laptop
+  study    run a study: horizon, counterfactual, occlusion (wmlab study NAME --help)
 """
 
 
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "record": record_command,
         "pipeline": pipeline_command,
         "bench": bench_command,
+        "study": study_command,
     }
     if command not in commands:
         print(f"wmlab: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
@@ -320,6 +323,7 @@ BENCHMARKS = {
     "envs": "wmlab.bench.envs_command:run",
     "world-models-temperature": "wmlab.bench.world_models:temperature",
     "world-models-carracing": "wmlab.bench.world_models:carracing",
+    "laptop": "wmlab.bench.laptop:run",
 }
 
 
@@ -338,17 +342,28 @@ def pipeline_command(argv: list[str]) -> int:
     return _dispatch("pipeline", PIPELINES, argv, "usage: wmlab pipeline NAME [options] (wmlab pipeline NAME --help)")
 
 
-def _dispatch(kind: str, table: dict[str, str], argv: list[str], usage: str) -> int:
+def study_command(argv: list[str]) -> int:
+    from wmlab.studies import STUDIES
+
+    usage = (
+        "usage: wmlab study NAME --out DIR [--steps N] [--time-limit S] [--seeds N] [--algo dreamer] [--env ID] "
+        "[--env-kwargs JSON] [--agent-overrides JSON] [--quick] (wmlab study NAME --help)"
+    )
+    return _dispatch("study", STUDIES, argv, usage, plural="studies")
+
+
+def _dispatch(kind: str, table: dict[str, str], argv: list[str], usage: str, plural: str | None = None) -> int:
     """Run `table[argv[0]](argv[1:])`; an unknown name gives the close matches."""
+    plural = plural or f"{kind}s"
     if not argv or argv[0] in ("-h", "--help"):
-        print(f"{usage}\n\n{kind}s: {', '.join(table)}")
+        print(f"{usage}\n\n{plural}: {', '.join(table)}")
         return 0
     name = argv[0]
     if name not in table:
         import difflib
 
         close = difflib.get_close_matches(name, list(table))
-        raise UnknownNameError(f"unknown {kind} {name!r}." + (f" Did you mean: {', '.join(close)}?" if close else "") + f" {kind.capitalize()}s: {', '.join(table)}")
+        raise UnknownNameError(f"unknown {kind} {name!r}." + (f" Did you mean: {', '.join(close)}?" if close else "") + f" {plural.capitalize()}: {', '.join(table)}")
     from wmlab.core.registry import _load
 
     return _load(table[name])(argv[1:]) or 0

@@ -112,6 +112,8 @@ for _entry in [
     Entry("two-rooms", "wmlab.envs.two_rooms:make_two_rooms_pixels", "Two rooms from 64x64 RGB pixels: a point agent, a wall with a door at a random height, a goal"),
     Entry("two-rooms-state", "wmlab.envs.two_rooms:make_two_rooms_state", "Two rooms from a state vector (agent, goal, door)"),
     Entry("multitask", "wmlab.envs.multitask:MultiTaskEnv", "Several tasks as one environment (TD-MPC2's multi-task setting): padded state vectors and actions, a task index and an action mask; --env-kwargs '{\"tasks\": [...]}'"),
+    Entry("occluded", "wmlab.envs.occlusion:make_occluded", "Another environment with runs of blank observations (partial observability); --env-kwargs '{\"env\": \"dmc:cartpole-swingup\", \"start_probability\": 0.02, \"length\": 10}'"),
+    Entry("perturbed", "wmlab.envs.perturb:make_perturbed", "Another environment with Gaussian observation noise and random velocity kicks (robustness); --env-kwargs '{\"env\": \"dmc:cartpole-swingup\", \"observation_noise\": 0.1, \"kick_std\": 0.5}'"),
 ]:
     ENVIRONMENTS.add(_entry)
 

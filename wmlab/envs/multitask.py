@@ -1,6 +1,6 @@
 """Several environments presented as one multi-task environment, the way TD-MPC2 trains one agent on
-many tasks (Hansen, Su & Wang, arXiv:2310.16828, Sec. 4: one model on 80 tasks of different
-embodiments and action spaces).
+many tasks (Hansen, Su & Wang, arXiv:2310.16828: one model on 80 tasks of different embodiments,
+observation sizes and action spaces).
 
     make_env("multitask", tasks=["dmc:cartpole-swingup", "dmc:reacher-easy", "dmc:walker-walk"],
              shared_kwargs={"action_repeat": 2})

@@ -23,10 +23,12 @@ def evaluate_agent(
     `world_state`: for environments that change over a run (the blocking and shortcut mazes), the
     training environment's `world_state()`, so that evaluation sees the world as it is now.
 
-    Returns eval/return (mean), eval/return_std, eval/length and, where the environment reports
-    `info["success"]`, eval/success (fraction of episodes).
+    Returns eval/return (mean), eval/return_std, eval/length, where the environment reports
+    `info["success"]`, eval/success (fraction of episodes), and where it names the episode's task
+    in `info["task"]` (multi-task environments), eval/return/<task> (mean over that task's episodes).
     """
     returns, lengths, successes = [], [], []
+    task_returns: dict[str, list[float]] = {}
     env = make_env(env_id, **(env_kwargs or {}))
     if world_state is not None and hasattr(env.unwrapped, "load_world_state"):
         env.unwrapped.load_world_state(world_state)
@@ -49,6 +51,9 @@ def evaluate_agent(
                     break
             returns.append(total)
             lengths.append(length)
+            task = episode_task(info)
+            if task is not None:
+                task_returns.setdefault(task, []).append(total)
             if success is not None:
                 successes.append(success)
     finally:
@@ -60,7 +65,16 @@ def evaluate_agent(
     }
     if successes:
         metrics["eval/success"] = float(np.mean(successes))
+    for task, values in sorted(task_returns.items()):
+        metrics[f"eval/return/{task}"] = float(np.mean(values))
     return metrics
+
+
+def episode_task(info: dict) -> str | None:
+    """The task an episode ran, from the `info` of its last step: the name a multi-task
+    environment reports in info["task"] (wmlab.envs.multitask), else None."""
+    task = info.get("task") if isinstance(info, dict) else None
+    return task if isinstance(task, str) else None
 
 
 def unbatch_action(action: Any) -> Any:

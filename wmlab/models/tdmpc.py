@@ -16,15 +16,15 @@ support reward and value prediction. `decode` therefore raises NotImplementedErr
 Actions enter the networks in model units: a Box is rescaled to [-1, 1] (TD-MPC2 assumes that
 range), a Discrete action is one-hot. `to_model_action` / `to_env_action` convert.
 
-Multi-task (the paper's Sec. 4 and its multi-task models): when the observation space has a `task`
-entry (a Discrete(n) index, as `wmlab.envs.multitask` gives), the model learns one embedding of
+Multi-task (the paper's generalist agents, trained on up to 80 tasks): when the observation space
+has a `task` entry (a Discrete(n) index, as `wmlab.envs.multitask` gives), the model learns one embedding of
 `task_embedding_size` (96) per task, kept within the unit ball (an nn.Embedding with max_norm=1),
 and appends it to the input of the encoder, dynamics, reward, Q-functions, policy prior and
 termination head. With an `action_mask` entry (A,) as well, the policy prior's mean, log std and
 noise are zeroed outside the task's own action dimensions, whose log-density alone is counted,
 and actions entering the model in training are masked the same way. Every method that needs the
 task takes `task` (indices whose shape is a prefix of the input's leading shape) and, where the
-policy is involved, `action_mask` (the same prefix, then A); a single-task model ignores them.
+policy is involved, `action_mask` (the same prefix, then A); a single-task model ignores `task`.
 
 Shape legend: B batch, T time, H training horizon (T - 1), L imagination horizon, N candidates,
 A action dim (K discrete actions), D latent size, E ensemble members, C, H, W image,

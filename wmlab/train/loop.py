@@ -36,7 +36,7 @@ from wmlab.core.errors import RunDirectoryError
 from wmlab.core.registry import ALGORITHMS
 from wmlab.core.types import Transition
 from wmlab.envs.adapter import make_env
-from wmlab.eval.returns import evaluate_agent, unbatch_action
+from wmlab.eval.returns import episode_task, evaluate_agent, unbatch_action
 from wmlab.train import distributed
 from wmlab.train.config import TrainConfig
 from wmlab.train.logger import MetricsAverager, MetricsLogger
@@ -60,6 +60,7 @@ class Counters:
     elapsed_seconds: float = 0.0
     recent_returns: list = field(default_factory=list)
     recent_lengths: list = field(default_factory=list)
+    recent_task_returns: dict = field(default_factory=dict)  # task name -> returns, for multi-task environments
 
 
 @dataclass(frozen=True)
@@ -304,11 +305,12 @@ class Trainer:
         batched = self._batched_observations()
         actions, self.agent_state = self.agent.act(batched, self.agent_state, explore=True)
         actions = np.asarray(actions)
-        next_observations, rewards, terminateds, truncateds = [], [], [], []
+        next_observations, rewards, terminateds, truncateds, infos = [], [], [], [], []
         for index, env in enumerate(self.envs):
             action = unbatch_action(actions[index : index + 1])
-            observation, reward, terminated, truncated, _ = env.step(action)
+            observation, reward, terminated, truncated, info = env.step(action)
             next_observations.append(observation)
+            infos.append(info)
             rewards.append(float(reward))
             terminateds.append(bool(terminated))
             truncateds.append(bool(truncated))
@@ -334,6 +336,9 @@ class Trainer:
                 self.counters.episodes += 1
                 self.counters.recent_returns.append(float(self.episode_returns[index]))
                 self.counters.recent_lengths.append(int(self.episode_lengths[index]))
+                task = episode_task(infos[index])
+                if task is not None:
+                    self.counters.recent_task_returns.setdefault(task, []).append(float(self.episode_returns[index]))
                 self._reset_env(index)
         return metrics
 
@@ -384,6 +389,9 @@ class Trainer:
             metrics["train/length"] = float(np.mean(self.counters.recent_lengths))
             self.counters.recent_returns.clear()
             self.counters.recent_lengths.clear()
+        for task, returns in sorted(self.counters.recent_task_returns.items()):
+            metrics[f"train/return/{task}"] = float(np.mean(returns))
+        self.counters.recent_task_returns.clear()
         metrics["train/episodes"] = float(self.counters.episodes)
         metrics["train/updates"] = float(self.counters.updates)
         metrics["train/steps_per_second"] = self._steps_since_log / max(time.perf_counter() - self._log_clock, 1e-9)

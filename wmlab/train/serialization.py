@@ -27,7 +27,7 @@ def flatten_state(state: Any) -> tuple[dict[str, Any], Any]:
             tensors[path] = value.detach().cpu().contiguous()
             return {"__tensor__": path}
         if isinstance(value, np.ndarray):
-            tensors[path] = torch.from_numpy(np.ascontiguousarray(value).copy())
+            tensors[path] = torch.from_numpy(np.array(value, copy=True, order="C"))  # keeps 0-d arrays 0-d
             return {"__ndarray__": path}
         if isinstance(value, np.generic):
             return value.item()

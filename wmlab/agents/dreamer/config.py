@@ -125,6 +125,13 @@ class DreamerConfig:
     open_loop_report: bool = True
     """At the end of a run, write open-loop prediction videos (pixel runs) and an imagined-vs-real
     reward figure into the run directory."""
+    counterfactual_fraction: float = 0.0
+    """Counterfactual augmentation (a study, not in any paper's preset): this fraction of the
+    imagination start states has its stochastic latent z intervened on before the actor and critic
+    learn from imagination (the number of starts stays the same; 0: off)."""
+    counterfactual_kind: str = "resample"
+    """The intervention: "resample" (draw z from the prior p(z | h) of the start's own recurrent
+    state h) or "swap" (take the z of another randomly chosen intervened start; h unchanged)."""
 
 
 # --- DreamerV1 (arXiv:1912.01603; defaults of the authors' dreamer.py) -------------------------

@@ -2,6 +2,11 @@
 policy prior from replay by TD learning; act by MPPI in the latent space, with the policy prior's
 sequences mixed into the samples and the learned value closing each sequence.
 
+Multi-task (observations with `task` and `action_mask` entries, `wmlab.envs.multitask`): each
+environment's plan is conditioned on its task, the planner's candidates and the prior's sequences
+are masked to the task's action dimensions before they are scored, and the executed actions, the
+warm-start plans and the random seed-step actions are zero outside them.
+
 Shape legend: B environments (or batch), T time, N candidates, P prior sequences, L horizon,
 A action dim (K discrete actions), D latent size.
 """
@@ -9,6 +14,7 @@ A action dim (K discrete actions), D latent size.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -78,7 +84,7 @@ class TDMPC2Agent:
         is_first = np.asarray(obs["is_first"], dtype=bool)
         B = is_first.shape[0]
         if explore and self.steps < self.config.random_steps:
-            actions, next_state = self.random_actions(B), None
+            actions, next_state = self.random_actions(B, self.model.task_inputs(obs)[1]), None
         else:
             actions, next_state = self._plan_actions(obs, state, is_first, explore)
         if explore:
@@ -89,68 +95,99 @@ class TDMPC2Agent:
 
     @torch.no_grad()
     def _plan_actions(self, obs: Observation, state: Any, is_first: np.ndarray, explore: bool) -> tuple[torch.Tensor, Any]:
-        latents = self.model.encode({self.model.observation_key: obs[self.model.observation_key]})
+        tasks, masks = self.model.task_inputs(obs)  # (B,), (B, A) or None
+        latents = self.model.encode({self.model.observation_key: obs[self.model.observation_key]}, task=tasks)
         check_shape("latents", latents, (is_first.shape[0], self.model.latent_size))
         if not self.config.plan:
-            policy = self.model.policy_distribution(latents, generator=self.generator)
+            policy = self.model.policy_distribution(latents, generator=self.generator, task=tasks, action_mask=masks)
             return self.model.to_env_action(policy.action if explore else policy.mode), None
         actions, plans = [], []
         for index, latent in enumerate(latents):
+            task = None if tasks is None else tasks[index]
+            mask = None if masks is None else masks[index]
             fresh = state is None or bool(is_first[index])
             self.planner.previous_plan = None if fresh else torch.as_tensor(state[index], device=self.device)
             start = latent[None]
-            sequence = self.planner.plan(self.estimate_value, start, self.planning_space, prior_actions=self.prior_actions(start), explore=explore)
-            plans.append(self.planner.previous_plan)
+            rollout = self.estimate_value if task is None and mask is None else partial(self.estimate_value, task=task, action_mask=mask)
+            prior = self.prior_actions(start, task=task, action_mask=mask)
+            sequence = self.planner.plan(rollout, start, self.planning_space, prior_actions=prior, explore=explore)
+            plan = self.planner.previous_plan
+            if mask is not None:
+                # The planner searches every dimension, but only the masked candidates were scored:
+                # what it returns and keeps is zeroed outside the task's actions.
+                sequence, plan = sequence * mask, plan * mask
+            plans.append(plan)
             first = sequence[0]
             actions.append(first if self.model.discrete else self.model.to_env_action(first))
         return torch.stack(actions), torch.stack(plans).cpu()
 
-    def prior_actions(self, latent: torch.Tensor) -> torch.Tensor | None:
+    def prior_actions(self, latent: torch.Tensor, task: torch.Tensor | None = None, action_mask: torch.Tensor | None = None) -> torch.Tensor | None:
         """P sequences from the policy prior rolled through the dynamics from latent (1, D):
-        (P, L, A) in [-1, 1], or indices (P, L)."""
+        (P, L, A) in [-1, 1] (zero outside a task's `action_mask` (A,)), or indices (P, L)."""
         count = self.config.planner.policy_trajectories
         if count == 0:
             return None
         z = latent.expand(count, -1)
         actions = []
         for step in range(self.horizon):
-            action = self.model.policy_distribution(z, generator=self.generator).action
+            action = self.model.policy_distribution(z, generator=self.generator, task=task, action_mask=action_mask).action
             actions.append(action)
             if step < self.horizon - 1:
-                z = self.model.next(z, action)
+                z = self.model.next(z, action, task)
         sequences = torch.stack(actions, 1)
         return sequences.argmax(-1) if self.model.discrete else sequences
 
-    def _estimate_value(self, latent: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    def _estimate_value(
+        self, latent: torch.Tensor, candidates: torch.Tensor, task: torch.Tensor | None = None, action_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The rollout function handed to MPPI: latent (1, D), candidates (N, L, A) in [-1, 1] or
         indices (N, L) -> sum_t discount^t R(z_t, a_t) + discount^L V(z_L), V the average of two
         random Qs at a ~ p(z_L) (TD-MPC2's return estimate, Sec. 3.2 of arXiv:2310.16828).
-        The random draws happen here, so that the rollout itself is deterministic (and compilable)."""
+        The random draws happen here, so that the rollout itself is deterministic (and compilable).
+        A multi-task plan passes its task () and action mask (A,): candidates are masked before
+        they are scored, as the authors mask their samples."""
         actions = torch.nn.functional.one_hot(candidates, self.model.action_size).float() if self.model.discrete else candidates
+        if action_mask is not None:
+            actions = actions * action_mask
         members = self.model.two_members(self.generator)
         noise = None if self.model.discrete else torch.randn((actions.shape[0], self.model.action_size), generator=self.generator).to(self.device)
-        return self.rollout_return(latent, actions, members, noise)
+        if task is None and action_mask is None:
+            return self.rollout_return(latent, actions, members, noise)
+        return self.rollout_return(latent, actions, members, noise, task, action_mask)
 
-    def _rollout_return(self, latent: torch.Tensor, actions: torch.Tensor, members: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    def _rollout_return(
+        self,
+        latent: torch.Tensor,
+        actions: torch.Tensor,
+        members: torch.Tensor,
+        noise: torch.Tensor | None,
+        task: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         z = latent.expand(actions.shape[0], -1)
         total, discount = torch.zeros(actions.shape[0], device=self.device), 1.0
+        gamma = self.model.task_discount(task)  # config.discount, or the task's own
         # With a termination head, nothing counts after a latent predicted terminal (P > 0.5), as
         # in the authors' episodic planning.
         alive = torch.ones(actions.shape[0], device=self.device)
         for step in range(actions.shape[1]):
-            total = total + discount * alive * self.model.reward(z, actions[:, step])
-            z = self.model.next(z, actions[:, step])
-            discount *= self.model.config.discount
+            total = total + discount * alive * self.model.reward(z, actions[:, step], task)
+            z = self.model.next(z, actions[:, step], task)
+            discount *= gamma
             if self.model.termination_head is not None:
-                alive = alive * (self.model.termination_logits(z) <= 0).float()
-        return total + discount * alive * self.model.value(z, reduction="avg", members=members, noise=noise)
+                alive = alive * (self.model.termination_logits(z, task) <= 0).float()
+        return total + discount * alive * self.model.value(z, reduction="avg", members=members, noise=noise, task=task, action_mask=action_mask)
 
-    def random_actions(self, count: int) -> torch.Tensor:
-        """Uniform random environment actions: (count, A) within the bounds, or indices (count,)."""
+    def random_actions(self, count: int, action_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Uniform random environment actions: (count, A) within the bounds (zero outside a task's
+        action_mask (count, A) in model units), or indices (count,)."""
         if self.model.discrete:
             return torch.randint(self.model.action_size, (count,), generator=self.generator)
         unit = torch.rand((count, self.model.action_size), generator=self.generator) * 2 - 1
-        return self.model.to_env_action(unit.to(self.device))
+        unit = unit.to(self.device)
+        if action_mask is not None:
+            unit = unit * action_mask
+        return self.model.to_env_action(unit)
 
     # --- learning ----------------------------------------------------------------------------
 
@@ -185,7 +222,7 @@ class TDMPC2Agent:
         grad_norm = torch.nn.utils.clip_grad_norm_(model_parameters, self.config.grad_clip)
         self.optimizer.step()
 
-        policy_loss, policy_metrics = self.model.policy_loss(result.latents, result.valid)
+        policy_loss, policy_metrics = self.model.policy_loss(result.latents, result.valid, task=result.task, action_mask=result.action_mask)
         policy_loss.backward()
         average_gradients(self.model.policy)
         policy_grad_norm = torch.nn.utils.clip_grad_norm_(self.model.policy.parameters(), self.config.grad_clip)
