@@ -85,10 +85,10 @@ def test_a_time_limit_ends_the_run_like_its_last_step(tmp_path):
     spec = tiny_spec(300)
     spec = replace(spec, train=replace(spec.train, time_limit=1e-6))
     summary = Trainer(spec, tmp_path / "run").run()
-    # Checked at the first log boundary: 30 steps, then the final evaluation and checkpoint.
-    assert summary["stopped_by"] == "time_limit" and summary["env_steps"] == 30
+    # Checked after every step: one step, then the final evaluation and checkpoint.
+    assert summary["stopped_by"] == "time_limit" and summary["env_steps"] == 1
     assert "eval/return" in summary
-    assert load_state(tmp_path / "run" / "checkpoints" / "rank0", "loop")["counters"]["env_steps"] == 30
+    assert load_state(tmp_path / "run" / "checkpoints" / "rank0", "loop")["counters"]["env_steps"] == 1
     untimed = Trainer(tiny_spec(60), tmp_path / "untimed").run()
     assert untimed["stopped_by"] == "steps" and untimed["env_steps"] == 60
 

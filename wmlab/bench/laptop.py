@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from wmlab.bench.common import machine_description
-from wmlab.core.errors import UnknownNameError
+from wmlab.core.registry import UnknownNameError
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ for _entry in [
     Entry("dreamer", "wmlab.agents.dreamer.agent:DreamerAgent", "Dreamer (V3 settings): actor-critic learned in the imagination of an RSSM world model (Hafner et al. 2023)", "wmlab.agents.dreamer.config:DreamerConfig"),
     Entry("dreamer-v1", "wmlab.agents.dreamer.agent:DreamerAgent", "DreamerV1: Gaussian RSSM, returns backpropagated through the dynamics (Hafner et al. 2020)", "wmlab.agents.dreamer.config:DreamerV1Config"),
     Entry("dreamer-v2", "wmlab.agents.dreamer.agent:DreamerAgent", "DreamerV2: categorical RSSM with KL balancing, mixed REINFORCE / dynamics actor gradients (Hafner et al. 2021)", "wmlab.agents.dreamer.config:DreamerV2Config"),
+    Entry("dreamer-cpu", "wmlab.agents.dreamer.agent:DreamerAgent", "DreamerV3 at size1m with learning rates for a CPU budget (LaProp 3e-4 / 1e-4, no warm-up)", "wmlab.agents.dreamer.config:DreamerCPUConfig"),
     Entry("dreamer-v3", "wmlab.agents.dreamer.agent:DreamerAgent", "DreamerV3: the same as dreamer (symlog two-hot heads, return normalisation, LaProp; Hafner et al. 2023)", "wmlab.agents.dreamer.config:DreamerConfig"),
     Entry("planet", "wmlab.agents.planet.agent:PlaNetAgent", "PlaNet: CEM planning in the latent space of a Gaussian RSSM (Hafner et al. 2019)", "wmlab.agents.planet.config:PlaNetConfig"),
     Entry("tdmpc2", "wmlab.agents.tdmpc2.agent:TDMPC2Agent", "TD-MPC2: MPPI with a policy prior in the latent space of an implicit world model learned by TD (Hansen et al. 2023)", "wmlab.agents.tdmpc2.config:TDMPC2Config"),

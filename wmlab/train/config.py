@@ -24,8 +24,8 @@ class TrainConfig:
     """Steps per sampled sequence (T)."""
     time_limit: float = 0.0
     """Stop after this many seconds of training wall-clock, summed over resumed sessions (0: no
-    limit): the run then ends as at `steps`, with a final evaluation and checkpoint. Checked every
-    `log_every` steps, so it may overrun by that much. A laptop budget is `--train.time-limit 7200`."""
+    limit): the run then ends as at `steps`, with a final evaluation and checkpoint. Checked after
+    every step (with several ranks, every `log_every` steps). A laptop budget is `--train.time-limit 7200`."""
     learning_starts: int = 1_000
     """Environment steps collected before the first update."""
     replay_capacity: int = 1_000_000

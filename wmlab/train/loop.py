@@ -417,12 +417,13 @@ class Trainer:
                 advance(self._global_steps(), self.counters.recent_returns[-1] if self.counters.recent_returns else None)
                 if self.eval_every and self.counters.env_steps % self.eval_every < len(self.envs):
                     last_eval = self.evaluate()
-                if self.counters.env_steps >= self.counters.next_log_step:
+                at_log_step = self.counters.env_steps >= self.counters.next_log_step
+                if at_log_step:
                     self._log()
                     self.counters.next_log_step += self.log_every
-                    if config.time_limit > 0 and distributed.any_rank(self._elapsed() >= config.time_limit):
-                        self.stopped_by_time_limit = True
-                        break
+                if self._time_is_up(at_log_step):
+                    self.stopped_by_time_limit = True
+                    break
                 if self.counters.env_steps >= self.counters.next_checkpoint_step and self.counters.env_steps < target:
                     self._checkpoint_now()
                     self.counters.next_checkpoint_step += self.checkpoint_every
@@ -436,6 +437,15 @@ class Trainer:
         for env in self.envs:
             env.close()
         return summary
+
+    def _time_is_up(self, at_log_step: bool) -> bool:
+        """Whether `time_limit` is spent: checked every step in one process; with several ranks
+        only at log steps, where they agree (any rank out of time stops all)."""
+        if self.config.time_limit <= 0:
+            return False
+        if self.world_size == 1:
+            return self._elapsed() >= self.config.time_limit
+        return at_log_step and distributed.any_rank(self._elapsed() >= self.config.time_limit)
 
     def _checkpoint_now(self) -> None:
         self.counters.elapsed_seconds = self._elapsed()

@@ -259,4 +259,25 @@ class DreamerV2Config(DreamerConfig):
 
 
 #: The version presets by name.
-PRESETS: dict[str, type[DreamerConfig]] = {"v1": DreamerV1Config, "v2": DreamerV2Config, "v3": DreamerConfig}
+
+
+# --- The CPU preset: DreamerV3 for a laptop budget ---------------------------------------------
+
+CPU_MODEL_OPTIMIZER = OptimizerConfig(learning_rate=3e-4, warmup=0)
+CPU_BEHAVIOUR_OPTIMIZER = OptimizerConfig(learning_rate=1e-4, warmup=0)
+
+
+@dataclass(frozen=True)
+class DreamerCPUConfig(DreamerConfig):
+    """DreamerV3 at its smallest named size (size1m) with learning rates for a short budget: LaProp
+    3e-4 for the world model and 1e-4 for actor and critic, without warm-up (the authors' 4e-5 with
+    1000 warm-up updates is tuned for runs of 10^5-10^6 updates; a 2-hour CPU run makes about 10^4).
+    Everything else is DreamerV3's. Train it with `--train.batch-size 16 --train.sequence-length 16
+    --train.train-ratio 128` (one update per 2 environment steps; see `wmlab bench laptop`)."""
+
+    model_optimizer: OptimizerConfig = field(default_factory=lambda: CPU_MODEL_OPTIMIZER)
+    actor_optimizer: OptimizerConfig = field(default_factory=lambda: CPU_BEHAVIOUR_OPTIMIZER)
+    critic_optimizer: OptimizerConfig = field(default_factory=lambda: CPU_BEHAVIOUR_OPTIMIZER)
+
+
+PRESETS: dict[str, type[DreamerConfig]] = {"v1": DreamerV1Config, "v2": DreamerV2Config, "v3": DreamerConfig, "v3-cpu": DreamerCPUConfig}
