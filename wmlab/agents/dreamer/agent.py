@@ -54,6 +54,10 @@ class OneHotPolicy:
     def sample(self, generator: torch.Generator | None) -> torch.Tensor:
         return sample_one_hot(self.logits, generator)
 
+    def sample_from(self, noise: torch.Tensor) -> torch.Tensor:
+        """The sample for uniform noise (...) drawn ahead (see `Actor.draw_noise`)."""
+        return sample_one_hot(self.logits, uniform=noise)
+
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
         return (action * log_softmax(self.logits)).sum(-1)
 
@@ -72,7 +76,10 @@ class NormalPolicy:
         self.mean, self.std = mean, std
 
     def sample(self, generator: torch.Generator | None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device)
+        return self.sample_from(torch.randn(self.mean.shape, generator=generator, device=self.mean.device))
+
+    def sample_from(self, noise: torch.Tensor) -> torch.Tensor:
+        """The sample for standard normal noise (..., A) drawn ahead (see `Actor.draw_noise`)."""
         return self.mean + self.std * noise
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
@@ -89,8 +96,8 @@ class NormalPolicy:
 class TanhNormalPolicy(NormalPolicy):
     """tanh of independent Normals (DreamerV1): samples lie in (-1, 1)."""
 
-    def sample(self, generator: torch.Generator | None) -> torch.Tensor:
-        return torch.tanh(super().sample(generator))
+    def sample_from(self, noise: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(super().sample_from(noise))
 
     def log_prob(self, action: torch.Tensor) -> torch.Tensor:
         action = action.clamp(-1 + 1e-6, 1 - 1e-6)
@@ -122,6 +129,13 @@ class Actor(nn.Module):
         if not discrete:
             # Where the raw std output is 0 the tanh-normal has init_std: softplus(raw + shift).
             self.std_shift = math.log(math.expm1(config.actor_init_std))
+
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """The noise of `shape` samples, drawn ahead: uniforms (...) for a discrete actor,
+        standard normals (..., A) for a continuous one; turned into actions by `sample_from`."""
+        if self.discrete:
+            return torch.rand(shape, generator=generator, device=device)
+        return torch.randn((*shape, self.action_size), generator=generator, device=device)
 
     def forward(self, features: torch.Tensor):
         output = self.output(self.trunk(features))
@@ -334,18 +348,36 @@ class DreamerAgent:
     def imagine(self, starts: State) -> tuple[torch.Tensor, torch.Tensor]:
         """H steps of the prior driven by the actor from N start states: (features (N, H + 1, F)
         with the start first, model-space actions (N, H, A)). The actor sees detached features;
-        its samples are differentiable, so returns can be backpropagated through the dynamics."""
+        its samples are differentiable, so returns can be backpropagated through the dynamics.
+        All random numbers are drawn ahead, so that one step is a pure function (compilable)."""
         model, horizon = self.world_model, self.config.imagination_horizon
-        noise = model.draw_noise((starts["deter"].shape[0], horizon))
-        state = starts
+        N = starts["deter"].shape[0]
+        latent_noise = model.draw_noise((N, horizon))
+        action_noise = self.actor.draw_noise((N, horizon), self.generator, self.device)
+        step = self._imagination_step()
+        state = {"deter": starts["deter"], "stoch": starts["stoch"]}
         features = [model.features(state)]
         actions = []
-        for step in range(horizon):
-            action = self.actor(features[-1].detach()).sample(self.generator)
-            state = model.imagine_step(state, action, noise[:, step])
-            features.append(model.features(state))
+        for t in range(horizon):
+            deter, stoch, feature, action = step(state["deter"], state["stoch"], features[-1], latent_noise[:, t], action_noise[:, t])
+            state = {"deter": deter, "stoch": stoch}
+            features.append(feature)
             actions.append(action)
         return torch.stack(features, 1), torch.stack(actions, 1)
+
+    def _imagine_one_step(self, deter, stoch, feature, latent_noise, action_noise):
+        """One imagined step: the actor acts on the (detached) features, the prior moves on."""
+        action = self.actor(feature.detach()).sample_from(action_noise)
+        state = self.world_model.imagine_step({"deter": deter, "stoch": stoch}, action, latent_noise)
+        return state["deter"], state["stoch"], self.world_model.features(state), action
+
+    def _imagination_step(self):
+        """The step function: compiled once with `config.compile`, else the plain method."""
+        if not self.config.compile:
+            return self._imagine_one_step
+        if getattr(self, "_compiled_imagine_step", None) is None:
+            self._compiled_imagine_step = torch.compile(self._imagine_one_step, dynamic=False)
+        return self._compiled_imagine_step
 
     def learn_behaviour(self, starts: State, start_continue: torch.Tensor) -> dict[str, torch.Tensor]:
         """One actor and one critic update from imagined trajectories (Sec. 3 of each paper)."""

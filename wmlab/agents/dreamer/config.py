@@ -122,6 +122,9 @@ class DreamerConfig:
     exploration_noise: float = 0.0
     """While exploring: std of Gaussian noise added to Box actions in [-1, 1] (DreamerV1: 0.3), or the
     probability of a random Discrete action."""
+    compile: bool = False
+    """Compile one imagination step (actor sample + prior step) with torch.compile: faster
+    imagination after a one-time compilation (a minute or more on a CPU)."""
     open_loop_report: bool = True
     """At the end of a run, write open-loop prediction videos (pixel runs) and an imagined-vs-real
     reward figure into the run directory."""
