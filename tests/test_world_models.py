@@ -307,6 +307,7 @@ def test_pipeline_smoke_resume_and_eval(tmp_path, monkeypatch):
     assert (retrained / "stages" / "vae" / "result.safetensors").read_bytes() == (run_dir / "stages" / "vae" / "result.safetensors").read_bytes()
     records = [json.loads(line) for line in (retrained / "metrics.jsonl").read_text().splitlines()]
     assert not any("vae/loss" in record for record in records) and any("mdnrnn/loss" in record for record in records)
+    assert (retrained / "figures" / "vae_reconstructions.png").read_bytes() == (run_dir / "figures" / "vae_reconstructions.png").read_bytes()
 
     # The trained V-M-C acts through the Agent protocol, and `wmlab eval` evaluates the run.
     from wmlab.cli import main

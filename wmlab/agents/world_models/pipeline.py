@@ -303,6 +303,10 @@ class Pipeline:
                 shutil.copytree(source / "dataset", self.stage_dir(stage) / "dataset", copy_function=_link_or_copy)
             for suffix in (".safetensors", ".json"):
                 shutil.copy2(source / f"{RESULT}{suffix}", self.stage_dir(stage) / f"{RESULT}{suffix}")
+            if stage == "vae" and (other / "figures" / "vae_reconstructions.png").is_file():
+                # The report of this run shows the V it uses.
+                (self.run_dir / "figures").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(other / "figures" / "vae_reconstructions.png", self.run_dir / "figures" / "vae_reconstructions.png")
 
     # --- running -------------------------------------------------------------------------------
 
