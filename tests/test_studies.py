@@ -250,7 +250,7 @@ def test_each_study_quick_run_writes_json_figure_and_markdown(name, tmp_path, ca
     if name == "occlusion":
         curve = variants["with-occlusion"]["belief"]["vector"]["posterior"]["mean"]
         assert len(curve) == 5 and curve[0] is not None and any(value is not None for value in curve[1:])
-        assert set(variants) == {"without-occlusion", "with-occlusion"}
+        assert set(variants) == {"plain", "with-occlusion"}
 
 
 def test_study_command_lists_studies_and_names_close_matches(capsys):
@@ -261,3 +261,72 @@ def test_study_command_lists_studies_and_names_close_matches(capsys):
     with pytest.raises(SystemExit):
         main(["study", "horizon", "--help"])
     assert "--agent-overrides" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# Studies sharing their run directories
+
+
+def test_a_run_lock_excludes_a_second_holder_until_released(tmp_path):
+    from wmlab.studies.runner import RunLock
+
+    run_dir = tmp_path / "plain" / "seed0"
+    with RunLock(run_dir) as first:
+        assert first.held
+        with RunLock(run_dir, wait=False) as second:
+            assert not second.held
+    with RunLock(run_dir, wait=False) as third:
+        assert third.held
+
+
+def test_studies_sharing_runs_dir_share_their_plain_dreamer_runs(tmp_path):
+    from wmlab.studies.counterfactual import CounterfactualArguments, variants as counterfactual_variants
+    from wmlab.studies.horizon import HorizonArguments, variants as horizon_variants
+    from wmlab.studies.occlusion import OcclusionArguments, variants as occlusion_variants
+    from wmlab.studies.runner import Study, run_identity
+
+    shared = ["--quick", "--runs-dir", str(tmp_path / "runs")]
+    horizon = Study("horizon", HorizonArguments(out=tmp_path / "h", quick=True, runs_dir=tmp_path / "runs"), shared)
+    counterfactual = Study("counterfactual", CounterfactualArguments(out=tmp_path / "c", quick=True, runs_dir=tmp_path / "runs"), shared)
+    occlusion_arguments = OcclusionArguments(out=tmp_path / "o", quick=True, runs_dir=tmp_path / "runs")
+    occlusion = Study("occlusion", occlusion_arguments, shared)
+    plains = [
+        (study, next(v for v in found if v.name == "plain"))
+        for study, found in [
+            (horizon, horizon_variants(HorizonArguments(out=tmp_path))),
+            (counterfactual, counterfactual_variants(CounterfactualArguments(out=tmp_path))),
+            (occlusion, occlusion_variants(occlusion, occlusion_arguments)),
+        ]
+    ]
+    assert len({study.run_dir(variant, 1) for study, variant in plains}) == 1
+    identities = [run_identity(study.spec(variant, 1).to_json()) for study, variant in plains]
+    assert identities[0] == identities[1] == identities[2]
+    # Without --runs-dir each study keeps its own runs.
+    alone = Study("horizon", HorizonArguments(out=tmp_path / "h", quick=True), ["--quick"])
+    assert alone.run_dir(plains[0][1], 1) == tmp_path / "h" / "runs" / "plain" / "seed1"
+
+
+def test_a_run_another_process_holds_is_trained_last_and_waited_for(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from wmlab.studies import runner
+    from wmlab.studies.horizon import HorizonArguments, variants as horizon_variants
+
+    arguments = HorizonArguments(out=tmp_path, quick=True, seeds=2)
+    study = runner.Study("horizon", arguments, ["--quick"])
+    found = horizon_variants(arguments)
+    order = []
+    monkeypatch.setattr(runner, "train_or_reuse", lambda spec, run_dir, force=False: order.append(str(run_dir.relative_to(tmp_path / "runs"))) or {"env_steps": 1})
+    results = {}
+    with runner.RunLock(study.run_dir(found[0], 0)):
+        worker = threading.Thread(target=lambda: results.update(study.train_all(found)))
+        worker.start()
+        deadline = time.monotonic() + 30
+        while len(order) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert order == ["horizon-c0.9/seed0", "plain/seed1", "horizon-c0.9/seed1"]  # not waiting idle
+    worker.join(timeout=30)
+    assert order[-1] == "plain/seed0"
+    assert [run.seed for run in results["plain"]] == [0, 1]

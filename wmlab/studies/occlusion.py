@@ -89,7 +89,7 @@ def variants(study: Study, arguments: OcclusionArguments) -> list[Variant]:
     if arguments.length < 1 or arguments.belief_horizon < 1:
         raise WmlabError("--length and --belief-horizon must be at least 1")
     return [
-        Variant("without-occlusion", "trained without occlusion"),
+        Variant("plain", "trained without occlusion"),
         Variant("with-occlusion", "trained with occlusion", env=OCCLUDED, env_kwargs=occluded_kwargs(study, arguments.start_probability, arguments.length)),
     ]
 
@@ -210,7 +210,7 @@ def plotted_key(results: dict) -> str:
 
 def comparison_sentence(results: dict, runs: dict[str, list[RunResult]], seeds: int, horizon: int) -> str:
     key = plotted_key(results)
-    with_, without = results["with-occlusion"], results["without-occlusion"]
+    with_, without = results["with-occlusion"], results["plain"]
 
     def at(result: dict, line: str, k: int) -> str:
         values = result["belief"][key][line]["mean"]

@@ -87,6 +87,10 @@ class StudyArguments:
     """Replace run directories under OUT whose settings differ from this command's."""
     progress: bool = True
     """Show each run's progress bar."""
+    runs_dir: Path | None = None
+    """Directory of the run directories (default OUT/runs). Studies given the same --runs-dir share
+    their identical runs: plain Dreamer on the same task, settings and seeds is trained once. A run
+    that another study is training meanwhile is left for last and then waited for."""
 
 
 @dataclass(frozen=True)
@@ -208,24 +212,38 @@ class Study:
             agent=self.agent_config(variant),
         )
 
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.arguments.runs_dir) if self.arguments.runs_dir is not None else self.out / "runs"
+
     def run_dir(self, variant: Variant, seed: int) -> Path:
-        return self.out / "runs" / variant.name / f"seed{seed}"
+        return self.runs_dir / variant.name / f"seed{seed}"
 
     # --- training ----------------------------------------------------------------------------
 
     def train_all(self, variants: Sequence[Variant]) -> dict[str, list[RunResult]]:
         """Train (or reuse) every variant on every seed, seed by seed so that an interrupted study
-        has comparable runs for the seeds it finished."""
-        results: dict[str, list[RunResult]] = {variant.name: [] for variant in variants}
-        total = len(variants) * len(self.seeds)
-        done = 0
-        for seed in self.seeds:
-            for variant in variants:
-                done += 1
+        has comparable runs for the seeds it finished. A run locked by another process (another
+        study sharing --runs-dir) is put off until the others are done, then waited for."""
+        jobs = [(seed, variant) for seed in self.seeds for variant in variants]
+        summaries: dict[tuple[int, str], dict] = {}
+        pending, blocking = list(jobs), False
+        while pending:
+            deferred = []
+            for seed, variant in pending:
                 run_dir = self.run_dir(variant, seed)
-                print(f"study {self.name}: {variant.label}, seed {seed} ({done}/{total}) in {run_dir}", flush=True)
-                summary = train_or_reuse(self.spec(variant, seed), run_dir, force=self.arguments.force)
-                results[variant.name].append(RunResult(variant, seed, run_dir, summary))
+                with RunLock(run_dir, wait=blocking) as lock:
+                    if not lock.held:
+                        print(f"study {self.name}: {variant.label}, seed {seed} is being trained by another process; later", flush=True)
+                        deferred.append((seed, variant))
+                        continue
+                    print(f"study {self.name}: {variant.label}, seed {seed} ({len(summaries) + 1}/{len(jobs)}) in {run_dir}", flush=True)
+                    summaries[seed, variant.name] = train_or_reuse(self.spec(variant, seed), run_dir, force=self.arguments.force)
+            # Only runs that other processes hold are left: wait for each in turn.
+            pending, blocking = deferred, True
+        results: dict[str, list[RunResult]] = {variant.name: [] for variant in variants}
+        for seed, variant in jobs:
+            results[variant.name].append(RunResult(variant, seed, self.run_dir(variant, seed), summaries[seed, variant.name]))
         return results
 
     # --- outputs -----------------------------------------------------------------------------
@@ -292,6 +310,36 @@ def _json_default(value: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------
 # Reuse of run directories
+
+
+class RunLock:
+    """An exclusive lock on a run directory between processes (an advisory `flock` on
+    RUN_DIR.lock beside it, released when the process ends however it ends). `held` says
+    whether it was taken; with wait=False a lock held elsewhere is not waited for."""
+
+    def __init__(self, run_dir: Path, wait: bool = True):
+        self.path = Path(run_dir).with_name(Path(run_dir).name + ".lock")
+        self.wait, self.held, self.handle = wait, False, None
+
+    def __enter__(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX if self.wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.held = True
+        except BlockingIOError:
+            self.held = False
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        import fcntl
+
+        if self.held:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+        self.held = False
 
 
 def run_identity(config: dict) -> dict:
