@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import time
 import warnings
+
+from process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -66,36 +67,6 @@ def parse_arguments() -> argparse.Namespace:
     if arguments.action_size is None:
         arguments.action_size = 1 if arguments.actions == "continuous" else 4
     return arguments
-
-
-def current_rss_bytes() -> int:
-    """Resident set size of this process now (Linux /proc)."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0: "5" into clear_refs), so that
-    the next `peak_rss_bytes` is the peak since now; False where that is not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (VmHWM: unlike ru_maxrss it is not inherited from the
-    parent across fork and exec); ru_maxrss where /proc is missing."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def compose_config(arguments: argparse.Namespace):
