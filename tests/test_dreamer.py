@@ -186,3 +186,26 @@ def test_a_resumed_dreamer_run_equals_an_uninterrupted_one(tmp_path):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), (part, name)
     assert torch.equal(a["return_high"], b["return_high"])
+
+
+@pytest.mark.parametrize("version", ["v1", "v3"])
+@pytest.mark.parametrize("action_space", [BOX, DISCRETE], ids=["box", "discrete"])
+def test_imagination_keeps_the_actor_outputs_its_loss_reuses(version, action_space):
+    """The actor's outputs kept from imagination are the actor on the states it acted from, and
+    its loss has the same gradient through them as through a second forward pass."""
+    agent = DreamerAgent(tiny(PRESETS[version]()), VECTORS, action_space, seed=0)
+    starts = agent.world_model.initial(6)
+    starts = {**starts, "deter": starts["deter"] + torch.randn_like(starts["deter"])}
+    with torch.no_grad():
+        features, actions, outputs = agent.imagine(starts)
+    N, H = actions.shape[:2]
+    assert outputs.requires_grad and outputs.shape[:2] == (N, H) and features.shape[1] == H + 1
+    again = agent.actor.raw(features[:, :-1].reshape(N * H, -1))
+    torch.testing.assert_close(outputs.reshape(N * H, -1), again)
+
+    def gradients(raw):
+        log_probability = agent.actor.distribution(raw).log_prob(actions.reshape(N * H, -1))
+        return torch.autograd.grad(log_probability.sum(), list(agent.actor.parameters()))
+
+    for kept, recomputed in zip(gradients(outputs.reshape(N * H, -1)), gradients(again)):
+        torch.testing.assert_close(kept, recomputed)

@@ -246,7 +246,6 @@ def run_counterfactual_study(arguments: CounterfactualArguments, argv: Sequence[
         "comparison": sentence,
     }
     study.write(output, markdown(study, results, conditions_, notes, sentence, episodes))
-    print(sentence)
     return output
 
 

@@ -153,7 +153,6 @@ def run_horizon_study(arguments: HorizonArguments, argv: Sequence[str] = ()) -> 
     draw(results, study.figure_path)
     output = {"variants": results, "comparison": sentence}
     study.write(output, markdown(study, results, sentence))
-    print(sentence)
     return output
 
 

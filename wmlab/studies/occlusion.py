@@ -310,7 +310,6 @@ def run_occlusion_study(arguments: OcclusionArguments, argv: Sequence[str] = ())
         "comparison": sentence,
     }
     study.write(output, markdown(study, arguments, results, sentence, return_episodes, belief_episodes))
-    print(sentence)
     return output
 
 

@@ -260,7 +260,8 @@ class Study:
         }
 
     def write(self, results: dict, markdown: str) -> dict[str, Path]:
-        """OUT/NAME.json and OUT/NAME.md (the figure is drawn by the study into `figure_path`)."""
+        """OUT/NAME.json and OUT/NAME.md (the figure is drawn by the study into `figure_path`); prints
+        the comparison sentence and where the files are."""
         from wmlab.bench.common import machine_description
 
         self.out.mkdir(parents=True, exist_ok=True)
@@ -270,6 +271,8 @@ class Study:
         markdown_path = self.out / f"{self.name}.md"
         markdown_path.write_text(markdown)
         print(f"study {self.name}: results in {json_path}, {markdown_path} and {self.figure_path}")
+        if results.get("comparison"):
+            print(results["comparison"])
         return {"json": json_path, "markdown": markdown_path, "figure": self.figure_path}
 
     @property

@@ -138,7 +138,14 @@ class Actor(nn.Module):
         return torch.randn((*shape, self.action_size), generator=generator, device=device)
 
     def forward(self, features: torch.Tensor):
-        output = self.output(self.trunk(features))
+        return self.distribution(self.raw(features))
+
+    def raw(self, features: torch.Tensor) -> torch.Tensor:
+        """The network's outputs (..., K or 2A), before they become a distribution."""
+        return self.output(self.trunk(features))
+
+    def distribution(self, output: torch.Tensor):
+        """The action distribution of raw outputs (..., K or 2A)."""
         config = self.config
         if self.discrete:
             return OneHotPolicy(unimix_logits(output, config.actor_unimix))
@@ -345,31 +352,36 @@ class DreamerAgent:
         stoch = starts["stoch"].index_put((chosen,), replacement.to(starts["stoch"].dtype))
         return {"deter": starts["deter"], "stoch": stoch}
 
-    def imagine(self, starts: State) -> tuple[torch.Tensor, torch.Tensor]:
-        """H steps of the prior driven by the actor from N start states: (features (N, H + 1, F)
-        with the start first, model-space actions (N, H, A)). The actor sees detached features;
-        its samples are differentiable, so returns can be backpropagated through the dynamics.
-        All random numbers are drawn ahead, so that one step is a pure function (compilable)."""
+    def imagine(self, starts: State) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """H steps of the prior driven by the actor from N start states: features (N, H + 1, F)
+        with the start first, model-space actions (N, H, A), and the actor's raw outputs
+        (N, H, K or 2A) on the (detached) features it acted from, with their graph kept whatever
+        the grad mode, so that the actor's loss reuses this forward pass instead of running the
+        actor again. The actions are differentiable where grad is enabled, so that returns can be
+        backpropagated through the dynamics. All random numbers are drawn ahead, so that one
+        world-model step is a pure function (compilable)."""
         model, horizon = self.world_model, self.config.imagination_horizon
         N = starts["deter"].shape[0]
         latent_noise = model.draw_noise((N, horizon))
         action_noise = self.actor.draw_noise((N, horizon), self.generator, self.device)
         step = self._imagination_step()
-        state = {"deter": starts["deter"], "stoch": starts["stoch"]}
-        features = [model.features(state)]
-        actions = []
+        deter, stoch = starts["deter"], starts["stoch"]
+        features, actions, actor_outputs = [model.features(starts)], [], []
         for t in range(horizon):
-            deter, stoch, feature, action = step(state["deter"], state["stoch"], features[-1], latent_noise[:, t], action_noise[:, t])
-            state = {"deter": deter, "stoch": stoch}
+            with torch.enable_grad():
+                actor_outputs.append(self.actor.raw(features[-1].detach()))
+            action = self.actor.distribution(actor_outputs[-1]).sample_from(action_noise[:, t])
+            deter, stoch, feature = step(deter, stoch, action, latent_noise[:, t])
             features.append(feature)
             actions.append(action)
-        return torch.stack(features, 1), torch.stack(actions, 1)
+        with torch.enable_grad():
+            actor_outputs = torch.stack(actor_outputs, 1)
+        return torch.stack(features, 1), torch.stack(actions, 1), actor_outputs
 
-    def _imagine_one_step(self, deter, stoch, feature, latent_noise, action_noise):
-        """One imagined step: the actor acts on the (detached) features, the prior moves on."""
-        action = self.actor(feature.detach()).sample_from(action_noise)
+    def _imagine_one_step(self, deter, stoch, action, latent_noise):
+        """One imagined step of the prior under the given action."""
         state = self.world_model.imagine_step({"deter": deter, "stoch": stoch}, action, latent_noise)
-        return state["deter"], state["stoch"], self.world_model.features(state), action
+        return state["deter"], state["stoch"], self.world_model.features(state)
 
     def _imagination_step(self):
         """The step function: compiled once with `config.compile`, else the plain method."""
@@ -385,13 +397,20 @@ class DreamerAgent:
         rho = self.reinforce_weight
         # Pure REINFORCE needs no gradient through the imagined dynamics: imagine without a graph.
         with torch.set_grad_enabled(rho < 1):
-            features, actions = self.imagine(starts)  # (N, H + 1, F), (N, H, A)
+            features, actions, actor_outputs = self.imagine(starts)  # (N, H + 1, F), (N, H, A), (N, H, .)
             rewards = model.reward(features)  # (N, H + 1)
             logits = model.continue_logits(features)
             continues = torch.ones_like(rewards) if logits is None else torch.sigmoid(logits)
             continues = torch.cat([start_continue[:, None], continues[:, 1:]], 1)
-            target_critic = self.slow_critic if config.critic_targets_from_slow else self.critic
-            values = target_critic.value(target_critic(features))  # (N, H + 1)
+            N, H = actions.shape[:2]
+            if config.critic_targets_from_slow:
+                critic_output = None
+                values = self.slow_critic.value(self.slow_critic(features))  # (N, H + 1)
+            else:
+                # One pass of the critic serves its own targets and, with its graph, its loss.
+                with torch.enable_grad():
+                    critic_output = self.critic(features.detach().reshape(N * (H + 1), -1)).view(N, H + 1, -1)
+                values = self.critic.value(critic_output).detach()  # (N, H + 1)
             # Eq. 7, arXiv:2301.04104v1: R_t = r_{t+1} + gamma c_{t+1} ((1 - lambda) v_{t+1} + lambda R_{t+1}).
             returns = lambda_returns(rewards[:, 1:], values[:, 1:], continues[:, 1:], values[:, -1], config.return_lambda, config.discount)
             returns = horizon_weighted_returns(returns, values[:, :-1], config.horizon_confidence)
@@ -415,11 +434,8 @@ class DreamerAgent:
         # Actor (Eq. 11, arXiv:2301.04104v1; Eq. 6, arXiv:2010.02193): REINFORCE with the
         # normalised advantage, weighted rho, plus the return backpropagated through the
         # dynamics, weighted 1 - rho, plus the entropy bonus.
-        N, H = returns.shape
-        # Actor and critic read the H states that actions were taken from, as one contiguous
-        # (N * H, F) matrix: a strided 3-D input would make every linear layer copy it.
-        inputs = features[:, :-1].detach().reshape(N * H, -1)
-        policy = self.actor(inputs)
+        # The actor's outputs on the H states it acted from, kept from imagination.
+        policy = self.actor.distribution(actor_outputs.reshape(N * H, -1))
         advantage = ((returns - values[:, :-1]) / scale).detach()
         log_probability = policy.log_prob(actions.detach().reshape(N * H, -1)).view(N, H)
         entropy = policy.entropy().view(N, H)
@@ -434,7 +450,10 @@ class DreamerAgent:
 
         # Critic (Eq. 10, arXiv:2301.04104v1): the lambda-returns' likelihood on the imagined states,
         # plus the likelihood of the slow critic's prediction (DreamerV3's regulariser).
-        output = self.critic(inputs)
+        # The critic reads the H states as one contiguous (N * H, F) matrix: a strided 3-D
+        # input would make every linear layer copy it.
+        inputs = features[:, :-1].detach().reshape(N * H, -1)
+        output = self.critic(inputs) if critic_output is None else critic_output[:, :-1].reshape(N * H, -1)
         critic_terms = self.critic.loss(output, returns.detach().reshape(N * H))
         if config.slow_critic_regularizer > 0:
             with torch.no_grad():
