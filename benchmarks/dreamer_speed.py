@@ -62,8 +62,7 @@ CONFIG_DIFFERENCES = [
     "and its own clipping (which also computes per-tensor norms).",
     "Imagined continuation: SheepRL uses the mode (0 or 1) of the continue head, which carries no gradient; wmlab uses "
     "its probability sigmoid(logit), through which the actor's dynamics gradient also flows (continuous actions): the "
-    "backward pass of the continue head over the N x H imagined states, about 30 GFLOP per step, most of the ~4 % more "
-    "behaviour-learning FLOPs that wmlab counts. With discrete actions (REINFORCE, no gradient through the imagination) "
+    "backward pass of the continue head over the N x H imagined states, about 30 GFLOP per step. With discrete actions (REINFORCE, no gradient through the imagination) "
     "it costs nothing.",
     "Continuous actor objective (both backpropagate the dynamics only): SheepRL maximises the normalised advantage "
     "(lambda-return minus the critic's baseline), wmlab the normalised lambda-return; SheepRL evaluates the policy "
