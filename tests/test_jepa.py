@@ -10,17 +10,19 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, ValueLearner, expectile_loss
+from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, ValueLearner, expectile_loss, value_returns
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
 from wmlab.core.types import Batch
 from wmlab.models.jepa import (
     JEPAConfig,
     JEPAWorldModel,
+    SpatialSoftArgmax,
     collapse_diagnostics,
     ema_momentum,
     ema_update,
     goal_distance_returns,
     is_collapsed,
+    temporal_variance,
     vicreg_covariance,
     vicreg_variance,
 )
@@ -132,6 +134,22 @@ def test_vicreg_terms_match_hand_computation():
     assert vicreg_variance(small).item() == pytest.approx(expected, rel=1e-5)
 
 
+def test_temporal_variance_ignores_what_differs_only_between_windows():
+    # Each window constant in time but windows far apart: batch variance is large, yet the
+    # within-window term is at its maximum (the hinge's target).
+    static = torch.arange(4.0)[:, None, None].expand(4, 5, 3) * 10
+    valid = torch.ones(4, 4)
+    assert temporal_variance(static, valid, target=1.0).item() == pytest.approx(1.0, abs=1e-2)
+    # Moving along time by more than the target: no penalty.
+    moving = static + torch.linspace(-2, 2, 5)[None, :, None]
+    assert temporal_variance(moving, valid, target=1.0).item() == 0.0
+    # Windows crossing an episode start are left out.
+    mixed = torch.cat([static[:1], moving[1:]])
+    assert temporal_variance(mixed, torch.tensor([[1.0, 1.0, 0.0, 0.0]] + [[1.0] * 4] * 3), target=1.0).item() == 0.0
+    model = JEPAWorldModel(TINY, VECTORS, ACTIONS)
+    assert "loss/temporal_variance" in model.loss(make_batch(VECTORS))[1]
+
+
 def test_diagnostics_flag_a_constant_encoder():
     collapsed = collapse_diagnostics(torch.ones(64, 8) * 3.0)
     assert collapsed["jepa/embedding_std_min"] == 0.0
@@ -161,6 +179,37 @@ def test_loss_shapes_and_finite(observation_space, prevention):
     assert trajectory.states.shape == (3, 5, 8) and trajectory.rewards.shape == (3, 5)
     by_policy = model.imagine(last, lambda z: torch.zeros(z.shape[0], 2), horizon=2)
     assert by_policy.actions.shape == (3, 2, 2)
+
+
+def test_spatial_soft_argmax_finds_a_bright_spot():
+    head = SpatialSoftArgmax((1, 16, 16), keypoints=1)
+    with torch.no_grad():
+        head.project.weight.fill_(1.0)
+        head.project.bias.zero_()
+        head.log_temperature.fill_(math.log(50.0))
+    features = torch.zeros(2, 1, 16, 16)
+    features[0, 0, 0, 15] = 1.0  # top right: x = 1, y = +1 (y points up)
+    features[1, 0, 15, 0] = 1.0  # bottom left
+    coordinates = head(features.flatten(1))
+    assert coordinates.shape == (2, 2)
+    assert torch.allclose(coordinates, torch.tensor([[1.0, 1.0], [-1.0, -1.0]]), atol=0.05)
+
+
+def test_keypoint_encoder_tracks_a_moving_dot():
+    """The default ("keypoints") pixel encoder: embeddings move with a small dot, and the head
+    reads features after `keypoint_stages` conv stages (16 x 16 for 64 x 64 frames)."""
+    torch.manual_seed(0)
+    model = JEPAWorldModel(TINY, PIXELS, ACTIONS)
+    assert TINY.encoder_head == "keypoints" and model.encoder[1].feature_shape[1:] == (16, 16)
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    frames[0, 10:14, 10:14] = 255
+    frames[1, 40:44, 50:54] = 255
+    embeddings = model.encode(frames)
+    assert embeddings.shape == (2, 8) and not torch.allclose(embeddings[0], embeddings[1])
+    linear = JEPAWorldModel(JEPAConfig(**{**TINY.__dict__, "encoder_head": "linear"}), PIXELS, ACTIONS)
+    assert linear.encode(frames).shape == (2, 8)
+    with pytest.raises(ValueError, match="encoder_head"):
+        JEPAConfig(encoder_head="pooling")
 
 
 def test_decode_refuses():
@@ -199,6 +248,21 @@ def test_distance_planning_reaches_goal_on_a_known_model():
         action = planner.plan(rollout_fn, position[None], ACTIONS)[0]
         position = position + 0.1 * action
     assert torch.linalg.norm(position - goal) < 0.05
+
+
+def test_value_objective_scores_the_end_of_the_horizon():
+    """value_at_end: a plan that ends at the goal beats one that passes it and walks on."""
+    config = ValueConfig(hidden_size=8, projection_size=4)
+    value = GoalValue(2, config)
+    value.phi = nn.Identity()  # V(z, g) = -||z - g||
+    goal = torch.tensor([0.3, 0.0])
+    stop = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]])
+    overshoot = torch.tensor([[[1.0, 0.0]] * 5])
+    actions = torch.cat([stop, overshoot])
+    at_end = value_returns(PositionModel(), value, goal, terminal_only=True)(torch.zeros(1, 2), actions)
+    assert at_end[0] > at_end[1] and at_end[0].item() == pytest.approx(0.0, abs=1e-2)
+    agent_config = JEPAPlannerConfig(model=TINY)
+    assert agent_config.value_at_end is True
 
 
 def test_expectile_loss_and_value_learning():

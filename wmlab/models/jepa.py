@@ -44,6 +44,7 @@ from wmlab.nn.conv import ConvEncoder
 from wmlab.nn.mlp import MLP
 
 COLLAPSE_PREVENTIONS = ("vicreg", "ema")
+ENCODER_HEADS = ("keypoints", "linear")
 MOMENTUM_SCHEDULES = ("linear", "cosine")
 
 
@@ -59,10 +60,19 @@ class JEPALossScales:
     """VICReg variance hinge (vicreg only); Bardes et al. use 25 against an invariance weight of 25."""
     covariance: float = 0.04
     """VICReg off-diagonal covariance (vicreg only); Bardes et al. use 1 against 25, i.e. 0.04."""
-    smoothness: float = 0.1
-    """Squared distance between consecutive embeddings (PLDM's temporal smoothness; vicreg only)."""
+    smoothness: float = 1.0
+    """Squared distance between consecutive embeddings (PLDM's temporal smoothness; vicreg only).
+    With `temporal_variance` on, this is slow feature analysis's slowness term: at 0.1 the
+    within-window spread was met by frame-to-frame jitter (one step moved the embedding as far as
+    eight), so the spread is made to come from slowly varying features (the agent's position)."""
     inverse_dynamics: float = 1.0
     """Action regressed from (z_t, z_{t+1}) when `inverse_dynamics` is on."""
+    temporal_variance: float = 1.0
+    """Hinge on the embeddings' spread over time within each window (vicreg only), the variance
+    constraint of slow feature analysis (Wiskott & Sejnowski 2002) as a single scalar: VICReg's
+    batch variance is met by what differs between episodes (on two-rooms the goal disc and door),
+    so the agent, the one thing that moves, kept ~1e-4 of the variance and the predictor's 8-step
+    error exceeded the agent's true displacement (ratio 2.8) without it. 0 turns it off."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,27 @@ class JEPAConfig:
     encoder_depth: int = 16
     """Channels of the first conv stage (pixels); later stages multiply it by `encoder_multipliers`."""
     encoder_multipliers: tuple[int, ...] = (1, 2, 3, 4)
-    """Channel multipliers of the four stride-2 conv stages (64 x 64 -> 4 x 4)."""
+    """Channel multipliers of the stride-2 conv stages: all four (64 x 64 -> 4 x 4) for the
+    "linear" head, the first `keypoint_stages` for the "keypoints" head."""
+    encoder_head: str = "keypoints"
+    """How pixels' conv features become the embedding (images only):
+    - "keypoints": a spatial soft-argmax (Levine et al. 2016, arXiv:1504.00702, Sec. 4.1): each of
+      `keypoints` feature maps becomes the expected (x, y) of its softmax over positions, and a
+      linear layer maps those coordinates to D. Positions of small objects (the two-rooms agent is
+      a disc of ~2 pixels radius) are then first-class features;
+    - "linear": flatten the 4 x 4 map and project it (DreamerV3-style). On two-rooms it encodes the
+      large, per-episode-constant goal disc and door but not the agent: a linear probe of the agent's
+      position from its embedding had R^2 < 0.35 after 600 steps."""
+    keypoints: int = 32
+    """K, feature maps turned into (x, y) coordinates by the "keypoints" head."""
+    keypoint_stages: int = 2
+    """Conv stages before the soft-argmax (2: 64 x 64 -> 16 x 16)."""
+    keypoint_temperature: float = 1.0
+    """Initial inverse temperature of the soft-argmax (learned afterwards). (10 was tried on
+    two-rooms: sharper maps locked onto the large goal disc and lost the agent.)"""
+    temporal_variance_target: float = 1.0
+    """vicreg: the root of the within-window variance sum_d Var_t(z_t^d) is pushed up to this (see
+    `JEPALossScales.temporal_variance`)."""
     hidden_size: int = 256
     """Width of the MLP encoder (vectors), the predictor and the inverse-dynamics head."""
     predictor_layers: int = 2
@@ -105,6 +135,10 @@ class JEPAConfig:
             raise ValueError(f"momentum_schedule must be one of {MOMENTUM_SCHEDULES}, got {self.momentum_schedule!r}")
         if not 0 <= self.momentum_start <= self.momentum_end <= 1:
             raise ValueError(f"need 0 <= momentum_start <= momentum_end <= 1, got {self.momentum_start}, {self.momentum_end}")
+        if self.encoder_head not in ENCODER_HEADS:
+            raise ValueError(f"encoder_head must be one of {ENCODER_HEADS}, got {self.encoder_head!r}")
+        if not 1 <= self.keypoint_stages <= len(self.encoder_multipliers) or self.keypoints < 1:
+            raise ValueError("need keypoints >= 1 and 1 <= keypoint_stages <= len(encoder_multipliers)")
         if self.embedding_size < 1 or self.momentum_steps < 1:
             raise ValueError("embedding_size and momentum_steps must be at least 1")
 
@@ -125,6 +159,15 @@ def vicreg_covariance(embeddings: torch.Tensor) -> torch.Tensor:
     covariance = centred.T @ centred / (N - 1)
     off_diagonal = covariance - torch.diag(torch.diagonal(covariance))
     return off_diagonal.pow(2).sum() / D
+
+
+def temporal_variance(embeddings: torch.Tensor, valid: torch.Tensor, target: float = 1.0, epsilon: float = 1e-4) -> torch.Tensor:
+    """max(0, target - sqrt(mean_b sum_d Var_t(z_bt^d) + epsilon)) over windows (B, T, D) that hold
+    one episode throughout (valid (B, T-1): 1 while no episode has started since step 0)."""
+    whole = valid[:, -1] if valid.shape[1] else torch.ones(embeddings.shape[0], device=embeddings.device)
+    centred = embeddings - embeddings.mean(dim=1, keepdim=True)
+    spread = centred.pow(2).sum(-1).mean(-1)  # (B,)
+    return F.relu(target - torch.sqrt(_masked_mean(spread, whole) + epsilon))
 
 
 def effective_rank(embeddings: torch.Tensor, epsilon: float = 1e-7) -> torch.Tensor:
@@ -175,6 +218,26 @@ def is_collapsed(metrics: dict[str, float], prefix: str = "jepa", min_std: float
 # ------------------------------------------------------------------------------ the model
 
 
+class SpatialSoftArgmax(nn.Module):
+    """Flat conv features (B, C*H*W) of shape (C, H, W) -> keypoints (B, 2K): a 1 x 1 conv to K
+    maps, a softmax over each map's H*W positions (learned temperature), and the expected (x, y)
+    in [-1, 1] (Levine et al. 2016, arXiv:1504.00702, Sec. 4.1)."""
+
+    def __init__(self, feature_shape: tuple[int, int, int], keypoints: int, temperature: float = 1.0):
+        super().__init__()
+        channels, height, width = feature_shape
+        self.feature_shape = tuple(feature_shape)
+        self.project = nn.Conv2d(channels, keypoints, 1)
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.flatten(), -ys.flatten()], dim=-1), persistent=False)  # (H*W, 2)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        maps = self.project(features.reshape(-1, *self.feature_shape)).flatten(2)  # (B, K, H*W)
+        attention = torch.softmax(maps * self.log_temperature.exp(), dim=-1)
+        return (attention @ self.grid).flatten(1)  # (B, 2K)
+
+
 class JEPAWorldModel(nn.Module):
     """Encoder + action-conditioned predictor; states are embeddings (B, D).
 
@@ -199,8 +262,13 @@ class JEPAWorldModel(nn.Module):
         D = config.embedding_size
         if self.observation_key == "image":
             height, width, channels = self.observation_shape
-            conv = ConvEncoder(channels, config.encoder_depth, config.encoder_multipliers, image_size=(height, width))
-            self.encoder = nn.Sequential(conv, nn.Linear(conv.features, D))
+            if config.encoder_head == "keypoints":
+                multipliers = config.encoder_multipliers[: config.keypoint_stages]
+                conv = ConvEncoder(channels, config.encoder_depth, multipliers, image_size=(height, width))
+                self.encoder = nn.Sequential(conv, SpatialSoftArgmax(conv.output_shape, config.keypoints, config.keypoint_temperature), nn.Linear(2 * config.keypoints, D))
+            else:
+                conv = ConvEncoder(channels, config.encoder_depth, config.encoder_multipliers, image_size=(height, width))
+                self.encoder = nn.Sequential(conv, nn.Linear(conv.features, D))
         else:
             self.encoder = MLP(self.observation_shape[0], D, config.hidden_size, 2, layer_norm=True)
         self.predictor = MLP(D + self.action_size, D, config.hidden_size, config.predictor_layers, layer_norm=True)
@@ -321,6 +389,8 @@ class JEPAWorldModel(nn.Module):
             terms["variance"] = vicreg_variance(flat, config.variance_target)
             terms["covariance"] = vicreg_covariance(flat)
             terms["smoothness"] = _masked_mean((z[:, 1:] - z[:, :-1]).pow(2).mean(-1), transition)
+            if scales.temporal_variance > 0:
+                terms["temporal_variance"] = temporal_variance(z, rollout_valid, config.temporal_variance_target)
         if self.inverse_dynamics is not None:
             predicted_action = self.inverse_dynamics(torch.cat([z[:, :-1], z[:, 1:]], dim=-1))
             terms["inverse_dynamics"] = _masked_mean((predicted_action - next_actions).pow(2).mean(-1), transition)

@@ -148,7 +148,7 @@ class JEPAPlannerAgent:
         if self.goal_embedding is None:
             raise RuntimeError("call set_goal(goal_observation) before act(): the planner needs a goal")
         if self.config.objective == "value":
-            return value_returns(self.model, self.value, self.goal_embedding)
+            return value_returns(self.model, self.value, self.goal_embedding, terminal_only=self.config.value_at_end)
         return goal_distance_returns(self.model, self.goal_embedding)
 
     @torch.no_grad()

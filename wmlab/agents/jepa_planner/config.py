@@ -29,8 +29,10 @@ class ValueConfig:
     """gamma of the -1-per-step reaching reward."""
     expectile: float = 0.9
     """tau of IQL's expectile loss: above 0.5 the value leans toward the best trajectories in the data."""
-    target_rate: float = 0.005
-    """Polyak rate of the target value used in the TD target."""
+    target_rate: float = 0.05
+    """Polyak rate of the target value used in the TD target. The -1-per-step value must grow to
+    ~-30 over a few thousand steps; at 0.005 each TD backup takes ~200 steps and after 1500 steps
+    the mean value had only reached -2.2, far from the episodes' step counts."""
     geometric_goal_fraction: float = 0.5
     """Share of hindsight goals drawn geometrically (Geom(1 - gamma)) ahead; the rest uniformly
     among the episode's later steps."""
@@ -50,7 +52,11 @@ class JEPAPlannerConfig:
     """MPPI over action sequences in representation space."""
     objective: str = "value"
     """"distance": minimise the squared distance of predicted to goal embeddings, summed over the
-    horizon; "value": maximise the predicted goal-conditioned value, averaged over the horizon."""
+    horizon; "value": maximise the predicted goal-conditioned value (see `value_at_end`)."""
+    value_at_end: bool = True
+    """"value" objective: score a plan by V at the end of the horizon (the value summarises what
+    lies beyond it, as in MPC with a terminal value) rather than by V averaged over the horizon,
+    which rewards lingering near states that look good now."""
     replan_every: int = 4
     """MPC: execute this many actions of each plan before planning again."""
     learning_rate: float = 3e-4
