@@ -123,8 +123,9 @@ class DreamerConfig:
     """While exploring: std of Gaussian noise added to Box actions in [-1, 1] (DreamerV1: 0.3), or the
     probability of a random Discrete action."""
     compile: bool = False
-    """Compile one imagination step (actor sample + prior step) with torch.compile: faster
-    imagination after a one-time compilation (a minute or more on a CPU)."""
+    """Compile one imagination step of the world model (the prior's step under the sampled action)
+    with torch.compile: faster imagination after a one-time compilation (seconds to a minute on a
+    CPU). The actor runs eagerly, its outputs kept for its loss."""
     open_loop_report: bool = True
     """At the end of a run, write open-loop prediction videos (pixel runs) and an imagined-vs-real
     reward figure into the run directory."""
