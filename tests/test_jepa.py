@@ -292,3 +292,16 @@ def test_pipeline_smoke(tmp_path):
     assert np.allclose(read[:2], info["agent"], atol=0.01) and np.allclose(read[4], info["door"][1], atol=0.02)
     assert jepa_command(["--out", str(tmp_path / "jepa"), "--quick"]) == 0
     assert (tmp_path / "jepa" / "results.json").is_file()
+
+
+def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
+    """Smoke run of `wmlab pipeline jepa --quick` (numbers meaningless): every stage runs, the
+    results name both objectives with rates in [0, 1], and the replanning interval is passed on."""
+    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+
+    results = run_pipeline(PipelineArguments(out=tmp_path, quick=True, replan_every=1))
+    assert results["settings"]["replan_every"] == 1
+    evaluations = results["runs"][0]["evaluations"]
+    assert [evaluation["objective"] for evaluation in evaluations] == ["distance", "value"]
+    assert all(0.0 <= evaluation["success_rate"] <= 1.0 for evaluation in evaluations)
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "dataset" / "manifest.json").is_file()

@@ -89,6 +89,8 @@ class PipelineArguments:
     """Training seeds (0 .. seeds-1); each trains its own model and value on the same dataset."""
     objectives: tuple[str, ...] = ("distance", "value")
     """Planning objectives to evaluate."""
+    replan_every: int = 4
+    """MPC: actions executed from each plan before planning again (1 .. the planner's horizon)."""
     collapse_prevention: str = "vicreg"
     """"vicreg" or "ema"."""
     reuse_checkpoints: bool = False
@@ -187,7 +189,7 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
         model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1))
         if arguments.quick:
             model_config = replace(model_config, embedding_size=8, encoder_depth=4, hidden_size=32)
-        config = JEPAPlannerConfig(model=model_config)
+        config = JEPAPlannerConfig(model=model_config, replan_every=arguments.replan_every)
         agent = JEPAPlannerAgent(config, dataset.observation_space, dataset.action_space, seed=seed, device=arguments.device)
         checkpoint = out / f"seed{seed}"
         model_metrics, value_metrics, model_seconds, value_seconds = {}, {}, 0.0, 0.0
