@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from step_timing import add_workload_arguments, complete_workload_arguments, measure_steps
 
 HERE = Path(__file__).resolve().parent
 
@@ -169,12 +169,7 @@ def sheeprl_s_config(actions: str):
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--obs", default="vectors", choices=["vectors", "pixels"])
-    parser.add_argument("--vector-size", type=int, default=5, help="size of the vector observation")
-    parser.add_argument("--actions", default="continuous", choices=["continuous", "discrete"])
-    parser.add_argument("--action-size", type=int, default=None, help="continuous dimensions, or discrete choices (default 1 continuous, 4 discrete)")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=64)
+    add_workload_arguments(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every measurement (also try 2)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per run")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per run (the run's median)")
@@ -187,9 +182,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", default=None, help="also write a markdown table to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: time wmlab, print JSON
     arguments = parser.parse_args(argv)
-    if arguments.action_size is None:
-        arguments.action_size = 1 if arguments.actions == "continuous" else 4
-    return arguments
+    return complete_workload_arguments(arguments)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,28 +261,14 @@ def time_wmlab(arguments: argparse.Namespace) -> dict:
 
     torch.set_num_threads(arguments.threads)
     agent, batch = build_wmlab(arguments)
-    peak_before = peak_rss_bytes()
-    rss_before = current_rss_bytes()
-    peak_was_reset = reset_peak_rss()
-    times = []
-    for index in range(arguments.warmup + arguments.repeats):
-        start = time.perf_counter()
-        agent.update(batch)
-        if index >= arguments.warmup:
-            times.append(time.perf_counter() - start)
-    peak = peak_rss_bytes()
+    measured = measure_steps(lambda: agent.update(batch), arguments.warmup, arguments.repeats)
     parameters = parameter_counts(agent)
     return {
         "implementation": "wmlab",
         "threads": torch.get_num_threads(),
         "parameters": parameters,
         "parameters_total": sum(parameters.values()),
-        "seconds_per_step_median": round(statistics.median(times), 4) if times else None,
-        "seconds_per_step_min": round(min(times), 4) if times else None,
-        "seconds_per_step_all": [round(t, 4) for t in times],
-        "peak_rss_mib": round(max(peak, peak_before) / 2**20, 1),
-        "step_peak_rss_mib": round(peak / 2**20, 1) if peak_was_reset else None,
-        "step_peak_rss_increase_mib": round((peak - rss_before) / 2**20, 1),
+        **measured,
     }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -21,6 +20,8 @@ from gymnasium import spaces
 from wmlab.agents.dreamer.agent import DreamerAgent
 from wmlab.agents.dreamer.config import PRESETS
 from wmlab.core.types import Batch
+
+from step_timing import timed_calls
 
 
 def main() -> None:
@@ -53,12 +54,7 @@ def main() -> None:
     is_first = np.zeros((B, T), bool)
     is_first[:, 0] = True
     batch = Batch(obs, rng.uniform(-1, 1, (B, T, 1)).astype(np.float32), rng.normal(size=(B, T)).astype(np.float32), is_first, np.zeros((B, T), bool), np.zeros((B, T), bool))
-    times = []
-    for index in range(arguments.warmup + arguments.repeats):
-        start = time.perf_counter()
-        agent.update(batch)
-        if index >= arguments.warmup:
-            times.append(time.perf_counter() - start)
+    times = timed_calls(lambda: agent.update(batch), arguments.warmup, arguments.repeats)
     print(json.dumps({
         "version": arguments.version, "size": config.model.size, "obs": arguments.obs, "batch": B, "length": T,
         "threads": arguments.threads, "parameters": parameters, "parameters_total": sum(parameters.values()),

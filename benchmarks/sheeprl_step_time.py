@@ -41,21 +41,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 import warnings
 
-from process_memory import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from step_timing import add_workload_arguments, complete_workload_arguments, measure_steps
 
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--obs", default="vectors", choices=["vectors", "pixels"])
-    parser.add_argument("--vector-size", type=int, default=5, help="size of the vector observation")
-    parser.add_argument("--actions", default="continuous", choices=["continuous", "discrete"])
-    parser.add_argument("--action-size", type=int, default=None, help="continuous dimensions, or discrete choices (default 1 continuous, 4 discrete)")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=64)
+    add_workload_arguments(parser)
     parser.add_argument("--algo", default="dreamer_v3_S", help="SheepRL algo config (size): dreamer_v3_XS, dreamer_v3_S, ...")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -64,9 +57,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--no-metrics", action="store_true", help="metric.log_level=0: no aggregator, no entropy metrics")
     parser.add_argument("--count-flops", action="store_true", help="count the FLOPs of one extra step (not timed)")
     arguments = parser.parse_args()
-    if arguments.action_size is None:
-        arguments.action_size = 1 if arguments.actions == "continuous" else 4
-    return arguments
+    return complete_workload_arguments(arguments)
 
 
 def compose_config(arguments: argparse.Namespace):
@@ -192,16 +183,7 @@ def main() -> None:
         )
         gradient_steps += 1
 
-    peak_before = peak_rss_bytes()
-    rss_before = current_rss_bytes()
-    peak_was_reset = reset_peak_rss()
-    times = []
-    for index in range(arguments.warmup + arguments.repeats):
-        start = time.perf_counter()
-        one_step()
-        if index >= arguments.warmup:
-            times.append(time.perf_counter() - start)
-    peak = peak_rss_bytes()
+    measured = measure_steps(one_step, arguments.warmup, arguments.repeats)
 
     flops = flops_world_model = flops_behaviour = None
     if arguments.count_flops:
@@ -250,12 +232,7 @@ def main() -> None:
         "parameters_total": sum(parameters.values()),
         "warmup": arguments.warmup,
         "repeats": arguments.repeats,
-        "seconds_per_step_median": round(statistics.median(times), 4) if times else None,
-        "seconds_per_step_min": round(min(times), 4) if times else None,
-        "seconds_per_step_all": [round(t, 4) for t in times],
-        "peak_rss_mib": round(max(peak, peak_before) / 2**20, 1),
-        "step_peak_rss_mib": round(peak / 2**20, 1) if peak_was_reset else None,
-        "step_peak_rss_increase_mib": round((peak - rss_before) / 2**20, 1),
+        **measured,
         "flops_per_step": flops,
         "flops_world_model": flops_world_model,
         "flops_behaviour": flops_behaviour,
