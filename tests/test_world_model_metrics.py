@@ -167,6 +167,33 @@ def test_a_model_that_uses_its_actions_is_controllable_even_with_noise():
     model = linear(noise_std=0.05)
     result = metrics.controllability(model, sample_batch(model, 8, 15), context=5)
     assert result["mean_delta_psnr"]["vector"] > 1.0
+    assert result["mean_latent_delta_db"] > 1.0
+
+
+def test_latent_controllability_is_zero_for_a_model_that_ignores_its_actions():
+    blind = linear(action_matrix=None, noise_std=0.05)
+    result = metrics.controllability(blind, sample_batch(blind, 8, 15), context=5)
+    assert result["mean_latent_delta_db"] == 0.0 and set(result["latent_delta_db"]) == {0.0}
+
+
+class LatentOnly(LinearGaussianModel):
+    """The linear model without its decoder, as JEPA and TD-MPC2 are."""
+
+    can_decode = False
+
+
+def test_a_model_without_a_decoder_is_measured_in_latent_space_only():
+    model = LatentOnly(rotation(0.3, 0.95), ACTIONS, 0.05, action_size=2)
+    result = metrics.controllability(model, sample_batch(model, 8, 15), context=5)
+    assert result["defined"] and result["delta_psnr"] == {} and "cannot decode" in result["notes"]
+    assert result["mean_latent_delta_db"] > 1.0
+
+
+def test_latent_delta_is_the_log_ratio_of_the_two_squared_errors():
+    target = torch.zeros(2, 3, 4)
+    with_real = torch.full((2, 3, 4), 0.1)  # MSE 0.01
+    with_random = torch.full((2, 3, 4), 1.0)  # MSE 1: 100 times larger, so 20 dB
+    assert torch.allclose(metrics.latent_delta_db(target, with_real, with_random), torch.full((3,), 20.0, dtype=torch.float64))
 
 
 # --- suites: files and figures --------------------------------------------------------------
@@ -273,6 +300,20 @@ def test_every_registered_family_runs_the_horizon_suite(name):
         assert any(key.split("/")[0] in observation_space.spaces for key in result["open_loop"])
     else:
         assert "latent/distance" in result["open_loop"]
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_family_is_measured_for_controllability(name):
+    torch.manual_seed(0)
+    model, observation_space, action_space = build_tiny(name)
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    result = metrics.controllability(model, random_batch(observation_space, action_space), context=3)
+    if name == "tabular":  # cell indices: no latent vector and no PSNR, and the result says so
+        assert not result["defined"] and "no continuous latent" in result["reason"]
+        return
+    assert result["defined"] and len(result["latent_delta_db"]) == 6
+    assert all(value is not None and math.isfinite(value) for value in result["latent_delta_db"])
 
 
 # --- the CLI on a tiny trained run -----------------------------------------------------------

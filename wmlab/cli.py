@@ -212,7 +212,7 @@ def eval_command(argv: list[str]) -> int:
 
 
 def _world_model_eval(arguments: EvalCommand) -> int:
-    from wmlab.eval.suites import ALL_SUITES, SUITES, SuiteSettings, compare_runs, run_suites
+    from wmlab.eval.suites import ALL_SUITES, SUITES, SuiteSettings, compare_runs, run_suites, suite_summary
 
     if arguments.suite not in ALL_SUITES:
         raise WmlabError(f"unknown suite {arguments.suite!r}; choose from {', '.join(ALL_SUITES)}")
@@ -235,27 +235,9 @@ def _world_model_eval(arguments: EvalCommand) -> int:
     suites = list(SUITES) if arguments.suite == "all" else [arguments.suite]
     results = run_suites(arguments.run_dir, suites, settings)
     for suite, result in results.items():
-        print(f"{suite:16s} {_suite_summary(suite, result)}")
+        print(f"{suite:16s} {suite_summary(suite, result)}")
     print(f"written to {arguments.run_dir / 'eval'} and {arguments.run_dir / 'figures'}")
     return 0
-
-
-def _suite_summary(suite: str, result: dict) -> str:
-    """One line per suite for the terminal; the JSON holds the rest."""
-    if suite == "horizon":
-        parts = [f"{name}@{h}={value:.4g}" for name, by_horizon in result["at_horizon"]["open_loop"].items() for h, value in list(by_horizon.items())[-1:] if value is not None]
-        return ", ".join(parts) or "; ".join(result["notes"])
-    if suite == "calibration":
-        if not result["calibratable"]:
-            return f"cannot be calibrated: {result['reason']}"
-        return f"mean calibration error {result['mean_calibration_error']:.3f}" + (" (over-confident)" if result["overconfident"] else "")
-    if suite == "bound":
-        return f"eps={result['one_step_error']:.4g}, L={result['lipschitz']:.4g}" if result["defined"] else result["reason"]
-    if suite == "dream":
-        return f"imagination and reality part at horizon {result['parting_horizon']}" if result["parting_horizon"] else "imagination and reality stay within the threshold"
-    if suite == "controllability":
-        return ", ".join(f"delta-PSNR[{key}]={value:.3f} dB" for key, value in result["mean_delta_psnr"].items()) if result["defined"] else result["reason"]
-    return ""
 
 
 def report_command(argv: list[str]) -> int:

@@ -340,12 +340,15 @@ def _draw_dream(plt, results):
 
 
 def _draw_controllability(plt, results):
-    drawable = [result for result in results if result.get("defined") and result["delta_psnr"]]
+    drawable = [result for result in results if result.get("defined")]
     if not drawable:
         return None
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
     for index, result in enumerate(drawable):
-        for style, (key, values) in zip(("-", "--", ":", "-."), sorted(result["delta_psnr"].items())):
+        curves = sorted(result["delta_psnr"].items())
+        if "latent_delta_db" in result:
+            curves.append(("latent", result["latent_delta_db"]))
+        for style, (key, values) in zip(("-", "--", ":", "-."), curves):
             axis.plot(np.arange(1, len(values) + 1), np.array(values, dtype=float), color=f"C{index}", linestyle=style, label=f"{_label(result)} {key}")
     axis.axhline(0, color="grey", linewidth=0.8)
     axis.set_xlabel("step t")
@@ -353,6 +356,34 @@ def _draw_controllability(plt, results):
     axis.legend(fontsize=7)
     axis.set_title("Controllability: real minus random actions")
     return figure
+
+
+def suite_summary(suite: str, result: dict) -> str:
+    """A suite's headline numbers in one line (the terminal and the report); the JSON holds the rest."""
+    if suite == "horizon":
+        parts = [
+            f"{name}: " + ", ".join(f"h{h}={value:.4g}" for h, value in values.items() if value is not None)
+            for name, values in result["at_horizon"]["open_loop"].items()
+        ]
+        return "; ".join(parts) or "; ".join(result["notes"])
+    if suite == "calibration":
+        if not result.get("calibratable"):
+            return f"cannot be calibrated: {result['reason']}"
+        return f"mean |observed - p| = {result['mean_calibration_error']:.3f}" + (" (over-confident)" if result["overconfident"] else "")
+    if suite == "bound":
+        return f"eps = {result['one_step_error']:.4g}, L = {result['lipschitz']:.4g}" if result.get("defined") else result["reason"]
+    if suite == "dream":
+        if result["parting_horizon"]:
+            return f"imagination and reality part at horizon {result['parting_horizon']} (relative gap > {result['threshold']})"
+        return f"imagination and reality stay within a relative gap of {result['threshold']}"
+    if suite == "controllability":
+        if not result.get("defined"):
+            return result["reason"]
+        parts = [f"mean delta-PSNR[{key}] = {value:.3f} dB" for key, value in result["mean_delta_psnr"].items()]
+        if "mean_latent_delta_db" in result:
+            parts.append(f"mean latent delta = {result['mean_latent_delta_db']:.3f} dB")
+        return ", ".join(parts)
+    return ""
 
 
 def stored_results(run_dir: str | Path) -> dict[str, dict]:
@@ -380,26 +411,5 @@ def report_section(run_dir: str | Path) -> str | None:
     results = stored_results(run_dir)
     if not results:
         return None
-    rows = []
-    for suite, result in results.items():
-        if suite == "horizon":
-            summary = "; ".join(
-                f"{name}: " + ", ".join(f"h{h}={value:.4g}" for h, value in values.items() if value is not None)
-                for name, values in result["at_horizon"]["open_loop"].items()
-            )
-        elif suite == "calibration":
-            summary = (
-                f"mean |observed - p| = {result['mean_calibration_error']:.3f}" + (" (over-confident)" if result["overconfident"] else "")
-                if result.get("calibratable") else f"cannot be calibrated: {result['reason']}"
-            )
-        elif suite == "bound":
-            summary = f"eps = {result['one_step_error']:.4g}, L = {result['lipschitz']:.4g}" if result.get("defined") else result["reason"]
-        elif suite == "dream":
-            summary = f"parting horizon {result['parting_horizon']} (relative gap > {result['threshold']})"
-        else:
-            summary = (
-                ", ".join(f"mean delta-PSNR[{key}] = {value:.3f} dB" for key, value in result["mean_delta_psnr"].items())
-                if result.get("defined") else result["reason"]
-            )
-        rows.append(f"<tr><td>{html.escape(suite)}</td><td>{html.escape(summary)}</td></tr>")
+    rows = [f"<tr><td>{html.escape(suite)}</td><td>{html.escape(suite_summary(suite, result))}</td></tr>" for suite, result in results.items()]
     return "<table><tr><th>suite</th><th>result</th></tr>" + "".join(rows) + "</table>"

@@ -14,7 +14,8 @@ Five measurements (see /work/shared/REFERENCE.md, "Measuring world models", and 
 - `dream_against_reality` the return predicted in imagination along a policy's real actions
                         against the real return, per horizon, and where the two part.
 - `controllability`     Genie's delta-PSNR: frames from the real actions against frames from
-                        random actions (Eq. in Sec. 3, arXiv:2402.15391).
+                        random actions (Eq. in Sec. 3, arXiv:2402.15391), and the same ratio in
+                        latent space for every model with a continuous latent (decoder or not).
 
 Every function takes the model and a `Batch` of real windows (numpy (B, T, ...), the time
 convention of wmlab.core.types: step t holds the action that led to obs_t), runs under
@@ -617,6 +618,19 @@ def shuffled_actions(actions: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return flat[rng.integers(0, flat.shape[0], size=actions.shape[0] * actions.shape[1])].reshape(actions.shape)
 
 
+def latent_delta_db(target: torch.Tensor, with_real: torch.Tensor, with_random: torch.Tensor) -> torch.Tensor:
+    """Delta-PSNR in latent space, per step (L,): 10 log10(MSE(z, zhat') / MSE(z, zhat)), the
+    mean squared errors over latent features of the latent rolled with random actions (zhat') and
+    with the real ones (zhat) against the posterior latent z filtered from the real observations,
+    per sequence, then averaged over sequences. It is the frame delta-PSNR with the latent in
+    place of the frame (the data range cancels in the difference of two PSNRs), so it is in the
+    same unit, does not depend on the latent's scale, and is exactly 0 for a model that ignores
+    its actions. Inputs (B, L, F)."""
+    real_error = (with_real - target).pow(2).mean(-1).double().clamp_min(PSNR_FLOOR)
+    random_error = (with_random - target).pow(2).mean(-1).double().clamp_min(PSNR_FLOOR)
+    return (10.0 * torch.log10(random_error / real_error)).mean(0)
+
+
 @torch.no_grad()
 def controllability(
     model: Any,
@@ -633,35 +647,57 @@ def controllability(
 
     `random_actions(real (B, L, ...), rng)` draws the random actions (default: `shuffled_actions`).
     Per observation key the model decodes: `delta_psnr[key]` per step, its mean, and the two PSNRs.
+    Every model with a continuous latent, decoder or not (JEPA, TD-MPC2), also gets
+    `latent_delta_db` per step and its mean `mean_latent_delta_db` (`latent_delta_db`: the
+    reference is the posterior latent, the model's own encoding of the real future, not the
+    frame). "defined" is False only when neither can be measured, with the reason.
     """
     B, T, L = window_parts(batch, context)
     base = {"model": type(model).__name__, "context": context, "steps": L, "sequences": B}
-    if not getattr(model, "can_decode", False):
-        return {**base, "defined": False, "reason": f"{type(model).__name__} cannot decode, and delta-PSNR compares generated frames"}
     real_actions = np.asarray(batch.action)[:, context:]
     draw = random_actions or shuffled_actions
     other_actions = draw(real_actions, np.random.default_rng(seed))
     with common_random_numbers(model, seed):
+        posteriors, _ = filter_sequence(model, batch)
         _, last = filter_sequence(model, batch, context)
     with common_random_numbers(model, seed + 1):
-        with_real = model.decode(imagine_steps(model, last, real_actions, L).states)
+        states_real = imagine_steps(model, last, real_actions, L).states
     with common_random_numbers(model, seed + 1):
-        with_random = model.decode(imagine_steps(model, last, other_actions, L).states)
-    result: dict[str, Any] = {**base, "defined": True, "delta_psnr": {}, "mean_delta_psnr": {}, "psnr_real_actions": {}, "psnr_random_actions": {}}
-    for key in sorted(set(with_real) & set(batch.obs)):
-        real = np.asarray(batch.obs[key])[:, context:]
-        if real.dtype.kind in "iub" and not is_image(real):
-            continue
-        image = is_image(real)
-        truth = as_unit_float(real, image)
-        data_range = 1.0 if image else max(float(truth.max() - truth.min()), 1e-8)
-        first = psnr(truth, as_unit_float(with_real[key], image), data_range, leading=2).double()
-        second = psnr(truth, as_unit_float(with_random[key], image), data_range, leading=2).double()
-        delta = (first - second).mean(0)
-        result["delta_psnr"][key] = _clean(delta)
-        result["mean_delta_psnr"][key] = float(delta.mean())
-        result["psnr_real_actions"][key] = _clean(first.mean(0))
-        result["psnr_random_actions"][key] = _clean(second.mean(0))
-    if not result["delta_psnr"]:
-        return {**base, "defined": False, "reason": "the model decodes only integer observations (cell indices), which have no PSNR"}
+        states_random = imagine_steps(model, last, other_actions, L).states
+    result: dict[str, Any] = {**base, "defined": False, "delta_psnr": {}, "mean_delta_psnr": {}, "psnr_real_actions": {}, "psnr_random_actions": {}}
+    reasons = []
+
+    target = model_latent(model, state_time_slice(posteriors, context), leading=2)
+    latent_real = model_latent(model, states_real, leading=2)
+    latent_random = model_latent(model, states_random, leading=2)
+    if target is None or latent_real is None or latent_random is None or latent_real.shape != target.shape:
+        reasons.append(f"{type(model).__name__}'s state has no continuous latent vector")
+    else:
+        delta = latent_delta_db(target, latent_real, latent_random)
+        result["latent_delta_db"] = _clean(delta)
+        result["mean_latent_delta_db"] = float(delta.mean())
+
+    if not getattr(model, "can_decode", False):
+        reasons.append(f"{type(model).__name__} cannot decode, and delta-PSNR compares generated frames")
+    else:
+        with_real, with_random = model.decode(states_real), model.decode(states_random)
+        for key in sorted(set(with_real) & set(batch.obs)):
+            real = np.asarray(batch.obs[key])[:, context:]
+            if real.dtype.kind in "iub" and not is_image(real):
+                continue
+            image = is_image(real)
+            truth = as_unit_float(real, image)
+            data_range = 1.0 if image else max(float(truth.max() - truth.min()), 1e-8)
+            first = psnr(truth, as_unit_float(with_real[key], image), data_range, leading=2).double()
+            second = psnr(truth, as_unit_float(with_random[key], image), data_range, leading=2).double()
+            delta = (first - second).mean(0)
+            result["delta_psnr"][key] = _clean(delta)
+            result["mean_delta_psnr"][key] = float(delta.mean())
+            result["psnr_real_actions"][key] = _clean(first.mean(0))
+            result["psnr_random_actions"][key] = _clean(second.mean(0))
+        if not result["delta_psnr"]:
+            reasons.append("the model decodes only integer observations (cell indices), which have no PSNR")
+    result["defined"] = bool(result["delta_psnr"]) or "latent_delta_db" in result
+    if reasons:
+        result["notes" if result["defined"] else "reason"] = "; ".join(reasons)
     return result
