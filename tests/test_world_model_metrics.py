@@ -285,12 +285,18 @@ def random_batch(observation_space, action_space, batch_size: int = 2, length: i
     return Batch(obs=obs, action=action, reward=generator.normal(size=(batch_size, length)).astype(np.float32), is_first=is_first, is_last=flags, is_terminal=flags)
 
 
-@pytest.mark.parametrize("name", MODELS.names())
-def test_every_registered_family_runs_the_horizon_suite(name):
+def build_tiny_for_evaluation(name: str):
+    """`build_tiny` with seeded weights, in evaluation mode (dropout off)."""
     torch.manual_seed(0)
     model, observation_space, action_space = build_tiny(name)
     if isinstance(model, torch.nn.Module):
         model.eval()
+    return model, observation_space, action_space
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_registered_family_runs_the_horizon_suite(name):
+    model, observation_space, action_space = build_tiny_for_evaluation(name)
     result = metrics.horizon_errors(model, random_batch(observation_space, action_space), context=3)
     assert result["steps"] == 6 and result["horizons"] == [1, 5, 6]
     values = [value for curves in (result["open_loop"], result["filtering"]) for curve in curves.values() for value in curve]
@@ -304,10 +310,7 @@ def test_every_registered_family_runs_the_horizon_suite(name):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_registered_family_is_measured_for_controllability(name):
-    torch.manual_seed(0)
-    model, observation_space, action_space = build_tiny(name)
-    if isinstance(model, torch.nn.Module):
-        model.eval()
+    model, observation_space, action_space = build_tiny_for_evaluation(name)
     result = metrics.controllability(model, random_batch(observation_space, action_space), context=3)
     if name == "tabular":  # cell indices: no latent vector and no PSNR, and the result says so
         assert not result["defined"] and "no continuous latent" in result["reason"]
