@@ -279,10 +279,19 @@ def _draw_horizon(plt, results):
         axis.set_xlabel("horizon (steps after the context)")
         axis.set_title(name)
         if name.endswith("mse"):
-            axis.set_yscale("symlog", linthresh=1e-4)
+            _log_scale_if_wide(axis)
     axes[0, 0].legend(fontsize=7)
     figure.suptitle("Error against horizon")
     return figure
+
+
+def _log_scale_if_wide(axis, decades: float = 1.0) -> None:
+    """A log y axis where the drawn values are positive and span more than `decades` decades
+    (a log axis within one decade shows no labelled tick); else the linear axis stays."""
+    values = np.concatenate([np.asarray(line.get_ydata(), dtype=float) for line in axis.get_lines()] or [np.zeros(0)])
+    values = values[np.isfinite(values)]
+    if values.size and values.min() > 0 and np.log10(values.max() / values.min()) > decades:
+        axis.set_yscale("log")
 
 
 def _draw_calibration(plt, results):
@@ -316,7 +325,7 @@ def _draw_bound(plt, results):
         axis.plot(steps, bound, color=f"C{index}", linestyle="--", label=f"{_label(result)} eps (L^H-1)/(L-1), L={result['lipschitz']:.3g}")
         if result.get("measured"):
             axis.plot(steps[: len(result["measured"])], np.array(result["measured"], dtype=float), color=f"C{index}", label=f"{_label(result)} measured")
-    axis.set_yscale("log")
+    _log_scale_if_wide(axis)
     axis.set_xlabel("horizon H")
     axis.set_ylabel("latent error")
     axis.legend(fontsize=7)
