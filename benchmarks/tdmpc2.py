@@ -4,6 +4,7 @@
     python benchmarks/tdmpc2.py dmc --run-dir runs/tdmpc2-dmc-cartpole-swingup-1M --steps 100000 --size 1M --resume
     python benchmarks/tdmpc2.py cartpole --run-dir runs/tdmpc2-cartpole-v1-1M-episodic --steps 20000 --size 1M
     python benchmarks/tdmpc2.py speed --sizes 1M,5M --compile off,on --steps 40
+    python benchmarks/tdmpc2.py simnorm --steps 30
     python benchmarks/tdmpc2.py multitask --run-dir runs/tdmpc2-multitask --steps 300000 --size 1M
 
 `dmc` trains on dmc:cartpole-swingup from states with TD-MPC2's setting: action repeat 2 (500 agent
@@ -155,9 +156,45 @@ def speed(steps: int, sizes: list[str], compile_modes: list[bool]) -> None:
             }), flush=True)
 
 
+def simnorm_speed(steps: int, rounds: int) -> None:
+    """SimNorm's written-out group softmax against torch.softmax inside TD-MPC2 (1M, planning at
+    the default MPPI settings and one update of 256 x 4, one thread): alternating rounds of
+    `steps` calls each, this thread's CPU time; prints the medians and the median ratio."""
+    from wmlab.agents.tdmpc2.agent import TDMPC2Agent
+    from wmlab.envs.adapter import make_env
+    from wmlab.nn import norms
+
+    torch.set_num_threads(1)
+    env = make_env("dmc:cartpole-swingup", action_repeat=2)
+    agent = TDMPC2Agent(TDMPC2Config(model=TDMPCModelConfig(size="1M"), random_steps=0), env.observation_space, env.action_space, seed=0)
+    observation, _ = env.reset(seed=0)
+    batched = {key: value[None] for key, value in observation.items()}
+    batched["is_first"] = np.array([True])
+    written = norms.SimNorm.forward
+
+    def with_torch_softmax(self, x):
+        return x.unflatten(-1, (-1, self.group_size)).softmax(-1).flatten(-2)
+
+    times: dict[str, list[float]] = {"torch.softmax": [], "written out": []}
+    for round_index in range(2 * rounds + 1):
+        name = ("torch.softmax", "written out")[round_index % 2]
+        norms.SimNorm.forward = with_torch_softmax if name == "torch.softmax" else written
+        start = time.thread_time()
+        for _ in range(steps):
+            agent.act(batched, None, explore=True)
+        if round_index:  # the first round warms up
+            times[name].append((time.thread_time() - start) / steps * 1000)
+    norms.SimNorm.forward = written
+    ratios = [old / new for old, new in zip(times["torch.softmax"], times["written out"])]
+    print(json.dumps({
+        "plan_cpu_ms": {name: round(float(np.median(values)), 1) for name, values in times.items()},
+        "speed_up_median": round(float(np.median(ratios)), 3), "ratios": [round(r, 3) for r in ratios],
+    }))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("benchmark", choices=["dmc", "cartpole", "speed", "multitask"])
+    parser.add_argument("benchmark", choices=["dmc", "cartpole", "speed", "simnorm", "multitask"])
     parser.add_argument("--run-dir", type=Path)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
@@ -169,6 +206,9 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(MULTITASK_TASKS), help="multitask: comma-separated task ids")
     parser.add_argument("--eval-per-task", type=int, default=1, help="multitask: evaluation episodes of each task")
     arguments = parser.parse_args()
+    if arguments.benchmark == "simnorm":
+        simnorm_speed(min(arguments.steps, 100), rounds=5)
+        return
     if arguments.benchmark == "speed":
         modes = [{"off": False, "on": True}[mode] for mode in arguments.compile.split(",")]
         speed(min(arguments.steps, 100), arguments.sizes.split(","), modes)

@@ -34,6 +34,19 @@ def test_two_hot_loss_is_minimal_at_the_target():
     assert two_hot.loss(good, y) < two_hot.loss(bad, y)
 
 
+def test_simnorm_matches_the_softmax_of_each_group_in_values_and_gradients():
+    torch.manual_seed(0)
+    x = (torch.randn(5, 24, dtype=torch.float64) * 30).requires_grad_()  # large logits: needs the max shift
+    expected = torch.softmax(x.detach().view(5, 3, 8), -1).view(5, 24)
+    assert torch.allclose(SimNorm(8)(x), expected, atol=1e-12)
+    assert torch.autograd.gradcheck(SimNorm(8), (torch.randn(4, 16, dtype=torch.float64, requires_grad=True),))
+    weights = torch.randn(5, 24, dtype=torch.float64)
+    (SimNorm(8)(x) * weights).sum().backward()
+    reference = x.detach().clone().requires_grad_()
+    (torch.softmax(reference.view(5, 3, 8), -1).view(5, 24) * weights).sum().backward()
+    assert torch.allclose(x.grad, reference.grad, atol=1e-12)
+
+
 def test_simnorm_groups_sum_to_one_and_rmsnorm_scale():
     x = torch.randn(3, 16)
     y = SimNorm(8)(x)
