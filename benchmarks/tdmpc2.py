@@ -158,8 +158,8 @@ def speed(steps: int, sizes: list[str], compile_modes: list[bool]) -> None:
 
 def simnorm_speed(steps: int, rounds: int) -> None:
     """SimNorm's written-out group softmax against torch.softmax inside TD-MPC2 (1M, planning at
-    the default MPPI settings and one update of 256 x 4, one thread): alternating rounds of
-    `steps` calls each, this thread's CPU time; prints the medians and the median ratio."""
+    the default MPPI settings, one thread): alternating rounds of `steps` plans each, this
+    thread's CPU time per plan; prints the medians and the median ratio."""
     from wmlab.agents.tdmpc2.agent import TDMPC2Agent
     from wmlab.envs.adapter import make_env
     from wmlab.nn import norms

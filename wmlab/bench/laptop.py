@@ -58,7 +58,7 @@ TASKS: dict[str, LaptopTask] = {
     "tdmpc2-cartpole-swingup": LaptopTask(
         "tdmpc2", "dmc:cartpole-swingup", {"action_repeat": 2},
         # The paper's 5M model (the default preset, named here so that the row says it). An evaluation
-        # episode plans 500 times (about 0.6 s each here at 5M): two episodes every 3000 steps.
+        # episode plans 500 times (about 0.75 s each at 5M in the 2026-12-03 run): two every 3000 steps.
         ("--train.batch-size", "256", "--train.sequence-length", "4", "--train.train-ratio", "1024",
          "--train.learning-starts", "2500", "--train.eval-every", "3000", "--train.eval-episodes", "2",
          "--agent.random-steps", "2500", "--agent.model.size", "5M"),

@@ -24,11 +24,10 @@ class SimNorm(nn.Module):
     """Simplicial normalisation (TD-MPC2, arXiv:2310.16828 Sec. 3): split the last dimension into
     groups of `group_size` and softmax each, so every group sums to 1.
 
-    The softmax is wmlab.nn.categorical's, written out for short rows: PyTorch's kernel took
-    1.3 ms of CPU time against 0.3 ms on TD-MPC2's (536, 16, 8) planning batch on this project's
-    2-core CPU (one thread), and TD-MPC2 (1M) plans about 1.05x faster with it
-    (`python benchmarks/tdmpc2.py simnorm --steps 30`: 1.049x, the median of 5 alternating
-    rounds, on a machine shared with a benchmark)."""
+    The softmax is wmlab.nn.categorical's, written out for short rows, where PyTorch's kernel is
+    slow on CPU: on this project's 2-core CPU (one thread) TD-MPC2 (1M) plans about 1.05x faster
+    with it (`python benchmarks/tdmpc2.py simnorm --steps 30`: 1.049x, the median of 5
+    alternating rounds, on a machine shared with a benchmark)."""
 
     def __init__(self, group_size: int = 8):
         super().__init__()
