@@ -76,6 +76,19 @@ def test_open_loop_error_grows_with_horizon_for_a_wrong_model():
     assert result["at_horizon"]["open_loop"]["vector/mse"]["10"] == errors[9]
 
 
+def test_normalised_latent_error_is_zero_for_a_perfect_model_and_hand_checked_for_a_constant_one():
+    truth = linear()
+    batch = sample_batch(truth, 8, 12)
+    assert max(metrics.horizon_errors(truth, batch, context=4)["open_loop"]["latent/normalised_mse"]) < 1e-9
+    # A model whose every prediction is the zero vector: squared norm over the batch variance.
+    frozen = linear(matrix=np.zeros((2, 2)), action_matrix=np.zeros((2, 2)))
+    result = metrics.horizon_errors(frozen, batch, context=4)["open_loop"]["latent/normalised_mse"]
+    real = torch.as_tensor(np.asarray(batch.obs["vector"])[:, 4:], dtype=torch.float64)  # (B, L, 2)
+    expected = real.pow(2).sum(-1).mean(0) / (real - real.mean(0)).pow(2).sum(-1).mean(0)
+    assert result == pytest.approx(expected.tolist(), rel=1e-6)
+    assert min(result) >= 1.0  # no constant beats the batch mean, which scores exactly 1
+
+
 def test_latent_vector_flattens_tensors_and_dicts():
     state = {"b": torch.ones(2, 3, 4), "a": torch.zeros(2, 3, 2, 2), "cell": torch.ones(2, 3, dtype=torch.long)}
     vector = metrics.latent_vector(state, leading=2)

@@ -316,7 +316,9 @@ def horizon_errors(model: Any, batch: Batch, context: int = 5, horizons: Sequenc
     `<key>/ssim` (images) or `<key>/accuracy` (integer observations), and in latent space
     `latent/distance` (mean Euclidean distance between the open-loop latent and the posterior
     latent that filtering the real observations reaches at the same step) and
-    `latent/relative` (that distance over the posterior latent's norm). "filtering" holds the
+    `latent/relative` (that distance over the posterior latent's norm) and
+    `latent/normalised_mse` (squared distance over the posterior latents' variance across the
+    batch at that step; 1 for predicting their mean). "filtering" holds the
     same observation metrics for the posterior's reconstruction of the same steps.
     """
     B, T, L = window_parts(batch, context)
@@ -350,6 +352,12 @@ def horizon_errors(model: Any, batch: Batch, context: int = 5, horizons: Sequenc
         scale = posterior_latent.norm(dim=-1).clamp_min(1e-8)
         open_loop["latent/distance"] = _clean(distance.mean(0))
         open_loop["latent/relative"] = _clean((distance / scale).mean(0))
+        # Squared error over the posterior latents' total variance at that step across the
+        # batch: scale-free, so models with different latent spaces compare; predicting the
+        # batch mean scores 1.
+        if B > 1:
+            spread = (posterior_latent - posterior_latent.mean(0, keepdim=True)).pow(2).sum(-1).mean(0).clamp_min(1e-12)
+            open_loop["latent/normalised_mse"] = _clean(distance.pow(2).mean(0) / spread)
 
     chosen = horizons_within(horizons, L)
     return {

@@ -57,6 +57,9 @@ class JEPAPlannerConfig:
     """"value" objective: score a plan by V at the end of the horizon (the value summarises what
     lies beyond it, as in MPC with a terminal value) rather than by V averaged over the horizon,
     which rewards lingering near states that look good now."""
+    distance_at_end: bool = False
+    """"distance" objective: score a plan by the distance at the end of the horizon only, rather
+    than summed over the horizon."""
     replan_every: int = 4
     """MPC: execute this many actions of each plan before planning again."""
     learning_rate: float = 3e-4
