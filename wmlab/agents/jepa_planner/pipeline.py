@@ -18,6 +18,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ import torch
 from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, ValueLearner
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig
 from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, WALL_RGB, TwoRoomsGeometry, scripted_action
+from wmlab.train.progress import StageProgress
 
 
 def positions_from_frame(frame: np.ndarray) -> np.ndarray:
@@ -100,6 +102,8 @@ class PipelineArguments:
     threads: int = 1
     """torch CPU threads."""
     device: str = "cpu"
+    progress: bool = True
+    """Show progress bars."""
 
 
 def _log(path: Path, record: dict) -> None:
@@ -107,10 +111,15 @@ def _log(path: Path, record: dict) -> None:
         file.write(json.dumps(record) + "\n")
 
 
-def train_model(agent: JEPAPlannerAgent, dataset, steps: int, batch_size: int, length: int, log: Path) -> dict:
+def no_progress(steps: int, note: str = "") -> None:
+    """The progress callback when no bar is shown."""
+
+
+def train_model(agent: JEPAPlannerAgent, dataset, steps: int, batch_size: int, length: int, log: Path, advance: Callable[..., None] = no_progress) -> dict:
     started, metrics = time.time(), {}
     for step in range(1, steps + 1):
         metrics = agent.update(dataset.sample(batch_size, length))
+        advance(1, f"loss {metrics['loss/total']:.3f}")
         if step % 100 == 0 or step == steps:
             _log(log, {"step": step, "seconds": round(time.time() - started, 1), **{k: round(v, 5) for k, v in metrics.items()}})
     return metrics
@@ -126,16 +135,17 @@ def embed_episodes(model, dataset, chunk: int = 512) -> list[torch.Tensor]:
     return episodes
 
 
-def train_value(agent: JEPAPlannerAgent, episodes: list[torch.Tensor], steps: int, seed: int, log: Path) -> dict:
+def train_value(agent: JEPAPlannerAgent, episodes: list[torch.Tensor], steps: int, seed: int, log: Path, advance: Callable[..., None] = no_progress) -> dict:
     learner, metrics = ValueLearner(agent.value, agent.config.value, seed=seed), {}
     for step in range(1, steps + 1):
         metrics = learner.update(episodes)
+        advance(1, f"mean value {metrics['value/mean']:.2f}")
         if step % 200 == 0 or step == steps:
             _log(log, {"value_step": step, **{k: round(v, 5) for k, v in metrics.items()}})
     return metrics
 
 
-def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: int, seed: int, log: Path | None = None) -> dict:
+def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: int, seed: int, log: Path | None = None, advance: Callable[..., None] = no_progress) -> dict:
     """Success rate of MPC toward the goal image, random door, goal in the other room."""
     from wmlab.envs.two_rooms import make_two_rooms_pixels
 
@@ -154,6 +164,7 @@ def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: 
                 break
         successes.append(success)
         lengths.append(step + 1)
+        advance(1, f"success {np.mean(successes):.0%}")
         if log is not None and (episode + 1) % 25 == 0:
             _log(log, {"objective": objective, "episodes_done": episode + 1, "success_rate_so_far": float(np.mean(successes)), "seconds": round(time.time() - started, 1)})
     return {
@@ -167,8 +178,6 @@ def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: 
 
 def run_pipeline(arguments: PipelineArguments) -> dict:
     from wmlab.data.dataset import load_dataset, record_dataset
-    from wmlab.models.jepa import JEPAConfig
-    from wmlab.train.serialization import load_state, save_state
 
     torch.set_num_threads(arguments.threads)
     out = arguments.out
@@ -180,37 +189,50 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
     if not (dataset_dir / "manifest.json").exists():
         record_dataset(
             "two-rooms", exploration_policy(seed=0), arguments.episodes, dataset_dir, seed=0,
-            max_episode_steps=arguments.episode_steps, progress=False, policy_name="noisy-scripted-expert+random",
+            max_episode_steps=arguments.episode_steps, progress=arguments.progress, policy_name="noisy-scripted-expert+random",
         )
     dataset = load_dataset(dataset_dir, seed=0)
     results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(arguments).items()}, "runs": []}
-    for seed in range(arguments.seeds):
-        torch.manual_seed(seed)
-        model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1))
-        if arguments.quick:
-            model_config = replace(model_config, embedding_size=8, encoder_depth=4, hidden_size=32)
-        config = JEPAPlannerConfig(model=model_config, replan_every=arguments.replan_every)
-        agent = JEPAPlannerAgent(config, dataset.observation_space, dataset.action_space, seed=seed, device=arguments.device)
-        checkpoint = out / f"seed{seed}"
-        model_metrics, value_metrics, model_seconds, value_seconds = {}, {}, 0.0, 0.0
-        if arguments.reuse_checkpoints:
-            agent.load_state_dict(load_state(checkpoint, "checkpoint"))
-        else:
-            started = time.time()
-            model_metrics = train_model(agent, dataset, arguments.train_steps, arguments.batch_size, arguments.sequence_length, log)
-            model_seconds = time.time() - started
-            started = time.time()
-            value_metrics = train_value(agent, embed_episodes(agent.model, dataset), arguments.value_steps, seed, log)
-            value_seconds = time.time() - started
-            save_state(agent.state_dict(), checkpoint, "checkpoint")
-        run = {"seed": seed, "model_seconds": round(model_seconds, 1), "value_seconds": round(value_seconds, 1), "final_model_metrics": model_metrics, "final_value_metrics": value_metrics, "evaluations": []}
-        for objective in arguments.objectives:
-            evaluation = evaluate(agent, objective, arguments.eval_episodes, arguments.eval_steps, seed=100_000, log=log)
-            run["evaluations"].append(evaluation)
-            _log(log, {"seed": seed, **evaluation})
-        results["runs"].append(run)
+    with StageProgress(arguments.progress) as bars:
+        for seed in range(arguments.seeds):
+            results["runs"].append(run_seed(arguments, dataset, seed, log, bars))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress) -> dict:
+    """Train (or load) one seed's model and value, then evaluate each objective."""
+    from wmlab.models.jepa import JEPAConfig
+    from wmlab.train.serialization import load_state, save_state
+
+    out = arguments.out
+    torch.manual_seed(seed)
+    model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1))
+    if arguments.quick:
+        model_config = replace(model_config, embedding_size=8, encoder_depth=4, hidden_size=32)
+    config = JEPAPlannerConfig(model=model_config, replan_every=arguments.replan_every)
+    agent = JEPAPlannerAgent(config, dataset.observation_space, dataset.action_space, seed=seed, device=arguments.device)
+    checkpoint = out / f"seed{seed}"
+    model_metrics, value_metrics, model_seconds, value_seconds = {}, {}, 0.0, 0.0
+    if arguments.reuse_checkpoints:
+        agent.load_state_dict(load_state(checkpoint, "checkpoint"))
+    else:
+        started = time.time()
+        model_metrics = train_model(agent, dataset, arguments.train_steps, arguments.batch_size, arguments.sequence_length, log,
+                                    bars.task(f"seed {seed}: world model", arguments.train_steps))
+        model_seconds = time.time() - started
+        started = time.time()
+        value_metrics = train_value(agent, embed_episodes(agent.model, dataset), arguments.value_steps, seed, log,
+                                    bars.task(f"seed {seed}: goal value", arguments.value_steps))
+        value_seconds = time.time() - started
+        save_state(agent.state_dict(), checkpoint, "checkpoint")
+    run = {"seed": seed, "model_seconds": round(model_seconds, 1), "value_seconds": round(value_seconds, 1), "final_model_metrics": model_metrics, "final_value_metrics": value_metrics, "evaluations": []}
+    for objective in arguments.objectives:
+        evaluation = evaluate(agent, objective, arguments.eval_episodes, arguments.eval_steps, seed=100_000, log=log,
+                              advance=bars.task(f"seed {seed}: plan by {objective}", arguments.eval_episodes))
+        run["evaluations"].append(evaluation)
+        _log(log, {"seed": seed, **evaluation})
+    return run
 
 
 def jepa_command(argv: list[str]) -> int:

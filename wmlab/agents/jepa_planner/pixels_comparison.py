@@ -26,16 +26,18 @@ import json
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
 from gymnasium import spaces
 
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, default_mppi
+from wmlab.agents.jepa_planner.pipeline import evaluate, exploration_policy, no_progress
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.rssm import RSSM, RSSMConfig, RSSMLossScales, State
 from wmlab.planners.mppi import MPPI, MPPIConfig
+from wmlab.train.progress import StageProgress
 
 
 def reward_free_rssm() -> RSSMConfig:
@@ -187,9 +189,12 @@ class ComparisonArguments:
     markdown: Path | None = None
     threads: int = 1
     device: str = "cpu"
+    progress: bool = True
+    """Show progress bars."""
 
 
-def train_for(agent: Any, dataset: Any, batch_size: int, length: int, steps: int | None, cpu_seconds: float | None, log: Path, name: str) -> dict[str, Any]:
+def train_for(agent: Any, dataset: Any, batch_size: int, length: int, steps: int | None, cpu_seconds: float | None, log: Path, name: str,
+              advance: Callable[..., None] = no_progress) -> dict[str, Any]:
     """Gradient steps until `steps` are done or, when steps is None, this process has used
     `cpu_seconds` of CPU time. The budget is CPU time, not wall-clock, so that a machine shared
     with other jobs gives both models the same compute (at one torch thread the two coincide on
@@ -198,6 +203,7 @@ def train_for(agent: Any, dataset: Any, batch_size: int, length: int, steps: int
     while (step < steps) if steps is not None else (time.process_time() - cpu_started < cpu_seconds):
         metrics = agent.update(dataset.sample(batch_size, length))
         step += 1
+        advance(1, f"CPU {time.process_time() - cpu_started:.0f} s")
         if step % 100 == 0:
             with open(log, "a") as file:
                 file.write(json.dumps({"model": name, "step": step, "cpu_seconds": round(time.process_time() - cpu_started, 1), **{k: round(float(v), 5) for k, v in metrics.items()}}) + "\n")
@@ -253,11 +259,8 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def run_comparison(arguments: ComparisonArguments) -> dict[str, Any]:
     from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
-    from wmlab.agents.jepa_planner.pipeline import evaluate, exploration_policy
     from wmlab.data.dataset import load_dataset, record_dataset
-    from wmlab.eval.world_model_metrics import horizon_errors
     from wmlab.models.jepa import JEPAConfig
-    from wmlab.train.serialization import load_state, save_state
 
     torch.set_num_threads(arguments.threads)
     if arguments.quick:
@@ -265,11 +268,10 @@ def run_comparison(arguments: ComparisonArguments) -> dict[str, Any]:
                             sequence_length=4, context=2, horizon=4, heldout_windows=4, eval_episodes=1, eval_steps=4)
     out = arguments.out
     out.mkdir(parents=True, exist_ok=True)
-    log = out / "comparison.jsonl"
     for directory, episodes, seed in ((out / "dataset", arguments.episodes, 0), (out / "heldout", arguments.heldout_episodes, 1)):
         if not (directory / "manifest.json").exists():
             record_dataset("two-rooms", exploration_policy(seed=seed), episodes, directory, seed=seed,
-                           max_episode_steps=arguments.episode_steps, progress=False, policy_name="noisy-scripted-expert+random")
+                           max_episode_steps=arguments.episode_steps, progress=arguments.progress, policy_name="noisy-scripted-expert+random")
     dataset = load_dataset(out / "dataset", seed=arguments.seed)
     spaces_ = (dataset.observation_space, dataset.action_space)
 
@@ -284,6 +286,16 @@ def run_comparison(arguments: ComparisonArguments) -> dict[str, Any]:
     jepa = JEPAPlannerAgent(JEPAPlannerConfig(model=jepa_model, planner=planner, replan_every=arguments.replan_every), *spaces_, seed=arguments.seed, device=arguments.device)
     rssm = RSSMGoalAgent(RSSMGoalConfig(model=rssm_model, planner=planner, replan_every=arguments.replan_every), *spaces_, seed=arguments.seed, device=arguments.device)
 
+    with StageProgress(arguments.progress) as bars:
+        return compare(arguments, dataset, jepa, rssm, bars)
+
+
+def compare(arguments: ComparisonArguments, dataset: Any, jepa: Any, rssm: RSSMGoalAgent, bars: StageProgress) -> dict[str, Any]:
+    """Train (or load) both models, measure them on the held-out windows, plan with both."""
+    from wmlab.eval.world_model_metrics import horizon_errors
+    from wmlab.train.serialization import load_state, save_state
+
+    out, log = arguments.out, arguments.out / "comparison.jsonl"
     checkpoints = out / f"comparison-seed{arguments.seed}"
     trainings = {}
     if arguments.reuse_checkpoints:
@@ -292,9 +304,10 @@ def run_comparison(arguments: ComparisonArguments) -> dict[str, Any]:
             agent.load_state_dict(load_state(checkpoints / name, "checkpoint"))
             trainings[name] = saved[name]
     else:
-        trainings["jepa"] = train_for(jepa, dataset, arguments.batch_size, arguments.sequence_length, arguments.train_steps, None, log, "jepa")
+        trainings["jepa"] = train_for(jepa, dataset, arguments.batch_size, arguments.sequence_length, arguments.train_steps, None, log, "jepa",
+                                      bars.task("JEPA training", arguments.train_steps))
         trainings["rssm"] = train_for(rssm, dataset, arguments.batch_size, arguments.sequence_length, arguments.rssm_steps,
-                                      trainings["jepa"]["cpu_seconds"], log, "rssm")
+                                      trainings["jepa"]["cpu_seconds"], log, "rssm", bars.task("RSSM training (same CPU time)", arguments.rssm_steps))
         for name, agent in (("jepa", jepa), ("rssm", rssm)):
             save_state(agent.state_dict(), checkpoints / name, "checkpoint")
         (checkpoints / "training.json").write_text(json.dumps(trainings, indent=2))
@@ -313,10 +326,12 @@ def run_comparison(arguments: ComparisonArguments) -> dict[str, Any]:
     # Both score a plan by its last predicted step (the RSSM decodes one frame per candidate);
     # JEPA is also planned with its distance summed over the horizon, the JEPA pipeline's objective.
     jepa.config = replace(jepa.config, distance_at_end=True)
-    results["jepa"]["planning"] = evaluate(jepa, "distance", arguments.eval_episodes, arguments.eval_steps, seed=100_000, log=log)
+    episodes = arguments.eval_episodes
+    results["jepa"]["planning"] = evaluate(jepa, "distance", episodes, arguments.eval_steps, seed=100_000, log=log, advance=bars.task("JEPA planning", episodes))
     jepa.config = replace(jepa.config, distance_at_end=False)
-    results["jepa"]["planning_summed_over_horizon"] = evaluate(jepa, "distance", arguments.eval_episodes, arguments.eval_steps, seed=100_000, log=log)
-    results["rssm"]["planning"] = evaluate(rssm, "pixels", arguments.eval_episodes, arguments.eval_steps, seed=100_000, log=log)
+    results["jepa"]["planning_summed_over_horizon"] = evaluate(jepa, "distance", episodes, arguments.eval_steps, seed=100_000, log=log,
+                                                               advance=bars.task("JEPA planning, distance summed", episodes))
+    results["rssm"]["planning"] = evaluate(rssm, "pixels", episodes, arguments.eval_steps, seed=100_000, log=log, advance=bars.task("RSSM planning in pixels", episodes))
     plot_latent_errors({f"JEPA ({results['jepa']['parameters'] / 1e6:.2f} M parameters)": results["jepa"]["latent_normalised_mse"],
                         f"RSSM with pixel decoder ({results['rssm']['parameters'] / 1e6:.2f} M)": results["rssm"]["latent_normalised_mse"]},
                        out / "latent_error.png")

@@ -39,6 +39,7 @@ import tyro
 
 from wmlab.agents.world_models.config import WorldModelsConfig, default_config
 from wmlab.core.errors import RunDirectoryError, WmlabError
+from wmlab.train.progress import StageProgress
 
 STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "evaluate")
 ALGORITHM = "world-models"
@@ -323,7 +324,7 @@ class Pipeline:
                 continue
             began = time.time()
             self.stage_dir(stage).mkdir(parents=True, exist_ok=True)
-            with _Progress(self.progress) as self.bars:
+            with StageProgress(self.progress) as self.bars:
                 functions[stage]()
             self.stage_seconds[stage] = round(time.time() - began, 1)
         summary_path = self.run_dir / "summary.json"
@@ -839,39 +840,3 @@ def save_controller_curve(curve: dict[str, list[float]], dream: bool, path: Path
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=100)
     plt.close(figure)
-
-
-class _Progress:
-    """Rich progress bars for one stage (or nothing when disabled). The display starts with the
-    first bar, so a stage that shows its own (the recording of rollouts) is left alone."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._progress = None
-
-    def __enter__(self) -> "_Progress":
-        return self
-
-    def task(self, name: str, total: int, completed: int = 0) -> Callable[..., None]:
-        if not self.enabled:
-            return lambda steps, note="": None
-        if self._progress is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            )
-            self._progress.__enter__()
-        task = self._progress.add_task(name, total=total, completed=completed, note="")
-
-        def advance(steps: int, note: str = "") -> None:
-            self._progress.update(task, advance=steps, note=note)
-
-        return advance
-
-    def __exit__(self, *exc_info) -> bool:
-        if self._progress is not None:
-            self._progress.__exit__(*exc_info)
-            self._progress = None
-        return False
