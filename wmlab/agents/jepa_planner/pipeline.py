@@ -200,18 +200,23 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
     return results
 
 
+def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
+    """The agent configuration a pipeline run trains (and a later reader must rebuild to load it)."""
+    from wmlab.models.jepa import JEPAConfig
+
+    model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1))
+    if arguments.quick:
+        model_config = replace(model_config, embedding_size=8, encoder_depth=4, hidden_size=32)
+    return JEPAPlannerConfig(model=model_config, replan_every=arguments.replan_every)
+
+
 def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress) -> dict:
     """Train (or load) one seed's model and value, then evaluate each objective."""
-    from wmlab.models.jepa import JEPAConfig
     from wmlab.train.serialization import load_state, save_state
 
     out = arguments.out
     torch.manual_seed(seed)
-    model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1))
-    if arguments.quick:
-        model_config = replace(model_config, embedding_size=8, encoder_depth=4, hidden_size=32)
-    config = JEPAPlannerConfig(model=model_config, replan_every=arguments.replan_every)
-    agent = JEPAPlannerAgent(config, dataset.observation_space, dataset.action_space, seed=seed, device=arguments.device)
+    agent = JEPAPlannerAgent(planner_config(arguments), dataset.observation_space, dataset.action_space, seed=seed, device=arguments.device)
     checkpoint = out / f"seed{seed}"
     model_metrics, value_metrics, model_seconds, value_seconds = {}, {}, 0.0, 0.0
     if arguments.reuse_checkpoints:
