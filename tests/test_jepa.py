@@ -10,7 +10,15 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, ValueLearner, expectile_loss, value_returns
+from wmlab.agents.jepa_planner.agent import (
+    EncoderShaping,
+    GoalValue,
+    JEPAPlannerAgent,
+    ValueLearner,
+    expectile_loss,
+    hindsight_pairs,
+    value_returns,
+)
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
 from wmlab.core.types import Batch
 from wmlab.models.jepa import (
@@ -280,6 +288,59 @@ def test_expectile_loss_and_value_learning():
         near, far = value(episode[2], episode[3]).item(), value(episode[2], episode[9]).item()
     assert near == pytest.approx(-1.0, abs=0.35)
     assert far < near - 2.0  # farther goals have lower value
+
+
+def test_hindsight_pairs_stay_inside_episodes_and_look_ahead():
+    rng = np.random.default_rng(0)
+    lengths = np.array([1, 5, 30])
+    triples = hindsight_pairs(lengths, ValueConfig(geometric_goal_fraction=0.5), rng, 2000)
+    assert all(lengths[e] >= 2 and 0 <= t < j < lengths[e] for e, t, j in triples)
+    assert {e for e, _, _ in triples} == {1, 2}  # a one-step episode has no transition
+    share_long = np.mean([e == 2 for e, _, _ in triples])
+    assert share_long == pytest.approx(29 / 33, abs=0.03)  # episodes weighted by their transitions
+    with pytest.raises(ValueError, match="two or more steps"):
+        hindsight_pairs(np.array([1, 1]), ValueConfig(), rng, 4)
+
+
+CHAIN = spaces.Dict({"vector": spaces.Box(0.0, 1.0, (10,), np.float32)})
+
+
+def test_value_shaping_trains_the_encoder_to_a_distance():
+    """On a chain of 10 one-hot states, the value loss through the encoder alone (no JEPA terms)
+    makes the embedding distance count steps: V(s2, s3) ~ -1, V(s2, s9) well below."""
+    torch.manual_seed(0)
+    episode = np.eye(10, dtype=np.float32)
+    config = ValueConfig(hidden_size=32, projection_size=8, discount=0.9, expectile=0.5, target_rate=0.05,
+                         learning_rate=3e-3, shaping_scale=1.0, shaping_batch_size=128)
+    model = JEPAWorldModel(TINY, CHAIN, ACTIONS)
+    value = GoalValue(TINY.embedding_size, config)
+    shaping = EncoderShaping(model, value, config, seed=0)
+    optimizer = torch.optim.Adam([*model.encoder.parameters(), *value.parameters()], lr=3e-3)
+    for step in range(400):
+        loss, metrics = shaping.loss([episode])
+        optimizer.zero_grad()
+        loss.backward()
+        if step == 0:
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+        optimizer.step()
+        shaping.update_targets()
+    with torch.no_grad():
+        z = model.encode(episode)
+        near, far = value(z[2], z[3]).item(), value(z[2], z[9]).item()
+    assert near == pytest.approx(-1.0, abs=0.35)
+    assert far < near - 2.0
+    assert metrics["value/shaping_mean"] < 0
+
+
+def test_agent_update_adds_the_shaping_loss_only_when_asked():
+    config = JEPAPlannerConfig(model=TINY, value=ValueConfig(hidden_size=16, projection_size=8, shaping_scale=0.5, shaping_batch_size=4))
+    agent = JEPAPlannerAgent(config, VECTORS, ACTIONS)
+    episodes = [np.random.default_rng(0).uniform(-1, 1, (6, 5)).astype(np.float32)]
+    before = [p.detach().clone() for p in agent.value.parameters()]
+    metrics = agent.update(make_batch(VECTORS), episodes)
+    assert "loss/value_shaping" in metrics and math.isfinite(metrics["loss/value_shaping"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.value.parameters()))  # the value head learned too
+    assert "loss/value_shaping" not in agent.update(make_batch(VECTORS))  # no episodes: JEPA loss only
 
 
 def test_pipeline_smoke(tmp_path):

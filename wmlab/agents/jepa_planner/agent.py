@@ -53,6 +53,43 @@ class GoalValue(nn.Module):
         return -torch.sqrt(difference.pow(2).sum(-1) + 1e-6)
 
 
+def hindsight_pairs(lengths: np.ndarray, config: ValueConfig, rng: np.random.Generator, count: int) -> list[tuple[int, int, int]]:
+    """(episode, t, j > t) triples for `count` hindsight goals: t uniform over an episode's
+    transitions (episodes weighted by length), the goal j geometric ahead (Geom(1 - gamma), capped
+    at the episode's end) for `geometric_goal_fraction` of them, else uniform among later steps."""
+    usable = np.flatnonzero(lengths >= 2)
+    if len(usable) == 0:
+        raise ValueError("hindsight goals need at least one episode of two or more steps")
+    chosen = rng.choice(usable, size=count, p=(lengths[usable] - 1) / (lengths[usable] - 1).sum())
+    triples = []
+    for index in chosen:
+        length = int(lengths[index])
+        t = int(rng.integers(0, length - 1))
+        if rng.random() < config.geometric_goal_fraction:
+            j = min(t + int(rng.geometric(1.0 - config.discount)), length - 1)
+        else:
+            j = int(rng.integers(t + 1, length))
+        triples.append((int(index), t, j))
+    return triples
+
+
+def value_td_loss(value: GoalValue, target_value: GoalValue, z: torch.Tensor, goal: torch.Tensor, target_next: torch.Tensor,
+                  target_goal: torch.Tensor, reached: torch.Tensor, config: ValueConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """IQL's expectile loss on the TD target of the -1-per-step reaching problem (arriving ends it):
+    V(z, g) against -1 + gamma (1 - reached) V_target(z', g), the target's embeddings given
+    separately (they come from a target encoder when the encoder is trained). Returns (loss, mean V)."""
+    with torch.no_grad():
+        target = -1.0 + config.discount * (~reached).float() * target_value(target_next, target_goal)
+    prediction = value(z, goal)
+    return expectile_loss(target - prediction, config.expectile), prediction.mean().detach()
+
+
+@torch.no_grad()
+def polyak_update(target: nn.Module, online: nn.Module, rate: float) -> None:
+    for target_parameter, parameter in zip(target.parameters(), online.parameters()):
+        target_parameter.lerp_(parameter, rate)
+
+
 class ValueLearner:
     """Expectile TD on hindsight goals over per-episode embeddings [(length_i, D)]."""
 
@@ -64,40 +101,53 @@ class ValueLearner:
 
     def sample(self, episodes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(z_t, z_{t+1}, goal z_j, goal reached at t+1) for B random (t, j > t) pairs."""
-        rng, config = self.generator, self.config
         lengths = np.array([len(episode) for episode in episodes])
-        usable = np.flatnonzero(lengths >= 2)
-        chosen = rng.choice(usable, size=config.batch_size, p=(lengths[usable] - 1) / (lengths[usable] - 1).sum())
-        states, following, goals, reached = [], [], [], []
-        for index in chosen:
-            length = lengths[index]
-            t = int(rng.integers(0, length - 1))
-            if rng.random() < config.geometric_goal_fraction:
-                j = min(t + int(rng.geometric(1.0 - config.discount)), length - 1)
-            else:
-                j = int(rng.integers(t + 1, length))
-            episode = episodes[index]
-            states.append(episode[t])
-            following.append(episode[t + 1])
-            goals.append(episode[j])
-            reached.append(j == t + 1)
-        return torch.stack(states), torch.stack(following), torch.stack(goals), torch.tensor(reached)
+        triples = hindsight_pairs(lengths, self.config, self.generator, self.config.batch_size)
+        states = torch.stack([episodes[e][t] for e, t, _ in triples])
+        following = torch.stack([episodes[e][t + 1] for e, t, _ in triples])
+        goals = torch.stack([episodes[e][j] for e, _, j in triples])
+        return states, following, goals, torch.tensor([j == t + 1 for _, t, j in triples])
 
     def update(self, episodes: list[torch.Tensor]) -> dict[str, float]:
-        config = self.config
         z, z_next, goal, reached = self.sample(episodes)
-        with torch.no_grad():
-            # Reward -1 per step until the goal; arriving at the goal ends the problem.
-            target = -1.0 + config.discount * (~reached).float() * self.target(z_next, goal)
-        prediction = self.value(z, goal)
-        loss = expectile_loss(target - prediction, config.expectile)
+        loss, mean = value_td_loss(self.value, self.target, z, goal, z_next, goal, reached, self.config)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        polyak_update(self.target, self.value, self.config.target_rate)
+        return {"loss/value": float(loss.detach()), "value/mean": float(mean)}
+
+
+class EncoderShaping:
+    """The value loss with its gradient into the world model's encoder (Destrade et al.,
+    arXiv:2601.00844: the representation is shaped so that a distance between embeddings
+    approximates minus the goal-conditioned value). Hindsight triples are drawn from raw episodes
+    [(length_i, ...) observations]; the TD target uses a Polyak copy of encoder and value."""
+
+    def __init__(self, model: JEPAWorldModel, value: GoalValue, config: ValueConfig, seed: int = 0):
+        self.model, self.value, self.config = model, value, config
+        self.target_encoder = copy.deepcopy(model.encoder).requires_grad_(False)
+        self.target_value = copy.deepcopy(value).requires_grad_(False)
+        self.generator = np.random.default_rng(seed)
+
+    def loss(self, episodes: list[np.ndarray]) -> tuple[torch.Tensor, dict[str, float]]:
+        config = self.config
+        lengths = np.array([len(episode) for episode in episodes])
+        triples = hindsight_pairs(lengths, config, self.generator, config.shaping_batch_size)
+        frames = np.stack([episodes[e][t] for e, t, _ in triples] + [episodes[e][t + 1] for e, t, _ in triples]
+                          + [episodes[e][j] for e, _, j in triples])
+        B = len(triples)
+        z_all = self.model.encode(frames)
         with torch.no_grad():
-            for target_parameter, parameter in zip(self.target.parameters(), self.value.parameters()):
-                target_parameter.lerp_(parameter, config.target_rate)
-        return {"loss/value": float(loss.detach()), "value/mean": float(prediction.mean().detach())}
+            target_all = self.model._encode_with(self.target_encoder, frames)
+        reached = torch.tensor([j == t + 1 for _, t, j in triples], device=z_all.device)
+        loss, mean = value_td_loss(self.value, self.target_value, z_all[:B], z_all[2 * B:], target_all[B: 2 * B],
+                                   target_all[2 * B:], reached, config)
+        return loss, {"loss/value_shaping": float(loss.detach()), "value/shaping_mean": float(mean)}
+
+    def update_targets(self) -> None:
+        polyak_update(self.target_encoder, self.model.encoder, self.config.target_rate)
+        polyak_update(self.target_value, self.value, self.config.target_rate)
 
 
 def value_returns(model: JEPAWorldModel, value: GoalValue, goal: torch.Tensor, terminal_only: bool = False):
@@ -135,6 +185,8 @@ class JEPAPlannerAgent:
         self.model = (model or JEPAWorldModel(config.model, observation_space, action_space)).to(self.device)
         self.value = (value or GoalValue(config.model.embedding_size, config.value)).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.value.learning_rate)
+        self.shaping: EncoderShaping | None = None
         self.planner = MPPI(config.planner, seed=seed, device=self.device)
         self.goal_embedding: torch.Tensor | None = None
 
@@ -168,14 +220,27 @@ class JEPAPlannerAgent:
     def observe(self, transition: Transition) -> dict[str, float]:
         return {}
 
-    def update(self, batch: Batch) -> dict[str, float]:
-        """One world-model gradient step (and the EMA target's update when configured)."""
+    def update(self, batch: Batch, shaping_episodes: list[np.ndarray] | None = None) -> dict[str, float]:
+        """One world-model gradient step (and the EMA target's update when configured). With
+        `value.shaping_scale` > 0 and the raw episodes given, the value loss on hindsight goals
+        joins the world-model loss and shapes the encoder (see EncoderShaping)."""
         self.model.train()
         loss, metrics = self.model.loss(batch.to_torch(self.device))
+        shaping = self.config.value.shaping_scale > 0 and shaping_episodes is not None
+        if shaping:
+            if self.shaping is None:
+                self.shaping = EncoderShaping(self.model, self.value, self.config.value)
+            value_loss, value_metrics = self.shaping.loss(shaping_episodes)
+            loss = loss + self.config.value.shaping_scale * value_loss
+            metrics.update(value_metrics)
         self.optimizer.zero_grad(set_to_none=True)
+        self.value_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         metrics["grad/model_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.config.gradient_clip))
         self.optimizer.step()
+        if shaping:
+            self.value_optimizer.step()
+            self.shaping.update_targets()
         self.model.update_target()
         return metrics
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, ValueLearner
-from wmlab.agents.jepa_planner.config import JEPAPlannerConfig
+from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
 from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, WALL_RGB, TwoRoomsGeometry, scripted_action
 from wmlab.train.progress import StageProgress
 
@@ -95,6 +95,9 @@ class PipelineArguments:
     """MPC: actions executed from each plan before planning again (1 .. the planner's horizon)."""
     collapse_prevention: str = "vicreg"
     """"vicreg" or "ema"."""
+    value_shaping: float = 0.0
+    """Weight of the goal value's loss in the world model's training, shaping the encoder with it
+    (arXiv:2601.00844); 0 trains the value afterwards on frozen embeddings only."""
     reuse_checkpoints: bool = False
     """Load each seed's saved checkpoint from --out instead of training (evaluate only)."""
     quick: bool = False
@@ -117,8 +120,11 @@ def no_progress(steps: int, note: str = "") -> None:
 
 def train_model(agent: JEPAPlannerAgent, dataset, steps: int, batch_size: int, length: int, log: Path, advance: Callable[..., None] = no_progress) -> dict:
     started, metrics = time.time(), {}
+    shaping_episodes = None
+    if agent.config.value.shaping_scale > 0:
+        shaping_episodes = [episode[agent.model.observation_key] for episode in dataset.episodes()]
     for step in range(1, steps + 1):
-        metrics = agent.update(dataset.sample(batch_size, length))
+        metrics = agent.update(dataset.sample(batch_size, length), shaping_episodes)
         advance(1, f"loss {metrics['loss/total']:.3f}")
         if step % 100 == 0 or step == steps:
             _log(log, {"step": step, "seconds": round(time.time() - started, 1), **{k: round(v, 5) for k, v in metrics.items()}})
@@ -207,7 +213,10 @@ def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
     model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1))
     if arguments.quick:
         model_config = replace(model_config, embedding_size=8, encoder_depth=4, hidden_size=32)
-    return JEPAPlannerConfig(model=model_config, replan_every=arguments.replan_every)
+    value_config = ValueConfig(shaping_scale=arguments.value_shaping)
+    if arguments.quick:
+        value_config = replace(value_config, hidden_size=16, projection_size=8, batch_size=32, shaping_batch_size=8)
+    return JEPAPlannerConfig(model=model_config, value=value_config, replan_every=arguments.replan_every)
 
 
 def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress) -> dict:
