@@ -566,6 +566,18 @@ class RSSM(nn.Module):
         check_shape("is_first", is_first, ("B", "T"), sizes)
         return self.observe_embedded(embedding, actions, is_first, state)
 
+    @torch.no_grad()
+    def filter_step(self, obs: dict[str, Any], action: torch.Tensor, is_first: torch.Tensor, state: State) -> State:
+        """One step of filtering while acting: the newest observations {key: (B, ...)}, the encoded
+        action that led to them (B, A), is_first (B,) and the previous state {"deter", "stoch"}
+        -> the posterior state {"deter", "stoch"} (B, ...)."""
+        B = action.shape[0]
+        keys = self.layout.image_keys + self.layout.vector_keys
+        embedding = self.embed({key: torch.as_tensor(obs[key])[:, None] for key in keys}, ("B", "T"), {"B": B, "T": 1})
+        is_first = torch.as_tensor(is_first, device=self.device).bool().reshape(B, 1)
+        _, latent = self.observe_embedded(embedding, action[:, None], is_first, state)
+        return latent
+
     def observe_embedded(self, embedding: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor, state: State | None = None) -> tuple[State, State]:
         """`observe` from embeddings (B, T, E) and encoded actions (B, T, A)."""
         B, T = embedding.shape[:2]

@@ -121,9 +121,7 @@ class RSSMGoalAgent:
         if first:
             self.planner.reset()
             state = {**model.initial(1), "action": torch.zeros(1, model.action_size, device=self.device), "plan": None, "step": 0}
-        embedding = model.embed({"image": np.asarray(obs["image"])[:, None]}, ("B", "T"), {"B": 1, "T": 1})
-        is_first = torch.tensor([[first]], device=self.device)
-        _, latent = model.observe_embedded(embedding, state["action"][:, None], is_first, {"deter": state["deter"], "stoch": state["stoch"]})
+        latent = model.filter_step(obs, state["action"], torch.tensor([first]), {"deter": state["deter"], "stoch": state["stoch"]})
         if state["plan"] is None or state["step"] % self.config.replan_every == 0:
             state["plan"] = self.planner.plan(self.rollout, latent, self.action_space, explore=explore)
         action = state["plan"][state["step"] % self.config.replan_every].reshape(1, -1)

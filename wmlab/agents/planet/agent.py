@@ -61,9 +61,7 @@ class PlaNetAgent:
         if state is None:
             state = {**model.initial(B), "action": torch.zeros(B, model.action_size, device=self.device)}
         state = {name: value.to(self.device) for name, value in state.items()}
-        keys = model.layout.image_keys + model.layout.vector_keys
-        embedding = model.embed({key: np.asarray(obs[key])[:, None] for key in keys}, ("B", "T"), {"B": B, "T": 1})
-        _, latent = model.observe_embedded(embedding, state["action"][:, None], is_first[:, None], state)
+        latent = model.filter_step(obs, state["action"], is_first, state)
         if explore and self.steps < self.config.random_steps:
             actions = self.random_actions(B)
         else:
