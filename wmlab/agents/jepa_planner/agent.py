@@ -9,8 +9,9 @@ Two planning objectives over the predicted embeddings z_1..z_L of a candidate ac
   IQL's expectile loss (Kostrikov et al., arXiv:2110.06169, Sec. 4.1) on a TD target, the
   action-free form of HIQL (Park et al., arXiv:2307.11949), on hindsight-relabelled goals.
 
-Deviation: the paper shapes the JEPA encoder itself with the value loss; here the value is a
-separate head on the frozen embeddings (phi), which leaves the world model untouched.
+The paper shapes the JEPA encoder itself with the value loss: `ValueConfig.shaping_scale` > 0
+does so (EncoderShaping); at 0 (the default) the value is a separate head (phi) trained on the
+frozen embeddings afterwards, which leaves the world model untouched.
 
 Shape legend: B batch, N candidates, L horizon, A action dim, D embedding, P projection.
 """
