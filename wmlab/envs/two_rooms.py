@@ -318,6 +318,11 @@ class TwoRooms(gymnasium.Env):
         """The current frame, (image_size, image_size, 3) uint8, in either observation mode."""
         return self._frame(self._agent)
 
+    def frame_at(self, agent: Sequence[float]) -> np.ndarray:
+        """The frame of the current layout with the agent drawn at `agent` (x, y) instead, e.g. to
+        probe a model over positions; the environment's state is not changed."""
+        return self._frame((float(agent[0]), float(agent[1])))
+
     def goal_observation(self) -> np.ndarray:
         """The observation the agent would see standing on the goal (a goal image for planners)."""
         if self.observation_mode == "pixels":

@@ -73,7 +73,7 @@ def landscape(env: TwoRooms, layout: Layout, objective: Objective, cells: int = 
                 continue
             free[row, column] = True
             path[row, column] = path_length((x, y), layout.goal, layout.door_y, geometry)
-            frames.append(env._frame((float(x), float(y))))
+            frames.append(env.frame_at((x, y)))
             positions.append((row, column))
     scores = np.full((cells, cells), np.nan)
     values = objective(np.stack(frames), goal_frame)
