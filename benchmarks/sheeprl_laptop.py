@@ -78,6 +78,12 @@ def checkpoints(out: Path, seed: int) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def training_episodes(log: Path) -> list[tuple[int, float]]:
+    """(policy step, return) of each training episode SheepRL printed to its log."""
+    pattern = re.compile(r"policy_step=(\d+), reward_env_0=([-\d.eE+]+)")
+    return [(int(m.group(1)), float(m.group(2))) for m in pattern.finditer(log.read_text())] if log.exists() else []
+
+
 EVALUATE_SNIPPET = r"""
 import json, sys, torch
 from lightning import Fabric
@@ -151,6 +157,14 @@ def evaluate(args: argparse.Namespace) -> None:
         best = max(rows, key=lambda row: row["return"])
         lines.append(f"| {seed} | {best['return']:.0f} | {best['env_steps']} | {best['seconds']:.0f} | "
                      f"{rows[-1]['return']:.0f} | {rows[-1]['env_steps']} |")
+    lines += ["", "Training episodes (stochastic policy, SheepRL's own log):", ""]
+    for seed in results:
+        episodes = training_episodes(args.out / f"seed{seed}.log")
+        if episodes:
+            best_step, best = max(episodes, key=lambda item: item[1])
+            last = [value for _, value in episodes[-5:]]
+            lines.append(f"- seed {seed}: {len(episodes)} episodes, best {best:.1f} (ending at "
+                         f"{best_step * ACTION_REPEAT} env steps), mean of the last {len(last)} {statistics.fmean(last):.1f}")
     curves = [f"- seed {seed}: " + ", ".join(f"{row['env_steps'] / 1000:g}k: {row['return']:.1f}" for row in rows)
               for seed, rows in results.items()]
     text = "\n".join(lines) + "\n\nEvaluation return against environment steps:\n" + "\n".join(curves) + "\n"
