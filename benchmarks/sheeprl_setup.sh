@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up the separate benchmark environment with SheepRL, for the DreamerV3 speed comparison
-# (benchmarks/dreamer_speed.py --sheeprl-python .bench/sheeprl-venv/bin/python).
+# (benchmarks/dreamer_speed.py --sheeprl-python .bench/sheeprl-venv/bin/python) and the laptop-budget
+# peer row (benchmarks/sheeprl_laptop.py).
 #
 #     bash benchmarks/sheeprl_setup.sh            # or: VENV=/some/where bash benchmarks/sheeprl_setup.sh
 #
@@ -23,9 +24,11 @@ VENV="${VENV:-$ROOT/.bench/sheeprl-venv}"
 PYTHON="${PYTHON:-python3}"
 TORCH="${TORCH:-torch==2.13.0}"
 SHEEPRL="${SHEEPRL:-sheeprl==0.8.4}"
+# dm_control for the DMC tasks of the laptop-budget peer row (benchmarks/sheeprl_laptop.py).
+EXTRAS="${EXTRAS:-dm_control}"
 STAMP="$VENV/.installed"
 
-if [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$TORCH $SHEEPRL" ]]; then
+if [[ -f "$STAMP" ]] && [[ "$(cat "$STAMP")" == "$TORCH $SHEEPRL $EXTRAS" ]]; then
     echo "sheeprl benchmark environment ready: $VENV"
     exit 0
 fi
@@ -43,12 +46,12 @@ PY="$VENV/bin/python"
     "$PY" -W ignore -c "import torch; print('torch==' + torch.__version__.split('+')[0])"
 } > "$VENV/constraints.txt"
 
-"$PY" -m pip install --quiet -c "$VENV/constraints.txt" "$SHEEPRL"
+"$PY" -m pip install --quiet -c "$VENV/constraints.txt" "$SHEEPRL" $EXTRAS
 
 "$PY" - <<'EOF'
 import sheeprl, torch
 from sheeprl.algos.dreamer_v3 import dreamer_v3, agent  # noqa: F401  (imports must work)
 print(f"sheeprl {sheeprl.__version__}, torch {torch.__version__}")
 EOF
-echo "$TORCH $SHEEPRL" > "$STAMP"
+echo "$TORCH $SHEEPRL $EXTRAS" > "$STAMP"
 echo "sheeprl benchmark environment ready: $VENV"
