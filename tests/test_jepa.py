@@ -305,12 +305,14 @@ def test_hindsight_pairs_stay_inside_episodes_and_look_ahead():
 CHAIN = spaces.Dict({"vector": spaces.Box(0.0, 1.0, (10,), np.float32)})
 
 
-def test_value_shaping_trains_the_encoder_to_a_distance():
+@pytest.mark.parametrize("space", ["projection", "embedding"])
+def test_value_shaping_trains_the_encoder_to_a_distance(space):
     """On a chain of 10 one-hot states, the value loss through the encoder alone (no JEPA terms)
-    makes the embedding distance count steps: V(s2, s3) ~ -1, V(s2, s9) well below."""
+    makes the embedding distance count steps: V(s2, s3) ~ -1, V(s2, s9) well below (with the
+    value a distance in phi's space, or between the embeddings themselves)."""
     torch.manual_seed(0)
     episode = np.eye(10, dtype=np.float32)
-    config = ValueConfig(hidden_size=32, projection_size=8, discount=0.9, expectile=0.5, target_rate=0.05,
+    config = ValueConfig(space=space, hidden_size=32, projection_size=8, discount=0.9, expectile=0.5, target_rate=0.05,
                          learning_rate=3e-3, shaping_scale=1.0, shaping_batch_size=128)
     model = JEPAWorldModel(TINY, CHAIN, ACTIONS)
     value = GoalValue(TINY.embedding_size, config)
@@ -330,6 +332,17 @@ def test_value_shaping_trains_the_encoder_to_a_distance():
     assert near == pytest.approx(-1.0, abs=0.35)
     assert far < near - 2.0
     assert metrics["value/shaping_mean"] < 0
+
+
+def test_embedding_space_value_is_a_scaled_distance_between_embeddings():
+    value = GoalValue(3, ValueConfig(space="embedding"))
+    with torch.no_grad():
+        value.phi.log_scale.fill_(math.log(2.0))
+    z, g = torch.tensor([[3.0, 4.0, 0.0]]), torch.zeros(1, 3)
+    assert value(z, g).item() == pytest.approx(-10.0, abs=1e-4)
+    assert sum(p.numel() for p in value.parameters()) == 1
+    with pytest.raises(ValueError, match="value space"):
+        ValueConfig(space="pixels")
 
 
 def test_agent_update_adds_the_shaping_loss_only_when_asked():
@@ -366,3 +379,13 @@ def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
     assert [evaluation["objective"] for evaluation in evaluations] == ["distance", "value"]
     assert all(0.0 <= evaluation["success_rate"] <= 1.0 for evaluation in evaluations)
     assert (tmp_path / "results.json").is_file() and (tmp_path / "dataset" / "manifest.json").is_file()
+
+
+def test_planner_config_takes_the_pipeline_planner_and_value_options():
+    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, planner_config
+
+    config = planner_config(PipelineArguments(planning_horizon=15, planning_iterations=10, replan_every=5, value_space="embedding"))
+    assert (config.planner.horizon, config.planner.iterations, config.replan_every) == (15, 10, 5)
+    assert config.value.space == "embedding"
+    with pytest.raises(ValueError, match="replan_every"):
+        planner_config(PipelineArguments(planning_horizon=3, replan_every=4))

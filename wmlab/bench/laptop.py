@@ -88,7 +88,8 @@ class LaptopArguments:
     markdown: Path | None = None
     """Also write the result table here."""
     extra: tuple[str, ...] = field(default_factory=tuple)
-    """Further `wmlab train` options appended to the task's, e.g. --extra --agent.horizon-confidence 0.9."""
+    """Further `wmlab train` options appended to the task's, e.g. `--extra=--agent.model.size 1M` (the first
+    option needs the `=`: tyro reads a bare `--extra --agent...` as two options of its own)."""
 
 
 def train_command(task: LaptopTask, run_dir: Path, seed: int, arguments: LaptopArguments, resume: bool) -> list[str]:

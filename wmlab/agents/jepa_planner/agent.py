@@ -40,13 +40,28 @@ def expectile_loss(difference: torch.Tensor, expectile: float) -> torch.Tensor:
     return (weight * difference.pow(2)).mean()
 
 
+class EmbeddingScale(nn.Module):
+    """phi(z) = exp(s) z with one learned log-scale s: the value is a distance between embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        return embedding * self.log_scale.exp()
+
+
 class GoalValue(nn.Module):
-    """V(z, g) = -||phi(z) - phi(g)||_2: zero at the goal, symmetric, a distance in phi's space."""
+    """V(z, g) = -||phi(z) - phi(g)||_2: zero at the goal, symmetric, a distance in phi's space
+    (phi an MLP, or the embedding itself times a learned scale; see ValueConfig.space)."""
 
     def __init__(self, embedding_size: int, config: ValueConfig):
         super().__init__()
         self.config = config
-        self.phi = MLP(embedding_size, config.projection_size, config.hidden_size, 2, layer_norm=True)
+        if config.space == "embedding":
+            self.phi = EmbeddingScale()
+        else:
+            self.phi = MLP(embedding_size, config.projection_size, config.hidden_size, 2, layer_norm=True)
 
     def forward(self, embedding: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:  # (..., D), (..., D) -> (...)
         difference = self.phi(embedding) - self.phi(goal)

@@ -8,6 +8,7 @@ from wmlab.models.jepa import JEPAConfig
 from wmlab.planners.mppi import MPPIConfig
 
 OBJECTIVES = ("distance", "value")
+VALUE_SPACES = ("projection", "embedding")
 
 
 def default_mppi() -> MPPIConfig:
@@ -21,6 +22,11 @@ def default_mppi() -> MPPIConfig:
 class ValueConfig:
     """Goal-conditioned value V(z, g) = -||phi(z) - phi(g)||, trained by expectile TD on offline data."""
 
+    space: str = "projection"
+    """Where the value is a distance: "projection", phi a learned MLP on top of the embedding;
+    "embedding", phi(z) = z times one learned scale, so V(z, g) = -exp(s) ||z - g||: the paper's
+    form (arXiv:2601.00844), in which the representation itself is shaped into a metric of the
+    reaching cost and planning toward the goal embedding and planning by value agree."""
     hidden_size: int = 256
     """Width of phi's two hidden layers."""
     projection_size: int = 64
@@ -45,6 +51,10 @@ class ValueConfig:
     against 0.93-0.998 for agent and goal), and no value on them can route through it."""
     shaping_batch_size: int = 64
     """Hindsight triples per world-model step when shaping (3 frames each go through the encoder)."""
+
+    def __post_init__(self):
+        if self.space not in VALUE_SPACES:
+            raise ValueError(f"value space must be one of {VALUE_SPACES}, got {self.space!r}")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, ValueLearner
-from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
+from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig, default_mppi
 from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, WALL_RGB, TwoRoomsGeometry, scripted_action
 from wmlab.train.progress import StageProgress
 
@@ -93,11 +93,18 @@ class PipelineArguments:
     """Planning objectives to evaluate."""
     replan_every: int = 4
     """MPC: actions executed from each plan before planning again (1 .. the planner's horizon)."""
+    planning_horizon: int = 8
+    """MPPI's horizon L, in environment steps."""
+    planning_iterations: int = 6
+    """MPPI's refits per plan."""
     collapse_prevention: str = "vicreg"
     """"vicreg" or "ema"."""
     value_shaping: float = 0.0
     """Weight of the goal value's loss in the world model's training, shaping the encoder with it
     (arXiv:2601.00844); 0 trains the value afterwards on frozen embeddings only."""
+    value_space: str = "projection"
+    """Where the goal value is a distance: "projection" (a learned MLP phi on the embedding) or
+    "embedding" (the embedding itself, scaled: V = -exp(s) ||z - g||)."""
     reuse_checkpoints: bool = False
     """Load each seed's saved checkpoint from --out instead of training (evaluate only)."""
     quick: bool = False
@@ -213,10 +220,11 @@ def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
     model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1))
     if arguments.quick:
         model_config = replace(model_config, embedding_size=8, encoder_depth=4, hidden_size=32)
-    value_config = ValueConfig(shaping_scale=arguments.value_shaping)
+    value_config = ValueConfig(space=arguments.value_space, shaping_scale=arguments.value_shaping)
     if arguments.quick:
         value_config = replace(value_config, hidden_size=16, projection_size=8, batch_size=32, shaping_batch_size=8)
-    return JEPAPlannerConfig(model=model_config, value=value_config, replan_every=arguments.replan_every)
+    planner = replace(default_mppi(), horizon=arguments.planning_horizon, iterations=arguments.planning_iterations)
+    return JEPAPlannerConfig(model=model_config, value=value_config, planner=planner, replan_every=arguments.replan_every)
 
 
 def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress) -> dict:
