@@ -381,11 +381,27 @@ def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
     assert (tmp_path / "results.json").is_file() and (tmp_path / "dataset" / "manifest.json").is_file()
 
 
+def test_pipeline_reuse_loads_saved_seeds_and_trains_the_missing_ones(tmp_path):
+    """--reuse-checkpoints with more seeds than saved: seed 0's checkpoint is loaded as it was
+    (no training time, same weights on disk), seed 1 is trained and saved beside it."""
+    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+
+    run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False))
+    saved = (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes()
+    results = run_pipeline(PipelineArguments(out=tmp_path, quick=True, seeds=2, objectives=("distance",), reuse_checkpoints=True, progress=False))
+    first, second = results["runs"]
+    assert first["model_seconds"] == 0.0 and first["final_model_metrics"] == {}
+    assert second["model_seconds"] > 0.0 and "loss/total" in second["final_model_metrics"]
+    assert (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes() == saved
+    assert (tmp_path / "seed1" / "checkpoint.safetensors").is_file()
+
+
 def test_planner_config_takes_the_pipeline_planner_and_value_options():
     from wmlab.agents.jepa_planner.pipeline import PipelineArguments, planner_config
 
-    config = planner_config(PipelineArguments(planning_horizon=15, planning_iterations=10, replan_every=5, value_space="embedding"))
+    config = planner_config(PipelineArguments(planning_horizon=15, planning_iterations=10, replan_every=5, value_space="embedding", distance_at_end=True))
     assert (config.planner.horizon, config.planner.iterations, config.replan_every) == (15, 10, 5)
+    assert config.distance_at_end and not planner_config(PipelineArguments()).distance_at_end
     assert config.value.space == "embedding"
     with pytest.raises(ValueError, match="replan_every"):
         planner_config(PipelineArguments(planning_horizon=3, replan_every=4))

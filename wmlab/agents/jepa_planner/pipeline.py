@@ -97,6 +97,9 @@ class PipelineArguments:
     """MPPI's horizon L, in environment steps."""
     planning_iterations: int = 6
     """MPPI's refits per plan."""
+    distance_at_end: bool = False
+    """Distance objective: score a plan by the distance to the goal at the end of the horizon
+    instead of summed over it (a long horizon can then detour through the door)."""
     collapse_prevention: str = "vicreg"
     """"vicreg" or "ema"."""
     value_shaping: float = 0.0
@@ -106,7 +109,8 @@ class PipelineArguments:
     """Where the goal value is a distance: "projection" (a learned MLP phi on the embedding) or
     "embedding" (the embedding itself, scaled: V = -exp(s) ||z - g||)."""
     reuse_checkpoints: bool = False
-    """Load each seed's saved checkpoint from --out instead of training (evaluate only)."""
+    """Load each seed's saved checkpoint from --out instead of training it (evaluate only); seeds
+    with no checkpoint there yet are trained, so more seeds can be added to a run directory."""
     quick: bool = False
     """Tiny sizes for a smoke test; numbers not comparable."""
     threads: int = 1
@@ -224,7 +228,8 @@ def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
     if arguments.quick:
         value_config = replace(value_config, hidden_size=16, projection_size=8, batch_size=32, shaping_batch_size=8)
     planner = replace(default_mppi(), horizon=arguments.planning_horizon, iterations=arguments.planning_iterations)
-    return JEPAPlannerConfig(model=model_config, value=value_config, planner=planner, replan_every=arguments.replan_every)
+    return JEPAPlannerConfig(model=model_config, value=value_config, planner=planner, replan_every=arguments.replan_every,
+                             distance_at_end=arguments.distance_at_end)
 
 
 def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress) -> dict:
@@ -236,7 +241,7 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
     agent = JEPAPlannerAgent(planner_config(arguments), dataset.observation_space, dataset.action_space, seed=seed, device=arguments.device)
     checkpoint = out / f"seed{seed}"
     model_metrics, value_metrics, model_seconds, value_seconds = {}, {}, 0.0, 0.0
-    if arguments.reuse_checkpoints:
+    if arguments.reuse_checkpoints and (checkpoint / "checkpoint.safetensors").is_file():
         agent.load_state_dict(load_state(checkpoint, "checkpoint"))
     else:
         started = time.time()
