@@ -378,6 +378,9 @@ def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
     evaluations = results["runs"][0]["evaluations"]
     assert [evaluation["objective"] for evaluation in evaluations] == ["distance", "value"]
     assert all(0.0 <= evaluation["success_rate"] <= 1.0 for evaluation in evaluations)
+    # a success ends in the goal's room with nothing left to walk; a failure leaves some path
+    assert all(evaluation["success_rate"] <= evaluation["reached_goal_room"] <= 1.0 for evaluation in evaluations)
+    assert all((evaluation["mean_final_path_length"] > 0.0) == (evaluation["success_rate"] < 1.0) for evaluation in evaluations)
     assert (tmp_path / "results.json").is_file() and (tmp_path / "dataset" / "manifest.json").is_file()
 
 

@@ -164,13 +164,14 @@ def train_value(agent: JEPAPlannerAgent, episodes: list[torch.Tensor], steps: in
 
 def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: int, seed: int, log: Path | None = None, advance: Callable[..., None] = no_progress) -> dict:
     """Success rate of MPC toward the goal image, random door, goal in the other room."""
-    from wmlab.envs.two_rooms import make_two_rooms_pixels
+    from wmlab.envs.two_rooms import MIDDLE_X, make_two_rooms_pixels
 
     agent.config = replace(agent.config, objective=objective)
     env = make_two_rooms_pixels(max_episode_steps=max_steps)
-    successes, lengths, started = [], [], time.time()
+    successes, lengths, crossed, final_distances, started = [], [], [], [], time.time()
     for episode in range(episodes):
         frame, info = env.reset(seed=seed + episode)
+        goal_side = info["goal"][0] > MIDDLE_X
         agent.set_goal(env.goal_observation())
         state, success = None, bool(info["success"])
         for step in range(max_steps):
@@ -181,6 +182,8 @@ def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: 
                 break
         successes.append(success)
         lengths.append(step + 1)
+        crossed.append(success or (info["agent"][0] > MIDDLE_X) == goal_side)
+        final_distances.append(0.0 if success else float(info["distance"]))
         advance(1, f"success {np.mean(successes):.0%}")
         if log is not None and (episode + 1) % 25 == 0:
             _log(log, {"objective": objective, "episodes_done": episode + 1, "success_rate_so_far": float(np.mean(successes)), "seconds": round(time.time() - started, 1)})
@@ -189,6 +192,10 @@ def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: 
         "episodes": episodes,
         "success_rate": float(np.mean(successes)),
         "mean_length": float(np.mean(lengths)),
+        # Where the failures end: in the goal's room (the door was found) or still before the wall,
+        # and the path length left to the goal (0 for a success).
+        "reached_goal_room": float(np.mean(crossed)),
+        "mean_final_path_length": float(np.mean(final_distances)),
         "seconds": round(time.time() - started, 1),
     }
 
@@ -270,5 +277,6 @@ def jepa_command(argv: list[str]) -> int:
     results = run_pipeline(arguments)
     for run in results["runs"]:
         for evaluation in run["evaluations"]:
-            print(f"seed {run['seed']} {evaluation['objective']}: success {evaluation['success_rate']:.1%} over {evaluation['episodes']} episodes")
+            print(f"seed {run['seed']} {evaluation['objective']}: success {evaluation['success_rate']:.1%} over {evaluation['episodes']} episodes"
+                  f" (ended in the goal's room {evaluation['reached_goal_room']:.0%}, path left {evaluation['mean_final_path_length']:.2f})")
     return 0
