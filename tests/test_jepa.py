@@ -397,6 +397,8 @@ def test_pipeline_reuse_loads_saved_seeds_and_trains_the_missing_ones(tmp_path):
     assert second["model_seconds"] > 0.0 and "loss/total" in second["final_model_metrics"]
     assert (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes() == saved
     assert (tmp_path / "seed1" / "checkpoint.safetensors").is_file()
+    rates = [run["evaluations"][0]["success_rate"] for run in results["runs"]]
+    assert results["summary"] == {"distance": {"success_mean": pytest.approx(np.mean(rates)), "success_std": pytest.approx(np.std(rates)), "seeds": 2}}
 
 
 def test_planner_config_takes_the_pipeline_planner_and_value_options():

@@ -220,8 +220,19 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
     with StageProgress(arguments.progress) as bars:
         for seed in range(arguments.seeds):
             results["runs"].append(run_seed(arguments, dataset, seed, log, bars))
+    results["summary"] = summarise_seeds(results["runs"])
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def summarise_seeds(runs: list[dict]) -> dict[str, dict[str, float]]:
+    """Per objective: mean and standard deviation (over seeds) of the success rate, and the seed count."""
+    rates: dict[str, list[float]] = {}
+    for run in runs:
+        for evaluation in run["evaluations"]:
+            rates.setdefault(evaluation["objective"], []).append(evaluation["success_rate"])
+    return {objective: {"success_mean": float(np.mean(values)), "success_std": float(np.std(values)), "seeds": len(values)}
+            for objective, values in rates.items()}
 
 
 def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
@@ -279,4 +290,6 @@ def jepa_command(argv: list[str]) -> int:
         for evaluation in run["evaluations"]:
             print(f"seed {run['seed']} {evaluation['objective']}: success {evaluation['success_rate']:.1%} over {evaluation['episodes']} episodes"
                   f" (ended in the goal's room {evaluation['reached_goal_room']:.0%}, path left {evaluation['mean_final_path_length']:.2f})")
+    for objective, summary in results["summary"].items():
+        print(f"{objective}: success {summary['success_mean']:.1%} +- {summary['success_std']:.1%} over {summary['seeds']} seed(s)")
     return 0
