@@ -394,7 +394,7 @@ def test_pipeline_reuse_loads_saved_seeds_and_trains_the_missing_ones(tmp_path):
     results = run_pipeline(PipelineArguments(out=tmp_path, quick=True, seeds=2, objectives=("distance",), reuse_checkpoints=True, progress=False))
     first, second = results["runs"]
     assert first["model_seconds"] == 0.0 and first["final_model_metrics"] == {}
-    assert second["model_seconds"] > 0.0 and "loss/total" in second["final_model_metrics"]
+    assert "loss/total" in second["final_model_metrics"]  # trained (its seconds may round to 0 at the quick size)
     assert (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes() == saved
     assert (tmp_path / "seed1" / "checkpoint.safetensors").is_file()
     rates = [run["evaluations"][0]["success_rate"] for run in results["runs"]]
@@ -410,3 +410,35 @@ def test_planner_config_takes_the_pipeline_planner_and_value_options():
     assert config.value.space == "embedding"
     with pytest.raises(ValueError, match="replan_every"):
         planner_config(PipelineArguments(planning_horizon=3, replan_every=4))
+
+
+def test_sticky_exploration_holds_each_random_action_for_the_drawn_number_of_steps():
+    from wmlab.agents.jepa_planner.pipeline import exploration_name, exploration_policy
+    from wmlab.envs.two_rooms import make_two_rooms_pixels
+
+    env = make_two_rooms_pixels()
+    frame, _ = env.reset(seed=0)
+    policy, state, actions = exploration_policy(seed=1, sticky_fraction=1.0, hold_steps=(3, 5)), None, []
+    for step in range(40):
+        action, state = policy({"image": frame[None], "is_first": np.array([step == 0])}, state)
+        actions.append(action)
+    runs, length = [], 1
+    for previous, current in zip(actions, actions[1:]):
+        if np.array_equal(previous, current):
+            length += 1
+        else:
+            runs.append(length)
+            length = 1
+    assert runs and all(3 <= run <= 5 for run in runs)  # the last, unfinished run is left out
+    assert exploration_name(0.0) == "noisy-scripted-expert+random" != exploration_name(0.5)
+    with pytest.raises(ValueError, match="sticky_fraction"):
+        exploration_policy(seed=0, sticky_fraction=1.5)
+
+
+def test_pipeline_refuses_a_dataset_recorded_by_another_exploration(tmp_path):
+    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+    from wmlab.core.errors import RunDirectoryError
+
+    run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False))
+    with pytest.raises(RunDirectoryError, match="sticky"):
+        run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), sticky_episodes=0.5, progress=False))

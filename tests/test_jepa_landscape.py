@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from wmlab.agents.jepa_planner import landscape as L
 from wmlab.agents.jepa_planner.pipeline import positions_from_frame
@@ -63,6 +64,7 @@ def test_landscape_command_scores_a_trained_run(tmp_path):
     assert all(-1.0 <= metrics["rank_correlation"] <= 1.0 and 0.0 <= metrics["greedy_success"] <= 1.0
                for metrics in summary.values())
     assert (tmp_path / "landscape.png").stat().st_size > 0
+    assert written["wall_probe"]["blocked_pushes"] > 0 and 0.0 <= written["wall_probe"]["blocked_predicted_stopped"] <= 1.0
 
 
 def test_landscape_command_refuses_a_directory_without_a_run(tmp_path):
@@ -80,3 +82,36 @@ def test_layout_probe_reads_what_is_encoded_and_nothing_else():
     without_door = factors[:, :4] @ mixing[:4] + 0.01 * rng.normal(size=(800, 12))  # the door left out
     probe = L.layout_probe(without_door, factors)
     assert probe["door_y"] < 0.05 and probe["agent_x"] > 0.99
+
+
+def read_positions(frames):
+    return torch.tensor(np.stack([positions_from_frame(frame) for frame in frames]), dtype=torch.float64)
+
+
+def physics_rollout(start, actions):
+    """The true dynamics on read-off states (agent x, y, goal x, y, door y): the environment steps."""
+    env = TwoRooms(observation="state")
+    env.reset(seed=0)
+    snapshot, predicted = env.get_state(), []
+    for state, sequence in zip(start.numpy(), actions.numpy()):
+        env.set_state({**snapshot, "agent": [float(state[0]), float(state[1])], "goal": [float(state[2]), float(state[3])], "door_y": float(state[4])})
+        predicted.append([env.step(action.astype(np.float32))[0] for action in sequence])
+    return torch.tensor(np.array(predicted), dtype=torch.float64)
+
+
+def wall_blind_rollout(start, actions):
+    """Free motion: the agent moves by the whole action every step, walls or not."""
+    moves = torch.zeros(*actions.shape[:2], start.shape[-1], dtype=start.dtype)
+    moves[..., :2] = actions.cumsum(1) * TwoRooms().geometry.max_step
+    return start[:, None] + moves
+
+
+def test_wall_probe_tells_a_wall_aware_predictor_from_a_wall_blind_one():
+    env = TwoRooms(observation="pixels")
+    layouts = [L.Layout(door_y=0.3, goal=(0.8, 0.8)), L.Layout(door_y=0.7, goal=(0.7, 0.2))]
+    aware = L.wall_probe(read_positions, physics_rollout, env, layouts)
+    blind = L.wall_probe(read_positions, wall_blind_rollout, env, layouts)
+    assert aware["blocked_pushes"] == blind["blocked_pushes"] > 10 and aware["open_pushes"] > 0
+    assert aware["blocked_predicted_stopped"] == 1.0 and aware["blocked_error"] < 0.1
+    assert blind["blocked_predicted_stopped"] == 0.0 and blind["blocked_error"] > 0.3
+    assert aware["open_error"] < 0.1 and blind["open_error"] < 0.1  # through the door both are right

@@ -172,6 +172,56 @@ def layout_probe(embeddings: np.ndarray, factors: np.ndarray, seed: int = 0) -> 
     return {name: round(float(1.0 - r / v), 4) if v > 0 else float("nan") for name, r, v in zip(LAYOUT_FACTORS, residual, variance)}
 
 
+Encoder = Callable[[np.ndarray], torch.Tensor]
+"""frames (N, H, W, 3) uint8 -> embeddings (N, D)."""
+Rollout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(start embeddings (N, D), actions (N, L, A)) -> predicted embeddings (N, L, D)."""
+
+
+@torch.no_grad()
+def wall_probe(encode: Encoder, rollout: Rollout, env: TwoRooms, layouts: list[Layout], steps: int = 8, heights: int = 12,
+               start_x: float = 0.32) -> dict[str, float]:
+    """Does the model's predictor know where the wall stops the agent?
+
+    From `start_x` in the left room, at `heights` heights per layout, the agent is pushed right
+    (action (1, 0)) for `steps` steps, far enough to cross the wall if nothing stopped it. The
+    environment gives the true end (stuck at the wall, or through the door); the wall-blind end is
+    the start moved by the full push. For the pushes the wall blocks, `blocked_predicted_stopped`
+    is the share whose predicted end embedding lies nearer the true (stopped) one than the
+    wall-blind one: 1 for a predictor that models the wall, 0 for one that walks through it.
+    Errors are ||predicted - true|| over ||wall-blind - start||, the embedding length of the push.
+    A planner on a predictor near 0 believes the straight line to a goal behind the wall works."""
+    geometry = env.geometry
+    blocked, open_errors, stopped = [], [], []
+    for layout in layouts:
+        env.reset(seed=0)
+        snapshot = env.get_state()
+        low, high = geometry.corridor(layout.door_y)
+        for y in np.linspace(geometry.lowest + 0.02, geometry.highest - 0.02, heights):
+            clear = low + 0.01 < y < high - 0.01
+            if not clear and low - 0.05 <= y <= high + 0.05:
+                continue  # grazing the door's edge: neither clearly blocked nor clearly open
+            env.set_state({**snapshot, "agent": [start_x, float(y)], "goal": list(layout.goal), "door_y": layout.door_y})
+            start_frame = env.frame_at((start_x, y))
+            for _ in range(steps):
+                true_frame, *_ = env.step(np.array([1.0, 0.0], np.float32))
+            blind_frame = env.frame_at((start_x + steps * geometry.max_step, y))
+            z = encode(np.stack([start_frame, true_frame, blind_frame]))
+            predicted = rollout(z[:1], torch.tensor([[[1.0, 0.0]] * steps], dtype=z.dtype, device=z.device))[0, -1]
+            push = float((z[2] - z[0]).norm()) + 1e-8
+            error_true, error_blind = float((predicted - z[1]).norm()), float((predicted - z[2]).norm())
+            if clear:
+                open_errors.append(error_true / push)
+            else:
+                blocked.append(error_true / push)
+                stopped.append(error_true < error_blind)
+    if not blocked or not open_errors:
+        raise ValueError("the probe found no blocked or no open pushes; use more heights or layouts")
+    return {"blocked_pushes": len(blocked), "blocked_predicted_stopped": round(float(np.mean(stopped)), 4),
+            "blocked_error": round(float(np.median(blocked)), 4), "open_pushes": len(open_errors),
+            "open_error": round(float(np.median(open_errors)), 4)}
+
+
 # ------------------------------------------------------------------------------- JEPA objectives
 
 def jepa_objectives(agent) -> dict[str, Objective]:
@@ -288,12 +338,16 @@ def landscape_command(argv: list[str]) -> int:
         if index == 0:
             first.insert(0, ("minus the path length", with_scores(first[0][1], -first[0][1].path_lengths)))
     probe = dataset_probe(agent, dataset)
+    agent.model.eval()
+    wall = wall_probe(agent.model.encode, agent.model.rollout, env, random_layouts(env, arguments.layouts, seed=100_000))
     summary = {name: {metric: round(float(np.mean([row[metric] for row in rows])), 4) for metric in rows[0]}
                for name, rows in results.items()}
-    (arguments.out / "landscape.json").write_text(json.dumps({"summary": summary, "layout_probe_r2": probe, "per_layout": results}, indent=1))
+    (arguments.out / "landscape.json").write_text(json.dumps({"summary": summary, "layout_probe_r2": probe, "wall_probe": wall, "per_layout": results}, indent=1))
     figure = plot_landscapes(first, arguments.figure or arguments.out / "landscape.png")
     for name, metrics in summary.items():
         print(f"{name}: " + ", ".join(f"{metric} {value:.3f}" for metric, value in metrics.items()))
     print("linear probe R^2 of the layout from the embeddings: " + ", ".join(f"{name} {value:.3f}" for name, value in probe.items()))
+    print(f"predictor at the wall: {wall['blocked_predicted_stopped']:.0%} of {wall['blocked_pushes']} blocked pushes predicted as stopped"
+          f" (median error {wall['blocked_error']:.2f} of a push; open pushes {wall['open_error']:.2f})")
     print(f"figure: {figure}")
     return 0

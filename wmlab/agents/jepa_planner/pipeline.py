@@ -25,6 +25,7 @@ import torch
 
 from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, ValueLearner
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig, default_mppi
+from wmlab.core.errors import RunDirectoryError
 from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, WALL_RGB, TwoRoomsGeometry, scripted_action
 from wmlab.train.progress import StageProgress
 
@@ -47,22 +48,43 @@ def positions_from_frame(frame: np.ndarray) -> np.ndarray:
     return np.array([*agent, *goal, door_y], np.float32)
 
 
-def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0), noise: float = 0.3):
-    """policy(obs, state) -> (action, state) for record_dataset: per episode, a probability p drawn
-    from `random_fractions`; each step a uniform random action with probability p, else the
-    scripted expert's action plus Gaussian noise of std `noise`, clipped to [-1, 1]."""
+def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0), noise: float = 0.3,
+                       sticky_fraction: float = 0.0, hold_steps: tuple[int, int] = (4, 12)):
+    """policy(obs, state) -> (action, state) for record_dataset. Per episode, with probability
+    `sticky_fraction` a sticky random walk: a uniform random action held for a number of steps
+    drawn from `hold_steps` (inclusive), then another; such walks run into the wall and slide along
+    it, the transitions that teach a model where the wall stops the agent (independent uniform
+    actions almost never push against it). Otherwise a probability p drawn from
+    `random_fractions`; each step a uniform random action with probability p, else the scripted
+    expert's action plus Gaussian noise of std `noise`, clipped to [-1, 1]."""
+    if not 0.0 <= sticky_fraction <= 1.0:
+        raise ValueError(f"sticky_fraction must be in [0, 1], got {sticky_fraction}")
+    if not 1 <= hold_steps[0] <= hold_steps[1]:
+        raise ValueError(f"hold_steps must be 1 <= low <= high, got {hold_steps}")
     rng = np.random.default_rng(seed)
 
     def noisy_expert(obs, state):
         if state is None or bool(obs["is_first"][0]):
-            state = {"random_fraction": float(rng.choice(random_fractions))}
-        if rng.random() < state["random_fraction"]:
+            state = {"random_fraction": float(rng.choice(random_fractions)), "sticky": bool(rng.random() < sticky_fraction), "held": 0}
+        if state["sticky"]:
+            if state["held"] == 0:
+                state["action"] = rng.uniform(-1.0, 1.0, 2)
+                state["held"] = int(rng.integers(hold_steps[0], hold_steps[1] + 1))
+            state["held"] -= 1
+            action = state["action"]
+        elif rng.random() < state["random_fraction"]:
             action = rng.uniform(-1.0, 1.0, 2)
         else:
             action = scripted_action(positions_from_frame(obs["image"][0])) + noise * rng.standard_normal(2)
         return np.clip(action, -1.0, 1.0).astype(np.float32), state
 
     return noisy_expert
+
+
+def exploration_name(sticky_fraction: float) -> str:
+    """How the dataset manifest names the exploration policy (a reused dataset must match it)."""
+    name = "noisy-scripted-expert+random"
+    return name if sticky_fraction == 0.0 else f"{name}+sticky-random-walk:{sticky_fraction:g}"
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,9 @@ class PipelineArguments:
     """Episodes to record (capped at `episode_steps` steps each)."""
     episode_steps: int = 100
     """Truncate recorded episodes after this many steps."""
+    sticky_episodes: float = 0.0
+    """Share of recorded episodes that are sticky random walks (a random action held for 4-12
+    steps), which push against the wall; the rest are the noisy expert mixed with random actions."""
     eval_steps: int = 60
     """Steps allowed to reach the goal in evaluation (the scripted expert needs about 18 on average)."""
     train_steps: int = 3000
@@ -210,11 +235,17 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
     if arguments.quick:
         arguments = replace(arguments, episodes=6, episode_steps=20, train_steps=3, value_steps=3, eval_episodes=1, eval_steps=5, sequence_length=4, batch_size=4)
     dataset_dir = out / "dataset"
+    policy_name = exploration_name(arguments.sticky_episodes)
     if not (dataset_dir / "manifest.json").exists():
         record_dataset(
-            "two-rooms", exploration_policy(seed=0), arguments.episodes, dataset_dir, seed=0,
-            max_episode_steps=arguments.episode_steps, progress=arguments.progress, policy_name="noisy-scripted-expert+random",
+            "two-rooms", exploration_policy(seed=0, sticky_fraction=arguments.sticky_episodes), arguments.episodes, dataset_dir, seed=0,
+            max_episode_steps=arguments.episode_steps, progress=arguments.progress, policy_name=policy_name,
         )
+    else:
+        recorded = json.loads((dataset_dir / "manifest.json").read_text()).get("policy")
+        if recorded != policy_name:
+            raise RunDirectoryError(f"{dataset_dir} was recorded by {recorded!r}, not {policy_name!r} as asked (--sticky-episodes); "
+                                    "use another --out or remove that dataset")
     dataset = load_dataset(dataset_dir, seed=0)
     results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(arguments).items()}, "runs": []}
     with StageProgress(arguments.progress) as bars:
