@@ -115,3 +115,17 @@ def test_wall_probe_tells_a_wall_aware_predictor_from_a_wall_blind_one():
     assert aware["blocked_predicted_stopped"] == 1.0 and aware["blocked_error"] < 0.1
     assert blind["blocked_predicted_stopped"] == 0.0 and blind["blocked_error"] > 0.3
     assert aware["open_error"] < 0.1 and blind["open_error"] < 0.1  # through the door both are right
+
+
+def test_wall_blocked_share_counts_the_pushes_the_wall_stops():
+    env = TwoRooms(observation="pixels")
+    env.reset(seed=0)
+    env.set_state({**env.get_state(), "agent": [0.3, 0.9], "door_y": 0.3})  # far above the door
+    frames, actions = [env.frame_at((0.3, 0.9))], [np.zeros(2, np.float32)]
+    for action in [(1.0, 0.0)] * 6 + [(0.0, -1.0)] * 2:  # 3 pushes reach the wall, 3 more are blocked; then down
+        frame, *_ = env.step(np.array(action, np.float32))
+        frames.append(frame)
+        actions.append(np.array(action, np.float32))
+    share = L.wall_blocked_share([{"image": np.stack(frames), "action": np.stack(actions)}], env.geometry)
+    assert share["transitions"] == 8
+    assert 2 <= share["blocked"] <= 4  # the pushes after contact (the one that reaches the wall may move part way)

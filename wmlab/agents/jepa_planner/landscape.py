@@ -222,6 +222,26 @@ def wall_probe(encode: Encoder, rollout: Rollout, env: TwoRooms, layouts: list[L
             "open_error": round(float(np.median(open_errors)), 4)}
 
 
+def wall_blocked_share(episodes, geometry, min_push: float = 0.4, near_wall: float = 0.1) -> dict[str, float]:
+    """How often recorded data shows the wall stopping the agent: the share of transitions whose
+    horizontal push (|action x| >= `min_push`) moved the agent less than 30 % of it, within
+    `near_wall` of the wall. Episodes are dicts with "image" (T, H, W, 3) and "action" (T, 2), row t
+    holding the action that led to frame t (the dataset convention). What the data never show,
+    a predictor cannot learn."""
+    from wmlab.agents.jepa_planner.pipeline import positions_from_frame
+    from wmlab.envs.two_rooms import MIDDLE_X
+
+    blocked = total = 0
+    for episode in episodes:
+        x = np.array([positions_from_frame(frame)[0] for frame in episode["image"]])
+        push = episode["action"][1:, 0] * geometry.max_step
+        moved = np.diff(x)
+        total += len(moved)
+        blocked += int(np.sum((np.abs(episode["action"][1:, 0]) >= min_push) & (np.abs(moved) < 0.3 * np.abs(push))
+                              & (np.abs(x[:-1] - MIDDLE_X) < near_wall)))
+    return {"transitions": total, "blocked": blocked, "blocked_share": round(blocked / max(total, 1), 4)}
+
+
 # ------------------------------------------------------------------------------- JEPA objectives
 
 def jepa_objectives(agent) -> dict[str, Objective]:
@@ -340,6 +360,7 @@ def landscape_command(argv: list[str]) -> int:
     probe = dataset_probe(agent, dataset)
     agent.model.eval()
     wall = wall_probe(agent.model.encode, agent.model.rollout, env, random_layouts(env, arguments.layouts, seed=100_000))
+    wall["data"] = wall_blocked_share(dataset.episodes(), env.geometry)
     summary = {name: {metric: round(float(np.mean([row[metric] for row in rows])), 4) for metric in rows[0]}
                for name, rows in results.items()}
     (arguments.out / "landscape.json").write_text(json.dumps({"summary": summary, "layout_probe_r2": probe, "wall_probe": wall, "per_layout": results}, indent=1))
@@ -348,6 +369,7 @@ def landscape_command(argv: list[str]) -> int:
         print(f"{name}: " + ", ".join(f"{metric} {value:.3f}" for metric, value in metrics.items()))
     print("linear probe R^2 of the layout from the embeddings: " + ", ".join(f"{name} {value:.3f}" for name, value in probe.items()))
     print(f"predictor at the wall: {wall['blocked_predicted_stopped']:.0%} of {wall['blocked_pushes']} blocked pushes predicted as stopped"
-          f" (median error {wall['blocked_error']:.2f} of a push; open pushes {wall['open_error']:.2f})")
+          f" (median error {wall['blocked_error']:.2f} of a push; open pushes {wall['open_error']:.2f});"
+          f" the data show the wall stopping the agent in {wall['data']['blocked']} of {wall['data']['transitions']} transitions")
     print(f"figure: {figure}")
     return 0
