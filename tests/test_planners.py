@@ -123,6 +123,16 @@ def test_mppi_warm_start_shifts_the_previous_plan():
     planner.reset()
     planner.plan(recording, None, space)
     torch.testing.assert_close(seen[-1][0], torch.zeros(3, 1), atol=1e-4, rtol=0)
+    # An agent that executed two steps of the last plan asks for a shift of two; a shift of the
+    # whole horizon or more leaves nothing to carry over.
+    planner.previous_plan = torch.tensor([[0.1], [0.2], [0.3]])
+    planner.plan(recording, None, space, shift=2)
+    torch.testing.assert_close(seen[-1][0], torch.tensor([[0.3], [0.0], [0.0]]), atol=1e-4, rtol=0)
+    planner.previous_plan = torch.tensor([[0.1], [0.2], [0.3]])
+    planner.plan(recording, None, space, shift=3)
+    torch.testing.assert_close(seen[-1][0], torch.zeros(3, 1), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="shift"):
+        planner.plan(recording, None, space, shift=0)
 
     # The real thing: after planning toward a per-step target, the next plan starts from it shifted.
     targets = torch.tensor([[0.5], [-0.5], [0.25]])

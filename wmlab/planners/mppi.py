@@ -6,8 +6,9 @@ Gaussian to the elites weighted by exp(temperature * (return - best return)) (MP
 return-weighted average; Williams et al. 2015, TD-MPC Sec. 3). The executed sequence is an elite
 drawn with those weights; while exploring, the final standard deviation adds Gaussian noise.
 
-Between calls the planner keeps its final mean: the next plan starts from it shifted one step
-forward (the last step at the centre), with the spread reset to `max_std`. Call `reset()` when an
+Between calls the planner keeps its final mean: the next plan starts from it shifted forward by
+the steps executed since (`plan(..., shift=k)`, one by default; the freed last steps at the
+centre), with the spread reset to `max_std`. Call `reset()` when an
 episode starts.
 
 Discrete spaces (a wmlab extension, used by TD-MPC2 here for Discrete actions): the distribution
@@ -97,6 +98,7 @@ class MPPI:
         #: Discrete space; None after `reset()`. Agents planning for several environments swap it
         #: in and out per environment.
         self.previous_plan: torch.Tensor | None = None
+        self._shift = 1
         #: After each plan, for logging: "elite_returns" (E,), and "std" (L, A) or "probabilities" (L, K).
         self.distribution: dict[str, torch.Tensor] = {}
 
@@ -112,12 +114,18 @@ class MPPI:
         action_space: spaces.Space,
         prior_actions: Any | None = None,
         explore: bool = False,
+        shift: int = 1,
     ) -> torch.Tensor:
         """The executed sequence: an elite drawn with its MPPI weight (plus exploration noise when
         `explore`). prior_actions: float (P, L, A) within the bounds, or indices (P, L), scored
-        alongside N - P sampled sequences at every iteration."""
+        alongside N - P sampled sequences at every iteration. shift: environment steps executed
+        since the previous plan (an agent that replans every k steps passes k), by which the warm
+        start moves that plan forward."""
         check_space(action_space, "MPPI")
         L = self.config.horizon
+        if shift < 1:
+            raise ValueError(f"shift must be at least 1, got {shift}")
+        self._shift = shift
         prior = None if prior_actions is None else check_prior(prior_actions, action_space, L, self.device)
         if prior is not None and prior.shape[0] >= self.config.samples:
             raise ValueError(f"prior_actions: {prior.shape[0]} sequences leave none of the {self.config.samples} samples to draw")
@@ -126,11 +134,12 @@ class MPPI:
         return self._plan_box(rollout_fn, state, BoxBounds(action_space, self.device), prior, explore)
 
     def _warm_start(self, fill: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
-        """`previous` (L, ...) shifted one step forward, the last step taken from `fill` (L, ...);
-        just `fill` when there is no previous plan of that shape."""
-        start = fill.clone()
-        if previous is not None and previous.shape == fill.shape:
-            start[:-1] = previous[1:].to(self.device)
+        """`previous` (L, ...) shifted forward by the plan's `shift`, the freed last steps taken from
+        `fill` (L, ...); just `fill` when there is no previous plan of that shape or the shift
+        spends it all."""
+        start, shift = fill.clone(), self._shift
+        if previous is not None and previous.shape == fill.shape and shift < len(fill):
+            start[:-shift] = previous[shift:].to(self.device)
         return start
 
     def _choose(self, weights: torch.Tensor) -> torch.Tensor:

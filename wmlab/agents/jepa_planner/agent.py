@@ -228,7 +228,9 @@ class JEPAPlannerAgent:
             state = {"plan": None, "step": 0}
         if state["plan"] is None or state["step"] % self.config.replan_every == 0:
             embedding = self.model.encode(np.asarray(obs[self.model.observation_key]))  # (1, D)
-            state["plan"] = self.planner.plan(self.rollout_fn(), embedding, self.action_space, explore=explore)
+            # The warm start moves the last plan past the steps executed from it since.
+            shift = 1 if state["plan"] is None else self.config.replan_every
+            state["plan"] = self.planner.plan(self.rollout_fn(), embedding, self.action_space, explore=explore, shift=shift)
         action = state["plan"][state["step"] % self.config.replan_every].cpu().numpy().astype(np.float32)
         state["step"] += 1
         return action[None], state

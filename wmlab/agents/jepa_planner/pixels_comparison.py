@@ -123,7 +123,8 @@ class RSSMGoalAgent:
             state = {**model.initial(1), "action": torch.zeros(1, model.action_size, device=self.device), "plan": None, "step": 0}
         latent = model.filter_step(obs, state["action"], torch.tensor([first]), {"deter": state["deter"], "stoch": state["stoch"]})
         if state["plan"] is None or state["step"] % self.config.replan_every == 0:
-            state["plan"] = self.planner.plan(self.rollout, latent, self.action_space, explore=explore)
+            shift = 1 if state["plan"] is None else self.config.replan_every  # steps executed since the last plan
+            state["plan"] = self.planner.plan(self.rollout, latent, self.action_space, explore=explore, shift=shift)
         action = state["plan"][state["step"] % self.config.replan_every].reshape(1, -1)
         state = {**latent, "action": model.encode_action(action.to(self.device), ("B",), {"B": 1}), "plan": state["plan"], "step": state["step"] + 1}
         return action.cpu().numpy().astype(np.float32), state
