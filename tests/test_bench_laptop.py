@@ -44,3 +44,32 @@ def test_the_best_evaluation_and_when_it_was_reached(tmp_path):
 def test_an_unknown_task_is_named(capsys):
     assert main(["bench", "laptop", "--task", "dreamer-cartpole"]) != 0
     assert "unknown laptop task" in capsys.readouterr().err
+
+
+def test_only_seed_launches_that_seed_alone_and_reports_the_rest(tmp_path, monkeypatch, capsys):
+    import wmlab.bench.laptop as laptop
+
+    launched = []
+
+    class FinishedProcess:
+        def __init__(self, command, **_):
+            self.args = command
+            launched.append(command)
+            run_dir = tmp_path / "dreamer-cartpole-swingup" / "seed1"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 1000, "time": 5.0, "eval/return": 42.0}) + "\n")
+            (run_dir / "summary.json").write_text(json.dumps({"env_steps": 1000, "updates": 10, "wall_seconds": 6.0}))
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(laptop.subprocess, "Popen", FinishedProcess)
+    assert main(["bench", "laptop", "--run-dir", str(tmp_path), "--seeds", "2", "--only-seed", "1", "--time-limit", "10"]) == 0
+    assert len(launched) == 1 and launched[0][launched[0].index("--train.seed") + 1] == "1"
+    table = capsys.readouterr().out
+    assert "| 0 | (no evaluation yet) |" in table and "| 1 | 42 | 1000 | 5 | 42 | 1000 | 10 | 6.0 |" in table
+
+
+def test_only_seed_must_be_one_of_the_seeds(tmp_path, capsys):
+    assert main(["bench", "laptop", "--run-dir", str(tmp_path), "--seeds", "2", "--only-seed", "2"]) != 0
+    assert "not one of the seeds" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from wmlab.bench.common import machine_description
+from wmlab.core.errors import WmlabError
 from wmlab.core.registry import UnknownNameError
 
 
@@ -77,6 +78,8 @@ class LaptopArguments:
     """Parent directory: the task's seeds go to RUN_DIR/<task>/seed<k>."""
     seeds: int = 2
     """Runs side by side (seeds 0 .. seeds-1), one process each."""
+    only_seed: int | None = None
+    """Run just this one of the seeds now (another core may be busy); the others are reported as far as they got."""
     time_limit: float = 7200.0
     """Wall-clock budget of each run, in seconds."""
     steps: int = 1_000_000
@@ -106,7 +109,10 @@ def train_command(task: LaptopTask, run_dir: Path, seed: int, arguments: LaptopA
 
 def seed_result(run_dir: Path, metric: str) -> dict[str, Any]:
     """Best and final value of `metric` in a run's metrics.jsonl, with when the best was reached."""
-    evaluations = [row for row in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if metric in row]
+    metrics = run_dir / "metrics.jsonl"
+    if not metrics.is_file():
+        return {"evaluations": 0}
+    evaluations = [row for row in map(json.loads, metrics.read_text().splitlines()) if metric in row]
     if not evaluations:
         return {"evaluations": 0}
     best = max(evaluations, key=lambda row: row[metric])
@@ -150,6 +156,8 @@ def run(argv: list[str]) -> int:
     if arguments.task not in TASKS:
         raise UnknownNameError(f"unknown laptop task {arguments.task!r}; tasks: {', '.join(TASKS)}")
     task = TASKS[arguments.task]
+    if arguments.only_seed is not None and not 0 <= arguments.only_seed < arguments.seeds:
+        raise WmlabError(f"--only-seed {arguments.only_seed} is not one of the seeds 0 .. {arguments.seeds - 1}")
     base = arguments.run_dir / arguments.task
     if arguments.force and base.exists():
         shutil.rmtree(base)
@@ -157,8 +165,8 @@ def run(argv: list[str]) -> int:
     processes = []
     for seed in range(arguments.seeds):
         run_dir = base / f"seed{seed}"
-        if (run_dir / "summary.json").is_file():
-            continue  # finished (its budget or its steps are spent)
+        if arguments.only_seed not in (None, seed) or (run_dir / "summary.json").is_file():
+            continue  # not asked for now, or finished (its budget or its steps are spent)
         resume = (run_dir / "checkpoints").is_dir()
         log = open(base / f"seed{seed}.log", "a")
         environment = {**os.environ, "OMP_NUM_THREADS": str(arguments.threads), "MKL_NUM_THREADS": str(arguments.threads)}
