@@ -23,6 +23,7 @@ from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
 from wmlab.core.types import Batch
 from wmlab.models.jepa import (
     JEPAConfig,
+    JEPALossScales,
     JEPAWorldModel,
     SpatialSoftArgmax,
     collapse_diagnostics,
@@ -408,6 +409,8 @@ def test_planner_config_takes_the_pipeline_planner_and_value_options():
     assert (config.planner.horizon, config.planner.iterations, config.replan_every) == (15, 10, 5)
     assert config.distance_at_end and not planner_config(PipelineArguments()).distance_at_end
     assert config.value.space == "embedding"
+    assert planner_config(PipelineArguments(covariance_weight=0.5)).model.loss_scales.covariance == 0.5
+    assert planner_config(PipelineArguments()).model.loss_scales == JEPALossScales()
     with pytest.raises(ValueError, match="replan_every"):
         planner_config(PipelineArguments(planning_horizon=3, replan_every=4))
 

@@ -127,6 +127,9 @@ class PipelineArguments:
     instead of summed over it (a long horizon can then detour through the door)."""
     collapse_prevention: str = "vicreg"
     """"vicreg" or "ema"."""
+    covariance_weight: float = 0.04
+    """Weight of VICReg's covariance term against a variance weight of 1 (VICReg's own ratio 1 : 25
+    is the default; EB-JEPA's two-rooms recipe uses 8 : 16)."""
     value_shaping: float = 0.0
     """Weight of the goal value's loss in the world model's training, shaping the encoder with it
     (arXiv:2601.00844); 0 trains the value afterwards on frozen embeddings only."""
@@ -268,9 +271,10 @@ def summarise_seeds(runs: list[dict]) -> dict[str, dict[str, float]]:
 
 def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
     """The agent configuration a pipeline run trains (and a later reader must rebuild to load it)."""
-    from wmlab.models.jepa import JEPAConfig
+    from wmlab.models.jepa import JEPAConfig, JEPALossScales
 
-    model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1))
+    model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1),
+                              loss_scales=JEPALossScales(covariance=arguments.covariance_weight))
     if arguments.quick:
         model_config = replace(model_config, embedding_size=8, encoder_depth=4, hidden_size=32)
     value_config = ValueConfig(space=arguments.value_space, shaping_scale=arguments.value_shaping)
