@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -20,6 +21,7 @@ from wmlab.agents.jepa_planner.agent import (
     value_returns,
 )
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
+from wmlab.core.errors import IncompatibleSpaceError
 from wmlab.core.types import Batch
 from wmlab.models.jepa import (
     JEPAConfig,
@@ -221,6 +223,39 @@ def test_keypoint_encoder_tracks_a_moving_dot():
         JEPAConfig(encoder_head="pooling")
 
 
+def test_spatial_head_keeps_a_grid_and_its_predictor_is_local():
+    """The "spatial" head: an 8 x 8 feature map of embedding_size / 64 channels, and a conv
+    predictor whose output at a cell depends only on cells within its 7 x 7 receptive field."""
+    torch.manual_seed(0)
+    config = JEPAConfig(**{**TINY.__dict__, "encoder_head": "spatial", "embedding_size": 128, "predictor_channels": 8})
+    model = JEPAWorldModel(config, PIXELS, ACTIONS)
+    assert model.grid_shape == (2, 8, 8)
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    frames[0, 10:14, 10:14] = 255
+    frames[1, 40:44, 50:54] = 255
+    embeddings = model.encode(frames)
+    assert embeddings.shape == (2, 128) and not torch.allclose(embeddings[0], embeddings[1])
+    z = torch.randn(1, 128)
+    action = torch.tensor([[0.5, -0.5]])
+    perturbed = z.reshape(1, 2, 8, 8).clone()
+    perturbed[:, :, 0, 0] += 5.0  # the top-left cell
+    before = model.predict(z, action).reshape(2, 8, 8)
+    after = model.predict(perturbed.reshape(1, 128), action).reshape(2, 8, 8)
+    assert not torch.allclose(before[:, 0, 0], after[:, 0, 0])
+    # GroupNorm mixes statistics over the whole grid, so far cells may shift a little, but by far
+    # less than the cell itself (3 convs of 3 x 3 reach 3 cells away)
+    far = (after[:, 4:, 4:] - before[:, 4:, 4:]).abs().max()
+    assert far < 0.1 * (after[:, 0, 0] - before[:, 0, 0]).abs().max()
+    loss, metrics = model.loss(make_batch(PIXELS))
+    loss.backward()
+    assert torch.isfinite(loss) and metrics["jepa/effective_rank"] > 1.0
+    assert model.rollout(embeddings, torch.zeros(2, 3, 2)).shape == (2, 3, 128)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        JEPAWorldModel(JEPAConfig(**{**config.__dict__, "embedding_size": 100}), PIXELS, ACTIONS)
+    with pytest.raises(IncompatibleSpaceError, match="image"):
+        JEPAWorldModel(config, VECTORS, ACTIONS)
+
+
 def test_decode_refuses():
     model = JEPAWorldModel(TINY, VECTORS, ACTIONS)
     assert model.can_decode is False
@@ -367,6 +402,9 @@ def test_pipeline_smoke(tmp_path):
     assert np.allclose(read[:2], info["agent"], atol=0.01) and np.allclose(read[4], info["door"][1], atol=0.02)
     assert jepa_command(["--out", str(tmp_path / "jepa"), "--quick"]) == 0
     assert (tmp_path / "jepa" / "results.json").is_file()
+    assert jepa_command(["--out", str(tmp_path / "spatial"), "--quick", "--encoder-head", "spatial", "--objectives", "distance"]) == 0
+    settings = json.loads((tmp_path / "spatial" / "results.json").read_text())["settings"]
+    assert settings["encoder_head"] == "spatial"
 
 
 def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
@@ -411,6 +449,8 @@ def test_planner_config_takes_the_pipeline_planner_and_value_options():
     assert config.value.space == "embedding"
     assert planner_config(PipelineArguments(covariance_weight=0.5)).model.loss_scales.covariance == 0.5
     assert planner_config(PipelineArguments()).model.loss_scales == JEPALossScales()
+    spatial = planner_config(PipelineArguments(encoder_head="spatial", embedding_size=512)).model
+    assert (spatial.encoder_head, spatial.embedding_size) == ("spatial", 512)
     with pytest.raises(ValueError, match="replan_every"):
         planner_config(PipelineArguments(planning_horizon=3, replan_every=4))
 

@@ -44,7 +44,7 @@ from wmlab.nn.conv import ConvEncoder
 from wmlab.nn.mlp import MLP
 
 COLLAPSE_PREVENTIONS = ("vicreg", "ema")
-ENCODER_HEADS = ("keypoints", "linear")
+ENCODER_HEADS = ("keypoints", "linear", "spatial")
 MOMENTUM_SCHEDULES = ("linear", "cosine")
 
 
@@ -94,7 +94,12 @@ class JEPAConfig:
       a disc of ~2 pixels radius) are then first-class features;
     - "linear": flatten the 4 x 4 map and project it (DreamerV3-style). On two-rooms it encodes the
       large, per-episode-constant goal disc and door but not the agent: a linear probe of the agent's
-      position from its embedding had R^2 < 0.35 after 600 steps."""
+      position from its embedding had R^2 < 0.35 after 600 steps;
+    - "spatial": keep a feature map as the embedding (PLDM, arXiv:2502.14819, and EB-JEPA's
+      two-rooms model): `spatial_stages` conv stages, then a 1 x 1 conv to
+      embedding_size / (grid cells) channels, flattened; the predictor is then convolutional
+      (`predictor_channels`), so what happens next to the agent (a wall, a door) is local evidence
+      shared across positions."""
     keypoints: int = 32
     """K, feature maps turned into (x, y) coordinates by the "keypoints" head."""
     keypoint_stages: int = 2
@@ -102,6 +107,11 @@ class JEPAConfig:
     keypoint_temperature: float = 1.0
     """Initial inverse temperature of the soft-argmax (learned afterwards). (10 was tried on
     two-rooms: sharper maps locked onto the large goal disc and lost the agent.)"""
+    spatial_stages: int = 3
+    """Conv stages before the "spatial" head (3: 64 x 64 -> an 8 x 8 grid); `embedding_size` must
+    be a multiple of the grid's cells (e.g. 512 = 8 channels x 8 x 8)."""
+    predictor_channels: int = 32
+    """Hidden channels of the convolutional predictor ("spatial" head only)."""
     temporal_variance_target: float = 1.0
     """vicreg: the root of the within-window variance sum_d Var_t(z_t^d) is pushed up to this (see
     `JEPALossScales.temporal_variance`)."""
@@ -139,6 +149,8 @@ class JEPAConfig:
             raise ValueError(f"encoder_head must be one of {ENCODER_HEADS}, got {self.encoder_head!r}")
         if not 1 <= self.keypoint_stages <= len(self.encoder_multipliers) or self.keypoints < 1:
             raise ValueError("need keypoints >= 1 and 1 <= keypoint_stages <= len(encoder_multipliers)")
+        if not 1 <= self.spatial_stages <= len(self.encoder_multipliers) or self.predictor_channels < 1:
+            raise ValueError("need 1 <= spatial_stages <= len(encoder_multipliers) and predictor_channels >= 1")
         if self.embedding_size < 1 or self.momentum_steps < 1:
             raise ValueError("embedding_size and momentum_steps must be at least 1")
 
@@ -238,6 +250,44 @@ class SpatialSoftArgmax(nn.Module):
         return (attention @ self.grid).flatten(1)  # (B, 2K)
 
 
+class SpatialHead(nn.Module):
+    """Flat conv features (B, C*H*W) of shape (C, H, W) -> a flat feature map (B, C'*H*W): a 1 x 1
+    conv to C' channels, the positions kept."""
+
+    def __init__(self, feature_shape: tuple[int, int, int], channels: int):
+        super().__init__()
+        self.feature_shape = tuple(feature_shape)
+        self.project = nn.Conv2d(feature_shape[0], channels, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.project(features.reshape(-1, *self.feature_shape)).flatten(1)
+
+
+class ConvPredictor(nn.Module):
+    """[z_t, a_{t+1}] (B, C*H*W + A) -> (B, C*H*W): the action broadcast over the grid as A extra
+    channels, then three 3 x 3 convs (GroupNorm + SiLU between), as PLDM's predictor conditions a
+    conv net on the action."""
+
+    def __init__(self, grid_shape: tuple[int, int, int], action_size: int, hidden_channels: int):
+        super().__init__()
+        self.grid_shape = tuple(grid_shape)
+        self.action_size = action_size
+        channels = grid_shape[0]
+        self.net = nn.Sequential(
+            nn.Conv2d(channels + action_size, hidden_channels, 3, padding=1), nn.GroupNorm(1, hidden_channels), nn.SiLU(),
+            nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1), nn.GroupNorm(1, hidden_channels), nn.SiLU(),
+            nn.Conv2d(hidden_channels, channels, 3, padding=1),
+        )
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        leading = inputs.shape[:-1]
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        z, action = flat[:, : -self.action_size], flat[:, -self.action_size :]
+        channels, height, width = self.grid_shape
+        grid = torch.cat([z.reshape(-1, *self.grid_shape), action[:, :, None, None].expand(-1, -1, height, width)], dim=1)
+        return self.net(grid).reshape(*leading, channels * height * width)
+
+
 class JEPAWorldModel(nn.Module):
     """Encoder + action-conditioned predictor; states are embeddings (B, D).
 
@@ -266,12 +316,24 @@ class JEPAWorldModel(nn.Module):
                 multipliers = config.encoder_multipliers[: config.keypoint_stages]
                 conv = ConvEncoder(channels, config.encoder_depth, multipliers, image_size=(height, width))
                 self.encoder = nn.Sequential(conv, SpatialSoftArgmax(conv.output_shape, config.keypoints, config.keypoint_temperature), nn.Linear(2 * config.keypoints, D))
+            elif config.encoder_head == "spatial":
+                conv = ConvEncoder(channels, config.encoder_depth, config.encoder_multipliers[: config.spatial_stages], image_size=(height, width))
+                cells = conv.output_shape[1] * conv.output_shape[2]
+                if D % cells:
+                    raise ValueError(f"the spatial head's {conv.output_shape[1]} x {conv.output_shape[2]} grid needs an embedding_size that is a multiple of {cells}, got {D}")
+                self.grid_shape = (D // cells, *conv.output_shape[1:])
+                self.encoder = nn.Sequential(conv, SpatialHead(conv.output_shape, D // cells))
             else:
                 conv = ConvEncoder(channels, config.encoder_depth, config.encoder_multipliers, image_size=(height, width))
                 self.encoder = nn.Sequential(conv, nn.Linear(conv.features, D))
         else:
+            if config.encoder_head == "spatial":
+                raise IncompatibleSpaceError("the spatial encoder head needs image observations; vectors take the default head")
             self.encoder = MLP(self.observation_shape[0], D, config.hidden_size, 2, layer_norm=True)
-        self.predictor = MLP(D + self.action_size, D, config.hidden_size, config.predictor_layers, layer_norm=True)
+        if config.encoder_head == "spatial":
+            self.predictor = ConvPredictor(self.grid_shape, self.action_size, config.predictor_channels)
+        else:
+            self.predictor = MLP(D + self.action_size, D, config.hidden_size, config.predictor_layers, layer_norm=True)
         self.inverse_dynamics = MLP(2 * D, self.action_size, config.hidden_size, 1) if config.inverse_dynamics else None
         self.target_encoder = None
         if config.collapse_prevention == "ema":

@@ -130,6 +130,11 @@ class PipelineArguments:
     covariance_weight: float = 0.04
     """Weight of VICReg's covariance term against a variance weight of 1 (VICReg's own ratio 1 : 25
     is the default; EB-JEPA's two-rooms recipe uses 8 : 16)."""
+    encoder_head: str = "keypoints"
+    """How frames become embeddings: "keypoints" (spatial soft-argmax), "linear" or "spatial" (a
+    feature map with a convolutional predictor, as PLDM / EB-JEPA); see JEPAConfig.encoder_head."""
+    embedding_size: int = 32
+    """D; with the "spatial" head a multiple of its 8 x 8 grid's 64 cells (512: 8 channels)."""
     value_shaping: float = 0.0
     """Weight of the goal value's loss in the world model's training, shaping the encoder with it
     (arXiv:2601.00844); 0 trains the value afterwards on frozen embeddings only."""
@@ -274,9 +279,11 @@ def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
     from wmlab.models.jepa import JEPAConfig, JEPALossScales
 
     model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1),
-                              loss_scales=JEPALossScales(covariance=arguments.covariance_weight))
+                              loss_scales=JEPALossScales(covariance=arguments.covariance_weight),
+                              encoder_head=arguments.encoder_head, embedding_size=arguments.embedding_size)
     if arguments.quick:
-        model_config = replace(model_config, embedding_size=8, encoder_depth=4, hidden_size=32)
+        small_embedding = 64 if arguments.encoder_head == "spatial" else 8
+        model_config = replace(model_config, embedding_size=small_embedding, encoder_depth=4, hidden_size=32, predictor_channels=8)
     value_config = ValueConfig(space=arguments.value_space, shaping_scale=arguments.value_shaping)
     if arguments.quick:
         value_config = replace(value_config, hidden_size=16, projection_size=8, batch_size=32, shaping_batch_size=8)
