@@ -122,8 +122,8 @@ def run_jobs(arguments: argparse.Namespace) -> int:
         job, seeds = entry.split(":")
         for seed in range(int(seeds)):
             name = f"{job}-seed{seed}"
-            log = open(arguments.runs / f"{name}.log", "w")
-            processes[name] = subprocess.Popen(command(job, seed, arguments.runs / name, arguments), stdout=log, stderr=subprocess.STDOUT)
+            with open(arguments.runs / f"{name}.log", "w") as log:  # the child keeps its own copy
+                processes[name] = subprocess.Popen(command(job, seed, arguments.runs / name, arguments), stdout=log, stderr=subprocess.STDOUT)
     started = time.perf_counter()
     archive = arguments.out / "paper_setting_runs.tar.gz"
     while any(process.poll() is None for process in processes.values()):
