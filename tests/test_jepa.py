@@ -256,6 +256,35 @@ def test_spatial_head_keeps_a_grid_and_its_predictor_is_local():
         JEPAWorldModel(config, VECTORS, ACTIONS)
 
 
+def test_hybrid_head_splits_the_embedding_into_keypoints_and_layout():
+    """The "hybrid" head: the first embedding_size - layout_size dimensions come from keypoints of
+    the early conv map (they follow a moving dot wherever it is), the last layout_size from the
+    flattened late map; a dot that moves changes the keypoint part, the predictor is the MLP."""
+    torch.manual_seed(0)
+    config = JEPAConfig(**{**TINY.__dict__, "encoder_head": "hybrid", "embedding_size": 12, "layout_size": 4})
+    model = JEPAWorldModel(config, PIXELS, ACTIONS)
+    head = model.encoder[1]
+    assert head.keypoints[1].out_features == 8 and head.layout.out_features == 4
+    assert head.layout_encoder.output_shape[1:] == (4, 4)  # two more stride-2 stages after 16 x 16
+    frames = np.zeros((2, 64, 64, 3), np.uint8)
+    frames[0, 10:14, 10:14] = 255
+    frames[1, 40:44, 50:54] = 255
+    embeddings = model.encode(frames)
+    assert embeddings.shape == (2, 12)
+    with torch.no_grad():
+        keypoint_part = head.keypoints(model.encoder[0](model.preprocess(frames)))
+    assert torch.allclose(embeddings[:, :8], keypoint_part)
+    assert not torch.allclose(embeddings[0, :8], embeddings[1, :8])
+    assert isinstance(model.predictor, nn.Module) and model.predict(embeddings, torch.zeros(2, 2)).shape == (2, 12)
+    loss, metrics = model.loss(make_batch(PIXELS))
+    loss.backward()
+    assert torch.isfinite(loss) and head.layout.weight.grad.abs().sum() > 0 and head.keypoints[1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="layout_size"):
+        JEPAConfig(encoder_head="hybrid", embedding_size=8, layout_size=8)
+    with pytest.raises(IncompatibleSpaceError, match="image"):
+        JEPAWorldModel(config, VECTORS, ACTIONS)
+
+
 def test_decode_refuses():
     model = JEPAWorldModel(TINY, VECTORS, ACTIONS)
     assert model.can_decode is False
@@ -405,6 +434,7 @@ def test_pipeline_smoke(tmp_path):
     assert jepa_command(["--out", str(tmp_path / "spatial"), "--quick", "--encoder-head", "spatial", "--objectives", "distance"]) == 0
     settings = json.loads((tmp_path / "spatial" / "results.json").read_text())["settings"]
     assert settings["encoder_head"] == "spatial"
+    assert jepa_command(["--out", str(tmp_path / "hybrid"), "--quick", "--encoder-head", "hybrid", "--objectives", "value"]) == 0
 
 
 def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
@@ -440,6 +470,15 @@ def test_pipeline_reuse_loads_saved_seeds_and_trains_the_missing_ones(tmp_path):
     assert results["summary"] == {"distance": {"success_mean": pytest.approx(np.mean(rates)), "success_std": pytest.approx(np.std(rates)), "seeds": 2}}
 
 
+def test_pipeline_first_seed_trains_that_seed(tmp_path):
+    """--first-seed 2 --seeds 1 trains and evaluates seed 2 only, saved under seed2."""
+    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+
+    results = run_pipeline(PipelineArguments(out=tmp_path, quick=True, first_seed=2, objectives=("distance",), progress=False))
+    assert [run["seed"] for run in results["runs"]] == [2]
+    assert (tmp_path / "seed2" / "checkpoint.safetensors").is_file() and not (tmp_path / "seed0").exists()
+
+
 def test_planner_config_takes_the_pipeline_planner_and_value_options():
     from wmlab.agents.jepa_planner.pipeline import PipelineArguments, planner_config
 
@@ -451,6 +490,8 @@ def test_planner_config_takes_the_pipeline_planner_and_value_options():
     assert planner_config(PipelineArguments()).model.loss_scales == JEPALossScales()
     spatial = planner_config(PipelineArguments(encoder_head="spatial", embedding_size=512)).model
     assert (spatial.encoder_head, spatial.embedding_size) == ("spatial", 512)
+    hybrid = planner_config(PipelineArguments(encoder_head="hybrid", layout_size=8)).model
+    assert (hybrid.encoder_head, hybrid.layout_size) == ("hybrid", 8)
     with pytest.raises(ValueError, match="replan_every"):
         planner_config(PipelineArguments(planning_horizon=3, replan_every=4))
 

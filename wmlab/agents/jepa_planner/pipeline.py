@@ -113,7 +113,11 @@ class PipelineArguments:
     eval_episodes: int = 200
     """Evaluation episodes per objective and seed."""
     seeds: int = 1
-    """Training seeds (0 .. seeds-1); each trains its own model and value on the same dataset."""
+    """Training seeds (first_seed .. first_seed + seeds - 1); each trains its own model and value on
+    the same dataset."""
+    first_seed: int = 0
+    """The first training seed, so that seeds can run as separate processes side by side (each in
+    its own --out with a copy of the dataset); evaluation episodes are the same for every seed."""
     objectives: tuple[str, ...] = ("distance", "value")
     """Planning objectives to evaluate."""
     replan_every: int = 4
@@ -131,8 +135,11 @@ class PipelineArguments:
     """Weight of VICReg's covariance term against a variance weight of 1 (VICReg's own ratio 1 : 25
     is the default; EB-JEPA's two-rooms recipe uses 8 : 16)."""
     encoder_head: str = "keypoints"
-    """How frames become embeddings: "keypoints" (spatial soft-argmax), "linear" or "spatial" (a
-    feature map with a convolutional predictor, as PLDM / EB-JEPA); see JEPAConfig.encoder_head."""
+    """How frames become embeddings: "keypoints" (spatial soft-argmax), "linear", "spatial" (a
+    feature map with a convolutional predictor, as PLDM / EB-JEPA) or "hybrid" (keypoints for what
+    moves beside a flattened map for the layout); see JEPAConfig.encoder_head."""
+    layout_size: int = 16
+    """"hybrid" head: dimensions of the embedding that hold the flattened map (the rest: keypoints)."""
     embedding_size: int = 32
     """D; with the "spatial" head a multiple of its 8 x 8 grid's 64 cells (512: 8 channels)."""
     value_shaping: float = 0.0
@@ -257,7 +264,7 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
     dataset = load_dataset(dataset_dir, seed=0)
     results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(arguments).items()}, "runs": []}
     with StageProgress(arguments.progress) as bars:
-        for seed in range(arguments.seeds):
+        for seed in range(arguments.first_seed, arguments.first_seed + arguments.seeds):
             results["runs"].append(run_seed(arguments, dataset, seed, log, bars))
     results["summary"] = summarise_seeds(results["runs"])
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -280,10 +287,12 @@ def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
 
     model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1),
                               loss_scales=JEPALossScales(covariance=arguments.covariance_weight),
-                              encoder_head=arguments.encoder_head, embedding_size=arguments.embedding_size)
+                              encoder_head=arguments.encoder_head, embedding_size=arguments.embedding_size,
+                              layout_size=arguments.layout_size)
     if arguments.quick:
         small_embedding = 64 if arguments.encoder_head == "spatial" else 8
-        model_config = replace(model_config, embedding_size=small_embedding, encoder_depth=4, hidden_size=32, predictor_channels=8)
+        model_config = replace(model_config, embedding_size=small_embedding, encoder_depth=4, hidden_size=32, predictor_channels=8,
+                               layout_size=4)
     value_config = ValueConfig(space=arguments.value_space, shaping_scale=arguments.value_shaping)
     if arguments.quick:
         value_config = replace(value_config, hidden_size=16, projection_size=8, batch_size=32, shaping_batch_size=8)
