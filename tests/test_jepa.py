@@ -15,9 +15,13 @@ from wmlab.agents.jepa_planner.agent import (
     EncoderShaping,
     GoalValue,
     JEPAPlannerAgent,
+    QuasimetricLearner,
     ValueLearner,
     expectile_loss,
     hindsight_pairs,
+    make_value_learner,
+    quasimetric_losses,
+    state_pairs,
     value_returns,
 )
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
@@ -353,6 +357,55 @@ def test_expectile_loss_and_value_learning():
         near, far = value(episode[2], episode[3]).item(), value(episode[2], episode[9]).item()
     assert near == pytest.approx(-1.0, abs=0.35)
     assert far < near - 2.0  # farther goals have lower value
+
+
+def test_quasimetric_losses_by_hand():
+    """QRL's terms with V = -||phi(z) - phi(g)|| and phi = identity (embedding space, scale 1)."""
+    config = ValueConfig(space="embedding", objective="quasimetric", quasimetric_offset=10.0, quasimetric_beta=0.5, quasimetric_epsilon=0.25)
+    value = GoalValue(2, config)
+    z, z_next = torch.tensor([[0.0, 0.0], [1.0, 1.0]]), torch.tensor([[3.0, 4.0], [1.0, 1.5]])  # steps of length 5 and 0.5
+    start, end = torch.tensor([[0.0, 0.0]]), torch.tensor([[6.0, 8.0]])  # a pair 10 apart
+    push, violation, distance = quasimetric_losses(value, z, z_next, start, end, config)
+    assert push.item() == pytest.approx(math.log(2.0) / 0.5, abs=1e-3)  # softplus(0) / beta
+    assert violation.item() == pytest.approx((4.0**2 + 0.0) / 2 - 0.25**2, abs=1e-3)
+    assert distance.item() == pytest.approx(10.0, abs=1e-3)
+    with pytest.raises(ValueError, match="objective"):
+        ValueConfig(objective="monte-carlo")
+
+
+def test_state_pairs_mix_same_episode_and_independent_states():
+    rng = np.random.default_rng(0)
+    lengths = np.array([1, 4, 40])
+    pairs = state_pairs(lengths, rng, 4000, same_episode_share=0.5)
+    assert all(lengths[e] >= 2 and lengths[f] >= 2 and 0 <= t < lengths[e] and 0 <= j < lengths[f] for e, t, f, j in pairs)
+    assert np.mean(pairs[:, 0] == 2) == pytest.approx(40 / 44, abs=0.03)
+    # independent seconds land in the other episode with probability 2 * (4/44) * (40/44) / 2 per row
+    assert np.mean(pairs[:, 0] != pairs[:, 2]) == pytest.approx(0.5 * 2 * (4 / 44) * (40 / 44), abs=0.02)
+    same = state_pairs(lengths, rng, 2000, same_episode_share=1.0)
+    assert np.all(same[:, 0] == same[:, 2]) and np.all(same[:, 1] != same[:, 3])
+
+
+def test_quasimetric_value_learns_shortest_paths_across_episodes():
+    """Five states on a line, recorded as two episodes that each walk half of it (0-1-2 and
+    2-3-4, back and forth): pushed apart as random pairs and held to one step per recorded
+    transition, d(0, 4) becomes the shortest path, 4 steps, which no episode walks. The constraint
+    has QRL's slack (epsilon 0.25), so a step may measure up to about 1.3."""
+    torch.manual_seed(0)
+    states = torch.eye(5)
+    walks = [[0, 1, 2, 1, 0, 1, 2], [2, 3, 4, 3, 2, 3, 4]]
+    episodes = [states[walk] for walk in walks]
+    config = ValueConfig(objective="quasimetric", hidden_size=32, projection_size=8, batch_size=128, learning_rate=3e-3,
+                         quasimetric_offset=8.0, lagrange_learning_rate=0.05)
+    value = GoalValue(5, config)
+    learner = make_value_learner(value, config, seed=0)
+    assert isinstance(learner, QuasimetricLearner)
+    for _ in range(1500):
+        metrics = learner.update(episodes)
+    with torch.no_grad():
+        distances = [-value(states[0], states[k]).item() for k in range(5)]
+    assert 0.9 < distances[1] < 1.4 and 1.8 < distances[2] < 2.8
+    assert 3.5 < distances[4] < 5.4 and distances[1] < distances[2] < distances[3] < distances[4]
+    assert metrics["value/lagrange_multiplier"] > 0
 
 
 def test_hindsight_pairs_stay_inside_episodes_and_look_ahead():

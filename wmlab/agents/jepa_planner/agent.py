@@ -19,6 +19,7 @@ Shape legend: B batch, N candidates, L horizon, A action dim, D embedding, P pro
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -132,6 +133,77 @@ class ValueLearner:
         self.optimizer.step()
         polyak_update(self.target, self.value, self.config.target_rate)
         return {"loss/value": float(loss.detach()), "value/mean": float(mean)}
+
+
+def state_pairs(lengths: np.ndarray, rng: np.random.Generator, count: int, same_episode_share: float) -> np.ndarray:
+    """(episode, t, episode', j) rows, (count, 4), for QRL's push: every state drawn uniformly over
+    the dataset; for `same_episode_share` of the rows the second state is another step of the
+    first's episode (both then share a layout), for the rest a state drawn independently, as QRL
+    pairs random states (what lets the push reach pairs that no episode holds together)."""
+    usable = np.flatnonzero(lengths >= 2)
+    if len(usable) == 0:
+        raise ValueError("state pairs need at least one episode of two or more steps")
+    weights = lengths[usable] / lengths[usable].sum()
+    first, second = rng.choice(usable, size=count, p=weights), rng.choice(usable, size=count, p=weights)
+    same = rng.random(count) < same_episode_share
+    second = np.where(same, first, second)
+    t = rng.integers(0, lengths[first])
+    j_other = rng.integers(0, lengths[second])
+    j_same = (t + rng.integers(1, lengths[first])) % lengths[first]  # any step of the episode but t
+    return np.stack([first, t, second, np.where(same, j_same, j_other)], axis=1)
+
+
+def quasimetric_losses(value: GoalValue, z: torch.Tensor, z_next: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                       config: ValueConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """QRL's two terms (arXiv:2304.01203, Eq. 4) with d = -V: the push, mean softplus(offset - d(start,
+    end)) with sharpness beta (small once the pairs are far apart), and the one-step constraint's
+    violation, mean relu(d(z, z') - 1)^2 - epsilon^2 (at most 0 when the constraint holds).
+    Returns (push, violation, mean distance of the pairs)."""
+    distance = -value(start, end)
+    push = F.softplus(config.quasimetric_offset - distance, beta=config.quasimetric_beta).mean()
+    step = -value(z, z_next)
+    violation = F.relu(step - 1.0).pow(2).mean() - config.quasimetric_epsilon**2
+    return push, violation, distance.mean().detach()
+
+
+class QuasimetricLearner:
+    """QRL on per-episode embeddings [(length_i, D)]: the value's distance is pushed apart on pairs
+    of states (see `state_pairs`) while every recorded transition is held within one step by a Lagrange
+    multiplier lambda = softplus(raw), raised by dual ascent while the constraint is violated."""
+
+    def __init__(self, value: GoalValue, config: ValueConfig, seed: int = 0):
+        self.value, self.config = value, config
+        self.optimizer = torch.optim.Adam(value.parameters(), lr=config.learning_rate)
+        # QRL starts the multiplier at 0.01.
+        self.raw_multiplier = torch.tensor(float(np.log(np.expm1(0.01))), requires_grad=True)
+        self.multiplier_optimizer = torch.optim.Adam([self.raw_multiplier], lr=config.lagrange_learning_rate)
+        self.generator = np.random.default_rng(seed)
+
+    def update(self, episodes: list[torch.Tensor]) -> dict[str, float]:
+        lengths = np.array([len(episode) for episode in episodes])
+        pairs = state_pairs(lengths, self.generator, self.config.batch_size, self.config.quasimetric_same_episode_share)
+        transitions = hindsight_pairs(lengths, replace(self.config, geometric_goal_fraction=0.0), self.generator, self.config.batch_size)
+        z = torch.stack([episodes[e][t] for e, t, _ in transitions])
+        z_next = torch.stack([episodes[e][t + 1] for e, t, _ in transitions])
+        start = torch.stack([episodes[e][t] for e, t, _, _ in pairs])
+        end = torch.stack([episodes[e][j] for _, _, e, j in pairs])
+        push, violation, distance = quasimetric_losses(self.value, z, z_next, start, end, self.config)
+        multiplier = F.softplus(self.raw_multiplier)
+        loss = push + multiplier.detach() * violation
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        # Dual ascent: lambda grows while the constraint is violated and shrinks while it has slack.
+        self.multiplier_optimizer.zero_grad(set_to_none=True)
+        (-multiplier * violation.detach()).backward()
+        self.multiplier_optimizer.step()
+        return {"loss/value": float(push.detach()), "value/mean": -float(distance), "value/constraint_violation": float(violation.detach()),
+                "value/lagrange_multiplier": float(multiplier.detach())}
+
+
+def make_value_learner(value: GoalValue, config: ValueConfig, seed: int = 0) -> "ValueLearner | QuasimetricLearner":
+    """The learner that trains `value` on frozen embeddings by `config.objective`."""
+    return QuasimetricLearner(value, config, seed) if config.objective == "quasimetric" else ValueLearner(value, config, seed)
 
 
 class EncoderShaping:

@@ -9,6 +9,7 @@ from wmlab.planners.mppi import MPPIConfig
 
 OBJECTIVES = ("distance", "value")
 VALUE_SPACES = ("projection", "embedding")
+VALUE_OBJECTIVES = ("expectile", "quasimetric")
 
 
 def default_mppi() -> MPPIConfig:
@@ -20,7 +21,19 @@ def default_mppi() -> MPPIConfig:
 
 @dataclass(frozen=True)
 class ValueConfig:
-    """Goal-conditioned value V(z, g) = -||phi(z) - phi(g)||, trained by expectile TD on offline data."""
+    """Goal-conditioned value V(z, g) = -||phi(z) - phi(g)||, trained on offline data by expectile
+    TD or as a quasimetric (see `objective`)."""
+
+    objective: str = "expectile"
+    """How the value is trained on the frozen embeddings:
+    - "expectile": IQL's expectile loss on the TD target of the -1-per-step reaching problem, on
+      hindsight goals (the value-guided JEPA paper's objective, arXiv:2601.00844);
+    - "quasimetric": QRL (Wang et al. 2023, arXiv:2304.01203, Sec. 4): push the distance between
+      two states apart, softly (-softplus(offset - d)), subject to every
+      recorded transition staying within one step, E[relu(d(s, s') - 1)^2] <= epsilon^2, by a
+      Lagrange multiplier. The widest distance that every transition allows is the shortest path
+      in steps, so the wall's detour comes out of the constraint rather than from TD chaining.
+      V = -d is then undiscounted: minus the steps to the goal."""
 
     space: str = "projection"
     """Where the value is a distance: "projection", phi a learned MLP on top of the embedding;
@@ -49,12 +62,31 @@ class ValueConfig:
     encoder (the paper's method, arXiv:2601.00844); 0 keeps the value a separate head on frozen
     embeddings. On two-rooms the frozen embeddings encode the door poorly (linear probe R^2 0.60
     against 0.93-0.998 for agent and goal), and no value on them can route through it."""
+    quasimetric_epsilon: float = 0.25
+    """"quasimetric": the tolerance epsilon of the one-step constraint (QRL's default)."""
+    quasimetric_same_episode_share: float = 0.5
+    """"quasimetric": share of the pushed pairs taken inside one episode (one layout); the rest
+    pair independent states, as QRL does (states of two layouts are unreachable from each other,
+    so pushing them apart is correct too)."""
+    quasimetric_offset: float = 30.0
+    """"quasimetric": the push's softplus offset, in steps; above most shortest paths between two
+    states of an episode (two-rooms' longest is about 30 steps). QRL uses 15 on its mazes."""
+    quasimetric_beta: float = 0.1
+    """"quasimetric": the push's softplus sharpness (QRL's default; smaller is smoother)."""
+    lagrange_learning_rate: float = 0.01
+    """"quasimetric": Adam step size of the (softplus-parametrised) Lagrange multiplier."""
     shaping_batch_size: int = 64
     """Hindsight triples per world-model step when shaping (3 frames each go through the encoder)."""
 
     def __post_init__(self):
         if self.space not in VALUE_SPACES:
             raise ValueError(f"value space must be one of {VALUE_SPACES}, got {self.space!r}")
+        if self.objective not in VALUE_OBJECTIVES:
+            raise ValueError(f"value objective must be one of {VALUE_OBJECTIVES}, got {self.objective!r}")
+        if not 0.0 <= self.quasimetric_same_episode_share <= 1.0:
+            raise ValueError(f"quasimetric_same_episode_share must be in [0, 1], got {self.quasimetric_same_episode_share}")
+        if self.quasimetric_epsilon <= 0 or self.quasimetric_offset <= 0 or self.quasimetric_beta <= 0:
+            raise ValueError("quasimetric_epsilon, quasimetric_offset and quasimetric_beta must be positive")
 
 
 @dataclass(frozen=True)

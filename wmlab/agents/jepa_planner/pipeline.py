@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, ValueLearner
+from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, make_value_learner
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig, default_mppi
 from wmlab.core.errors import RunDirectoryError
 from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, WALL_RGB, TwoRoomsGeometry, scripted_action
@@ -145,6 +145,9 @@ class PipelineArguments:
     value_shaping: float = 0.0
     """Weight of the goal value's loss in the world model's training, shaping the encoder with it
     (arXiv:2601.00844); 0 trains the value afterwards on frozen embeddings only."""
+    value_objective: str = "expectile"
+    """How the goal value is trained on the frozen embeddings: "expectile" (IQL-style TD, the
+    paper's) or "quasimetric" (QRL: the widest distance every recorded transition allows)."""
     value_space: str = "projection"
     """Where the goal value is a distance: "projection" (a learned MLP phi on the embedding) or
     "embedding" (the embedding itself, scaled: V = -exp(s) ||z - g||)."""
@@ -193,7 +196,7 @@ def embed_episodes(model, dataset, chunk: int = 512) -> list[torch.Tensor]:
 
 
 def train_value(agent: JEPAPlannerAgent, episodes: list[torch.Tensor], steps: int, seed: int, log: Path, advance: Callable[..., None] = no_progress) -> dict:
-    learner, metrics = ValueLearner(agent.value, agent.config.value, seed=seed), {}
+    learner, metrics = make_value_learner(agent.value, agent.config.value, seed=seed), {}
     for step in range(1, steps + 1):
         metrics = learner.update(episodes)
         advance(1, f"mean value {metrics['value/mean']:.2f}")
@@ -293,7 +296,7 @@ def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
         small_embedding = 64 if arguments.encoder_head == "spatial" else 8
         model_config = replace(model_config, embedding_size=small_embedding, encoder_depth=4, hidden_size=32, predictor_channels=8,
                                layout_size=4)
-    value_config = ValueConfig(space=arguments.value_space, shaping_scale=arguments.value_shaping)
+    value_config = ValueConfig(space=arguments.value_space, shaping_scale=arguments.value_shaping, objective=arguments.value_objective)
     if arguments.quick:
         value_config = replace(value_config, hidden_size=16, projection_size=8, batch_size=32, shaping_batch_size=8)
     planner = replace(default_mppi(), horizon=arguments.planning_horizon, iterations=arguments.planning_iterations)
