@@ -572,6 +572,31 @@ def test_sticky_exploration_holds_each_random_action_for_the_drawn_number_of_ste
         exploration_policy(seed=0, sticky_fraction=1.5)
 
 
+def test_waypoint_tours_visit_both_rooms_and_move_on_from_each_waypoint():
+    from wmlab.agents.jepa_planner.pipeline import exploration_name, exploration_policy
+    from wmlab.envs.two_rooms import make_two_rooms_pixels
+
+    env = make_two_rooms_pixels(max_episode_steps=200)
+    crossings, waypoints = 0, set()
+    for episode in range(4):
+        frame, _ = env.reset(seed=episode)
+        policy, state, side = exploration_policy(seed=episode, waypoint_fraction=1.0), None, None
+        for step in range(100):
+            action, state = policy({"image": frame[None], "is_first": np.array([step == 0])}, state)
+            waypoints.add(tuple(state["waypoint"]))
+            frame, _, terminated, truncated, _ = env.step(action)
+            x = env.unwrapped.agent_position[0]
+            if side is not None and (x > 0.5) != side:
+                crossings += 1
+            side = x > 0.5
+            if terminated or truncated:
+                break
+    assert crossings >= 4 and len(waypoints) >= 8  # through the door, and on to the next waypoint
+    assert exploration_name(0.5, 0.5) not in (exploration_name(0.5), exploration_name(0.0, 0.5))
+    with pytest.raises(ValueError, match="waypoint_fraction"):
+        exploration_policy(seed=0, sticky_fraction=0.6, waypoint_fraction=0.5)
+
+
 def test_pipeline_refuses_a_dataset_recorded_by_another_exploration(tmp_path):
     from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
     from wmlab.core.errors import RunDirectoryError

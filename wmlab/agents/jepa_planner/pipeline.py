@@ -48,25 +48,45 @@ def positions_from_frame(frame: np.ndarray) -> np.ndarray:
     return np.array([*agent, *goal, door_y], np.float32)
 
 
+def random_waypoint(rng: np.random.Generator, geometry: TwoRoomsGeometry) -> np.ndarray:
+    """A point [x, y] uniform over either room (never inside the wall's band)."""
+    low, high = geometry.room_x_range(-1 if rng.random() < 0.5 else 1)
+    return np.array([rng.uniform(low, high), rng.uniform(geometry.lowest, geometry.highest)])
+
+
 def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0), noise: float = 0.3,
-                       sticky_fraction: float = 0.0, hold_steps: tuple[int, int] = (4, 12)):
+                       sticky_fraction: float = 0.0, hold_steps: tuple[int, int] = (4, 12), waypoint_fraction: float = 0.0):
     """policy(obs, state) -> (action, state) for record_dataset. Per episode, with probability
     `sticky_fraction` a sticky random walk: a uniform random action held for a number of steps
     drawn from `hold_steps` (inclusive), then another; such walks run into the wall and slide along
     it, the transitions that teach a model where the wall stops the agent (independent uniform
     actions almost never push against it). Otherwise a probability p drawn from
     `random_fractions`; each step a uniform random action with probability p, else the scripted
-    expert's action plus Gaussian noise of std `noise`, clipped to [-1, 1]."""
-    if not 0.0 <= sticky_fraction <= 1.0:
-        raise ValueError(f"sticky_fraction must be in [0, 1], got {sticky_fraction}")
+    expert's action plus Gaussian noise of std `noise`, clipped to [-1, 1]. With probability
+    `waypoint_fraction` an episode is a waypoint tour instead: the noisy expert (no random steps)
+    heads for a random point of either room, through the door when it lies in the other room, and
+    for a new one whenever it comes within one step of it. Tours pass along the wall and cross the
+    door both ways, from everywhere: the paths a goal value must learn to route through the door
+    (an expert that only heads for the episode's goal lines up with the door from the start)."""
+    if not 0.0 <= sticky_fraction <= 1.0 or not 0.0 <= waypoint_fraction <= 1.0 - sticky_fraction:
+        raise ValueError(f"sticky_fraction and waypoint_fraction must be in [0, 1] with a sum of at most 1, got {sticky_fraction} "
+                         f"and {waypoint_fraction}")
     if not 1 <= hold_steps[0] <= hold_steps[1]:
         raise ValueError(f"hold_steps must be 1 <= low <= high, got {hold_steps}")
-    rng = np.random.default_rng(seed)
+    rng, geometry = np.random.default_rng(seed), TwoRoomsGeometry()
 
     def noisy_expert(obs, state):
         if state is None or bool(obs["is_first"][0]):
-            state = {"random_fraction": float(rng.choice(random_fractions)), "sticky": bool(rng.random() < sticky_fraction), "held": 0}
-        if state["sticky"]:
+            kind = rng.random()
+            state = {"random_fraction": float(rng.choice(random_fractions)), "sticky": bool(kind < sticky_fraction), "held": 0,
+                     "waypoint": random_waypoint(rng, geometry) if sticky_fraction <= kind < sticky_fraction + waypoint_fraction else None}
+        if state["waypoint"] is not None:
+            positions = positions_from_frame(obs["image"][0])
+            if np.linalg.norm(positions[:2] - state["waypoint"]) < geometry.max_step:
+                state["waypoint"] = random_waypoint(rng, geometry)
+            positions[2:4] = state["waypoint"]
+            action = scripted_action(positions, geometry) + noise * rng.standard_normal(2)
+        elif state["sticky"]:
             if state["held"] == 0:
                 state["action"] = rng.uniform(-1.0, 1.0, 2)
                 state["held"] = int(rng.integers(hold_steps[0], hold_steps[1] + 1))
@@ -81,10 +101,12 @@ def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.
     return noisy_expert
 
 
-def exploration_name(sticky_fraction: float) -> str:
+def exploration_name(sticky_fraction: float, waypoint_fraction: float = 0.0) -> str:
     """How the dataset manifest names the exploration policy (a reused dataset must match it)."""
     name = "noisy-scripted-expert+random"
-    return name if sticky_fraction == 0.0 else f"{name}+sticky-random-walk:{sticky_fraction:g}"
+    if sticky_fraction != 0.0:
+        name += f"+sticky-random-walk:{sticky_fraction:g}"
+    return name if waypoint_fraction == 0.0 else f"{name}+waypoint-tour:{waypoint_fraction:g}"
 
 
 @dataclass(frozen=True)
@@ -100,6 +122,9 @@ class PipelineArguments:
     sticky_episodes: float = 0.0
     """Share of recorded episodes that are sticky random walks (a random action held for 4-12
     steps), which push against the wall; the rest are the noisy expert mixed with random actions."""
+    waypoint_episodes: float = 0.0
+    """Share of recorded episodes that are waypoint tours: the noisy expert heading for random
+    points of both rooms in turn (see `exploration_policy`); at most 1 - sticky_episodes."""
     eval_steps: int = 60
     """Steps allowed to reach the goal in evaluation (the scripted expert needs about 18 on average)."""
     train_steps: int = 3000
@@ -253,16 +278,17 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
     if arguments.quick:
         arguments = replace(arguments, episodes=6, episode_steps=20, train_steps=3, value_steps=3, eval_episodes=1, eval_steps=5, sequence_length=4, batch_size=4)
     dataset_dir = out / "dataset"
-    policy_name = exploration_name(arguments.sticky_episodes)
+    policy_name = exploration_name(arguments.sticky_episodes, arguments.waypoint_episodes)
     if not (dataset_dir / "manifest.json").exists():
+        policy = exploration_policy(seed=0, sticky_fraction=arguments.sticky_episodes, waypoint_fraction=arguments.waypoint_episodes)
         record_dataset(
-            "two-rooms", exploration_policy(seed=0, sticky_fraction=arguments.sticky_episodes), arguments.episodes, dataset_dir, seed=0,
+            "two-rooms", policy, arguments.episodes, dataset_dir, seed=0,
             max_episode_steps=arguments.episode_steps, progress=arguments.progress, policy_name=policy_name,
         )
     else:
         recorded = json.loads((dataset_dir / "manifest.json").read_text()).get("policy")
         if recorded != policy_name:
-            raise RunDirectoryError(f"{dataset_dir} was recorded by {recorded!r}, not {policy_name!r} as asked (--sticky-episodes); "
+            raise RunDirectoryError(f"{dataset_dir} was recorded by {recorded!r}, not {policy_name!r} as asked (--sticky-episodes, --waypoint-episodes); "
                                     "use another --out or remove that dataset")
     dataset = load_dataset(dataset_dir, seed=0)
     results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(arguments).items()}, "runs": []}
