@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -595,6 +596,20 @@ def test_waypoint_tours_visit_both_rooms_and_move_on_from_each_waypoint():
     assert exploration_name(0.5, 0.5) not in (exploration_name(0.5), exploration_name(0.0, 0.5))
     with pytest.raises(ValueError, match="waypoint_fraction"):
         exploration_policy(seed=0, sticky_fraction=0.6, waypoint_fraction=0.5)
+
+
+def test_pipeline_retrains_the_value_of_a_saved_checkpoint_without_touching_it(tmp_path):
+    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+
+    base = PipelineArguments(out=tmp_path, quick=True, objectives=("value",), progress=False)
+    run_pipeline(base)
+    saved = (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes()
+    results = run_pipeline(replace(base, reuse_checkpoints=True, retrain_value=True, value_objective="quasimetric"))
+    assert "value/lagrange_multiplier" in results["runs"][0]["final_value_metrics"]
+    assert (tmp_path / "seed0" / "value-quasimetric.safetensors").is_file()
+    assert (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes() == saved
+    with pytest.raises(ValueError, match="reuse-checkpoints"):
+        run_pipeline(replace(base, retrain_value=True))
 
 
 def test_pipeline_refuses_a_dataset_recorded_by_another_exploration(tmp_path):

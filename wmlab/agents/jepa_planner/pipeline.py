@@ -179,6 +179,10 @@ class PipelineArguments:
     reuse_checkpoints: bool = False
     """Load each seed's saved checkpoint from --out instead of training it (evaluate only); seeds
     with no checkpoint there yet are trained, so more seeds can be added to a run directory."""
+    retrain_value: bool = False
+    """With --reuse-checkpoints: train a fresh goal value (--value-objective, --value-steps) on the
+    loaded model's frozen embeddings instead of the saved one, and save it beside the checkpoint as
+    value-OBJECTIVE; the saved checkpoint is left as it is."""
     quick: bool = False
     """Tiny sizes for a smoke test; numbers not comparable."""
     threads: int = 1
@@ -271,6 +275,8 @@ def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: 
 def run_pipeline(arguments: PipelineArguments) -> dict:
     from wmlab.data.dataset import load_dataset, record_dataset
 
+    if arguments.retrain_value and not arguments.reuse_checkpoints:
+        raise ValueError("--retrain-value retrains the value of saved checkpoints: pass --reuse-checkpoints too")
     torch.set_num_threads(arguments.threads)
     out = arguments.out
     out.mkdir(parents=True, exist_ok=True)
@@ -341,6 +347,13 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
     model_metrics, value_metrics, model_seconds, value_seconds = {}, {}, 0.0, 0.0
     if arguments.reuse_checkpoints and (checkpoint / "checkpoint.safetensors").is_file():
         agent.load_state_dict(load_state(checkpoint, "checkpoint"))
+        if arguments.retrain_value:
+            agent.value = GoalValue(agent.config.model.embedding_size, agent.config.value).to(agent.device)
+            started = time.time()
+            value_metrics = train_value(agent, embed_episodes(agent.model, dataset), arguments.value_steps, seed, log,
+                                        bars.task(f"seed {seed}: goal value", arguments.value_steps))
+            value_seconds = time.time() - started
+            save_state({"value": agent.value.state_dict()}, checkpoint, f"value-{arguments.value_objective}")
     else:
         started = time.time()
         model_metrics = train_model(agent, dataset, arguments.train_steps, arguments.batch_size, arguments.sequence_length, log,
