@@ -546,6 +546,8 @@ def test_planner_config_takes_the_pipeline_planner_and_value_options():
     assert (spatial.encoder_head, spatial.embedding_size) == ("spatial", 512)
     hybrid = planner_config(PipelineArguments(encoder_head="hybrid", layout_size=8)).model
     assert (hybrid.encoder_head, hybrid.layout_size) == ("hybrid", 8)
+    wide = planner_config(PipelineArguments(hidden_size=512, predictor_layers=3)).model
+    assert (wide.hidden_size, wide.predictor_layers) == (512, 3)
     with pytest.raises(ValueError, match="replan_every"):
         planner_config(PipelineArguments(planning_horizon=3, replan_every=4))
 

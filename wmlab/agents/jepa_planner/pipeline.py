@@ -165,6 +165,11 @@ class PipelineArguments:
     moves beside a flattened map for the layout); see JEPAConfig.encoder_head."""
     layout_size: int = 16
     """"hybrid" head: dimensions of the embedding that hold the flattened map (the rest: keypoints)."""
+    hidden_size: int = 256
+    """Width of the predictor MLP (and of the inverse-dynamics head)."""
+    predictor_layers: int = 2
+    """Hidden layers of the predictor MLP: the wall is a sharp function of the agent's height and
+    the door's, which a small MLP blurs."""
     embedding_size: int = 32
     """D; with the "spatial" head a multiple of its 8 x 8 grid's 64 cells (512: 8 channels)."""
     value_shaping: float = 0.0
@@ -323,7 +328,8 @@ def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
     model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1),
                               loss_scales=JEPALossScales(covariance=arguments.covariance_weight),
                               encoder_head=arguments.encoder_head, embedding_size=arguments.embedding_size,
-                              layout_size=arguments.layout_size)
+                              layout_size=arguments.layout_size, hidden_size=arguments.hidden_size,
+                              predictor_layers=arguments.predictor_layers)
     if arguments.quick:
         small_embedding = 64 if arguments.encoder_head == "spatial" else 8
         model_config = replace(model_config, embedding_size=small_embedding, encoder_depth=4, hidden_size=32, predictor_channels=8,
