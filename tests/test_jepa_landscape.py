@@ -115,6 +115,10 @@ def test_wall_probe_tells_a_wall_aware_predictor_from_a_wall_blind_one():
     assert aware["blocked_predicted_stopped"] == 1.0 and aware["blocked_error"] < 0.1
     assert blind["blocked_predicted_stopped"] == 0.0 and blind["blocked_error"] > 0.3
     assert aware["open_error"] < 0.1 and blind["open_error"] < 0.1  # through the door both are right
+    bands = aware["stopped_by_door_distance"]
+    assert sum(row["pushes"] for row in bands.values()) == aware["blocked_pushes"] and len(bands) >= 2
+    assert all(row["stopped"] == 1.0 for row in bands.values())
+    assert all(row["stopped"] == 0.0 for row in blind["stopped_by_door_distance"].values())
 
 
 def test_wall_blocked_share_counts_the_pushes_the_wall_stops():

@@ -178,6 +178,12 @@ Rollout = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(start embeddings (N, D), actions (N, L, A)) -> predicted embeddings (N, L, D)."""
 
 
+WALL_PROBE_BINS = (0.0, 0.2, 0.35, 0.5, 1.0)
+"""Distances of a blocked push's height from the door's centre that `wall_probe` reports apart
+(the door's opening reaches 0.1 from its centre; the probe skips the pushes that graze its edges,
+within 0.12)."""
+
+
 @torch.no_grad()
 def wall_probe(encode: Encoder, rollout: Rollout, env: TwoRooms, layouts: list[Layout], steps: int = 8, heights: int = 12,
                start_x: float = 0.32) -> dict[str, float]:
@@ -190,9 +196,11 @@ def wall_probe(encode: Encoder, rollout: Rollout, env: TwoRooms, layouts: list[L
     is the share whose predicted end embedding lies nearer the true (stopped) one than the
     wall-blind one: 1 for a predictor that models the wall, 0 for one that walks through it.
     Errors are ||predicted - true|| over ||wall-blind - start||, the embedding length of the push.
-    A planner on a predictor near 0 believes the straight line to a goal behind the wall works."""
+    A planner on a predictor near 0 believes the straight line to a goal behind the wall works.
+    `stopped_by_door_distance` breaks the share down by how far the push's height lies from the
+    door's centre (bins of WALL_PROBE_BINS): a predictor with a blurred door lets the pushes near it through."""
     geometry = env.geometry
-    blocked, open_errors, stopped = [], [], []
+    blocked, open_errors, stopped, door_distances = [], [], [], []
     for layout in layouts:
         env.reset(seed=0)
         snapshot = env.get_state()
@@ -215,11 +223,18 @@ def wall_probe(encode: Encoder, rollout: Rollout, env: TwoRooms, layouts: list[L
             else:
                 blocked.append(error_true / push)
                 stopped.append(error_true < error_blind)
+                door_distances.append(abs(float(y) - layout.door_y))
     if not blocked or not open_errors:
         raise ValueError("the probe found no blocked or no open pushes; use more heights or layouts")
+    stopped, door_distances = np.array(stopped), np.array(door_distances)
+    by_door_distance = {}
+    for low, high in zip(WALL_PROBE_BINS, WALL_PROBE_BINS[1:]):
+        inside = (door_distances >= low) & (door_distances < high)
+        if inside.any():
+            by_door_distance[f"{low:g}-{high:g}"] = {"pushes": int(inside.sum()), "stopped": round(float(stopped[inside].mean()), 4)}
     return {"blocked_pushes": len(blocked), "blocked_predicted_stopped": round(float(np.mean(stopped)), 4),
             "blocked_error": round(float(np.median(blocked)), 4), "open_pushes": len(open_errors),
-            "open_error": round(float(np.median(open_errors)), 4)}
+            "open_error": round(float(np.median(open_errors)), 4), "stopped_by_door_distance": by_door_distance}
 
 
 def wall_blocked_share(episodes, geometry, min_push: float = 0.4, near_wall: float = 0.1) -> dict[str, float]:
@@ -371,5 +386,7 @@ def landscape_command(argv: list[str]) -> int:
     print(f"predictor at the wall: {wall['blocked_predicted_stopped']:.0%} of {wall['blocked_pushes']} blocked pushes predicted as stopped"
           f" (median error {wall['blocked_error']:.2f} of a push; open pushes {wall['open_error']:.2f});"
           f" the data show the wall stopping the agent in {wall['data']['blocked']} of {wall['data']['transitions']} transitions")
+    print("  blocked pushes predicted as stopped, by distance of the height from the door's centre: "
+          + ", ".join(f"{band} {row['stopped']:.0%} of {row['pushes']}" for band, row in wall["stopped_by_door_distance"].items()))
     print(f"figure: {figure}")
     return 0
