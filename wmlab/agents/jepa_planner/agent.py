@@ -178,11 +178,13 @@ class QuasimetricLearner:
         self.raw_multiplier = torch.tensor(float(np.log(np.expm1(0.01))), requires_grad=True)
         self.multiplier_optimizer = torch.optim.Adam([self.raw_multiplier], lr=config.lagrange_learning_rate)
         self.generator = np.random.default_rng(seed)
+        # The constraint's transitions: (episode, t) uniform over the data (the goal index is unused).
+        self.transition_sampling = replace(config, geometric_goal_fraction=0.0)
 
     def update(self, episodes: list[torch.Tensor]) -> dict[str, float]:
         lengths = np.array([len(episode) for episode in episodes])
         pairs = state_pairs(lengths, self.generator, self.config.batch_size, self.config.quasimetric_same_episode_share)
-        transitions = hindsight_pairs(lengths, replace(self.config, geometric_goal_fraction=0.0), self.generator, self.config.batch_size)
+        transitions = hindsight_pairs(lengths, self.transition_sampling, self.generator, self.config.batch_size)
         z = torch.stack([episodes[e][t] for e, t, _ in transitions])
         z_next = torch.stack([episodes[e][t + 1] for e, t, _ in transitions])
         start = torch.stack([episodes[e][t] for e, t, _, _ in pairs])

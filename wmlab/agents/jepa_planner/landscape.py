@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -186,7 +186,7 @@ within 0.12)."""
 
 @torch.no_grad()
 def wall_probe(encode: Encoder, rollout: Rollout, env: TwoRooms, layouts: list[Layout], steps: int = 8, heights: int = 12,
-               start_x: float = 0.32) -> dict[str, float]:
+               start_x: float = 0.32) -> dict[str, Any]:
     """Does the model's predictor know where the wall stops the agent?
 
     From `start_x` in the left room, at `heights` heights per layout, the agent is pushed right

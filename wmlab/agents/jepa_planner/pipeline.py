@@ -351,24 +351,25 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
     agent = JEPAPlannerAgent(planner_config(arguments), dataset.observation_space, dataset.action_space, seed=seed, device=arguments.device)
     checkpoint = out / f"seed{seed}"
     model_metrics, value_metrics, model_seconds, value_seconds = {}, {}, 0.0, 0.0
+
+    def timed_value_training() -> tuple[dict, float]:
+        started = time.time()
+        metrics = train_value(agent, embed_episodes(agent.model, dataset), arguments.value_steps, seed, log,
+                              bars.task(f"seed {seed}: goal value", arguments.value_steps))
+        return metrics, time.time() - started
+
     if arguments.reuse_checkpoints and (checkpoint / "checkpoint.safetensors").is_file():
         agent.load_state_dict(load_state(checkpoint, "checkpoint"))
         if arguments.retrain_value:
             agent.value = GoalValue(agent.config.model.embedding_size, agent.config.value).to(agent.device)
-            started = time.time()
-            value_metrics = train_value(agent, embed_episodes(agent.model, dataset), arguments.value_steps, seed, log,
-                                        bars.task(f"seed {seed}: goal value", arguments.value_steps))
-            value_seconds = time.time() - started
+            value_metrics, value_seconds = timed_value_training()
             save_state({"value": agent.value.state_dict()}, checkpoint, f"value-{arguments.value_objective}")
     else:
         started = time.time()
         model_metrics = train_model(agent, dataset, arguments.train_steps, arguments.batch_size, arguments.sequence_length, log,
                                     bars.task(f"seed {seed}: world model", arguments.train_steps))
         model_seconds = time.time() - started
-        started = time.time()
-        value_metrics = train_value(agent, embed_episodes(agent.model, dataset), arguments.value_steps, seed, log,
-                                    bars.task(f"seed {seed}: goal value", arguments.value_steps))
-        value_seconds = time.time() - started
+        value_metrics, value_seconds = timed_value_training()
         save_state(agent.state_dict(), checkpoint, "checkpoint")
     run = {"seed": seed, "model_seconds": round(model_seconds, 1), "value_seconds": round(value_seconds, 1), "final_model_metrics": model_metrics, "final_value_metrics": value_metrics, "evaluations": []}
     for objective in arguments.objectives:
