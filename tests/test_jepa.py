@@ -16,6 +16,7 @@ from wmlab.agents.jepa_planner.agent import (
     EncoderShaping,
     GoalValue,
     JEPAPlannerAgent,
+    PredictorRefiner,
     QuasimetricLearner,
     ValueLearner,
     expectile_loss,
@@ -305,6 +306,47 @@ def test_agent_update_and_act_on_pixels():
     agent.set_goal(np.zeros((64, 64, 3), np.uint8))
     action, state = agent.act({"image": np.zeros((1, 64, 64, 3), np.uint8), "is_first": np.array([True])}, None, explore=False)
     assert action.shape == (1, 2) and np.all(np.abs(action) <= 1)
+
+
+def point_episodes(lengths, size=8, seed=0):
+    """Embeddings of a point that moves by 0.1 * M a each step, M fixed: [(length, size)], [(length, 2)]."""
+    rng = np.random.default_rng(seed)
+    mixing = torch.as_tensor(rng.standard_normal((2, size)), dtype=torch.float32)
+    embeddings, actions = [], []
+    for length in lengths:
+        action = torch.as_tensor(rng.uniform(-1, 1, (length, 2)), dtype=torch.float32)
+        action[0] = 0.0  # nothing leads into the first step
+        start = torch.as_tensor(rng.standard_normal(size), dtype=torch.float32)
+        embeddings.append(start + 0.1 * (action @ mixing).cumsum(0))
+        actions.append(action)
+    return embeddings, actions
+
+
+def test_predictor_refiner_samples_windows_inside_episodes_long_enough():
+    model = JEPAWorldModel(TINY, VECTORS, ACTIONS)
+    embeddings, actions = point_episodes([3, 12, 9])
+    refiner = PredictorRefiner(model, steps=10, batch_size=64, length=6)
+    z, action = refiner.sample(embeddings, actions)
+    assert z.shape == (64, 6, 8) and action.shape == (64, 6, 2)
+    for window in z:  # each window is 6 consecutive steps of episode 1 or 2, never of the 3-step one
+        assert any(torch.equal(window, episode[start : start + 6]) for episode in embeddings[1:] for start in range(len(episode) - 5))
+    with pytest.raises(ValueError, match="steps a window needs"):
+        refiner.sample(embeddings[:1], actions[:1])
+
+
+def test_predictor_refiner_learns_known_dynamics_and_leaves_the_encoder_alone():
+    torch.manual_seed(0)
+    model = JEPAWorldModel(TINY, VECTORS, ACTIONS)
+    encoder_before = [parameter.clone() for parameter in model.encoder.parameters()]
+    embeddings, actions = point_episodes([40] * 20)
+    refiner = PredictorRefiner(model, steps=400, batch_size=64, length=6)
+    first = refiner.update(embeddings, actions)
+    for _ in range(399):
+        last = refiner.update(embeddings, actions)
+    assert last["refine/rollout"] < 0.1 * first["refine/rollout"]
+    assert last["refine/teacher_forcing"] < 0.1 * first["refine/teacher_forcing"]
+    assert all(torch.equal(before, after) for before, after in zip(encoder_before, model.encoder.parameters()))
+    assert refiner.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)  # decayed over the given steps
 
 
 # ----------------------------------------------------------------------------- planning and value
@@ -612,6 +654,26 @@ def test_pipeline_retrains_the_value_of_a_saved_checkpoint_without_touching_it(t
     assert (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes() == saved
     with pytest.raises(ValueError, match="reuse-checkpoints"):
         run_pipeline(replace(base, retrain_value=True))
+
+
+def test_pipeline_refines_the_predictor_into_its_own_checkpoint_and_reuses_it(tmp_path):
+    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+    from wmlab.train.serialization import load_state
+
+    base = PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False)
+    run_pipeline(base)
+    saved = (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes()
+    refined = run_pipeline(replace(base, reuse_checkpoints=True, refine_steps=3))["runs"][0]
+    assert set(refined["final_refine_metrics"]) == {"refine/teacher_forcing", "refine/rollout"}
+    assert (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes() == saved
+    original, changed = load_state(tmp_path / "seed0", "checkpoint"), load_state(tmp_path / "seed0", "checkpoint-refined")
+    predictor = [key for key in original["model"] if key.startswith("predictor.")]
+    encoder = [key for key in original["model"] if key.startswith("encoder.")]
+    assert predictor and encoder
+    assert any(not torch.equal(original["model"][key], changed["model"][key]) for key in predictor)
+    assert all(torch.equal(original["model"][key], changed["model"][key]) for key in encoder)
+    again = run_pipeline(replace(base, reuse_checkpoints=True, refine_steps=3))["runs"][0]  # loads, does not refine again
+    assert "final_refine_metrics" not in again and len(again["evaluations"]) == 1
 
 
 def test_pipeline_refuses_a_dataset_recorded_by_another_exploration(tmp_path):

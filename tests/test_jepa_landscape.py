@@ -57,13 +57,13 @@ def test_landscape_command_scores_a_trained_run(tmp_path):
 
     run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("value",), progress=False))
     assert L.landscape_command(["--out", str(tmp_path), "--layouts", "2", "--cells", "8"]) == 0
-    written = json.loads((tmp_path / "landscape.json").read_text())
+    written = json.loads((tmp_path / "landscape-seed0-checkpoint.json").read_text())
     summary = written["summary"]
     assert set(written["layout_probe_r2"]) == set(L.LAYOUT_FACTORS)
     assert set(summary) == {"distance", "value"}
     assert all(-1.0 <= metrics["rank_correlation"] <= 1.0 and 0.0 <= metrics["greedy_success"] <= 1.0
                for metrics in summary.values())
-    assert (tmp_path / "landscape.png").stat().st_size > 0
+    assert (tmp_path / "landscape-seed0-checkpoint.png").stat().st_size > 0
     assert written["wall_probe"]["blocked_pushes"] > 0 and 0.0 <= written["wall_probe"]["blocked_predicted_stopped"] <= 1.0
 
 

@@ -475,11 +475,7 @@ class JEPAWorldModel(nn.Module):
         transition = (~is_first[:, 1:]).float()  # (B, T-1)
         rollout_valid = transition.cumprod(dim=1)
         next_actions = action[:, 1:]
-
-        one_step = self.predict(z[:, :-1], next_actions)
-        terms = {"teacher_forcing": _masked_mean((one_step - target[:, 1:]).pow(2).mean(-1), transition)}
-        rolled = self.rollout(z[:, 0], next_actions)
-        terms["rollout"] = _masked_mean((rolled - target[:, 1:]).pow(2).mean(-1), rollout_valid)
+        terms = self.prediction_terms(z, target, next_actions, transition)
 
         flat = z.reshape(-1, config.embedding_size)
         if config.collapse_prevention == "vicreg":
@@ -499,6 +495,20 @@ class JEPAWorldModel(nn.Module):
         if self.target_encoder is not None:
             metrics["jepa/ema_momentum"] = self.current_momentum()
         return total, metrics
+
+    def prediction_terms(self, z: torch.Tensor, target: torch.Tensor, next_actions: torch.Tensor,
+                         transition: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The predictor's two losses on windows: one-step prediction from every embedding
+        ("teacher_forcing") and the open-loop rollout from the first ("rollout"), each the mean
+        squared error against `target` (B, T, D). z (B, T, D) is the input, next_actions (B, T-1, A)
+        the actions from step t to t+1; transition (B, T-1) is 1 where step t+1 continues step t's
+        episode (all ones when omitted), and the rollout counts only until the first 0."""
+        if transition is None:
+            transition = torch.ones(z.shape[:1] + (z.shape[1] - 1,), device=z.device)
+        one_step = self.predict(z[:, :-1], next_actions)
+        rolled = self.rollout(z[:, 0], next_actions)
+        return {"teacher_forcing": _masked_mean((one_step - target[:, 1:]).pow(2).mean(-1), transition),
+                "rollout": _masked_mean((rolled - target[:, 1:]).pow(2).mean(-1), transition.cumprod(dim=1))}
 
     # ------------------------------------------------------------------ EMA target
 

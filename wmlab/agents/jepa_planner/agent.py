@@ -135,6 +135,48 @@ class ValueLearner:
         return {"loss/value": float(loss.detach()), "value/mean": float(mean)}
 
 
+class PredictorRefiner:
+    """Trains a JEPA model's predictor alone on its frozen encoder's embeddings of recorded
+    episodes: teacher forcing plus the open-loop rollout over windows of `length` steps, Adam with
+    the learning rate decayed to 0 over `steps` (cosine). The embeddings are computed once, so a
+    step costs what the predictor MLP costs, not the conv encoder; many more steps then fit the
+    budget, and the wall's sharp edge at the door, which the joint training leaves blurred, is
+    learnt (see docs/benchmarks.md, JEPA section)."""
+
+    def __init__(self, model: JEPAWorldModel, steps: int, batch_size: int = 256, length: int = 8, learning_rate: float = 1e-3, seed: int = 0):
+        if steps < 1 or batch_size < 1 or length < 2:
+            raise ValueError(f"need steps >= 1, batch_size >= 1 and length >= 2, got {steps}, {batch_size}, {length}")
+        self.model, self.batch_size, self.length = model, batch_size, length
+        self.optimizer = torch.optim.Adam(model.predictor.parameters(), lr=learning_rate)
+        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, steps)
+        self.generator = np.random.default_rng(seed)
+
+    def sample(self, embeddings: list[torch.Tensor], actions: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """B windows inside episodes: embeddings (B, T, D) and the actions into each step (B, T, A)."""
+        lengths = np.array([len(episode) for episode in embeddings])
+        long_enough = np.flatnonzero(lengths >= self.length)
+        if len(long_enough) == 0:
+            raise ValueError(f"no episode has the {self.length} steps a window needs")
+        chosen = self.generator.choice(long_enough, self.batch_size)
+        starts = self.generator.integers(0, lengths[chosen] - self.length + 1)
+        windows = [slice(start, start + self.length) for start in starts]
+        return (torch.stack([embeddings[e][window] for e, window in zip(chosen, windows)]),
+                torch.stack([actions[e][window] for e, window in zip(chosen, windows)]))
+
+    def update(self, embeddings: list[torch.Tensor], actions: list[torch.Tensor]) -> dict[str, float]:
+        """One step on [(length_i, D)] embeddings and [(length_i, A)] actions (action t leads into step t)."""
+        self.model.predictor.train()
+        z, action = self.sample(embeddings, actions)
+        terms = self.model.prediction_terms(z, z, action[:, 1:].to(z.dtype))
+        scales = self.model.config.loss_scales
+        loss = scales.teacher_forcing * terms["teacher_forcing"] + scales.rollout * terms["rollout"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        return {f"refine/{name}": float(value.detach()) for name, value in terms.items()}
+
+
 def state_pairs(lengths: np.ndarray, rng: np.random.Generator, count: int, same_episode_share: float) -> np.ndarray:
     """(episode, t, episode', j) rows, (count, 4), for QRL's push: every state drawn uniformly over
     the dataset; for `same_episode_share` of the rows the second state is another step of the

@@ -333,12 +333,14 @@ class LandscapeArguments:
     """The pipeline's run directory (with seed<k>/checkpoint.*)."""
     seed: int = 0
     """Which trained seed to score."""
+    checkpoint: str = "checkpoint"
+    """Which of the seed's saved agents: "checkpoint", or "checkpoint-refined" (after --refine-steps)."""
     layouts: int = 20
     """Random layouts (door, goal) to average over."""
     cells: int = 24
     """Grid cells per side."""
     figure: Path | None = None
-    """Where to draw the first layout's landscapes (default OUT/landscape.png)."""
+    """Where to draw the first layout's landscapes (default OUT/landscape-seedK-CHECKPOINT.png, beside the .json)."""
 
 
 def landscape_command(argv: list[str]) -> int:
@@ -359,7 +361,7 @@ def landscape_command(argv: list[str]) -> int:
     pipeline_arguments = PipelineArguments(**{**known, "out": Path(known["out"]), "objectives": tuple(known["objectives"])})
     dataset = load_dataset(arguments.out / "dataset", seed=0)
     agent = JEPAPlannerAgent(planner_config(pipeline_arguments), dataset.observation_space, dataset.action_space)
-    agent.load_state_dict(load_state(arguments.out / f"seed{arguments.seed}", "checkpoint"))
+    agent.load_state_dict(load_state(arguments.out / f"seed{arguments.seed}", arguments.checkpoint))
     env = TwoRooms(observation="pixels")
     objectives = jepa_objectives(agent)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in objectives}
@@ -378,8 +380,8 @@ def landscape_command(argv: list[str]) -> int:
     wall["data"] = wall_blocked_share(dataset.episodes(), env.geometry)
     summary = {name: {metric: round(float(np.mean([row[metric] for row in rows])), 4) for metric in rows[0]}
                for name, rows in results.items()}
-    (arguments.out / "landscape.json").write_text(json.dumps({"summary": summary, "layout_probe_r2": probe, "wall_probe": wall, "per_layout": results}, indent=1))
-    figure = plot_landscapes(first, arguments.figure or arguments.out / "landscape.png")
+    (arguments.out / f"landscape-seed{arguments.seed}-{arguments.checkpoint}.json").write_text(json.dumps({"summary": summary, "layout_probe_r2": probe, "wall_probe": wall, "per_layout": results}, indent=1))
+    figure = plot_landscapes(first, arguments.figure or arguments.out / f"landscape-seed{arguments.seed}-{arguments.checkpoint}.png")
     for name, metrics in summary.items():
         print(f"{name}: " + ", ".join(f"{metric} {value:.3f}" for metric, value in metrics.items()))
     print("linear probe R^2 of the layout from the embeddings: " + ", ".join(f"{name} {value:.3f}" for name, value in probe.items()))

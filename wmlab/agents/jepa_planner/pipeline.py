@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, make_value_learner
+from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, PredictorRefiner, make_value_learner
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig, default_mppi
 from wmlab.core.errors import RunDirectoryError
 from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, WALL_RGB, TwoRoomsGeometry, scripted_action
@@ -181,9 +181,18 @@ class PipelineArguments:
     value_space: str = "projection"
     """Where the goal value is a distance: "projection" (a learned MLP phi on the embedding) or
     "embedding" (the embedding itself, scaled: V = -exp(s) ||z - g||)."""
+    refine_steps: int = 0
+    """After the world model (trained or loaded): train its predictor alone for this many steps on
+    the frozen encoder's embeddings of every recorded frame (`PredictorRefiner`; windows of
+    --sequence-length, --refine-batch-size of them). A step costs about a twentieth of a
+    world-model step; the refined agent is saved as seedK/checkpoint-refined, the model's own
+    checkpoint left as it is. 0: no refinement."""
+    refine_batch_size: int = 256
+    """Windows per predictor-refinement batch."""
     reuse_checkpoints: bool = False
     """Load each seed's saved checkpoint from --out instead of training it (evaluate only); seeds
-    with no checkpoint there yet are trained, so more seeds can be added to a run directory."""
+    with no checkpoint there yet are trained, so more seeds can be added to a run directory. With
+    --refine-steps, a saved seedK/checkpoint-refined is loaded instead of refining again."""
     retrain_value: bool = False
     """With --reuse-checkpoints: train a fresh goal value (--value-objective, --value-steps) on the
     loaded model's frozen embeddings instead of the saved one, and save it beside the checkpoint as
@@ -239,6 +248,20 @@ def train_value(agent: JEPAPlannerAgent, episodes: list[torch.Tensor], steps: in
     return metrics
 
 
+def refine_predictor(agent: JEPAPlannerAgent, dataset, embeddings: list[torch.Tensor], steps: int, batch_size: int, length: int,
+                     seed: int, log: Path, advance: Callable[..., None] = no_progress) -> dict:
+    """Train the predictor alone on frozen embeddings (see PredictorRefiner); the last step's losses."""
+    actions = [torch.as_tensor(episode["action"], dtype=torch.float32, device=agent.device) for episode in dataset.episodes()]
+    refiner, metrics = PredictorRefiner(agent.model, steps, batch_size, length, seed=seed), {}
+    for step in range(1, steps + 1):
+        metrics = refiner.update(embeddings, actions)
+        advance(1, f"rollout loss {metrics['refine/rollout']:.4f}")
+        if step % 1000 == 0 or step == steps:
+            _log(log, {"refine_step": step, **{k: round(v, 6) for k, v in metrics.items()}})
+    agent.model.eval()
+    return metrics
+
+
 def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: int, seed: int, log: Path | None = None, advance: Callable[..., None] = no_progress) -> dict:
     """Success rate of MPC toward the goal image, random door, goal in the other room."""
     from wmlab.envs.two_rooms import MIDDLE_X, make_two_rooms_pixels
@@ -287,7 +310,8 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "metrics.jsonl"
     if arguments.quick:
-        arguments = replace(arguments, episodes=6, episode_steps=20, train_steps=3, value_steps=3, eval_episodes=1, eval_steps=5, sequence_length=4, batch_size=4)
+        arguments = replace(arguments, episodes=6, episode_steps=20, train_steps=3, value_steps=3, eval_episodes=1, eval_steps=5, sequence_length=4, batch_size=4,
+                            refine_steps=min(arguments.refine_steps, 3), refine_batch_size=4)
     dataset_dir = out / "dataset"
     policy_name = exploration_name(arguments.sticky_episodes, arguments.waypoint_episodes)
     if not (dataset_dir / "manifest.json").exists():
@@ -372,6 +396,16 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
         value_metrics, value_seconds = timed_value_training()
         save_state(agent.state_dict(), checkpoint, "checkpoint")
     run = {"seed": seed, "model_seconds": round(model_seconds, 1), "value_seconds": round(value_seconds, 1), "final_model_metrics": model_metrics, "final_value_metrics": value_metrics, "evaluations": []}
+    if arguments.refine_steps > 0:
+        if arguments.reuse_checkpoints and (checkpoint / "checkpoint-refined.safetensors").is_file():
+            agent.load_state_dict(load_state(checkpoint, "checkpoint-refined"))
+        else:
+            started = time.time()
+            run["final_refine_metrics"] = refine_predictor(agent, dataset, embed_episodes(agent.model, dataset), arguments.refine_steps,
+                                                           arguments.refine_batch_size, arguments.sequence_length, seed, log,
+                                                           bars.task(f"seed {seed}: predictor", arguments.refine_steps))
+            run["refine_seconds"] = round(time.time() - started, 1)
+            save_state(agent.state_dict(), checkpoint, "checkpoint-refined")
     for objective in arguments.objectives:
         evaluation = evaluate(agent, objective, arguments.eval_episodes, arguments.eval_steps, seed=100_000, log=log,
                               advance=bars.task(f"seed {seed}: plan by {objective}", arguments.eval_episodes))
