@@ -642,6 +642,34 @@ def test_waypoint_tours_visit_both_rooms_and_move_on_from_each_waypoint():
         exploration_policy(seed=0, sticky_fraction=0.6, waypoint_fraction=0.5)
 
 
+def test_wall_following_pushes_into_the_wall_at_many_heights_and_finds_the_door():
+    from wmlab.agents.jepa_planner.pipeline import exploration_name, exploration_policy
+    from wmlab.envs.two_rooms import make_two_rooms_pixels
+
+    env = make_two_rooms_pixels(max_episode_steps=200)
+    blocked_heights, crossings = [], 0
+    for episode in range(4):
+        frame, _ = env.reset(seed=episode)
+        policy, state = exploration_policy(seed=episode, wall_fraction=1.0), None
+        for step in range(100):
+            action, state = policy({"image": frame[None], "is_first": np.array([step == 0])}, state)
+            before = env.unwrapped.agent_position
+            frame, _, terminated, truncated, _ = env.step(action)
+            after = env.unwrapped.agent_position
+            pushed_into_wall = abs(before[0] - 0.5) < 0.1 and abs(action[0]) > 0.2 and abs(after[0] - before[0]) < 1e-6
+            if pushed_into_wall:
+                blocked_heights.append(after[1])
+            crossings += int((after[0] > 0.5) != (before[0] > 0.5))
+            if terminated or truncated:
+                break
+    assert len(blocked_heights) >= 100  # most of its steps push into the wall
+    assert np.ptp(blocked_heights) > 0.4  # at heights spread along it
+    assert crossings >= 4  # and the slide finds the door
+    assert exploration_name(0.5, 0.0, 0.5) not in (exploration_name(0.5), exploration_name(0.5, 0.5))
+    with pytest.raises(ValueError, match="wall_fraction"):
+        exploration_policy(seed=0, sticky_fraction=0.6, wall_fraction=0.5)
+
+
 def test_pipeline_retrains_the_value_of_a_saved_checkpoint_without_touching_it(tmp_path):
     from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
 

@@ -26,7 +26,7 @@ import torch
 from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, PredictorRefiner, make_value_learner
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig, default_mppi
 from wmlab.core.errors import RunDirectoryError
-from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, WALL_RGB, TwoRoomsGeometry, scripted_action
+from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, MIDDLE_X, WALL_RGB, TwoRoomsGeometry, scripted_action
 from wmlab.train.progress import StageProgress
 
 
@@ -54,8 +54,25 @@ def random_waypoint(rng: np.random.Generator, geometry: TwoRoomsGeometry) -> np.
     return np.array([rng.uniform(low, high), rng.uniform(geometry.lowest, geometry.highest)])
 
 
+def wall_following_action(position: np.ndarray, state: dict, rng: np.random.Generator, flip_probability: float = 0.1) -> np.ndarray:
+    """Feel along the wall for the door: head for the wall from whichever side the agent is on, then
+    push into it (with `state["push"]`) while sliding up or down (`state["direction"]`), turning at
+    the arena's ends and at random. Pushes land at every height, beside the door's edges too, and
+    the slide carries the agent through the door when it reaches it; it then walks on into the
+    other room (the push's side is chosen only away from the wall) and comes back to the wall from there."""
+    x, y = float(position[0]), float(position[1])
+    if rng.random() < flip_probability or (y > 0.9 and state["direction"] > 0) or (y < 0.1 and state["direction"] < 0):
+        state["direction"] = -state["direction"]
+    if abs(x - MIDDLE_X) > 0.1 or "toward" not in state:
+        state["toward"] = 1.0 if x < MIDDLE_X else -1.0
+    if abs(x - MIDDLE_X) > 0.1:
+        return np.array([state["toward"], state["direction"] * rng.uniform(0.0, 0.5)])
+    return np.array([state["toward"] * state["push"], state["direction"] * rng.uniform(0.3, 1.0)])
+
+
 def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0), noise: float = 0.3,
-                       sticky_fraction: float = 0.0, hold_steps: tuple[int, int] = (4, 12), waypoint_fraction: float = 0.0):
+                       sticky_fraction: float = 0.0, hold_steps: tuple[int, int] = (4, 12), waypoint_fraction: float = 0.0,
+                       wall_fraction: float = 0.0):
     """policy(obs, state) -> (action, state) for record_dataset. Per episode, with probability
     `sticky_fraction` a sticky random walk: a uniform random action held for a number of steps
     drawn from `hold_steps` (inclusive), then another; such walks run into the wall and slide along
@@ -67,10 +84,12 @@ def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.
     heads for a random point of either room, through the door when it lies in the other room, and
     for a new one whenever it comes within one step of it. Tours pass along the wall and cross the
     door both ways, from everywhere: the paths a goal value must learn to route through the door
-    (an expert that only heads for the episode's goal lines up with the door from the start)."""
-    if not 0.0 <= sticky_fraction <= 1.0 or not 0.0 <= waypoint_fraction <= 1.0 - sticky_fraction:
-        raise ValueError(f"sticky_fraction and waypoint_fraction must be in [0, 1] with a sum of at most 1, got {sticky_fraction} "
-                         f"and {waypoint_fraction}")
+    (an expert that only heads for the episode's goal lines up with the door from the start).
+    With probability `wall_fraction` an episode follows the wall instead (`wall_following_action`,
+    plus the same noise): pushes into the wall at every height, the door's edges included."""
+    if min(sticky_fraction, waypoint_fraction, wall_fraction) < 0.0 or sticky_fraction + waypoint_fraction + wall_fraction > 1.0:
+        raise ValueError(f"sticky_fraction, waypoint_fraction and wall_fraction must be in [0, 1] with a sum of at most 1, got {sticky_fraction}, "
+                         f"{waypoint_fraction} and {wall_fraction}")
     if not 1 <= hold_steps[0] <= hold_steps[1]:
         raise ValueError(f"hold_steps must be 1 <= low <= high, got {hold_steps}")
     rng, geometry = np.random.default_rng(seed), TwoRoomsGeometry()
@@ -79,8 +98,12 @@ def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.
         if state is None or bool(obs["is_first"][0]):
             kind = rng.random()
             state = {"random_fraction": float(rng.choice(random_fractions)), "sticky": bool(kind < sticky_fraction), "held": 0,
-                     "waypoint": random_waypoint(rng, geometry) if sticky_fraction <= kind < sticky_fraction + waypoint_fraction else None}
-        if state["waypoint"] is not None:
+                     "waypoint": random_waypoint(rng, geometry) if sticky_fraction <= kind < sticky_fraction + waypoint_fraction else None,
+                     "wall": bool(sticky_fraction + waypoint_fraction <= kind < sticky_fraction + waypoint_fraction + wall_fraction),
+                     "direction": 1.0 if rng.random() < 0.5 else -1.0, "push": float(rng.uniform(0.3, 1.0))}
+        if state["wall"]:
+            action = wall_following_action(positions_from_frame(obs["image"][0]), state, rng) + noise * rng.standard_normal(2)
+        elif state["waypoint"] is not None:
             positions = positions_from_frame(obs["image"][0])
             if np.linalg.norm(positions[:2] - state["waypoint"]) < geometry.max_step:
                 state["waypoint"] = random_waypoint(rng, geometry)
@@ -101,12 +124,13 @@ def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.
     return noisy_expert
 
 
-def exploration_name(sticky_fraction: float, waypoint_fraction: float = 0.0) -> str:
+def exploration_name(sticky_fraction: float, waypoint_fraction: float = 0.0, wall_fraction: float = 0.0) -> str:
     """How the dataset manifest names the exploration policy (a reused dataset must match it)."""
     name = "noisy-scripted-expert+random"
-    if sticky_fraction != 0.0:
-        name += f"+sticky-random-walk:{sticky_fraction:g}"
-    return name if waypoint_fraction == 0.0 else f"{name}+waypoint-tour:{waypoint_fraction:g}"
+    for kind, fraction in (("sticky-random-walk", sticky_fraction), ("waypoint-tour", waypoint_fraction), ("wall-following", wall_fraction)):
+        if fraction != 0.0:
+            name += f"+{kind}:{fraction:g}"
+    return name
 
 
 @dataclass(frozen=True)
@@ -125,6 +149,9 @@ class PipelineArguments:
     waypoint_episodes: float = 0.0
     """Share of recorded episodes that are waypoint tours: the noisy expert heading for random
     points of both rooms in turn (see `exploration_policy`); at most 1 - sticky_episodes."""
+    wall_episodes: float = 0.0
+    """Share of recorded episodes that follow the wall (see `wall_following_action`): pushes into
+    it at every height, beside the door's edges too; at most 1 - sticky - waypoint episodes."""
     eval_steps: int = 60
     """Steps allowed to reach the goal in evaluation (the scripted expert needs about 18 on average)."""
     train_steps: int = 3000
@@ -313,9 +340,10 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
         arguments = replace(arguments, episodes=6, episode_steps=20, train_steps=3, value_steps=3, eval_episodes=1, eval_steps=5, sequence_length=4, batch_size=4,
                             refine_steps=min(arguments.refine_steps, 3), refine_batch_size=4)
     dataset_dir = out / "dataset"
-    policy_name = exploration_name(arguments.sticky_episodes, arguments.waypoint_episodes)
+    policy_name = exploration_name(arguments.sticky_episodes, arguments.waypoint_episodes, arguments.wall_episodes)
     if not (dataset_dir / "manifest.json").exists():
-        policy = exploration_policy(seed=0, sticky_fraction=arguments.sticky_episodes, waypoint_fraction=arguments.waypoint_episodes)
+        policy = exploration_policy(seed=0, sticky_fraction=arguments.sticky_episodes, waypoint_fraction=arguments.waypoint_episodes,
+                                    wall_fraction=arguments.wall_episodes)
         record_dataset(
             "two-rooms", policy, arguments.episodes, dataset_dir, seed=0,
             max_episode_steps=arguments.episode_steps, progress=arguments.progress, policy_name=policy_name,
@@ -323,7 +351,7 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
     else:
         recorded = json.loads((dataset_dir / "manifest.json").read_text()).get("policy")
         if recorded != policy_name:
-            raise RunDirectoryError(f"{dataset_dir} was recorded by {recorded!r}, not {policy_name!r} as asked (--sticky-episodes, --waypoint-episodes); "
+            raise RunDirectoryError(f"{dataset_dir} was recorded by {recorded!r}, not {policy_name!r} as asked (--sticky-episodes, --waypoint-episodes, --wall-episodes); "
                                     "use another --out or remove that dataset")
     dataset = load_dataset(dataset_dir, seed=0)
     results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(arguments).items()}, "runs": []}
