@@ -704,6 +704,19 @@ def test_pipeline_refines_the_predictor_into_its_own_checkpoint_and_reuses_it(tm
     assert "final_refine_metrics" not in again and len(again["evaluations"]) == 1
 
 
+def test_pipeline_trains_value_and_refinement_on_extra_wall_episodes(tmp_path):
+    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+    from wmlab.core.errors import RunDirectoryError
+
+    base = PipelineArguments(out=tmp_path, quick=True, objectives=("value",), progress=False, extra_wall_episodes=2, refine_steps=2)
+    run = run_pipeline(base)["runs"][0]
+    manifest = json.loads((tmp_path / "extra-dataset" / "manifest.json").read_text())
+    assert manifest["policy"] == "wall-following" and manifest["num_episodes"] == 2 and manifest["seed"] == 50_000
+    assert "final_refine_metrics" in run and run["final_value_metrics"]
+    with pytest.raises(RunDirectoryError, match="extra-wall-episodes"):
+        run_pipeline(replace(base, extra_wall_episodes=3))
+
+
 def test_pipeline_refuses_a_dataset_recorded_by_another_exploration(tmp_path):
     from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
     from wmlab.core.errors import RunDirectoryError

@@ -214,6 +214,11 @@ class PipelineArguments:
     --sequence-length, --refine-batch-size of them). A step costs about a twentieth of a
     world-model step; the refined agent is saved as seedK/checkpoint-refined, the model's own
     checkpoint left as it is. 0: no refinement."""
+    extra_wall_episodes: int = 0
+    """Wall-following episodes (see `wall_following_action`) recorded into OUT/extra-dataset for
+    what trains on frozen embeddings, the goal value and the predictor refinement, beside the main
+    dataset; the world model (the encoder) never sees them. They push into the wall at every height
+    and cross the door both ways, what the predictor's wall and the value's detour are learnt from."""
     refine_batch_size: int = 256
     """Windows per predictor-refinement batch."""
     reuse_checkpoints: bool = False
@@ -231,6 +236,11 @@ class PipelineArguments:
     device: str = "cpu"
     progress: bool = True
     """Show progress bars."""
+
+
+EXTRA_DATASET_SEED = 50_000
+"""Episode i of --extra-wall-episodes starts from reset(seed=EXTRA_DATASET_SEED + i): layouts apart
+from the main dataset's (0 + i) and the evaluation's (100_000 + i)."""
 
 
 def _log(path: Path, record: dict) -> None:
@@ -275,10 +285,12 @@ def train_value(agent: JEPAPlannerAgent, episodes: list[torch.Tensor], steps: in
     return metrics
 
 
-def refine_predictor(agent: JEPAPlannerAgent, dataset, embeddings: list[torch.Tensor], steps: int, batch_size: int, length: int,
+def refine_predictor(agent: JEPAPlannerAgent, datasets: list, embeddings: list[torch.Tensor], steps: int, batch_size: int, length: int,
                      seed: int, log: Path, advance: Callable[..., None] = no_progress) -> dict:
-    """Train the predictor alone on frozen embeddings (see PredictorRefiner); the last step's losses."""
-    actions = [torch.as_tensor(episode["action"], dtype=torch.float32, device=agent.device) for episode in dataset.episodes()]
+    """Train the predictor alone on frozen embeddings (see PredictorRefiner), those of the datasets'
+    episodes in order; the last step's losses."""
+    actions = [torch.as_tensor(episode["action"], dtype=torch.float32, device=agent.device)
+               for dataset in datasets for episode in dataset.episodes()]
     refiner, metrics = PredictorRefiner(agent.model, steps, batch_size, length, seed=seed), {}
     for step in range(1, steps + 1):
         metrics = refiner.update(embeddings, actions)
@@ -338,7 +350,8 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
     log = out / "metrics.jsonl"
     if arguments.quick:
         arguments = replace(arguments, episodes=6, episode_steps=20, train_steps=3, value_steps=3, eval_episodes=1, eval_steps=5, sequence_length=4, batch_size=4,
-                            refine_steps=min(arguments.refine_steps, 3), refine_batch_size=4)
+                            refine_steps=min(arguments.refine_steps, 3), refine_batch_size=4,
+                            extra_wall_episodes=min(arguments.extra_wall_episodes, 3))
     dataset_dir = out / "dataset"
     policy_name = exploration_name(arguments.sticky_episodes, arguments.waypoint_episodes, arguments.wall_episodes)
     if not (dataset_dir / "manifest.json").exists():
@@ -354,10 +367,21 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
             raise RunDirectoryError(f"{dataset_dir} was recorded by {recorded!r}, not {policy_name!r} as asked (--sticky-episodes, --waypoint-episodes, --wall-episodes); "
                                     "use another --out or remove that dataset")
     dataset = load_dataset(dataset_dir, seed=0)
+    extra = None
+    if arguments.extra_wall_episodes > 0:
+        extra_dir = out / "extra-dataset"
+        if not (extra_dir / "manifest.json").exists():
+            record_dataset("two-rooms", exploration_policy(seed=1, wall_fraction=1.0), arguments.extra_wall_episodes, extra_dir,
+                           seed=EXTRA_DATASET_SEED, max_episode_steps=arguments.episode_steps, progress=arguments.progress,
+                           policy_name="wall-following")
+        extra = load_dataset(extra_dir, seed=0)
+        if extra.num_episodes != arguments.extra_wall_episodes:
+            raise RunDirectoryError(f"{extra_dir} holds {extra.num_episodes} episodes, not the {arguments.extra_wall_episodes} asked "
+                                    "(--extra-wall-episodes); use another --out or remove that dataset")
     results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(arguments).items()}, "runs": []}
     with StageProgress(arguments.progress) as bars:
         for seed in range(arguments.first_seed, arguments.first_seed + arguments.seeds):
-            results["runs"].append(run_seed(arguments, dataset, seed, log, bars))
+            results["runs"].append(run_seed(arguments, dataset, seed, log, bars, extra))
     results["summary"] = summarise_seeds(results["runs"])
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
@@ -394,8 +418,9 @@ def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
                              distance_at_end=arguments.distance_at_end)
 
 
-def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress) -> dict:
-    """Train (or load) one seed's model and value, then evaluate each objective."""
+def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress, extra=None) -> dict:
+    """Train (or load) one seed's model and value, then evaluate each objective. `extra`: more
+    recorded episodes for the value and the predictor refinement only."""
     from wmlab.train.serialization import load_state, save_state
 
     out = arguments.out
@@ -404,9 +429,14 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
     checkpoint = out / f"seed{seed}"
     model_metrics, value_metrics, model_seconds, value_seconds = {}, {}, 0.0, 0.0
 
+    datasets = [dataset] if extra is None else [dataset, extra]
+
+    def embedded() -> list[torch.Tensor]:
+        return [embedding for recorded in datasets for embedding in embed_episodes(agent.model, recorded)]
+
     def timed_value_training() -> tuple[dict, float]:
         started = time.time()
-        metrics = train_value(agent, embed_episodes(agent.model, dataset), arguments.value_steps, seed, log,
+        metrics = train_value(agent, embedded(), arguments.value_steps, seed, log,
                               bars.task(f"seed {seed}: goal value", arguments.value_steps))
         return metrics, time.time() - started
 
@@ -429,7 +459,7 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
             agent.load_state_dict(load_state(checkpoint, "checkpoint-refined"))
         else:
             started = time.time()
-            run["final_refine_metrics"] = refine_predictor(agent, dataset, embed_episodes(agent.model, dataset), arguments.refine_steps,
+            run["final_refine_metrics"] = refine_predictor(agent, datasets, embedded(), arguments.refine_steps,
                                                            arguments.refine_batch_size, arguments.sequence_length, seed, log,
                                                            bars.task(f"seed {seed}: predictor", arguments.refine_steps))
             run["refine_seconds"] = round(time.time() - started, 1)
