@@ -700,8 +700,9 @@ def test_pipeline_refines_the_predictor_into_its_own_checkpoint_and_reuses_it(tm
     assert predictor and encoder
     assert any(not torch.equal(original["model"][key], changed["model"][key]) for key in predictor)
     assert all(torch.equal(original["model"][key], changed["model"][key]) for key in encoder)
-    again = run_pipeline(replace(base, reuse_checkpoints=True, refine_steps=3))["runs"][0]  # loads, does not refine again
-    assert "final_refine_metrics" not in again and len(again["evaluations"]) == 1
+    again = run_pipeline(replace(base, reuse_checkpoints=True, refine_steps=3, retrain_value=True))["runs"][0]
+    assert "final_refine_metrics" not in again and not again["final_value_metrics"]  # loaded: nothing trained again
+    assert len(again["evaluations"]) == 1
 
 
 def test_pipeline_trains_value_and_refinement_on_extra_wall_episodes(tmp_path):

@@ -224,7 +224,8 @@ class PipelineArguments:
     reuse_checkpoints: bool = False
     """Load each seed's saved checkpoint from --out instead of training it (evaluate only); seeds
     with no checkpoint there yet are trained, so more seeds can be added to a run directory. With
-    --refine-steps, a saved seedK/checkpoint-refined is loaded instead of refining again."""
+    --refine-steps, a saved seedK/checkpoint-refined (its predictor and value) is loaded instead,
+    and neither the value (--retrain-value) nor the predictor is trained again."""
     retrain_value: bool = False
     """With --reuse-checkpoints: train a fresh goal value (--value-objective, --value-steps) on the
     loaded model's frozen embeddings instead of the saved one, and save it beside the checkpoint as
@@ -440,7 +441,10 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
                               bars.task(f"seed {seed}: goal value", arguments.value_steps))
         return metrics, time.time() - started
 
-    if arguments.reuse_checkpoints and (checkpoint / "checkpoint.safetensors").is_file():
+    reuse_refined = arguments.reuse_checkpoints and arguments.refine_steps > 0 and (checkpoint / "checkpoint-refined.safetensors").is_file()
+    if reuse_refined:  # the refined predictor and the value saved with it: nothing to train
+        agent.load_state_dict(load_state(checkpoint, "checkpoint-refined"))
+    elif arguments.reuse_checkpoints and (checkpoint / "checkpoint.safetensors").is_file():
         agent.load_state_dict(load_state(checkpoint, "checkpoint"))
         if arguments.retrain_value:
             agent.value = GoalValue(agent.config.model.embedding_size, agent.config.value).to(agent.device)
@@ -454,16 +458,13 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
         value_metrics, value_seconds = timed_value_training()
         save_state(agent.state_dict(), checkpoint, "checkpoint")
     run = {"seed": seed, "model_seconds": round(model_seconds, 1), "value_seconds": round(value_seconds, 1), "final_model_metrics": model_metrics, "final_value_metrics": value_metrics, "evaluations": []}
-    if arguments.refine_steps > 0:
-        if arguments.reuse_checkpoints and (checkpoint / "checkpoint-refined.safetensors").is_file():
-            agent.load_state_dict(load_state(checkpoint, "checkpoint-refined"))
-        else:
-            started = time.time()
-            run["final_refine_metrics"] = refine_predictor(agent, datasets, embedded(), arguments.refine_steps,
-                                                           arguments.refine_batch_size, arguments.sequence_length, seed, log,
-                                                           bars.task(f"seed {seed}: predictor", arguments.refine_steps))
-            run["refine_seconds"] = round(time.time() - started, 1)
-            save_state(agent.state_dict(), checkpoint, "checkpoint-refined")
+    if arguments.refine_steps > 0 and not reuse_refined:
+        started = time.time()
+        run["final_refine_metrics"] = refine_predictor(agent, datasets, embedded(), arguments.refine_steps,
+                                                       arguments.refine_batch_size, arguments.sequence_length, seed, log,
+                                                       bars.task(f"seed {seed}: predictor", arguments.refine_steps))
+        run["refine_seconds"] = round(time.time() - started, 1)
+        save_state(agent.state_dict(), checkpoint, "checkpoint-refined")
     for objective in arguments.objectives:
         evaluation = evaluate(agent, objective, arguments.eval_episodes, arguments.eval_steps, seed=100_000, log=log,
                               advance=bars.task(f"seed {seed}: plan by {objective}", arguments.eval_episodes))
