@@ -7,7 +7,8 @@
    but pixels; each episode draws a random-action probability from `random_fractions`;
 2. train the JEPA world model on B x T windows of the frames and actions (no rewards are read);
 3. embed every recorded frame with the frozen encoder and train the goal-conditioned value on
-   hindsight goals;
+   hindsight goals (with --extra-wall-episodes, on wall-following episodes recorded beside them too);
+   with --refine-steps, train the predictor alone on the same frozen embeddings;
 4. evaluate MPC toward goal images in the other room (random door per episode): success rate of
    distance-to-goal planning and of value-guided planning.
 """
