@@ -334,6 +334,20 @@ def test_predictor_refiner_samples_windows_inside_episodes_long_enough():
         refiner.sample(embeddings[:1], actions[:1])
 
 
+def test_refine_predictor_refuses_embeddings_that_do_not_match_the_actions(tmp_path):
+    from wmlab.agents.jepa_planner.pipeline import refine_predictor
+    from wmlab.core.errors import ShapeError
+
+    class Recorded:
+        def episodes(self):
+            return iter([{"action": np.zeros((10, 2), np.float32)}, {"action": np.zeros((12, 2), np.float32)}])
+
+    agent = JEPAPlannerAgent(JEPAPlannerConfig(model=TINY), VECTORS, ACTIONS)
+    embeddings, _ = point_episodes([10, 11])
+    with pytest.raises(ShapeError, match="step for step"):
+        refine_predictor(agent, [Recorded()], embeddings, steps=1, batch_size=4, length=4, seed=0, log=tmp_path / "log.jsonl")
+
+
 def test_predictor_refiner_learns_known_dynamics_and_leaves_the_encoder_alone():
     torch.manual_seed(0)
     model = JEPAWorldModel(TINY, VECTORS, ACTIONS)
@@ -713,6 +727,7 @@ def test_pipeline_trains_value_and_refinement_on_extra_wall_episodes(tmp_path):
     run = run_pipeline(base)["runs"][0]
     manifest = json.loads((tmp_path / "extra-dataset" / "manifest.json").read_text())
     assert manifest["policy"] == "wall-following" and manifest["num_episodes"] == 2 and manifest["seed"] == 50_000
+    assert run["refine_episodes"] == 6 + 2  # the quick run's 6 main episodes and the 2 extra ones
     assert "final_refine_metrics" in run and run["final_value_metrics"]
     with pytest.raises(RunDirectoryError, match="extra-wall-episodes"):
         run_pipeline(replace(base, extra_wall_episodes=3))

@@ -26,7 +26,7 @@ import torch
 
 from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, PredictorRefiner, make_value_learner
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig, default_mppi
-from wmlab.core.errors import RunDirectoryError
+from wmlab.core.errors import RunDirectoryError, ShapeError
 from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, MIDDLE_X, WALL_RGB, TwoRoomsGeometry, scripted_action
 from wmlab.train.progress import StageProgress
 
@@ -293,6 +293,8 @@ def refine_predictor(agent: JEPAPlannerAgent, datasets: list, embeddings: list[t
     episodes in order; the last step's losses."""
     actions = [torch.as_tensor(episode["action"], dtype=torch.float32, device=agent.device)
                for dataset in datasets for episode in dataset.episodes()]
+    if [len(episode) for episode in actions] != [len(episode) for episode in embeddings]:
+        raise ShapeError(f"refine_predictor: {len(embeddings)} embedded episodes do not match the {len(actions)} episodes of actions step for step")
     refiner, metrics = PredictorRefiner(agent.model, steps, batch_size, length, seed=seed), {}
     for step in range(1, steps + 1):
         metrics = refiner.update(embeddings, actions)
@@ -461,7 +463,9 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
     run = {"seed": seed, "model_seconds": round(model_seconds, 1), "value_seconds": round(value_seconds, 1), "final_model_metrics": model_metrics, "final_value_metrics": value_metrics, "evaluations": []}
     if arguments.refine_steps > 0 and not reuse_refined:
         started = time.time()
-        run["final_refine_metrics"] = refine_predictor(agent, datasets, embedded(), arguments.refine_steps,
+        embeddings = embedded()
+        run["refine_episodes"] = len(embeddings)
+        run["final_refine_metrics"] = refine_predictor(agent, datasets, embeddings, arguments.refine_steps,
                                                        arguments.refine_batch_size, arguments.sequence_length, seed, log,
                                                        bars.task(f"seed {seed}: predictor", arguments.refine_steps))
         run["refine_seconds"] = round(time.time() - started, 1)
