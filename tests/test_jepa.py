@@ -384,6 +384,21 @@ def test_distance_planning_reaches_goal_on_a_known_model():
     assert torch.linalg.norm(position - goal) < 0.05
 
 
+def test_distance_norms_sum_squared_or_euclidean_distances():
+    model, goal = PositionModel(), torch.tensor([0.3, 0.4])
+    actions = torch.tensor([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [-1.0, 0.0]]])  # (N=2, L=2, A=2)
+    predicted = model.rollout(torch.zeros(1, 2).expand(2, -1), actions)
+    distances = torch.linalg.norm(predicted - goal, dim=-1)  # (2, 2)
+    start = torch.zeros(1, 2)
+    assert torch.allclose(goal_distance_returns(model, goal)(start, actions), -(distances**2).sum(1))
+    assert torch.allclose(goal_distance_returns(model, goal, norm="euclidean")(start, actions), -distances.sum(1))
+    assert torch.allclose(goal_distance_returns(model, goal, terminal_only=True, norm="euclidean")(start, actions), -distances[:, -1])
+    with pytest.raises(ValueError, match="norm"):
+        goal_distance_returns(model, goal, norm="manhattan")
+    with pytest.raises(ValueError, match="distance_norm"):
+        JEPAPlannerConfig(distance_norm="cosine")
+
+
 def test_value_objective_scores_the_end_of_the_horizon():
     """value_at_end: a plan that ends at the goal beats one that passes it and walks on."""
     config = ValueConfig(hidden_size=8, projection_size=4)

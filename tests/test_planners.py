@@ -8,6 +8,7 @@ from gymnasium import spaces
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.protocols import Planner
 from wmlab.planners import CEM, MPPI, CEMConfig, MPPIConfig, RandomShooting, RandomShootingConfig
+from wmlab.planners.common import colored_noise
 
 BOX = spaces.Box(-1.0, 1.0, (2,), np.float32)
 TARGET = torch.tensor([0.3, -0.5])
@@ -215,3 +216,47 @@ def test_configs_refuse_impossible_settings():
         CEMConfig(candidates=10, elites=20)
     with pytest.raises(ValueError, match="min_std"):
         MPPIConfig(min_std=3.0, max_std=2.0)
+    with pytest.raises(ValueError, match="noise_exponent"):
+        MPPIConfig(noise_exponent=-1.0)
+    with pytest.raises(ValueError, match="noise_exponent"):
+        CEMConfig(noise_exponent=-0.5)
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 32])
+def test_colored_noise_has_unit_variance_at_every_step(length):
+    generator = torch.Generator().manual_seed(0)
+    for exponent in (0.0, 1.0, 2.0, 3.0):
+        noise = colored_noise(20000, length, 2, exponent, generator)
+        assert noise.shape == (20000, length, 2) and noise.dtype == torch.float32
+        assert (noise.std(0) - 1).abs().max() < 0.05
+        assert noise.mean(0).abs().max() < 0.05
+
+
+def test_colored_noise_correlation_grows_with_the_exponent():
+    """Lag-one correlation along the horizon: about 0 for white noise, near 1 for brown noise."""
+    generator = torch.Generator().manual_seed(1)
+    lag_one = []
+    for exponent in (0.0, 1.0, 2.0):
+        noise = colored_noise(5000, 32, 1, exponent, generator)
+        lag_one.append((noise[:, 1:] * noise[:, :-1]).mean().item())
+    assert abs(lag_one[0]) < 0.03
+    assert 0.3 < lag_one[1] < lag_one[2]
+    assert lag_one[2] > 0.85
+    # Same generator state, same noise: plans stay reproducible.
+    first = colored_noise(3, 8, 2, 2.0, torch.Generator().manual_seed(5))
+    assert torch.equal(first, colored_noise(3, 8, 2, 2.0, torch.Generator().manual_seed(5)))
+
+
+@pytest.mark.parametrize("name", ["cem", "mppi"])
+def test_colored_noise_planners_still_reach_the_goal(name):
+    step, rollout = point_mass(goal=1.0)
+    space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    planner = {
+        "cem": CEM(CEMConfig(horizon=12, iterations=5, candidates=200, elites=20, noise_exponent=2.0), seed=0),
+        "mppi": MPPI(MPPIConfig(horizon=12, noise_exponent=2.0), seed=0),
+    }[name]
+    state = torch.zeros(2)
+    for _ in range(40):
+        state = step(state, planner.plan(rollout, state, space)[0, 0])
+    position, velocity = state.tolist()
+    assert abs(position - 1.0) < 0.05 and abs(velocity) < 0.1

@@ -531,15 +531,25 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def goal_distance_returns(model: JEPAWorldModel, goal: torch.Tensor, terminal_only: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A planner's `rollout_fn(z (1, D) or (D,), actions (N, L, A)) -> (N,)`: minus the squared
-    distance of the predicted embeddings to the goal embedding (D,), summed over the horizon (or
-    the last step only), the EB-JEPA / PLDM planning cost."""
+DISTANCE_NORMS = ("squared", "euclidean")
+
+
+def goal_distance_returns(model: JEPAWorldModel, goal: torch.Tensor, terminal_only: bool = False,
+                          norm: str = "squared") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A planner's `rollout_fn(z (1, D) or (D,), actions (N, L, A)) -> (N,)`: minus the distance of
+    the predicted embeddings to the goal embedding (D,), summed over the horizon (or the last step
+    only), the EB-JEPA / PLDM planning cost. norm: "squared" (||z - g||^2, PLDM's) or "euclidean"
+    (||z - g||, EB-JEPA's `repr_dist`), whose sum over a long horizon weighs the steps still far
+    from the goal less, closer to the time the plan takes to arrive."""
+    if norm not in DISTANCE_NORMS:
+        raise ValueError(f"norm must be one of {DISTANCE_NORMS}, got {norm!r}")
 
     def rollout_fn(state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         start = state.reshape(1, -1).expand(actions.shape[0], -1)
         predicted = model.rollout(start, actions.to(start.dtype))
         distance = (predicted - goal.reshape(1, 1, -1)).pow(2).sum(-1)  # (N, L)
+        if norm == "euclidean":
+            distance = distance.sqrt()
         return -(distance[:, -1] if terminal_only else distance.sum(1))
 
     return rollout_fn

@@ -46,6 +46,37 @@ class BoxBounds:
         return torch.maximum(torch.minimum(actions, self.high), self.low)
 
 
+def colored_noise(count: int, length: int, size: int, exponent: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise (count, length, size) on the CPU, of unit variance at every step, whose power
+    spectrum along the length falls as 1 / f^exponent (iCEM, Pinneri et al. 2020,
+    arXiv:2008.06389, Sec. 3.1): 0 is white noise, 1 pink, 2 brown (a random walk's smoothness),
+    so that sampled action sequences hold their direction longer and travel farther.
+
+    Frequencies of a real signal of `length` samples, the lowest (constant) one taking the weight of
+    1 / length; each Fourier coefficient is drawn with a standard deviation of f^(-exponent / 2)
+    (the constant and, for an even length, the alternating one real), and the inverse transform is
+    divided by its exact per-step standard deviation."""
+    if exponent == 0:
+        return torch.randn((count, length, size), generator=generator)
+    frequencies = torch.fft.rfftfreq(length, dtype=torch.float64)
+    frequencies[0] = 1.0 / length
+    amplitude = frequencies ** (-exponent / 2)  # (F,)
+    real = torch.randn((count, size, len(frequencies)), generator=generator, dtype=torch.float64) * amplitude
+    imaginary = torch.randn((count, size, len(frequencies)), generator=generator, dtype=torch.float64) * amplitude
+    # Coefficients without an imaginary part (the constant; the alternating one at an even length)
+    # get sqrt(2) times the spread, so that each carries the power of a complex pair.
+    real_only = [0] + ([len(frequencies) - 1] if length % 2 == 0 and length > 1 else [])
+    imaginary[..., real_only] = 0.0
+    real[..., real_only] *= 2**0.5
+    signal = torch.fft.irfft(torch.complex(real, imaginary), n=length)  # (count, size, length)
+    # irfft: x_t = (c_0 + 2 sum_k Re(c_k e^{2 pi i k t / L}) + c_nyquist (-1)^t) / L, so
+    # Var x_t = (2 a_0^2 + 4 sum_interior a_k^2 + 2 a_nyquist^2) / L^2, the same for every t.
+    weight = torch.full_like(amplitude, 4.0)
+    weight[real_only] = 2.0
+    variance = (weight * amplitude**2).sum() / length**2
+    return (signal / variance.sqrt()).transpose(1, 2).float().contiguous()
+
+
 def check_space(action_space: spaces.Space, planner: str) -> None:
     """A bounded 1-D Box or a Discrete space starting at 0 (indices are probabilities' columns)."""
     try:

@@ -333,7 +333,8 @@ class JEPAPlannerAgent:
             raise RuntimeError("call set_goal(goal_observation) before act(): the planner needs a goal")
         if self.config.objective == "value":
             return value_returns(self.model, self.value, self.goal_embedding, terminal_only=self.config.value_at_end)
-        return goal_distance_returns(self.model, self.goal_embedding, terminal_only=self.config.distance_at_end)
+        return goal_distance_returns(self.model, self.goal_embedding, terminal_only=self.config.distance_at_end,
+                                     norm=self.config.distance_norm)
 
     @torch.no_grad()
     def act(self, obs: Observation, state: Any, explore: bool) -> tuple[np.ndarray, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wmlab.models.jepa import JEPAConfig
+from wmlab.models.jepa import DISTANCE_NORMS, JEPAConfig
 from wmlab.planners.mppi import MPPIConfig
 
 OBJECTIVES = ("distance", "value")
@@ -109,6 +109,9 @@ class JEPAPlannerConfig:
     distance_at_end: bool = False
     """"distance" objective: score a plan by the distance at the end of the horizon only, rather
     than summed over the horizon."""
+    distance_norm: str = "squared"
+    """"distance" objective: "squared" (||z - g||^2) or "euclidean" (||z - g||), see
+    `goal_distance_returns`."""
     replan_every: int = 4
     """MPC: execute this many actions of each plan before planning again."""
     learning_rate: float = 3e-4
@@ -119,5 +122,7 @@ class JEPAPlannerConfig:
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.distance_norm not in DISTANCE_NORMS:
+            raise ValueError(f"distance_norm must be one of {DISTANCE_NORMS}, got {self.distance_norm!r}")
         if not 1 <= self.replan_every <= self.planner.horizon:
             raise ValueError(f"replan_every must be in 1..horizon ({self.planner.horizon}), got {self.replan_every}")

@@ -182,6 +182,10 @@ class PipelineArguments:
     distance_at_end: bool = False
     """Distance objective: score a plan by the distance to the goal at the end of the horizon
     instead of summed over it (a long horizon can then detour through the door)."""
+    distance_norm: str = "squared"
+    """Distance objective: "squared" or "euclidean" distance between predicted and goal embeddings."""
+    planning_noise_exponent: float = 0.0
+    """MPPI's sampling noise: 0 white, 2 brown (smooth sequences that travel farther; iCEM)."""
     collapse_prevention: str = "vicreg"
     """"vicreg" or "ema"."""
     covariance_weight: float = 0.04
@@ -417,9 +421,10 @@ def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
     value_config = ValueConfig(space=arguments.value_space, shaping_scale=arguments.value_shaping, objective=arguments.value_objective)
     if arguments.quick:
         value_config = replace(value_config, hidden_size=16, projection_size=8, batch_size=32, shaping_batch_size=8)
-    planner = replace(default_mppi(), horizon=arguments.planning_horizon, iterations=arguments.planning_iterations)
+    planner = replace(default_mppi(), horizon=arguments.planning_horizon, iterations=arguments.planning_iterations,
+                      noise_exponent=arguments.planning_noise_exponent)
     return JEPAPlannerConfig(model=model_config, value=value_config, planner=planner, replan_every=arguments.replan_every,
-                             distance_at_end=arguments.distance_at_end)
+                             distance_at_end=arguments.distance_at_end, distance_norm=arguments.distance_norm)
 
 
 def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress, extra=None) -> dict:
