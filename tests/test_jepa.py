@@ -611,6 +611,9 @@ def test_planner_config_takes_the_pipeline_planner_and_value_options():
     assert (config.planner.horizon, config.planner.iterations, config.replan_every) == (15, 10, 5)
     assert config.distance_at_end and not planner_config(PipelineArguments()).distance_at_end
     assert config.value.space == "embedding"
+    assert (config.distance_norm, config.planner.noise_exponent) == ("squared", 0.0)
+    smooth = planner_config(PipelineArguments(distance_norm="euclidean", planning_noise_exponent=2.0))
+    assert (smooth.distance_norm, smooth.planner.noise_exponent) == ("euclidean", 2.0)
     assert planner_config(PipelineArguments(covariance_weight=0.5)).model.loss_scales.covariance == 0.5
     assert planner_config(PipelineArguments()).model.loss_scales == JEPALossScales()
     spatial = planner_config(PipelineArguments(encoder_head="spatial", embedding_size=512)).model
