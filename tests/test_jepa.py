@@ -626,6 +626,21 @@ def test_planner_config_takes_the_pipeline_planner_and_value_options():
         planner_config(PipelineArguments(planning_horizon=3, replan_every=4))
 
 
+def test_evaluation_layouts_must_not_repeat_recorded_ones():
+    from wmlab.agents.jepa_planner.pipeline import EXTRA_DATASET_SEED, PipelineArguments, check_evaluation_layouts, run_pipeline
+
+    check_evaluation_layouts(PipelineArguments())  # 100000.. against 0..299
+    check_evaluation_layouts(PipelineArguments(eval_seed=200_000, extra_wall_episodes=300))
+    check_evaluation_layouts(PipelineArguments(eval_seed=300, episodes=300))  # just after the dataset
+    with pytest.raises(ValueError, match="main dataset"):
+        check_evaluation_layouts(PipelineArguments(eval_seed=250, episodes=300, eval_episodes=100))
+    with pytest.raises(ValueError, match="wall-following"):
+        check_evaluation_layouts(PipelineArguments(eval_seed=EXTRA_DATASET_SEED - 10, eval_episodes=20, extra_wall_episodes=5))
+    check_evaluation_layouts(PipelineArguments(eval_seed=EXTRA_DATASET_SEED - 10, eval_episodes=10, extra_wall_episodes=5))
+    with pytest.raises(ValueError, match="overlaps"):
+        run_pipeline(PipelineArguments(eval_seed=0))
+
+
 def test_sticky_exploration_holds_each_random_action_for_the_drawn_number_of_steps():
     from wmlab.agents.jepa_planner.pipeline import exploration_name, exploration_policy
     from wmlab.envs.two_rooms import make_two_rooms_pixels

@@ -165,6 +165,9 @@ class PipelineArguments:
     """Goal-value gradient steps."""
     eval_episodes: int = 200
     """Evaluation episodes per objective and seed."""
+    eval_seed: int = 100_000
+    """Reset seed of the first evaluation episode (episode i: eval_seed + i). The reported protocol
+    uses 100000; another value gives held-out layouts, e.g. to check settings chosen on those."""
     seeds: int = 1
     """Training seeds (first_seed .. first_seed + seeds - 1); each trains its own model and value on
     the same dataset."""
@@ -347,11 +350,23 @@ def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: 
     }
 
 
+def check_evaluation_layouts(arguments: PipelineArguments) -> None:
+    """Evaluation episodes must not start from a recorded episode's reset seed: the planner would
+    be scored on layouts its model and value were trained on."""
+    evaluation = range(arguments.eval_seed, arguments.eval_seed + arguments.eval_episodes)
+    for name, recorded in (("the main dataset's", range(0, arguments.episodes)),
+                           ("the extra wall-following episodes'", range(EXTRA_DATASET_SEED, EXTRA_DATASET_SEED + arguments.extra_wall_episodes))):
+        if evaluation.start < recorded.stop and recorded.start < evaluation.stop:
+            raise ValueError(f"--eval-seed {arguments.eval_seed} with {arguments.eval_episodes} episodes overlaps {name} reset seeds "
+                             f"{recorded.start}..{recorded.stop - 1}: evaluation layouts would repeat recorded ones")
+
+
 def run_pipeline(arguments: PipelineArguments) -> dict:
     from wmlab.data.dataset import load_dataset, record_dataset
 
     if arguments.retrain_value and not arguments.reuse_checkpoints:
         raise ValueError("--retrain-value retrains the value of saved checkpoints: pass --reuse-checkpoints too")
+    check_evaluation_layouts(arguments)
     torch.set_num_threads(arguments.threads)
     out = arguments.out
     out.mkdir(parents=True, exist_ok=True)
@@ -476,7 +491,7 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
         run["refine_seconds"] = round(time.time() - started, 1)
         save_state(agent.state_dict(), checkpoint, "checkpoint-refined")
     for objective in arguments.objectives:
-        evaluation = evaluate(agent, objective, arguments.eval_episodes, arguments.eval_steps, seed=100_000, log=log,
+        evaluation = evaluate(agent, objective, arguments.eval_episodes, arguments.eval_steps, seed=arguments.eval_seed, log=log,
                               advance=bars.task(f"seed {seed}: plan by {objective}", arguments.eval_episodes))
         run["evaluations"].append(evaluation)
         _log(log, {"seed": seed, **evaluation})
