@@ -50,7 +50,8 @@ class CEMConfig:
     noise_exponent: float = 0.0
     """Exponent beta of the sampling noise's power spectrum 1 / f^beta along the horizon (iCEM's
     colored noise, arXiv:2008.06389): 0 white (PlaNet), 2-3 smooth sequences that hold a direction
-    and travel farther, for plans that must detour."""
+    and travel farther, for plans that must detour. Box actions only: a Discrete space's per-step
+    categoricals are drawn independently whatever its value."""
 
     def __post_init__(self):
         if not 0 < self.elites <= self.candidates:
