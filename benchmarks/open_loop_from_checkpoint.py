@@ -16,7 +16,7 @@ import numpy as np
 
 from wmlab.data.replay import ReplayBuffer
 from wmlab.eval.open_loop import write_open_loop_report
-from wmlab.train.loop import load_trained_agent
+from wmlab.runs.directory import load_trained_agent
 
 
 def main() -> None:

@@ -34,8 +34,9 @@ import torch
 from wmlab.agents.tdmpc2.config import TDMPC2Config, heuristic_discount
 from wmlab.models.tdmpc import TDMPCModelConfig
 from wmlab.planners.mppi import MPPIConfig
-from wmlab.train.config import TrainConfig
-from wmlab.train.loop import RunSpec, Trainer
+from wmlab.runs.config import TrainConfig
+from wmlab.runs.directory import RunSpec
+from wmlab.train.loop import Trainer
 
 
 def dmc_spec(steps: int, seed: int, size: str) -> RunSpec:

@@ -12,7 +12,7 @@ from wmlab.core.config import differences, from_dict
 from wmlab.core.errors import IncompatibleSpaceError, RunDirectoryError
 from wmlab.core.registry import ALGORITHMS, ENVIRONMENTS, MODELS, UnknownNameError, register_env
 from wmlab.envs import make_env
-from wmlab.train.serialization import load_state, save_state
+from wmlab.core.serialization import load_state, save_state
 
 
 def test_import_is_light():

@@ -180,5 +180,5 @@ def test_record_command_writes_a_dataset_and_refuses_to_overwrite(tmp_path, caps
     assert load_dataset(out).manifest["seed"] == 4
     with pytest.raises(WmlabError, match="already holds a dataset"):
         record_command(arguments)
-    assert record_command(arguments + ["--force", "--no-store-actions", "--max-episode-steps", "3"]) == 0
+    assert record_command(arguments + ["--force", "--no-actions", "--max-episode-steps", "3"]) == 0
     assert load_dataset(out, with_actions=False).num_steps == 2 * 4

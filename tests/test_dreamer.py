@@ -17,9 +17,10 @@ from wmlab.agents.planet.agent import PlaNetAgent
 from wmlab.agents.planet.config import PlaNetConfig
 from wmlab.cli import main
 from wmlab.planners.cem import CEMConfig
-from wmlab.train.config import TrainConfig
-from wmlab.train.loop import RunSpec, Trainer
-from wmlab.train.serialization import load_state
+from wmlab.runs.config import TrainConfig
+from wmlab.runs.directory import RunSpec
+from wmlab.train.loop import Trainer
+from wmlab.core.serialization import load_state
 
 from test_rssm import BOX, DISCRETE, PIXELS, VECTORS, random_batch
 

@@ -733,7 +733,7 @@ def test_pipeline_retrains_the_value_of_a_saved_checkpoint_without_touching_it(t
 
 def test_pipeline_refines_the_predictor_into_its_own_checkpoint_and_reuses_it(tmp_path):
     from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
-    from wmlab.train.serialization import load_state
+    from wmlab.core.serialization import load_state
 
     base = PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False)
     run_pipeline(base)

@@ -13,7 +13,7 @@ from wmlab.core.protocols import Agent
 from wmlab.core.types import Batch
 from wmlab.models.mlp import MLPWorldModelConfig
 from wmlab.planners.shooting import RandomShootingConfig
-from wmlab.train.serialization import load_state, save_state
+from wmlab.core.serialization import load_state, save_state
 
 torch.set_num_threads(1)
 

@@ -31,9 +31,10 @@ from wmlab.models.tdmpc import (
 from wmlab.nn.activations import mish
 from wmlab.nn.ensemble import EnsembleMLP
 from wmlab.planners.mppi import MPPIConfig
-from wmlab.train.config import TrainConfig
-from wmlab.train.loop import RunSpec, Trainer
-from wmlab.train.serialization import load_state
+from wmlab.runs.config import TrainConfig
+from wmlab.runs.directory import RunSpec
+from wmlab.train.loop import Trainer
+from wmlab.core.serialization import load_state
 
 VECTOR = spaces.Dict({"vector": spaces.Box(-np.inf, np.inf, (3,), np.float32)})
 PIXELS = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})

@@ -18,9 +18,10 @@ from wmlab.core.types import Batch
 from wmlab.envs.adapter import make_env
 from wmlab.models.tdmpc import TDMPCModel, TDMPCModelConfig, gaussian_log_prob, squash_log_prob
 from wmlab.planners.mppi import MPPIConfig
-from wmlab.train.config import TrainConfig
-from wmlab.train.loop import RunSpec, Trainer
-from wmlab.train.serialization import load_state
+from wmlab.runs.config import TrainConfig
+from wmlab.runs.directory import RunSpec
+from wmlab.train.loop import Trainer
+from wmlab.core.serialization import load_state
 
 # two-rooms-state: 5 state features, 2 actions in [-1, 1]; Pendulum-v1: 3 features, 1 action in [-2, 2].
 TASKS = ["two-rooms-state", "Pendulum-v1"]

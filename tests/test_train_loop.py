@@ -16,9 +16,10 @@ from wmlab.cli import main
 from wmlab.core.errors import RunDirectoryError
 from wmlab.models.mlp import MLPWorldModelConfig
 from wmlab.planners.shooting import RandomShootingConfig
-from wmlab.train.config import TrainConfig
-from wmlab.train.loop import RunSpec, Trainer
-from wmlab.train.serialization import load_state
+from wmlab.runs.config import TrainConfig
+from wmlab.runs.directory import RunSpec
+from wmlab.train.loop import Trainer
+from wmlab.core.serialization import load_state
 
 TINY_TRAIN = TrainConfig(
     steps=300,

@@ -30,8 +30,6 @@ from wmlab.core.registry import UnknownNameError
 
 DEFAULT_ALGORITHM = "dyna-q"
 DEFAULT_ENV = "dyna-maze"
-# Fields that may change when a run is resumed; anything else would make it another run.
-RESUMABLE_CHANGES = {"train.steps", "train.progress", "train.device", "train.threads", "train.tensorboard", "train.eval_every", "train.eval_episodes", "train.log_every", "train.checkpoint_every", "train.time_limit"}
 
 USAGE = """usage: wmlab COMMAND [options]
 
@@ -90,7 +88,7 @@ def _option_value(argv: list[str], name: str) -> str | None:
 
 def _train_command_class(agent_config: type) -> type:
     """A dataclass for tyro: the run's identity plus the loop's and the algorithm's configs."""
-    from wmlab.train.config import TrainConfig
+    from wmlab.runs.config import TrainConfig
 
     def documented(kind, help_text):
         return Annotated[kind, tyro.conf.arg(help=help_text)]
@@ -115,7 +113,7 @@ def parse_train_arguments(argv: list[str]):
     """(RunSpec, run_dir, resume, force) from the command line."""
     from wmlab.core.config import differences
     from wmlab.core.registry import ALGORITHMS
-    from wmlab.train.loop import RunSpec, load_run_spec
+    from wmlab.runs.directory import RESUMABLE_CHANGES, RunSpec, load_run_spec
 
     resume_dir = _option_value(argv, "--resume")
     if resume_dir is not None:
@@ -199,7 +197,7 @@ def eval_command(argv: list[str]) -> int:
     if arguments.run_dir is None:
         raise WmlabError("give a run directory: wmlab eval RUN_DIR")
     from wmlab.eval.returns import evaluate_agent
-    from wmlab.train.loop import load_trained_agent
+    from wmlab.runs.directory import load_trained_agent
 
     spec, agent = load_trained_agent(arguments.run_dir)
     metrics = evaluate_agent(agent, spec.env, episodes=arguments.episodes, seed=arguments.seed, env_kwargs=spec.env_kwargs)

@@ -15,3 +15,7 @@ class RunDirectoryError(WmlabError):
 
 class ShapeError(WmlabError, ValueError):
     """A tensor entering a module does not have the documented shape."""
+
+
+class DatasetError(WmlabError):
+    """A dataset directory is missing, unfinished, corrupt, or does not fit the request."""

@@ -35,11 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tyro
 from gymnasium import spaces
 
-from wmlab.core.errors import WmlabError
+from wmlab.core.errors import DatasetError
+from wmlab.core.spaces import describe_space, space_from_description
 from wmlab.core.types import Batch
 from wmlab.data.replay import ReplayBuffer
+from wmlab.envs.adapter import make_env
+from wmlab.runs.directory import load_trained_agent
 
 __all__ = [
     "DatasetError",
@@ -62,10 +66,6 @@ _FIXED_DTYPES = {"reward": np.dtype(np.float32), **{key: np.dtype(bool) for key 
 _PLACEHOLDER_ACTION = np.zeros((), np.uint8)
 
 Policy = str | Callable[[dict[str, np.ndarray], Any], tuple[Any, Any]] | Any
-
-
-class DatasetError(WmlabError):
-    """A dataset directory is missing, unfinished, corrupt, or does not fit the request."""
 
 
 # ---------------------------------------------------------------------- recording
@@ -98,8 +98,6 @@ def record_dataset(
     policy_name: how the manifest names the policy (default: "random", the callable's or the
         agent's class name).
     """
-    from wmlab.envs.adapter import make_env
-
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")
     directory = Path(directory)
@@ -346,67 +344,6 @@ def _read_episode(path: Path, expected: dict[str, tuple[tuple[int, ...], np.dtyp
     return columns
 
 
-# ---------------------------------------------------------------------- spaces as JSON
-
-
-def describe_space(space: spaces.Space) -> dict[str, Any]:
-    """A JSON description of a gymnasium space that `space_from_description` turns back into it."""
-    if isinstance(space, spaces.Dict):
-        return {"type": "Dict", "spaces": {key: describe_space(sub) for key, sub in space.spaces.items()}}
-    if isinstance(space, spaces.Discrete):
-        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
-    if isinstance(space, spaces.Box):
-        return {
-            "type": "Box",
-            "shape": list(space.shape),
-            "dtype": np.dtype(space.dtype).name,
-            "low": _bound_to_json(space.low),
-            "high": _bound_to_json(space.high),
-        }
-    if isinstance(space, spaces.MultiDiscrete):
-        return {"type": "MultiDiscrete", "nvec": np.asarray(space.nvec).tolist()}
-    if isinstance(space, spaces.MultiBinary):
-        return {"type": "MultiBinary", "n": np.asarray(space.n).tolist()}
-    raise DatasetError(f"cannot describe the space {space} in a dataset manifest")
-
-
-def space_from_description(description: Mapping[str, Any]) -> spaces.Space:
-    kind = description["type"]
-    if kind == "Dict":
-        return spaces.Dict({key: space_from_description(sub) for key, sub in description["spaces"].items()})
-    if kind == "Discrete":
-        return spaces.Discrete(description["n"], start=description.get("start", 0))
-    if kind == "Box":
-        shape, dtype = tuple(description["shape"]), np.dtype(description["dtype"])
-        low = np.broadcast_to(_bound_from_json(description["low"]), shape).astype(dtype)
-        high = np.broadcast_to(_bound_from_json(description["high"]), shape).astype(dtype)
-        return spaces.Box(low, high, shape=shape, dtype=dtype)
-    if kind == "MultiDiscrete":
-        return spaces.MultiDiscrete(description["nvec"])
-    if kind == "MultiBinary":
-        return spaces.MultiBinary(description["n"])
-    raise ValueError(f"unknown space type {kind!r}")
-
-
-def _bound_to_json(bound: np.ndarray) -> Any:
-    """One number when every element shares it (images: 0 and 255), else nested lists.
-
-    JSON has no infinity, so unbounded elements are written as the strings "inf" / "-inf".
-    """
-    values = np.asarray(bound)
-    if values.dtype.kind in "iub":
-        encoded = values.astype(np.int64).astype(object)
-    else:
-        encoded = np.vectorize(lambda x: float(x) if np.isfinite(x) else ("inf" if x > 0 else "-inf"), otypes=[object])(values)
-    if encoded.size and np.all(values == values.flat[0]):
-        return encoded.flat[0]
-    return encoded.tolist()
-
-
-def _bound_from_json(bound: Any) -> np.ndarray:
-    return np.asarray(np.vectorize(float, otypes=[np.float64])(np.asarray(bound, dtype=object)))
-
-
 # ---------------------------------------------------------------------- files
 
 
@@ -484,8 +421,8 @@ class RecordArguments:
     """Keyword arguments of the environment as a JSON object, e.g. '{"observation": "rgb_partial"}'."""
     max_episode_steps: int | None = None
     """Truncate episodes after this many environment steps (default: the environment's limit)."""
-    store_actions: bool = True
-    """Store the actions; --no-store-actions records video without action labels."""
+    actions: bool = True
+    """Store the actions; --no-actions records video without action labels."""
     explore: bool = False
     """Let a trained agent explore (sample) instead of acting greedily."""
     force: bool = False
@@ -495,9 +432,7 @@ class RecordArguments:
 
 
 def record_command(argv: list[str]) -> int:
-    """`wmlab record --env ID --episodes N --policy random --out DIR [--seed S]`."""
-    import tyro
-
+    """`wmlab record --env ID --episodes N --policy random --out DIR [--seed S] [--no-actions]`."""
     arguments = tyro.cli(RecordArguments, args=argv, prog="wmlab record")
     try:
         env_kwargs = json.loads(arguments.env_kwargs)
@@ -507,8 +442,6 @@ def record_command(argv: list[str]) -> int:
         raise DatasetError(f"--env-kwargs must be a JSON object, got {arguments.env_kwargs!r}")
     policy: Policy = arguments.policy
     if arguments.policy != "random":
-        from wmlab.train.loop import load_trained_agent
-
         spec, policy = load_trained_agent(Path(arguments.policy))
         if (spec.env, spec.env_kwargs) != (arguments.env, env_kwargs):
             raise DatasetError(
@@ -523,7 +456,7 @@ def record_command(argv: list[str]) -> int:
         seed=arguments.seed,
         env_kwargs=env_kwargs,
         progress=arguments.progress,
-        store_actions=arguments.store_actions,
+        store_actions=arguments.actions,
         max_episode_steps=arguments.max_episode_steps,
         explore=arguments.explore,
         force=arguments.force,

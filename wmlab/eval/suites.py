@@ -21,10 +21,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.types import Batch
+from wmlab.envs.adapter import make_env
 from wmlab.eval import world_model_metrics as metrics
+from wmlab.eval.returns import unbatch_action
+from wmlab.runs.directory import load_trained_agent
 
 SUITES = ("horizon", "calibration", "bound", "dream", "controllability")
 ALL_SUITES = ("returns", *SUITES, "all")
@@ -78,9 +82,6 @@ def replay_episodes(run_dir: str | Path, rank: int = 0) -> list[dict[str, np.nda
 def collect_episodes(agent: Any, env_id: str, env_kwargs: dict | None, episodes: int, seed: int, max_steps: int = 1000, explore: bool = False) -> list[dict[str, np.ndarray]]:
     """Episodes of the agent in the real environment, stored as replay stores them (step t:
     obs_t, the action that led to it (zeros at the first step), the reward on arrival, flags)."""
-    from wmlab.envs.adapter import make_env
-    from wmlab.eval.returns import unbatch_action
-
     env = make_env(env_id, **(env_kwargs or {}))
     space = env.action_space
     collected = []
@@ -153,10 +154,6 @@ def windows_for(episodes: Sequence[dict[str, np.ndarray]], settings: SuiteSettin
 def run_suites(run_dir: str | Path, suites: Sequence[str], settings: SuiteSettings = SuiteSettings()) -> dict[str, dict]:
     """Run the named world-model suites on a trained run; writes RUN_DIR/eval/<suite>.json and
     RUN_DIR/figures/eval_<suite>.png and returns {suite: result}."""
-    import torch
-
-    from wmlab.train.loop import load_trained_agent
-
     run_dir = Path(run_dir)
     unknown = [suite for suite in suites if suite not in SUITES]
     if unknown:

@@ -133,7 +133,7 @@ def conditions(study: Study, arguments: CounterfactualArguments) -> tuple[list[C
 def robustness(run: RunResult, conditions_: Sequence[Condition], episodes: int) -> dict[str, float]:
     """The run's greedy evaluation return in every condition, on the shared measurement seeds."""
     from wmlab.eval.returns import evaluate_agent
-    from wmlab.train.loop import load_trained_agent
+    from wmlab.runs.directory import load_trained_agent
 
     def compute() -> dict[str, float]:
         _, agent = load_trained_agent(run.run_dir)

@@ -163,7 +163,7 @@ def belief_errors(agent: Any, env: str, env_kwargs: dict, start_probability: flo
 def measure(run: RunResult, study: Study, arguments: OcclusionArguments, return_episodes: int, belief_episodes: int) -> dict:
     """Returns without and with occlusion, and the belief errors, of one trained run (cached)."""
     from wmlab.eval.returns import evaluate_agent
-    from wmlab.train.loop import load_trained_agent
+    from wmlab.runs.directory import load_trained_agent
 
     def compute() -> dict:
         _, agent = load_trained_agent(run.run_dir)

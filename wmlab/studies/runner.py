@@ -28,7 +28,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from wmlab.agents.dreamer.config import DreamerConfig
+from wmlab.core.config import from_dict
 from wmlab.core.errors import RunDirectoryError, WmlabError
+from wmlab.core.registry import ALGORITHMS
+from wmlab.runs.config import TrainConfig
+from wmlab.runs.directory import CONFIG_FILE, RESUMABLE_CHANGES, RunSpec
+from wmlab.train.loop import Trainer
 
 #: Defaults of a full study and of its --quick smoke version (TrainConfig fields).
 FULL_TRAIN = {"steps": 100_000, "eval_every": 5_000, "eval_episodes": 5, "checkpoint_every": 5_000, "tensorboard": False}
@@ -148,11 +154,6 @@ class Study:
     """The variants, seeds and settings of one study run from the command line."""
 
     def __init__(self, name: str, arguments: StudyArguments, argv: Sequence[str] = ()):
-        from wmlab.agents.dreamer.config import DreamerConfig
-        from wmlab.core.config import from_dict
-        from wmlab.core.registry import ALGORITHMS
-        from wmlab.train.config import TrainConfig
-
         self.name, self.arguments = name, arguments
         self.command = " ".join(["wmlab", "study", name, *(shlex.quote(str(part)) for part in argv)])
         self.out = Path(arguments.out)
@@ -200,8 +201,6 @@ class Study:
             raise WmlabError(f"--agent-overrides: {error}") from None
 
     def spec(self, variant: Variant, seed: int):
-        from wmlab.train.loop import RunSpec
-
         env = variant.env or self.env
         env_kwargs = variant.env_kwargs if variant.env_kwargs is not None else self.env_kwargs
         return RunSpec(
@@ -347,8 +346,6 @@ class RunLock:
 
 def run_identity(config: dict) -> dict:
     """The parts of a run's config.json that make it the same run (what `--resume` may not change)."""
-    from wmlab.cli import RESUMABLE_CHANGES
-
     resumable = {name.split(".", 1)[1] for name in RESUMABLE_CHANGES if name.startswith("train.")}
     normalised = json.loads(json.dumps(config))  # tuples -> lists, as config.json holds them
     normalised["train"] = {key: value for key, value in normalised["train"].items() if key not in resumable}
@@ -375,8 +372,6 @@ def is_finished(summary: dict, train: Any) -> bool:
 def train_or_reuse(spec: Any, run_dir: Path, force: bool = False) -> dict:
     """The run's summary: read from a finished run, or from training it — fresh, resumed from its
     last checkpoint, or continued to more steps."""
-    from wmlab.train.loop import CONFIG_FILE, Trainer
-
     run_dir = Path(run_dir)
     config_path = run_dir / CONFIG_FILE
     summary_path = run_dir / "summary.json"

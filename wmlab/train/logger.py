@@ -7,7 +7,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from wmlab.train.distributed import is_main_process
+from wmlab.core.distributed import is_main_process
 
 
 class MetricsLogger:

@@ -15,7 +15,7 @@ A run directory holds everything needed to continue it:
     RUN_DIR/summary.json       headline numbers at the end (rank 0)
 
 Data-parallel training under torchrun: each rank collects with its own seed and replay, gradients
-are averaged inside the agent's update (wmlab.train.distributed.average_gradients), and only rank 0
+are averaged inside the agent's update (wmlab.core.distributed.average_gradients), and only rank 0
 writes logs and the summary.
 """
 
@@ -32,18 +32,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from wmlab.core import distributed
 from wmlab.core.errors import RunDirectoryError
-from wmlab.core.registry import ALGORITHMS
+from wmlab.core.serialization import load_state, save_state
 from wmlab.core.types import Transition
+from wmlab.data.replay import ReplayBuffer
 from wmlab.envs.adapter import make_env
 from wmlab.eval.returns import episode_task, evaluate_agent, unbatch_action
-from wmlab.train import distributed
-from wmlab.train.config import TrainConfig
+from wmlab.runs.config import TrainConfig
+from wmlab.runs.directory import CONFIG_FILE, RunSpec, build_agent
 from wmlab.train.logger import MetricsAverager, MetricsLogger
-from wmlab.train.serialization import load_state, save_state
-
-CONFIG_FILE = "config.json"
-
 
 @dataclass
 class Counters:
@@ -61,68 +59,6 @@ class Counters:
     recent_returns: list = field(default_factory=list)
     recent_lengths: list = field(default_factory=list)
     recent_task_returns: dict = field(default_factory=dict)  # task name -> returns, for multi-task environments
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """What a run directory's config.json records."""
-
-    algorithm: str
-    env: str
-    train: TrainConfig
-    agent: Any
-    env_kwargs: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {
-            "algorithm": self.algorithm,
-            "env": self.env,
-            "env_kwargs": self.env_kwargs,
-            "train": asdict(self.train),
-            "agent": asdict(self.agent),
-        }
-
-
-def load_run_spec(run_dir: Path) -> RunSpec:
-    """Read RUN_DIR/config.json back into typed configs; clear errors when missing or corrupt."""
-    from wmlab.core.config import from_dict
-
-    path = Path(run_dir) / CONFIG_FILE
-    if not Path(run_dir).is_dir():
-        raise RunDirectoryError(f"run directory {run_dir} does not exist")
-    if not path.is_file():
-        raise RunDirectoryError(f"{run_dir} holds no run ({CONFIG_FILE} is missing)")
-    try:
-        raw = json.loads(path.read_text())
-        entry = ALGORITHMS.get(raw["algorithm"])
-        return RunSpec(
-            algorithm=raw["algorithm"],
-            env=raw["env"],
-            env_kwargs=raw.get("env_kwargs", {}),
-            train=from_dict(TrainConfig, raw["train"]),
-            agent=from_dict(entry.load_config(), raw["agent"]),
-        )
-    except (ValueError, KeyError, TypeError) as error:
-        raise RunDirectoryError(f"{path} is corrupt ({error})") from None
-
-
-def build_agent(spec: RunSpec, observation_space, action_space, seed: int):
-    agent_class = ALGORITHMS.get(spec.algorithm).load()
-    return agent_class(spec.agent, observation_space, action_space, seed=seed, device=spec.train.device)
-
-
-def load_trained_agent(run_dir: str | Path, rank: int = 0):
-    """(RunSpec, agent) with the weights of the run's latest checkpoint, for evaluation."""
-    run_dir = Path(run_dir)
-    spec = load_run_spec(run_dir)
-    checkpoint = run_dir / "checkpoints" / f"rank{rank}"
-    if not checkpoint.is_dir():
-        raise RunDirectoryError(f"{run_dir} has no checkpoint yet ({checkpoint} is missing)")
-    env = make_env(spec.env, **spec.env_kwargs)
-    agent = build_agent(spec, env.observation_space, env.action_space, seed=spec.train.seed)
-    env.close()
-    agent.load_state_dict(load_state(checkpoint, "agent"))
-    return spec, agent
 
 
 class Trainer:
@@ -152,8 +88,6 @@ class Trainer:
 
         self.replay = None
         if self.agent.learns_from == "replay":
-            from wmlab.data.replay import ReplayBuffer
-
             self.replay = ReplayBuffer(
                 self.run_dir / "replay" / f"rank{self.rank}",
                 capacity=self.config.replay_capacity,

@@ -38,7 +38,7 @@ from wmlab.losses.returns import horizon_weighted_returns, lambda_returns, retur
 from wmlab.models.rssm import RSSM, State, dense_stack, resolve_widths
 from wmlab.nn.categorical import categorical_entropy, log_softmax, sample_one_hot, unimix_logits
 from wmlab.nn.distributions import TwoHot
-from wmlab.train import distributed
+from wmlab.core import distributed
 
 
 # ----------------------------------------------------------------------------------------------

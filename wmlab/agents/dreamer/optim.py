@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from wmlab.agents.dreamer.config import OptimizerConfig
-from wmlab.train.distributed import average_gradients
+from wmlab.core.distributed import average_gradients
 
 
 class LaProp(torch.optim.Optimizer):

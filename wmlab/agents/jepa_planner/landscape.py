@@ -350,7 +350,7 @@ def landscape_command(argv: list[str]) -> int:
     from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
     from wmlab.agents.jepa_planner.pipeline import PipelineArguments, planner_config
     from wmlab.data.dataset import load_dataset
-    from wmlab.train.serialization import load_state
+    from wmlab.core.serialization import load_state
 
     arguments = tyro.cli(LandscapeArguments, args=argv, prog="wmlab pipeline jepa-landscape")
     results_path = arguments.out / "results.json"

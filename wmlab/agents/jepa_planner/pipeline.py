@@ -445,7 +445,7 @@ def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
 def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress, extra=None) -> dict:
     """Train (or load) one seed's model and value, then evaluate each objective. `extra`: more
     recorded episodes for the value and the predictor refinement only."""
-    from wmlab.train.serialization import load_state, save_state
+    from wmlab.core.serialization import load_state, save_state
 
     out = arguments.out
     torch.manual_seed(seed)

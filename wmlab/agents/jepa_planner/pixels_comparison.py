@@ -292,7 +292,7 @@ def run_comparison(arguments: ComparisonArguments) -> dict[str, Any]:
 def compare(arguments: ComparisonArguments, dataset: Any, jepa: Any, rssm: RSSMGoalAgent, bars: StageProgress) -> dict[str, Any]:
     """Train (or load) both models, measure them on the held-out windows, plan with both."""
     from wmlab.eval.world_model_metrics import horizon_errors
-    from wmlab.train.serialization import load_state, save_state
+    from wmlab.core.serialization import load_state, save_state
 
     out, log = arguments.out, arguments.out / "comparison.jsonl"
     checkpoints = out / f"comparison-seed{arguments.seed}"

@@ -18,8 +18,8 @@ from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.rssm import RSSM, State
 from wmlab.planners.cem import CEM
-from wmlab.train import distributed
-from wmlab.train.distributed import average_gradients
+from wmlab.core import distributed
+from wmlab.core.distributed import average_gradients
 
 
 class PlaNetAgent:

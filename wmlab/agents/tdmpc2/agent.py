@@ -27,7 +27,7 @@ from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.tdmpc import TDMPCModel
 from wmlab.planners.mppi import MPPI
-from wmlab.train.distributed import average_gradients
+from wmlab.core.distributed import average_gradients
 
 
 class TDMPC2Agent:

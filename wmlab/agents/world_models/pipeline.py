@@ -169,7 +169,7 @@ class Pipeline:
     # --- bookkeeping ---------------------------------------------------------------------------
 
     def _write_config(self) -> None:
-        from wmlab.train.config import TrainConfig
+        from wmlab.runs.config import TrainConfig
 
         # The layout of `wmlab train`'s config.json, so that `wmlab eval RUN_DIR` rebuilds the agent.
         document = {
@@ -207,7 +207,7 @@ class Pipeline:
         result = directory / f"{RESULT}.json"
         if not result.is_file():
             return False
-        from wmlab.train.serialization import load_state
+        from wmlab.core.serialization import load_state
 
         saved = load_state(directory, RESULT).get("inputs")
         wanted = self.inputs(stage)
@@ -231,7 +231,7 @@ class Pipeline:
         directory = self.stage_dir(stage)
         if not (directory / f"{CHECKPOINT}.json").is_file():
             return None
-        from wmlab.train.serialization import load_state
+        from wmlab.core.serialization import load_state
 
         state = load_state(directory, CHECKPOINT)
         if state.get("inputs") == self.inputs(stage):
@@ -244,7 +244,7 @@ class Pipeline:
         return None
 
     def save(self, stage: str, name: str, state: dict[str, Any]) -> None:
-        from wmlab.train.serialization import save_state
+        from wmlab.core.serialization import save_state
 
         directory = self.stage_dir(stage)
         # Write beside, then rename: an interrupted write never leaves a half checkpoint behind.
@@ -255,7 +255,7 @@ class Pipeline:
         shutil.rmtree(temporary, ignore_errors=True)
 
     def load_result(self, stage: str) -> dict[str, Any]:
-        from wmlab.train.serialization import load_state
+        from wmlab.core.serialization import load_state
 
         return load_state(self.stage_dir(stage), RESULT)
 
@@ -288,7 +288,7 @@ class Pipeline:
         their settings match this run's (a changed M still reuses the recording and V)."""
         if not (other / "stages").is_dir():
             raise RunDirectoryError(f"{other} holds no World Models stages to copy")
-        from wmlab.train.serialization import load_state
+        from wmlab.core.serialization import load_state
 
         for stage in STAGES[: STAGES.index("mdnrnn") + 1]:
             source = other / "stages" / stage
@@ -637,7 +637,7 @@ class Pipeline:
         agent = WorldModelsAgent(self.config, self.observation_space, self.action_space, seed=self.seed, device=str(self.device))
         agent.world_model.load_state_dict(model.state_dict())
         agent.controller_parameters = torch.as_tensor(parameters)
-        from wmlab.train.serialization import save_state
+        from wmlab.core.serialization import save_state
 
         save_state(agent.state_dict(), self.run_dir / "checkpoints" / "rank0", "agent")
         self.record_videos(agent, model, controller, parameters)

@@ -1,0 +1,69 @@
+"""Gymnasium spaces as JSON: how a dataset's manifest and a run's config.json record them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from wmlab.core.errors import DatasetError
+
+
+def describe_space(space: spaces.Space) -> dict[str, Any]:
+    """A JSON description of a gymnasium space that `space_from_description` turns back into it."""
+    if isinstance(space, spaces.Dict):
+        return {"type": "Dict", "spaces": {key: describe_space(sub) for key, sub in space.spaces.items()}}
+    if isinstance(space, spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, spaces.Box):
+        return {
+            "type": "Box",
+            "shape": list(space.shape),
+            "dtype": np.dtype(space.dtype).name,
+            "low": _bound_to_json(space.low),
+            "high": _bound_to_json(space.high),
+        }
+    if isinstance(space, spaces.MultiDiscrete):
+        return {"type": "MultiDiscrete", "nvec": np.asarray(space.nvec).tolist()}
+    if isinstance(space, spaces.MultiBinary):
+        return {"type": "MultiBinary", "n": np.asarray(space.n).tolist()}
+    raise DatasetError(f"cannot describe the space {space} in a dataset manifest")
+
+
+def space_from_description(description: Mapping[str, Any]) -> spaces.Space:
+    kind = description["type"]
+    if kind == "Dict":
+        return spaces.Dict({key: space_from_description(sub) for key, sub in description["spaces"].items()})
+    if kind == "Discrete":
+        return spaces.Discrete(description["n"], start=description.get("start", 0))
+    if kind == "Box":
+        shape, dtype = tuple(description["shape"]), np.dtype(description["dtype"])
+        low = np.broadcast_to(_bound_from_json(description["low"]), shape).astype(dtype)
+        high = np.broadcast_to(_bound_from_json(description["high"]), shape).astype(dtype)
+        return spaces.Box(low, high, shape=shape, dtype=dtype)
+    if kind == "MultiDiscrete":
+        return spaces.MultiDiscrete(description["nvec"])
+    if kind == "MultiBinary":
+        return spaces.MultiBinary(description["n"])
+    raise ValueError(f"unknown space type {kind!r}")
+
+
+def _bound_to_json(bound: np.ndarray) -> Any:
+    """One number when every element shares it (images: 0 and 255), else nested lists.
+
+    JSON has no infinity, so unbounded elements are written as the strings "inf" / "-inf".
+    """
+    values = np.asarray(bound)
+    if values.dtype.kind in "iub":
+        encoded = values.astype(np.int64).astype(object)
+    else:
+        encoded = np.vectorize(lambda x: float(x) if np.isfinite(x) else ("inf" if x > 0 else "-inf"), otypes=[object])(values)
+    if encoded.size and np.all(values == values.flat[0]):
+        return encoded.flat[0]
+    return encoded.tolist()
+
+
+def _bound_from_json(bound: Any) -> np.ndarray:
+    return np.asarray(np.vectorize(float, otypes=[np.float64])(np.asarray(bound, dtype=object)))
