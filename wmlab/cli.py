@@ -4,6 +4,7 @@
     wmlab train --algo mpc --env two-rooms-state --train.steps 20000 --agent.planner.horizon 10
     wmlab train --algo dreamer --env dmc:cartpole-swingup --env-kwargs '{"observation": "pixels"}' 
     wmlab train --resume runs/maze --train.steps 40000
+    wmlab train --model rssm --dataset data/rooms --run-dir runs/rssm-rooms --train.updates 5000
     wmlab eval runs/maze --episodes 20
     wmlab eval runs/cartpole --suite all
     wmlab eval --compare runs/a runs/b --suite horizon
@@ -25,6 +26,7 @@ from typing import Annotated
 
 import tyro
 
+from wmlab.core.config import option_value
 from wmlab.core.errors import WmlabError
 from wmlab.core.registry import UnknownNameError
 
@@ -34,7 +36,8 @@ DEFAULT_ENV = "dyna-maze"
 USAGE = """usage: wmlab COMMAND [options]
 
 commands:
-  train    train an agent and its world model (wmlab train --algo NAME --help)
+  train    train an agent and its world model (wmlab train --algo NAME --help), or a world model
+           on a recorded dataset (wmlab train --model FAMILY --dataset DIR --help)
   eval     evaluate a run's agent or world model (wmlab eval RUN_DIR [--suite horizon|...|all])
   report   write RUN_DIR/report.html (learning curves, tables, figures)
   list     show every registered algorithm, model and environment
@@ -77,15 +80,6 @@ def main(argv: list[str] | None = None) -> int:
 # train
 
 
-def _option_value(argv: list[str], name: str) -> str | None:
-    for index, argument in enumerate(argv):
-        if argument == name and index + 1 < len(argv):
-            return argv[index + 1]
-        if argument.startswith(name + "="):
-            return argument.split("=", 1)[1]
-    return None
-
-
 def _train_command_class(agent_config: type) -> type:
     """A dataclass for tyro: the run's identity plus the loop's and the algorithm's configs."""
     from wmlab.runs.config import TrainConfig
@@ -115,7 +109,7 @@ def parse_train_arguments(argv: list[str]):
     from wmlab.core.registry import ALGORITHMS
     from wmlab.runs.directory import RESUMABLE_CHANGES, RunSpec, load_run_spec
 
-    resume_dir = _option_value(argv, "--resume")
+    resume_dir = option_value(argv, "--resume")
     if resume_dir is not None:
         saved = load_run_spec(Path(resume_dir))
         command_class = _train_command_class(ALGORITHMS.get(saved.algorithm).load_config())
@@ -130,7 +124,7 @@ def parse_train_arguments(argv: list[str]):
         spec = RunSpec(algorithm=saved.algorithm, env=saved.env, env_kwargs=saved.env_kwargs, train=parsed.train, agent=saved.agent)
         return spec, Path(resume_dir), True, False
 
-    algorithm = _option_value(argv, "--algo") or DEFAULT_ALGORITHM
+    algorithm = option_value(argv, "--algo") or DEFAULT_ALGORITHM
     command_class = _train_command_class(ALGORITHMS.get(algorithm).load_config())
     parsed = tyro.cli(command_class, args=argv, prog="wmlab train", description=f"Train {algorithm}. " + (ALGORITHMS.get(algorithm).description or ""))
     run_dir = parsed.run_dir or Path("runs") / f"{parsed.algo}-{parsed.env.replace(':', '-').replace('/', '-')}-seed{parsed.train.seed}"
@@ -146,7 +140,10 @@ def parse_train_arguments(argv: list[str]):
 
 def train_command(argv: list[str]) -> int:
     from wmlab.train.loop import Trainer
+    from wmlab.train.offline import offline_train_command, wants_offline
 
+    if wants_offline(argv):  # --model FAMILY --dataset DIR: a world model fitted to a recorded dataset
+        return offline_train_command(argv)
     spec, run_dir, resume, force = parse_train_arguments(argv)
     trainer = Trainer(spec, run_dir, resume=resume, force=force)
     summary = trainer.run()
@@ -246,7 +243,7 @@ def report_command(argv: list[str]) -> int:
     from wmlab.report.html import build_report, register_section
 
     register_section("World-model evaluation", report_section)
-    output = _option_value(argv, "--out")
+    output = option_value(argv, "--out")
     path = build_report(Path(argv[0]), Path(output) if output else None)
     print(f"report written to {path}")
     return 0

@@ -59,3 +59,14 @@ def differences(first: Any, second: Any, prefix: str = "") -> list[str]:
         elif a != b:
             changed.append(name)
     return changed
+
+
+def option_value(argv: list[str], name: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` in a command line, before tyro parses it
+    (the value that chooses which config class tyro is given)."""
+    for index, argument in enumerate(argv):
+        if argument == name and index + 1 < len(argv):
+            return argv[index + 1]
+        if argument.startswith(name + "="):
+            return argument.split("=", 1)[1]
+    return None

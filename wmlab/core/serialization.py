@@ -8,6 +8,8 @@ checkpoint from someone else cannot run code.
 from __future__ import annotations
 
 import json
+import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +101,40 @@ def load_state(directory: Path, name: str) -> Any:
         return unflatten_state(tensors, skeleton)
     except (ValueError, KeyError) as error:
         raise RunDirectoryError(f"checkpoint file {skeleton_path} is corrupt ({error})") from None
+
+
+def global_random_state() -> dict[str, Any]:
+    """Python's, numpy's and torch's global random states, in a form `save_state` writes exactly."""
+    import torch
+
+    return {
+        "python": json.dumps(random.getstate()),
+        "numpy": json.dumps(np.random.get_state()[1].tolist()),
+        "numpy_position": np.random.get_state()[2],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_global_random_state(state: dict[str, Any]) -> None:
+    """Inverse of `global_random_state`."""
+    import torch
+
+    python_state = json.loads(state["python"])
+    random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
+    np.random.set_state(("MT19937", np.array(json.loads(state["numpy"]), dtype=np.uint32), state["numpy_position"]))
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint_directory(target: Path, states: dict[str, Any]) -> None:
+    """Write each `name: state` of `states` with `save_state` into a fresh directory that replaces
+    `target` only once complete, so that an interruption leaves the previous checkpoint whole."""
+    staging = target.with_name(target.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    for name, state in states.items():
+        save_state(state, staging, name)
+    previous = target.with_name(target.name + ".old")
+    shutil.rmtree(previous, ignore_errors=True)
+    if target.exists():
+        target.rename(previous)
+    staging.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)

@@ -245,6 +245,13 @@ class OfflineDataset:
         batch = self.replay.sample(batch_size, length)
         return batch if self.with_actions else dataclasses.replace(batch, action=None)
 
+    def sampler_state(self) -> dict[str, Any]:
+        """The window sampler's random state (JSON values), for resuming a trainer exactly."""
+        return self.replay.state_dict()["rng"]
+
+    def load_sampler_state(self, state: dict[str, Any]) -> None:
+        self.replay._rng.bit_generator.state = state
+
     def episodes(self) -> Iterator[dict[str, np.ndarray]]:
         """Each episode in recording order, as a dict of (length, ...) arrays."""
         for episode in self.replay.episodes():

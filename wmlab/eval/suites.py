@@ -28,7 +28,8 @@ from wmlab.core.types import Batch
 from wmlab.envs.adapter import make_env
 from wmlab.eval import world_model_metrics as metrics
 from wmlab.eval.returns import unbatch_action
-from wmlab.runs.directory import load_trained_agent
+from wmlab.data.dataset import load_dataset
+from wmlab.runs.directory import is_offline_run, load_trained_agent, load_trained_model
 
 SUITES = ("horizon", "calibration", "bound", "dream", "controllability")
 ALL_SUITES = ("returns", *SUITES, "all")
@@ -158,16 +159,31 @@ def run_suites(run_dir: str | Path, suites: Sequence[str], settings: SuiteSettin
     unknown = [suite for suite in suites if suite not in SUITES]
     if unknown:
         raise WmlabError(f"unknown suite(s) {', '.join(unknown)}; choose from {', '.join(ALL_SUITES)}")
-    spec, agent = load_trained_agent(run_dir)
-    model = world_model_of(agent)
+    offline = is_offline_run(run_dir)
+    if offline:  # a world model fitted to a dataset: its data are the dataset's episodes
+        spec, model = load_trained_model(run_dir)
+        agent = None
+    else:
+        spec, agent = load_trained_agent(run_dir)
+        model = world_model_of(agent)
     if isinstance(model, torch.nn.Module):
         model.eval()
-    name = f"{run_dir.name}: {spec.algorithm} ({type(model).__name__})"
+    name = f"{run_dir.name}: {spec.model if offline else spec.algorithm} ({type(model).__name__})"
 
     def fresh():
+        if agent is None:
+            raise WmlabError(
+                f"{run_dir} holds a world model trained offline, with no agent to collect fresh episodes "
+                "(the dream suite and --source env need one): evaluate it on its dataset (--source replay)"
+            )
         return collect_episodes(agent, spec.env, spec.env_kwargs, settings.episodes, settings.seed + 10_000)
 
-    stored = replay_episodes(run_dir) if settings.source == "replay" else []
+    if settings.source != "replay":
+        stored = []
+    elif offline:
+        stored = list(load_dataset(spec.dataset, with_actions=spec.with_actions).episodes())
+    else:
+        stored = replay_episodes(run_dir)
     usable = [episode for episode in stored if len(episode["reward"]) > settings.context]
     data = windows_for(usable or fresh(), settings) if any(suite != "dream" for suite in suites) else None
     results = {}

@@ -46,3 +46,38 @@ class TrainConfig:
     """Show a progress bar."""
     tensorboard: bool = True
     """Also write TensorBoard event files under RUN_DIR/tensorboard."""
+
+
+@dataclass(frozen=True)
+class OfflineTrainConfig:
+    """How the offline trainer (`wmlab train --model FAMILY --dataset DIR`) fits a world model to
+    a recorded dataset: Adam on the model's own `loss` over B x T windows."""
+
+    updates: int = 10_000
+    """Gradient updates in all; `--resume` may raise it."""
+    batch_size: int = 16
+    """Windows per batch (B)."""
+    sequence_length: int = 32
+    """Steps per window (T); windows may cross episode boundaries, where is_first marks the reset."""
+    learning_rate: float = 3e-4
+    """Adam's step size."""
+    adam_epsilon: float = 1e-8
+    """Adam's epsilon."""
+    grad_clip: float = 100.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    seed: int = 0
+    """Seed of the model's initialisation, the window sampler and the model's own random draws."""
+    time_limit: float = 0.0
+    """Stop after this many seconds of training, summed over resumed sessions (0: no limit)."""
+    log_every: int = 100
+    """Write averaged training metrics every this many updates."""
+    checkpoint_every: int = 1_000
+    """Write a resumable checkpoint every this many updates (and always at the end)."""
+    device: str = "cpu"
+    """Torch device for the model ('cpu', 'cuda', 'cuda:1', 'mps')."""
+    threads: int = 0
+    """Torch CPU threads (0: leave torch's default)."""
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files under RUN_DIR/tensorboard."""

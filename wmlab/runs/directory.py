@@ -1,7 +1,10 @@
 """A run directory's identity and how a trained run is read back.
 
-    RUN_DIR/config.json               algorithm, environment and every setting (RunSpec)
-    RUN_DIR/checkpoints/rank<r>/      agent.safetensors + agent.json, loop.* (wmlab.core.serialization)
+    RUN_DIR/config.json               algorithm, environment and every setting (RunSpec), or, for
+                                      a world model fitted to a dataset, "kind": "offline" with the
+                                      model family, the dataset and every setting (OfflineRunSpec)
+    RUN_DIR/checkpoints/rank<r>/      agent.* (online) or model.* (offline) weights, and the
+                                      trainer's state (wmlab.core.serialization: safetensors + JSON)
 
 `wmlab train`, `wmlab eval`, `wmlab record --policy RUN_DIR`, the studies and the report all
 read runs through these functions, so none of them imports the training loop.
@@ -15,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from wmlab.core.config import from_dict
-from wmlab.core.errors import RunDirectoryError
-from wmlab.core.registry import ALGORITHMS
+from wmlab.core.errors import IncompatibleSpaceError, RunDirectoryError
+from wmlab.core.registry import ALGORITHMS, MODELS
 from wmlab.core.serialization import load_state
+from wmlab.core.spaces import space_from_description
 from wmlab.envs.adapter import make_env
-from wmlab.runs.config import TrainConfig
+from wmlab.runs.config import OfflineTrainConfig, TrainConfig
 
 CONFIG_FILE = "config.json"
 # Fields that may change when a run is resumed; anything else would make it another run.
@@ -55,6 +59,8 @@ def load_run_spec(run_dir: Path) -> RunSpec:
         raise RunDirectoryError(f"{run_dir} holds no run ({CONFIG_FILE} is missing)")
     try:
         raw = json.loads(path.read_text())
+        if isinstance(raw, dict) and raw.get("kind") == OFFLINE_KIND:
+            raise RunDirectoryError(f"{run_dir} holds a world model trained offline, not an agent: evaluate it with `wmlab eval {run_dir} --suite horizon` (or calibration, bound, controllability)")
         entry = ALGORITHMS.get(raw["algorithm"])
         return RunSpec(
             algorithm=raw["algorithm"],
@@ -84,3 +90,115 @@ def load_trained_agent(run_dir: str | Path, rank: int = 0):
     env.close()
     agent.load_state_dict(load_state(checkpoint, "agent"))
     return spec, agent
+
+
+# --------------------------------------------------------------------------------------------
+# Offline runs: a world model fitted to a recorded dataset (wmlab.train.offline)
+
+OFFLINE_KIND = "offline"
+#: Files of an offline run's model weights, under checkpoints/rank0/.
+MODEL_STATE = "model"
+#: Fields of an offline run that may change when it is resumed; anything else would make it another run.
+OFFLINE_RESUMABLE_CHANGES = {"train.updates", "train.progress", "train.device", "train.threads", "train.tensorboard", "train.log_every", "train.checkpoint_every", "train.time_limit"}
+
+
+@dataclass(frozen=True)
+class OfflineRunSpec:
+    """What the config.json of an offline run records: the model family and its config, the
+    dataset (with the spaces and size it had when the run started) and the trainer's settings."""
+
+    model: str
+    dataset: str
+    train: OfflineTrainConfig
+    world_model: Any
+    observation_space: dict
+    action_space: dict
+    with_actions: bool = True
+    dataset_steps: int = 0
+    env: str = ""
+    env_kwargs: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "kind": OFFLINE_KIND,
+            "model": self.model,
+            "dataset": self.dataset,
+            "env": self.env,
+            "env_kwargs": self.env_kwargs,
+            "with_actions": self.with_actions,
+            "dataset_steps": self.dataset_steps,
+            "observation_space": self.observation_space,
+            "action_space": self.action_space,
+            "train": asdict(self.train),
+            "world_model": asdict(self.world_model),
+        }
+
+
+def _read_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / CONFIG_FILE
+    if not Path(run_dir).is_dir():
+        raise RunDirectoryError(f"run directory {run_dir} does not exist")
+    if not path.is_file():
+        raise RunDirectoryError(f"{run_dir} holds no run ({CONFIG_FILE} is missing)")
+    try:
+        raw = json.loads(path.read_text())
+    except ValueError as error:
+        raise RunDirectoryError(f"{path} is corrupt ({error})") from None
+    if not isinstance(raw, dict):
+        raise RunDirectoryError(f"{path} is corrupt (it holds no JSON object)")
+    return raw
+
+
+def is_offline_run(run_dir: str | Path) -> bool:
+    """Whether RUN_DIR holds a world model fitted to a dataset (rather than an agent's run)."""
+    return _read_config(Path(run_dir)).get("kind") == OFFLINE_KIND
+
+
+def load_offline_run_spec(run_dir: str | Path) -> OfflineRunSpec:
+    """Read an offline run's config.json back into typed configs; clear errors when corrupt."""
+    path = Path(run_dir) / CONFIG_FILE
+    raw = _read_config(Path(run_dir))
+    if raw.get("kind") != OFFLINE_KIND:
+        raise RunDirectoryError(f"{run_dir} holds an agent's run, not a world model trained offline")
+    try:
+        entry = MODELS.get(raw["model"])
+        return OfflineRunSpec(
+            model=raw["model"],
+            dataset=raw["dataset"],
+            env=raw.get("env", ""),
+            env_kwargs=raw.get("env_kwargs", {}),
+            with_actions=bool(raw["with_actions"]),
+            dataset_steps=int(raw.get("dataset_steps", 0)),
+            observation_space=raw["observation_space"],
+            action_space=raw["action_space"],
+            train=from_dict(OfflineTrainConfig, raw["train"]),
+            world_model=from_dict(entry.load_config(), raw["world_model"]),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise RunDirectoryError(f"{path} is corrupt ({error})") from None
+
+
+def build_world_model(spec: OfflineRunSpec):
+    """The spec's model family, built for the dataset's spaces, on the spec's device. A family
+    that cannot take those spaces raises IncompatibleSpaceError naming the dataset's manifest."""
+    model_class = MODELS.get(spec.model).load()
+    observation_space = space_from_description(spec.observation_space)
+    action_space = space_from_description(spec.action_space)
+    try:
+        model = model_class(spec.world_model, observation_space, action_space)
+    except IncompatibleSpaceError as error:
+        manifest = Path(spec.dataset) / "manifest.json"
+        raise IncompatibleSpaceError(f"{spec.model} cannot learn from the dataset {manifest}: {error}") from None
+    return model.to(spec.train.device)
+
+
+def load_trained_model(run_dir: str | Path):
+    """(OfflineRunSpec, world model) with the weights of an offline run's latest checkpoint."""
+    run_dir = Path(run_dir)
+    spec = load_offline_run_spec(run_dir)
+    checkpoint = run_dir / "checkpoints" / "rank0"
+    if not checkpoint.is_dir():
+        raise RunDirectoryError(f"{run_dir} has no checkpoint yet ({checkpoint} is missing)")
+    model = build_world_model(spec)
+    model.load_state_dict(load_state(checkpoint, MODEL_STATE))
+    return spec, model

@@ -38,6 +38,7 @@ import torch
 import tyro
 
 from wmlab.agents.world_models.config import WorldModelsConfig, default_config
+from wmlab.core.config import option_value
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.train.progress import StageProgress
 
@@ -84,7 +85,7 @@ class PipelineCommand:
 def pipeline_command(argv: list[str]) -> int:
     """`wmlab pipeline world-models ARGS`: argv holds the arguments after `world-models`."""
     command_class = PipelineCommand
-    env_id = _option_value(argv, "--env") or "CarRacing-v3"
+    env_id = option_value(argv, "--env") or "CarRacing-v3"
     quick = "--quick" in argv
     defaults = command_class(env=env_id, quick=quick, config=default_config(env_id, quick))
     arguments = tyro.cli(command_class, args=argv, default=defaults, prog="wmlab pipeline world-models")
@@ -102,15 +103,6 @@ def pipeline_command(argv: list[str]) -> int:
     print(json.dumps(summary, indent=2))
     print(f"run directory: {run_dir}  (wmlab report {run_dir}; wmlab eval {run_dir})")
     return 0
-
-
-def _option_value(argv: list[str], name: str) -> str | None:
-    for index, argument in enumerate(argv):
-        if argument == name and index + 1 < len(argv):
-            return argv[index + 1]
-        if argument.startswith(name + "="):
-            return argument.split("=", 1)[1]
-    return None
 
 
 def run_pipeline(

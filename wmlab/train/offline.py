@@ -1,0 +1,320 @@
+"""The offline trainer: any registered world model, fitted to a recorded dataset, in an ordinary
+run directory.
+
+    wmlab record --env two-rooms-state --episodes 50 --out data/rooms
+    wmlab train --model rssm --dataset data/rooms --run-dir runs/rssm-rooms --train.updates 5000
+    wmlab train --resume runs/rssm-rooms --train.updates 10000
+    wmlab eval runs/rssm-rooms --suite horizon
+    wmlab report runs/rssm-rooms
+
+Each update samples B windows of T steps from the dataset (`wmlab.data.dataset`), takes the
+model's own `loss(batch)` and one Adam step on it (global gradient norm clipped); a model with an
+EMA target (`update_target`, the JEPA family's) moves it after each step. The run directory holds
+what an online run holds, so eval, the report and the studies read it the same way:
+
+    RUN_DIR/config.json          "kind": "offline", the model family and config, the dataset, settings
+    RUN_DIR/metrics.jsonl        averaged loss terms every `log_every` updates (step = updates)
+    RUN_DIR/tensorboard/         the same metrics for TensorBoard
+    RUN_DIR/checkpoints/rank0/   model.* (weights) and trainer.* (optimiser, counters, random
+                                 states, the window sampler): safetensors + JSON
+    RUN_DIR/summary.json         headline numbers at the end
+
+Resuming restores every random state, so a run interrupted and resumed gives the weights of an
+uninterrupted one, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import tyro
+
+from wmlab.core.config import differences, option_value
+from wmlab.core.errors import DatasetError, RunDirectoryError, WmlabError
+from wmlab.core.registry import MODELS
+from wmlab.core.serialization import global_random_state, load_state, restore_global_random_state, save_checkpoint_directory
+from wmlab.data.dataset import MANIFEST_FILE, OfflineDataset, load_dataset, read_manifest
+from wmlab.runs.config import OfflineTrainConfig
+from wmlab.runs.directory import (
+    CONFIG_FILE,
+    MODEL_STATE,
+    OFFLINE_RESUMABLE_CHANGES,
+    OfflineRunSpec,
+    build_world_model,
+    is_offline_run,
+    load_offline_run_spec,
+)
+from wmlab.train.logger import MetricsAverager, MetricsLogger
+from wmlab.train.progress import StageProgress
+
+TRAINER_STATE = "trainer"
+#: Families that have no loss of their own to fit offline, and why.
+NOT_OFFLINE = {
+    "tabular": "the tabular model is a table of counted transitions that the Dyna agents fill as they act; "
+    "it has no gradient loss (train it with `wmlab train --algo dyna-q`)",
+    "tdmpc": "TD-MPC2's value heads learn by temporal differences from its own policy prior and target "
+    "networks, which the TD-MPC2 agent updates beside the model (train it with `wmlab train --algo tdmpc2`)",
+}
+
+
+@dataclass
+class OfflineCounters:
+    """Everything the schedule depends on; saved with each checkpoint."""
+
+    updates: int = 0
+    next_log: int = 0
+    next_checkpoint: int = 0
+    elapsed_seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer
+
+
+def open_dataset(spec: OfflineRunSpec, seed: int) -> OfflineDataset:
+    """The spec's dataset, checked against what the run was started on."""
+    dataset = load_dataset(spec.dataset, with_actions=spec.with_actions, seed=seed)
+    manifest = Path(spec.dataset) / MANIFEST_FILE
+    recorded = (dataset.manifest["observation_space"], dataset.manifest["action_space"], dataset.num_steps)
+    if recorded != (spec.observation_space, spec.action_space, spec.dataset_steps):
+        raise DatasetError(
+            f"the dataset {manifest} no longer matches the run (spaces or number of steps changed since the run "
+            f"started with {spec.dataset_steps} steps): resume on the same dataset, or start a new run"
+        )
+    return dataset
+
+
+class OfflineTrainer:
+    """Fits (or resumes fitting) one world model to one dataset in `run_dir`."""
+
+    def __init__(self, spec: OfflineRunSpec, run_dir: str | Path, resume: bool = False, force: bool = False):
+        self.spec, self.config = spec, spec.train
+        self.run_dir = Path(run_dir)
+        if self.config.threads > 0:
+            torch.set_num_threads(self.config.threads)
+        random.seed(self.config.seed)
+        np.random.seed(self.config.seed % 2**32)
+        torch.manual_seed(self.config.seed)
+
+        # The dataset and the model are checked before the run directory is touched.
+        self.dataset = open_dataset(spec, seed=self.config.seed)
+        self.model = build_world_model(spec)
+        self._prepare_run_directory(resume=resume, force=force)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate, eps=self.config.adam_epsilon)
+        self.counters = OfflineCounters(next_log=self.config.log_every, next_checkpoint=self.config.checkpoint_every)
+        if resume:
+            self._load_checkpoint()
+        self.logger = MetricsLogger(self.run_dir, tensorboard=self.config.tensorboard)
+        self.averager = MetricsAverager()
+
+    # ------------------------------------------------------------------------------------------
+    # Run directory and checkpoints
+
+    def _prepare_run_directory(self, resume: bool, force: bool) -> None:
+        if resume:
+            if not self._checkpoint_directory().is_dir():
+                raise RunDirectoryError(f"cannot resume {self.run_dir}: it has no checkpoint")
+            return
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            if not force:
+                raise RunDirectoryError(
+                    f"{self.run_dir} already holds a run; pass --resume {self.run_dir} to continue it, "
+                    "--force to replace it, or choose another --run-dir"
+                )
+            shutil.rmtree(self.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / CONFIG_FILE).write_text(json.dumps(self.spec.to_json(), indent=2))
+
+    def _checkpoint_directory(self) -> Path:
+        return self.run_dir / "checkpoints" / "rank0"
+
+    def save_checkpoint(self) -> None:
+        """Write the model and everything needed to continue exactly."""
+        trainer_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "counters": asdict(self.counters),
+            "sampler": json.dumps(self.dataset.sampler_state()),
+            "rng": global_random_state(),
+        }
+        save_checkpoint_directory(self._checkpoint_directory(), {MODEL_STATE: dict(self.model.state_dict()), TRAINER_STATE: trainer_state})
+
+    def _load_checkpoint(self) -> None:
+        directory = self._checkpoint_directory()
+        self.model.load_state_dict(load_state(directory, MODEL_STATE))
+        state = load_state(directory, TRAINER_STATE)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.counters = OfflineCounters(**state["counters"])
+        self.dataset.load_sampler_state(json.loads(state["sampler"]))
+        restore_global_random_state(state["rng"])
+
+    # ------------------------------------------------------------------------------------------
+    # Training
+
+    def update(self) -> dict[str, float]:
+        """One Adam step on the model's loss for B sampled windows of T steps."""
+        self.model.train()
+        batch = self.dataset.sample(self.config.batch_size, self.config.sequence_length)
+        loss, metrics = self.model.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        metrics = dict(metrics)
+        metrics["wm/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        self.optimizer.step()
+        update_target = getattr(self.model, "update_target", None)
+        if update_target is not None:  # an EMA target encoder follows the trained one
+            update_target()
+        self.counters.updates += 1
+        return metrics
+
+    def _elapsed(self) -> float:
+        return self.counters.elapsed_seconds + (time.perf_counter() - self._session_start)
+
+    def _checkpoint_now(self) -> None:
+        self.counters.elapsed_seconds = self._elapsed()
+        self._session_start = time.perf_counter()
+        self.save_checkpoint()
+
+    def run(self) -> dict[str, Any]:
+        """Train until `updates` updates or `time_limit` seconds; returns the summary."""
+        config = self.config
+        self._session_start = time.perf_counter()
+        stopped_by = "updates"
+        last_metrics: dict[str, float] = {}
+        with StageProgress(config.progress) as progress:
+            advance = progress.task(f"train {self.spec.model}", total=config.updates, completed=self.counters.updates)
+            while self.counters.updates < config.updates:
+                self.averager.add(self.update())
+                advance(1)
+                if self.counters.updates >= self.counters.next_log:
+                    last_metrics = self.averager.pop()
+                    self.logger.write(self.counters.updates, self._elapsed(), last_metrics)
+                    self.counters.next_log += config.log_every
+                if config.time_limit > 0 and self._elapsed() >= config.time_limit:
+                    stopped_by = "time_limit"
+                    break
+                if self.counters.updates >= self.counters.next_checkpoint and self.counters.updates < config.updates:
+                    self._checkpoint_now()
+                    self.counters.next_checkpoint += config.checkpoint_every
+        remaining = self.averager.pop()
+        if remaining:
+            last_metrics = remaining
+            self.logger.write(self.counters.updates, self._elapsed(), remaining)
+        self._checkpoint_now()
+        self.logger.close()
+        summary = {
+            "model": self.spec.model,
+            "dataset": self.spec.dataset,
+            "updates": self.counters.updates,
+            "wall_seconds": round(self.counters.elapsed_seconds, 1),
+            "stopped_by": stopped_by,
+            **last_metrics,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# The command line
+
+
+def wants_offline(argv: list[str]) -> bool:
+    """Whether `wmlab train ARGV` asks for the offline trainer: --model or --dataset, or --resume
+    of a run that was trained offline."""
+    if any(argument in ("--model", "--dataset") or argument.startswith(("--model=", "--dataset=")) for argument in argv):
+        return True
+    resume = option_value(argv, "--resume")
+    return resume is not None and (Path(resume) / CONFIG_FILE).is_file() and is_offline_run(resume)
+
+
+def _command_class(model_config: type) -> type:
+    """A dataclass for tyro: the model family, the dataset, the trainer's and the model's configs."""
+
+    def documented(kind, help_text):
+        return Annotated[kind, tyro.conf.arg(help=help_text)]
+
+    return dataclasses.make_dataclass(
+        "OfflineTrainCommand",
+        [
+            ("model", documented(str, "World-model family (wmlab list shows them)."), dataclasses.field(default="rssm")),
+            ("dataset", documented(Path | None, "Dataset directory written by `wmlab record`."), dataclasses.field(default=None)),
+            ("run_dir", documented(Path | None, "Run directory (default runs/MODEL-DATASET-seedSEED)."), dataclasses.field(default=None)),
+            ("force", documented(bool, "Replace a run directory that already holds a run."), dataclasses.field(default=False)),
+            ("resume", documented(Path | None, "Continue the run in this directory from its last checkpoint."), dataclasses.field(default=None)),
+            ("train", OfflineTrainConfig, dataclasses.field(default_factory=OfflineTrainConfig)),
+            ("world_model", model_config, dataclasses.field(default_factory=model_config)),
+        ],
+        frozen=True,
+    )
+
+
+def model_config_class(name: str) -> type:
+    """The config class of a family that can be trained offline; a clear refusal otherwise."""
+    if name in NOT_OFFLINE:
+        raise WmlabError(f"{name} cannot be trained offline: {NOT_OFFLINE[name]}")
+    entry = MODELS.get(name)
+    if entry.config is None:
+        raise WmlabError(f"{name} cannot be trained offline: it has no config class (register it with one)")
+    return entry.load_config()
+
+
+def parse_offline_arguments(argv: list[str]) -> tuple[OfflineRunSpec, Path, bool, bool]:
+    """(OfflineRunSpec, run_dir, resume, force) from the command line."""
+    resume_dir = option_value(argv, "--resume")
+    if resume_dir is not None:
+        saved = load_offline_run_spec(Path(resume_dir))
+        command_class = _command_class(model_config_class(saved.model))
+        default = command_class(model=saved.model, dataset=Path(saved.dataset), run_dir=Path(resume_dir), resume=Path(resume_dir), train=saved.train, world_model=saved.world_model)
+        parsed = tyro.cli(command_class, args=argv, default=default, prog="wmlab train")
+        changed = {f"train.{name}" for name in differences(saved.train, parsed.train)}
+        changed |= {f"world_model.{name}" for name in differences(saved.world_model, parsed.world_model)}
+        changed |= {name for name in ("model", "dataset") if getattr(parsed, name) != getattr(default, name)}
+        refused = sorted(changed - OFFLINE_RESUMABLE_CHANGES)
+        if refused:
+            raise WmlabError(f"--resume continues the saved run; these settings cannot change: {', '.join(refused)} (start a new run instead)")
+        return dataclasses.replace(saved, train=parsed.train), Path(resume_dir), True, False
+
+    name = option_value(argv, "--model") or "rssm"
+    command_class = _command_class(model_config_class(name))
+    parsed = tyro.cli(command_class, args=argv, prog="wmlab train", description=f"Train the world model {name} on a recorded dataset. " + (MODELS.get(name).description or ""))
+    if parsed.dataset is None:
+        raise WmlabError("give the dataset to train on: wmlab train --model FAMILY --dataset DIR (written by `wmlab record`)")
+    manifest = read_manifest(parsed.dataset)  # every episode file is checked when the trainer loads them
+    with_actions = bool(manifest["actions"])
+    if not with_actions:
+        raise DatasetError(
+            f"{name} learns action-conditioned dynamics, but {parsed.dataset / MANIFEST_FILE} says the dataset was "
+            "recorded without actions (--no-actions): record it with actions"
+        )
+    run_dir = parsed.run_dir or Path("runs") / f"{name}-{Path(parsed.dataset).name}-seed{parsed.train.seed}"
+    spec = OfflineRunSpec(
+        model=name,
+        dataset=str(Path(parsed.dataset).resolve()),
+        train=parsed.train,
+        world_model=parsed.world_model,
+        observation_space=manifest["observation_space"],
+        action_space=manifest["action_space"],
+        with_actions=with_actions,
+        dataset_steps=sum(entry["length"] for entry in manifest["episodes"]),
+        env=manifest["env_id"],
+        env_kwargs=manifest.get("env_kwargs", {}),
+    )
+    return spec, run_dir, False, parsed.force
+
+
+def offline_train_command(argv: list[str]) -> int:
+    """`wmlab train --model FAMILY --dataset DIR [...]` and `wmlab train --resume OFFLINE_RUN`."""
+    spec, run_dir, resume, force = parse_offline_arguments(argv)
+    summary = OfflineTrainer(spec, run_dir, resume=resume, force=force).run()
+    print(json.dumps(summary, indent=2))
+    print(f"run directory: {run_dir}  (wmlab eval {run_dir} --suite horizon; wmlab report {run_dir})")
+    return 0
