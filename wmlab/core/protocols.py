@@ -1,7 +1,30 @@
-"""The three protocols that every world model, planner and agent implements.
+"""The three protocols that every world model, planner and agent implements, and the rest of the
+contract that the trainers, the evaluation suites and the imagined environment rely on.
 
 Planners, imagination-trained agents, the evaluation suite and the report work against these,
 never against a model's internals.
+
+Construction (how the registry's entries are called; `wmlab.core.registry`):
+- a world-model family: `Family(config, observation_space, action_space)` with its frozen config
+  dataclass, a gymnasium Dict observation space (`image` / `vector` / `state` keys) and the action
+  space; a space it cannot take raises `IncompatibleSpaceError`. A family whose registry entry
+  names a config class and that is an `nn.Module` can be trained offline (`wmlab.train.offline`).
+- an agent: `Agent(config, observation_space, action_space, seed=SEED, device=DEVICE)`.
+- a planner: `Planner(config, generator=None, seed=None, device="cpu")`.
+
+What is optional, and who looks for it (absent means "does not apply"):
+- WorldModel `features(state) -> (..., F)`: the feature vector the metrics compare and the
+  imagined environment returns (else the state's floating tensors, flattened).
+- WorldModel `generator`: its own torch.Generator; the metrics seed it beside torch's global one.
+- WorldModel `deterministic = True`: no predictive distribution, so calibration says so.
+- WorldModel `discrete` / `action_size`: how the imagined environment encodes actions.
+- WorldModel `update_target()`: called after each optimiser step by the offline trainer (an EMA
+  target encoder follows the trained one).
+- Agent `world_model` (or, in TD-MPC2 and the JEPA planner, `model`): the WorldModel it plans or
+  learns with; `wmlab eval --suite ...` evaluates it.
+- Agent `modules() -> {name: nn.Module}`: every network, broadcast from rank 0 under torchrun.
+- Agent `on_run_end(run_dir, replay)`: after the last checkpoint (open-loop videos, figures).
+- Planner `reset()`: forget the warm start at the start of an episode (MPPI).
 """
 
 from __future__ import annotations
@@ -35,7 +58,10 @@ class WorldModel(Protocol):
 
     def imagine(self, state: Any, actions_or_policy: Any, horizon: int) -> Trajectory:
         """Roll forward with no observations from state (B, ...), given actions (B, L, A) or a
-        policy `policy(state) -> action (B, A)`."""
+        policy `policy(state) -> action (B, A)`. The Trajectory's states, rewards and continues
+        are what the planners and the metrics read; its observations are the decoded predictions
+        where `can_decode`, else None. Families that sample take keyword options such as
+        `generator` or `temperature`, which callers pass only where the family accepts them."""
 
     def decode(self, state: Any) -> dict:
         """Predicted observation for state; families that cannot decode raise NotImplementedError
@@ -54,8 +80,13 @@ RolloutFn = Callable[[Any, Any], Any]
 class Planner(Protocol):
     """Searches action sequences against a rollout function; never sees the model."""
 
-    def plan(self, rollout_fn: RolloutFn, state: Any, action_space: Any) -> Any:
-        """Return the best action sequence (L, A) found for `state`."""
+    def plan(self, rollout_fn: RolloutFn, state: Any, action_space: Any, **options: Any) -> Any:
+        """Return the action sequence (L, A) (indices (L,) for a Discrete space) found for
+        `state`; `rollout_fn(state, candidates (N, L, A)) -> returns (N,)` scores candidates.
+        Every planner takes the three positional arguments; MPPI also takes the keyword options
+        `prior_actions` (P, L, A) scored beside its samples (TD-MPC2's policy trajectories),
+        `explore` (draw an elite by its weight, plus noise) and `shift` (environment steps since
+        the previous plan, by which its warm start moves forward)."""
 
 
 @runtime_checkable
@@ -81,7 +112,9 @@ class Agent(Protocol):
         """One gradient update (or planning sweep) from a replay batch; returns metrics."""
 
     def state_dict(self) -> dict[str, Any]:
-        ...
+        """Everything a resumed run needs to continue exactly as this one would have: weights,
+        optimiser moments, step counters, random generators (tensors, arrays, numbers, strings,
+        lists and dicts only: checkpoints are safetensors + JSON)."""
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        ...
+        """Inverse of `state_dict`."""
