@@ -4,9 +4,9 @@ not only when it crashes.
 
 The task: move a point on a line to the origin. s' = clip(s + 0.25 a, -2, 2), reward -|s'|, 15
 steps from |s| in [1, 2]. Random actions return about -20 (-22.1 over the 20 seeded episodes of
-`random_return`); driving straight to the origin and
-staying there returns about -5 (between -3.8 from |s| = 1.5 and -7 from |s| = 2). V-M-C sees it
-as 64 x 64 frames of a bright band at the point's position.
+`random_return`); driving straight to the origin and staying there returns about -5 (between -3.8
+from |s| = 1.5 and -7 from |s| = 2). V-M-C sees it as 64 x 64 frames of a bright band at the
+point's position.
 """
 
 from __future__ import annotations

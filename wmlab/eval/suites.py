@@ -15,6 +15,7 @@ Shape legend: B sequences, T steps, L open-loop steps.
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,10 @@ import torch
 
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.types import Batch
+from wmlab.data.dataset import load_dataset
 from wmlab.envs.adapter import make_env
 from wmlab.eval import world_model_metrics as metrics
 from wmlab.eval.returns import unbatch_action
-from wmlab.data.dataset import load_dataset
 from wmlab.runs.directory import is_offline_run, load_trained_agent, load_trained_model
 
 SUITES = ("horizon", "calibration", "bound", "dream", "controllability")
@@ -428,8 +429,6 @@ def report_section(run_dir: str | Path) -> str | None:
     """An HTML table of the suites' headline numbers for the run report (the figures themselves
     are embedded from figures/ by the report); None when no suite has run.
     Add it with `wmlab.report.html.register_section("World-model evaluation", report_section)`."""
-    import html
-
     results = stored_results(run_dir)
     if not results:
         return None

@@ -27,7 +27,12 @@ from typing import Sequence
 
 import numpy as np
 
+from wmlab.agents.dreamer.agent import COUNTERFACTUAL_KINDS
 from wmlab.core.errors import WmlabError
+from wmlab.envs.adapter import make_env
+from wmlab.envs.perturb import physics_of
+from wmlab.eval.returns import evaluate_agent
+from wmlab.runs.directory import load_trained_agent
 from wmlab.studies.runner import (
     MEASUREMENT_SEED,
     RunResult,
@@ -85,8 +90,6 @@ class Condition:
 
 
 def variants(arguments: CounterfactualArguments) -> list[Variant]:
-    from wmlab.agents.dreamer.agent import COUNTERFACTUAL_KINDS
-
     if not 0.0 < arguments.fraction <= 1.0:
         raise WmlabError(f"--fraction must lie in (0, 1], got {arguments.fraction}")
     unknown = sorted(set(arguments.kinds) - set(COUNTERFACTUAL_KINDS))
@@ -101,9 +104,6 @@ def variants(arguments: CounterfactualArguments) -> list[Variant]:
 
 def conditions(study: Study, arguments: CounterfactualArguments) -> tuple[list[Condition], list[str]]:
     """The nominal environment and the perturbations that apply to it, with notes on those that do not."""
-    from wmlab.envs.adapter import make_env
-    from wmlab.envs.perturb import physics_of
-
     probe = make_env(study.env, **study.env_kwargs)
     try:
         keys = set(probe.observation_space.spaces)
@@ -132,9 +132,6 @@ def conditions(study: Study, arguments: CounterfactualArguments) -> tuple[list[C
 
 def robustness(run: RunResult, conditions_: Sequence[Condition], episodes: int) -> dict[str, float]:
     """The run's greedy evaluation return in every condition, on the shared measurement seeds."""
-    from wmlab.eval.returns import evaluate_agent
-    from wmlab.runs.directory import load_trained_agent
-
     def compute() -> dict[str, float]:
         _, agent = load_trained_agent(run.run_dir)
         return {

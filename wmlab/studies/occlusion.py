@@ -32,6 +32,9 @@ import numpy as np
 import torch
 
 from wmlab.core.errors import WmlabError
+from wmlab.envs.adapter import make_env
+from wmlab.eval.returns import evaluate_agent, unbatch_action
+from wmlab.runs.directory import load_trained_agent
 from wmlab.studies.runner import (
     MEASUREMENT_SEED,
     RunResult,
@@ -107,9 +110,6 @@ def belief_errors(agent: Any, env: str, env_kwargs: dict, start_probability: flo
     into an occlusion, with the greedy policy on `episodes` episodes of the task occluded for K
     steps at a time (see the module docstring). Returns {"k": [0..K], "count": [...],
     "posterior": {key: [...]}, "prior": {key: [None, ...]}} (None where no step had that k)."""
-    from wmlab.envs.adapter import make_env
-    from wmlab.eval.returns import unbatch_action
-
     model = agent.world_model
     keys = [key for key in ("vector", "image") if key in model.layout.vector_keys + model.layout.image_keys]
     if not keys:
@@ -162,9 +162,6 @@ def belief_errors(agent: Any, env: str, env_kwargs: dict, start_probability: flo
 
 def measure(run: RunResult, study: Study, arguments: OcclusionArguments, return_episodes: int, belief_episodes: int) -> dict:
     """Returns without and with occlusion, and the belief errors, of one trained run (cached)."""
-    from wmlab.eval.returns import evaluate_agent
-    from wmlab.runs.directory import load_trained_agent
-
     def compute() -> dict:
         _, agent = load_trained_agent(run.run_dir)
         nominal = evaluate_agent(agent, study.env, episodes=return_episodes, seed=MEASUREMENT_SEED, env_kwargs=study.env_kwargs)["eval/return"]

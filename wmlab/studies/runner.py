@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import tyro
 
 from wmlab.agents.dreamer.config import DreamerConfig
+from wmlab.bench.common import machine_description
 from wmlab.core.config import from_dict
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.registry import ALGORITHMS
@@ -261,8 +263,6 @@ class Study:
     def write(self, results: dict, markdown: str) -> dict[str, Path]:
         """OUT/NAME.json and OUT/NAME.md (the figure is drawn by the study into `figure_path`); prints
         the comparison sentence and where the files are."""
-        from wmlab.bench.common import machine_description
-
         self.out.mkdir(parents=True, exist_ok=True)
         payload = {"study": self.name, **results, "settings": self.settings(), "machine": machine_description(), "command": self.command}
         json_path = self.out / f"{self.name}.json"
@@ -280,8 +280,6 @@ class Study:
 
     def header(self, title: str) -> str:
         """The markdown section's title, command and provenance."""
-        from wmlab.bench.common import machine_description
-
         machine = machine_description()
         seeds = f"seeds {self.seeds[0]}-{self.seeds[-1]}" if len(self.seeds) > 1 else f"seed {self.seeds[0]}"
         env = self.env + (f" {json.dumps(self.env_kwargs)}" if self.env_kwargs else "")
@@ -513,6 +511,4 @@ def save_figure(figure: Any, path: Path) -> Path:
 
 
 def parse_study_arguments(cls: type, name: str, argv: Sequence[str], description: str) -> Any:
-    import tyro
-
     return tyro.cli(cls, args=list(argv), prog=f"wmlab study {name}", description=description)

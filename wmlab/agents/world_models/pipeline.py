@@ -36,10 +36,20 @@ from typing import Annotated, Any, Callable
 import numpy as np
 import torch
 import tyro
+from gymnasium import spaces
 
+from wmlab.agents.world_models.agent import LinearController, WorldModelsAgent
 from wmlab.agents.world_models.config import WorldModelsConfig, default_config
+from wmlab.agents.world_models.evolution import CMAES
+from wmlab.agents.world_models.rollouts import RealRolloutSettings, RealRollouts, controller_features, dream_returns
 from wmlab.core.config import option_value
 from wmlab.core.errors import RunDirectoryError, WmlabError
+from wmlab.core.serialization import load_state, save_state
+from wmlab.data.dataset import read_manifest, record_dataset
+from wmlab.envs.adapter import make_env
+from wmlab.envs.imagined import ImaginedEnv
+from wmlab.models.vae_mdnrnn import VAEMDNRNN, action_size, image_channels, prepare_frames
+from wmlab.runs.config import TrainConfig
 from wmlab.train.progress import StageProgress
 
 STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "evaluate")
@@ -133,8 +143,6 @@ class Pipeline:
     """The stages of one run directory and what they share (settings, logger, progress)."""
 
     def __init__(self, config: WorldModelsConfig, env_id: str, run_dir: Path, seed: int, env_kwargs: dict, device: str, threads: int, progress: bool, force: bool):
-        from wmlab.envs.adapter import make_env
-
         self.config = config
         self.env_id = env_id
         self.run_dir = run_dir
@@ -149,8 +157,6 @@ class Pipeline:
         self.observation_space, self.action_space = env.observation_space, env.action_space
         self.step_limit = _own_step_limit(env)
         env.close()
-        from wmlab.models.vae_mdnrnn import action_size, image_channels
-
         image_channels(self.observation_space)  # fail now, with the reason, on a space V cannot read
         action_size(self.action_space)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +167,6 @@ class Pipeline:
     # --- bookkeeping ---------------------------------------------------------------------------
 
     def _write_config(self) -> None:
-        from wmlab.runs.config import TrainConfig
-
         # The layout of `wmlab train`'s config.json, so that `wmlab eval RUN_DIR` rebuilds the agent.
         document = {
             "algorithm": ALGORITHM,
@@ -199,7 +203,6 @@ class Pipeline:
         result = directory / f"{RESULT}.json"
         if not result.is_file():
             return False
-        from wmlab.core.serialization import load_state
 
         saved = load_state(directory, RESULT).get("inputs")
         wanted = self.inputs(stage)
@@ -223,7 +226,6 @@ class Pipeline:
         directory = self.stage_dir(stage)
         if not (directory / f"{CHECKPOINT}.json").is_file():
             return None
-        from wmlab.core.serialization import load_state
 
         state = load_state(directory, CHECKPOINT)
         if state.get("inputs") == self.inputs(stage):
@@ -236,8 +238,6 @@ class Pipeline:
         return None
 
     def save(self, stage: str, name: str, state: dict[str, Any]) -> None:
-        from wmlab.core.serialization import save_state
-
         directory = self.stage_dir(stage)
         # Write beside, then rename: an interrupted write never leaves a half checkpoint behind.
         temporary = directory / f".{name}.partial"
@@ -247,8 +247,6 @@ class Pipeline:
         shutil.rmtree(temporary, ignore_errors=True)
 
     def load_result(self, stage: str) -> dict[str, Any]:
-        from wmlab.core.serialization import load_state
-
         return load_state(self.stage_dir(stage), RESULT)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -280,8 +278,6 @@ class Pipeline:
         their settings match this run's (a changed M still reuses the recording and V)."""
         if not (other / "stages").is_dir():
             raise RunDirectoryError(f"{other} holds no World Models stages to copy")
-        from wmlab.core.serialization import load_state
-
         for stage in STAGES[: STAGES.index("mdnrnn") + 1]:
             source = other / "stages" / stage
             if (self.stage_dir(stage) / f"{RESULT}.json").is_file():
@@ -331,8 +327,6 @@ class Pipeline:
     # --- stage 1: random rollouts ----------------------------------------------------------------
 
     def collect(self) -> None:
-        from wmlab.data.dataset import record_dataset
-
         settings = self.config.collect
         directory = self.stage_dir("collect") / "dataset"
         if settings.policy == "uniform":
@@ -359,8 +353,6 @@ class Pipeline:
     # --- stage 2: V ------------------------------------------------------------------------------
 
     def build_model(self):
-        from wmlab.models.vae_mdnrnn import VAEMDNRNN
-
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = VAEMDNRNN(self.config.model, self.observation_space, self.action_space)
@@ -501,15 +493,11 @@ class Pipeline:
         return model
 
     def controller_for(self, model):
-        from wmlab.agents.world_models.agent import LinearController
-
         inputs = self.config.controller.inputs
         features = model.latent_size + (model.hidden_size if inputs == "latent_and_hidden" else 0)
         return LinearController(features, self.action_space)
 
     def real_rollouts(self, model, controller, workers: int | None = None):
-        from wmlab.agents.world_models.rollouts import RealRollouts, RealRolloutSettings
-
         settings = self.config.controller
         rollout_settings = RealRolloutSettings(
             env_id=self.env_id, env_kwargs=self.env_kwargs, frame_crop=tuple(self.config.frame_crop), inputs=settings.inputs,
@@ -520,8 +508,6 @@ class Pipeline:
     def dream(self, model, batch_size: int, seed: int, whole_episodes: bool = False):
         """The dream as an environment, starting from V's view of real first frames; episodes are
         capped as in training, or at the real environment's own limit with `whole_episodes`."""
-        from wmlab.envs.imagined import ImaginedEnv
-
         start_frames = self.load_result("collect")["start_frames"]
         cap = 0 if whole_episodes else self.config.controller.max_steps
         return ImaginedEnv(
@@ -532,9 +518,6 @@ class Pipeline:
         )
 
     def train_controller(self) -> None:
-        from wmlab.agents.world_models.evolution import CMAES
-        from wmlab.agents.world_models.rollouts import dream_returns
-
         settings = self.config.controller
         model = self.trained_model()
         controller = self.controller_for(model)
@@ -595,9 +578,6 @@ class Pipeline:
     # --- stage 6: evaluation in reality ----------------------------------------------------------
 
     def evaluate(self) -> None:
-        from wmlab.agents.world_models.agent import WorldModelsAgent
-        from wmlab.agents.world_models.rollouts import dream_returns
-
         model = self.trained_model()
         controller = self.controller_for(model)
         result = self.load_result("controller")
@@ -629,8 +609,6 @@ class Pipeline:
         agent = WorldModelsAgent(self.config, self.observation_space, self.action_space, seed=self.seed, device=str(self.device))
         agent.world_model.load_state_dict(model.state_dict())
         agent.controller_parameters = torch.as_tensor(parameters)
-        from wmlab.core.serialization import save_state
-
         save_state(agent.state_dict(), self.run_dir / "checkpoints" / "rank0", "agent")
         self.record_videos(agent, model, controller, parameters)
         self.save("evaluate", RESULT, {"returns": returns, "lengths": lengths, "dream_returns": dream_scores})
@@ -640,9 +618,6 @@ class Pipeline:
     def record_videos(self, agent, model, controller, parameters: np.ndarray) -> None:
         """videos/real_rollout.gif (what C does in the environment) and videos/dream_rollout.gif
         (what it does inside M, decoded by V)."""
-        from wmlab.agents.world_models.rollouts import controller_features
-        from wmlab.envs.adapter import make_env
-
         steps = self.config.video_steps
         if steps <= 0:
             return
@@ -683,8 +658,6 @@ def brownian_policy(action_space, dt: float, seed: int):
     """A random policy for `record_dataset`: a_{t+1} = clip(a_t + sqrt(dt) * N(0, I), low, high)
     from a uniform first action (ctallec/world-models' "brown" noise); uniform choices for a
     Discrete space."""
-    from gymnasium import spaces
-
     generator = np.random.default_rng(seed)
 
     def policy(observation, state):
@@ -704,9 +677,6 @@ def brownian_policy(action_space, dt: float, seed: int):
 def read_episodes(directory: Path, crop: tuple[int, int, int, int]):
     """Each recorded episode as a dict of arrays, its frames made 64x64 for V (one at a time, so
     that only the resized frames of the whole dataset are ever held at once)."""
-    from wmlab.data.dataset import read_manifest
-    from wmlab.models.vae_mdnrnn import prepare_frames
-
     manifest = read_manifest(directory)
     for entry in manifest["episodes"]:
         with np.load(directory / entry["file"], allow_pickle=False) as archive:
