@@ -426,7 +426,6 @@ class Trainer:
                     break
                 if self.counters.env_steps >= self.counters.next_checkpoint_step and self.counters.env_steps < target:
                     self._checkpoint_now()
-                    self.counters.next_checkpoint_step += self.checkpoint_every
         if self.counters.last_eval_step != self.counters.env_steps:
             last_eval = self.evaluate()
         self._checkpoint_now()
@@ -448,6 +447,10 @@ class Trainer:
         return at_log_step and distributed.any_rank(self._elapsed() >= self.config.time_limit)
 
     def _checkpoint_now(self) -> None:
+        # The schedule advances before the counters are saved: a run resumed from this checkpoint
+        # must not find its next checkpoint already due (it wrote an extra one a step later).
+        while self.counters.next_checkpoint_step <= self.counters.env_steps:
+            self.counters.next_checkpoint_step += self.checkpoint_every
         self.counters.elapsed_seconds = self._elapsed()
         self._session_start = time.perf_counter()
         self.save_checkpoint()
