@@ -61,3 +61,86 @@ def test_resume_writes_checkpoints_where_an_uninterrupted_run_does(tmp_path, mon
     Trainer(tiny_spec(80), tmp_path / "resumed", resume=True).run()
     assert straight == [20, 40, 60, 80]
     assert written == [20, 40, 60, 80]
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 3: a crash between the two renames of a checkpoint write left a run that could not resume.
+
+
+def final_state(run_dir: Path) -> dict:
+    """What must not depend on interruptions: weights, optimiser, counters, replay, log lines."""
+    from wmlab.train.serialization import load_state
+
+    checkpoint = run_dir / "checkpoints" / "rank0"
+    counters = dict(load_state(checkpoint, "loop")["counters"])
+    counters.pop("elapsed_seconds")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        line.pop("time"), line.pop("train/steps_per_second", None)
+    episodes = sorted(path.name for path in (run_dir / "replay" / "rank0" / "episodes").glob("*.npz"))
+    return {"agent": load_state(checkpoint, "agent"), "counters": counters, "lines": lines, "episodes": episodes}
+
+
+def assert_same_state(first: dict, second: dict) -> None:
+    import torch
+
+    assert first["counters"] == second["counters"]
+    assert first["lines"] == second["lines"]
+    assert first["episodes"] == second["episodes"]
+    for name, tensor in first["agent"]["model"].items():
+        assert torch.equal(tensor, second["agent"]["model"][name]), name
+    assert json.dumps(first["agent"]["optimizer"]["param_groups"]) == json.dumps(second["agent"]["optimizer"]["param_groups"])
+    for index, moments in first["agent"]["optimizer"]["state"].items():
+        for key, value in moments.items():
+            assert torch.equal(value, second["agent"]["optimizer"]["state"][index][key]), (index, key)
+
+
+class Crash(Exception):
+    """Stands for SIGKILL in-process: the files stay exactly as the kill point leaves them."""
+
+
+def crash_at(monkeypatch, point: str, hit: int = 1) -> None:
+    import wmlab.core.faults
+
+    hits = []
+
+    def kill_point(name, before=None):
+        if name == point:
+            hits.append(name)
+            if len(hits) == hit:
+                if before is not None:
+                    before()
+                raise Crash(point)
+
+    for module in ("wmlab.train.loop", "wmlab.train.logger", "wmlab.data.replay"):
+        if hasattr(__import__(module, fromlist=["_"]), "kill_point"):
+            monkeypatch.setattr(f"{module}.kill_point", kill_point)
+    assert point in wmlab.core.faults.POINTS
+
+
+def test_a_crash_between_the_checkpoint_renames_resumes_from_the_newest_complete_checkpoint(tmp_path, monkeypatch, capsys):
+    Trainer(tiny_spec(80), tmp_path / "straight").run()
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        crash_at(patch, "checkpoint-between-renames", hit=2)  # the checkpoint of step 40
+        with pytest.raises(Crash):
+            Trainer(tiny_spec(80), run_dir).run()
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["rank0.new", "rank0.old"]
+    assert run_cli("train", "--resume", run_dir, "--train.steps", 80) == 0
+    error = capsys.readouterr().err
+    assert "recovered" in error and "rank0.new" in error and "step 40" in error
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["rank0"]
+    assert_same_state(final_state(run_dir), final_state(tmp_path / "straight"))
+
+
+def test_an_incomplete_checkpoint_is_never_recovered(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    Trainer(tiny_spec(20), run_dir).run()
+    checkpoints = run_dir / "checkpoints"
+    (checkpoints / "rank0").rename(checkpoints / "rank0.old")
+    (checkpoints / "rank0.new").mkdir()
+    (checkpoints / "rank0.new" / "agent.json").write_text("{")  # the crash came while writing it
+    assert run_cli("train", "--resume", run_dir, "--train.steps", 40) == 0
+    error = capsys.readouterr().err
+    assert "recovered" in error and "rank0.old" in error and "step 20" in error

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from wmlab.core.errors import RunDirectoryError
+from wmlab.core.faults import kill_point
 from wmlab.core.registry import ALGORITHMS
 from wmlab.core.types import Transition
 from wmlab.envs.adapter import make_env
@@ -40,9 +42,12 @@ from wmlab.eval.returns import episode_task, evaluate_agent, unbatch_action
 from wmlab.train import distributed
 from wmlab.train.config import TrainConfig
 from wmlab.train.logger import MetricsAverager, MetricsLogger
+from wmlab.core.files import replace_durably, sync, write_durably
 from wmlab.train.serialization import load_state, save_state
 
 CONFIG_FILE = "config.json"
+#: Written last into a checkpoint folder: its presence means every other file there is complete.
+COMPLETE_FILE = "complete.json"
 
 
 @dataclass
@@ -106,6 +111,40 @@ def load_run_spec(run_dir: Path) -> RunSpec:
         raise RunDirectoryError(f"{path} is corrupt ({error})") from None
 
 
+def find_checkpoint(run_dir: Path, rank: int = 0) -> Path:
+    """The newest complete checkpoint of `rank`: rank<r>, else (a crash interrupted a checkpoint
+    write between its two renames) a complete rank<r>.new, else rank<r>.old. Reads only."""
+    target = Path(run_dir) / "checkpoints" / f"rank{rank}"
+    if target.is_dir():
+        return target
+    for candidate in (target.with_name(target.name + ".new"), target.with_name(target.name + ".old")):
+        if (candidate / COMPLETE_FILE).is_file():
+            return candidate
+    raise RunDirectoryError(f"{run_dir} has no checkpoint for rank {rank} ({target} is missing)")
+
+
+def resume_checkpoint(run_dir: Path, rank: int = 0) -> Path:
+    """find_checkpoint(), moved back to rank<r> if a crash left it under another name (said on
+    stderr: which one, at which step); incomplete leftovers of an interrupted write are removed."""
+    try:
+        found = find_checkpoint(run_dir, rank)
+    except RunDirectoryError:
+        raise RunDirectoryError(f"cannot resume {run_dir}: it has no checkpoint for rank {rank}") from None
+    target = Path(run_dir) / "checkpoints" / f"rank{rank}"
+    if found != target:
+        found.rename(target)
+        sync(target.parent)
+        step = json.loads((target / COMPLETE_FILE).read_text())["env_steps"]
+        print(
+            f"wmlab: recovered checkpoint {found} (env step {step} of rank {rank}): a crash interrupted the "
+            f"write of the next checkpoint, and {target.name} was missing",
+            file=sys.stderr,
+        )
+    for leftover in (target.with_name(target.name + ".new"), target.with_name(target.name + ".old")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return target
+
+
 def build_agent(spec: RunSpec, observation_space, action_space, seed: int):
     agent_class = ALGORITHMS.get(spec.algorithm).load()
     return agent_class(spec.agent, observation_space, action_space, seed=seed, device=spec.train.device)
@@ -115,9 +154,7 @@ def load_trained_agent(run_dir: str | Path, rank: int = 0):
     """(RunSpec, agent) with the weights of the run's latest checkpoint, for evaluation."""
     run_dir = Path(run_dir)
     spec = load_run_spec(run_dir)
-    checkpoint = run_dir / "checkpoints" / f"rank{rank}"
-    if not checkpoint.is_dir():
-        raise RunDirectoryError(f"{run_dir} has no checkpoint yet ({checkpoint} is missing)")
+    checkpoint = find_checkpoint(run_dir, rank)
     env = make_env(spec.env, **spec.env_kwargs)
     agent = build_agent(spec, env.observation_space, env.action_space, seed=spec.train.seed)
     env.close()
@@ -183,8 +220,7 @@ class Trainer:
     def _prepare_run_directory(self, resume: bool, force: bool) -> None:
         config_path = self.run_dir / CONFIG_FILE
         if resume:
-            if not (self.run_dir / "checkpoints" / f"rank{self.rank}").is_dir():
-                raise RunDirectoryError(f"cannot resume {self.run_dir}: it has no checkpoint for rank {self.rank}")
+            resume_checkpoint(self.run_dir, self.rank)
             return
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             if not force:
@@ -197,17 +233,24 @@ class Trainer:
         distributed.barrier()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if distributed.is_main_process():
-            config_path.write_text(json.dumps(self.spec.to_json(), indent=2))
+            replace_durably(config_path, json.dumps(self.spec.to_json(), indent=2))
 
     def _checkpoint_directory(self) -> Path:
         return self.run_dir / "checkpoints" / f"rank{self.rank}"
 
     def save_checkpoint(self) -> None:
-        """Write the agent and everything the loop needs to continue exactly, atomically."""
+        """Write the agent and everything the loop needs to continue exactly, crash-safe.
+
+        The checkpoint is written into rank<r>.new and marked complete (every file and the folder
+        fsynced, then complete.json); then rank<r> -> rank<r>.old, rank<r>.new -> rank<r>, and
+        rank<r>.old is removed. At every instant one complete checkpoint is on disk under one of
+        these names, and resume_checkpoint() finds the newest.
+        """
         target = self._checkpoint_directory()
-        staging = target.with_name(target.name + ".new")
+        staging, previous = target.with_name(target.name + ".new"), target.with_name(target.name + ".old")
         shutil.rmtree(staging, ignore_errors=True)
         save_state(self.agent.state_dict(), staging, "agent")
+        kill_point("checkpoint-agent")
         environment_states = [env.get_state() for env in self.envs]
         loop_state = {
             "counters": asdict(self.counters),
@@ -226,15 +269,23 @@ class Trainer:
             },
         }
         save_state(loop_state, staging, "loop")
-        previous = target.with_name(target.name + ".old")
+        kill_point("checkpoint-loop")
+        write_durably(staging / COMPLETE_FILE, json.dumps({"env_steps": self.counters.env_steps, "global_steps": self._global_steps()}))
+        sync(staging)
+        sync(target.parent)
+        kill_point("checkpoint-complete")
         shutil.rmtree(previous, ignore_errors=True)
         if target.exists():
             target.rename(previous)
+            sync(target.parent)
+        kill_point("checkpoint-between-renames")
         staging.rename(target)
+        sync(target.parent)
+        kill_point("checkpoint-renamed")
         shutil.rmtree(previous, ignore_errors=True)
 
     def _load_checkpoint(self) -> None:
-        directory = self._checkpoint_directory()
+        directory = self._checkpoint_directory()  # resume_checkpoint() has put the newest complete one there
         self.agent.load_state_dict(load_state(directory, "agent"))
         loop_state = load_state(directory, "loop")
         self.counters = Counters(**loop_state["counters"])
@@ -468,7 +519,7 @@ class Trainer:
             **last_eval,
         }
         if distributed.is_main_process():
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            replace_durably(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
 
 
