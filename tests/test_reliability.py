@@ -144,3 +144,37 @@ def test_an_incomplete_checkpoint_is_never_recovered(tmp_path, capsys):
     assert run_cli("train", "--resume", run_dir, "--train.steps", 40) == 0
     error = capsys.readouterr().err
     assert "recovered" in error and "rank0.old" in error and "step 20" in error
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 4: a resume appended a second copy of every log record written after the last checkpoint.
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list]:
+    """Every scalar as TensorBoard's own reader shows it: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {
+        tag: [(event.step, None if tag == "train/steps_per_second" else event.value) for event in accumulator.Scalars(tag)]
+        for tag in accumulator.Tags()["scalars"]
+    }
+
+
+@pytest.mark.parametrize("point", ["log-line", "log-torn"])
+def test_a_resume_logs_as_if_the_run_had_never_stopped(tmp_path, monkeypatch, point):
+    spec = tiny_spec(80, eval_every=30, tensorboard=True)
+    Trainer(spec, tmp_path / "straight").run()
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        crash_at(patch, point, hit=4)  # the line of step 30 (10, 20, evaluation at 30, 30), after the checkpoint of step 20
+        with pytest.raises(Crash):
+            Trainer(spec, run_dir).run()
+    Trainer(spec, run_dir, resume=True).run()
+    resumed, straight = final_state(run_dir), final_state(tmp_path / "straight")
+    assert [line["step"] for line in resumed["lines"]] == [line["step"] for line in straight["lines"]]
+    assert_same_state(resumed, straight)
+    scalars = tensorboard_scalars(tmp_path / "straight")
+    assert [step for step, _ in scalars["train/updates"]] == list(range(10, 90, 10)) and "eval/return" in scalars
+    assert tensorboard_scalars(run_dir) == scalars

@@ -211,7 +211,12 @@ class Trainer:
             self._load_checkpoint()
         else:
             self._reset_all_envs()
-        self.logger = MetricsLogger(self.run_dir, tensorboard=self.config.tensorboard)
+        self.logger = MetricsLogger(
+            self.run_dir,
+            tensorboard=self.config.tensorboard,
+            resume_from=getattr(self, "_log_positions", None),
+            resume_step=self._global_steps() if resume else None,
+        )
         self.averager = MetricsAverager()
 
     # ----------------------------------------------------------------------------------------
@@ -261,6 +266,7 @@ class Trainer:
             "episode_lengths": self.episode_lengths,
             "environments": json.dumps(environment_states),
             "replay": json.dumps(self.replay.checkpoint()) if self.replay is not None else None,
+            "logs": json.dumps(self.logger.positions()),
             "rng": {
                 "python": json.dumps(random.getstate()),
                 "numpy": json.dumps(np.random.get_state()[1].tolist()),
@@ -304,6 +310,8 @@ class Trainer:
                 env.set_state(state)
         if self.replay is not None:
             self.replay.load_state_dict(json.loads(loop_state["replay"]))
+        # Where each log stood at this checkpoint (absent from checkpoints of older versions).
+        self._log_positions = json.loads(loop_state["logs"]) if "logs" in loop_state else None
         rng = loop_state["rng"]
         python_state = json.loads(rng["python"])
         random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
