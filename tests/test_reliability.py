@@ -178,3 +178,61 @@ def test_a_resume_logs_as_if_the_run_had_never_stopped(tmp_path, monkeypatch, po
     scalars = tensorboard_scalars(tmp_path / "straight")
     assert [step for step, _ in scalars["train/updates"]] == list(range(10, 90, 10)) and "eval/return" in scalars
     assert tensorboard_scalars(run_dir) == scalars
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 6: a replay episode of the wrong shape was blamed on another file.
+
+
+def replay_step(value: int, first: bool = False, last: bool = False, image=(4, 4, 3)) -> dict:
+    return {
+        "image": np.full(image, value % 256, np.uint8), "action": np.zeros(2, np.float32), "reward": np.float32(value),
+        "is_first": first, "is_last": last, "is_terminal": False,
+    }
+
+
+def filled_replay(directory: Path):
+    """Two complete episodes (files 000000-3, 000001-2) and one of 2 steps in progress."""
+    from wmlab.data.replay import ReplayBuffer
+
+    buffer = ReplayBuffer(directory)
+    for value, (first, last) in enumerate([(True, False), (False, False), (False, True), (True, False), (False, True), (True, False), (False, False)]):
+        buffer.add(replay_step(value, first, last))
+    return buffer
+
+
+def rewrite_episode(path: Path, image=(5, 4, 3)) -> None:
+    with np.load(path) as archive:
+        columns = {key: archive[key] for key in archive.files}
+    columns["image"] = np.zeros((len(columns["reward"]), *image), np.uint8)
+    with open(path, "wb") as stream:
+        np.savez(stream, **columns)
+
+
+@pytest.mark.parametrize("tampered", ["episodes/000000-3.npz", "episodes/000001-2.npz", "ongoing/env0.npz"])
+@pytest.mark.parametrize("layout_recorded", [True, False])
+def test_a_replay_file_of_the_wrong_shape_is_the_one_named(tmp_path, tampered, layout_recorded):
+    from wmlab.core.errors import RunDirectoryError
+    from wmlab.data.replay import ReplayBuffer
+
+    state = filled_replay(tmp_path).checkpoint()
+    if not layout_recorded:  # a checkpoint written before the layout was recorded
+        state.pop("layout", None)
+    path = tmp_path / tampered
+    if tampered.startswith("ongoing"):
+        with np.load(path) as archive:
+            token = str(archive["checkpoint_token"])
+    rewrite_episode(path)
+    if tampered.startswith("ongoing"):
+        with np.load(path) as archive:
+            columns = {key: archive[key] for key in archive.files}
+        columns["checkpoint_token"] = np.array(token)
+        with open(path, "wb") as stream:
+            np.savez(stream, **columns)
+    with pytest.raises(RunDirectoryError) as raised:
+        ReplayBuffer(tmp_path).load_state_dict(state)
+    message = str(raised.value)
+    assert tampered.split("/")[1] in message and "(5, 4, 3)" in message and "(4, 4, 3)" in message
+    for other in ("000000-3.npz", "000001-2.npz", "env0.npz"):
+        if other not in tampered:
+            assert other not in message
