@@ -236,3 +236,27 @@ def test_a_replay_file_of_the_wrong_shape_is_the_one_named(tmp_path, tampered, l
     for other in ("000000-3.npz", "000001-2.npz", "env0.npz"):
         if other not in tampered:
             assert other not in message
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 7: `wmlab eval --suite` read episodes without the replay's checks (raw numpy tracebacks).
+
+
+@pytest.mark.parametrize("damage", ["pickled", "garbage", "wrong length"])
+def test_eval_suites_name_an_unreadable_or_pickled_episode_file(tmp_path, capsys, damage):
+    run_dir = tmp_path / "run"
+    Trainer(tiny_spec(40), run_dir).run()
+    first, path = sorted((run_dir / "replay" / "rank0" / "episodes").glob("*.npz"))[:2]
+    if damage == "pickled":
+        with open(path, "wb") as stream:
+            np.savez(stream, image=np.array([object()], dtype=object))
+    elif damage == "garbage":
+        path.write_bytes(b"PK\x03\x04 not really an archive")
+    else:
+        with np.load(first) as archive:
+            shorter = {key: archive[key][:5] for key in archive.files}
+        with open(path, "wb") as stream:
+            np.savez(stream, **shorter)  # 5 steps in a file whose name says 16
+    assert run_cli("eval", run_dir, "--suite", "horizon", "--sequences", 2, "--horizon", 3, "--context", 2) == 2
+    error = capsys.readouterr().err
+    assert path.name in error and "Traceback" not in error

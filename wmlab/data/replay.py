@@ -44,7 +44,7 @@ import numpy as np
 from wmlab.core.errors import RunDirectoryError
 from wmlab.core.types import STEP_KEYS, Batch
 
-__all__ = ["ReplayBuffer"]
+__all__ = ["ReplayBuffer", "read_episode"]
 
 #: Bumped whenever the state dict or the file layout changes meaning.
 FORMAT_VERSION = 1
@@ -618,6 +618,20 @@ def _conform(step: Mapping[str, Any], spec: Spec, env_index: int) -> dict[str, n
 def _casts_safely(source: np.dtype, target: np.dtype) -> bool:
     """True unless the cast loses the kind of value (a float into an integer, a number into a bool)."""
     return np.can_cast(source, target, casting="same_kind") or (source.kind in "iu" and target.kind in "iu")
+
+
+def read_episode(path: str | Path) -> Columns:
+    """One episode file "<index>-<length>.npz", checked as a restore checks it: readable without
+    pickles, every array `length` steps long, the step keys present with their dtypes. Anything
+    else raises RunDirectoryError naming the file."""
+    path = Path(path)
+    match = _EPISODE_NAME.match(path.name)
+    if match is None:
+        raise RunDirectoryError(f"{path} is not a replay episode file (expected a name like 000000-500.npz)")
+    columns = _read_npz(path)
+    columns.pop(_TOKEN_KEY, None)
+    _check_columns(columns, None, path, int(match.group(2)))
+    return columns
 
 
 def _spec_to_json(spec: Spec) -> dict[str, list]:
