@@ -260,3 +260,60 @@ def test_eval_suites_name_an_unreadable_or_pickled_episode_file(tmp_path, capsys
     assert run_cli("eval", run_dir, "--suite", "horizon", "--sequences", 2, "--horizon", 3, "--context", 2) == 2
     error = capsys.readouterr().err
     assert path.name in error and "Traceback" not in error
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 1: a run directory's config.json could make wmlab import a module placed beside it.
+
+MODULE_TEXT = "import pathlib\npathlib.Path({marker!r}).write_text('imported')\n"
+
+
+@pytest.fixture
+def shared_run(tmp_path, monkeypatch):
+    """A run someone sent: config.json names `sentmodule:Sent-v0`, and sentmodule.py lies in the
+    run directory, from which the command is started (`python -m` puts it first on sys.path)."""
+    import importlib
+    import sys
+
+    run_dir = tmp_path / "run"
+    Trainer(tiny_spec(20), run_dir).run()
+    config = json.loads((run_dir / "config.json").read_text())
+    config["env"] = "sentmodule:Sent-v0"
+    (run_dir / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "imported"
+    (run_dir / "sentmodule.py").write_text(MODULE_TEXT.format(marker=str(marker)))
+    monkeypatch.chdir(run_dir)
+    monkeypatch.setattr(sys, "path", ["", *sys.path])
+    monkeypatch.setattr("wmlab.envs.adapter._NAMED_BY_USER", set())
+    importlib.invalidate_caches()
+    yield run_dir, marker
+    sys.modules.pop("sentmodule", None)
+
+
+@pytest.mark.parametrize("command", [["eval", "."], ["eval", ".", "--suite", "horizon"], ["train", "--resume", ".", "--train.steps", "40"]])
+def test_a_run_directory_cannot_make_wmlab_import_its_module(shared_run, capsys, command):
+    run_dir, marker = shared_run
+    assert run_cli(*command) == 2
+    assert not marker.exists()
+    error = capsys.readouterr().err
+    assert "sentmodule" in error and "not an installed package" in error and "--env sentmodule:Sent-v0" in error
+
+
+def test_a_module_the_user_names_again_is_imported(shared_run, capsys):
+    run_dir, marker = shared_run
+    run_cli("eval", ".", "--env", "sentmodule:Sent-v0")
+    assert marker.exists()  # the user named it: imported (the id itself registers nothing here)
+
+
+def test_an_installed_module_named_by_a_run_is_imported_from_its_package_not_the_run_directory(shared_run, tmp_path, monkeypatch):
+    import sys
+
+    from wmlab.envs.adapter import check_run_environment
+
+    run_dir, marker = shared_run
+    installed = tmp_path / "site"
+    (installed / "sentmodule").mkdir(parents=True)
+    (installed / "sentmodule" / "__init__.py").write_text("FROM = 'package'\n")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(installed)])  # installed, after the run directory ('')
+    check_run_environment("sentmodule:Sent-v0", run_dir)
+    assert sys.modules["sentmodule"].FROM == "package" and not marker.exists()

@@ -37,7 +37,7 @@ from wmlab.core.errors import RunDirectoryError
 from wmlab.core.faults import kill_point
 from wmlab.core.registry import ALGORITHMS
 from wmlab.core.types import Transition
-from wmlab.envs.adapter import make_env
+from wmlab.envs.adapter import check_run_environment, make_env
 from wmlab.eval.returns import episode_task, evaluate_agent, unbatch_action
 from wmlab.train import distributed
 from wmlab.train.config import TrainConfig
@@ -100,6 +100,7 @@ def load_run_spec(run_dir: Path) -> RunSpec:
     try:
         raw = json.loads(path.read_text())
         entry = ALGORITHMS.get(raw["algorithm"])
+        check_run_environment(raw["env"], run_dir)
         return RunSpec(
             algorithm=raw["algorithm"],
             env=raw["env"],
