@@ -317,3 +317,58 @@ def test_an_installed_module_named_by_a_run_is_imported_from_its_package_not_the
     monkeypatch.setattr(sys, "path", [*sys.path, str(installed)])  # installed, after the run directory ('')
     check_run_environment("sentmodule:Sent-v0", run_dir)
     assert sys.modules["sentmodule"].FROM == "package" and not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Defect 2: settings out of range trained with zero updates, or crashed after work had started.
+
+BAD_SETTINGS = [
+    ("mpc", "--train.batch-size", "-4", "TrainConfig.batch_size"),
+    ("mpc", "--train.batch-size", "0", "TrainConfig.batch_size"),
+    ("mpc", "--train.sequence-length", "0", "TrainConfig.sequence_length"),
+    ("mpc", "--train.num-envs", "0", "TrainConfig.num_envs"),
+    ("mpc", "--train.checkpoint-every", "0", "TrainConfig.checkpoint_every"),
+    ("mpc", "--train.train-ratio", "-1", "TrainConfig.train_ratio"),
+    ("mpc", "--agent.planner.horizon", "0", "RandomShootingConfig.horizon"),
+    ("mpc", "--agent.planner.candidates", "-8", "RandomShootingConfig.candidates"),
+    ("mpc", "--agent.model.hidden-size", "0", "MLPWorldModelConfig.hidden_size"),
+    ("mpc", "--agent.learning-rate", "-0.1", "MPCConfig.learning_rate"),
+    ("dyna-q", "--agent.gamma", "1.5", "DynaConfig.gamma"),
+    ("dyna-q", "--agent.epsilon", "-0.1", "DynaConfig.epsilon"),
+    ("dyna-q", "--agent.planning-steps", "-1", "DynaConfig.planning_steps"),
+    ("planet", "--agent.planner.elites", "0", "CEMConfig.elites"),
+    ("planet", "--agent.planner.candidates", "-5", "CEMConfig.candidates"),
+    ("dreamer", "--agent.imagination-horizon", "0", "DreamerConfig.imagination_horizon"),
+    ("dreamer", "--agent.discount", "1.5", "DreamerConfig.discount"),
+    ("dreamer", "--agent.model.stochastic-size", "0", "RSSMConfig.stochastic_size"),
+    ("tdmpc2", "--agent.planner.samples", "0", "MPPIConfig.samples"),
+    ("tdmpc2", "--agent.model.rho", "0", "TDMPCModelConfig.rho"),
+]
+
+
+@pytest.mark.parametrize("algorithm, flag, value, field", BAD_SETTINGS)
+def test_a_setting_out_of_range_is_refused_before_any_work(tmp_path, capsys, algorithm, flag, value, field):
+    env = "dyna-maze" if algorithm == "dyna-q" else "two-rooms-state"
+    with pytest.raises(SystemExit) as raised:
+        run_cli("train", "--algo", algorithm, "--env", env, "--run-dir", tmp_path / "run", "--train.steps", 1, "--train.no-progress", "--train.no-tensorboard", flag, value)
+    assert raised.value.code == 2
+    error = " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert f"{field} = {value}" in error and "allowed:" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_ranges_are_checked_in_python_and_in_a_run_directory(tmp_path):
+    from wmlab.core.errors import ConfigError, RunDirectoryError
+    from wmlab.planners.cem import CEMConfig
+    from wmlab.train.loop import load_run_spec
+
+    with pytest.raises(ConfigError, match=r"CEMConfig.elites = 20 is out of range; allowed: \[1, candidates \(10\)\]"):
+        CEMConfig(candidates=10, elites=20)
+    with pytest.raises(ConfigError, match=r"TrainConfig.steps = 'many' is not a number"):
+        TrainConfig(steps="many")
+    Trainer(tiny_spec(20), tmp_path / "run").run()
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    config["agent"]["planner"]["horizon"] = 0
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunDirectoryError, match="RandomShootingConfig.horizon = 0 is out of range"):
+        load_run_spec(tmp_path / "run")

@@ -15,3 +15,7 @@ class RunDirectoryError(WmlabError):
 
 class ShapeError(WmlabError, ValueError):
     """A tensor entering a module does not have the documented shape."""
+
+
+class ConfigError(WmlabError, ValueError):
+    """A setting is out of its allowed range; the message names the field, the value and the range."""

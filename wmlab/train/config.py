@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wmlab.core.config import COUNT, NON_NEGATIVE, Config, ranges
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """How long to train and how to schedule collection, updates, evaluation and checkpoints."""
 
     steps: int = 20_000
@@ -46,3 +48,9 @@ class TrainConfig:
     """Show a progress bar."""
     tensorboard: bool = True
     """Also write TensorBoard event files under RUN_DIR/tensorboard."""
+
+    limits = ranges(
+        steps=COUNT, num_envs=COUNT, train_ratio=NON_NEGATIVE, batch_size=COUNT, sequence_length=COUNT,
+        time_limit=NON_NEGATIVE, learning_starts=NON_NEGATIVE, replay_capacity=COUNT, eval_every=NON_NEGATIVE,
+        eval_episodes=COUNT, checkpoint_every=COUNT, log_every=COUNT, threads=NON_NEGATIVE,
+    )
