@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 
 from wmlab.core.errors import RunDirectoryError
+from wmlab.core.faults import kill_point
+from wmlab.core.files import sync
 from wmlab.core.types import STEP_KEYS, Batch
 
 __all__ = ["ReplayBuffer", "read_episode"]
@@ -282,6 +284,7 @@ class ReplayBuffer:
             latest, previous = self._snapshot_paths(env_index)
             if latest.exists():
                 os.replace(latest, previous)
+            kill_point("checkpoint-snapshot")
             if store is not None and len(store):
                 token = uuid.uuid4().hex
                 _write_npz(latest, {**store.head(), _TOKEN_KEY: np.array(token)})
@@ -428,6 +431,7 @@ class ReplayBuffer:
         if self.directory is not None:
             # Disk first: once the episode is complete, a crash must not lose it.
             _write_npz(self.directory / EPISODE_DIR / _episode_name(index, len(store)), columns)
+            kill_point("episode-saved")
         self._completed.extend(columns, len(store))
         self._episodes.append((index, len(store)))
         self._next_episode_index += 1
@@ -692,4 +696,7 @@ def _write_npz(path: Path, columns: Mapping[str, np.ndarray]) -> None:
         np.savez(file, **columns)
         file.flush()
         os.fsync(file.fileno())
+    if path.parent.name == EPISODE_DIR:
+        kill_point("episode-write")
     os.replace(temporary, path)
+    sync(path.parent)

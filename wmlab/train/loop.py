@@ -400,6 +400,7 @@ class Trainer:
                 if task is not None:
                     self.counters.recent_task_returns.setdefault(task, []).append(float(self.episode_returns[index]))
                 self._reset_env(index)
+        kill_point("step")
         return metrics
 
     # ----------------------------------------------------------------------------------------
@@ -420,6 +421,7 @@ class Trainer:
         for _ in range(self._updates_due()):
             batch = self.replay.sample(self.config.batch_size, self.config.sequence_length)
             self.averager.add(self.agent.update(batch))
+            kill_point("update")
             self.counters.updates += 1
 
     def evaluate(self) -> dict[str, float]:
@@ -434,6 +436,7 @@ class Trainer:
         self.counters.evaluations += 1
         self.counters.last_eval_step = self.counters.env_steps
         self.logger.write(self._global_steps(), self._elapsed(), metrics)
+        kill_point("evaluation")
         return metrics
 
     def _global_steps(self) -> int:
