@@ -366,6 +366,13 @@ def test_ranges_are_checked_in_python_and_in_a_run_directory(tmp_path):
         CEMConfig(candidates=10, elites=20)
     with pytest.raises(ConfigError, match=r"TrainConfig.steps = 'many' is not a number"):
         TrainConfig(steps="many")
+    from wmlab.agents.world_models.config import ControllerTrainingConfig
+    from wmlab.models.jepa import JEPAConfig
+
+    with pytest.raises(ConfigError, match=r"JEPAConfig.momentum_end = 0.5 is out of range; allowed: \[momentum_start \(0.9\), 1\]"):
+        JEPAConfig(momentum_start=0.9, momentum_end=0.5)
+    with pytest.raises(ConfigError, match=r"ControllerTrainingConfig.population = 1 is out of range; allowed: >= 2"):
+        ControllerTrainingConfig(population=1)
     Trainer(tiny_spec(20), tmp_path / "run").run()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     config["agent"]["planner"]["horizon"] = 0
