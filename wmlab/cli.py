@@ -80,6 +80,15 @@ def main(argv: list[str] | None = None) -> int:
 # train
 
 
+def _confirm_named_environment(argv: list[str]) -> None:
+    """An --env typed on this command line lets a run directory's `module:EnvId` be imported."""
+    from wmlab.envs.adapter import confirm_environment
+
+    named = option_value(argv, "--env")
+    if named is not None:
+        confirm_environment(named)
+
+
 def _train_command_class(agent_config: type) -> type:
     """A dataclass for tyro: the run's identity plus the loop's and the algorithm's configs."""
     from wmlab.runs.config import TrainConfig
@@ -111,6 +120,7 @@ def parse_train_arguments(argv: list[str]):
 
     resume_dir = option_value(argv, "--resume")
     if resume_dir is not None:
+        _confirm_named_environment(argv)
         saved = load_run_spec(Path(resume_dir))
         command_class = _train_command_class(ALGORITHMS.get(saved.algorithm).load_config())
         default = command_class(algo=saved.algorithm, env=saved.env, env_kwargs=json.dumps(saved.env_kwargs), run_dir=Path(resume_dir), resume=Path(resume_dir), train=saved.train, agent=saved.agent)
@@ -185,10 +195,14 @@ class EvalCommand:
     """World-model suites: "replay" (the run's stored episodes) or "env" (fresh episodes from the agent)."""
     out: Path | None = None
     """Write the metrics as JSON here (returns; default RUN_DIR/eval.json), or the --compare figure."""
+    env: str | None = None
+    """The run's environment id, typed again to allow importing its module: needed only when the
+    run's config.json names `module:EnvId` with a module that is not an installed package."""
 
 
 def eval_command(argv: list[str]) -> int:
     arguments = tyro.cli(EvalCommand, args=argv, prog="wmlab eval")
+    _confirm_named_environment(argv)
     if arguments.compare or arguments.suite != "returns":
         return _world_model_eval(arguments)
     if arguments.run_dir is None:

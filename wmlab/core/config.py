@@ -3,18 +3,120 @@
 Every algorithm and model has a frozen dataclass config whose fields carry docstrings, so that the
 command line (tyro) documents itself. These helpers rebuild configs from JSON (a run directory's
 config.json) and name unknown or mistyped fields instead of ignoring them.
+
+Ranges. A config class that derives from `Config` declares the allowed range of its numeric
+fields in a class attribute `limits` (field name -> `Limit`); every instance is checked when it is
+built (the command line, from_dict on a run's config.json, or Python), before any work, and a value
+out of range raises ConfigError naming the class, the field, the value and the range:
+
+    @dataclass(frozen=True)
+    class PlannerConfig(Config):
+        horizon: int = 12
+        candidates: int = 1000
+        elites: int = 100
+        limits = ranges(horizon=at_least(1), candidates=at_least(1), elites=between(1, "candidates"))
+
+A bound may name another field of the same config ("candidates" above).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
-Config = TypeVar("Config")
+from wmlab.core.errors import ConfigError
+
+ConfigType = TypeVar("ConfigType")
 
 
-def from_dict(cls: type[Config], data: dict[str, Any]) -> Config:
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """An interval for a numeric field: bounds are numbers, names of other fields, or None (open)."""
+
+    low: float | str | None = None
+    high: float | str | None = None
+    low_open: bool = False
+    """True: the value must be strictly above `low`."""
+    high_open: bool = False
+    """True: the value must be strictly below `high`."""
+
+    def describe(self, config: Any = None) -> str:
+        def bound(value):
+            if isinstance(value, str):
+                return value if config is None else f"{value} ({getattr(config, value)})"
+            return repr(value)
+
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {bound(self.low)}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {bound(self.high)}"
+        return f"{'(' if self.low_open else '['}{bound(self.low)}, {bound(self.high)}{')' if self.high_open else ']'}"
+
+    def admits(self, value: float, config: Any) -> bool:
+        low = getattr(config, self.low) if isinstance(self.low, str) else self.low
+        high = getattr(config, self.high) if isinstance(self.high, str) else self.high
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        if low is not None and (value <= low if self.low_open else value < low):
+            return False
+        return high is None or (value < high if self.high_open else value <= high)
+
+
+def at_least(low: float | str) -> Limit:
+    return Limit(low=low)
+
+
+def above(low: float | str) -> Limit:
+    return Limit(low=low, low_open=True)
+
+
+def between(low: float | str, high: float | str, low_open: bool = False, high_open: bool = False) -> Limit:
+    return Limit(low=low, high=high, low_open=low_open, high_open=high_open)
+
+
+def ranges(**limits: Limit) -> Mapping[str, Limit]:
+    """A config class's `limits`, read-only: field name -> Limit."""
+    return MappingProxyType(limits)
+
+
+#: Shorthands for the ranges most fields have.
+POSITIVE = above(0)
+NON_NEGATIVE = at_least(0)
+FRACTION = between(0, 1)
+COUNT = at_least(1)
+
+
+class Config:
+    """Base of wmlab's frozen dataclass configs: the ranges in `limits` are checked at construction.
+
+    A subclass that needs its own __post_init__ calls super().__post_init__() first."""
+
+    limits: typing.ClassVar[Mapping[str, Limit]] = MappingProxyType({})
+
+    def __post_init__(self) -> None:
+        check_limits(self)
+
+
+def check_limits(config: Any) -> None:
+    """Raise ConfigError for the first field of `config` outside its declared range (None passes:
+    it means "derived from another setting")."""
+    name = type(config).__name__
+    for field_name, limit in type(config).limits.items():
+        value = getattr(config, field_name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # A setting of the wrong type is bad input like one out of range: the same error.
+            raise ConfigError(f"{name}.{field_name} = {value!r} is not a number; allowed: {limit.describe(config)}")  # noqa: TRY004
+        if not limit.admits(value, config):
+            raise ConfigError(f"{name}.{field_name} = {value!r} is out of range; allowed: {limit.describe(config)}")
+
+
+def from_dict(cls: type[ConfigType], data: dict[str, Any]) -> ConfigType:
     """Build the (nested) dataclass `cls` from a dict; unknown keys raise ValueError naming them."""
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls} is not a dataclass")

@@ -19,3 +19,7 @@ class ShapeError(WmlabError, ValueError):
 
 class DatasetError(WmlabError):
     """A dataset directory is missing, unfinished, corrupt, or does not fit the request."""
+
+
+class ConfigError(WmlabError, ValueError):
+    """A setting is out of its allowed range; the message names the field, the value and the range."""

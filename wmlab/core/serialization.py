@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from wmlab.core.errors import RunDirectoryError
+from wmlab.core.files import sync, write_durably
 
 
 def flatten_state(state: Any) -> tuple[dict[str, Any], Any]:
@@ -73,7 +74,7 @@ def unflatten_state(tensors: dict[str, Any], skeleton: Any) -> Any:
 
 
 def save_state(state: Any, directory: Path, name: str) -> None:
-    """Write `name.safetensors` and `name.json` under `directory`."""
+    """Write `name.safetensors` and `name.json` under `directory`, both on disk (fsynced) when it returns."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,8 @@ def save_state(state: Any, directory: Path, name: str) -> None:
     # safetensors refuses tensors that share memory; flatten_state already made them contiguous
     # copies per path, so clone only what still aliases.
     save_file({key: value.clone() for key, value in tensors.items()}, str(directory / f"{name}.safetensors"))
-    (directory / f"{name}.json").write_text(json.dumps(skeleton))
+    sync(directory / f"{name}.safetensors")
+    write_durably(directory / f"{name}.json", json.dumps(skeleton))
 
 
 def load_state(directory: Path, name: str) -> Any:

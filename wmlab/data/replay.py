@@ -42,9 +42,11 @@ from typing import Any
 import numpy as np
 
 from wmlab.core.errors import RunDirectoryError
+from wmlab.core.faults import kill_point
+from wmlab.core.files import sync
 from wmlab.core.types import STEP_KEYS, Batch
 
-__all__ = ["ReplayBuffer"]
+__all__ = ["ReplayBuffer", "read_episode"]
 
 #: Bumped whenever the state dict or the file layout changes meaning.
 FORMAT_VERSION = 1
@@ -262,6 +264,8 @@ class ReplayBuffer:
             "next_episode_index": self._next_episode_index,
             "steps_added": self._steps_added,
             "rng": self._rng.bit_generator.state,
+            # The layout of a step, so that a file of another layout is the one blamed on restore.
+            "layout": _spec_to_json(self._spec) if self._spec is not None else None,
         }
 
     def checkpoint(self) -> dict[str, Any]:
@@ -280,6 +284,7 @@ class ReplayBuffer:
             latest, previous = self._snapshot_paths(env_index)
             if latest.exists():
                 os.replace(latest, previous)
+            kill_point("checkpoint-snapshot")
             if store is not None and len(store):
                 token = uuid.uuid4().hex
                 _write_npz(latest, {**store.head(), _TOKEN_KEY: np.array(token)})
@@ -343,18 +348,36 @@ class ReplayBuffer:
             )
 
         # Load into fresh stores first, so that a bad file leaves this buffer untouched.
-        spec = self._spec
         named = []
         for name in state["episodes"]:
             match = _EPISODE_NAME.match(Path(name).name)
             if match is None:
                 raise RunDirectoryError(f"replay state lists {name!r}, which is not an episode file name")
             named.append((directory / name, int(match.group(1)), int(match.group(2))))
+        loaded = [(path, _read_npz(path), length) for path, _, length in named]
+        snapshots: list[tuple[Path, Columns] | None] = [None] * self.num_envs
+        for env_index, entry in enumerate(state["ongoing"]):
+            if entry["length"] == 0:
+                continue
+            if entry["token"] is None:
+                raise ValueError(
+                    f"replay state has {entry['length']} steps in progress for env {env_index} that were "
+                    "never written to disk: it came from state_dict() after steps were added; store the "
+                    "state that checkpoint() returns instead"
+                )
+            snapshots[env_index] = self._find_snapshot(env_index, entry["token"])
+            loaded.append((*snapshots[env_index], entry["length"]))
+        # Each file is checked against the layout the state recorded (else the buffer's own, else
+        # the one most files share), so that the error names the file that differs.
+        spec = _spec_from_json(state["layout"]) if state.get("layout") else self._spec
+        if spec is None:
+            spec = _common_layout([columns for _, columns, _ in loaded])
+        for path, columns, length in loaded:
+            spec = _check_columns(columns, spec, path, length)
+
         completed = None
         episodes: deque[tuple[int, int]] = deque()
-        for path, index, length in named:
-            columns = _read_npz(path)
-            spec = _check_columns(columns, spec, path, length)
+        for (path, index, length), (_, columns, _) in zip(named, loaded):
             if completed is None:
                 completed = _RingColumns(spec, ceiling=self.capacity)
                 completed.reserve(sum(length for _, _, length in named))
@@ -365,16 +388,9 @@ class ReplayBuffer:
         chosen_snapshots: list[Path | None] = [None] * self.num_envs
         tokens: list[str | None] = [None] * self.num_envs
         for env_index, entry in enumerate(state["ongoing"]):
-            if entry["length"] == 0:
+            if snapshots[env_index] is None:
                 continue
-            if entry["token"] is None:
-                raise ValueError(
-                    f"replay state has {entry['length']} steps in progress for env {env_index} that were "
-                    "never written to disk: it came from state_dict() after steps were added; store the "
-                    "state that checkpoint() returns instead"
-                )
-            path, columns = self._find_snapshot(env_index, entry["token"])
-            spec = _check_columns(columns, spec, path, entry["length"])
+            path, columns = snapshots[env_index]
             store = _RingColumns(spec)
             store.extend(columns, entry["length"])
             ongoing[env_index] = store
@@ -415,6 +431,7 @@ class ReplayBuffer:
         if self.directory is not None:
             # Disk first: once the episode is complete, a crash must not lose it.
             _write_npz(self.directory / EPISODE_DIR / _episode_name(index, len(store)), columns)
+            kill_point("episode-saved")
         self._completed.extend(columns, len(store))
         self._episodes.append((index, len(store)))
         self._next_episode_index += 1
@@ -607,6 +624,36 @@ def _casts_safely(source: np.dtype, target: np.dtype) -> bool:
     return np.can_cast(source, target, casting="same_kind") or (source.kind in "iu" and target.kind in "iu")
 
 
+def read_episode(path: str | Path) -> Columns:
+    """One episode file "<index>-<length>.npz", checked as a restore checks it: readable without
+    pickles, every array `length` steps long, the step keys present with their dtypes. Anything
+    else raises RunDirectoryError naming the file."""
+    path = Path(path)
+    match = _EPISODE_NAME.match(path.name)
+    if match is None:
+        raise RunDirectoryError(f"{path} is not a replay episode file (expected a name like 000000-500.npz)")
+    columns = _read_npz(path)
+    columns.pop(_TOKEN_KEY, None)
+    _check_columns(columns, None, path, int(match.group(2)))
+    return columns
+
+
+def _spec_to_json(spec: Spec) -> dict[str, list]:
+    return {key: [list(shape), dtype.str] for key, (shape, dtype) in spec.items()}
+
+
+def _spec_from_json(layout: Mapping[str, Any]) -> Spec:
+    return {key: (tuple(shape), np.dtype(dtype)) for key, (shape, dtype) in layout.items()}
+
+
+def _common_layout(files: list[Columns]) -> Spec | None:
+    """The step layout most of `files` share (None without files): the reference to blame the odd
+    one out when the state predates recorded layouts."""
+    layouts = [{key: (array.shape[1:], array.dtype) for key, array in columns.items()} for columns in files]
+    counts = [(sum(other == layout for other in layouts), -index) for index, layout in enumerate(layouts)]
+    return layouts[-max(counts)[1]] if layouts else None
+
+
 def _check_columns(columns: Columns, spec: Spec | None, path: Path, length: int) -> Spec:
     """Check that a loaded file holds `length` steps of the layout `spec`; return the layout."""
     found = {key: (array.shape[1:], array.dtype) for key, array in columns.items()}
@@ -649,4 +696,7 @@ def _write_npz(path: Path, columns: Mapping[str, np.ndarray]) -> None:
         np.savez(file, **columns)
         file.flush()
         os.fsync(file.fileno())
+    if path.parent.name == EPISODE_DIR:
+        kill_point("episode-write")
     os.replace(temporary, path)
+    sync(path.parent)

@@ -13,16 +13,76 @@ Observations become dicts of arrays so that every world model reads them the sam
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import importlib.machinery
 import importlib.util
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from wmlab.core.errors import IncompatibleSpaceError, WmlabError
+from wmlab.core.errors import IncompatibleSpaceError, RunDirectoryError, WmlabError
 from wmlab.core.registry import ENVIRONMENTS, UnknownNameError
+
+
+#: `module:EnvId` ids that the person running this command typed (confirm_environment).
+_NAMED_BY_USER: set[str] = set()
+
+
+def confirm_environment(env_id: str) -> None:
+    """Record that the user named `env_id` on the command line, so that a run directory naming the
+    same `module:EnvId` may have its module imported (check_run_environment)."""
+    _NAMED_BY_USER.add(env_id)
+
+
+def check_run_environment(env_id: str, run_dir: str | Path) -> None:
+    """Refuse to import code that a run directory names: a `module:EnvId` id read from its
+    config.json passes only if the user named the same id on the command line, or if the module
+    is an installed package, found on sys.path without the current directory or the run directory.
+    That module is then imported here with those two left off the path, so that a file beside the
+    run cannot stand in for it; gymnasium finds it imported. Raises RunDirectoryError otherwise."""
+    module, separator, _ = env_id.partition(":")
+    if not separator or module in SUITES or env_id in _NAMED_BY_USER:
+        return
+    local = {Path.cwd().resolve(), Path(run_dir).resolve()}
+    safe_path = [entry for entry in sys.path if not _is_local_path(entry, local)]
+    top = module.split(".")[0]
+    loaded = sys.modules.get(top)
+    if loaded is not None:
+        origin = getattr(loaded, "__file__", None)
+        installed = origin is None or not _is_local_path(str(Path(origin).parent), local)
+    else:
+        found = importlib.machinery.PathFinder.find_spec(top, safe_path) if top not in sys.builtin_module_names else True
+        installed = found is not None
+    if not installed:
+        raise RunDirectoryError(
+            f"{Path(run_dir) / 'config.json'} names the environment {env_id!r}, whose module {module!r} is not an "
+            "installed package: wmlab does not import code that a run directory names, nor from the run directory or "
+            f"the current directory. If you trust it, install the package, or name it yourself: --env {env_id}"
+        )
+    with _import_path(safe_path):
+        importlib.import_module(module)
+
+
+def _is_local_path(entry: str, local: set[Path]) -> bool:
+    """True for the current directory ('' or '.') and for the run directory or a folder inside it."""
+    path = Path(entry or os.curdir).resolve()
+    return path in local or any(directory in path.parents for directory in local if directory != Path.cwd().resolve())
+
+
+@contextlib.contextmanager
+def _import_path(entries: list[str]):
+    saved = sys.path[:]
+    sys.path[:] = entries
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def observation_key(space: spaces.Space) -> str:

@@ -72,13 +72,12 @@ def world_model_of(agent: Any) -> Any:
 
 
 def replay_episodes(run_dir: str | Path, rank: int = 0) -> list[dict[str, np.ndarray]]:
-    """The completed episodes stored in RUN_DIR/replay/rank<rank>/episodes, oldest first."""
+    """The completed episodes stored in RUN_DIR/replay/rank<rank>/episodes, oldest first, read with
+    the replay's checks (an unreadable, pickled or malformed file raises RunDirectoryError naming it)."""
+    from wmlab.data.replay import read_episode
+
     directory = Path(run_dir) / "replay" / f"rank{rank}" / "episodes"
-    episodes = []
-    for path in sorted(directory.glob("*.npz")):
-        with np.load(path, allow_pickle=False) as archive:
-            episodes.append({key: archive[key] for key in archive.files if key != "checkpoint_token"})
-    return episodes
+    return [read_episode(path) for path in sorted(directory.glob("*.npz"))]
 
 
 def collect_episodes(agent: Any, env_id: str, env_kwargs: dict | None, episodes: int, seed: int, max_steps: int = 1000, explore: bool = False) -> list[dict[str, np.ndarray]]:

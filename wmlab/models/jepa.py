@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
+from wmlab.core.config import COUNT, FRACTION, POSITIVE, Config, between, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Trajectory
@@ -76,8 +77,14 @@ class JEPALossScales:
 
 
 @dataclass(frozen=True)
-class JEPAConfig:
+class JEPAConfig(Config):
     """An action-conditioned JEPA world model; the defaults are a small CPU-sized model."""
+
+    limits = ranges(
+        embedding_size=COUNT, encoder_depth=COUNT, layout_size=COUNT, keypoints=COUNT, keypoint_temperature=POSITIVE,
+        predictor_channels=COUNT, temporal_variance_target=POSITIVE, hidden_size=COUNT, predictor_layers=COUNT,
+        variance_target=POSITIVE, momentum_start=FRACTION, momentum_end=between("momentum_start", 1), momentum_steps=COUNT,
+    )
 
     embedding_size: int = 32
     """D, the size of the representation that is predicted and planned in."""
@@ -148,6 +155,7 @@ class JEPAConfig:
     """Weights of the loss terms."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.collapse_prevention not in COLLAPSE_PREVENTIONS:
             raise ValueError(f"collapse_prevention must be one of {COLLAPSE_PREVENTIONS}, got {self.collapse_prevention!r}")
         if self.momentum_schedule not in MOMENTUM_SCHEDULES:

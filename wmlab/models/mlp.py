@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
+from wmlab.core.config import COUNT, POSITIVE, Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape, format_expected, shape_matches
 from wmlab.core.types import Batch, Trajectory
@@ -41,8 +42,10 @@ class MLPLossScales:
 
 
 @dataclass(frozen=True)
-class MLPWorldModelConfig:
+class MLPWorldModelConfig(Config):
     """The feed-forward dynamics model. The optimiser belongs to the algorithm that trains it."""
+
+    limits = ranges(hidden_size=COUNT, layers=COUNT, min_std=POSITIVE)
 
     hidden_size: int = 256
     """Units in each hidden layer."""

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
+from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, at_least, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape, format_expected, shape_matches
 from wmlab.core.types import Batch, Trajectory
@@ -104,9 +105,17 @@ class RSSMLossScales:
 
 
 @dataclass(frozen=True)
-class RSSMConfig:
+class RSSMConfig(Config):
     """The RSSM world model. Defaults are DreamerV3's (authors' current configs) at size1m; the
     agents' presets set PlaNet's and DreamerV1/V2's values. The optimiser belongs to the agent."""
+
+    limits = ranges(
+        deterministic_size=COUNT, hidden_size=COUNT, stochastic_size=COUNT, classes=NON_NEGATIVE, min_std=POSITIVE,
+        unimix=FRACTION, blocks=COUNT, core_layers=COUNT, prior_layers=COUNT, posterior_layers=COUNT,
+        cnn_depth=COUNT, cnn_kernel=COUNT, units=COUNT, encoder_layers=COUNT, decoder_layers=COUNT,
+        reward_layers=COUNT, continue_layers=COUNT, reward_bins=at_least(2), free_nats=NON_NEGATIVE,
+        overshooting_distance=NON_NEGATIVE,
+    )
 
     size: str | None = "size1m"
     """Named size (tiny, size1m, size12m, size25m, size50m, size100m, size200m, size400m); the width

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
+from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, Config, above, at_least, between, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Trajectory
@@ -88,9 +89,17 @@ class TDMPCLossScales:
 
 
 @dataclass(frozen=True)
-class TDMPCModelConfig:
+class TDMPCModelConfig(Config):
     """TD-MPC2's world model; the defaults are the paper's (its config.yaml). The optimisers belong
     to the algorithm that trains it."""
+
+    limits = ranges(
+        encoder_width=COUNT, mlp_width=COUNT, latent_size=COUNT, encoder_layers=COUNT, q_functions=at_least(2),
+        conv_channels=COUNT, simnorm_group=COUNT, bins=at_least(2), value_high=above("value_low"),
+        dropout=between(0, 1, high_open=True), log_std_max=above("log_std_min"), entropy_coef=NON_NEGATIVE,
+        rho=between(0, 1, low_open=True), discount=between(0, 1, low_open=True), target_tau=FRACTION,
+        scale_tau=FRACTION, image_shift=NON_NEGATIVE, task_embedding_size=COUNT,
+    )
 
     size: str = "5M"
     """Size preset: 1M, 5M, 19M, 48M or 317M (TD-MPC2's presets). Widths left unset below come from it."""

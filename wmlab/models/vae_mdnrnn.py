@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
+from wmlab.core.config import COUNT, NON_NEGATIVE, POSITIVE, Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape, format_expected, shape_matches
 from wmlab.core.types import Batch, Trajectory
@@ -51,8 +52,10 @@ _LOG_SQRT_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @dataclass(frozen=True)
-class ConvVAEConfig:
+class ConvVAEConfig(Config):
     """V: the convolutional variational autoencoder."""
+
+    limits = ranges(latent_size=COUNT, free_nats=NON_NEGATIVE)
 
     latent_size: int = 32
     """Z, the size of the code (32 for CarRacing, 64 for DoomTakeCover in the paper)."""
@@ -66,8 +69,10 @@ class ConvVAEConfig:
 
 
 @dataclass(frozen=True)
-class MDNRNNConfig:
+class MDNRNNConfig(Config):
     """M: the LSTM with a mixture-density head and reward / done heads."""
+
+    limits = ranges(hidden_size=COUNT, mixtures=COUNT)
 
     hidden_size: int = 256
     """D, the LSTM's units (256 for CarRacing, 512 for DoomTakeCover in the paper)."""
@@ -101,8 +106,10 @@ class VAEMDNRNNLossScales:
 
 
 @dataclass(frozen=True)
-class VAEMDNRNNConfig:
+class VAEMDNRNNConfig(Config):
     """The combined V + M world model. Optimisers belong to the algorithm that trains it."""
+
+    limits = ranges(temperature=POSITIVE)
 
     vae: ConvVAEConfig = field(default_factory=ConvVAEConfig)
     """V's sizes and KL floor."""

@@ -19,13 +19,20 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
+from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, between, ranges
 from wmlab.core.protocols import RolloutFn
 from wmlab.planners.common import BoxBounds, check_space, colored_noise, make_generator, mix_with_uniform, sample_categorical, score
 
 
 @dataclass(frozen=True)
-class CEMConfig:
+class CEMConfig(Config):
     """Cross-entropy method; the defaults are PlaNet's (arXiv:1811.04551, Sec. 3)."""
+
+    limits = ranges(
+        horizon=COUNT, iterations=COUNT, candidates=COUNT, elites=between(1, "candidates"),
+        momentum=between(0, 1, high_open=True), initial_std=POSITIVE, min_std=NON_NEGATIVE, uniform_mix=FRACTION,
+        noise_exponent=NON_NEGATIVE,
+    )
 
     horizon: int = 12
     """Length L of each candidate action sequence."""
@@ -52,16 +59,6 @@ class CEMConfig:
     colored noise, arXiv:2008.06389): 0 white (PlaNet), 2-3 smooth sequences that hold a direction
     and travel farther, for plans that must detour. Box actions only: a Discrete space's per-step
     categoricals are drawn independently whatever its value."""
-
-    def __post_init__(self):
-        if not 0 < self.elites <= self.candidates:
-            raise ValueError(f"elites must be in 1..candidates ({self.candidates}), got {self.elites}")
-        if self.horizon < 1 or self.iterations < 1:
-            raise ValueError("horizon and iterations must be at least 1")
-        if self.noise_exponent < 0:
-            raise ValueError(f"noise_exponent must be non-negative, got {self.noise_exponent}")
-        if not 0 <= self.momentum < 1 or not 0 <= self.uniform_mix <= 1:
-            raise ValueError("momentum must be in [0, 1) and uniform_mix in [0, 1]")
 
 
 class CEM:

@@ -29,13 +29,20 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
+from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, at_least, between, ranges
 from wmlab.core.protocols import RolloutFn
 from wmlab.planners.common import BoxBounds, check_prior, check_space, colored_noise, make_generator, mix_with_uniform, sample_categorical, score
 
 
 @dataclass(frozen=True)
-class MPPIConfig:
+class MPPIConfig(Config):
     """MPPI with a policy prior and warm starts; the defaults are TD-MPC2's (its config.yaml)."""
+
+    limits = ranges(
+        horizon=COUNT, iterations=COUNT, samples=COUNT, elites=between(1, "samples"),
+        policy_trajectories=NON_NEGATIVE, temperature=POSITIVE, min_std=POSITIVE, max_std=at_least("min_std"),
+        uniform_mix=FRACTION, noise_exponent=NON_NEGATIVE,
+    )
 
     horizon: int = 3
     """Length L of each candidate action sequence."""
@@ -63,17 +70,6 @@ class MPPIConfig:
     and travel farther, for plans that must detour. Box actions only: a Discrete space's per-step
     categoricals are drawn independently whatever its value."""
 
-    def __post_init__(self):
-        if not 0 < self.elites <= self.samples:
-            raise ValueError(f"elites must be in 1..samples ({self.samples}), got {self.elites}")
-        if self.horizon < 1 or self.iterations < 1:
-            raise ValueError("horizon and iterations must be at least 1")
-        if self.noise_exponent < 0:
-            raise ValueError(f"noise_exponent must be non-negative, got {self.noise_exponent}")
-        if not 0 < self.min_std <= self.max_std:
-            raise ValueError(f"need 0 < min_std <= max_std, got {self.min_std} and {self.max_std}")
-        if not 0 <= self.uniform_mix <= 1:
-            raise ValueError(f"uniform_mix must be in [0, 1], got {self.uniform_mix}")
 
 
 def elite_weights(elite_returns: torch.Tensor, temperature: float) -> torch.Tensor:

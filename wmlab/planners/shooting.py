@@ -15,13 +15,16 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from wmlab.core.config import COUNT, Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.protocols import RolloutFn
 
 
 @dataclass(frozen=True)
-class RandomShootingConfig:
+class RandomShootingConfig(Config):
     """Random-shooting search over action sequences."""
+
+    limits = ranges(horizon=COUNT, candidates=COUNT)
 
     horizon: int = 10
     """Length L of each candidate action sequence."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wmlab.core.config import COUNT, NON_NEGATIVE, POSITIVE, Config, ranges
+
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """How long to train and how to schedule collection, updates, evaluation and checkpoints."""
 
     steps: int = 20_000
@@ -47,9 +49,15 @@ class TrainConfig:
     tensorboard: bool = True
     """Also write TensorBoard event files under RUN_DIR/tensorboard."""
 
+    limits = ranges(
+        steps=COUNT, num_envs=COUNT, train_ratio=NON_NEGATIVE, batch_size=COUNT, sequence_length=COUNT,
+        time_limit=NON_NEGATIVE, learning_starts=NON_NEGATIVE, replay_capacity=COUNT, eval_every=NON_NEGATIVE,
+        eval_episodes=COUNT, checkpoint_every=COUNT, log_every=COUNT, threads=NON_NEGATIVE,
+    )
+
 
 @dataclass(frozen=True)
-class OfflineTrainConfig:
+class OfflineTrainConfig(Config):
     """How the offline trainer (`wmlab train --model FAMILY --dataset DIR`) fits a world model to
     a recorded dataset: Adam on the model's own `loss` over B x T windows."""
 
@@ -81,3 +89,8 @@ class OfflineTrainConfig:
     """Show a progress bar."""
     tensorboard: bool = True
     """Also write TensorBoard event files under RUN_DIR/tensorboard."""
+
+    limits = ranges(
+        updates=COUNT, batch_size=COUNT, sequence_length=COUNT, learning_rate=POSITIVE, adam_epsilon=POSITIVE,
+        grad_clip=NON_NEGATIVE, time_limit=NON_NEGATIVE, log_every=COUNT, checkpoint_every=COUNT, threads=NON_NEGATIVE,
+    )

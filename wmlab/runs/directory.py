@@ -13,6 +13,8 @@ read runs through these functions, so none of them imports the training loop.
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +22,15 @@ from typing import Any
 from wmlab.core.config import from_dict
 from wmlab.core.errors import IncompatibleSpaceError, RunDirectoryError
 from wmlab.core.registry import ALGORITHMS, MODELS
+from wmlab.core.files import sync
 from wmlab.core.serialization import load_state
 from wmlab.core.spaces import space_from_description
-from wmlab.envs.adapter import make_env
+from wmlab.envs.adapter import check_run_environment, make_env
 from wmlab.runs.config import OfflineTrainConfig, TrainConfig
 
 CONFIG_FILE = "config.json"
+#: Written last into a checkpoint folder: its presence means every other file there is complete.
+COMPLETE_FILE = "complete.json"
 # Fields that may change when a run is resumed; anything else would make it another run.
 RESUMABLE_CHANGES = {"train.steps", "train.progress", "train.device", "train.threads", "train.tensorboard", "train.eval_every", "train.eval_episodes", "train.log_every", "train.checkpoint_every", "train.time_limit"}
 
@@ -62,6 +67,7 @@ def load_run_spec(run_dir: Path) -> RunSpec:
         if isinstance(raw, dict) and raw.get("kind") == OFFLINE_KIND:
             raise RunDirectoryError(f"{run_dir} holds a world model trained offline, not an agent: evaluate it with `wmlab eval {run_dir} --suite horizon` (or calibration, bound, controllability)")
         entry = ALGORITHMS.get(raw["algorithm"])
+        check_run_environment(raw["env"], run_dir)
         return RunSpec(
             algorithm=raw["algorithm"],
             env=raw["env"],
@@ -73,6 +79,39 @@ def load_run_spec(run_dir: Path) -> RunSpec:
         raise RunDirectoryError(f"{path} is corrupt ({error})") from None
 
 
+def find_checkpoint(run_dir: Path, rank: int = 0) -> Path:
+    """The newest complete checkpoint of `rank`: rank<r>, else (a crash interrupted a checkpoint
+    write between its two renames) a complete rank<r>.new, else rank<r>.old. Reads only."""
+    target = Path(run_dir) / "checkpoints" / f"rank{rank}"
+    if target.is_dir():
+        return target
+    for candidate in (target.with_name(target.name + ".new"), target.with_name(target.name + ".old")):
+        if (candidate / COMPLETE_FILE).is_file():
+            return candidate
+    raise RunDirectoryError(f"{run_dir} has no checkpoint for rank {rank} ({target} is missing)")
+
+
+def resume_checkpoint(run_dir: Path, rank: int = 0) -> Path:
+    """find_checkpoint(), moved back to rank<r> if a crash left it under another name (said on
+    stderr: which one, at which step); incomplete leftovers of an interrupted write are removed."""
+    try:
+        found = find_checkpoint(run_dir, rank)
+    except RunDirectoryError:
+        raise RunDirectoryError(f"cannot resume {run_dir}: it has no checkpoint for rank {rank}") from None
+    target = Path(run_dir) / "checkpoints" / f"rank{rank}"
+    if found != target:
+        found.rename(target)
+        sync(target.parent)
+        step = json.loads((target / COMPLETE_FILE).read_text())["env_steps"]
+        print(
+            f"wmlab: recovered checkpoint {found} (env step {step} of rank {rank}): a crash interrupted the "
+            f"write of the next checkpoint, and {target.name} was missing",
+            file=sys.stderr,
+        )
+    for leftover in (target.with_name(target.name + ".new"), target.with_name(target.name + ".old")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return target
+
 def build_agent(spec: RunSpec, observation_space, action_space, seed: int):
     agent_class = ALGORITHMS.get(spec.algorithm).load()
     return agent_class(spec.agent, observation_space, action_space, seed=seed, device=spec.train.device)
@@ -82,9 +121,7 @@ def load_trained_agent(run_dir: str | Path, rank: int = 0):
     """(RunSpec, agent) with the weights of the run's latest checkpoint, for evaluation."""
     run_dir = Path(run_dir)
     spec = load_run_spec(run_dir)
-    checkpoint = run_dir / "checkpoints" / f"rank{rank}"
-    if not checkpoint.is_dir():
-        raise RunDirectoryError(f"{run_dir} has no checkpoint yet ({checkpoint} is missing)")
+    checkpoint = find_checkpoint(run_dir, rank)
     env = make_env(spec.env, **spec.env_kwargs)
     agent = build_agent(spec, env.observation_space, env.action_space, seed=spec.train.seed)
     env.close()

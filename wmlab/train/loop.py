@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,13 +35,15 @@ import torch
 
 from wmlab.core import distributed
 from wmlab.core.errors import RunDirectoryError
+from wmlab.core.faults import kill_point
+from wmlab.core.files import replace_durably, sync, write_durably
 from wmlab.core.serialization import load_state, save_state
 from wmlab.core.types import Transition
 from wmlab.data.replay import ReplayBuffer
 from wmlab.envs.adapter import make_env
 from wmlab.eval.returns import episode_task, evaluate_agent, unbatch_action
 from wmlab.runs.config import TrainConfig
-from wmlab.runs.directory import CONFIG_FILE, RunSpec, build_agent
+from wmlab.runs.directory import COMPLETE_FILE, CONFIG_FILE, RunSpec, build_agent, resume_checkpoint
 from wmlab.train.logger import MetricsAverager, MetricsLogger
 
 @dataclass
@@ -108,7 +111,12 @@ class Trainer:
             self._load_checkpoint()
         else:
             self._reset_all_envs()
-        self.logger = MetricsLogger(self.run_dir, tensorboard=self.config.tensorboard)
+        self.logger = MetricsLogger(
+            self.run_dir,
+            tensorboard=self.config.tensorboard,
+            resume_from=getattr(self, "_log_positions", None),
+            resume_step=self._global_steps() if resume else None,
+        )
         self.averager = MetricsAverager()
 
     # ----------------------------------------------------------------------------------------
@@ -117,8 +125,7 @@ class Trainer:
     def _prepare_run_directory(self, resume: bool, force: bool) -> None:
         config_path = self.run_dir / CONFIG_FILE
         if resume:
-            if not (self.run_dir / "checkpoints" / f"rank{self.rank}").is_dir():
-                raise RunDirectoryError(f"cannot resume {self.run_dir}: it has no checkpoint for rank {self.rank}")
+            resume_checkpoint(self.run_dir, self.rank)
             return
         if self.run_dir.exists() and any(self.run_dir.iterdir()):
             if not force:
@@ -131,17 +138,24 @@ class Trainer:
         distributed.barrier()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if distributed.is_main_process():
-            config_path.write_text(json.dumps(self.spec.to_json(), indent=2))
+            replace_durably(config_path, json.dumps(self.spec.to_json(), indent=2))
 
     def _checkpoint_directory(self) -> Path:
         return self.run_dir / "checkpoints" / f"rank{self.rank}"
 
     def save_checkpoint(self) -> None:
-        """Write the agent and everything the loop needs to continue exactly, atomically."""
+        """Write the agent and everything the loop needs to continue exactly, crash-safe.
+
+        The checkpoint is written into rank<r>.new and marked complete (every file and the folder
+        fsynced, then complete.json); then rank<r> -> rank<r>.old, rank<r>.new -> rank<r>, and
+        rank<r>.old is removed. At every instant one complete checkpoint is on disk under one of
+        these names, and resume_checkpoint() finds the newest.
+        """
         target = self._checkpoint_directory()
-        staging = target.with_name(target.name + ".new")
+        staging, previous = target.with_name(target.name + ".new"), target.with_name(target.name + ".old")
         shutil.rmtree(staging, ignore_errors=True)
         save_state(self.agent.state_dict(), staging, "agent")
+        kill_point("checkpoint-agent")
         environment_states = [env.get_state() for env in self.envs]
         loop_state = {
             "counters": asdict(self.counters),
@@ -152,6 +166,7 @@ class Trainer:
             "episode_lengths": self.episode_lengths,
             "environments": json.dumps(environment_states),
             "replay": json.dumps(self.replay.checkpoint()) if self.replay is not None else None,
+            "logs": json.dumps(self.logger.positions()),
             "rng": {
                 "python": json.dumps(random.getstate()),
                 "numpy": json.dumps(np.random.get_state()[1].tolist()),
@@ -160,15 +175,23 @@ class Trainer:
             },
         }
         save_state(loop_state, staging, "loop")
-        previous = target.with_name(target.name + ".old")
+        kill_point("checkpoint-loop")
+        write_durably(staging / COMPLETE_FILE, json.dumps({"env_steps": self.counters.env_steps, "global_steps": self._global_steps()}))
+        sync(staging)
+        sync(target.parent)
+        kill_point("checkpoint-complete")
         shutil.rmtree(previous, ignore_errors=True)
         if target.exists():
             target.rename(previous)
+            sync(target.parent)
+        kill_point("checkpoint-between-renames")
         staging.rename(target)
+        sync(target.parent)
+        kill_point("checkpoint-renamed")
         shutil.rmtree(previous, ignore_errors=True)
 
     def _load_checkpoint(self) -> None:
-        directory = self._checkpoint_directory()
+        directory = self._checkpoint_directory()  # resume_checkpoint() has put the newest complete one there
         self.agent.load_state_dict(load_state(directory, "agent"))
         loop_state = load_state(directory, "loop")
         self.counters = Counters(**loop_state["counters"])
@@ -187,6 +210,8 @@ class Trainer:
                 env.set_state(state)
         if self.replay is not None:
             self.replay.load_state_dict(json.loads(loop_state["replay"]))
+        # Where each log stood at this checkpoint (absent from checkpoints of older versions).
+        self._log_positions = json.loads(loop_state["logs"]) if "logs" in loop_state else None
         rng = loop_state["rng"]
         python_state = json.loads(rng["python"])
         random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
@@ -274,6 +299,7 @@ class Trainer:
                 if task is not None:
                     self.counters.recent_task_returns.setdefault(task, []).append(float(self.episode_returns[index]))
                 self._reset_env(index)
+        kill_point("step")
         return metrics
 
     # ----------------------------------------------------------------------------------------
@@ -294,6 +320,7 @@ class Trainer:
         for _ in range(self._updates_due()):
             batch = self.replay.sample(self.config.batch_size, self.config.sequence_length)
             self.averager.add(self.agent.update(batch))
+            kill_point("update")
             self.counters.updates += 1
 
     def evaluate(self) -> dict[str, float]:
@@ -308,6 +335,7 @@ class Trainer:
         self.counters.evaluations += 1
         self.counters.last_eval_step = self.counters.env_steps
         self.logger.write(self._global_steps(), self._elapsed(), metrics)
+        kill_point("evaluation")
         return metrics
 
     def _global_steps(self) -> int:
@@ -360,7 +388,6 @@ class Trainer:
                     break
                 if self.counters.env_steps >= self.counters.next_checkpoint_step and self.counters.env_steps < target:
                     self._checkpoint_now()
-                    self.counters.next_checkpoint_step += self.checkpoint_every
         if self.counters.last_eval_step != self.counters.env_steps:
             last_eval = self.evaluate()
         self._checkpoint_now()
@@ -382,6 +409,10 @@ class Trainer:
         return at_log_step and distributed.any_rank(self._elapsed() >= self.config.time_limit)
 
     def _checkpoint_now(self) -> None:
+        # The schedule advances before the counters are saved: a run resumed from this checkpoint
+        # must not find its next checkpoint already due (it wrote an extra one a step later).
+        while self.counters.next_checkpoint_step <= self.counters.env_steps:
+            self.counters.next_checkpoint_step += self.checkpoint_every
         self.counters.elapsed_seconds = self._elapsed()
         self._session_start = time.perf_counter()
         self.save_checkpoint()
@@ -399,7 +430,7 @@ class Trainer:
             **last_eval,
         }
         if distributed.is_main_process():
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            replace_durably(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
 
 

@@ -11,12 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, at_least, between, ranges
 from wmlab.models.rssm import RSSMConfig, RSSMLossScales
 
 
 @dataclass(frozen=True)
-class OptimizerConfig:
+class OptimizerConfig(Config):
     """One optimiser (Dreamer trains the world model, the actor and the critic with three)."""
+
+    limits = ranges(
+        learning_rate=POSITIVE, epsilon=POSITIVE, weight_decay=NON_NEGATIVE, grad_clip=NON_NEGATIVE, adaptive_clip=NON_NEGATIVE,
+        warmup=NON_NEGATIVE,
+    )
 
     kind: str = "laprop"
     """"laprop" (DreamerV3's current optimiser: RMS-normalise the gradient, then momentum) or "adam"
@@ -44,9 +50,20 @@ V3_OPTIMIZER = OptimizerConfig()
 
 
 @dataclass(frozen=True)
-class DreamerConfig:
+class DreamerConfig(Config):
     """DreamerV3 (the defaults): categorical RSSM, symlog two-hot reward and critic, percentile return
     normalisation, REINFORCE actor with entropy 3e-4, LaProp with adaptive gradient clipping."""
+
+    limits = ranges(
+        units=COUNT, actor_layers=COUNT, critic_layers=COUNT, actor_min_std=POSITIVE,
+        actor_max_std=at_least("actor_min_std"), actor_init_std=POSITIVE, actor_unimix=FRACTION,
+        actor_output_scale=POSITIVE, reinforce_continuous=FRACTION, reinforce_discrete=FRACTION,
+        entropy_scale=NON_NEGATIVE, critic_bins=at_least(2), imagination_horizon=COUNT,
+        discount=between(0, 1, low_open=True), return_lambda=FRACTION,
+        return_normalization_decay=between(0, 1, high_open=True), return_scale_limit=POSITIVE,
+        slow_critic_fraction=FRACTION, slow_critic_every=COUNT, slow_critic_regularizer=NON_NEGATIVE,
+        random_steps=NON_NEGATIVE, exploration_noise=NON_NEGATIVE, counterfactual_fraction=FRACTION,
+    )
 
     model: RSSMConfig = field(default_factory=RSSMConfig)
     """The world model (size, latents, heads, KL and loss scales)."""

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, Config, between, ranges
+
 
 @dataclass(frozen=True)
-class DynaConfig:
+class DynaConfig(Config):
     """Dyna-Q, Dyna-Q+, prioritized sweeping and trajectory sampling (Sutton & Barto ch. 8)."""
+
+    limits = ranges(
+        gamma=FRACTION, alpha=between(0, 1, low_open=True), epsilon=FRACTION, planning_steps=NON_NEGATIVE,
+        kappa=NON_NEGATIVE, theta=NON_NEGATIVE, max_trajectory_length=COUNT,
+    )
 
     gamma: float = 0.95
     """Discount factor (the book's Dyna maze uses 0.95)."""
@@ -37,9 +44,15 @@ class DynaConfig:
 
 
 @dataclass(frozen=True)
-class Dyna2Config:
+class Dyna2Config(Config):
     """Dyna-2 (Silver, Sutton & Mueller 2008): a permanent memory learned from real experience
     and a transient memory learned by search from the current state, both linear in features."""
+
+    limits = ranges(
+        gamma=FRACTION, alpha=between(0, 1, low_open=True), transient_alpha=NON_NEGATIVE, epsilon=FRACTION,
+        transient_epsilon=FRACTION, trace_decay=FRACTION, transient_trace_decay=FRACTION,
+        planning_steps=NON_NEGATIVE, max_simulation_length=COUNT, coarse_block=COUNT, grid_columns=COUNT,
+    )
 
     gamma: float = 0.95
     """Discount factor for both memories (the paper's Go experiments are undiscounted; the maze

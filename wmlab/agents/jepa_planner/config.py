@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, between, ranges
 from wmlab.models.jepa import DISTANCE_NORMS, JEPAConfig
 from wmlab.planners.mppi import MPPIConfig
 
@@ -20,9 +21,16 @@ def default_mppi() -> MPPIConfig:
 
 
 @dataclass(frozen=True)
-class ValueConfig:
+class ValueConfig(Config):
     """Goal-conditioned value V(z, g) = -||phi(z) - phi(g)||, trained on offline data by expectile
     TD or as a quasimetric (see `objective`)."""
+
+    limits = ranges(
+        hidden_size=COUNT, projection_size=COUNT, discount=between(0, 1, low_open=True), expectile=between(0, 1, low_open=True, high_open=True),
+        target_rate=FRACTION, geometric_goal_fraction=FRACTION, learning_rate=POSITIVE, batch_size=COUNT, shaping_scale=NON_NEGATIVE,
+        quasimetric_epsilon=POSITIVE, quasimetric_same_episode_share=FRACTION, quasimetric_offset=POSITIVE, quasimetric_beta=POSITIVE,
+        lagrange_learning_rate=POSITIVE, shaping_batch_size=COUNT,
+    )
 
     objective: str = "expectile"
     """How the value is trained on the frozen embeddings:
@@ -79,6 +87,7 @@ class ValueConfig:
     """Hindsight triples per world-model step when shaping (3 frames each go through the encoder)."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.space not in VALUE_SPACES:
             raise ValueError(f"value space must be one of {VALUE_SPACES}, got {self.space!r}")
         if self.objective not in VALUE_OBJECTIVES:
@@ -90,8 +99,10 @@ class ValueConfig:
 
 
 @dataclass(frozen=True)
-class JEPAPlannerConfig:
+class JEPAPlannerConfig(Config):
     """A JEPA world model, a goal-conditioned value on its embeddings, and MPC over both."""
+
+    limits = ranges(replan_every=COUNT, learning_rate=POSITIVE, gradient_clip=NON_NEGATIVE)
 
     model: JEPAConfig = field(default_factory=JEPAConfig)
     """The world model."""
@@ -120,6 +131,7 @@ class JEPAPlannerConfig:
     """Global norm the world model's gradients are clipped to."""
 
     def __post_init__(self):
+        super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.distance_norm not in DISTANCE_NORMS:

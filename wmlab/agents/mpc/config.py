@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from wmlab.core.config import NON_NEGATIVE, POSITIVE, Config, between, ranges
 from wmlab.models.mlp import MLPWorldModelConfig
 from wmlab.planners.shooting import RandomShootingConfig
 
 
 @dataclass(frozen=True)
-class MPCConfig:
+class MPCConfig(Config):
     """A feed-forward dynamics model trained on replay; actions by random-shooting MPC through it."""
+
+    limits = ranges(
+        discount=between(0, 1, low_open=True), learning_rate=POSITIVE, grad_clip=NON_NEGATIVE,
+        random_steps=NON_NEGATIVE, exploration_noise=NON_NEGATIVE,
+    )
 
     model: MLPWorldModelConfig = field(default_factory=MLPWorldModelConfig)
     """The world model: sizes, normalisation, loss scales."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from wmlab.agents.dreamer.config import V1_MODEL
+from wmlab.core.config import NON_NEGATIVE, POSITIVE, Config, ranges
 from wmlab.models.rssm import RSSMConfig
 from wmlab.planners.cem import CEMConfig
 
@@ -14,9 +15,14 @@ PLANET_MODEL = replace(V1_MODEL, activation="relu", units=200)
 
 
 @dataclass(frozen=True)
-class PlaNetConfig:
+class PlaNetConfig(Config):
     """An RSSM trained on replay; actions by CEM over the sum of imagined rewards, replanned each step.
     Action repeat belongs to the environment (e.g. dmc:cartpole-swingup's own setting)."""
+
+    limits = ranges(
+        learning_rate=POSITIVE, adam_epsilon=POSITIVE, grad_clip=NON_NEGATIVE,
+        random_steps=NON_NEGATIVE, exploration_noise=NON_NEGATIVE,
+    )
 
     model: RSSMConfig = field(default_factory=lambda: PLANET_MODEL)
     """The world model (sizes, latents, free nats, loss scales)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from wmlab.core.config import NON_NEGATIVE, POSITIVE, Config, ranges
 from wmlab.models.tdmpc import TDMPCModelConfig
 from wmlab.planners.mppi import MPPIConfig
 
@@ -16,12 +17,17 @@ def heuristic_discount(episode_length: int, denominator: float = 5.0, low: float
 
 
 @dataclass(frozen=True)
-class TDMPC2Config:
+class TDMPC2Config(Config):
     """An implicit world model trained by TD learning, acting by MPPI in its latent space.
 
     Train on windows of planner.horizon + 1 steps: `--train.sequence-length 4` with the default
     horizon of 3 (longer windows are cut to their first horizon + 1 steps).
     """
+
+    limits = ranges(
+        learning_rate=POSITIVE, encoder_learning_rate_scale=NON_NEGATIVE, grad_clip=NON_NEGATIVE,
+        random_steps=NON_NEGATIVE, extra_iterations_for_large_actions=NON_NEGATIVE,
+    )
 
     model: TDMPCModelConfig = field(default_factory=TDMPCModelConfig)
     """The world model: size preset, widths, two-hot bins, loss scales, discount."""

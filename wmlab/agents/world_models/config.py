@@ -12,12 +12,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+from wmlab.core.config import COUNT, NON_NEGATIVE, POSITIVE, Config, at_least, ranges
 from wmlab.models.vae_mdnrnn import VAEMDNRNNConfig
 
 
 @dataclass(frozen=True)
-class CollectConfig:
+class CollectConfig(Config):
     """Stage 1: random rollouts in the real environment."""
+
+    limits = ranges(episodes=COUNT, brownian_dt=POSITIVE, max_steps=NON_NEGATIVE)
 
     episodes: int = 10_000
     """Episodes to record (the paper: 10,000 random rollouts of CarRacing)."""
@@ -33,8 +36,10 @@ class CollectConfig:
 
 
 @dataclass(frozen=True)
-class VAETrainingConfig:
+class VAETrainingConfig(Config):
     """Stage 2: V on every collected frame."""
+
+    limits = ranges(epochs=COUNT, batch_size=COUNT, learning_rate=POSITIVE, max_frames=NON_NEGATIVE, log_every=COUNT)
 
     epochs: int = 10
     """Passes over the collected frames (the authors: 10)."""
@@ -49,8 +54,13 @@ class VAETrainingConfig:
 
 
 @dataclass(frozen=True)
-class MDNRNNTrainingConfig:
+class MDNRNNTrainingConfig(Config):
     """Stage 3: M on V's codes of the collected episodes."""
+
+    limits = ranges(
+        updates=COUNT, batch_size=COUNT, sequence_length=COUNT, learning_rate=POSITIVE, grad_clip=NON_NEGATIVE, log_every=COUNT,
+        checkpoint_every=COUNT,
+    )
 
     updates: int = 4_000
     """Adam updates (the authors' CarRacing M: 4000)."""
@@ -71,8 +81,13 @@ class MDNRNNTrainingConfig:
 
 
 @dataclass(frozen=True)
-class ControllerTrainingConfig:
+class ControllerTrainingConfig(Config):
     """Stage 4: C by CMA-ES, in the dream or in the real environment."""
+
+    limits = ranges(
+        generations=COUNT, population=at_least(2), rollouts=COUNT, initial_sigma=POSITIVE, max_steps=NON_NEGATIVE,
+        eval_every=NON_NEGATIVE, eval_episodes=COUNT, workers=COUNT, envs_per_batch=COUNT,
+    )
 
     inputs: Literal["latent_and_hidden", "latent"] = "latent_and_hidden"
     """What C reads: [z, h] (the paper's V-M-C, 867 parameters on CarRacing) or z alone (its
@@ -105,8 +120,10 @@ class ControllerTrainingConfig:
 
 
 @dataclass(frozen=True)
-class WorldModelsConfig:
+class WorldModelsConfig(Config):
     """V (a VAE), M (an MDN-RNN) and C (a linear controller), trained in turn."""
+
+    limits = ranges(temperature=POSITIVE, evaluation_episodes=COUNT, dream_evaluation_episodes=COUNT, video_steps=NON_NEGATIVE)
 
     model: VAEMDNRNNConfig = field(default_factory=VAEMDNRNNConfig)
     """V and M: sizes, heads, loss weights."""
