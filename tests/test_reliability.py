@@ -371,7 +371,7 @@ def test_ranges_are_checked_in_python_and_in_a_run_directory(tmp_path):
 
     with pytest.raises(ConfigError, match=r"JEPAConfig.momentum_end = 0.5 is out of range; allowed: \[momentum_start \(0.9\), 1\]"):
         JEPAConfig(momentum_start=0.9, momentum_end=0.5)
-    with pytest.raises(ConfigError, match=r"ControllerTrainingConfig.population = 1 is out of range; allowed: >= 2"):
+    with pytest.raises(ConfigError, match=r"ControllerTrainingConfig.population = 1 is out of range; allowed: at least 2"):
         ControllerTrainingConfig(population=1)
     Trainer(tiny_spec(20), tmp_path / "run").run()
     config = json.loads((tmp_path / "run" / "config.json").read_text())
