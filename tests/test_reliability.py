@@ -119,15 +119,16 @@ def crash_at(monkeypatch, point: str, hit: int = 1) -> None:
     assert point in wmlab.core.faults.POINTS
 
 
-def test_a_crash_between_the_checkpoint_renames_resumes_from_the_newest_complete_checkpoint(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("point, left", [("checkpoint-between-renames", ["rank0.new", "rank0.old"]), ("checkpoint-complete", ["rank0", "rank0.new"])])
+def test_a_crash_in_the_checkpoint_renames_resumes_from_the_newest_complete_checkpoint(tmp_path, monkeypatch, capsys, point, left):
     Trainer(tiny_spec(80), tmp_path / "straight").run()
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
-        crash_at(patch, "checkpoint-between-renames", hit=2)  # the checkpoint of step 40
+        crash_at(patch, point, hit=2)  # in the checkpoint of step 40
         with pytest.raises(Crash):
             Trainer(tiny_spec(80), run_dir).run()
     checkpoints = run_dir / "checkpoints"
-    assert sorted(path.name for path in checkpoints.iterdir()) == ["rank0.new", "rank0.old"]
+    assert sorted(path.name for path in checkpoints.iterdir()) == left
     assert run_cli("train", "--resume", run_dir, "--train.steps", 80) == 0
     error = capsys.readouterr().err
     assert "recovered" in error and "rank0.new" in error and "step 40" in error
@@ -372,7 +373,7 @@ def test_ranges_are_checked_in_python_and_in_a_run_directory(tmp_path):
 
     with pytest.raises(ConfigError, match=r"JEPAConfig.momentum_end = 0.5 is out of range; allowed: \[momentum_start \(0.9\), 1\]"):
         JEPAConfig(momentum_start=0.9, momentum_end=0.5)
-    with pytest.raises(ConfigError, match=r"ControllerTrainingConfig.population = 1 is out of range; allowed: >= 2"):
+    with pytest.raises(ConfigError, match=r"ControllerTrainingConfig.population = 1 is out of range; allowed: at least 2"):
         ControllerTrainingConfig(population=1)
     Trainer(tiny_spec(20), tmp_path / "run").run()
     config = json.loads((tmp_path / "run" / "config.json").read_text())

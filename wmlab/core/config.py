@@ -51,9 +51,9 @@ class Limit:
             return repr(value)
 
         if self.high is None:
-            return f"{'>' if self.low_open else '>='} {bound(self.low)}"
+            return f"{'above' if self.low_open else 'at least'} {bound(self.low)}"
         if self.low is None:
-            return f"{'<' if self.high_open else '<='} {bound(self.high)}"
+            return f"{'below' if self.high_open else 'at most'} {bound(self.high)}"
         return f"{'(' if self.low_open else '['}{bound(self.low)}, {bound(self.high)}{')' if self.high_open else ']'}"
 
     def admits(self, value: float, config: Any) -> bool:

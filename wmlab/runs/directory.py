@@ -75,40 +75,48 @@ def load_run_spec(run_dir: Path) -> RunSpec:
             train=from_dict(TrainConfig, raw["train"]),
             agent=from_dict(entry.load_config(), raw["agent"]),
         )
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise RunDirectoryError(f"{path} is corrupt ({error})") from None
 
 
 def find_checkpoint(run_dir: Path, rank: int = 0) -> Path:
-    """The newest complete checkpoint of `rank`: rank<r>, else (a crash interrupted a checkpoint
-    write between its two renames) a complete rank<r>.new, else rank<r>.old. Reads only."""
+    """The newest complete checkpoint of `rank`. Reads only.
+
+    A complete rank<r>.new (a crash came after it was marked complete, before or between the
+    renames) is newer than rank<r>; rank<r>.old is used only when rank<r> is missing."""
     target = Path(run_dir) / "checkpoints" / f"rank{rank}"
+    staging, previous = target.with_name(target.name + ".new"), target.with_name(target.name + ".old")
+    if (staging / COMPLETE_FILE).is_file():
+        return staging
     if target.is_dir():
         return target
-    for candidate in (target.with_name(target.name + ".new"), target.with_name(target.name + ".old")):
-        if (candidate / COMPLETE_FILE).is_file():
-            return candidate
+    if (previous / COMPLETE_FILE).is_file():
+        return previous
     raise RunDirectoryError(f"{run_dir} has no checkpoint for rank {rank} ({target} is missing)")
 
 
 def resume_checkpoint(run_dir: Path, rank: int = 0) -> Path:
-    """find_checkpoint(), moved back to rank<r> if a crash left it under another name (said on
-    stderr: which one, at which step); incomplete leftovers of an interrupted write are removed."""
+    """find_checkpoint(), moved to rank<r> if a crash left it under another name (said on stderr:
+    which one, at which step); leftovers of an interrupted write are removed."""
     try:
         found = find_checkpoint(run_dir, rank)
     except RunDirectoryError:
         raise RunDirectoryError(f"cannot resume {run_dir}: it has no checkpoint for rank {rank}") from None
     target = Path(run_dir) / "checkpoints" / f"rank{rank}"
+    previous = target.with_name(target.name + ".old")
     if found != target:
+        if target.exists():  # found is rank<r>.new: finish the write's renames
+            shutil.rmtree(previous, ignore_errors=True)
+            target.rename(previous)
         found.rename(target)
         sync(target.parent)
         step = json.loads((target / COMPLETE_FILE).read_text())["env_steps"]
         print(
-            f"wmlab: recovered checkpoint {found} (env step {step} of rank {rank}): a crash interrupted the "
-            f"write of the next checkpoint, and {target.name} was missing",
+            f"wmlab: recovered checkpoint {found} (env step {step} of rank {rank}), the newest complete one: "
+            "a crash interrupted the write of a checkpoint",
             file=sys.stderr,
         )
-    for leftover in (target.with_name(target.name + ".new"), target.with_name(target.name + ".old")):
+    for leftover in (target.with_name(target.name + ".new"), previous):
         shutil.rmtree(leftover, ignore_errors=True)
     return target
 
