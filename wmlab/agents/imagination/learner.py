@@ -114,13 +114,16 @@ class ImaginationLearner:
     @torch.no_grad()
     def act(self, images: Any, recurrent: Recurrent | None, is_first: Any, explore: bool) -> tuple[torch.Tensor, Recurrent]:
         """Real frames (B, H, W, C), the LSTM state (None at the start), is_first (B,) ->
-        (actions (B,), new LSTM state). Actions are sampled from the policy (DIAMOND samples in
-        evaluation too), with epsilon-greedy exploration while collecting."""
+        (actions (B,), new LSTM state). While collecting, actions are sampled from the policy,
+        uniform with probability epsilon; otherwise the most probable action is taken (greedy
+        evaluation, which draws no random numbers, so evaluating does not change training)."""
         frames = unit_frames(images, self.device)
         B = frames.shape[0]
         recurrent = self.reset(recurrent, torch.as_tensor(np.asarray(is_first), device=self.device).bool().reshape(B), B)
         logits, _, recurrent = self.network(frames, recurrent)
-        return self.sample(logits, self.config.epsilon if explore else 0.0), recurrent
+        if not explore:
+            return logits.argmax(-1), recurrent
+        return self.sample(logits, self.config.epsilon), recurrent
 
     def reset(self, recurrent: Recurrent | None, is_first: torch.Tensor, batch_size: int) -> Recurrent:
         if recurrent is None:
@@ -204,8 +207,8 @@ class ImaginationLearner:
             "loss/actor": float(actor_loss.detach()),
             "loss/critic": float(critic_loss.detach()),
             "ac/return": float(returns.mean()),
-            "ac/value": float(values.mean()),
-            "ac/entropy": float(entropy.mean()),
+            "ac/value": float(values.detach().mean()),
+            "ac/entropy": float(entropy.detach().mean()),
             "ac/imagined_reward": float(rewards.sum(1).mean()),
             "ac/imagined_continue": float(continues.mean()),
             "ac/grad_norm": float(grad_norm),
