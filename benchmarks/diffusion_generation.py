@@ -53,7 +53,7 @@ def speed(arguments) -> dict:
     from wmlab.train.loop import load_trained_agent
 
     torch.set_num_threads(arguments.threads)
-    spec, agent = load_trained_agent(arguments.run_dir)
+    _, agent = load_trained_agent(arguments.run_dir)
     model = world_model_of(agent).eval()
     episodes = [episode for episode in replay_episodes(arguments.run_dir) if len(episode["reward"]) >= model.context + arguments.frames]
     rows = []

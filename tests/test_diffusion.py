@@ -186,6 +186,20 @@ def test_imagine_samples_a_predictive_distribution_and_follows_the_protocol():
     assert float((frames[1:] - frames[:1]).abs().max()) > 0  # samples from one start differ
 
 
+def test_the_model_runs_as_an_imagined_environment():
+    from wmlab.envs.imagined import ImaginedEnv
+
+    model = make_model()
+    frames = np.random.default_rng(0).integers(0, 256, (3, 2, SIDE, SIDE, 3), dtype=np.uint8)
+    env = ImaginedEnv(model, {"image": frames}, batch_size=2, max_episode_steps=3, observations="decoded", seed=0)
+    observation, info = env.reset()
+    assert observation["image"].shape == (2, SIDE, SIDE, 3)
+    for _ in range(3):
+        observation, reward, terminated, truncated, _ = env.step(np.array([0, 2]))
+    assert reward.shape == (2,) and bool(env.done.all())
+    assert env.render().dtype == np.uint8 and env.render().shape == (2, SIDE, SIDE, 3)
+
+
 def capture_denoiser_inputs(model):
     seen = []
     original = model.denoiser.forward

@@ -125,7 +125,7 @@ def generate_frames(
             raise WmlabError("--actions policy needs the run's agent")
         memory: list[Any] = [None]
 
-        def chosen(current: Any) -> Any:  # noqa: F811 - the policy form of `chosen`
+        def chosen(current: Any) -> Any:
             frame = model.decode(current)["image"]
             image = (frame.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
             action, memory[0] = agent.act({"image": image, "is_first": np.array([memory[0] is None])}, memory[0], explore=False)

@@ -44,8 +44,9 @@ features, M LSTM size, N noise levels.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -235,7 +236,7 @@ def euler_sample(
     levels = karras_levels(config.steps, config.sigma_min, config.sigma_max, config.rho, device)
     x = torch.randn(shape, generator=generator, device=device) * levels[0]
     gamma_step = min(config.churn / config.steps, math.sqrt(2) - 1)
-    for sigma, following in zip(levels[:-1], levels[1:]):
+    for sigma, following in zip(levels[:-1], levels[1:]):  # noqa: RUF007 (tensors)
         sigma_value = float(sigma)
         gamma = gamma_step if config.churn > 0 and config.churn_min <= sigma_value <= config.churn_max else 0.0
         sigma_hat = sigma * (1 + gamma)

@@ -19,7 +19,7 @@ Shape legend: B batch, C channels, H, W image, D conditioning features.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -3,4 +3,4 @@
 from wmlab.agents.diamond.agent import DiamondAgent
 from wmlab.agents.diamond.config import DiamondConfig, DiamondCPUConfig
 
-__all__ = ["DiamondAgent", "DiamondConfig", "DiamondCPUConfig"]
+__all__ = ["DiamondAgent", "DiamondCPUConfig", "DiamondConfig"]
