@@ -9,8 +9,9 @@ GameNGen's context-noise ablation in small.
     python benchmarks/diffusion_generation.py context-noise RUN_DIR --minutes 10 --out noise.json
 
 Both read a run of `wmlab train --algo diamond...` (its replay and, for speed, its checkpoint).
-Frames per second: one sequence (B = 1), the world model's `imagine` alone (denoiser, sampler and
-reward / end model), timed after one warm-up frame, with torch's threads as set (1 here).
+Frames per second: one sequence (B = 1), the world model's `imagine` alone, timed after one
+warm-up frame, with torch's threads as set (1 here): frames only (denoiser and sampler, what
+`wmlab generate` runs) and with the reward / end model (what imagination for the agent runs).
 """
 
 from __future__ import annotations
@@ -65,11 +66,13 @@ def speed(arguments) -> dict:
             _, state = model.observe(head, one.action[:, : model.context], one.is_first[:, : model.context], model.initial(1))
             actions = torch.as_tensor(one.action[:, model.context :])
             model.imagine(state, actions[:, :1], 1, denoising_steps=steps)
-            begin = time.perf_counter()
-            model.imagine(state, actions, arguments.frames, denoising_steps=steps)
-            seconds = time.perf_counter() - begin
+            rates = {}
+            for predict_rewards in (False, True):
+                begin = time.perf_counter()
+                model.imagine(state, actions, arguments.frames, denoising_steps=steps, predict_rewards=predict_rewards)
+                rates[predict_rewards] = arguments.frames / (time.perf_counter() - begin)
         curve = psnr_per_step(model, quality, model.context, 10, steps, arguments.seed)
-        rows.append({"denoising_steps": steps, "frames_per_second": arguments.frames / seconds, "psnr_step_1": curve[0], "psnr_step_10": curve[9]})
+        rows.append({"denoising_steps": steps, "frames_per_second": rates[False], "frames_per_second_with_rewards": rates[True], "psnr_step_1": curve[0], "psnr_step_10": curve[9]})
         print(json.dumps(rows[-1]))
     return {"run": str(arguments.run_dir), "frames": arguments.frames, "sequences": arguments.sequences, "threads": arguments.threads, "rows": rows}
 

@@ -184,6 +184,13 @@ def test_imagine_samples_a_predictive_distribution_and_follows_the_protocol():
     assert torch.equal(model.decode(trajectory.states)["image"], trajectory.observations["image"])
     frames = trajectory.observations["image"].reshape(4, 2, 5, -1)
     assert float((frames[1:] - frames[:1]).abs().max()) > 0  # samples from one start differ
+    # frames alone (for videos) are the same frames, without rewards
+    torch.manual_seed(3)
+    with_rewards = model.imagine(last, torch.ones(2, 3, dtype=torch.long))
+    torch.manual_seed(3)
+    frames_only = model.imagine(last, torch.ones(2, 3, dtype=torch.long), predict_rewards=False)
+    assert torch.equal(with_rewards.observations["image"], frames_only.observations["image"])
+    assert bool((frames_only.rewards == 0).all()) and bool((frames_only.continues == 1).all())
 
 
 def test_the_model_runs_as_an_imagined_environment():

@@ -8,7 +8,8 @@ generates N frames autoregressively, started from real frames of the run's repla
 Actions: "recorded" replays the episode's own actions (so the real frames are the ground truth
 and PSNR is measured), "policy" lets the run's agent act on the generated frames, "random" draws
 uniform actions. Frames per second count the world model's generation only (`imagine`, one
-sequence, after a warm-up frame), on whatever machine runs it.
+sequence, after a warm-up frame; frames only, without the reward / end model where the family
+can skip it), on whatever machine runs it.
 
 Any world model that decodes images works (`observe`, `imagine`, `decode`); `--denoising-steps`
 and `--churn` reach samplers that take them (the diffusion model's).
@@ -62,7 +63,8 @@ class GenerateCommand:
 
 def imagine_options(model: Any, denoising_steps: int, churn: float) -> dict[str, Any]:
     parameters = inspect.signature(model.imagine).parameters
-    options = {}
+    # A video needs frames only: skip reward models where the family can.
+    options: dict[str, Any] = {"predict_rewards": False} if "predict_rewards" in parameters else {}
     if denoising_steps != 0:
         if "denoising_steps" not in parameters:
             raise WmlabError(f"{type(model).__name__} does not denoise: --denoising-steps applies to diffusion models only")

@@ -558,13 +558,16 @@ class DiffusionWorldModel(nn.Module):
         condition: Any | None = None,
         guidance: float = 1.0,
         churn: float | None = None,
+        predict_rewards: bool = True,
     ) -> Trajectory:
         """Generate L frames from state (B, ...) with actions (B, L) (indices, or one-hot (B, L,
         A)) or a policy(state) -> action (B,). Each frame is sampled (`denoising_steps`, default
         the config's; `churn` > 0 for the stochastic sampler); a conditioning vector (B, D) (or the
         state's) is mixed with the null one at `guidance`. Returns states (B, L, ...) (the frames
         a view of one buffer), actions (B, L), rewards (B, L) (expected sign), continues (B, L)
-        (1 - P(end)) and the generated frames as observations {"image": (B, L, H, W, C) in [0, 1]}."""
+        (1 - P(end)) and the generated frames as observations {"image": (B, L, H, W, C) in [0, 1]}.
+        `predict_rewards` False generates frames only (a video): rewards 0, continues 1, and the
+        reward model's LSTM state left as it was."""
         sizes = self.check_state(state)
         B = sizes["B"]
         policy = actions_or_policy if callable(actions_or_policy) else None
@@ -595,7 +598,12 @@ class DiffusionWorldModel(nn.Module):
             else:
                 action = self.encode_actions(policy(current), ("B",), {"B": B})
             frame = self.sample_frame(current, action, sampler, generator, vector, guidance)
-            reward_logits, end_logits, hidden, cell = self.reward_end(current["frames"][:, -1], frame, action, current["hidden"], current["cell"])
+            if predict_rewards:
+                reward_logits, end_logits, hidden, cell = self.reward_end(current["frames"][:, -1], frame, action, current["hidden"], current["cell"])
+            else:
+                reward_logits = torch.tensor([0.0, 1.0, 0.0], device=self.device).log().expand(B, 3)
+                end_logits = torch.tensor([1.0, 0.0], device=self.device).log().expand(B, 2)
+                hidden, cell = current["hidden"], current["cell"]
             buffer[:, K - 1 + index] = frame
             current = {
                 "frames": buffer[:, index : index + K],
