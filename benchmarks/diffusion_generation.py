@@ -74,7 +74,13 @@ def speed(arguments) -> dict:
         curve = psnr_per_step(model, quality, model.context, 10, steps, arguments.seed)
         rows.append({"denoising_steps": steps, "frames_per_second": rates[False], "frames_per_second_with_rewards": rates[True], "psnr_step_1": curve[0], "psnr_step_10": curve[9]})
         print(json.dumps(rows[-1]))
-    return {"run": str(arguments.run_dir), "frames": arguments.frames, "sequences": arguments.sequences, "threads": arguments.threads, "rows": rows}
+    # The trivial predictor, for scale: the last real context frame repeated.
+    real = torch.as_tensor(quality.obs["image"][:, model.context : model.context + 10]).float() / 255
+    last = torch.as_tensor(quality.obs["image"][:, model.context - 1 : model.context]).float().expand_as(real) / 255
+    repeat = psnr(real, last, leading=2).mean(0).tolist()
+    baseline = {"psnr_step_1": repeat[0], "psnr_step_10": repeat[9]}
+    print(json.dumps({"repeat_last_frame": baseline}))
+    return {"run": str(arguments.run_dir), "frames": arguments.frames, "sequences": arguments.sequences, "threads": arguments.threads, "rows": rows, "repeat_last_frame": baseline}
 
 
 def train_denoiser(config, observation_space, action_space, episodes, minutes: float, batch_size: int, seed: int):
