@@ -187,7 +187,7 @@ def run(argv: list[str]) -> int:
     from wmlab.eval.suites import replay_episodes, world_model_of
     from wmlab.train.loop import load_trained_agent
 
-    command = tyro.cli(GenerateCommand, args=argv, description=__doc__.split("\n\n")[0])
+    command = tyro.cli(GenerateCommand, args=argv, prog="wmlab generate", description=__doc__.split("\n\n")[0])
     if command.steps < 1:
         raise WmlabError(f"--steps must be at least 1, got {command.steps}")
     spec, agent = load_trained_agent(command.run_dir)
