@@ -42,6 +42,7 @@ commands:
   report   write RUN_DIR/report.html (learning curves, tables, figures)
   list     show every registered algorithm, model and environment
   envs     show the environment suites, their ids, spaces and install commands
+  generate write an MP4 of a world model's generated frames (wmlab generate RUN_DIR --steps N)
   record   record episodes of any environment and policy to a dataset folder
   pipeline run a multi-stage pipeline: world-models, jepa, jepa-vs-rssm, jepa-landscape (wmlab pipeline NAME --help)
   bench    run a benchmark: dyna, envs, world-models-temperature, world-models-carracing, laptop
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "list": list_command,
         "envs": envs_command,
         "record": record_command,
+        "generate": generate_command,
         "pipeline": pipeline_command,
         "bench": bench_command,
         "study": study_command,
@@ -297,6 +299,12 @@ def envs_command(argv: list[str]) -> int:
         table.add_row(row["suite"], "\n".join(row["examples"]), spaces, status)
     Console().print(table)
     return 0
+
+
+def generate_command(argv: list[str]) -> int:
+    from wmlab.eval.generation import run
+
+    return run(argv)
 
 
 def record_command(argv: list[str]) -> int:

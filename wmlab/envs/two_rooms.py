@@ -37,6 +37,9 @@ BACKGROUND_RGB = (24, 24, 40)
 WALL_RGB = (150, 150, 150)
 GOAL_RGB = (40, 200, 80)
 AGENT_RGB = (230, 60, 50)
+#: The moves of `discrete_actions=True` (for agents of discrete actions, such as DIAMOND): stay,
+#: up, down, left, right, each a full step.
+DISCRETE_MOVES = ((0.0, 0.0), (0.0, 1.0), (0.0, -1.0), (-1.0, 0.0), (1.0, 0.0))
 
 # The arena's middle: the wall is centred on it and "which side" is decided by it.
 MIDDLE_X = 0.5
@@ -223,6 +226,7 @@ class TwoRooms(gymnasium.Env):
         door_y_range: tuple[float, float] = (0.2, 0.8),
         image_size: int = 64,
         render_mode: str | None = "rgb_array",
+        discrete_actions: bool = False,
     ):
         if observation not in ("pixels", "state"):
             raise ValueError(f"observation must be 'pixels' or 'state', not {observation!r}")
@@ -249,7 +253,12 @@ class TwoRooms(gymnasium.Env):
         self.image_size = int(image_size)
         self.render_mode = render_mode
 
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+        self.discrete_actions = bool(discrete_actions)
+        if self.discrete_actions:
+            # DISCRETE_MOVES[i] is the unit move of action i: stay, up, down, left, right.
+            self.action_space = spaces.Discrete(len(DISCRETE_MOVES))
+        else:
+            self.action_space = spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
         if observation == "pixels":
             self.observation_space = spaces.Box(0, 255, shape=(image_size, image_size, 3), dtype=np.uint8)
         else:
@@ -299,6 +308,10 @@ class TwoRooms(gymnasium.Env):
         return self._observation(), self._info(success=self._distance_to_goal() < geometry.goal_radius)
 
     def step(self, action):
+        if self.discrete_actions:
+            if not self.action_space.contains(int(np.asarray(action).reshape(()))):
+                raise ValueError(f"the action must be an index in [0, {len(DISCRETE_MOVES)}), not {action}")
+            action = DISCRETE_MOVES[int(np.asarray(action).reshape(()))]
         action = np.asarray(action, dtype=np.float64).reshape(2)
         if not np.all(np.isfinite(action)):
             raise ValueError(f"the action must be finite, not {action}")
@@ -527,6 +540,11 @@ def scripted_action(
 def make_two_rooms_pixels(**kwargs: Any) -> TwoRooms:
     """Two rooms observed as 64 x 64 RGB frames (the registry's `two-rooms`)."""
     return TwoRooms(**{"observation": "pixels", **kwargs})
+
+
+def make_two_rooms_discrete(**kwargs: Any) -> TwoRooms:
+    """Two rooms from 64 x 64 RGB frames with 5 discrete moves (the registry's `two-rooms-discrete`)."""
+    return TwoRooms(**{"observation": "pixels", "discrete_actions": True, **kwargs})
 
 
 def make_two_rooms_state(**kwargs: Any) -> TwoRooms:

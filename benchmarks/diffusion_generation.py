@@ -1,0 +1,191 @@
+"""Measurements of the diffusion world model (issue 27): generation speed and quality, and
+GameNGen's context-noise ablation in small.
+
+    # frames per second of generation at 1, 3, 10 denoising steps, PSNR at step 10 of each
+    python benchmarks/diffusion_generation.py speed RUN_DIR --out speed.json
+
+    # GameNGen's figure in small: the denoiser trained on RUN_DIR's replay with and without
+    # context-noise augmentation, PSNR of autoregressive generation under recorded actions
+    python benchmarks/diffusion_generation.py context-noise RUN_DIR --minutes 10 --out noise.json
+
+Both read a run of `wmlab train --algo diamond...` (its replay and, for speed, its checkpoint).
+Frames per second: one sequence (B = 1), the world model's `imagine` alone, timed after one
+warm-up frame, with torch's threads as set (1 here): frames only (denoiser and sampler, what
+`wmlab generate` runs) and with the reward / end model (what imagination for the agent runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wmlab.core.types import Batch
+from wmlab.eval.suites import episode_windows, replay_episodes
+from wmlab.eval.world_model_metrics import psnr
+
+PSNR_STEPS = (1, 5, 10, 20, 50)
+
+
+def psnr_per_step(model, batch: Batch, context: int, steps: int, denoising_steps: int | None = None, seed: int = 0) -> list[float]:
+    """Filter `context` real steps of each window, generate `steps` frames with the recorded
+    actions, and return the mean PSNR (dB, frames in [0, 1]) at each generated step."""
+    head = {"image": batch.obs["image"][:, :context]}
+    with torch.no_grad():
+        _, state = model.observe(head, batch.action[:, :context], batch.is_first[:, :context], model.initial(len(batch.reward)))
+        torch.manual_seed(seed)
+        options = {} if denoising_steps is None else {"denoising_steps": denoising_steps}
+        trajectory = model.imagine(state, torch.as_tensor(batch.action[:, context : context + steps]), steps, **options)
+    real = torch.as_tensor(batch.obs["image"][:, context : context + steps]).float() / 255
+    return psnr(real, trajectory.observations["image"].float(), leading=2).mean(0).tolist()
+
+
+def held_out_windows(episodes, length: int, count: int, seed: int) -> Batch:
+    return episode_windows(episodes, count, length, seed=seed)
+
+
+def speed(arguments) -> dict:
+    from wmlab.eval.suites import world_model_of
+    from wmlab.train.loop import load_trained_agent
+
+    torch.set_num_threads(arguments.threads)
+    _, agent = load_trained_agent(arguments.run_dir)
+    model = world_model_of(agent).eval()
+    episodes = [episode for episode in replay_episodes(arguments.run_dir) if len(episode["reward"]) >= model.context + arguments.frames]
+    rows = []
+    one = held_out_windows(episodes, model.context + arguments.frames, 1, arguments.seed)
+    quality = held_out_windows(episodes, model.context + 10, arguments.sequences, arguments.seed + 1)
+    for steps in arguments.denoising_steps:
+        head = {"image": one.obs["image"][:, : model.context]}
+        with torch.no_grad():
+            _, state = model.observe(head, one.action[:, : model.context], one.is_first[:, : model.context], model.initial(1))
+            actions = torch.as_tensor(one.action[:, model.context :])
+            model.imagine(state, actions[:, :1], 1, denoising_steps=steps)
+            rates = {}
+            for predict_rewards in (False, True):
+                begin = time.perf_counter()
+                model.imagine(state, actions, arguments.frames, denoising_steps=steps, predict_rewards=predict_rewards)
+                rates[predict_rewards] = arguments.frames / (time.perf_counter() - begin)
+        curve = psnr_per_step(model, quality, model.context, 10, steps, arguments.seed)
+        rows.append({"denoising_steps": steps, "frames_per_second": rates[False], "frames_per_second_with_rewards": rates[True], "psnr_step_1": curve[0], "psnr_step_10": curve[9]})
+        print(json.dumps(rows[-1]))
+    # The trivial predictor, for scale: the last real context frame repeated.
+    real = torch.as_tensor(quality.obs["image"][:, model.context : model.context + 10]).float() / 255
+    last = torch.as_tensor(quality.obs["image"][:, model.context - 1 : model.context]).float().expand_as(real) / 255
+    repeat = psnr(real, last, leading=2).mean(0).tolist()
+    baseline = {"psnr_step_1": repeat[0], "psnr_step_10": repeat[9]}
+    print(json.dumps({"repeat_last_frame": baseline}))
+    return {"run": str(arguments.run_dir), "frames": arguments.frames, "sequences": arguments.sequences, "threads": arguments.threads, "rows": rows, "repeat_last_frame": baseline}
+
+
+def train_denoiser(config, observation_space, action_space, episodes, minutes: float, batch_size: int, seed: int):
+    """The diffusion model trained on replay windows for a wall-clock budget (denoiser and reward
+    model, DIAMOND's optimiser settings at the CPU preset's learning rate)."""
+    from wmlab.models.diffusion import DiffusionWorldModel
+
+    torch.manual_seed(seed)
+    model = DiffusionWorldModel(config, observation_space, action_space)
+    optimizer = torch.optim.AdamW(model.denoiser.parameters(), lr=3e-4, weight_decay=1e-2, eps=1e-8)
+    rng = np.random.default_rng(seed)
+    deadline = time.perf_counter() + 60 * minutes
+    updates = 0
+    while time.perf_counter() < deadline:
+        batch = episode_windows(episodes, batch_size, config.context + 1, seed=int(rng.integers(1 << 31)))
+        frames = model.to_model_frames(batch.obs["image"], ("B", "T"), {})
+        actions = torch.as_tensor(batch.action).long()
+        model.train()
+        loss, _ = model.denoising_loss(frames, actions, torch.as_tensor(batch.is_first).bool(), None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.denoiser.parameters(), 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = 3e-4 * min(1.0, (updates + 1) / 100)
+        optimizer.step()
+        updates += 1
+    return model.eval(), updates
+
+
+def context_noise(arguments) -> dict:
+    from wmlab.envs.adapter import make_env
+    from wmlab.models.diffusion import DIFFUSION_CPU
+    from wmlab.train.loop import load_run_spec
+
+    torch.set_num_threads(arguments.threads)
+    spec = load_run_spec(arguments.run_dir)
+    env = make_env(spec.env, **spec.env_kwargs)
+    episodes = replay_episodes(arguments.run_dir)
+    longest = max(PSNR_STEPS)
+    # The last episodes are held out for the measurement; the others train.
+    held_out = episodes[-arguments.held_out :]
+    training = episodes[: -arguments.held_out]
+    windows = held_out_windows(held_out, DIFFUSION_CPU.context + longest, arguments.sequences, arguments.seed)
+    results = {"run": str(arguments.run_dir), "minutes_each": arguments.minutes, "training_episodes": len(training), "held_out_episodes": len(held_out), "seeds": arguments.seeds, "rows": []}
+    for seed in range(arguments.seeds):
+        for augmented in (False, True):
+            config = replace(DIFFUSION_CPU, context_noise=augmented)
+            model, updates = train_denoiser(config, env.observation_space, env.action_space, training, arguments.minutes, arguments.batch_size, seed)
+            curve = psnr_per_step(model, windows, config.context, longest, None, arguments.seed)
+            row = {"seed": seed, "context_noise": augmented, "updates": updates, "psnr": {str(step): curve[step - 1] for step in PSNR_STEPS}, "psnr_per_step": curve}
+            results["rows"].append(row)
+            print(json.dumps({key: value for key, value in row.items() if key != "psnr_per_step"}))
+    env.close()
+    if arguments.figure:
+        figure(results, arguments.figure)
+    return results
+
+
+def figure(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axis = plt.subplots(figsize=(5, 3.4))[1]
+    for row in results["rows"]:
+        steps = np.arange(1, len(row["psnr_per_step"]) + 1)
+        axis.plot(steps, row["psnr_per_step"], color="C1" if row["context_noise"] else "C0", alpha=0.8,
+                  label=f"{'with' if row['context_noise'] else 'without'} context noise (seed {row['seed']})")
+    axis.set_xlabel("autoregressive step")
+    axis.set_ylabel("PSNR (dB)")
+    axis.set_title("Context-noise augmentation (GameNGen Fig. in small)")
+    axis.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    axis.figure.tight_layout()
+    axis.figure.savefig(path, dpi=100)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    fast = commands.add_parser("speed")
+    fast.add_argument("run_dir", type=Path)
+    fast.add_argument("--denoising-steps", type=int, nargs="+", default=[1, 3, 10])
+    fast.add_argument("--frames", type=int, default=50)
+    fast.add_argument("--sequences", type=int, default=16)
+    noise = commands.add_parser("context-noise")
+    noise.add_argument("run_dir", type=Path)
+    noise.add_argument("--minutes", type=float, default=10.0)
+    noise.add_argument("--seeds", type=int, default=1)
+    noise.add_argument("--batch-size", type=int, default=16)
+    noise.add_argument("--held-out", type=int, default=3)
+    noise.add_argument("--sequences", type=int, default=16)
+    noise.add_argument("--figure", type=Path, default=None)
+    for sub in (fast, noise):
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument("--threads", type=int, default=1)
+        sub.add_argument("--out", type=Path, required=True)
+    arguments = parser.parse_args()
+    result = speed(arguments) if arguments.command == "speed" else context_noise(arguments)
+    result["command"] = " ".join(["python benchmarks/diffusion_generation.py", arguments.command, str(arguments.run_dir)])
+    result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    arguments.out.parent.mkdir(parents=True, exist_ok=True)
+    arguments.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

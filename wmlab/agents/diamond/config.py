@@ -1,0 +1,55 @@
+"""Configuration of DIAMOND (Alonso et al. 2024, arXiv:2405.12399); defaults from the authors'
+config/trainer.yaml and config/agent/default.yaml (Atari 100k)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wmlab.agents.imagination.config import ImaginationConfig
+from wmlab.models.diffusion import DIFFUSION_CPU, DiffusionConfig
+
+
+@dataclass(frozen=True)
+class DiamondConfig:
+    """The paper's preset. Train it with `--train.sequence-length 19` (the reward model's windows
+    are horizon + context = 19 steps in DIAMOND) and `--train.batch-size 32`."""
+
+    model: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """The diffusion world model: UNet widths, EDM noise levels, sampler, reward / end model."""
+    learner: ImaginationConfig = field(default_factory=ImaginationConfig)
+    """The actor-critic learned on generated frames."""
+    denoiser_learning_rate: float = 1e-4
+    """AdamW learning rate of the denoiser (DIAMOND: 1e-4)."""
+    reward_end_learning_rate: float = 1e-4
+    """AdamW learning rate of the reward / end model (DIAMOND: 1e-4)."""
+    weight_decay: float = 1e-2
+    """AdamW weight decay of both world-model parts (DIAMOND: 1e-2)."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon (DIAMOND: 1e-8)."""
+    warmup_updates: int = 100
+    """World-model updates over which the learning rates rise linearly from 0 (DIAMOND: 100)."""
+    denoiser_grad_clip: float = 1.0
+    """Largest gradient norm of the denoiser (DIAMOND: 1)."""
+    reward_end_grad_clip: float = 100.0
+    """Largest gradient norm of the reward / end model (DIAMOND: 100)."""
+    actor_critic_starts: int = 0
+    """World-model updates before the actor-critic starts learning in imagination."""
+    imagination_denoising_steps: int = 0
+    """Denoising steps of imagination for the actor-critic (0: the model sampler's steps)."""
+    open_loop_report: bool = True
+    """At the end of a run, write open-loop videos of the world model (RUN_DIR/videos)."""
+
+
+@dataclass(frozen=True)
+class DiamondCPUConfig(DiamondConfig):
+    """DIAMOND small enough to learn on a 2-core CPU: a UNet of (16, 16, 32, 32) channels with one
+    block per level, a small reward model and actor-critic (16-32 channels, LSTMs of 128), 8
+    imagined rollouts per update, learning rates 3e-4, the actor-critic starting after 200
+    world-model updates. Train it with `--train.batch-size 8 --train.sequence-length 19
+    --train.train-ratio 38 --train.learning-starts 500` (one update per 4 environment steps)."""
+
+    model: DiffusionConfig = field(default_factory=lambda: DIFFUSION_CPU)
+    learner: ImaginationConfig = field(default_factory=lambda: ImaginationConfig(channels=(16, 16, 32, 32), lstm_size=128, starts=8, learning_rate=3e-4))
+    denoiser_learning_rate: float = 3e-4
+    reward_end_learning_rate: float = 3e-4
+    actor_critic_starts: int = 200

@@ -1,0 +1,41 @@
+"""Configuration of the actor-critic learned on generated frames (DIAMOND's settings, authors'
+config/trainer.yaml and config/agent/default.yaml; IRIS uses the same learner)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ImaginationConfig:
+    """A CNN + LSTM actor-critic over frames, trained on lambda-returns of imagined rollouts."""
+
+    channels: tuple[int, ...] = (32, 32, 64, 64)
+    """Channels of the frame encoder's stages (3x3 convolution, SiLU, 2x2 max-pooling each; DIAMOND: [32, 32, 64, 64])."""
+    lstm_size: int = 512
+    """Size of the LSTM over encoded frames (DIAMOND: 512)."""
+    horizon: int = 15
+    """Imagined steps per rollout (DIAMOND: 15)."""
+    burn_in: int = 4
+    """Real frames that set the world model's and the actor's recurrent states before imagining
+    (DIAMOND: the world model's 4 context frames)."""
+    starts: int = 0
+    """Imagined rollouts per update, taken from the first rows of the replay batch (0: every row)."""
+    discount: float = 0.985
+    """gamma of the lambda-returns (DIAMOND: 0.985)."""
+    lambda_: float = 0.95
+    """lambda of the lambda-returns (DIAMOND: 0.95)."""
+    entropy_weight: float = 0.001
+    """Weight of the policy's entropy bonus (DIAMOND: 0.001)."""
+    value_weight: float = 1.0
+    """Weight of the critic's squared error (DIAMOND: 1)."""
+    learning_rate: float = 1e-4
+    """Adam learning rate (DIAMOND: 1e-4)."""
+    adam_epsilon: float = 1e-8
+    """Adam epsilon (DIAMOND: 1e-8)."""
+    warmup_updates: int = 100
+    """Updates over which the learning rate rises linearly from 0 (DIAMOND: 100)."""
+    grad_clip: float = 100.0
+    """Largest global gradient norm per update (DIAMOND: 100)."""
+    epsilon: float = 0.01
+    """Probability of a uniform random action while collecting (DIAMOND: 0.01)."""

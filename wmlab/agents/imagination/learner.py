@@ -1,0 +1,224 @@
+"""An actor-critic learned only on frames that a world model generates (DIAMOND, arXiv:2405.12399,
+Sec. 3.4 and Appendix on the RL agent; IRIS, arXiv:2209.00588, Sec. 2.3, trains the same way).
+
+One update:
+1. burn-in: the world model filters `burn_in` real steps of a replay batch (`observe`), and the
+   actor-critic's LSTM reads the same real frames, so both start from the real situation;
+2. imagination: the world model rolls `horizon` steps forward, the actor choosing each action
+   from the newest generated frame (`imagine` with a policy; no gradients through the model);
+3. the actor-critic re-reads the start frame and the generated frames with gradients:
+   values V(s_0..s_L), action logits at s_0..s_{L-1};
+4. targets: lambda-returns R_t = r_t + gamma c_t ((1 - lambda) V(s_{t+1}) + lambda R_{t+1}),
+   R_L = V(s_L) (wmlab.losses.returns.lambda_returns; DIAMOND Eq. 7-8);
+5. losses, each step weighted by the predicted probability that the episode is still running:
+   critic (V(s_t) - sg(R_t))^2, actor -log pi(a_t | s_t) sg(R_t - V(s_t)) - eta H(pi(. | s_t))
+   (REINFORCE with the value baseline and an entropy bonus, DIAMOND Eq. 9).
+
+The interface a world model needs, and nothing else (the diffusion model's internals stay its own):
+
+    model.initial(B) -> state
+    model.observe(obs {"image": (B, T, H, W, C) uint8}, actions (B, T), is_first (B, T), state)
+        -> (states over time, last state)
+    model.imagine(state, policy, horizon, **imagine_kwargs) -> Trajectory with rewards (B, L),
+        continues (B, L) in [0, 1] and observations {"image": (B, L, H, W, C) floats in [0, 1]}
+        (the generated frames; where `observations` is None, decode(trajectory.states) is used)
+    model.decode(state) -> {"image": (B, H, W, C) floats in [0, 1]}: the frame the actor sees
+    policy(state) -> action indices (B,)       (called by `imagine` once per step)
+
+Discrete actions only (DIAMOND's and IRIS's Atari setting).
+
+Shape legend: B batch, T time, L horizon, H, W, C image, A actions, M LSTM size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from wmlab.agents.imagination.config import ImaginationConfig
+from wmlab.core.errors import ShapeError
+from wmlab.core.shapes import check_shape
+from wmlab.core.types import Batch
+from wmlab.losses.returns import lambda_returns
+
+Recurrent = tuple[torch.Tensor, torch.Tensor]  # LSTM (hidden, cell), each (B, M)
+
+
+class ActorCritic(nn.Module):
+    """frames (B, H, W, C) in [0, 1], LSTM state -> (action logits (B, A), value (B,), new state).
+    A CNN (3x3 convolution, SiLU, 2x2 max-pooling per stage) encodes the frame, an LSTM carries
+    the past, and two linear heads read it (DIAMOND's actor-critic)."""
+
+    def __init__(self, config: ImaginationConfig, image_shape: tuple[int, int, int], actions: int):
+        super().__init__()
+        H, W, C = image_shape
+        stages: list[nn.Module] = []
+        width = C
+        for channels in config.channels:
+            stages += [nn.Conv2d(width, channels, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2)]
+            width = channels
+            H, W = H // 2, W // 2
+        if H < 1 or W < 1:
+            raise ShapeError(f"the actor-critic's {len(config.channels)} pooling stages need frames of at least {2 ** len(config.channels)} pixels a side, got {image_shape[:2]}")
+        self.encoder = nn.Sequential(*stages, nn.Flatten())
+        self.lstm = nn.LSTMCell(width * H * W, config.lstm_size)
+        self.actor = nn.Linear(config.lstm_size, actions)
+        self.critic = nn.Linear(config.lstm_size, 1)
+        self.lstm_size = config.lstm_size
+
+    def initial(self, batch_size: int, device: torch.device) -> Recurrent:
+        zeros = torch.zeros(batch_size, self.lstm_size, device=device)
+        return zeros, zeros.clone()
+
+    def forward(self, frames: torch.Tensor, recurrent: Recurrent) -> tuple[torch.Tensor, torch.Tensor, Recurrent]:
+        x = frames.movedim(-1, -3) * 2 - 1  # (B, C, H, W) in [-1, 1]
+        hidden, cell = self.lstm(self.encoder(x), recurrent)
+        return self.actor(hidden), self.critic(hidden)[:, 0], (hidden, cell)
+
+
+def unit_frames(images: Any, device: torch.device) -> torch.Tensor:
+    """uint8 frames (..., H, W, C) or floats in [0, 1] -> floats in [0, 1]."""
+    images = torch.as_tensor(images, device=device)
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+class ImaginationLearner:
+    """Acts from real frames and learns in the imagination of any world model with the interface
+    of the module docstring. `generator` draws the actions' random numbers (acting and imagining),
+    so that its state alone makes acting resumable."""
+
+    def __init__(self, config: ImaginationConfig, image_shape: tuple[int, int, int], actions: int, device: torch.device, generator: torch.Generator):
+        if config.horizon < 1 or config.burn_in < 1:
+            raise ValueError(f"horizon and burn_in must be at least 1, got {config.horizon} and {config.burn_in}")
+        self.config = config
+        self.actions = actions
+        self.device = device
+        self.generator = generator
+        self.network = ActorCritic(config, image_shape, actions).to(device)
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate, eps=config.adam_epsilon)
+        self.updates = 0
+
+    # --- acting ------------------------------------------------------------------------------
+
+    def sample(self, logits: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
+        """Actions (B,) drawn from softmax(logits (B, A)), uniform with probability epsilon."""
+        probabilities = logits.softmax(-1)
+        if epsilon > 0:
+            probabilities = (1 - epsilon) * probabilities + epsilon / self.actions
+        return torch.multinomial(probabilities.cpu(), 1, generator=self.generator)[:, 0].to(logits.device)
+
+    @torch.no_grad()
+    def act(self, images: Any, recurrent: Recurrent | None, is_first: Any, explore: bool) -> tuple[torch.Tensor, Recurrent]:
+        """Real frames (B, H, W, C), the LSTM state (None at the start), is_first (B,) ->
+        (actions (B,), new LSTM state). While collecting, actions are sampled from the policy,
+        uniform with probability epsilon; otherwise the most probable action is taken (greedy
+        evaluation, which draws no random numbers, so evaluating does not change training)."""
+        frames = unit_frames(images, self.device)
+        B = frames.shape[0]
+        recurrent = self.reset(recurrent, torch.as_tensor(np.asarray(is_first), device=self.device).bool().reshape(B), B)
+        logits, _, recurrent = self.network(frames, recurrent)
+        if not explore:
+            return logits.argmax(-1), recurrent
+        return self.sample(logits, self.config.epsilon), recurrent
+
+    def reset(self, recurrent: Recurrent | None, is_first: torch.Tensor, batch_size: int) -> Recurrent:
+        if recurrent is None:
+            return self.network.initial(batch_size, self.device)
+        keep = (~is_first).float()[:, None]
+        return recurrent[0] * keep, recurrent[1] * keep
+
+    # --- learning ----------------------------------------------------------------------------
+
+    def update(self, world_model: Any, batch: Batch, **imagine_kwargs: Any) -> dict[str, float]:
+        """One actor-critic update from the first `burn_in` steps of B replay windows (the first
+        `starts` rows when set); `imagine_kwargs` pass to the world model's `imagine`."""
+        config = self.config
+        B, T = batch.shape
+        rows = slice(0, config.starts or B)
+        if T < config.burn_in:
+            raise ShapeError(f"the actor-critic burns in on {config.burn_in} real steps, but the replay windows hold T={T}")
+        head = slice(0, config.burn_in)
+        images = batch.obs["image"][rows, head]
+        actions = batch.action[rows, head]
+        is_first = batch.is_first[rows, head]
+        count = int(np.shape(images)[0])
+
+        with torch.no_grad():
+            _, start = world_model.observe({"image": images}, actions, is_first, world_model.initial(count))
+            recurrent = self.network.initial(count, self.device)
+            real = unit_frames(images, self.device)
+            first_flags = torch.as_tensor(np.asarray(is_first), device=self.device).bool()
+            for t in range(config.burn_in - 1):  # the last real frame is read again in step 3
+                recurrent = self.reset(recurrent, first_flags[:, t], count)
+                _, _, recurrent = self.network(real[:, t], recurrent)
+            burned_in = self.reset(recurrent, first_flags[:, -1], count)
+            acting = [burned_in]
+
+            def policy(state: Any) -> torch.Tensor:
+                logits, _, acting[0] = self.network(world_model.decode(state)["image"].float(), acting[0])
+                return self.sample(logits)
+
+            trajectory = world_model.imagine(start, policy, config.horizon, **imagine_kwargs)
+            generated = trajectory.observations["image"] if trajectory.observations is not None else world_model.decode(trajectory.states)["image"]
+            start_frame = world_model.decode(start)["image"]
+        L = config.horizon
+        sizes = check_shape("imagined frames", generated, (count, L, *start_frame.shape[1:]))
+        rewards = torch.as_tensor(trajectory.rewards, device=self.device).float()
+        continues = torch.as_tensor(trajectory.continues, device=self.device).float()
+        taken = torch.as_tensor(trajectory.actions, device=self.device).long()
+        check_shape("imagined rewards", rewards, (count, L), sizes)
+        check_shape("imagined continues", continues, (count, L), sizes)
+
+        self.network.train()
+        frames = torch.cat([start_frame[:, None], generated], 1).float()  # (B, L + 1, H, W, C)
+        recurrent = (burned_in[0].detach(), burned_in[1].detach())
+        logits, values = [], []
+        for step in range(L + 1):
+            step_logits, value, recurrent = self.network(frames[:, step], recurrent)
+            logits.append(step_logits)
+            values.append(value)
+        logits = torch.stack(logits[:L], 1)  # (B, L, A)
+        values = torch.stack(values, 1)  # (B, L + 1)
+        returns = lambda_returns(rewards, values[:, 1:].detach(), continues, values[:, -1].detach(), config.lambda_, config.discount)
+        # The probability that the episode still runs at each start state (DreamerV3's weights).
+        weights = torch.cat([torch.ones_like(continues[:, :1]), continues[:, :-1].cumprod(1)], 1)
+        log_probabilities = logits.log_softmax(-1)
+        chosen = log_probabilities.gather(-1, taken[..., None])[..., 0]
+        entropy = -(log_probabilities.exp() * log_probabilities).sum(-1)
+        advantage = (returns - values[:, :L]).detach()
+        actor_loss = -(weights * (chosen * advantage + config.entropy_weight * entropy)).mean()
+        critic_loss = (weights * (values[:, :L] - returns.detach()).pow(2)).mean()
+        loss = actor_loss + config.value_weight * critic_loss
+
+        warmup = min(1.0, (self.updates + 1) / config.warmup_updates) if config.warmup_updates > 0 else 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.learning_rate * warmup
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.network.eval()
+        self.updates += 1
+        return {
+            "loss/actor": float(actor_loss.detach()),
+            "loss/critic": float(critic_loss.detach()),
+            "ac/return": float(returns.mean()),
+            "ac/value": float(values.detach().mean()),
+            "ac/entropy": float(entropy.detach().mean()),
+            "ac/imagined_reward": float(rewards.sum(1).mean()),
+            "ac/imagined_continue": float(continues.mean()),
+            "ac/grad_norm": float(grad_norm),
+        }
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"network": dict(self.network.state_dict()), "optimizer": self.optimizer.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.updates = int(state["updates"])
