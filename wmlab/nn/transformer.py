@@ -222,10 +222,13 @@ class Transformer(nn.Module):
         condition: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         cache: KeyValueCache | None = None,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, T, D) embedded tokens; condition (B, Dc) or (B, T, Dc) for adaLN-zero; mask
         (B or 1, T, P + T) bool extra attention mask (True: may attend), e.g. to keep episodes
-        apart; cache: continue from its P tokens and append these T (positions P .. P + T - 1)."""
+        apart; cache: continue from its P tokens and append these T; positions (B, T) long: each
+        token's position embedding (default P .. P + T - 1), e.g. counted from where each row's
+        sequence starts when rows are padded on the left."""
         if x.dim() != 3 or x.shape[-1] != self.config.width:
             raise ShapeError(f"transformer input: expected (B, T, {self.config.width}), got {tuple(x.shape)}")
         B, T, _ = x.shape
@@ -234,7 +237,14 @@ class Transformer(nn.Module):
             raise ShapeError(f"transformer input: {past + T} tokens exceed max_tokens={self.config.max_tokens}")
         if cache is not None and cache.batch_size != B:
             raise ShapeError(f"key-value cache holds {cache.batch_size} sequences, the input {B}")
-        x = self.dropout(x + self.position(torch.arange(past, past + T, device=x.device))[None])
+        if positions is None:
+            position = self.position(torch.arange(past, past + T, device=x.device))[None]
+        else:
+            check = positions.shape == (B, T) and int(positions.min()) >= 0 and int(positions.max()) < self.config.max_tokens
+            if not check:
+                raise ShapeError(f"positions: expected (B, T) = ({B}, {T}) in [0, {self.config.max_tokens}), got {tuple(positions.shape)}")
+            position = self.position(positions)
+        x = self.dropout(x + position)
         for index, block in enumerate(self.blocks):
             x = block(x, condition, mask, cache, index)
         if cache is not None:
