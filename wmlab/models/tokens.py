@@ -457,7 +457,7 @@ class TokenWorldModel(nn.Module):
     # --- the sequence ------------------------------------------------------------------------
 
     def embed_steps(self, tokens: torch.Tensor, actions: torch.Tensor, text: torch.Tensor | None, drop_text: torch.Tensor | None, drop_action: torch.Tensor | None) -> torch.Tensor:
-        """Blocks of tokens (B, T, K), actions (B, T, A), text (B, Dt) -> embeddings (B, T * P, D):
+        """Blocks of tokens (B, T, K), actions (B, T, A), text (B, Dt) or per step (B, T, Dt) -> embeddings (B, T * P, D):
         per step [text?, action, frame tokens]. drop_text / drop_action (B,) bool put the null
         embeddings in place of the sequence's text / actions."""
         B, T = tokens.shape[:2]
@@ -468,7 +468,8 @@ class TokenWorldModel(nn.Module):
         if self.text_size:
             if text is None:
                 raise ShapeError("this token model is text-conditioned: pass text (B, Dt) (the null text is dropped conditioning)")
-            text_embedding = self.text_embedding(text.float())[:, None, None].expand(B, T, 1, -1)
+            text_embedding = self.text_embedding(text.float())
+            text_embedding = (text_embedding[:, None] if text_embedding.dim() == 2 else text_embedding)[:, :, None].expand(B, T, 1, -1)
             if drop_text is not None:
                 text_embedding = torch.where(drop_text[:, None, None, None], self.null_text.expand_as(text_embedding), text_embedding)
             parts.insert(0, text_embedding)
@@ -657,7 +658,8 @@ class TokenWorldModel(nn.Module):
     # --- learning ----------------------------------------------------------------------------
 
     def loss(self, batch: Batch, text: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """(scalar loss, metrics) for B windows of T <= C steps; see `loss_terms`."""
+        """(scalar loss, metrics) for B windows of T <= C steps, with text embeddings (B, Dt) or
+        per step (B, T, Dt) (GAIA-1's captions) when text-conditioned; see `loss_terms`."""
         total, metrics = self.loss_terms(batch, text)
         return total, {name: float(value) for name, value in zip(metrics, torch.stack(list(metrics.values())).tolist())}
 
@@ -693,9 +695,9 @@ class TokenWorldModel(nn.Module):
             check_shape(name, value, ("B", "T"), sizes)
         if self.text_size:
             if text is None:
-                raise ShapeError("this token model is text-conditioned: loss needs text (B, Dt)")
+                raise ShapeError("this token model is text-conditioned: loss needs text (B, Dt) or per step (B, T, Dt)")
             text = torch.as_tensor(text, device=self.device).float()
-            check_shape("text", text, ("B", self.text_size), sizes)
+            check_shape("text", text, ("B", self.text_size) if text.dim() == 2 else ("B", "T", self.text_size), sizes)
 
         terms, quantized, reconstruction = self.tokenizer_terms(frames)
         tokens = quantized.indices.detach().reshape(B, T, -1)
