@@ -85,6 +85,7 @@ class TokenWidths:
     code_size: int
     channels: int
     residual_blocks: int
+    residual_max_side: int
     layers: int
     heads: int
     width: int
@@ -93,12 +94,13 @@ class TokenWidths:
 
 #: "iris": the paper (arXiv:2209.00588, Appendix A / the authors' tokenizer and world-model
 #: configs: vocabulary 512, codes of 512, 64 channels, 2 residual blocks per stage; 10 layers,
-#: 4 heads, width 256, 20 steps); "cpu": a few minutes per thousand updates on one CPU core;
-#: "tiny": tests.
+#: 4 heads, width 256, 20 steps); "cpu": residual blocks only at 16 x 16 and below (at 64 x 64
+#: and 32 x 32 they cost most of an update; docs/benchmarks.md has the times), a smaller code and
+#: transformer; "tiny": tests.
 SIZES: dict[str, TokenWidths] = {
-    "tiny": TokenWidths(codebook_size=32, code_size=16, channels=8, residual_blocks=1, layers=2, heads=2, width=32, context=8),
-    "cpu": TokenWidths(codebook_size=512, code_size=64, channels=32, residual_blocks=1, layers=4, heads=4, width=128, context=10),
-    "iris": TokenWidths(codebook_size=512, code_size=512, channels=64, residual_blocks=2, layers=10, heads=4, width=256, context=20),
+    "tiny": TokenWidths(codebook_size=32, code_size=16, channels=8, residual_blocks=1, residual_max_side=4096, layers=2, heads=2, width=32, context=8),
+    "cpu": TokenWidths(codebook_size=512, code_size=64, channels=32, residual_blocks=1, residual_max_side=16, layers=4, heads=4, width=128, context=10),
+    "iris": TokenWidths(codebook_size=512, code_size=512, channels=64, residual_blocks=2, residual_max_side=4096, layers=10, heads=4, width=256, context=20),
 }
 
 
@@ -137,6 +139,8 @@ class TokenWorldModelConfig:
     """Channels of every conv stage of the tokenizer (unset: from `size`)."""
     residual_blocks: int | None = None
     """Residual blocks per resolution of the tokenizer (unset: from `size`)."""
+    residual_max_side: int | None = None
+    """Residual blocks only at resolutions whose side is at most this (unset: from `size`; IRIS: all)."""
     stages: int = 4
     """Stride-2 stages of the tokenizer: 4 take 64 x 64 to 4 x 4 = 16 tokens (IRIS); a side not
     divisible by 2^stages is refused."""
@@ -221,7 +225,12 @@ class Tokenizer(nn.Module):
 
     def __init__(self, image_channels: int, image_size: tuple[int, int], widths: TokenWidths, stages: int, dead_code_threshold: float):
         super().__init__()
-        channels, blocks = widths.channels, widths.residual_blocks
+        channels = widths.channels
+
+        def blocks_at(side: int) -> list[nn.Module]:
+            count = widths.residual_blocks if side <= widths.residual_max_side else 0
+            return [ResidualBlock(channels) for _ in range(count)]
+
         factor = 2**stages
         height, width = image_size
         if height % factor or width % factor:
@@ -232,18 +241,19 @@ class Tokenizer(nn.Module):
         self.grid = (height // factor, width // factor)
         self.tokens_per_frame = self.grid[0] * self.grid[1]
         self.image_channels = image_channels
+        side = max(height, width)
         encoder: list[nn.Module] = [nn.Conv2d(image_channels, channels, 3, padding=1)]
-        for _ in range(stages):
-            encoder += [ResidualBlock(channels) for _ in range(blocks)]
+        for stage in range(stages):
+            encoder += blocks_at(side >> stage)
             encoder.append(nn.Conv2d(channels, channels, 4, stride=2, padding=1))
-        encoder += [ResidualBlock(channels) for _ in range(blocks)]
+        encoder += blocks_at(side >> stages)
         encoder += [nn.GroupNorm(math.gcd(channels, 8), channels), nn.SiLU(), nn.Conv2d(channels, widths.code_size, 1)]
         self.encoder = nn.Sequential(*encoder)
         decoder: list[nn.Module] = [nn.Conv2d(widths.code_size, channels, 3, padding=1)]
-        decoder += [ResidualBlock(channels) for _ in range(blocks)]
-        for _ in range(stages):
+        decoder += blocks_at(side >> stages)
+        for stage in reversed(range(stages)):
             decoder += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1)]
-            decoder += [ResidualBlock(channels) for _ in range(blocks)]
+            decoder += blocks_at(side >> stage)
         decoder += [nn.GroupNorm(math.gcd(channels, 8), channels), nn.SiLU(), nn.Conv2d(channels, image_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*decoder)
         self.quantizer = VectorQuantizer(widths.codebook_size, widths.code_size, beta=1.0, dead_code_threshold=dead_code_threshold)
