@@ -294,6 +294,15 @@ def test_conditioning_changes_the_output_and_guidance_interpolates():
     assert torch.allclose(unconditional, reference, atol=1e-5)
     # Any scale is the linear extrapolation u + s (c - u).
     assert torch.allclose(first_logits(last, actions, 3.0), unconditional + 3.0 * (conditional - unconditional), atol=1e-4)
+    # Generating from text alone: the null action everywhere, so the actions given do not matter.
+    seen = record_logits(model)
+    model.imagine(last, np.array([[0], [1]]), 1, temperature=0.0, use_actions=False)
+    model.imagine(last, np.array([[2], [2]]), 1, temperature=0.0, use_actions=False)
+    assert torch.allclose(seen[0], seen[16]) and not torch.allclose(seen[0], conditional, atol=1e-4)  # 16 tokens per step
+    # The loss with conditioning dropped is the unconditional model's, and differs.
+    text = torch.randn(2, 8)
+    full, dropped_loss = model.loss(batch, text)[1]["loss/tokens"], model.loss(batch, text, drop="both")[1]["loss/tokens"]
+    assert full != pytest.approx(dropped_loss, abs=1e-6)
 
 
 def test_evaluation_suites_run_on_the_token_model():
@@ -329,6 +338,10 @@ def test_bad_inputs_get_clear_errors():
     text_model = TokenWorldModel(TokenWorldModelConfig(size="tiny", stages=2, text_size=8), SMALL, spaces.Discrete(3))
     with pytest.raises(ShapeError, match="text-conditioned"):
         text_model.loss(sequence_batch(steps=4))
+    with pytest.raises(ValueError, match="action_dropout"):
+        model.imagine(model.initial(1), np.zeros((1, 2), np.int64), 2, use_actions=False)
+    with pytest.raises(ValueError, match="drop must be"):
+        model.loss(sequence_batch(steps=4), drop="everything")
     # GAIA-1's continuous actions are accepted when asked for.
     gaia = TokenWorldModel(TokenWorldModelConfig(size="tiny", stages=2, continuous_actions=True), SMALL, spaces.Box(-1, 1, (2,), np.float32))
     assert not gaia.discrete and gaia.action_size == 2

@@ -526,6 +526,7 @@ class TokenWorldModel(nn.Module):
         horizon: int | None = None,
         temperature: float | None = None,
         guidance_scale: float = 1.0,
+        use_actions: bool = True,
         use_cache: bool = True,
         decode: bool = False,
         generator: torch.Generator | None = None,
@@ -533,7 +534,8 @@ class TokenWorldModel(nn.Module):
         """Roll forward from state (B, ...) with actions (B, L, A) (indices (B, L) when discrete)
         or a policy(state) -> action (B, A) | (B,), sampling every token from softmax(logits /
         temperature) (None: the config's; 0: argmax) with classifier-free guidance at
-        `guidance_scale` for conditioned models (1: conditional). use_cache False recomputes the
+        `guidance_scale` for conditioned models (1: conditional). use_actions False puts the null
+        action everywhere (generation from text alone; the actions only set the horizon). use_cache False recomputes the
         whole window for every token (the slow reference). Step l of the result is the state
         reached by action l: states (B, L, ...), actions (B, L, A), rewards (B, L), continues
         (B, L), observations when `decode`."""
@@ -551,6 +553,8 @@ class TokenWorldModel(nn.Module):
         temperature = self.config.temperature if temperature is None else float(temperature)
         generator = generator if generator is not None else self.generator
         guided = self.conditioned and guidance_scale != 1.0
+        if not use_actions and self.config.action_dropout == 0:
+            raise ValueError("use_actions=False needs a model trained with action_dropout > 0 (its null action is untrained otherwise)")
         K, C = self.tokens_per_frame, self.context
         text = state.get("text") if self.text_size else None
 
@@ -562,8 +566,10 @@ class TokenWorldModel(nn.Module):
             drops_text = self.config.guided in ("text", "both") and self.text_size > 0
             drops_action = self.config.guided in ("action", "both")
             drop_text = torch.cat([no_drop, no_drop | drops_text]) if self.text_size else None
-            drop_action = torch.cat([no_drop, no_drop | drops_action])
+            drop_action = torch.cat([no_drop | (not use_actions), no_drop | drops_action | (not use_actions)])
             text = None if text is None else text.repeat(2, 1)
+        elif not use_actions:
+            drop_action = ~no_drop
 
         # The step sequence so far: the valid history, then the imagined steps.
         length = state["history_length"]
@@ -667,10 +673,10 @@ class TokenWorldModel(nn.Module):
 
     # --- learning ----------------------------------------------------------------------------
 
-    def loss(self, batch: Batch, text: Any = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: Batch, text: Any = None, drop: str | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """(scalar loss, metrics) for B windows of T <= C steps, with text embeddings (B, Dt) or
         per step (B, T, Dt) (GAIA-1's captions) when text-conditioned; see `loss_terms`."""
-        total, metrics = self.loss_terms(batch, text)
+        total, metrics = self.loss_terms(batch, text, drop)
         return total, {name: float(value) for name, value in zip(metrics, torch.stack(list(metrics.values())).tolist())}
 
     def tokenizer_terms(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor]:
@@ -686,11 +692,15 @@ class TokenWorldModel(nn.Module):
         }
         return terms, quantized, reconstruction
 
-    def loss_terms(self, batch: Batch, text: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss_terms(self, batch: Batch, text: Any = None, drop: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(scalar loss, metrics as 0-d tensors). The tokenizer learns to reconstruct every frame;
         the transformer learns, on the tokenizer's (detached) tokens, each frame's tokens, reward
         and end flag from the steps before it in the same episode. Steps that start an episode
-        (and the first step of each window) have no earlier frame and are not predicted."""
+        (and the first step of each window) have no earlier frame and are not predicted. `drop`
+        ("text", "action", "both") puts the null embeddings in every row: the unconditional
+        model's loss, for evaluation."""
+        if drop not in (None, "text", "action", "both"):
+            raise ValueError(f"drop must be None, text, action or both, got {drop!r}")
         config, scales = self.config, self.config.loss_scales
         sizes: dict[str, int] = {}
         frames = self.frames(batch.obs, ("B", "T"), sizes)
@@ -718,6 +728,11 @@ class TokenWorldModel(nn.Module):
             drop_text = torch.rand(B, device=self.device) < config.text_dropout
         if self.training and config.action_dropout > 0:
             drop_action = torch.rand(B, device=self.device) < config.action_dropout
+        everything = torch.ones(B, dtype=torch.bool, device=self.device)
+        if drop in ("text", "both") and self.text_size:
+            drop_text = everything
+        if drop in ("action", "both"):
+            drop_action = everything
         sequence = self.embed_steps(tokens, actions, text, drop_text, drop_action)
         # Tokens attend within their own episode only.
         episode = is_first.long().cumsum(1).repeat_interleave(self.tokens_per_step, 1)  # (B, T * P)
