@@ -47,3 +47,27 @@ def test_unknown_games_and_the_suite_listing():
         make_env("minatar:breakout", size=8)
     row = next(row for row in describe_suites(probe=False) if row["suite"] == "minatar")
     assert row["available"] and "minatar:breakout" in row["examples"]
+
+
+def test_the_token_model_takes_minatar_frames_with_one_stage():
+    import torch
+
+    from wmlab.core.errors import IncompatibleSpaceError
+    from wmlab.core.types import Batch
+    from wmlab.models.tokens import TokenWorldModel, TokenWorldModelConfig
+
+    env = make_env("minatar:breakout")
+    with pytest.raises(IncompatibleSpaceError, match="divisible by 16; got 10 x 10"):
+        TokenWorldModel(TokenWorldModelConfig(size="tiny"), env.observation_space, env.action_space)
+    model = TokenWorldModel(TokenWorldModelConfig(size="tiny", stages=1), env.observation_space, env.action_space)
+    assert model.tokens_per_frame == 25  # 5 x 5 tokens of a 10 x 10 frame
+    frames, actions = [env.reset(seed=0)[0]["image"]], [0]
+    for _ in range(3):
+        action = env.action_space.sample()
+        frames.append(env.step(action)[0]["image"])
+        actions.append(action)
+    is_first = np.array([[True, False, False, False]])
+    batch = Batch({"image": np.stack(frames)[None]}, np.array([actions]), np.zeros((1, 4), np.float32), is_first, np.zeros((1, 4), bool), np.zeros((1, 4), bool))
+    loss, metrics = model.loss(batch)
+    assert torch.isfinite(loss) and metrics["wm/reconstruction_psnr"] > 0
+    assert model.decode({"tokens": torch.zeros(2, 25, dtype=torch.long)})["image"].shape == (2, 10, 10, 4)
