@@ -151,6 +151,7 @@ SUITES = {
     "atari": ("wmlab.envs.atari:make_atari", "atari"),
     "minigrid": ("wmlab.envs.minigrid:make_minigrid", "minigrid"),
     "crafter": ("wmlab.envs.crafter:make_crafter", "crafter"),
+    "minatar": ("wmlab.envs.minatar:make_minatar", "minatar"),
 }
 
 

@@ -47,6 +47,12 @@ SUITES: dict[str, dict[str, Any]] = {
         "examples": ["crafter:reward", "crafter:noreward"],
         "spaces": "64x64 RGB, 17 discrete actions, 22 achievements (Crafter score)",
     },
+    "minatar": {
+        "module": "minatar",
+        "extra": "minatar",
+        "examples": ["minatar:breakout", "minatar:space_invaders"],
+        "spaces": "MinAtar: 10x10 frames of 4-10 binary object channels as uint8 (size option upscales), minimal discrete actions",
+    },
 }
 
 

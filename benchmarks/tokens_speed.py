@@ -1,0 +1,128 @@
+"""Speed of the token world model (IRIS) on the CPU: imagination with and without the key-value
+cache, and one training update beside dreamer-cpu's.
+
+    OMP_NUM_THREADS=1 python benchmarks/tokens_speed.py imagine --size cpu --batch 8 --horizon 10 --rounds 5
+    OMP_NUM_THREADS=1 python benchmarks/tokens_speed.py update --size cpu --batch 16 --length 10
+
+`imagine`: from a state filtered on 5 real-shaped (random) 64 x 64 frames, imagine `horizon`
+steps of K = 16 tokens; the cached and the uncached (whole window recomputed per token) runs
+alternate for `rounds` rounds in one process, and the medians give tokens per second and their
+ratio. `update`: one update (loss, backward, Adam step) of the token model on a B x T batch,
+alternating with one `dreamer-cpu` update (world model + actor + critic) on B x `dreamer-length`
+frames of the same kind. Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from wmlab.core.types import Batch
+from wmlab.models.tokens import TokenWorldModel, TokenWorldModelConfig
+
+IMAGES = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
+
+
+def random_batch(B: int, T: int, actions: spaces.Space, seed: int = 0) -> Batch:
+    rng = np.random.default_rng(seed)
+    is_first = np.zeros((B, T), bool)
+    is_first[:, 0] = True
+    if isinstance(actions, spaces.Discrete):
+        action = rng.integers(0, actions.n, (B, T))
+    else:
+        action = rng.uniform(-1, 1, (B, T, *actions.shape)).astype(np.float32)
+    return Batch({"image": rng.integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8)}, action, rng.normal(size=(B, T)).astype(np.float32), is_first, np.zeros((B, T), bool), np.zeros((B, T), bool))
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def imagine(arguments) -> dict:
+    torch.manual_seed(arguments.seed)
+    model = TokenWorldModel(TokenWorldModelConfig(size=arguments.size), IMAGES, spaces.Discrete(4)).eval()
+    batch = random_batch(arguments.batch, 5, spaces.Discrete(4), arguments.seed)
+    _, last = model.observe(batch.obs, batch.action, batch.is_first)
+    actions = np.random.default_rng(arguments.seed).integers(0, 4, (arguments.batch, arguments.horizon))
+    tokens = arguments.batch * arguments.horizon * model.tokens_per_frame
+    model.imagine(last, actions[:, :1], 1)  # warm-up
+    times = {True: [], False: []}
+    for _ in range(arguments.rounds):
+        for use_cache in (True, False):
+            times[use_cache].append(timed(lambda: model.imagine(last, actions, arguments.horizon, use_cache=use_cache)))
+    cached, uncached = statistics.median(times[True]), statistics.median(times[False])
+    return {
+        "size": arguments.size, "batch": arguments.batch, "horizon": arguments.horizon, "context_steps": model.context,
+        "tokens_per_rollout": tokens, "rounds": arguments.rounds,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "cached_tokens_per_second": round(tokens / cached, 1), "uncached_tokens_per_second": round(tokens / uncached, 1),
+        "speedup_median": round(uncached / cached, 2),
+        "cached_seconds": [round(t, 3) for t in times[True]], "uncached_seconds": [round(t, 3) for t in times[False]],
+    }
+
+
+def update(arguments) -> dict:
+    from wmlab.agents.dreamer.agent import DreamerAgent
+    from wmlab.agents.dreamer.config import DreamerCPUConfig
+
+    torch.manual_seed(arguments.seed)
+    model = TokenWorldModel(TokenWorldModelConfig(size=arguments.size), IMAGES, spaces.Discrete(4)).train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)  # IRIS: Adam(W) 1e-4
+    batch = random_batch(arguments.batch, arguments.length, spaces.Discrete(4), arguments.seed)
+
+    def token_update():
+        loss, _ = model.loss_terms(batch)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)  # IRIS: max grad norm 10
+        optimiser.step()
+
+    dreamer = DreamerAgent(DreamerCPUConfig(), IMAGES, spaces.Discrete(4), seed=arguments.seed)
+    dreamer_batch = random_batch(arguments.batch, arguments.dreamer_length, spaces.Discrete(4), arguments.seed)
+    for _ in range(arguments.warmup):
+        token_update()
+        dreamer.update(dreamer_batch)
+    times = {"tokens": [], "dreamer": []}
+    for _ in range(arguments.rounds):
+        times["tokens"].append(timed(token_update))
+        times["dreamer"].append(timed(lambda: dreamer.update(dreamer_batch)))
+    return {
+        "size": arguments.size, "batch": arguments.batch, "length": arguments.length, "dreamer_length": arguments.dreamer_length,
+        "tokens_parameters": sum(p.numel() for p in model.parameters()),
+        "dreamer_parameters": sum(p.numel() for name, module in dreamer.modules().items() if name != "slow_critic" for p in module.parameters()),
+        "tokens_seconds_per_update_median": round(statistics.median(times["tokens"]), 3),
+        "dreamer_cpu_seconds_per_update_median": round(statistics.median(times["dreamer"]), 3),
+        "tokens_seconds": [round(t, 3) for t in times["tokens"]], "dreamer_seconds": [round(t, 3) for t in times["dreamer"]],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["imagine", "update"])
+    parser.add_argument("--size", default="cpu", choices=["tiny", "cpu", "iris"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--horizon", type=int, default=10)
+    parser.add_argument("--length", type=int, default=10)
+    parser.add_argument("--dreamer-length", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    arguments = parser.parse_args()
+    torch.set_num_threads(arguments.threads)
+    result = imagine(arguments) if arguments.what == "imagine" else update(arguments)
+    result.update(what=arguments.what, threads=arguments.threads, seed=arguments.seed, torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,764 @@
+"""Token world models: IRIS's discrete autoencoder + GPT, and GAIA-1's conditioned variant in small.
+
+A frame becomes a handful of discrete tokens and a causal transformer predicts, token by token,
+the next frame, with the reward and the end of the episode (IRIS, Micheli et al. 2023,
+arXiv:2209.00588, Sec. 2):
+
+    z_t = VQ(E(x_t))  in {1..V}^K          tokenizer: conv encoder, vector quantiser (nn/vq.py)
+    x_t ~ D(e(z_t))                         conv decoder from the codes
+    p(z_t^k | history, a_{t-1}, z_t^{<k})   GPT over [a_{t-1}, z_t^1 .. z_t^K] per step
+    r_t, d_t ~ p(. | history, a_{t-1})      reward and end heads at the action token
+
+Here the action token comes first in each step's block, because wmlab's step t holds the action
+that *led to* obs_t (wmlab.core.types): block t = [a_{t-1}, z_t^1..z_t^K], and the output at the
+action token predicts z_t^1, r_t and the end flag of obs_t. It is IRIS's sequence
+[z_{t-1}, a_{t-1}, z_t, ...] cut at a different place, so nothing the model sees changes.
+
+GAIA-1 (Hu et al. 2023, arXiv:2309.17080, Sec. 2) conditions the same kind of model on text
+and actions and samples with classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598):
+with `text_size` > 0 each block starts with a text token (a projected sentence embedding from
+wmlab.nn.text), and during training the text and the actions are replaced by learned "null"
+embeddings with probabilities `text_dropout` / `action_dropout`. At sampling,
+
+    logits = logits_uncond + s (logits_cond - logits_uncond)      (Eq. 6 of Ho & Salimans)
+
+where "uncond" drops what `guided` names; s = 1 is the conditional model, s = 0 the
+unconditional one. Continuous actions (GAIA-1's speed and curvature) are a linear embedding of
+the scaled action; IRIS takes discrete actions only (`continuous_actions` False refuses a Box).
+
+Imagination samples every frame token from softmax(logits / temperature) (temperature 0:
+argmax), so K rollouts from one start differ and the calibration suite has a distribution to
+measure. A key-value cache (nn/transformer.py) makes each sampled token cost one token step;
+`imagine(..., use_cache=False)` recomputes the whole window for every token (the slow reference,
+identical results). When the window is full the model restarts from the last `context - 1` steps,
+as IRIS's imagination refreshes its cache.
+
+Deviations from IRIS: no perceptual (LPIPS) loss in the tokenizer (it needs pretrained VGG
+weights that nothing here may download) — the reconstruction loss is L1 plus a squared error
+(L1 alone settles on the background and loses small objects: 18 dB against 30 dB on the tests'
+moving square); no self-attention
+layers in the conv tokenizer (IRIS has them at 8 x 8 and 16 x 16); dead-code restarts in the
+quantiser (IRIS has none); tokenizer and world model are trained on one summed loss, the world
+model on detached tokens (IRIS alternates them, also without gradients between them).
+
+States are dicts of tensors (B, ...): "tokens" (B, K) the current frame's tokens, "latent"
+(B, K * E) their codes (the continuous vector the evaluation suites measure), "history"
+(B, C, K) and "history_actions" (B, C, A) the last C steps (right-aligned, the current frame
+last), "history_length" (B,) how many of them belong to the episode, and "text" (B, Dt) when
+the model is text-conditioned.
+
+Shape legend: B batch, T time, L horizon, K tokens per frame, V codebook size, E code size,
+C context steps, P tokens per step (K + 1, + 1 with text), A action features, Dt text features,
+D width, H, W, Ch image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from torch import nn
+
+from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.shapes import check_shape, format_expected, shape_matches
+from wmlab.core.types import Batch, Trajectory
+from wmlab.nn.distributions import TwoHot
+from wmlab.nn.transformer import KeyValueCache, Transformer, TransformerConfig
+from wmlab.nn.vq import VectorQuantizer
+
+State = dict[str, torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class TokenWidths:
+    """One row of the size table."""
+
+    codebook_size: int
+    code_size: int
+    channels: int
+    residual_blocks: int
+    residual_max_side: int
+    layers: int
+    heads: int
+    width: int
+    context: int
+
+
+#: "iris": the paper (arXiv:2209.00588, Appendix A / the authors' tokenizer and world-model
+#: configs: vocabulary 512, codes of 512, 64 channels, 2 residual blocks per stage; 10 layers,
+#: 4 heads, width 256, 20 steps); "cpu": residual blocks only at 16 x 16 and below (at 64 x 64
+#: and 32 x 32 they cost most of an update; docs/benchmarks.md has the times), a smaller code and
+#: transformer; "tiny": tests.
+SIZES: dict[str, TokenWidths] = {
+    "tiny": TokenWidths(codebook_size=32, code_size=16, channels=8, residual_blocks=1, residual_max_side=4096, layers=2, heads=2, width=32, context=8),
+    "cpu": TokenWidths(codebook_size=512, code_size=64, channels=32, residual_blocks=1, residual_max_side=16, layers=4, heads=4, width=128, context=10),
+    "iris": TokenWidths(codebook_size=512, code_size=512, channels=64, residual_blocks=2, residual_max_side=4096, layers=10, heads=4, width=256, context=20),
+}
+
+
+@dataclass(frozen=True)
+class TokenLossScales:
+    """Weights of the loss terms, in one place (each reported unweighted as `loss/<term>`)."""
+
+    reconstruction: float = 1.0
+    """Mean absolute pixel error of the tokenizer, pixels in [0, 1] (`loss/reconstruction`; IRIS's L1 term)."""
+    squared_error: float = 10.0
+    """Mean squared pixel error of the tokenizer (`loss/squared_error`): stands in for IRIS's
+    perceptual loss, which is left out; without it small objects are lost to the L1 median."""
+    codebook: float = 1.0
+    """||sg(z) - e||^2, moves the codes (`loss/codebook`)."""
+    commitment: float = 0.25
+    """||z - sg(e)||^2, VQ-VAE's beta (0.25 in IRIS) (`loss/commitment`)."""
+    tokens: float = 1.0
+    """Cross-entropy of the next frame's tokens (`loss/tokens`)."""
+    reward: float = 1.0
+    """Cross-entropy of the reward's sign class (IRIS) or its two-hot bins (`loss/reward`)."""
+    end: float = 1.0
+    """Binary cross-entropy of the end (terminal) flag (`loss/end`)."""
+
+
+@dataclass(frozen=True)
+class TokenWorldModelConfig:
+    """IRIS's token world model (and GAIA-1's conditioning). Widths come from `size` unless set."""
+
+    size: str = "cpu"
+    """Named size: tiny, cpu, iris (the paper's)."""
+    codebook_size: int | None = None
+    """V, codes in the tokenizer's vocabulary (unset: from `size`)."""
+    code_size: int | None = None
+    """E, dimension of each code (unset: from `size`)."""
+    channels: int | None = None
+    """Channels of every conv stage of the tokenizer (unset: from `size`)."""
+    residual_blocks: int | None = None
+    """Residual blocks per resolution of the tokenizer (unset: from `size`)."""
+    residual_max_side: int | None = None
+    """Residual blocks only at resolutions whose side is at most this (unset: from `size`; IRIS: all)."""
+    stages: int = 4
+    """Stride-2 stages of the tokenizer: 4 take 64 x 64 to 4 x 4 = 16 tokens (IRIS); a side not
+    divisible by 2^stages is refused."""
+    layers: int | None = None
+    """Transformer blocks (unset: from `size`)."""
+    heads: int | None = None
+    """Attention heads (unset: from `size`)."""
+    width: int | None = None
+    """Transformer width (unset: from `size`)."""
+    context: int | None = None
+    """C, steps the transformer sees at once (unset: from `size`; IRIS: 20)."""
+    dropout: float = 0.1
+    """Dropout in the transformer (IRIS: 0.1)."""
+    dead_code_threshold: float = 0.1
+    """Restart codes whose average share of the assignments falls below this / V (0: never)."""
+    image_key: str = "image"
+    """The observation key tokenized (uint8 (H, W, Ch)); other keys are ignored."""
+    continuous_actions: bool = False
+    """Accept a bounded 1-D Box action space, embedded linearly (GAIA-1); IRIS takes Discrete only."""
+    reward_head: str = "sign"
+    """"sign": 3 classes -1 / 0 / +1 (IRIS, for clipped Atari rewards); "twohot": symlog two-hot, any scale."""
+    temperature: float = 1.0
+    """Sampling temperature of imagined tokens (0: the most likely token)."""
+    text_size: int = 0
+    """Dt of a text embedding conditioning every step (GAIA-1); 0: no text token."""
+    text_dropout: float = 0.0
+    """Training: probability that a sequence's text is replaced by the null embedding (GAIA-1: classifier-free guidance)."""
+    action_dropout: float = 0.0
+    """Training: probability that a sequence's actions are replaced by the null embedding."""
+    guided: str = "text"
+    """What the unconditional pass of guidance drops: "text", "action" or "both"."""
+    loss_scales: TokenLossScales = field(default_factory=TokenLossScales)
+    """Weights of the loss terms."""
+
+
+def resolve_widths(config: TokenWorldModelConfig) -> TokenWidths:
+    if config.size not in SIZES:
+        raise ValueError(f"unknown token model size {config.size!r}; choose one of {', '.join(SIZES)}")
+    preset = SIZES[config.size]
+    return TokenWidths(**{name: int(getattr(config, name) if getattr(config, name) is not None else getattr(preset, name)) for name in TokenWidths.__dataclass_fields__})
+
+
+def _check_config(config: TokenWorldModelConfig) -> None:
+    if config.reward_head not in ("sign", "twohot"):
+        raise ValueError(f"TokenWorldModelConfig.reward_head must be sign or twohot, got {config.reward_head!r}")
+    if config.guided not in ("text", "action", "both"):
+        raise ValueError(f"TokenWorldModelConfig.guided must be text, action or both, got {config.guided!r}")
+    if config.temperature < 0:
+        raise ValueError(f"TokenWorldModelConfig.temperature must be >= 0, got {config.temperature}")
+    for name in ("text_dropout", "action_dropout", "dropout"):
+        if not 0 <= getattr(config, name) < 1:
+            raise ValueError(f"TokenWorldModelConfig.{name} must be in [0, 1), got {getattr(config, name)}")
+    if config.stages < 1:
+        raise ValueError(f"TokenWorldModelConfig.stages must be at least 1, got {config.stages}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer: conv encoder -> vector quantiser -> conv decoder
+
+
+class ResidualBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv 3x3, twice, plus the input (the VQGAN / IRIS residual block)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        groups = math.gcd(channels, 8)
+        self.layers = nn.Sequential(
+            nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layers(x)
+
+
+class Tokenizer(nn.Module):
+    """Frames (N, Ch, H, W) in [0, 1] <-> K = (H / 2^s) (W / 2^s) tokens of a V-code book.
+
+    Encoder: conv in, then per stage residual blocks and a stride-2 conv; residual blocks at the
+    bottom; a 1x1 conv to the code size. The decoder mirrors it with nearest upsampling.
+    """
+
+    def __init__(self, image_channels: int, image_size: tuple[int, int], widths: TokenWidths, stages: int, dead_code_threshold: float):
+        super().__init__()
+        channels = widths.channels
+
+        def blocks_at(side: int) -> list[nn.Module]:
+            count = widths.residual_blocks if side <= widths.residual_max_side else 0
+            return [ResidualBlock(channels) for _ in range(count)]
+
+        factor = 2**stages
+        height, width = image_size
+        if height % factor or width % factor:
+            raise IncompatibleSpaceError(
+                f"the tokenizer halves frames {stages} times, so sides must be divisible by {factor}; got {height} x {width}"
+                f" (IRIS: 64 x 64 with 4 stages; set `stages` or resize the frames)"
+            )
+        self.grid = (height // factor, width // factor)
+        self.tokens_per_frame = self.grid[0] * self.grid[1]
+        self.image_channels = image_channels
+        side = max(height, width)
+        encoder: list[nn.Module] = [nn.Conv2d(image_channels, channels, 3, padding=1)]
+        for stage in range(stages):
+            encoder += blocks_at(side >> stage)
+            encoder.append(nn.Conv2d(channels, channels, 4, stride=2, padding=1))
+        encoder += blocks_at(side >> stages)
+        encoder += [nn.GroupNorm(math.gcd(channels, 8), channels), nn.SiLU(), nn.Conv2d(channels, widths.code_size, 1)]
+        self.encoder = nn.Sequential(*encoder)
+        decoder: list[nn.Module] = [nn.Conv2d(widths.code_size, channels, 3, padding=1)]
+        decoder += blocks_at(side >> stages)
+        for stage in reversed(range(stages)):
+            decoder += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1)]
+            decoder += blocks_at(side >> stage)
+        decoder += [nn.GroupNorm(math.gcd(channels, 8), channels), nn.SiLU(), nn.Conv2d(channels, image_channels, 3, padding=1)]
+        self.decoder = nn.Sequential(*decoder)
+        self.quantizer = VectorQuantizer(widths.codebook_size, widths.code_size, beta=1.0, dead_code_threshold=dead_code_threshold)
+
+    def encode(self, frames: torch.Tensor):
+        """frames (N, Ch, H, W) in [0, 1] -> `Quantized` with codes (N, K, E) and tokens (N, K)."""
+        z = self.encoder(frames * 2 - 1)  # (N, E, h, w)
+        return self.quantizer(z.flatten(2).transpose(1, 2))
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (N, K, E) -> frames (N, Ch, H, W), unclamped, ~[0, 1]."""
+        N = codes.shape[0]
+        grid = codes.transpose(1, 2).reshape(N, -1, *self.grid)
+        return self.decoder(grid) * 0.5 + 0.5
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (N, K) -> frames (N, Ch, H, W) in [0, 1]."""
+        return self.decode_codes(self.quantizer.lookup(tokens)).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The world model
+
+
+class TokenWorldModel(nn.Module):
+    """IRIS's world model (with GAIA-1's optional text and action conditioning).
+
+    Random numbers come from `self.generator` (None: torch's global generator) unless `imagine`
+    is given one.
+    """
+
+    can_decode = True
+
+    def __init__(self, config: TokenWorldModelConfig, observation_space: spaces.Space, action_space: spaces.Space):
+        super().__init__()
+        _check_config(config)
+        self.config = config
+        self.widths = widths = resolve_widths(config)
+        self.generator: torch.Generator | None = None
+        # Observation: one uint8 image key.
+        if not isinstance(observation_space, spaces.Dict) or config.image_key not in observation_space.spaces:
+            raise IncompatibleSpaceError(f"the token world model reads a Dict observation with a uint8 image {config.image_key!r}, got {observation_space}")
+        image = observation_space[config.image_key]
+        if not (isinstance(image, spaces.Box) and image.dtype == "uint8" and len(image.shape) == 3):
+            raise IncompatibleSpaceError(f"observation {config.image_key!r} must be a uint8 image (H, W, Ch), got {image}")
+        self.image_shape = tuple(int(side) for side in image.shape)
+        # Action: one-hot of a Discrete space, or a Box scaled to [-1, 1] when allowed.
+        if isinstance(action_space, spaces.Discrete):
+            if int(action_space.start) != 0:
+                raise IncompatibleSpaceError(f"the token world model takes Discrete actions that start at 0, got {action_space}")
+            self.discrete, self.action_size = True, int(action_space.n)
+        elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+            if not config.continuous_actions:
+                raise IncompatibleSpaceError(
+                    f"IRIS's token world model takes a Discrete action space, got the continuous {action_space};"
+                    " set continuous_actions=True (GAIA-1's linear action embedding) to accept it"
+                )
+            low, high = torch.as_tensor(action_space.low, dtype=torch.float32), torch.as_tensor(action_space.high, dtype=torch.float32)
+            if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+                raise IncompatibleSpaceError(f"a Box action space needs finite bounds to be scaled to [-1, 1], got {action_space}")
+            self.discrete, self.action_size = False, int(action_space.shape[0])
+            self.register_buffer("action_centre", (low + high) / 2, persistent=False)
+            self.register_buffer("action_half_range", ((high - low) / 2).clamp_min(1e-6), persistent=False)
+        else:
+            raise IncompatibleSpaceError(f"the token world model takes a Discrete (or, with continuous_actions, a 1-D Box) action space, got {action_space}")
+
+        self.tokenizer = Tokenizer(self.image_shape[2], self.image_shape[:2], widths, config.stages, config.dead_code_threshold)
+        K = self.tokens_per_frame = self.tokenizer.tokens_per_frame
+        self.context = widths.context
+        self.text_size = int(config.text_size)
+        self.offset = 1 if self.text_size else 0  # position of the action token in a block
+        self.tokens_per_step = K + 1 + self.offset
+        D = widths.width
+        self.transformer = Transformer(TransformerConfig(
+            layers=widths.layers, heads=widths.heads, width=D, max_tokens=self.context * self.tokens_per_step, dropout=config.dropout, causal=True,
+        ))
+        self.token_embedding = nn.Embedding(widths.codebook_size, D)
+        self.action_embedding = nn.Linear(self.action_size, D)
+        self.null_action = nn.Parameter(torch.zeros(D))
+        if self.text_size:
+            self.text_embedding = nn.Linear(self.text_size, D)
+            self.null_text = nn.Parameter(torch.zeros(D))
+        self.two_hot = TwoHot() if config.reward_head == "twohot" else None
+
+        def head(out: int) -> nn.Sequential:
+            return nn.Sequential(nn.Linear(D, D), nn.ReLU(), nn.Linear(D, out))
+
+        self.token_head = head(widths.codebook_size)
+        self.reward_head = head(3 if self.two_hot is None else self.two_hot.bins)
+        self.end_head = head(1)
+        for module in (self.token_embedding, self.action_embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def device(self) -> torch.device:
+        return self.null_action.device
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether classifier-free guidance has something to drop."""
+        return bool(self.text_size) or self.config.action_dropout > 0
+
+    # --- states ------------------------------------------------------------------------------
+
+    def initial(self, batch_size: int) -> State:
+        """The empty state (B, ...): no frame yet (history_length 0)."""
+        B, K, C = batch_size, self.tokens_per_frame, self.context
+        state = {
+            "tokens": torch.zeros(B, K, dtype=torch.long, device=self.device),
+            "latent": torch.zeros(B, K * self.widths.code_size, device=self.device),
+            "history": torch.zeros(B, C, K, dtype=torch.long, device=self.device),
+            "history_actions": torch.zeros(B, C, self.action_size, device=self.device),
+            "history_length": torch.zeros(B, dtype=torch.long, device=self.device),
+        }
+        if self.text_size:
+            state["text"] = torch.zeros(B, self.text_size, device=self.device)
+        return state
+
+    @staticmethod
+    def features(state: State) -> torch.Tensor:
+        """(..., K * E): the codes of the current frame."""
+        return state["latent"]
+
+    def with_text(self, state: State, text: Any) -> State:
+        """The state with its text embedding (B, Dt) replaced (the prompt of what follows)."""
+        if not self.text_size:
+            raise ShapeError("this token model is not text-conditioned (text_size is 0)")
+        text = torch.as_tensor(text, device=self.device).float()
+        check_shape("text", text, (state["tokens"].shape[0], self.text_size))
+        return {**state, "text": text}
+
+    def encode_action(self, action: Any, leading: tuple[str, ...], sizes: dict[str, int]) -> torch.Tensor:
+        """Environment actions -> (*leading, A): one-hot from indices (or kept when given one-hot),
+        Box actions scaled from their bounds to [-1, 1] and clipped."""
+        action = torch.as_tensor(action, device=self.device)
+        if not self.discrete:
+            check_shape("action", action, (*leading, self.action_size), sizes)
+            return ((action.float() - self.action_centre) / self.action_half_range).clamp(-1, 1)
+        one_hot = shape_matches(tuple(action.shape), (*leading, self.action_size), sizes)
+        if one_hot is not None and action.is_floating_point():
+            sizes.update(one_hot)
+            return action.float()
+        indices = shape_matches(tuple(action.shape), leading, sizes)
+        if indices is None:
+            raise ShapeError(f"action: expected indices {format_expected(leading, sizes)} or one-hot {format_expected((*leading, self.action_size), sizes)}, got {tuple(action.shape)}")
+        if action.numel() and (int(action.min()) < 0 or int(action.max()) >= self.action_size):
+            raise ShapeError(f"action: indices must lie in [0, {self.action_size}), got [{int(action.min())}, {int(action.max())}]")
+        sizes.update(indices)
+        return F.one_hot(action.long(), self.action_size).float()
+
+    def frames(self, obs: dict, leading: tuple[str, ...], sizes: dict[str, int]) -> torch.Tensor:
+        """obs[image_key] uint8 (*leading, H, W, Ch) -> floats (N, Ch, H, W) in [0, 1], N = prod(leading)."""
+        key = self.config.image_key
+        if key not in obs:
+            raise ShapeError(f"obs has no {key!r} key (keys: {', '.join(obs)})")
+        image = torch.as_tensor(obs[key], device=self.device)
+        check_shape(f"obs[{key!r}]", image, (*leading, *self.image_shape), sizes)
+        return image.reshape(-1, *self.image_shape).permute(0, 3, 1, 2).float() / 255.0
+
+    @torch.no_grad()
+    def tokenize(self, images: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 frames (N, H, W, Ch) -> (tokens (N, K), codes (N, K * E))."""
+        frames = torch.as_tensor(images, device=self.device)
+        check_shape("images", frames, ("N", *self.image_shape))
+        quantized = self.tokenizer.encode(frames.permute(0, 3, 1, 2).float() / 255.0)
+        return quantized.indices, quantized.quantized.flatten(1)
+
+    def observe(self, obs: dict, action: Any, is_first: Any, state: State | None = None, text: Any = None) -> tuple[State, State]:
+        """Filter a real sequence: obs {image_key: (B, T, H, W, Ch)}, action (B, T, A) or indices
+        (B, T) (the action that led to each frame), is_first (B, T), text (B, Dt) when
+        text-conditioned -> (states over time (B, T, ...), last state (B, ...)). Filtering a
+        token model is tokenizing the frames and keeping the last C steps of the episode."""
+        sizes: dict[str, int] = {}
+        frames = self.frames(obs, ("B", "T"), sizes)
+        actions = self.encode_action(action, ("B", "T"), sizes)
+        is_first = torch.as_tensor(is_first, device=self.device).bool()
+        check_shape("is_first", is_first, ("B", "T"), sizes)
+        B, T = sizes["B"], sizes["T"]
+        state = self.initial(B) if state is None else state
+        if text is not None:
+            state = self.with_text(state, text)
+        was_training = self.tokenizer.training
+        self.tokenizer.eval()  # filtering must not restart codes or move usage statistics
+        with torch.no_grad():
+            quantized = self.tokenizer.encode(frames)
+        self.tokenizer.train(was_training)
+        tokens = quantized.indices.reshape(B, T, -1)
+        codes = quantized.quantized.reshape(B, T, -1)
+        actions = actions * (~is_first).float()[..., None]
+        steps = []
+        for t in range(T):
+            state = self._push(state, tokens[:, t], codes[:, t], actions[:, t], is_first[:, t])
+            steps.append(state)
+        states = {name: torch.stack([step[name] for step in steps], 1) for name in steps[0]}
+        return states, state
+
+    def _push(self, state: State, tokens: torch.Tensor, codes: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> State:
+        """Append one step (tokens (B, K), codes (B, K * E), the action that led to it (B, A))
+        to the history; is_first (B,) forgets the earlier steps."""
+        length = torch.where(is_first, torch.zeros_like(state["history_length"]), state["history_length"])
+        pushed = {
+            **state,
+            "tokens": tokens,
+            "latent": codes,
+            "history": torch.cat([state["history"][:, 1:], tokens[:, None]], 1),
+            "history_actions": torch.cat([state["history_actions"][:, 1:], action[:, None]], 1),
+            "history_length": (length + 1).clamp_max(self.context),
+        }
+        return pushed
+
+    # --- the sequence ------------------------------------------------------------------------
+
+    def embed_steps(self, tokens: torch.Tensor, actions: torch.Tensor, text: torch.Tensor | None, drop_text: torch.Tensor | None, drop_action: torch.Tensor | None) -> torch.Tensor:
+        """Blocks of tokens (B, T, K), actions (B, T, A), text (B, Dt) or per step (B, T, Dt) -> embeddings (B, T * P, D):
+        per step [text?, action, frame tokens]. drop_text / drop_action (B,) bool put the null
+        embeddings in place of the sequence's text / actions."""
+        B, T = tokens.shape[:2]
+        action_embedding = self.action_embedding(actions)  # (B, T, D)
+        if drop_action is not None:
+            action_embedding = torch.where(drop_action[:, None, None], self.null_action.expand_as(action_embedding), action_embedding)
+        parts = [action_embedding[:, :, None], self.token_embedding(tokens)]
+        if self.text_size:
+            if text is None:
+                raise ShapeError("this token model is text-conditioned: pass text (B, Dt) (the null text is dropped conditioning)")
+            text_embedding = self.text_embedding(text.float())
+            text_embedding = (text_embedding[:, None] if text_embedding.dim() == 2 else text_embedding)[:, :, None].expand(B, T, 1, -1)
+            if drop_text is not None:
+                text_embedding = torch.where(drop_text[:, None, None, None], self.null_text.expand_as(text_embedding), text_embedding)
+            parts.insert(0, text_embedding)
+        return torch.cat(parts, 2).reshape(B, T * self.tokens_per_step, -1)
+
+    def episode_positions(self, is_first: torch.Tensor) -> torch.Tensor:
+        """Token positions (B, T * P) counted from the start of each token's episode in the
+        window (is_first (B, T)), so a frame sits at the same position in training and in
+        imagination, whatever came before its episode."""
+        T = is_first.shape[1]
+        steps = torch.arange(T, device=is_first.device)[None].expand_as(is_first)
+        starts = torch.where(is_first, steps, torch.zeros_like(steps)).cummax(1).values  # last episode start at or before t
+        within = torch.arange(self.tokens_per_step, device=is_first.device)
+        return ((steps - starts)[..., None] * self.tokens_per_step + within).flatten(1)
+
+    def step_mask(self, valid: torch.Tensor, queries: int) -> torch.Tensor:
+        """Attention mask (B, queries, T * P) from valid steps (B, T): keys of invalid steps are hidden."""
+        keys = valid.repeat_interleave(self.tokens_per_step, dim=1)
+        return keys[:, None, :].expand(-1, queries, -1)
+
+    def heads(self, features: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Transformer outputs (B, T * P, D) -> (token logits (B, T, K, V) for each step's frame
+        tokens, reward outputs (B, T, 3 or bins), end logits (B, T)) read where IRIS reads them:
+        the action token and the frame tokens before the last predict the frame's tokens."""
+        B = features.shape[0]
+        blocks = features.reshape(B, T, self.tokens_per_step, -1)
+        predictors = blocks[:, :, self.offset : self.offset + self.tokens_per_frame]  # action token + K - 1 frame tokens
+        at_action = blocks[:, :, self.offset]
+        return self.token_head(predictors), self.reward_head(at_action), self.end_head(at_action)[..., 0]
+
+    def reward_value(self, output: torch.Tensor) -> torch.Tensor:
+        """Expected reward (...) from the reward head's output (..., 3 or bins)."""
+        if self.two_hot is not None:
+            return self.two_hot.decode(output)
+        return (output.softmax(-1) * torch.tensor([-1.0, 0.0, 1.0], device=output.device)).sum(-1)
+
+    # --- imagination -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def imagine(
+        self,
+        state: State,
+        actions_or_policy: Any | Callable[[State], Any],
+        horizon: int | None = None,
+        temperature: float | None = None,
+        guidance_scale: float = 1.0,
+        use_actions: bool = True,
+        use_cache: bool = True,
+        decode: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> Trajectory:
+        """Roll forward from state (B, ...) with actions (B, L, A) (indices (B, L) when discrete)
+        or a policy(state) -> action (B, A) | (B,), sampling every token from softmax(logits /
+        temperature) (None: the config's; 0: argmax) with classifier-free guidance at
+        `guidance_scale` for conditioned models (1: conditional). use_actions False puts the null
+        action everywhere (generation from text alone; the actions only set the horizon). use_cache False recomputes the
+        whole window for every token (the slow reference). Step l of the result is the state
+        reached by action l: states (B, L, ...), actions (B, L, A), rewards (B, L), continues
+        (B, L), observations when `decode`."""
+        sizes = check_shape("state['tokens']", state["tokens"], ("B", self.tokens_per_frame))
+        check_shape("state['history']", state["history"], ("B", self.context, self.tokens_per_frame), sizes)
+        B = sizes["B"]
+        policy = actions_or_policy if callable(actions_or_policy) else None
+        if policy is None:
+            actions = self.encode_action(actions_or_policy, ("B", "L"), sizes)
+            if horizon is not None and horizon != sizes["L"]:
+                raise ShapeError(f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}")
+            horizon = sizes["L"]
+        elif horizon is None:
+            raise ValueError("imagine with a policy needs a horizon")
+        temperature = self.config.temperature if temperature is None else float(temperature)
+        generator = generator if generator is not None else self.generator
+        guided = self.conditioned and guidance_scale != 1.0
+        if not use_actions and self.config.action_dropout == 0:
+            raise ValueError("use_actions=False needs a model trained with action_dropout > 0 (its null action is untrained otherwise)")
+        K, C = self.tokens_per_frame, self.context
+        text = state.get("text") if self.text_size else None
+
+        # Streams: the conditional rows, and with guidance the same rows with conditioning dropped.
+        streams = 2 if guided else 1
+        no_drop = torch.zeros(B, dtype=torch.bool, device=self.device)
+        drop_text = drop_action = None
+        if guided:
+            drops_text = self.config.guided in ("text", "both") and self.text_size > 0
+            drops_action = self.config.guided in ("action", "both")
+            drop_text = torch.cat([no_drop, no_drop | drops_text]) if self.text_size else None
+            drop_action = torch.cat([no_drop | (not use_actions), no_drop | drops_action | (not use_actions)])
+            text = None if text is None else text.repeat(2, 1)
+        elif not use_actions:
+            drop_action = ~no_drop
+
+        # The step sequence so far: the valid history, then the imagined steps.
+        length = state["history_length"]
+        history_valid = torch.arange(C, device=self.device)[None] >= (C - length)[:, None]  # (B, C)
+        all_tokens = [state["history"][:, c] for c in range(C)]
+        all_actions = [state["history_actions"][:, c] for c in range(C)]
+        all_valid = [history_valid[:, c] for c in range(C)]
+        window_start = 0
+        cache: KeyValueCache | None = None
+        fed = 0  # tokens of the window already in the cache
+        current = state
+        steps, taken, rewards, ends = [], [], [], []
+
+        def rows(x):
+            return x.repeat(streams, *([1] * (x.dim() - 1))) if streams > 1 else x
+
+        memo: dict[str, Any] = {}
+
+        def window_sequence(new_tokens: list[torch.Tensor], action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """Embeddings (S*B, n, D) and key mask (S*B, n) of the window: its complete steps
+            (embedded once per step), then the step in progress."""
+            count = len(all_tokens) - window_start
+            if memo.get("window") != (window_start, count):
+                tokens = torch.stack(all_tokens[window_start:], 1)
+                acts = torch.stack(all_actions[window_start:], 1)
+                valid = torch.stack(all_valid[window_start:], 1)
+                memo["embedded"] = self.embed_steps(rows(tokens), rows(acts), text, drop_text, drop_action)
+                memo["keys"] = rows(valid).repeat_interleave(self.tokens_per_step, 1)
+                # Rows padded on the left count positions from their first valid step.
+                memo["padding"] = rows((~valid).long().sum(1)) * self.tokens_per_step
+                memo["window"] = (window_start, count)
+            done = len(new_tokens)
+            partial_tokens = torch.zeros(B, 1, K, dtype=torch.long, device=self.device)
+            if done:
+                partial_tokens[:, 0, :done] = torch.stack(new_tokens, 1)
+            partial = self.embed_steps(rows(partial_tokens), rows(action[:, None]), text, drop_text, drop_action)[:, : self.offset + 1 + done]
+            keys = torch.cat([memo["keys"], torch.ones(partial.shape[:2], dtype=torch.bool, device=self.device)], 1)
+            return torch.cat([memo["embedded"], partial], 1), keys
+
+        for index in range(horizon):
+            action = actions[:, index] if policy is None else self.encode_action(policy(current), ("B",), {"B": B})
+            # Keep the window within the context: restart from the last C - 1 steps when full.
+            if len(all_tokens) - window_start + 1 > C:
+                window_start = len(all_tokens) - (C - 1)
+                cache = None
+            new_tokens: list[torch.Tensor] = []
+            reward_output = end_logit = None
+            for position in range(K):
+                sequence, keys = window_sequence(new_tokens, action)
+                total = sequence.shape[1]
+                if use_cache and cache is None:
+                    cache, fed = self.transformer.new_cache(sequence.shape[0], self.device), 0
+                start = fed if use_cache else 0
+                positions = (torch.arange(start, total, device=self.device)[None] - memo["padding"][:, None]).clamp_min(0)
+                mask = keys[:, None, :].expand(-1, total - start, -1)
+                features = self.transformer(sequence[:, start:], mask=mask, cache=cache if use_cache else None, positions=positions)
+                if use_cache:
+                    fed = total
+                last = features[:, -1]  # (S*B, D): predicts frame token `position`
+                logits = self.token_head(last)
+                if position == 0:
+                    reward_output, end_logit = self.reward_head(last[:B]), self.end_head(last[:B])[..., 0]
+                if guided:
+                    logits = logits[B:] + guidance_scale * (logits[:B] - logits[B:])
+                new_tokens.append(self.sample(logits, temperature, generator))
+            tokens = torch.stack(new_tokens, 1)
+            codes = self.tokenizer.quantizer.lookup(tokens).flatten(1)
+            all_tokens.append(tokens)
+            all_actions.append(action)
+            all_valid.append(torch.ones(B, dtype=torch.bool, device=self.device))
+            current = self._push(current, tokens, codes, action, torch.zeros(B, dtype=torch.bool, device=self.device))
+            steps.append(current)
+            taken.append(action)
+            rewards.append(self.reward_value(reward_output))
+            ends.append(end_logit)
+        states = {name: torch.stack([step[name] for step in steps], 1) for name in steps[0]}
+        end_logits = torch.stack(ends, 1)
+        return Trajectory(
+            states=states,
+            actions=torch.stack(taken, 1),
+            rewards=torch.stack(rewards, 1),
+            continues=1.0 - torch.sigmoid(end_logits),
+            observations=self.decode(states) if decode else None,
+            extras={"end_logits": end_logits},
+        )
+
+    @staticmethod
+    def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Tokens (B,) from logits (B, V) at a temperature (0: argmax)."""
+        if temperature == 0:
+            return logits.argmax(-1)
+        probabilities = (logits.float() / temperature).softmax(-1)
+        return torch.multinomial(probabilities, 1, generator=generator)[:, 0]
+
+    def decode(self, state: State) -> dict[str, torch.Tensor]:
+        """Frames of states (..., K tokens) -> {image_key: (..., H, W, Ch) float in [0, 1]}."""
+        tokens = state["tokens"] if isinstance(state, dict) else state
+        leading = tokens.shape[:-1]
+        frames = self.tokenizer.decode(tokens.reshape(-1, self.tokens_per_frame))
+        return {self.config.image_key: frames.permute(0, 2, 3, 1).reshape(*leading, *self.image_shape)}
+
+    # --- learning ----------------------------------------------------------------------------
+
+    def loss(self, batch: Batch, text: Any = None, drop: str | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """(scalar loss, metrics) for B windows of T <= C steps, with text embeddings (B, Dt) or
+        per step (B, T, Dt) (GAIA-1's captions) when text-conditioned; see `loss_terms`."""
+        total, metrics = self.loss_terms(batch, text, drop)
+        return total, {name: float(value) for name, value in zip(metrics, torch.stack(list(metrics.values())).tolist())}
+
+    def tokenizer_terms(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor]:
+        """The tokenizer's loss terms for frames (N, Ch, H, W) in [0, 1]: ({reconstruction,
+        squared_error, codebook, commitment}, the `Quantized` result, reconstructions (N, Ch, H, W))."""
+        quantized = self.tokenizer.encode(frames)
+        reconstruction = self.tokenizer.decode_codes(quantized.quantized)
+        terms = {
+            "reconstruction": (reconstruction - frames).abs().mean(),
+            "squared_error": (reconstruction - frames).pow(2).mean(),
+            "codebook": quantized.codebook_loss,
+            "commitment": quantized.commitment_loss,
+        }
+        return terms, quantized, reconstruction
+
+    def loss_terms(self, batch: Batch, text: Any = None, drop: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(scalar loss, metrics as 0-d tensors). The tokenizer learns to reconstruct every frame;
+        the transformer learns, on the tokenizer's (detached) tokens, each frame's tokens, reward
+        and end flag from the steps before it in the same episode. Steps that start an episode
+        (and the first step of each window) have no earlier frame and are not predicted. `drop`
+        ("text", "action", "both") puts the null embeddings in every row: the unconditional
+        model's loss, for evaluation."""
+        if drop not in (None, "text", "action", "both"):
+            raise ValueError(f"drop must be None, text, action or both, got {drop!r}")
+        config, scales = self.config, self.config.loss_scales
+        sizes: dict[str, int] = {}
+        frames = self.frames(batch.obs, ("B", "T"), sizes)
+        actions = self.encode_action(batch.action, ("B", "T"), sizes)
+        B, T = sizes["B"], sizes["T"]
+        if T > self.context:
+            raise ShapeError(f"batch: windows of T={T} steps exceed the model's context of {self.context} steps")
+        reward = torch.as_tensor(batch.reward, device=self.device).float()
+        is_first = torch.as_tensor(batch.is_first, device=self.device).bool()
+        is_terminal = torch.as_tensor(batch.is_terminal, device=self.device).float()
+        for name, value in (("reward", reward), ("is_first", is_first), ("is_terminal", is_terminal)):
+            check_shape(name, value, ("B", "T"), sizes)
+        if self.text_size:
+            if text is None:
+                raise ShapeError("this token model is text-conditioned: loss needs text (B, Dt) or per step (B, T, Dt)")
+            text = torch.as_tensor(text, device=self.device).float()
+            check_shape("text", text, ("B", self.text_size) if text.dim() == 2 else ("B", "T", self.text_size), sizes)
+
+        terms, quantized, reconstruction = self.tokenizer_terms(frames)
+        tokens = quantized.indices.detach().reshape(B, T, -1)
+
+        actions = actions * (~is_first).float()[..., None]
+        drop_text = drop_action = None
+        if self.training and self.text_size and config.text_dropout > 0:
+            drop_text = torch.rand(B, device=self.device) < config.text_dropout
+        if self.training and config.action_dropout > 0:
+            drop_action = torch.rand(B, device=self.device) < config.action_dropout
+        everything = torch.ones(B, dtype=torch.bool, device=self.device)
+        if drop in ("text", "both") and self.text_size:
+            drop_text = everything
+        if drop in ("action", "both"):
+            drop_action = everything
+        sequence = self.embed_steps(tokens, actions, text, drop_text, drop_action)
+        # Tokens attend within their own episode only.
+        episode = is_first.long().cumsum(1).repeat_interleave(self.tokens_per_step, 1)  # (B, T * P)
+        mask = episode[:, :, None] == episode[:, None, :]
+        positions = self.episode_positions(is_first)
+        token_logits, reward_output, end_logit = self.heads(self.transformer(sequence, mask=mask, positions=positions), T)
+
+        predicted = ~is_first
+        predicted[:, 0] = False
+        weight = predicted.float()
+        count = weight.sum().clamp_min(1.0)
+        token_loss = F.cross_entropy(token_logits.flatten(0, 2), tokens.flatten(), reduction="none").reshape(B, T, -1).mean(-1)
+        terms["tokens"] = (token_loss * weight).sum() / count
+        if self.two_hot is not None:
+            reward_loss = self.two_hot.loss(reward_output, reward)
+        else:
+            reward_loss = F.cross_entropy(reward_output.flatten(0, 1), (torch.sign(reward) + 1).long().flatten(), reduction="none").reshape(B, T)
+        terms["reward"] = (reward_loss * weight).sum() / count
+        terms["end"] = (F.binary_cross_entropy_with_logits(end_logit, is_terminal, reduction="none") * weight).sum() / count
+        total = sum(getattr(scales, name) * value for name, value in terms.items())
+        metrics = {f"loss/{name}": value.detach() for name, value in terms.items()}
+        metrics["loss/world_model"] = total.detach()
+        with torch.no_grad():
+            metrics.update({name: value.float() for name, value in quantized.metrics("vq").items()})
+            hits = (token_logits.argmax(-1) == tokens).float().mean(-1)
+            metrics["wm/token_accuracy"] = (hits * weight).sum() / count
+            error = (reconstruction.clamp(0, 1) - frames).pow(2).flatten(1).mean(-1).clamp_min(1e-10)
+            metrics["wm/reconstruction_psnr"] = (-10 * error.log10()).mean()
+        return total, metrics
