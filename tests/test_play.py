@@ -415,3 +415,10 @@ def test_the_page_plays_in_headless_chromium(server, tmp_path):
             assert errors == []
         finally:
             context.close()
+
+
+def test_the_report_links_to_the_command_that_plays_the_run(run_dir, tmp_path):
+    from wmlab.play.report import play_section
+
+    assert f"wmlab play {run_dir}" in play_section(run_dir)
+    assert play_section(tmp_path) is None

@@ -247,10 +247,12 @@ def report_command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: wmlab report RUN_DIR [--out FILE.html]\n\nWrite one self-contained HTML page for a run.")
         return 0
+    from wmlab.core.registry import _load
     from wmlab.eval.suites import report_section
     from wmlab.report.html import build_report, register_section
 
     register_section("World-model evaluation", report_section)
+    register_section("Play", _load("wmlab.play.report:play_section"))
     output = _option_value(argv, "--out")
     path = build_report(Path(argv[0]), Path(output) if output else None)
     print(f"report written to {path}")

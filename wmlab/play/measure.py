@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import tyro
+
 from wmlab.core.errors import WmlabError
 
 CHROMIUM = "/usr/bin/chromium"
@@ -111,7 +113,7 @@ def measure(url: str, seconds: float = 20.0, presses: int = 40, speed: float = 0
 class BenchPlay:
     """Frame rate and key-to-frame latency of `wmlab play RUN_DIR` in headless Chromium."""
 
-    run_dir: Path
+    run_dir: tyro.conf.Positional[Path]
     """The run directory whose world model is played."""
     seconds: float = 20.0
     """How long the page runs while measured."""
@@ -130,8 +132,6 @@ class BenchPlay:
 
 
 def run(argv: list[str]) -> int:
-    import tyro
-
     arguments = tyro.cli(BenchPlay, args=argv, prog="wmlab bench play")
     missing = browser_missing()
     if missing:

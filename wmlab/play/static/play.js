@@ -223,24 +223,30 @@ function requestStep() {
 }
 
 function rgbToImage(base64, width, height) {
-  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+  const text = atob(base64);
   const image = new ImageData(width, height);
-  for (let i = 0, j = 0; i < bytes.length; i += 3, j += 4) {
-    image.data[j] = bytes[i]; image.data[j + 1] = bytes[i + 1]; image.data[j + 2] = bytes[i + 2]; image.data[j + 3] = 255;
+  const data = image.data;
+  for (let i = 0, j = 0; i < text.length; i += 3, j += 4) {
+    data[j] = text.charCodeAt(i); data[j + 1] = text.charCodeAt(i + 1); data[j + 2] = text.charCodeAt(i + 2); data[j + 3] = 255;
   }
   return image;
 }
 
+// One small canvas at the model's size, drawn scaled up onto each pane with smoothing off.
 const scratch = document.createElement("canvas");
+const scratchContext = scratch.getContext("2d");
 function paint(id, image) {
   const canvas = $(id), context = canvas.getContext("2d");
-  scratch.width = image.width; scratch.height = image.height;
-  scratch.getContext("2d").putImageData(image, 0, 0);
+  if (scratch.width !== image.width || scratch.height !== image.height) { scratch.width = image.width; scratch.height = image.height; }
+  scratchContext.putImageData(image, 0, 0);
   context.imageSmoothingEnabled = false;
   context.drawImage(scratch, 0, 0, canvas.width, canvas.height);
 }
 
 function drawFrame(frame) {
+  // Ask for the next frame first, so that the model computes it while this one is drawn.
+  if (frame.seq === play.seq || frame.seq === 0) play.inFlight = false;
+  pump();
   const { width, height } = play.info;
   const dream = rgbToImage(frame.dream, width, height);
   paint("dream", dream);
@@ -275,8 +281,6 @@ function drawFrame(frame) {
     play.pendingKey = null;
   }
   updateStats(frame, difference);
-  if (frame.seq === play.seq || frame.seq === 0) play.inFlight = false;
-  pump();
 }
 
 function median(values) {
@@ -367,5 +371,8 @@ $("upload").onchange = () => {
   };
   reader.readAsDataURL(file);
 };
+
+// A clicked button keeps no focus, so that space (a game key) cannot click it again.
+for (const button of document.querySelectorAll("button")) button.addEventListener("click", () => button.blur());
 
 connect();
