@@ -117,12 +117,15 @@ def test_a_run_plays_through_the_session(playable):
 def test_keys_follow_the_action_space_and_its_meanings():
     atari = controls(spaces.Discrete(6), ["NOOP", "FIRE", "UP", "RIGHT", "LEFT", "UPRIGHTFIRE"])
     keys = {action["name"]: action["keys"] for action in atari["actions"]}
-    assert atari["idle"] == 0 and keys["NOOP"] == []
+    assert atari["idle"] == 0 and keys["NOOP"] == [] and not atari["turn_based"]
     assert keys["UP"] == [["ArrowUp"]] and keys["FIRE"] == [[" "]]
     assert sorted(keys["UPRIGHTFIRE"][0]) == sorted(["ArrowUp", "ArrowRight", " "])
     unnamed = controls(spaces.Discrete(7))
     reached = [action["keys"] for action in unnamed["actions"]]
-    assert all(reached[1:]) and reached[0] == [["ArrowUp"]]  # every action has a key
+    assert all(reached) and reached[0] == [["ArrowUp"]]  # every action has a key
+    assert unnamed["idle"] is None and unnamed["turn_based"]  # no no-op: one step per key press
+    minigrid = controls(spaces.Discrete(7), ["left", "right", "forward", "pickup", "drop", "toggle", "done"])
+    assert [action["keys"][0] for action in minigrid["actions"][:3]] == [["ArrowLeft"], ["ArrowRight"], ["ArrowUp"]]
     box = controls(spaces.Box(np.array([-2.0, 0.0, -1.0], np.float32), np.array([2.0, 1.0, 1.0], np.float32)))
     assert [(d["minus"], d["plus"]) for d in box["dimensions"]][:2] == [("ArrowLeft", "ArrowRight"), ("ArrowDown", "ArrowUp")]
     assert [d["rest"] for d in box["dimensions"]] == [0.0, 0.0, 0.0]
@@ -174,6 +177,21 @@ def test_a_new_family_plugs_in_through_the_protocol_with_its_knob(tmp_path):
     assert not np.array_equal(right, up)
     with pytest.raises(ProtocolError, match="denoising_steps must be a number"):
         parse_message(json.dumps({"type": "settings", "denoising_steps": 1000}), playable)
+
+
+def test_a_family_that_starts_from_several_frames_gets_them(tmp_path):
+    model = ToyFamily()
+    model.context_frames = 3
+    seen = []
+    observe = model.observe
+    model.observe = lambda obs, *rest: seen.append(np.asarray(obs["image"]).shape[:2]) or observe(obs, *rest)
+    playable = make_playable(model, "two-rooms", {}, tmp_path)
+    session = PlaySession(playable)
+    session.reset()
+    assert seen[-1] == (1, 3)
+    with pytest.raises(ProtocolError, match="needs 3 real frames"):
+        session.start_from_image(png_bytes())
+    assert "needs 3 real frames" in playable.describe()["upload_refusal"]
 
 
 def test_world_models_v_m_c_plays_with_its_temperature(tmp_path):
@@ -422,3 +440,40 @@ def test_the_report_links_to_the_command_that_plays_the_run(run_dir, tmp_path):
 
     assert f"wmlab play {run_dir}" in play_section(run_dir)
     assert play_section(tmp_path) is None
+
+
+class DiscreteToy(ToyFamily):
+    """ToyFamily for a Discrete space: action i moves along direction i."""
+
+    def imagine(self, state, actions, horizon, denoising_steps=None):
+        index = torch.as_tensor(actions).long()[:, 0]
+        directions = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+        return super().imagine(state, directions[index % 4][:, None], horizon, denoising_steps)
+
+
+def test_a_turn_based_discrete_game_steps_once_per_key_in_chromium(tmp_path):
+    from wmlab.play.measure import browser_missing, launch
+
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
+    pytest.importorskip("minigrid", reason="MiniGrid is an optional suite: pip install 'wmlab[minigrid]'")
+    from playwright.sync_api import sync_playwright
+
+    playable = make_playable(DiscreteToy(), "minigrid:MiniGrid-Empty-8x8-v0", {}, tmp_path, "toy")
+    with BackgroundServer(create_app(playable)) as url, sync_playwright() as playwright:
+        context = launch(playwright, str(tmp_path / "profile"))
+        try:
+            page = context.new_page()
+            page.goto(url + "?speed=0")
+            page.wait_for_function("window.wmlabPlay && window.wmlabPlay.frames >= 1", timeout=30_000)
+            assert "forward" in page.inner_text("#keys") and "one step per key press" in page.inner_text("#keys")
+            page.wait_for_timeout(300)
+            assert page.evaluate("() => window.wmlabPlay.lastFrame.step") == 0  # no key, no step
+            for expected, key in enumerate(["ArrowUp", "ArrowRight", "2"], start=1):
+                page.keyboard.press(key)
+                page.wait_for_function(f"() => window.wmlabPlay.lastFrame.step === {expected}", timeout=10_000)
+            actions = page.evaluate("() => window.wmlabPlay.lastFrame.action")
+            assert actions == 4  # '2' is the key of the fifth action, 'drop'
+        finally:
+            context.close()

@@ -23,6 +23,7 @@ import json
 import socket
 import sys
 import threading
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,9 @@ def create_app(playable: Playable, seed: int = 0, max_sessions: int = 8, max_dre
                     reply = await run_in_threadpool(_handle, session, command)
                 except ProtocolError as error:
                     reply = {"type": "error", "message": str(error), "request": command["type"]}
+                except Exception as error:  # noqa: BLE001 - the model or environment failed: say so, keep serving
+                    traceback.print_exc()
+                    reply = {"type": "error", "message": f"{command['type']} failed: {type(error).__name__}: {error}", "request": command["type"]}
                 await send(reply)
 
         worker = None

@@ -11,8 +11,9 @@ optional extras are read when present:
 - keyword arguments of `imagine` named in `SAMPLING_KNOBS` (a sampling `temperature`, the
   `denoising_steps` of a diffusion sampler) become sliders; their starting value is the
   parameter's default, else the model config's field of that name;
-- `context_frames` (int, default 1): the real frames a dream needs to start. A model that needs
-  more than one cannot start from a single uploaded image, and says so.
+- `context_frames` (int, default 1): the real frames a dream needs to start. After a reset the
+  real environment takes idle steps until it has shown that many; a model that needs more than
+  one cannot start from a single uploaded image, and the page says so.
 
 Every message from the page is checked here (`parse_message`) before anything runs: a message
 that is not JSON, names an unknown command, or carries an action outside the action space is a
@@ -272,7 +273,8 @@ def controls(action_space: spaces.Space, meanings: list[str] | None = None) -> d
 
     Discrete: each action has one or more chords of keys; the page sends the action whose chord
     is the largest one held (so Atari's up + right + space gives UPRIGHTFIRE), and the idle
-    action (the one named like NOOP, else action 0) when none is. Actions are named after the
+    action (the one named NOOP) when none is. A space without such an action (MiniGrid's turns,
+    unnamed actions) is played turn by turn: one step per key press. Actions are named after the
     environment's meanings where it has them; without names, the arrows and space ask for
     actions 0 to 4 in order. Every action without a chord gets a key of its own (digits, then
     letters). Box: each dimension has a (minus, plus) pair of keys that push it to its bound
@@ -298,7 +300,8 @@ def controls(action_space: spaces.Space, meanings: list[str] | None = None) -> d
             if not chords[index] and index != idle and spare:
                 chords[index].append([spare.pop(0)])
         actions = [{"index": index, "name": names[index], "keys": chords[index]} for index in range(count)]
-        return {"kind": "discrete", "count": count, "idle": 0 if idle is None else idle, "actions": actions}
+        # Without a no-op, holding no key has no action to send: the page steps once per key press.
+        return {"kind": "discrete", "count": count, "idle": idle, "turn_based": idle is None, "actions": actions}
     low, high = np.asarray(action_space.low, dtype=float), np.asarray(action_space.high, dtype=float)
     if low.size > len(BOX_KEYS):
         raise WmlabError(f"keys can push at most {len(BOX_KEYS)} action dimensions, not {low.size}")
@@ -543,13 +546,19 @@ class PlaySession:
         self.real_done = False
         self.real_reward = 0.0
         self.history = [(observation, self._zero_action(), True)]
+        # A family that starts from several frames gets them: idle real steps after the reset.
+        idle = self._idle_action()
+        while len(self.history) < self.playable.context_frames and not self.real_done:
+            observation, reward, terminated, truncated, _ = self.env.step(idle)
+            self.real_observation, self.real_reward, self.real_done = observation, float(reward), bool(terminated or truncated)
+            self.history.append((observation, np.asarray(idle), False))
         return self._start_dream(self.history, "reset", env_ms)
 
     def dream_from_real(self) -> Frame:
         """Restart the dream from the real episode's latest frames (up to REAL_HISTORY of them)."""
         if self.env is None or not self.history or not self.real_enabled:
             raise ProtocolError("there is no real environment running to dream from: turn on 'real' and reset")
-        return self._start_dream(self.history[-REAL_HISTORY:], "real", 0.0)
+        return self._start_dream(self.history[-max(REAL_HISTORY, self.playable.context_frames):], "real", 0.0)
 
     def start_from_image(self, data: bytes) -> Frame:
         """Start the dream from one uploaded PNG or JPEG; the real environment cannot follow."""
@@ -588,6 +597,13 @@ class PlaySession:
             return np.int64(0)
         return np.zeros(space.shape, dtype=np.float32)
 
+    def _idle_action(self) -> Any:
+        """The action sent when no key is held (the page's idle action)."""
+        keys = controls(self.playable.action_space, self.playable.action_meanings)
+        if keys["kind"] == "discrete":
+            return int(keys["idle"] or 0)
+        return np.array([dimension["rest"] for dimension in keys["dimensions"]], dtype=np.float32)
+
     def _imagine_kwargs(self) -> dict:
         return {name: (int(value) if SAMPLING_KNOBS[name].integer else float(value)) for name, value in self.knobs.items()}
 
@@ -604,7 +620,7 @@ class PlaySession:
             env_ms = 1000 * (time.perf_counter() - started)
             self.real_observation, self.real_reward = observation, float(reward)
             self.real_done = bool(terminated or truncated)
-            self.history = (self.history + [(observation, np.asarray(action), False)])[-REAL_HISTORY:]
+            self.history = (self.history + [(observation, np.asarray(action), False)])[-max(REAL_HISTORY, self.playable.context_frames):]
         started = time.perf_counter()
         dream_reward = 0.0
         with self.playable.lock:

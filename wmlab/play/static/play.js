@@ -24,6 +24,7 @@ const play = {
   recording: false,
   scale: 5,
   lastFrame: null,
+  turns: [],  // actions of key presses waiting for their step, on a turn-based (no no-op) Discrete space
   stats: { fps: 0, model_ms: null, env_ms: null, latency_ms: null, step: 0 },
   errors: [],
 };
@@ -129,6 +130,7 @@ function buildLegend(controls) {
       const chords = action.keys.map((chord) => chord.map(kbd).join(" + ")).join(" or ");
       row(chords || "(no key)", `${action.name}${action.index === controls.idle ? " (when no key is held)" : ""}`);
     }
+    if (controls.turn_based) row("", "no no-op action: one step per key press");
   } else {
     for (const dimension of controls.dimensions) {
       row(`${kbd(dimension.minus)} / ${kbd(dimension.plus)}`, `action[${dimension.index}] to ${dimension.low} / ${dimension.high} (rests at ${dimension.rest})`);
@@ -179,6 +181,7 @@ document.addEventListener("keydown", (event) => {
     play.held.add(key);
     // Key-to-frame latency: from the key event to the first frame drawn with its action.
     play.pendingKey = { time: event.timeStamp, seq: null };
+    if (turnBased()) play.turns.push(currentAction());
     pump(true);
     return;
   }
@@ -201,8 +204,13 @@ function runCommand(command) {
 
 // --- the frame loop --------------------------------------------------------------------------
 
+function turnBased() {
+  return play.info.controls.kind === "discrete" && play.info.controls.turn_based;
+}
+
 function pump(now) {
   if (!play.info || play.paused || play.inFlight) return;
+  if (turnBased() && play.turns.length === 0) return;
   const interval = play.speed > 0 ? 1000 / play.speed : 0;
   const wait = play.lastSent + interval - performance.now();
   if (wait > 0 && !now) {
@@ -219,7 +227,9 @@ function requestStep() {
   play.inFlight = true;
   play.lastSent = performance.now();
   if (play.pendingKey && play.pendingKey.seq === null) play.pendingKey.seq = play.seq;
-  send({ type: "step", action: currentAction(), seq: play.seq });
+  let action = currentAction();
+  if (turnBased()) action = play.turns.length ? play.turns.shift() : (action === null ? 0 : action);  // '.' while paused: action 0
+  send({ type: "step", action, seq: play.seq });
 }
 
 function rgbToImage(base64, width, height) {
