@@ -24,6 +24,7 @@ const play = {
   recording: false,
   scale: 5,
   lastFrame: null,
+  statsShownAt: 0,
   turns: [],  // actions of key presses waiting for their step, on a turn-based (no no-op) Discrete space
   stats: { fps: 0, model_ms: null, env_ms: null, latency_ms: null, step: 0 },
   errors: [],
@@ -303,6 +304,10 @@ function updateStats(frame, difference) {
   const times = play.frameTimes;
   const fps = times.length > 1 ? (times.length - 1) * 1000 / (times[times.length - 1] - times[0]) : 0;
   Object.assign(play.stats, { fps, model_ms: frame.model_ms, env_ms: frame.env_ms, latency_ms: median(play.latencies.slice(-20)), step: frame.step, difference });
+  // The numbers on screen change four times a second: text layout on every frame costs frames.
+  const now = performance.now();
+  if (now - play.statsShownAt < 250 && frame.seq !== 0) return;
+  play.statsShownAt = now;
   $("fps").textContent = fps ? fps.toFixed(1) : "–";
   $("model-ms").textContent = frame.model_ms.toFixed(1);
   $("env-ms").textContent = frame.real ? frame.env_ms.toFixed(2) : "–";
@@ -350,10 +355,13 @@ function recorded(message) {
   link.remove();
 }
 
+let messageTimer = null;
 function show(text, info = false) {
   const element = $("message");
   element.textContent = text;
   element.classList.toggle("info", info);
+  clearTimeout(messageTimer);
+  if (play.socket && play.socket.readyState === WebSocket.OPEN) messageTimer = setTimeout(() => { element.textContent = ""; }, 8000);
 }
 
 $("reset").onclick = () => runCommand("reset");
