@@ -20,16 +20,17 @@ from gymnasium import spaces
 
 pytest.importorskip("starlette", reason="wmlab play needs its extra: pip install 'wmlab[play]'")
 pytest.importorskip("uvicorn", reason="wmlab play needs its extra: pip install 'wmlab[play]'")
+pytest.importorskip("websockets", reason="wmlab play needs its extra: pip install 'wmlab[play]'")
 
-from websockets.exceptions import ConnectionClosed  # noqa: E402
-from websockets.sync.client import connect  # noqa: E402
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
-from wmlab.cli import main  # noqa: E402
-from wmlab.core.errors import WmlabError  # noqa: E402
-from wmlab.core.types import Trajectory  # noqa: E402
-from wmlab.play import session as play_session  # noqa: E402
-from wmlab.play.server import MAX_PENDING, BackgroundServer, create_app  # noqa: E402
-from wmlab.play.session import (  # noqa: E402
+from wmlab.cli import main
+from wmlab.core.errors import WmlabError
+from wmlab.core.types import Trajectory
+from wmlab.play import session as play_session
+from wmlab.play.server import MAX_PENDING, BackgroundServer, create_app
+from wmlab.play.session import (
     MAX_UPLOAD_BYTES,
     MAX_UPLOAD_CHARACTERS,
     PlaySession,
@@ -257,6 +258,8 @@ def test_the_server_plays_and_answers_bad_messages_with_errors(server):
         bad = [
             ("not json {", "not JSON"),
             ("[1, 2]", "JSON object"),
+            ("[" * 3000 + "]" * 3000, "nested too deeply"),
+            (json.dumps({"type": "step", "action": [float("nan"), 0.0]}), "finite"),
             (json.dumps({"type": "teleport"}), "unknown message type"),
             (json.dumps({"type": "step", "action": [5.0, 0.0]}), "out of range"),
             (json.dumps({"type": "step", "action": [0.0]}), "list of 2 numbers"),
@@ -372,6 +375,15 @@ def test_recordings_are_written_inside_the_run_directory_only(server, run_dir, t
 
 
 # --- the real page in headless Chromium ---------------------------------------------------------
+
+
+def test_without_chromium_the_browser_tests_say_how_to_install(monkeypatch):
+    from wmlab.play import measure
+
+    monkeypatch.setattr(measure, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.setattr(measure.shutil, "which", lambda name: None)
+    message = measure.browser_missing()
+    assert "apt-get install -y chromium" in message and "pip install playwright" in message
 
 
 def test_the_page_plays_in_headless_chromium(server, tmp_path):

@@ -31,7 +31,15 @@ from typing import Any
 import tyro
 
 from wmlab.core.errors import WmlabError
-from wmlab.play.session import MAX_UPLOAD_CHARACTERS, RECORDING_NAME, RECORDINGS_FOLDER, Playable, PlaySession, ProtocolError, parse_message
+from wmlab.play.session import (
+    MAX_UPLOAD_CHARACTERS,
+    RECORDING_NAME,
+    RECORDINGS_FOLDER,
+    Playable,
+    PlaySession,
+    ProtocolError,
+    parse_message,
+)
 
 STATIC = Path(__file__).parent / "static"
 #: Messages that may wait for the model; a well-behaved page has at most one step in flight.
@@ -68,7 +76,12 @@ def create_app(playable: Playable, seed: int = 0, max_sessions: int = 8, max_dre
     """The starlette application serving `playable` to at most `max_sessions` players at once."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
-    from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+    from starlette.responses import (
+        FileResponse,
+        JSONResponse,
+        PlainTextResponse,
+        Response,
+    )
     from starlette.routing import Mount, Route, WebSocketRoute
     from starlette.staticfiles import StaticFiles
     from starlette.websockets import WebSocket, WebSocketDisconnect

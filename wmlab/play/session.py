@@ -337,8 +337,10 @@ def parse_message(text: str, playable: Playable) -> dict:
         raise ProtocolError(f"message too long ({len(text)} characters); an image upload may be at most {MAX_UPLOAD_BYTES // 1024} KiB")
     try:
         message = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ProtocolError(f"message is not JSON ({error.msg if hasattr(error, 'msg') else error})") from None
+    except json.JSONDecodeError as error:
+        raise ProtocolError(f"message is not JSON ({error.msg})") from None
+    except RecursionError:
+        raise ProtocolError("message is nested too deeply") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"message must be a JSON object with a 'type', got {type(message).__name__}")
     kind = message.get("type")
@@ -709,7 +711,7 @@ def write_gif(path: Path, images: list[np.ndarray], durations_s: list[float]) ->
     from PIL import Image
 
     pictures = [Image.fromarray(image) for image in images]
-    durations = [max(20, int(round(1000 * value))) for value in durations_s]
+    durations = [max(20, round(1000 * value)) for value in durations_s]
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0, optimize=False)
 
 
