@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import importlib.util
 import io
 import json
 import tempfile
@@ -367,8 +368,20 @@ def test_recordings_are_written_inside_the_run_directory_only(server, run_dir, t
             receive(socket, "frame")
         socket.send(json.dumps({"type": "record", "on": False, "format": "gif"}))
         saved = receive(socket, "recording")
+        video = None
+        if importlib.util.find_spec("imageio_ffmpeg") is not None:
+            socket.send(json.dumps({"type": "record", "on": True}))
+            receive(socket, "recording")
+            for seq in range(6, 14):
+                socket.send(json.dumps({"type": "step", "action": [0.0, 1.0], "seq": seq}))
+                receive(socket, "frame")
+            socket.send(json.dumps({"type": "record", "on": False, "format": "mp4"}))
+            video = receive(socket, "recording")
     status, body = get(server, saved["url"])
     assert status == 200 and body[:6] == b"GIF89a"
+    if video is not None:
+        status, body = get(server, video["url"])
+        assert status == 200 and body[4:8] == b"ftyp"
     new = {path for path in run_dir.rglob("*")} - before
     assert new and all(path.relative_to(run_dir).parts[0] == "play" for path in new)
     assert list(empty.iterdir()) == []
