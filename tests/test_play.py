@@ -360,27 +360,23 @@ def test_recordings_are_written_inside_the_run_directory_only(server, run_dir, t
     monkeypatch.chdir(empty)
     monkeypatch.setattr(tempfile, "tempdir", str(empty))
     before = {path for path in run_dir.rglob("*")}
+    formats = ["gif"] + (["mp4"] if importlib.util.find_spec("imageio_ffmpeg") is not None else [])
+    saved = {}
     with player(server) as (socket, _, _):
-        socket.send(json.dumps({"type": "record", "on": True}))
-        receive(socket, "recording")
-        for seq in range(1, 6):
-            socket.send(json.dumps({"type": "step", "action": [1.0, 0.0], "seq": seq}))
-            receive(socket, "frame")
-        socket.send(json.dumps({"type": "record", "on": False, "format": "gif"}))
-        saved = receive(socket, "recording")
-        video = None
-        if importlib.util.find_spec("imageio_ffmpeg") is not None:
+        seq = 0
+        for output in formats:
             socket.send(json.dumps({"type": "record", "on": True}))
             receive(socket, "recording")
-            for seq in range(6, 14):
-                socket.send(json.dumps({"type": "step", "action": [0.0, 1.0], "seq": seq}))
+            for _ in range(6):
+                seq += 1
+                socket.send(json.dumps({"type": "step", "action": [1.0, 0.0], "seq": seq}))
                 receive(socket, "frame")
-            socket.send(json.dumps({"type": "record", "on": False, "format": "mp4"}))
-            video = receive(socket, "recording")
-    status, body = get(server, saved["url"])
+            socket.send(json.dumps({"type": "record", "on": False, "format": output}))
+            saved[output] = receive(socket, "recording")
+    status, body = get(server, saved["gif"]["url"])
     assert status == 200 and body[:6] == b"GIF89a"
-    if video is not None:
-        status, body = get(server, video["url"])
+    if "mp4" in saved:
+        status, body = get(server, saved["mp4"]["url"])
         assert status == 200 and body[4:8] == b"ftyp"
     new = {path for path in run_dir.rglob("*")} - before
     assert new and all(path.relative_to(run_dir).parts[0] == "play" for path in new)
