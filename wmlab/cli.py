@@ -1,4 +1,4 @@
-"""The `wmlab` command: train | eval | report | list | bench | study.
+"""The `wmlab` command: train | eval | play | report | list | bench | study.
 
     wmlab train --algo dyna-q --env dyna-maze --run-dir runs/maze
     wmlab train --algo mpc --env two-rooms-state --train.steps 20000 --agent.planner.horizon 10
@@ -9,6 +9,7 @@
     wmlab eval runs/cartpole --suite all
     wmlab eval --compare runs/a runs/b --suite horizon
     wmlab report runs/maze
+    wmlab play runs/main --port 8765
     wmlab list
     wmlab bench dyna --seeds 30 --out dyna.json
     wmlab study horizon --out studies/horizon --seeds 3
@@ -39,13 +40,14 @@ commands:
   train    train an agent and its world model (wmlab train --algo NAME --help), or a world model
            on a recorded dataset (wmlab train --model FAMILY --dataset DIR --help)
   eval     evaluate a run's agent or world model (wmlab eval RUN_DIR [--suite horizon|...|all])
+  play     play inside a run's world model in the browser (wmlab play RUN_DIR [--port P])
   report   write RUN_DIR/report.html (learning curves, tables, figures)
   list     show every registered algorithm, model and environment
   envs     show the environment suites, their ids, spaces and install commands
   generate write an MP4 of a world model's generated frames (wmlab generate RUN_DIR --steps N)
   record   record episodes of any environment and policy to a dataset folder
   pipeline run a multi-stage pipeline: world-models, jepa, jepa-vs-rssm, jepa-landscape (wmlab pipeline NAME --help)
-  bench    run a benchmark: dyna, envs, world-models-temperature, world-models-carracing, laptop
+  bench    run a benchmark: dyna, envs, world-models-temperature, world-models-carracing, laptop, play
   study    run a study: horizon, counterfactual, occlusion (wmlab study NAME --help)
 """
 
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         "train": train_command,
         "eval": eval_command,
         "report": report_command,
+        "play": play_command,
         "list": list_command,
         "envs": envs_command,
         "record": record_command,
@@ -255,10 +258,12 @@ def report_command(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: wmlab report RUN_DIR [--out FILE.html]\n\nWrite one self-contained HTML page for a run.")
         return 0
+    from wmlab.core.registry import _load
     from wmlab.eval.suites import report_section
     from wmlab.report.html import build_report, register_section
 
     register_section("World-model evaluation", report_section)
+    register_section("Play", _load("wmlab.play.report:play_section"))
     output = option_value(argv, "--out")
     path = build_report(Path(argv[0]), Path(output) if output else None)
     print(f"report written to {path}")
@@ -307,6 +312,12 @@ def generate_command(argv: list[str]) -> int:
     return run(argv)
 
 
+def play_command(argv: list[str]) -> int:
+    from wmlab.play.server import play_command as play
+
+    return play(argv) or 0
+
+
 def record_command(argv: list[str]) -> int:
     from wmlab.data.dataset import record_command as record
 
@@ -323,6 +334,7 @@ BENCHMARKS = {
     "world-models-temperature": "wmlab.bench.world_models:temperature",
     "world-models-carracing": "wmlab.bench.world_models:carracing",
     "laptop": "wmlab.bench.laptop:run",
+    "play": "wmlab.play.measure:run",
 }
 
 
