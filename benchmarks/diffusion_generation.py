@@ -51,7 +51,7 @@ def held_out_windows(episodes, length: int, count: int, seed: int) -> Batch:
 
 def speed(arguments) -> dict:
     from wmlab.eval.suites import world_model_of
-    from wmlab.train.loop import load_trained_agent
+    from wmlab.runs.directory import load_trained_agent
 
     torch.set_num_threads(arguments.threads)
     _, agent = load_trained_agent(arguments.run_dir)

@@ -29,9 +29,10 @@ from wmlab.models.diffusion import (
     preconditioning,
 )
 from wmlab.nn.unet import UNet
-from wmlab.train.config import TrainConfig
-from wmlab.train.loop import RunSpec, Trainer
-from wmlab.train.serialization import load_state
+from wmlab.runs.config import TrainConfig
+from wmlab.runs.directory import RunSpec
+from wmlab.train.loop import Trainer
+from wmlab.core.serialization import load_state
 
 TINY = DiffusionConfig(
     channels=(8, 8),

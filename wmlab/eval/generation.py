@@ -185,7 +185,7 @@ def write_contact_sheet(path: Path, generated: np.ndarray, real: np.ndarray | No
 
 def run(argv: list[str]) -> int:
     from wmlab.eval.suites import replay_episodes, world_model_of
-    from wmlab.train.loop import load_trained_agent
+    from wmlab.runs.directory import load_trained_agent
 
     command = tyro.cli(GenerateCommand, args=argv, prog="wmlab generate", description=__doc__.split("\n\n")[0])
     if command.steps < 1:

@@ -153,7 +153,7 @@ def load_playable(run_dir: str | Path) -> Playable:
     """Load a run's world model for play with the run-loading helpers of `wmlab eval`, or refuse
     with the reason (it cannot decode, or the environment has no image to show)."""
     from wmlab.eval.suites import world_model_of
-    from wmlab.train.loop import load_trained_agent
+    from wmlab.runs.directory import load_trained_agent
 
     spec, agent = load_trained_agent(run_dir)
     return make_playable(world_model_of(agent), spec.env, spec.env_kwargs, run_dir, spec.algorithm)

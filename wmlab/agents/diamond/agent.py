@@ -29,7 +29,7 @@ from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.diffusion import DiffusionWorldModel
-from wmlab.train import distributed
+from wmlab.core import distributed
 
 
 class DiamondAgent:
