@@ -419,3 +419,16 @@ def test_a_resumed_diamond_run_equals_an_uninterrupted_one(tmp_path):
         assert torch.equal(tensor, b["world_model"][name]), name
     for name, tensor in a["learner"]["network"].items():
         assert torch.equal(tensor, b["learner"]["network"][name]), name
+
+
+def test_two_rooms_with_discrete_moves():
+    from wmlab.envs.adapter import make_env
+
+    env = make_env("two-rooms-discrete", max_episode_steps=5)
+    assert isinstance(env.action_space, spaces.Discrete) and env.action_space.n == 5
+    _, info = env.reset(seed=0)
+    start = np.array(info["agent"])
+    _, _, _, _, info = env.step(2)  # down
+    assert info["agent"][1] < start[1] and info["agent"][0] == pytest.approx(start[0])
+    with pytest.raises(ValueError, match="index in \\[0, 5\\)"):
+        env.step(7)
