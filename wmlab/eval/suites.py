@@ -276,6 +276,9 @@ def _draw_horizon(plt, results):
             filtered = result["filtering"].get(name)
             if filtered is not None:
                 axis.plot(steps, np.array(filtered, dtype=float), color=color, linestyle="--", label=f"{_label(result)} filtering")
+            repeated = result.get("repeat_last_frame", {}).get(name)
+            if repeated is not None:
+                axis.plot(steps, np.array(repeated, dtype=float), color=color, linestyle=":", label=f"{_label(result)} repeat last frame")
         axis.set_xlabel("horizon (steps after the context)")
         axis.set_title(name)
         if name.endswith("mse"):
@@ -370,10 +373,13 @@ def _draw_controllability(plt, results):
 def suite_summary(suite: str, result: dict) -> str:
     """A suite's headline numbers in one line (the terminal and the report); the JSON holds the rest."""
     if suite == "horizon":
-        parts = [
-            f"{name}: " + ", ".join(f"h{h}={value:.4g}" for h, value in values.items() if value is not None)
-            for name, values in result["at_horizon"]["open_loop"].items()
-        ]
+        baseline = result["at_horizon"].get("repeat_last_frame", {})
+        parts = []
+        for name, values in result["at_horizon"]["open_loop"].items():
+            text = ", ".join(f"h{h}={value:.4g}" for h, value in values.items() if value is not None)
+            if name in baseline and name.endswith("moving_mse"):
+                text += " (repeat last frame: " + ", ".join(f"h{h}={value:.4g}" for h, value in baseline[name].items() if value is not None) + ")"
+            parts.append(f"{name}: {text}")
         return "; ".join(parts) or "; ".join(result["notes"])
     if suite == "calibration":
         if not result.get("calibratable"):
