@@ -90,3 +90,13 @@ def test_a_time_limited_run_with_slow_evaluations_ends_within_its_limit(tmp_path
     # The final evaluation fits inside the limit (training stopped early by its last duration).
     assert summary["wall_seconds"] <= limit + 0.3
     assert estimates and all(left is not None and elapsed + left <= limit + 1e-6 for elapsed, left in estimates)
+
+
+def test_train_help_shows_the_named_algorithm_and_its_config(capsys):
+    from wmlab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--algo", "planet", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: planet)" in text and "(default: dyna-q)" not in text
+    assert "--agent.planner.candidates" in text

@@ -88,8 +88,9 @@ def _option_value(argv: list[str], name: str) -> str | None:
     return None
 
 
-def _train_command_class(agent_config: type) -> type:
-    """A dataclass for tyro: the run's identity plus the loop's and the algorithm's configs."""
+def _train_command_class(agent_config: type, algorithm: str = DEFAULT_ALGORITHM) -> type:
+    """A dataclass for tyro: the run's identity plus the loop's and the algorithm's configs
+    (`algorithm` is the --algo default shown by --help, the one whose config it lists)."""
     from wmlab.train.config import TrainConfig
 
     def documented(kind, help_text):
@@ -98,7 +99,7 @@ def _train_command_class(agent_config: type) -> type:
     return dataclasses.make_dataclass(
         "TrainCommand",
         [
-            ("algo", documented(str, "Algorithm (wmlab list shows them)."), dataclasses.field(default=DEFAULT_ALGORITHM)),
+            ("algo", documented(str, "Algorithm (wmlab list shows them); the options below are this algorithm's."), dataclasses.field(default=algorithm)),
             ("env", documented(str, "Environment: a wmlab name, a gymnasium id, or my_package.module:EnvId-v0."), dataclasses.field(default=DEFAULT_ENV)),
             ("env_kwargs", documented(str, 'Environment options as JSON, e.g. \'{"observation": "pixels"}\'.'), dataclasses.field(default="{}")),
             ("run_dir", documented(Path | None, "Run directory (default runs/ALGO-ENV-seedSEED)."), dataclasses.field(default=None)),
@@ -120,7 +121,7 @@ def parse_train_arguments(argv: list[str]):
     resume_dir = _option_value(argv, "--resume")
     if resume_dir is not None:
         saved = load_run_spec(Path(resume_dir))
-        command_class = _train_command_class(ALGORITHMS.get(saved.algorithm).load_config())
+        command_class = _train_command_class(ALGORITHMS.get(saved.algorithm).load_config(), saved.algorithm)
         default = command_class(algo=saved.algorithm, env=saved.env, env_kwargs=json.dumps(saved.env_kwargs), run_dir=Path(resume_dir), resume=Path(resume_dir), train=saved.train, agent=saved.agent)
         parsed = tyro.cli(command_class, args=argv, default=default, prog="wmlab train")
         changed = {f"train.{name}" for name in differences(saved.train, parsed.train)}
@@ -133,7 +134,7 @@ def parse_train_arguments(argv: list[str]):
         return spec, Path(resume_dir), True, False
 
     algorithm = _option_value(argv, "--algo") or DEFAULT_ALGORITHM
-    command_class = _train_command_class(ALGORITHMS.get(algorithm).load_config())
+    command_class = _train_command_class(ALGORITHMS.get(algorithm).load_config(), algorithm)
     parsed = tyro.cli(command_class, args=argv, prog="wmlab train", description=f"Train {algorithm}. " + (ALGORITHMS.get(algorithm).description or ""))
     run_dir = parsed.run_dir or Path("runs") / f"{parsed.algo}-{parsed.env.replace(':', '-').replace('/', '-')}-seed{parsed.train.seed}"
     try:

@@ -427,4 +427,36 @@ def report_section(run_dir: str | Path) -> str | None:
     if not results:
         return None
     rows = [f"<tr><td>{html.escape(suite)}</td><td>{html.escape(suite_summary(suite, result))}</td></tr>" for suite, result in results.items()]
-    return "<table><tr><th>suite</th><th>result</th></tr>" + "".join(rows) + "</table>"
+    moving = moving_pixel_table(results["horizon"]) if "horizon" in results else ""
+    return "<table><tr><th>suite</th><th>result</th></tr>" + "".join(rows) + "</table>" + moving
+
+
+def moving_pixel_table(result: dict) -> str:
+    """HTML: the open-loop error over the moving pixels at each horizon beside the baseline that
+    repeats the last real frame, and the whole-frame error (empty when no image key was measured)."""
+    import html
+
+    at = result.get("at_horizon", {})
+    model, baseline = at.get("open_loop", {}), at.get("repeat_last_frame", {})
+    keys = [name.removesuffix("/moving_mse") for name in model if name.endswith("/moving_mse") and name in baseline]
+    if not keys:
+        return ""
+
+    def cell(value: float | None) -> str:
+        return "—" if value is None else f"{value:.4g}"
+
+    parts = []
+    for key in keys:
+        rows = []
+        for horizon in map(str, result["horizons"]):
+            imagined, repeated = model[f"{key}/moving_mse"].get(horizon), baseline[f"{key}/moving_mse"].get(horizon)
+            ratio = imagined / repeated if imagined is not None and repeated else None
+            whole, whole_repeated = model.get(f"{key}/mse", {}).get(horizon), baseline.get(f"{key}/mse", {}).get(horizon)
+            rows.append(f"<tr><td>{horizon}</td><td>{cell(imagined)}</td><td>{cell(repeated)}</td><td>{cell(ratio)}</td><td>{cell(whole)}</td><td>{cell(whole_repeated)}</td></tr>")
+        parts.append(
+            f"<h4>{html.escape(key)}: error over the pixels that move (those that differ from the last real context frame)</h4>"
+            "<table><tr><th>horizon</th><th>moving-pixel MSE, imagined</th><th>moving-pixel MSE, repeat last real frame</th>"
+            "<th>ratio (drawing the background alone scores about 0.5 once the moving object is clear of where it was)</th><th>whole-frame MSE, imagined</th><th>whole-frame MSE, repeat last frame</th></tr>"
+            + "".join(rows) + "</table>"
+        )
+    return "".join(parts)
