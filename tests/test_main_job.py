@@ -100,3 +100,45 @@ def test_train_help_shows_the_named_algorithm_and_its_config(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: planet)" in text and "(default: dyna-q)" not in text
     assert "--agent.planner.candidates" in text
+
+
+# --- the main job's command at a tiny budget ----------------------------------------------------
+
+
+def test_the_main_job_writes_every_report_section_within_its_time_limit(tmp_path, capsys, monkeypatch):
+    import json
+    import re
+
+    from wmlab.cli import main
+
+    from wmlab.train.progress import TrainingProgress
+
+    estimates = []
+    update = TrainingProgress.update
+
+    def recording_update(self, steps, elapsed, note=""):
+        estimates.append((elapsed, update(self, steps, elapsed, note), self.time_limit))
+        return estimates[-1][1]
+
+    monkeypatch.setattr(TrainingProgress, "update", recording_update)
+    run_dir = tmp_path / "main"
+    assert main(["pipeline", "main", "--run-dir", str(run_dir), "--quick", "--time-limit", "600", "--reserve", "300"]) == 0
+    printed = capsys.readouterr().out
+    assert "moving pixels at horizon 1" in printed and f"wmlab play {run_dir}" in printed
+    result = json.loads((run_dir / "main_job.json").read_text())
+    # The bar's estimate stays inside the training budget (the limit less the reserve).
+    assert estimates and all(limit == 300 and elapsed + left <= limit for elapsed, left, limit in estimates)
+    assert result["wall_seconds"] <= 300 and result["total_seconds"] <= 600
+    page = (run_dir / "report.html").read_text()
+    # The labelled open-loop dream, and how to read it.
+    assert (run_dir / "videos" / "open_loop_image.gif").is_file()
+    assert "columns real | imagined | error" in page and "imagines from the real actions" in page
+    # The evaluation curve (return and success, several evaluations) and the loss curves of the
+    # world model's terms and of the planner, one axes per metric.
+    match = re.search(r'data-metric="eval/return".*?<figcaption>([^<]*)</figcaption>', page, re.S)
+    assert match and "eval/success" in match.group(1) and "(4 evaluations)" in match.group(1)
+    assert re.findall(r'data-namespace="([^"]+)"', page)[:4] == ["eval", "train", "loss", "plan"]
+    assert "loss/image" in page and "loss/reward" in page and "plan/imagined_return" in page
+    # The moving-pixel error beside the repeat-the-last-frame baseline, and how to play.
+    assert "moving-pixel MSE, repeat last real frame" in page
+    assert f"wmlab play {run_dir}" in page

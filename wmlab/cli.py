@@ -42,7 +42,7 @@ commands:
   list     show every registered algorithm, model and environment
   envs     show the environment suites, their ids, spaces and install commands
   record   record episodes of any environment and policy to a dataset folder
-  pipeline run a multi-stage pipeline: world-models, jepa, jepa-vs-rssm, jepa-landscape (wmlab pipeline NAME --help)
+  pipeline run a multi-stage pipeline: main (make run's job), world-models, jepa, jepa-vs-rssm, jepa-landscape (wmlab pipeline NAME --help)
   bench    run a benchmark: dyna, envs, world-models-temperature, world-models-carracing, laptop
   study    run a study: horizon, counterfactual, occlusion (wmlab study NAME --help)
 """
@@ -315,6 +315,7 @@ PIPELINES = {
     "jepa": "wmlab.agents.jepa_planner.pipeline:jepa_command",
     "jepa-vs-rssm": "wmlab.agents.jepa_planner.pixels_comparison:comparison_command",
     "jepa-landscape": "wmlab.agents.jepa_planner.landscape:landscape_command",
+    "main": "wmlab.agents.planet.main_job:main_job_command",
 }
 
 

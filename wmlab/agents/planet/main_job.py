@@ -1,0 +1,169 @@
+"""The main job of `make run`: a PlaNet world model learns two-rooms from 64 x 64 pixels and an
+agent plans in it, in a few minutes on a 2-core laptop CPU.
+
+    wmlab pipeline main --run-dir runs/main --time-limit 540
+
+One ordinary run directory, in three stages within one wall-clock budget:
+
+1. train (`wmlab train --algo planet` with the settings below): random exploration first, then
+   the RSSM learns from replay while CEM plans in its latent space at every step (PlaNet,
+   arXiv:1811.04551); the greedy planner is evaluated every `eval_every` steps;
+2. measure the world model (`wmlab eval RUN_DIR --suite horizon`): open-loop error against horizon
+   over the pixels that move, beside the baseline that repeats the last real frame;
+3. the report (`wmlab report RUN_DIR`): the labelled open-loop dream, the evaluation curve, the
+   loss curves of the world model's terms and the planner, the moving-pixel table.
+
+Why these choices (measured in docs/benchmarks.md, "The main job"): the task is two-rooms with the
+goal in the agent's room and the dense reward, so a planner over a few steps of the learned
+reward reaches it; the agent disc is drawn larger (radius 0.05 of the arena, about 6 pixels
+across) so that the dream can show it; the RSSM is PlaNet's Gaussian one at a width a laptop
+updates in a fraction of a second; the reward loss is weighted up because the dense reward moves
+by at most 0.05 a step, which the image loss (summed over 12288 pixel values) would drown; one
+torch thread, because a second thread stalls whenever another program holds a core.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from wmlab.agents.planet.config import PLANET_MODEL, PlaNetConfig
+from wmlab.models.rssm import RSSMLossScales
+from wmlab.planners.cem import CEMConfig
+from wmlab.train.config import TrainConfig
+
+#: The task: two-rooms from pixels, the goal in the agent's room, the dense reward.
+MAIN_ENV = "two-rooms"
+MAIN_ENV_KWARGS = {"reward": "dense", "goal_in_other_room": False, "max_episode_steps": 50, "agent_radius": 0.05}
+
+#: PlaNet's RSSM (Gaussian latent of 30, free nats 3) at laptop width, with the reward weighted up.
+MAIN_MODEL = replace(
+    PLANET_MODEL,
+    deterministic_size=128,
+    hidden_size=128,
+    units=128,
+    cnn_depth=8,
+    loss_scales=replace(PLANET_MODEL.loss_scales, reward=100.0),
+)
+
+#: CEM over 6 steps of the learned dense reward: the goal is in the same room, so a short plan
+#: that keeps closing the distance reaches it.
+MAIN_PLANNER = CEMConfig(horizon=6, iterations=3, candidates=100, elites=10)
+
+MAIN_AGENT = PlaNetConfig(model=MAIN_MODEL, planner=MAIN_PLANNER, random_steps=2000, exploration_noise=0.3)
+
+MAIN_TRAIN = TrainConfig(
+    steps=3500,
+    learning_starts=1000,
+    train_ratio=128.0,  # one update per 2 environment steps (B x T = 16 x 16 replayed steps each)
+    batch_size=16,
+    sequence_length=16,
+    eval_every=500,
+    eval_episodes=10,
+    checkpoint_every=1000,
+    log_every=100,
+    threads=1,
+)
+
+
+@dataclass(frozen=True)
+class MainJobArguments:
+    """`make run`'s job: PlaNet learns two-rooms from pixels, then its world model is measured and
+    the report written, all within `time_limit` seconds of wall-clock."""
+
+    run_dir: Path = Path("runs/main")
+    """Run directory (replaced if it holds a run)."""
+    time_limit: float = 540.0
+    """Wall-clock budget in seconds for training, the world-model measurement and the report."""
+    steps: int = MAIN_TRAIN.steps
+    """Environment steps, if the time limit does not end training first."""
+    threads: int = 1
+    """Torch CPU threads (1: see docs/benchmarks.md, threads against a busy core)."""
+    seed: int = 0
+    """Seed of the environments, the model and the planner."""
+    progress: bool = True
+    """Show the training progress bar."""
+    reserve: float = 40.0
+    """Seconds of the budget kept for the world-model measurement and the report after training."""
+    quick: bool = False
+    """A smoke run in seconds (tiny model, planner and budget) that writes every part of the run
+    directory and report; it learns nothing."""
+
+
+#: --quick: the same stages at a size that runs in seconds (tests).
+QUICK_AGENT = replace(
+    MAIN_AGENT,
+    model=replace(MAIN_MODEL, deterministic_size=16, hidden_size=16, units=16, stochastic_size=4, cnn_depth=2),
+    planner=CEMConfig(horizon=2, iterations=1, candidates=8, elites=2),
+    random_steps=60,
+)
+QUICK_TRAIN = replace(MAIN_TRAIN, steps=160, learning_starts=40, train_ratio=16.0, batch_size=4, sequence_length=8, eval_every=50, eval_episodes=1, checkpoint_every=80, log_every=20)
+
+
+def main_job_spec(arguments: MainJobArguments):
+    from wmlab.train.loop import RunSpec
+
+    train = replace(
+        QUICK_TRAIN if arguments.quick else MAIN_TRAIN,
+        steps=QUICK_TRAIN.steps if arguments.quick else arguments.steps,
+        seed=arguments.seed,
+        threads=arguments.threads,
+        progress=arguments.progress,
+        time_limit=max(arguments.time_limit - arguments.reserve, 1.0),
+    )
+    return RunSpec(algorithm="planet", env=MAIN_ENV, env_kwargs=dict(MAIN_ENV_KWARGS), train=train, agent=QUICK_AGENT if arguments.quick else MAIN_AGENT)
+
+
+def main_job(arguments: MainJobArguments) -> dict:
+    """Train, measure, report; returns the summary (also written to RUN_DIR/main_job.json)."""
+    from wmlab.eval.suites import SuiteSettings, report_section, run_suites, suite_summary
+    from wmlab.report.html import build_report, register_section
+    from wmlab.train.loop import Trainer
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    spec = main_job_spec(arguments)
+    summary = Trainer(spec, arguments.run_dir, force=True).run()
+    trained = time.perf_counter() - started
+    settings = SuiteSettings(sequences=4 if arguments.quick else 16, context=5, horizon=20, seed=arguments.seed)
+    horizon = run_suites(arguments.run_dir, ["horizon"], settings)["horizon"]
+    register_section("World-model evaluation", report_section)
+    report = build_report(arguments.run_dir)
+    at = horizon["at_horizon"]
+    result = {
+        **summary,
+        "training_seconds": round(trained, 1),
+        "total_seconds": round(time.perf_counter() - started, 1),
+        # CPU seconds of this process: with one thread, about the wall time on an unloaded core.
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
+        "moving_mse": at["open_loop"].get("image/moving_mse", {}),
+        "moving_mse_repeat_last_frame": at["repeat_last_frame"].get("image/moving_mse", {}),
+        "horizon_summary": suite_summary("horizon", horizon),
+        "report": str(report),
+    }
+    (Path(arguments.run_dir) / "main_job.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main_job_command(argv: list[str]) -> int:
+    """`wmlab pipeline main [--run-dir runs/main] [--time-limit 540] [--threads 1]`"""
+    import tyro
+
+    arguments = tyro.cli(MainJobArguments, args=argv, prog="wmlab pipeline main")
+    result = main_job(arguments)
+    moving, baseline = result["moving_mse"], result["moving_mse_repeat_last_frame"]
+    lines = [
+        f"environment steps {result['env_steps']}, updates {result['updates']}, "
+        f"{result['total_seconds']:.0f} s in all ({result['training_seconds']:.0f} s training, {result['cpu_seconds']:.0f} CPU s)",
+        f"greedy planner: success {result.get('eval/success', float('nan')):.0%}, return {result.get('eval/return', float('nan')):.3f}",
+    ]
+    for horizon in ("1", "10"):
+        if moving.get(horizon) is not None and baseline.get(horizon):
+            lines.append(
+                f"open-loop error over the moving pixels at horizon {horizon}: {moving[horizon]:.4f} "
+                f"(repeat the last real frame: {baseline[horizon]:.4f}, ratio {moving[horizon] / baseline[horizon]:.2f})"
+            )
+    lines += [f"report: {result['report']}", f"play inside the model: wmlab play {arguments.run_dir}"]
+    print("\n".join(lines))
+    return 0
