@@ -36,7 +36,15 @@ from wmlab.train.config import TrainConfig
 
 #: The task: two-rooms from pixels, the goal in the agent's room, the dense reward.
 MAIN_ENV = "two-rooms"
-MAIN_ENV_KWARGS = {"reward": "dense", "goal_in_other_room": False, "max_episode_steps": 50, "agent_radius": 0.05}
+MAIN_ENV_KWARGS = {
+    "reward": "dense",
+    "goal_in_other_room": False,
+    "max_episode_steps": 50,
+    "image_size": 32,
+    "agent_radius": 0.06,
+    "goal_radius": 0.08,
+    "door_y_range": [0.5, 0.5],
+}
 
 #: PlaNet's RSSM (Gaussian latent of 30, free nats 3) at laptop width, with the reward weighted up.
 MAIN_MODEL = replace(
@@ -44,7 +52,8 @@ MAIN_MODEL = replace(
     deterministic_size=128,
     hidden_size=128,
     units=128,
-    cnn_depth=8,
+    cnn_depth=16,
+    cnn_multipliers=(1, 2, 4),  # three stride-2 stages take 32 x 32 to 4 x 4
     loss_scales=replace(PLANET_MODEL.loss_scales, reward=100.0),
 )
 
@@ -52,15 +61,15 @@ MAIN_MODEL = replace(
 #: that keeps closing the distance reaches it.
 MAIN_PLANNER = CEMConfig(horizon=6, iterations=3, candidates=100, elites=10)
 
-MAIN_AGENT = PlaNetConfig(model=MAIN_MODEL, planner=MAIN_PLANNER, random_steps=2000, exploration_noise=0.3)
+MAIN_AGENT = PlaNetConfig(model=MAIN_MODEL, planner=MAIN_PLANNER, random_steps=1500, exploration_noise=0.3)
 
 MAIN_TRAIN = TrainConfig(
-    steps=3500,
-    learning_starts=1000,
-    train_ratio=128.0,  # one update per 2 environment steps (B x T = 16 x 16 replayed steps each)
+    steps=3000,
+    learning_starts=500,
+    train_ratio=256.0,  # one update per environment step (B x T = 16 x 16 replayed steps each)
     batch_size=16,
     sequence_length=16,
-    eval_every=500,
+    eval_every=600,
     eval_episodes=10,
     checkpoint_every=1000,
     log_every=100,
