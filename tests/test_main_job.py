@@ -110,7 +110,6 @@ def test_the_main_job_writes_every_report_section_within_its_time_limit(tmp_path
     import re
 
     from wmlab.cli import main
-
     from wmlab.train.progress import TrainingProgress
 
     estimates = []
@@ -135,7 +134,7 @@ def test_the_main_job_writes_every_report_section_within_its_time_limit(tmp_path
     assert "columns real | imagined | error" in page and "imagines from the real actions" in page
     # The evaluation curve (return and success, several evaluations) and the loss curves of the
     # world model's terms and of the planner, one axes per metric.
-    match = re.search(r'data-metric="eval/return".*?<figcaption>([^<]*)</figcaption>', page, re.S)
+    match = re.search(r'data-metric="eval/return".*?<figcaption>([^<]*)</figcaption>', page, re.DOTALL)
     assert match and "eval/success" in match.group(1) and "(4 evaluations)" in match.group(1)
     assert re.findall(r'data-namespace="([^"]+)"', page)[:4] == ["eval", "train", "loss", "plan"]
     assert "loss/image" in page and "loss/reward" in page and "plan/imagined_return" in page
