@@ -46,7 +46,7 @@ commands:
   envs     show the environment suites, their ids, spaces and install commands
   generate write an MP4 of a world model's generated frames (wmlab generate RUN_DIR --steps N)
   record   record episodes of any environment and policy to a dataset folder
-  pipeline run a multi-stage pipeline: world-models, jepa, jepa-vs-rssm, jepa-landscape (wmlab pipeline NAME --help)
+  pipeline run a multi-stage pipeline: main (make run's job), world-models, jepa, jepa-vs-rssm, jepa-landscape (wmlab pipeline NAME --help)
   bench    run a benchmark: dyna, envs, world-models-temperature, world-models-carracing, laptop, play
   study    run a study: horizon, counterfactual, occlusion (wmlab study NAME --help)
 """
@@ -94,8 +94,9 @@ def _confirm_named_environment(argv: list[str]) -> None:
         confirm_environment(named)
 
 
-def _train_command_class(agent_config: type) -> type:
-    """A dataclass for tyro: the run's identity plus the loop's and the algorithm's configs."""
+def _train_command_class(agent_config: type, algorithm: str = DEFAULT_ALGORITHM) -> type:
+    """A dataclass for tyro: the run's identity plus the loop's and the algorithm's configs
+    (`algorithm` is the --algo default shown by --help, the one whose config it lists)."""
     from wmlab.runs.config import TrainConfig
 
     def documented(kind, help_text):
@@ -104,7 +105,7 @@ def _train_command_class(agent_config: type) -> type:
     return dataclasses.make_dataclass(
         "TrainCommand",
         [
-            ("algo", documented(str, "Algorithm (wmlab list shows them)."), dataclasses.field(default=DEFAULT_ALGORITHM)),
+            ("algo", documented(str, "Algorithm (wmlab list shows them); the options below are this algorithm's."), dataclasses.field(default=algorithm)),
             ("env", documented(str, "Environment: a wmlab name, a gymnasium id, or my_package.module:EnvId-v0."), dataclasses.field(default=DEFAULT_ENV)),
             ("env_kwargs", documented(str, 'Environment options as JSON, e.g. \'{"observation": "pixels"}\'.'), dataclasses.field(default="{}")),
             ("run_dir", documented(Path | None, "Run directory (default runs/ALGO-ENV-seedSEED)."), dataclasses.field(default=None)),
@@ -127,7 +128,7 @@ def parse_train_arguments(argv: list[str]):
     if resume_dir is not None:
         _confirm_named_environment(argv)
         saved = load_run_spec(Path(resume_dir))
-        command_class = _train_command_class(ALGORITHMS.get(saved.algorithm).load_config())
+        command_class = _train_command_class(ALGORITHMS.get(saved.algorithm).load_config(), saved.algorithm)
         default = command_class(algo=saved.algorithm, env=saved.env, env_kwargs=json.dumps(saved.env_kwargs), run_dir=Path(resume_dir), resume=Path(resume_dir), train=saved.train, agent=saved.agent)
         parsed = tyro.cli(command_class, args=argv, default=default, prog="wmlab train")
         changed = {f"train.{name}" for name in differences(saved.train, parsed.train)}
@@ -140,7 +141,7 @@ def parse_train_arguments(argv: list[str]):
         return spec, Path(resume_dir), True, False
 
     algorithm = option_value(argv, "--algo") or DEFAULT_ALGORITHM
-    command_class = _train_command_class(ALGORITHMS.get(algorithm).load_config())
+    command_class = _train_command_class(ALGORITHMS.get(algorithm).load_config(), algorithm)
     parsed = tyro.cli(command_class, args=argv, prog="wmlab train", description=f"Train {algorithm}. " + (ALGORITHMS.get(algorithm).description or ""))
     run_dir = parsed.run_dir or Path("runs") / f"{parsed.algo}-{parsed.env.replace(':', '-').replace('/', '-')}-seed{parsed.train.seed}"
     try:
@@ -343,6 +344,7 @@ PIPELINES = {
     "jepa": "wmlab.agents.jepa_planner.pipeline:jepa_command",
     "jepa-vs-rssm": "wmlab.agents.jepa_planner.pixels_comparison:comparison_command",
     "jepa-landscape": "wmlab.agents.jepa_planner.landscape:landscape_command",
+    "main": "wmlab.agents.planet.main_job:main_job_command",
 }
 
 

@@ -2,8 +2,9 @@
 
 From a few real context steps the model filters a state, then imagines the rest of the window with
 the real actions and no observations (the prior alone), as in the Dreamer papers' open-loop
-videos. For every image key a GIF shows, per sequence, real | predicted | error side by side
-(error = (predicted - real + 1) / 2, so grey means exact); the reward figure overlays the rewards
+videos. For every image key a GIF shows, per sequence, real | imagined | error side by side
+(error = (predicted - real + 1) / 2, so grey means exact) under a header naming the columns and
+saying, per frame, whether the model still sees real frames or imagines; the reward figure overlays the rewards
 the model predicts (filtered over the context, imagined after it) on the real ones.
 
     RUN_DIR/videos/open_loop_<key>.gif
@@ -56,6 +57,44 @@ def video_frames(real: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return (frames.clip(0, 1) * 255).round().astype(np.uint8)
 
 
+# Colours of the status line: the context (the model filters real frames) and the open loop.
+CONTEXT_RGB = (80, 150, 255)
+IMAGINED_RGB = (255, 150, 40)
+
+
+def labelled_video_frames(real: np.ndarray, predicted: np.ndarray, context: int, scale: int = 2) -> np.ndarray:
+    """`video_frames` enlarged `scale` times under a header that names the columns (real |
+    imagined | error) and says, per frame, the step and whether the model still sees real frames
+    (context: it reconstructs them) or imagines (open loop, from step `context` on): uint8
+    (T, header + B * H * scale, 3 * W * scale, 3). Single-channel frames are shown in grey."""
+    from PIL import Image, ImageDraw
+
+    frames = video_frames(real, predicted)
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    frames = frames[..., :3].repeat(scale, axis=1).repeat(scale, axis=2)
+    T, height, width = frames.shape[:3]
+    column = width // 3
+    header = 30
+    labelled = []
+    for step in range(T):
+        canvas = Image.new("RGB", (width, header + height), (255, 255, 255))
+        canvas.paste(Image.fromarray(frames[step]), (0, header))
+        draw = ImageDraw.Draw(canvas)
+        for index, name in enumerate(("real", "imagined", "error")):
+            draw.text((index * column + 4, 2), name, fill=(0, 0, 0))
+        if step < context:
+            status, colour = f"step {step}: context, the model sees real frames", CONTEXT_RGB
+        else:
+            status, colour = f"step {step}: imagined ({step - context + 1} without real frames)", IMAGINED_RGB
+        draw.rectangle((0, 15, width, header - 2), fill=colour)
+        draw.text((4, 16), status, fill=(0, 0, 0))
+        if step >= context:  # a frame around the imagined column
+            draw.rectangle((column, header, 2 * column - 1, header + height - 1), outline=IMAGINED_RGB, width=2)
+        labelled.append(np.asarray(canvas))
+    return np.stack(labelled)
+
+
 def write_open_loop_report(model: Any, replay: Any, run_dir: str | Path, sequences: int = 4, length: int = 50, context: int = 5) -> list[Path]:
     """Sample `sequences` windows from `replay` and write the GIFs and figure; returns the paths.
     Nothing is written when the replay holds fewer than context + 1 steps."""
@@ -74,7 +113,7 @@ def write_open_loop_report(model: Any, replay: Any, run_dir: str | Path, sequenc
 
             path = run_dir / "videos" / f"open_loop_{key}.gif"
             path.parent.mkdir(parents=True, exist_ok=True)
-            imageio.mimsave(path, list(video_frames(real, predicted)), duration=0.1, loop=0)
+            imageio.mimsave(path, list(labelled_video_frames(real, predicted, context)), duration=0.15, loop=0)
             written.append(path)
             errors[key] = ((predicted - real.astype(np.float32) / 255.0) ** 2).mean(axis=(0, 2, 3, 4)).tolist()
         else:

@@ -289,6 +289,9 @@ def _draw_horizon(plt, results):
             filtered = result["filtering"].get(name)
             if filtered is not None:
                 axis.plot(steps, np.array(filtered, dtype=float), color=color, linestyle="--", label=f"{_label(result)} filtering")
+            repeated = result.get("repeat_last_frame", {}).get(name)
+            if repeated is not None:
+                axis.plot(steps, np.array(repeated, dtype=float), color=color, linestyle=":", label=f"{_label(result)} repeat last frame")
         axis.set_xlabel("horizon (steps after the context)")
         axis.set_title(name)
         if name.endswith("mse"):
@@ -383,10 +386,13 @@ def _draw_controllability(plt, results):
 def suite_summary(suite: str, result: dict) -> str:
     """A suite's headline numbers in one line (the terminal and the report); the JSON holds the rest."""
     if suite == "horizon":
-        parts = [
-            f"{name}: " + ", ".join(f"h{h}={value:.4g}" for h, value in values.items() if value is not None)
-            for name, values in result["at_horizon"]["open_loop"].items()
-        ]
+        baseline = result["at_horizon"].get("repeat_last_frame", {})
+        parts = []
+        for name, values in result["at_horizon"]["open_loop"].items():
+            text = ", ".join(f"h{h}={value:.4g}" for h, value in values.items() if value is not None)
+            if name in baseline and name.endswith("moving_mse"):
+                text += " (repeat last frame: " + ", ".join(f"h{h}={value:.4g}" for h, value in baseline[name].items() if value is not None) + ")"
+            parts.append(f"{name}: {text}")
         return "; ".join(parts) or "; ".join(result["notes"])
     if suite == "calibration":
         if not result.get("calibratable"):
@@ -432,4 +438,36 @@ def report_section(run_dir: str | Path) -> str | None:
     if not results:
         return None
     rows = [f"<tr><td>{html.escape(suite)}</td><td>{html.escape(suite_summary(suite, result))}</td></tr>" for suite, result in results.items()]
-    return "<table><tr><th>suite</th><th>result</th></tr>" + "".join(rows) + "</table>"
+    moving = moving_pixel_table(results["horizon"]) if "horizon" in results else ""
+    return "<table><tr><th>suite</th><th>result</th></tr>" + "".join(rows) + "</table>" + moving
+
+
+def moving_pixel_table(result: dict) -> str:
+    """HTML: the open-loop error over the moving pixels at each horizon beside the baseline that
+    repeats the last real frame, and the whole-frame error (empty when no image key was measured)."""
+    import html
+
+    at = result.get("at_horizon", {})
+    model, baseline = at.get("open_loop", {}), at.get("repeat_last_frame", {})
+    keys = [name.removesuffix("/moving_mse") for name in model if name.endswith("/moving_mse") and name in baseline]
+    if not keys:
+        return ""
+
+    def cell(value: float | None) -> str:
+        return "—" if value is None else f"{value:.4g}"
+
+    parts = []
+    for key in keys:
+        rows = []
+        for horizon in map(str, result["horizons"]):
+            imagined, repeated = model[f"{key}/moving_mse"].get(horizon), baseline[f"{key}/moving_mse"].get(horizon)
+            ratio = imagined / repeated if imagined is not None and repeated else None
+            whole, whole_repeated = model.get(f"{key}/mse", {}).get(horizon), baseline.get(f"{key}/mse", {}).get(horizon)
+            rows.append(f"<tr><td>{horizon}</td><td>{cell(imagined)}</td><td>{cell(repeated)}</td><td>{cell(ratio)}</td><td>{cell(whole)}</td><td>{cell(whole_repeated)}</td></tr>")
+        parts.append(
+            f"<h4>{html.escape(key)}: error over the pixels that move (those that differ from the last real context frame)</h4>"
+            "<table><tr><th>horizon</th><th>moving-pixel MSE, imagined</th><th>moving-pixel MSE, repeat last real frame</th>"
+            "<th>ratio (drawing the background alone scores about 0.5 once the moving object is clear of where it was)</th><th>whole-frame MSE, imagined</th><th>whole-frame MSE, repeat last frame</th></tr>"
+            + "".join(rows) + "</table>"
+        )
+    return "".join(parts)

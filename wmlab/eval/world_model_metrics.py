@@ -251,6 +251,38 @@ def observation_errors(real: Any, predicted: Any) -> dict[str, np.ndarray]:
     return {name: value.double().numpy() for name, value in errors.items()}
 
 
+def moving_pixel_errors(real: Any, predicted: Any, reference: Any) -> dict[str, np.ndarray]:
+    """Squared error over the pixels that move, per step: real and predicted (B, L, H, W, C),
+    reference (B, H, W, C) the last real frame the model saw -> {"moving_mse": (L,),
+    "moving_mse_repeat_last": (L,), "moving_fraction": (L,)}.
+
+    A pixel moves at step l when the real frame there differs from the reference in any channel.
+    On a task whose static background fills most of the frame (two-rooms: walls, floor, goal), the
+    whole-frame error is small for any model that draws the background; over the moving pixels it
+    is not. Errors are pooled over the batch (squared error summed over the moving pixels of every
+    sequence, over their count), in [0, 1] units; a step where nothing moves is NaN. The baseline
+    `moving_mse_repeat_last` predicts the reference frame at every step (a model that draws only
+    the background, without the agent, scores about half of it when the agent is a disc that moved
+    clear of where it was)."""
+    truth = as_unit_float(real, True)  # (B, L, H, W, C)
+    guess = as_unit_float(predicted, True)
+    last = as_unit_float(reference, True)[:, None]  # (B, 1, H, W, C)
+    if truth.shape != guess.shape or last.shape[2:] != truth.shape[2:]:
+        raise ValueError(f"moving-pixel error: real {tuple(truth.shape)}, predicted {tuple(guess.shape)} and reference {tuple(last.shape)} do not match")
+    moving = (truth != last).any(-1)  # (B, L, H, W)
+    count = moving.sum((0, 2, 3)).double() * truth.shape[-1]  # moving values per step (L,)
+
+    def pooled(prediction: torch.Tensor) -> torch.Tensor:
+        squared = (truth - prediction).pow(2).sum(-1) * moving  # (B, L, H, W)
+        return squared.sum((0, 2, 3)).double() / count  # NaN where nothing moves
+
+    return {
+        "moving_mse": pooled(guess).numpy(),
+        "moving_mse_repeat_last": pooled(last.expand_as(truth)).numpy(),
+        "moving_fraction": (moving.double().mean((0, 2, 3))).numpy(),
+    }
+
+
 # ----------------------------------------------------------------------------------------------
 # Rolling a model along real data
 
@@ -320,6 +352,12 @@ def horizon_errors(model: Any, batch: Batch, context: int = 5, horizons: Sequenc
     `latent/normalised_mse` (squared distance over the posterior latents' variance across the
     batch at that step; 1 for predicting their mean). "filtering" holds the
     same observation metrics for the posterior's reconstruction of the same steps.
+
+    For image keys, `<key>/moving_mse` is the open-loop error over the pixels that move in the
+    real clip (those that differ from the last context frame; `moving_pixel_errors`), and
+    "repeat_last_frame" holds the baseline that predicts the last context frame at every step
+    (`<key>/moving_mse`, `<key>/mse`); "moving_fraction" gives, per image key, the share of
+    pixels that move at each step.
     """
     B, T, L = window_parts(batch, context)
     with common_random_numbers(model, seed):
@@ -329,6 +367,8 @@ def horizon_errors(model: Any, batch: Batch, context: int = 5, horizons: Sequenc
     future_posteriors = state_time_slice(posteriors, context)
     open_loop: dict[str, list] = {}
     filtering: dict[str, list] = {}
+    baseline: dict[str, list] = {}  # "repeat the last real frame", for the image keys
+    moving_fraction: dict[str, list] = {}
     notes: list[str] = []
 
     imagined = decode_states(model, trajectory.states)
@@ -342,6 +382,12 @@ def horizon_errors(model: Any, batch: Batch, context: int = 5, horizons: Sequenc
                 open_loop[f"{key}/{name}"] = _clean(values)
             for name, values in observation_errors(real, reconstructed[key]).items():
                 filtering[f"{key}/{name}"] = _clean(values)
+            if is_image(real):
+                moving = moving_pixel_errors(real, imagined[key], np.asarray(batch.obs[key])[:, context - 1])
+                open_loop[f"{key}/moving_mse"] = _clean(moving["moving_mse"])
+                baseline[f"{key}/moving_mse"] = _clean(moving["moving_mse_repeat_last"])
+                baseline[f"{key}/mse"] = _clean(observation_errors(real, np.repeat(np.asarray(batch.obs[key])[:, context - 1 : context], L, 1))["mse"])
+                moving_fraction[key] = _clean(moving["moving_fraction"])
 
     predicted_latent = model_latent(model, trajectory.states, leading=2)
     posterior_latent = model_latent(model, future_posteriors, leading=2)
@@ -368,7 +414,9 @@ def horizon_errors(model: Any, batch: Batch, context: int = 5, horizons: Sequenc
         "horizons": chosen,
         "open_loop": open_loop,
         "filtering": filtering,
-        "at_horizon": {"open_loop": at_horizons(open_loop, chosen), "filtering": at_horizons(filtering, chosen)},
+        "repeat_last_frame": baseline,
+        "moving_fraction": moving_fraction,
+        "at_horizon": {"open_loop": at_horizons(open_loop, chosen), "filtering": at_horizons(filtering, chosen), "repeat_last_frame": at_horizons(baseline, chosen)},
         "notes": notes,
     }
 

@@ -10,8 +10,9 @@ What a run directory may hold (each part is optional):
 - `config.json`       the run's settings, shown as a table with nested keys joined by dots;
 - `summary.json`      headline numbers, shown at the top;
 - `metrics.jsonl`     one JSON object per line, {"step": ..., "time": ..., "<namespace>/<name>": x},
-                      drawn as one learning-curve figure per namespace ("eval/return" gets its own,
-                      larger figure first) and summarised in a table of last values;
+                      drawn as one learning-curve figure per namespace, one axes per metric
+                      ("eval/return" and "eval/success" get their own, larger figure first), and
+                      summarised in a table of last values;
 - `bench/*.json`      benchmark results: "tables", "figures" (paths relative to the run directory)
                       and "settings";
 - `figures/*.png`     any figure not already shown;
@@ -55,6 +56,8 @@ SectionFunction = Callable[[Path], "str | None"]
 
 REPORT_FILE = "report.html"
 HEADLINE_METRIC = "eval/return"
+# Drawn together at the top where logged (each on its own axes).
+HEADLINE_METRICS = (HEADLINE_METRIC, "eval/success")
 
 # A data URI is a third larger than its file, and browsers grow slow on pages of hundreds of
 # megabytes; a file above this size is named in the page instead of embedded.
@@ -392,6 +395,38 @@ def _plot(series: Mapping[str, Series], title: str, size: tuple[float, float]) -
     return buffer.getvalue()
 
 
+def _plot_panels(series: Mapping[str, Series], title: str, columns: int = 3, panel: tuple[float, float] = (3.4, 2.4)) -> bytes:
+    """Small multiples: one axes per metric against environment steps, as PNG bytes. The terms of
+    one namespace differ in scale (an image loss in the thousands beside a KL near one), so each
+    gets its own y axis rather than one squashing the others."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    count = len(series)
+    columns = max(1, min(columns, count))
+    rows = math.ceil(count / columns)
+    figure = Figure(figsize=(panel[0] * columns, panel[1] * rows + 0.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes_grid = figure.subplots(rows, columns, squeeze=False)
+    for index, (name, metric) in enumerate(series.items()):
+        axes = axes_grid[index // columns][index % columns]
+        marker = "o" if len(metric.values) <= 40 else None
+        axes.plot(metric.steps, metric.values, marker=marker, markersize=3, linewidth=1.3, color=f"C{index % 10}")
+        axes.set_title(name, fontsize=9)
+        axes.xaxis.set_major_formatter(EngFormatter(sep=""))
+        axes.tick_params(labelsize=7)
+        axes.grid(alpha=0.3)
+        if _spans_decades(metric.values):
+            axes.set_yscale("log")
+    for index in range(count, rows * columns):
+        axes_grid[index // columns][index % columns].set_visible(False)
+    figure.suptitle(f"{title} (x: environment steps)", fontsize=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
 def _spans_decades(values: list[float], decades: float = 3.0) -> bool:
     """Whether positive values range so widely (losses falling from 1e3 to 1e-1, say, or terms
     of different scale sharing an axes) that a linear axis would flatten all but the largest."""
@@ -441,21 +476,24 @@ def _curves_sections(context: _Context) -> tuple[str, str, str]:
         return "", "", ""
 
     headline = ""
+    shown = [name for name in HEADLINE_METRICS if name in metrics.series]
     if HEADLINE_METRIC in metrics.series:
-        image = _plot(
-            {HEADLINE_METRIC: metrics.series[HEADLINE_METRIC]}, "evaluation return", (9, 4.2)
-        )
+        if len(shown) == 1:
+            image = _plot({HEADLINE_METRIC: metrics.series[HEADLINE_METRIC]}, "evaluation return", (9, 4.2))
+        else:  # return and success rate: two scales, two axes
+            image = _plot_panels({name: metrics.series[name] for name in shown}, "evaluation of the greedy agent", columns=2, panel=(4.6, 3.2))
+        points = len(metrics.series[HEADLINE_METRIC].values)
         attributes = f' class="headline" data-metric="{HEADLINE_METRIC}"'
-        headline = _figure(image, "image/png", HEADLINE_METRIC, attributes)
+        headline = _figure(image, "image/png", f"{', '.join(shown)} ({points} evaluations)", attributes)
 
     figures = []
     for namespace, group in metrics.namespaces().items():
         # The headline figure already shows the return; drawing it again beside evaluation
         # metrics of another scale would only squash them.
-        group = {name: series for name, series in group.items() if name != HEADLINE_METRIC}
+        group = {name: series for name, series in group.items() if name not in shown}
         if not group:
             continue
-        image = _plot(group, f"{namespace}/", (7.5, 3.4))
+        image = _plot_panels(group, f"{namespace}/")
         attributes = f' class="curve" data-namespace="{_escape(namespace)}"'
         figures.append(_figure(image, "image/png", f"{namespace}/", attributes))
     progress = f"{metrics.records} record(s)"
@@ -565,7 +603,7 @@ def _videos_section(context: _Context) -> str:
         if data is None:
             continue
         if suffix == ".gif":
-            parts.append(_figure(data, "image/gif", _caption(path), ' class="video"'))
+            parts.append(_figure(data, "image/gif", _video_caption(context, path), ' class="video"'))
         else:
             mime = VIDEO_TYPES[suffix]
             parts.append(
@@ -574,6 +612,27 @@ def _videos_section(context: _Context) -> str:
                 f"</video><figcaption>{_escape(_caption(path))}</figcaption></figure>"
             )
     return f'<div class="grid">{"".join(parts)}</div>' if parts else ""
+
+
+def _video_caption(context: _Context, path: Path) -> str:
+    """The open-loop dream videos say how to read them; other videos are named by their file."""
+    if not path.name.startswith("open_loop_"):
+        return _caption(path)
+    errors = context.read_json("figures/open_loop_error.json")
+    start = errors.get("context") if isinstance(errors, dict) else None
+    start = f"step {start}" if isinstance(start, int) else "the end of the context"
+    return (
+        f"open-loop dream ({path.stem.removeprefix('open_loop_')}): each row a real episode; "
+        f"columns real | imagined | error (grey = exact). The model sees the real frames up to "
+        f"{start}, then imagines from the real actions alone (blue line: context, orange: imagined)."
+    )
+
+
+def _play_line(run_dir: Path) -> str:
+    """How to play inside the run's world model, for runs with a checkpoint."""
+    if not (run_dir / "checkpoints").is_dir():
+        return ""
+    return f'<p class="play">Play inside this world model with the keyboard: <code>wmlab play {_escape(run_dir)}</code></p>'
 
 
 def _extra_section(run_dir: Path, name: str, function: SectionFunction) -> str:
@@ -702,6 +761,7 @@ def _page(
 <h1>{_escape(run_name)}</h1>
 {f'<p class="subtitle">{_escape(subtitle)}</p>' if subtitle else ''}
 <p class="muted">Generated {_escape(generated)} by wmlab report.</p>
+{_play_line(run_dir)}
 <nav>{' · '.join(navigation)}</nav>
 </header>
 {notes_html}
@@ -748,5 +808,7 @@ figure.curve img { width: 100%; }
 figure.headline img { width: 100%; max-width: 1000px; }
 figure.video img, figure.video video { image-rendering: pixelated; min-width: 160px; }
 figcaption { font-size: .85rem; color: #656d76; text-align: center; }
+figure.video figcaption { max-width: 420px; text-align: left; }
+code { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; background: #f6f8fa; padding: 0 .3rem; }
 details summary { cursor: pointer; color: #424a53; margin: .4rem 0; }
 """

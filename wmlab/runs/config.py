@@ -25,9 +25,10 @@ class TrainConfig(Config):
     sequence_length: int = 16
     """Steps per sampled sequence (T)."""
     time_limit: float = 0.0
-    """Stop after this many seconds of training wall-clock, summed over resumed sessions (0: no
-    limit): the run then ends as at `steps`, with a final evaluation and checkpoint. Checked after
-    every step (with several ranks, every `log_every` steps). A laptop budget is `--train.time-limit 7200`."""
+    """Wall-clock budget in seconds, summed over resumed sessions (0: no limit): training stops
+    early enough that the final evaluation and checkpoint fit in it (by what the last ones took),
+    and the run ends as at `steps`. Checked after every step (with several ranks, every
+    `log_every` steps). A laptop budget is `--train.time-limit 7200`."""
     learning_starts: int = 1_000
     """Environment steps collected before the first update."""
     replay_capacity: int = 1_000_000

@@ -45,6 +45,7 @@ from wmlab.eval.returns import episode_task, evaluate_agent, unbatch_action
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import COMPLETE_FILE, CONFIG_FILE, RunSpec, build_agent, resume_checkpoint
 from wmlab.train.logger import MetricsAverager, MetricsLogger
+from wmlab.train.progress import TrainingProgress
 
 @dataclass
 class Counters:
@@ -118,6 +119,7 @@ class Trainer:
             resume_step=self._global_steps() if resume else None,
         )
         self.averager = MetricsAverager()
+        self.durations: dict[str, float] = {}  # seconds the last evaluation and checkpoint took
 
     # ----------------------------------------------------------------------------------------
     # Run directory and checkpoints
@@ -324,6 +326,7 @@ class Trainer:
             self.counters.updates += 1
 
     def evaluate(self) -> dict[str, float]:
+        started = time.perf_counter()
         metrics = evaluate_agent(
             self.agent,
             self.spec.env,
@@ -336,6 +339,7 @@ class Trainer:
         self.counters.last_eval_step = self.counters.env_steps
         self.logger.write(self._global_steps(), self._elapsed(), metrics)
         kill_point("evaluation")
+        self.durations["evaluate"] = time.perf_counter() - started
         return metrics
 
     def _global_steps(self) -> int:
@@ -371,12 +375,13 @@ class Trainer:
         self._session_start = time.perf_counter()
         self._log_clock, self._steps_since_log = time.perf_counter(), 0
         last_eval: dict[str, float] = {}
-        with _progress_bar(config.progress and distributed.is_main_process(), total=config.steps, done=self._global_steps()) as advance:
+        bar = TrainingProgress(config.progress and distributed.is_main_process(), config.steps, config.time_limit, self._global_steps(), self._elapsed())
+        with bar:
             while self.counters.env_steps < target:
                 self.averager.add(self.collect_step())
                 self._steps_since_log += len(self.envs)
                 self.update()
-                advance(self._global_steps(), self.counters.recent_returns[-1] if self.counters.recent_returns else None)
+                bar.update(self._global_steps(), self._elapsed(), f"return {self.counters.recent_returns[-1]:.2f}" if self.counters.recent_returns else "")
                 if self.eval_every and self.counters.env_steps % self.eval_every < len(self.envs):
                     last_eval = self.evaluate()
                 at_log_step = self.counters.env_steps >= self.counters.next_log_step
@@ -393,6 +398,7 @@ class Trainer:
         self._checkpoint_now()
         if hasattr(self.agent, "on_run_end"):  # e.g. an RSSM's open-loop videos, after the last checkpoint
             self.agent.on_run_end(self.run_dir, self.replay)
+        self.counters.elapsed_seconds, self._session_start = self._elapsed(), time.perf_counter()  # the summary's wall time includes it
         summary = self._summary(last_eval)
         self.logger.close()
         for env in self.envs:
@@ -404,9 +410,17 @@ class Trainer:
         only at log steps, where they agree (any rank out of time stops all)."""
         if self.config.time_limit <= 0:
             return False
+        # Stop early by what the final evaluation and checkpoint took last time, so that the run
+        # ends within the limit rather than one evaluation after it.
+        out_of_time = self._elapsed() + self._seconds_to_finish() >= self.config.time_limit
         if self.world_size == 1:
-            return self._elapsed() >= self.config.time_limit
-        return at_log_step and distributed.any_rank(self._elapsed() >= self.config.time_limit)
+            return out_of_time
+        return at_log_step and distributed.any_rank(out_of_time)
+
+    def _seconds_to_finish(self) -> float:
+        """Seconds the end of the run will take (final evaluation and checkpoint), estimated by
+        their last durations (0 until measured; the agent's `on_run_end` is not counted)."""
+        return self.durations.get("evaluate", 0.0) + self.durations.get("checkpoint", 0.0)
 
     def _checkpoint_now(self) -> None:
         # The schedule advances before the counters are saved: a run resumed from this checkpoint
@@ -416,6 +430,7 @@ class Trainer:
         self.counters.elapsed_seconds = self._elapsed()
         self._session_start = time.perf_counter()
         self.save_checkpoint()
+        self.durations["checkpoint"] = time.perf_counter() - self._session_start
 
     def _summary(self, last_eval: dict[str, float]) -> dict[str, Any]:
         summary = {
@@ -432,37 +447,3 @@ class Trainer:
         if distributed.is_main_process():
             replace_durably(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         return summary
-
-
-class _progress_bar:
-    """A rich progress bar over environment steps (or nothing when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled, self.total, self.done = enabled, total, done
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda steps, last_return: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[last_return]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        self._progress.__enter__()
-        task = self._progress.add_task("train", total=self.total, completed=self.done, last_return="")
-
-        def advance(steps: int, last_return: float | None) -> None:
-            text = "" if last_return is None else f"return {last_return:.2f}"
-            self._progress.update(task, completed=steps, last_return=text)
-
-        return advance
-
-    def __exit__(self, *exc_info):
-        if self.enabled:
-            self._progress.__exit__(*exc_info)
-        return False

@@ -6,6 +6,7 @@ Shape legend: B environments (or batch), T time, N candidates, L horizon, A acti
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ class PlaNetAgent:
         self.optimizer = torch.optim.Adam(self.world_model.parameters(), lr=config.learning_rate, eps=config.adam_epsilon)
         self.planner = CEM(config.planner, generator=self.generator, device=self.device)
         self.steps = 0
+        self.plan_statistics: list[tuple[float, float]] = []  # (imagined return of the plan, its final std) per exploring plan
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"world_model": self.world_model}
@@ -65,7 +67,12 @@ class PlaNetAgent:
         if explore and self.steps < self.config.random_steps:
             actions = self.random_actions(B)
         else:
-            plans = [self.planner.plan(self.rollout, {name: value[row : row + 1] for name, value in latent.items()}, self.action_space) for row in range(B)]
+            plans = []
+            for row in range(B):
+                start = {name: value[row : row + 1] for name, value in latent.items()}
+                plans.append(self.planner.plan(self.rollout, start, self.action_space))
+                if explore:  # what the planner expects of its plan, logged with the next update
+                    self.plan_statistics.append((float(self.rollout(start, plans[-1][None].to(self.device))[0]), float(self.planner.distribution["std"].mean()) if "std" in self.planner.distribution else math.nan))
             actions = torch.stack([plan[0] for plan in plans]).cpu()
             if explore:
                 actions = self.add_noise(actions)
@@ -108,7 +115,9 @@ class PlaNetAgent:
         return {}
 
     def update(self, batch: Batch) -> dict[str, float]:
-        """One Adam step on the RSSM loss for B windows of T steps."""
+        """One Adam step on the RSSM loss for B windows of T steps; also reports the planner's
+        imagined return of its plans (`plan/imagined_return`) and the final CEM std (`plan/std`)
+        averaged over the plans made while exploring since the last update."""
         loss, metrics, _ = self.world_model.loss_and_posterior(batch.to_torch(self.device))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,7 +126,14 @@ class PlaNetAgent:
         metrics["wm/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.world_model.parameters(), max_norm)
         self.optimizer.step()
         names = list(metrics)
-        return dict(zip(names, torch.stack([metrics[name].float() for name in names]).tolist()))
+        values = dict(zip(names, torch.stack([metrics[name].float() for name in names]).tolist()))
+        if self.plan_statistics:
+            returns, spreads = np.array(self.plan_statistics).T
+            values["plan/imagined_return"] = float(returns.mean())
+            if np.isfinite(spreads).all():
+                values["plan/std"] = float(spreads.mean())
+            self.plan_statistics.clear()
+        return values
 
     def on_run_end(self, run_dir: str | Path, replay: Any) -> None:
         """Open-loop prediction videos and an imagined-vs-real reward figure (wmlab.eval.open_loop)."""

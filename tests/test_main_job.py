@@ -1,0 +1,143 @@
+"""The main job's measurements and report: the moving-pixel error, the progress estimate under a
+time limit, and (at a tiny budget) every report section of the `make run` command."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from wmlab.eval import world_model_metrics as metrics
+
+
+def square_clip(positions: list[int], size: int = 16) -> np.ndarray:
+    """uint8 (1, len(positions), size, size, 3): a dark background with a bright 3x3 square at
+    column `position` of row 6."""
+    frames = np.full((1, len(positions), size, size, 3), 20, dtype=np.uint8)
+    for step, column in enumerate(positions):
+        frames[0, step, 6:9, column : column + 3] = 230
+    return frames
+
+
+def test_moving_pixel_error_of_perfect_background_and_repeated_predictions():
+    clip = square_clip([1, 5, 9])  # the last context frame has the square at column 1
+    reference, future = clip[:, 0], clip[:, 1:]
+    perfect = metrics.moving_pixel_errors(future, future, reference)
+    assert np.allclose(perfect["moving_mse"], 0.0)
+    # The baseline is exactly "predict the reference frame".
+    repeated = metrics.moving_pixel_errors(future, np.repeat(reference[:, None], 2, 1), reference)
+    assert np.allclose(repeated["moving_mse"], repeated["moving_mse_repeat_last"])
+    assert repeated["moving_mse_repeat_last"][0] == pytest.approx(((230 - 20) / 255) ** 2)
+    # Drawing only the background (no square anywhere) is wrong on the new square's pixels only:
+    # half the baseline's error, when the square moved clear of where it was.
+    background = np.full_like(future, 20)
+    drawn = metrics.moving_pixel_errors(future, background, reference)
+    assert drawn["moving_mse"] == pytest.approx(drawn["moving_mse_repeat_last"] / 2)
+    # 18 of 256 pixels move (two 3x3 squares).
+    assert drawn["moving_fraction"][0] == pytest.approx(18 / 256)
+
+
+def test_moving_pixel_error_is_nan_where_nothing_moves():
+    clip = square_clip([4, 4])
+    result = metrics.moving_pixel_errors(clip[:, 1:], clip[:, 1:], clip[:, 0])
+    assert np.isnan(result["moving_mse"][0]) and result["moving_fraction"][0] == 0.0
+
+
+# --- progress under a time limit --------------------------------------------------------------
+
+
+def test_the_estimate_never_exceeds_what_is_left_of_the_time_limit():
+    from wmlab.train.progress import seconds_left
+
+    # 10^6 steps at 2 steps per second would take days; the limit leaves 60 seconds.
+    assert seconds_left(1000, 1_000_000, elapsed=540.0, time_limit=600.0, session_steps=1000, session_seconds=500.0) == 60.0
+    # Steps that end before the limit: their own estimate.
+    assert seconds_left(900, 1000, elapsed=100.0, time_limit=600.0, session_steps=900, session_seconds=90.0) == pytest.approx(10.0)
+    # Past the limit (the final evaluation running): zero, never negative.
+    assert seconds_left(10, 1000, elapsed=700.0, time_limit=600.0, session_steps=10, session_seconds=700.0) == 0.0
+    # No limit and no pace yet: unknown.
+    assert seconds_left(0, 1000, elapsed=0.0, time_limit=0.0, session_steps=0, session_seconds=0.0) is None
+
+
+def test_a_time_limited_run_with_slow_evaluations_ends_within_its_limit(tmp_path, monkeypatch):
+    import time
+
+    from wmlab.agents.dyna.config import DynaConfig
+    from wmlab.train import loop
+    from wmlab.train.config import TrainConfig
+    from wmlab.train.progress import TrainingProgress
+
+    evaluate = loop.evaluate_agent
+
+    def slow_evaluation(*arguments, **keywords):  # every evaluation takes 0.4 s
+        time.sleep(0.4)
+        return evaluate(*arguments, **keywords)
+
+    estimates = []
+    update = TrainingProgress.update
+
+    def recording_update(self, steps, elapsed, note=""):
+        left = update(self, steps, elapsed, note)
+        estimates.append((elapsed, left))
+        return left
+
+    monkeypatch.setattr(loop, "evaluate_agent", slow_evaluation)
+    monkeypatch.setattr(TrainingProgress, "update", recording_update)
+    limit = 1.5
+    train = TrainConfig(steps=10**9, time_limit=limit, eval_every=200, eval_episodes=1, log_every=100, checkpoint_every=10**9, progress=True, tensorboard=False)
+    spec = loop.RunSpec("dyna-q", "dyna-maze", train=train, agent=DynaConfig())
+    summary = loop.Trainer(spec, tmp_path / "run").run()
+    assert summary["stopped_by"] == "time_limit" and "eval/return" in summary
+    # The final evaluation fits inside the limit (training stopped early by its last duration).
+    assert summary["wall_seconds"] <= limit + 0.3
+    assert estimates and all(left is not None and elapsed + left <= limit + 1e-6 for elapsed, left in estimates)
+
+
+def test_train_help_shows_the_named_algorithm_and_its_config(capsys):
+    from wmlab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--algo", "planet", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: planet)" in text and "(default: dyna-q)" not in text
+    assert "--agent.planner.candidates" in text
+
+
+# --- the main job's command at a tiny budget ----------------------------------------------------
+
+
+def test_the_main_job_writes_every_report_section_within_its_time_limit(tmp_path, capsys, monkeypatch):
+    import json
+    import re
+
+    from wmlab.cli import main
+    from wmlab.train.progress import TrainingProgress
+
+    estimates = []
+    update = TrainingProgress.update
+
+    def recording_update(self, steps, elapsed, note=""):
+        estimates.append((elapsed, update(self, steps, elapsed, note), self.time_limit))
+        return estimates[-1][1]
+
+    monkeypatch.setattr(TrainingProgress, "update", recording_update)
+    run_dir = tmp_path / "main"
+    assert main(["pipeline", "main", "--run-dir", str(run_dir), "--quick", "--time-limit", "600", "--reserve", "300"]) == 0
+    printed = capsys.readouterr().out
+    assert "moving pixels at horizon 1" in printed and f"wmlab play {run_dir}" in printed
+    result = json.loads((run_dir / "main_job.json").read_text())
+    # The bar's estimate stays inside the training budget (the limit less the reserve).
+    assert estimates and all(limit == 300 and elapsed + left <= limit for elapsed, left, limit in estimates)
+    assert result["wall_seconds"] <= 300 and result["total_seconds"] <= 600
+    page = (run_dir / "report.html").read_text()
+    # The labelled open-loop dream, and how to read it.
+    assert (run_dir / "videos" / "open_loop_image.gif").is_file()
+    assert "columns real | imagined | error" in page and "imagines from the real actions" in page
+    # The evaluation curve (return and success, several evaluations) and the loss curves of the
+    # world model's terms and of the planner, one axes per metric.
+    match = re.search(r'data-metric="eval/return".*?<figcaption>([^<]*)</figcaption>', page, re.DOTALL)
+    assert match and "eval/success" in match.group(1) and "(4 evaluations)" in match.group(1)
+    assert re.findall(r'data-namespace="([^"]+)"', page)[:4] == ["eval", "train", "loss", "plan"]
+    assert "loss/image" in page and "loss/reward" in page and "plan/imagined_return" in page
+    # The moving-pixel error beside the repeat-the-last-frame baseline, and how to play.
+    assert "moving-pixel MSE, repeat last real frame" in page
+    assert f"wmlab play {run_dir}" in page
