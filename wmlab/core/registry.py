@@ -102,6 +102,7 @@ for _entry in [
     Entry("rssm", "wmlab.models.rssm:RSSM", "Recurrent state-space model (PlaNet, Dreamer V1-V3): GRU or block GRU, Gaussian or categorical latents", "wmlab.models.rssm:RSSMConfig"),
     Entry("tdmpc", "wmlab.models.tdmpc:TDMPCModel", "TD-MPC2's decoder-free latent model: SimNorm latents, two-hot reward, Q ensemble, policy prior", "wmlab.models.tdmpc:TDMPCModelConfig"),
     Entry("vae-mdnrnn", "wmlab.models.vae_mdnrnn:VAEMDNRNN", "World Models' V and M (Ha & Schmidhuber 2018): conv VAE codes, LSTM with a mixture-density head, sampled with temperature", "wmlab.models.vae_mdnrnn:VAEMDNRNNConfig"),
+    Entry("genie", "wmlab.models.latent_action:GenieWorldModel", "Genie: latent actions (8 codes) learned from video alone, ST-transformer VQ tokenizer, MaskGIT dynamics (Bruce et al. 2024); trained by `wmlab pipeline genie`", "wmlab.models.latent_action:GenieConfig"),
     Entry("jepa", "wmlab.models.jepa:JEPAWorldModel", "Action-conditioned JEPA: encoder + predictor in representation space, VICReg terms or an EMA target, no decoder", "wmlab.models.jepa:JEPAConfig"),
 ]:
     MODELS.add(_entry)
