@@ -224,8 +224,11 @@ def train_genie(config: GeniePipelineConfig, stop_after: int | None = None) -> t
         if not path.is_file():
             raise RunDirectoryError(f"{run_dir} holds no Genie run ({path} is missing)")
         stored = _config_from_json(json.loads(path.read_text()))
-        # A resumed run keeps its model and data; only the stage lengths may change.
-        config = replace(stored, stages=config.stages if config.stages != GenieStages() else stored.stages, resume=str(run_dir))
+        # A resumed run keeps its model and data; only the stage settings given (those that
+        # differ from the defaults) change.
+        defaults = GenieStages()
+        changed = {name: getattr(config.stages, name) for name in asdict(defaults) if getattr(config.stages, name) != getattr(defaults, name)}
+        config = replace(stored, stages=replace(stored.stages, **changed), resume=str(run_dir))
         video = load_video(config.dataset, size=config.size)
         trainer = GenieTrainer(config, run_dir, video)
         trainer.load()
