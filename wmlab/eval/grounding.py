@@ -173,6 +173,8 @@ def grounding_suite(run_dir: str | Path, dataset: str | Path | None = None, sequ
     from wmlab.data.video import load_video
     from wmlab.pipelines.genie import load_genie_run
 
+    if run_dir is None:
+        raise WmlabError("give a run directory: wmlab eval RUN_DIR --suite grounding")
     run_dir = Path(run_dir)
     model, info = load_genie_run(run_dir)
     video = load_video(dataset or info["dataset"], size=tuple(model.image_shape[:2]))
