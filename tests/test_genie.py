@@ -13,8 +13,19 @@ from gymnasium import spaces
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.types import Batch
 from wmlab.data.video import VideoDataset, VideoError, load_video
-from wmlab.eval.grounding import action_classes, confusion_matrix, grounding_scores, mutual_information
-from wmlab.models.latent_action import GenieConfig, GenieWorldModel, maskgit_fill, patchify, unpatchify
+from wmlab.eval.grounding import (
+    action_classes,
+    confusion_matrix,
+    grounding_scores,
+    mutual_information,
+)
+from wmlab.models.latent_action import (
+    GenieConfig,
+    GenieWorldModel,
+    maskgit_fill,
+    patchify,
+    unpatchify,
+)
 
 SIZE = 16
 #: The four known moves of the synthetic video, (rows, columns) in pixels.

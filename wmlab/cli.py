@@ -195,7 +195,8 @@ class EvalCommand:
 def eval_command(argv: list[str]) -> int:
     arguments = tyro.cli(EvalCommand, args=argv, prog="wmlab eval")
     if arguments.suite == "grounding":  # Genie runs: latent actions against the hidden true ones
-        from wmlab.eval.grounding import grounding_suite, summary
+        from wmlab.eval.grounding import summary
+        from wmlab.pipelines.genie import grounding_suite
 
         print(summary(grounding_suite(arguments.run_dir, sequences=arguments.sequences, seed=arguments.seed)))
         return 0

@@ -33,9 +33,9 @@ Shape legend: B batch, T time, H, W, C image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -89,7 +89,7 @@ class VideoDataset:
     def __len__(self) -> int:
         return len(self.frames)
 
-    def subset(self, indices: Sequence[int]) -> "VideoDataset":
+    def subset(self, indices: Sequence[int]) -> VideoDataset:
         """The episodes at `indices` (e.g. a held-out split for grounding)."""
         indices = list(indices)
         return VideoDataset(
@@ -99,12 +99,12 @@ class VideoDataset:
             action_space=self.action_space,
         )
 
-    def split(self, held_out: float = 0.2, seed: int = 0) -> tuple["VideoDataset", "VideoDataset"]:
+    def split(self, held_out: float = 0.2, seed: int = 0) -> tuple[VideoDataset, VideoDataset]:
         """(training, held-out) episodes; at least one episode in each when there are two or more."""
         if len(self) < 2:
             raise VideoError("splitting needs at least two episodes")
         order = np.random.default_rng(seed).permutation(len(self))
-        count = min(max(1, int(round(held_out * len(self)))), len(self) - 1)
+        count = min(max(1, round(held_out * len(self))), len(self) - 1)
         return self.subset(sorted(order[count:])), self.subset(sorted(order[:count]))
 
     def _starts(self, length: int, count: int, rng: np.random.Generator) -> list[tuple[int, int]]:
@@ -219,7 +219,7 @@ def _read_video_file(path: Path) -> np.ndarray:
         raise VideoError(f"reading {path} needs imageio: pip install 'wmlab[video]'") from None
     try:
         video = np.asarray(iio.imread(path, index=None))
-    except Exception as error:  # imageio raises many types for a broken file
+    except Exception as error:  # noqa: BLE001 - imageio raises many types for a broken file
         raise VideoError(f"{path} is corrupt or not a video imageio can decode ({type(error).__name__}: {error})") from None
     if video.ndim == 3 and path.suffix.lower() != ".gif":  # one frame of (H, W, C)
         video = video[None]

@@ -8,6 +8,7 @@ pairs (true action, latent action) give
     confusion[i, k]   steps whose true action is i and latent action k
     I(true; latent) = sum_ik p(i, k) log2 p(i, k) / (p(i) p(k))     bits (Cover & Thomas, Eq. 2.28)
     normalised MI   = I / H(true)   in [0, 1]: 1 when the latent action determines the true one
+                      (None when only one true class occurs)
     purity          = sum_k max_i confusion[i, k] / N: accuracy of the best map latent -> true
     chance purity   = max_i p(i): what a latent action carrying nothing scores
 
@@ -27,15 +28,11 @@ Shape legend: N steps, B windows, T frames, K latent actions, I true action clas
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from wmlab.core.errors import WmlabError
-
 
 # ----------------------------------------------------------------------------------------------
 # Pure measures
@@ -89,7 +86,7 @@ def grounding_scores(confusion: np.ndarray) -> dict[str, float]:
     true_entropy = entropy_bits(confusion.sum(1))
     return {
         "mutual_information_bits": information,
-        "normalised_mutual_information": information / true_entropy if true_entropy > 0 else float("nan"),
+        "normalised_mutual_information": information / true_entropy if true_entropy > 0 else None,  # one true class
         "true_entropy_bits": true_entropy,
         "purity": float(confusion.max(0).sum() / total),
         "chance_purity": float(confusion.sum(1).max() / total),
@@ -164,35 +161,7 @@ def controllability(model: Any, video, sequences: int = 32, context: int = 2, ho
 
 
 # ----------------------------------------------------------------------------------------------
-# `wmlab eval RUN_DIR --suite grounding`
-
-
-def grounding_suite(run_dir: str | Path, dataset: str | Path | None = None, sequences: int = 64, seed: int = 0) -> dict[str, Any]:
-    """Grounding and controllability of a Genie run (`wmlab pipeline genie`) on its held-out video
-    (or on `dataset`); writes RUN_DIR/eval/grounding.json and returns it."""
-    from wmlab.data.video import load_video
-    from wmlab.pipelines.genie import load_genie_run
-
-    if run_dir is None:
-        raise WmlabError("give a run directory: wmlab eval RUN_DIR --suite grounding")
-    run_dir = Path(run_dir)
-    model, info = load_genie_run(run_dir)
-    video = load_video(dataset or info["dataset"], size=tuple(model.image_shape[:2]))
-    if dataset is None:
-        _, video = video.split(info["held_out"], info["seed"])
-    result = {"run": str(run_dir), "dataset": str(dataset or info["dataset"]), "held_out": dataset is None}
-    result["grounding"] = grounding(model, video, sequences=sequences, seed=seed) if video.hidden_actions is not None else None
-    # Genie reports delta-PSNR at t = 4: four generated frames after two real ones.
-    result["controllability"] = controllability(model, video, sequences=max(1, sequences // 2), context=2, horizon=4, seed=seed)
-    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
-    (run_dir / "eval" / "grounding.json").write_text(json.dumps(result, indent=2, default=_json_default))
-    return result
-
-
-def _json_default(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+# Reporting
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -200,7 +169,9 @@ def summary(result: dict[str, Any]) -> str:
     parts = []
     grounded = result.get("grounding")
     if grounded:
-        parts.append(f"MI = {grounded['mutual_information_bits']:.3f} bits (normalised {grounded['normalised_mutual_information']:.3f}), purity {grounded['purity']:.3f} (chance {grounded['chance_purity']:.3f})")
+        normalised = grounded["normalised_mutual_information"]
+        share = "n/a" if normalised is None else f"{normalised:.3f}"
+        parts.append(f"MI = {grounded['mutual_information_bits']:.3f} bits (normalised {share}), purity {grounded['purity']:.3f} (chance {grounded['chance_purity']:.3f})")
     control = result.get("controllability", {})
     if control.get("delta_psnr"):
         values = next(iter(control["delta_psnr"].values()))

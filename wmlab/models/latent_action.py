@@ -52,8 +52,9 @@ H, W, Ch image.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,7 @@ def patchify(frames: torch.Tensor, patch: int) -> torch.Tensor:
 
 def unpatchify(patches: torch.Tensor, patch: int, height: int, width: int) -> torch.Tensor:
     """patches (..., S, P) -> frames (..., H, W, Ch)."""
-    *leading, S, P = patches.shape
+    *leading, _, P = patches.shape
     channels = P // (patch * patch)
     x = patches.reshape(*leading, height // patch, width // patch, patch, patch, channels)
     x = x.movedim(-3, -4)
@@ -263,7 +264,7 @@ class VideoTokenizer(nn.Module):
         self.patch = widths.patch
         self.tokens_per_frame = (self.height // self.patch) * (self.width // self.patch)
         pixels = self.patch * self.patch * channels
-        stack = dict(width=widths.width, heads=widths.heads, tokens_per_frame=self.tokens_per_frame, frames=widths.context, dropout=dropout)
+        stack = {"width": widths.width, "heads": widths.heads, "tokens_per_frame": self.tokens_per_frame, "frames": widths.context, "dropout": dropout}
         self.embed = nn.Linear(pixels, widths.width)
         self.encoder = SpatioTemporalStack(widths.tokenizer_layers, **stack)
         self.to_code = nn.Linear(widths.width, widths.code_size)
@@ -298,7 +299,7 @@ class LatentActionModel(nn.Module):
         self.patch = widths.action_patch
         tokens = (self.height // self.patch) * (self.width // self.patch)
         pixels = self.patch * self.patch * channels
-        stack = dict(width=widths.width, heads=widths.heads, tokens_per_frame=tokens, frames=widths.context, dropout=dropout)
+        stack = {"width": widths.width, "heads": widths.heads, "tokens_per_frame": tokens, "frames": widths.context, "dropout": dropout}
         self.embed = nn.Linear(2 * pixels, widths.width)
         self.encoder = SpatioTemporalStack(widths.action_layers, **stack)
         self.to_action = nn.Linear(widths.width, widths.action_code_size)
@@ -577,7 +578,7 @@ class GenieWorldModel(nn.Module):
 
     def _encode_frames(self, frames: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
         """Tokens (B, T, S) of frames (B, T, ...) encoded in chunks of the context."""
-        B, T = frames.shape[:2]
+        T = frames.shape[1]
         segments = self.segments(is_first)
         chunks = [self.tokenizer.encode(frames[:, start : start + self.context], segments[:, start : start + self.context]).indices for start in range(0, T, self.context)]
         return torch.cat(chunks, 1)
@@ -629,7 +630,7 @@ class GenieWorldModel(nn.Module):
             window_actions = torch.cat([current["history_actions"][:, 1:], action[:, None]], 1)
             segments = self._history_segments((current["history_length"] + 1).clamp_max(C), C)
 
-            def logits_of(frame_tokens: torch.Tensor) -> torch.Tensor:
+            def logits_of(frame_tokens: torch.Tensor, history=history, window_actions=window_actions, segments=segments) -> torch.Tensor:
                 window = torch.cat([history, frame_tokens[:, None]], 1)
                 return self.dynamics(window, window_actions, segments)[:, -1]
 

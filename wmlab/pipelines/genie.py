@@ -268,6 +268,31 @@ def load_genie_run(run_dir: str | Path) -> tuple[GenieWorldModel, dict[str, Any]
     return model, {"dataset": config.dataset, "held_out": config.held_out, "seed": config.seed, "size": config.size}
 
 
+# ----------------------------------------------------------------------------------------------
+# `wmlab eval RUN_DIR --suite grounding`
+
+
+def grounding_suite(run_dir: str | Path | None, dataset: str | Path | None = None, sequences: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Grounding and controllability (wmlab.eval.grounding) of a Genie run on its held-out
+    episodes (or on `dataset`); writes RUN_DIR/eval/grounding.json and returns it."""
+    from wmlab.eval.grounding import controllability, grounding
+
+    if run_dir is None:
+        raise WmlabError("give a run directory: wmlab eval RUN_DIR --suite grounding")
+    run_dir = Path(run_dir)
+    model, info = load_genie_run(run_dir)
+    video = load_video(dataset or info["dataset"], size=tuple(model.image_shape[:2]))
+    if dataset is None and len(video) > 1 and info["held_out"] > 0:
+        _, video = video.split(info["held_out"], info["seed"])
+    result: dict[str, Any] = {"run": str(run_dir), "dataset": str(dataset or info["dataset"]), "held_out": dataset is None}
+    result["grounding"] = grounding(model, video, sequences=sequences, seed=seed) if video.hidden_actions is not None else None
+    # Genie reports delta-PSNR at t = 4: four generated frames after two real ones.
+    result["controllability"] = controllability(model, video, sequences=max(1, sequences // 2), context=2, horizon=4, seed=seed)
+    (run_dir / "eval").mkdir(parents=True, exist_ok=True)
+    (run_dir / "eval" / "grounding.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def pipeline_command(argv: list[str]) -> int:
     """`wmlab pipeline genie ARGS`."""
     import tyro
