@@ -248,6 +248,7 @@ BOX_ACTIONS = spaces.Box(-1.0, 1.0, (2,), np.float32)
 TINY = {
     "mlp": {"hidden_size": 16, "layers": 1},
     "rssm": {"size": "tiny", "stochastic_size": 4},
+    "genie": {"size": "tiny"},
     "tdmpc": {"size": "1M", "encoder_width": 16, "mlp_width": 16, "latent_size": 16, "q_functions": 2},
 }
 
@@ -307,10 +308,21 @@ def build_tiny_for_evaluation(name: str):
     return model, observation_space, action_space
 
 
+def evaluation_batch(model, observation_space, action_space) -> Batch:
+    """`random_batch`, with the actions a latent-action family (Genie) reads in the frames in
+    place of the real ones, which it never takes."""
+    batch = random_batch(observation_space, action_space)
+    if callable(getattr(model, "infer_actions", None)):
+        from wmlab.eval.grounding import latent_action_batch
+
+        batch = latent_action_batch(model, batch)
+    return batch
+
+
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_registered_family_runs_the_horizon_suite(name):
     model, observation_space, action_space = build_tiny_for_evaluation(name)
-    result = metrics.horizon_errors(model, random_batch(observation_space, action_space), context=3)
+    result = metrics.horizon_errors(model, evaluation_batch(model, observation_space, action_space), context=3)
     assert result["steps"] == 6 and result["horizons"] == [1, 5, 6]
     values = [value for curves in (result["open_loop"], result["filtering"]) for curve in curves.values() for value in curve]
     assert values, f"{name} produced no metric at all: {result['notes']}"
@@ -324,7 +336,7 @@ def test_every_registered_family_runs_the_horizon_suite(name):
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_registered_family_is_measured_for_controllability(name):
     model, observation_space, action_space = build_tiny_for_evaluation(name)
-    result = metrics.controllability(model, random_batch(observation_space, action_space), context=3)
+    result = metrics.controllability(model, evaluation_batch(model, observation_space, action_space), context=3)
     if name == "tabular":  # cell indices: no latent vector and no PSNR, and the result says so
         assert not result["defined"] and "no continuous latent" in result["reason"]
         return

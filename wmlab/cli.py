@@ -46,7 +46,7 @@ commands:
   envs     show the environment suites, their ids, spaces and install commands
   generate write an MP4 of a world model's generated frames (wmlab generate RUN_DIR --steps N)
   record   record episodes of any environment and policy to a dataset folder
-  pipeline run a multi-stage pipeline: main (make run's job), world-models, jepa, jepa-vs-rssm, jepa-landscape (wmlab pipeline NAME --help)
+  pipeline run a multi-stage pipeline: main (make run's job), world-models, jepa, jepa-vs-rssm, jepa-landscape, genie (wmlab pipeline NAME --help)
   bench    run a benchmark: dyna, envs, world-models-temperature, world-models-carracing, laptop, play
   study    run a study: horizon, counterfactual, occlusion (wmlab study NAME --help)
 """
@@ -182,7 +182,7 @@ class EvalCommand:
     run_dir: tyro.conf.Positional[Path | None] = None
     """The run directory (leave out with --compare)."""
     suite: str = "returns"
-    """returns | horizon | calibration | bound | dream | controllability | all (every world-model suite)."""
+    """returns | horizon | calibration | bound | dream | controllability | all (every world-model suite) | grounding (Genie runs)."""
     compare: tuple[Path, ...] = ()
     """Run directories whose suite results are overlaid in one figure (default suite: horizon)."""
     episodes: int = 10
@@ -209,6 +209,12 @@ class EvalCommand:
 def eval_command(argv: list[str]) -> int:
     arguments = tyro.cli(EvalCommand, args=argv, prog="wmlab eval")
     _confirm_named_environment(argv)
+    if arguments.suite == "grounding":  # Genie runs: latent actions against the hidden true ones
+        from wmlab.eval.grounding import summary
+        from wmlab.pipelines.genie import grounding_suite
+
+        print(summary(grounding_suite(arguments.run_dir, sequences=arguments.sequences, seed=arguments.seed)))
+        return 0
     if arguments.compare or arguments.suite != "returns":
         return _world_model_eval(arguments)
     if arguments.run_dir is None:
@@ -345,6 +351,7 @@ PIPELINES = {
     "jepa-vs-rssm": "wmlab.agents.jepa_planner.pixels_comparison:comparison_command",
     "jepa-landscape": "wmlab.agents.jepa_planner.landscape:landscape_command",
     "main": "wmlab.agents.planet.main_job:main_job_command",
+    "genie": "wmlab.pipelines.genie:pipeline_command",
 }
 
 

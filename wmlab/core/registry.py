@@ -105,6 +105,7 @@ for _entry in [
     Entry("tdmpc", "wmlab.models.tdmpc:TDMPCModel", "TD-MPC2's decoder-free latent model: SimNorm latents, two-hot reward, Q ensemble, policy prior", "wmlab.models.tdmpc:TDMPCModelConfig"),
     Entry("vae-mdnrnn", "wmlab.models.vae_mdnrnn:VAEMDNRNN", "World Models' V and M (Ha & Schmidhuber 2018): conv VAE codes, LSTM with a mixture-density head, sampled with temperature", "wmlab.models.vae_mdnrnn:VAEMDNRNNConfig"),
     Entry("diffusion", "wmlab.models.diffusion:DiffusionWorldModel", "DIAMOND's next-frame diffusion model (EDM preconditioning, UNet with adaptive group norm, Euler sampler) with a reward / end model; GameNGen's context noise and guided conditioning as options", "wmlab.models.diffusion:DiffusionConfig"),
+    Entry("genie", "wmlab.models.latent_action:GenieWorldModel", "Genie: latent actions (8 codes) learned from video alone, ST-transformer VQ tokenizer, MaskGIT dynamics (Bruce et al. 2024); trained by `wmlab pipeline genie`", "wmlab.models.latent_action:GenieConfig"),
     Entry("jepa", "wmlab.models.jepa:JEPAWorldModel", "Action-conditioned JEPA: encoder + predictor in representation space, VICReg terms or an EMA target, no decoder", "wmlab.models.jepa:JEPAConfig"),
     Entry("tokens", "wmlab.models.tokens:TokenWorldModel", "Token world model (IRIS; GAIA-1 with text / action conditioning and classifier-free guidance): VQ tokenizer + GPT over frame and action tokens, key-value-cached imagination", "wmlab.models.tokens:TokenWorldModelConfig"),
 ]:
