@@ -63,7 +63,7 @@ def test_a_time_limited_run_with_slow_evaluations_ends_within_its_limit(tmp_path
 
     from wmlab.agents.dyna.config import DynaConfig
     from wmlab.train import loop
-    from wmlab.train.config import TrainConfig
+    from wmlab.runs.config import TrainConfig
     from wmlab.train.progress import TrainingProgress
 
     evaluate = loop.evaluate_agent

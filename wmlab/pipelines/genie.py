@@ -37,10 +37,7 @@ from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.data.video import VideoDataset, load_video
 from wmlab.models.latent_action import GenieConfig, GenieLossScales, GenieWorldModel
 
-try:  # the serialisation helpers are moving from train/ to core/
-    from wmlab.core.serialization import load_state, save_state
-except ImportError:  # pragma: no cover - before that move
-    from wmlab.train.serialization import load_state, save_state
+from wmlab.core.serialization import load_state, save_state
 
 CONFIG_FILE = "config.json"
 

@@ -63,6 +63,7 @@ class Counters:
     recent_returns: list = field(default_factory=list)
     recent_lengths: list = field(default_factory=list)
     recent_task_returns: dict = field(default_factory=dict)  # task name -> returns, for multi-task environments
+    last_eval: dict = field(default_factory=dict)  # the last evaluation's metrics: a run resumed after its final checkpoint still reports them
 
 
 class Trainer:
@@ -337,6 +338,7 @@ class Trainer:
         )
         self.counters.evaluations += 1
         self.counters.last_eval_step = self.counters.env_steps
+        self.counters.last_eval = {name: float(value) for name, value in metrics.items()}
         self.logger.write(self._global_steps(), self._elapsed(), metrics)
         kill_point("evaluation")
         self.durations["evaluate"] = time.perf_counter() - started
@@ -374,7 +376,7 @@ class Trainer:
         self.stopped_by_time_limit = False
         self._session_start = time.perf_counter()
         self._log_clock, self._steps_since_log = time.perf_counter(), 0
-        last_eval: dict[str, float] = {}
+        last_eval: dict[str, float] = dict(self.counters.last_eval)
         bar = TrainingProgress(config.progress and distributed.is_main_process(), config.steps, config.time_limit, self._global_steps(), self._elapsed())
         with bar:
             while self.counters.env_steps < target:

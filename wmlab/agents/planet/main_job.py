@@ -36,7 +36,7 @@ from pathlib import Path
 
 from wmlab.agents.planet.config import PLANET_MODEL, PlaNetConfig
 from wmlab.planners.cem import CEMConfig
-from wmlab.train.config import TrainConfig
+from wmlab.runs.config import TrainConfig
 
 #: The task: two-rooms from pixels, the goal in the agent's room, the dense reward.
 MAIN_ENV = "two-rooms"
