@@ -42,7 +42,7 @@ SPEC = RunSpec(
     "mpc",
     "two-rooms-state",
     train=TrainConfig(
-        steps=280, learning_starts=30, train_ratio=8.0, batch_size=4, sequence_length=4, eval_every=40, eval_episodes=1,
+        steps=400, learning_starts=30, train_ratio=8.0, batch_size=4, sequence_length=4, eval_every=40, eval_episodes=1,
         checkpoint_every=20, log_every=10, progress=False, tensorboard=True,
     ),
     agent=MPCConfig(model=MLPWorldModelConfig(hidden_size=16, layers=1), planner=RandomShootingConfig(horizon=2, candidates=8), random_steps=30),

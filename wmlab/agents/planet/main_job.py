@@ -123,7 +123,7 @@ QUICK_TRAIN = replace(MAIN_TRAIN, steps=160, learning_starts=40, train_ratio=16.
 
 
 def main_job_spec(arguments: MainJobArguments):
-    from wmlab.train.loop import RunSpec
+    from wmlab.runs.directory import RunSpec
 
     train = replace(
         QUICK_TRAIN if arguments.quick else MAIN_TRAIN,
@@ -164,7 +164,7 @@ def held_out_horizon_suite(run_dir: Path, settings) -> dict:
         world_model_of,
         write_suite,
     )
-    from wmlab.train.loop import load_trained_agent
+    from wmlab.runs.directory import load_trained_agent
 
     spec, agent = load_trained_agent(run_dir)
     model = world_model_of(agent)
