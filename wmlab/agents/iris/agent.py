@@ -66,14 +66,18 @@ class IrisAgent:
         self.updates = 0
 
     def transformer_groups(self) -> list[dict[str, Any]]:
-        """The world model's parameters outside the tokenizer: weight matrices decay, biases,
-        norms and embeddings do not (IRIS's configure_optimizer)."""
+        """The world model's parameters outside the tokenizer: the weights of linear layers decay;
+        biases, norms, embeddings (positions included) and the null action do not (IRIS's
+        configure_optimizer)."""
+        linear = {
+            id(module.weight) for name, module in self.world_model.named_modules()
+            if isinstance(module, torch.nn.Linear) and "embedding" not in name  # the action embedding is IRIS's nn.Embedding
+        }
         decay, no_decay = [], []
         for name, parameter in self.world_model.named_parameters():
             if name.startswith("tokenizer."):
                 continue
-            matrix = parameter.dim() >= 2 and "embedding" not in name
-            (decay if matrix else no_decay).append(parameter)
+            (decay if id(parameter) in linear else no_decay).append(parameter)
         return [{"params": decay, "weight_decay": self.config.world_model_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def modules(self) -> dict[str, torch.nn.Module]:
