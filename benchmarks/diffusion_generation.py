@@ -113,7 +113,7 @@ def train_denoiser(config, observation_space, action_space, episodes, minutes: f
 def context_noise(arguments) -> dict:
     from wmlab.envs.adapter import make_env
     from wmlab.models.diffusion import DIFFUSION_CPU
-    from wmlab.train.loop import load_run_spec
+    from wmlab.runs.directory import load_run_spec
 
     torch.set_num_threads(arguments.threads)
     spec = load_run_spec(arguments.run_dir)

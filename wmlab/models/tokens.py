@@ -692,13 +692,14 @@ class TokenWorldModel(nn.Module):
         }
         return terms, quantized, reconstruction
 
-    def loss_terms(self, batch: Batch, text: Any = None, drop: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss_terms(self, batch: Batch, text: Any = None, drop: str | None = None, tokenizer: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(scalar loss, metrics as 0-d tensors). The tokenizer learns to reconstruct every frame;
         the transformer learns, on the tokenizer's (detached) tokens, each frame's tokens, reward
         and end flag from the steps before it in the same episode. Steps that start an episode
         (and the first step of each window) have no earlier frame and are not predicted. `drop`
         ("text", "action", "both") puts the null embeddings in every row: the unconditional
-        model's loss, for evaluation."""
+        model's loss, for evaluation. `tokenizer` False leaves the tokenizer's terms out and
+        tokenizes without gradients or code restarts (IRIS's separate world-model step)."""
         if drop not in (None, "text", "action", "both"):
             raise ValueError(f"drop must be None, text, action or both, got {drop!r}")
         config, scales = self.config, self.config.loss_scales
@@ -719,7 +720,15 @@ class TokenWorldModel(nn.Module):
             text = torch.as_tensor(text, device=self.device).float()
             check_shape("text", text, ("B", self.text_size) if text.dim() == 2 else ("B", "T", self.text_size), sizes)
 
-        terms, quantized, reconstruction = self.tokenizer_terms(frames)
+        if tokenizer:
+            terms, quantized, reconstruction = self.tokenizer_terms(frames)
+        else:
+            terms, reconstruction = {}, None
+            was_training = self.tokenizer.training
+            self.tokenizer.eval()
+            with torch.no_grad():
+                quantized = self.tokenizer.encode(frames)
+            self.tokenizer.train(was_training)
         tokens = quantized.indices.detach().reshape(B, T, -1)
 
         actions = actions * (~is_first).float()[..., None]
@@ -756,9 +765,11 @@ class TokenWorldModel(nn.Module):
         metrics = {f"loss/{name}": value.detach() for name, value in terms.items()}
         metrics["loss/world_model"] = total.detach()
         with torch.no_grad():
-            metrics.update({name: value.float() for name, value in quantized.metrics("vq").items()})
             hits = (token_logits.argmax(-1) == tokens).float().mean(-1)
             metrics["wm/token_accuracy"] = (hits * weight).sum() / count
+            if reconstruction is None:
+                return total, metrics
+            metrics.update({name: value.float() for name, value in quantized.metrics("vq").items()})
             error = (reconstruction.clamp(0, 1) - frames).pow(2).flatten(1).mean(-1).clamp_min(1e-10)
             metrics["wm/reconstruction_psnr"] = (-10 * error.log10()).mean()
         return total, metrics

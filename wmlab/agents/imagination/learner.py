@@ -19,7 +19,8 @@ The interface a world model needs, and nothing else (the diffusion model's inter
     model.initial(B) -> state
     model.observe(obs {"image": (B, T, H, W, C) uint8}, actions (B, T), is_first (B, T), state)
         -> (states over time, last state)
-    model.imagine(state, policy, horizon, **imagine_kwargs) -> Trajectory with rewards (B, L),
+    model.imagine(state, policy, horizon, **imagine_kwargs) -> Trajectory with actions (B, L)
+        (indices, or one-hot (B, L, A)), rewards (B, L),
         continues (B, L) in [0, 1] and observations {"image": (B, L, H, W, C) floats in [0, 1]}
         (the generated frames; where `observations` is None, decode(trajectory.states) is used)
     model.decode(state) -> {"image": (B, H, W, C) floats in [0, 1]}: the frame the actor sees
@@ -32,7 +33,7 @@ Shape legend: B batch, T time, L horizon, H, W, C image, A actions, M LSTM size.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -88,15 +89,26 @@ def unit_frames(images: Any, device: torch.device) -> torch.Tensor:
 class ImaginationLearner:
     """Acts from real frames and learns in the imagination of any world model with the interface
     of the module docstring. `generator` draws the actions' random numbers (acting and imagining),
-    so that its state alone makes acting resumable."""
+    so that its state alone makes acting resumable. `view` (None: the frames as they are) maps
+    real frames (N, H, W, C) in [0, 1] to what the actor reads of them, when acting and in the
+    burn-in (IRIS: the tokenizer's reconstructions, so that real and imagined frames look alike)."""
 
-    def __init__(self, config: ImaginationConfig, image_shape: tuple[int, int, int], actions: int, device: torch.device, generator: torch.Generator):
+    def __init__(
+        self,
+        config: ImaginationConfig,
+        image_shape: tuple[int, int, int],
+        actions: int,
+        device: torch.device,
+        generator: torch.Generator,
+        view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         if config.horizon < 1 or config.burn_in < 1:
             raise ValueError(f"horizon and burn_in must be at least 1, got {config.horizon} and {config.burn_in}")
         self.config = config
         self.actions = actions
         self.device = device
         self.generator = generator
+        self.view = view
         self.network = ActorCritic(config, image_shape, actions).to(device)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate, eps=config.adam_epsilon)
         self.updates = 0
@@ -116,13 +128,19 @@ class ImaginationLearner:
         (actions (B,), new LSTM state). While collecting, actions are sampled from the policy,
         uniform with probability epsilon; otherwise the most probable action is taken (greedy
         evaluation, which draws no random numbers, so evaluating does not change training)."""
-        frames = unit_frames(images, self.device)
+        frames = self.seen(unit_frames(images, self.device))
         B = frames.shape[0]
         recurrent = self.reset(recurrent, torch.as_tensor(np.asarray(is_first), device=self.device).bool().reshape(B), B)
         logits, _, recurrent = self.network(frames, recurrent)
         if not explore:
             return logits.argmax(-1), recurrent
         return self.sample(logits, self.config.epsilon), recurrent
+
+    def seen(self, frames: torch.Tensor) -> torch.Tensor:
+        """Real frames (..., H, W, C) in [0, 1] as the actor reads them (through `view`)."""
+        if self.view is None:
+            return frames
+        return self.view(frames.reshape(-1, *frames.shape[-3:])).reshape(frames.shape)
 
     def reset(self, recurrent: Recurrent | None, is_first: torch.Tensor, batch_size: int) -> Recurrent:
         if recurrent is None:
@@ -149,7 +167,7 @@ class ImaginationLearner:
         with torch.no_grad():
             _, start = world_model.observe({"image": images}, actions, is_first, world_model.initial(count))
             recurrent = self.network.initial(count, self.device)
-            real = unit_frames(images, self.device)
+            real = self.seen(unit_frames(images, self.device))
             first_flags = torch.as_tensor(np.asarray(is_first), device=self.device).bool()
             for t in range(config.burn_in - 1):  # the last real frame is read again in step 3
                 recurrent = self.reset(recurrent, first_flags[:, t], count)
@@ -168,7 +186,10 @@ class ImaginationLearner:
         sizes = check_shape("imagined frames", generated, (count, L, *start_frame.shape[1:]))
         rewards = torch.as_tensor(trajectory.rewards, device=self.device).float()
         continues = torch.as_tensor(trajectory.continues, device=self.device).float()
-        taken = torch.as_tensor(trajectory.actions, device=self.device).long()
+        taken = torch.as_tensor(trajectory.actions, device=self.device)
+        if taken.dim() == 3:  # one-hot (B, L, A) (the token model's) -> indices
+            taken = taken.argmax(-1)
+        taken = taken.long()
         check_shape("imagined rewards", rewards, (count, L), sizes)
         check_shape("imagined continues", continues, (count, L), sizes)
 

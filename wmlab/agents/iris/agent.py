@@ -1,0 +1,182 @@
+"""IRIS (Micheli et al. 2023, arXiv:2209.00588): a token world model (discrete autoencoder + GPT)
+learned from replay, and an actor-critic learned only on the frames it generates.
+
+One update (`update`, on a replay batch of B windows of T steps), IRIS's three stages in turn:
+1. tokenizer: `tokenizer_frames` frames drawn from the batch, L1 + squared reconstruction error,
+   codebook and commitment terms (Sec. 2.1; wmlab.models.tokens), its own Adam;
+2. world model (after `world_model_starts` updates): the transformer's cross-entropies of the
+   next frame's tokens, the reward and the end flag on the batch's windows, tokenized by the
+   current tokenizer without gradients (Sec. 2.2), its own AdamW;
+3. actor-critic (after `actor_critic_starts` updates): from the first `burn_in` real steps of
+   each window, `horizon` imagined steps, lambda-returns, REINFORCE with a value baseline and an
+   entropy bonus (Sec. 2.3; wmlab.agents.imagination, the learner DIAMOND uses too).
+
+Acting: the actor-critic reads the tokenizer's reconstruction of each real frame with its LSTM
+(the agent's recurrent state) and samples its action, uniform with probability epsilon while
+collecting.
+
+Shape legend: B batch (environments when acting), T time, N frames, H, W, C image, M LSTM size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from wmlab.agents.imagination.learner import ImaginationLearner
+from wmlab.agents.iris.config import IrisConfig
+from wmlab.core import distributed
+from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.types import Batch, Observation, Transition
+from wmlab.models.tokens import TokenWorldModel
+
+TOKENIZER_TERMS = ("reconstruction", "squared_error", "codebook", "commitment")
+
+
+class IrisAgent:
+    """IRIS's agent: a `TokenWorldModel` (`world_model`) and an `ImaginationLearner`."""
+
+    learns_from = "replay"
+
+    def __init__(self, config: IrisConfig, observation_space: spaces.Dict, action_space: spaces.Space, seed: int, device: str = "cpu"):
+        if not isinstance(action_space, spaces.Discrete):
+            raise IncompatibleSpaceError(
+                f"IRIS learns discrete actions (Atari, MinAtar), got the action space {action_space}; for two rooms use --env two-rooms-discrete"
+            )
+        if config.model.continuous_actions or config.model.text_size:
+            raise ValueError("IRIS's world model takes neither continuous actions nor text: leave model.continuous_actions False and model.text_size 0")
+        if config.tokenizer_frames < 1:
+            raise ValueError(f"tokenizer_frames must be at least 1, got {config.tokenizer_frames}")
+        self.config = config
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.world_model = TokenWorldModel(config.model, observation_space, action_space).to(self.device).eval()
+            if config.learner.burn_in > self.world_model.context:
+                raise ValueError(f"learner.burn_in ({config.learner.burn_in}) must not exceed the world model's context of {self.world_model.context} steps")
+            view = self.reconstruct if config.reconstructed_inputs else None
+            self.learner = ImaginationLearner(config.learner, self.world_model.image_shape, int(action_space.n), self.device, self.generator, view=view)
+        self.tokenizer_optimizer = torch.optim.Adam(self.world_model.tokenizer.parameters(), lr=config.tokenizer_learning_rate)
+        self.world_model_optimizer = torch.optim.AdamW(self.transformer_groups(), lr=config.world_model_learning_rate)
+        self.updates = 0
+
+    def transformer_groups(self) -> list[dict[str, Any]]:
+        """The world model's parameters outside the tokenizer: the weights of linear layers decay;
+        biases, norms, embeddings (positions included) and the null action do not (IRIS's
+        configure_optimizer)."""
+        linear = {
+            id(module.weight) for name, module in self.world_model.named_modules()
+            if isinstance(module, torch.nn.Linear) and "embedding" not in name  # the action embedding is IRIS's nn.Embedding
+        }
+        decay, no_decay = [], []
+        for name, parameter in self.world_model.named_parameters():
+            if name.startswith("tokenizer."):
+                continue
+            (decay if id(parameter) in linear else no_decay).append(parameter)
+        return [{"params": decay, "weight_decay": self.config.world_model_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"world_model": self.world_model, "actor_critic": self.learner.network}
+
+    @torch.no_grad()
+    def reconstruct(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames (N, H, W, C) in [0, 1] -> the tokenizer's reconstructions (N, H, W, C) in [0, 1]."""
+        tokens, _ = self.world_model.tokenize((frames * 255).round().to(torch.uint8))
+        return self.world_model.decode({"tokens": tokens})[self.config.model.image_key].clamp(0, 1)
+
+    # --- acting ------------------------------------------------------------------------------
+
+    def act(self, obs: Observation, state: Any, explore: bool) -> tuple[np.ndarray, Any]:
+        """obs {image_key: (B, H, W, C) uint8, "is_first": (B,)} -> (actions (B,) int64, the
+        actor-critic's LSTM state (hidden, cell) (B, M) each)."""
+        actions, recurrent = self.learner.act(obs[self.config.model.image_key], state, obs["is_first"], explore)
+        return actions.cpu().numpy().astype(np.int64), recurrent
+
+    def observe(self, transition: Transition) -> dict[str, float]:
+        return {}  # learns from replay windows in `update`
+
+    # --- learning ----------------------------------------------------------------------------
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One tokenizer update, then one world-model update and one actor-critic update once
+        their starts are passed, on the same replay batch."""
+        config, model = self.config, self.world_model
+        B, T = batch.shape
+        if T < config.learner.burn_in or T < 2:
+            raise ShapeError(f"IRIS trains on windows of at least {max(2, config.learner.burn_in)} steps (the burn-in), got T={T}")
+        result: dict[str, float] = {}
+
+        # 1. tokenizer, on frames drawn from the batch
+        frames = model.frames(batch.obs, ("B", "T"), {})
+        count = min(config.tokenizer_frames, frames.shape[0])
+        chosen = torch.randperm(frames.shape[0], generator=self.generator)[:count].to(self.device)
+        model.tokenizer.train()
+        terms, quantized, reconstruction = model.tokenizer_terms(frames[chosen])
+        scales = config.model.loss_scales
+        loss = sum(getattr(scales, name) * terms[name] for name in TOKENIZER_TERMS)
+        self.tokenizer_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_gradients(model.tokenizer)
+        norm = torch.nn.utils.clip_grad_norm_(model.tokenizer.parameters(), config.grad_clip)
+        self.tokenizer_optimizer.step()
+        model.tokenizer.eval()
+        with torch.no_grad():
+            error = (reconstruction.clamp(0, 1) - frames[chosen]).pow(2).flatten(1).mean(-1).clamp_min(1e-10)
+            result["wm/reconstruction_psnr"] = float((-10 * error.log10()).mean())
+        result.update({f"loss/{name}": float(value.detach()) for name, value in terms.items()})
+        result.update({name: float(value) for name, value in quantized.metrics("vq").items()})
+        result["wm/tokenizer_grad_norm"] = float(norm)
+        self.updates += 1
+
+        # 2. world model, on the windows tokenized without gradients
+        if self.updates > config.world_model_starts:
+            model.train()
+            total, metrics = model.loss_terms(batch, tokenizer=False)
+            self.world_model_optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            distributed.average_gradients(model)
+            parameters = [p for group in self.world_model_optimizer.param_groups for p in group["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+            self.world_model_optimizer.step()
+            model.eval()
+            result.update({name: float(value) for name, value in metrics.items()})
+            result["wm/world_model_grad_norm"] = float(norm)
+
+        # 3. actor-critic, in imagination
+        if self.updates > config.actor_critic_starts:
+            result.update(self.learner.update(model, batch))
+        return result
+
+    def on_run_end(self, run_dir: str | Path, replay: Any) -> None:
+        """Write open-loop videos of the world model (wmlab.eval.open_loop)."""
+        if not self.config.open_loop_report or replay is None or not distributed.is_main_process():
+            return
+        from wmlab.eval.open_loop import write_open_loop_report
+
+        context = min(self.config.learner.burn_in, self.world_model.context - 1)
+        write_open_loop_report(self.world_model, replay, run_dir, length=20, context=context)
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights, optimiser moments, counters and the acting generator."""
+        return {
+            "world_model": dict(self.world_model.state_dict()),
+            "learner": self.learner.state_dict(),
+            "optimizers": {"tokenizer": self.tokenizer_optimizer.state_dict(), "world_model": self.world_model_optimizer.state_dict()},
+            "updates": self.updates,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.world_model.load_state_dict(state["world_model"])
+        self.learner.load_state_dict(state["learner"])
+        self.tokenizer_optimizer.load_state_dict(state["optimizers"]["tokenizer"])
+        self.world_model_optimizer.load_state_dict(state["optimizers"]["world_model"])
+        self.updates = int(state["updates"])
+        self.generator.set_state(state["generator"].cpu())

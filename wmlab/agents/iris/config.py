@@ -1,0 +1,68 @@
+"""Configuration of IRIS (Micheli et al. 2023, arXiv:2209.00588); defaults from the paper's
+Appendix A and the authors' config/trainer.yaml (Atari 100k)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from wmlab.agents.imagination.config import ImaginationConfig
+from wmlab.models.tokens import TokenWorldModelConfig
+
+
+@dataclass(frozen=True)
+class IrisConfig:
+    """The paper's preset. Train it with `--train.batch-size 64 --train.sequence-length 20
+    --train.train-ratio 1280 --train.learning-starts 1000` (one update of each part per
+    environment step, IRIS's 200 steps of each per 200 collected)."""
+
+    model: TokenWorldModelConfig = field(default_factory=lambda: TokenWorldModelConfig(size="iris"))
+    """The token world model: VQ tokenizer (16 tokens of a 512-code vocabulary) and a 10-layer GPT."""
+    learner: ImaginationConfig = field(
+        default_factory=lambda: ImaginationConfig(horizon=20, burn_in=20, discount=0.995, lambda_=0.95, entropy_weight=0.001, learning_rate=1e-4, warmup_updates=0, grad_clip=10.0, epsilon=0.01)
+    )
+    """The actor-critic learned on generated frames (IRIS: CNN (32, 32, 64, 64) + LSTM 512,
+    horizon 20, burn-in 20, gamma 0.995, lambda 0.95, entropy weight 0.001, Adam 1e-4, clip 10)."""
+    tokenizer_learning_rate: float = 1e-4
+    """Adam learning rate of the tokenizer (IRIS: 1e-4)."""
+    world_model_learning_rate: float = 1e-4
+    """AdamW learning rate of the transformer and its heads (IRIS: 1e-4)."""
+    world_model_weight_decay: float = 0.01
+    """AdamW weight decay of the transformer's weight matrices (IRIS: 0.01)."""
+    grad_clip: float = 10.0
+    """Largest gradient norm of the tokenizer and of the world model (IRIS: 10)."""
+    tokenizer_frames: int = 256
+    """Frames drawn at random from each replay batch for the tokenizer's step (IRIS: 256)."""
+    world_model_starts: int = 4000
+    """Tokenizer updates before the world model starts learning (IRIS: epoch 25 against the
+    tokenizer's epoch 5, 200 updates an epoch)."""
+    actor_critic_starts: int = 9000
+    """Tokenizer updates before the actor-critic starts learning in imagination (IRIS: epoch 50)."""
+    reconstructed_inputs: bool = True
+    """The actor reads the tokenizer's reconstructions of real frames, acting and in the burn-in,
+    as it reads generated frames in imagination (IRIS: use_original_obs false)."""
+    open_loop_report: bool = True
+    """At the end of a run, write open-loop videos of the world model (RUN_DIR/videos)."""
+
+
+@dataclass(frozen=True)
+class IrisCPUConfig(IrisConfig):
+    """IRIS small enough to learn on a 2-core CPU: the token model's `cpu` size (4 layers, width
+    128, 10 steps of context), an actor-critic of (16, 16, 32, 32) channels and an LSTM of 128, 8
+    imagined rollouts of 20 steps per update (burn-in 4), learning rates 3e-4, the world model
+    after 200 updates and the actor-critic after 400. Train it on 16 x 16 frames (4 x 4 = 16
+    tokens with 2 stages): `--env minatar:breakout --env-kwargs '{"size": 16}'
+    --agent.model.stages 2 --train.batch-size 8 --train.sequence-length 10 --train.train-ratio 20
+    --train.learning-starts 500` (one update per 4 environment steps)."""
+
+    model: TokenWorldModelConfig = field(default_factory=lambda: TokenWorldModelConfig(size="cpu", stages=2))
+    learner: ImaginationConfig = field(
+        default_factory=lambda: ImaginationConfig(
+            channels=(16, 16, 32, 32), lstm_size=128, horizon=20, burn_in=4, starts=8, discount=0.995, lambda_=0.95,
+            entropy_weight=0.001, learning_rate=3e-4, warmup_updates=0, grad_clip=10.0, epsilon=0.01,
+        )
+    )
+    tokenizer_learning_rate: float = 3e-4
+    world_model_learning_rate: float = 3e-4
+    tokenizer_frames: int = 64
+    world_model_starts: int = 200
+    actor_critic_starts: int = 400
