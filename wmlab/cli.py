@@ -339,10 +339,10 @@ BENCHMARKS = {
 
 
 PIPELINES = {
-    "world-models": "wmlab.agents.world_models.pipeline:pipeline_command",
-    "jepa": "wmlab.agents.jepa_planner.pipeline:jepa_command",
-    "jepa-vs-rssm": "wmlab.agents.jepa_planner.pixels_comparison:comparison_command",
-    "jepa-landscape": "wmlab.agents.jepa_planner.landscape:landscape_command",
+    "world-models": "wmlab.pipelines.world_models.pipeline:pipeline_command",
+    "jepa": "wmlab.pipelines.jepa.pipeline:jepa_command",
+    "jepa-vs-rssm": "wmlab.pipelines.jepa.pixels_comparison:comparison_command",
+    "jepa-landscape": "wmlab.pipelines.jepa.landscape:landscape_command",
 }
 
 

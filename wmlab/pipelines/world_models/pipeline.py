@@ -41,7 +41,7 @@ from gymnasium import spaces
 from wmlab.agents.world_models.agent import LinearController, WorldModelsAgent
 from wmlab.agents.world_models.config import WorldModelsConfig, default_config
 from wmlab.agents.world_models.evolution import CMAES
-from wmlab.agents.world_models.rollouts import RealRolloutSettings, RealRollouts, controller_features, dream_returns
+from wmlab.pipelines.world_models.rollouts import RealRolloutSettings, RealRollouts, controller_features, dream_returns
 from wmlab.core.config import option_value
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.serialization import load_state, save_state
