@@ -1,4 +1,5 @@
-"""Gymnasium spaces as JSON: how a dataset's manifest and a run's config.json record them."""
+"""Gymnasium spaces: as JSON (how a dataset's manifest and a run's config.json record them), and the
+action layout every model and agent reads from an action space."""
 
 from __future__ import annotations
 
@@ -8,7 +9,26 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from wmlab.core.errors import DatasetError
+from wmlab.core.errors import DatasetError, IncompatibleSpaceError
+
+
+def action_layout(action_space: spaces.Space, owner: str, bounded: bool = False) -> tuple[int, bool]:
+    """(A, discrete) for a 1-D Box (A dimensions) or a Discrete space starting at 0 (A choices).
+
+    Indices enter one-hot encodings as they are, so a Discrete space that starts elsewhere is refused.
+    With `bounded`, a Box needs finite bounds (the owner scales its actions to [-1, 1]). Errors
+    name `owner` ("the RSSM", "TD-MPC2").
+    """
+    if isinstance(action_space, spaces.Discrete):
+        if int(action_space.start) != 0:
+            raise IncompatibleSpaceError(f"{owner} takes Discrete actions that start at 0, got {action_space}")
+        return int(action_space.n), True
+    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+        if bounded and not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
+            raise IncompatibleSpaceError(f"{owner} scales Box actions to [-1, 1] and needs finite bounds, got {action_space}")
+        return int(action_space.shape[0]), False
+    kind = "a bounded 1-D Box" if bounded else "a 1-D Box"
+    raise IncompatibleSpaceError(f"{owner} takes {kind} or a Discrete action space, got {action_space}")
 
 
 def describe_space(space: spaces.Space) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from torch import nn
 from wmlab.core.config import COUNT, NON_NEGATIVE, POSITIVE, Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape, format_expected, shape_matches
+from wmlab.core.spaces import action_layout
 from wmlab.core.types import Batch, Trajectory
 
 #: V takes and produces square frames of this side (the architecture fixes it).
@@ -164,13 +165,7 @@ def image_channels(observation_space: spaces.Space) -> int:
 
 def action_size(action_space: spaces.Space) -> tuple[int, bool]:
     """(A, whether actions are discrete) for a 1-D Box or a Discrete space starting at 0."""
-    if isinstance(action_space, spaces.Discrete):
-        if int(action_space.start) != 0:
-            raise IncompatibleSpaceError(f"the VAE-MDN-RNN world model takes Discrete actions that start at 0, got {action_space}")
-        return int(action_space.n), True
-    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-        return int(action_space.shape[0]), False
-    raise IncompatibleSpaceError(f"the VAE-MDN-RNN world model takes a 1-D Box or a Discrete action space, got {action_space}")
+    return action_layout(action_space, "the VAE-MDN-RNN world model")
 
 
 # ----------------------------------------------------------------------------------------------

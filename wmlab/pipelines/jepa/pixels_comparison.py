@@ -37,7 +37,7 @@ from wmlab.pipelines.jepa.pipeline import evaluate, exploration_policy, no_progr
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.rssm import RSSM, RSSMConfig, RSSMLossScales, State
 from wmlab.planners.mppi import MPPI, MPPIConfig
-from wmlab.train.progress import StageProgress
+from wmlab.core.progress import StageProgress
 
 
 def reward_free_rssm() -> RSSMConfig:

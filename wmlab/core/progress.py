@@ -1,4 +1,4 @@
-"""Rich progress bars for the stages of a multi-stage job (pipelines), or nothing when disabled."""
+"""Rich progress bars for the stages of a multi-stage job (pipelines, offline training, benchmarks), or nothing when disabled."""
 
 from __future__ import annotations
 
