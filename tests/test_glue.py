@@ -9,7 +9,7 @@ from gymnasium import spaces
 from PIL import Image
 
 from wmlab.core.config import parse_json_object
-from wmlab.core.errors import DatasetError, IncompatibleSpaceError, WmlabError
+from wmlab.core.errors import DatasetError, IncompatibleSpaceError, ShapeError, WmlabError
 from wmlab.core.spaces import action_layout
 from wmlab.core.video import write_gif
 from wmlab.nn.mlp import MLP, dense_layers
@@ -49,3 +49,15 @@ def test_gif_frames_last_the_given_milliseconds(tmp_path):
     assert image.n_frames == 3 and image.info["duration"] == 100
     write_gif(tmp_path / "empty.gif", [])
     assert not (tmp_path / "empty.gif").exists()
+
+
+def test_discrete_actions_enter_models_as_one_hot_or_as_given():
+    from wmlab.core.spaces import discrete_action_input
+
+    sizes: dict[str, int] = {}
+    encoded = discrete_action_input(torch.tensor([[0, 2]]), 3, ("B", "T"), sizes)
+    assert encoded.tolist() == [[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]] and sizes == {"B": 1, "T": 2}
+    relaxed = torch.tensor([[0.2, 0.3, 0.5]], dtype=torch.float64)
+    assert discrete_action_input(relaxed, 3, ("B",), {}).dtype == torch.float32
+    with pytest.raises(ShapeError, match="expected indices"):
+        discrete_action_input(torch.zeros(2, 4), 3, ("B",), {})

@@ -37,8 +37,9 @@ from torch import nn
 
 from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, at_least, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape, format_expected, shape_matches
+from wmlab.core.shapes import check_shape
 from wmlab.core.spaces import action_layout as space_action_layout
+from wmlab.core.spaces import discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.kl import categorical_kl, gaussian_kl, gaussian_kl_free_nats, kl_balanced, kl_balanced_gaussian
 from wmlab.nn.categorical import categorical_entropy, sample_one_hot, unimix_logits
@@ -463,18 +464,7 @@ class RSSM(nn.Module):
             # DreamerV3 divides by max(1, |a|) with a stop-gradient: a policy's unbounded sample
             # cannot push the dynamics outside the range they were trained on.
             return scaled / scaled.detach().abs().clamp_min(1.0)
-        one_hot = shape_matches(tuple(action.shape), (*leading, self.action_size), sizes)
-        if one_hot is not None and action.is_floating_point():
-            sizes.update(one_hot)
-            return action.float()
-        indices = shape_matches(tuple(action.shape), leading, sizes)
-        if indices is None:
-            raise ShapeError(
-                f"action: expected indices {format_expected(leading, sizes)} or one-hot "
-                f"{format_expected((*leading, self.action_size), sizes)}, got {tuple(action.shape)}"
-            )
-        sizes.update(indices)
-        return F.one_hot(action.long(), self.action_size).float()
+        return discrete_action_input(action, self.action_size, leading, sizes)
 
     def environment_action(self, action: torch.Tensor) -> torch.Tensor:
         """Model-space actions (..., A) in [-1, 1] -> the environment's bounds (Box only)."""

@@ -46,7 +46,7 @@ from torch import nn
 from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, Config, above, at_least, between, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape
-from wmlab.core.spaces import action_layout
+from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.distributions import TwoHot
 from wmlab.nn.ensemble import EnsembleMLP
@@ -393,11 +393,7 @@ class TDMPCModel(nn.Module):
         sizes = {} if sizes is None else sizes
         action = torch.as_tensor(action, device=self.device)
         if self.discrete:
-            if action.is_floating_point() and action.ndim == len(leading) + 1:
-                check_shape("action", action, (*leading, self.action_size), sizes)
-                return action.float()
-            check_shape("action", action, leading, sizes)
-            return F.one_hot(action.long(), self.action_size).float()
+            return discrete_action_input(action, self.action_size, leading, sizes)
         check_shape("action", action, (*leading, self.action_size), sizes)
         return ((action.float() - self.action_centre) / self.action_half_range).clamp(-1.0, 1.0)
 

@@ -39,8 +39,8 @@ from torch import nn
 
 from wmlab.core.config import COUNT, NON_NEGATIVE, POSITIVE, Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape, format_expected, shape_matches
-from wmlab.core.spaces import action_layout
+from wmlab.core.shapes import check_shape
+from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 
 #: V takes and produces square frames of this side (the architecture fixes it).
@@ -391,18 +391,7 @@ class VAEMDNRNN(nn.Module):
         if not self.discrete:
             check_shape("action", action, (*leading, self.action_size), sizes)
             return action.float()
-        one_hot = shape_matches(tuple(action.shape), (*leading, self.action_size), sizes)
-        if one_hot is not None and action.is_floating_point():
-            sizes.update(one_hot)
-            return action.float()
-        indices = shape_matches(tuple(action.shape), leading, sizes)
-        if indices is None:
-            raise ShapeError(
-                f"action: expected indices {format_expected(leading, sizes)} or one-hot "
-                f"{format_expected((*leading, self.action_size), sizes)}, got {tuple(action.shape)}"
-            )
-        sizes.update(indices)
-        return F.one_hot(action.long(), self.action_size).float()
+        return discrete_action_input(action, self.action_size, leading, sizes)
 
     def check_state(self, state: dict[str, torch.Tensor], sizes: dict[str, int] | None = None) -> dict[str, int]:
         sizes = {} if sizes is None else sizes
