@@ -26,7 +26,7 @@ def time_updates(threads: int, updates: int) -> dict:
     import torch
 
     from wmlab.agents.planet.agent import PlaNetAgent
-    from wmlab.agents.planet.main_job import MAIN_AGENT, MAIN_ENV, MAIN_ENV_KWARGS
+    from wmlab.pipelines.main_job import MAIN_AGENT, MAIN_ENV, MAIN_ENV_KWARGS
     from wmlab.core.types import Batch
     from wmlab.envs.adapter import make_env
 

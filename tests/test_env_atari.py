@@ -182,10 +182,5 @@ def test_benchmark_atari_row():
     from wmlab.bench.envs import CASES, _measure_case
 
     case = next(case for case in CASES if case.env_id.startswith("atari:"))
-    row = _measure_case(case, quick=True, repetitions=1, bar=_NoProgress())
+    row = _measure_case(case, quick=True, repetitions=1, advance=lambda steps, note="": None)
     assert row["suite"] == case.suite and row["wmlab_steps_per_second"] > 0 and row["raw_steps_per_second"] > 0
-
-
-class _NoProgress:
-    def advance(self):
-        pass

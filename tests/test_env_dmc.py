@@ -179,15 +179,10 @@ def test_importing_the_module_chooses_egl_unless_the_user_chose():
 def test_benchmark_rows_and_tables_can_be_extended():
     from wmlab.bench.envs import CASES, _measure_case, envs_tables, format_envs_table
 
-    row = _measure_case(CASES[0], quick=True, repetitions=1, bar=_NoProgress())
+    row = _measure_case(CASES[0], quick=True, repetitions=1, advance=lambda steps, note="": None)
     assert row["wmlab_steps_per_second"] > 0 and row["raw_steps_per_second"] > 0
     assert row["overhead_percent"] == pytest.approx((row["ratios"][0] - 1) * 100, abs=0.1)
     results = {"settings": {"repetitions": 1}, "rows": [row], "render": []}
     results["rows"].append({"suite": "minigrid rgb", "wmlab_steps_per_second": 1.0, "raw_steps_per_second": 2.0, "overhead_percent": 100.0})
     assert [table_row[0] for table_row in envs_tables(results)[0]["rows"]] == [row["suite"], "minigrid rgb"]
     assert "minigrid rgb" in format_envs_table(results)
-
-
-class _NoProgress:
-    def advance(self):
-        pass

@@ -335,7 +335,7 @@ def test_predictor_refiner_samples_windows_inside_episodes_long_enough():
 
 
 def test_refine_predictor_refuses_embeddings_that_do_not_match_the_actions(tmp_path):
-    from wmlab.agents.jepa_planner.pipeline import refine_predictor
+    from wmlab.pipelines.jepa.pipeline import refine_predictor
     from wmlab.core.errors import ShapeError
 
     class Recorded:
@@ -547,7 +547,7 @@ def test_agent_update_adds_the_shaping_loss_only_when_asked():
 
 
 def test_pipeline_smoke(tmp_path):
-    from wmlab.agents.jepa_planner.pipeline import jepa_command, positions_from_frame
+    from wmlab.pipelines.jepa.pipeline import jepa_command, positions_from_frame
     from wmlab.envs.two_rooms import make_two_rooms_pixels
 
     env = make_two_rooms_pixels()
@@ -565,7 +565,7 @@ def test_pipeline_smoke(tmp_path):
 def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
     """Smoke run of `wmlab pipeline jepa --quick` (numbers meaningless): every stage runs, the
     results name both objectives with rates in [0, 1], and the replanning interval is passed on."""
-    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
 
     results = run_pipeline(PipelineArguments(out=tmp_path, quick=True, replan_every=1))
     assert results["settings"]["replan_every"] == 1
@@ -581,7 +581,7 @@ def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
 def test_pipeline_reuse_loads_saved_seeds_and_trains_the_missing_ones(tmp_path):
     """--reuse-checkpoints with more seeds than saved: seed 0's checkpoint is loaded as it was
     (no training time, same weights on disk), seed 1 is trained and saved beside it."""
-    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
 
     run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False))
     saved = (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes()
@@ -597,7 +597,7 @@ def test_pipeline_reuse_loads_saved_seeds_and_trains_the_missing_ones(tmp_path):
 
 def test_pipeline_first_seed_trains_that_seed(tmp_path):
     """--first-seed 2 --seeds 1 trains and evaluates seed 2 only, saved under seed2."""
-    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
 
     results = run_pipeline(PipelineArguments(out=tmp_path, quick=True, first_seed=2, objectives=("distance",), progress=False))
     assert [run["seed"] for run in results["runs"]] == [2]
@@ -605,7 +605,7 @@ def test_pipeline_first_seed_trains_that_seed(tmp_path):
 
 
 def test_planner_config_takes_the_pipeline_planner_and_value_options():
-    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, planner_config
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, planner_config
 
     config = planner_config(PipelineArguments(planning_horizon=15, planning_iterations=10, replan_every=5, value_space="embedding", distance_at_end=True))
     assert (config.planner.horizon, config.planner.iterations, config.replan_every) == (15, 10, 5)
@@ -627,7 +627,7 @@ def test_planner_config_takes_the_pipeline_planner_and_value_options():
 
 
 def test_evaluation_layouts_must_not_repeat_recorded_ones():
-    from wmlab.agents.jepa_planner.pipeline import EXTRA_DATASET_SEED, PipelineArguments, check_evaluation_layouts, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import EXTRA_DATASET_SEED, PipelineArguments, check_evaluation_layouts, run_pipeline
 
     check_evaluation_layouts(PipelineArguments())  # 100000.. against 0..299
     check_evaluation_layouts(PipelineArguments(eval_seed=200_000, extra_wall_episodes=300))
@@ -642,7 +642,7 @@ def test_evaluation_layouts_must_not_repeat_recorded_ones():
 
 
 def test_sticky_exploration_holds_each_random_action_for_the_drawn_number_of_steps():
-    from wmlab.agents.jepa_planner.pipeline import exploration_name, exploration_policy
+    from wmlab.pipelines.jepa.pipeline import exploration_name, exploration_policy
     from wmlab.envs.two_rooms import make_two_rooms_pixels
 
     env = make_two_rooms_pixels()
@@ -665,7 +665,7 @@ def test_sticky_exploration_holds_each_random_action_for_the_drawn_number_of_ste
 
 
 def test_waypoint_tours_visit_both_rooms_and_move_on_from_each_waypoint():
-    from wmlab.agents.jepa_planner.pipeline import exploration_name, exploration_policy
+    from wmlab.pipelines.jepa.pipeline import exploration_name, exploration_policy
     from wmlab.envs.two_rooms import make_two_rooms_pixels
 
     env = make_two_rooms_pixels(max_episode_steps=200)
@@ -690,7 +690,7 @@ def test_waypoint_tours_visit_both_rooms_and_move_on_from_each_waypoint():
 
 
 def test_wall_following_pushes_into_the_wall_at_many_heights_and_finds_the_door():
-    from wmlab.agents.jepa_planner.pipeline import exploration_name, exploration_policy
+    from wmlab.pipelines.jepa.pipeline import exploration_name, exploration_policy
     from wmlab.envs.two_rooms import make_two_rooms_pixels
 
     env = make_two_rooms_pixels(max_episode_steps=200)
@@ -718,7 +718,7 @@ def test_wall_following_pushes_into_the_wall_at_many_heights_and_finds_the_door(
 
 
 def test_pipeline_retrains_the_value_of_a_saved_checkpoint_without_touching_it(tmp_path):
-    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
 
     base = PipelineArguments(out=tmp_path, quick=True, objectives=("value",), progress=False)
     run_pipeline(base)
@@ -732,7 +732,7 @@ def test_pipeline_retrains_the_value_of_a_saved_checkpoint_without_touching_it(t
 
 
 def test_pipeline_refines_the_predictor_into_its_own_checkpoint_and_reuses_it(tmp_path):
-    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
     from wmlab.core.serialization import load_state
 
     base = PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False)
@@ -753,7 +753,7 @@ def test_pipeline_refines_the_predictor_into_its_own_checkpoint_and_reuses_it(tm
 
 
 def test_pipeline_trains_value_and_refinement_on_extra_wall_episodes(tmp_path):
-    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
     from wmlab.core.errors import RunDirectoryError
 
     base = PipelineArguments(out=tmp_path, quick=True, objectives=("value",), progress=False, extra_wall_episodes=2, refine_steps=2)
@@ -767,7 +767,7 @@ def test_pipeline_trains_value_and_refinement_on_extra_wall_episodes(tmp_path):
 
 
 def test_pipeline_refuses_a_dataset_recorded_by_another_exploration(tmp_path):
-    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
     from wmlab.core.errors import RunDirectoryError
 
     run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from wmlab.agents.jepa_planner import landscape as L
-from wmlab.agents.jepa_planner.pipeline import positions_from_frame
+from wmlab.pipelines.jepa import landscape as L
+from wmlab.pipelines.jepa.pipeline import positions_from_frame
 from wmlab.envs.two_rooms import TwoRooms
 
 LAYOUT = L.Layout(door_y=0.3, goal=(0.8, 0.8))  # goal in the right room, door low
@@ -53,7 +53,7 @@ def test_a_wall_blind_distance_gets_stuck_behind_the_wall(true_landscape):
 
 
 def test_landscape_command_scores_a_trained_run(tmp_path):
-    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
 
     run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("value",), progress=False))
     assert L.landscape_command(["--out", str(tmp_path), "--layouts", "2", "--cells", "8"]) == 0

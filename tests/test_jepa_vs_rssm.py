@@ -14,7 +14,7 @@ from gymnasium import spaces
 
 from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig
-from wmlab.agents.jepa_planner.pixels_comparison import ComparisonArguments, RSSMGoalAgent, RSSMGoalConfig, markdown_table, run_comparison
+from wmlab.pipelines.jepa.pixels_comparison import ComparisonArguments, RSSMGoalAgent, RSSMGoalConfig, markdown_table, run_comparison
 from wmlab.models.jepa import JEPAConfig, goal_distance_returns
 from wmlab.models.rssm import RSSMConfig
 from wmlab.planners.mppi import MPPI, MPPIConfig

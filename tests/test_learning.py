@@ -23,7 +23,7 @@ from gymnasium import spaces
 from wmlab.agents.dreamer.config import DreamerCPUConfig, OptimizerConfig
 from wmlab.agents.planet.config import PlaNetConfig
 from wmlab.agents.tdmpc2.config import TDMPC2Config
-from wmlab.agents.world_models.pipeline import pipeline_command
+from wmlab.pipelines.world_models.pipeline import pipeline_command
 from wmlab.core.registry import register_env
 from wmlab.models.rssm import RSSMConfig
 from wmlab.models.tdmpc import TDMPCModelConfig

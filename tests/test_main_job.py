@@ -46,7 +46,7 @@ def test_moving_pixel_error_is_nan_where_nothing_moves():
 
 
 def test_the_estimate_never_exceeds_what_is_left_of_the_time_limit():
-    from wmlab.train.progress import seconds_left
+    from wmlab.core.progress import seconds_left
 
     # 10^6 steps at 2 steps per second would take days; the limit leaves 60 seconds.
     assert seconds_left(1000, 1_000_000, elapsed=540.0, time_limit=600.0, session_steps=1000, session_seconds=500.0) == 60.0
@@ -64,7 +64,7 @@ def test_a_time_limited_run_with_slow_evaluations_ends_within_its_limit(tmp_path
     from wmlab.agents.dyna.config import DynaConfig
     from wmlab.train import loop
     from wmlab.runs.config import TrainConfig
-    from wmlab.train.progress import TrainingProgress
+    from wmlab.core.progress import TrainingProgress
 
     evaluate = loop.evaluate_agent
 
@@ -110,7 +110,7 @@ def test_the_main_job_writes_every_report_section_within_its_time_limit(tmp_path
     import re
 
     from wmlab.cli import main
-    from wmlab.train.progress import TrainingProgress
+    from wmlab.core.progress import TrainingProgress
 
     estimates = []
     update = TrainingProgress.update

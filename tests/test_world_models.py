@@ -21,8 +21,8 @@ from wmlab.agents.world_models.config import (
     default_config,
 )
 from wmlab.agents.world_models.evolution import CMAES
-from wmlab.agents.world_models.pipeline import Pipeline, run_pipeline
-from wmlab.agents.world_models.rollouts import RealRollouts, RealRolloutSettings
+from wmlab.pipelines.world_models.pipeline import Pipeline, run_pipeline
+from wmlab.pipelines.world_models.rollouts import RealRollouts, RealRolloutSettings
 from wmlab.core.errors import RunDirectoryError, ShapeError
 from wmlab.core.protocols import Agent, WorldModel
 from wmlab.core.types import Batch
@@ -355,7 +355,7 @@ def test_presets():
 
 @pytest.mark.filterwarnings("ignore:no recorded episode terminated")
 def test_pipeline_command_trains_c_in_reality(tmp_path, capsys):
-    from wmlab.agents.world_models.pipeline import pipeline_command
+    from wmlab.pipelines.world_models.pipeline import pipeline_command
 
     run_dir = tmp_path / "real"
     tiny = [

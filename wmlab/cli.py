@@ -27,7 +27,7 @@ from typing import Annotated
 
 import tyro
 
-from wmlab.core.config import option_value
+from wmlab.core.config import option_value, parse_json_object
 from wmlab.core.errors import WmlabError
 from wmlab.core.registry import UnknownNameError
 
@@ -144,12 +144,7 @@ def parse_train_arguments(argv: list[str]):
     command_class = _train_command_class(ALGORITHMS.get(algorithm).load_config(), algorithm)
     parsed = tyro.cli(command_class, args=argv, prog="wmlab train", description=f"Train {algorithm}. " + (ALGORITHMS.get(algorithm).description or ""))
     run_dir = parsed.run_dir or Path("runs") / f"{parsed.algo}-{parsed.env.replace(':', '-').replace('/', '-')}-seed{parsed.train.seed}"
-    try:
-        env_kwargs = json.loads(parsed.env_kwargs)
-    except json.JSONDecodeError as error:
-        raise WmlabError(f"--env-kwargs must be a JSON object: {error}") from None
-    if not isinstance(env_kwargs, dict):
-        raise WmlabError(f"--env-kwargs must be a JSON object, got {parsed.env_kwargs!r}")
+    env_kwargs = parse_json_object("--env-kwargs", parsed.env_kwargs)
     spec = RunSpec(algorithm=parsed.algo, env=parsed.env, env_kwargs=env_kwargs, train=parsed.train, agent=parsed.agent)
     return spec, run_dir, False, parsed.force
 
@@ -346,11 +341,11 @@ BENCHMARKS = {
 
 
 PIPELINES = {
-    "world-models": "wmlab.agents.world_models.pipeline:pipeline_command",
-    "jepa": "wmlab.agents.jepa_planner.pipeline:jepa_command",
-    "jepa-vs-rssm": "wmlab.agents.jepa_planner.pixels_comparison:comparison_command",
-    "jepa-landscape": "wmlab.agents.jepa_planner.landscape:landscape_command",
-    "main": "wmlab.agents.planet.main_job:main_job_command",
+    "world-models": "wmlab.pipelines.world_models.pipeline:pipeline_command",
+    "jepa": "wmlab.pipelines.jepa.pipeline:jepa_command",
+    "jepa-vs-rssm": "wmlab.pipelines.jepa.pixels_comparison:comparison_command",
+    "jepa-landscape": "wmlab.pipelines.jepa.landscape:landscape_command",
+    "main": "wmlab.pipelines.main_job:main_job_command",
     "genie": "wmlab.pipelines.genie:pipeline_command",
 }
 

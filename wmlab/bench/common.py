@@ -80,28 +80,3 @@ def write_results(name: str, results: dict[str, Any], arguments: BenchArguments,
     if arguments.markdown is not None and markdown is not None:
         arguments.markdown.write_text(markdown)
         print(f"markdown written to {arguments.markdown}")
-
-
-class BenchProgress:
-    """A rich progress bar over a benchmark's runs, or nothing when disabled."""
-
-    def __init__(self, enabled: bool, total: int, name: str = "bench"):
-        self.bar = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-            self.bar.start()
-            self.task = self.bar.add_task(name, total=total)
-
-    def describe(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, description=text)
-
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

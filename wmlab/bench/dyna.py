@@ -27,7 +27,7 @@ import numpy as np
 from wmlab.agents.dyna.agent import DynaQAgent, DynaQPlusAgent, PrioritizedSweepingAgent, TabularAgent
 from wmlab.agents.dyna.config import DynaConfig
 from wmlab.envs.mazes import BlockingMaze, DynaMaze, GridMaze, ShortcutMaze
-from wmlab.bench.common import BenchProgress
+from wmlab.core.progress import StageProgress
 
 # Figure 8.2's setting (the book's values): gamma 0.95, alpha 0.1, epsilon 0.1, 50 episodes.
 DYNA_MAZE_CONFIG = DynaConfig(gamma=0.95, alpha=0.1, epsilon=0.1)
@@ -190,13 +190,11 @@ def run_dyna_benchmark(seeds: int = 30, quick: bool = False, figures_dir: Path |
     sweeping_settings = SWEEPING_SETTINGS[1:2] if quick else SWEEPING_SETTINGS
     max_steps = 50_000 if quick else MAX_STEPS_PER_RUN
     total_runs = runs * (len(DYNA_MAZE_PLANNING_STEPS) + 2 * len(CHANGING_MAZES) + 2 * len(sweeping_settings))
-    bar = BenchProgress(progress, total_runs, "dyna")
-    try:
-        dyna_maze = _dyna_maze(runs, bar)
-        changing = {name: _changing_maze(name, runs, bar) for name in CHANGING_MAZES}
-        sweeping = [_sweeping(resolution, alpha, runs, max_steps, bar) for resolution, alpha in sweeping_settings]
-    finally:
-        bar.close()
+    with StageProgress(progress) as stages:
+        advance = stages.task("dyna", total_runs)
+        dyna_maze = _dyna_maze(runs, advance)
+        changing = {name: _changing_maze(name, runs, advance) for name in CHANGING_MAZES}
+        sweeping = [_sweeping(resolution, alpha, runs, max_steps, advance) for resolution, alpha in sweeping_settings]
     results: dict[str, Any] = {
         "benchmark": "dyna",
         "settings": {
@@ -223,15 +221,15 @@ def _config_dict(config: DynaConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in config.__dataclass_fields__}
 
 
-def _dyna_maze(runs: int, bar: BenchProgress) -> dict[str, Any]:
+def _dyna_maze(runs: int, advance: Callable[..., None]) -> dict[str, Any]:
     mean_steps, cells = {}, []
     for planning_steps in DYNA_MAZE_PLANNING_STEPS:
-        bar.describe(f"Dyna maze, n = {planning_steps}")
+        advance(0, f"Dyna maze, n = {planning_steps}")
         config = replace(DYNA_MAZE_CONFIG, planning_steps=planning_steps)
         lengths = []
         for seed in range(runs):
             lengths.append(steps_per_episode(config, DYNA_MAZE_EPISODES, seed))
-            bar.advance()
+            advance(1)
         lengths = np.array(lengths, dtype=np.float64)  # (runs, episodes)
         mean = lengths.mean(axis=0)
         # Standard error of the mean over runs: how far a mean of this many runs may wander.
@@ -256,18 +254,18 @@ def _cell(planning_steps: int, episode: int, ours: float, standard_error: float,
     }
 
 
-def _changing_maze(name: str, runs: int, bar: BenchProgress) -> dict[str, Any]:
+def _changing_maze(name: str, runs: int, advance: Callable[..., None]) -> dict[str, Any]:
     make_env, total_steps, opening = CHANGING_MAZES[name]
     change_step = make_env().change_step
     result: dict[str, Any] = {"total_steps": total_steps, "change_step": change_step, "opening": list(opening)}
     for label, agent_class in (("dyna-q", DynaQAgent), ("dyna-q-plus", DynaQPlusAgent)):
-        bar.describe(f"{name} maze, {label}")
+        advance(0, f"{name} maze, {label}")
         curves, openings = [], 0
         for seed in range(runs):
             curve, uses_opening = cumulative_reward(agent_class, CHANGING_MAZE_CONFIG, make_env, total_steps, opening, seed)
             curves.append(curve)
             openings += uses_opening
-            bar.advance()
+            advance(1)
         mean = np.mean(np.array(curves), axis=0)
         result[label] = {
             "cumulative_reward": [round(float(value), 3) for value in mean[CURVE_EVERY - 1 :: CURVE_EVERY]],
@@ -278,18 +276,18 @@ def _changing_maze(name: str, runs: int, bar: BenchProgress) -> dict[str, Any]:
     return result
 
 
-def _sweeping(resolution: int, alpha: float, runs: int, max_steps: int, bar: BenchProgress) -> dict[str, Any]:
+def _sweeping(resolution: int, alpha: float, runs: int, max_steps: int, advance: Callable[..., None]) -> dict[str, Any]:
     layout = DynaMaze(resolution=resolution).layout
     config = replace(SWEEPING_CONFIG, alpha=alpha)
     result: dict[str, Any] = {"resolution": resolution, "alpha": alpha, "open_cells": layout.open_cells, "shortest_path": layout.shortest_path_length()}
     for label, agent_class in (("dyna-q", DynaQAgent), ("prioritized-sweeping", PrioritizedSweepingAgent)):
-        bar.describe(f"Example 8.4, resolution {resolution}, alpha {alpha}, {label}")
+        advance(0, f"Example 8.4, resolution {resolution}, alpha {alpha}, {label}")
         updates, steps = [], []
         for seed in range(runs):
             update_count, step_count = updates_until_optimal(agent_class, config, resolution, seed, max_steps)
             updates.append(update_count)
             steps.append(step_count)
-            bar.advance()
+            advance(1)
         result[label] = {
             "updates": updates,
             "real_steps": steps,

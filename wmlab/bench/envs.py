@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from wmlab.bench.common import BenchProgress
+from wmlab.core.progress import StageProgress
 
 @dataclass(frozen=True)
 class EnvCase:
@@ -80,18 +80,18 @@ def run_envs_benchmark(quick: bool = False, seeds: int = 5, progress: bool = Tru
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, not {seeds}")
     started = time.time()
-    bar = BenchProgress(progress, len(CASES) * seeds + len(RENDER_TASKS), "envs")
     rows = []
-    for case in CASES:
-        bar.describe(case.suite)
-        rows.append(_measure_case(case, quick, seeds, bar))
     render_rows = []
     frames = 20 if quick else 100
-    for task in RENDER_TASKS:
-        bar.describe(f"render {task}")
-        render_rows.append(_measure_render(task, frames))
-        bar.advance()
-    bar.close()
+    with StageProgress(progress) as stages:
+        advance = stages.task("envs", len(CASES) * seeds + len(RENDER_TASKS))
+        for case in CASES:
+            advance(0, case.suite)
+            rows.append(_measure_case(case, quick, seeds, advance))
+        for task in RENDER_TASKS:
+            advance(0, f"render {task}")
+            render_rows.append(_measure_render(task, frames))
+            advance(1)
     results = {
         "settings": {
             "quick": quick,
@@ -120,7 +120,7 @@ def _chunking(case: EnvCase, quick: bool) -> tuple[int, int]:
     return (QUICK_CHUNK_STEPS, QUICK_CHUNKS) if quick else (case.chunk_steps, case.chunks)
 
 
-def _measure_case(case: EnvCase, quick: bool, repetitions: int, bar: BenchProgress) -> dict[str, Any]:
+def _measure_case(case: EnvCase, quick: bool, repetitions: int, advance: Callable[..., None]) -> dict[str, Any]:
     chunk_steps, chunks = _chunking(case, quick)
     steps = chunk_steps * chunks
     wmlab_times, raw_times = [], []
@@ -135,7 +135,7 @@ def _measure_case(case: EnvCase, quick: bool, repetitions: int, bar: BenchProgre
             loop.close()
         wmlab_times.append(seconds["wmlab"])
         raw_times.append(seconds["raw"])
-        bar.advance()
+        advance(1)
     ratios = [mine / raw for mine, raw in zip(wmlab_times, raw_times)]
     return {
         "suite": case.suite,

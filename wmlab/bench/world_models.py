@@ -85,7 +85,7 @@ def benchmark_config(quick: bool, inputs: str = "latent_and_hidden", temperature
 
 def train_world_model(run_dir: Path, seed: int, quick: bool, progress: bool) -> Path:
     """V and M once per seed, in RUN_DIR/seed<seed>/world_model."""
-    from wmlab.agents.world_models.pipeline import run_pipeline
+    from wmlab.pipelines.world_models.pipeline import run_pipeline
 
     base = run_dir / f"seed{seed}" / "world_model"
     run_pipeline(benchmark_config(quick), CARRACING, base, seed=seed, progress=progress, stages=WORLD_MODEL_STAGES)
@@ -94,7 +94,7 @@ def train_world_model(run_dir: Path, seed: int, quick: bool, progress: bool) -> 
 
 def train_controller(run_dir: Path, seed: int, quick: bool, progress: bool, inputs: str, temperature: float) -> dict[str, Any]:
     """C in the dream of the seed's world model, then its evaluation; returns the run's summary."""
-    from wmlab.agents.world_models.pipeline import run_pipeline
+    from wmlab.pipelines.world_models.pipeline import run_pipeline
 
     base = train_world_model(run_dir, seed, quick, progress)
     name = f"tau-{temperature}" if inputs == "latent_and_hidden" else f"z-only-tau-{temperature}"
@@ -132,7 +132,7 @@ def baselines(run_dir: Path, episodes: int) -> dict[str, dict[str, float]]:
     cache = run_dir / "bench" / "baselines.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    from wmlab.agents.world_models.pipeline import brownian_policy
+    from wmlab.pipelines.world_models.pipeline import brownian_policy
     from wmlab.envs.adapter import make_env
 
     env = make_env(CARRACING)

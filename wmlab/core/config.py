@@ -22,13 +22,14 @@ A bound may name another field of the same config ("candidates" above).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from wmlab.core.errors import ConfigError
+from wmlab.core.errors import ConfigError, WmlabError
 
 ConfigType = TypeVar("ConfigType")
 
@@ -172,3 +173,15 @@ def option_value(argv: list[str], name: str) -> str | None:
         if argument.startswith(name + "="):
             return argument.split("=", 1)[1]
     return None
+
+
+def parse_json_object(flag: str, text: str, error: type[WmlabError] = WmlabError) -> dict[str, Any]:
+    """A command-line option that holds a JSON object (`--env-kwargs`, `--agent-overrides`...);
+    anything else raises `error` naming the option and the text."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as problem:
+        raise error(f"{flag} must be a JSON object, got {text!r} ({problem})") from None
+    if not isinstance(value, dict):
+        raise error(f"{flag} must be a JSON object, got {text!r}")
+    return value

@@ -1,4 +1,5 @@
-"""Gymnasium spaces as JSON: how a dataset's manifest and a run's config.json record them."""
+"""Gymnasium spaces: as JSON (how a dataset's manifest and a run's config.json record them), and the
+action layout every model and agent reads from an action space."""
 
 from __future__ import annotations
 
@@ -6,9 +7,51 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from gymnasium import spaces
 
-from wmlab.core.errors import DatasetError
+from wmlab.core.errors import DatasetError, IncompatibleSpaceError, ShapeError
+from wmlab.core.shapes import format_expected, shape_matches
+
+
+def action_layout(action_space: spaces.Space, owner: str, bounded: bool = False) -> tuple[int, bool]:
+    """(A, discrete) for a 1-D Box (A dimensions) or a Discrete space starting at 0 (A choices).
+
+    Indices enter one-hot encodings as they are, so a Discrete space that starts elsewhere is refused.
+    With `bounded`, a Box needs finite bounds (the owner scales its actions to [-1, 1]). Errors
+    name `owner` ("the RSSM", "TD-MPC2").
+    """
+    if isinstance(action_space, spaces.Discrete):
+        if int(action_space.start) != 0:
+            raise IncompatibleSpaceError(f"{owner} takes Discrete actions that start at 0, got {action_space}")
+        return int(action_space.n), True
+    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+        if bounded and not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
+            raise IncompatibleSpaceError(f"{owner} scales Box actions to [-1, 1] and needs finite bounds, got {action_space}")
+        return int(action_space.shape[0]), False
+    kind = "a bounded 1-D Box" if bounded else "a 1-D Box"
+    raise IncompatibleSpaceError(f"{owner} takes {kind} or a Discrete action space, got {action_space}")
+
+
+def discrete_action_input(
+    action: torch.Tensor, action_size: int, leading: tuple[str, ...], sizes: dict[str, int], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Discrete actions as model inputs (*leading, K): indices (*leading) become one-hot; float
+    one-hot or probability vectors (*leading, K) are kept as given, so that gradients flow through a
+    relaxed policy. Binds the letters of `leading` in `sizes`."""
+    one_hot = shape_matches(tuple(action.shape), (*leading, action_size), sizes)
+    if one_hot is not None and action.is_floating_point():
+        sizes.update(one_hot)
+        return action.to(dtype)
+    indices = shape_matches(tuple(action.shape), leading, sizes)
+    if indices is None:
+        raise ShapeError(
+            f"action: expected indices {format_expected(leading, sizes)} or one-hot "
+            f"{format_expected((*leading, action_size), sizes)}, got {tuple(action.shape)}"
+        )
+    sizes.update(indices)
+    return F.one_hot(action.long(), action_size).to(dtype)
 
 
 def describe_space(space: spaces.Space) -> dict[str, Any]:

@@ -38,6 +38,7 @@ import numpy as np
 import tyro
 from gymnasium import spaces
 
+from wmlab.core.config import parse_json_object
 from wmlab.core.errors import DatasetError
 from wmlab.core.spaces import describe_space, space_from_description
 from wmlab.core.types import Batch
@@ -441,12 +442,7 @@ class RecordArguments:
 def record_command(argv: list[str]) -> int:
     """`wmlab record --env ID --episodes N --policy random --out DIR [--seed S] [--no-actions]`."""
     arguments = tyro.cli(RecordArguments, args=argv, prog="wmlab record")
-    try:
-        env_kwargs = json.loads(arguments.env_kwargs)
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"--env-kwargs must be a JSON object, got {arguments.env_kwargs!r} ({error})") from None
-    if not isinstance(env_kwargs, dict):
-        raise DatasetError(f"--env-kwargs must be a JSON object, got {arguments.env_kwargs!r}")
+    env_kwargs = parse_json_object("--env-kwargs", arguments.env_kwargs, DatasetError)
     policy: Policy = arguments.policy
     if arguments.policy != "random":
         spec, policy = load_trained_agent(Path(arguments.policy))

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from wmlab.core.video import write_gif
+
 
 @torch.no_grad()
 def open_loop_predictions(model: Any, batch: Any, context: int = 5) -> dict[str, Any]:
@@ -109,11 +111,8 @@ def write_open_loop_report(model: Any, replay: Any, run_dir: str | Path, sequenc
     for key, predicted in predictions["observations"].items():
         real = np.asarray(batch.obs[key])
         if real.dtype == np.uint8 and real.ndim == 5:
-            import imageio.v2 as imageio
-
             path = run_dir / "videos" / f"open_loop_{key}.gif"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            imageio.mimsave(path, list(labelled_video_frames(real, predicted, context)), duration=0.15, loop=0)
+            write_gif(path, list(labelled_video_frames(real, predicted, context)), milliseconds_per_frame=150)
             written.append(path)
             errors[key] = ((predicted - real.astype(np.float32) / 255.0) ** 2).mean(axis=(0, 2, 3, 4)).tolist()
         else:

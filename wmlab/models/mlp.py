@@ -23,7 +23,8 @@ from torch import nn
 
 from wmlab.core.config import COUNT, POSITIVE, Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape, format_expected, shape_matches
+from wmlab.core.shapes import check_shape
+from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.mlp import MLP
 from wmlab.nn.normalizer import RunningNormalizer
@@ -84,14 +85,7 @@ def vector_size(observation_space: spaces.Space) -> int:
 
 def action_size(action_space: spaces.Space) -> tuple[int, bool]:
     """(A, whether actions are discrete) for a 1-D Box or a Discrete space."""
-    if isinstance(action_space, spaces.Discrete):
-        if int(action_space.start) != 0:
-            # Indices enter one_hot as they are; a shifted space would need shifting everywhere.
-            raise IncompatibleSpaceError(f"the MLP world model takes Discrete actions that start at 0, got {action_space}")
-        return int(action_space.n), True
-    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-        return int(action_space.shape[0]), False
-    raise IncompatibleSpaceError(f"the MLP world model takes a 1-D Box or a Discrete action space, got {action_space}")
+    return action_layout(action_space, "the MLP world model")
 
 
 class MLPWorldModel(nn.Module):
@@ -131,18 +125,7 @@ class MLPWorldModel(nn.Module):
         if not self.discrete:
             check_shape("action", action, (*leading, self.action_size), sizes)
             return action.to(self.dtype)
-        one_hot = shape_matches(tuple(action.shape), (*leading, self.action_size), sizes)
-        if one_hot is not None and action.is_floating_point():
-            sizes.update(one_hot)
-            return action.to(self.dtype)
-        indices = shape_matches(tuple(action.shape), leading, sizes)
-        if indices is None:
-            raise ShapeError(
-                f"action: expected indices {format_expected(leading, sizes)} or one-hot "
-                f"{format_expected((*leading, self.action_size), sizes)}, got {tuple(action.shape)}"
-            )
-        sizes.update(indices)
-        return F.one_hot(action.long(), self.action_size).to(self.dtype)
+        return discrete_action_input(action, self.action_size, leading, sizes, self.dtype)
 
     def network_input(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         # state (..., D), encoded action (..., A) -> (..., D + A)

@@ -37,14 +37,16 @@ from torch import nn
 
 from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, at_least, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape, format_expected, shape_matches
+from wmlab.core.shapes import check_shape
+from wmlab.core.spaces import action_layout as space_action_layout
+from wmlab.core.spaces import discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.kl import categorical_kl, gaussian_kl, gaussian_kl_free_nats, kl_balanced, kl_balanced_gaussian
 from wmlab.nn.categorical import categorical_entropy, sample_one_hot, unimix_logits
 from wmlab.nn.conv import ConvDecoder, ConvEncoder, make_norm
 from wmlab.nn.distributions import TwoHot, symexp, symlog
 from wmlab.nn.gru import BlockGRUCell, NormGRUCell
-from wmlab.nn.mlp import make_activation
+from wmlab.nn.mlp import dense_layers, make_activation
 
 State = dict[str, torch.Tensor]
 
@@ -269,24 +271,12 @@ def observation_layout(observation_space: spaces.Space) -> ObservationLayout:
 
 def action_layout(action_space: spaces.Space) -> tuple[int, bool]:
     """(A, discrete) for a bounded 1-D Box or a Discrete space starting at 0."""
-    if isinstance(action_space, spaces.Discrete):
-        if int(action_space.start) != 0:
-            raise IncompatibleSpaceError(f"the RSSM takes Discrete actions that start at 0, got {action_space}")
-        return int(action_space.n), True
-    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-        if not (torch.isfinite(torch.as_tensor(action_space.low)).all() and torch.isfinite(torch.as_tensor(action_space.high)).all()):
-            raise IncompatibleSpaceError(f"the RSSM scales Box actions to [-1, 1] and needs finite bounds, got {action_space}")
-        return int(action_space.shape[0]), False
-    raise IncompatibleSpaceError(f"the RSSM takes a bounded 1-D Box or a Discrete action space, got {action_space}")
+    return space_action_layout(action_space, "the RSSM", bounded=True)
 
 
 def dense_stack(input_size: int, units: int, layers: int, norm: str, activation: str) -> nn.Sequential:
     """`layers` x (Linear -> norm -> activation); the identity when layers is 0."""
-    blocks: list[nn.Module] = []
-    for _ in range(layers):
-        blocks += [nn.Linear(input_size, units), make_norm(norm, units), make_activation(activation)]
-        input_size = units
-    return nn.Sequential(*blocks)
+    return nn.Sequential(*dense_layers(input_size, units, layers, lambda size: make_norm(norm, size), lambda: make_activation(activation)))
 
 
 #: Loss terms that an observation key must not shadow.
@@ -474,18 +464,7 @@ class RSSM(nn.Module):
             # DreamerV3 divides by max(1, |a|) with a stop-gradient: a policy's unbounded sample
             # cannot push the dynamics outside the range they were trained on.
             return scaled / scaled.detach().abs().clamp_min(1.0)
-        one_hot = shape_matches(tuple(action.shape), (*leading, self.action_size), sizes)
-        if one_hot is not None and action.is_floating_point():
-            sizes.update(one_hot)
-            return action.float()
-        indices = shape_matches(tuple(action.shape), leading, sizes)
-        if indices is None:
-            raise ShapeError(
-                f"action: expected indices {format_expected(leading, sizes)} or one-hot "
-                f"{format_expected((*leading, self.action_size), sizes)}, got {tuple(action.shape)}"
-            )
-        sizes.update(indices)
-        return F.one_hot(action.long(), self.action_size).float()
+        return discrete_action_input(action, self.action_size, leading, sizes)
 
     def environment_action(self, action: torch.Tensor) -> torch.Tensor:
         """Model-space actions (..., A) in [-1, 1] -> the environment's bounds (Box only)."""

@@ -46,9 +46,11 @@ from torch import nn
 from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, Config, above, at_least, between, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape
+from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.distributions import TwoHot
 from wmlab.nn.ensemble import EnsembleMLP
+from wmlab.nn.mlp import dense_layers
 from wmlab.nn.activations import Mish
 from wmlab.nn.norms import SimNorm
 
@@ -296,10 +298,7 @@ def normed_head(input_size: int, output_size: int, group: int) -> nn.Module:
 def trunk(input_size: int, width: int, layers: int) -> nn.Sequential:
     """`layers` hidden layers Linear -> LayerNorm -> Mish, TD-MPC2's block (the fast Mish of
     wmlab.nn.activations: it was 39% of planning time with aten::mish)."""
-    blocks: list[nn.Module] = []
-    for index in range(layers):
-        blocks += [nn.Linear(input_size if index == 0 else width, width), nn.LayerNorm(width), Mish()]
-    return nn.Sequential(*blocks)
+    return nn.Sequential(*dense_layers(input_size, width, layers, nn.LayerNorm, Mish))
 
 
 class TDMPCModel(nn.Module):
@@ -394,11 +393,7 @@ class TDMPCModel(nn.Module):
         sizes = {} if sizes is None else sizes
         action = torch.as_tensor(action, device=self.device)
         if self.discrete:
-            if action.is_floating_point() and action.ndim == len(leading) + 1:
-                check_shape("action", action, (*leading, self.action_size), sizes)
-                return action.float()
-            check_shape("action", action, leading, sizes)
-            return F.one_hot(action.long(), self.action_size).float()
+            return discrete_action_input(action, self.action_size, leading, sizes)
         check_shape("action", action, (*leading, self.action_size), sizes)
         return ((action.float() - self.action_centre) / self.action_half_range).clamp(-1.0, 1.0)
 
@@ -852,12 +847,5 @@ def task_entries(observation_space: spaces.Space, action_size: int, discrete: bo
 
 def action_entry(action_space: spaces.Space) -> tuple[bool, int]:
     """(discrete, A or K) for a bounded 1-D Box or a Discrete space starting at 0."""
-    if isinstance(action_space, spaces.Discrete):
-        if int(action_space.start) != 0:
-            raise IncompatibleSpaceError(f"TD-MPC2 takes Discrete actions that start at 0, got {action_space}")
-        return True, int(action_space.n)
-    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-        if not (torch.isfinite(torch.as_tensor(action_space.low)).all() and torch.isfinite(torch.as_tensor(action_space.high)).all()):
-            raise IncompatibleSpaceError(f"TD-MPC2 rescales actions to [-1, 1] and needs finite bounds, got {action_space}")
-        return False, int(action_space.shape[0])
-    raise IncompatibleSpaceError(f"TD-MPC2 takes a bounded 1-D Box or a Discrete action space, got {action_space}")
+    size, discrete = action_layout(action_space, "TD-MPC2", bounded=True)
+    return discrete, size

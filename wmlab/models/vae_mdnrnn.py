@@ -39,7 +39,8 @@ from torch import nn
 
 from wmlab.core.config import COUNT, NON_NEGATIVE, POSITIVE, Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape, format_expected, shape_matches
+from wmlab.core.shapes import check_shape
+from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 
 #: V takes and produces square frames of this side (the architecture fixes it).
@@ -164,13 +165,7 @@ def image_channels(observation_space: spaces.Space) -> int:
 
 def action_size(action_space: spaces.Space) -> tuple[int, bool]:
     """(A, whether actions are discrete) for a 1-D Box or a Discrete space starting at 0."""
-    if isinstance(action_space, spaces.Discrete):
-        if int(action_space.start) != 0:
-            raise IncompatibleSpaceError(f"the VAE-MDN-RNN world model takes Discrete actions that start at 0, got {action_space}")
-        return int(action_space.n), True
-    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-        return int(action_space.shape[0]), False
-    raise IncompatibleSpaceError(f"the VAE-MDN-RNN world model takes a 1-D Box or a Discrete action space, got {action_space}")
+    return action_layout(action_space, "the VAE-MDN-RNN world model")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,18 +391,7 @@ class VAEMDNRNN(nn.Module):
         if not self.discrete:
             check_shape("action", action, (*leading, self.action_size), sizes)
             return action.float()
-        one_hot = shape_matches(tuple(action.shape), (*leading, self.action_size), sizes)
-        if one_hot is not None and action.is_floating_point():
-            sizes.update(one_hot)
-            return action.float()
-        indices = shape_matches(tuple(action.shape), leading, sizes)
-        if indices is None:
-            raise ShapeError(
-                f"action: expected indices {format_expected(leading, sizes)} or one-hot "
-                f"{format_expected((*leading, self.action_size), sizes)}, got {tuple(action.shape)}"
-            )
-        sizes.update(indices)
-        return F.one_hot(action.long(), self.action_size).float()
+        return discrete_action_input(action, self.action_size, leading, sizes)
 
     def check_state(self, state: dict[str, torch.Tensor], sizes: dict[str, int] | None = None) -> dict[str, int]:
         sizes = {} if sizes is None else sizes

@@ -27,6 +27,24 @@ def make_activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
 
 
+def dense_layers(
+    input_size: int, units: int, layers: int, norm: Callable[[int], nn.Module] | None, activation: Callable[[], nn.Module]
+) -> list[nn.Module]:
+    """`layers` x (Linear(input, units) -> [norm(units)] -> activation()), in that order; no norm
+    module at all when `norm` is None. The one hidden-layer builder of MLP, the RSSM's heads and
+    TD-MPC2's trunks: the order fixes the parameter names and the random draws of initialisation."""
+    blocks: list[nn.Module] = []
+    for _ in range(layers):
+        # Keep the bias even before a norm: without it LayerNorm(W x) is blind to the scale of x,
+        # and a low-dimensional input (a state vector) loses its magnitude.
+        blocks.append(nn.Linear(input_size, units))
+        if norm is not None:
+            blocks.append(norm(units))
+        blocks.append(activation())
+        input_size = units
+    return blocks
+
+
 class MLP(nn.Module):
     """`layers` hidden layers of `hidden_size` units (Linear -> [LayerNorm] -> activation), then an
     optional linear output layer.
@@ -49,16 +67,8 @@ class MLP(nn.Module):
             raise ValueError(f"layers must be >= 0, got {layers}")
         self.input_size = input_size
         self.output_size = output_size
-        blocks: list[nn.Module] = []
-        width = input_size
-        for _ in range(layers):
-            # Keep the bias even before LayerNorm: without it LayerNorm(W x) is blind to the scale
-            # of x, and a low-dimensional input (a state vector) loses its magnitude.
-            blocks.append(nn.Linear(width, hidden_size))
-            if layer_norm:
-                blocks.append(nn.LayerNorm(hidden_size))
-            blocks.append(make_activation(activation))
-            width = hidden_size
+        blocks = dense_layers(input_size, hidden_size, layers, nn.LayerNorm if layer_norm else None, lambda: make_activation(activation))
+        width = hidden_size if layers else input_size
         if output_size is not None:
             blocks.append(nn.Linear(width, output_size))
         self.net = nn.Sequential(*blocks)

@@ -31,7 +31,7 @@ import tyro
 
 from wmlab.agents.dreamer.config import DreamerConfig
 from wmlab.bench.common import machine_description
-from wmlab.core.config import from_dict
+from wmlab.core.config import from_dict, parse_json_object
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.registry import ALGORITHMS
 from wmlab.runs.config import TrainConfig
@@ -121,16 +121,6 @@ class RunResult:
     seed: int
     run_dir: Path
     summary: dict
-
-
-def parse_json_object(flag: str, text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise WmlabError(f"{flag} must be a JSON object: {error}") from None
-    if not isinstance(value, dict):
-        raise WmlabError(f"{flag} must be a JSON object, got {text!r}")
-    return value
 
 
 def deep_merge(base: dict, changes: dict) -> dict:

@@ -45,7 +45,7 @@ from wmlab.eval.returns import episode_task, evaluate_agent, unbatch_action
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import COMPLETE_FILE, CONFIG_FILE, RunSpec, build_agent, resume_checkpoint
 from wmlab.train.logger import MetricsAverager, MetricsLogger
-from wmlab.train.progress import TrainingProgress
+from wmlab.core.progress import TrainingProgress
 
 @dataclass
 class Counters:

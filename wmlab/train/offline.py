@@ -54,7 +54,7 @@ from wmlab.runs.directory import (
     load_offline_run_spec,
 )
 from wmlab.train.logger import MetricsAverager, MetricsLogger
-from wmlab.train.progress import StageProgress
+from wmlab.core.progress import StageProgress
 
 TRAINER_STATE = "trainer"
 #: Families that have no loss of their own to fit offline, and why.

@@ -18,8 +18,9 @@ import torch
 from gymnasium import spaces
 
 from wmlab.agents.world_models.config import WorldModelsConfig
-from wmlab.core.errors import IncompatibleSpaceError, WmlabError
+from wmlab.core.errors import WmlabError
 from wmlab.core.shapes import check_shape
+from wmlab.core.spaces import action_layout
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.vae_mdnrnn import VAEMDNRNN, prepare_frames
 
@@ -43,18 +44,12 @@ class LinearController:
     """
 
     def __init__(self, feature_size: int, action_space: spaces.Space):
-        if isinstance(action_space, spaces.Discrete):
-            if int(action_space.start) != 0:
-                raise IncompatibleSpaceError(f"the controller takes Discrete actions that start at 0, got {action_space}")
-            self.discrete, self.outputs = True, int(action_space.n)
-        elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-            self.discrete, self.outputs = False, int(action_space.shape[0])
+        self.outputs, self.discrete = action_layout(action_space, "the controller")
+        if not self.discrete:
             low, high = np.asarray(action_space.low, np.float64), np.asarray(action_space.high, np.float64)
             self._bounded = torch.as_tensor(np.isfinite(low) & np.isfinite(high))
             self._low = torch.as_tensor(np.where(self._bounded.numpy(), low, -1.0), dtype=torch.float32)
             self._high = torch.as_tensor(np.where(self._bounded.numpy(), high, 1.0), dtype=torch.float32)
-        else:
-            raise IncompatibleSpaceError(f"the controller takes a 1-D Box or a Discrete action space, got {action_space}")
         self.action_space = action_space
         self.feature_size = int(feature_size)
         self.parameter_count = self.outputs * (self.feature_size + 1)

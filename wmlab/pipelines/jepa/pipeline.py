@@ -28,7 +28,7 @@ from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, Predict
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig, default_mppi
 from wmlab.core.errors import RunDirectoryError, ShapeError
 from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, MIDDLE_X, WALL_RGB, TwoRoomsGeometry, scripted_action
-from wmlab.train.progress import StageProgress
+from wmlab.core.progress import StageProgress
 
 
 def positions_from_frame(frame: np.ndarray) -> np.ndarray:

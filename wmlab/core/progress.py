@@ -1,5 +1,5 @@
-"""Rich progress bars: the training loop's (steps and the clock) and the stages of a multi-stage job
-(pipelines), or nothing when disabled."""
+"""Rich progress bars: the training loop's (steps and the clock) and the stages of a multi-stage
+job (pipelines, offline training, benchmarks), or nothing when disabled."""
 
 from __future__ import annotations
 

@@ -33,11 +33,11 @@ import torch
 from gymnasium import spaces
 
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, default_mppi
-from wmlab.agents.jepa_planner.pipeline import evaluate, exploration_policy, no_progress
+from wmlab.pipelines.jepa.pipeline import evaluate, exploration_policy, no_progress
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.rssm import RSSM, RSSMConfig, RSSMLossScales, State
 from wmlab.planners.mppi import MPPI, MPPIConfig
-from wmlab.train.progress import StageProgress
+from wmlab.core.progress import StageProgress
 
 
 def reward_free_rssm() -> RSSMConfig:

@@ -243,7 +243,7 @@ def wall_blocked_share(episodes, geometry, min_push: float = 0.4, near_wall: flo
     `near_wall` of the wall. Episodes are dicts with "image" (T, H, W, 3) and "action" (T, 2), row t
     holding the action that led to frame t (the dataset convention). What the data never show,
     a predictor cannot learn."""
-    from wmlab.agents.jepa_planner.pipeline import positions_from_frame
+    from wmlab.pipelines.jepa.pipeline import positions_from_frame
     from wmlab.envs.two_rooms import MIDDLE_X
 
     blocked = total = 0
@@ -292,7 +292,7 @@ def straight_line_scores(land: Landscape, layout: Layout) -> np.ndarray:
 
 def dataset_probe(agent, dataset, max_frames: int = 4000) -> dict[str, float]:
     """layout_probe on the recorded frames (evenly thinned to at most max_frames), labels read off by colour."""
-    from wmlab.agents.jepa_planner.pipeline import positions_from_frame
+    from wmlab.pipelines.jepa.pipeline import positions_from_frame
 
     frames = np.concatenate([episode[agent.model.observation_key] for episode in dataset.episodes()])
     frames = frames[:: max(1, len(frames) // max_frames)]
@@ -348,7 +348,7 @@ def landscape_command(argv: list[str]) -> int:
     import tyro
 
     from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
-    from wmlab.agents.jepa_planner.pipeline import PipelineArguments, planner_config
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, planner_config
     from wmlab.data.dataset import load_dataset
     from wmlab.core.serialization import load_state
 

@@ -41,16 +41,17 @@ from gymnasium import spaces
 from wmlab.agents.world_models.agent import LinearController, WorldModelsAgent
 from wmlab.agents.world_models.config import WorldModelsConfig, default_config
 from wmlab.agents.world_models.evolution import CMAES
-from wmlab.agents.world_models.rollouts import RealRolloutSettings, RealRollouts, controller_features, dream_returns
-from wmlab.core.config import option_value
+from wmlab.pipelines.world_models.rollouts import RealRolloutSettings, RealRollouts, controller_features, dream_returns
+from wmlab.core.config import option_value, parse_json_object
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.serialization import load_state, save_state
+from wmlab.core.video import write_gif
 from wmlab.data.dataset import read_manifest, record_dataset
 from wmlab.envs.adapter import make_env
 from wmlab.envs.imagined import ImaginedEnv
 from wmlab.models.vae_mdnrnn import VAEMDNRNN, action_size, image_channels, prepare_frames
 from wmlab.runs.config import TrainConfig
-from wmlab.train.progress import StageProgress
+from wmlab.core.progress import StageProgress
 
 STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "evaluate")
 ALGORITHM = "world-models"
@@ -99,12 +100,7 @@ def pipeline_command(argv: list[str]) -> int:
     quick = "--quick" in argv
     defaults = command_class(env=env_id, quick=quick, config=default_config(env_id, quick))
     arguments = tyro.cli(command_class, args=argv, default=defaults, prog="wmlab pipeline world-models")
-    try:
-        env_kwargs = json.loads(arguments.env_kwargs)
-    except json.JSONDecodeError as error:
-        raise WmlabError(f"--env-kwargs must be a JSON object, got {arguments.env_kwargs!r} ({error})") from None
-    if not isinstance(env_kwargs, dict):
-        raise WmlabError(f"--env-kwargs must be a JSON object, got {arguments.env_kwargs!r}")
+    env_kwargs = parse_json_object("--env-kwargs", arguments.env_kwargs)
     run_dir = arguments.run_dir or Path("runs") / f"world-models-{arguments.env.replace(':', '-').replace('/', '-')}-seed{arguments.seed}"
     summary = run_pipeline(
         arguments.config, arguments.env, run_dir, seed=arguments.seed, env_kwargs=env_kwargs, device=arguments.device,
@@ -743,15 +739,6 @@ def _changed_keys(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "
         elif first != second:
             changed.append(f"{prefix}{key}")
     return changed
-
-
-def write_gif(path: Path, frames: list[np.ndarray], milliseconds_per_frame: int = 50) -> None:
-    import imageio.v3 as imageio
-
-    if not frames:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.imwrite(path, np.stack(frames), duration=milliseconds_per_frame, loop=0)
 
 
 @torch.no_grad()

@@ -1,0 +1,63 @@
+"""One of each piece of glue: env-kwargs parsing, the action layout, the hidden-layer builder, GIFs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from PIL import Image
+
+from wmlab.core.config import parse_json_object
+from wmlab.core.errors import DatasetError, IncompatibleSpaceError, ShapeError, WmlabError
+from wmlab.core.spaces import action_layout
+from wmlab.core.video import write_gif
+from wmlab.nn.mlp import MLP, dense_layers
+
+
+def test_env_kwargs_are_a_json_object_or_a_clear_error():
+    assert parse_json_object("--env-kwargs", '{"reward": "dense"}') == {"reward": "dense"}
+    with pytest.raises(WmlabError, match=r"--env-kwargs must be a JSON object, got '\[1\]'"):
+        parse_json_object("--env-kwargs", "[1]")
+    with pytest.raises(DatasetError, match="JSON object, got 'reward='"):
+        parse_json_object("--env-kwargs", "reward=", DatasetError)
+
+
+def test_action_layout_reads_every_supported_space_and_names_the_owner():
+    assert action_layout(spaces.Discrete(4), "x") == (4, True)
+    assert action_layout(spaces.Box(-1, 1, (3,)), "x", bounded=True) == (3, False)
+    assert action_layout(spaces.Box(-np.inf, np.inf, (2,)), "x") == (2, False)
+    with pytest.raises(IncompatibleSpaceError, match="the RSSM takes Discrete actions that start at 0"):
+        action_layout(spaces.Discrete(4, start=1), "the RSSM")
+    with pytest.raises(IncompatibleSpaceError, match="TD-MPC2 scales Box actions to \\[-1, 1\\] and needs finite bounds"):
+        action_layout(spaces.Box(-np.inf, np.inf, (2,)), "TD-MPC2", bounded=True)
+    with pytest.raises(IncompatibleSpaceError, match="takes a bounded 1-D Box or a Discrete"):
+        action_layout(spaces.Box(-1, 1, (2, 2)), "x", bounded=True)
+
+
+def test_dense_layers_keep_the_parameter_names_of_each_builder():
+    assert [type(block).__name__ for block in dense_layers(3, 4, 2, None, torch.nn.ReLU)] == ["Linear", "ReLU", "Linear", "ReLU"]
+    keys = list(MLP(5, 3, 16, 2, layer_norm=True).state_dict())
+    assert keys[:4] == ["net.0.weight", "net.0.bias", "net.1.weight", "net.1.bias"] and keys[-2:] == ["net.6.weight", "net.6.bias"]
+    assert MLP(5, None, 16, 0).features == 5
+
+
+def test_gif_frames_last_the_given_milliseconds(tmp_path):
+    frames = [np.full((8, 8, 3), 40 * index, np.uint8) for index in range(3)]
+    write_gif(tmp_path / "videos" / "a.gif", frames, milliseconds_per_frame=100)
+    image = Image.open(tmp_path / "videos" / "a.gif")
+    assert image.n_frames == 3 and image.info["duration"] == 100
+    write_gif(tmp_path / "empty.gif", [])
+    assert not (tmp_path / "empty.gif").exists()
+
+
+def test_discrete_actions_enter_models_as_one_hot_or_as_given():
+    from wmlab.core.spaces import discrete_action_input
+
+    sizes: dict[str, int] = {}
+    encoded = discrete_action_input(torch.tensor([[0, 2]]), 3, ("B", "T"), sizes)
+    assert encoded.tolist() == [[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]] and sizes == {"B": 1, "T": 2}
+    relaxed = torch.tensor([[0.2, 0.3, 0.5]], dtype=torch.float64)
+    assert discrete_action_input(relaxed, 3, ("B",), {}).dtype == torch.float32
+    with pytest.raises(ShapeError, match="expected indices"):
+        discrete_action_input(torch.zeros(2, 4), 3, ("B",), {})
