@@ -42,6 +42,8 @@ run-dreamer: $(STAMP)
 	$(VENV)/bin/wmlab report runs/dreamer
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check wmlab tests benchmarks
+	$(VENV)/bin/ruff format --check wmlab tests benchmarks
 	$(VENV)/bin/python -m pytest
 
 clean:

@@ -32,12 +32,16 @@ from wmlab.eval.world_model_metrics import psnr
 PSNR_STEPS = (1, 5, 10, 20, 50)
 
 
-def psnr_per_step(model, batch: Batch, context: int, steps: int, denoising_steps: int | None = None, seed: int = 0) -> list[float]:
+def psnr_per_step(
+    model, batch: Batch, context: int, steps: int, denoising_steps: int | None = None, seed: int = 0
+) -> list[float]:
     """Filter `context` real steps of each window, generate `steps` frames with the recorded
     actions, and return the mean PSNR (dB, frames in [0, 1]) at each generated step."""
     head = {"image": batch.obs["image"][:, :context]}
     with torch.no_grad():
-        _, state = model.observe(head, batch.action[:, :context], batch.is_first[:, :context], model.initial(len(batch.reward)))
+        _, state = model.observe(
+            head, batch.action[:, :context], batch.is_first[:, :context], model.initial(len(batch.reward))
+        )
         torch.manual_seed(seed)
         options = {} if denoising_steps is None else {"denoising_steps": denoising_steps}
         trajectory = model.imagine(state, torch.as_tensor(batch.action[:, context : context + steps]), steps, **options)
@@ -56,14 +60,20 @@ def speed(arguments) -> dict:
     torch.set_num_threads(arguments.threads)
     _, agent = load_trained_agent(arguments.run_dir)
     model = world_model_of(agent).eval()
-    episodes = [episode for episode in replay_episodes(arguments.run_dir) if len(episode["reward"]) >= model.context + arguments.frames]
+    episodes = [
+        episode
+        for episode in replay_episodes(arguments.run_dir)
+        if len(episode["reward"]) >= model.context + arguments.frames
+    ]
     rows = []
     one = held_out_windows(episodes, model.context + arguments.frames, 1, arguments.seed)
     quality = held_out_windows(episodes, model.context + 10, arguments.sequences, arguments.seed + 1)
     for steps in arguments.denoising_steps:
         head = {"image": one.obs["image"][:, : model.context]}
         with torch.no_grad():
-            _, state = model.observe(head, one.action[:, : model.context], one.is_first[:, : model.context], model.initial(1))
+            _, state = model.observe(
+                head, one.action[:, : model.context], one.is_first[:, : model.context], model.initial(1)
+            )
             actions = torch.as_tensor(one.action[:, model.context :])
             model.imagine(state, actions[:, :1], 1, denoising_steps=steps)
             rates = {}
@@ -72,7 +82,15 @@ def speed(arguments) -> dict:
                 model.imagine(state, actions, arguments.frames, denoising_steps=steps, predict_rewards=predict_rewards)
                 rates[predict_rewards] = arguments.frames / (time.perf_counter() - begin)
         curve = psnr_per_step(model, quality, model.context, 10, steps, arguments.seed)
-        rows.append({"denoising_steps": steps, "frames_per_second": rates[False], "frames_per_second_with_rewards": rates[True], "psnr_step_1": curve[0], "psnr_step_10": curve[9]})
+        rows.append(
+            {
+                "denoising_steps": steps,
+                "frames_per_second": rates[False],
+                "frames_per_second_with_rewards": rates[True],
+                "psnr_step_1": curve[0],
+                "psnr_step_10": curve[9],
+            }
+        )
         print(json.dumps(rows[-1]))
     # The trivial predictor, for scale: the last real context frame repeated.
     real = torch.as_tensor(quality.obs["image"][:, model.context : model.context + 10]).float() / 255
@@ -80,7 +98,14 @@ def speed(arguments) -> dict:
     repeat = psnr(real, last, leading=2).mean(0).tolist()
     baseline = {"psnr_step_1": repeat[0], "psnr_step_10": repeat[9]}
     print(json.dumps({"repeat_last_frame": baseline}))
-    return {"run": str(arguments.run_dir), "frames": arguments.frames, "sequences": arguments.sequences, "threads": arguments.threads, "rows": rows, "repeat_last_frame": baseline}
+    return {
+        "run": str(arguments.run_dir),
+        "frames": arguments.frames,
+        "sequences": arguments.sequences,
+        "threads": arguments.threads,
+        "rows": rows,
+        "repeat_last_frame": baseline,
+    }
 
 
 def train_denoiser(config, observation_space, action_space, episodes, minutes: float, batch_size: int, seed: int):
@@ -124,13 +149,28 @@ def context_noise(arguments) -> dict:
     held_out = episodes[-arguments.held_out :]
     training = episodes[: -arguments.held_out]
     windows = held_out_windows(held_out, DIFFUSION_CPU.context + longest, arguments.sequences, arguments.seed)
-    results = {"run": str(arguments.run_dir), "minutes_each": arguments.minutes, "training_episodes": len(training), "held_out_episodes": len(held_out), "seeds": arguments.seeds, "rows": []}
+    results = {
+        "run": str(arguments.run_dir),
+        "minutes_each": arguments.minutes,
+        "training_episodes": len(training),
+        "held_out_episodes": len(held_out),
+        "seeds": arguments.seeds,
+        "rows": [],
+    }
     for seed in range(arguments.seeds):
         for augmented in (False, True):
             config = replace(DIFFUSION_CPU, context_noise=augmented)
-            model, updates = train_denoiser(config, env.observation_space, env.action_space, training, arguments.minutes, arguments.batch_size, seed)
+            model, updates = train_denoiser(
+                config, env.observation_space, env.action_space, training, arguments.minutes, arguments.batch_size, seed
+            )
             curve = psnr_per_step(model, windows, config.context, longest, None, arguments.seed)
-            row = {"seed": seed, "context_noise": augmented, "updates": updates, "psnr": {str(step): curve[step - 1] for step in PSNR_STEPS}, "psnr_per_step": curve}
+            row = {
+                "seed": seed,
+                "context_noise": augmented,
+                "updates": updates,
+                "psnr": {str(step): curve[step - 1] for step in PSNR_STEPS},
+                "psnr_per_step": curve,
+            }
             results["rows"].append(row)
             print(json.dumps({key: value for key, value in row.items() if key != "psnr_per_step"}))
     env.close()
@@ -148,8 +188,13 @@ def figure(results: dict, path: Path) -> None:
     axis = plt.subplots(figsize=(5, 3.4))[1]
     for row in results["rows"]:
         steps = np.arange(1, len(row["psnr_per_step"]) + 1)
-        axis.plot(steps, row["psnr_per_step"], color="C1" if row["context_noise"] else "C0", alpha=0.8,
-                  label=f"{'with' if row['context_noise'] else 'without'} context noise (seed {row['seed']})")
+        axis.plot(
+            steps,
+            row["psnr_per_step"],
+            color="C1" if row["context_noise"] else "C0",
+            alpha=0.8,
+            label=f"{'with' if row['context_noise'] else 'without'} context noise (seed {row['seed']})",
+        )
     axis.set_xlabel("autoregressive step")
     axis.set_ylabel("PSNR (dB)")
     axis.set_title("Context-noise augmentation (GameNGen Fig. in small)")
@@ -181,7 +226,9 @@ def main() -> None:
         sub.add_argument("--out", type=Path, required=True)
     arguments = parser.parse_args()
     result = speed(arguments) if arguments.command == "speed" else context_noise(arguments)
-    result["command"] = " ".join(["python benchmarks/diffusion_generation.py", arguments.command, str(arguments.run_dir)])
+    result["command"] = " ".join(
+        ["python benchmarks/diffusion_generation.py", arguments.command, str(arguments.run_dir)]
+    )
     result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(result, indent=2))

@@ -12,9 +12,8 @@ from __future__ import annotations
 import sys
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 from dreamer_speed import build_wmlab, parse_arguments
+from torch.profiler import ProfilerActivity, profile
 
 
 def main(argv: list[str] | None = None) -> int:

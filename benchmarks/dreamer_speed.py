@@ -125,10 +125,32 @@ def sheeprl_s_config(actions: str):
         free_nats=1.0,  # kl_free_nats, applied per step
         free_nats_average_first=False,
         overshooting_distance=0,
-        loss_scales=RSSMLossScales(image=1.0, vector=1.0, reward=1.0, continuation=1.0, dynamics=0.5, representation=0.1),
+        loss_scales=RSSMLossScales(
+            image=1.0, vector=1.0, reward=1.0, continuation=1.0, dynamics=0.5, representation=0.1
+        ),
     )
-    model_optimizer = OptimizerConfig(kind="adam", learning_rate=1e-4, epsilon=1e-8, beta1=0.9, beta2=0.999, weight_decay=0.0, grad_clip=1000.0, adaptive_clip=0.0, warmup=0)
-    behaviour_optimizer = OptimizerConfig(kind="adam", learning_rate=3e-5, epsilon=1e-5, beta1=0.9, beta2=0.999, weight_decay=0.0, grad_clip=100.0, adaptive_clip=0.0, warmup=0)
+    model_optimizer = OptimizerConfig(
+        kind="adam",
+        learning_rate=1e-4,
+        epsilon=1e-8,
+        beta1=0.9,
+        beta2=0.999,
+        weight_decay=0.0,
+        grad_clip=1000.0,
+        adaptive_clip=0.0,
+        warmup=0,
+    )
+    behaviour_optimizer = OptimizerConfig(
+        kind="adam",
+        learning_rate=3e-5,
+        epsilon=1e-5,
+        beta1=0.9,
+        beta2=0.999,
+        weight_decay=0.0,
+        grad_clip=100.0,
+        adaptive_clip=0.0,
+        warmup=0,
+    )
     del actions  # both action kinds use the same settings: objective_mix null is reinforce 0 / 1 below
     return DreamerConfig(
         model=model,
@@ -173,8 +195,12 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads for every measurement (also try 2)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per run")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per run (the run's median)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating wmlab / SheepRL runs (with --sheeprl-python)")
-    parser.add_argument("--sheeprl-python", default=None, help="python of the SheepRL venv (benchmarks/sheeprl_setup.sh)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating wmlab / SheepRL runs (with --sheeprl-python)"
+    )
+    parser.add_argument(
+        "--sheeprl-python", default=None, help="python of the SheepRL venv (benchmarks/sheeprl_setup.sh)"
+    )
     parser.add_argument("--sheeprl-script", default=str(HERE / "sheeprl_step_time.py"))
     parser.add_argument("--peak-sizes", default="512,1024,2048", help="square torch.mm sizes for the matmul peak")
     parser.add_argument("--peak-repeats", type=int, default=5)
@@ -226,7 +252,11 @@ def build_wmlab(arguments: argparse.Namespace):
 
 
 def parameter_counts(agent) -> dict[str, int]:
-    return {name: sum(p.numel() for p in module.parameters()) for name, module in agent.modules().items() if name != "slow_critic"}
+    return {
+        name: sum(p.numel() for p in module.parameters())
+        for name, module in agent.modules().items()
+        if name != "slow_critic"
+    }
 
 
 def count_flops(agent, batch) -> dict:
@@ -250,9 +280,17 @@ def count_flops(agent, batch) -> dict:
     finally:
         del agent.learn_behaviour  # back to the method
     total = int(counter.get_total_flops())
-    by_operator = {str(op).split(".")[-1] if "." in str(op) else str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    by_operator = {
+        str(op).split(".")[-1] if "." in str(op) else str(op): int(n)
+        for op, n in counter.get_flop_counts().get("Global", {}).items()
+    }
     behaviour_total = int(behaviour.get_total_flops())
-    return {"total": total, "world_model": total - behaviour_total, "behaviour": behaviour_total, "by_operator": by_operator}
+    return {
+        "total": total,
+        "world_model": total - behaviour_total,
+        "behaviour": behaviour_total,
+        "by_operator": by_operator,
+    }
 
 
 def time_wmlab(arguments: argparse.Namespace) -> dict:
@@ -295,7 +333,12 @@ def matmul_peak(threads: int, sizes: list[int], repeats: int) -> dict:
             seconds.append(time.perf_counter() - start)
         rates[n] = 2 * n**3 / statistics.median(seconds) / 1e9
     best = max(rates, key=rates.get)
-    return {"threads": threads, "gflops_by_size": {str(n): round(r, 2) for n, r in rates.items()}, "peak_gflops": round(rates[best], 2), "peak_size": best}
+    return {
+        "threads": threads,
+        "gflops_by_size": {str(n): round(r, 2) for n, r in rates.items()},
+        "peak_gflops": round(rates[best], 2),
+        "peak_size": best,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,10 +360,26 @@ def last_json_line(output: str) -> dict:
 
 def common_flags(arguments: argparse.Namespace) -> list[str]:
     return [
-        "--obs", arguments.obs, "--vector-size", str(arguments.vector_size), "--actions", arguments.actions,
-        "--action-size", str(arguments.action_size), "--batch", str(arguments.batch), "--length", str(arguments.length),
-        "--threads", str(arguments.threads), "--warmup", str(arguments.warmup), "--repeats", str(arguments.repeats),
-        "--seed", str(arguments.seed),
+        "--obs",
+        arguments.obs,
+        "--vector-size",
+        str(arguments.vector_size),
+        "--actions",
+        arguments.actions,
+        "--action-size",
+        str(arguments.action_size),
+        "--batch",
+        str(arguments.batch),
+        "--length",
+        str(arguments.length),
+        "--threads",
+        str(arguments.threads),
+        "--warmup",
+        str(arguments.warmup),
+        "--repeats",
+        str(arguments.repeats),
+        "--seed",
+        str(arguments.seed),
     ]
 
 
@@ -332,7 +391,9 @@ def run_json(command: list[str], threads: int) -> dict:
 
 
 def run_wmlab_worker(arguments: argparse.Namespace) -> dict:
-    return run_json([sys.executable, str(Path(__file__).resolve()), "--worker", *common_flags(arguments)], arguments.threads)
+    return run_json(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", *common_flags(arguments)], arguments.threads
+    )
 
 
 def run_sheeprl(arguments: argparse.Namespace, count_flops_too: bool) -> dict:
@@ -420,11 +481,16 @@ def main() -> None:
                 wmlab_runs.append(run_wmlab_worker(arguments))
             else:
                 sheeprl_runs.append(run_sheeprl(arguments, count_flops_too=index == 0))
-            print(f"round {index + 1}/{rounds} {name}: {(wmlab_runs if name == 'wmlab' else sheeprl_runs)[-1]['seconds_per_step_median']} s", file=sys.stderr)
+            print(
+                f"round {index + 1}/{rounds} {name}: {(wmlab_runs if name == 'wmlab' else sheeprl_runs)[-1]['seconds_per_step_median']} s",
+                file=sys.stderr,
+            )
         if arguments.sheeprl_python:
             ratios.append(sheeprl_runs[-1]["seconds_per_step_median"] / wmlab_runs[-1]["seconds_per_step_median"])
 
-    def summarise(runs: list[dict], flops_total: int | None, flops_world_model: int | None, flops_behaviour: int | None) -> dict:
+    def summarise(
+        runs: list[dict], flops_total: int | None, flops_world_model: int | None, flops_behaviour: int | None
+    ) -> dict:
         seconds = statistics.median(run["seconds_per_step_median"] for run in runs)
         summary = {
             "seconds_per_step_median": round(seconds, 4),
@@ -458,7 +524,9 @@ def main() -> None:
     }
     if arguments.sheeprl_python:
         first = sheeprl_runs[0]
-        result["sheeprl"] = summarise(sheeprl_runs, first.get("flops_per_step"), first.get("flops_world_model"), first.get("flops_behaviour"))
+        result["sheeprl"] = summarise(
+            sheeprl_runs, first.get("flops_per_step"), first.get("flops_world_model"), first.get("flops_behaviour")
+        )
         result["sheeprl"]["version"] = sheeprl_runs[0].get("sheeprl_version")
         result["sheeprl"]["overrides"] = sheeprl_runs[0].get("overrides")
         result["speedup_by_round"] = [round(r, 3) for r in ratios]

@@ -100,15 +100,23 @@ def main() -> None:
     for name, episodes, seed in (("train", arguments.train_episodes, 0), ("valid", arguments.valid_episodes, 100_000)):
         if not (out / name / "captions.json").is_file():
             record_captioned_two_rooms(out / name, episodes=episodes, seed=seed, max_episode_steps=40, force=True)
-    train, valid = load_captioned(out / "train", seed=arguments.seed), load_captioned(out / "valid", seed=arguments.seed + 1)
+    train, valid = (
+        load_captioned(out / "train", seed=arguments.seed),
+        load_captioned(out / "valid", seed=arguments.seed + 1),
+    )
     encoder = load_text_encoder()
     vocabulary = sorted(set(train.vocabulary) | set(valid.vocabulary))
     table = dict(zip(vocabulary, encoder.encode(vocabulary)))
     recorded = time.time() - started
 
     config = TokenWorldModelConfig(
-        size=arguments.size, continuous_actions=True, reward_head="twohot", text_size=encoder.dim,
-        text_dropout=0.15, action_dropout=0.15, guided="text",
+        size=arguments.size,
+        continuous_actions=True,
+        reward_head="twohot",
+        text_size=encoder.dim,
+        text_dropout=0.15,
+        action_dropout=0.15,
+        guided="text",
     )
     model = TokenWorldModel(config, IMAGES, ACTIONS)
     optimiser = torch.optim.AdamW(model.parameters(), lr=arguments.lr, weight_decay=0.01)
@@ -119,8 +127,13 @@ def main() -> None:
         result = {}
         with torch.no_grad():
             for drop in (None, "text", "action", "both"):
-                losses = [model.loss(batch, batch_text(captions, table), drop)[1]["loss/tokens"] for batch, captions in validation]
-                result[{None: "text+actions", "text": "actions only", "action": "text only", "both": "unconditional"}[drop]] = float(np.mean(losses))
+                losses = [
+                    model.loss(batch, batch_text(captions, table), drop)[1]["loss/tokens"]
+                    for batch, captions in validation
+                ]
+                result[
+                    {None: "text+actions", "text": "actions only", "action": "text only", "both": "unconditional"}[drop]
+                ] = float(np.mean(losses))
         model.train()
         return result
 
@@ -134,7 +147,14 @@ def main() -> None:
         optimiser.step()
         updates += 1
         if updates % 50 == 0:
-            curve.append({"update": updates, "seconds": round(time.time() - training_started, 1), "train_tokens": float(metrics["loss/tokens"]), "train_psnr": float(metrics["wm/reconstruction_psnr"])})
+            curve.append(
+                {
+                    "update": updates,
+                    "seconds": round(time.time() - training_started, 1),
+                    "train_tokens": float(metrics["loss/tokens"]),
+                    "train_psnr": float(metrics["wm/reconstruction_psnr"]),
+                }
+            )
             print(json.dumps(curve[-1]), flush=True)
     training_seconds = time.time() - training_started
     model.eval()
@@ -142,7 +162,10 @@ def main() -> None:
 
     # Text fidelity: generation from text alone, from held-out first frames.
     rng = np.random.default_rng(arguments.seed)
-    episodes = [valid.episodes[index] for index in rng.choice(len(valid.episodes), arguments.starts, replace=len(valid.episodes) < arguments.starts)]
+    episodes = [
+        valid.episodes[index]
+        for index in rng.choice(len(valid.episodes), arguments.starts, replace=len(valid.episodes) < arguments.starts)
+    ]
     starts = np.stack([episode["image"][:1] for episode in episodes])  # (S, 1, 64, 64, 3)
     # The probe against the true captions of real held-out steps (movement captions only).
     hits = []
@@ -155,30 +178,58 @@ def main() -> None:
         for scale in (0.0, 1.0, 3.0, 7.0):
             agreement = []
             for prompt in MOVES:
-                _, last = model.observe({"image": starts}, np.zeros((len(starts), 1, 2), np.float32), np.ones((len(starts), 1), bool), text=table[prompt].expand(len(starts), -1))
+                _, last = model.observe(
+                    {"image": starts},
+                    np.zeros((len(starts), 1, 2), np.float32),
+                    np.ones((len(starts), 1), bool),
+                    text=table[prompt].expand(len(starts), -1),
+                )
                 generator = torch.Generator().manual_seed(arguments.seed)
-                trajectory = model.imagine(last, np.zeros((len(starts), arguments.steps, 2), np.float32), arguments.steps, guidance_scale=scale, use_actions=False, generator=generator)
+                trajectory = model.imagine(
+                    last,
+                    np.zeros((len(starts), arguments.steps, 2), np.float32),
+                    arguments.steps,
+                    guidance_scale=scale,
+                    use_actions=False,
+                    generator=generator,
+                )
                 frames = np.concatenate([starts, model.decode(trajectory.states)["image"].numpy()], 1)
                 moves = probe_moves(frames)
                 agreement.append(float((moves == prompt).mean()))
             fidelity[str(scale)] = {"agreement": float(np.mean(agreement)), "per_prompt": dict(zip(MOVES, agreement))}
             print(json.dumps({"scale": scale, **fidelity[str(scale)]}), flush=True)
-    share = {move: float(np.mean([caption == move for steps in valid.captions for caption in steps[1:]])) for move in MOVES}
+    share = {
+        move: float(np.mean([caption == move for steps in valid.captions for caption in steps[1:]])) for move in MOVES
+    }
 
     # Action fidelity on held-out windows (text: each window's own first caption as the prompt).
     windows, captions = valid.sample(16, 9)
-    controllability = evaluate_suite(_TextPrompted(model, batch_text([[row[0]] for row in captions], table)[:, 0]), windows, "controllability", SuiteSettings(context=3))
+    controllability = evaluate_suite(
+        _TextPrompted(model, batch_text([[row[0]] for row in captions], table)[:, 0]),
+        windows,
+        "controllability",
+        SuiteSettings(context=3),
+    )
 
     result = {
-        "command": "python benchmarks/gaia_small.py " + " ".join(f"--{key.replace('_', '-')} {value}" for key, value in vars(arguments).items()),
+        "command": "python benchmarks/gaia_small.py "
+        + " ".join(f"--{key.replace('_', '-')} {value}" for key, value in vars(arguments).items()),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "torch": torch.__version__, "size": arguments.size, "parameters": sum(p.numel() for p in model.parameters()),
-        "updates": updates, "training_seconds": round(training_seconds, 1), "recording_seconds": round(recorded, 1),
+        "torch": torch.__version__,
+        "size": arguments.size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "updates": updates,
+        "training_seconds": round(training_seconds, 1),
+        "recording_seconds": round(recorded, 1),
         "train_steps": sum(len(episode["reward"]) for episode in train.episodes),
-        "validation_token_loss": losses, "curve": curve,
+        "validation_token_loss": losses,
+        "curve": curve,
         "probe_accuracy_on_real_moves": probe_accuracy,
-        "text_fidelity": fidelity, "caption_share_in_validation": share,
-        "controllability": {key: controllability.get(key) for key in ("mean_delta_psnr", "mean_latent_delta_db", "defined")},
+        "text_fidelity": fidelity,
+        "caption_share_in_validation": share,
+        "controllability": {
+            key: controllability.get(key) for key in ("mean_delta_psnr", "mean_latent_delta_db", "defined")
+        },
     }
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))

@@ -32,7 +32,9 @@ def main() -> None:
             columns = {key: episode[key] for key in episode.files}
         for index in range(len(columns["reward"])):
             replay.add({key: value[index] for key, value in columns.items()})
-    for path in write_open_loop_report(agent.world_model, replay, arguments.run_dir, arguments.sequences, arguments.length):
+    for path in write_open_loop_report(
+        agent.world_model, replay, arguments.run_dir, arguments.sequences, arguments.length
+    ):
         print(path)
 
 

@@ -43,28 +43,108 @@ DMC_STATES = ("--env", "dmc:cartpole-swingup", "--env-kwargs", json.dumps({"acti
 
 JOBS: dict[str, tuple[str, ...]] = {
     "tdmpc2": (
-        "--algo", "tdmpc2", *DMC_STATES, "--agent.model.size", "5M", "--agent.random-steps", "2500",
-        "--train.batch-size", "256", "--train.sequence-length", "4", "--train.train-ratio", "1024",
-        "--train.learning-starts", "2500", "--train.eval-every", "2500", "--train.eval-episodes", "2",
+        "--algo",
+        "tdmpc2",
+        *DMC_STATES,
+        "--agent.model.size",
+        "5M",
+        "--agent.random-steps",
+        "2500",
+        "--train.batch-size",
+        "256",
+        "--train.sequence-length",
+        "4",
+        "--train.train-ratio",
+        "1024",
+        "--train.learning-starts",
+        "2500",
+        "--train.eval-every",
+        "2500",
+        "--train.eval-episodes",
+        "2",
     ),
     "dreamer": (
-        "--algo", "dreamer", *DMC_STATES, "--agent.model.size", "size12m",
-        "--train.batch-size", "16", "--train.sequence-length", "64", "--train.train-ratio", "512",
-        "--train.learning-starts", "2500", "--train.eval-every", "2500", "--train.eval-episodes", "5",
+        "--algo",
+        "dreamer",
+        *DMC_STATES,
+        "--agent.model.size",
+        "size12m",
+        "--train.batch-size",
+        "16",
+        "--train.sequence-length",
+        "64",
+        "--train.train-ratio",
+        "512",
+        "--train.learning-starts",
+        "2500",
+        "--train.eval-every",
+        "2500",
+        "--train.eval-episodes",
+        "5",
     ),
     "planet": (
-        "--algo", "planet", "--env", "dmc:cartpole-swingup", "--env-kwargs", json.dumps({"observation": "pixels", "action_repeat": 8}),
-        "--agent.random-steps", "625", "--train.batch-size", "50", "--train.sequence-length", "50", "--train.train-ratio", "2000",
-        "--train.learning-starts", "625", "--train.eval-every", "1250", "--train.eval-episodes", "1",
+        "--algo",
+        "planet",
+        "--env",
+        "dmc:cartpole-swingup",
+        "--env-kwargs",
+        json.dumps({"observation": "pixels", "action_repeat": 8}),
+        "--agent.random-steps",
+        "625",
+        "--train.batch-size",
+        "50",
+        "--train.sequence-length",
+        "50",
+        "--train.train-ratio",
+        "2000",
+        "--train.learning-starts",
+        "625",
+        "--train.eval-every",
+        "1250",
+        "--train.eval-episodes",
+        "1",
     ),
 }
 
 #: A few steps of every code path (collection, update, evaluation) on the device, with episodes cut
 #: to 200 control steps; the numbers mean nothing.
 SMOKE = {
-    "tdmpc2": ("--agent.random-steps", "50", "--train.learning-starts", "50", "--train.eval-every", "100", "--train.eval-episodes", "1", "--train.steps", "100"),
-    "dreamer": ("--train.learning-starts", "64", "--train.eval-every", "100", "--train.eval-episodes", "1", "--train.steps", "100"),
-    "planet": ("--agent.random-steps", "25", "--train.learning-starts", "25", "--train.eval-every", "50", "--train.eval-episodes", "1", "--train.steps", "50", "--agent.planner.candidates", "100"),
+    "tdmpc2": (
+        "--agent.random-steps",
+        "50",
+        "--train.learning-starts",
+        "50",
+        "--train.eval-every",
+        "100",
+        "--train.eval-episodes",
+        "1",
+        "--train.steps",
+        "100",
+    ),
+    "dreamer": (
+        "--train.learning-starts",
+        "64",
+        "--train.eval-every",
+        "100",
+        "--train.eval-episodes",
+        "1",
+        "--train.steps",
+        "100",
+    ),
+    "planet": (
+        "--agent.random-steps",
+        "25",
+        "--train.learning-starts",
+        "25",
+        "--train.eval-every",
+        "50",
+        "--train.eval-episodes",
+        "1",
+        "--train.steps",
+        "50",
+        "--agent.planner.candidates",
+        "100",
+    ),
 }
 
 
@@ -77,9 +157,25 @@ def command(job: str, seed: int, run_dir: Path, arguments: argparse.Namespace) -
     else:
         options += ["--train.steps", "100000", "--train.time-limit", str(arguments.time_limit)]
     return [
-        sys.executable, "-m", "wmlab.cli", "train", *options, "--run-dir", str(run_dir), "--force", "--train.seed", str(seed),
-        "--train.device", arguments.device, "--train.threads", str(arguments.threads), "--train.no-progress",
-        "--train.log-every", "250", "--train.checkpoint-every", "1000000",
+        sys.executable,
+        "-m",
+        "wmlab.cli",
+        "train",
+        *options,
+        "--run-dir",
+        str(run_dir),
+        "--force",
+        "--train.seed",
+        str(seed),
+        "--train.device",
+        arguments.device,
+        "--train.threads",
+        str(arguments.threads),
+        "--train.no-progress",
+        "--train.log-every",
+        "250",
+        "--train.checkpoint-every",
+        "1000000",
     ]
 
 
@@ -102,8 +198,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/paper-setting")))
     parser.add_argument("--runs", type=Path, default=Path("runs/paper-setting"))
     parser.add_argument("--snapshot-every", type=float, default=30.0)
-    parser.add_argument("--smoke", action="store_true", help="Each job for a few steps: do the code paths run on the device?")
-    parser.add_argument("--mps", action="store_true", help="Run the jobs under CUDA MPS (one GPU shared without time-slicing).")
+    parser.add_argument(
+        "--smoke", action="store_true", help="Each job for a few steps: do the code paths run on the device?"
+    )
+    parser.add_argument(
+        "--mps", action="store_true", help="Run the jobs under CUDA MPS (one GPU shared without time-slicing)."
+    )
     arguments = parser.parse_args()
     if arguments.mps:
         subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True)
@@ -123,7 +223,9 @@ def run_jobs(arguments: argparse.Namespace) -> int:
         for seed in range(int(seeds)):
             name = f"{job}-seed{seed}"
             with open(arguments.runs / f"{name}.log", "w") as log:  # the child keeps its own copy
-                processes[name] = subprocess.Popen(command(job, seed, arguments.runs / name, arguments), stdout=log, stderr=subprocess.STDOUT)
+                processes[name] = subprocess.Popen(
+                    command(job, seed, arguments.runs / name, arguments), stdout=log, stderr=subprocess.STDOUT
+                )
     started = time.perf_counter()
     archive = arguments.out / "paper_setting_runs.tar.gz"
     while any(process.poll() is None for process in processes.values()):
@@ -138,10 +240,20 @@ def run_jobs(arguments: argparse.Namespace) -> int:
         if process.returncode != 0:
             print(f"--- {name} failed (exit {process.returncode}); the end of its log:")
             print("\n".join((arguments.runs / f"{name}.log").read_text().splitlines()[-25:]))
-    document = {"arguments": {key: str(value) for key, value in vars(arguments).items()}, "wall_seconds": round(time.perf_counter() - started, 1), "results": results}
+    document = {
+        "arguments": {key: str(value) for key, value in vars(arguments).items()},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "results": results,
+    }
     (arguments.out / "paper_setting.json").write_text(json.dumps(document, indent=2))
     for name, result in results.items():
-        print(name, {key: result.get(key) for key in ("exit_code", "best", "best_step", "final", "env_steps", "updates", "wall_seconds")})
+        print(
+            name,
+            {
+                key: result.get(key)
+                for key in ("exit_code", "best", "best_step", "final", "env_steps", "updates", "wall_seconds")
+            },
+        )
     return 0 if all(process.returncode == 0 for process in processes.values()) else 1
 
 

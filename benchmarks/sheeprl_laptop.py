@@ -36,18 +36,37 @@ CHECKPOINT_POLICY_STEPS = 1250
 def sheeprl_overrides(seed: int, log_root: Path) -> list[str]:
     """The Hydra overrides of one SheepRL run."""
     return [
-        "exp=dreamer_v3_5", "algo=dreamer_v3_5_1M", "env=dmc",
-        "env.wrapper.domain_name=cartpole", "env.wrapper.task_name=swingup",
-        "env.wrapper.from_vectors=True", "env.wrapper.from_pixels=False",
-        f"env.action_repeat={ACTION_REPEAT}", "env.num_envs=1", "env.max_episode_steps=-1",
+        "exp=dreamer_v3_5",
+        "algo=dreamer_v3_5_1M",
+        "env=dmc",
+        "env.wrapper.domain_name=cartpole",
+        "env.wrapper.task_name=swingup",
+        "env.wrapper.from_vectors=True",
+        "env.wrapper.from_pixels=False",
+        f"env.action_repeat={ACTION_REPEAT}",
+        "env.num_envs=1",
+        "env.max_episode_steps=-1",
         "env.capture_video=False",
-        "algo.cnn_keys.encoder=[]", "algo.mlp_keys.encoder=[state]",
-        "algo.replay_ratio=0.5", "algo.per_rank_batch_size=16", "algo.per_rank_sequence_length=64",
-        "algo.learning_starts=1024", "algo.total_steps=500000", "algo.run_test=False",
-        f"checkpoint.every={CHECKPOINT_POLICY_STEPS}", "checkpoint.keep_last=1000",
-        "buffer.size=500000", "buffer.memmap=False", "buffer.checkpoint=False",
-        "metric.log_every=2500", "model_manager.disabled=True", "num_threads=1",
-        f"seed={seed}", f"log_root={log_root}", "root_dir=dmc_cartpole_swingup", f"run_name=seed{seed}",
+        "algo.cnn_keys.encoder=[]",
+        "algo.mlp_keys.encoder=[state]",
+        "algo.replay_ratio=0.5",
+        "algo.per_rank_batch_size=16",
+        "algo.per_rank_sequence_length=64",
+        "algo.learning_starts=1024",
+        "algo.total_steps=500000",
+        "algo.run_test=False",
+        f"checkpoint.every={CHECKPOINT_POLICY_STEPS}",
+        "checkpoint.keep_last=1000",
+        "buffer.size=500000",
+        "buffer.memmap=False",
+        "buffer.checkpoint=False",
+        "metric.log_every=2500",
+        "model_manager.disabled=True",
+        "num_threads=1",
+        f"seed={seed}",
+        f"log_root={log_root}",
+        "root_dir=dmc_cartpole_swingup",
+        f"run_name=seed{seed}",
     ]
 
 
@@ -57,16 +76,26 @@ def train(args: argparse.Namespace) -> None:
     processes = []
     for seed in range(args.seeds):
         log = open(args.out / f"seed{seed}.log", "w")
-        command = ["timeout", "--signal=TERM", str(int(args.time_limit)), str(args.sheeprl_python),
-                   "-m", "sheeprl", *sheeprl_overrides(seed, args.out / "logs")]
+        command = [
+            "timeout",
+            "--signal=TERM",
+            str(int(args.time_limit)),
+            str(args.sheeprl_python),
+            "-m",
+            "sheeprl",
+            *sheeprl_overrides(seed, args.out / "logs"),
+        ]
         started = time.time()
-        processes.append((seed, started, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                                          env=env, cwd=args.out)))
+        processes.append(
+            (seed, started, subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=args.out))
+        )
         (args.out / f"seed{seed}.started").write_text(f"{started}\n")
     for seed, started, process in processes:
         code = process.wait()
-        print(f"seed {seed}: exit code {code} after {time.time() - started:.0f} s "
-              "(124: stopped at the time limit, as intended)")
+        print(
+            f"seed {seed}: exit code {code} after {time.time() - started:.0f} s "
+            "(124: stopped at the time limit, as intended)"
+        )
 
 
 def checkpoints(out: Path, seed: int) -> list[tuple[int, Path]]:
@@ -134,9 +163,18 @@ def evaluate(args: argparse.Namespace) -> None:
         if not found:
             raise SystemExit(f"no checkpoints for seed {seed} under {args.out / 'logs'}")
         config = found[0][1].parents[1] / "config.yaml"
-        command = [str(args.sheeprl_python), "-c", EVALUATE_SNIPPET, str(config), str(args.episodes),
-                   *(str(path) for _, path in found)]
-        jobs[seed] = (found, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+        command = [
+            str(args.sheeprl_python),
+            "-c",
+            EVALUATE_SNIPPET,
+            str(config),
+            str(args.episodes),
+            *(str(path) for _, path in found),
+        ]
+        jobs[seed] = (
+            found,
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env),
+        )
     results = {}
     for seed, (found, process) in jobs.items():
         stdout, stderr = process.communicate()
@@ -146,27 +184,39 @@ def evaluate(args: argparse.Namespace) -> None:
         lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
         by_path = {line["checkpoint"]: line["returns"] for line in lines}
         results[str(seed)] = [
-            {"env_steps": policy_step * ACTION_REPEAT, "seconds": round(path.stat().st_mtime - started, 1),
-             "return": statistics.fmean(by_path[str(path)]), "returns": by_path[str(path)]}
+            {
+                "env_steps": policy_step * ACTION_REPEAT,
+                "seconds": round(path.stat().st_mtime - started, 1),
+                "return": statistics.fmean(by_path[str(path)]),
+                "returns": by_path[str(path)],
+            }
             for policy_step, path in found
         ]
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    lines = ["| seed | best eval return | at step | at seconds | final eval return | env steps at the last checkpoint |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| seed | best eval return | at step | at seconds | final eval return | env steps at the last checkpoint |",
+        "|---|---|---|---|---|---|",
+    ]
     for seed, rows in results.items():
         best = max(rows, key=lambda row: row["return"])
-        lines.append(f"| {seed} | {best['return']:.0f} | {best['env_steps']} | {best['seconds']:.0f} | "
-                     f"{rows[-1]['return']:.0f} | {rows[-1]['env_steps']} |")
+        lines.append(
+            f"| {seed} | {best['return']:.0f} | {best['env_steps']} | {best['seconds']:.0f} | "
+            f"{rows[-1]['return']:.0f} | {rows[-1]['env_steps']} |"
+        )
     lines += ["", "Training episodes (stochastic policy, SheepRL's own log):", ""]
     for seed in results:
         episodes = training_episodes(args.out / f"seed{seed}.log")
         if episodes:
             best_step, best = max(episodes, key=lambda item: item[1])
             last = [value for _, value in episodes[-5:]]
-            lines.append(f"- seed {seed}: {len(episodes)} episodes, best {best:.1f} (ending at "
-                         f"{best_step * ACTION_REPEAT} env steps), mean of the last {len(last)} {statistics.fmean(last):.1f}")
-    curves = [f"- seed {seed}: " + ", ".join(f"{row['env_steps'] / 1000:g}k: {row['return']:.1f}" for row in rows)
-              for seed, rows in results.items()]
+            lines.append(
+                f"- seed {seed}: {len(episodes)} episodes, best {best:.1f} (ending at "
+                f"{best_step * ACTION_REPEAT} env steps), mean of the last {len(last)} {statistics.fmean(last):.1f}"
+            )
+    curves = [
+        f"- seed {seed}: " + ", ".join(f"{row['env_steps'] / 1000:g}k: {row['return']:.1f}" for row in rows)
+        for seed, rows in results.items()
+    ]
     text = "\n".join(lines) + "\n\nEvaluation return against environment steps:\n" + "\n".join(curves) + "\n"
     print(text)
     if args.markdown:

@@ -49,12 +49,16 @@ from step_timing import add_workload_arguments, complete_workload_arguments, mea
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_workload_arguments(parser)
-    parser.add_argument("--algo", default="dreamer_v3_S", help="SheepRL algo config (size): dreamer_v3_XS, dreamer_v3_S, ...")
+    parser.add_argument(
+        "--algo", default="dreamer_v3_S", help="SheepRL algo config (size): dreamer_v3_XS, dreamer_v3_S, ..."
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-metrics", action="store_true", help="metric.log_level=0: no aggregator, no entropy metrics")
+    parser.add_argument(
+        "--no-metrics", action="store_true", help="metric.log_level=0: no aggregator, no entropy metrics"
+    )
     parser.add_argument("--count-flops", action="store_true", help="count the FLOPs of one extra step (not timed)")
     arguments = parser.parse_args()
     return complete_workload_arguments(arguments)
@@ -98,13 +102,12 @@ def main() -> None:
     import sheeprl
     import torch
     from lightning.fabric import Fabric
-    from torch.distributions import Distribution
-
     from sheeprl.algos.dreamer_v3 import utils as dreamer_utils
     from sheeprl.algos.dreamer_v3.agent import build_agent
     from sheeprl.algos.dreamer_v3.dreamer_v3 import train
     from sheeprl.algos.dreamer_v3.utils import Moments
     from sheeprl.utils.metric import MetricAggregator
+    from torch.distributions import Distribution
 
     torch.set_num_threads(arguments.threads)
     config, overrides = compose_config(arguments)
@@ -123,15 +126,25 @@ def main() -> None:
     if arguments.obs == "pixels":
         observation_space = gym.spaces.Dict({"rgb": gym.spaces.Box(0, 255, (3, 64, 64), np.uint8)})
     else:
-        observation_space = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (arguments.vector_size,), np.float32)})
+        observation_space = gym.spaces.Dict(
+            {"state": gym.spaces.Box(-np.inf, np.inf, (arguments.vector_size,), np.float32)}
+        )
     is_continuous = arguments.actions == "continuous"
     actions_dim = (arguments.action_size,)
 
-    world_model, actor, critic, target_critic, player = build_agent(fabric, actions_dim, is_continuous, config, observation_space)
-    world_optimizer = hydra.utils.instantiate(config.algo.world_model.optimizer, params=world_model.parameters(), _convert_="all")
+    world_model, actor, critic, target_critic, player = build_agent(
+        fabric, actions_dim, is_continuous, config, observation_space
+    )
+    world_optimizer = hydra.utils.instantiate(
+        config.algo.world_model.optimizer, params=world_model.parameters(), _convert_="all"
+    )
     actor_optimizer = hydra.utils.instantiate(config.algo.actor.optimizer, params=actor.parameters(), _convert_="all")
-    critic_optimizer = hydra.utils.instantiate(config.algo.critic.optimizer, params=critic.parameters(), _convert_="all")
-    world_optimizer, actor_optimizer, critic_optimizer = fabric.setup_optimizers(world_optimizer, actor_optimizer, critic_optimizer)
+    critic_optimizer = hydra.utils.instantiate(
+        config.algo.critic.optimizer, params=critic.parameters(), _convert_="all"
+    )
+    world_optimizer, actor_optimizer, critic_optimizer = fabric.setup_optimizers(
+        world_optimizer, actor_optimizer, critic_optimizer
+    )
     moments = Moments(
         config.algo.actor.moments.decay,
         config.algo.actor.moments.max,
@@ -156,7 +169,9 @@ def main() -> None:
     if is_continuous:
         actions = torch.rand(T, B, arguments.action_size, generator=generator) * 2 - 1
     else:
-        actions = torch.nn.functional.one_hot(torch.randint(0, arguments.action_size, (T, B), generator=generator), arguments.action_size).float()
+        actions = torch.nn.functional.one_hot(
+            torch.randint(0, arguments.action_size, (T, B), generator=generator), arguments.action_size
+        ).float()
     batch = {
         **observations,
         "actions": actions,
@@ -178,8 +193,20 @@ def main() -> None:
                 target_parameter.data.copy_(tau * critic_parameter.data + (1 - tau) * target_parameter.data)
         data = {key: value.clone() for key, value in batch.items()}  # train() writes into is_first
         train(
-            fabric, world_model, actor, critic, target_critic, world_optimizer, actor_optimizer, critic_optimizer,
-            data, aggregator, config, is_continuous, actions_dim, moments,
+            fabric,
+            world_model,
+            actor,
+            critic,
+            target_critic,
+            world_optimizer,
+            actor_optimizer,
+            critic_optimizer,
+            data,
+            aggregator,
+            config,
+            is_continuous,
+            actions_dim,
+            moments,
         )
         gradient_steps += 1
 
@@ -187,19 +214,22 @@ def main() -> None:
 
     flops = flops_world_model = flops_behaviour = None
     if arguments.count_flops:
-        from torch.utils.flop_counter import FlopCounterMode
-
         from sheeprl.algos.dreamer_v3 import dreamer_v3
+        from torch.utils.flop_counter import FlopCounterMode
 
         # train() looks its two phases up in its module at call time: count each with its own
         # counter inside the one of the whole step.
-        counters = {"world_model_learning": FlopCounterMode(display=False), "behaviour_learning": FlopCounterMode(display=False)}
+        counters = {
+            "world_model_learning": FlopCounterMode(display=False),
+            "behaviour_learning": FlopCounterMode(display=False),
+        }
         originals = {name: getattr(dreamer_v3, name) for name in counters}
 
         def counted(name):
             def phase(*args, **kwargs):
                 with counters[name]:
                     return originals[name](*args, **kwargs)
+
             return phase
 
         for name in counters:
@@ -215,28 +245,32 @@ def main() -> None:
         flops_world_model = counters["world_model_learning"].get_total_flops()
         flops_behaviour = counters["behaviour_learning"].get_total_flops()
 
-    print(json.dumps({
-        "implementation": "sheeprl",
-        "sheeprl_version": sheeprl.__version__,
-        "torch_version": torch.__version__,
-        "algo": arguments.algo,
-        "obs": arguments.obs,
-        "actions": arguments.actions,
-        "action_size": arguments.action_size,
-        "batch": B,
-        "length": T,
-        "threads": torch.get_num_threads(),
-        "metrics": not MetricAggregator.disabled,
-        "overrides": overrides,
-        "parameters": parameters,
-        "parameters_total": sum(parameters.values()),
-        "warmup": arguments.warmup,
-        "repeats": arguments.repeats,
-        **measured,
-        "flops_per_step": flops,
-        "flops_world_model": flops_world_model,
-        "flops_behaviour": flops_behaviour,
-    }))
+    print(
+        json.dumps(
+            {
+                "implementation": "sheeprl",
+                "sheeprl_version": sheeprl.__version__,
+                "torch_version": torch.__version__,
+                "algo": arguments.algo,
+                "obs": arguments.obs,
+                "actions": arguments.actions,
+                "action_size": arguments.action_size,
+                "batch": B,
+                "length": T,
+                "threads": torch.get_num_threads(),
+                "metrics": not MetricAggregator.disabled,
+                "overrides": overrides,
+                "parameters": parameters,
+                "parameters_total": sum(parameters.values()),
+                "warmup": arguments.warmup,
+                "repeats": arguments.repeats,
+                **measured,
+                "flops_per_step": flops,
+                "flops_world_model": flops_world_model,
+                "flops_behaviour": flops_behaviour,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

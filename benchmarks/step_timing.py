@@ -48,7 +48,12 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--obs", default="vectors", choices=["vectors", "pixels"])
     parser.add_argument("--vector-size", type=int, default=5, help="size of the vector observation")
     parser.add_argument("--actions", default="continuous", choices=["continuous", "discrete"])
-    parser.add_argument("--action-size", type=int, default=None, help="continuous dimensions, or discrete choices (default 1 continuous, 4 discrete)")
+    parser.add_argument(
+        "--action-size",
+        type=int,
+        default=None,
+        help="continuous dimensions, or discrete choices (default 1 continuous, 4 discrete)",
+    )
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=64)
 

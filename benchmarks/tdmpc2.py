@@ -41,8 +41,18 @@ from wmlab.train.loop import Trainer
 
 def dmc_spec(steps: int, seed: int, size: str) -> RunSpec:
     train = TrainConfig(
-        steps=steps, seed=seed, batch_size=256, sequence_length=4, train_ratio=1024.0, learning_starts=2500,
-        eval_every=5000, eval_episodes=2, checkpoint_every=5000, log_every=1000, threads=1, progress=False,
+        steps=steps,
+        seed=seed,
+        batch_size=256,
+        sequence_length=4,
+        train_ratio=1024.0,
+        learning_starts=2500,
+        eval_every=5000,
+        eval_episodes=2,
+        checkpoint_every=5000,
+        log_every=1000,
+        threads=1,
+        progress=False,
     )
     agent = TDMPC2Config(model=TDMPCModelConfig(size=size), random_steps=2500)
     return RunSpec("tdmpc2", "dmc:cartpole-swingup", train=train, agent=agent, env_kwargs={"action_repeat": 2})
@@ -56,8 +66,18 @@ def cartpole_spec(steps: int, seed: int, size: str, episodic: bool = True) -> Ru
     sequences, and 512 samples would score each about 64 times per iteration. The episode ends on
     failure with a constant reward of 1, so the model learns a termination head (`episodic`)."""
     train = TrainConfig(
-        steps=steps, seed=seed, batch_size=256, sequence_length=4, train_ratio=1024.0, learning_starts=1000,
-        eval_every=2500, eval_episodes=2, checkpoint_every=2500, log_every=500, threads=1, progress=False,
+        steps=steps,
+        seed=seed,
+        batch_size=256,
+        sequence_length=4,
+        train_ratio=1024.0,
+        learning_starts=1000,
+        eval_every=2500,
+        eval_episodes=2,
+        checkpoint_every=2500,
+        log_every=500,
+        threads=1,
+        progress=False,
     )
     planner = MPPIConfig(samples=64, elites=8, policy_trajectories=8)
     model = TDMPCModelConfig(size=size, episodic=episodic)
@@ -69,7 +89,9 @@ def cartpole_spec(steps: int, seed: int, size: str, episodic: bool = True) -> Ru
 MULTITASK_TASKS = ("dmc:cartpole-swingup", "dmc:reacher-easy", "dmc:walker-walk")
 
 
-def multitask_spec(steps: int, seed: int, size: str, tasks: tuple[str, ...] = MULTITASK_TASKS, eval_per_task: int = 1) -> RunSpec:
+def multitask_spec(
+    steps: int, seed: int, size: str, tasks: tuple[str, ...] = MULTITASK_TASKS, eval_per_task: int = 1
+) -> RunSpec:
     """One TD-MPC2 agent on several DMC tasks from states, action repeat 2 (500 agent steps per
     episode). The multi-task environment pads the states and actions to the largest task's and
     gives the task index and action mask; the model learns a 96-d embedding per task; each task's
@@ -86,8 +108,18 @@ def multitask_spec(steps: int, seed: int, size: str, tasks: tuple[str, ...] = MU
     default = TDMPCModelConfig().discount
     discounts = tuple(heuristic_discount(length) if length else default for length in lengths)
     train = TrainConfig(
-        steps=steps, seed=seed, batch_size=256, sequence_length=4, train_ratio=1024.0, learning_starts=2500,
-        eval_every=10_000, eval_episodes=eval_per_task * len(tasks), checkpoint_every=5000, log_every=1000, threads=1, progress=False,
+        steps=steps,
+        seed=seed,
+        batch_size=256,
+        sequence_length=4,
+        train_ratio=1024.0,
+        learning_starts=2500,
+        eval_every=10_000,
+        eval_episodes=eval_per_task * len(tasks),
+        checkpoint_every=5000,
+        log_every=1000,
+        threads=1,
+        progress=False,
     )
     agent = TDMPC2Config(model=TDMPCModelConfig(size=size, task_discounts=discounts), random_steps=2500)
     return RunSpec("tdmpc2", "multitask", train=train, agent=agent, env_kwargs=env_kwargs)
@@ -120,7 +152,9 @@ def speed(steps: int, sizes: list[str], compile_modes: list[bool]) -> None:
         obs={"vector": rng.normal(size=(256, 4, D)).astype(np.float32)},
         action=rng.uniform(-1, 1, (256, 4, 1)).astype(np.float32),
         reward=rng.uniform(0, 1, (256, 4)).astype(np.float32),
-        is_first=np.zeros((256, 4), bool), is_last=np.zeros((256, 4), bool), is_terminal=np.zeros((256, 4), bool),
+        is_first=np.zeros((256, 4), bool),
+        is_last=np.zeros((256, 4), bool),
+        is_terminal=np.zeros((256, 4), bool),
     )
 
     def timed(function):
@@ -147,14 +181,25 @@ def speed(steps: int, sizes: list[str], compile_modes: list[bool]) -> None:
             act_wall, act_cpu = (1000 * np.median([t[i] for t in acts[warm:]]) for i in (0, 1))
             update_wall, update_cpu = (1000 * np.median([t[i] for t in updates[warm:]]) for i in (0, 1))
             parameters = sum(p.numel() for p in agent.model.parameters() if p.requires_grad)
-            print(json.dumps({
-                "size": size, "compile": compiled, "parameters": parameters, "steps_timed": steps - warm,
-                "plan_ms": round(act_wall, 1), "plan_cpu_ms": round(act_cpu, 1),
-                "update_ms": round(update_wall, 1), "update_cpu_ms": round(update_cpu, 1),
-                "env_steps_per_second_cpu": round(1000 / (act_cpu + update_cpu), 2),
-                "first_plan_s": round(acts[0][0], 1), "first_update_s": round(updates[0][0], 1),
-                "load_average": round(os.getloadavg()[0], 2),
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "size": size,
+                        "compile": compiled,
+                        "parameters": parameters,
+                        "steps_timed": steps - warm,
+                        "plan_ms": round(act_wall, 1),
+                        "plan_cpu_ms": round(act_cpu, 1),
+                        "update_ms": round(update_wall, 1),
+                        "update_cpu_ms": round(update_cpu, 1),
+                        "env_steps_per_second_cpu": round(1000 / (act_cpu + update_cpu), 2),
+                        "first_plan_s": round(acts[0][0], 1),
+                        "first_update_s": round(updates[0][0], 1),
+                        "load_average": round(os.getloadavg()[0], 2),
+                    }
+                ),
+                flush=True,
+            )
 
 
 def simnorm_speed(steps: int, rounds: int) -> None:
@@ -167,7 +212,9 @@ def simnorm_speed(steps: int, rounds: int) -> None:
 
     torch.set_num_threads(1)
     env = make_env("dmc:cartpole-swingup", action_repeat=2)
-    agent = TDMPC2Agent(TDMPC2Config(model=TDMPCModelConfig(size="1M"), random_steps=0), env.observation_space, env.action_space, seed=0)
+    agent = TDMPC2Agent(
+        TDMPC2Config(model=TDMPCModelConfig(size="1M"), random_steps=0), env.observation_space, env.action_space, seed=0
+    )
     observation, _ = env.reset(seed=0)
     batched = {key: value[None] for key, value in observation.items()}
     batched["is_first"] = np.array([True])
@@ -187,10 +234,15 @@ def simnorm_speed(steps: int, rounds: int) -> None:
             times[name].append((time.thread_time() - start) / steps * 1000)
     norms.SimNorm.forward = written
     ratios = [old / new for old, new in zip(times["torch.softmax"], times["written out"])]
-    print(json.dumps({
-        "plan_cpu_ms": {name: round(float(np.median(values)), 1) for name, values in times.items()},
-        "speed_up_median": round(float(np.median(ratios)), 3), "ratios": [round(r, 3) for r in ratios],
-    }))
+    print(
+        json.dumps(
+            {
+                "plan_cpu_ms": {name: round(float(np.median(values)), 1) for name, values in times.items()},
+                "speed_up_median": round(float(np.median(ratios)), 3),
+                "ratios": [round(r, 3) for r in ratios],
+            }
+        )
+    )
 
 
 def main() -> None:

@@ -26,9 +26,9 @@ def time_updates(threads: int, updates: int) -> dict:
     import torch
 
     from wmlab.agents.planet.agent import PlaNetAgent
-    from wmlab.pipelines.main_job import MAIN_AGENT, MAIN_ENV, MAIN_ENV_KWARGS
     from wmlab.core.types import Batch
     from wmlab.envs.adapter import make_env
+    from wmlab.pipelines.main_job import MAIN_AGENT, MAIN_ENV, MAIN_ENV_KWARGS
 
     torch.set_num_threads(threads)
     env = make_env(MAIN_ENV, **MAIN_ENV_KWARGS)
@@ -69,9 +69,17 @@ def main() -> None:
                 before = os.getloadavg()[0]
                 output = subprocess.run(
                     [sys.executable, __file__, "--case", str(threads), "--updates", str(arguments.updates)],
-                    check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)},
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "OMP_NUM_THREADS": str(threads)},
                 ).stdout
-                row = {**json.loads(output.strip().splitlines()[-1]), "competing_process": competing, "load_before": before, "load_after": os.getloadavg()[0]}
+                row = {
+                    **json.loads(output.strip().splitlines()[-1]),
+                    "competing_process": competing,
+                    "load_before": before,
+                    "load_after": os.getloadavg()[0],
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:

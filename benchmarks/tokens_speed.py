@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -38,7 +37,14 @@ def random_batch(B: int, T: int, actions: spaces.Space, seed: int = 0) -> Batch:
         action = rng.integers(0, actions.n, (B, T))
     else:
         action = rng.uniform(-1, 1, (B, T, *actions.shape)).astype(np.float32)
-    return Batch({"image": rng.integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8)}, action, rng.normal(size=(B, T)).astype(np.float32), is_first, np.zeros((B, T), bool), np.zeros((B, T), bool))
+    return Batch(
+        {"image": rng.integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8)},
+        action,
+        rng.normal(size=(B, T)).astype(np.float32),
+        is_first,
+        np.zeros((B, T), bool),
+        np.zeros((B, T), bool),
+    )
 
 
 def timed(function) -> float:
@@ -61,12 +67,18 @@ def imagine(arguments) -> dict:
             times[use_cache].append(timed(lambda: model.imagine(last, actions, arguments.horizon, use_cache=use_cache)))
     cached, uncached = statistics.median(times[True]), statistics.median(times[False])
     return {
-        "size": arguments.size, "batch": arguments.batch, "horizon": arguments.horizon, "context_steps": model.context,
-        "tokens_per_rollout": tokens, "rounds": arguments.rounds,
+        "size": arguments.size,
+        "batch": arguments.batch,
+        "horizon": arguments.horizon,
+        "context_steps": model.context,
+        "tokens_per_rollout": tokens,
+        "rounds": arguments.rounds,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "cached_tokens_per_second": round(tokens / cached, 1), "uncached_tokens_per_second": round(tokens / uncached, 1),
+        "cached_tokens_per_second": round(tokens / cached, 1),
+        "uncached_tokens_per_second": round(tokens / uncached, 1),
         "speedup_median": round(uncached / cached, 2),
-        "cached_seconds": [round(t, 3) for t in times[True]], "uncached_seconds": [round(t, 3) for t in times[False]],
+        "cached_seconds": [round(t, 3) for t in times[True]],
+        "uncached_seconds": [round(t, 3) for t in times[False]],
     }
 
 
@@ -96,12 +108,21 @@ def update(arguments) -> dict:
         times["tokens"].append(timed(token_update))
         times["dreamer"].append(timed(lambda: dreamer.update(dreamer_batch)))
     return {
-        "size": arguments.size, "batch": arguments.batch, "length": arguments.length, "dreamer_length": arguments.dreamer_length,
+        "size": arguments.size,
+        "batch": arguments.batch,
+        "length": arguments.length,
+        "dreamer_length": arguments.dreamer_length,
         "tokens_parameters": sum(p.numel() for p in model.parameters()),
-        "dreamer_parameters": sum(p.numel() for name, module in dreamer.modules().items() if name != "slow_critic" for p in module.parameters()),
+        "dreamer_parameters": sum(
+            p.numel()
+            for name, module in dreamer.modules().items()
+            if name != "slow_critic"
+            for p in module.parameters()
+        ),
         "tokens_seconds_per_update_median": round(statistics.median(times["tokens"]), 3),
         "dreamer_cpu_seconds_per_update_median": round(statistics.median(times["dreamer"]), 3),
-        "tokens_seconds": [round(t, 3) for t in times["tokens"]], "dreamer_seconds": [round(t, 3) for t in times["dreamer"]],
+        "tokens_seconds": [round(t, 3) for t in times["tokens"]],
+        "dreamer_seconds": [round(t, 3) for t in times["dreamer"]],
     }
 
 
@@ -120,7 +141,13 @@ def main() -> None:
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
     result = imagine(arguments) if arguments.what == "imagine" else update(arguments)
-    result.update(what=arguments.what, threads=arguments.threads, seed=arguments.seed, torch=torch.__version__, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    result.update(
+        what=arguments.what,
+        threads=arguments.threads,
+        seed=arguments.seed,
+        torch=torch.__version__,
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
     print(json.dumps(result))
 
 

@@ -19,7 +19,6 @@ import signal
 import sys
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 os.environ["OMP_NUM_THREADS"] = "1"
@@ -42,20 +41,56 @@ SPEC = RunSpec(
     "mpc",
     "two-rooms-state",
     train=TrainConfig(
-        steps=400, learning_starts=30, train_ratio=8.0, batch_size=4, sequence_length=4, eval_every=40, eval_episodes=1,
-        checkpoint_every=20, log_every=10, progress=False, tensorboard=True,
+        steps=400,
+        learning_starts=30,
+        train_ratio=8.0,
+        batch_size=4,
+        sequence_length=4,
+        eval_every=40,
+        eval_episodes=1,
+        checkpoint_every=20,
+        log_every=10,
+        progress=False,
+        tensorboard=True,
     ),
-    agent=MPCConfig(model=MLPWorldModelConfig(hidden_size=16, layers=1), planner=RandomShootingConfig(horizon=2, candidates=8), random_steps=30),
+    agent=MPCConfig(
+        model=MLPWorldModelConfig(hidden_size=16, layers=1),
+        planner=RandomShootingConfig(horizon=2, candidates=8),
+        random_steps=30,
+    ),
     env_kwargs={"max_episode_steps": 15},
 )
 
 #: "POINT:N" kills at the N-th time the session reaches POINT; "timer" at a random moment.
 PLAN = [
-    "checkpoint-agent:2", "episode-write:1", "checkpoint-snapshot:1", "log-torn:2", "checkpoint-loop:1", "timer",
-    "update:4", "checkpoint-complete:1", "episode-saved:1", "checkpoint-between-renames:1", "log-line:2", "timer",
-    "checkpoint-renamed:1", "evaluation:1", "step:8", "timer", "checkpoint-between-renames:2", "checkpoint-agent:1",
-    "episode-write:2", "timer", "log-torn:1", "checkpoint-renamed:2", "update:3", "timer", "checkpoint-loop:2",
-    "episode-saved:2", "checkpoint-complete:2", "timer",
+    "checkpoint-agent:2",
+    "episode-write:1",
+    "checkpoint-snapshot:1",
+    "log-torn:2",
+    "checkpoint-loop:1",
+    "timer",
+    "update:4",
+    "checkpoint-complete:1",
+    "episode-saved:1",
+    "checkpoint-between-renames:1",
+    "log-line:2",
+    "timer",
+    "checkpoint-renamed:1",
+    "evaluation:1",
+    "step:8",
+    "timer",
+    "checkpoint-between-renames:2",
+    "checkpoint-agent:1",
+    "episode-write:2",
+    "timer",
+    "log-torn:1",
+    "checkpoint-renamed:2",
+    "update:3",
+    "timer",
+    "checkpoint-loop:2",
+    "episode-saved:2",
+    "checkpoint-complete:2",
+    "timer",
 ]
 #: A session that outlives this is killed by the timer anyway (its point was not reached in time).
 LONGEST_SESSION = 20.0
@@ -96,7 +131,12 @@ def fork_session(run_dir: Path, kill: str | None, rng: random.Random) -> dict:
         time.sleep(0.01)
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     outcome = "killed" if killed else f"exit {os.WEXITSTATUS(status)}" if os.WIFEXITED(status) else f"status {status}"
-    return {"kill": kill, "outcome": outcome, "seconds": round(time.perf_counter() - started, 2), "timer_delay": round(delay, 2) if kill == "timer" else None}
+    return {
+        "kill": kill,
+        "outcome": outcome,
+        "seconds": round(time.perf_counter() - started, 2),
+        "timer_delay": round(delay, 2) if kill == "timer" else None,
+    }
 
 
 def main(out: Path) -> None:

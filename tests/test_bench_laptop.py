@@ -3,8 +3,6 @@ evaluation."""
 
 import json
 
-import pytest
-
 from wmlab.bench.laptop import TASKS, LaptopArguments, markdown_table, seed_result, train_command
 from wmlab.cli import main
 from wmlab.core.registry import ALGORITHMS
@@ -37,7 +35,9 @@ def test_the_best_evaluation_and_when_it_was_reached(tmp_path):
     result = seed_result(tmp_path, "eval/return")
     assert (result["best"], result["best_step"], result["best_seconds"]) == (9.0, 2000, 40.0)
     assert (result["final"], result["evaluations"], result["finished"]) == (7.0, 3, True)
-    table = markdown_table("dreamer-cartpole-swingup", TASKS["dreamer-cartpole-swingup"], LaptopArguments(seeds=1), [result])
+    table = markdown_table(
+        "dreamer-cartpole-swingup", TASKS["dreamer-cartpole-swingup"], LaptopArguments(seeds=1), [result]
+    )
     assert "| 0 | 9 | 2000 | 40 | 7 | 3000 | 1000 | 61.0 |" in table and "677" in table
 
 
@@ -64,7 +64,10 @@ def test_only_seed_launches_that_seed_alone_and_reports_the_rest(tmp_path, monke
             return 0
 
     monkeypatch.setattr(laptop.subprocess, "Popen", FinishedProcess)
-    assert main(["bench", "laptop", "--run-dir", str(tmp_path), "--seeds", "2", "--only-seed", "1", "--time-limit", "10"]) == 0
+    assert (
+        main(["bench", "laptop", "--run-dir", str(tmp_path), "--seeds", "2", "--only-seed", "1", "--time-limit", "10"])
+        == 0
+    )
     assert len(launched) == 1 and launched[0][launched[0].index("--train.seed") + 1] == "1"
     table = capsys.readouterr().out
     assert "| 0 | (no evaluation yet) |" in table and "| 1 | 42 | 1000 | 5 | 42 | 1000 | 10 | 6.0 |" in table

@@ -72,7 +72,17 @@ def test_text_conditioned_loss_on_per_step_captions(captioned):
     batch, captions = dataset.sample(batch_size=2, length=4)
     table = {caption: torch.randn(8) for caption in dataset.vocabulary}  # stands in for the sentence encoder
     text = torch.stack([torch.stack([table[caption] for caption in row]) for row in captions])  # (B, T, Dt)
-    config = TokenWorldModelConfig(size="tiny", dropout=0.0, continuous_actions=True, reward_head="twohot", text_size=8, text_dropout=0.5, action_dropout=0.5)
-    model = TokenWorldModel(config, spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)}), spaces.Box(-1, 1, (2,), np.float32))
+    config = TokenWorldModelConfig(
+        size="tiny",
+        dropout=0.0,
+        continuous_actions=True,
+        reward_head="twohot",
+        text_size=8,
+        text_dropout=0.5,
+        action_dropout=0.5,
+    )
+    model = TokenWorldModel(
+        config, spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)}), spaces.Box(-1, 1, (2,), np.float32)
+    )
     loss, metrics = model.loss(batch, text=text)
     assert np.isfinite(loss.item()) and metrics["loss/tokens"] > 0

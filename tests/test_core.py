@@ -11,8 +11,8 @@ import torch
 from wmlab.core.config import differences, from_dict
 from wmlab.core.errors import IncompatibleSpaceError, RunDirectoryError
 from wmlab.core.registry import ALGORITHMS, ENVIRONMENTS, MODELS, UnknownNameError, register_env
-from wmlab.envs import make_env
 from wmlab.core.serialization import load_state, save_state
+from wmlab.envs import make_env
 
 
 def test_import_is_light():
@@ -63,7 +63,12 @@ def test_serialisation_is_exact_and_refuses_objects(tmp_path):
     optimizer = torch.optim.Adam(module.parameters())
     module(torch.randn(5, 3)).sum().backward()
     optimizer.step()
-    state = {"optimizer": optimizer.state_dict(), "rng": np.random.default_rng(3).bit_generator.state, "pair": (1, "a"), "array": np.arange(4, dtype=np.int16)}
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "rng": np.random.default_rng(3).bit_generator.state,
+        "pair": (1, "a"),
+        "array": np.arange(4, dtype=np.int16),
+    }
     save_state(state, tmp_path, "state")
     loaded = load_state(tmp_path, "state")
     assert loaded["rng"] == state["rng"] and loaded["pair"] == (1, "a")
@@ -96,7 +101,9 @@ def test_adapter_gives_dict_observations():
 def test_register_env_makes_a_short_name():
     import gymnasium
 
-    register_env("test-pendulum", lambda **kwargs: gymnasium.make("Pendulum-v1", **kwargs), "a test entry", overwrite=True)
+    register_env(
+        "test-pendulum", lambda **kwargs: gymnasium.make("Pendulum-v1", **kwargs), "a test entry", overwrite=True
+    )
     env = make_env("test-pendulum")
     assert env.observation_space["vector"].shape == (3,)
 

@@ -24,12 +24,23 @@ def reference_episodes(env_id: str, episodes: int, seed: int, max_steps: int) ->
     result = []
     for episode in range(episodes):
         observation, _ = env.reset(seed=seed + episode)
-        rows = [dict(observation, action=np.int64(0), reward=np.float32(0), is_first=True, is_last=False, is_terminal=False)]
+        rows = [
+            dict(observation, action=np.int64(0), reward=np.float32(0), is_first=True, is_last=False, is_terminal=False)
+        ]
         for step in range(1, max_steps + 1):
             action = env.action_space.sample()
             observation, reward, terminated, truncated, _ = env.step(action)
             last = terminated or truncated or step == max_steps
-            rows.append(dict(observation, action=action, reward=np.float32(reward), is_first=False, is_last=last, is_terminal=terminated))
+            rows.append(
+                dict(
+                    observation,
+                    action=action,
+                    reward=np.float32(reward),
+                    is_first=False,
+                    is_last=last,
+                    is_terminal=terminated,
+                )
+            )
             if last:
                 break
         result.append({key: np.stack([np.asarray(row[key]) for row in rows]) for key in rows[0]})
@@ -39,7 +50,9 @@ def reference_episodes(env_id: str, episodes: int, seed: int, max_steps: int) ->
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     directory = tmp_path_factory.mktemp("dataset")
-    manifest = record_dataset(ENV_ID, "random", EPISODES, directory, seed=SEED, progress=False, max_episode_steps=MAX_STEPS)
+    manifest = record_dataset(
+        ENV_ID, "random", EPISODES, directory, seed=SEED, progress=False, max_episode_steps=MAX_STEPS
+    )
     return directory, manifest
 
 
@@ -64,26 +77,47 @@ def test_manifest_describes_the_recording(recorded):
     directory, manifest = recorded
     on_disk = json.loads((directory / "manifest.json").read_text())
     assert on_disk == manifest
-    assert (manifest["env_id"], manifest["policy"], manifest["seed"], manifest["actions"]) == (ENV_ID, "random", SEED, True)
+    assert (manifest["env_id"], manifest["policy"], manifest["seed"], manifest["actions"]) == (
+        ENV_ID,
+        "random",
+        SEED,
+        True,
+    )
     assert manifest["num_episodes"] == EPISODES and len(manifest["episodes"]) == EPISODES
     for entry in manifest["episodes"]:
         with np.load(directory / entry["file"]) as archive:
             assert len(archive["reward"]) == entry["length"]
-    assert manifest["observation_space"]["spaces"]["image"] == {"type": "Box", "shape": [64, 64, 3], "dtype": "uint8", "low": 0, "high": 255}
+    assert manifest["observation_space"]["spaces"]["image"] == {
+        "type": "Box",
+        "shape": [64, 64, 3],
+        "dtype": "uint8",
+        "low": 0,
+        "high": 255,
+    }
     assert manifest["created"]
 
 
 def test_sampled_windows_are_slices_of_the_recorded_stream(recorded):
     directory, _ = recorded
     dataset = load_dataset(directory, seed=1)
-    stream = {key: np.concatenate([episode[key] for episode in dataset.episodes()]) for key in ("image", "action", "reward", "is_first")}
+    stream = {
+        key: np.concatenate([episode[key] for episode in dataset.episodes()])
+        for key in ("image", "action", "reward", "is_first")
+    }
     batch = dataset.sample(batch_size=6, length=8)
     assert batch.shape == (6, 8) and batch.obs["image"].shape == (6, 8, 64, 64, 3)
     for row in range(6):
         starts = [
             start
             for start in range(len(stream["reward"]) - 7)
-            if all(np.array_equal(stream[key][start : start + 8], window) for key, window in (("image", batch.obs["image"][row]), ("action", batch.action[row]), ("is_first", batch.is_first[row])))
+            if all(
+                np.array_equal(stream[key][start : start + 8], window)
+                for key, window in (
+                    ("image", batch.obs["image"][row]),
+                    ("action", batch.action[row]),
+                    ("is_first", batch.is_first[row]),
+                )
+            )
         ]
         assert starts, f"window {row} is not a slice of the recorded episodes"
 
@@ -98,7 +132,16 @@ def test_a_dataset_with_actions_loads_as_video(recorded):
 
 def test_recording_without_actions_keeps_everything_else(recorded, tmp_path):
     directory, _ = recorded
-    record_dataset(ENV_ID, "random", EPISODES, tmp_path, seed=SEED, progress=False, max_episode_steps=MAX_STEPS, store_actions=False)
+    record_dataset(
+        ENV_ID,
+        "random",
+        EPISODES,
+        tmp_path,
+        seed=SEED,
+        progress=False,
+        max_episode_steps=MAX_STEPS,
+        store_actions=False,
+    )
     with pytest.raises(DatasetError, match="without actions"):
         load_dataset(tmp_path)
     video = load_dataset(tmp_path, with_actions=False)
@@ -116,7 +159,9 @@ def test_callable_and_agent_policies(tmp_path):
         count = 0 if state is None else state + 1
         return np.array([0 if count % 2 == 0 else 2]), count  # batched, as an agent returns it
 
-    manifest = record_dataset(ENV_ID, turn_left_then_forward, 1, tmp_path / "callable", seed=0, progress=False, max_episode_steps=6)
+    manifest = record_dataset(
+        ENV_ID, turn_left_then_forward, 1, tmp_path / "callable", seed=0, progress=False, max_episode_steps=6
+    )
     assert manifest["policy"] == "turn_left_then_forward"
     assert seen[0] == ((1, 64, 64, 3), True) and not any(first for _, first in seen[1:])
     actions = next(load_dataset(tmp_path / "callable").episodes())["action"]
@@ -129,7 +174,9 @@ def test_callable_and_agent_policies(tmp_path):
             assert explore is False
             return np.full(len(observation["is_first"]), 2), state
 
-    manifest = record_dataset(ENV_ID, ForwardAgent(), 1, tmp_path / "agent", seed=0, progress=False, max_episode_steps=4)
+    manifest = record_dataset(
+        ENV_ID, ForwardAgent(), 1, tmp_path / "agent", seed=0, progress=False, max_episode_steps=4
+    )
     assert manifest["policy"] == "ForwardAgent"
     assert next(load_dataset(tmp_path / "agent").episodes())["action"].tolist() == [0, 2, 2, 2, 2]
 
@@ -174,7 +221,19 @@ def test_missing_and_corrupt_files_are_named(recorded, tmp_path):
 
 def test_record_command_writes_a_dataset_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "out"
-    arguments = ["--env", "CartPole-v1", "--episodes", "2", "--policy", "random", "--out", str(out), "--seed", "4", "--no-progress"]
+    arguments = [
+        "--env",
+        "CartPole-v1",
+        "--episodes",
+        "2",
+        "--policy",
+        "random",
+        "--out",
+        str(out),
+        "--seed",
+        "4",
+        "--no-progress",
+    ]
     assert record_command(arguments) == 0
     assert "recorded 2 episodes" in capsys.readouterr().out
     assert load_dataset(out).manifest["seed"] == 4

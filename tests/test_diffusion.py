@@ -18,6 +18,7 @@ from wmlab.agents.imagination.config import ImaginationConfig
 from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.cli import main
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError, WmlabError
+from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch, Trajectory
 from wmlab.models.diffusion import (
     DiffusionConfig,
@@ -32,7 +33,6 @@ from wmlab.nn.unet import UNet
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import RunSpec
 from wmlab.train.loop import Trainer
-from wmlab.core.serialization import load_state
 
 TINY = DiffusionConfig(
     channels=(8, 8),
@@ -74,13 +74,19 @@ def test_edm_preconditioning_matches_hand_computed_values():
     assert c_noise.tolist() == pytest.approx([0.0, math.log(2) / 4])
     # DIAMOND counts its offset noise in sigma: sqrt(0.4^2 + 0.3^2) = 0.5
     c_skip, c_out, c_in, c_noise = preconditioning(sigma[2:], sigma_data=0.5, sigma_offset_noise=0.3)
-    assert (c_skip.item(), c_out.item(), c_in.item(), c_noise.item()) == pytest.approx((0.5, 0.25 / math.sqrt(0.5), 1 / math.sqrt(0.5), math.log(0.5) / 4))
+    assert (c_skip.item(), c_out.item(), c_in.item(), c_noise.item()) == pytest.approx(
+        (0.5, 0.25 / math.sqrt(0.5), 1 / math.sqrt(0.5), math.log(0.5) / 4)
+    )
 
 
 def test_karras_levels_fall_from_sigma_max_to_zero():
     levels = karras_levels(5, 0.002, 5.0, 7.0)
     assert levels.shape == (6,)
-    assert levels[0].item() == pytest.approx(5.0) and levels[-2].item() == pytest.approx(0.002) and levels[-1].item() == 0.0
+    assert (
+        levels[0].item() == pytest.approx(5.0)
+        and levels[-2].item() == pytest.approx(0.002)
+        and levels[-1].item() == 0.0
+    )
     assert bool((levels[1:] < levels[:-1]).all())
     assert karras_levels(1, 0.002, 5.0, 7.0).tolist() == pytest.approx([5.0, 0.0])
 
@@ -133,7 +139,11 @@ def trained():
     """A tiny model overfitted to two transitions that differ only by the action."""
     model = make_model(replace(TINY, quantize=False))
     batch, targets = two_transitions()
-    repeated = Batch({"image": np.repeat(batch.obs["image"], 8, 0)}, np.repeat(batch.action, 8, 0), *(np.repeat(value, 8, 0) for value in (batch.reward, batch.is_first, batch.is_last, batch.is_terminal)))
+    repeated = Batch(
+        {"image": np.repeat(batch.obs["image"], 8, 0)},
+        np.repeat(batch.action, 8, 0),
+        *(np.repeat(value, 8, 0) for value in (batch.reward, batch.is_first, batch.is_last, batch.is_terminal)),
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(250):
@@ -180,7 +190,9 @@ def test_imagine_samples_a_predictive_distribution_and_follows_the_protocol():
     trajectory = model.imagine(repeated, torch.zeros(8, 5, dtype=torch.long))
     assert isinstance(trajectory, Trajectory)
     assert trajectory.observations["image"].shape == (8, 5, SIDE, SIDE, 3)
-    assert trajectory.rewards.shape == (8, 5) and bool(((trajectory.continues >= 0) & (trajectory.continues <= 1)).all())
+    assert trajectory.rewards.shape == (8, 5) and bool(
+        ((trajectory.continues >= 0) & (trajectory.continues <= 1)).all()
+    )
     # the imagined state at step l decodes to the frame generated at step l
     assert torch.equal(model.decode(trajectory.states)["image"], trajectory.observations["image"])
     frames = trajectory.observations["image"].reshape(4, 2, 5, -1)
@@ -225,11 +237,17 @@ def test_context_noise_is_applied_in_training_and_not_at_sampling():
     model = make_model(config)
     seen = capture_denoiser_inputs(model)
     batch, _ = two_transitions()
-    many = Batch({"image": np.repeat(batch.obs["image"], 32, 0)}, np.repeat(batch.action, 32, 0), *(np.repeat(value, 32, 0) for value in (batch.reward, batch.is_first, batch.is_last, batch.is_terminal)))
+    many = Batch(
+        {"image": np.repeat(batch.obs["image"], 32, 0)},
+        np.repeat(batch.action, 32, 0),
+        *(np.repeat(value, 32, 0) for value in (batch.reward, batch.is_first, batch.is_last, batch.is_terminal)),
+    )
     model.loss_terms(many)
     training = seen[-1]
     clean = torch.as_tensor(many.obs["image"][:, 0]).movedim(-1, -3).float() / 127.5 - 1
-    clean_context = torch.cat([torch.zeros_like(clean), clean], 1) / config.sigma_data  # (N, K * C, H, W): zero padding, start
+    clean_context = (
+        torch.cat([torch.zeros_like(clean), clean], 1) / config.sigma_data
+    )  # (N, K * C, H, W): zero padding, start
     assert training["bucket"] is not None and int(training["bucket"].max()) > 0
     noisy_rows = training["bucket"] > 0
     differences = (training["context"] - clean_context).flatten(1).abs().amax(1)
@@ -254,8 +272,18 @@ def test_guidance_scale_one_is_the_conditional_model():
     actions = torch.tensor([[0, 1], [1, 2], [2, 0], [1, 1]])
     condition = torch.randn(4, 3, generator=generator)
     with torch.no_grad():
-        c_skip, c_out, c_in, c_noise = (value[:, None, None, None] for value in preconditioning(sigma, config.sigma_data, config.sigma_offset_noise))
-        output = model.denoiser(c_in * noisy, c_noise[:, 0, 0, 0], frames.flatten(1, 2) / config.sigma_data, actions, None, condition, torch.ones(4, dtype=torch.bool))
+        c_skip, c_out, c_in, c_noise = (
+            value[:, None, None, None] for value in preconditioning(sigma, config.sigma_data, config.sigma_offset_noise)
+        )
+        output = model.denoiser(
+            c_in * noisy,
+            c_noise[:, 0, 0, 0],
+            frames.flatten(1, 2) / config.sigma_data,
+            actions,
+            None,
+            condition,
+            torch.ones(4, dtype=torch.bool),
+        )
         conditional = c_skip * noisy + c_out * output
         guided_once = model.denoise(noisy, sigma, frames, actions, condition, guidance=1.0)
         unconditional = model.denoise(noisy, sigma, frames, actions, None)
@@ -269,7 +297,13 @@ def test_guidance_scale_one_is_the_conditional_model():
     model.denoiser.forward = lambda *args: seen.append(args[-1]) or original(*args)
     batch, _ = two_transitions()
     obs = {"image": np.repeat(batch.obs["image"], 32, 0), "condition": np.ones((64, 2, 3), np.float32)}
-    model.loss_terms(Batch(obs, np.repeat(batch.action, 32, 0), *(np.repeat(value, 32, 0) for value in (batch.reward, batch.is_first, batch.is_last, batch.is_terminal))))
+    model.loss_terms(
+        Batch(
+            obs,
+            np.repeat(batch.action, 32, 0),
+            *(np.repeat(value, 32, 0) for value in (batch.reward, batch.is_first, batch.is_last, batch.is_terminal)),
+        )
+    )
     kept = seen[-1]
     assert 0 < int((~kept).sum()) < 64
 
@@ -348,13 +382,24 @@ class BanditDream:
 
 def test_the_imagination_learner_learns_from_any_world_model_of_its_interface():
     torch.manual_seed(0)
-    config = ImaginationConfig(channels=(4, 4), lstm_size=16, horizon=4, burn_in=2, learning_rate=3e-3, warmup_updates=0, entropy_weight=0.0, discount=0.9)
+    config = ImaginationConfig(
+        channels=(4, 4),
+        lstm_size=16,
+        horizon=4,
+        burn_in=2,
+        learning_rate=3e-3,
+        warmup_updates=0,
+        entropy_weight=0.0,
+        discount=0.9,
+    )
     learner = ImaginationLearner(config, (SIDE, SIDE, 3), 3, torch.device("cpu"), torch.Generator().manual_seed(0))
     images = np.random.default_rng(0).integers(0, 256, (16, 3, SIDE, SIDE, 3), dtype=np.uint8)
     batch = window(images, np.zeros((16, 3), np.int64))
     for _ in range(150):
         metrics = learner.update(BanditDream(), batch)
-    logits, _, _ = learner.network(torch.as_tensor(images[:, 0]).float() / 255, learner.network.initial(16, torch.device("cpu")))
+    logits, _, _ = learner.network(
+        torch.as_tensor(images[:, 0]).float() / 255, learner.network.initial(16, torch.device("cpu"))
+    )
     assert float(logits.softmax(-1)[:, 1].mean()) > 0.8
     assert metrics["ac/imagined_reward"] > 3.0
 
@@ -363,14 +408,55 @@ def test_the_imagination_learner_learns_from_any_world_model_of_its_interface():
 # Through the CLI and the loop
 
 TINY_ARGUMENTS = [
-    "--env-kwargs", '{"image_size": 16, "max_episode_steps": 20, "reward": "dense"}',
-    "--train.steps", 50, "--train.learning-starts", 30, "--train.batch-size", 2, "--train.sequence-length", 5,
-    "--train.train-ratio", 10, "--train.eval-every", 0, "--train.eval-episodes", 1, "--train.log-every", 25,
-    "--train.checkpoint-every", 50, "--train.no-progress", "--train.no-tensorboard",
-    "--agent.model.channels", 8, 8, "--agent.model.depths", 1, 1, "--agent.model.condition-size", 16,
-    "--agent.model.reward-end.channels", 4, 4, "--agent.model.reward-end.depths", 1, 1, "--agent.model.reward-end.lstm-size", 16,
-    "--agent.learner.channels", 4, 4, "--agent.learner.lstm-size", 16, "--agent.learner.horizon", 3, "--agent.learner.starts", 2,
-    "--agent.actor-critic-starts", 2,
+    "--env-kwargs",
+    '{"image_size": 16, "max_episode_steps": 20, "reward": "dense"}',
+    "--train.steps",
+    50,
+    "--train.learning-starts",
+    30,
+    "--train.batch-size",
+    2,
+    "--train.sequence-length",
+    5,
+    "--train.train-ratio",
+    10,
+    "--train.eval-every",
+    0,
+    "--train.eval-episodes",
+    1,
+    "--train.log-every",
+    25,
+    "--train.checkpoint-every",
+    50,
+    "--train.no-progress",
+    "--train.no-tensorboard",
+    "--agent.model.channels",
+    8,
+    8,
+    "--agent.model.depths",
+    1,
+    1,
+    "--agent.model.condition-size",
+    16,
+    "--agent.model.reward-end.channels",
+    4,
+    4,
+    "--agent.model.reward-end.depths",
+    1,
+    1,
+    "--agent.model.reward-end.lstm-size",
+    16,
+    "--agent.learner.channels",
+    4,
+    4,
+    "--agent.learner.lstm-size",
+    16,
+    "--agent.learner.horizon",
+    3,
+    "--agent.learner.starts",
+    2,
+    "--agent.actor-critic-starts",
+    2,
 ]
 
 
@@ -380,33 +466,79 @@ def run_cli(*arguments) -> int:
 
 def test_cli_smoke_diamond_cpu_then_eval_generate_and_resume(tmp_path):
     run_dir = tmp_path / "diamond"
-    assert run_cli("train", "--algo", "diamond-cpu", "--env", "two-rooms-discrete", "--run-dir", run_dir, *TINY_ARGUMENTS) == 0
+    assert (
+        run_cli("train", "--algo", "diamond-cpu", "--env", "two-rooms-discrete", "--run-dir", run_dir, *TINY_ARGUMENTS)
+        == 0
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 50 and summary["updates"] > 2
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("loss/denoising" in line and "loss/actor" in line for line in lines)
     assert (run_dir / "videos" / "open_loop_image.gif").is_file()
     # the evaluation suites see a predictive distribution
-    assert run_cli("eval", run_dir, "--suite", "calibration", "--sequences", 2, "--horizon", 3, "--samples", 3, "--context", 4) == 0
+    assert (
+        run_cli(
+            "eval", run_dir, "--suite", "calibration", "--sequences", 2, "--horizon", 3, "--samples", 3, "--context", 4
+        )
+        == 0
+    )
     assert json.loads((run_dir / "eval" / "calibration.json").read_text())["calibratable"] is True
     out = tmp_path / "video" / "dream.mp4"
     assert run_cli("generate", run_dir, "--steps", 6, "--denoising-steps", 1, "--out", out) == 0
     assert out.stat().st_size > 0 and out.with_suffix(".png").is_file()
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["denoising_steps"] == 1 and len(report["psnr"]) == 6 and report["frames_per_second"] > 0
-    assert run_cli("generate", run_dir, "--steps", 6, "--denoising-steps", 0, "--churn", 1.0, "--actions", "policy", "--out", out) == 0
+    assert (
+        run_cli(
+            "generate",
+            run_dir,
+            "--steps",
+            6,
+            "--denoising-steps",
+            0,
+            "--churn",
+            1.0,
+            "--actions",
+            "policy",
+            "--out",
+            out,
+        )
+        == 0
+    )
     assert run_cli("train", "--resume", run_dir, "--train.steps", 60, "--train.no-progress") == 0
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 60
 
 
 def test_a_resumed_diamond_run_equals_an_uninterrupted_one(tmp_path):
     learner = ImaginationConfig(channels=(4, 4), lstm_size=16, horizon=3, starts=2)
-    agent = DiamondConfig(model=replace(TINY, context=2), learner=replace(learner, burn_in=2), actor_critic_starts=1, open_loop_report=False)
-    train = TrainConfig(steps=40, learning_starts=10, train_ratio=10.0, batch_size=2, sequence_length=4, eval_every=0, eval_episodes=1,
-                        checkpoint_every=20, log_every=20, progress=False, tensorboard=False)
+    agent = DiamondConfig(
+        model=replace(TINY, context=2),
+        learner=replace(learner, burn_in=2),
+        actor_critic_starts=1,
+        open_loop_report=False,
+    )
+    train = TrainConfig(
+        steps=40,
+        learning_starts=10,
+        train_ratio=10.0,
+        batch_size=2,
+        sequence_length=4,
+        eval_every=0,
+        eval_episodes=1,
+        checkpoint_every=20,
+        log_every=20,
+        progress=False,
+        tensorboard=False,
+    )
 
     def spec(steps):
-        return RunSpec("diamond-cpu", "two-rooms-discrete", train=replace(train, steps=steps), agent=agent, env_kwargs={"image_size": 8, "max_episode_steps": 15, "reward": "dense"})
+        return RunSpec(
+            "diamond-cpu",
+            "two-rooms-discrete",
+            train=replace(train, steps=steps),
+            agent=agent,
+            env_kwargs={"image_size": 8, "max_episode_steps": 15, "reward": "dense"},
+        )
 
     straight = Trainer(spec(40), tmp_path / "straight").run()
     Trainer(spec(20), tmp_path / "resumed").run()

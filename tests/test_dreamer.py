@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from test_rssm import BOX, DISCRETE, PIXELS, VECTORS, random_batch
 
 from wmlab.agents.dreamer.agent import DreamerAgent, NormalPolicy, TanhNormalPolicy
 from wmlab.agents.dreamer.config import PRESETS, DreamerConfig
@@ -16,19 +17,26 @@ from wmlab.agents.dreamer.optim import LaProp
 from wmlab.agents.planet.agent import PlaNetAgent
 from wmlab.agents.planet.config import PlaNetConfig
 from wmlab.cli import main
+from wmlab.core.serialization import load_state
 from wmlab.planners.cem import CEMConfig
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import RunSpec
 from wmlab.train.loop import Trainer
-from wmlab.core.serialization import load_state
-
-from test_rssm import BOX, DISCRETE, PIXELS, VECTORS, random_batch
 
 
 def tiny(config: DreamerConfig) -> DreamerConfig:
     """The preset at the tiny size: its latent type, heads and losses, small widths."""
     gaussian = config.model.latent == "gaussian"
-    model = replace(config.model, size="tiny", deterministic_size=None, hidden_size=None, classes=0 if gaussian else None, cnn_depth=None, units=None, stochastic_size=4)
+    model = replace(
+        config.model,
+        size="tiny",
+        deterministic_size=None,
+        hidden_size=None,
+        classes=0 if gaussian else None,
+        cnn_depth=None,
+        units=None,
+        stochastic_size=4,
+    )
     return replace(config, model=model, imagination_horizon=4, random_steps=0)
 
 
@@ -58,8 +66,12 @@ def test_every_preset_updates_and_acts(version, observation_space, action_space)
 @pytest.mark.parametrize("observation_space", [PIXELS, VECTORS], ids=["pixels", "vectors"])
 @pytest.mark.parametrize("action_space", [BOX, DISCRETE], ids=["box", "discrete"])
 def test_planet_updates_and_plans(observation_space, action_space):
-    model = replace(PlaNetConfig().model, deterministic_size=16, hidden_size=16, stochastic_size=4, cnn_depth=4, units=16)
-    config = PlaNetConfig(model=model, planner=CEMConfig(horizon=3, iterations=2, candidates=16, elites=4), random_steps=0)
+    model = replace(
+        PlaNetConfig().model, deterministic_size=16, hidden_size=16, stochastic_size=4, cnn_depth=4, units=16
+    )
+    config = PlaNetConfig(
+        model=model, planner=CEMConfig(horizon=3, iterations=2, candidates=16, elites=4), random_steps=0
+    )
     agent = PlaNetAgent(config, observation_space, action_space, seed=0)
     metrics = agent.update(random_batch(observation_space, action_space, B=2, T=5))
     assert all(math.isfinite(value) for value in metrics.values()) and "loss/kl" in metrics
@@ -68,18 +80,35 @@ def test_planet_updates_and_plans(observation_space, action_space):
     action, state = agent.act({**obs, "is_first": np.ones(2, bool)}, None, explore=True)
     action, state = agent.act({**obs, "is_first": np.zeros(2, bool)}, state, explore=False)
     assert action.shape == ((2,) if action_space is DISCRETE else (2, 2))
-    assert PlaNetConfig().model.deterministic_size == 200 and PlaNetConfig().planner == CEMConfig(horizon=12, iterations=10, candidates=1000, elites=100)
+    assert PlaNetConfig().model.deterministic_size == 200 and PlaNetConfig().planner == CEMConfig(
+        horizon=12, iterations=10, candidates=1000, elites=100
+    )
 
 
 def test_presets_differ_where_the_papers_do():
     v1, v2, v3 = (PRESETS[name]() for name in ("v1", "v2", "v3"))
-    assert (v1.model.latent, v1.model.stochastic_size, v1.model.deterministic_size, v1.model.free_nats) == ("gaussian", 30, 200, 3.0)
+    assert (v1.model.latent, v1.model.stochastic_size, v1.model.deterministic_size, v1.model.free_nats) == (
+        "gaussian",
+        30,
+        200,
+        3.0,
+    )
     assert (v1.continuous_actor, v1.reinforce_continuous) == ("tanh_normal", 0.0)
     assert (v2.model.latent, v2.model.stochastic_size, v2.model.classes) == ("categorical", 32, 32)
     assert (v2.model.loss_scales.dynamics, v2.model.loss_scales.representation) == (0.8, 0.2)
     assert 0 < v2.reinforce_discrete < 1
-    assert (v3.model.loss_scales.dynamics, v3.model.loss_scales.representation, v3.model.free_nats, v3.model.unimix) == (1.0, 0.1, 1.0, 0.01)
-    assert (v3.critic_head, v3.model.reward_head, v3.return_normalization, v3.entropy_scale) == ("twohot", "twohot", True, 3e-4)
+    assert (
+        v3.model.loss_scales.dynamics,
+        v3.model.loss_scales.representation,
+        v3.model.free_nats,
+        v3.model.unimix,
+    ) == (1.0, 0.1, 1.0, 0.01)
+    assert (v3.critic_head, v3.model.reward_head, v3.return_normalization, v3.entropy_scale) == (
+        "twohot",
+        "twohot",
+        True,
+        3e-4,
+    )
     assert v3.discount == pytest.approx(0.997, abs=1e-4)
 
 
@@ -90,7 +119,9 @@ def test_action_distributions():
     torch.testing.assert_close(NormalPolicy(mean, std).log_prob(action), reference.log_prob(action).sum(-1))
     torch.testing.assert_close(NormalPolicy(mean, std).entropy(), reference.entropy().sum(-1))
     squashed = torch.distributions.TransformedDistribution(reference, [torch.distributions.TanhTransform()])
-    torch.testing.assert_close(TanhNormalPolicy(mean, std).log_prob(action), squashed.log_prob(action).sum(-1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        TanhNormalPolicy(mean, std).log_prob(action), squashed.log_prob(action).sum(-1), atol=1e-4, rtol=1e-4
+    )
     sample = TanhNormalPolicy(mean, std).sample(torch.Generator().manual_seed(0))
     assert torch.all(sample.abs() < 1)
 
@@ -108,10 +139,30 @@ def test_laprop_normalises_before_momentum():
 # Through the CLI and the loop
 
 TINY_ARGUMENTS = [
-    "--train.steps", 60, "--train.learning-starts", 30, "--train.batch-size", 3, "--train.sequence-length", 8,
-    "--train.train-ratio", 24, "--train.eval-every", 0, "--train.eval-episodes", 1, "--train.log-every", 30,
-    "--train.checkpoint-every", 60, "--train.no-progress", "--train.no-tensorboard",
-    "--agent.model.size", "tiny", "--agent.model.stochastic-size", 4,
+    "--train.steps",
+    60,
+    "--train.learning-starts",
+    30,
+    "--train.batch-size",
+    3,
+    "--train.sequence-length",
+    8,
+    "--train.train-ratio",
+    24,
+    "--train.eval-every",
+    0,
+    "--train.eval-episodes",
+    1,
+    "--train.log-every",
+    30,
+    "--train.checkpoint-every",
+    60,
+    "--train.no-progress",
+    "--train.no-tensorboard",
+    "--agent.model.size",
+    "tiny",
+    "--agent.model.stochastic-size",
+    4,
 ]
 
 
@@ -121,7 +172,21 @@ def run_cli(*arguments) -> int:
 
 def test_cli_smoke_dreamer_on_pixels_writes_open_loop_videos(tmp_path):
     run_dir = tmp_path / "dreamer"
-    assert run_cli("train", "--algo", "dreamer", "--env", "two-rooms", "--run-dir", run_dir, *TINY_ARGUMENTS, "--agent.imagination-horizon", 3) == 0
+    assert (
+        run_cli(
+            "train",
+            "--algo",
+            "dreamer",
+            "--env",
+            "two-rooms",
+            "--run-dir",
+            run_dir,
+            *TINY_ARGUMENTS,
+            "--agent.imagination-horizon",
+            3,
+        )
+        == 0
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 60 and summary["updates"] > 0
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -136,10 +201,32 @@ def test_cli_smoke_dreamer_on_pixels_writes_open_loop_videos(tmp_path):
 def test_cli_smoke_planet_on_vectors(tmp_path):
     run_dir = tmp_path / "planet"
     code = run_cli(
-        "train", "--algo", "planet", "--env", "two-rooms-state", "--run-dir", run_dir, *TINY_ARGUMENTS[:-4],
-        "--agent.model.deterministic-size", 16, "--agent.model.hidden-size", 16, "--agent.model.stochastic-size", 4, "--agent.model.units", 16,
-        "--agent.planner.candidates", 20, "--agent.planner.elites", 4, "--agent.planner.iterations", 2, "--agent.planner.horizon", 3,
-        "--agent.random-steps", 30,
+        "train",
+        "--algo",
+        "planet",
+        "--env",
+        "two-rooms-state",
+        "--run-dir",
+        run_dir,
+        *TINY_ARGUMENTS[:-4],
+        "--agent.model.deterministic-size",
+        16,
+        "--agent.model.hidden-size",
+        16,
+        "--agent.model.stochastic-size",
+        4,
+        "--agent.model.units",
+        16,
+        "--agent.planner.candidates",
+        20,
+        "--agent.planner.elites",
+        4,
+        "--agent.planner.iterations",
+        2,
+        "--agent.planner.horizon",
+        3,
+        "--agent.random-steps",
+        30,
     )
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -159,14 +246,29 @@ def test_help_documents_every_dreamer_field(capsys):
 
 
 RESUME_TRAIN = TrainConfig(
-    steps=120, learning_starts=30, train_ratio=24.0, batch_size=3, sequence_length=8, eval_every=60,
-    eval_episodes=1, checkpoint_every=60, log_every=30, progress=False, tensorboard=False,
+    steps=120,
+    learning_starts=30,
+    train_ratio=24.0,
+    batch_size=3,
+    sequence_length=8,
+    eval_every=60,
+    eval_episodes=1,
+    checkpoint_every=60,
+    log_every=30,
+    progress=False,
+    tensorboard=False,
 )
 
 
 def resume_spec(steps: int) -> RunSpec:
     agent = replace(tiny(DreamerConfig()), open_loop_report=False)
-    return RunSpec("dreamer", "two-rooms-state", train=replace(RESUME_TRAIN, steps=steps), agent=agent, env_kwargs={"max_episode_steps": 25, "reward": "dense"})
+    return RunSpec(
+        "dreamer",
+        "two-rooms-state",
+        train=replace(RESUME_TRAIN, steps=steps),
+        agent=agent,
+        env_kwargs={"max_episode_steps": 25, "reward": "dense"},
+    )
 
 
 def test_a_resumed_dreamer_run_equals_an_uninterrupted_one(tmp_path):
@@ -178,7 +280,10 @@ def test_a_resumed_dreamer_run_equals_an_uninterrupted_one(tmp_path):
 
     def losses(run):
         lines = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in line.items() if k.startswith(("loss/", "eval/", "imagination/")) or k == "step"} for line in lines]
+        return [
+            {k: v for k, v in line.items() if k.startswith(("loss/", "eval/", "imagination/")) or k == "step"}
+            for line in lines
+        ]
 
     assert losses("resumed") == losses("straight")
     a = load_state(tmp_path / "straight" / "checkpoints" / "rank0", "agent")

@@ -17,7 +17,14 @@ from wmlab.agents.dyna import (
     PrioritizedSweepingAgent,
     TrajectorySamplingAgent,
 )
-from wmlab.bench.dyna import cumulative_reward, dyna_markdown, format_dyna_table, run_dyna_benchmark, steps_per_episode, updates_until_optimal
+from wmlab.bench.dyna import (
+    cumulative_reward,
+    dyna_markdown,
+    format_dyna_table,
+    run_dyna_benchmark,
+    steps_per_episode,
+    updates_until_optimal,
+)
 from wmlab.core.errors import IncompatibleSpaceError
 from wmlab.core.protocols import Agent, WorldModel
 from wmlab.core.types import Batch, Transition
@@ -75,7 +82,10 @@ def test_dyna_q_with_50_planning_steps_learns_the_maze_within_five_episodes():
 
 
 def test_planning_speeds_up_learning():
-    early = {n: np.mean([sum(steps_per_episode(DynaConfig(planning_steps=n), 5, seed)[1:]) for seed in range(5)]) for n in (0, 50)}
+    early = {
+        n: np.mean([sum(steps_per_episode(DynaConfig(planning_steps=n), 5, seed)[1:]) for seed in range(5)])
+        for n in (0, 50)
+    }
     assert early[50] < early[0] / 3
 
 
@@ -108,7 +118,9 @@ def test_dyna_q_plus_bonus_grows_with_time_since_tried():
 def test_dyna_q_plus_recovers_from_the_blocking_maze_better_than_dyna_q():
     config = DynaConfig(alpha=1.0, planning_steps=10, kappa=1e-3)
     final = {
-        agent_class: np.mean([cumulative_reward(agent_class, config, BlockingMaze, 3000, (3, 0), seed)[0][-1] for seed in range(4)])
+        agent_class: np.mean(
+            [cumulative_reward(agent_class, config, BlockingMaze, 3000, (3, 0), seed)[0][-1] for seed in range(4)]
+        )
         for agent_class in (DynaQAgent, DynaQPlusAgent)
     }
     assert final[DynaQPlusAgent] > final[DynaQAgent]
@@ -120,7 +132,10 @@ def test_prioritized_sweeping_needs_fewer_updates_than_dyna_q():
         agent_class: [updates_until_optimal(agent_class, config, 1, seed, 100_000)[0] for seed in range(5)]
         for agent_class in (DynaQAgent, PrioritizedSweepingAgent)
     }
-    median = {agent_class: np.median([np.inf if value is None else value for value in values]) for agent_class, values in counts.items()}
+    median = {
+        agent_class: np.median([np.inf if value is None else value for value in values])
+        for agent_class, values in counts.items()
+    }
     assert median[PrioritizedSweepingAgent] * 5 < median[DynaQAgent]
 
 
@@ -173,9 +188,17 @@ def test_greedy_ties_are_broken_at_random():
 @pytest.mark.parametrize(
     "observation_space, action_space, message",
     [
-        (gymnasium.spaces.Dict({"image": gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8)}), gymnasium.spaces.Discrete(4), "discrete state observation"),
+        (
+            gymnasium.spaces.Dict({"image": gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8)}),
+            gymnasium.spaces.Discrete(4),
+            "discrete state observation",
+        ),
         (gymnasium.spaces.Discrete(54), gymnasium.spaces.Discrete(4), "discrete state observation"),
-        (gymnasium.spaces.Dict({"state": gymnasium.spaces.Discrete(54)}), gymnasium.spaces.Box(-1, 1, (2,)), "Discrete action space"),
+        (
+            gymnasium.spaces.Dict({"state": gymnasium.spaces.Discrete(54)}),
+            gymnasium.spaces.Box(-1, 1, (2,)),
+            "Discrete action space",
+        ),
     ],
 )
 def test_incompatible_spaces_are_refused_with_a_clear_message(observation_space, action_space, message):
@@ -298,7 +321,19 @@ def test_model_state_dict_round_trip():
         model.record(*transition)
     restored = TabularModel(num_states=6, num_actions=2)
     restored.load_state_dict(copy.deepcopy(model.state_dict()))
-    for name in ("time", "kind", "reward", "next_state", "terminal", "last_tried", "pairs", "states", "state_actions", "predecessors", "model_untried_actions"):
+    for name in (
+        "time",
+        "kind",
+        "reward",
+        "next_state",
+        "terminal",
+        "last_tried",
+        "pairs",
+        "states",
+        "state_actions",
+        "predecessors",
+        "model_untried_actions",
+    ):
         assert getattr(restored, name) == getattr(model, name), name
 
 

@@ -10,7 +10,13 @@ import pytest
 from wmlab.core.errors import WmlabError
 from wmlab.envs import make_env
 from wmlab.envs.atari import area_resizer, make_atari
-from wmlab.envs.atari_scores import ATARI100K_SCORES, aggregate, canonical_game, human_normalized_score, interquartile_mean
+from wmlab.envs.atari_scores import (
+    ATARI100K_SCORES,
+    aggregate,
+    canonical_game,
+    human_normalized_score,
+    interquartile_mean,
+)
 
 # --------------------------------------------------------------------------- human-normalised score
 
@@ -26,7 +32,12 @@ def test_random_scores_normalise_to_0_and_human_scores_to_1():
 
 
 def test_game_names_are_read_loosely_and_unknown_ones_suggest():
-    assert canonical_game("ALE/MsPacman-v5") == canonical_game("ms_pacman") == canonical_game("atari:MsPacman") == "MsPacman"
+    assert (
+        canonical_game("ALE/MsPacman-v5")
+        == canonical_game("ms_pacman")
+        == canonical_game("atari:MsPacman")
+        == "MsPacman"
+    )
     with pytest.raises(KeyError, match="Breakout"):
         human_normalized_score("Breakot", 3.0)
 

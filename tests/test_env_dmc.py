@@ -35,7 +35,9 @@ def test_state_observations_are_a_float32_vector_in_the_tasks_key_order():
     assert isinstance(reward, float) and not terminated and not truncated
     # The vector is the task's observations, concatenated in that order.
     expected = env.unwrapped._env.task.get_observation(env.unwrapped.physics)
-    np.testing.assert_array_equal(observation["vector"], np.concatenate([expected["position"], expected["velocity"]]).astype(np.float32))
+    np.testing.assert_array_equal(
+        observation["vector"], np.concatenate([expected["position"], expected["velocity"]]).astype(np.float32)
+    )
 
 
 def test_pixel_and_both_modes_render_64_by_64_rgb_frames():
@@ -106,7 +108,14 @@ def test_action_repeat_sums_the_rewards_of_the_repeated_steps():
 
 
 def test_default_repeats_follow_planets_table_and_can_be_overridden():
-    assert PLANET_ACTION_REPEAT == {"cartpole": 8, "walker": 2, "cheetah": 4, "finger": 2, "reacher": 4, "ball_in_cup": 6}
+    assert PLANET_ACTION_REPEAT == {
+        "cartpole": 8,
+        "walker": 2,
+        "cheetah": 4,
+        "finger": 2,
+        "reacher": 4,
+        "ball_in_cup": 6,
+    }
     assert make_dmc("finger-spin").action_repeat == 2
     assert make_dmc("reacher-easy").action_repeat == 4
     assert make_dmc("cup-catch").task_id == "ball_in_cup-catch"
@@ -172,7 +181,13 @@ def test_importing_the_module_chooses_egl_unless_the_user_chose():
     environment = {key: value for key, value in os.environ.items() if key != "MUJOCO_GL"}
     chosen = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True)
     assert chosen.stdout.strip() == "egl"
-    kept = subprocess.run([sys.executable, "-c", code], env={**environment, "MUJOCO_GL": "osmesa"}, capture_output=True, text=True, check=True)
+    kept = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**environment, "MUJOCO_GL": "osmesa"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert kept.stdout.strip() == "osmesa"
 
 
@@ -183,6 +198,8 @@ def test_benchmark_rows_and_tables_can_be_extended():
     assert row["wmlab_steps_per_second"] > 0 and row["raw_steps_per_second"] > 0
     assert row["overhead_percent"] == pytest.approx((row["ratios"][0] - 1) * 100, abs=0.1)
     results = {"settings": {"repetitions": 1}, "rows": [row], "render": []}
-    results["rows"].append({"suite": "minigrid rgb", "wmlab_steps_per_second": 1.0, "raw_steps_per_second": 2.0, "overhead_percent": 100.0})
+    results["rows"].append(
+        {"suite": "minigrid rgb", "wmlab_steps_per_second": 1.0, "raw_steps_per_second": 2.0, "overhead_percent": 100.0}
+    )
     assert [table_row[0] for table_row in envs_tables(results)[0]["rows"]] == [row["suite"], "minigrid rgb"]
     assert "minigrid rgb" in format_envs_table(results)

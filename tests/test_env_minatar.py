@@ -67,7 +67,14 @@ def test_the_token_model_takes_minatar_frames_with_one_stage():
         frames.append(env.step(action)[0]["image"])
         actions.append(action)
     is_first = np.array([[True, False, False, False]])
-    batch = Batch({"image": np.stack(frames)[None]}, np.array([actions]), np.zeros((1, 4), np.float32), is_first, np.zeros((1, 4), bool), np.zeros((1, 4), bool))
+    batch = Batch(
+        {"image": np.stack(frames)[None]},
+        np.array([actions]),
+        np.zeros((1, 4), np.float32),
+        is_first,
+        np.zeros((1, 4), bool),
+        np.zeros((1, 4), bool),
+    )
     loss, metrics = model.loss(batch)
     assert torch.isfinite(loss) and metrics["wm/reconstruction_psnr"] > 0
     assert model.decode({"tokens": torch.zeros(2, 25, dtype=torch.long)})["image"].shape == (2, 10, 10, 4)

@@ -180,7 +180,9 @@ def test_describe_suites_names_every_suite_and_how_to_install_it(monkeypatch):
     from wmlab.envs.suites import describe_suites
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "crafter" else real_find_spec(name, *rest))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *rest: None if name == "crafter" else real_find_spec(name, *rest)
+    )
     rows = {row["suite"]: row for row in describe_suites(probe=False)}
     assert list(rows) == ["built-in", "gymnasium", "dmc", "atari", "minigrid", "crafter", "minatar"]
     assert not rows["crafter"]["available"] and rows["crafter"]["install"] == "pip install 'wmlab[crafter]'"

@@ -24,7 +24,11 @@ CLOCK_FIELDS = ("time", "train/steps_per_second")
 
 def arrays_digest(path: Path) -> dict[str, str]:
     with np.load(path, allow_pickle=False) as archive:
-        return {key: hashlib.sha256(np.ascontiguousarray(archive[key]).tobytes()).hexdigest() for key in archive.files if key != "checkpoint_token"}
+        return {
+            key: hashlib.sha256(np.ascontiguousarray(archive[key]).tobytes()).hexdigest()
+            for key in archive.files
+            if key != "checkpoint_token"
+        }
 
 
 def run_record(run_dir: Path) -> dict:
@@ -94,13 +98,17 @@ def tensorboard_scalars(run_dir: Path) -> dict:
 def test_a_run_killed_28_times_ends_exactly_as_if_never_killed(tmp_path):
     environment = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
     environment.pop("WMLAB_TEST_KILL_AT", None)
-    finished = subprocess.run([sys.executable, str(DRIVER), str(tmp_path)], env=environment, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(
+        [sys.executable, str(DRIVER), str(tmp_path)], env=environment, capture_output=True, text=True, timeout=300
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["reference"]["outcome"] == "exit 0", finished.stderr[-3000:]
     sessions = report["sessions"]
     kills = [session for session in sessions[:-1] if session["outcome"] == "killed"]
-    assert not [session for session in sessions[:-1] if session["outcome"] not in ("killed", "exit 0")], finished.stderr[-3000:]
+    assert not [session for session in sessions[:-1] if session["outcome"] not in ("killed", "exit 0")], (
+        finished.stderr[-3000:]
+    )
     assert len(kills) >= 20, sessions
     assert sessions[-1]["outcome"] == "exit 0", finished.stderr[-3000:]
 
@@ -111,4 +119,12 @@ def test_a_run_killed_28_times_ends_exactly_as_if_never_killed(tmp_path):
     assert_equal_nested(killed, reference)
     assert tensorboard_scalars(tmp_path / "killed") == tensorboard_scalars(tmp_path / "reference")
     # What the report in docs/reliability.md counts.
-    print(json.dumps({"kills": len(kills), "points": sorted({session["kill"] for session in kills}), "seconds": report["seconds"]}))
+    print(
+        json.dumps(
+            {
+                "kills": len(kills),
+                "points": sorted({session["kill"] for session in kills}),
+                "seconds": report["seconds"],
+            }
+        )
+    )

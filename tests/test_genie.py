@@ -55,7 +55,14 @@ def video_batch(frames: np.ndarray) -> Batch:
     is_first = np.zeros((B, T), bool)
     is_first[:, 0] = True
     zeros = np.zeros((B, T), bool)
-    return Batch(obs={"image": frames}, action=None, reward=np.zeros((B, T), np.float32), is_first=is_first, is_last=zeros, is_terminal=zeros)
+    return Batch(
+        obs={"image": frames},
+        action=None,
+        reward=np.zeros((B, T), np.float32),
+        is_first=is_first,
+        is_last=zeros,
+        is_terminal=zeros,
+    )
 
 
 def tiny_model(**overrides) -> GenieWorldModel:
@@ -169,7 +176,9 @@ def test_protocol_shapes_losses_and_refusals():
     frames, _ = shifting_video(2, 4, np.random.default_rng(0))
     batch = video_batch(frames)
     loss, metrics = model.loss(batch)
-    assert torch.isfinite(loss) and {"loss/reconstruction", "loss/action_reconstruction", "loss/dynamics"} <= set(metrics)
+    assert torch.isfinite(loss) and {"loss/reconstruction", "loss/action_reconstruction", "loss/dynamics"} <= set(
+        metrics
+    )
     loss.backward()
     states, last = model.observe({"image": frames}, None, batch.is_first)
     assert states["tokens"].shape == (2, 4, model.tokens_per_frame) and int(last["history_length"][0]) == 4
@@ -208,11 +217,15 @@ def test_an_image_of_another_size_is_resized_or_refused():
 def test_grounding_scores_by_hand():
     diagonal = confusion_matrix(np.array([0, 1, 2, 3] * 5), np.array([5, 2, 7, 0] * 5), 4, 8)
     assert mutual_information(diagonal) == pytest.approx(2.0)
-    assert grounding_scores(diagonal)["purity"] == 1.0 and grounding_scores(diagonal)["normalised_mutual_information"] == pytest.approx(1.0)
+    assert grounding_scores(diagonal)["purity"] == 1.0 and grounding_scores(diagonal)[
+        "normalised_mutual_information"
+    ] == pytest.approx(1.0)
     independent = np.full((4, 8), 3)
     assert mutual_information(independent) == pytest.approx(0.0, abs=1e-12)
     assert grounding_scores(independent)["purity"] == pytest.approx(0.25)
-    classes, names = action_classes(np.array([[0.9, 0.1], [-0.5, 0.2], [0.1, 0.7], [0.0, -0.3], [0.01, 0.0]]), still_below=0.05)
+    classes, names = action_classes(
+        np.array([[0.9, 0.1], [-0.5, 0.2], [0.1, 0.7], [0.0, -0.3], [0.01, 0.0]]), still_below=0.05
+    )
     assert classes.tolist() == [0, 1, 2, 3, 4] and names == ["+x", "-x", "+y", "-y", "still"]
 
 
@@ -271,13 +284,24 @@ def test_mp4_video_loads(tmp_path):
 def test_recorded_dataset_keeps_actions_apart(tmp_path):
     from wmlab.data.dataset import record_dataset
 
-    record_dataset("two-rooms", "random", episodes=2, directory=tmp_path / "rooms", seed=0, progress=False, max_episode_steps=6)
+    record_dataset(
+        "two-rooms", "random", episodes=2, directory=tmp_path / "rooms", seed=0, progress=False, max_episode_steps=6
+    )
     video = load_video(tmp_path / "rooms")
     assert video.frame_shape == (64, 64, 3) and [len(f) for f in video.frames] == [7, 7]
     assert video.hidden_actions[0].shape == (7, 2)
     batch, actions = video.sample_with_actions(2, 3, np.random.default_rng(0))
     assert batch.action is None and actions.shape == (2, 3, 2)
-    record_dataset("two-rooms", "random", episodes=1, directory=tmp_path / "silent", seed=0, progress=False, max_episode_steps=3, store_actions=False)
+    record_dataset(
+        "two-rooms",
+        "random",
+        episodes=1,
+        directory=tmp_path / "silent",
+        seed=0,
+        progress=False,
+        max_episode_steps=3,
+        store_actions=False,
+    )
     assert load_video(tmp_path / "silent").hidden_actions is None
 
 
@@ -290,8 +314,22 @@ def test_pipeline_cli_resume_and_grounding(tmp_path):
     from wmlab.data.dataset import record_dataset
     from wmlab.pipelines.genie import GeniePipelineConfig, GenieStages, train_genie
 
-    record_dataset("two-rooms", "random", episodes=3, directory=tmp_path / "rooms", seed=0, progress=False, max_episode_steps=6)
-    common = ["--dataset", str(tmp_path / "rooms"), "--model.size", "tiny", "--model.patch", "16", "--model.action-patch", "16", "--size", "32", "32"]
+    record_dataset(
+        "two-rooms", "random", episodes=3, directory=tmp_path / "rooms", seed=0, progress=False, max_episode_steps=6
+    )
+    common = [
+        "--dataset",
+        str(tmp_path / "rooms"),
+        "--model.size",
+        "tiny",
+        "--model.patch",
+        "16",
+        "--model.action-patch",
+        "16",
+        "--size",
+        "32",
+        "32",
+    ]
     stages = ["--stages.tokenizer-updates", "2", "--stages.dynamics-updates", "2", "--stages.batch-size", "2"]
     assert main(["pipeline", "genie", *common, *stages, "--run-dir", str(tmp_path / "run")]) == 0
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -303,7 +341,12 @@ def test_pipeline_cli_resume_and_grounding(tmp_path):
 
     # Resume: 2 + 2 interrupted updates give the weights of 4 uninterrupted ones, bit for bit.
     model = GenieConfig(size="tiny", patch=16, action_patch=16)
-    config = GeniePipelineConfig(dataset=str(tmp_path / "rooms"), model=model, size=(32, 32), stages=GenieStages(tokenizer_updates=2, dynamics_updates=2, batch_size=2))
+    config = GeniePipelineConfig(
+        dataset=str(tmp_path / "rooms"),
+        model=model,
+        size=(32, 32),
+        stages=GenieStages(tokenizer_updates=2, dynamics_updates=2, batch_size=2),
+    )
     straight, _ = train_genie(GeniePipelineConfig(**{**config.__dict__, "run_dir": str(tmp_path / "straight")}))
     train_genie(GeniePipelineConfig(**{**config.__dict__, "run_dir": str(tmp_path / "halves")}), stop_after=3)
     resumed, summary = train_genie(GeniePipelineConfig(resume=str(tmp_path / "halves")))

@@ -29,16 +29,26 @@ def test_action_layout_reads_every_supported_space_and_names_the_owner():
     assert action_layout(spaces.Box(-np.inf, np.inf, (2,)), "x") == (2, False)
     with pytest.raises(IncompatibleSpaceError, match="the RSSM takes Discrete actions that start at 0"):
         action_layout(spaces.Discrete(4, start=1), "the RSSM")
-    with pytest.raises(IncompatibleSpaceError, match="TD-MPC2 scales Box actions to \\[-1, 1\\] and needs finite bounds"):
+    with pytest.raises(
+        IncompatibleSpaceError, match="TD-MPC2 scales Box actions to \\[-1, 1\\] and needs finite bounds"
+    ):
         action_layout(spaces.Box(-np.inf, np.inf, (2,)), "TD-MPC2", bounded=True)
     with pytest.raises(IncompatibleSpaceError, match="takes a bounded 1-D Box or a Discrete"):
         action_layout(spaces.Box(-1, 1, (2, 2)), "x", bounded=True)
 
 
 def test_dense_layers_keep_the_parameter_names_of_each_builder():
-    assert [type(block).__name__ for block in dense_layers(3, 4, 2, None, torch.nn.ReLU)] == ["Linear", "ReLU", "Linear", "ReLU"]
+    assert [type(block).__name__ for block in dense_layers(3, 4, 2, None, torch.nn.ReLU)] == [
+        "Linear",
+        "ReLU",
+        "Linear",
+        "ReLU",
+    ]
     keys = list(MLP(5, 3, 16, 2, layer_norm=True).state_dict())
-    assert keys[:4] == ["net.0.weight", "net.0.bias", "net.1.weight", "net.1.bias"] and keys[-2:] == ["net.6.weight", "net.6.bias"]
+    assert keys[:4] == ["net.0.weight", "net.0.bias", "net.1.weight", "net.1.bias"] and keys[-2:] == [
+        "net.6.weight",
+        "net.6.bias",
+    ]
     assert MLP(5, None, 16, 0).features == 5
 
 

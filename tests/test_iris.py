@@ -29,13 +29,47 @@ TINY_LEARNER = ImaginationConfig(channels=(4, 4), lstm_size=16, horizon=3, burn_
 IMAGES = spaces.Dict({"image": spaces.Box(0, 255, (16, 16, 3), np.uint8)})
 
 TINY_ARGUMENTS = [
-    "--env-kwargs", '{"image_size": 16, "max_episode_steps": 20, "reward": "dense"}',
-    "--train.steps", 50, "--train.learning-starts", 30, "--train.batch-size", 2, "--train.sequence-length", 5,
-    "--train.train-ratio", 10, "--train.eval-every", 0, "--train.eval-episodes", 1, "--train.log-every", 25,
-    "--train.checkpoint-every", 50, "--train.no-progress", "--train.no-tensorboard",
-    "--agent.model.size", "tiny", "--agent.tokenizer-frames", 8,
-    "--agent.learner.channels", 4, 4, "--agent.learner.lstm-size", 16, "--agent.learner.horizon", 3, "--agent.learner.starts", 2,
-    "--agent.learner.burn-in", 2, "--agent.world-model-starts", 1, "--agent.actor-critic-starts", 2,
+    "--env-kwargs",
+    '{"image_size": 16, "max_episode_steps": 20, "reward": "dense"}',
+    "--train.steps",
+    50,
+    "--train.learning-starts",
+    30,
+    "--train.batch-size",
+    2,
+    "--train.sequence-length",
+    5,
+    "--train.train-ratio",
+    10,
+    "--train.eval-every",
+    0,
+    "--train.eval-episodes",
+    1,
+    "--train.log-every",
+    25,
+    "--train.checkpoint-every",
+    50,
+    "--train.no-progress",
+    "--train.no-tensorboard",
+    "--agent.model.size",
+    "tiny",
+    "--agent.tokenizer-frames",
+    8,
+    "--agent.learner.channels",
+    4,
+    4,
+    "--agent.learner.lstm-size",
+    16,
+    "--agent.learner.horizon",
+    3,
+    "--agent.learner.starts",
+    2,
+    "--agent.learner.burn-in",
+    2,
+    "--agent.world-model-starts",
+    1,
+    "--agent.actor-critic-starts",
+    2,
 ]
 
 
@@ -53,7 +87,10 @@ def test_iris_and_iris_cpu_are_registered_with_the_papers_settings():
 
 def test_cli_smoke_iris_cpu_writes_a_checkpoint_evaluates_and_resumes(tmp_path):
     run_dir = tmp_path / "iris"
-    assert run_cli("train", "--algo", "iris-cpu", "--env", "two-rooms-discrete", "--run-dir", run_dir, *TINY_ARGUMENTS) == 0
+    assert (
+        run_cli("train", "--algo", "iris-cpu", "--env", "two-rooms-discrete", "--run-dir", run_dir, *TINY_ARGUMENTS)
+        == 0
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 50 and summary["updates"] > 2
     assert any((run_dir / "checkpoints").rglob("*.safetensors"))
@@ -67,12 +104,36 @@ def test_cli_smoke_iris_cpu_writes_a_checkpoint_evaluates_and_resumes(tmp_path):
 
 
 def test_a_resumed_iris_run_equals_an_uninterrupted_one(tmp_path):
-    agent = IrisConfig(model=TINY_MODEL, learner=TINY_LEARNER, tokenizer_frames=8, world_model_starts=1, actor_critic_starts=2, open_loop_report=False)
-    train = TrainConfig(steps=40, learning_starts=10, train_ratio=10.0, batch_size=2, sequence_length=4, eval_every=0, eval_episodes=1,
-                        checkpoint_every=20, log_every=20, progress=False, tensorboard=False)
+    agent = IrisConfig(
+        model=TINY_MODEL,
+        learner=TINY_LEARNER,
+        tokenizer_frames=8,
+        world_model_starts=1,
+        actor_critic_starts=2,
+        open_loop_report=False,
+    )
+    train = TrainConfig(
+        steps=40,
+        learning_starts=10,
+        train_ratio=10.0,
+        batch_size=2,
+        sequence_length=4,
+        eval_every=0,
+        eval_episodes=1,
+        checkpoint_every=20,
+        log_every=20,
+        progress=False,
+        tensorboard=False,
+    )
 
     def spec(steps):
-        return RunSpec("iris-cpu", "two-rooms-discrete", train=replace(train, steps=steps), agent=agent, env_kwargs={"image_size": 16, "max_episode_steps": 15, "reward": "dense"})
+        return RunSpec(
+            "iris-cpu",
+            "two-rooms-discrete",
+            train=replace(train, steps=steps),
+            agent=agent,
+            env_kwargs={"image_size": 16, "max_episode_steps": 15, "reward": "dense"},
+        )
 
     straight = Trainer(spec(40), tmp_path / "straight").run()
     Trainer(spec(20), tmp_path / "resumed").run()
@@ -96,14 +157,19 @@ def test_a_continuous_action_space_is_refused():
 
 
 def test_stages_start_in_order_and_the_actor_reads_reconstructions():
-    config = IrisConfig(model=TINY_MODEL, learner=TINY_LEARNER, tokenizer_frames=8, world_model_starts=2, actor_critic_starts=3)
+    config = IrisConfig(
+        model=TINY_MODEL, learner=TINY_LEARNER, tokenizer_frames=8, world_model_starts=2, actor_critic_starts=3
+    )
     agent = IrisAgent(config, IMAGES, spaces.Discrete(3), seed=0)
     rng = np.random.default_rng(0)
     B, T = 2, 4
     batch = Batch(
         obs={"image": rng.integers(0, 256, (B, T, 16, 16, 3), dtype=np.uint8)},
-        action=rng.integers(0, 3, (B, T)), reward=rng.normal(size=(B, T)).astype(np.float32),
-        is_first=np.zeros((B, T), bool), is_terminal=np.zeros((B, T), bool), is_last=np.zeros((B, T), bool),
+        action=rng.integers(0, 3, (B, T)),
+        reward=rng.normal(size=(B, T)).astype(np.float32),
+        is_first=np.zeros((B, T), bool),
+        is_terminal=np.zeros((B, T), bool),
+        is_last=np.zeros((B, T), bool),
     )
     seen = [set(agent.update(batch)) for _ in range(4)]
     assert "loss/reconstruction" in seen[0] and "loss/tokens" not in seen[0] and "loss/actor" not in seen[0]

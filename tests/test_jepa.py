@@ -62,7 +62,14 @@ def make_batch(observation_space, B=3, T=4, seed=0):
     is_first = np.zeros((B, T), bool)
     is_first[:, 0] = True
     is_first[0, 2] = True  # an episode boundary inside a window
-    return Batch(obs={key: obs}, action=rng.uniform(-1, 1, (B, T, 2)).astype(np.float32), reward=np.zeros((B, T), np.float32), is_first=is_first, is_last=np.zeros((B, T), bool), is_terminal=np.zeros((B, T), bool))
+    return Batch(
+        obs={key: obs},
+        action=rng.uniform(-1, 1, (B, T, 2)).astype(np.float32),
+        reward=np.zeros((B, T), np.float32),
+        is_first=is_first,
+        is_last=np.zeros((B, T), bool),
+        is_terminal=np.zeros((B, T), bool),
+    )
 
 
 # ----------------------------------------------------------------------------- masking
@@ -88,7 +95,9 @@ def test_block_masks_separate_context_from_targets():
 
 
 def test_tube_mask_repeats_over_frames():
-    mask = sample_tube_mask(4, (8, 8), torch.Generator().manual_seed(2), blocks=2, scale=(0.25, 0.25), aspect=(1.0, 1.0))
+    mask = sample_tube_mask(
+        4, (8, 8), torch.Generator().manual_seed(2), blocks=2, scale=(0.25, 0.25), aspect=(1.0, 1.0)
+    )
     assert mask.shape == (4, 8, 8)
     assert torch.equal(mask[0], mask[3])
     assert 16 <= mask[0].sum() <= 32  # two 4 x 4 blocks, possibly overlapping
@@ -125,7 +134,13 @@ def test_momentum_schedules():
 
 
 def test_model_target_follows_encoder_with_momentum():
-    model = JEPAWorldModel(JEPAConfig(**{**TINY.__dict__, "collapse_prevention": "ema", "momentum_schedule": "linear", "momentum_steps": 2}), VECTORS, ACTIONS)
+    model = JEPAWorldModel(
+        JEPAConfig(
+            **{**TINY.__dict__, "collapse_prevention": "ema", "momentum_schedule": "linear", "momentum_steps": 2}
+        ),
+        VECTORS,
+        ACTIONS,
+    )
     online = [p.detach().clone() for p in model.encoder.parameters()]
     with torch.no_grad():
         for p in model.encoder.parameters():
@@ -183,7 +198,9 @@ def test_diagnostics_flag_a_constant_encoder():
 @pytest.mark.parametrize("prevention", ["vicreg", "ema"])
 def test_loss_shapes_and_finite(observation_space, prevention):
     torch.manual_seed(0)
-    model = JEPAWorldModel(JEPAConfig(**{**TINY.__dict__, "collapse_prevention": prevention}), observation_space, ACTIONS)
+    model = JEPAWorldModel(
+        JEPAConfig(**{**TINY.__dict__, "collapse_prevention": prevention}), observation_space, ACTIONS
+    )
     batch = make_batch(observation_space)
     loss, metrics = model.loss(batch)
     loss.backward()
@@ -284,7 +301,11 @@ def test_hybrid_head_splits_the_embedding_into_keypoints_and_layout():
     assert isinstance(model.predictor, nn.Module) and model.predict(embeddings, torch.zeros(2, 2)).shape == (2, 12)
     loss, metrics = model.loss(make_batch(PIXELS))
     loss.backward()
-    assert torch.isfinite(loss) and head.layout.weight.grad.abs().sum() > 0 and head.keypoints[1].weight.grad.abs().sum() > 0
+    assert (
+        torch.isfinite(loss)
+        and head.layout.weight.grad.abs().sum() > 0
+        and head.keypoints[1].weight.grad.abs().sum() > 0
+    )
     with pytest.raises(ValueError, match="layout_size"):
         JEPAConfig(encoder_head="hybrid", embedding_size=8, layout_size=8)
     with pytest.raises(IncompatibleSpaceError, match="image"):
@@ -299,12 +320,19 @@ def test_decode_refuses():
 
 
 def test_agent_update_and_act_on_pixels():
-    config = JEPAPlannerConfig(model=TINY, value=ValueConfig(hidden_size=16, projection_size=8), planner=MPPIConfig(horizon=3, iterations=2, samples=16, elites=4, policy_trajectories=0), replan_every=2)
+    config = JEPAPlannerConfig(
+        model=TINY,
+        value=ValueConfig(hidden_size=16, projection_size=8),
+        planner=MPPIConfig(horizon=3, iterations=2, samples=16, elites=4, policy_trajectories=0),
+        replan_every=2,
+    )
     agent = JEPAPlannerAgent(config, PIXELS, ACTIONS)
     metrics = agent.update(make_batch(PIXELS))
     assert math.isfinite(metrics["loss/total"])
     agent.set_goal(np.zeros((64, 64, 3), np.uint8))
-    action, state = agent.act({"image": np.zeros((1, 64, 64, 3), np.uint8), "is_first": np.array([True])}, None, explore=False)
+    action, state = agent.act(
+        {"image": np.zeros((1, 64, 64, 3), np.uint8), "is_first": np.array([True])}, None, explore=False
+    )
     assert action.shape == (1, 2) and np.all(np.abs(action) <= 1)
 
 
@@ -329,14 +357,18 @@ def test_predictor_refiner_samples_windows_inside_episodes_long_enough():
     z, action = refiner.sample(embeddings, actions)
     assert z.shape == (64, 6, 8) and action.shape == (64, 6, 2)
     for window in z:  # each window is 6 consecutive steps of episode 1 or 2, never of the 3-step one
-        assert any(torch.equal(window, episode[start : start + 6]) for episode in embeddings[1:] for start in range(len(episode) - 5))
+        assert any(
+            torch.equal(window, episode[start : start + 6])
+            for episode in embeddings[1:]
+            for start in range(len(episode) - 5)
+        )
     with pytest.raises(ValueError, match="steps a window needs"):
         refiner.sample(embeddings[:1], actions[:1])
 
 
 def test_refine_predictor_refuses_embeddings_that_do_not_match_the_actions(tmp_path):
-    from wmlab.pipelines.jepa.pipeline import refine_predictor
     from wmlab.core.errors import ShapeError
+    from wmlab.pipelines.jepa.pipeline import refine_predictor
 
     class Recorded:
         def episodes(self):
@@ -345,7 +377,9 @@ def test_refine_predictor_refuses_embeddings_that_do_not_match_the_actions(tmp_p
     agent = JEPAPlannerAgent(JEPAPlannerConfig(model=TINY), VECTORS, ACTIONS)
     embeddings, _ = point_episodes([10, 11])
     with pytest.raises(ShapeError, match="step for step"):
-        refine_predictor(agent, [Recorded()], embeddings, steps=1, batch_size=4, length=4, seed=0, log=tmp_path / "log.jsonl")
+        refine_predictor(
+            agent, [Recorded()], embeddings, steps=1, batch_size=4, length=4, seed=0, log=tmp_path / "log.jsonl"
+        )
 
 
 def test_predictor_refiner_learns_known_dynamics_and_leaves_the_encoder_alone():
@@ -375,7 +409,9 @@ class PositionModel(nn.Module):
 
 def test_distance_planning_reaches_goal_on_a_known_model():
     model, goal = PositionModel(), torch.tensor([0.8, -0.6])
-    planner = MPPI(MPPIConfig(horizon=5, iterations=6, samples=256, elites=16, policy_trajectories=0, temperature=5.0), seed=0)
+    planner = MPPI(
+        MPPIConfig(horizon=5, iterations=6, samples=256, elites=16, policy_trajectories=0, temperature=5.0), seed=0
+    )
     position = torch.zeros(2)
     rollout_fn = goal_distance_returns(model, goal)
     for _ in range(20):  # MPC: execute the first action, replan
@@ -392,7 +428,9 @@ def test_distance_norms_sum_squared_or_euclidean_distances():
     start = torch.zeros(1, 2)
     assert torch.allclose(goal_distance_returns(model, goal)(start, actions), -(distances**2).sum(1))
     assert torch.allclose(goal_distance_returns(model, goal, norm="euclidean")(start, actions), -distances.sum(1))
-    assert torch.allclose(goal_distance_returns(model, goal, terminal_only=True, norm="euclidean")(start, actions), -distances[:, -1])
+    assert torch.allclose(
+        goal_distance_returns(model, goal, terminal_only=True, norm="euclidean")(start, actions), -distances[:, -1]
+    )
     with pytest.raises(ValueError, match="norm"):
         goal_distance_returns(model, goal, norm="manhattan")
     with pytest.raises(ValueError, match="distance_norm"):
@@ -420,7 +458,15 @@ def test_expectile_loss_and_value_learning():
     # A chain 0 -> 1 -> ... -> 9 in a 1-D embedding: V(z_t, z_j) should approach -(steps) for gamma=1.
     torch.manual_seed(0)
     episode = torch.arange(10.0)[:, None] / 10
-    config = ValueConfig(hidden_size=32, projection_size=8, discount=0.9, expectile=0.5, batch_size=128, learning_rate=3e-3, target_rate=0.05)
+    config = ValueConfig(
+        hidden_size=32,
+        projection_size=8,
+        discount=0.9,
+        expectile=0.5,
+        batch_size=128,
+        learning_rate=3e-3,
+        target_rate=0.05,
+    )
     value = GoalValue(1, config)
     learner = ValueLearner(value, config, seed=0)
     for _ in range(600):
@@ -433,9 +479,18 @@ def test_expectile_loss_and_value_learning():
 
 def test_quasimetric_losses_by_hand():
     """QRL's terms with V = -||phi(z) - phi(g)|| and phi = identity (embedding space, scale 1)."""
-    config = ValueConfig(space="embedding", objective="quasimetric", quasimetric_offset=10.0, quasimetric_beta=0.5, quasimetric_epsilon=0.25)
+    config = ValueConfig(
+        space="embedding",
+        objective="quasimetric",
+        quasimetric_offset=10.0,
+        quasimetric_beta=0.5,
+        quasimetric_epsilon=0.25,
+    )
     value = GoalValue(2, config)
-    z, z_next = torch.tensor([[0.0, 0.0], [1.0, 1.0]]), torch.tensor([[3.0, 4.0], [1.0, 1.5]])  # steps of length 5 and 0.5
+    z, z_next = (
+        torch.tensor([[0.0, 0.0], [1.0, 1.0]]),
+        torch.tensor([[3.0, 4.0], [1.0, 1.5]]),
+    )  # steps of length 5 and 0.5
     start, end = torch.tensor([[0.0, 0.0]]), torch.tensor([[6.0, 8.0]])  # a pair 10 apart
     push, violation, distance = quasimetric_losses(value, z, z_next, start, end, config)
     assert push.item() == pytest.approx(math.log(2.0) / 0.5, abs=1e-3)  # softplus(0) / beta
@@ -449,7 +504,9 @@ def test_state_pairs_mix_same_episode_and_independent_states():
     rng = np.random.default_rng(0)
     lengths = np.array([1, 4, 40])
     pairs = state_pairs(lengths, rng, 4000, same_episode_share=0.5)
-    assert all(lengths[e] >= 2 and lengths[f] >= 2 and 0 <= t < lengths[e] and 0 <= j < lengths[f] for e, t, f, j in pairs)
+    assert all(
+        lengths[e] >= 2 and lengths[f] >= 2 and 0 <= t < lengths[e] and 0 <= j < lengths[f] for e, t, f, j in pairs
+    )
     assert np.mean(pairs[:, 0] == 2) == pytest.approx(40 / 44, abs=0.03)
     # independent seconds land in the other episode with probability 2 * (4/44) * (40/44) / 2 per row
     assert np.mean(pairs[:, 0] != pairs[:, 2]) == pytest.approx(0.5 * 2 * (4 / 44) * (40 / 44), abs=0.02)
@@ -466,8 +523,15 @@ def test_quasimetric_value_learns_shortest_paths_across_episodes():
     states = torch.eye(5)
     walks = [[0, 1, 2, 1, 0, 1, 2], [2, 3, 4, 3, 2, 3, 4]]
     episodes = [states[walk] for walk in walks]
-    config = ValueConfig(objective="quasimetric", hidden_size=32, projection_size=8, batch_size=128, learning_rate=3e-3,
-                         quasimetric_offset=8.0, lagrange_learning_rate=0.05)
+    config = ValueConfig(
+        objective="quasimetric",
+        hidden_size=32,
+        projection_size=8,
+        batch_size=128,
+        learning_rate=3e-3,
+        quasimetric_offset=8.0,
+        lagrange_learning_rate=0.05,
+    )
     value = GoalValue(5, config)
     learner = make_value_learner(value, config, seed=0)
     assert isinstance(learner, QuasimetricLearner)
@@ -502,8 +566,17 @@ def test_value_shaping_trains_the_encoder_to_a_distance(space):
     value a distance in phi's space, or between the embeddings themselves)."""
     torch.manual_seed(0)
     episode = np.eye(10, dtype=np.float32)
-    config = ValueConfig(space=space, hidden_size=32, projection_size=8, discount=0.9, expectile=0.5, target_rate=0.05,
-                         learning_rate=3e-3, shaping_scale=1.0, shaping_batch_size=128)
+    config = ValueConfig(
+        space=space,
+        hidden_size=32,
+        projection_size=8,
+        discount=0.9,
+        expectile=0.5,
+        target_rate=0.05,
+        learning_rate=3e-3,
+        shaping_scale=1.0,
+        shaping_batch_size=128,
+    )
     model = JEPAWorldModel(TINY, CHAIN, ACTIONS)
     value = GoalValue(TINY.embedding_size, config)
     shaping = EncoderShaping(model, value, config, seed=0)
@@ -536,7 +609,9 @@ def test_embedding_space_value_is_a_scaled_distance_between_embeddings():
 
 
 def test_agent_update_adds_the_shaping_loss_only_when_asked():
-    config = JEPAPlannerConfig(model=TINY, value=ValueConfig(hidden_size=16, projection_size=8, shaping_scale=0.5, shaping_batch_size=4))
+    config = JEPAPlannerConfig(
+        model=TINY, value=ValueConfig(hidden_size=16, projection_size=8, shaping_scale=0.5, shaping_batch_size=4)
+    )
     agent = JEPAPlannerAgent(config, VECTORS, ACTIONS)
     episodes = [np.random.default_rng(0).uniform(-1, 1, (6, 5)).astype(np.float32)]
     before = [p.detach().clone() for p in agent.value.parameters()]
@@ -547,8 +622,8 @@ def test_agent_update_adds_the_shaping_loss_only_when_asked():
 
 
 def test_pipeline_smoke(tmp_path):
-    from wmlab.pipelines.jepa.pipeline import jepa_command, positions_from_frame
     from wmlab.envs.two_rooms import make_two_rooms_pixels
+    from wmlab.pipelines.jepa.pipeline import jepa_command, positions_from_frame
 
     env = make_two_rooms_pixels()
     frame, info = env.reset(seed=3)
@@ -556,10 +631,20 @@ def test_pipeline_smoke(tmp_path):
     assert np.allclose(read[:2], info["agent"], atol=0.01) and np.allclose(read[4], info["door"][1], atol=0.02)
     assert jepa_command(["--out", str(tmp_path / "jepa"), "--quick"]) == 0
     assert (tmp_path / "jepa" / "results.json").is_file()
-    assert jepa_command(["--out", str(tmp_path / "spatial"), "--quick", "--encoder-head", "spatial", "--objectives", "distance"]) == 0
+    assert (
+        jepa_command(
+            ["--out", str(tmp_path / "spatial"), "--quick", "--encoder-head", "spatial", "--objectives", "distance"]
+        )
+        == 0
+    )
     settings = json.loads((tmp_path / "spatial" / "results.json").read_text())["settings"]
     assert settings["encoder_head"] == "spatial"
-    assert jepa_command(["--out", str(tmp_path / "hybrid"), "--quick", "--encoder-head", "hybrid", "--objectives", "value"]) == 0
+    assert (
+        jepa_command(
+            ["--out", str(tmp_path / "hybrid"), "--quick", "--encoder-head", "hybrid", "--objectives", "value"]
+        )
+        == 0
+    )
 
 
 def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
@@ -574,7 +659,9 @@ def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
     assert all(0.0 <= evaluation["success_rate"] <= 1.0 for evaluation in evaluations)
     # a success ends in the goal's room with nothing left to walk; a failure leaves some path
     assert all(evaluation["success_rate"] <= evaluation["reached_goal_room"] <= 1.0 for evaluation in evaluations)
-    assert all((evaluation["mean_final_path_length"] > 0.0) == (evaluation["success_rate"] < 1.0) for evaluation in evaluations)
+    assert all(
+        (evaluation["mean_final_path_length"] > 0.0) == (evaluation["success_rate"] < 1.0) for evaluation in evaluations
+    )
     assert (tmp_path / "results.json").is_file() and (tmp_path / "dataset" / "manifest.json").is_file()
 
 
@@ -585,21 +672,33 @@ def test_pipeline_reuse_loads_saved_seeds_and_trains_the_missing_ones(tmp_path):
 
     run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False))
     saved = (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes()
-    results = run_pipeline(PipelineArguments(out=tmp_path, quick=True, seeds=2, objectives=("distance",), reuse_checkpoints=True, progress=False))
+    results = run_pipeline(
+        PipelineArguments(
+            out=tmp_path, quick=True, seeds=2, objectives=("distance",), reuse_checkpoints=True, progress=False
+        )
+    )
     first, second = results["runs"]
     assert first["model_seconds"] == 0.0 and first["final_model_metrics"] == {}
     assert "loss/total" in second["final_model_metrics"]  # trained (its seconds may round to 0 at the quick size)
     assert (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes() == saved
     assert (tmp_path / "seed1" / "checkpoint.safetensors").is_file()
     rates = [run["evaluations"][0]["success_rate"] for run in results["runs"]]
-    assert results["summary"] == {"distance": {"success_mean": pytest.approx(np.mean(rates)), "success_std": pytest.approx(np.std(rates)), "seeds": 2}}
+    assert results["summary"] == {
+        "distance": {
+            "success_mean": pytest.approx(np.mean(rates)),
+            "success_std": pytest.approx(np.std(rates)),
+            "seeds": 2,
+        }
+    }
 
 
 def test_pipeline_first_seed_trains_that_seed(tmp_path):
     """--first-seed 2 --seeds 1 trains and evaluates seed 2 only, saved under seed2."""
     from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
 
-    results = run_pipeline(PipelineArguments(out=tmp_path, quick=True, first_seed=2, objectives=("distance",), progress=False))
+    results = run_pipeline(
+        PipelineArguments(out=tmp_path, quick=True, first_seed=2, objectives=("distance",), progress=False)
+    )
     assert [run["seed"] for run in results["runs"]] == [2]
     assert (tmp_path / "seed2" / "checkpoint.safetensors").is_file() and not (tmp_path / "seed0").exists()
 
@@ -607,7 +706,11 @@ def test_pipeline_first_seed_trains_that_seed(tmp_path):
 def test_planner_config_takes_the_pipeline_planner_and_value_options():
     from wmlab.pipelines.jepa.pipeline import PipelineArguments, planner_config
 
-    config = planner_config(PipelineArguments(planning_horizon=15, planning_iterations=10, replan_every=5, value_space="embedding", distance_at_end=True))
+    config = planner_config(
+        PipelineArguments(
+            planning_horizon=15, planning_iterations=10, replan_every=5, value_space="embedding", distance_at_end=True
+        )
+    )
     assert (config.planner.horizon, config.planner.iterations, config.replan_every) == (15, 10, 5)
     assert config.distance_at_end and not planner_config(PipelineArguments()).distance_at_end
     assert config.value.space == "embedding"
@@ -627,7 +730,12 @@ def test_planner_config_takes_the_pipeline_planner_and_value_options():
 
 
 def test_evaluation_layouts_must_not_repeat_recorded_ones():
-    from wmlab.pipelines.jepa.pipeline import EXTRA_DATASET_SEED, PipelineArguments, check_evaluation_layouts, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import (
+        EXTRA_DATASET_SEED,
+        PipelineArguments,
+        check_evaluation_layouts,
+        run_pipeline,
+    )
 
     check_evaluation_layouts(PipelineArguments())  # 100000.. against 0..299
     check_evaluation_layouts(PipelineArguments(eval_seed=200_000, extra_wall_episodes=300))
@@ -635,15 +743,19 @@ def test_evaluation_layouts_must_not_repeat_recorded_ones():
     with pytest.raises(ValueError, match="main dataset"):
         check_evaluation_layouts(PipelineArguments(eval_seed=250, episodes=300, eval_episodes=100))
     with pytest.raises(ValueError, match="wall-following"):
-        check_evaluation_layouts(PipelineArguments(eval_seed=EXTRA_DATASET_SEED - 10, eval_episodes=20, extra_wall_episodes=5))
-    check_evaluation_layouts(PipelineArguments(eval_seed=EXTRA_DATASET_SEED - 10, eval_episodes=10, extra_wall_episodes=5))
+        check_evaluation_layouts(
+            PipelineArguments(eval_seed=EXTRA_DATASET_SEED - 10, eval_episodes=20, extra_wall_episodes=5)
+        )
+    check_evaluation_layouts(
+        PipelineArguments(eval_seed=EXTRA_DATASET_SEED - 10, eval_episodes=10, extra_wall_episodes=5)
+    )
     with pytest.raises(ValueError, match="overlaps"):
         run_pipeline(PipelineArguments(eval_seed=0))
 
 
 def test_sticky_exploration_holds_each_random_action_for_the_drawn_number_of_steps():
-    from wmlab.pipelines.jepa.pipeline import exploration_name, exploration_policy
     from wmlab.envs.two_rooms import make_two_rooms_pixels
+    from wmlab.pipelines.jepa.pipeline import exploration_name, exploration_policy
 
     env = make_two_rooms_pixels()
     frame, _ = env.reset(seed=0)
@@ -665,8 +777,8 @@ def test_sticky_exploration_holds_each_random_action_for_the_drawn_number_of_ste
 
 
 def test_waypoint_tours_visit_both_rooms_and_move_on_from_each_waypoint():
-    from wmlab.pipelines.jepa.pipeline import exploration_name, exploration_policy
     from wmlab.envs.two_rooms import make_two_rooms_pixels
+    from wmlab.pipelines.jepa.pipeline import exploration_name, exploration_policy
 
     env = make_two_rooms_pixels(max_episode_steps=200)
     crossings, waypoints = 0, set()
@@ -690,8 +802,8 @@ def test_waypoint_tours_visit_both_rooms_and_move_on_from_each_waypoint():
 
 
 def test_wall_following_pushes_into_the_wall_at_many_heights_and_finds_the_door():
-    from wmlab.pipelines.jepa.pipeline import exploration_name, exploration_policy
     from wmlab.envs.two_rooms import make_two_rooms_pixels
+    from wmlab.pipelines.jepa.pipeline import exploration_name, exploration_policy
 
     env = make_two_rooms_pixels(max_episode_steps=200)
     blocked_heights, crossings = [], 0
@@ -732,8 +844,8 @@ def test_pipeline_retrains_the_value_of_a_saved_checkpoint_without_touching_it(t
 
 
 def test_pipeline_refines_the_predictor_into_its_own_checkpoint_and_reuses_it(tmp_path):
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
     from wmlab.core.serialization import load_state
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
 
     base = PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False)
     run_pipeline(base)
@@ -741,7 +853,10 @@ def test_pipeline_refines_the_predictor_into_its_own_checkpoint_and_reuses_it(tm
     refined = run_pipeline(replace(base, reuse_checkpoints=True, refine_steps=3))["runs"][0]
     assert set(refined["final_refine_metrics"]) == {"refine/teacher_forcing", "refine/rollout"}
     assert (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes() == saved
-    original, changed = load_state(tmp_path / "seed0", "checkpoint"), load_state(tmp_path / "seed0", "checkpoint-refined")
+    original, changed = (
+        load_state(tmp_path / "seed0", "checkpoint"),
+        load_state(tmp_path / "seed0", "checkpoint-refined"),
+    )
     predictor = [key for key in original["model"] if key.startswith("predictor.")]
     encoder = [key for key in original["model"] if key.startswith("encoder.")]
     assert predictor and encoder
@@ -753,10 +868,12 @@ def test_pipeline_refines_the_predictor_into_its_own_checkpoint_and_reuses_it(tm
 
 
 def test_pipeline_trains_value_and_refinement_on_extra_wall_episodes(tmp_path):
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
     from wmlab.core.errors import RunDirectoryError
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
 
-    base = PipelineArguments(out=tmp_path, quick=True, objectives=("value",), progress=False, extra_wall_episodes=2, refine_steps=2)
+    base = PipelineArguments(
+        out=tmp_path, quick=True, objectives=("value",), progress=False, extra_wall_episodes=2, refine_steps=2
+    )
     run = run_pipeline(base)["runs"][0]
     manifest = json.loads((tmp_path / "extra-dataset" / "manifest.json").read_text())
     assert manifest["policy"] == "wall-following" and manifest["num_episodes"] == 2 and manifest["seed"] == 50_000
@@ -767,9 +884,11 @@ def test_pipeline_trains_value_and_refinement_on_extra_wall_episodes(tmp_path):
 
 
 def test_pipeline_refuses_a_dataset_recorded_by_another_exploration(tmp_path):
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
     from wmlab.core.errors import RunDirectoryError
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
 
     run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False))
     with pytest.raises(RunDirectoryError, match="sticky"):
-        run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), sticky_episodes=0.5, progress=False))
+        run_pipeline(
+            PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), sticky_episodes=0.5, progress=False)
+        )

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from wmlab.envs.two_rooms import TwoRooms
 from wmlab.pipelines.jepa import landscape as L
 from wmlab.pipelines.jepa.pipeline import positions_from_frame
-from wmlab.envs.two_rooms import TwoRooms
 
 LAYOUT = L.Layout(door_y=0.3, goal=(0.8, 0.8))  # goal in the right room, door low
 
@@ -17,8 +17,12 @@ def read_agent_scores(frames, goal_frame):
     """Minus the true path length, from the agent position read off each frame."""
     from wmlab.envs.two_rooms import TwoRoomsGeometry, path_length
 
-    return np.array([-path_length(tuple(positions_from_frame(frame)[:2]), LAYOUT.goal, LAYOUT.door_y, TwoRoomsGeometry())
-                     for frame in frames])
+    return np.array(
+        [
+            -path_length(tuple(positions_from_frame(frame)[:2]), LAYOUT.goal, LAYOUT.door_y, TwoRoomsGeometry())
+            for frame in frames
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +36,7 @@ def test_grid_leaves_out_the_wall_and_renders_the_agent_where_it_stands(true_lan
     assert np.all(np.isnan(land.scores[~land.free])) and np.all(np.isfinite(land.scores[land.free]))
     # The frames show the agent at the grid cell: the scores read back agree with the path lengths.
     assert np.corrcoef(land.scores[land.free], -land.path_lengths[land.free])[0, 1] > 0.99
-    assert land.at_goal.any() and not land.at_goal[:, : 8].any()  # the goal region is in the right room
+    assert land.at_goal.any() and not land.at_goal[:, :8].any()  # the goal region is in the right room
 
 
 def test_the_true_distance_scores_perfectly(true_landscape):
@@ -61,10 +65,14 @@ def test_landscape_command_scores_a_trained_run(tmp_path):
     summary = written["summary"]
     assert set(written["layout_probe_r2"]) == set(L.LAYOUT_FACTORS)
     assert set(summary) == {"distance", "value"}
-    assert all(-1.0 <= metrics["rank_correlation"] <= 1.0 and 0.0 <= metrics["greedy_success"] <= 1.0
-               for metrics in summary.values())
+    assert all(
+        -1.0 <= metrics["rank_correlation"] <= 1.0 and 0.0 <= metrics["greedy_success"] <= 1.0
+        for metrics in summary.values()
+    )
     assert (tmp_path / "landscape-seed0-checkpoint.png").stat().st_size > 0
-    assert written["wall_probe"]["blocked_pushes"] > 0 and 0.0 <= written["wall_probe"]["blocked_predicted_stopped"] <= 1.0
+    assert (
+        written["wall_probe"]["blocked_pushes"] > 0 and 0.0 <= written["wall_probe"]["blocked_predicted_stopped"] <= 1.0
+    )
 
 
 def test_landscape_command_refuses_a_directory_without_a_run(tmp_path):
@@ -94,7 +102,14 @@ def physics_rollout(start, actions):
     env.reset(seed=0)
     snapshot, predicted = env.get_state(), []
     for state, sequence in zip(start.numpy(), actions.numpy()):
-        env.set_state({**snapshot, "agent": [float(state[0]), float(state[1])], "goal": [float(state[2]), float(state[3])], "door_y": float(state[4])})
+        env.set_state(
+            {
+                **snapshot,
+                "agent": [float(state[0]), float(state[1])],
+                "goal": [float(state[2]), float(state[3])],
+                "door_y": float(state[4]),
+            }
+        )
         predicted.append([env.step(action.astype(np.float32))[0] for action in sequence])
     return torch.tensor(np.array(predicted), dtype=torch.float64)
 

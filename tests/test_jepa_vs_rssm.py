@@ -14,9 +14,15 @@ from gymnasium import spaces
 
 from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig
-from wmlab.pipelines.jepa.pixels_comparison import ComparisonArguments, RSSMGoalAgent, RSSMGoalConfig, markdown_table, run_comparison
 from wmlab.models.jepa import JEPAConfig, goal_distance_returns
 from wmlab.models.rssm import RSSMConfig
+from wmlab.pipelines.jepa.pixels_comparison import (
+    ComparisonArguments,
+    RSSMGoalAgent,
+    RSSMGoalConfig,
+    markdown_table,
+    run_comparison,
+)
 from wmlab.planners.mppi import MPPI, MPPIConfig
 
 ACTIONS = spaces.Box(-1.0, 1.0, (2,), np.float32)
@@ -25,14 +31,20 @@ TINY_PLANNER = MPPIConfig(horizon=3, iterations=2, samples=8, elites=2, policy_t
 
 
 def tiny_rssm_agent(**overrides) -> RSSMGoalAgent:
-    return RSSMGoalAgent(RSSMGoalConfig(model=RSSMConfig(size="tiny"), planner=TINY_PLANNER, replan_every=2, **overrides), PIXELS, ACTIONS)
+    return RSSMGoalAgent(
+        RSSMGoalConfig(model=RSSMConfig(size="tiny"), planner=TINY_PLANNER, replan_every=2, **overrides),
+        PIXELS,
+        ACTIONS,
+    )
 
 
 class BlobWorld:
     """A stand-in for the RSSM whose dynamics are known: the state is a 2-D position moved by 0.1
     per unit of action, decoded as a Gaussian blob on a 16 x 16 frame."""
 
-    grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij"), -1)  # (16, 16, 2)
+    grid = torch.stack(
+        torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij"), -1
+    )  # (16, 16, 2)
 
     def imagine(self, starts, actions):
         return SimpleNamespace(states={"position": starts["position"][:, None] + 0.1 * actions.cumsum(1)})
@@ -59,7 +71,9 @@ def test_pixel_space_planning_reaches_the_goal_on_a_known_model():
     agent.model = BlobWorld()
     goal = torch.tensor([0.6, -0.4])
     agent.goal_image = agent.model.decode({"position": goal[None, None]})["image"][0, 0]
-    planner = MPPI(MPPIConfig(horizon=4, iterations=6, samples=256, elites=16, policy_trajectories=0, temperature=5.0), seed=0)
+    planner = MPPI(
+        MPPIConfig(horizon=4, iterations=6, samples=256, elites=16, policy_trajectories=0, temperature=5.0), seed=0
+    )
     position = torch.zeros(2)
     for _ in range(20):
         action = planner.plan(agent.rollout, {"position": position[None]}, ACTIONS)[0]
@@ -84,7 +98,15 @@ def test_rssm_goal_agent_filters_every_step_and_replans_every_k():
 
 
 def test_jepa_distance_at_end_scores_the_last_predicted_embedding():
-    agent = JEPAPlannerAgent(JEPAPlannerConfig(model=JEPAConfig(embedding_size=8, encoder_depth=4, hidden_size=32), objective="distance", distance_at_end=True), PIXELS, ACTIONS)
+    agent = JEPAPlannerAgent(
+        JEPAPlannerConfig(
+            model=JEPAConfig(embedding_size=8, encoder_depth=4, hidden_size=32),
+            objective="distance",
+            distance_at_end=True,
+        ),
+        PIXELS,
+        ACTIONS,
+    )
     agent.set_goal(np.zeros((64, 64, 3), np.uint8))
     start, actions = torch.zeros(1, 8), torch.rand(5, 4, 2) * 2 - 1
     expected = goal_distance_returns(agent.model, agent.goal_embedding, terminal_only=True)(start, actions)
@@ -111,7 +133,9 @@ def test_comparison_pipeline_trains_measures_plots_and_reloads(tmp_path):
     assert table.count("\n") == 5 and "RSSM" in table
     reloaded = run_comparison(replace(arguments, reuse_checkpoints=True))
     for name in ("jepa", "rssm"):
-        assert reloaded[name]["latent_normalised_mse"] == pytest.approx(results[name]["latent_normalised_mse"], rel=1e-5)
+        assert reloaded[name]["latent_normalised_mse"] == pytest.approx(
+            results[name]["latent_normalised_mse"], rel=1e-5
+        )
         assert reloaded[name]["training"] == results[name]["training"]
 
 

@@ -23,10 +23,10 @@ from gymnasium import spaces
 from wmlab.agents.dreamer.config import DreamerCPUConfig, OptimizerConfig
 from wmlab.agents.planet.config import PlaNetConfig
 from wmlab.agents.tdmpc2.config import TDMPC2Config
-from wmlab.pipelines.world_models.pipeline import pipeline_command
 from wmlab.core.registry import register_env
 from wmlab.models.rssm import RSSMConfig
 from wmlab.models.tdmpc import TDMPCModelConfig
+from wmlab.pipelines.world_models.pipeline import pipeline_command
 from wmlab.planners.cem import CEMConfig
 from wmlab.planners.mppi import MPPIConfig
 from wmlab.runs.config import TrainConfig
@@ -79,8 +79,12 @@ class PixelPointToOrigin(PointToOrigin):
         return image
 
 
-register_env("test-point-to-origin", PointToOrigin, "a point on a line driven to the origin (learning tests)", overwrite=True)
-register_env("test-pixel-point-to-origin", PixelPointToOrigin, "the same seen in 64 x 64 frames (learning tests)", overwrite=True)
+register_env(
+    "test-point-to-origin", PointToOrigin, "a point on a line driven to the origin (learning tests)", overwrite=True
+)
+register_env(
+    "test-pixel-point-to-origin", PixelPointToOrigin, "the same seen in 64 x 64 frames (learning tests)", overwrite=True
+)
 
 
 def random_return(episodes: int = 20) -> float:
@@ -100,8 +104,17 @@ def random_return(episodes: int = 20) -> float:
 def train(tmp_path, algorithm: str, agent, steps: int, **train) -> tuple[dict, list[dict]]:
     """Train on the vector task; (summary, metrics records)."""
     settings = dict(
-        steps=steps, learning_starts=100, batch_size=4, sequence_length=8, eval_every=0, eval_episodes=10,
-        log_every=100, checkpoint_every=10**9, threads=1, progress=False, tensorboard=False,
+        steps=steps,
+        learning_starts=100,
+        batch_size=4,
+        sequence_length=8,
+        eval_every=0,
+        eval_episodes=10,
+        log_every=100,
+        checkpoint_every=10**9,
+        threads=1,
+        progress=False,
+        tensorboard=False,
     )
     settings.update(train)
     spec = RunSpec(algorithm=algorithm, env="test-point-to-origin", train=TrainConfig(**settings), agent=agent)
@@ -123,8 +136,18 @@ def test_dreamer_learns_to_drive_the_point_home(tmp_path):
     fast = OptimizerConfig(learning_rate=1e-3, warmup=0)
     model = RSSMConfig(size="tiny", deterministic_size=32, hidden_size=32, stochastic_size=4, units=32, reward_bins=31)
     agent = dataclasses.replace(
-        DreamerCPUConfig(), model=model, units=32, actor_layers=1, critic_layers=1, critic_bins=31, imagination_horizon=6,
-        discount=0.9, model_optimizer=fast, actor_optimizer=fast, critic_optimizer=fast, open_loop_report=False,
+        DreamerCPUConfig(),
+        model=model,
+        units=32,
+        actor_layers=1,
+        critic_layers=1,
+        critic_bins=31,
+        imagination_horizon=6,
+        discount=0.9,
+        model_optimizer=fast,
+        actor_optimizer=fast,
+        critic_optimizer=fast,
+        open_loop_report=False,
     )
     summary, records = train(tmp_path, "dreamer-cpu", agent, steps=600, train_ratio=64.0)
     first, last = first_and_last(records, "loss/vector")
@@ -133,8 +156,21 @@ def test_dreamer_learns_to_drive_the_point_home(tmp_path):
 
 
 def test_planet_learns_to_drive_the_point_home(tmp_path):
-    model = dataclasses.replace(PlaNetConfig().model, size=None, deterministic_size=32, hidden_size=32, stochastic_size=4, units=32, free_nats=1.0)
-    agent = PlaNetConfig(model=model, planner=CEMConfig(horizon=8, iterations=4, candidates=100, elites=10), random_steps=100, open_loop_report=False)
+    model = dataclasses.replace(
+        PlaNetConfig().model,
+        size=None,
+        deterministic_size=32,
+        hidden_size=32,
+        stochastic_size=4,
+        units=32,
+        free_nats=1.0,
+    )
+    agent = PlaNetConfig(
+        model=model,
+        planner=CEMConfig(horizon=8, iterations=4, candidates=100, elites=10),
+        random_steps=100,
+        open_loop_report=False,
+    )
     summary, records = train(tmp_path, "planet", agent, steps=500, train_ratio=64.0)
     first, last = first_and_last(records, "loss/reward")
     assert last < 0.5 * first
@@ -142,7 +178,9 @@ def test_planet_learns_to_drive_the_point_home(tmp_path):
 
 
 def test_tdmpc2_learns_to_drive_the_point_home(tmp_path):
-    model = TDMPCModelConfig(encoder_width=32, mlp_width=32, latent_size=16, encoder_layers=1, q_functions=2, bins=31, discount=0.9)
+    model = TDMPCModelConfig(
+        encoder_width=32, mlp_width=32, latent_size=16, encoder_layers=1, q_functions=2, bins=31, discount=0.9
+    )
     planner = MPPIConfig(horizon=3, samples=64, elites=8, iterations=3, policy_trajectories=8)
     agent = TDMPC2Config(model=model, planner=planner, random_steps=100, learning_rate=1e-3)
     summary, records = train(tmp_path, "tdmpc2", agent, steps=500, batch_size=8, sequence_length=4, train_ratio=32.0)
@@ -155,16 +193,63 @@ def test_tdmpc2_learns_to_drive_the_point_home(tmp_path):
 def test_world_models_learns_to_drive_the_point_home_in_its_dream(tmp_path):
     """V on 64 x 64 frames, M on V's codes, C by CMA-ES in M's dream only, scored in reality."""
     run_dir = tmp_path / "vmc"
-    code = pipeline_command([
-        "--env", "test-pixel-point-to-origin", "--run-dir", str(run_dir), "--no-progress", "--threads", "1",
-        "--model.vae.latent-size", "4", "--model.vae.channels", "8", "16", "16", "16",
-        "--model.mdnrnn.hidden-size", "32", "--model.mdnrnn.mixtures", "2",
-        "--collect.episodes", "60", "--vae.epochs", "10", "--vae.batch-size", "32", "--vae.learning-rate", "1e-3",
-        "--mdnrnn.updates", "800", "--mdnrnn.batch-size", "8", "--mdnrnn.sequence-length", "16",
-        "--controller.generations", "12", "--controller.population", "8", "--controller.rollouts", "8",
-        "--controller.eval-every", "100", "--controller.eval-episodes", "4", "--controller.envs-per-batch", "64",
-        "--dream", "--temperature", "0.5", "--evaluation-episodes", "10", "--dream-evaluation-episodes", "8", "--video-steps", "3",
-    ])
+    code = pipeline_command(
+        [
+            "--env",
+            "test-pixel-point-to-origin",
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+            "--threads",
+            "1",
+            "--model.vae.latent-size",
+            "4",
+            "--model.vae.channels",
+            "8",
+            "16",
+            "16",
+            "16",
+            "--model.mdnrnn.hidden-size",
+            "32",
+            "--model.mdnrnn.mixtures",
+            "2",
+            "--collect.episodes",
+            "60",
+            "--vae.epochs",
+            "10",
+            "--vae.batch-size",
+            "32",
+            "--vae.learning-rate",
+            "1e-3",
+            "--mdnrnn.updates",
+            "800",
+            "--mdnrnn.batch-size",
+            "8",
+            "--mdnrnn.sequence-length",
+            "16",
+            "--controller.generations",
+            "12",
+            "--controller.population",
+            "8",
+            "--controller.rollouts",
+            "8",
+            "--controller.eval-every",
+            "100",
+            "--controller.eval-episodes",
+            "4",
+            "--controller.envs-per-batch",
+            "64",
+            "--dream",
+            "--temperature",
+            "0.5",
+            "--evaluation-episodes",
+            "10",
+            "--dream-evaluation-episodes",
+            "8",
+            "--video-steps",
+            "3",
+        ]
+    )
     assert code == 0
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for key in ("vae/loss", "mdnrnn/loss"):

@@ -49,9 +49,14 @@ def test_the_estimate_never_exceeds_what_is_left_of_the_time_limit():
     from wmlab.core.progress import seconds_left
 
     # 10^6 steps at 2 steps per second would take days; the limit leaves 60 seconds.
-    assert seconds_left(1000, 1_000_000, elapsed=540.0, time_limit=600.0, session_steps=1000, session_seconds=500.0) == 60.0
+    assert (
+        seconds_left(1000, 1_000_000, elapsed=540.0, time_limit=600.0, session_steps=1000, session_seconds=500.0)
+        == 60.0
+    )
     # Steps that end before the limit: their own estimate.
-    assert seconds_left(900, 1000, elapsed=100.0, time_limit=600.0, session_steps=900, session_seconds=90.0) == pytest.approx(10.0)
+    assert seconds_left(
+        900, 1000, elapsed=100.0, time_limit=600.0, session_steps=900, session_seconds=90.0
+    ) == pytest.approx(10.0)
     # Past the limit (the final evaluation running): zero, never negative.
     assert seconds_left(10, 1000, elapsed=700.0, time_limit=600.0, session_steps=10, session_seconds=700.0) == 0.0
     # No limit and no pace yet: unknown.
@@ -62,9 +67,9 @@ def test_a_time_limited_run_with_slow_evaluations_ends_within_its_limit(tmp_path
     import time
 
     from wmlab.agents.dyna.config import DynaConfig
-    from wmlab.train import loop
-    from wmlab.runs.config import TrainConfig
     from wmlab.core.progress import TrainingProgress
+    from wmlab.runs.config import TrainConfig
+    from wmlab.train import loop
 
     evaluate = loop.evaluate_agent
 
@@ -83,7 +88,16 @@ def test_a_time_limited_run_with_slow_evaluations_ends_within_its_limit(tmp_path
     monkeypatch.setattr(loop, "evaluate_agent", slow_evaluation)
     monkeypatch.setattr(TrainingProgress, "update", recording_update)
     limit = 1.5
-    train = TrainConfig(steps=10**9, time_limit=limit, eval_every=200, eval_episodes=1, log_every=100, checkpoint_every=10**9, progress=True, tensorboard=False)
+    train = TrainConfig(
+        steps=10**9,
+        time_limit=limit,
+        eval_every=200,
+        eval_episodes=1,
+        log_every=100,
+        checkpoint_every=10**9,
+        progress=True,
+        tensorboard=False,
+    )
     spec = loop.RunSpec("dyna-q", "dyna-maze", train=train, agent=DynaConfig())
     summary = loop.Trainer(spec, tmp_path / "run").run()
     assert summary["stopped_by"] == "time_limit" and "eval/return" in summary
@@ -121,7 +135,9 @@ def test_the_main_job_writes_every_report_section_within_its_time_limit(tmp_path
 
     monkeypatch.setattr(TrainingProgress, "update", recording_update)
     run_dir = tmp_path / "main"
-    assert main(["pipeline", "main", "--run-dir", str(run_dir), "--quick", "--time-limit", "600", "--reserve", "300"]) == 0
+    assert (
+        main(["pipeline", "main", "--run-dir", str(run_dir), "--quick", "--time-limit", "600", "--reserve", "300"]) == 0
+    )
     printed = capsys.readouterr().out
     assert "moving pixels at horizon 1" in printed and f"wmlab play {run_dir}" in printed
     result = json.loads((run_dir / "main_job.json").read_text())

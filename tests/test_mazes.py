@@ -145,4 +145,7 @@ def test_evaluation_sees_the_changed_layout():
         training.step(0)
     settings = dict(episodes=1, seed=0, env_kwargs={"change_step": 10, "max_episode_steps": 30})
     assert evaluate_agent(RightThenUp(), "blocking-maze", **settings)["eval/return"] == 1.0
-    assert evaluate_agent(RightThenUp(), "blocking-maze", world_state=training.world_state(), **settings)["eval/return"] == 0.0
+    assert (
+        evaluate_agent(RightThenUp(), "blocking-maze", world_state=training.world_state(), **settings)["eval/return"]
+        == 0.0
+    )

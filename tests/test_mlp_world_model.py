@@ -84,7 +84,10 @@ def test_loss_leaves_out_pairs_that_cross_an_episode_start():
     batch.obs["vector"][:, 3:] += 1000.0
     batch.is_first[:, 3] = True
     first, second = (
-        Batch({"vector": batch.obs["vector"][:, part]}, *(getattr(batch, name)[:, part] for name in ("action", "reward", "is_first", "is_last", "is_terminal")))
+        Batch(
+            {"vector": batch.obs["vector"][:, part]},
+            *(getattr(batch, name)[:, part] for name in ("action", "reward", "is_first", "is_last", "is_terminal")),
+        )
         for part in (slice(0, 3), slice(3, 6))
     )
     with torch.no_grad():
@@ -184,7 +187,11 @@ def test_statistics_are_buffers_and_exact():
 def test_loss_scales_weight_the_terms():
     batch = random_batch()
     _, metrics = make_model().loss(batch)
-    scaled = make_model(config=MLPWorldModelConfig(hidden_size=32, loss_scales=MLPLossScales(next_state=2.0, reward=0.0, continuation=0.5)))
+    scaled = make_model(
+        config=MLPWorldModelConfig(
+            hidden_size=32, loss_scales=MLPLossScales(next_state=2.0, reward=0.0, continuation=0.5)
+        )
+    )
     total, scaled_metrics = scaled.loss(batch)
     expected = 2.0 * metrics["loss/next_state"] + 0.5 * metrics["loss/continue"]
     assert total.item() == pytest.approx(expected, rel=1e-5)

@@ -10,10 +10,10 @@ from wmlab.agents.mpc import MPCAgent, MPCConfig
 from wmlab.agents.mpc.agent import discounted_return
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.protocols import Agent
+from wmlab.core.serialization import load_state, save_state
 from wmlab.core.types import Batch
 from wmlab.models.mlp import MLPWorldModelConfig
 from wmlab.planners.shooting import RandomShootingConfig
-from wmlab.core.serialization import load_state, save_state
 
 torch.set_num_threads(1)
 
@@ -147,7 +147,11 @@ class PointOnALine:
 def run_episodes(agent, environment, explore):
     """Episodes as (observations (B, T, 1), actions (B, T, 1), rewards (B, T)) in the replay
     convention: step t holds the action that led to obs_t and the reward received there."""
-    observations, actions, rewards = [environment.reset()], [np.zeros((environment.batch_size, 1), np.float32)], [np.zeros(environment.batch_size)]
+    observations, actions, rewards = (
+        [environment.reset()],
+        [np.zeros((environment.batch_size, 1), np.float32)],
+        [np.zeros(environment.batch_size)],
+    )
     for _ in range(environment.length):
         action, _ = agent.act({"vector": observations[-1]}, None, explore=explore)
         observation, reward = environment.step(action)
@@ -179,7 +183,9 @@ def test_planning_through_the_learned_model_beats_random_actions():
         is_first = np.zeros((32, T), bool)
         is_first[:, 0] = starts == 0
         no_flags = np.zeros((32, T), bool)
-        agent.update(Batch({"vector": observations[window]}, actions[window], rewards[window], is_first, no_flags, no_flags))
+        agent.update(
+            Batch({"vector": observations[window]}, actions[window], rewards[window], is_first, no_flags, no_flags)
+        )
 
     evaluation = PointOnALine(batch_size=8, seed=1)
     _, _, planned_rewards = run_episodes(agent, evaluation, explore=False)

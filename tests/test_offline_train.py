@@ -20,9 +20,30 @@ FAST = ["--train.batch-size", "4", "--train.sequence-length", "6", "--train.no-p
 #: Tiny models of each family that trains offline, with the dataset it learns from.
 FAMILIES = {
     "mlp": ("state", ["--world-model.hidden-size", "16"]),
-    "rssm": ("state", ["--world-model.size", "tiny", "--world-model.stochastic-size", "4", "--world-model.reward-bins", "15"]),
-    "jepa": ("state", ["--world-model.embedding-size", "8", "--world-model.encoder-depth", "4", "--world-model.hidden-size", "16"]),
-    "vae-mdnrnn": ("pixels", ["--world-model.vae.latent-size", "4", "--world-model.vae.channels", "4", "4", "4", "4", "--world-model.mdnrnn.hidden-size", "16", "--world-model.mdnrnn.mixtures", "2"]),
+    "rssm": (
+        "state",
+        ["--world-model.size", "tiny", "--world-model.stochastic-size", "4", "--world-model.reward-bins", "15"],
+    ),
+    "jepa": (
+        "state",
+        ["--world-model.embedding-size", "8", "--world-model.encoder-depth", "4", "--world-model.hidden-size", "16"],
+    ),
+    "vae-mdnrnn": (
+        "pixels",
+        [
+            "--world-model.vae.latent-size",
+            "4",
+            "--world-model.vae.channels",
+            "4",
+            "4",
+            "4",
+            "4",
+            "--world-model.mdnrnn.hidden-size",
+            "16",
+            "--world-model.mdnrnn.mixtures",
+            "2",
+        ],
+    ),
 }
 
 
@@ -31,13 +52,30 @@ def datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("datasets")
     record_dataset(STATE_ENV, "random", 4, root / "state", seed=0, progress=False, max_episode_steps=20)
     record_dataset(PIXEL_ENV, "random", 3, root / "pixels", seed=0, progress=False, max_episode_steps=12)
-    record_dataset(STATE_ENV, "random", 2, root / "video", seed=0, progress=False, max_episode_steps=10, store_actions=False)
+    record_dataset(
+        STATE_ENV, "random", 2, root / "video", seed=0, progress=False, max_episode_steps=10, store_actions=False
+    )
     return root
 
 
 def train(dataset, run_dir, family: str, updates: int, *extra: str) -> int:
     options = FAMILIES[family][1]
-    return main(["train", "--model", family, "--dataset", str(dataset), "--run-dir", str(run_dir), "--train.updates", str(updates), *FAST, *options, *extra])
+    return main(
+        [
+            "train",
+            "--model",
+            family,
+            "--dataset",
+            str(dataset),
+            "--run-dir",
+            str(run_dir),
+            "--train.updates",
+            str(updates),
+            *FAST,
+            *options,
+            *extra,
+        ]
+    )
 
 
 def weights(run_dir) -> dict[str, torch.Tensor]:
@@ -87,7 +125,12 @@ def test_a_resume_may_not_change_the_model(datasets, tmp_path, capsys):
 
 def test_families_that_cannot_train_offline_say_why(datasets, tmp_path, capsys):
     for family, reason in (("tabular", "counted transitions"), ("tdmpc", "policy prior")):
-        assert main(["train", "--model", family, "--dataset", str(datasets / "state"), "--run-dir", str(tmp_path / family)]) == 2
+        assert (
+            main(
+                ["train", "--model", family, "--dataset", str(datasets / "state"), "--run-dir", str(tmp_path / family)]
+            )
+            == 2
+        )
         assert reason in capsys.readouterr().err
     assert not (tmp_path / "tabular").exists()
 

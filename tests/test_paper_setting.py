@@ -41,8 +41,14 @@ def test_the_jobs_are_the_papers_settings(paper_setting, tmp_path):
     assert dreamer.agent.model.size == "size12m" and dreamer.agent.model.latent == "categorical"
     assert (dreamer.train.batch_size, dreamer.train.sequence_length, dreamer.train.train_ratio) == (16, 64, 512)
     planet = parsed(paper_setting, "planet", tmp_path, smoke=False)
-    assert planet.env_kwargs == {"observation": "pixels", "action_repeat": 8} and planet.agent.model.latent == "gaussian"
-    assert (planet.agent.planner.candidates, planet.agent.planner.horizon, planet.agent.planner.iterations) == (1000, 12, 10)
+    assert (
+        planet.env_kwargs == {"observation": "pixels", "action_repeat": 8} and planet.agent.model.latent == "gaussian"
+    )
+    assert (planet.agent.planner.candidates, planet.agent.planner.horizon, planet.agent.planner.iterations) == (
+        1000,
+        12,
+        10,
+    )
     # PlaNet's 100 updates of 50 x 50 per 125-step episode
     assert planet.train.train_ratio * 125 / (planet.train.batch_size * planet.train.sequence_length) == 100
 

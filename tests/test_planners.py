@@ -187,7 +187,13 @@ def test_cem_momentum_and_min_std():
     assert (plan - TARGET).abs().max() < 0.2  # smoothing slows convergence but still gets close
 
 
-@pytest.mark.parametrize("planner_class, config", [(CEM, CEMConfig(horizon=3, candidates=50, elites=5, iterations=2)), (MPPI, MPPIConfig(horizon=3, samples=50, elites=5, iterations=2))])
+@pytest.mark.parametrize(
+    "planner_class, config",
+    [
+        (CEM, CEMConfig(horizon=3, candidates=50, elites=5, iterations=2)),
+        (MPPI, MPPIConfig(horizon=3, samples=50, elites=5, iterations=2)),
+    ],
+)
 def test_same_seed_same_plan_and_bad_inputs(planner_class, config):
     first = planner_class(config, seed=3).plan(quadratic, None, BOX)
     second = planner_class(config, seed=3).plan(quadratic, None, BOX)
@@ -207,7 +213,10 @@ def test_a_nan_return_is_never_an_elite():
         returns[::2] = float("nan")  # half the candidates diverge
         return returns
 
-    for planner in (CEM(CEMConfig(horizon=2, candidates=100, elites=10, iterations=3), seed=0), MPPI(MPPIConfig(horizon=2, samples=100, elites=10, iterations=3), seed=0)):
+    for planner in (
+        CEM(CEMConfig(horizon=2, candidates=100, elites=10, iterations=3), seed=0),
+        MPPI(MPPIConfig(horizon=2, samples=100, elites=10, iterations=3), seed=0),
+    ):
         assert torch.isfinite(planner.plan(rollout, None, BOX)).all()
 
 

@@ -57,11 +57,39 @@ def run_dir(tmp_path_factory) -> Path:
     """A tiny Dreamer (RSSM) trained for a few steps on two-rooms pixels."""
     directory = tmp_path_factory.mktemp("play") / "dreamer"
     arguments = [
-        "train", "--algo", "dreamer", "--env", "two-rooms", "--run-dir", directory, "--train.steps", 40,
-        "--train.learning-starts", 30, "--train.batch-size", 2, "--train.sequence-length", 8, "--train.train-ratio", 16,
-        "--train.eval-every", 0, "--train.eval-episodes", 1, "--train.log-every", 40, "--train.checkpoint-every", 40,
-        "--train.no-progress", "--train.no-tensorboard", "--agent.model.size", "tiny", "--agent.model.stochastic-size", 4,
-        "--agent.imagination-horizon", 3,
+        "train",
+        "--algo",
+        "dreamer",
+        "--env",
+        "two-rooms",
+        "--run-dir",
+        directory,
+        "--train.steps",
+        40,
+        "--train.learning-starts",
+        30,
+        "--train.batch-size",
+        2,
+        "--train.sequence-length",
+        8,
+        "--train.train-ratio",
+        16,
+        "--train.eval-every",
+        0,
+        "--train.eval-episodes",
+        1,
+        "--train.log-every",
+        40,
+        "--train.checkpoint-every",
+        40,
+        "--train.no-progress",
+        "--train.no-tensorboard",
+        "--agent.model.size",
+        "tiny",
+        "--agent.model.stochastic-size",
+        4,
+        "--agent.imagination-horizon",
+        3,
     ]
     assert main([str(argument) for argument in arguments]) == 0
     return directory
@@ -129,7 +157,10 @@ def test_keys_follow_the_action_space_and_its_meanings():
     minigrid = controls(spaces.Discrete(7), ["left", "right", "forward", "pickup", "drop", "toggle", "done"])
     assert [action["keys"][0] for action in minigrid["actions"][:3]] == [["ArrowLeft"], ["ArrowRight"], ["ArrowUp"]]
     box = controls(spaces.Box(np.array([-2.0, 0.0, -1.0], np.float32), np.array([2.0, 1.0, 1.0], np.float32)))
-    assert [(d["minus"], d["plus"]) for d in box["dimensions"]][:2] == [("ArrowLeft", "ArrowRight"), ("ArrowDown", "ArrowUp")]
+    assert [(d["minus"], d["plus"]) for d in box["dimensions"]][:2] == [
+        ("ArrowLeft", "ArrowRight"),
+        ("ArrowDown", "ArrowUp"),
+    ]
     assert [d["rest"] for d in box["dimensions"]] == [0.0, 0.0, 0.0]
 
 
@@ -155,7 +186,9 @@ class ToyFamily(torch.nn.Module):
         step = torch.as_tensor(actions).float()[:, 0] * 0.1
         position = (state["position"] + step).clamp(0, 1)
         ones = torch.ones(position.shape[0], 1)
-        return Trajectory(states={"position": position[:, None]}, actions=step[:, None], rewards=0 * ones, continues=ones)
+        return Trajectory(
+            states={"position": position[:, None]}, actions=step[:, None], rewards=0 * ones, continues=ones
+        )
 
     def decode(self, state):
         position = state["position"]
@@ -200,7 +233,9 @@ def test_world_models_v_m_c_plays_with_its_temperature(tmp_path):
     import wmlab.models.vae_mdnrnn as vae
 
     pixels = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
-    config = vae.VAEMDNRNNConfig(vae=vae.ConvVAEConfig(latent_size=4, channels=(4, 4, 4, 4)), mdnrnn=vae.MDNRNNConfig(hidden_size=8, mixtures=2))
+    config = vae.VAEMDNRNNConfig(
+        vae=vae.ConvVAEConfig(latent_size=4, channels=(4, 4, 4, 4)), mdnrnn=vae.MDNRNNConfig(hidden_size=8, mixtures=2)
+    )
     model = vae.VAEMDNRNN(config, pixels, spaces.Box(-1.0, 1.0, (2,), np.float32))
     playable = make_playable(model, "two-rooms", {}, tmp_path, "world-models")
     assert [knob["name"] for knob in playable.describe()["knobs"]] == ["temperature"]
@@ -224,7 +259,11 @@ def test_models_that_cannot_decode_are_refused_with_the_reason(tmp_path):
     from wmlab.models.tdmpc import TDMPCModel, TDMPCModelConfig
 
     vectors = spaces.Dict({"vector": spaces.Box(-1.0, 1.0, (3,), np.float32)})
-    tdmpc = TDMPCModel(TDMPCModelConfig(encoder_width=16, mlp_width=16, latent_size=16, q_functions=2), vectors, spaces.Box(-1.0, 1.0, (2,), np.float32))
+    tdmpc = TDMPCModel(
+        TDMPCModelConfig(encoder_width=16, mlp_width=16, latent_size=16, q_functions=2),
+        vectors,
+        spaces.Box(-1.0, 1.0, (2,), np.float32),
+    )
     with pytest.raises(WmlabError, match="cannot decode"):
         make_playable(tdmpc, "two-rooms-state", {}, tmp_path)
 
@@ -270,7 +309,10 @@ def test_the_server_plays_and_answers_bad_messages_with_errors(server):
             (json.dumps({"type": "reset", "seed": -4}), "seed must be"),
             (json.dumps({"type": "image", "data": "%%%"}), "not valid base64"),
             (json.dumps({"type": "image", "data": base64.b64encode(b"GIF89a nonsense").decode()}), "not an image"),
-            (json.dumps({"type": "image", "data": base64.b64encode(bytes(MAX_UPLOAD_BYTES + 100)).decode()}), "too big"),
+            (
+                json.dumps({"type": "image", "data": base64.b64encode(bytes(MAX_UPLOAD_BYTES + 100)).decode()}),
+                "too big",
+            ),
             (json.dumps({"type": "step", "action": [0.0, 0.0], "pad": "x" * 5000}), "message too long"),
         ]
         for text, expected in bad:
@@ -339,9 +381,15 @@ def test_only_the_static_folder_and_recordings_are_served(server):
     assert status == 200 and b"wmlab play" in body
     assert get(server, "/static/play.js")[0] == 200
     for path in [
-        "/static/../session.py", "/static/%2e%2e/session.py", "/static/..%2fsession.py", "/static/../../../../etc/passwd",
-        "/static/%2e%2e/%2e%2e/%2e%2e/pyproject.toml", "/recordings/..%2fconfig.json", "/recordings/../config.json",
-        "/recordings/recording-20260101-000000-1.gif", "/static//etc/passwd",
+        "/static/../session.py",
+        "/static/%2e%2e/session.py",
+        "/static/..%2fsession.py",
+        "/static/../../../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/%2e%2e/pyproject.toml",
+        "/recordings/..%2fconfig.json",
+        "/recordings/../config.json",
+        "/recordings/recording-20260101-000000-1.gif",
+        "/static//etc/passwd",
     ]:
         status, body = get(server, path)
         assert status in (400, 404), path
@@ -416,7 +464,10 @@ def test_the_page_plays_in_headless_chromium(server, tmp_path):
 
             def hold(key: str) -> dict:
                 page.keyboard.down(key)
-                page.wait_for_function(f"() => {{ const f = window.wmlabPlay.lastFrame; return f.action && f.action[0] === {1 if key == 'ArrowRight' else -1}; }}", timeout=10_000)
+                page.wait_for_function(
+                    f"() => {{ const f = window.wmlabPlay.lastFrame; return f.action && f.action[0] === {1 if key == 'ArrowRight' else -1}; }}",
+                    timeout=10_000,
+                )
                 frames = page.evaluate("() => window.wmlabPlay.frames")
                 page.wait_for_function(f"() => window.wmlabPlay.frames > {frames + 3}", timeout=10_000)
                 frame = page.evaluate(last)
@@ -435,7 +486,10 @@ def test_the_page_plays_in_headless_chromium(server, tmp_path):
             paused_at = page.evaluate(last)["step"]
             assert paused_at > 5
             page.click("#reset")
-            page.wait_for_function("() => window.wmlabPlay.lastFrame.step === 0 && window.wmlabPlay.lastFrame.source === 'reset'", timeout=10_000)
+            page.wait_for_function(
+                "() => window.wmlabPlay.lastFrame.step === 0 && window.wmlabPlay.lastFrame.source === 'reset'",
+                timeout=10_000,
+            )
             page.keyboard.press(".")
             page.wait_for_function("() => window.wmlabPlay.lastFrame.step === 1", timeout=10_000)
             page.keyboard.press("p")

@@ -75,6 +75,8 @@ def test_a_nan_return_never_wins():
         return returns
 
     planner = RandomShooting(RandomShootingConfig(horizon=1, candidates=20), seed=0)
-    candidates = RandomShooting(RandomShootingConfig(horizon=1, candidates=20), seed=0).sample(spaces.Box(-1.0, 1.0, (1,)), 20)
+    candidates = RandomShooting(RandomShootingConfig(horizon=1, candidates=20), seed=0).sample(
+        spaces.Box(-1.0, 1.0, (1,)), 20
+    )
     plan = planner.plan(rollout, None, spaces.Box(-1.0, 1.0, (1,)))
     assert not torch.equal(plan, candidates[0])

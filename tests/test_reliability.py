@@ -18,18 +18,30 @@ from wmlab.runs.directory import RunSpec
 from wmlab.train.loop import Trainer
 
 TINY_TRAIN = TrainConfig(
-    steps=80, learning_starts=20, train_ratio=8.0, batch_size=4, sequence_length=4, eval_every=0,
-    eval_episodes=1, checkpoint_every=20, log_every=10, progress=False, tensorboard=False,
+    steps=80,
+    learning_starts=20,
+    train_ratio=8.0,
+    batch_size=4,
+    sequence_length=4,
+    eval_every=0,
+    eval_episodes=1,
+    checkpoint_every=20,
+    log_every=10,
+    progress=False,
+    tensorboard=False,
 )
 TINY_MPC = MPCConfig(
-    model=MLPWorldModelConfig(hidden_size=16, layers=1), planner=RandomShootingConfig(horizon=2, candidates=8),
+    model=MLPWorldModelConfig(hidden_size=16, layers=1),
+    planner=RandomShootingConfig(horizon=2, candidates=8),
     random_steps=30,
 )
 TINY_ENV = {"max_episode_steps": 15}
 
 
 def tiny_spec(steps: int, **train) -> RunSpec:
-    return RunSpec("mpc", "two-rooms-state", train=replace(TINY_TRAIN, steps=steps, **train), agent=TINY_MPC, env_kwargs=TINY_ENV)
+    return RunSpec(
+        "mpc", "two-rooms-state", train=replace(TINY_TRAIN, steps=steps, **train), agent=TINY_MPC, env_kwargs=TINY_ENV
+    )
 
 
 def run_cli(*arguments) -> int:
@@ -90,7 +102,9 @@ def assert_same_state(first: dict, second: dict) -> None:
     assert first["episodes"] == second["episodes"]
     for name, tensor in first["agent"]["model"].items():
         assert torch.equal(tensor, second["agent"]["model"][name]), name
-    assert json.dumps(first["agent"]["optimizer"]["param_groups"]) == json.dumps(second["agent"]["optimizer"]["param_groups"])
+    assert json.dumps(first["agent"]["optimizer"]["param_groups"]) == json.dumps(
+        second["agent"]["optimizer"]["param_groups"]
+    )
     for index, moments in first["agent"]["optimizer"]["state"].items():
         for key, value in moments.items():
             assert torch.equal(value, second["agent"]["optimizer"]["state"][index][key]), (index, key)
@@ -119,8 +133,13 @@ def crash_at(monkeypatch, point: str, hit: int = 1) -> None:
     assert point in wmlab.core.faults.POINTS
 
 
-@pytest.mark.parametrize("point, left", [("checkpoint-between-renames", ["rank0.new", "rank0.old"]), ("checkpoint-complete", ["rank0", "rank0.new"])])
-def test_a_crash_in_the_checkpoint_renames_resumes_from_the_newest_complete_checkpoint(tmp_path, monkeypatch, capsys, point, left):
+@pytest.mark.parametrize(
+    "point, left",
+    [("checkpoint-between-renames", ["rank0.new", "rank0.old"]), ("checkpoint-complete", ["rank0", "rank0.new"])],
+)
+def test_a_crash_in_the_checkpoint_renames_resumes_from_the_newest_complete_checkpoint(
+    tmp_path, monkeypatch, capsys, point, left
+):
     Trainer(tiny_spec(80), tmp_path / "straight").run()
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
@@ -159,7 +178,9 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list]:
     accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
     accumulator.Reload()
     return {
-        tag: [(event.step, None if tag == "train/steps_per_second" else event.value) for event in accumulator.Scalars(tag)]
+        tag: [
+            (event.step, None if tag == "train/steps_per_second" else event.value) for event in accumulator.Scalars(tag)
+        ]
         for tag in accumulator.Tags()["scalars"]
     }
 
@@ -170,7 +191,9 @@ def test_a_resume_logs_as_if_the_run_had_never_stopped(tmp_path, monkeypatch, po
     Trainer(spec, tmp_path / "straight").run()
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
-        crash_at(patch, point, hit=4)  # the line of step 30 (10, 20, evaluation at 30, 30), after the checkpoint of step 20
+        crash_at(
+            patch, point, hit=4
+        )  # the line of step 30 (10, 20, evaluation at 30, 30), after the checkpoint of step 20
         with pytest.raises(Crash):
             Trainer(spec, run_dir).run()
     Trainer(spec, run_dir, resume=True).run()
@@ -188,8 +211,12 @@ def test_a_resume_logs_as_if_the_run_had_never_stopped(tmp_path, monkeypatch, po
 
 def replay_step(value: int, first: bool = False, last: bool = False, image=(4, 4, 3)) -> dict:
     return {
-        "image": np.full(image, value % 256, np.uint8), "action": np.zeros(2, np.float32), "reward": np.float32(value),
-        "is_first": first, "is_last": last, "is_terminal": False,
+        "image": np.full(image, value % 256, np.uint8),
+        "action": np.zeros(2, np.float32),
+        "reward": np.float32(value),
+        "is_first": first,
+        "is_last": last,
+        "is_terminal": False,
     }
 
 
@@ -198,7 +225,9 @@ def filled_replay(directory: Path):
     from wmlab.data.replay import ReplayBuffer
 
     buffer = ReplayBuffer(directory)
-    for value, (first, last) in enumerate([(True, False), (False, False), (False, True), (True, False), (False, True), (True, False), (False, False)]):
+    for value, (first, last) in enumerate(
+        [(True, False), (False, False), (False, True), (True, False), (False, True), (True, False), (False, False)]
+    ):
         buffer.add(replay_step(value, first, last))
     return buffer
 
@@ -292,7 +321,9 @@ def shared_run(tmp_path, monkeypatch):
     sys.modules.pop("sentmodule", None)
 
 
-@pytest.mark.parametrize("command", [["eval", "."], ["eval", ".", "--suite", "horizon"], ["train", "--resume", ".", "--train.steps", "40"]])
+@pytest.mark.parametrize(
+    "command", [["eval", "."], ["eval", ".", "--suite", "horizon"], ["train", "--resume", ".", "--train.steps", "40"]]
+)
 def test_a_run_directory_cannot_make_wmlab_import_its_module(shared_run, capsys, command):
     run_dir, marker = shared_run
     assert run_cli(*command) == 2
@@ -307,7 +338,9 @@ def test_a_module_the_user_names_again_is_imported(shared_run, capsys):
     assert marker.exists()  # the user named it: imported (the id itself registers nothing here)
 
 
-def test_an_installed_module_named_by_a_run_is_imported_from_its_package_not_the_run_directory(shared_run, tmp_path, monkeypatch):
+def test_an_installed_module_named_by_a_run_is_imported_from_its_package_not_the_run_directory(
+    shared_run, tmp_path, monkeypatch
+):
     import sys
 
     from wmlab.envs.adapter import check_run_environment
@@ -352,7 +385,21 @@ BAD_SETTINGS = [
 def test_a_setting_out_of_range_is_refused_before_any_work(tmp_path, capsys, algorithm, flag, value, field):
     env = "dyna-maze" if algorithm == "dyna-q" else "two-rooms-state"
     with pytest.raises(SystemExit) as raised:
-        run_cli("train", "--algo", algorithm, "--env", env, "--run-dir", tmp_path / "run", "--train.steps", 1, "--train.no-progress", "--train.no-tensorboard", flag, value)
+        run_cli(
+            "train",
+            "--algo",
+            algorithm,
+            "--env",
+            env,
+            "--run-dir",
+            tmp_path / "run",
+            "--train.steps",
+            1,
+            "--train.no-progress",
+            "--train.no-tensorboard",
+            flag,
+            value,
+        )
     assert raised.value.code == 2
     error = " ".join(capsys.readouterr().err.replace("│", " ").split())
     assert f"{field} = {value}" in error and "allowed:" in error
@@ -371,9 +418,13 @@ def test_ranges_are_checked_in_python_and_in_a_run_directory(tmp_path):
     from wmlab.agents.world_models.config import ControllerTrainingConfig
     from wmlab.models.jepa import JEPAConfig
 
-    with pytest.raises(ConfigError, match=r"JEPAConfig.momentum_end = 0.5 is out of range; allowed: \[momentum_start \(0.9\), 1\]"):
+    with pytest.raises(
+        ConfigError, match=r"JEPAConfig.momentum_end = 0.5 is out of range; allowed: \[momentum_start \(0.9\), 1\]"
+    ):
         JEPAConfig(momentum_start=0.9, momentum_end=0.5)
-    with pytest.raises(ConfigError, match=r"ControllerTrainingConfig.population = 1 is out of range; allowed: at least 2"):
+    with pytest.raises(
+        ConfigError, match=r"ControllerTrainingConfig.population = 1 is out of range; allowed: at least 2"
+    ):
         ControllerTrainingConfig(population=1)
     Trainer(tiny_spec(20), tmp_path / "run").run()
     config = json.loads((tmp_path / "run" / "config.json").read_text())

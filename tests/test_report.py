@@ -133,7 +133,7 @@ def test_everything_is_embedded_and_nothing_is_fetched(page: str) -> None:
     png = re.search(r'src="data:image/png;base64,([^"]+)"', page).group(1)
     assert base64.b64decode(png).startswith(PNG_SIGNATURE)
     assert 'src="data:image/gif;base64,' in page
-    assert '<video controls' in page and 'src="data:video/mp4;base64,' in page
+    assert "<video controls" in page and 'src="data:video/mp4;base64,' in page
 
 
 def test_one_curve_per_namespace_and_a_headline_return(page: str) -> None:
@@ -202,16 +202,12 @@ def test_registered_sections_follow_the_built_in_ones(tmp_path: Path, clean_sect
     assert "ZeroDivisionError" in page
 
 
-def test_a_registered_section_alone_is_something_to_report(
-    tmp_path: Path, clean_sections: None
-) -> None:
+def test_a_registered_section_alone_is_something_to_report(tmp_path: Path, clean_sections: None) -> None:
     register_section("Custom", lambda run_dir: "<p>custom</p>")
     assert "<p>custom</p>" in build_report(tmp_path).read_text(encoding="utf-8")
 
 
 def test_importing_the_report_does_not_import_matplotlib() -> None:
     code = "import sys, wmlab.report; print('matplotlib' in sys.modules)"
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

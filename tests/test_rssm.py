@@ -122,8 +122,12 @@ def test_gaussian_kl_and_free_nats_by_hand():
     # per-step clipping would give (2 + 5) / 2 = 3.5.
     means = torch.tensor([[math.sqrt(2.0)], [math.sqrt(10.0)]])
     zeros, ones = torch.zeros(2, 1), torch.ones(2, 1)
-    assert gaussian_kl_free_nats(means, ones, zeros, ones, free_nats=2.0, average_first=True)[0].item() == pytest.approx(3.0)
-    assert gaussian_kl_free_nats(means, ones, zeros, ones, free_nats=2.0, average_first=False)[0].mean().item() == pytest.approx(3.5)
+    assert gaussian_kl_free_nats(means, ones, zeros, ones, free_nats=2.0, average_first=True)[
+        0
+    ].item() == pytest.approx(3.0)
+    assert gaussian_kl_free_nats(means, ones, zeros, ones, free_nats=2.0, average_first=False)[
+        0
+    ].mean().item() == pytest.approx(3.5)
     balanced = kl_balanced_gaussian(means, ones, zeros, ones, free_nats=0.0, dyn_scale=0.8, rep_scale=0.2)
     torch.testing.assert_close(balanced.loss, torch.tensor([1.0, 5.0]))
 
@@ -139,7 +143,10 @@ def test_lambda_returns_by_hand():
     returns = lambda_returns(rewards, values, continues, bootstrap, lambda_=0.5, discount=0.9)
     torch.testing.assert_close(returns, torch.tensor([[5.86675, 6.815, 5.7]]))
     # lambda 0: one-step targets r + gamma c v; lambda 1: discounted rewards plus the bootstrap
-    torch.testing.assert_close(lambda_returns(rewards, values, continues, bootstrap, 0.0, 0.9), torch.tensor([[1 + 0.9 * 4, 2 + 0.9 * 5, 3 + 0.45 * 6]]))
+    torch.testing.assert_close(
+        lambda_returns(rewards, values, continues, bootstrap, 0.0, 0.9),
+        torch.tensor([[1 + 0.9 * 4, 2 + 0.9 * 5, 3 + 0.45 * 6]]),
+    )
     monte_carlo = lambda_returns(rewards, values, torch.ones(1, 3), bootstrap, 1.0, 0.5)
     torch.testing.assert_close(monte_carlo[:, 0], torch.tensor([1 + 0.5 * 2 + 0.25 * 3 + 0.125 * 6]))
     with pytest.raises(ShapeError):
@@ -171,11 +178,26 @@ def test_percentile_return_normalisation_by_hand():
 
 PIXELS = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
 VECTORS = spaces.Dict({"vector": spaces.Box(-np.inf, np.inf, (5,), np.float32)})
-BOTH = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8), "vector": spaces.Box(-np.inf, np.inf, (5,), np.float32)})
+BOTH = spaces.Dict(
+    {"image": spaces.Box(0, 255, (64, 64, 3), np.uint8), "vector": spaces.Box(-np.inf, np.inf, (5,), np.float32)}
+)
 BOX = spaces.Box(-2.0, 2.0, (2,), np.float32)
 DISCRETE = spaces.Discrete(3)
 TINY = RSSMConfig(size="tiny", stochastic_size=4)
-GAUSSIAN = dataclasses.replace(TINY, latent="gaussian", core="gru", gru_norm="none", norm="none", kl_balancing=False, free_nats=3.0, free_nats_average_first=True, reward_head="mse", predict_continue=False, symlog_inputs=False, vector_loss="mse")
+GAUSSIAN = dataclasses.replace(
+    TINY,
+    latent="gaussian",
+    core="gru",
+    gru_norm="none",
+    norm="none",
+    kl_balancing=False,
+    free_nats=3.0,
+    free_nats_average_first=True,
+    reward_head="mse",
+    predict_continue=False,
+    symlog_inputs=False,
+    vector_loss="mse",
+)
 
 
 def random_batch(observation_space, action_space, B=3, T=6, seed=0) -> Batch:
@@ -197,7 +219,11 @@ def random_batch(observation_space, action_space, B=3, T=6, seed=0) -> Batch:
     return Batch(obs, action, rng.normal(size=(B, T)).astype(np.float32), is_first, is_terminal.copy(), is_terminal)
 
 
-@pytest.mark.parametrize("config", [TINY, GAUSSIAN, dataclasses.replace(TINY, core="gru", overshooting_distance=3)], ids=["categorical-blockgru", "gaussian-gru", "overshooting"])
+@pytest.mark.parametrize(
+    "config",
+    [TINY, GAUSSIAN, dataclasses.replace(TINY, core="gru", overshooting_distance=3)],
+    ids=["categorical-blockgru", "gaussian-gru", "overshooting"],
+)
 @pytest.mark.parametrize("observation_space", [PIXELS, VECTORS, BOTH], ids=["pixels", "vectors", "both"])
 @pytest.mark.parametrize("action_space", [BOX, DISCRETE], ids=["box", "discrete"])
 def test_rssm_shapes_and_finite_losses(config, observation_space, action_space):
@@ -207,7 +233,11 @@ def test_rssm_shapes_and_finite_losses(config, observation_space, action_space):
     loss, metrics = model.loss(batch)
     assert torch.isfinite(loss) and all(math.isfinite(value) for value in metrics.values())
     loss.backward()
-    assert all(parameter.grad is not None for name, parameter in model.named_parameters() if not name.startswith("continue_head") or config.predict_continue)
+    assert all(
+        parameter.grad is not None
+        for name, parameter in model.named_parameters()
+        if not name.startswith("continue_head") or config.predict_continue
+    )
     if config.overshooting_distance:
         assert metrics["loss/overshooting"] > 0
 
@@ -221,7 +251,11 @@ def test_rssm_shapes_and_finite_losses(config, observation_space, action_space):
     assert trajectory.states["stoch"].shape == (3, 4, Z)
     for key, space in observation_space.spaces.items():
         assert trajectory.observations[key].shape == (3, 4, *space.shape)
-    policy_actions = (lambda state: torch.zeros(3, dtype=torch.long)) if action_space is DISCRETE else (lambda state: torch.zeros(3, 2))
+    policy_actions = (
+        (lambda state: torch.zeros(3, dtype=torch.long))
+        if action_space is DISCRETE
+        else (lambda state: torch.zeros(3, 2))
+    )
     assert model.imagine(last, policy_actions, horizon=2).actions.shape == (3, 2, model.action_size)
 
 

@@ -7,15 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from test_dreamer import tiny
+from test_rssm import BOX, VECTORS, random_batch
 
 from wmlab.agents.dreamer.agent import DreamerAgent
 from wmlab.agents.dreamer.config import DreamerConfig
 from wmlab.cli import main
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.envs.adapter import make_env
-
-from test_dreamer import tiny
-from test_rssm import BOX, VECTORS, random_batch
 
 # ----------------------------------------------------------------------------------------------
 # Occlusion
@@ -111,7 +110,9 @@ def test_image_noise_stays_in_range():
 def test_velocity_kicks_hit_every_kth_step_and_change_the_physics():
     pytest.importorskip("dm_control")
     plain = make_env("dmc:cartpole-swingup", action_repeat=2)
-    kicked = make_env("perturbed", env="dmc:cartpole-swingup", env_kwargs={"action_repeat": 2}, kick_std=1.0, kick_every=5)
+    kicked = make_env(
+        "perturbed", env="dmc:cartpole-swingup", env_kwargs={"action_repeat": 2}, kick_std=1.0, kick_every=5
+    )
     a, _ = plain.reset(seed=1)
     b, _ = kicked.reset(seed=1)
     np.testing.assert_array_equal(a["vector"], b["vector"])
@@ -136,13 +137,19 @@ def test_velocity_kicks_hit_every_kth_step_and_change_the_physics():
 
 
 def parameters(agent: DreamerAgent) -> dict[str, torch.Tensor]:
-    return {f"{part}.{name}": value for part, module in agent.modules().items() for name, value in module.state_dict().items()}
+    return {
+        f"{part}.{name}": value
+        for part, module in agent.modules().items()
+        for name, value in module.state_dict().items()
+    }
 
 
 def test_counterfactual_fraction_zero_is_bit_identical_to_plain_dreamer(monkeypatch):
     batch = random_batch(VECTORS, BOX, B=3, T=5)
     plain = DreamerAgent(tiny(DreamerConfig()), VECTORS, BOX, seed=0)
-    off = DreamerAgent(replace(tiny(DreamerConfig()), counterfactual_fraction=0.0, counterfactual_kind="swap"), VECTORS, BOX, seed=0)
+    off = DreamerAgent(
+        replace(tiny(DreamerConfig()), counterfactual_fraction=0.0, counterfactual_kind="swap"), VECTORS, BOX, seed=0
+    )
 
     def never(self, starts):
         raise AssertionError("counterfactual_starts must not run at fraction 0")
@@ -174,7 +181,9 @@ def starts_of(agent: DreamerAgent, seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def test_swap_passes_z_round_the_chosen_starts_and_keeps_h():
-    agent = DreamerAgent(replace(tiny(DreamerConfig()), counterfactual_fraction=0.5, counterfactual_kind="swap"), VECTORS, BOX, seed=0)
+    agent = DreamerAgent(
+        replace(tiny(DreamerConfig()), counterfactual_fraction=0.5, counterfactual_kind="swap"), VECTORS, BOX, seed=0
+    )
     starts = starts_of(agent)
     N = starts["deter"].shape[0]
     # Sampled one-hot z of a tiny untrained model can repeat; an offset per start makes each z
@@ -190,7 +199,12 @@ def test_swap_passes_z_round_the_chosen_starts_and_keeps_h():
 
 
 def test_resample_draws_z_from_the_prior_and_keeps_h():
-    agent = DreamerAgent(replace(tiny(DreamerConfig()), counterfactual_fraction=0.25, counterfactual_kind="resample"), VECTORS, BOX, seed=0)
+    agent = DreamerAgent(
+        replace(tiny(DreamerConfig()), counterfactual_fraction=0.25, counterfactual_kind="resample"),
+        VECTORS,
+        BOX,
+        seed=0,
+    )
     starts = starts_of(agent)
     N = starts["deter"].shape[0]
     changed = agent.counterfactual_starts(starts)
@@ -211,14 +225,32 @@ def test_resample_draws_z_from_the_prior_and_keeps_h():
 
 
 SMOKE = [
-    "--quick", "--no-progress", "--threads", "1", "--steps", "120", "--eval-every", "0",
-    "--env-kwargs", '{"action_repeat": 4, "time_limit": 160}',
-    "--train-overrides", '{"learning_starts": 60, "train_ratio": 16}',
+    "--quick",
+    "--no-progress",
+    "--threads",
+    "1",
+    "--steps",
+    "120",
+    "--eval-every",
+    "0",
+    "--env-kwargs",
+    '{"action_repeat": 4, "time_limit": 160}',
+    "--train-overrides",
+    '{"learning_starts": 60, "train_ratio": 16}',
 ]
 STUDY_OPTIONS = {
     "horizon": [],
     "counterfactual": ["--kick-every", "5"],
-    "occlusion": ["--belief-horizon", "4", "--belief-start-probability", "0.2", "--start-probability", "0.1", "--length", "3"],
+    "occlusion": [
+        "--belief-horizon",
+        "4",
+        "--belief-start-probability",
+        "0.2",
+        "--start-probability",
+        "0.1",
+        "--length",
+        "3",
+    ],
 }
 
 
@@ -246,7 +278,14 @@ def test_each_study_quick_run_writes_json_figure_and_markdown(name, tmp_path, ca
             from wmlab.studies.horizon import HorizonArguments, run_horizon_study
             from wmlab.studies.runner import parse_study_arguments
 
-            run_horizon_study(parse_study_arguments(HorizonArguments, name, ["--out", str(out), *SMOKE, "--agent-overrides", '{"imagination_horizon": 3}'], ""))
+            run_horizon_study(
+                parse_study_arguments(
+                    HorizonArguments,
+                    name,
+                    ["--out", str(out), *SMOKE, "--agent-overrides", '{"imagination_horizon": 3}'],
+                    "",
+                )
+            )
     if name == "counterfactual":
         assert set(variants["plain"]["returns"]) == {"nominal", "observation_noise", "kicks"}
     if name == "occlusion":
@@ -282,14 +321,19 @@ def test_a_run_lock_excludes_a_second_holder_until_released(tmp_path):
 
 
 def test_studies_sharing_runs_dir_share_their_plain_dreamer_runs(tmp_path):
-    from wmlab.studies.counterfactual import CounterfactualArguments, variants as counterfactual_variants
-    from wmlab.studies.horizon import HorizonArguments, variants as horizon_variants
-    from wmlab.studies.occlusion import OcclusionArguments, variants as occlusion_variants
+    from wmlab.studies.counterfactual import CounterfactualArguments
+    from wmlab.studies.counterfactual import variants as counterfactual_variants
+    from wmlab.studies.horizon import HorizonArguments
+    from wmlab.studies.horizon import variants as horizon_variants
+    from wmlab.studies.occlusion import OcclusionArguments
+    from wmlab.studies.occlusion import variants as occlusion_variants
     from wmlab.studies.runner import Study, run_identity
 
     shared = ["--quick", "--runs-dir", str(tmp_path / "runs")]
     horizon = Study("horizon", HorizonArguments(out=tmp_path / "h", quick=True, runs_dir=tmp_path / "runs"), shared)
-    counterfactual = Study("counterfactual", CounterfactualArguments(out=tmp_path / "c", quick=True, runs_dir=tmp_path / "runs"), shared)
+    counterfactual = Study(
+        "counterfactual", CounterfactualArguments(out=tmp_path / "c", quick=True, runs_dir=tmp_path / "runs"), shared
+    )
     occlusion_arguments = OcclusionArguments(out=tmp_path / "o", quick=True, runs_dir=tmp_path / "runs")
     occlusion = Study("occlusion", occlusion_arguments, shared)
     plains = [
@@ -313,13 +357,20 @@ def test_a_run_another_process_holds_is_trained_last_and_waited_for(tmp_path, mo
     import time
 
     from wmlab.studies import runner
-    from wmlab.studies.horizon import HorizonArguments, variants as horizon_variants
+    from wmlab.studies.horizon import HorizonArguments
+    from wmlab.studies.horizon import variants as horizon_variants
 
     arguments = HorizonArguments(out=tmp_path, quick=True, seeds=2)
     study = runner.Study("horizon", arguments, ["--quick"])
     found = horizon_variants(arguments)
     order = []
-    monkeypatch.setattr(runner, "train_or_reuse", lambda spec, run_dir, force=False: order.append(str(run_dir.relative_to(tmp_path / "runs"))) or {"env_steps": 1})
+    monkeypatch.setattr(
+        runner,
+        "train_or_reuse",
+        lambda spec, run_dir, force=False: (
+            order.append(str(run_dir.relative_to(tmp_path / "runs"))) or {"env_steps": 1}
+        ),
+    )
     results = {}
     with runner.RunLock(study.run_dir(found[0], 0)):
         worker = threading.Thread(target=lambda: results.update(study.train_all(found)))

@@ -19,6 +19,7 @@ from wmlab.cli import main
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.protocols import Agent, WorldModel
 from wmlab.core.registry import register_env
+from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch
 from wmlab.models.tdmpc import (
     PRESETS,
@@ -34,7 +35,6 @@ from wmlab.planners.mppi import MPPIConfig
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import RunSpec
 from wmlab.train.loop import Trainer
-from wmlab.core.serialization import load_state
 
 VECTOR = spaces.Dict({"vector": spaces.Box(-np.inf, np.inf, (3,), np.float32)})
 PIXELS = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
@@ -164,7 +164,11 @@ def test_consistency_term_by_hand():
     assert result.metrics["loss/consistency"] == pytest.approx(float(sum(terms) / 2), rel=1e-5)
     assert result.latents.shape == (3, 3, 16) and result.valid.shape == (3, 3)
     scales = model.config.loss_scales
-    total = scales.consistency * result.metrics["loss/consistency"] + scales.reward * result.metrics["loss/reward"] + scales.value * result.metrics["loss/value"]
+    total = (
+        scales.consistency * result.metrics["loss/consistency"]
+        + scales.reward * result.metrics["loss/reward"]
+        + scales.value * result.metrics["loss/value"]
+    )
     assert result.metrics["loss/total"] == pytest.approx(total, rel=1e-5)
 
 
@@ -197,7 +201,9 @@ def test_min_of_two_random_target_qs():
         torch.testing.assert_close(value, torch.full((6,), expected), atol=1e-4, rtol=1e-4)
     average = model.value(latent, "avg", target=False)
     torch.testing.assert_close(average, torch.full((6,), symexp(3.0)), atol=1e-3, rtol=1e-4)
-    torch.testing.assert_close(min_of_two(torch.tensor([[3.0], [1.0], [2.0]]), torch.tensor([0, 2])), torch.tensor([2.0]))
+    torch.testing.assert_close(
+        min_of_two(torch.tensor([[3.0], [1.0], [2.0]]), torch.tensor([0, 2])), torch.tensor([2.0])
+    )
 
 
 @pytest.mark.parametrize("size", list(PRESETS))
@@ -305,7 +311,9 @@ def test_target_ensemble_follows_by_polyak_averaging():
     agent = TDMPC2Agent(TINY_AGENT, VECTOR, BOX, seed=0)
     before = [p.clone() for p in agent.model.target_q_functions.parameters()]
     agent.update(random_batch(VECTOR, BOX))
-    for old, target, online in zip(before, agent.model.target_q_functions.parameters(), agent.model.q_functions.parameters()):
+    for old, target, online in zip(
+        before, agent.model.target_q_functions.parameters(), agent.model.q_functions.parameters()
+    ):
         torch.testing.assert_close(target, old + 0.01 * (online - old))
 
 
@@ -314,16 +322,53 @@ def test_target_ensemble_follows_by_polyak_averaging():
 
 def test_cli_smoke_run_on_pendulum(tmp_path):
     run_dir = tmp_path / "pendulum"
-    code = main([
-        "train", "--algo", "tdmpc2", "--env", "Pendulum-v1", "--run-dir", str(run_dir),
-        "--train.steps", "300", "--train.learning-starts", "100", "--train.batch-size", "8",
-        "--train.sequence-length", "4", "--train.train-ratio", "16", "--train.eval-every", "0",
-        "--train.eval-episodes", "1", "--train.log-every", "100", "--train.no-progress", "--train.no-tensorboard",
-        "--agent.random-steps", "100", "--agent.model.size", "1M", "--agent.model.latent-size", "16",
-        "--agent.model.mlp-width", "16", "--agent.model.encoder-width", "16",
-        "--agent.planner.samples", "16", "--agent.planner.elites", "2", "--agent.planner.iterations", "1",
-        "--agent.planner.policy-trajectories", "4",
-    ])
+    code = main(
+        [
+            "train",
+            "--algo",
+            "tdmpc2",
+            "--env",
+            "Pendulum-v1",
+            "--run-dir",
+            str(run_dir),
+            "--train.steps",
+            "300",
+            "--train.learning-starts",
+            "100",
+            "--train.batch-size",
+            "8",
+            "--train.sequence-length",
+            "4",
+            "--train.train-ratio",
+            "16",
+            "--train.eval-every",
+            "0",
+            "--train.eval-episodes",
+            "1",
+            "--train.log-every",
+            "100",
+            "--train.no-progress",
+            "--train.no-tensorboard",
+            "--agent.random-steps",
+            "100",
+            "--agent.model.size",
+            "1M",
+            "--agent.model.latent-size",
+            "16",
+            "--agent.model.mlp-width",
+            "16",
+            "--agent.model.encoder-width",
+            "16",
+            "--agent.planner.samples",
+            "16",
+            "--agent.planner.elites",
+            "2",
+            "--agent.planner.iterations",
+            "1",
+            "--agent.planner.policy-trajectories",
+            "4",
+        ]
+    )
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 300 and summary["updates"] > 0 and math.isfinite(summary["eval/return"])
@@ -348,7 +393,13 @@ class Line(gymnasium.Env):
     def step(self, action):
         self.position = float(np.clip(self.position + 0.1 * (int(action) - 1), -1, 1))
         self.elapsed += 1
-        return np.array([self.position], np.float32), -abs(self.position - 0.5), False, self.elapsed >= self.max_episode_steps, {}
+        return (
+            np.array([self.position], np.float32),
+            -abs(self.position - 0.5),
+            False,
+            self.elapsed >= self.max_episode_steps,
+            {},
+        )
 
     def get_state(self):
         return {"position": self.position, "elapsed": self.elapsed}
@@ -362,10 +413,21 @@ register_env("test-line", Line, "a discrete line task for TD-MPC2's resume test"
 
 def tiny_spec(steps: int, env: str) -> RunSpec:
     train = TrainConfig(
-        steps=steps, learning_starts=60, train_ratio=8.0, batch_size=4, sequence_length=4, eval_every=100,
-        eval_episodes=1, checkpoint_every=100, log_every=50, progress=False, tensorboard=False,
+        steps=steps,
+        learning_starts=60,
+        train_ratio=8.0,
+        batch_size=4,
+        sequence_length=4,
+        eval_every=100,
+        eval_episodes=1,
+        checkpoint_every=100,
+        log_every=50,
+        progress=False,
+        tensorboard=False,
     )
-    return RunSpec("tdmpc2", env, train=train, agent=replace(TINY_AGENT, random_steps=60), env_kwargs={"max_episode_steps": 50})
+    return RunSpec(
+        "tdmpc2", env, train=train, agent=replace(TINY_AGENT, random_steps=60), env_kwargs={"max_episode_steps": 50}
+    )
 
 
 @pytest.mark.parametrize("env", ["two-rooms-state", "test-line"], ids=["box", "discrete"])

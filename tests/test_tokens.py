@@ -174,7 +174,9 @@ def test_registered_and_implements_the_protocol():
 
 def test_tokenizer_round_trips_a_fitted_frame_set():
     torch.manual_seed(0)
-    config = TokenWorldModelConfig(size="tiny", stages=2, dropout=0.0, dead_code_threshold=0.1, codebook_size=128, channels=16)
+    config = TokenWorldModelConfig(
+        size="tiny", stages=2, dropout=0.0, dead_code_threshold=0.1, codebook_size=128, channels=16
+    )
     model = TokenWorldModel(config, SMALL, spaces.Discrete(3))
     frames = moving_square_frames(8)
     images = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
@@ -201,7 +203,9 @@ def test_model_level_causality_a_later_frame_never_changes_an_earlier_prediction
     actions = torch.nn.functional.one_hot(torch.randint(0, 3, (1, 6)), 3).float()
     changed = tokens.clone()
     changed[:, 4:] = torch.randint(0, 32, (1, 2, 16))
-    outputs = [model.heads(model.transformer(model.embed_steps(t, actions, None, None, None)), 6) for t in (tokens, changed)]
+    outputs = [
+        model.heads(model.transformer(model.embed_steps(t, actions, None, None, None)), 6) for t in (tokens, changed)
+    ]
     for before, after in zip(*outputs):
         assert torch.allclose(before[:, :4], after[:, :4], atol=1e-6)
     # Within step 4, the prediction of token 0 (read at the action token) is unchanged too.
@@ -211,7 +215,9 @@ def test_model_level_causality_a_later_frame_never_changes_an_earlier_prediction
 @pytest.mark.parametrize("text", [False, True], ids=["iris", "gaia-guided"])
 def test_cached_and_uncached_imagination_agree(text):
     torch.manual_seed(0)
-    config = TokenWorldModelConfig(size="tiny", stages=2, dropout=0.0, text_size=8 if text else 0, text_dropout=0.1 if text else 0.0)
+    config = TokenWorldModelConfig(
+        size="tiny", stages=2, dropout=0.0, text_size=8 if text else 0, text_dropout=0.1 if text else 0.0
+    )
     model = TokenWorldModel(config, SMALL, spaces.Discrete(3)).eval()
     for parameter in model.transformer.parameters():  # larger weights than the init, so the logits are far from uniform
         parameter.data.mul_(5.0)
@@ -221,7 +227,14 @@ def test_cached_and_uncached_imagination_agree(text):
     runs = []
     for use_cache in (True, False):
         seen = record_logits(model)
-        trajectory = model.imagine(last, actions, 12, use_cache=use_cache, guidance_scale=3.0 if text else 1.0, generator=torch.Generator().manual_seed(3))
+        trajectory = model.imagine(
+            last,
+            actions,
+            12,
+            use_cache=use_cache,
+            guidance_scale=3.0 if text else 1.0,
+            generator=torch.Generator().manual_seed(3),
+        )
         runs.append((trajectory, torch.stack(seen)))
     (cached, cached_logits), (uncached, uncached_logits) = runs
     assert torch.equal(cached.states["tokens"], uncached.states["tokens"])
@@ -261,7 +274,9 @@ def test_a_tiny_model_overfits_a_fixed_eight_step_sequence():
 
 def test_conditioning_changes_the_output_and_guidance_interpolates():
     torch.manual_seed(0)
-    config = TokenWorldModelConfig(size="tiny", stages=2, dropout=0.0, text_size=8, text_dropout=0.2, action_dropout=0.2, guided="both")
+    config = TokenWorldModelConfig(
+        size="tiny", stages=2, dropout=0.0, text_size=8, text_dropout=0.2, action_dropout=0.2, guided="both"
+    )
     model = TokenWorldModel(config, SMALL, spaces.Discrete(3)).eval()
     torch.nn.init.normal_(model.text_embedding.weight)
     torch.nn.init.normal_(model.action_embedding.weight)
@@ -275,7 +290,9 @@ def test_conditioning_changes_the_output_and_guidance_interpolates():
 
     actions = np.array([[0], [1]])
     conditional = first_logits(last, actions, 1.0)
-    assert not torch.allclose(conditional, first_logits(model.with_text(last, torch.randn(2, 8)), actions, 1.0), atol=1e-4)  # text matters
+    assert not torch.allclose(
+        conditional, first_logits(model.with_text(last, torch.randn(2, 8)), actions, 1.0), atol=1e-4
+    )  # text matters
     assert not torch.allclose(conditional, first_logits(last, np.array([[2], [2]]), 1.0), atol=1e-4)  # actions matter
     # Scale 0 is the unconditional model: the same network with the null text and null actions.
     unconditional = first_logits(last, actions, 0.0)
@@ -284,7 +301,13 @@ def test_conditioning_changes_the_output_and_guidance_interpolates():
     valid = torch.arange(C)[None] >= (C - last["history_length"])[:, None]
     valid = torch.cat([valid[:, 1:], torch.ones(B, 1, dtype=torch.bool)], 1)
     tokens = torch.cat([last["history"][:, 1:], torch.zeros(B, 1, 16, dtype=torch.long)], 1)
-    acts = torch.cat([last["history_actions"][:, 1:], torch.nn.functional.one_hot(torch.as_tensor(actions[:, 0]), 3).float()[:, None]], 1)
+    acts = torch.cat(
+        [
+            last["history_actions"][:, 1:],
+            torch.nn.functional.one_hot(torch.as_tensor(actions[:, 0]), 3).float()[:, None],
+        ],
+        1,
+    )
     dropped = torch.ones(B, dtype=torch.bool)
     length = (C - 1) * P + model.offset + 1  # up to the new step's action token
     sequence = model.embed_steps(tokens, acts, last["text"], dropped, dropped)[:, :length]
@@ -293,15 +316,22 @@ def test_conditioning_changes_the_output_and_guidance_interpolates():
     reference = model.token_head(model.transformer(sequence, mask=mask, positions=positions)[:, -1])
     assert torch.allclose(unconditional, reference, atol=1e-5)
     # Any scale is the linear extrapolation u + s (c - u).
-    assert torch.allclose(first_logits(last, actions, 3.0), unconditional + 3.0 * (conditional - unconditional), atol=1e-4)
+    assert torch.allclose(
+        first_logits(last, actions, 3.0), unconditional + 3.0 * (conditional - unconditional), atol=1e-4
+    )
     # Generating from text alone: the null action everywhere, so the actions given do not matter.
     seen = record_logits(model)
     model.imagine(last, np.array([[0], [1]]), 1, temperature=0.0, use_actions=False)
     model.imagine(last, np.array([[2], [2]]), 1, temperature=0.0, use_actions=False)
-    assert torch.allclose(seen[0], seen[16]) and not torch.allclose(seen[0], conditional, atol=1e-4)  # 16 tokens per step
+    assert torch.allclose(seen[0], seen[16]) and not torch.allclose(
+        seen[0], conditional, atol=1e-4
+    )  # 16 tokens per step
     # The loss with conditioning dropped is the unconditional model's, and differs.
     text = torch.randn(2, 8)
-    full, dropped_loss = model.loss(batch, text)[1]["loss/tokens"], model.loss(batch, text, drop="both")[1]["loss/tokens"]
+    full, dropped_loss = (
+        model.loss(batch, text)[1]["loss/tokens"],
+        model.loss(batch, text, drop="both")[1]["loss/tokens"],
+    )
     assert full != pytest.approx(dropped_loss, abs=1e-6)
 
 
@@ -343,5 +373,9 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="drop must be"):
         model.loss(sequence_batch(steps=4), drop="everything")
     # GAIA-1's continuous actions are accepted when asked for.
-    gaia = TokenWorldModel(TokenWorldModelConfig(size="tiny", stages=2, continuous_actions=True), SMALL, spaces.Box(-1, 1, (2,), np.float32))
+    gaia = TokenWorldModel(
+        TokenWorldModelConfig(size="tiny", stages=2, continuous_actions=True),
+        SMALL,
+        spaces.Box(-1, 1, (2,), np.float32),
+    )
     assert not gaia.discrete and gaia.action_size == 2

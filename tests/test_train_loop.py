@@ -14,12 +14,12 @@ import torch
 from wmlab.agents.mpc.config import MPCConfig
 from wmlab.cli import main
 from wmlab.core.errors import RunDirectoryError
+from wmlab.core.serialization import load_state
 from wmlab.models.mlp import MLPWorldModelConfig
 from wmlab.planners.shooting import RandomShootingConfig
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import RunSpec
 from wmlab.train.loop import Trainer
-from wmlab.core.serialization import load_state
 
 TINY_TRAIN = TrainConfig(
     steps=300,
@@ -44,12 +44,18 @@ TINY_ENV = {"max_episode_steps": 40}
 
 
 def tiny_spec(steps: int) -> RunSpec:
-    return RunSpec("mpc", "two-rooms-state", train=replace(TINY_TRAIN, steps=steps), agent=TINY_MPC, env_kwargs=TINY_ENV)
+    return RunSpec(
+        "mpc", "two-rooms-state", train=replace(TINY_TRAIN, steps=steps), agent=TINY_MPC, env_kwargs=TINY_ENV
+    )
 
 
 def metric_lines(run_dir: Path, prefix: str) -> list[dict]:
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{key: value for key, value in line.items() if key == "step" or key.startswith(prefix)} for line in lines if any(key.startswith(prefix) for key in line)]
+    return [
+        {key: value for key, value in line.items() if key == "step" or key.startswith(prefix)}
+        for line in lines
+        if any(key.startswith(prefix) for key in line)
+    ]
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):
@@ -109,7 +115,25 @@ def run_cli(*arguments) -> int:
 
 def test_cli_train_eval_report_with_dyna(tmp_path, capsys):
     run_dir = tmp_path / "maze"
-    code = run_cli("train", "--algo", "dyna-q", "--env", "dyna-maze", "--run-dir", run_dir, "--train.steps", 2000, "--train.eval-every", 1000, "--train.eval-episodes", 1, "--train.no-progress", "--train.no-tensorboard", "--agent.planning-steps", 10)
+    code = run_cli(
+        "train",
+        "--algo",
+        "dyna-q",
+        "--env",
+        "dyna-maze",
+        "--run-dir",
+        run_dir,
+        "--train.steps",
+        2000,
+        "--train.eval-every",
+        1000,
+        "--train.eval-episodes",
+        1,
+        "--train.no-progress",
+        "--train.no-tensorboard",
+        "--agent.planning-steps",
+        10,
+    )
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 2000 and summary["episodes"] > 0
@@ -165,18 +189,57 @@ def test_data_parallel_smoke_two_processes(tmp_path):
     """Two CPU processes (gloo): rank 0 alone logs; averaged gradients keep both ranks' weights equal."""
     run_dir = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", "-m", "wmlab.cli",
-        "train", "--algo", "mpc", "--env", "two-rooms-state", "--run-dir", str(run_dir),
-        "--train.steps", "200", "--train.learning-starts", "40", "--train.batch-size", "4", "--train.sequence-length", "8",
-        "--train.eval-every", "0", "--train.eval-episodes", "1", "--train.log-every", "50", "--train.no-progress", "--train.no-tensorboard",
-        "--agent.model.hidden-size", "32", "--agent.planner.candidates", "16", "--agent.planner.horizon", "3", "--agent.random-steps", "60",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "wmlab.cli",
+        "train",
+        "--algo",
+        "mpc",
+        "--env",
+        "two-rooms-state",
+        "--run-dir",
+        str(run_dir),
+        "--train.steps",
+        "200",
+        "--train.learning-starts",
+        "40",
+        "--train.batch-size",
+        "4",
+        "--train.sequence-length",
+        "8",
+        "--train.eval-every",
+        "0",
+        "--train.eval-episodes",
+        "1",
+        "--train.log-every",
+        "50",
+        "--train.no-progress",
+        "--train.no-tensorboard",
+        "--agent.model.hidden-size",
+        "32",
+        "--agent.planner.candidates",
+        "16",
+        "--agent.planner.horizon",
+        "3",
+        "--agent.random-steps",
+        "60",
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["env_steps"] == 200 and summary["updates"] > 0
-    log_steps = [line["step"] for line in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "train/updates" in line]
+    log_steps = [
+        line["step"]
+        for line in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "train/updates" in line
+    ]
     assert log_steps == [50, 100, 150, 200]  # global steps, each written once: by rank 0 alone
     rank0 = load_state(run_dir / "checkpoints" / "rank0", "agent")["model"]
     rank1 = load_state(run_dir / "checkpoints" / "rank1", "agent")["model"]

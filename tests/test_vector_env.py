@@ -46,7 +46,11 @@ def reference_steps(env_index: int, stored: list[dict]) -> list[dict]:
         else:
             action = int(batch["action"][env_index])
             observation, reward, terminated, truncated, _ = env.step(action)
-            steps.append(dict(observation, reward=reward, is_first=False, is_last=terminated or truncated, is_terminal=terminated))
+            steps.append(
+                dict(
+                    observation, reward=reward, is_first=False, is_last=terminated or truncated, is_terminal=terminated
+                )
+            )
     return steps
 
 

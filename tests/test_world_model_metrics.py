@@ -22,7 +22,9 @@ ACTIONS = np.array([[1.0, 0.0], [0.5, -1.0]])
 
 
 def linear(noise_std: float = 0.0, matrix=None, action_matrix=ACTIONS, **kwargs) -> LinearGaussianModel:
-    return LinearGaussianModel(rotation(0.3, 0.95) if matrix is None else matrix, action_matrix, noise_std, action_size=2, **kwargs)
+    return LinearGaussianModel(
+        rotation(0.3, 0.95) if matrix is None else matrix, action_matrix, noise_std, action_size=2, **kwargs
+    )
 
 
 # --- SSIM and PSNR against hand cases -------------------------------------------------------
@@ -206,7 +208,9 @@ def test_latent_delta_is_the_log_ratio_of_the_two_squared_errors():
     target = torch.zeros(2, 3, 4)
     with_real = torch.full((2, 3, 4), 0.1)  # MSE 0.01
     with_random = torch.full((2, 3, 4), 1.0)  # MSE 1: 100 times larger, so 20 dB
-    assert torch.allclose(metrics.latent_delta_db(target, with_real, with_random), torch.full((3,), 20.0, dtype=torch.float64))
+    assert torch.allclose(
+        metrics.latent_delta_db(target, with_real, with_random), torch.full((3,), 20.0, dtype=torch.float64)
+    )
 
 
 # --- suites: files and figures --------------------------------------------------------------
@@ -223,13 +227,21 @@ def test_suites_write_json_and_figures(tmp_path):
         assert (tmp_path / "figures" / f"eval_{suite}.png").is_file()
     # Several models overlaid in one horizon figure.
     other = evaluate_suite(linear(matrix=rotation(0.35, 0.95)), batch, "horizon", settings)
-    assert plot_suite("horizon", [evaluate_suite(truth, batch, "horizon", settings), other], tmp_path / "compare.png").is_file()
+    assert plot_suite(
+        "horizon", [evaluate_suite(truth, batch, "horizon", settings), other], tmp_path / "compare.png"
+    ).is_file()
 
 
 def test_episode_windows_stay_inside_episodes():
     episodes = [
-        {"vector": np.full((length, 2), index, dtype=np.float32), "action": np.zeros((length, 1)), "reward": np.zeros(length, np.float32),
-         "is_first": np.arange(length) == 0, "is_last": np.arange(length) == length - 1, "is_terminal": np.zeros(length, bool)}
+        {
+            "vector": np.full((length, 2), index, dtype=np.float32),
+            "action": np.zeros((length, 1)),
+            "reward": np.zeros(length, np.float32),
+            "is_first": np.arange(length) == 0,
+            "is_last": np.arange(length) == length - 1,
+            "is_terminal": np.zeros(length, bool),
+        }
         for index, length in enumerate((5, 12, 30))
     ]
     batch = episode_windows(episodes, count=20, length=10)
@@ -257,7 +269,10 @@ def tiny_config(name: str, config_class):
     if name == "vae-mdnrnn":
         import wmlab.models.vae_mdnrnn as vae
 
-        return config_class(vae=vae.ConvVAEConfig(latent_size=4, channels=(4, 4, 4, 4)), mdnrnn=vae.MDNRNNConfig(hidden_size=8, mixtures=2))
+        return config_class(
+            vae=vae.ConvVAEConfig(latent_size=4, channels=(4, 4, 4, 4)),
+            mdnrnn=vae.MDNRNNConfig(hidden_size=8, mixtures=2),
+        )
     fields = {field.name for field in dataclasses.fields(config_class)}
     return config_class(**{key: value for key, value in TINY.get(name, {}).items() if key in fields})
 
@@ -296,7 +311,14 @@ def random_batch(observation_space, action_space, batch_size: int = 2, length: i
     is_first = np.zeros((batch_size, length), bool)
     is_first[:, 0] = True
     flags = np.zeros((batch_size, length), bool)
-    return Batch(obs=obs, action=action, reward=generator.normal(size=(batch_size, length)).astype(np.float32), is_first=is_first, is_last=flags, is_terminal=flags)
+    return Batch(
+        obs=obs,
+        action=action,
+        reward=generator.normal(size=(batch_size, length)).astype(np.float32),
+        is_first=is_first,
+        is_last=flags,
+        is_terminal=flags,
+    )
 
 
 def build_tiny_for_evaluation(name: str):
@@ -324,7 +346,9 @@ def test_every_registered_family_runs_the_horizon_suite(name):
     model, observation_space, action_space = build_tiny_for_evaluation(name)
     result = metrics.horizon_errors(model, evaluation_batch(model, observation_space, action_space), context=3)
     assert result["steps"] == 6 and result["horizons"] == [1, 5, 6]
-    values = [value for curves in (result["open_loop"], result["filtering"]) for curve in curves.values() for value in curve]
+    values = [
+        value for curves in (result["open_loop"], result["filtering"]) for curve in curves.values() for value in curve
+    ]
     assert values, f"{name} produced no metric at all: {result['notes']}"
     assert all(value is not None and math.isfinite(value) for value in values)
     if getattr(model, "can_decode", False):
@@ -352,10 +376,35 @@ def test_eval_suites_through_the_cli(tmp_path):
 
     run_dir = tmp_path / "run"
     train = [
-        "train", "--algo", "mpc", "--env", "two-rooms-state", "--run-dir", run_dir, "--train.steps", 120,
-        "--train.learning-starts", 40, "--train.batch-size", 4, "--train.sequence-length", 8, "--train.eval-every", 0,
-        "--train.eval-episodes", 1, "--train.no-progress", "--train.no-tensorboard", "--agent.model.hidden-size", 16,
-        "--agent.planner.candidates", 8, "--agent.planner.horizon", 2, "--agent.random-steps", 40,
+        "train",
+        "--algo",
+        "mpc",
+        "--env",
+        "two-rooms-state",
+        "--run-dir",
+        run_dir,
+        "--train.steps",
+        120,
+        "--train.learning-starts",
+        40,
+        "--train.batch-size",
+        4,
+        "--train.sequence-length",
+        8,
+        "--train.eval-every",
+        0,
+        "--train.eval-episodes",
+        1,
+        "--train.no-progress",
+        "--train.no-tensorboard",
+        "--agent.model.hidden-size",
+        16,
+        "--agent.planner.candidates",
+        8,
+        "--agent.planner.horizon",
+        2,
+        "--agent.random-steps",
+        40,
     ]
     assert main([str(argument) for argument in train]) == 0
     # The replay holds no completed episode this early, so the suites collect fresh ones.

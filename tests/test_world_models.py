@@ -21,27 +21,29 @@ from wmlab.agents.world_models.config import (
     default_config,
 )
 from wmlab.agents.world_models.evolution import CMAES
-from wmlab.pipelines.world_models.pipeline import Pipeline, run_pipeline
-from wmlab.pipelines.world_models.rollouts import RealRollouts, RealRolloutSettings
 from wmlab.core.errors import RunDirectoryError, ShapeError
 from wmlab.core.protocols import Agent, WorldModel
 from wmlab.core.types import Batch
 from wmlab.envs.imagined import ImaginedEnv
 from wmlab.models.vae_mdnrnn import (
+    VAEMDNRNN,
     ConvVAEConfig,
     MDNRNNConfig,
-    VAEMDNRNN,
     VAEMDNRNNConfig,
     mixture_log_likelihood,
     prepare_frames,
     sample_mixture,
 )
+from wmlab.pipelines.world_models.pipeline import Pipeline, run_pipeline
+from wmlab.pipelines.world_models.rollouts import RealRollouts, RealRolloutSettings
 
 torch.set_num_threads(1)
 
 IMAGES = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
 BOX = spaces.Box(np.array([-1.0, 0.0], np.float32), np.array([1.0, 1.0], np.float32), dtype=np.float32)
-TINY_MODEL = VAEMDNRNNConfig(vae=ConvVAEConfig(latent_size=4, channels=(4, 8, 8, 8)), mdnrnn=MDNRNNConfig(hidden_size=16, mixtures=3))
+TINY_MODEL = VAEMDNRNNConfig(
+    vae=ConvVAEConfig(latent_size=4, channels=(4, 8, 8, 8)), mdnrnn=MDNRNNConfig(hidden_size=16, mixtures=3)
+)
 
 
 def normal_density(x, mean, std):
@@ -56,7 +58,12 @@ def test_mixture_log_likelihood_matches_a_hand_computed_mixture():
     weights = [0.25, 0.75]  # softmax of log(0.25), log(0.75)
     means = [[0.0, -1.0], [1.0, 0.5]]
     stds = [[1.0, 0.5], [2.0, 0.25]]
-    expected = math.log(sum(weight * normal_density(x[0], mean[0], std[0]) * normal_density(x[1], mean[1], std[1]) for weight, mean, std in zip(weights, means, stds)))
+    expected = math.log(
+        sum(
+            weight * normal_density(x[0], mean[0], std[0]) * normal_density(x[1], mean[1], std[1])
+            for weight, mean, std in zip(weights, means, stds)
+        )
+    )
     logits = torch.log(torch.tensor(weights))[:, None]  # (K, G=1)
     value = mixture_log_likelihood(torch.tensor(x), logits, torch.tensor(means), torch.tensor(stds).log())
     assert value.item() == pytest.approx(expected, rel=1e-5)
@@ -64,13 +71,17 @@ def test_mixture_log_likelihood_matches_a_hand_computed_mixture():
     # One mixture per dimension (the authors' factorisation): a sum of per-dimension logs.
     per_dimension = torch.log(torch.tensor([[0.25, 0.6], [0.75, 0.4]]))  # (K, G=Z)
     expected = sum(
-        math.log(sum(per_dimension[k, j].exp().item() * normal_density(x[j], means[k][j], stds[k][j]) for k in range(2)))
+        math.log(
+            sum(per_dimension[k, j].exp().item() * normal_density(x[j], means[k][j], stds[k][j]) for k in range(2))
+        )
         for j in range(2)
     )
     value = mixture_log_likelihood(torch.tensor(x), per_dimension, torch.tensor(means), torch.tensor(stds).log())
     assert value.item() == pytest.approx(expected, rel=1e-5)
     # Far from every component it stays finite (logsumexp, not a log of a sum of exps).
-    assert torch.isfinite(mixture_log_likelihood(torch.tensor([1e3, -1e3]), logits, torch.tensor(means), torch.tensor(stds).log()))
+    assert torch.isfinite(
+        mixture_log_likelihood(torch.tensor([1e3, -1e3]), logits, torch.tensor(means), torch.tensor(stds).log())
+    )
 
 
 @pytest.mark.parametrize("groups", [1, 3], ids=["shared", "per-dimension"])
@@ -91,7 +102,11 @@ def test_temperature_to_zero_gives_the_most_likely_components_mean(groups):
 
 def test_temperature_scales_the_standard_deviation_by_its_square_root():
     generator = torch.Generator().manual_seed(1)
-    logits, means, log_stds = torch.zeros(20000, 1, 1), torch.zeros(20000, 1, 2), torch.full((20000, 1, 2), math.log(0.5))
+    logits, means, log_stds = (
+        torch.zeros(20000, 1, 1),
+        torch.zeros(20000, 1, 2),
+        torch.full((20000, 1, 2), math.log(0.5)),
+    )
     for temperature in (1.0, 4.0):
         samples = sample_mixture(logits, means, log_stds, temperature, generator)
         assert samples.std().item() == pytest.approx(0.5 * math.sqrt(temperature), rel=0.03)
@@ -113,20 +128,39 @@ def test_world_model_protocol_shapes_and_finite_loss():
     is_first[1, 3] = True  # a reset inside the window
     actions = np.random.default_rng(0).uniform(-1, 1, (B, T, 2)).astype(np.float32)
     states, last = model.observe({"image": random_frames(B, T)}, actions, is_first)
-    assert {key: tuple(value.shape) for key, value in states.items()} == {"latent": (B, T, 4), "hidden": (B, T, 16), "cell": (B, T, 16)}
+    assert {key: tuple(value.shape) for key, value in states.items()} == {
+        "latent": (B, T, 4),
+        "hidden": (B, T, 16),
+        "cell": (B, T, 16),
+    }
     assert torch.equal(states["hidden"][1, 3], torch.zeros(16))  # h_t = 0 where an episode starts
     assert not torch.equal(states["hidden"][1, 4], torch.zeros(16))
     trajectory = model.imagine(last, torch.zeros(B, 6, 2), decode=True)
     assert trajectory.rewards.shape == trajectory.continues.shape == (B, 6)
-    assert trajectory.observations["image"].shape == (B, 6, 64, 64, 3) and trajectory.observations["image"].dtype == torch.uint8
+    assert (
+        trajectory.observations["image"].shape == (B, 6, 64, 64, 3)
+        and trajectory.observations["image"].dtype == torch.uint8
+    )
     assert model.features(last).shape == (B, 20)
     policy_trajectory = model.imagine(last, lambda state: torch.zeros(state["latent"].shape[0], 2), horizon=2)
     assert policy_trajectory.actions.shape == (B, 2, 2)
-    batch = Batch(obs={"image": random_frames(B, T)}, action=actions, reward=np.ones((B, T), np.float32), is_first=is_first,
-                  is_last=np.zeros((B, T), bool), is_terminal=np.zeros((B, T), bool))
+    batch = Batch(
+        obs={"image": random_frames(B, T)},
+        action=actions,
+        reward=np.ones((B, T), np.float32),
+        is_first=is_first,
+        is_last=np.zeros((B, T), bool),
+        is_terminal=np.zeros((B, T), bool),
+    )
     loss, metrics = model.loss(batch)
     loss.backward()
-    assert torch.isfinite(loss) and {"loss/reconstruction", "loss/kl", "loss/next_latent", "loss/reward", "loss/done"} <= set(metrics)
+    assert torch.isfinite(loss) and {
+        "loss/reconstruction",
+        "loss/kl",
+        "loss/next_latent",
+        "loss/reward",
+        "loss/done",
+    } <= set(metrics)
     with pytest.raises(ShapeError, match="obs\\['image'\\]"):
         model.observe({"image": random_frames(B, T)[:, :, :32]}, actions, is_first)
     with pytest.raises(ShapeError, match="action"):
@@ -147,7 +181,9 @@ def test_resets_restart_the_lstm_and_the_fused_path_matches_the_stepwise_one():
     assert torch.equal(stepwise[:2, 0], torch.zeros(2, 16))  # h_0 = 0 where the episode starts
     is_first[2, 4] = True
     restarted, _, _ = model.mdnrnn.unroll(inputs, is_first, hidden, cell)
-    fresh, _, _ = model.mdnrnn.unroll(inputs[2:3, 4:], torch.tensor([[True, False, False]]), torch.zeros(1, 16), torch.zeros(1, 16))
+    fresh, _, _ = model.mdnrnn.unroll(
+        inputs[2:3, 4:], torch.tensor([[True, False, False]]), torch.zeros(1, 16), torch.zeros(1, 16)
+    )
     assert torch.allclose(restarted[2, 4:], fresh[0], atol=1e-6)
 
 
@@ -194,8 +230,18 @@ def test_imagined_env_shapes_resets_and_seeding():
 def test_imagined_env_is_generic_over_the_protocol():
     from wmlab.models.mlp import MLPWorldModel, MLPWorldModelConfig
 
-    model = MLPWorldModel(MLPWorldModelConfig(hidden_size=8), spaces.Dict({"vector": spaces.Box(-1, 1, (3,), np.float32)}), spaces.Box(-1, 1, (2,), np.float32))
-    env = ImaginedEnv(model, {"vector": np.zeros((4, 1, 3), np.float32)}, batch_size=3, max_episode_steps=2, initial_actions=np.zeros((4, 1, 2), np.float32))
+    model = MLPWorldModel(
+        MLPWorldModelConfig(hidden_size=8),
+        spaces.Dict({"vector": spaces.Box(-1, 1, (3,), np.float32)}),
+        spaces.Box(-1, 1, (2,), np.float32),
+    )
+    env = ImaginedEnv(
+        model,
+        {"vector": np.zeros((4, 1, 3), np.float32)},
+        batch_size=3,
+        max_episode_steps=2,
+        initial_actions=np.zeros((4, 1, 2), np.float32),
+    )
     observation, _ = env.reset(seed=0)
     assert observation["state"].shape == (3, 3) and "features" not in observation
     _, reward, _, _, _ = env.step(np.zeros((3, 2), np.float32))
@@ -206,7 +252,9 @@ def test_imagined_env_is_generic_over_the_protocol():
 
 
 def test_linear_controller_has_the_papers_867_parameters_and_respects_bounds():
-    car_racing = spaces.Box(np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32), dtype=np.float32)
+    car_racing = spaces.Box(
+        np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32), dtype=np.float32
+    )
     controller = LinearController(32 + 256, car_racing)
     assert controller.parameter_count == 867
     parameters = torch.randn(5, 867) * 10
@@ -247,7 +295,9 @@ def tiny_config(**changes) -> WorldModelsConfig:
         collect=CollectConfig(episodes=3, max_steps=12),
         vae=VAETrainingConfig(epochs=1, batch_size=16, log_every=1),
         mdnrnn=MDNRNNTrainingConfig(updates=4, batch_size=4, sequence_length=8, log_every=2, checkpoint_every=2),
-        controller=ControllerTrainingConfig(generations=3, population=4, rollouts=2, max_steps=10, eval_every=2, eval_episodes=1, envs_per_batch=4),
+        controller=ControllerTrainingConfig(
+            generations=3, population=4, rollouts=2, max_steps=10, eval_every=2, eval_episodes=1, envs_per_batch=4
+        ),
         dream=True,
         temperature=1.15,
         evaluation_episodes=2,
@@ -260,27 +310,54 @@ def tiny_config(**changes) -> WorldModelsConfig:
 @pytest.mark.filterwarnings("ignore:no recorded episode terminated")
 def test_pipeline_smoke_resume_and_eval(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
-    with pytest.warns(UserWarning, match="done head learns from no terminal example"):  # 12-step episodes never reach the goal
+    with pytest.warns(
+        UserWarning, match="done head learns from no terminal example"
+    ):  # 12-step episodes never reach the goal
         summary = run_pipeline(tiny_config(), "two-rooms", run_dir, env_kwargs={"reward": "dense"}, progress=False)
-    assert {"eval/return", "dream/return", "controller/parameters"} <= set(summary) and summary["controller/parameters"] == 2 * (4 + 16 + 1)
-    for path in ("config.json", "metrics.jsonl", "summary.json", "figures/vae_reconstructions.png", "figures/controller_curve.png",
-                 "videos/real_rollout.gif", "videos/dream_rollout.gif", "checkpoints/rank0/agent.safetensors"):
+    assert {"eval/return", "dream/return", "controller/parameters"} <= set(summary) and summary[
+        "controller/parameters"
+    ] == 2 * (4 + 16 + 1)
+    for path in (
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "figures/vae_reconstructions.png",
+        "figures/controller_curve.png",
+        "videos/real_rollout.gif",
+        "videos/dream_rollout.gif",
+        "checkpoints/rank0/agent.safetensors",
+    ):
         assert (run_dir / path).is_file(), path
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(isinstance(record["step"], int) and "time" in record for record in records)
-    assert any("controller/real_return" in record for record in records) and any("vae/loss" in record for record in records)
-    final = np.asarray(Pipeline(tiny_config(), "two-rooms", run_dir, 0, {"reward": "dense"}, "cpu", 0, False, False).load_result("controller")["parameters"])
+    assert any("controller/real_return" in record for record in records) and any(
+        "vae/loss" in record for record in records
+    )
+    final = np.asarray(
+        Pipeline(tiny_config(), "two-rooms", run_dir, 0, {"reward": "dense"}, "cpu", 0, False, False).load_result(
+            "controller"
+        )["parameters"]
+    )
 
     # A rerun skips every finished stage.
     calls = []
     monkeypatch.setattr(Pipeline, "collect", lambda self: calls.append("collect"))
-    assert run_pipeline(tiny_config(), "two-rooms", run_dir, env_kwargs={"reward": "dense"}, progress=False)["eval/return"] == summary["eval/return"]
+    assert (
+        run_pipeline(tiny_config(), "two-rooms", run_dir, env_kwargs={"reward": "dense"}, progress=False)["eval/return"]
+        == summary["eval/return"]
+    )
     assert calls == []
     monkeypatch.undo()
 
     # Changed settings are refused, naming them, unless forced.
     with pytest.raises(RunDirectoryError, match="vae.epochs"):
-        run_pipeline(tiny_config(vae=VAETrainingConfig(epochs=2, batch_size=16)), "two-rooms", run_dir, env_kwargs={"reward": "dense"}, progress=False)
+        run_pipeline(
+            tiny_config(vae=VAETrainingConfig(epochs=2, batch_size=16)),
+            "two-rooms",
+            run_dir,
+            env_kwargs={"reward": "dense"},
+            progress=False,
+        )
 
     # CMA-ES interrupted after its first generation resumes from its checkpoint to the same result.
     resumed_dir = tmp_path / "resumed"
@@ -293,21 +370,37 @@ def test_pipeline_smoke_resume_and_eval(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Pipeline, "save", interrupt_after_first_generation)
     with pytest.raises(KeyboardInterrupt):
-        run_pipeline(tiny_config(), "two-rooms", resumed_dir, env_kwargs={"reward": "dense"}, progress=False, models_from=run_dir)
+        run_pipeline(
+            tiny_config(), "two-rooms", resumed_dir, env_kwargs={"reward": "dense"}, progress=False, models_from=run_dir
+        )
     monkeypatch.undo()
     assert (resumed_dir / "stages" / "controller" / "checkpoint.json").is_file()
     run_pipeline(tiny_config(), "two-rooms", resumed_dir, env_kwargs={"reward": "dense"}, progress=False)
-    resumed = Pipeline(tiny_config(), "two-rooms", resumed_dir, 0, {"reward": "dense"}, "cpu", 0, False, False).load_result("controller")["parameters"]
+    resumed = Pipeline(
+        tiny_config(), "two-rooms", resumed_dir, 0, {"reward": "dense"}, "cpu", 0, False, False
+    ).load_result("controller")["parameters"]
     np.testing.assert_array_equal(np.asarray(resumed), final)
 
     # --models-from reuses the stages whose settings match, in order: here the recording and V, not M.
     other_m = tiny_config(mdnrnn=MDNRNNTrainingConfig(updates=3, batch_size=4, sequence_length=8))
     retrained = tmp_path / "retrained"
-    run_pipeline(other_m, "two-rooms", retrained, env_kwargs={"reward": "dense"}, progress=False, models_from=run_dir, stages=("collect", "vae", "encode", "mdnrnn"))
-    assert (retrained / "stages" / "vae" / "result.safetensors").read_bytes() == (run_dir / "stages" / "vae" / "result.safetensors").read_bytes()
+    run_pipeline(
+        other_m,
+        "two-rooms",
+        retrained,
+        env_kwargs={"reward": "dense"},
+        progress=False,
+        models_from=run_dir,
+        stages=("collect", "vae", "encode", "mdnrnn"),
+    )
+    assert (retrained / "stages" / "vae" / "result.safetensors").read_bytes() == (
+        run_dir / "stages" / "vae" / "result.safetensors"
+    ).read_bytes()
     records = [json.loads(line) for line in (retrained / "metrics.jsonl").read_text().splitlines()]
     assert not any("vae/loss" in record for record in records) and any("mdnrnn/loss" in record for record in records)
-    assert (retrained / "figures" / "vae_reconstructions.png").read_bytes() == (run_dir / "figures" / "vae_reconstructions.png").read_bytes()
+    assert (retrained / "figures" / "vae_reconstructions.png").read_bytes() == (
+        run_dir / "figures" / "vae_reconstructions.png"
+    ).read_bytes()
 
     # The trained V-M-C acts through the Agent protocol, and `wmlab eval` evaluates the run.
     from wmlab.cli import main
@@ -334,7 +427,12 @@ def test_real_rollouts_in_worker_processes_match_this_process():
     two_rooms_actions = spaces.Box(-1.0, 1.0, (2,), np.float32)
     model = VAEMDNRNN(TINY_MODEL, IMAGES, two_rooms_actions).eval()
     controller = LinearController(20, two_rooms_actions)
-    settings = RealRolloutSettings(env_id="two-rooms", env_kwargs={"reward": "dense", "max_episode_steps": 6}, sample_latents=False, envs_per_batch=2)
+    settings = RealRolloutSettings(
+        env_id="two-rooms",
+        env_kwargs={"reward": "dense", "max_episode_steps": 6},
+        sample_latents=False,
+        envs_per_batch=2,
+    )
     parameters = np.random.default_rng(0).normal(size=(2, controller.parameter_count)) * 0.5
     seeds = np.array([[1, 2], [3, 4]])
     with RealRollouts(model, controller, settings, workers=1) as local:
@@ -347,7 +445,10 @@ def test_real_rollouts_in_worker_processes_match_this_process():
 
 def test_presets():
     assert default_config("CarRacing-v3").frame_crop == (0, 12, 0, 0)
-    assert default_config("CarRacing-v3").model.mdnrnn.predict_done is False and default_config("two-rooms").model.mdnrnn.predict_done
+    assert (
+        default_config("CarRacing-v3").model.mdnrnn.predict_done is False
+        and default_config("two-rooms").model.mdnrnn.predict_done
+    )
     assert default_config("two-rooms").frame_crop == (0, 0, 0, 0)
     quick = default_config("CarRacing-v3", quick=True)
     assert quick.collect.episodes < 10 and quick.controller.population < 64
@@ -359,18 +460,69 @@ def test_pipeline_command_trains_c_in_reality(tmp_path, capsys):
 
     run_dir = tmp_path / "real"
     tiny = [
-        "--model.vae.latent-size", "4", "--model.vae.channels", "4", "8", "8", "8", "--model.mdnrnn.hidden-size", "8",
-        "--collect.episodes", "2", "--collect.max-steps", "8", "--vae.epochs", "1", "--mdnrnn.updates", "2",
-        "--controller.generations", "2", "--controller.population", "4", "--controller.rollouts", "1",
-        "--controller.max-steps", "6", "--evaluation-episodes", "1", "--dream-evaluation-episodes", "2", "--video-steps", "3",
+        "--model.vae.latent-size",
+        "4",
+        "--model.vae.channels",
+        "4",
+        "8",
+        "8",
+        "8",
+        "--model.mdnrnn.hidden-size",
+        "8",
+        "--collect.episodes",
+        "2",
+        "--collect.max-steps",
+        "8",
+        "--vae.epochs",
+        "1",
+        "--mdnrnn.updates",
+        "2",
+        "--controller.generations",
+        "2",
+        "--controller.population",
+        "4",
+        "--controller.rollouts",
+        "1",
+        "--controller.max-steps",
+        "6",
+        "--evaluation-episodes",
+        "1",
+        "--dream-evaluation-episodes",
+        "2",
+        "--video-steps",
+        "3",
     ]
-    code = pipeline_command(["--env", "two-rooms", "--env-kwargs", '{"max_episode_steps": 10}', "--run-dir", str(run_dir), "--quick", "--no-progress", *tiny])
+    code = pipeline_command(
+        [
+            "--env",
+            "two-rooms",
+            "--env-kwargs",
+            '{"max_episode_steps": 10}',
+            "--run-dir",
+            str(run_dir),
+            "--quick",
+            "--no-progress",
+            *tiny,
+        ]
+    )
     assert code == 0
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["algorithm"] == "world-models" and config["agent"]["dream"] is False and config["agent"]["model"]["vae"]["latent_size"] == 4
+    assert (
+        config["algorithm"] == "world-models"
+        and config["agent"]["dream"] is False
+        and config["agent"]["model"]["vae"]["latent_size"] == 4
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["dream"] is False and summary["controller/parameters"] == 2 * (4 + 8 + 1) and summary["eval/length"] == 10
-    curve = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "controller/fitness_mean" in line]
+    assert (
+        summary["dream"] is False
+        and summary["controller/parameters"] == 2 * (4 + 8 + 1)
+        and summary["eval/length"] == 10
+    )
+    curve = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+        if "controller/fitness_mean" in line
+    ]
     assert [record["step"] for record in curve] == [1, 2]
 
 
@@ -383,4 +535,7 @@ def test_restarted_stages_do_not_log_a_step_twice(tmp_path):
     pipeline.forget_metrics("vae/", 1)
     pipeline.forget_metrics(("eval/", "dream/"), -1)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [(record["step"], sorted(set(record) - {"step", "time"})) for record in records] == [(1, ["vae/loss"]), (2, ["mdnrnn/loss"])]
+    assert [(record["step"], sorted(set(record) - {"step", "time"})) for record in records] == [
+        (1, ["vae/loss"]),
+        (2, ["mdnrnn/loss"]),
+    ]

@@ -2,7 +2,7 @@
 
     wmlab train --algo dyna-q --env dyna-maze --run-dir runs/maze
     wmlab train --algo mpc --env two-rooms-state --train.steps 20000 --agent.planner.horizon 10
-    wmlab train --algo dreamer --env dmc:cartpole-swingup --env-kwargs '{"observation": "pixels"}' 
+    wmlab train --algo dreamer --env dmc:cartpole-swingup --env-kwargs '{"observation": "pixels"}'
     wmlab train --resume runs/maze --train.steps 40000
     wmlab train --model rssm --dataset data/rooms --run-dir runs/rssm-rooms --train.updates 5000
     wmlab eval runs/maze --episodes 20
@@ -105,12 +105,36 @@ def _train_command_class(agent_config: type, algorithm: str = DEFAULT_ALGORITHM)
     return dataclasses.make_dataclass(
         "TrainCommand",
         [
-            ("algo", documented(str, "Algorithm (wmlab list shows them); the options below are this algorithm's."), dataclasses.field(default=algorithm)),
-            ("env", documented(str, "Environment: a wmlab name, a gymnasium id, or my_package.module:EnvId-v0."), dataclasses.field(default=DEFAULT_ENV)),
-            ("env_kwargs", documented(str, 'Environment options as JSON, e.g. \'{"observation": "pixels"}\'.'), dataclasses.field(default="{}")),
-            ("run_dir", documented(Path | None, "Run directory (default runs/ALGO-ENV-seedSEED)."), dataclasses.field(default=None)),
-            ("force", documented(bool, "Replace a run directory that already holds a run."), dataclasses.field(default=False)),
-            ("resume", documented(Path | None, "Continue the run in this directory from its last checkpoint."), dataclasses.field(default=None)),
+            (
+                "algo",
+                documented(str, "Algorithm (wmlab list shows them); the options below are this algorithm's."),
+                dataclasses.field(default=algorithm),
+            ),
+            (
+                "env",
+                documented(str, "Environment: a wmlab name, a gymnasium id, or my_package.module:EnvId-v0."),
+                dataclasses.field(default=DEFAULT_ENV),
+            ),
+            (
+                "env_kwargs",
+                documented(str, 'Environment options as JSON, e.g. \'{"observation": "pixels"}\'.'),
+                dataclasses.field(default="{}"),
+            ),
+            (
+                "run_dir",
+                documented(Path | None, "Run directory (default runs/ALGO-ENV-seedSEED)."),
+                dataclasses.field(default=None),
+            ),
+            (
+                "force",
+                documented(bool, "Replace a run directory that already holds a run."),
+                dataclasses.field(default=False),
+            ),
+            (
+                "resume",
+                documented(Path | None, "Continue the run in this directory from its last checkpoint."),
+                dataclasses.field(default=None),
+            ),
             ("train", TrainConfig, dataclasses.field(default_factory=TrainConfig)),
             ("agent", agent_config, dataclasses.field(default_factory=agent_config)),
         ],
@@ -129,21 +153,41 @@ def parse_train_arguments(argv: list[str]):
         _confirm_named_environment(argv)
         saved = load_run_spec(Path(resume_dir))
         command_class = _train_command_class(ALGORITHMS.get(saved.algorithm).load_config(), saved.algorithm)
-        default = command_class(algo=saved.algorithm, env=saved.env, env_kwargs=json.dumps(saved.env_kwargs), run_dir=Path(resume_dir), resume=Path(resume_dir), train=saved.train, agent=saved.agent)
+        default = command_class(
+            algo=saved.algorithm,
+            env=saved.env,
+            env_kwargs=json.dumps(saved.env_kwargs),
+            run_dir=Path(resume_dir),
+            resume=Path(resume_dir),
+            train=saved.train,
+            agent=saved.agent,
+        )
         parsed = tyro.cli(command_class, args=argv, default=default, prog="wmlab train")
         changed = {f"train.{name}" for name in differences(saved.train, parsed.train)}
         changed |= {f"agent.{name}" for name in differences(saved.agent, parsed.agent)}
         changed |= {name for name in ("algo", "env", "env_kwargs") if getattr(parsed, name) != getattr(default, name)}
         refused = sorted(changed - RESUMABLE_CHANGES)
         if refused:
-            raise WmlabError(f"--resume continues the saved run; these settings cannot change: {', '.join(refused)} (start a new run instead)")
-        spec = RunSpec(algorithm=saved.algorithm, env=saved.env, env_kwargs=saved.env_kwargs, train=parsed.train, agent=saved.agent)
+            raise WmlabError(
+                f"--resume continues the saved run; these settings cannot change: {', '.join(refused)} (start a new run instead)"
+            )
+        spec = RunSpec(
+            algorithm=saved.algorithm, env=saved.env, env_kwargs=saved.env_kwargs, train=parsed.train, agent=saved.agent
+        )
         return spec, Path(resume_dir), True, False
 
     algorithm = option_value(argv, "--algo") or DEFAULT_ALGORITHM
     command_class = _train_command_class(ALGORITHMS.get(algorithm).load_config(), algorithm)
-    parsed = tyro.cli(command_class, args=argv, prog="wmlab train", description=f"Train {algorithm}. " + (ALGORITHMS.get(algorithm).description or ""))
-    run_dir = parsed.run_dir or Path("runs") / f"{parsed.algo}-{parsed.env.replace(':', '-').replace('/', '-')}-seed{parsed.train.seed}"
+    parsed = tyro.cli(
+        command_class,
+        args=argv,
+        prog="wmlab train",
+        description=f"Train {algorithm}. " + (ALGORITHMS.get(algorithm).description or ""),
+    )
+    run_dir = (
+        parsed.run_dir
+        or Path("runs") / f"{parsed.algo}-{parsed.env.replace(':', '-').replace('/', '-')}-seed{parsed.train.seed}"
+    )
     env_kwargs = parse_json_object("--env-kwargs", parsed.env_kwargs)
     spec = RunSpec(algorithm=parsed.algo, env=parsed.env, env_kwargs=env_kwargs, train=parsed.train, agent=parsed.agent)
     return spec, run_dir, False, parsed.force
@@ -218,7 +262,9 @@ def eval_command(argv: list[str]) -> int:
     from wmlab.runs.directory import load_trained_agent
 
     spec, agent = load_trained_agent(arguments.run_dir)
-    metrics = evaluate_agent(agent, spec.env, episodes=arguments.episodes, seed=arguments.seed, env_kwargs=spec.env_kwargs)
+    metrics = evaluate_agent(
+        agent, spec.env, episodes=arguments.episodes, seed=arguments.seed, env_kwargs=spec.env_kwargs
+    )
     output = arguments.out or arguments.run_dir / "eval.json"
     output.write_text(json.dumps({"episodes": arguments.episodes, "seed": arguments.seed, **metrics}, indent=2))
     for key, value in metrics.items():
@@ -235,8 +281,13 @@ def _world_model_eval(arguments: EvalCommand) -> int:
     if arguments.source not in ("replay", "env"):
         raise WmlabError(f"--source must be replay or env, got {arguments.source!r}")
     settings = SuiteSettings(
-        sequences=arguments.sequences, context=arguments.context, horizon=arguments.horizon, samples=arguments.samples,
-        episodes=arguments.episodes, seed=arguments.seed, source=arguments.source,
+        sequences=arguments.sequences,
+        context=arguments.context,
+        horizon=arguments.horizon,
+        samples=arguments.samples,
+        episodes=arguments.episodes,
+        seed=arguments.seed,
+        source=arguments.source,
     )
     if arguments.compare:
         suite = "horizon" if arguments.suite == "returns" else arguments.suite
@@ -380,7 +431,11 @@ def _dispatch(kind: str, table: dict[str, str], argv: list[str], usage: str, plu
         import difflib
 
         close = difflib.get_close_matches(name, list(table))
-        raise UnknownNameError(f"unknown {kind} {name!r}." + (f" Did you mean: {', '.join(close)}?" if close else "") + f" {plural.capitalize()}: {', '.join(table)}")
+        raise UnknownNameError(
+            f"unknown {kind} {name!r}."
+            + (f" Did you mean: {', '.join(close)}?" if close else "")
+            + f" {plural.capitalize()}: {', '.join(table)}"
+        )
     from wmlab.core.registry import _load
 
     return _load(table[name])(argv[1:]) or 0

@@ -45,7 +45,9 @@ def prepare_run_dir(arguments: BenchArguments) -> Path | None:
         return None
     if run_dir.exists() and any(run_dir.iterdir()):
         if not arguments.force:
-            raise RunDirectoryError(f"{run_dir} already holds results; pass --force to replace them or choose another --run-dir")
+            raise RunDirectoryError(
+                f"{run_dir} already holds results; pass --force to replace them or choose another --run-dir"
+            )
         shutil.rmtree(run_dir)
     (run_dir / "figures").mkdir(parents=True)
     (run_dir / "bench").mkdir()
@@ -66,7 +68,9 @@ def machine_description() -> dict[str, Any]:
     }
 
 
-def write_results(name: str, results: dict[str, Any], arguments: BenchArguments, run_dir: Path | None, markdown: str | None) -> None:
+def write_results(
+    name: str, results: dict[str, Any], arguments: BenchArguments, run_dir: Path | None, markdown: str | None
+) -> None:
     results = {**results, "machine": machine_description(), "command": f"wmlab bench {name}"}
     text = json.dumps(results, indent=2)
     if arguments.out is not None:
@@ -75,7 +79,9 @@ def write_results(name: str, results: dict[str, Any], arguments: BenchArguments,
         print(f"results written to {arguments.out}")
     if run_dir is not None:
         (run_dir / "bench" / f"{name}.json").write_text(text)
-        (run_dir / "config.json").write_text(json.dumps({"benchmark": name, "settings": results.get("settings", {})}, indent=2))
+        (run_dir / "config.json").write_text(
+            json.dumps({"benchmark": name, "settings": results.get("settings", {})}, indent=2)
+        )
         print(f"run directory: {run_dir}  (wmlab report {run_dir})")
     if arguments.markdown is not None and markdown is not None:
         arguments.markdown.write_text(markdown)

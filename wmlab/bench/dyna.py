@@ -26,8 +26,8 @@ import numpy as np
 
 from wmlab.agents.dyna.agent import DynaQAgent, DynaQPlusAgent, PrioritizedSweepingAgent, TabularAgent
 from wmlab.agents.dyna.config import DynaConfig
-from wmlab.envs.mazes import BlockingMaze, DynaMaze, GridMaze, ShortcutMaze
 from wmlab.core.progress import StageProgress
+from wmlab.envs.mazes import BlockingMaze, DynaMaze, GridMaze, ShortcutMaze
 
 # Figure 8.2's setting (the book's values): gamma 0.95, alpha 0.1, epsilon 0.1, 50 episodes.
 DYNA_MAZE_CONFIG = DynaConfig(gamma=0.95, alpha=0.1, epsilon=0.1)
@@ -96,7 +96,12 @@ def steps_per_episode(config: DynaConfig, episodes: int, seed: int) -> list[int]
 
 
 def cumulative_reward(
-    agent_class: type[TabularAgent], config: DynaConfig, make_env: Callable[[], GridMaze], total_steps: int, opening: tuple[int, int], seed: int
+    agent_class: type[TabularAgent],
+    config: DynaConfig,
+    make_env: Callable[[], GridMaze],
+    total_steps: int,
+    opening: tuple[int, int],
+    seed: int,
 ) -> tuple[list[float], bool]:
     """Figures 8.4 / 8.5: cumulative reward after each step, and whether the greedy path at the
     end goes through the cell that opened when the walls changed (the agent has learned to use
@@ -143,7 +148,9 @@ def greedy_path_is_shortest(agent: TabularAgent, env: GridMaze, shortest: int) -
     return False
 
 
-def updates_until_optimal(agent_class: type[TabularAgent], config: DynaConfig, resolution: int, seed: int, max_steps: int) -> tuple[int | None, int]:
+def updates_until_optimal(
+    agent_class: type[TabularAgent], config: DynaConfig, resolution: int, seed: int, max_steps: int
+) -> tuple[int | None, int]:
     """Example 8.4: (value updates, real steps) when the greedy policy first follows a shortest
     path, checked after every real step; (None, max_steps) if it never did."""
     env = DynaMaze(resolution=resolution)
@@ -178,7 +185,9 @@ def median_or_none(values: list[int | None]) -> float | None:
 # The benchmark
 
 
-def run_dyna_benchmark(seeds: int = 30, quick: bool = False, figures_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+def run_dyna_benchmark(
+    seeds: int = 30, quick: bool = False, figures_dir: Path | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Run (a), (b) and (c) and return every measured figure with its settings, as JSON values.
 
     `seeds` independent runs per curve (run r seeds its agent with r). `quick` is a smoke test
@@ -201,7 +210,11 @@ def run_dyna_benchmark(seeds: int = 30, quick: bool = False, figures_dir: Path |
             "runs": runs,
             "seeds": list(range(runs)),
             "quick": quick,
-            "dyna_maze": {"config": _config_dict(DYNA_MAZE_CONFIG), "planning_steps": list(DYNA_MAZE_PLANNING_STEPS), "episodes": DYNA_MAZE_EPISODES},
+            "dyna_maze": {
+                "config": _config_dict(DYNA_MAZE_CONFIG),
+                "planning_steps": list(DYNA_MAZE_PLANNING_STEPS),
+                "episodes": DYNA_MAZE_EPISODES,
+            },
             "changing_mazes": {"config": _config_dict(CHANGING_MAZE_CONFIG), "curve_every": CURVE_EVERY},
             "prioritized_sweeping": {"config": _config_dict(SWEEPING_CONFIG), "max_steps_per_run": max_steps},
             "python": platform.python_version(),
@@ -238,11 +251,15 @@ def _dyna_maze(runs: int, advance: Callable[..., None]) -> dict[str, Any]:
         references = {1: RANDOM_WALK_STEPS, **REFERENCE_STEPS[planning_steps]}
         for episode, reference in references.items():
             approximate = episode == 1 or (planning_steps, episode) in APPROXIMATE_REFERENCE
-            cells.append(_cell(planning_steps, episode, mean[episode - 1], standard_error[episode - 1], reference, approximate))
+            cells.append(
+                _cell(planning_steps, episode, mean[episode - 1], standard_error[episode - 1], reference, approximate)
+            )
     return {"mean_steps_per_episode": mean_steps, "reference_cells": cells}
 
 
-def _cell(planning_steps: int, episode: int, ours: float, standard_error: float, reference: float, approximate: bool) -> dict[str, Any]:
+def _cell(
+    planning_steps: int, episode: int, ours: float, standard_error: float, reference: float, approximate: bool
+) -> dict[str, Any]:
     return {
         "planning_steps": planning_steps,
         "episode": episode,
@@ -262,7 +279,9 @@ def _changing_maze(name: str, runs: int, advance: Callable[..., None]) -> dict[s
         advance(0, f"{name} maze, {label}")
         curves, openings = [], 0
         for seed in range(runs):
-            curve, uses_opening = cumulative_reward(agent_class, CHANGING_MAZE_CONFIG, make_env, total_steps, opening, seed)
+            curve, uses_opening = cumulative_reward(
+                agent_class, CHANGING_MAZE_CONFIG, make_env, total_steps, opening, seed
+            )
             curves.append(curve)
             openings += uses_opening
             advance(1)
@@ -279,7 +298,12 @@ def _changing_maze(name: str, runs: int, advance: Callable[..., None]) -> dict[s
 def _sweeping(resolution: int, alpha: float, runs: int, max_steps: int, advance: Callable[..., None]) -> dict[str, Any]:
     layout = DynaMaze(resolution=resolution).layout
     config = replace(SWEEPING_CONFIG, alpha=alpha)
-    result: dict[str, Any] = {"resolution": resolution, "alpha": alpha, "open_cells": layout.open_cells, "shortest_path": layout.shortest_path_length()}
+    result: dict[str, Any] = {
+        "resolution": resolution,
+        "alpha": alpha,
+        "open_cells": layout.open_cells,
+        "shortest_path": layout.shortest_path_length(),
+    }
     for label, agent_class in (("dyna-q", DynaQAgent), ("prioritized-sweeping", PrioritizedSweepingAgent)):
         advance(0, f"Example 8.4, resolution {resolution}, alpha {alpha}, {label}")
         updates, steps = [], []
@@ -352,12 +376,30 @@ def _tables(results: dict[str, Any]) -> list[dict[str, Any]]:
         },
         {
             "title": f"Blocking and shortcut mazes (Figs. 8.4, 8.5): mean cumulative reward over {runs} runs",
-            "columns": ["maze", "steps", "walls change at", "Dyna-Q", "Dyna-Q+", "after change: Dyna-Q", "after change: Dyna-Q+", "final greedy path through the new opening (runs, Q / Q+)"],
+            "columns": [
+                "maze",
+                "steps",
+                "walls change at",
+                "Dyna-Q",
+                "Dyna-Q+",
+                "after change: Dyna-Q",
+                "after change: Dyna-Q+",
+                "final greedy path through the new opening (runs, Q / Q+)",
+            ],
             "rows": changing_rows,
         },
         {
             "title": f"Example 8.4: median value updates until the greedy path is a shortest path ({runs} runs)",
-            "columns": ["resolution", "open cells", "shortest path", "alpha", "Dyna-Q", "prioritized sweeping", "ratio", "runs reaching it (Q / PS)"],
+            "columns": [
+                "resolution",
+                "open cells",
+                "shortest path",
+                "alpha",
+                "Dyna-Q",
+                "prioritized sweeping",
+                "ratio",
+                "runs reaching it (Q / PS)",
+            ],
             "rows": sweeping_rows,
         },
     ]
@@ -384,7 +426,9 @@ def dyna_markdown(results: dict[str, Any]) -> str:
     """A docs/benchmarks.md section: our numbers beside the reference, with the settings."""
     settings = results["settings"]
     maze = _config_text(settings["dyna_maze"]["config"], ("gamma", "alpha", "epsilon"))
-    changing = _config_text(settings["changing_mazes"]["config"], ("gamma", "alpha", "epsilon", "planning_steps", "kappa"))
+    changing = _config_text(
+        settings["changing_mazes"]["config"], ("gamma", "alpha", "epsilon", "planning_steps", "kappa")
+    )
     sweeping = _config_text(settings["prioritized_sweeping"]["config"], ("gamma", "epsilon", "planning_steps", "theta"))
     lines = [
         "## Dyna (Sutton & Barto, RL: An Introduction, 2nd ed., chapter 8)",
@@ -394,7 +438,7 @@ def dyna_markdown(results: dict[str, Any]) -> str:
         "",
         f"### Dyna maze, steps per episode (Figure 8.2)\n\nSettings: {maze}, {settings['dyna_maze']['episodes']} episodes. "
         "Reference: an independent re-run of the book's setting (REFERENCE.md); episode 1 is a random walk "
-        f"whose expected length is about {RANDOM_WALK_STEPS}. \"~\" marks reference values given as approximate. "
+        f'whose expected length is about {RANDOM_WALK_STEPS}. "~" marks reference values given as approximate. '
         "The reference is itself a mean of 30 runs, so it carries noise of the size of our standard error at 30 runs.",
         "",
         *_markdown_table(results["tables"][0]),
@@ -408,7 +452,7 @@ def dyna_markdown(results: dict[str, Any]) -> str:
         "An update is any change of a value, real or planned; the count stops when the greedy policy (lowest action index "
         f"among ties) first follows a shortest path, checked after every real step; runs that never do within "
         f"{settings['prioritized_sweeping']['max_steps_per_run']} real steps count as infinitely many updates in the median. "
-        "Reference (qualitative): prioritized sweeping needs \"often by a factor of 5 to 10\" fewer updates on mazes.",
+        'Reference (qualitative): prioritized sweeping needs "often by a factor of 5 to 10" fewer updates on mazes.',
         "",
         *_markdown_table(results["tables"][2]),
         "",
@@ -447,7 +491,12 @@ def _write_figures(results: dict[str, Any], figures_dir: Path) -> list[str]:
     for planning_steps, mean in results["dyna_maze"]["mean_steps_per_episode"].items():
         episodes = np.arange(2, len(mean) + 1)
         axes.plot(episodes, mean[1:], label=f"{planning_steps} planning steps")
-    axes.set(xlabel="episode", ylabel="steps per episode", title=f"Dyna maze (Fig. 8.2 style), mean of {runs} runs", ylim=(0, 800))
+    axes.set(
+        xlabel="episode",
+        ylabel="steps per episode",
+        title=f"Dyna maze (Fig. 8.2 style), mean of {runs} runs",
+        ylim=(0, 800),
+    )
     axes.axhline(14, color="grey", linewidth=0.8, linestyle=":", label="shortest path (14)")
     axes.legend()
     names.append(_save(figure, figures_dir, "dyna_maze_steps_per_episode.png"))

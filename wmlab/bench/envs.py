@@ -33,6 +33,7 @@ import numpy as np
 
 from wmlab.core.progress import StageProgress
 
+
 @dataclass(frozen=True)
 class EnvCase:
     """One benchmark row: a wmlab id with its keyword arguments, timed against the raw library."""
@@ -219,7 +220,11 @@ def _raw_atari_loop(case: EnvCase, seed: int, steps: int) -> Loop:
     grayscale = case.kwargs.get("grayscale", False)
     size = case.kwargs.get("size", 64)
     env = gymnasium.make(
-        f"ALE/{game}-v5", frameskip=1, repeat_action_probability=0.0, full_action_space=False, max_num_frames_per_episode=MAX_FRAMES
+        f"ALE/{game}-v5",
+        frameskip=1,
+        repeat_action_probability=0.0,
+        full_action_space=False,
+        max_num_frames_per_episode=MAX_FRAMES,
     )
     ale = env.unwrapped.ale
     legal = ale.getMinimalActionSet()
@@ -342,7 +347,10 @@ def envs_tables(results: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "title": "dm_control 64 x 64 frame time (ms): shadows, reflections, skybox on (dm_control's default) and off (wmlab's default)",
                 "columns": ["task", "on", "off", "speed-up"],
-                "rows": [[row["task"], row["full_ms_per_frame"], row["fast_ms_per_frame"], row["speedup"]] for row in results["render"]],
+                "rows": [
+                    [row["task"], row["full_ms_per_frame"], row["fast_ms_per_frame"], row["speedup"]]
+                    for row in results["render"]
+                ],
             }
         )
     return tables
@@ -385,7 +393,12 @@ def envs_markdown(results: dict[str, Any]) -> str:
         "",
     ]
     for table in envs_tables(results):
-        lines += [f"### {table['title']}", "", "| " + " | ".join(table["columns"]) + " |", "|" + "---|" * len(table["columns"])]
+        lines += [
+            f"### {table['title']}",
+            "",
+            "| " + " | ".join(table["columns"]) + " |",
+            "|" + "---|" * len(table["columns"]),
+        ]
         lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in table["rows"]]
         lines.append("")
     return "\n".join(lines)

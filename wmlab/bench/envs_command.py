@@ -19,7 +19,9 @@ def run(argv: list[str]) -> int:
     results = run_envs_benchmark(quick=arguments.quick, seeds=arguments.seeds or 5, progress=arguments.progress)
     from wmlab.bench import envs_extra
 
-    extra = envs_extra.run_envs_benchmark(quick=arguments.quick, repetitions=arguments.seeds or envs_extra.DEFAULT_REPETITIONS)
+    extra = envs_extra.run_envs_benchmark(
+        quick=arguments.quick, repetitions=arguments.seeds or envs_extra.DEFAULT_REPETITIONS
+    )
     for row in extra["rows"]:
         row["suite"] = f"{row['suite']} {extra['settings']['suites'][row['suite']]}"
         row.update({key: round(value, 1) for key, value in row.items() if isinstance(value, float)})

@@ -41,28 +41,55 @@ class LaptopTask:
 
 
 DREAMER_CPU_SCHEDULE = (
-    "--train.batch-size", "16", "--train.sequence-length", "16", "--train.train-ratio", "128",
-    "--train.learning-starts", "1000",
+    "--train.batch-size",
+    "16",
+    "--train.sequence-length",
+    "16",
+    "--train.train-ratio",
+    "128",
+    "--train.learning-starts",
+    "1000",
 )
 
 TASKS: dict[str, LaptopTask] = {
     "dreamer-cartpole-swingup": LaptopTask(
-        "dreamer-cpu", "dmc:cartpole-swingup", {"action_repeat": 2},
+        "dreamer-cpu",
+        "dmc:cartpole-swingup",
+        {"action_repeat": 2},
         (*DREAMER_CPU_SCHEDULE, "--train.eval-every", "2500", "--train.eval-episodes", "5"),
         published="677 +- 33 (DreamerV3 at 100k environment steps)",
     ),
     "dreamer-two-rooms": LaptopTask(
-        "dreamer-cpu", "two-rooms", {"reward": "dense"},
+        "dreamer-cpu",
+        "two-rooms",
+        {"reward": "dense"},
         (*DREAMER_CPU_SCHEDULE, "--train.eval-every", "2000", "--train.eval-episodes", "20"),
         metric="eval/success",
     ),
     "tdmpc2-cartpole-swingup": LaptopTask(
-        "tdmpc2", "dmc:cartpole-swingup", {"action_repeat": 2},
+        "tdmpc2",
+        "dmc:cartpole-swingup",
+        {"action_repeat": 2},
         # The paper's 5M model (the default preset, named here so that the row says it). An evaluation
         # episode plans 500 times (about 0.75 s each at 5M in the 2026-12-03 run): two every 3000 steps.
-        ("--train.batch-size", "256", "--train.sequence-length", "4", "--train.train-ratio", "1024",
-         "--train.learning-starts", "2500", "--train.eval-every", "3000", "--train.eval-episodes", "2",
-         "--agent.random-steps", "2500", "--agent.model.size", "5M"),
+        (
+            "--train.batch-size",
+            "256",
+            "--train.sequence-length",
+            "4",
+            "--train.train-ratio",
+            "1024",
+            "--train.learning-starts",
+            "2500",
+            "--train.eval-every",
+            "3000",
+            "--train.eval-episodes",
+            "2",
+            "--agent.random-steps",
+            "2500",
+            "--agent.model.size",
+            "5M",
+        ),
         published="839 +- 35 (TD-MPC2 5M at 100k environment steps)",
     ),
 }
@@ -98,12 +125,40 @@ class LaptopArguments:
 def train_command(task: LaptopTask, run_dir: Path, seed: int, arguments: LaptopArguments, resume: bool) -> list[str]:
     command = [sys.executable, "-m", "wmlab.cli", "train"]
     if resume:
-        return command + ["--resume", str(run_dir), "--train.time-limit", str(arguments.time_limit), "--train.steps", str(arguments.steps), "--train.no-progress"]
+        return command + [
+            "--resume",
+            str(run_dir),
+            "--train.time-limit",
+            str(arguments.time_limit),
+            "--train.steps",
+            str(arguments.steps),
+            "--train.no-progress",
+        ]
     return command + [
-        "--algo", task.algorithm, "--env", task.env, "--env-kwargs", json.dumps(task.env_kwargs), "--run-dir", str(run_dir), "--force",
-        "--train.seed", str(seed), "--train.steps", str(arguments.steps), "--train.time-limit", str(arguments.time_limit),
-        "--train.threads", str(arguments.threads), "--train.no-progress", "--train.log-every", "500", "--train.checkpoint-every", "5000",
-        *task.options, *arguments.extra,
+        "--algo",
+        task.algorithm,
+        "--env",
+        task.env,
+        "--env-kwargs",
+        json.dumps(task.env_kwargs),
+        "--run-dir",
+        str(run_dir),
+        "--force",
+        "--train.seed",
+        str(seed),
+        "--train.steps",
+        str(arguments.steps),
+        "--train.time-limit",
+        str(arguments.time_limit),
+        "--train.threads",
+        str(arguments.threads),
+        "--train.no-progress",
+        "--train.log-every",
+        "500",
+        "--train.checkpoint-every",
+        "5000",
+        *task.options,
+        *arguments.extra,
     ]
 
 
@@ -119,9 +174,14 @@ def seed_result(run_dir: Path, metric: str) -> dict[str, Any]:
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     return {
         "evaluations": len(evaluations),
-        "best": best[metric], "best_step": best["step"], "best_seconds": best.get("time"),
-        "final": evaluations[-1][metric], "final_step": evaluations[-1]["step"],
-        "env_steps": summary.get("env_steps"), "updates": summary.get("updates"), "wall_seconds": summary.get("wall_seconds"),
+        "best": best[metric],
+        "best_step": best["step"],
+        "best_seconds": best.get("time"),
+        "final": evaluations[-1][metric],
+        "final_step": evaluations[-1]["step"],
+        "env_steps": summary.get("env_steps"),
+        "updates": summary.get("updates"),
+        "wall_seconds": summary.get("wall_seconds"),
         "finished": bool(summary),
         "curve": [(row["step"], row.get("time"), row[metric]) for row in evaluations],
     }
@@ -169,8 +229,19 @@ def run(argv: list[str]) -> int:
             continue  # not asked for now, or finished (its budget or its steps are spent)
         resume = (run_dir / "checkpoints").is_dir()
         log = open(base / f"seed{seed}.log", "a")
-        environment = {**os.environ, "OMP_NUM_THREADS": str(arguments.threads), "MKL_NUM_THREADS": str(arguments.threads)}
-        processes.append(subprocess.Popen(train_command(task, run_dir, seed, arguments, resume), stdout=log, stderr=subprocess.STDOUT, env=environment))
+        environment = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(arguments.threads),
+            "MKL_NUM_THREADS": str(arguments.threads),
+        }
+        processes.append(
+            subprocess.Popen(
+                train_command(task, run_dir, seed, arguments, resume),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+            )
+        )
         print(f"seed {seed}: {'resumed' if resume else 'started'} in {run_dir} (log {base / f'seed{seed}.log'})")
     started = time.perf_counter()
     failed = [process.args for process in processes if process.wait() != 0]
@@ -179,9 +250,13 @@ def run(argv: list[str]) -> int:
         return 1
     results = [seed_result(base / f"seed{seed}", task.metric) for seed in range(arguments.seeds)]
     document = {
-        "benchmark": "laptop", "task": arguments.task, "settings": {**task.__dict__, "options": list(task.options)},
-        "arguments": {key: str(value) for key, value in arguments.__dict__.items()}, "results": results,
-        "session_seconds": round(time.perf_counter() - started, 1), "machine": machine_description(),
+        "benchmark": "laptop",
+        "task": arguments.task,
+        "settings": {**task.__dict__, "options": list(task.options)},
+        "arguments": {key: str(value) for key, value in arguments.__dict__.items()},
+        "results": results,
+        "session_seconds": round(time.perf_counter() - started, 1),
+        "machine": machine_description(),
     }
     (base / "bench" / f"laptop-{arguments.task}.json").write_text(json.dumps(document, indent=2))
     markdown = markdown_table(arguments.task, task, arguments, results)

@@ -58,23 +58,37 @@ PAPER = {
 }
 
 
-def benchmark_config(quick: bool, inputs: str = "latent_and_hidden", temperature: float = CARRACING_TEMPERATURE) -> WorldModelsConfig:
+def benchmark_config(
+    quick: bool, inputs: str = "latent_and_hidden", temperature: float = CARRACING_TEMPERATURE
+) -> WorldModelsConfig:
     """V and M as in the paper (z 32, LSTM 256, 5 components, the authors' optimiser settings);
     budgets cut to fit two shared cores; C trained in the dream and scored in reality."""
     base = default_config(CARRACING, quick=quick)
     if quick:
-        tiny = VAEMDNRNNConfig(vae=ConvVAEConfig(latent_size=8, channels=(8, 8, 16, 16)), mdnrnn=MDNRNNConfig(hidden_size=32, predict_done=False))
+        tiny = VAEMDNRNNConfig(
+            vae=ConvVAEConfig(latent_size=8, channels=(8, 8, 16, 16)),
+            mdnrnn=MDNRNNConfig(hidden_size=32, predict_done=False),
+        )
         return dataclasses.replace(
-            base, model=tiny, dream=True, temperature=temperature, collect=CollectConfig(episodes=3, max_steps=40),
-            controller=dataclasses.replace(base.controller, inputs=inputs, generations=2, population=4, rollouts=2, max_steps=40),
-            evaluation_episodes=1, video_steps=20,
+            base,
+            model=tiny,
+            dream=True,
+            temperature=temperature,
+            collect=CollectConfig(episodes=3, max_steps=40),
+            controller=dataclasses.replace(
+                base.controller, inputs=inputs, generations=2, population=4, rollouts=2, max_steps=40
+            ),
+            evaluation_episodes=1,
+            video_steps=20,
         )
     return dataclasses.replace(
         base,
         collect=CollectConfig(episodes=40, policy="brownian", max_steps=500),
         vae=VAETrainingConfig(epochs=2, batch_size=32),
         mdnrnn=MDNRNNTrainingConfig(updates=1_500, batch_size=32, sequence_length=200, checkpoint_every=100),
-        controller=ControllerTrainingConfig(inputs=inputs, generations=150, population=64, rollouts=4, max_steps=500, eval_every=0),
+        controller=ControllerTrainingConfig(
+            inputs=inputs, generations=150, population=64, rollouts=4, max_steps=500, eval_every=0
+        ),
         dream=True,
         temperature=temperature,
         evaluation_episodes=16,
@@ -92,14 +106,18 @@ def train_world_model(run_dir: Path, seed: int, quick: bool, progress: bool) -> 
     return base
 
 
-def train_controller(run_dir: Path, seed: int, quick: bool, progress: bool, inputs: str, temperature: float) -> dict[str, Any]:
+def train_controller(
+    run_dir: Path, seed: int, quick: bool, progress: bool, inputs: str, temperature: float
+) -> dict[str, Any]:
     """C in the dream of the seed's world model, then its evaluation; returns the run's summary."""
     from wmlab.pipelines.world_models.pipeline import run_pipeline
 
     base = train_world_model(run_dir, seed, quick, progress)
     name = f"tau-{temperature}" if inputs == "latent_and_hidden" else f"z-only-tau-{temperature}"
     config = benchmark_config(quick, inputs, temperature)
-    return run_pipeline(config, CARRACING, run_dir / f"seed{seed}" / name, seed=seed, progress=progress, models_from=base)
+    return run_pipeline(
+        config, CARRACING, run_dir / f"seed{seed}" / name, seed=seed, progress=progress, models_from=base
+    )
 
 
 def settings_line(settings: dict[str, Any]) -> str:
@@ -132,8 +150,8 @@ def baselines(run_dir: Path, episodes: int) -> dict[str, dict[str, float]]:
     cache = run_dir / "bench" / "baselines.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    from wmlab.pipelines.world_models.pipeline import brownian_policy
     from wmlab.envs.adapter import make_env
+    from wmlab.pipelines.world_models.pipeline import brownian_policy
 
     env = make_env(CARRACING)
     collect = CollectConfig()
@@ -163,7 +181,9 @@ def baselines(run_dir: Path, episodes: int) -> dict[str, dict[str, float]]:
 
 def baseline_lines(results: dict[str, dict[str, float]], columns: int) -> list[str]:
     blanks = " — |" * (columns - 2)
-    return [f"| ({name}) |{blanks} {value['return']:.1f} +- {value['return_std']:.1f} |" for name, value in results.items()]
+    return [
+        f"| ({name}) |{blanks} {value['return']:.1f} +- {value['return_std']:.1f} |" for name, value in results.items()
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,7 +192,8 @@ def baseline_lines(results: dict[str, dict[str, float]], columns: int) -> list[s
 
 def temperature(argv: list[str]) -> int:
     arguments = parse_bench_arguments(
-        "world-models-temperature", argv,
+        "world-models-temperature",
+        argv,
         "World Models' temperature question on CarRacing-v3: C trained only inside the dream at tau in "
         f"{', '.join(map(str, TEMPERATURES))}, scored in the dream and in reality.",
     )
@@ -181,28 +202,44 @@ def temperature(argv: list[str]) -> int:
     for seed in range(arguments.seeds or 1):
         for tau in TEMPERATURES:
             summary = train_controller(run_dir, seed, arguments.quick, arguments.progress, "latent_and_hidden", tau)
-            rows.append({
-                "seed": seed, "temperature": tau, "dream_return": summary.get("dream/return"), "dream_return_std": summary.get("dream/return_std"),
-                "real_return": summary["eval/return"], "real_return_std": summary["eval/return_std"], "stage_seconds": summary.get("stage_seconds", {}),
-            })
+            rows.append(
+                {
+                    "seed": seed,
+                    "temperature": tau,
+                    "dream_return": summary.get("dream/return"),
+                    "dream_return_std": summary.get("dream/return_std"),
+                    "real_return": summary["eval/return"],
+                    "real_return_std": summary["eval/return_std"],
+                    "stage_seconds": summary.get("stage_seconds", {}),
+                }
+            )
     results = {
-        "benchmark": "world-models-temperature", "env": CARRACING, "settings": dataclasses.asdict(benchmark_config(arguments.quick)),
-        "rows": rows, "baselines": baselines(run_dir, benchmark_config(arguments.quick).evaluation_episodes), "paper": PAPER["doom_tau"],
+        "benchmark": "world-models-temperature",
+        "env": CARRACING,
+        "settings": dataclasses.asdict(benchmark_config(arguments.quick)),
+        "rows": rows,
+        "baselines": baselines(run_dir, benchmark_config(arguments.quick).evaluation_episodes),
+        "paper": PAPER["doom_tau"],
     }
-    markdown = "\n".join([
-        "### World Models: C trained inside the dream at several temperatures (CarRacing-v3)",
-        "",
-        header("world-models-temperature", arguments, sorted({row["seed"] for row in rows})),
-        settings_line(results["settings"]),
-        "",
-        "| tau | dream return | real return |",
-        "|---|---|---|",
-        *(f"| {row['temperature']} | {row['dream_return']:.1f} +- {row['dream_return_std']:.1f} | {row['real_return']:.1f} +- {row['real_return_std']:.1f} |" for row in rows),
-        *baseline_lines(results["baselines"], 3),
-        "",
-        f"Paper: {results['paper']}",
-        "",
-    ])
+    markdown = "\n".join(
+        [
+            "### World Models: C trained inside the dream at several temperatures (CarRacing-v3)",
+            "",
+            header("world-models-temperature", arguments, sorted({row["seed"] for row in rows})),
+            settings_line(results["settings"]),
+            "",
+            "| tau | dream return | real return |",
+            "|---|---|---|",
+            *(
+                f"| {row['temperature']} | {row['dream_return']:.1f} +- {row['dream_return_std']:.1f} | {row['real_return']:.1f} +- {row['real_return_std']:.1f} |"
+                for row in rows
+            ),
+            *baseline_lines(results["baselines"], 3),
+            "",
+            f"Paper: {results['paper']}",
+            "",
+        ]
+    )
     print(markdown)
     _write(run_dir, "world-models-temperature", results, arguments, markdown)
     return 0
@@ -214,35 +251,56 @@ def temperature(argv: list[str]) -> int:
 
 def carracing(argv: list[str]) -> int:
     arguments = parse_bench_arguments(
-        "world-models-carracing", argv,
+        "world-models-carracing",
+        argv,
         f"World Models on CarRacing-v3: the V-M-C controller and the z-only controller, trained in the dream at tau {CARRACING_TEMPERATURE}, scored in reality.",
     )
     run_dir = _run_dir(arguments, "world-models")
     rows = []
     for seed in range(arguments.seeds or 1):
         for inputs, name in (("latent_and_hidden", "V-M-C ([z, h])"), ("latent", "z only")):
-            summary = train_controller(run_dir, seed, arguments.quick, arguments.progress, inputs, CARRACING_TEMPERATURE)
-            rows.append({
-                "seed": seed, "controller": name, "parameters": summary["controller/parameters"], "dream_return": summary.get("dream/return"),
-                "real_return": summary["eval/return"], "real_return_std": summary["eval/return_std"], "stage_seconds": summary.get("stage_seconds", {}),
-            })
+            summary = train_controller(
+                run_dir, seed, arguments.quick, arguments.progress, inputs, CARRACING_TEMPERATURE
+            )
+            rows.append(
+                {
+                    "seed": seed,
+                    "controller": name,
+                    "parameters": summary["controller/parameters"],
+                    "dream_return": summary.get("dream/return"),
+                    "real_return": summary["eval/return"],
+                    "real_return_std": summary["eval/return_std"],
+                    "stage_seconds": summary.get("stage_seconds", {}),
+                }
+            )
     results = {
-        "benchmark": "world-models-carracing", "env": CARRACING,
-        "settings": {inputs: dataclasses.asdict(benchmark_config(arguments.quick, inputs)) for inputs in ("latent_and_hidden", "latent")},
-        "rows": rows, "baselines": baselines(run_dir, benchmark_config(arguments.quick).evaluation_episodes), "paper": PAPER["carracing"],
+        "benchmark": "world-models-carracing",
+        "env": CARRACING,
+        "settings": {
+            inputs: dataclasses.asdict(benchmark_config(arguments.quick, inputs))
+            for inputs in ("latent_and_hidden", "latent")
+        },
+        "rows": rows,
+        "baselines": baselines(run_dir, benchmark_config(arguments.quick).evaluation_episodes),
+        "paper": PAPER["carracing"],
     }
-    markdown = "\n".join([
-        "### World Models on CarRacing-v3: V-M-C and the z-only controller",
-        "",
-        header("world-models-carracing", arguments, sorted({row["seed"] for row in rows})),
-        settings_line(results["settings"]["latent_and_hidden"]) + f" tau = {CARRACING_TEMPERATURE}.",
-        "",
-        "| controller | parameters | dream return | real return (ours) | paper (CarRacing-v0, C in reality) |",
-        "|---|---|---|---|---|",
-        *(f"| {row['controller']} | {row['parameters']} | {row['dream_return']:.1f} | {row['real_return']:.1f} +- {row['real_return_std']:.1f} | {results['paper'][row['controller']]} |" for row in rows),
-        *(line + " — |" for line in baseline_lines(results["baselines"], 4)),
-        "",
-    ])
+    markdown = "\n".join(
+        [
+            "### World Models on CarRacing-v3: V-M-C and the z-only controller",
+            "",
+            header("world-models-carracing", arguments, sorted({row["seed"] for row in rows})),
+            settings_line(results["settings"]["latent_and_hidden"]) + f" tau = {CARRACING_TEMPERATURE}.",
+            "",
+            "| controller | parameters | dream return | real return (ours) | paper (CarRacing-v0, C in reality) |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {row['controller']} | {row['parameters']} | {row['dream_return']:.1f} | {row['real_return']:.1f} +- {row['real_return_std']:.1f} | {results['paper'][row['controller']]} |"
+                for row in rows
+            ),
+            *(line + " — |" for line in baseline_lines(results["baselines"], 4)),
+            "",
+        ]
+    )
     print(markdown)
     _write(run_dir, "world-models-carracing", results, arguments, markdown)
     return 0
@@ -264,7 +322,11 @@ def _run_dir(arguments: BenchArguments, name: str) -> Path:
 
 
 def _write(run_dir: Path, name: str, results: dict[str, Any], arguments: BenchArguments, markdown: str) -> None:
-    results = {**results, "machine": machine_description(), "command": f"wmlab bench {name}" + (" --quick" if arguments.quick else "")}
+    results = {
+        **results,
+        "machine": machine_description(),
+        "command": f"wmlab bench {name}" + (" --quick" if arguments.quick else ""),
+    }
     text = json.dumps(results, indent=2)
     (run_dir / "bench").mkdir(parents=True, exist_ok=True)
     (run_dir / "bench" / f"{name}.json").write_text(text)

@@ -131,7 +131,11 @@ def from_dict(cls: type[ConfigType], data: dict[str, Any]) -> ConfigType:
     values = {}
     for name, value in data.items():
         field_type = _dataclass_in(hints[name])
-        values[name] = from_dict(field_type, value) if field_type is not None and isinstance(value, dict) else _restore_sequence(hints[name], value)
+        values[name] = (
+            from_dict(field_type, value)
+            if field_type is not None and isinstance(value, dict)
+            else _restore_sequence(hints[name], value)
+        )
     return cls(**values)
 
 

@@ -21,11 +21,22 @@ class StageProgress:
         if not self.enabled:
             return lambda steps, note="": None
         if self._progress is None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[note]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
             )
             self._progress.__enter__()
         task = self._progress.add_task(name, total=total, completed=completed, note="")
@@ -42,7 +53,9 @@ class StageProgress:
         return False
 
 
-def seconds_left(steps: int, target: int, elapsed: float, time_limit: float, session_steps: int, session_seconds: float) -> float | None:
+def seconds_left(
+    steps: int, target: int, elapsed: float, time_limit: float, session_steps: int, session_seconds: float
+) -> float | None:
     """The estimate a training bar shows: seconds until the run stops, the sooner of the step
     target (at this session's pace) and the time limit (0: none). None when neither is known yet.
     With a time limit the estimate never exceeds what is left of it."""
@@ -81,20 +94,30 @@ class TrainingProgress:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._progress = Progress(
-                TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[steps]}"), TextColumn("{task.fields[note]}"),
-                TimeElapsedColumn(), TextColumn("left {task.fields[left]}"),
+                TextColumn("[bold]train"),
+                BarColumn(),
+                TextColumn("{task.fields[steps]}"),
+                TextColumn("{task.fields[note]}"),
+                TimeElapsedColumn(),
+                TextColumn("left {task.fields[left]}"),
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task("train", total=1.0, completed=0.0, steps="", note="", left=_clock(None))
+            self._task = self._progress.add_task(
+                "train", total=1.0, completed=0.0, steps="", note="", left=_clock(None)
+            )
         return self
 
     def update(self, steps: int, elapsed: float, note: str = "") -> float | None:
-        left = seconds_left(steps, self.target, elapsed, self.time_limit, steps - self._start_steps, elapsed - self._start_elapsed)
+        left = seconds_left(
+            steps, self.target, elapsed, self.time_limit, steps - self._start_steps, elapsed - self._start_elapsed
+        )
         if self._progress is not None:
             by_steps = min(steps / max(self.target, 1), 1.0)
             fraction = by_steps if left is None else max(by_steps, elapsed / max(elapsed + left, 1e-9))
             limit = f" ({_clock(self.time_limit)} limit)" if self.time_limit > 0 else ""
-            self._progress.update(self._task, completed=fraction, steps=f"step {steps}/{self.target}{limit}", note=note, left=_clock(left))
+            self._progress.update(
+                self._task, completed=fraction, steps=f"step {steps}/{self.target}{limit}", note=note, left=_clock(left)
+            )
         return left
 
     def __exit__(self, *exc_info) -> bool:

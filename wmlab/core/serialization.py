@@ -43,7 +43,9 @@ def flatten_state(state: Any) -> tuple[dict[str, Any], Any]:
             return [visit(item, f"{path}/{index}") for index, item in enumerate(value)]
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
-        raise TypeError(f"cannot serialise {type(value).__name__} at {path or '/'}; use tensors, arrays, numbers, strings, lists or dicts")
+        raise TypeError(
+            f"cannot serialise {type(value).__name__} at {path or '/'}; use tensors, arrays, numbers, strings, lists or dicts"
+        )
 
     return tensors, visit(state, "")
 

@@ -21,7 +21,9 @@ def format_expected(expected: Sequence[int | str], sizes: dict[str, int]) -> str
     return f"{pattern} with {bound}" if bound else pattern
 
 
-def shape_matches(shape: tuple[int, ...], expected: Sequence[int | str], sizes: dict[str, int]) -> dict[str, int] | None:
+def shape_matches(
+    shape: tuple[int, ...], expected: Sequence[int | str], sizes: dict[str, int]
+) -> dict[str, int] | None:
     """The letters bound by matching `shape` against `expected`, or None when it does not match."""
     if len(shape) != len(expected):
         return None
@@ -35,7 +37,9 @@ def shape_matches(shape: tuple[int, ...], expected: Sequence[int | str], sizes: 
     return bound
 
 
-def check_shape(name: str, value: Any, expected: Sequence[int | str], sizes: dict[str, int] | None = None) -> dict[str, int]:
+def check_shape(
+    name: str, value: Any, expected: Sequence[int | str], sizes: dict[str, int] | None = None
+) -> dict[str, int]:
     """Raise ShapeError unless value.shape matches `expected`; returns `sizes` with the letters
     bound (updated in place when given, so one dict threads through several checks)."""
     sizes = {} if sizes is None else sizes

@@ -28,14 +28,20 @@ def action_layout(action_space: spaces.Space, owner: str, bounded: bool = False)
         return int(action_space.n), True
     if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
         if bounded and not (np.isfinite(action_space.low).all() and np.isfinite(action_space.high).all()):
-            raise IncompatibleSpaceError(f"{owner} scales Box actions to [-1, 1] and needs finite bounds, got {action_space}")
+            raise IncompatibleSpaceError(
+                f"{owner} scales Box actions to [-1, 1] and needs finite bounds, got {action_space}"
+            )
         return int(action_space.shape[0]), False
     kind = "a bounded 1-D Box" if bounded else "a 1-D Box"
     raise IncompatibleSpaceError(f"{owner} takes {kind} or a Discrete action space, got {action_space}")
 
 
 def discrete_action_input(
-    action: torch.Tensor, action_size: int, leading: tuple[str, ...], sizes: dict[str, int], dtype: torch.dtype = torch.float32
+    action: torch.Tensor,
+    action_size: int,
+    leading: tuple[str, ...],
+    sizes: dict[str, int],
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Discrete actions as model inputs (*leading, K): indices (*leading) become one-hot; float
     one-hot or probability vectors (*leading, K) are kept as given, so that gradients flow through a
@@ -102,7 +108,9 @@ def _bound_to_json(bound: np.ndarray) -> Any:
     if values.dtype.kind in "iub":
         encoded = values.astype(np.int64).astype(object)
     else:
-        encoded = np.vectorize(lambda x: float(x) if np.isfinite(x) else ("inf" if x > 0 else "-inf"), otypes=[object])(values)
+        encoded = np.vectorize(lambda x: float(x) if np.isfinite(x) else ("inf" if x > 0 else "-inf"), otypes=[object])(
+            values
+        )
     if encoded.size and np.all(values == values.flat[0]):
         return encoded.flat[0]
     return encoded.tolist()

@@ -62,7 +62,14 @@ MOVES = ("move left", "move right", "move up", "move down")
 CAPTIONS = ("start", *MOVES, "pass through the door", "reach the goal", "stay still")
 
 
-def caption_step(before: tuple[float, float], after: tuple[float, float], success: bool, in_doorway: bool, max_step: float, middle_x: float = 0.5) -> str:
+def caption_step(
+    before: tuple[float, float],
+    after: tuple[float, float],
+    success: bool,
+    in_doorway: bool,
+    max_step: float,
+    middle_x: float = 0.5,
+) -> str:
     """The true caption of one two-rooms step from the agent's centre before and after it."""
     if success:
         return "reach the goal"
@@ -121,7 +128,11 @@ def record_captioned_two_rooms(
                 before = world.agent_position
                 observation, reward, terminated, truncated, info = env.step(action)
                 after = world.agent_position
-                captions.append(caption_step(before, after, bool(info["success"]), geometry.in_wall_band(after[0]), geometry.max_step))
+                captions.append(
+                    caption_step(
+                        before, after, bool(info["success"]), geometry.in_wall_band(after[0]), geometry.max_step
+                    )
+                )
                 if captions[-1] == "stay still":
                     held_steps = 0  # blocked by a wall: choose again
                 total += float(reward)
@@ -149,14 +160,26 @@ def record_captioned_two_rooms(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "episodes": entries,
     }
-    content = {"format": CAPTIONS_FORMAT, "source": "two-rooms state (wmlab.data.captions.caption_step)", "captions": list(CAPTIONS), "episodes": caption_entries}
+    content = {
+        "format": CAPTIONS_FORMAT,
+        "source": "two-rooms state (wmlab.data.captions.caption_step)",
+        "captions": list(CAPTIONS),
+        "episodes": caption_entries,
+    }
     _write_text_atomically(directory / CAPTIONS_FILE, json.dumps(content, indent=1))
     _write_text_atomically(directory / MANIFEST_FILE, json.dumps(manifest, indent=2))
     return content
 
 
 def _row(observation, action, reward, first, last, terminal) -> dict[str, np.ndarray]:
-    return {**observation, "action": action, "reward": np.float32(reward), "is_first": np.bool_(first), "is_last": np.bool_(last), "is_terminal": np.bool_(terminal)}
+    return {
+        **observation,
+        "action": action,
+        "reward": np.float32(reward),
+        "is_first": np.bool_(first),
+        "is_last": np.bool_(last),
+        "is_terminal": np.bool_(terminal),
+    }
 
 
 @dataclass
@@ -177,7 +200,9 @@ class CaptionedDataset:
         lengths = np.array([len(episode["reward"]) for episode in self.episodes])
         starts = np.clip(lengths - length + 1, 0, None)
         if starts.sum() == 0:
-            raise DatasetError(f"no episode in {self.directory} holds {length} steps (the longest holds {lengths.max()})")
+            raise DatasetError(
+                f"no episode in {self.directory} holds {length} steps (the longest holds {lengths.max()})"
+            )
         chosen = self.rng.choice(int(starts.sum()), size=batch_size)
         offsets = np.cumsum(starts) - starts
         windows, captions = [], []
@@ -188,7 +213,14 @@ class CaptionedDataset:
             captions.append(self.captions[index][start : start + length])
         stacked = {key: np.stack([window[key] for window in windows]) for key in windows[0]}
         flags = ("action", "reward", "is_first", "is_last", "is_terminal")
-        batch = Batch({key: value for key, value in stacked.items() if key not in flags}, stacked["action"], stacked["reward"], stacked["is_first"], stacked["is_last"], stacked["is_terminal"])
+        batch = Batch(
+            {key: value for key, value in stacked.items() if key not in flags},
+            stacked["action"],
+            stacked["reward"],
+            stacked["is_first"],
+            stacked["is_last"],
+            stacked["is_terminal"],
+        )
         return batch, captions
 
 
@@ -209,12 +241,16 @@ def load_captioned(directory: str | Path, seed: int = 0) -> CaptionedDataset:
     captioned = {entry.get("file"): entry for entry in content.get("episodes", [])}
     missing, extra = sorted(set(listed) - set(captioned)), sorted(set(captioned) - set(listed))
     if missing or extra:
-        raise DatasetError(f"{path} does not match the episodes of {directory}: captions missing for {missing[:3]}, captions for unknown episodes {extra[:3]}")
+        raise DatasetError(
+            f"{path} does not match the episodes of {directory}: captions missing for {missing[:3]}, captions for unknown episodes {extra[:3]}"
+        )
     episodes, captions = [], []
     for name, length in listed.items():
         steps = captioned[name].get("steps")
         if not isinstance(steps, list) or len(steps) != length:
-            raise DatasetError(f"{path}: episode {name} has {length} steps but {len(steps) if isinstance(steps, list) else 'no'} captions")
+            raise DatasetError(
+                f"{path}: episode {name} has {length} steps but {len(steps) if isinstance(steps, list) else 'no'} captions"
+            )
         empty = [index for index, caption in enumerate(steps) if not isinstance(caption, str) or not caption.strip()]
         if empty:
             raise DatasetError(f"{path}: episode {name} has empty captions at steps {empty[:5]}")

@@ -111,7 +111,9 @@ def record_dataset(
     try:
         with _progress(progress, episodes) as advance:
             for episode in range(episodes):
-                columns, summary = _record_episode(env, choose_action, seed + episode, action_dtype, store_actions, max_episode_steps)
+                columns, summary = _record_episode(
+                    env, choose_action, seed + episode, action_dtype, store_actions, max_episode_steps
+                )
                 length = len(columns["reward"])
                 name = f"{EPISODE_DIR}/{episode:06d}-{length}.npz"
                 _write_compressed(directory / name, columns)
@@ -140,7 +142,9 @@ def record_dataset(
     return manifest
 
 
-def _record_episode(env, choose_action, seed: int, action_dtype: np.dtype, store_actions: bool, max_episode_steps: int | None):
+def _record_episode(
+    env, choose_action, seed: int, action_dtype: np.dtype, store_actions: bool, max_episode_steps: int | None
+):
     """The columns of one episode, and its summary (return, environment steps, terminated)."""
     action_shape = env.action_space.shape or ()
     observation, _ = env.reset(seed=seed)
@@ -152,7 +156,9 @@ def _record_episode(env, choose_action, seed: int, action_dtype: np.dtype, store
         if max_episode_steps is not None and len(rows) >= max_episode_steps:
             truncated = True
         total += float(reward)
-        rows.append(_row(observation, np.asarray(action, action_dtype), reward, False, terminated or truncated, terminated))
+        rows.append(
+            _row(observation, np.asarray(action, action_dtype), reward, False, terminated or truncated, terminated)
+        )
     columns = {key: np.stack([row[key] for row in rows]) for key in rows[0]}
     if not store_actions:
         del columns["action"]
@@ -179,6 +185,7 @@ def _action_chooser(policy: Policy, action_space: spaces.Space, seed: int, explo
         return (lambda observation, state, is_first: (action_space.sample(), None)), "random"
 
     if hasattr(policy, "act"):
+
         def call(batched, state):
             return policy.act(batched, state, explore=explore)
 
@@ -321,7 +328,10 @@ def _expected_columns(manifest: dict[str, Any]) -> dict[str, tuple[tuple[int, ..
     observation_space = space_from_description(manifest["observation_space"])
     expected = {}
     for key, space in observation_space.spaces.items():
-        expected[key] = (space.shape, np.dtype(np.int64) if isinstance(space, spaces.Discrete) else np.dtype(space.dtype))
+        expected[key] = (
+            space.shape,
+            np.dtype(np.int64) if isinstance(space, spaces.Discrete) else np.dtype(space.dtype),
+        )
     if manifest["actions"]:
         action_space = space_from_description(manifest["action_space"])
         expected["action"] = (action_space.shape, _action_dtype(action_space))
@@ -329,7 +339,9 @@ def _expected_columns(manifest: dict[str, Any]) -> dict[str, tuple[tuple[int, ..
     return expected
 
 
-def _read_episode(path: Path, expected: dict[str, tuple[tuple[int, ...], np.dtype]], length: int) -> dict[str, np.ndarray]:
+def _read_episode(
+    path: Path, expected: dict[str, tuple[tuple[int, ...], np.dtype]], length: int
+) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise DatasetError(f"dataset file {path} is missing (listed in the manifest)")
     try:
@@ -342,7 +354,7 @@ def _read_episode(path: Path, expected: dict[str, tuple[tuple[int, ...], np.dtyp
     if found.keys() != expected.keys():
         problem = f"it holds the keys {sorted(found)}, the manifest says {sorted(expected)}"
     elif any(array.ndim == 0 or len(array) != length for array in columns.values()):
-        problem = f"the manifest says {length} steps, the arrays have shapes {({key: array.shape for key, array in columns.items()})}"
+        problem = f"the manifest says {length} steps, the arrays have shapes { ({key: array.shape for key, array in columns.items()}) }"
     elif found != expected:
         problem = f"its layout {found} differs from the manifest's {expected}"
     elif length and not (columns["is_first"][0] and not columns["is_first"][1:].any()):
@@ -359,7 +371,9 @@ def _prepare_directory(directory: Path, force: bool) -> None:
     manifest, episodes = directory / MANIFEST_FILE, directory / EPISODE_DIR
     if manifest.exists() or (episodes.is_dir() and any(episodes.iterdir())):
         if not force:
-            raise DatasetError(f"{directory} already holds a dataset (or an unfinished recording); pass force=True (--force) to replace it or choose another directory")
+            raise DatasetError(
+                f"{directory} already holds a dataset (or an unfinished recording); pass force=True (--force) to replace it or choose another directory"
+            )
         manifest.unlink(missing_ok=True)
         for path in episodes.glob("*.npz"):
             path.unlink()
@@ -395,9 +409,18 @@ class _progress:
     def __enter__(self) -> Callable[[], None]:
         if not self.enabled:
             return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self._bar = Progress(TextColumn("[bold]record"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+        self._bar = Progress(
+            TextColumn("[bold]record"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
+        )
         self._bar.__enter__()
         task = self._bar.add_task("record", total=self.total)
         return lambda: self._bar.advance(task)
@@ -465,5 +488,7 @@ def record_command(argv: list[str]) -> int:
         force=arguments.force,
         policy_name=None if arguments.policy == "random" else f"run:{arguments.policy}",
     )
-    print(f"recorded {manifest['num_episodes']} episodes ({manifest['num_steps']} steps) of {arguments.env} to {arguments.out}")
+    print(
+        f"recorded {manifest['num_episodes']} episodes ({manifest['num_steps']} steps) of {arguments.env} to {arguments.out}"
+    )
     return 0

@@ -317,9 +317,7 @@ class ReplayBuffer:
             try:
                 state = json.loads(path.read_text())
             except FileNotFoundError:
-                raise RunDirectoryError(
-                    f"no replay state at {path}: pass the state returned by save()"
-                ) from None
+                raise RunDirectoryError(f"no replay state at {path}: pass the state returned by save()") from None
             except (OSError, ValueError) as error:
                 raise RunDirectoryError(f"replay state {path} is unreadable ({error})") from error
         buffer = cls(
@@ -339,13 +337,9 @@ class ReplayBuffer:
         """
         directory = self._require_directory("load_state_dict()")
         if state.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"replay state has format {state.get('format')!r}; this version reads {FORMAT_VERSION}"
-            )
+            raise ValueError(f"replay state has format {state.get('format')!r}; this version reads {FORMAT_VERSION}")
         if state["num_envs"] != self.num_envs:
-            raise ValueError(
-                f"replay state is for num_envs={state['num_envs']}, this buffer has {self.num_envs}"
-            )
+            raise ValueError(f"replay state is for num_envs={state['num_envs']}, this buffer has {self.num_envs}")
 
         # Load into fresh stores first, so that a bad file leaves this buffer untouched.
         named = []
@@ -449,9 +443,7 @@ class ReplayBuffer:
 
     def _require_directory(self, caller: str) -> Path:
         if self.directory is None:
-            raise ValueError(
-                f"{caller} needs a replay directory: create the buffer with ReplayBuffer(directory=...)"
-            )
+            raise ValueError(f"{caller} needs a replay directory: create the buffer with ReplayBuffer(directory=...)")
         return self.directory
 
     def _episode_files(self) -> list[tuple[int, int, Path]]:
@@ -603,9 +595,7 @@ def _spec_of_step(step: Mapping[str, Any]) -> Spec:
 def _conform(step: Mapping[str, Any], spec: Spec, env_index: int) -> dict[str, np.ndarray]:
     """The step as arrays of the stored dtypes; a clear error when it does not fit the layout."""
     if step.keys() != spec.keys():
-        raise ValueError(
-            f"env {env_index}: step has keys {sorted(step)}, but this buffer stores {sorted(spec)}"
-        )
+        raise ValueError(f"env {env_index}: step has keys {sorted(step)}, but this buffer stores {sorted(spec)}")
     arrays = {}
     for key, (shape, dtype) in spec.items():
         value = np.asarray(step[key])

@@ -68,10 +68,14 @@ class VideoDataset:
             raise VideoError("a video dataset needs at least one episode")
         shapes = {episode.shape[1:] for episode in self.frames}
         if len(shapes) > 1:
-            raise VideoError(f"the episodes have different frame shapes {sorted(shapes)}; load them with size=(H, W) to resize")
+            raise VideoError(
+                f"the episodes have different frame shapes {sorted(shapes)}; load them with size=(H, W) to resize"
+            )
         for index, episode in enumerate(self.frames):
             if episode.dtype != np.uint8 or episode.ndim != 4 or episode.shape[-1] != 3:
-                raise VideoError(f"episode {index} must be uint8 frames (T, H, W, 3), got {episode.dtype} {episode.shape}")
+                raise VideoError(
+                    f"episode {index} must be uint8 frames (T, H, W, 3), got {episode.dtype} {episode.shape}"
+                )
         if self.hidden_actions is not None and [len(a) for a in self.hidden_actions] != [len(f) for f in self.frames]:
             raise VideoError("hidden_actions must hold one row per frame of each episode")
         if not self.sources:
@@ -120,7 +124,9 @@ class VideoDataset:
             starts.append((episode, int(position - offsets[episode])))
         return starts
 
-    def sample_with_actions(self, batch_size: int, length: int, rng: np.random.Generator | None = None) -> tuple[Batch, np.ndarray | None]:
+    def sample_with_actions(
+        self, batch_size: int, length: int, rng: np.random.Generator | None = None
+    ) -> tuple[Batch, np.ndarray | None]:
         """B windows of T frames inside episodes (every window equally likely) and their hidden
         actions (B, T, ...) (None where the source has none)."""
         rng = rng if rng is not None else np.random.default_rng()
@@ -136,7 +142,11 @@ class VideoDataset:
             is_last=np.zeros((batch_size, length), dtype=bool),
             is_terminal=np.zeros((batch_size, length), dtype=bool),
         )
-        actions = None if self.hidden_actions is None else np.stack([self.hidden_actions[e][s : s + length] for e, s in starts])
+        actions = (
+            None
+            if self.hidden_actions is None
+            else np.stack([self.hidden_actions[e][s : s + length] for e, s in starts])
+        )
         return batch, actions
 
     def sample(self, batch_size: int, length: int, rng: np.random.Generator | None = None) -> Batch:
@@ -171,7 +181,9 @@ def load_video(path: str | Path, size: tuple[int, int] | None = None, image_key:
         elif child.suffix.lower() in VIDEO_SUFFIXES:
             videos.append((str(child), _read_video_file(child)))
     if not videos:
-        raise VideoError(f"{path} holds no wmlab dataset (manifest.json), PNG sequence or video file ({', '.join(VIDEO_SUFFIXES)})")
+        raise VideoError(
+            f"{path} holds no wmlab dataset (manifest.json), PNG sequence or video file ({', '.join(VIDEO_SUFFIXES)})"
+        )
     return _assemble(videos, size)
 
 
@@ -208,7 +220,9 @@ def _read_png_sequence(files: list[Path], size: tuple[int, int] | None) -> np.nd
         except (OSError, ValueError) as error:
             raise VideoError(f"{file} is not a readable PNG ({type(error).__name__}: {error})") from None
         if frames[-1].shape != frames[0].shape:
-            raise VideoError(f"{file} is {frames[-1].shape[0]} x {frames[-1].shape[1]} but {files[0]} is {frames[0].shape[0]} x {frames[0].shape[1]}: the frames of one video must share one size")
+            raise VideoError(
+                f"{file} is {frames[-1].shape[0]} x {frames[-1].shape[1]} but {files[0]} is {frames[0].shape[0]} x {frames[0].shape[1]}: the frames of one video must share one size"
+            )
     return np.stack(frames)
 
 
@@ -220,7 +234,9 @@ def _read_video_file(path: Path) -> np.ndarray:
     try:
         video = np.asarray(iio.imread(path, index=None))
     except Exception as error:  # noqa: BLE001 - imageio raises many types for a broken file
-        raise VideoError(f"{path} is corrupt or not a video imageio can decode ({type(error).__name__}: {error})") from None
+        raise VideoError(
+            f"{path} is corrupt or not a video imageio can decode ({type(error).__name__}: {error})"
+        ) from None
     if video.ndim == 3 and path.suffix.lower() != ".gif":  # one frame of (H, W, C)
         video = video[None]
     if video.ndim == 3:  # a grey GIF (T, H, W)
@@ -250,7 +266,9 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = int(size[0]), int(size[1])
     if frames.shape[1:3] == (height, width):
         return frames
-    return np.stack([np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR), dtype=np.uint8) for frame in frames])
+    return np.stack(
+        [np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR), dtype=np.uint8) for frame in frames]
+    )
 
 
 def _read_wmlab_dataset(path: Path, size: tuple[int, int] | None, image_key: str) -> VideoDataset:
@@ -267,4 +285,9 @@ def _read_wmlab_dataset(path: Path, size: tuple[int, int] | None, image_key: str
         sources.append(f"{path}/{manifest['episodes'][index]['file']}")
         if manifest["actions"]:
             actions.append(np.asarray(episode["action"]))
-    return VideoDataset(frames=frames, hidden_actions=actions if manifest["actions"] else None, sources=sources, action_space=dataset.action_space)
+    return VideoDataset(
+        frames=frames,
+        hidden_actions=actions if manifest["actions"] else None,
+        sources=sources,
+        action_space=dataset.action_space,
+    )

@@ -29,7 +29,6 @@ from gymnasium import spaces
 from wmlab.core.errors import IncompatibleSpaceError, RunDirectoryError, WmlabError
 from wmlab.core.registry import ENVIRONMENTS, UnknownNameError
 
-
 #: `module:EnvId` ids that the person running this command typed (confirm_environment).
 _NAMED_BY_USER: set[str] = set()
 
@@ -57,7 +56,9 @@ def check_run_environment(env_id: str, run_dir: str | Path) -> None:
         origin = getattr(loaded, "__file__", None)
         installed = origin is None or not _is_local_path(str(Path(origin).parent), local)
     else:
-        found = importlib.machinery.PathFinder.find_spec(top, safe_path) if top not in sys.builtin_module_names else True
+        found = (
+            importlib.machinery.PathFinder.find_spec(top, safe_path) if top not in sys.builtin_module_names else True
+        )
         installed = found is not None
     if not installed:
         raise RunDirectoryError(
@@ -123,7 +124,9 @@ class DictObservations(gymnasium.ObservationWrapper):
 
     def observation(self, observation: Any) -> dict[str, np.ndarray]:
         if self._inner_is_dict:
-            return {key: np.asarray(value, dtype=self.observation_space[key].dtype) for key, value in observation.items()}
+            return {
+                key: np.asarray(value, dtype=self.observation_space[key].dtype) for key, value in observation.items()
+            }
         return {self._key: np.asarray(observation, dtype=self.observation_space[self._key].dtype)}
 
     # Exact resume for environments that can export their state (the built-in ones can).
@@ -165,7 +168,9 @@ def _make_suite(env_id: str, **kwargs: Any) -> gymnasium.Env:
     except ModuleNotFoundError as error:
         if error.name and error.name.startswith("wmlab"):
             raise
-        raise WmlabError(f"{env_id!r} needs the {extra} suite: pip install 'wmlab[{extra}]' (missing module {error.name!r})") from None
+        raise WmlabError(
+            f"{env_id!r} needs the {extra} suite: pip install 'wmlab[{extra}]' (missing module {error.name!r})"
+        ) from None
     return factory(task, **kwargs)
 
 
@@ -210,10 +215,14 @@ def _gymnasium_pixels(env_id: str, size: int = 64, **kwargs: Any) -> gymnasium.E
     try:
         env = gymnasium.make(env_id, render_mode="rgb_array", **kwargs)
     except (TypeError, gymnasium.error.Error) as error:
-        raise WmlabError(f"{env_id!r} cannot be observed from pixels: it does not render rgb_array frames ({error})") from None
+        raise WmlabError(
+            f"{env_id!r} cannot be observed from pixels: it does not render rgb_array frames ({error})"
+        ) from None
     if "rgb_array" not in (env.metadata.get("render_modes") or []):
         env.close()
-        raise WmlabError(f"{env_id!r} cannot be observed from pixels: it does not render rgb_array frames; use its state observations")
+        raise WmlabError(
+            f"{env_id!r} cannot be observed from pixels: it does not render rgb_array frames; use its state observations"
+        )
     from gymnasium.wrappers import AddRenderObservation, TransformObservation
 
     from wmlab.envs.images import area_resizer

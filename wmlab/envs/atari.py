@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import base64
 import difflib
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import gymnasium
 import numpy as np
@@ -53,7 +53,11 @@ def ale_game_name(game: str) -> str:
     import ale_py
 
     gymnasium.register_envs(ale_py)
-    names = {key[len("ALE/") : -len("-v5")]: None for key in gymnasium.registry if key.startswith("ALE/") and key.endswith("-v5")}
+    names = {
+        key[len("ALE/") : -len("-v5")]: None
+        for key in gymnasium.registry
+        if key.startswith("ALE/") and key.endswith("-v5")
+    }
     by_key = {_normalize(name): name for name in names}
     found = by_key.get(_normalize(game.removeprefix("ALE/").split("-v")[0]))
     if found is None:

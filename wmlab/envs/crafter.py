@@ -77,7 +77,13 @@ class CrafterEnv(gymnasium.Env):
     ) -> None:
         import crafter
 
-        self._settings = {"area": tuple(area), "view": tuple(view), "size": (size, size), "reward": reward, "length": length}
+        self._settings = {
+            "area": tuple(area),
+            "view": tuple(view),
+            "size": (size, size),
+            "reward": reward,
+            "length": length,
+        }
         self._crafter = crafter
         self._env = crafter.Env(**self._settings, seed=seed)
         self.observation_space = spaces.Box(0, 255, (size, size, 3), dtype=np.uint8)
@@ -145,4 +151,6 @@ def _episode_achievements(episode: Any) -> Mapping[str, int]:
             for name, value in _episode_achievements(info).items():
                 merged[name] = max(merged.get(name, 0), value)
         return merged
-    raise TypeError(f"an episode must be an info dict, a list of info dicts or an achievements mapping, got {type(episode).__name__}")
+    raise TypeError(
+        f"an episode must be an info dict, a list of info dicts or an achievements mapping, got {type(episode).__name__}"
+    )

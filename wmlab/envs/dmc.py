@@ -106,7 +106,9 @@ def parse_task(task: str) -> tuple[str, str]:
     known = [f"{name}-{level}" for name, level in suite.ALL_TASKS]
     close = difflib.get_close_matches(task.replace("_", "-") if not separator else task, known, n=5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise WmlabError(f"unknown dm_control task {task!r}; ids are domain-task, e.g. cartpole-swingup, ball_in_cup-catch.{hint}")
+    raise WmlabError(
+        f"unknown dm_control task {task!r}; ids are domain-task, e.g. cartpole-swingup, ball_in_cup-catch.{hint}"
+    )
 
 
 def make_dmc(
@@ -166,7 +168,9 @@ class DeepMindControlEnv(gymnasium.Env):
 
         if observation not in OBSERVATION_MODES:
             raise ValueError(f"observation must be one of {OBSERVATION_MODES}, not {observation!r}")
-        action_repeat = PLANET_ACTION_REPEAT.get(domain, DEFAULT_ACTION_REPEAT) if action_repeat is None else int(action_repeat)
+        action_repeat = (
+            PLANET_ACTION_REPEAT.get(domain, DEFAULT_ACTION_REPEAT) if action_repeat is None else int(action_repeat)
+        )
         if action_repeat < 1:
             raise ValueError(f"action_repeat must be at least 1, not {action_repeat}")
         if int(time_limit) < 1:
@@ -297,7 +301,10 @@ class DeepMindControlEnv(gymnasium.Env):
             "model": changed,
             "elapsed_steps": self._elapsed_steps,
             "needs_reset": self._needs_reset,
-            "random": {**random_state, "state": {"key": random_state["state"]["key"].tolist(), "pos": int(random_state["state"]["pos"])}},
+            "random": {
+                **random_state,
+                "state": {"key": random_state["state"]["key"].tolist(), "pos": int(random_state["state"]["pos"])},
+            },
         }
 
     def set_state(self, state: Mapping[str, Any]) -> None:
@@ -323,9 +330,14 @@ class DeepMindControlEnv(gymnasium.Env):
                 for index in range(model.nhfield):
                     context.call(mujoco.mjr_uploadHField, model.ptr, contexts.mujoco.ptr, index)
         with self._physics.reset_context():
-            self._physics.set_state(np.asarray(state["physics"], dtype=np.float64), sig=mujoco.mjtState.mjSTATE_INTEGRATION)
+            self._physics.set_state(
+                np.asarray(state["physics"], dtype=np.float64), sig=mujoco.mjtState.mjSTATE_INTEGRATION
+            )
         random_state = dict(state["random"])
-        random_state["state"] = {"key": np.asarray(random_state["state"]["key"], dtype=np.uint32), "pos": random_state["state"]["pos"]}
+        random_state["state"] = {
+            "key": np.asarray(random_state["state"]["key"], dtype=np.uint32),
+            "pos": random_state["state"]["pos"],
+        }
         self._random.set_state(random_state)
         self._elapsed_steps = int(state["elapsed_steps"])
         self._needs_reset = bool(state["needs_reset"])
@@ -356,7 +368,11 @@ class DeepMindControlEnv(gymnasium.Env):
         # One camera for the environment's life: physics.render builds (and frees) a scene per frame.
         camera = Camera(self._physics, height=self.size, width=self.size, camera_id=self.camera)
         if self.fast_render:
-            for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+            for flag in (
+                mujoco.mjtRndFlag.mjRND_SHADOW,
+                mujoco.mjtRndFlag.mjRND_REFLECTION,
+                mujoco.mjtRndFlag.mjRND_SKYBOX,
+            ):
                 camera.scene.flags[flag] = 0
         return camera
 

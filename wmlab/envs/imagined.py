@@ -113,7 +113,9 @@ class ImaginedEnv:
         if observations not in ("state", "decoded"):
             raise ValueError(f"observations must be 'state' or 'decoded', got {observations!r}")
         if observations == "decoded" and not getattr(world_model, "can_decode", False):
-            raise NotImplementedError(f"{type(world_model).__name__} cannot decode its states, so it cannot give decoded observations")
+            raise NotImplementedError(
+                f"{type(world_model).__name__} cannot decode its states, so it cannot give decoded observations"
+            )
         self.world_model = world_model
         self.batch_size = int(batch_size)
         self.max_episode_steps = int(max_episode_steps)
@@ -145,7 +147,9 @@ class ImaginedEnv:
         P, T0 = first.shape[:2]
         for key, value in observations.items():
             if value.shape[:2] != (P, T0):
-                raise ShapeError(f"initial_observations[{key!r}]: expected (P, T0, ...) with P={P}, T0={T0}, got {tuple(value.shape)}")
+                raise ShapeError(
+                    f"initial_observations[{key!r}]: expected (P, T0, ...) with P={P}, T0={T0}, got {tuple(value.shape)}"
+                )
         if is_first is None:
             is_first = np.zeros((P, T0), dtype=bool)
             is_first[:, 0] = True
@@ -156,7 +160,9 @@ class ImaginedEnv:
             rows = slice(start, min(start + chunk, P))
             part = {key: value[rows] for key, value in observations.items()}
             size = rows.stop - rows.start
-            _, last = self.world_model.observe(part, np.asarray(actions)[rows], np.asarray(is_first)[rows], self.world_model.initial(size))
+            _, last = self.world_model.observe(
+                part, np.asarray(actions)[rows], np.asarray(is_first)[rows], self.world_model.initial(size)
+            )
             states.append(last)
         return concatenate_states(states)
 
@@ -184,7 +190,11 @@ class ImaginedEnv:
         options = dict(options or {})
         if "indices" in options:
             indices = torch.as_tensor(options["indices"], device=self.device).long()
-            if indices.shape != (self.batch_size,) or bool((indices < 0).any()) or bool((indices >= self.pool_size).any()):
+            if (
+                indices.shape != (self.batch_size,)
+                or bool((indices < 0).any())
+                or bool((indices >= self.pool_size).any())
+            ):
                 raise ValueError(f"options['indices'] must be {self.batch_size} indices in [0, {self.pool_size})")
         else:
             indices = torch.randint(self.pool_size, (self.batch_size,), generator=self.generator, device=self.device)
@@ -200,9 +210,13 @@ class ImaginedEnv:
         space) -> (observation, reward (B,), terminated (B,), truncated (B,), {"continue": (B,)})."""
         if self.state is None:
             raise RuntimeError("call reset() before step()")
-        action = torch.as_tensor(np.asarray(action) if not isinstance(action, torch.Tensor) else action, device=self.device)
+        action = torch.as_tensor(
+            np.asarray(action) if not isinstance(action, torch.Tensor) else action, device=self.device
+        )
         if action.shape[:1] != (self.batch_size,):
-            raise ShapeError(f"action: expected ({self.batch_size}, ...) for B={self.batch_size}, got {tuple(action.shape)}")
+            raise ShapeError(
+                f"action: expected ({self.batch_size}, ...) for B={self.batch_size}, got {tuple(action.shape)}"
+            )
         kwargs = dict(self.imagine_kwargs)
         if self._passes_generator:
             kwargs.setdefault("generator", self.generator)
@@ -235,7 +249,9 @@ class ImaginedEnv:
     def render(self) -> np.ndarray:
         """The decoded frames of every row, uint8 (B, H, W, C), for models that can decode."""
         if not getattr(self.world_model, "can_decode", False):
-            raise NotImplementedError(f"{type(self.world_model).__name__} cannot decode its states, so the dream cannot be rendered")
+            raise NotImplementedError(
+                f"{type(self.world_model).__name__} cannot decode its states, so the dream cannot be rendered"
+            )
         if self.state is None:
             raise RuntimeError("call reset() before render()")
         image = self.world_model.decode(self.state)["image"]

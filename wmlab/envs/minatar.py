@@ -26,7 +26,18 @@ from wmlab.core.errors import WmlabError
 
 GAMES = ("asterix", "breakout", "freeway", "seaquest", "space_invaders")
 #: Colours of the channels in `render` (later channels are drawn on top).
-PALETTE = ((230, 60, 50), (60, 200, 80), (70, 110, 240), (240, 200, 40), (200, 80, 220), (40, 210, 220), (250, 140, 30), (150, 150, 150), (255, 255, 255), (120, 70, 30))
+PALETTE = (
+    (230, 60, 50),
+    (60, 200, 80),
+    (70, 110, 240),
+    (240, 200, 40),
+    (200, 80, 220),
+    (40, 210, 220),
+    (250, 140, 30),
+    (150, 150, 150),
+    (255, 255, 255),
+    (120, 70, 30),
+)
 
 
 def game_name(task: str) -> str:
@@ -59,8 +70,14 @@ class MinAtarEnv(gymnasium.Env):
         if size < 10:
             raise WmlabError(f"MinAtar frames are 10 x 10; size must be at least 10, got {size}")
         self.game = game_name(game)
-        self.environment = Environment(self.game, sticky_action_prob=sticky_action_probability, difficulty_ramping=difficulty_ramping)
-        self.actions = list(self.environment.minimal_action_set()) if minimal_actions else list(range(self.environment.num_actions()))
+        self.environment = Environment(
+            self.game, sticky_action_prob=sticky_action_probability, difficulty_ramping=difficulty_ramping
+        )
+        self.actions = (
+            list(self.environment.minimal_action_set())
+            if minimal_actions
+            else list(range(self.environment.num_actions()))
+        )
         self.channels = int(self.environment.state_shape()[2])
         self.size = int(size)
         self.cells = (np.arange(self.size) * 10) // self.size  # nearest 10 x 10 cell of each output pixel

@@ -99,16 +99,22 @@ class MiniGridObservations(gymnasium.Wrapper):
 
             channel_high = [max(OBJECT_TO_IDX.values()), max(COLOR_TO_IDX.values()), max(STATE_TO_IDX.values())]
             high = np.concatenate([np.tile(channel_high, view[0] * view[1]), np.ones(_NUM_DIRECTIONS)])
-            self.observation_space = spaces.Box(np.zeros_like(high, np.float32), high.astype(np.float32), dtype=np.float32)
+            self.observation_space = spaces.Box(
+                np.zeros_like(high, np.float32), high.astype(np.float32), dtype=np.float32
+            )
         else:
             cells = (base.agent_view_size,) * 2 if observation == "rgb_partial" else (base.height, base.width)
             self._tile_size = size // max(cells)
             if self._tile_size < 1:
-                raise ValueError(f"a grid of {cells[1]} x {cells[0]} cells does not fit in {size} pixels; pass size >= {max(cells)}")
+                raise ValueError(
+                    f"a grid of {cells[1]} x {cells[0]} cells does not fit in {size} pixels; pass size >= {max(cells)}"
+                )
             self.observation_space = spaces.Box(0, 255, (size, size, 3), dtype=np.uint8)
         if num_actions is not None:
             if not 1 <= num_actions <= len(ACTION_NAMES):
-                raise ValueError(f"num_actions must be in [1, {len(ACTION_NAMES)}] (MiniGrid's actions {ACTION_NAMES}), got {num_actions}")
+                raise ValueError(
+                    f"num_actions must be in [1, {len(ACTION_NAMES)}] (MiniGrid's actions {ACTION_NAMES}), got {num_actions}"
+                )
             self.action_space = spaces.Discrete(num_actions)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -137,7 +143,9 @@ class MiniGridObservations(gymnasium.Wrapper):
             vector[: encoding.size] = encoding
             vector[encoding.size + observation["direction"]] = 1.0
             return vector
-        frame = base.get_frame(highlight=base.highlight, tile_size=self._tile_size, agent_pov=self.mode == "rgb_partial")
+        frame = base.get_frame(
+            highlight=base.highlight, tile_size=self._tile_size, agent_pov=self.mode == "rgb_partial"
+        )
         return _centre_on_canvas(frame, self.size)
 
 

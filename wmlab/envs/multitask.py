@@ -71,7 +71,7 @@ class MultiTaskEnv(gymnasium.Env):
         if isinstance(tasks, (str, Mapping)) or not tasks:
             raise WmlabError(
                 "the multitask environment needs a list of at least one task id, e.g. "
-                "--env-kwargs '{\"tasks\": [\"dmc:cartpole-swingup\", \"dmc:reacher-easy\"]}'"
+                '--env-kwargs \'{"tasks": ["dmc:cartpole-swingup", "dmc:reacher-easy"]}\''
                 + ("" if not tasks else f"; got {tasks!r}")
             )
         if schedule not in SCHEDULES:
@@ -102,12 +102,14 @@ class MultiTaskEnv(gymnasium.Env):
             raise IncompatibleSpaceError(
                 f"the tasks are observed differently ({described}); a multi-task environment needs every task "
                 "observed the same way: all from state vectors, or all from pixels of one size "
-                "(e.g. pass the same \"observation\" option to every DMC task)"
+                '(e.g. pass the same "observation" option to every DMC task)'
             )
         keys = key_sets[0]
         reserved = sorted({TASK_KEY, ACTION_MASK_KEY} & set(keys))
         if reserved:
-            raise IncompatibleSpaceError(f"the tasks already observe {reserved}, which the multi-task environment adds itself")
+            raise IncompatibleSpaceError(
+                f"the tasks already observe {reserved}, which the multi-task environment adds itself"
+            )
         entries: dict[str, spaces.Space] = {}
         self.observation_sizes: tuple[int, ...] = ()
         for key in keys:
@@ -119,13 +121,17 @@ class MultiTaskEnv(gymnasium.Env):
                 entries[key] = per_task[0]
             else:
                 described = "; ".join(f"{task_id}: {space}" for task_id, space in zip(self.task_ids, per_task))
-                raise IncompatibleSpaceError(f"observation {key!r} differs between the tasks ({described}); only state vectors are padded")
+                raise IncompatibleSpaceError(
+                    f"observation {key!r} differs between the tasks ({described}); only state vectors are padded"
+                )
 
         action_spaces = [env.action_space for env in self.envs]
         discrete = [isinstance(space, spaces.Discrete) for space in action_spaces]
         if any(discrete) and not all(discrete):
             described = "; ".join(f"{task_id}: {space}" for task_id, space in zip(self.task_ids, action_spaces))
-            raise IncompatibleSpaceError(f"the tasks mix discrete and continuous action spaces ({described}); combine tasks of one kind")
+            raise IncompatibleSpaceError(
+                f"the tasks mix discrete and continuous action spaces ({described}); combine tasks of one kind"
+            )
         for task_id, space in zip(self.task_ids, action_spaces):
             if not (isinstance(space, spaces.Box) and len(space.shape) == 1):
                 raise IncompatibleSpaceError(
@@ -133,7 +139,9 @@ class MultiTaskEnv(gymnasium.Env):
                     "actions only (a padded Discrete action would have nothing the environment could ignore)"
                 )
             if not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
-                raise IncompatibleSpaceError(f"{task_id} has unbounded actions {space}; they are rescaled from [-1, 1] and need finite bounds")
+                raise IncompatibleSpaceError(
+                    f"{task_id} has unbounded actions {space}; they are rescaled from [-1, 1] and need finite bounds"
+                )
         self.action_sizes: tuple[int, ...] = tuple(int(space.shape[0]) for space in action_spaces)
         largest = max(self.action_sizes)
         self._action_low = [np.asarray(space.low, np.float64) for space in action_spaces]
@@ -191,7 +199,9 @@ class MultiTaskEnv(gymnasium.Env):
         task = self._current
         action = np.asarray(action, dtype=np.float64)
         if action.shape != self.action_space.shape:
-            raise ValueError(f"the multi-task environment takes actions of shape {self.action_space.shape}, not {action.shape}")
+            raise ValueError(
+                f"the multi-task environment takes actions of shape {self.action_space.shape}, not {action.shape}"
+            )
         own = np.clip(action[: self.action_sizes[task]], -1.0, 1.0)
         low, high = self._action_low[task], self._action_high[task]
         scaled = (low + (own + 1.0) / 2.0 * (high - low)).astype(self.envs[task].action_space.dtype)
@@ -251,7 +261,9 @@ class MultiTaskEnv(gymnasium.Env):
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         if list(state["tasks"]) != list(self.task_ids):
-            raise ValueError(f"the state was saved from the tasks {state['tasks']}, but this environment runs {list(self.task_ids)}")
+            raise ValueError(
+                f"the state was saved from the tasks {state['tasks']}, but this environment runs {list(self.task_ids)}"
+            )
         for env, task_state in zip(self.envs, state["task_states"]):
             env.set_state(task_state)
         self._episodes = int(state["episodes"])
@@ -261,7 +273,9 @@ class MultiTaskEnv(gymnasium.Env):
         self.np_random.bit_generator.state = state["generator"]
 
 
-def _parse_tasks(tasks: Sequence[str | Mapping[str, Any]], shared: dict[str, Any]) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+def _parse_tasks(
+    tasks: Sequence[str | Mapping[str, Any]], shared: dict[str, Any]
+) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """(ids, names, options) of the task list; names are unique."""
     ids, given_names, options = [], [], []
     for index, task in enumerate(tasks):
@@ -271,7 +285,7 @@ def _parse_tasks(tasks: Sequence[str | Mapping[str, Any]], shared: dict[str, Any
             own = {key: value for key, value in task.items() if key not in ("id", "name")}
             task_id, name = task["id"], task.get("name")
         else:
-            raise WmlabError(f"task {index} must be an environment id or a mapping with an \"id\", got {task!r}")
+            raise WmlabError(f'task {index} must be an environment id or a mapping with an "id", got {task!r}')
         if task_id == "multitask":
             raise WmlabError("a multitask environment cannot hold another multitask environment")
         ids.append(task_id)
@@ -282,7 +296,9 @@ def _parse_tasks(tasks: Sequence[str | Mapping[str, Any]], shared: dict[str, Any
     names = [given or default for given, default in zip(given_names, defaults)]
     if len(set(names)) != len(names):
         repeated = sorted({name for name in names if names.count(name) > 1})
-        raise WmlabError(f"the task names {repeated} appear more than once; give each repeated task a \"name\" of its own")
+        raise WmlabError(
+            f'the task names {repeated} appear more than once; give each repeated task a "name" of its own'
+        )
     return ids, names, options
 
 

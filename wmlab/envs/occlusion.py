@@ -53,13 +53,17 @@ class OcclusionWrapper(gymnasium.Wrapper):
     ):
         super().__init__(env)
         if not 0.0 <= start_probability <= 1.0 or not 0.0 <= episode_probability <= 1.0:
-            raise WmlabError(f"probabilities must lie in [0, 1], got start_probability={start_probability}, episode_probability={episode_probability}")
+            raise WmlabError(
+                f"probabilities must lie in [0, 1], got start_probability={start_probability}, episode_probability={episode_probability}"
+            )
         if int(length) < 1:
             raise WmlabError(f"an occlusion lasts at least 1 step, got length={length}")
         observed = set(getattr(env.observation_space, "spaces", {}))
         self.keys = tuple(key for key in keys if key in observed)
         if not self.keys:
-            raise WmlabError(f"nothing to occlude: the environment observes {sorted(observed)}, the wrapper blanks {list(keys)}")
+            raise WmlabError(
+                f"nothing to occlude: the environment observes {sorted(observed)}, the wrapper blanks {list(keys)}"
+            )
         self.start_probability = float(start_probability)
         self.length = int(length)
         self.episode_probability = float(episode_probability)

@@ -55,11 +55,15 @@ class PerturbationWrapper(gymnasium.Wrapper):
     ):
         super().__init__(env)
         if observation_noise < 0 or image_noise < 0 or kick_std < 0:
-            raise WmlabError(f"noise levels must be non-negative, got observation_noise={observation_noise}, image_noise={image_noise}, kick_std={kick_std}")
+            raise WmlabError(
+                f"noise levels must be non-negative, got observation_noise={observation_noise}, image_noise={image_noise}, kick_std={kick_std}"
+            )
         if int(kick_every) < 1:
             raise WmlabError(f"kick_every must be at least 1 step, got {kick_every}")
         if kick_std > 0 and physics_of(env) is None:
-            raise WmlabError("velocity kicks need a MuJoCo environment that exposes `physics` (e.g. dmc:cartpole-swingup); set kick_std to 0")
+            raise WmlabError(
+                "velocity kicks need a MuJoCo environment that exposes `physics` (e.g. dmc:cartpole-swingup); set kick_std to 0"
+            )
         self.observation_noise = float(observation_noise)
         self.image_noise = float(image_noise)
         self.kick_std = float(kick_std)
@@ -81,13 +85,21 @@ class PerturbationWrapper(gymnasium.Wrapper):
             velocities = physics_of(self.env).data.qvel
             velocities[:] += self._random.normal(0.0, self.kick_std, velocities.shape)
         observation, reward, terminated, truncated, info = self.env.step(action)
-        return self._perturb(observation), reward, terminated, truncated, {**info, "kicked": kicked, "true_observation": observation}
+        return (
+            self._perturb(observation),
+            reward,
+            terminated,
+            truncated,
+            {**info, "kicked": kicked, "true_observation": observation},
+        )
 
     def _perturb(self, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         perturbed = dict(observation)
         if self.observation_noise > 0 and "vector" in perturbed:
             vector = np.asarray(perturbed["vector"])
-            perturbed["vector"] = (vector + self._random.normal(0.0, self.observation_noise, vector.shape)).astype(vector.dtype)
+            perturbed["vector"] = (vector + self._random.normal(0.0, self.observation_noise, vector.shape)).astype(
+                vector.dtype
+            )
         if self.image_noise > 0 and "image" in perturbed:
             image = np.asarray(perturbed["image"])
             noisy = image.astype(np.float32) + self._random.normal(0.0, 255.0 * self.image_noise, image.shape)

@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 
-
-
 #: suite -> (module that must be importable, pip extra, example ids, what its spaces are)
 SUITES: dict[str, dict[str, Any]] = {
     "built-in": {

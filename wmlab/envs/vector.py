@@ -85,7 +85,9 @@ class VectorCollector:
     def __init__(self, envs: VectorEnv) -> None:
         mode = envs.metadata.get("autoreset_mode")
         if mode is not None and AutoresetMode(mode) != AutoresetMode.NEXT_STEP:
-            raise ValueError(f"VectorCollector needs a NEXT_STEP autoreset vector environment, got {mode}; use make_vector_env")
+            raise ValueError(
+                f"VectorCollector needs a NEXT_STEP autoreset vector environment, got {mode}; use make_vector_env"
+            )
         self.envs = envs
         self.num_envs = envs.num_envs
         space = envs.single_action_space
@@ -123,7 +125,9 @@ class VectorCollector:
         observations, rewards, terminated, truncated, _ = self.envs.step(actions)
         first = self._resetting.copy()
         # The environments that reset ignored their action: store the zero action of a first step.
-        actions = np.where(first.reshape(-1, *[1] * (self._zero_action.ndim - 1)), self._zero_action, np.asarray(actions))
+        actions = np.where(
+            first.reshape(-1, *[1] * (self._zero_action.ndim - 1)), self._zero_action, np.asarray(actions)
+        )
         rewards = np.where(first, 0.0, rewards)
         terminated = np.asarray(terminated, dtype=bool) & ~first
         last = (terminated | np.asarray(truncated, dtype=bool)) & ~first
@@ -131,7 +135,9 @@ class VectorCollector:
         self.episode_returns = np.where(first, 0.0, self.episode_returns + rewards)
         self.episode_lengths = np.where(first, 0, self.episode_lengths + 1)
         for index in np.flatnonzero(last):
-            self.finished_episodes.append((int(index), float(self.episode_returns[index]), int(self.episode_lengths[index])))
+            self.finished_episodes.append(
+                (int(index), float(self.episode_returns[index]), int(self.episode_lengths[index]))
+            )
         self._resetting = last
         return self._record(observations, actions, rewards, first, last, terminated)
 
@@ -149,4 +155,3 @@ class VectorCollector:
             "is_last": last,
             "is_terminal": terminal,
         }
-

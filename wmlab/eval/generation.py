@@ -67,11 +67,15 @@ def imagine_options(model: Any, denoising_steps: int, churn: float) -> dict[str,
     options: dict[str, Any] = {"predict_rewards": False} if "predict_rewards" in parameters else {}
     if denoising_steps != 0:
         if "denoising_steps" not in parameters:
-            raise WmlabError(f"{type(model).__name__} does not denoise: --denoising-steps applies to diffusion models only")
+            raise WmlabError(
+                f"{type(model).__name__} does not denoise: --denoising-steps applies to diffusion models only"
+            )
         options["denoising_steps"] = denoising_steps
     if churn >= 0:
         if "churn" not in parameters:
-            raise WmlabError(f"{type(model).__name__} has no stochastic sampler: --churn applies to diffusion models only")
+            raise WmlabError(
+                f"{type(model).__name__} has no stochastic sampler: --churn applies to diffusion models only"
+            )
         options["churn"] = churn
     return options
 
@@ -107,14 +111,18 @@ def generate_frames(
     if actions not in ("recorded", "policy", "random"):
         raise WmlabError(f"--actions must be recorded, policy or random, got {actions!r}")
     head = {"image": episode["image"][None, :context]}
-    _, state = model.observe(head, episode["action"][None, :context], episode["is_first"][None, :context], model.initial(1))
+    _, state = model.observe(
+        head, episode["action"][None, :context], episode["is_first"][None, :context], model.initial(1)
+    )
     generator = np.random.default_rng(seed)
     torch.manual_seed(seed)
     real = None
     if actions == "recorded":
         available = len(episode["reward"]) - context
         if steps > available:
-            raise WmlabError(f"the episode has {available} recorded actions after the context, fewer than --steps {steps}; use --actions policy or random")
+            raise WmlabError(
+                f"the episode has {available} recorded actions after the context, fewer than --steps {steps}; use --actions policy or random"
+            )
         chosen: Any = torch.as_tensor(episode["action"][None, context : context + steps])
         real = episode["image"][context : context + steps]
     elif actions == "random":
@@ -130,7 +138,9 @@ def generate_frames(
         def chosen(current: Any) -> Any:
             frame = model.decode(current)["image"]
             image = (frame.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-            action, memory[0] = agent.act({"image": image, "is_first": np.array([memory[0] is None])}, memory[0], explore=False)
+            action, memory[0] = agent.act(
+                {"image": image, "is_first": np.array([memory[0] is None])}, memory[0], explore=False
+            )
             return torch.as_tensor(action)
 
     # One frame first, so that the measured rate leaves out one-off costs (allocation, caches).
@@ -139,12 +149,24 @@ def generate_frames(
     begin = time.perf_counter()
     trajectory = model.imagine(state, chosen, steps, **options)
     seconds = time.perf_counter() - begin
-    frames = trajectory.observations["image"] if trajectory.observations is not None else model.decode(trajectory.states)["image"]
+    frames = (
+        trajectory.observations["image"]
+        if trajectory.observations is not None
+        else model.decode(trajectory.states)["image"]
+    )
     generated = (torch.as_tensor(frames)[0].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     per_step = None
     if real is not None:
-        per_step = psnr(torch.as_tensor(real).float() / 255, torch.as_tensor(generated).float() / 255, leading=1).tolist()
-    return {"generated": generated, "real": real, "seconds": seconds, "fps": steps / max(seconds, 1e-9), "psnr": per_step}
+        per_step = psnr(
+            torch.as_tensor(real).float() / 255, torch.as_tensor(generated).float() / 255, leading=1
+        ).tolist()
+    return {
+        "generated": generated,
+        "real": real,
+        "seconds": seconds,
+        "fps": steps / max(seconds, 1e-9),
+        "psnr": per_step,
+    }
 
 
 def enlarge(frames: np.ndarray, scale: int) -> np.ndarray:
@@ -211,7 +233,9 @@ def run(argv: list[str]) -> int:
         "algorithm": spec.algorithm,
         "model": type(model).__name__,
         "steps": command.steps,
-        "denoising_steps": options.get("denoising_steps", getattr(getattr(getattr(model, "config", None), "sampler", None), "steps", None)),
+        "denoising_steps": options.get(
+            "denoising_steps", getattr(getattr(getattr(model, "config", None), "sampler", None), "steps", None)
+        ),
         "actions": command.actions,
         "seed": command.seed,
         "frames_per_second": result["fps"],
@@ -220,7 +244,11 @@ def run(argv: list[str]) -> int:
         "torch_threads": torch.get_num_threads(),
     }
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    psnr_text = "" if result["psnr"] is None else f", PSNR step 1 {result['psnr'][0]:.2f} dB, step {min(10, command.steps)} {result['psnr'][min(10, command.steps) - 1]:.2f} dB"
+    psnr_text = (
+        ""
+        if result["psnr"] is None
+        else f", PSNR step 1 {result['psnr'][0]:.2f} dB, step {min(10, command.steps)} {result['psnr'][min(10, command.steps) - 1]:.2f} dB"
+    )
     print(f"{command.steps} frames at {result['fps']:.1f} frames per second{psnr_text}")
     print(f"written: {out}, {out.with_suffix('.png')}, {out.with_suffix('.json')}")
     return 0

@@ -38,12 +38,16 @@ from wmlab.core.errors import WmlabError
 # Pure measures
 
 
-def action_classes(actions: np.ndarray, action_space: Any = None, still_below: float = 0.0) -> tuple[np.ndarray, list[str]]:
+def action_classes(
+    actions: np.ndarray, action_space: Any = None, still_below: float = 0.0
+) -> tuple[np.ndarray, list[str]]:
     """True actions (N, ...) -> (classes (N,) int, class names). Discrete: the action itself;
     Box (N, A): 2 * dim + (0 if positive else 1) of the largest-magnitude dimension, and class
     2 A ("still") where every |a| < still_below."""
     actions = np.asarray(actions)
-    if actions.ndim == 1 or (actions.ndim == 2 and actions.shape[1] == 1 and not np.issubdtype(actions.dtype, np.floating)):
+    if actions.ndim == 1 or (
+        actions.ndim == 2 and actions.shape[1] == 1 and not np.issubdtype(actions.dtype, np.floating)
+    ):
         classes = actions.reshape(-1).astype(np.int64)
         count = int(getattr(action_space, "n", classes.max(initial=0) + 1))
         return classes, [str(index) for index in range(count)]
@@ -105,13 +109,17 @@ def _windows(video, sequences: int, length: int, seed: int):
     return video.sample_with_actions(sequences, length, np.random.default_rng(seed))
 
 
-def grounding(model: Any, video, sequences: int = 64, length: int | None = None, seed: int = 0, still_below: float = 0.0) -> dict[str, Any]:
+def grounding(
+    model: Any, video, sequences: int = 64, length: int | None = None, seed: int = 0, still_below: float = 0.0
+) -> dict[str, Any]:
     """Confusion matrix, mutual information and purity between the latent actions `model`
     reads in `sequences` windows of `video` (a VideoDataset with hidden_actions) and the true ones."""
     import torch
 
     if video.hidden_actions is None:
-        raise WmlabError("grounding needs video whose true actions were recorded apart (a `wmlab record` dataset with actions)")
+        raise WmlabError(
+            "grounding needs video whose true actions were recorded apart (a `wmlab record` dataset with actions)"
+        )
     length = length or model.context
     batch, true_actions = _windows(video, sequences, length, seed)
     if isinstance(model, torch.nn.Module):
@@ -140,7 +148,9 @@ def latent_action_batch(model: Any, batch):
     return dataclasses.replace(batch, action=actions)
 
 
-def controllability(model: Any, video, sequences: int = 32, context: int = 2, horizon: int | None = None, seed: int = 0) -> dict[str, Any]:
+def controllability(
+    model: Any, video, sequences: int = 32, context: int = 2, horizon: int | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Genie's delta-PSNR per step on windows of `video`: latent actions read from the real future
     against latent actions drawn uniformly (common random numbers)."""
     import torch
@@ -171,7 +181,9 @@ def summary(result: dict[str, Any]) -> str:
     if grounded:
         normalised = grounded["normalised_mutual_information"]
         share = "n/a" if normalised is None else f"{normalised:.3f}"
-        parts.append(f"MI = {grounded['mutual_information_bits']:.3f} bits (normalised {share}), purity {grounded['purity']:.3f} (chance {grounded['chance_purity']:.3f})")
+        parts.append(
+            f"MI = {grounded['mutual_information_bits']:.3f} bits (normalised {share}), purity {grounded['purity']:.3f} (chance {grounded['chance_purity']:.3f})"
+        )
     control = result.get("controllability", {})
     if control.get("delta_psnr"):
         values = next(iter(control["delta_psnr"].values()))

@@ -46,7 +46,11 @@ def open_loop_predictions(model: Any, batch: Any, context: int = 5) -> dict[str,
     rewards = None
     if hasattr(model, "reward") and hasattr(model, "features"):
         rewards = torch.cat([model.reward(model.features(posterior)), trajectory.rewards], 1).cpu().numpy()
-    return {"observations": observations, "rewards": rewards, "real_rewards": np.asarray(batch.reward, dtype=np.float32)}
+    return {
+        "observations": observations,
+        "rewards": rewards,
+        "real_rewards": np.asarray(batch.reward, dtype=np.float32),
+    }
 
 
 def video_frames(real: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -97,7 +101,9 @@ def labelled_video_frames(real: np.ndarray, predicted: np.ndarray, context: int,
     return np.stack(labelled)
 
 
-def write_open_loop_report(model: Any, replay: Any, run_dir: str | Path, sequences: int = 4, length: int = 50, context: int = 5) -> list[Path]:
+def write_open_loop_report(
+    model: Any, replay: Any, run_dir: str | Path, sequences: int = 4, length: int = 50, context: int = 5
+) -> list[Path]:
     """Sample `sequences` windows from `replay` and write the GIFs and figure; returns the paths.
     Nothing is written when the replay holds fewer than context + 1 steps."""
     run_dir = Path(run_dir)
@@ -123,7 +129,11 @@ def write_open_loop_report(model: Any, replay: Any, run_dir: str | Path, sequenc
     error_path.write_text(json.dumps({"context": context, "mse_per_step": errors}, indent=2))
     written.append(error_path)
     if predictions["rewards"] is not None:
-        written.append(_reward_figure(predictions["rewards"], predictions["real_rewards"], context, figures / "open_loop_reward.png"))
+        written.append(
+            _reward_figure(
+                predictions["rewards"], predictions["real_rewards"], context, figures / "open_loop_reward.png"
+            )
+        )
     return written
 
 

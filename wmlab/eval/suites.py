@@ -68,7 +68,9 @@ def world_model_of(agent: Any) -> Any:
         model = getattr(agent, name, None)
         if model is not None and callable(getattr(model, "imagine", None)):
             return model
-    raise WmlabError(f"{type(agent).__name__} exposes no world model (an attribute `world_model` or `model` with `imagine`)")
+    raise WmlabError(
+        f"{type(agent).__name__} exposes no world model (an attribute `world_model` or `model` with `imagine`)"
+    )
 
 
 def replay_episodes(run_dir: str | Path, rank: int = 0) -> list[dict[str, np.ndarray]]:
@@ -80,7 +82,15 @@ def replay_episodes(run_dir: str | Path, rank: int = 0) -> list[dict[str, np.nda
     return [read_episode(path) for path in sorted(directory.glob("*.npz"))]
 
 
-def collect_episodes(agent: Any, env_id: str, env_kwargs: dict | None, episodes: int, seed: int, max_steps: int = 1000, explore: bool = False) -> list[dict[str, np.ndarray]]:
+def collect_episodes(
+    agent: Any,
+    env_id: str,
+    env_kwargs: dict | None,
+    episodes: int,
+    seed: int,
+    max_steps: int = 1000,
+    explore: bool = False,
+) -> list[dict[str, np.ndarray]]:
     """Episodes of the agent in the real environment, stored as replay stores them (step t:
     obs_t, the action that led to it (zeros at the first step), the reward on arrival, flags)."""
     env = make_env(env_id, **(env_kwargs or {}))
@@ -89,7 +99,16 @@ def collect_episodes(agent: Any, env_id: str, env_kwargs: dict | None, episodes:
     try:
         for episode in range(episodes):
             observation, _ = env.reset(seed=seed + episode)
-            steps = [_stored_step(observation, np.zeros(space.shape, dtype=space.dtype if space.shape else np.int64), 0.0, True, False, False)]
+            steps = [
+                _stored_step(
+                    observation,
+                    np.zeros(space.shape, dtype=space.dtype if space.shape else np.int64),
+                    0.0,
+                    True,
+                    False,
+                    False,
+                )
+            ]
             agent_state = None
             for _ in range(max_steps):
                 batched = {key: np.asarray(value)[None] for key, value in observation.items()}
@@ -106,9 +125,17 @@ def collect_episodes(agent: Any, env_id: str, env_kwargs: dict | None, episodes:
     return collected
 
 
-def _stored_step(observation: dict, action: Any, reward: float, first: bool, last: bool, terminal: bool) -> dict[str, np.ndarray]:
+def _stored_step(
+    observation: dict, action: Any, reward: float, first: bool, last: bool, terminal: bool
+) -> dict[str, np.ndarray]:
     step = {key: np.asarray(value) for key, value in observation.items()}
-    step.update(action=np.asarray(action), reward=np.float32(reward), is_first=np.bool_(first), is_last=np.bool_(last), is_terminal=np.bool_(terminal))
+    step.update(
+        action=np.asarray(action),
+        reward=np.float32(reward),
+        is_first=np.bool_(first),
+        is_last=np.bool_(last),
+        is_terminal=np.bool_(terminal),
+    )
     return step
 
 
@@ -144,7 +171,9 @@ def windows_for(episodes: Sequence[dict[str, np.ndarray]], settings: SuiteSettin
     longest = max((len(episode["reward"]) for episode in episodes), default=0)
     length = min(settings.context + settings.horizon, longest)
     if length <= settings.context:
-        raise WmlabError(f"the episodes hold at most {longest} steps, too few for {settings.context} context steps and an open-loop step")
+        raise WmlabError(
+            f"the episodes hold at most {longest} steps, too few for {settings.context} context steps and an open-loop step"
+        )
     return episode_windows(episodes, settings.sequences, length, settings.seed)
 
 
@@ -152,7 +181,9 @@ def windows_for(episodes: Sequence[dict[str, np.ndarray]], settings: SuiteSettin
 # Running suites on a run
 
 
-def run_suites(run_dir: str | Path, suites: Sequence[str], settings: SuiteSettings = SuiteSettings()) -> dict[str, dict]:
+def run_suites(
+    run_dir: str | Path, suites: Sequence[str], settings: SuiteSettings = SuiteSettings()
+) -> dict[str, dict]:
     """Run the named world-model suites on a trained run; writes RUN_DIR/eval/<suite>.json and
     RUN_DIR/figures/eval_<suite>.png and returns {suite: result}."""
     run_dir = Path(run_dir)
@@ -228,7 +259,12 @@ def write_suite(run_dir: str | Path, suite: str, result: dict) -> list[Path]:
     return written
 
 
-def compare_runs(run_dirs: Sequence[str | Path], suite: str = "horizon", settings: SuiteSettings = SuiteSettings(), out: str | Path | None = None) -> Path:
+def compare_runs(
+    run_dirs: Sequence[str | Path],
+    suite: str = "horizon",
+    settings: SuiteSettings = SuiteSettings(),
+    out: str | Path | None = None,
+) -> Path:
     """Overlay one suite's results of several runs in one figure. A run's stored
     RUN_DIR/eval/<suite>.json is reused; a run without one is evaluated first. The figure goes to
     `out` (default: the first run's figures/eval_<suite>_compare.png) with a JSON of the inputs."""
@@ -237,10 +273,14 @@ def compare_runs(run_dirs: Sequence[str | Path], suite: str = "horizon", setting
     results = []
     for run_dir in run_dirs:
         stored = Path(run_dir) / "eval" / f"{suite}.json"
-        results.append(json.loads(stored.read_text()) if stored.is_file() else run_suites(run_dir, [suite], settings)[suite])
+        results.append(
+            json.loads(stored.read_text()) if stored.is_file() else run_suites(run_dir, [suite], settings)[suite]
+        )
     out = Path(out) if out else Path(run_dirs[0]) / "figures" / f"eval_{suite}_compare.png"
     plot_suite(suite, results, out)
-    out.with_suffix(".json").write_text(json.dumps({"suite": suite, "runs": [str(run) for run in run_dirs], "results": results}, indent=2))
+    out.with_suffix(".json").write_text(
+        json.dumps({"suite": suite, "runs": [str(run) for run in run_dirs], "results": results}, indent=2)
+    )
     return out
 
 
@@ -259,7 +299,13 @@ def plot_suite(suite: str, results: Sequence[dict], path: str | Path) -> Path | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    drawers = {"horizon": _draw_horizon, "calibration": _draw_calibration, "bound": _draw_bound, "dream": _draw_dream, "controllability": _draw_controllability}
+    drawers = {
+        "horizon": _draw_horizon,
+        "calibration": _draw_calibration,
+        "bound": _draw_bound,
+        "dream": _draw_dream,
+        "controllability": _draw_controllability,
+    }
     figure = drawers[suite](plt, results)
     if figure is None:
         return None
@@ -288,10 +334,22 @@ def _draw_horizon(plt, results):
             axis.plot(steps, np.array(values, dtype=float), color=color, label=f"{_label(result)} open loop")
             filtered = result["filtering"].get(name)
             if filtered is not None:
-                axis.plot(steps, np.array(filtered, dtype=float), color=color, linestyle="--", label=f"{_label(result)} filtering")
+                axis.plot(
+                    steps,
+                    np.array(filtered, dtype=float),
+                    color=color,
+                    linestyle="--",
+                    label=f"{_label(result)} filtering",
+                )
             repeated = result.get("repeat_last_frame", {}).get(name)
             if repeated is not None:
-                axis.plot(steps, np.array(repeated, dtype=float), color=color, linestyle=":", label=f"{_label(result)} repeat last frame")
+                axis.plot(
+                    steps,
+                    np.array(repeated, dtype=float),
+                    color=color,
+                    linestyle=":",
+                    label=f"{_label(result)} repeat last frame",
+                )
         axis.set_xlabel("horizon (steps after the context)")
         axis.set_title(name)
         if name.endswith("mse"):
@@ -320,7 +378,14 @@ def _draw_calibration(plt, results):
         levels = result["levels"]
         for shade, horizon in enumerate(result["horizons"]):
             observed = [result["coverage"][str(level)][horizon - 1] for level in levels]
-            axis.plot(levels, observed, marker="o", color=f"C{index}", alpha=0.35 + 0.65 * (shade + 1) / len(result["horizons"]), label=f"{_label(result)} h={horizon}")
+            axis.plot(
+                levels,
+                observed,
+                marker="o",
+                color=f"C{index}",
+                alpha=0.35 + 0.65 * (shade + 1) / len(result["horizons"]),
+                label=f"{_label(result)} h={horizon}",
+            )
     axis.set_xlabel("nominal interval p")
     axis.set_ylabel("fraction of real futures inside")
     axis.set_xlim(0, 1)
@@ -338,9 +403,20 @@ def _draw_bound(plt, results):
     for index, result in enumerate(drawable):
         bound = np.array(result["bound"], dtype=float)
         steps = np.arange(1, len(bound) + 1)
-        axis.plot(steps, bound, color=f"C{index}", linestyle="--", label=f"{_label(result)} eps (L^H-1)/(L-1), L={result['lipschitz']:.3g}")
+        axis.plot(
+            steps,
+            bound,
+            color=f"C{index}",
+            linestyle="--",
+            label=f"{_label(result)} eps (L^H-1)/(L-1), L={result['lipschitz']:.3g}",
+        )
         if result.get("measured"):
-            axis.plot(steps[: len(result["measured"])], np.array(result["measured"], dtype=float), color=f"C{index}", label=f"{_label(result)} measured")
+            axis.plot(
+                steps[: len(result["measured"])],
+                np.array(result["measured"], dtype=float),
+                color=f"C{index}",
+                label=f"{_label(result)} measured",
+            )
     _log_scale_if_wide(axis)
     axis.set_xlabel("horizon H")
     axis.set_ylabel("latent error")
@@ -354,7 +430,9 @@ def _draw_dream(plt, results):
     for index, result in enumerate(results):
         steps = np.arange(1, len(result["real_return"]) + 1)
         axis.plot(steps, result["real_return"], color=f"C{index}", label=f"{_label(result)} real")
-        axis.plot(steps, result["predicted_return"], color=f"C{index}", linestyle="--", label=f"{_label(result)} imagined")
+        axis.plot(
+            steps, result["predicted_return"], color=f"C{index}", linestyle="--", label=f"{_label(result)} imagined"
+        )
         if result.get("parting_horizon"):
             axis.axvline(result["parting_horizon"], color=f"C{index}", linestyle=":", alpha=0.7)
     axis.set_xlabel("horizon H")
@@ -374,7 +452,13 @@ def _draw_controllability(plt, results):
         if "latent_delta_db" in result:
             curves.append(("latent", result["latent_delta_db"]))
         for style, (key, values) in zip(("-", "--", ":", "-."), curves):
-            axis.plot(np.arange(1, len(values) + 1), np.array(values, dtype=float), color=f"C{index}", linestyle=style, label=f"{_label(result)} {key}")
+            axis.plot(
+                np.arange(1, len(values) + 1),
+                np.array(values, dtype=float),
+                color=f"C{index}",
+                linestyle=style,
+                label=f"{_label(result)} {key}",
+            )
     axis.axhline(0, color="grey", linewidth=0.8)
     axis.set_xlabel("step t")
     axis.set_ylabel("delta PSNR (dB)")
@@ -391,15 +475,25 @@ def suite_summary(suite: str, result: dict) -> str:
         for name, values in result["at_horizon"]["open_loop"].items():
             text = ", ".join(f"h{h}={value:.4g}" for h, value in values.items() if value is not None)
             if name in baseline and name.endswith("moving_mse"):
-                text += " (repeat last frame: " + ", ".join(f"h{h}={value:.4g}" for h, value in baseline[name].items() if value is not None) + ")"
+                text += (
+                    " (repeat last frame: "
+                    + ", ".join(f"h{h}={value:.4g}" for h, value in baseline[name].items() if value is not None)
+                    + ")"
+                )
             parts.append(f"{name}: {text}")
         return "; ".join(parts) or "; ".join(result["notes"])
     if suite == "calibration":
         if not result.get("calibratable"):
             return f"cannot be calibrated: {result['reason']}"
-        return f"mean |observed - p| = {result['mean_calibration_error']:.3f}" + (" (over-confident)" if result["overconfident"] else "")
+        return f"mean |observed - p| = {result['mean_calibration_error']:.3f}" + (
+            " (over-confident)" if result["overconfident"] else ""
+        )
     if suite == "bound":
-        return f"eps = {result['one_step_error']:.4g}, L = {result['lipschitz']:.4g}" if result.get("defined") else result["reason"]
+        return (
+            f"eps = {result['one_step_error']:.4g}, L = {result['lipschitz']:.4g}"
+            if result.get("defined")
+            else result["reason"]
+        )
     if suite == "dream":
         if result["parting_horizon"]:
             return f"imagination and reality part at horizon {result['parting_horizon']} (relative gap > {result['threshold']})"
@@ -437,7 +531,10 @@ def report_section(run_dir: str | Path) -> str | None:
     results = stored_results(run_dir)
     if not results:
         return None
-    rows = [f"<tr><td>{html.escape(suite)}</td><td>{html.escape(suite_summary(suite, result))}</td></tr>" for suite, result in results.items()]
+    rows = [
+        f"<tr><td>{html.escape(suite)}</td><td>{html.escape(suite_summary(suite, result))}</td></tr>"
+        for suite, result in results.items()
+    ]
     moving = moving_pixel_table(results["horizon"]) if "horizon" in results else ""
     return "<table><tr><th>suite</th><th>result</th></tr>" + "".join(rows) + "</table>" + moving
 
@@ -462,12 +559,18 @@ def moving_pixel_table(result: dict) -> str:
         for horizon in map(str, result["horizons"]):
             imagined, repeated = model[f"{key}/moving_mse"].get(horizon), baseline[f"{key}/moving_mse"].get(horizon)
             ratio = imagined / repeated if imagined is not None and repeated else None
-            whole, whole_repeated = model.get(f"{key}/mse", {}).get(horizon), baseline.get(f"{key}/mse", {}).get(horizon)
-            rows.append(f"<tr><td>{horizon}</td><td>{cell(imagined)}</td><td>{cell(repeated)}</td><td>{cell(ratio)}</td><td>{cell(whole)}</td><td>{cell(whole_repeated)}</td></tr>")
+            whole, whole_repeated = (
+                model.get(f"{key}/mse", {}).get(horizon),
+                baseline.get(f"{key}/mse", {}).get(horizon),
+            )
+            rows.append(
+                f"<tr><td>{horizon}</td><td>{cell(imagined)}</td><td>{cell(repeated)}</td><td>{cell(ratio)}</td><td>{cell(whole)}</td><td>{cell(whole_repeated)}</td></tr>"
+            )
         parts.append(
             f"<h4>{html.escape(key)}: error over the pixels that move (those that differ from the last real context frame)</h4>"
             "<table><tr><th>horizon</th><th>moving-pixel MSE, imagined</th><th>moving-pixel MSE, repeat last real frame</th>"
             "<th>ratio (drawing the background alone scores about 0.5 once the moving object is clear of where it was)</th><th>whole-frame MSE, imagined</th><th>whole-frame MSE, repeat last frame</th></tr>"
-            + "".join(rows) + "</table>"
+            + "".join(rows)
+            + "</table>"
         )
     return "".join(parts)

@@ -29,7 +29,14 @@ class LinearGaussianModel:
 
     can_decode = True
 
-    def __init__(self, matrix: Any, action_matrix: Any | None = None, noise_std: float = 0.0, action_size: int = 1, declare_deterministic: bool = False):
+    def __init__(
+        self,
+        matrix: Any,
+        action_matrix: Any | None = None,
+        noise_std: float = 0.0,
+        action_size: int = 1,
+        declare_deterministic: bool = False,
+    ):
         self.matrix = torch.as_tensor(matrix, dtype=torch.float64)
         D = self.matrix.shape[0]
         if action_matrix is None:
@@ -95,7 +102,9 @@ def rotation(angle: float, scale: float = 1.0) -> np.ndarray:
     return scale * np.array([[cos, -sin], [sin, cos]])
 
 
-def sample_batch(model: LinearGaussianModel, batch_size: int, length: int, seed: int = 0, action_std: float = 1.0) -> Batch:
+def sample_batch(
+    model: LinearGaussianModel, batch_size: int, length: int, seed: int = 0, action_std: float = 1.0
+) -> Batch:
     """B real windows of T steps drawn from `model` itself: x_0 ~ N(0, I), actions ~ N(0, action_std^2),
     in wmlab's time convention (step t holds the action that led to x_t; zeros at t = 0)."""
     generator = np.random.default_rng(seed)

@@ -200,7 +200,9 @@ def ssim(
     window that fits.
     """
     if real.shape != predicted.shape or real.ndim != 4:
-        raise ValueError(f"ssim takes two (N, H, W, C) batches of the same shape, got {tuple(real.shape)} and {tuple(predicted.shape)}")
+        raise ValueError(
+            f"ssim takes two (N, H, W, C) batches of the same shape, got {tuple(real.shape)} and {tuple(predicted.shape)}"
+        )
     channels = real.shape[-1]
     size = min(window_size, real.shape[1], real.shape[2])
     size -= 1 - size % 2  # odd, so the window has a centre
@@ -268,7 +270,9 @@ def moving_pixel_errors(real: Any, predicted: Any, reference: Any) -> dict[str, 
     guess = as_unit_float(predicted, True)
     last = as_unit_float(reference, True)[:, None]  # (B, 1, H, W, C)
     if truth.shape != guess.shape or last.shape[2:] != truth.shape[2:]:
-        raise ValueError(f"moving-pixel error: real {tuple(truth.shape)}, predicted {tuple(guess.shape)} and reference {tuple(last.shape)} do not match")
+        raise ValueError(
+            f"moving-pixel error: real {tuple(truth.shape)}, predicted {tuple(guess.shape)} and reference {tuple(last.shape)} do not match"
+        )
     moving = (truth != last).any(-1)  # (B, L, H, W)
     count = moving.sum((0, 2, 3)).double() * truth.shape[-1]  # moving values per step (L,)
 
@@ -302,7 +306,9 @@ def slice_observations(batch: Batch, start: int, stop: int | None = None) -> dic
 def filter_sequence(model: Any, batch: Batch, stop: int | None = None) -> tuple[Any, Any]:
     """Filter steps [0, stop) of the batch from the model's initial state: (posteriors (B, t, ...), last (B, ...))."""
     B = np.shape(batch.reward)[0]
-    return model.observe(slice_observations(batch, 0, stop), batch.action[:, :stop], batch.is_first[:, :stop], model.initial(B))
+    return model.observe(
+        slice_observations(batch, 0, stop), batch.action[:, :stop], batch.is_first[:, :stop], model.initial(B)
+    )
 
 
 def imagine_steps(model: Any, state: Any, actions: Any, steps: int) -> Trajectory:
@@ -331,7 +337,10 @@ def at_horizons(per_step: dict[str, list[float]], horizons: Sequence[int]) -> di
 
 def _clean(values: Any) -> list[float | None]:
     """A list of floats for JSON (NaN becomes None)."""
-    return [None if not math.isfinite(float(value)) else float(value) for value in np.asarray(values, dtype=np.float64).reshape(-1)]
+    return [
+        None if not math.isfinite(float(value)) else float(value)
+        for value in np.asarray(values, dtype=np.float64).reshape(-1)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -339,7 +348,9 @@ def _clean(values: Any) -> list[float | None]:
 
 
 @torch.no_grad()
-def horizon_errors(model: Any, batch: Batch, context: int = 5, horizons: Sequence[int] = DEFAULT_HORIZONS, seed: int = 0) -> dict[str, Any]:
+def horizon_errors(
+    model: Any, batch: Batch, context: int = 5, horizons: Sequence[int] = DEFAULT_HORIZONS, seed: int = 0
+) -> dict[str, Any]:
     """Open-loop error against horizon, beside the filtering error.
 
     The model filters the k context steps, then imagines the remaining L steps with the real
@@ -386,7 +397,11 @@ def horizon_errors(model: Any, batch: Batch, context: int = 5, horizons: Sequenc
                 moving = moving_pixel_errors(real, imagined[key], np.asarray(batch.obs[key])[:, context - 1])
                 open_loop[f"{key}/moving_mse"] = _clean(moving["moving_mse"])
                 baseline[f"{key}/moving_mse"] = _clean(moving["moving_mse_repeat_last"])
-                baseline[f"{key}/mse"] = _clean(observation_errors(real, np.repeat(np.asarray(batch.obs[key])[:, context - 1 : context], L, 1))["mse"])
+                baseline[f"{key}/mse"] = _clean(
+                    observation_errors(real, np.repeat(np.asarray(batch.obs[key])[:, context - 1 : context], L, 1))[
+                        "mse"
+                    ]
+                )
                 moving_fraction[key] = _clean(moving["moving_fraction"])
 
     predicted_latent = model_latent(model, trajectory.states, leading=2)
@@ -416,7 +431,11 @@ def horizon_errors(model: Any, batch: Batch, context: int = 5, horizons: Sequenc
         "filtering": filtering,
         "repeat_last_frame": baseline,
         "moving_fraction": moving_fraction,
-        "at_horizon": {"open_loop": at_horizons(open_loop, chosen), "filtering": at_horizons(filtering, chosen), "repeat_last_frame": at_horizons(baseline, chosen)},
+        "at_horizon": {
+            "open_loop": at_horizons(open_loop, chosen),
+            "filtering": at_horizons(filtering, chosen),
+            "repeat_last_frame": at_horizons(baseline, chosen),
+        },
         "notes": notes,
     }
 
@@ -464,9 +483,19 @@ def calibration(
     `overconfident` / `underconfident` flag a mean signed gap beyond `tolerance`.
     """
     B, T, L = window_parts(batch, context)
-    base = {"model": type(model).__name__, "context": context, "steps": L, "samples": samples, "levels": [float(p) for p in levels]}
+    base = {
+        "model": type(model).__name__,
+        "context": context,
+        "steps": L,
+        "samples": samples,
+        "levels": [float(p) for p in levels],
+    }
     if getattr(model, "deterministic", False) is True:
-        return {**base, "calibratable": False, "reason": f"{type(model).__name__} declares itself deterministic: it has no predictive distribution to calibrate"}
+        return {
+            **base,
+            "calibratable": False,
+            "reason": f"{type(model).__name__} declares itself deterministic: it has no predictive distribution to calibrate",
+        }
     if samples < 2:
         raise ValueError(f"calibration needs at least 2 samples per start, got {samples}")
     with common_random_numbers(model, seed):
@@ -495,17 +524,28 @@ def calibration(
             predictions["latent"] = predicted.reshape(B, samples, L, -1)
             truths["latent"] = truth
     if not predictions:
-        return {**base, "calibratable": False, "reason": "the model predicts nothing continuous to put an interval around"}
+        return {
+            **base,
+            "calibratable": False,
+            "reason": "the model predicts nothing continuous to put an interval around",
+        }
 
     spread = max(float((values - values[:, :1]).abs().max()) for values in predictions.values())
     if spread == 0.0:
-        return {**base, "space": space, "calibratable": False, "reason": f"the {samples} rollouts from each start are identical: the model is deterministic and has no predictive distribution to calibrate"}
+        return {
+            **base,
+            "space": space,
+            "calibratable": False,
+            "reason": f"the {samples} rollouts from each start are identical: the model is deterministic and has no predictive distribution to calibrate",
+        }
 
     generator = torch.Generator().manual_seed(seed)
     coverage_sum = torch.zeros(len(levels), L, dtype=torch.float64)
     for key, values in predictions.items():
         features = values.shape[-1]
-        chosen = torch.randperm(features, generator=generator)[:max_features] if features > max_features else slice(None)
+        chosen = (
+            torch.randperm(features, generator=generator)[:max_features] if features > max_features else slice(None)
+        )
         values, truth = values[..., chosen], truths[key][..., chosen]
         for index, level in enumerate(levels):
             bounds = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=values.dtype)
@@ -529,7 +569,10 @@ def calibration(
         "mean_signed_gap": signed,
         "overconfident": signed < -tolerance,
         "underconfident": signed > tolerance,
-        "coverage_at_horizon": {str(level): {str(h): float(coverage[index, h - 1]) for h in chosen_horizons} for index, level in enumerate(levels)},
+        "coverage_at_horizon": {
+            str(level): {str(h): float(coverage[index, h - 1]) for h in chosen_horizons}
+            for index, level in enumerate(levels)
+        },
     }
 
 
@@ -583,7 +626,11 @@ def error_bound(
     start = model_latent(model, current)
     target = model_latent(model, following)
     if start is None or target is None or valid.size < 2:
-        return {**base, "defined": False, "reason": "the model's state has no continuous latent vector (or too few states)"}
+        return {
+            **base,
+            "defined": False,
+            "reason": "the model's state has no continuous latent vector (or too few states)",
+        }
 
     def step(state):
         with common_random_numbers(model, seed + 1):
@@ -620,7 +667,9 @@ def error_bound(
 
 
 @torch.no_grad()
-def dream_against_reality(model: Any, batch: Batch, context: int = 5, threshold: float = 0.2, seed: int = 0) -> dict[str, Any]:
+def dream_against_reality(
+    model: Any, batch: Batch, context: int = 5, threshold: float = 0.2, seed: int = 0
+) -> dict[str, Any]:
     """Returns predicted in imagination along a policy's real actions against the real returns.
 
     The batch holds windows of episodes collected with the policy. After filtering the context,
@@ -720,7 +769,14 @@ def controllability(
         states_real = imagine_steps(model, last, real_actions, L).states
     with common_random_numbers(model, seed + 1):
         states_random = imagine_steps(model, last, other_actions, L).states
-    result: dict[str, Any] = {**base, "defined": False, "delta_psnr": {}, "mean_delta_psnr": {}, "psnr_real_actions": {}, "psnr_random_actions": {}}
+    result: dict[str, Any] = {
+        **base,
+        "defined": False,
+        "delta_psnr": {},
+        "mean_delta_psnr": {},
+        "psnr_real_actions": {},
+        "psnr_random_actions": {},
+    }
     reasons = []
 
     target = model_latent(model, state_time_slice(posteriors, context), leading=2)

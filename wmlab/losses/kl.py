@@ -40,7 +40,14 @@ def gaussian_kl(mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor,
     return 0.5 * (variance_ratio + ((mean_p - mean_q) / std_q).pow(2) - 1 - variance_ratio.log())
 
 
-def _balance(dynamics: torch.Tensor, representation: torch.Tensor, free_nats: float, dyn_scale: float, rep_scale: float, average_first: bool) -> KLTerms:
+def _balance(
+    dynamics: torch.Tensor,
+    representation: torch.Tensor,
+    free_nats: float,
+    dyn_scale: float,
+    rep_scale: float,
+    average_first: bool,
+) -> KLTerms:
     if average_first:
         # DreamerV1/V2 ("free_avg"): free nats bound the batch mean, not each step.
         dynamics, representation = dynamics.mean(), representation.mean()

@@ -74,7 +74,10 @@ def update_return_percentiles(
     shape): (decay * low + (1 - decay) * Per(R, 5), decay * high + (1 - decay) * Per(R, 95)).
     DreamerV3 (Eq. 12, arXiv:2301.04104v1; authors' config: rate 0.01, percentiles 5 / 95, no
     debiasing, so both start at 0)."""
-    quantiles = torch.quantile(returns.detach().reshape(-1).float(), torch.tensor([low_percentile / 100, high_percentile / 100], device=returns.device))
+    quantiles = torch.quantile(
+        returns.detach().reshape(-1).float(),
+        torch.tensor([low_percentile / 100, high_percentile / 100], device=returns.device),
+    )
     return decay * low + (1 - decay) * quantiles[0], decay * high + (1 - decay) * quantiles[1]
 
 

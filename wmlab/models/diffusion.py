@@ -193,7 +193,9 @@ def check_sampler(config: SamplerConfig) -> None:
 # EDM: preconditioning, training noise levels, the sampler (none of it knows the network)
 
 
-def preconditioning(sigma: torch.Tensor, sigma_data: float, sigma_offset_noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def preconditioning(
+    sigma: torch.Tensor, sigma_data: float, sigma_offset_noise: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(c_skip, c_out, c_in, c_noise) for noise levels sigma (...), each (...): EDM's Table 1
     (arXiv:2206.00364), with sigma <- sqrt(sigma^2 + sigma_offset^2) as DIAMOND counts its offset
     noise. D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) has unit-variance input and target."""
@@ -206,13 +208,23 @@ def preconditioning(sigma: torch.Tensor, sigma_data: float, sigma_offset_noise: 
     return c_skip, c_out, c_in, c_noise
 
 
-def training_noise_levels(count: int, mean: float, std: float, low: float, high: float, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+def training_noise_levels(
+    count: int,
+    mean: float,
+    std: float,
+    low: float,
+    high: float,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """(count,) levels with log sigma ~ N(mean, std^2), clipped to [low, high] (EDM Sec. 5, DIAMOND)."""
     normal = torch.randn(count, generator=generator, device=device)
     return (normal * std + mean).exp().clamp(low, high)
 
 
-def karras_levels(steps: int, sigma_min: float, sigma_max: float, rho: float, device: torch.device | str = "cpu") -> torch.Tensor:
+def karras_levels(
+    steps: int, sigma_min: float, sigma_max: float, rho: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """(steps + 1,) noise levels from sigma_max down to sigma_min, then 0 (EDM Eq. 5)."""
     if steps == 1:
         levels = torch.tensor([sigma_max], dtype=torch.float64)
@@ -270,8 +282,12 @@ class NextFrameDenoiser(nn.Module):
         # One embedding per context position, concatenated (DIAMOND embeds the K actions so).
         self.action_embedding = nn.Embedding(actions, size // K)
         self.action_projection = nn.Linear((size // K) * K, size)
-        self.context_noise_embedding = nn.Embedding(config.context_noise_buckets, size) if config.context_noise else None
-        self.condition_projection = nn.Linear(config.condition_size_input, size) if config.condition_size_input > 0 else None
+        self.context_noise_embedding = (
+            nn.Embedding(config.context_noise_buckets, size) if config.context_noise else None
+        )
+        self.condition_projection = (
+            nn.Linear(config.condition_size_input, size) if config.condition_size_input > 0 else None
+        )
         self.null_condition = nn.Parameter(torch.zeros(size)) if config.condition_size_input > 0 else None
         self.condition_mlp = nn.Sequential(nn.Linear(size, size), nn.SiLU(), nn.Linear(size, size))
         self.unet = UNet((K + 1) * image_channels, image_channels, config.channels, config.depths, size)
@@ -286,9 +302,15 @@ class NextFrameDenoiser(nn.Module):
         condition: torch.Tensor | None = None,
         keep_condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        embedding = self.noise_embedding(noise_level) + self.action_projection(self.action_embedding(actions).flatten(1))
+        embedding = self.noise_embedding(noise_level) + self.action_projection(
+            self.action_embedding(actions).flatten(1)
+        )
         if self.context_noise_embedding is not None:
-            bucket = torch.zeros_like(noise_level, dtype=torch.long) if context_noise_bucket is None else context_noise_bucket
+            bucket = (
+                torch.zeros_like(noise_level, dtype=torch.long)
+                if context_noise_bucket is None
+                else context_noise_bucket
+            )
             embedding = embedding + self.context_noise_embedding(bucket)
         if self.condition_projection is not None:
             null = self.null_condition.expand(noisy.shape[0], -1)
@@ -312,10 +334,19 @@ class RewardEndModel(nn.Module):
         factor = 2 ** (len(config.channels) - 1)
         features = config.channels[-1] * (image_size[0] // factor) * (image_size[1] // factor)
         self.lstm = nn.LSTMCell(features, config.lstm_size)
-        self.head = nn.Sequential(nn.Linear(config.lstm_size, config.lstm_size), nn.SiLU(), nn.Linear(config.lstm_size, 5))
+        self.head = nn.Sequential(
+            nn.Linear(config.lstm_size, config.lstm_size), nn.SiLU(), nn.Linear(config.lstm_size, 5)
+        )
         self.lstm_size = config.lstm_size
 
-    def forward(self, previous: torch.Tensor, following: torch.Tensor, action: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor):
+    def forward(
+        self,
+        previous: torch.Tensor,
+        following: torch.Tensor,
+        action: torch.Tensor,
+        hidden: torch.Tensor,
+        cell: torch.Tensor,
+    ):
         features = self.encoder(torch.cat([previous, following], dim=1), self.action_embedding(action))[-1].flatten(1)
         hidden, cell = self.lstm(features, (hidden, cell))
         logits = self.head(hidden)
@@ -329,10 +360,14 @@ class RewardEndModel(nn.Module):
 def image_layout(observation_space: spaces.Space) -> tuple[str, int, tuple[int, int]]:
     """(key, C, (H, W)) of the one uint8 image observation a diffusion model generates."""
     if not isinstance(observation_space, spaces.Dict) or "image" not in observation_space.spaces:
-        raise IncompatibleSpaceError(f"the diffusion world model generates frames: it needs an 'image' observation (uint8 (H, W, C)), got {observation_space}")
+        raise IncompatibleSpaceError(
+            f"the diffusion world model generates frames: it needs an 'image' observation (uint8 (H, W, C)), got {observation_space}"
+        )
     space = observation_space["image"]
     if not (isinstance(space, spaces.Box) and space.dtype == "uint8" and len(space.shape) == 3):
-        raise IncompatibleSpaceError(f"the diffusion world model's 'image' observation must be uint8 (H, W, C), got {space}")
+        raise IncompatibleSpaceError(
+            f"the diffusion world model's 'image' observation must be uint8 (H, W, C), got {space}"
+        )
     return "image", int(space.shape[2]), (int(space.shape[0]), int(space.shape[1]))
 
 
@@ -352,7 +387,9 @@ class DiffusionWorldModel(nn.Module):
                 "for two rooms use the env two-rooms-discrete"
             )
         if config.channels and config.condition_size % config.context:
-            raise ValueError(f"condition_size {config.condition_size} must be divisible by the context {config.context}")
+            raise ValueError(
+                f"condition_size {config.condition_size} must be divisible by the context {config.context}"
+            )
         if config.context < 1:
             raise ValueError(f"the context must hold at least one frame, got {config.context}")
         check_sampler(config.sampler)
@@ -377,7 +414,9 @@ class DiffusionWorldModel(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         stored = state_dict.get(prefix + "trained_context")
         if stored is not None and int(stored) != self.context:
-            raise ShapeError(f"this checkpoint was trained with a context of {int(stored)} frames, the model is configured for {self.context}")
+            raise ShapeError(
+                f"this checkpoint was trained with a context of {int(stored)} frames, the model is configured for {self.context}"
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- frames and states ---------------------------------------------------------------------
@@ -433,7 +472,9 @@ class DiffusionWorldModel(nn.Module):
         check_shape("action", action, leading, sizes)
         action = action.long()
         if bool(((action < 0) | (action >= self.action_size)).any()):
-            raise ValueError(f"actions must be indices in [0, {self.action_size}), got {action.min().item()} to {action.max().item()}")
+            raise ValueError(
+                f"actions must be indices in [0, {self.action_size}), got {action.min().item()} to {action.max().item()}"
+            )
         return action
 
     def condition_of(self, obs: dict, leading: tuple[str, ...], sizes: dict[str, int]) -> torch.Tensor | None:
@@ -442,7 +483,9 @@ class DiffusionWorldModel(nn.Module):
         if key not in obs:
             return None
         if self.config.condition_size_input <= 0:
-            raise WmlabError(f"obs[{key!r}] holds a conditioning vector, but this model was trained without conditioning (condition_size_input 0)")
+            raise WmlabError(
+                f"obs[{key!r}] holds a conditioning vector, but this model was trained without conditioning (condition_size_input 0)"
+            )
         value = torch.as_tensor(obs[key], device=self.device).float()
         check_shape(f"obs[{key!r}]", value, (*leading, self.config.condition_size_input), sizes)
         return value
@@ -467,14 +510,19 @@ class DiffusionWorldModel(nn.Module):
         for t in range(T):
             reset = is_first[:, t]
             if bool(reset.any()):
-                state = {name: torch.where(reset.reshape(-1, *[1] * (value.dim() - 1)), fresh[name], value) for name, value in state.items()}
+                state = {
+                    name: torch.where(reset.reshape(-1, *[1] * (value.dim() - 1)), fresh[name], value)
+                    for name, value in state.items()
+                }
             action_t = actions[:, t].masked_fill(reset, 0)
             state = self.advance(state, frames[:, t], action_t, None if condition is None else condition[:, t])
             states.append(state)
         stacked = {name: torch.stack([step[name] for step in states], 1) for name in states[0]}
         return stacked, state
 
-    def advance(self, state: State, frame: torch.Tensor, action: torch.Tensor, condition: torch.Tensor | None = None) -> State:
+    def advance(
+        self, state: State, frame: torch.Tensor, action: torch.Tensor, condition: torch.Tensor | None = None
+    ) -> State:
         """Append a frame (B, C, H, W) reached by action (B,) to the state, stepping the reward model's LSTM."""
         _, _, hidden, cell = self.reward_end(state["frames"][:, -1], frame, action, state["hidden"], state["cell"])
         new = {
@@ -502,7 +550,9 @@ class DiffusionWorldModel(nn.Module):
         H, W) and the K conditioning actions (B, K), with clean context (context-noise bucket 0).
         With a conditioning vector (B, D), D_null + guidance (D_cond - D_null)."""
         config = self.config
-        c_skip, c_out, c_in, c_noise = (value[:, None, None, None] for value in preconditioning(sigma, config.sigma_data, config.sigma_offset_noise))
+        c_skip, c_out, c_in, c_noise = (
+            value[:, None, None, None] for value in preconditioning(sigma, config.sigma_data, config.sigma_offset_noise)
+        )
         context = frames.flatten(1, 2) / config.sigma_data
 
         def estimate(vector: torch.Tensor | None) -> torch.Tensor:
@@ -535,13 +585,17 @@ class DiffusionWorldModel(nn.Module):
         def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             return self.denoise(x, sigma, state["frames"], actions, condition, guidance)
 
-        frame = euler_sample(denoise, (B, self.image_channels, *self.image_size), sampler, generator or self.generator, self.device)
+        frame = euler_sample(
+            denoise, (B, self.image_channels, *self.image_size), sampler, generator or self.generator, self.device
+        )
         return frame.clamp(-1, 1)
 
     def resolve_condition(self, state: State, condition: Any | None) -> torch.Tensor | None:
         if condition is not None:
             if self.config.condition_size_input <= 0:
-                raise WmlabError("a conditioning vector was given, but this model was trained without conditioning (condition_size_input 0)")
+                raise WmlabError(
+                    "a conditioning vector was given, but this model was trained without conditioning (condition_size_input 0)"
+                )
             condition = torch.as_tensor(condition, device=self.device).float()
             check_shape("condition", condition, (state["frames"].shape[0], self.config.condition_size_input))
             return condition
@@ -582,7 +636,11 @@ class DiffusionWorldModel(nn.Module):
         if denoising_steps is not None or churn is not None:
             from dataclasses import replace
 
-            sampler = replace(sampler, **({"steps": int(denoising_steps)} if denoising_steps is not None else {}), **({"churn": float(churn)} if churn is not None else {}))
+            sampler = replace(
+                sampler,
+                **({"steps": int(denoising_steps)} if denoising_steps is not None else {}),
+                **({"churn": float(churn)} if churn is not None else {}),
+            )
         check_sampler(sampler)
         vector = self.resolve_condition(state, condition)
         K = self.context
@@ -599,7 +657,9 @@ class DiffusionWorldModel(nn.Module):
                 action = self.encode_actions(policy(current), ("B",), {"B": B})
             frame = self.sample_frame(current, action, sampler, generator, vector, guidance)
             if predict_rewards:
-                reward_logits, end_logits, hidden, cell = self.reward_end(current["frames"][:, -1], frame, action, current["hidden"], current["cell"])
+                reward_logits, end_logits, hidden, cell = self.reward_end(
+                    current["frames"][:, -1], frame, action, current["hidden"], current["cell"]
+                )
             else:
                 reward_logits = torch.tensor([0.0, 1.0, 0.0], device=self.device).log().expand(B, 3)
                 end_logits = torch.tensor([1.0, 0.0], device=self.device).log().expand(B, 2)
@@ -637,7 +697,9 @@ class DiffusionWorldModel(nn.Module):
 
     # --- learning ------------------------------------------------------------------------------
 
-    def corrupt_context(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def corrupt_context(
+        self, frames: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """GameNGen's augmentation, in training only: context frames (N, K, C, H, W) plus Gaussian
         noise of a level drawn per sample uniformly from the buckets' levels in [0,
         context_noise_max] -> (noisy frames, bucket indices (N,)); unchanged and None when off."""
@@ -650,7 +712,9 @@ class DiffusionWorldModel(nn.Module):
         noise = torch.randn(frames.shape, generator=generator, device=frames.device)
         return frames + levels[:, None, None, None, None] * noise, buckets
 
-    def denoising_loss(self, frames: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor, condition: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def denoising_loss(
+        self, frames: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor, condition: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """EDM's loss on `targets_per_sequence` frames per sequence: frames (B, T, C, H, W) in [-1,
         1], actions (B, T), is_first (B, T), condition (B, T, D) or None -> (loss, metrics)."""
         config = self.config
@@ -659,15 +723,27 @@ class DiffusionWorldModel(nn.Module):
             zero = frames.sum() * 0.0
             return zero, {"wm/denoising_targets": torch.zeros(())}
         N = targets.shape[0]
-        sigma = training_noise_levels(N, config.noise_mean, config.noise_std, config.train_sigma_min, config.train_sigma_max, self.device)
+        sigma = training_noise_levels(
+            N, config.noise_mean, config.noise_std, config.train_sigma_min, config.train_sigma_max, self.device
+        )
         offset = config.sigma_offset_noise * torch.randn(N, self.image_channels, 1, 1, device=self.device)
         noisy = targets + offset + sigma[:, None, None, None] * torch.randn_like(targets)
-        c_skip, c_out, c_in, c_noise = (value[:, None, None, None] for value in preconditioning(sigma, config.sigma_data, config.sigma_offset_noise))
+        c_skip, c_out, c_in, c_noise = (
+            value[:, None, None, None] for value in preconditioning(sigma, config.sigma_data, config.sigma_offset_noise)
+        )
         contexts, buckets = self.corrupt_context(contexts)
         keep = None
         if vectors is not None:
             keep = torch.rand(N, device=self.device) >= config.condition_dropout
-        output = self.denoiser(c_in * noisy, c_noise[:, 0, 0, 0], contexts.flatten(1, 2) / config.sigma_data, conditioning, buckets, vectors, keep)
+        output = self.denoiser(
+            c_in * noisy,
+            c_noise[:, 0, 0, 0],
+            contexts.flatten(1, 2) / config.sigma_data,
+            conditioning,
+            buckets,
+            vectors,
+            keep,
+        )
         target = (targets - c_skip * noisy) / c_out
         loss = (output - target).pow(2).mean()
         with torch.no_grad():
@@ -677,10 +753,14 @@ class DiffusionWorldModel(nn.Module):
                 "wm/denoised_mse": (denoised - targets).pow(2).mean() / 4,  # in [0, 1] pixel units
             }
             if buckets is not None:
-                metrics["wm/context_noise_level"] = (buckets.float() * config.context_noise_max / max(config.context_noise_buckets - 1, 1)).mean()
+                metrics["wm/context_noise_level"] = (
+                    buckets.float() * config.context_noise_max / max(config.context_noise_buckets - 1, 1)
+                ).mean()
         return loss, metrics
 
-    def training_examples(self, frames: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor, condition: torch.Tensor | None):
+    def training_examples(
+        self, frames: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor, condition: torch.Tensor | None
+    ):
         """Pick `targets_per_sequence` target steps per sequence, preferring the latest ones, whose
         context lies within the window or starts an episode inside it; their contexts are padded
         with zeros before an episode start (DIAMOND). Returns (contexts (N, K, C, H, W),
@@ -700,11 +780,15 @@ class DiffusionWorldModel(nn.Module):
                 first = int(start[b, t - 1])
                 indices = torch.arange(t - K, t, device=self.device)
                 usable = (indices >= max(first, 0)) & (indices >= 0)
-                context = torch.where(usable[:, None, None, None], frames[b, indices.clamp_min(0)], torch.zeros_like(frames[b, :K]))
+                context = torch.where(
+                    usable[:, None, None, None], frames[b, indices.clamp_min(0)], torch.zeros_like(frames[b, :K])
+                )
                 # The actions that led to the context frames after the first, then to the target.
                 action_indices = torch.arange(t - K + 1, t + 1, device=self.device)
                 action_usable = action_indices >= max(first, 0)
-                action = torch.where(action_usable, actions[b, action_indices.clamp_min(0)], torch.zeros_like(action_indices))
+                action = torch.where(
+                    action_usable, actions[b, action_indices.clamp_min(0)], torch.zeros_like(action_indices)
+                )
                 contexts.append(context)
                 conditioning.append(action)
                 targets.append(frames[b, t])
@@ -713,9 +797,21 @@ class DiffusionWorldModel(nn.Module):
         if not targets:
             empty = frames.new_zeros((0, K, *frames.shape[2:]))
             return empty, actions.new_zeros((0, K)), frames.new_zeros((0, *frames.shape[2:])), None
-        return torch.stack(contexts), torch.stack(conditioning), torch.stack(targets), torch.stack(vectors) if vectors else None
+        return (
+            torch.stack(contexts),
+            torch.stack(conditioning),
+            torch.stack(targets),
+            torch.stack(vectors) if vectors else None,
+        )
 
-    def reward_end_loss(self, frames: torch.Tensor, actions: torch.Tensor, reward: torch.Tensor, is_first: torch.Tensor, is_terminal: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def reward_end_loss(
+        self,
+        frames: torch.Tensor,
+        actions: torch.Tensor,
+        reward: torch.Tensor,
+        is_first: torch.Tensor,
+        is_terminal: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Cross-entropies of the reward's sign and the end flag at every step t >= 1 that does
         not start an episode, the LSTM run over the window from zero (reset at episode starts)."""
         B, T = frames.shape[:2]
@@ -729,7 +825,9 @@ class DiffusionWorldModel(nn.Module):
             reset = is_first[:, t][:, None]
             hidden, cell = hidden.masked_fill(reset, 0.0), cell.masked_fill(reset, 0.0)
             previous = frames[:, t - 1].masked_fill(reset[:, :, None, None], 0.0)
-            logits_reward, logits_end, hidden, cell = self.reward_end(previous, frames[:, t], actions[:, t], hidden, cell)
+            logits_reward, logits_end, hidden, cell = self.reward_end(
+                previous, frames[:, t], actions[:, t], hidden, cell
+            )
             reward_logits.append(logits_reward)
             end_logits.append(logits_end)
         mask = ~is_first[:, 1:]
@@ -737,7 +835,10 @@ class DiffusionWorldModel(nn.Module):
         end_logits = torch.stack(end_logits, 1)[mask]
         reward_target = reward[:, 1:][mask].sign().long() + 1
         end_target = is_terminal[:, 1:][mask].long()
-        terms = {"reward": F.cross_entropy(reward_logits, reward_target), "end": F.cross_entropy(end_logits, end_target)}
+        terms = {
+            "reward": F.cross_entropy(reward_logits, reward_target),
+            "end": F.cross_entropy(end_logits, end_target),
+        }
         with torch.no_grad():
             metrics = {
                 "wm/reward_accuracy": (reward_logits.argmax(-1) == reward_target).float().mean(),

@@ -81,9 +81,19 @@ class JEPAConfig(Config):
     """An action-conditioned JEPA world model; the defaults are a small CPU-sized model."""
 
     limits = ranges(
-        embedding_size=COUNT, encoder_depth=COUNT, layout_size=COUNT, keypoints=COUNT, keypoint_temperature=POSITIVE,
-        predictor_channels=COUNT, temporal_variance_target=POSITIVE, hidden_size=COUNT, predictor_layers=COUNT,
-        variance_target=POSITIVE, momentum_start=FRACTION, momentum_end=between("momentum_start", 1), momentum_steps=COUNT,
+        embedding_size=COUNT,
+        encoder_depth=COUNT,
+        layout_size=COUNT,
+        keypoints=COUNT,
+        keypoint_temperature=POSITIVE,
+        predictor_channels=COUNT,
+        temporal_variance_target=POSITIVE,
+        hidden_size=COUNT,
+        predictor_layers=COUNT,
+        variance_target=POSITIVE,
+        momentum_start=FRACTION,
+        momentum_end=between("momentum_start", 1),
+        momentum_steps=COUNT,
     )
 
     embedding_size: int = 32
@@ -157,19 +167,27 @@ class JEPAConfig(Config):
     def __post_init__(self):
         super().__post_init__()
         if self.collapse_prevention not in COLLAPSE_PREVENTIONS:
-            raise ValueError(f"collapse_prevention must be one of {COLLAPSE_PREVENTIONS}, got {self.collapse_prevention!r}")
+            raise ValueError(
+                f"collapse_prevention must be one of {COLLAPSE_PREVENTIONS}, got {self.collapse_prevention!r}"
+            )
         if self.momentum_schedule not in MOMENTUM_SCHEDULES:
             raise ValueError(f"momentum_schedule must be one of {MOMENTUM_SCHEDULES}, got {self.momentum_schedule!r}")
         if not 0 <= self.momentum_start <= self.momentum_end <= 1:
-            raise ValueError(f"need 0 <= momentum_start <= momentum_end <= 1, got {self.momentum_start}, {self.momentum_end}")
+            raise ValueError(
+                f"need 0 <= momentum_start <= momentum_end <= 1, got {self.momentum_start}, {self.momentum_end}"
+            )
         if self.encoder_head not in ENCODER_HEADS:
             raise ValueError(f"encoder_head must be one of {ENCODER_HEADS}, got {self.encoder_head!r}")
         if not 1 <= self.keypoint_stages <= len(self.encoder_multipliers) or self.keypoints < 1:
             raise ValueError("need keypoints >= 1 and 1 <= keypoint_stages <= len(encoder_multipliers)")
         if not 1 <= self.spatial_stages <= len(self.encoder_multipliers) or self.predictor_channels < 1:
             raise ValueError("need 1 <= spatial_stages <= len(encoder_multipliers) and predictor_channels >= 1")
-        if self.encoder_head == "hybrid" and not (1 <= self.layout_size < self.embedding_size and self.keypoint_stages < len(self.encoder_multipliers)):
-            raise ValueError("the hybrid head needs 1 <= layout_size < embedding_size and keypoint_stages < len(encoder_multipliers)")
+        if self.encoder_head == "hybrid" and not (
+            1 <= self.layout_size < self.embedding_size and self.keypoint_stages < len(self.encoder_multipliers)
+        ):
+            raise ValueError(
+                "the hybrid head needs 1 <= layout_size < embedding_size and keypoint_stages < len(encoder_multipliers)"
+            )
         if self.embedding_size < 1 or self.momentum_steps < 1:
             raise ValueError("embedding_size and momentum_steps must be at least 1")
 
@@ -192,7 +210,9 @@ def vicreg_covariance(embeddings: torch.Tensor) -> torch.Tensor:
     return off_diagonal.pow(2).sum() / D
 
 
-def temporal_variance(embeddings: torch.Tensor, valid: torch.Tensor, target: float = 1.0, epsilon: float = 1e-4) -> torch.Tensor:
+def temporal_variance(
+    embeddings: torch.Tensor, valid: torch.Tensor, target: float = 1.0, epsilon: float = 1e-4
+) -> torch.Tensor:
     """max(0, target - sqrt(mean_b sum_d Var_t(z_bt^d) + epsilon)) over windows (B, T, D) that hold
     one episode throughout (valid (B, T-1): 1 while no episode has started since step 0)."""
     whole = valid[:, -1] if valid.shape[1] else torch.ones(embeddings.shape[0], device=embeddings.device)
@@ -287,11 +307,20 @@ class HybridHead(nn.Module):
     keypoint part a spatial soft-argmax and a linear map to `keypoint_size`; the layout part more
     stride-2 conv stages (`layout_encoder`), flattened and mapped to `layout_size`."""
 
-    def __init__(self, feature_shape: tuple[int, int, int], keypoints: int, temperature: float, keypoint_size: int,
-                 layout_encoder: ConvEncoder, layout_size: int):
+    def __init__(
+        self,
+        feature_shape: tuple[int, int, int],
+        keypoints: int,
+        temperature: float,
+        keypoint_size: int,
+        layout_encoder: ConvEncoder,
+        layout_size: int,
+    ):
         super().__init__()
         self.feature_shape = tuple(feature_shape)
-        self.keypoints = nn.Sequential(SpatialSoftArgmax(feature_shape, keypoints, temperature), nn.Linear(2 * keypoints, keypoint_size))
+        self.keypoints = nn.Sequential(
+            SpatialSoftArgmax(feature_shape, keypoints, temperature), nn.Linear(2 * keypoints, keypoint_size)
+        )
         self.layout_encoder = layout_encoder
         self.layout = nn.Linear(layout_encoder.features, layout_size)
 
@@ -311,8 +340,12 @@ class ConvPredictor(nn.Module):
         self.action_size = action_size
         channels = grid_shape[0]
         self.net = nn.Sequential(
-            nn.Conv2d(channels + action_size, hidden_channels, 3, padding=1), nn.GroupNorm(1, hidden_channels), nn.SiLU(),
-            nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1), nn.GroupNorm(1, hidden_channels), nn.SiLU(),
+            nn.Conv2d(channels + action_size, hidden_channels, 3, padding=1),
+            nn.GroupNorm(1, hidden_channels),
+            nn.SiLU(),
+            nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1),
+            nn.GroupNorm(1, hidden_channels),
+            nn.SiLU(),
             nn.Conv2d(hidden_channels, channels, 3, padding=1),
         )
 
@@ -321,7 +354,9 @@ class ConvPredictor(nn.Module):
         flat = inputs.reshape(-1, inputs.shape[-1])
         z, action = flat[:, : -self.action_size], flat[:, -self.action_size :]
         channels, height, width = self.grid_shape
-        grid = torch.cat([z.reshape(-1, *self.grid_shape), action[:, :, None, None].expand(-1, -1, height, width)], dim=1)
+        grid = torch.cat(
+            [z.reshape(-1, *self.grid_shape), action[:, :, None, None].expand(-1, -1, height, width)], dim=1
+        )
         return self.net(grid).reshape(*leading, channels * height * width)
 
 
@@ -342,7 +377,9 @@ class JEPAWorldModel(nn.Module):
             raise IncompatibleSpaceError(f"the JEPA world model takes a 1-D Box action space, got {action_space}")
         keys = list(observation_space.spaces) if isinstance(observation_space, spaces.Dict) else []
         if keys not in (["image"], ["vector"]):
-            raise IncompatibleSpaceError(f"the JEPA world model takes a Dict with one 'image' or 'vector' key, got {observation_space}")
+            raise IncompatibleSpaceError(
+                f"the JEPA world model takes a Dict with one 'image' or 'vector' key, got {observation_space}"
+            )
         self.observation_key = keys[0]
         self.observation_shape = tuple(observation_space[self.observation_key].shape)
         self.action_size = int(action_space.shape[0])
@@ -352,26 +389,55 @@ class JEPAWorldModel(nn.Module):
             if config.encoder_head == "keypoints":
                 multipliers = config.encoder_multipliers[: config.keypoint_stages]
                 conv = ConvEncoder(channels, config.encoder_depth, multipliers, image_size=(height, width))
-                self.encoder = nn.Sequential(conv, SpatialSoftArgmax(conv.output_shape, config.keypoints, config.keypoint_temperature), nn.Linear(2 * config.keypoints, D))
+                self.encoder = nn.Sequential(
+                    conv,
+                    SpatialSoftArgmax(conv.output_shape, config.keypoints, config.keypoint_temperature),
+                    nn.Linear(2 * config.keypoints, D),
+                )
             elif config.encoder_head == "hybrid":
                 stages = config.keypoint_stages
-                conv = ConvEncoder(channels, config.encoder_depth, config.encoder_multipliers[:stages], image_size=(height, width))
-                layout_encoder = ConvEncoder(conv.output_shape[0], config.encoder_depth, config.encoder_multipliers[stages:], image_size=conv.output_shape[1:])
-                head = HybridHead(conv.output_shape, config.keypoints, config.keypoint_temperature, D - config.layout_size, layout_encoder, config.layout_size)
+                conv = ConvEncoder(
+                    channels, config.encoder_depth, config.encoder_multipliers[:stages], image_size=(height, width)
+                )
+                layout_encoder = ConvEncoder(
+                    conv.output_shape[0],
+                    config.encoder_depth,
+                    config.encoder_multipliers[stages:],
+                    image_size=conv.output_shape[1:],
+                )
+                head = HybridHead(
+                    conv.output_shape,
+                    config.keypoints,
+                    config.keypoint_temperature,
+                    D - config.layout_size,
+                    layout_encoder,
+                    config.layout_size,
+                )
                 self.encoder = nn.Sequential(conv, head)
             elif config.encoder_head == "spatial":
-                conv = ConvEncoder(channels, config.encoder_depth, config.encoder_multipliers[: config.spatial_stages], image_size=(height, width))
+                conv = ConvEncoder(
+                    channels,
+                    config.encoder_depth,
+                    config.encoder_multipliers[: config.spatial_stages],
+                    image_size=(height, width),
+                )
                 cells = conv.output_shape[1] * conv.output_shape[2]
                 if D % cells:
-                    raise ValueError(f"the spatial head's {conv.output_shape[1]} x {conv.output_shape[2]} grid needs an embedding_size that is a multiple of {cells}, got {D}")
+                    raise ValueError(
+                        f"the spatial head's {conv.output_shape[1]} x {conv.output_shape[2]} grid needs an embedding_size that is a multiple of {cells}, got {D}"
+                    )
                 self.grid_shape = (D // cells, *conv.output_shape[1:])
                 self.encoder = nn.Sequential(conv, SpatialHead(conv.output_shape, D // cells))
             else:
-                conv = ConvEncoder(channels, config.encoder_depth, config.encoder_multipliers, image_size=(height, width))
+                conv = ConvEncoder(
+                    channels, config.encoder_depth, config.encoder_multipliers, image_size=(height, width)
+                )
                 self.encoder = nn.Sequential(conv, nn.Linear(conv.features, D))
         else:
             if config.encoder_head in ("spatial", "hybrid"):
-                raise IncompatibleSpaceError(f"the {config.encoder_head} encoder head needs image observations; vectors take the default head")
+                raise IncompatibleSpaceError(
+                    f"the {config.encoder_head} encoder head needs image observations; vectors take the default head"
+                )
             self.encoder = MLP(self.observation_shape[0], D, config.hidden_size, 2, layer_norm=True)
         if config.encoder_head == "spatial":
             self.predictor = ConvPredictor(self.grid_shape, self.action_size, config.predictor_channels)
@@ -401,9 +467,15 @@ class JEPAWorldModel(nn.Module):
         x = self.preprocess(observation)
         trailing = 3 if self.observation_key == "image" else 1
         leading = x.shape[: x.dim() - trailing]
-        expected = self.observation_shape if self.observation_key == "vector" else (self.observation_shape[2], *self.observation_shape[:2])
+        expected = (
+            self.observation_shape
+            if self.observation_key == "vector"
+            else (self.observation_shape[2], *self.observation_shape[:2])
+        )
         if tuple(x.shape[x.dim() - trailing :]) != expected:
-            raise ShapeError(f"obs[{self.observation_key!r}]: expected (..., {', '.join(map(str, self.observation_shape))}), got {tuple(torch.as_tensor(observation).shape)}")
+            raise ShapeError(
+                f"obs[{self.observation_key!r}]: expected (..., {', '.join(map(str, self.observation_shape))}), got {tuple(torch.as_tensor(observation).shape)}"
+            )
         return encoder(x.reshape(-1, *expected)).reshape(*leading, self.config.embedding_size)
 
     def encode(self, observation: Any) -> torch.Tensor:
@@ -452,7 +524,12 @@ class JEPAWorldModel(nn.Module):
             states = self.rollout(state, actions)
         B, L = actions.shape[:2]
         # Reward-free: goals are given at planning time, so the model predicts no reward.
-        return Trajectory(states=states, actions=actions, rewards=torch.zeros(B, L, device=self.device), continues=torch.ones(B, L, device=self.device))
+        return Trajectory(
+            states=states,
+            actions=actions,
+            rewards=torch.zeros(B, L, device=self.device),
+            continues=torch.ones(B, L, device=self.device),
+        )
 
     def decode(self, state: Any) -> dict:
         raise NotImplementedError(
@@ -504,8 +581,9 @@ class JEPAWorldModel(nn.Module):
             metrics["jepa/ema_momentum"] = self.current_momentum()
         return total, metrics
 
-    def prediction_terms(self, z: torch.Tensor, target: torch.Tensor, next_actions: torch.Tensor,
-                         transition: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def prediction_terms(
+        self, z: torch.Tensor, target: torch.Tensor, next_actions: torch.Tensor, transition: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """The predictor's two losses on windows: one-step prediction from every embedding
         ("teacher_forcing") and the open-loop rollout from the first ("rollout"), each the mean
         squared error against `target` (B, T, D). z (B, T, D) is the input, next_actions (B, T-1, A)
@@ -515,14 +593,22 @@ class JEPAWorldModel(nn.Module):
             transition = torch.ones(z.shape[:1] + (z.shape[1] - 1,), device=z.device)
         one_step = self.predict(z[:, :-1], next_actions)
         rolled = self.rollout(z[:, 0], next_actions)
-        return {"teacher_forcing": _masked_mean((one_step - target[:, 1:]).pow(2).mean(-1), transition),
-                "rollout": _masked_mean((rolled - target[:, 1:]).pow(2).mean(-1), transition.cumprod(dim=1))}
+        return {
+            "teacher_forcing": _masked_mean((one_step - target[:, 1:]).pow(2).mean(-1), transition),
+            "rollout": _masked_mean((rolled - target[:, 1:]).pow(2).mean(-1), transition.cumprod(dim=1)),
+        }
 
     # ------------------------------------------------------------------ EMA target
 
     def current_momentum(self) -> float:
         config = self.config
-        return ema_momentum(int(self.target_updates), config.momentum_start, config.momentum_end, config.momentum_steps, config.momentum_schedule)
+        return ema_momentum(
+            int(self.target_updates),
+            config.momentum_start,
+            config.momentum_end,
+            config.momentum_steps,
+            config.momentum_schedule,
+        )
 
     def update_target(self) -> float:
         """After each optimiser step: move the EMA target toward the encoder; returns the momentum
@@ -542,8 +628,9 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 DISTANCE_NORMS = ("squared", "euclidean")
 
 
-def goal_distance_returns(model: JEPAWorldModel, goal: torch.Tensor, terminal_only: bool = False,
-                          norm: str = "squared") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def goal_distance_returns(
+    model: JEPAWorldModel, goal: torch.Tensor, terminal_only: bool = False, norm: str = "squared"
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A planner's `rollout_fn(z (1, D) or (D,), actions (N, L, A)) -> (N,)`: minus the distance of
     the predicted embeddings to the goal embedding (D,), summed over the horizon (or the last step
     only), the EB-JEPA / PLDM planning cost. norm: "squared" (||z - g||^2, PLDM's) or "euclidean"

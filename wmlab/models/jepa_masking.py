@@ -31,7 +31,9 @@ from wmlab.core.errors import ShapeError
 from wmlab.models.jepa import ema_momentum, ema_update
 
 
-def sample_block(grid: tuple[int, int], scale: tuple[float, float], aspect: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+def sample_block(
+    grid: tuple[int, int], scale: tuple[float, float], aspect: tuple[float, float], generator: torch.Generator
+) -> torch.Tensor:
     """A boolean (rows, columns) mask of one rectangle with area ~ scale * patches and
     height / width ~ aspect (the log of the aspect drawn uniformly, as I-JEPA does)."""
     rows, columns = grid
@@ -66,7 +68,14 @@ def sample_block_masks(
     raise ValueError(f"the targets cover the whole {grid} grid; lower target_scale or targets")
 
 
-def sample_tube_mask(frames: int, grid: tuple[int, int], generator: torch.Generator, blocks: int = 8, scale: tuple[float, float] = (0.15, 0.15), aspect: tuple[float, float] = (0.75, 1.5)) -> torch.Tensor:
+def sample_tube_mask(
+    frames: int,
+    grid: tuple[int, int],
+    generator: torch.Generator,
+    blocks: int = 8,
+    scale: tuple[float, float] = (0.15, 0.15),
+    aspect: tuple[float, float] = (0.75, 1.5),
+) -> torch.Tensor:
     """V-JEPA masks: the union of `blocks` spatial blocks, repeated over all frames: (T, rows, columns),
     True where masked (a target); the context is its complement."""
     spatial = torch.zeros(grid, dtype=torch.bool)
@@ -134,8 +143,14 @@ class MaskedJEPA(nn.Module):
 
     def loss(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         clips = images if images.dim() == 5 else images[:, None]
-        if clips.dim() != 5 or tuple(clips.shape[2:]) != (self.config.channels, self.config.image_size, self.config.image_size):
-            raise ShapeError(f"images: expected (B, C, H, W) or (B, T, C, H, W) with C, H, W = {self.config.channels}, {self.config.image_size}, {self.config.image_size}; got {tuple(images.shape)}")
+        if clips.dim() != 5 or tuple(clips.shape[2:]) != (
+            self.config.channels,
+            self.config.image_size,
+            self.config.image_size,
+        ):
+            raise ShapeError(
+                f"images: expected (B, C, H, W) or (B, T, C, H, W) with C, H, W = {self.config.channels}, {self.config.image_size}, {self.config.image_size}; got {tuple(images.shape)}"
+            )
         if not clips.is_floating_point():
             clips = clips.float() / 255.0 - 0.5
         B, T = clips.shape[:2]
@@ -149,17 +164,31 @@ class MaskedJEPA(nn.Module):
         context_index, target_index = context.nonzero().squeeze(1), target.nonzero().squeeze(1)
 
         with torch.no_grad():  # the targets: EMA encoder over the whole, unmasked input
-            target_tokens = F.layer_norm(self.target_encoder(self.tokens(self.target_patch_embedding, clips)), (self.config.width,))
+            target_tokens = F.layer_norm(
+                self.target_encoder(self.tokens(self.target_patch_embedding, clips)), (self.config.width,)
+            )
         encoded = self.encoder(self.tokens(self.patch_embedding, clips)[:, context_index])  # (B, P_context, D)
         queries = self.mask_token + self.predictor_position[target_index]  # (P_target, D')
-        predictor_input = torch.cat([self.predictor_in(encoded) + self.predictor_position[context_index], queries.expand(B, -1, -1)], dim=1)
+        predictor_input = torch.cat(
+            [self.predictor_in(encoded) + self.predictor_position[context_index], queries.expand(B, -1, -1)], dim=1
+        )
         predicted = self.predictor_out(self.predictor(predictor_input)[:, context_index.numel() :])
         loss = (predicted - target_tokens[:, target_index]).abs().mean()
-        return loss, {"loss/masked_prediction": float(loss.detach()), "mask/target_fraction": float(target.float().mean()), "mask/context_fraction": float(context.float().mean())}
+        return loss, {
+            "loss/masked_prediction": float(loss.detach()),
+            "mask/target_fraction": float(target.float().mean()),
+            "mask/context_fraction": float(context.float().mean()),
+        }
 
     def update_target(self) -> float:
         config = self.config
-        momentum = ema_momentum(int(self.target_updates), config.momentum_start, config.momentum_end, config.momentum_steps, config.momentum_schedule)
+        momentum = ema_momentum(
+            int(self.target_updates),
+            config.momentum_start,
+            config.momentum_end,
+            config.momentum_steps,
+            config.momentum_schedule,
+        )
         ema_update(self.target_encoder, self.encoder, momentum)
         ema_update(self.target_patch_embedding, self.patch_embedding, momentum)
         self.target_updates += 1

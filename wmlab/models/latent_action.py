@@ -96,9 +96,45 @@ class GenieWidths:
 #: width for one GPU (the paper's models are 200M-10.7B parameters); "cpu": minutes per thousand
 #: updates on one core at 64 x 64; "tiny": tests.
 SIZES: dict[str, GenieWidths] = {
-    "tiny": GenieWidths(width=32, heads=2, tokenizer_layers=1, action_layers=1, dynamics_layers=2, patch=4, action_patch=4, codebook_size=64, code_size=8, action_code_size=8, context=4),
-    "cpu": GenieWidths(width=64, heads=4, tokenizer_layers=2, action_layers=2, dynamics_layers=3, patch=8, action_patch=16, codebook_size=256, code_size=16, action_code_size=16, context=6),
-    "genie": GenieWidths(width=512, heads=8, tokenizer_layers=8, action_layers=8, dynamics_layers=12, patch=4, action_patch=16, codebook_size=1024, code_size=32, action_code_size=32, context=16),
+    "tiny": GenieWidths(
+        width=32,
+        heads=2,
+        tokenizer_layers=1,
+        action_layers=1,
+        dynamics_layers=2,
+        patch=4,
+        action_patch=4,
+        codebook_size=64,
+        code_size=8,
+        action_code_size=8,
+        context=4,
+    ),
+    "cpu": GenieWidths(
+        width=64,
+        heads=4,
+        tokenizer_layers=2,
+        action_layers=2,
+        dynamics_layers=3,
+        patch=8,
+        action_patch=16,
+        codebook_size=256,
+        code_size=16,
+        action_code_size=16,
+        context=6,
+    ),
+    "genie": GenieWidths(
+        width=512,
+        heads=8,
+        tokenizer_layers=8,
+        action_layers=8,
+        dynamics_layers=12,
+        patch=4,
+        action_patch=16,
+        codebook_size=1024,
+        code_size=32,
+        action_code_size=32,
+        context=16,
+    ),
 }
 
 
@@ -172,7 +208,12 @@ def resolve_widths(config: GenieConfig) -> GenieWidths:
     if config.size not in SIZES:
         raise ValueError(f"unknown Genie size {config.size!r}; choose one of {', '.join(SIZES)}")
     preset = SIZES[config.size]
-    return GenieWidths(**{name: int(getattr(config, name) if getattr(config, name) is not None else getattr(preset, name)) for name in GenieWidths.__dataclass_fields__})
+    return GenieWidths(
+        **{
+            name: int(getattr(config, name) if getattr(config, name) is not None else getattr(preset, name))
+            for name in GenieWidths.__dataclass_fields__
+        }
+    )
 
 
 #: Named configurations: "genie" adds the paper's sampling (25 MaskGIT steps at temperature 2) to its size.
@@ -220,16 +261,35 @@ class SpatioTemporalStack(nn.Module):
     and a causal temporal block. Unlike nn.transformer.SpatioTemporalBlock it takes a temporal
     mask (episodes and padding within a window)."""
 
-    def __init__(self, layers: int, width: int, heads: int, tokens_per_frame: int, frames: int, dropout: float, condition_size: int = 0):
+    def __init__(
+        self,
+        layers: int,
+        width: int,
+        heads: int,
+        tokens_per_frame: int,
+        frames: int,
+        dropout: float,
+        condition_size: int = 0,
+    ):
         super().__init__()
-        config = TransformerConfig(layers=layers, heads=heads, width=width, max_tokens=max(tokens_per_frame, frames), dropout=dropout, causal=True, condition_size=condition_size)
+        config = TransformerConfig(
+            layers=layers,
+            heads=heads,
+            width=width,
+            max_tokens=max(tokens_per_frame, frames),
+            dropout=dropout,
+            causal=True,
+            condition_size=condition_size,
+        )
         self.spatial_position = nn.Parameter(0.02 * torch.randn(tokens_per_frame, width))
         self.temporal_position = nn.Parameter(0.02 * torch.randn(frames, width))
         self.spatial = nn.ModuleList(Block(config, causal=False) for _ in range(layers))
         self.temporal = nn.ModuleList(Block(config, causal=True) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, segments: torch.Tensor | None = None, condition: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, segments: torch.Tensor | None = None, condition: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x (B, T, S, D); segments (B, T) long, frames of different segments do not attend to each
         other; condition (B, T, Dc) per frame, modulating every block by adaLN-zero when the stack
         was built with condition_size."""
@@ -258,17 +318,27 @@ class SpatioTemporalStack(nn.Module):
 class VideoTokenizer(nn.Module):
     """Frames (B, T, H, W, Ch) in [0, 1] <-> tokens (B, T, S) of a V-code book (ST-ViViT VQ-VAE)."""
 
-    def __init__(self, image_shape: tuple[int, int, int], widths: GenieWidths, dropout: float, dead_code_threshold: float):
+    def __init__(
+        self, image_shape: tuple[int, int, int], widths: GenieWidths, dropout: float, dead_code_threshold: float
+    ):
         super().__init__()
         self.height, self.width, channels = image_shape
         self.patch = widths.patch
         self.tokens_per_frame = (self.height // self.patch) * (self.width // self.patch)
         pixels = self.patch * self.patch * channels
-        stack = {"width": widths.width, "heads": widths.heads, "tokens_per_frame": self.tokens_per_frame, "frames": widths.context, "dropout": dropout}
+        stack = {
+            "width": widths.width,
+            "heads": widths.heads,
+            "tokens_per_frame": self.tokens_per_frame,
+            "frames": widths.context,
+            "dropout": dropout,
+        }
         self.embed = nn.Linear(pixels, widths.width)
         self.encoder = SpatioTemporalStack(widths.tokenizer_layers, **stack)
         self.to_code = nn.Linear(widths.width, widths.code_size)
-        self.quantizer = VectorQuantizer(widths.codebook_size, widths.code_size, beta=1.0, dead_code_threshold=dead_code_threshold)
+        self.quantizer = VectorQuantizer(
+            widths.codebook_size, widths.code_size, beta=1.0, dead_code_threshold=dead_code_threshold
+        )
         self.from_code = nn.Linear(widths.code_size, widths.width)
         self.decoder = SpatioTemporalStack(widths.tokenizer_layers, **stack)
         self.to_pixels = nn.Linear(widths.width, pixels)
@@ -293,17 +363,37 @@ class LatentActionModel(nn.Module):
     that keeps them honest. The action of step t is read at frame t, whose encoder output has
     seen frames 0..t (causal in time); it leads from frame t - 1 to frame t."""
 
-    def __init__(self, image_shape: tuple[int, int, int], widths: GenieWidths, action_codes: int, dropout: float, dead_code_threshold: float):
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        widths: GenieWidths,
+        action_codes: int,
+        dropout: float,
+        dead_code_threshold: float,
+    ):
         super().__init__()
         self.height, self.width, channels = image_shape
         self.patch = widths.action_patch
         tokens = (self.height // self.patch) * (self.width // self.patch)
         pixels = self.patch * self.patch * channels
-        stack = {"width": widths.width, "heads": widths.heads, "tokens_per_frame": tokens, "frames": widths.context, "dropout": dropout}
+        stack = {
+            "width": widths.width,
+            "heads": widths.heads,
+            "tokens_per_frame": tokens,
+            "frames": widths.context,
+            "dropout": dropout,
+        }
         self.embed = nn.Linear(2 * pixels, widths.width)
         self.encoder = SpatioTemporalStack(widths.action_layers, **stack)
         self.to_action = nn.Linear(widths.width, widths.action_code_size)
-        self.quantizer = VectorQuantizer(action_codes, widths.action_code_size, beta=1.0, dead_code_threshold=dead_code_threshold, usage_decay=0.9, normalize=True)
+        self.quantizer = VectorQuantizer(
+            action_codes,
+            widths.action_code_size,
+            beta=1.0,
+            dead_code_threshold=dead_code_threshold,
+            usage_decay=0.9,
+            normalize=True,
+        )
         self.decoder_embed = nn.Linear(pixels, widths.width)
         self.action_embed = nn.Linear(widths.action_code_size, widths.width)
         self.decoder = SpatioTemporalStack(widths.action_layers, **stack, condition_size=widths.action_code_size)
@@ -317,13 +407,17 @@ class LatentActionModel(nn.Module):
         patches = patchify(frames * 2 - 1, self.patch)  # (B, T, S, P)
         previous = torch.cat([patches[:, :1], patches[:, :-1]], 1)
         if segments is not None:  # an episode's first frame has no previous one: pair it with itself
-            starts = torch.cat([torch.ones_like(segments[:, :1], dtype=torch.bool), segments[:, 1:] != segments[:, :-1]], 1)
+            starts = torch.cat(
+                [torch.ones_like(segments[:, :1], dtype=torch.bool), segments[:, 1:] != segments[:, :-1]], 1
+            )
             previous = torch.where(starts[..., None, None], patches, previous)
         # The same information as (previous, current), with the change explicit: what the code should carry.
         features = self.encoder(self.embed(torch.cat([previous, patches - previous], -1)), segments)
         return self.quantizer(self.to_action(features.mean(2)))
 
-    def predict_next(self, frames: torch.Tensor, codes: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+    def predict_next(
+        self, frames: torch.Tensor, codes: torch.Tensor, segments: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Frames 1..T-1 (B, T - 1, H, W, Ch) predicted from frames (B, T, ...) 0..T-2 and the codes
         (B, T, Ea) of the actions that led to frames 1..T-1."""
         past = self.decoder_embed(patchify(frames[:, :-1] * 2 - 1, self.patch))
@@ -343,10 +437,14 @@ class DynamicsModel(nn.Module):
         self.no_action = action_codes
         self.token_embed = nn.Embedding(widths.codebook_size + 1, widths.width)
         self.action_embed = nn.Embedding(action_codes + 1, widths.width)
-        self.stack = SpatioTemporalStack(widths.dynamics_layers, widths.width, widths.heads, tokens_per_frame, widths.context, dropout)
+        self.stack = SpatioTemporalStack(
+            widths.dynamics_layers, widths.width, widths.heads, tokens_per_frame, widths.context, dropout
+        )
         self.head = nn.Linear(widths.width, widths.codebook_size)
 
-    def forward(self, tokens: torch.Tensor, actions: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, actions: torch.Tensor, segments: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.token_embed(tokens) + self.action_embed(actions)[:, :, None]
         return self.head(self.stack(x, segments))
 
@@ -384,7 +482,9 @@ def maskgit_fill(
             confidence = logits.softmax(-1).gather(-1, sampled[..., None])[..., 0]
         else:
             probabilities = (logits / temperature).softmax(-1)
-            sampled = torch.multinomial(probabilities.reshape(-1, probabilities.shape[-1]), 1, generator=generator).reshape(tokens.shape)
+            sampled = torch.multinomial(
+                probabilities.reshape(-1, probabilities.shape[-1]), 1, generator=generator
+            ).reshape(tokens.shape)
             confidence = probabilities.gather(-1, sampled[..., None])[..., 0]
         tokens = torch.where(hidden, sampled, tokens)
         keep_hidden = torch.floor(initially.float() * cosine_schedule(step + 1, steps)).long()  # (B,)
@@ -423,21 +523,31 @@ class GenieWorldModel(nn.Module):
         self.generator: torch.Generator | None = None
         if isinstance(observation_space, spaces.Dict):
             if config.image_key not in observation_space.spaces:
-                raise IncompatibleSpaceError(f"Genie reads a uint8 image {config.image_key!r}, the observation has {list(observation_space.spaces)}")
+                raise IncompatibleSpaceError(
+                    f"Genie reads a uint8 image {config.image_key!r}, the observation has {list(observation_space.spaces)}"
+                )
             image = observation_space[config.image_key]
         else:
             image = observation_space
-        if not (isinstance(image, spaces.Box) and image.dtype == "uint8" and len(image.shape) == 3 and image.shape[-1] == 3):
-            raise IncompatibleSpaceError(f"Genie learns from RGB video: observation {config.image_key!r} must be uint8 (H, W, 3), got {image}")
+        if not (
+            isinstance(image, spaces.Box) and image.dtype == "uint8" and len(image.shape) == 3 and image.shape[-1] == 3
+        ):
+            raise IncompatibleSpaceError(
+                f"Genie learns from RGB video: observation {config.image_key!r} must be uint8 (H, W, 3), got {image}"
+            )
         self.image_shape = tuple(int(side) for side in image.shape)
         height, width, _ = self.image_shape
         for name, patch in (("patch", widths.patch), ("action_patch", widths.action_patch)):
             if height % patch or width % patch:
-                raise IncompatibleSpaceError(f"frames of {height} x {width} do not divide into patches of {patch} ({name}); resize the video or set {name}")
+                raise IncompatibleSpaceError(
+                    f"frames of {height} x {width} do not divide into patches of {patch} ({name}); resize the video or set {name}"
+                )
         self.action_space = spaces.Discrete(config.action_codes)
         self.context = widths.context
         self.tokenizer = VideoTokenizer(self.image_shape, widths, config.dropout, config.dead_code_threshold)
-        self.latent_action = LatentActionModel(self.image_shape, widths, config.action_codes, config.dropout, config.dead_code_threshold)
+        self.latent_action = LatentActionModel(
+            self.image_shape, widths, config.action_codes, config.dropout, config.dead_code_threshold
+        )
         self.tokens_per_frame = self.tokenizer.tokens_per_frame
         self.dynamics = DynamicsModel(self.tokens_per_frame, widths, config.action_codes, config.dropout)
 
@@ -464,13 +574,23 @@ class GenieWorldModel(nn.Module):
         if image.dim() == 3:
             image = image[None]
         if image.dim() != 4 or image.dtype != torch.uint8 or image.shape[-1] not in (1, 3, 4):
-            raise ShapeError(f"an image must be uint8 (H, W), (H, W, 1|3|4) or (B, H, W, 1|3|4), got {image.dtype} {tuple(image.shape)}")
+            raise ShapeError(
+                f"an image must be uint8 (H, W), (H, W, 1|3|4) or (B, H, W, 1|3|4), got {image.dtype} {tuple(image.shape)}"
+            )
         image = image[..., :3] if image.shape[-1] == 4 else image.expand(*image.shape[:-1], 3)
         height, width, _ = self.image_shape
         if tuple(image.shape[1:3]) != (height, width):
             if not resize:
-                raise ShapeError(f"the image is {image.shape[1]} x {image.shape[2]}, this model takes {height} x {width} frames; resize it (resize=True)")
-            resized = F.interpolate(image.permute(0, 3, 1, 2).float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+                raise ShapeError(
+                    f"the image is {image.shape[1]} x {image.shape[2]}, this model takes {height} x {width} frames; resize it (resize=True)"
+                )
+            resized = F.interpolate(
+                image.permute(0, 3, 1, 2).float(),
+                size=(height, width),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
             image = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         return image.contiguous()
 
@@ -487,7 +607,9 @@ class GenieWorldModel(nn.Module):
             )
         check_shape("latent actions", actions, tuple(leading), sizes)
         if actions.numel() and (int(actions.min()) < 0 or int(actions.max()) >= A):
-            raise IncompatibleSpaceError(f"latent actions must lie in [0, {A}), got values in [{int(actions.min())}, {int(actions.max())}]")
+            raise IncompatibleSpaceError(
+                f"latent actions must lie in [0, {A}), got values in [{int(actions.min())}, {int(actions.max())}]"
+            )
         return actions.long()
 
     @staticmethod
@@ -539,7 +661,11 @@ class GenieWorldModel(nn.Module):
         sizes: dict[str, int] = {}
         frames = self.frames(obs, ("B", "T"), sizes)
         B, T = sizes["B"], sizes["T"]
-        first = torch.zeros(B, T, dtype=torch.bool, device=self.device) if is_first is None else torch.as_tensor(is_first, device=self.device).bool()
+        first = (
+            torch.zeros(B, T, dtype=torch.bool, device=self.device)
+            if is_first is None
+            else torch.as_tensor(is_first, device=self.device).bool()
+        )
         first = first.clone()
         first[:, 0] = True
         actions = torch.zeros(B, T, dtype=torch.long, device=self.device)
@@ -566,7 +692,9 @@ class GenieWorldModel(nn.Module):
         B, T = sizes["B"], sizes["T"]
         is_first = torch.as_tensor(is_first, device=self.device).bool()
         check_shape("is_first", is_first, ("B", "T"), sizes)
-        actions = self.infer_actions(frames, is_first) if action is None else self.encode_actions(action, ("B", "T"), sizes)
+        actions = (
+            self.infer_actions(frames, is_first) if action is None else self.encode_actions(action, ("B", "T"), sizes)
+        )
         state = self.initial(B) if state is None else state
         tokens = self._encode_frames(frames, is_first)
         states = []
@@ -580,7 +708,12 @@ class GenieWorldModel(nn.Module):
         """Tokens (B, T, S) of frames (B, T, ...) encoded in chunks of the context."""
         T = frames.shape[1]
         segments = self.segments(is_first)
-        chunks = [self.tokenizer.encode(frames[:, start : start + self.context], segments[:, start : start + self.context]).indices for start in range(0, T, self.context)]
+        chunks = [
+            self.tokenizer.encode(
+                frames[:, start : start + self.context], segments[:, start : start + self.context]
+            ).indices
+            for start in range(0, T, self.context)
+        ]
         return torch.cat(chunks, 1)
 
     def state_from_image(self, image: Any, resize: bool = True) -> State:
@@ -588,7 +721,11 @@ class GenieWorldModel(nn.Module):
         model's size (`fit_image`) — a world to step through with latent actions."""
         frames = self.fit_image(image, resize).to(self.device)
         B = frames.shape[0]
-        _, last = self.observe({self.config.image_key: frames[:, None]}, torch.zeros(B, 1, dtype=torch.long), torch.ones(B, 1, dtype=torch.bool))
+        _, last = self.observe(
+            {self.config.image_key: frames[:, None]},
+            torch.zeros(B, 1, dtype=torch.long),
+            torch.ones(B, 1, dtype=torch.bool),
+        )
         return last
 
     @torch.no_grad()
@@ -613,7 +750,9 @@ class GenieWorldModel(nn.Module):
         if policy is None:
             actions = self.encode_actions(actions_or_policy, ("B", "L"), sizes)
             if horizon is not None and horizon != sizes["L"]:
-                raise ShapeError(f"latent actions: expected (B, {horizon}) for horizon {horizon}, got {tuple(actions.shape)}")
+                raise ShapeError(
+                    f"latent actions: expected (B, {horizon}) for horizon {horizon}, got {tuple(actions.shape)}"
+                )
             horizon = sizes["L"]
         elif horizon is None:
             raise ValueError("imagine with a policy needs a horizon")
@@ -630,12 +769,22 @@ class GenieWorldModel(nn.Module):
             window_actions = torch.cat([current["history_actions"][:, 1:], action[:, None]], 1)
             segments = self._history_segments((current["history_length"] + 1).clamp_max(C), C)
 
-            def logits_of(frame_tokens: torch.Tensor, history=history, window_actions=window_actions, segments=segments) -> torch.Tensor:
+            def logits_of(
+                frame_tokens: torch.Tensor, history=history, window_actions=window_actions, segments=segments
+            ) -> torch.Tensor:
                 window = torch.cat([history, frame_tokens[:, None]], 1)
                 return self.dynamics(window, window_actions, segments)[:, -1]
 
             hidden = torch.ones(B, S, dtype=torch.bool, device=self.device)
-            tokens = maskgit_fill(logits_of, torch.zeros(B, S, dtype=torch.long, device=self.device), hidden, self.dynamics.mask_token, steps, temperature, generator)
+            tokens = maskgit_fill(
+                logits_of,
+                torch.zeros(B, S, dtype=torch.long, device=self.device),
+                hidden,
+                self.dynamics.mask_token,
+                steps,
+                temperature,
+                generator,
+            )
             current = self._push(current, tokens, action, no_first)
             trajectory.append(current)
             taken.append(action)
@@ -733,10 +882,14 @@ class GenieWorldModel(nn.Module):
             inputs = torch.where(hidden, torch.full_like(tokens, self.dynamics.mask_token), tokens)
             logits = self.dynamics(inputs, actions, segments)
             hidden_count = hidden.float().sum().clamp_min(1.0)
-            cross_entropy = F.cross_entropy(logits.flatten(0, 2), tokens.flatten(), reduction="none").reshape(tokens.shape)
+            cross_entropy = F.cross_entropy(logits.flatten(0, 2), tokens.flatten(), reduction="none").reshape(
+                tokens.shape
+            )
             terms["dynamics"] = (cross_entropy * hidden.float()).sum() / hidden_count
             with torch.no_grad():
-                metrics["wm/masked_token_accuracy"] = ((logits.argmax(-1) == tokens).float() * hidden.float()).sum() / hidden_count
+                metrics["wm/masked_token_accuracy"] = (
+                    (logits.argmax(-1) == tokens).float() * hidden.float()
+                ).sum() / hidden_count
 
         total = sum(getattr(scales, name) * value for name, value in terms.items())
         metrics.update({f"loss/{name}": value.detach() for name, value in terms.items()})

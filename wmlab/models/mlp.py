@@ -186,7 +186,9 @@ class MLPWorldModel(nn.Module):
         if policy is None:
             actions = self.encode_action(actions_or_policy, ("B", "L"), sizes)
             if horizon is not None and horizon != sizes["L"]:
-                raise ShapeError(f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}")
+                raise ShapeError(
+                    f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}"
+                )
             horizon = sizes["L"]
         elif horizon is None:
             raise ValueError("imagine with a policy needs a horizon")
@@ -229,7 +231,9 @@ class MLPWorldModel(nn.Module):
         for name in ("reward", "is_first", "is_terminal"):
             check_shape(name, getattr(batch, name), ("B", "T"), sizes)
         if sizes["T"] < 2:
-            raise ShapeError(f"obs['vector']: the loss needs windows of T >= 2 steps to see a transition, got T={sizes['T']}")
+            raise ShapeError(
+                f"obs['vector']: the loss needs windows of T >= 2 steps to see a transition, got T={sizes['T']}"
+            )
 
         observations = vector.to(self.dtype)
         state, next_observation, action = observations[:, :-1], observations[:, 1:], action[:, 1:]  # (B, T-1, ...)
@@ -256,17 +260,37 @@ class MLPWorldModel(nn.Module):
         terms = {
             "next_state": masked_mean((predicted_target - normalized_target).pow(2).mean(-1)),
             "reward": masked_mean((predicted_reward - normalized_reward).pow(2)),
-            "continue": masked_mean(F.binary_cross_entropy_with_logits(continue_logit, continue_target, reduction="none")),
+            "continue": masked_mean(
+                F.binary_cross_entropy_with_logits(continue_logit, continue_target, reduction="none")
+            ),
         }
         scales = self.config.loss_scales
-        total = scales.next_state * terms["next_state"] + scales.reward * terms["reward"] + scales.continuation * terms["continue"]
+        total = (
+            scales.next_state * terms["next_state"]
+            + scales.reward * terms["reward"]
+            + scales.continuation * terms["continue"]
+        )
 
         with torch.no_grad():  # errors in the environment's own units, for reading off the logs
             state_error = (self.next_state(state, predicted_target) - next_observation).pow(2).mean(-1)
             reward_error = (self.reward_normalizer.denormalize(predicted_reward[..., None])[..., 0] - reward).pow(2)
             continue_correct = ((continue_logit > 0).to(self.dtype) == continue_target).to(self.dtype)
             values = torch.stack(
-                [*terms.values(), total, masked_mean(state_error), masked_mean(reward_error), masked_mean(continue_correct)]
+                [
+                    *terms.values(),
+                    total,
+                    masked_mean(state_error),
+                    masked_mean(reward_error),
+                    masked_mean(continue_correct),
+                ]
             ).tolist()
-        names = ["loss/next_state", "loss/reward", "loss/continue", "loss/total", "wm/next_state_mse", "wm/reward_mse", "wm/continue_accuracy"]
+        names = [
+            "loss/next_state",
+            "loss/reward",
+            "loss/continue",
+            "loss/total",
+            "wm/next_state_mse",
+            "wm/reward_mse",
+            "wm/continue_accuracy",
+        ]
         return total, dict(zip(names, values))

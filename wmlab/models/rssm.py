@@ -112,10 +112,25 @@ class RSSMConfig(Config):
     agents' presets set PlaNet's and DreamerV1/V2's values. The optimiser belongs to the agent."""
 
     limits = ranges(
-        deterministic_size=COUNT, hidden_size=COUNT, stochastic_size=COUNT, classes=NON_NEGATIVE, min_std=POSITIVE,
-        unimix=FRACTION, blocks=COUNT, core_layers=COUNT, prior_layers=COUNT, posterior_layers=COUNT,
-        cnn_depth=COUNT, cnn_kernel=COUNT, units=COUNT, encoder_layers=COUNT, decoder_layers=COUNT,
-        reward_layers=COUNT, continue_layers=COUNT, reward_bins=at_least(2), free_nats=NON_NEGATIVE,
+        deterministic_size=COUNT,
+        hidden_size=COUNT,
+        stochastic_size=COUNT,
+        classes=NON_NEGATIVE,
+        min_std=POSITIVE,
+        unimix=FRACTION,
+        blocks=COUNT,
+        core_layers=COUNT,
+        prior_layers=COUNT,
+        posterior_layers=COUNT,
+        cnn_depth=COUNT,
+        cnn_kernel=COUNT,
+        units=COUNT,
+        encoder_layers=COUNT,
+        decoder_layers=COUNT,
+        reward_layers=COUNT,
+        continue_layers=COUNT,
+        reward_bins=at_least(2),
+        free_nats=NON_NEGATIVE,
         overshooting_distance=NON_NEGATIVE,
     )
 
@@ -246,7 +261,9 @@ class ObservationLayout:
 
 def observation_layout(observation_space: spaces.Space) -> ObservationLayout:
     if not isinstance(observation_space, spaces.Dict):
-        raise IncompatibleSpaceError(f"the RSSM reads a Dict of 'image' / 'vector' observations, got {observation_space}")
+        raise IncompatibleSpaceError(
+            f"the RSSM reads a Dict of 'image' / 'vector' observations, got {observation_space}"
+        )
     image_keys, channels, sizes, vector_keys, vector_sizes = [], [], set(), [], []
     for key in sorted(observation_space.spaces):
         space = observation_space[key]
@@ -276,7 +293,11 @@ def action_layout(action_space: spaces.Space) -> tuple[int, bool]:
 
 def dense_stack(input_size: int, units: int, layers: int, norm: str, activation: str) -> nn.Sequential:
     """`layers` x (Linear -> norm -> activation); the identity when layers is 0."""
-    return nn.Sequential(*dense_layers(input_size, units, layers, lambda size: make_norm(norm, size), lambda: make_activation(activation)))
+    return nn.Sequential(
+        *dense_layers(
+            input_size, units, layers, lambda size: make_norm(norm, size), lambda: make_activation(activation)
+        )
+    )
 
 
 #: Loss terms that an observation key must not shadow.
@@ -308,8 +329,13 @@ class MultiEncoder(nn.Module):
         self.conv = None
         if layout.image_keys:
             self.conv = ConvEncoder(
-                sum(layout.image_channels), widths.cnn_depth, config.cnn_multipliers, config.cnn_kernel,
-                config.norm, config.activation, layout.image_size,
+                sum(layout.image_channels),
+                widths.cnn_depth,
+                config.cnn_multipliers,
+                config.cnn_kernel,
+                config.norm,
+                config.activation,
+                layout.image_size,
             )
             self.features += self.conv.features
         self.mlp = None
@@ -339,8 +365,14 @@ class MultiDecoder(nn.Module):
         self.conv = None
         if layout.image_keys:
             self.conv = ConvDecoder(
-                feature_size, sum(layout.image_channels), widths.cnn_depth, config.cnn_multipliers, config.cnn_kernel,
-                config.norm, config.activation, layout.image_size,
+                feature_size,
+                sum(layout.image_channels),
+                widths.cnn_depth,
+                config.cnn_multipliers,
+                config.cnn_kernel,
+                config.norm,
+                config.activation,
+                layout.image_size,
             )
         self.mlp = None
         if layout.vector_keys:
@@ -421,7 +453,10 @@ class RSSM(nn.Module):
         self.two_hot = TwoHot(config.reward_bins) if config.reward_head == "twohot" else None
         self.reward_head = nn.Sequential(
             dense_stack(self.feature_size, widths.units, config.reward_layers, norm, activation),
-            nn.Linear(stack_width(self.feature_size, widths.units, config.reward_layers), config.reward_bins if self.two_hot else 1),
+            nn.Linear(
+                stack_width(self.feature_size, widths.units, config.reward_layers),
+                config.reward_bins if self.two_hot else 1,
+            ),
         )
         if self.two_hot is not None:
             # DreamerV3 zero-initialises the two-hot output layer, so that every initial prediction
@@ -526,7 +561,9 @@ class RSSM(nn.Module):
 
     # --- the WorldModel protocol -------------------------------------------------------------
 
-    def embed(self, obs: dict[str, Any], leading: tuple[str, ...] = ("B", "T"), sizes: dict[str, int] | None = None) -> torch.Tensor:
+    def embed(
+        self, obs: dict[str, Any], leading: tuple[str, ...] = ("B", "T"), sizes: dict[str, int] | None = None
+    ) -> torch.Tensor:
         """Observations {key: (*leading, ...)} -> embeddings (*leading, E)."""
         sizes = {} if sizes is None else sizes
         flat = {}
@@ -566,7 +603,9 @@ class RSSM(nn.Module):
         _, latent = self.observe_embedded(embedding, action[:, None], is_first, state)
         return latent
 
-    def observe_embedded(self, embedding: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor, state: State | None = None) -> tuple[State, State]:
+    def observe_embedded(
+        self, embedding: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor, state: State | None = None
+    ) -> tuple[State, State]:
         """`observe` from embeddings (B, T, E) and encoded actions (B, T, A)."""
         B, T = embedding.shape[:2]
         state = self.initial(B) if state is None else state
@@ -607,7 +646,9 @@ class RSSM(nn.Module):
         if policy is None:
             actions = self.encode_action(actions_or_policy, ("B", "L"), sizes)
             if horizon is not None and horizon != sizes["L"]:
-                raise ShapeError(f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}")
+                raise ShapeError(
+                    f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}"
+                )
             horizon = sizes["L"]
         elif horizon is None:
             raise ValueError("imagine with a policy needs a horizon")
@@ -686,8 +727,13 @@ class RSSM(nn.Module):
         weights: dict[str, float] = {}
         predictions = self.decoder(flat_features)
         for key in self.layout.image_keys:
-            target = torch.as_tensor(batch.obs[key], device=self.device).flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0 - 0.5
-            terms[term_name(key)] = (predictions[key] - target).pow(2).sum((1, 2, 3)).unflatten(0, (sizes["B"], sizes["T"]))
+            target = (
+                torch.as_tensor(batch.obs[key], device=self.device).flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0
+                - 0.5
+            )
+            terms[term_name(key)] = (
+                (predictions[key] - target).pow(2).sum((1, 2, 3)).unflatten(0, (sizes["B"], sizes["T"]))
+            )
             weights[term_name(key)] = scales.image
         for key in self.layout.vector_keys:
             target = torch.as_tensor(batch.obs[key], device=self.device).flatten(0, 1).float()
@@ -721,7 +767,9 @@ class RSSM(nn.Module):
         with torch.no_grad():
             metrics["wm/kl"] = kl_value
             metrics["wm/prior_entropy"] = self.entropy(prior).mean()
-            metrics["wm/posterior_entropy"] = self.entropy({k: v for k, v in posterior.items() if k not in ("deter", "stoch")}).mean()
+            metrics["wm/posterior_entropy"] = self.entropy(
+                {k: v for k, v in posterior.items() if k not in ("deter", "stoch")}
+            ).mean()
             predicted_reward = self.two_hot.decode(reward_output) if self.two_hot is not None else reward_output[..., 0]
             metrics["wm/reward_mse"] = (predicted_reward - reward).pow(2).mean()
             for key in self.layout.image_keys:
@@ -733,17 +781,37 @@ class RSSM(nn.Module):
         config, scales = self.config, self.config.loss_scales
         if config.kl_balancing:
             if self.categorical:
-                terms = kl_balanced(posterior["logits"], prior["logits"], config.free_nats, scales.dynamics, scales.representation, config.free_nats_average_first)
+                terms = kl_balanced(
+                    posterior["logits"],
+                    prior["logits"],
+                    config.free_nats,
+                    scales.dynamics,
+                    scales.representation,
+                    config.free_nats_average_first,
+                )
             else:
                 terms = kl_balanced_gaussian(
-                    posterior["mean"], posterior["std"], prior["mean"], prior["std"],
-                    config.free_nats, scales.dynamics, scales.representation, config.free_nats_average_first,
+                    posterior["mean"],
+                    posterior["std"],
+                    prior["mean"],
+                    prior["std"],
+                    config.free_nats,
+                    scales.dynamics,
+                    scales.representation,
+                    config.free_nats_average_first,
                 )
             metrics = {"loss/dyn": terms.dynamics.mean(), "loss/rep": terms.representation.mean()}
             return terms.loss.mean(), metrics, terms.dynamics.detach().mean()
         if self.categorical:
             raise ValueError("the unbalanced KL (kl_balancing False) is implemented for Gaussian latents only")
-        clipped, kl = gaussian_kl_free_nats(posterior["mean"], posterior["std"], prior["mean"], prior["std"], config.free_nats, config.free_nats_average_first)
+        clipped, kl = gaussian_kl_free_nats(
+            posterior["mean"],
+            posterior["std"],
+            prior["mean"],
+            prior["std"],
+            config.free_nats,
+            config.free_nats_average_first,
+        )
         return scales.kl * clipped.mean(), {"loss/kl": kl.mean()}, kl.detach().mean()
 
     def _overshooting(self, posterior: State, actions: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor:
@@ -766,7 +834,9 @@ class RSSM(nn.Module):
             step = self.imagine_step(flat, actions[:, distance:].flatten(0, 1), self.draw_noise((B * count,)))
             current = {name: step[name].unflatten(0, (B, count)) for name in ("deter", "stoch")}
             valid = (episode_index[:, distance:] == episode_index[:, :count]).float()
-            target = {name: posterior[name][:, distance:].detach() for name in ("logits", "mean", "std") if name in posterior}
+            target = {
+                name: posterior[name][:, distance:].detach() for name in ("logits", "mean", "std") if name in posterior
+            }
             if self.categorical:
                 kl = categorical_kl(target["logits"], step["logits"].unflatten(0, (B, count))).sum(-1)
             else:

@@ -253,7 +253,9 @@ class TabularModel:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         shape = (int(state["num_states"]), int(state["num_actions"]))
         if shape != (self.num_states, self.num_actions):
-            raise ValueError(f"checkpoint is for {shape[0]} states x {shape[1]} actions, this model has {self.num_states} x {self.num_actions}")
+            raise ValueError(
+                f"checkpoint is for {shape[0]} states x {shape[1]} actions, this model has {self.num_states} x {self.num_actions}"
+            )
         self.model_untried_actions = bool(state["model_untried_actions"])
         self.clear()
         self.time = int(state["time"])

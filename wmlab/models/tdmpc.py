@@ -48,10 +48,10 @@ from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape
 from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
+from wmlab.nn.activations import Mish
 from wmlab.nn.distributions import TwoHot
 from wmlab.nn.ensemble import EnsembleMLP
 from wmlab.nn.mlp import dense_layers
-from wmlab.nn.activations import Mish
 from wmlab.nn.norms import SimNorm
 
 
@@ -96,11 +96,24 @@ class TDMPCModelConfig(Config):
     to the algorithm that trains it."""
 
     limits = ranges(
-        encoder_width=COUNT, mlp_width=COUNT, latent_size=COUNT, encoder_layers=COUNT, q_functions=at_least(2),
-        conv_channels=COUNT, simnorm_group=COUNT, bins=at_least(2), value_high=above("value_low"),
-        dropout=between(0, 1, high_open=True), log_std_max=above("log_std_min"), entropy_coef=NON_NEGATIVE,
-        rho=between(0, 1, low_open=True), discount=between(0, 1, low_open=True), target_tau=FRACTION,
-        scale_tau=FRACTION, image_shift=NON_NEGATIVE, task_embedding_size=COUNT,
+        encoder_width=COUNT,
+        mlp_width=COUNT,
+        latent_size=COUNT,
+        encoder_layers=COUNT,
+        q_functions=at_least(2),
+        conv_channels=COUNT,
+        simnorm_group=COUNT,
+        bins=at_least(2),
+        value_high=above("value_low"),
+        dropout=between(0, 1, high_open=True),
+        log_std_max=above("log_std_min"),
+        entropy_coef=NON_NEGATIVE,
+        rho=between(0, 1, low_open=True),
+        discount=between(0, 1, low_open=True),
+        target_tau=FRACTION,
+        scale_tau=FRACTION,
+        image_shift=NON_NEGATIVE,
+        task_embedding_size=COUNT,
     )
 
     size: str = "5M"
@@ -162,7 +175,12 @@ class TDMPCModelConfig(Config):
         if self.size not in PRESETS:
             raise ValueError(f"unknown TD-MPC2 size {self.size!r}; choose one of {', '.join(PRESETS)}")
         preset = PRESETS[self.size]
-        return TDMPCSizes(*(getattr(self, name) if getattr(self, name) is not None else getattr(preset, name) for name in TDMPCSizes._fields))
+        return TDMPCSizes(
+            *(
+                getattr(self, name) if getattr(self, name) is not None else getattr(preset, name)
+                for name in TDMPCSizes._fields
+            )
+        )
 
 
 class PolicyOutput(NamedTuple):
@@ -275,10 +293,14 @@ class PixelEncoder(nn.Module):
         height, width, colors = image_shape
         self.augment = ShiftAugmentation(shift)
         self.convs = nn.Sequential(
-            nn.Conv2d(colors, channels, 7, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 5, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=1), nn.Flatten(),
+            nn.Conv2d(colors, channels, 7, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 5, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=1),
+            nn.Flatten(),
         )
         with torch.no_grad():
             features = self.convs(torch.zeros(1, colors, height, width)).shape[-1]
@@ -312,9 +334,13 @@ class TDMPCModel(nn.Module):
         sizes = config.sizes()
         self.sizes = sizes
         if sizes.q_functions < 2:
-            raise ValueError(f"TD-MPC2's targets take the min of two Q-functions; q_functions must be at least 2, got {sizes.q_functions}")
+            raise ValueError(
+                f"TD-MPC2's targets take the min of two Q-functions; q_functions must be at least 2, got {sizes.q_functions}"
+            )
         if sizes.latent_size % config.simnorm_group:
-            raise ValueError(f"latent_size {sizes.latent_size} is not a multiple of simnorm_group {config.simnorm_group}")
+            raise ValueError(
+                f"latent_size {sizes.latent_size} is not a multiple of simnorm_group {config.simnorm_group}"
+            )
         D, width = sizes.latent_size, sizes.mlp_width
         self.latent_size = D
         self.observation_key, self.observation_shape = observation_entry(observation_space)
@@ -336,14 +362,20 @@ class TDMPCModel(nn.Module):
         M = config.task_embedding_size if self.num_tasks else 0
         self.task_embedding = nn.Embedding(self.num_tasks, M, max_norm=1.0) if self.num_tasks else None
         if config.task_discounts and len(config.task_discounts) != self.num_tasks:
-            raise ValueError(f"task_discounts holds {len(config.task_discounts)} discounts for {self.num_tasks} tasks; give one per task (or none)")
+            raise ValueError(
+                f"task_discounts holds {len(config.task_discounts)} discounts for {self.num_tasks} tasks; give one per task (or none)"
+            )
         if config.task_discounts:
-            self.register_buffer("task_discounts", torch.tensor(config.task_discounts, dtype=torch.float32), persistent=False)
+            self.register_buffer(
+                "task_discounts", torch.tensor(config.task_discounts, dtype=torch.float32), persistent=False
+            )
         else:
             self.task_discounts = None
 
         if self.observation_key == "image":
-            self.encoder = PixelEncoder(self.observation_shape, config.conv_channels, D, config.simnorm_group, config.image_shift)
+            self.encoder = PixelEncoder(
+                self.observation_shape, config.conv_channels, D, config.simnorm_group, config.image_shift
+            )
         else:
             hidden = max(sizes.encoder_layers - 1, 1)
             self.encoder = nn.Sequential(
@@ -353,7 +385,9 @@ class TDMPCModel(nn.Module):
         self.dynamics = nn.Sequential(trunk(D + M + A, width, 2), normed_head(width, D, config.simnorm_group))
         self.reward_head = nn.Sequential(trunk(D + M + A, width, 2), nn.Linear(width, config.bins))
         self.policy = nn.Sequential(trunk(D + M, width, 2), nn.Linear(width, A if self.discrete else 2 * A))
-        self.q_functions = EnsembleMLP(sizes.q_functions, D + M + A, config.bins, width, layers=2, activation="mish", dropout=config.dropout)
+        self.q_functions = EnsembleMLP(
+            sizes.q_functions, D + M + A, config.bins, width, layers=2, activation="mish", dropout=config.dropout
+        )
         self.termination_head = nn.Sequential(trunk(D + M, width, 2), nn.Linear(width, 1)) if config.episodic else None
         self._initialise()
         self.target_q_functions = copy.deepcopy(self.q_functions).requires_grad_(False)
@@ -387,7 +421,9 @@ class TDMPCModel(nn.Module):
 
     # --- actions ------------------------------------------------------------------------------
 
-    def to_model_action(self, action: Any, leading: tuple[str, ...], sizes: dict[str, int] | None = None) -> torch.Tensor:
+    def to_model_action(
+        self, action: Any, leading: tuple[str, ...], sizes: dict[str, int] | None = None
+    ) -> torch.Tensor:
         """Environment actions -> model units (*leading, A): a Box rescaled to [-1, 1]; Discrete
         indices (*leading) one-hot (a float (*leading, K) one-hot or probability vector is kept)."""
         sizes = {} if sizes is None else sizes
@@ -414,7 +450,9 @@ class TDMPCModel(nn.Module):
                 raise ShapeError("this multi-task TD-MPC2 model needs obs['task'], the task index of each observation")
             task = torch.as_tensor(obs["task"], device=self.device).long()
             if task.numel() and (task.min() < 0 or task.max() >= self.num_tasks):
-                raise ShapeError(f"obs['task']: indices must lie in 0..{self.num_tasks - 1}, got {task.unique().tolist()}")
+                raise ShapeError(
+                    f"obs['task']: indices must lie in 0..{self.num_tasks - 1}, got {task.unique().tolist()}"
+                )
         if self.masks_actions:
             if "action_mask" not in obs:
                 raise ShapeError("this TD-MPC2 model masks actions and needs obs['action_mask'] (..., A)")
@@ -466,8 +504,10 @@ class TDMPCModel(nn.Module):
         multi-task model reads obs['task'] (*leading,) unless `task` is given."""
         x = torch.as_tensor(obs[self.observation_key], device=self.device)
         feature_dims = len(self.observation_shape)
-        if tuple(x.shape[x.ndim - feature_dims:]) != self.observation_shape or x.ndim <= feature_dims:
-            raise ShapeError(f"obs[{self.observation_key!r}]: expected (..., {', '.join(map(str, self.observation_shape))}), got {tuple(x.shape)}")
+        if tuple(x.shape[x.ndim - feature_dims :]) != self.observation_shape or x.ndim <= feature_dims:
+            raise ShapeError(
+                f"obs[{self.observation_key!r}]: expected (..., {', '.join(map(str, self.observation_shape))}), got {tuple(x.shape)}"
+            )
         leading = x.shape[: x.ndim - feature_dims]
         flat = x.reshape(-1, *self.observation_shape)
         if self.observation_key == "vector":
@@ -483,11 +523,15 @@ class TDMPCModel(nn.Module):
         """z' = d(z, a): (..., D), (..., A) -> (..., D)."""
         return self.dynamics(torch.cat([self.with_task(latent, task), action], -1))
 
-    def reward_logits(self, latent: torch.Tensor, action: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+    def reward_logits(
+        self, latent: torch.Tensor, action: torch.Tensor, task: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(..., D), (..., A) -> two-hot logits (..., bins) of the reward received for a in z."""
         return self.reward_head(torch.cat([self.with_task(latent, task), action], -1))
 
-    def reward(self, latent: torch.Tensor, action: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:  # -> (...)
+    def reward(
+        self, latent: torch.Tensor, action: torch.Tensor, task: torch.Tensor | None = None
+    ) -> torch.Tensor:  # -> (...)
         return self.two_hot.decode(self.reward_logits(latent, action, task))
 
     def q_logits(
@@ -502,7 +546,9 @@ class TDMPCModel(nn.Module):
     ) -> torch.Tensor:
         """(..., D), (..., A) -> logits (E', ..., bins) of the selected ensemble members."""
         ensemble = self.target_q_functions if target else self.q_functions
-        return ensemble(torch.cat([self.with_task(latent, task), action], -1), members=members, detach=detach, dropout=dropout)
+        return ensemble(
+            torch.cat([self.with_task(latent, task), action], -1), members=members, detach=detach, dropout=dropout
+        )
 
     def q_values(self, latent: torch.Tensor, action: torch.Tensor, **kwargs) -> torch.Tensor:
         """Decoded values (E', ...) of the selected members; keywords as for q_logits."""
@@ -536,7 +582,9 @@ class TDMPCModel(nn.Module):
             mode_index = probabilities.argmax(-1)
             if sample:
                 flat = probabilities.reshape(-1, self.action_size).detach().cpu()
-                index = torch.multinomial(flat, 1, generator=generator).reshape(probabilities.shape[:-1]).to(latent.device)
+                index = (
+                    torch.multinomial(flat, 1, generator=generator).reshape(probabilities.shape[:-1]).to(latent.device)
+                )
             else:
                 index = mode_index
             action = F.one_hot(index, self.action_size).float()
@@ -548,7 +596,11 @@ class TDMPCModel(nn.Module):
         config = self.config
         log_std = config.log_std_min + 0.5 * (config.log_std_max - config.log_std_min) * (torch.tanh(raw_log_std) + 1)
         if noise is None:
-            noise = torch.randn(mean.shape, generator=generator).to(mean.device) if generator is not None else torch.randn_like(mean)
+            noise = (
+                torch.randn(mean.shape, generator=generator).to(mean.device)
+                if generator is not None
+                else torch.randn_like(mean)
+            )
         mask = None
         if action_mask is not None:
             mask = expand_to(torch.as_tensor(action_mask, device=mean.device, dtype=mean.dtype), mean.shape[:-1])
@@ -574,13 +626,24 @@ class TDMPCModel(nn.Module):
         this function free of random draws (and so one graph under torch.compile)."""
         if members is None:
             members = self.two_members(generator)
-        policy = self.policy_distribution(latent, noise=noise, generator=generator, sample=not self.discrete, task=task, action_mask=action_mask)
+        policy = self.policy_distribution(
+            latent, noise=noise, generator=generator, sample=not self.discrete, task=task, action_mask=action_mask
+        )
         if self.discrete:
             actions = torch.eye(self.action_size, device=latent.device)  # (K, K)
             expanded = latent.unsqueeze(-2).expand(*latent.shape[:-1], self.action_size, self.latent_size)
-            values = self.q_values(expanded, actions.expand(*latent.shape[:-1], -1, -1), members=members, target=target, dropout=False, task=task)  # (2, ..., K)
+            values = self.q_values(
+                expanded,
+                actions.expand(*latent.shape[:-1], -1, -1),
+                members=members,
+                target=target,
+                dropout=False,
+                task=task,
+            )  # (2, ..., K)
         else:
-            values = self.q_values(latent, policy.action, members=members, target=target, dropout=False, task=task)  # (2, ...)
+            values = self.q_values(
+                latent, policy.action, members=members, target=target, dropout=False, task=task
+            )  # (2, ...)
         combined = torch.minimum(values[0], values[1]) if reduction == "min" else (values[0] + values[1]) / 2
         if self.discrete:
             combined = (policy.probabilities * combined).sum(-1)
@@ -642,7 +705,9 @@ class TDMPCModel(nn.Module):
             states=states,
             actions=self.to_env_action(torch.stack(taken, 1)),
             rewards=rewards_tensor,
-            continues=1 - torch.sigmoid(self.termination_logits(states, task)) if self.termination_head is not None else torch.ones_like(rewards_tensor),
+            continues=1 - torch.sigmoid(self.termination_logits(states, task))
+            if self.termination_head is not None
+            else torch.ones_like(rewards_tensor),
             observations=None,
             extras={"values": self.value(states, reduction="avg", task=task, action_mask=mask)},
         )
@@ -716,7 +781,9 @@ class TDMPCModel(nn.Module):
             latents.append(latent)
         rollout = torch.stack(latents, 1)  # (B, H + 1, D)
         reward_loss = self.two_hot.loss(self.reward_logits(rollout[:, :-1], actions, task), rewards)  # (B, H)
-        value_loss = self.two_hot.loss(self.q_logits(rollout[:, :-1], actions, task=task), targets.expand(self.sizes.q_functions, -1, -1)).mean(0)
+        value_loss = self.two_hot.loss(
+            self.q_logits(rollout[:, :-1], actions, task=task), targets.expand(self.sizes.q_functions, -1, -1)
+        ).mean(0)
 
         rho = self.config.rho
         terms = {
@@ -725,14 +792,20 @@ class TDMPCModel(nn.Module):
             "value": horizon_loss(value_loss, valid, rho),
         }
         scales = self.config.loss_scales
-        total = scales.consistency * terms["consistency"] + scales.reward * terms["reward"] + scales.value * terms["value"]
+        total = (
+            scales.consistency * terms["consistency"] + scales.reward * terms["reward"] + scales.value * terms["value"]
+        )
         if self.termination_head is not None:
             # Unweighted by rho, as in the authors' code: a plain mean over the reached latents.
-            errors = F.binary_cross_entropy_with_logits(self.termination_logits(rollout[:, 1:], task), terminal.float(), reduction="none")
+            errors = F.binary_cross_entropy_with_logits(
+                self.termination_logits(rollout[:, 1:], task), terminal.float(), reduction="none"
+            )
             terms["termination"] = (errors * valid).sum() / valid.sum().clamp_min(1.0)
             total = total + scales.termination * terms["termination"]
         with torch.no_grad():
-            values = torch.stack([*terms.values(), total, masked_step_means(targets, valid).mean(), valid.mean()]).tolist()
+            values = torch.stack(
+                [*terms.values(), total, masked_step_means(targets, valid).mean(), valid.mean()]
+            ).tolist()
         names = [f"loss/{name}" for name in terms] + ["loss/total", "wm/td_target", "wm/valid_fraction"]
         valid_latents = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
         return TDMPCLoss(total, dict(zip(names, values)), rollout, valid_latents, task, action_mask)
@@ -761,11 +834,15 @@ class TDMPCModel(nn.Module):
                 K = self.action_size
                 expanded = latents.unsqueeze(-2).expand(*latents.shape[:-1], K, self.latent_size)
                 one_hots = torch.eye(K, device=latents.device).expand(*latents.shape[:-1], K, K)
-                q = self.q_values(expanded, one_hots, members=members, detach=True, dropout=False, task=task).mean(0)  # (B, S, K)
+                q = self.q_values(expanded, one_hots, members=members, detach=True, dropout=False, task=task).mean(
+                    0
+                )  # (B, S, K)
                 expected_q = (policy.probabilities * q).sum(-1)
                 negative_entropy = -policy.entropy
             else:
-                expected_q = self.q_values(latents, policy.action, members=members, detach=True, dropout=False, task=task).mean(0)  # (B, S)
+                expected_q = self.q_values(
+                    latents, policy.action, members=members, detach=True, dropout=False, task=task
+                ).mean(0)  # (B, S)
                 negative_entropy = policy.log_prob
         if self.training:
             self.update_value_scale(expected_q[:, 0])
@@ -804,7 +881,9 @@ class TDMPCModel(nn.Module):
         code), and the policy prior (its own optimiser)."""
         return {
             "encoder": list(self.encoder.parameters()),
-            "model": list(self.dynamics.parameters()) + list(self.reward_head.parameters()) + list(self.q_functions.parameters())
+            "model": list(self.dynamics.parameters())
+            + list(self.reward_head.parameters())
+            + list(self.q_functions.parameters())
             + (list(self.termination_head.parameters()) if self.termination_head is not None else [])
             + (list(self.task_embedding.parameters()) if self.task_embedding is not None else []),
             "policy": list(self.policy.parameters()),
@@ -834,14 +913,18 @@ def task_entries(observation_space: spaces.Space, action_size: int, discrete: bo
     task_space = observation_space.spaces.get("task")
     if task_space is not None:
         if not (isinstance(task_space, spaces.Discrete) and int(task_space.start) == 0):
-            raise IncompatibleSpaceError(f"TD-MPC2 reads obs['task'] as a task index, a Discrete(n) space starting at 0; got {task_space}")
+            raise IncompatibleSpaceError(
+                f"TD-MPC2 reads obs['task'] as a task index, a Discrete(n) space starting at 0; got {task_space}"
+            )
         num_tasks = int(task_space.n)
     mask_space = observation_space.spaces.get("action_mask")
     if mask_space is not None:
         if discrete:
             raise IncompatibleSpaceError("TD-MPC2 masks continuous (Box) actions only; this action space is Discrete")
         if not (isinstance(mask_space, spaces.Box) and tuple(mask_space.shape) == (action_size,)):
-            raise IncompatibleSpaceError(f"obs['action_mask'] must be a Box of the action's shape ({action_size},), got {mask_space}")
+            raise IncompatibleSpaceError(
+                f"obs['action_mask'] must be a Box of the action's shape ({action_size},), got {mask_space}"
+            )
     return num_tasks, mask_space is not None
 
 

@@ -98,9 +98,39 @@ class TokenWidths:
 #: and 32 x 32 they cost most of an update; docs/benchmarks.md has the times), a smaller code and
 #: transformer; "tiny": tests.
 SIZES: dict[str, TokenWidths] = {
-    "tiny": TokenWidths(codebook_size=32, code_size=16, channels=8, residual_blocks=1, residual_max_side=4096, layers=2, heads=2, width=32, context=8),
-    "cpu": TokenWidths(codebook_size=512, code_size=64, channels=32, residual_blocks=1, residual_max_side=16, layers=4, heads=4, width=128, context=10),
-    "iris": TokenWidths(codebook_size=512, code_size=512, channels=64, residual_blocks=2, residual_max_side=4096, layers=10, heads=4, width=256, context=20),
+    "tiny": TokenWidths(
+        codebook_size=32,
+        code_size=16,
+        channels=8,
+        residual_blocks=1,
+        residual_max_side=4096,
+        layers=2,
+        heads=2,
+        width=32,
+        context=8,
+    ),
+    "cpu": TokenWidths(
+        codebook_size=512,
+        code_size=64,
+        channels=32,
+        residual_blocks=1,
+        residual_max_side=16,
+        layers=4,
+        heads=4,
+        width=128,
+        context=10,
+    ),
+    "iris": TokenWidths(
+        codebook_size=512,
+        code_size=512,
+        channels=64,
+        residual_blocks=2,
+        residual_max_side=4096,
+        layers=10,
+        heads=4,
+        width=256,
+        context=20,
+    ),
 }
 
 
@@ -180,7 +210,12 @@ def resolve_widths(config: TokenWorldModelConfig) -> TokenWidths:
     if config.size not in SIZES:
         raise ValueError(f"unknown token model size {config.size!r}; choose one of {', '.join(SIZES)}")
     preset = SIZES[config.size]
-    return TokenWidths(**{name: int(getattr(config, name) if getattr(config, name) is not None else getattr(preset, name)) for name in TokenWidths.__dataclass_fields__})
+    return TokenWidths(
+        **{
+            name: int(getattr(config, name) if getattr(config, name) is not None else getattr(preset, name))
+            for name in TokenWidths.__dataclass_fields__
+        }
+    )
 
 
 def _check_config(config: TokenWorldModelConfig) -> None:
@@ -208,8 +243,12 @@ class ResidualBlock(nn.Module):
         super().__init__()
         groups = math.gcd(channels, 8)
         self.layers = nn.Sequential(
-            nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            nn.GroupNorm(groups, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(groups, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(groups, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +262,14 @@ class Tokenizer(nn.Module):
     bottom; a 1x1 conv to the code size. The decoder mirrors it with nearest upsampling.
     """
 
-    def __init__(self, image_channels: int, image_size: tuple[int, int], widths: TokenWidths, stages: int, dead_code_threshold: float):
+    def __init__(
+        self,
+        image_channels: int,
+        image_size: tuple[int, int],
+        widths: TokenWidths,
+        stages: int,
+        dead_code_threshold: float,
+    ):
         super().__init__()
         channels = widths.channels
 
@@ -254,9 +300,15 @@ class Tokenizer(nn.Module):
         for stage in reversed(range(stages)):
             decoder += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1)]
             decoder += blocks_at(side >> stage)
-        decoder += [nn.GroupNorm(math.gcd(channels, 8), channels), nn.SiLU(), nn.Conv2d(channels, image_channels, 3, padding=1)]
+        decoder += [
+            nn.GroupNorm(math.gcd(channels, 8), channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, image_channels, 3, padding=1),
+        ]
         self.decoder = nn.Sequential(*decoder)
-        self.quantizer = VectorQuantizer(widths.codebook_size, widths.code_size, beta=1.0, dead_code_threshold=dead_code_threshold)
+        self.quantizer = VectorQuantizer(
+            widths.codebook_size, widths.code_size, beta=1.0, dead_code_threshold=dead_code_threshold
+        )
 
     def encode(self, frames: torch.Tensor):
         """frames (N, Ch, H, W) in [0, 1] -> `Quantized` with codes (N, K, E) and tokens (N, K)."""
@@ -295,15 +347,21 @@ class TokenWorldModel(nn.Module):
         self.generator: torch.Generator | None = None
         # Observation: one uint8 image key.
         if not isinstance(observation_space, spaces.Dict) or config.image_key not in observation_space.spaces:
-            raise IncompatibleSpaceError(f"the token world model reads a Dict observation with a uint8 image {config.image_key!r}, got {observation_space}")
+            raise IncompatibleSpaceError(
+                f"the token world model reads a Dict observation with a uint8 image {config.image_key!r}, got {observation_space}"
+            )
         image = observation_space[config.image_key]
         if not (isinstance(image, spaces.Box) and image.dtype == "uint8" and len(image.shape) == 3):
-            raise IncompatibleSpaceError(f"observation {config.image_key!r} must be a uint8 image (H, W, Ch), got {image}")
+            raise IncompatibleSpaceError(
+                f"observation {config.image_key!r} must be a uint8 image (H, W, Ch), got {image}"
+            )
         self.image_shape = tuple(int(side) for side in image.shape)
         # Action: one-hot of a Discrete space, or a Box scaled to [-1, 1] when allowed.
         if isinstance(action_space, spaces.Discrete):
             if int(action_space.start) != 0:
-                raise IncompatibleSpaceError(f"the token world model takes Discrete actions that start at 0, got {action_space}")
+                raise IncompatibleSpaceError(
+                    f"the token world model takes Discrete actions that start at 0, got {action_space}"
+                )
             self.discrete, self.action_size = True, int(action_space.n)
         elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
             if not config.continuous_actions:
@@ -311,25 +369,41 @@ class TokenWorldModel(nn.Module):
                     f"IRIS's token world model takes a Discrete action space, got the continuous {action_space};"
                     " set continuous_actions=True (GAIA-1's linear action embedding) to accept it"
                 )
-            low, high = torch.as_tensor(action_space.low, dtype=torch.float32), torch.as_tensor(action_space.high, dtype=torch.float32)
+            low, high = (
+                torch.as_tensor(action_space.low, dtype=torch.float32),
+                torch.as_tensor(action_space.high, dtype=torch.float32),
+            )
             if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-                raise IncompatibleSpaceError(f"a Box action space needs finite bounds to be scaled to [-1, 1], got {action_space}")
+                raise IncompatibleSpaceError(
+                    f"a Box action space needs finite bounds to be scaled to [-1, 1], got {action_space}"
+                )
             self.discrete, self.action_size = False, int(action_space.shape[0])
             self.register_buffer("action_centre", (low + high) / 2, persistent=False)
             self.register_buffer("action_half_range", ((high - low) / 2).clamp_min(1e-6), persistent=False)
         else:
-            raise IncompatibleSpaceError(f"the token world model takes a Discrete (or, with continuous_actions, a 1-D Box) action space, got {action_space}")
+            raise IncompatibleSpaceError(
+                f"the token world model takes a Discrete (or, with continuous_actions, a 1-D Box) action space, got {action_space}"
+            )
 
-        self.tokenizer = Tokenizer(self.image_shape[2], self.image_shape[:2], widths, config.stages, config.dead_code_threshold)
+        self.tokenizer = Tokenizer(
+            self.image_shape[2], self.image_shape[:2], widths, config.stages, config.dead_code_threshold
+        )
         K = self.tokens_per_frame = self.tokenizer.tokens_per_frame
         self.context = widths.context
         self.text_size = int(config.text_size)
         self.offset = 1 if self.text_size else 0  # position of the action token in a block
         self.tokens_per_step = K + 1 + self.offset
         D = widths.width
-        self.transformer = Transformer(TransformerConfig(
-            layers=widths.layers, heads=widths.heads, width=D, max_tokens=self.context * self.tokens_per_step, dropout=config.dropout, causal=True,
-        ))
+        self.transformer = Transformer(
+            TransformerConfig(
+                layers=widths.layers,
+                heads=widths.heads,
+                width=D,
+                max_tokens=self.context * self.tokens_per_step,
+                dropout=config.dropout,
+                causal=True,
+            )
+        )
         self.token_embedding = nn.Embedding(widths.codebook_size, D)
         self.action_embedding = nn.Linear(self.action_size, D)
         self.null_action = nn.Parameter(torch.zeros(D))
@@ -398,9 +472,13 @@ class TokenWorldModel(nn.Module):
             return action.float()
         indices = shape_matches(tuple(action.shape), leading, sizes)
         if indices is None:
-            raise ShapeError(f"action: expected indices {format_expected(leading, sizes)} or one-hot {format_expected((*leading, self.action_size), sizes)}, got {tuple(action.shape)}")
+            raise ShapeError(
+                f"action: expected indices {format_expected(leading, sizes)} or one-hot {format_expected((*leading, self.action_size), sizes)}, got {tuple(action.shape)}"
+            )
         if action.numel() and (int(action.min()) < 0 or int(action.max()) >= self.action_size):
-            raise ShapeError(f"action: indices must lie in [0, {self.action_size}), got [{int(action.min())}, {int(action.max())}]")
+            raise ShapeError(
+                f"action: indices must lie in [0, {self.action_size}), got [{int(action.min())}, {int(action.max())}]"
+            )
         sizes.update(indices)
         return F.one_hot(action.long(), self.action_size).float()
 
@@ -421,7 +499,9 @@ class TokenWorldModel(nn.Module):
         quantized = self.tokenizer.encode(frames.permute(0, 3, 1, 2).float() / 255.0)
         return quantized.indices, quantized.quantized.flatten(1)
 
-    def observe(self, obs: dict, action: Any, is_first: Any, state: State | None = None, text: Any = None) -> tuple[State, State]:
+    def observe(
+        self, obs: dict, action: Any, is_first: Any, state: State | None = None, text: Any = None
+    ) -> tuple[State, State]:
         """Filter a real sequence: obs {image_key: (B, T, H, W, Ch)}, action (B, T, A) or indices
         (B, T) (the action that led to each frame), is_first (B, T), text (B, Dt) when
         text-conditioned -> (states over time (B, T, ...), last state (B, ...)). Filtering a
@@ -450,7 +530,9 @@ class TokenWorldModel(nn.Module):
         states = {name: torch.stack([step[name] for step in steps], 1) for name in steps[0]}
         return states, state
 
-    def _push(self, state: State, tokens: torch.Tensor, codes: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor) -> State:
+    def _push(
+        self, state: State, tokens: torch.Tensor, codes: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor
+    ) -> State:
         """Append one step (tokens (B, K), codes (B, K * E), the action that led to it (B, A))
         to the history; is_first (B,) forgets the earlier steps."""
         length = torch.where(is_first, torch.zeros_like(state["history_length"]), state["history_length"])
@@ -466,22 +548,37 @@ class TokenWorldModel(nn.Module):
 
     # --- the sequence ------------------------------------------------------------------------
 
-    def embed_steps(self, tokens: torch.Tensor, actions: torch.Tensor, text: torch.Tensor | None, drop_text: torch.Tensor | None, drop_action: torch.Tensor | None) -> torch.Tensor:
+    def embed_steps(
+        self,
+        tokens: torch.Tensor,
+        actions: torch.Tensor,
+        text: torch.Tensor | None,
+        drop_text: torch.Tensor | None,
+        drop_action: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Blocks of tokens (B, T, K), actions (B, T, A), text (B, Dt) or per step (B, T, Dt) -> embeddings (B, T * P, D):
         per step [text?, action, frame tokens]. drop_text / drop_action (B,) bool put the null
         embeddings in place of the sequence's text / actions."""
         B, T = tokens.shape[:2]
         action_embedding = self.action_embedding(actions)  # (B, T, D)
         if drop_action is not None:
-            action_embedding = torch.where(drop_action[:, None, None], self.null_action.expand_as(action_embedding), action_embedding)
+            action_embedding = torch.where(
+                drop_action[:, None, None], self.null_action.expand_as(action_embedding), action_embedding
+            )
         parts = [action_embedding[:, :, None], self.token_embedding(tokens)]
         if self.text_size:
             if text is None:
-                raise ShapeError("this token model is text-conditioned: pass text (B, Dt) (the null text is dropped conditioning)")
+                raise ShapeError(
+                    "this token model is text-conditioned: pass text (B, Dt) (the null text is dropped conditioning)"
+                )
             text_embedding = self.text_embedding(text.float())
-            text_embedding = (text_embedding[:, None] if text_embedding.dim() == 2 else text_embedding)[:, :, None].expand(B, T, 1, -1)
+            text_embedding = (text_embedding[:, None] if text_embedding.dim() == 2 else text_embedding)[
+                :, :, None
+            ].expand(B, T, 1, -1)
             if drop_text is not None:
-                text_embedding = torch.where(drop_text[:, None, None, None], self.null_text.expand_as(text_embedding), text_embedding)
+                text_embedding = torch.where(
+                    drop_text[:, None, None, None], self.null_text.expand_as(text_embedding), text_embedding
+                )
             parts.insert(0, text_embedding)
         return torch.cat(parts, 2).reshape(B, T * self.tokens_per_step, -1)
 
@@ -491,7 +588,9 @@ class TokenWorldModel(nn.Module):
         imagination, whatever came before its episode."""
         T = is_first.shape[1]
         steps = torch.arange(T, device=is_first.device)[None].expand_as(is_first)
-        starts = torch.where(is_first, steps, torch.zeros_like(steps)).cummax(1).values  # last episode start at or before t
+        starts = (
+            torch.where(is_first, steps, torch.zeros_like(steps)).cummax(1).values
+        )  # last episode start at or before t
         within = torch.arange(self.tokens_per_step, device=is_first.device)
         return ((steps - starts)[..., None] * self.tokens_per_step + within).flatten(1)
 
@@ -506,7 +605,9 @@ class TokenWorldModel(nn.Module):
         the action token and the frame tokens before the last predict the frame's tokens."""
         B = features.shape[0]
         blocks = features.reshape(B, T, self.tokens_per_step, -1)
-        predictors = blocks[:, :, self.offset : self.offset + self.tokens_per_frame]  # action token + K - 1 frame tokens
+        predictors = blocks[
+            :, :, self.offset : self.offset + self.tokens_per_frame
+        ]  # action token + K - 1 frame tokens
         at_action = blocks[:, :, self.offset]
         return self.token_head(predictors), self.reward_head(at_action), self.end_head(at_action)[..., 0]
 
@@ -546,7 +647,9 @@ class TokenWorldModel(nn.Module):
         if policy is None:
             actions = self.encode_action(actions_or_policy, ("B", "L"), sizes)
             if horizon is not None and horizon != sizes["L"]:
-                raise ShapeError(f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}")
+                raise ShapeError(
+                    f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}"
+                )
             horizon = sizes["L"]
         elif horizon is None:
             raise ValueError("imagine with a policy needs a horizon")
@@ -554,7 +657,9 @@ class TokenWorldModel(nn.Module):
         generator = generator if generator is not None else self.generator
         guided = self.conditioned and guidance_scale != 1.0
         if not use_actions and self.config.action_dropout == 0:
-            raise ValueError("use_actions=False needs a model trained with action_dropout > 0 (its null action is untrained otherwise)")
+            raise ValueError(
+                "use_actions=False needs a model trained with action_dropout > 0 (its null action is untrained otherwise)"
+            )
         K, C = self.tokens_per_frame, self.context
         text = state.get("text") if self.text_size else None
 
@@ -605,7 +710,9 @@ class TokenWorldModel(nn.Module):
             partial_tokens = torch.zeros(B, 1, K, dtype=torch.long, device=self.device)
             if done:
                 partial_tokens[:, 0, :done] = torch.stack(new_tokens, 1)
-            partial = self.embed_steps(rows(partial_tokens), rows(action[:, None]), text, drop_text, drop_action)[:, : self.offset + 1 + done]
+            partial = self.embed_steps(rows(partial_tokens), rows(action[:, None]), text, drop_text, drop_action)[
+                :, : self.offset + 1 + done
+            ]
             keys = torch.cat([memo["keys"], torch.ones(partial.shape[:2], dtype=torch.bool, device=self.device)], 1)
             return torch.cat([memo["embedded"], partial], 1), keys
 
@@ -623,9 +730,13 @@ class TokenWorldModel(nn.Module):
                 if use_cache and cache is None:
                     cache, fed = self.transformer.new_cache(sequence.shape[0], self.device), 0
                 start = fed if use_cache else 0
-                positions = (torch.arange(start, total, device=self.device)[None] - memo["padding"][:, None]).clamp_min(0)
+                positions = (torch.arange(start, total, device=self.device)[None] - memo["padding"][:, None]).clamp_min(
+                    0
+                )
                 mask = keys[:, None, :].expand(-1, total - start, -1)
-                features = self.transformer(sequence[:, start:], mask=mask, cache=cache if use_cache else None, positions=positions)
+                features = self.transformer(
+                    sequence[:, start:], mask=mask, cache=cache if use_cache else None, positions=positions
+                )
                 if use_cache:
                     fed = total
                 last = features[:, -1]  # (S*B, D): predicts frame token `position`
@@ -692,7 +803,9 @@ class TokenWorldModel(nn.Module):
         }
         return terms, quantized, reconstruction
 
-    def loss_terms(self, batch: Batch, text: Any = None, drop: str | None = None, tokenizer: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss_terms(
+        self, batch: Batch, text: Any = None, drop: str | None = None, tokenizer: bool = True
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(scalar loss, metrics as 0-d tensors). The tokenizer learns to reconstruct every frame;
         the transformer learns, on the tokenizer's (detached) tokens, each frame's tokens, reward
         and end flag from the steps before it in the same episode. Steps that start an episode
@@ -747,20 +860,28 @@ class TokenWorldModel(nn.Module):
         episode = is_first.long().cumsum(1).repeat_interleave(self.tokens_per_step, 1)  # (B, T * P)
         mask = episode[:, :, None] == episode[:, None, :]
         positions = self.episode_positions(is_first)
-        token_logits, reward_output, end_logit = self.heads(self.transformer(sequence, mask=mask, positions=positions), T)
+        token_logits, reward_output, end_logit = self.heads(
+            self.transformer(sequence, mask=mask, positions=positions), T
+        )
 
         predicted = ~is_first
         predicted[:, 0] = False
         weight = predicted.float()
         count = weight.sum().clamp_min(1.0)
-        token_loss = F.cross_entropy(token_logits.flatten(0, 2), tokens.flatten(), reduction="none").reshape(B, T, -1).mean(-1)
+        token_loss = (
+            F.cross_entropy(token_logits.flatten(0, 2), tokens.flatten(), reduction="none").reshape(B, T, -1).mean(-1)
+        )
         terms["tokens"] = (token_loss * weight).sum() / count
         if self.two_hot is not None:
             reward_loss = self.two_hot.loss(reward_output, reward)
         else:
-            reward_loss = F.cross_entropy(reward_output.flatten(0, 1), (torch.sign(reward) + 1).long().flatten(), reduction="none").reshape(B, T)
+            reward_loss = F.cross_entropy(
+                reward_output.flatten(0, 1), (torch.sign(reward) + 1).long().flatten(), reduction="none"
+            ).reshape(B, T)
         terms["reward"] = (reward_loss * weight).sum() / count
-        terms["end"] = (F.binary_cross_entropy_with_logits(end_logit, is_terminal, reduction="none") * weight).sum() / count
+        terms["end"] = (
+            F.binary_cross_entropy_with_logits(end_logit, is_terminal, reduction="none") * weight
+        ).sum() / count
         total = sum(getattr(scales, name) * value for name, value in terms.items())
         metrics = {f"loss/{name}": value.detach() for name, value in terms.items()}
         metrics["loss/world_model"] = total.detach()

@@ -153,7 +153,11 @@ def prepare_frames(images: Any, crop: tuple[int, int, int, int] = (0, 0, 0, 0)) 
 
 def image_channels(observation_space: spaces.Space) -> int:
     """C of a Dict space's 'image' entry, which must be uint8 (H, W, C)."""
-    space = observation_space["image"] if isinstance(observation_space, spaces.Dict) and "image" in observation_space.spaces else None
+    space = (
+        observation_space["image"]
+        if isinstance(observation_space, spaces.Dict) and "image" in observation_space.spaces
+        else None
+    )
     if not isinstance(space, spaces.Box) or space.dtype != np.uint8 or len(space.shape) != 3:
         keys = sorted(observation_space.spaces) if isinstance(observation_space, spaces.Dict) else observation_space
         raise IncompatibleSpaceError(
@@ -223,7 +227,9 @@ def gaussian_kl_to_standard_normal(mean: torch.Tensor, log_variance: torch.Tenso
 # The mixture density
 
 
-def mixture_log_likelihood(target: torch.Tensor, logits: torch.Tensor, means: torch.Tensor, log_stds: torch.Tensor) -> torch.Tensor:
+def mixture_log_likelihood(
+    target: torch.Tensor, logits: torch.Tensor, means: torch.Tensor, log_stds: torch.Tensor
+) -> torch.Tensor:
     """log p(target) under a mixture of diagonal Gaussians (Sec. 2.2, arXiv:1803.10122):
 
         G = 1: log sum_k pi_k prod_j N(x_j; mu_kj, sigma_kj)
@@ -234,7 +240,9 @@ def mixture_log_likelihood(target: torch.Tensor, logits: torch.Tensor, means: to
     """
     groups = logits.shape[-1]
     if groups not in (1, target.shape[-1]):
-        raise ShapeError(f"mixture logits: expected (..., K, 1) or (..., K, {target.shape[-1]}), got {tuple(logits.shape)}")
+        raise ShapeError(
+            f"mixture logits: expected (..., K, 1) or (..., K, {target.shape[-1]}), got {tuple(logits.shape)}"
+        )
     standardised = (target.unsqueeze(-2) - means) * torch.exp(-log_stds)
     log_normal = -0.5 * standardised.square() - log_stds - _LOG_SQRT_TWO_PI  # (..., K, Z)
     if groups == 1:
@@ -285,7 +293,9 @@ class MDNRNN(nn.Module):
     def __init__(self, config: MDNRNNConfig, latent_size: int, action_size: int):
         super().__init__()
         if config.mixtures < 1 or config.hidden_size < 1:
-            raise ValueError(f"mixtures and hidden_size must be positive, got {config.mixtures} and {config.hidden_size}")
+            raise ValueError(
+                f"mixtures and hidden_size must be positive, got {config.mixtures} and {config.hidden_size}"
+            )
         self.config = config
         self.latent_size = latent_size
         self.groups = latent_size if config.per_dimension_mixture else 1
@@ -319,7 +329,12 @@ class MDNRNN(nn.Module):
         return hidden[0], cell[0]
 
     def unroll(
-        self, inputs: torch.Tensor, is_first: torch.Tensor, hidden: torch.Tensor, cell: torch.Tensor, keep_cells: bool = False
+        self,
+        inputs: torch.Tensor,
+        is_first: torch.Tensor,
+        hidden: torch.Tensor,
+        cell: torch.Tensor,
+        keep_cells: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor]]:
         """h_t = 0 where is_first_t, else LSTM(inputs_t, h_{t-1}), for inputs (B, T, Z + A),
         is_first (B, T) bool, and the state before the sequence (B, D) twice.
@@ -335,7 +350,9 @@ class MDNRNN(nn.Module):
             hidden, cell = hidden * keep[:, 0], cell * keep[:, 0]
             if T == 1:
                 return hidden[:, None], None, (hidden, cell)
-            rest, (last_hidden, last_cell) = self.lstm(inputs[:, 1:], (hidden[None].contiguous(), cell[None].contiguous()))
+            rest, (last_hidden, last_cell) = self.lstm(
+                inputs[:, 1:], (hidden[None].contiguous(), cell[None].contiguous())
+            )
             return torch.cat([hidden[:, None], rest], 1), None, (last_hidden[0], last_cell[0])
         hiddens, cells = [], []
         for t in range(T):
@@ -432,7 +449,12 @@ class VAEMDNRNN(nn.Module):
         return torch.cat([state["latent"], state["hidden"]], -1)
 
     def observe(
-        self, obs: dict, action: Any, is_first: Any, state: dict[str, torch.Tensor] | None = None, sample: bool = False,
+        self,
+        obs: dict,
+        action: Any,
+        is_first: Any,
+        state: dict[str, torch.Tensor] | None = None,
+        sample: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Filter real frames: obs {"image": uint8 (B, T, 64, 64, C)}, action (B, T, A) (or indices
@@ -463,7 +485,10 @@ class VAEMDNRNN(nn.Module):
         return states, {"latent": latents[:, -1], "hidden": hidden, "cell": cell}
 
     def step(
-        self, state: dict[str, torch.Tensor], action: torch.Tensor, temperature: float | None = None,
+        self,
+        state: dict[str, torch.Tensor],
+        action: torch.Tensor,
+        temperature: float | None = None,
         generator: torch.Generator | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
         """One dream step: state (B, ...), encoded action (B, A) -> (next state, reward (B,),
@@ -522,7 +547,9 @@ class VAEMDNRNN(nn.Module):
 
     # --- losses ------------------------------------------------------------------------------
 
-    def vae_terms(self, frames: torch.Tensor, generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def vae_terms(
+        self, frames: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """V's terms for frames (N, C, 64, 64) in [0, 1] -> ({reconstruction, kl, raw kl}, codes (N, Z))."""
         mean, log_variance = self.vae.encode(frames)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
@@ -540,7 +567,11 @@ class VAEMDNRNN(nn.Module):
         terms, _ = self.vae_terms(self.frames(images, ("N",), {}), generator)
         scales = self.config.loss_scales
         loss = scales.reconstruction * terms["reconstruction"] + scales.kl * terms["kl"]
-        return loss, {"loss/reconstruction": float(terms["reconstruction"].detach()), "loss/kl": float(terms["kl"].detach()), "wm/kl_raw": float(terms["kl_raw"].detach())}
+        return loss, {
+            "loss/reconstruction": float(terms["reconstruction"].detach()),
+            "loss/kl": float(terms["kl"].detach()),
+            "wm/kl_raw": float(terms["kl_raw"].detach()),
+        }
 
     def mdnrnn_terms(
         self, latents: torch.Tensor, action: Any, reward: Any, is_first: Any, is_terminal: Any, mask: Any = None
@@ -572,7 +603,9 @@ class VAEMDNRNN(nn.Module):
         if self.mdnrnn.reward_head is not None:
             terms["reward"] = ((self.mdnrnn.reward(hiddens) - reward).square() * predicted).sum() / count
         if self.mdnrnn.done_head is not None:
-            cross_entropy = F.binary_cross_entropy_with_logits(self.mdnrnn.done_logit(hiddens), is_terminal, reduction="none")
+            cross_entropy = F.binary_cross_entropy_with_logits(
+                self.mdnrnn.done_logit(hiddens), is_terminal, reduction="none"
+            )
             terms["done"] = (cross_entropy * predicted).sum() / count
         return terms
 

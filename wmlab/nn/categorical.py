@@ -25,7 +25,9 @@ def unimix_logits(logits: torch.Tensor, unimix: float) -> torch.Tensor:
     return probabilities.log()
 
 
-def sample_one_hot(logits: torch.Tensor, generator: torch.Generator | None = None, uniform: torch.Tensor | None = None) -> torch.Tensor:
+def sample_one_hot(
+    logits: torch.Tensor, generator: torch.Generator | None = None, uniform: torch.Tensor | None = None
+) -> torch.Tensor:
     """A one-hot sample (..., K) of Categorical(logits) with straight-through gradients.
 
     `uniform` (...) in [0, 1) may be given (drawn ahead for a whole sequence); otherwise it is

@@ -60,7 +60,9 @@ def _check_image_size(image_size: tuple[int, int], stages: int) -> tuple[int, in
     factor = 2**stages
     height, width = image_size
     if height % factor or width % factor:
-        raise ValueError(f"an image of {height} x {width} does not halve evenly {stages} times; use a side divisible by {factor}")
+        raise ValueError(
+            f"an image of {height} x {width} does not halve evenly {stages} times; use a side divisible by {factor}"
+        )
     return height // factor, width // factor
 
 
@@ -103,7 +105,9 @@ class ConvEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, D)
         expected = (self.input_channels, *self.image_size)
         if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise ShapeError(f"ConvEncoder input: expected (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}")
+            raise ShapeError(
+                f"ConvEncoder input: expected (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}"
+            )
         return self.net(images).flatten(1)
 
 

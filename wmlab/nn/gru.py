@@ -38,7 +38,9 @@ class NormGRUCell(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.input_size or h.shape[-1] != self.hidden_size:
-            raise ShapeError(f"NormGRUCell: expected x (B, {self.input_size}) and h (B, {self.hidden_size}), got {tuple(x.shape)} and {tuple(h.shape)}")
+            raise ShapeError(
+                f"NormGRUCell: expected x (B, {self.input_size}) and h (B, {self.hidden_size}), got {tuple(x.shape)} and {tuple(h.shape)}"
+            )
         reset, candidate, update = self.norm(self.linear(torch.cat([x, h], -1))).chunk(3, -1)
         candidate = torch.tanh(torch.sigmoid(reset) * candidate)
         update = torch.sigmoid(update + self.update_bias)
@@ -95,7 +97,9 @@ class BlockGRUCell(nn.Module):
         bound = 1.0 / math.sqrt(block_size + input_size)  # as one block-linear layer on [h_g, x]
         for tensor in (self.input_projection.weight, self.input_projection.bias, self.state_projection.weight):
             nn.init.uniform_(tensor, -bound, bound)
-        self.layers = nn.ModuleList(BlockLinear(blocks, block_size, block_size) for _ in range(max(hidden_layers - 1, 0)))
+        self.layers = nn.ModuleList(
+            BlockLinear(blocks, block_size, block_size) for _ in range(max(hidden_layers - 1, 0))
+        )
         self.norms = nn.ModuleList(make_norm(norm, hidden_size) for _ in range(hidden_layers))
         self.activation = make_activation(activation)
         self.gates = BlockLinear(blocks, block_size, 3 * block_size) if hidden_layers > 0 else None
@@ -103,7 +107,9 @@ class BlockGRUCell(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.input_size or h.shape[-1] != self.hidden_size:
-            raise ShapeError(f"BlockGRUCell: expected x (B, {self.input_size}) and h (B, {self.hidden_size}), got {tuple(x.shape)} and {tuple(h.shape)}")
+            raise ShapeError(
+                f"BlockGRUCell: expected x (B, {self.input_size}) and h (B, {self.hidden_size}), got {tuple(x.shape)} and {tuple(h.shape)}"
+            )
         B, G, H = h.shape[0], self.blocks, self.hidden_size
         z = self.input_projection(x).view(B, G, -1) + self.state_projection(h.view(B, G, -1))  # (B, G, out)
         if self.gates is not None:

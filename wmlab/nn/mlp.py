@@ -28,7 +28,11 @@ def make_activation(name: str) -> nn.Module:
 
 
 def dense_layers(
-    input_size: int, units: int, layers: int, norm: Callable[[int], nn.Module] | None, activation: Callable[[], nn.Module]
+    input_size: int,
+    units: int,
+    layers: int,
+    norm: Callable[[int], nn.Module] | None,
+    activation: Callable[[], nn.Module],
 ) -> list[nn.Module]:
     """`layers` x (Linear(input, units) -> [norm(units)] -> activation()), in that order; no norm
     module at all when `norm` is None. The one hidden-layer builder of MLP, the RSSM's heads and
@@ -67,7 +71,9 @@ class MLP(nn.Module):
             raise ValueError(f"layers must be >= 0, got {layers}")
         self.input_size = input_size
         self.output_size = output_size
-        blocks = dense_layers(input_size, hidden_size, layers, nn.LayerNorm if layer_norm else None, lambda: make_activation(activation))
+        blocks = dense_layers(
+            input_size, hidden_size, layers, nn.LayerNorm if layer_norm else None, lambda: make_activation(activation)
+        )
         width = hidden_size if layers else input_size
         if output_size is not None:
             blocks.append(nn.Linear(width, output_size))

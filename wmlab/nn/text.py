@@ -82,8 +82,14 @@ def _is_punctuation(character: str) -> bool:
 
 def _is_cjk(code: int) -> bool:
     return (
-        0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x2A6DF or 0x2A700 <= code <= 0x2B73F
-        or 0x2B740 <= code <= 0x2B81F or 0x2B820 <= code <= 0x2CEAF or 0xF900 <= code <= 0xFAFF or 0x2F800 <= code <= 0x2FA1F
+        0x4E00 <= code <= 0x9FFF
+        or 0x3400 <= code <= 0x4DBF
+        or 0x20000 <= code <= 0x2A6DF
+        or 0x2A700 <= code <= 0x2B73F
+        or 0x2B740 <= code <= 0x2B81F
+        or 0x2B820 <= code <= 0x2CEAF
+        or 0xF900 <= code <= 0xFAFF
+        or 0x2F800 <= code <= 0x2FA1F
     )
 
 
@@ -96,14 +102,20 @@ class WordPieceTokenizer:
             tokens.pop()
         self.ids = {token: index for index, token in enumerate(tokens)}
         self.max_word_characters = max_word_characters
-        self.unknown, self.classifier, self.separator, self.padding = (self.ids[name] for name in ("[UNK]", "[CLS]", "[SEP]", "[PAD]"))
+        self.unknown, self.classifier, self.separator, self.padding = (
+            self.ids[name] for name in ("[UNK]", "[CLS]", "[SEP]", "[PAD]")
+        )
 
     def words(self, text: str) -> list[str]:
         """Lower-cased, accent-free words and single punctuation marks."""
         cleaned = []
         for character in text:
             code = ord(character)
-            if code == 0 or code == 0xFFFD or (unicodedata.category(character).startswith("C") and character not in "\t\n\r"):
+            if (
+                code == 0
+                or code == 0xFFFD
+                or (unicodedata.category(character).startswith("C") and character not in "\t\n\r")
+            ):
                 continue
             if _is_cjk(code):
                 cleaned.append(f" {character} ")
@@ -198,17 +210,19 @@ class _Attention(nn.Module):
     def __init__(self, width: int, heads: int, eps: float):
         super().__init__()
         self.heads = heads
-        setattr(self, "self", _SelfAttentionWeights(width))
+        self.self = _SelfAttentionWeights(width)
         self.output = _Projection(width, width, eps)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        weights = getattr(self, "self")
+        weights = self.self
 
         def split(linear):
             return linear(x).view(B, N, self.heads, D // self.heads).transpose(1, 2)
 
-        attended = F.scaled_dot_product_attention(split(weights.query), split(weights.key), split(weights.value), attn_mask=mask[:, None, None, :].bool())
+        attended = F.scaled_dot_product_attention(
+            split(weights.query), split(weights.key), split(weights.value), attn_mask=mask[:, None, None, :].bool()
+        )
         return self.output(attended.transpose(1, 2).reshape(B, N, D), x)
 
 
@@ -258,9 +272,25 @@ class SentenceEncoder(nn.Module):
         self.dim = width
         self.max_tokens = min(int(max_tokens), int(config["max_position_embeddings"]))
         self.tokenizer = WordPieceTokenizer(directory / "vocab.txt")
-        self.embeddings = _Embeddings(int(config["vocab_size"]), int(config["max_position_embeddings"]), int(config["type_vocab_size"]), width, eps)
-        self.encoder = _Encoder(int(config["num_hidden_layers"]), width, int(config["num_attention_heads"]), int(config["intermediate_size"]), eps)
-        state = {key: value for key, value in load_file(str(directory / "model.safetensors")).items() if key.startswith(("embeddings.", "encoder.")) and not key.endswith("position_ids")}
+        self.embeddings = _Embeddings(
+            int(config["vocab_size"]),
+            int(config["max_position_embeddings"]),
+            int(config["type_vocab_size"]),
+            width,
+            eps,
+        )
+        self.encoder = _Encoder(
+            int(config["num_hidden_layers"]),
+            width,
+            int(config["num_attention_heads"]),
+            int(config["intermediate_size"]),
+            eps,
+        )
+        state = {
+            key: value
+            for key, value in load_file(str(directory / "model.safetensors")).items()
+            if key.startswith(("embeddings.", "encoder.")) and not key.endswith("position_ids")
+        }
         self.load_state_dict(state, strict=True)
         self.requires_grad_(False)
         self.eval()
@@ -326,4 +356,13 @@ def cosine_similarity(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor
     return F.normalize(first, dim=-1) @ F.normalize(second, dim=-1).t()
 
 
-__all__ = ["TextEncoder", "TextEncoderUnavailable", "SentenceEncoder", "WordPieceTokenizer", "check_texts", "load_text_encoder", "minilm_directory", "cosine_similarity"]
+__all__ = [
+    "TextEncoder",
+    "TextEncoderUnavailable",
+    "SentenceEncoder",
+    "WordPieceTokenizer",
+    "check_texts",
+    "load_text_encoder",
+    "minilm_directory",
+    "cosine_similarity",
+]

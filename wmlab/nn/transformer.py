@@ -72,7 +72,9 @@ class KeyValueCache:
     keys[layer], values[layer]: (B, H, capacity, Dh), filled up to `length`.
     """
 
-    def __init__(self, layers: int, batch_size: int, heads: int, head_size: int, capacity: int, device=None, dtype=torch.float32):
+    def __init__(
+        self, layers: int, batch_size: int, heads: int, head_size: int, capacity: int, device=None, dtype=torch.float32
+    ):
         shape = (batch_size, heads, capacity, head_size)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(layers)]
@@ -89,7 +91,9 @@ class KeyValueCache:
         advances once every layer has appended (see `advance`)."""
         start, stop = self.length, self.length + keys.shape[2]
         if stop > self.capacity:
-            raise ShapeError(f"key-value cache: {stop} tokens exceed its capacity of {self.capacity}; reset it or enlarge max_tokens")
+            raise ShapeError(
+                f"key-value cache: {stop} tokens exceed its capacity of {self.capacity}; reset it or enlarge max_tokens"
+            )
         self.keys[layer][:, :, start:stop] = keys
         self.values[layer][:, :, start:stop] = values
         return self.keys[layer][:, :, :stop], self.values[layer][:, :, :stop]
@@ -128,7 +132,9 @@ class SelfAttention(nn.Module):
         keys and values for `layer`."""
         B, T, D = x.shape
         query, key, value = self.qkv(x).split(D, dim=-1)
-        query, key, value = (part.view(B, T, self.heads, self.head_size).transpose(1, 2) for part in (query, key, value))
+        query, key, value = (
+            part.view(B, T, self.heads, self.head_size).transpose(1, 2) for part in (query, key, value)
+        )
         past = 0
         if cache is not None:
             past = cache.length
@@ -136,11 +142,15 @@ class SelfAttention(nn.Module):
         allowed = mask
         if self.causal:
             # Query i sits at absolute position past + i and sees keys 0 .. past + i.
-            causal = torch.arange(past + T, device=x.device)[None, :] <= (past + torch.arange(T, device=x.device))[:, None]
+            causal = (
+                torch.arange(past + T, device=x.device)[None, :] <= (past + torch.arange(T, device=x.device))[:, None]
+            )
             allowed = causal[None] if allowed is None else allowed & causal[None]
         if allowed is not None:
             allowed = allowed[:, None]  # (B or 1, 1, T, P + T): the same for every head
-        attended = F.scaled_dot_product_attention(query, key, value, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0)
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.residual_dropout(self.out(attended.transpose(1, 2).reshape(B, T, D)))
 
 
@@ -153,7 +163,9 @@ class Block(nn.Module):
         conditioned = config.condition_size > 0
         # adaLN-zero supplies the norms' scale and shift, so they carry no affine parameters.
         self.norm1 = nn.LayerNorm(width, elementwise_affine=not conditioned, bias=config.bias)
-        self.attention = SelfAttention(width, config.heads, config.dropout, config.causal if causal is None else causal, config.bias)
+        self.attention = SelfAttention(
+            width, config.heads, config.dropout, config.causal if causal is None else causal, config.bias
+        )
         self.norm2 = nn.LayerNorm(width, elementwise_affine=not conditioned, bias=config.bias)
         self.mlp = nn.Sequential(
             nn.Linear(width, 4 * width, bias=config.bias),
@@ -214,7 +226,9 @@ class Transformer(nn.Module):
     def new_cache(self, batch_size: int, device=None, dtype=torch.float32) -> KeyValueCache:
         """An empty cache of max_tokens positions for B sequences."""
         config = self.config
-        return KeyValueCache(config.layers, batch_size, config.heads, config.width // config.heads, config.max_tokens, device, dtype)
+        return KeyValueCache(
+            config.layers, batch_size, config.heads, config.width // config.heads, config.max_tokens, device, dtype
+        )
 
     def forward(
         self,
@@ -240,9 +254,15 @@ class Transformer(nn.Module):
         if positions is None:
             position = self.position(torch.arange(past, past + T, device=x.device))[None]
         else:
-            check = positions.shape == (B, T) and int(positions.min()) >= 0 and int(positions.max()) < self.config.max_tokens
+            check = (
+                positions.shape == (B, T)
+                and int(positions.min()) >= 0
+                and int(positions.max()) < self.config.max_tokens
+            )
             if not check:
-                raise ShapeError(f"positions: expected (B, T) = ({B}, {T}) in [0, {self.config.max_tokens}), got {tuple(positions.shape)}")
+                raise ShapeError(
+                    f"positions: expected (B, T) = ({B}, {T}) in [0, {self.config.max_tokens}), got {tuple(positions.shape)}"
+                )
             position = self.position(positions)
         x = self.dropout(x + position)
         for index, block in enumerate(self.blocks):

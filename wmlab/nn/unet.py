@@ -145,7 +145,9 @@ class UNet(nn.Module):
     """(B, C_in, H, W), conditioning (B, D) -> (B, C_out, H, W). H and W must be multiples of
     2 ** (len(channels) - 1)."""
 
-    def __init__(self, in_channels: int, out_channels: int, channels: Sequence[int], depths: Sequence[int], condition_size: int):
+    def __init__(
+        self, in_channels: int, out_channels: int, channels: Sequence[int], depths: Sequence[int], condition_size: int
+    ):
         super().__init__()
         self.channels, self.depths = tuple(channels), tuple(depths)
         self.encoder = ConditionedEncoder(in_channels, channels, depths, condition_size)

@@ -121,7 +121,9 @@ class VectorQuantizer(nn.Module):
         if indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise ShapeError(f"tokens must be integers, got {indices.dtype}")
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
-            raise ShapeError(f"tokens must lie in [0, {self.codebook_size}), got values in [{int(indices.min())}, {int(indices.max())}]")
+            raise ShapeError(
+                f"tokens must lie in [0, {self.codebook_size}), got values in [{int(indices.min())}, {int(indices.max())}]"
+            )
         return F.embedding(indices.long(), self.codes())
 
     def forward(self, z: torch.Tensor) -> Quantized:

@@ -34,10 +34,9 @@ import numpy as np
 import torch
 
 from wmlab.core.errors import RunDirectoryError, WmlabError
+from wmlab.core.serialization import load_state, save_state
 from wmlab.data.video import VideoDataset, load_video
 from wmlab.models.latent_action import GenieConfig, GenieLossScales, GenieWorldModel
-
-from wmlab.core.serialization import load_state, save_state
 
 CONFIG_FILE = "config.json"
 
@@ -99,7 +98,9 @@ class GenieTrainer:
         self.config, self.run_dir = config, Path(run_dir)
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        self.train_video, self.held_out_video = video.split(config.held_out, config.seed) if len(video) > 1 and config.held_out > 0 else (video, None)
+        self.train_video, self.held_out_video = (
+            video.split(config.held_out, config.seed) if len(video) > 1 and config.held_out > 0 else (video, None)
+        )
         from gymnasium import spaces
 
         space = spaces.Dict({config.model.image_key: spaces.Box(0, 255, video.frame_shape, np.uint8)})
@@ -128,7 +129,9 @@ class GenieTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip = self.config.stages.grad_clip if self.config.stages.grad_clip > 0 else float("inf")
-        metrics["wm/grad_norm"] = float(torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], clip))
+        metrics["wm/grad_norm"] = float(
+            torch.nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups for p in group["params"]], clip)
+        )
         self.optimizer.step()
         self.updates[stage] += 1
         return metrics
@@ -157,7 +160,12 @@ class GenieTrainer:
                 count += 1
                 step = self.updates[stage]
                 if step % stages.log_every == 0 or step == totals[stage]:
-                    line = {"stage": stage, "update": step, "seconds": round(self.elapsed + time.perf_counter() - started, 1), **{k: v / count for k, v in sums.items()}}
+                    line = {
+                        "stage": stage,
+                        "update": step,
+                        "seconds": round(self.elapsed + time.perf_counter() - started, 1),
+                        **{k: v / count for k, v in sums.items()},
+                    }
                     with log.open("a") as file:
                         file.write(json.dumps(line) + "\n")
                     sums, count = {}, 0
@@ -224,7 +232,11 @@ def train_genie(config: GeniePipelineConfig, stop_after: int | None = None) -> t
         # A resumed run keeps its model and data; only the stage settings given (those that
         # differ from the defaults) change.
         defaults = GenieStages()
-        changed = {name: getattr(config.stages, name) for name in asdict(defaults) if getattr(config.stages, name) != getattr(defaults, name)}
+        changed = {
+            name: getattr(config.stages, name)
+            for name in asdict(defaults)
+            if getattr(config.stages, name) != getattr(defaults, name)
+        }
         config = replace(stored, stages=replace(stored.stages, **changed), resume=str(run_dir))
         video = load_video(config.dataset, size=config.size)
         trainer = GenieTrainer(config, run_dir, video)
@@ -234,7 +246,9 @@ def train_genie(config: GeniePipelineConfig, stop_after: int | None = None) -> t
             raise WmlabError("give the video to learn from: --dataset PATH")
         run_dir = Path(config.run_dir or f"runs/genie-{Path(config.dataset).name}-seed{config.seed}")
         if (run_dir / CONFIG_FILE).exists() and not config.force:
-            raise RunDirectoryError(f"{run_dir} already holds a run; pass --force to replace it or --resume {run_dir} to continue it")
+            raise RunDirectoryError(
+                f"{run_dir} already holds a run; pass --force to replace it or --resume {run_dir} to continue it"
+            )
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         video = load_video(config.dataset, size=config.size)
@@ -254,7 +268,9 @@ def load_genie_run(run_dir: str | Path) -> tuple[GenieWorldModel, dict[str, Any]
         raise RunDirectoryError(f"{run_dir} holds no run ({path} is missing)")
     stored = json.loads(path.read_text())
     if stored.get("kind") != "genie":
-        raise RunDirectoryError(f"{run_dir} is not a Genie run (config kind {stored.get('kind')!r}); --suite grounding reads runs of `wmlab pipeline genie`")
+        raise RunDirectoryError(
+            f"{run_dir} is not a Genie run (config kind {stored.get('kind')!r}); --suite grounding reads runs of `wmlab pipeline genie`"
+        )
     config = _config_from_json(stored)
     from gymnasium import spaces
 
@@ -269,7 +285,9 @@ def load_genie_run(run_dir: str | Path) -> tuple[GenieWorldModel, dict[str, Any]
 # `wmlab eval RUN_DIR --suite grounding`
 
 
-def grounding_suite(run_dir: str | Path | None, dataset: str | Path | None = None, sequences: int = 64, seed: int = 0) -> dict[str, Any]:
+def grounding_suite(
+    run_dir: str | Path | None, dataset: str | Path | None = None, sequences: int = 64, seed: int = 0
+) -> dict[str, Any]:
     """Grounding and controllability (wmlab.eval.grounding) of a Genie run on its held-out
     episodes (or on `dataset`); writes RUN_DIR/eval/grounding.json and returns it."""
     from wmlab.eval.grounding import controllability, grounding
@@ -281,10 +299,18 @@ def grounding_suite(run_dir: str | Path | None, dataset: str | Path | None = Non
     video = load_video(dataset or info["dataset"], size=tuple(model.image_shape[:2]))
     if dataset is None and len(video) > 1 and info["held_out"] > 0:
         _, video = video.split(info["held_out"], info["seed"])
-    result: dict[str, Any] = {"run": str(run_dir), "dataset": str(dataset or info["dataset"]), "held_out": dataset is None}
-    result["grounding"] = grounding(model, video, sequences=sequences, seed=seed) if video.hidden_actions is not None else None
+    result: dict[str, Any] = {
+        "run": str(run_dir),
+        "dataset": str(dataset or info["dataset"]),
+        "held_out": dataset is None,
+    }
+    result["grounding"] = (
+        grounding(model, video, sequences=sequences, seed=seed) if video.hidden_actions is not None else None
+    )
     # Genie reports delta-PSNR at t = 4: four generated frames after two real ones.
-    result["controllability"] = controllability(model, video, sequences=max(1, sequences // 2), context=2, horizon=4, seed=seed)
+    result["controllability"] = controllability(
+        model, video, sequences=max(1, sequences // 2), context=2, horizon=4, seed=seed
+    )
     (run_dir / "eval").mkdir(parents=True, exist_ok=True)
     (run_dir / "eval" / "grounding.json").write_text(json.dumps(result, indent=2))
     return result
@@ -296,5 +322,7 @@ def pipeline_command(argv: list[str]) -> int:
 
     config = tyro.cli(GeniePipelineConfig, args=argv, prog="wmlab pipeline genie")
     trainer, summary = train_genie(config)
-    print(f"Genie: {summary['tokenizer']} tokenizer / latent-action updates, {summary['dynamics']} dynamics updates in {trainer.run_dir}")
+    print(
+        f"Genie: {summary['tokenizer']} tokenizer / latent-action updates, {summary['dynamics']} dynamics updates in {trainer.run_dir}"
+    )
     return 0

@@ -119,7 +119,18 @@ QUICK_AGENT = replace(
     planner=CEMConfig(horizon=2, iterations=1, candidates=8, elites=2),
     random_steps=60,
 )
-QUICK_TRAIN = replace(MAIN_TRAIN, steps=160, learning_starts=40, train_ratio=16.0, batch_size=4, sequence_length=8, eval_every=50, eval_episodes=1, checkpoint_every=80, log_every=20)
+QUICK_TRAIN = replace(
+    MAIN_TRAIN,
+    steps=160,
+    learning_starts=40,
+    train_ratio=16.0,
+    batch_size=4,
+    sequence_length=8,
+    eval_every=50,
+    eval_episodes=1,
+    checkpoint_every=80,
+    log_every=20,
+)
 
 
 def main_job_spec(arguments: MainJobArguments):
@@ -133,7 +144,13 @@ def main_job_spec(arguments: MainJobArguments):
         progress=arguments.progress,
         time_limit=max(arguments.time_limit - arguments.reserve, 1.0),
     )
-    return RunSpec(algorithm="planet", env=MAIN_ENV, env_kwargs=dict(MAIN_ENV_KWARGS), train=train, agent=QUICK_AGENT if arguments.quick else MAIN_AGENT)
+    return RunSpec(
+        algorithm="planet",
+        env=MAIN_ENV,
+        env_kwargs=dict(MAIN_ENV_KWARGS),
+        train=train,
+        agent=QUICK_AGENT if arguments.quick else MAIN_AGENT,
+    )
 
 
 class RandomPolicy:

@@ -21,7 +21,15 @@ from gymnasium import spaces
 
 from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, between, ranges
 from wmlab.core.protocols import RolloutFn
-from wmlab.planners.common import BoxBounds, check_space, colored_noise, make_generator, mix_with_uniform, sample_categorical, score
+from wmlab.planners.common import (
+    BoxBounds,
+    check_space,
+    colored_noise,
+    make_generator,
+    mix_with_uniform,
+    sample_categorical,
+    score,
+)
 
 
 @dataclass(frozen=True)
@@ -29,8 +37,14 @@ class CEMConfig(Config):
     """Cross-entropy method; the defaults are PlaNet's (arXiv:1811.04551, Sec. 3)."""
 
     limits = ranges(
-        horizon=COUNT, iterations=COUNT, candidates=COUNT, elites=between(1, "candidates"),
-        momentum=between(0, 1, high_open=True), initial_std=POSITIVE, min_std=NON_NEGATIVE, uniform_mix=FRACTION,
+        horizon=COUNT,
+        iterations=COUNT,
+        candidates=COUNT,
+        elites=between(1, "candidates"),
+        momentum=between(0, 1, high_open=True),
+        initial_std=POSITIVE,
+        min_std=NON_NEGATIVE,
+        uniform_mix=FRACTION,
         noise_exponent=NON_NEGATIVE,
     )
 
@@ -70,7 +84,13 @@ class CEM:
     seeded with `seed`), so that a plan does not depend on the device.
     """
 
-    def __init__(self, config: CEMConfig, generator: torch.Generator | None = None, seed: int | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        config: CEMConfig,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        device: str | torch.device = "cpu",
+    ):
         self.config = config
         self.generator = make_generator(generator, seed)
         self.device = torch.device(device)

@@ -116,7 +116,9 @@ def check_prior(prior: Any, action_space: spaces.Space, horizon: int, device: to
     prior = torch.as_tensor(prior, device=device)
     if isinstance(action_space, spaces.Discrete):
         if prior.ndim != 2 or prior.shape[1] != horizon or prior.is_floating_point():
-            raise ShapeError(f"prior_actions: expected int64 indices (P, {horizon}), got {prior.dtype} {tuple(prior.shape)}")
+            raise ShapeError(
+                f"prior_actions: expected int64 indices (P, {horizon}), got {prior.dtype} {tuple(prior.shape)}"
+            )
         return prior.long()
     size = int(np.prod(action_space.shape))
     if prior.ndim != 3 or prior.shape[1:] != (horizon, size):

@@ -31,7 +31,16 @@ from gymnasium import spaces
 
 from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, at_least, between, ranges
 from wmlab.core.protocols import RolloutFn
-from wmlab.planners.common import BoxBounds, check_prior, check_space, colored_noise, make_generator, mix_with_uniform, sample_categorical, score
+from wmlab.planners.common import (
+    BoxBounds,
+    check_prior,
+    check_space,
+    colored_noise,
+    make_generator,
+    mix_with_uniform,
+    sample_categorical,
+    score,
+)
 
 
 @dataclass(frozen=True)
@@ -39,9 +48,16 @@ class MPPIConfig(Config):
     """MPPI with a policy prior and warm starts; the defaults are TD-MPC2's (its config.yaml)."""
 
     limits = ranges(
-        horizon=COUNT, iterations=COUNT, samples=COUNT, elites=between(1, "samples"),
-        policy_trajectories=NON_NEGATIVE, temperature=POSITIVE, min_std=POSITIVE, max_std=at_least("min_std"),
-        uniform_mix=FRACTION, noise_exponent=NON_NEGATIVE,
+        horizon=COUNT,
+        iterations=COUNT,
+        samples=COUNT,
+        elites=between(1, "samples"),
+        policy_trajectories=NON_NEGATIVE,
+        temperature=POSITIVE,
+        min_std=POSITIVE,
+        max_std=at_least("min_std"),
+        uniform_mix=FRACTION,
+        noise_exponent=NON_NEGATIVE,
     )
 
     horizon: int = 3
@@ -71,7 +87,6 @@ class MPPIConfig(Config):
     categoricals are drawn independently whatever its value."""
 
 
-
 def elite_weights(elite_returns: torch.Tensor, temperature: float) -> torch.Tensor:
     """exp(temperature * (R_e - max R)) normalised over the E elites (TD-MPC2's MPPI update,
     arXiv:2310.16828 Sec. 3.2). Subtracting the best return keeps exp from overflowing; if no
@@ -92,7 +107,13 @@ class MPPI:
     with `seed`), so that a plan does not depend on the device.
     """
 
-    def __init__(self, config: MPPIConfig, generator: torch.Generator | None = None, seed: int | None = None, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        config: MPPIConfig,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        device: str | torch.device = "cpu",
+    ):
         self.config = config
         self.generator = make_generator(generator, seed)
         self.device = torch.device(device)
@@ -131,7 +152,9 @@ class MPPI:
         self._shift = shift
         prior = None if prior_actions is None else check_prior(prior_actions, action_space, L, self.device)
         if prior is not None and prior.shape[0] >= self.config.samples:
-            raise ValueError(f"prior_actions: {prior.shape[0]} sequences leave none of the {self.config.samples} samples to draw")
+            raise ValueError(
+                f"prior_actions: {prior.shape[0]} sequences leave none of the {self.config.samples} samples to draw"
+            )
         if isinstance(action_space, spaces.Discrete):
             return self._plan_discrete(rollout_fn, state, int(action_space.n), prior, explore)
         return self._plan_box(rollout_fn, state, BoxBounds(action_space, self.device), prior, explore)
@@ -148,12 +171,18 @@ class MPPI:
     def _choose(self, weights: torch.Tensor) -> torch.Tensor:
         return torch.multinomial(weights.cpu(), 1, generator=self.generator).to(self.device)[0]
 
-    def _plan_box(self, rollout_fn, state, bounds: BoxBounds, prior: torch.Tensor | None, explore: bool) -> torch.Tensor:
+    def _plan_box(
+        self, rollout_fn, state, bounds: BoxBounds, prior: torch.Tensor | None, explore: bool
+    ) -> torch.Tensor:
         config = self.config
         L, A = config.horizon, bounds.size
         sampled = config.samples - (0 if prior is None else prior.shape[0])
         # The search runs in units of half the range around the centre, so spreads are scale-free.
-        previous = None if self.previous_plan is None else (self.previous_plan.to(self.device) - bounds.centre) / bounds.half_range
+        previous = (
+            None
+            if self.previous_plan is None
+            else (self.previous_plan.to(self.device) - bounds.centre) / bounds.half_range
+        )
         mean = self._warm_start(torch.zeros(L, A, device=self.device), previous)
         std = torch.full((L, A), config.max_std, device=self.device)
         prior_unit = None if prior is None else ((prior - bounds.centre) / bounds.half_range).clamp(-1.0, 1.0)

@@ -39,7 +39,9 @@ def check_action_space(action_space: spaces.Space) -> None:
     if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
         if np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high)):
             return
-        raise IncompatibleSpaceError(f"random shooting samples uniformly within the action bounds, and {action_space} is unbounded")
+        raise IncompatibleSpaceError(
+            f"random shooting samples uniformly within the action bounds, and {action_space} is unbounded"
+        )
     raise IncompatibleSpaceError(f"random shooting takes a 1-D Box or a Discrete action space, got {action_space}")
 
 

@@ -26,8 +26,14 @@ from wmlab.core.errors import WmlabError
 CHROMIUM = "/usr/bin/chromium"
 #: Headless, no GPU, and nothing that reaches the network on its own.
 CHROMIUM_ARGUMENTS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 INSTALL_HINT = "install the browser and its driver: apt-get install -y chromium && pip install playwright (never `playwright install`: it downloads a browser)"
 
@@ -48,16 +54,30 @@ def launch(playwright, user_data_dir: str | None = None, width: int = 1280, heig
     policy bypassed for test scripts only (Playwright's waits evaluate strings)."""
     executable = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
     return playwright.chromium.launch_persistent_context(
-        user_data_dir or tempfile.mkdtemp(prefix="wmlab-play-browser-"), executable_path=executable, headless=True,
-        args=CHROMIUM_ARGUMENTS, bypass_csp=True, viewport={"width": width, "height": height}, accept_downloads=True,
+        user_data_dir or tempfile.mkdtemp(prefix="wmlab-play-browser-"),
+        executable_path=executable,
+        headless=True,
+        args=CHROMIUM_ARGUMENTS,
+        bypass_csp=True,
+        viewport={"width": width, "height": height},
+        accept_downloads=True,
     )
 
 
 def read_stats(page) -> dict:
-    return page.evaluate("() => ({frames: window.wmlabPlay.frames, latencies: window.wmlabPlay.latencies.slice(), stats: {...window.wmlabPlay.stats}, model_ms: window.wmlabPlay.lastFrame && window.wmlabPlay.lastFrame.model_ms})")
+    return page.evaluate(
+        "() => ({frames: window.wmlabPlay.frames, latencies: window.wmlabPlay.latencies.slice(), stats: {...window.wmlabPlay.stats}, model_ms: window.wmlabPlay.lastFrame && window.wmlabPlay.lastFrame.model_ms})"
+    )
 
 
-def measure(url: str, seconds: float = 20.0, presses: int = 40, speed: float = 0, real: bool = True, screenshot: Path | None = None) -> dict:
+def measure(
+    url: str,
+    seconds: float = 20.0,
+    presses: int = 40,
+    speed: float = 0,
+    real: bool = True,
+    screenshot: Path | None = None,
+) -> dict:
     """Open the page at `url`, let it run `seconds`, pressing arrow keys `presses` times along the
     way; return frame rates, latencies and the model's time per step (milliseconds)."""
     from playwright.sync_api import sync_playwright
@@ -144,8 +164,17 @@ def run(argv: list[str]) -> int:
     torch.set_num_threads(arguments.threads)
     playable = load_playable(arguments.run_dir)
     with BackgroundServer(create_app(playable)) as url:
-        result = measure(url, arguments.seconds, arguments.presses, arguments.speed, arguments.real, arguments.screenshot)
-    result.update(run=str(arguments.run_dir), family=playable.family, algorithm=playable.algorithm, env=playable.env_id, image=list(playable.image_size), threads=arguments.threads)
+        result = measure(
+            url, arguments.seconds, arguments.presses, arguments.speed, arguments.real, arguments.screenshot
+        )
+    result.update(
+        run=str(arguments.run_dir),
+        family=playable.family,
+        algorithm=playable.algorithm,
+        env=playable.env_id,
+        image=list(playable.image_size),
+        threads=arguments.threads,
+    )
     text = json.dumps(result, indent=2)
     print(text)
     if arguments.out is not None:

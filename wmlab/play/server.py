@@ -133,7 +133,11 @@ def create_app(playable: Playable, seed: int = 0, max_sessions: int = 8, max_dre
                     reply = {"type": "error", "message": str(error), "request": command["type"]}
                 except Exception as error:  # noqa: BLE001 - the model or environment failed: say so, keep serving
                     traceback.print_exc()
-                    reply = {"type": "error", "message": f"{command['type']} failed: {type(error).__name__}: {error}", "request": command["type"]}
+                    reply = {
+                        "type": "error",
+                        "message": f"{command['type']} failed: {type(error).__name__}: {error}",
+                        "request": command["type"],
+                    }
                 await send(reply)
 
         worker = None
@@ -245,7 +249,9 @@ def address(listener: socket.socket) -> str:
 def uvicorn_server(app, log_level: str = "warning"):
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=log_level, ws_max_size=MAX_UPLOAD_CHARACTERS + 4096, ws=WEBSOCKETS, lifespan="off")
+    config = uvicorn.Config(
+        app, log_level=log_level, ws_max_size=MAX_UPLOAD_CHARACTERS + 4096, ws=WEBSOCKETS, lifespan="off"
+    )
     return uvicorn.Server(config)
 
 
@@ -313,9 +319,12 @@ def play_command(argv: list[str]) -> int:
     if arguments.host not in LOCAL_HOSTS:
         print(
             f"wmlab play: listening on {arguments.host}, not only on this machine: anyone who can reach it on port "
-            f"{listener.getsockname()[1]} can play this model (there is no login)", file=sys.stderr,
+            f"{listener.getsockname()[1]} can play this model (there is no login)",
+            file=sys.stderr,
         )
-    print(f"wmlab play: {playable.family} world model of {arguments.run_dir} ({playable.algorithm} on {playable.env_id})")
+    print(
+        f"wmlab play: {playable.family} world model of {arguments.run_dir} ({playable.algorithm} on {playable.env_id})"
+    )
     print(f"open {address(listener)} in a browser (Ctrl-C stops)", flush=True)
     server = uvicorn_server(app)
     with contextlib.suppress(KeyboardInterrupt):

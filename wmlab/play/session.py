@@ -122,7 +122,10 @@ class Playable:
         """(whether one uploaded image can start a dream, the reason when not)."""
         others = [key for key in self.observation_space.spaces if key != "image"]
         if others:
-            return False, f"the environment's observations also hold {', '.join(others)}: an image alone cannot start the model"
+            return (
+                False,
+                f"the environment's observations also hold {', '.join(others)}: an image alone cannot start the model",
+            )
         if self.context_frames > 1:
             return False, f"{self.family} needs {self.context_frames} real frames to start a dream, not one image"
         return True, ""
@@ -139,7 +142,13 @@ class Playable:
             "width": self.image_size[1],
             "controls": controls(self.action_space, self.action_meanings),
             "knobs": [
-                {**{key: getattr(SAMPLING_KNOBS[name], key) for key in ("name", "label", "minimum", "maximum", "step", "integer")}, "value": value}
+                {
+                    **{
+                        key: getattr(SAMPLING_KNOBS[name], key)
+                        for key in ("name", "label", "minimum", "maximum", "step", "integer")
+                    },
+                    "value": value,
+                }
                 for name, value in self.knobs.items()
             ],
             "upload": upload,
@@ -171,7 +180,9 @@ def make_playable(model: Any, env_id: str, env_kwargs: dict, run_dir: str | Path
         model.eval()
     family = type(model).__name__
     if not getattr(model, "can_decode", False):
-        raise WmlabError(f"cannot play {run_dir}: its {family} world model cannot decode its states into frames ({decode_refusal(model)}), so there is no dream to show")
+        raise WmlabError(
+            f"cannot play {run_dir}: its {family} world model cannot decode its states into frames ({decode_refusal(model)}), so there is no dream to show"
+        )
     env = make_env(env_id, **env_kwargs)
     try:
         observation_space, action_space = env.observation_space, env.action_space
@@ -181,10 +192,16 @@ def make_playable(model: Any, env_id: str, env_kwargs: dict, run_dir: str | Path
         env.close()
     image = observation_space.spaces.get("image")
     if image is None:
-        raise WmlabError(f"cannot play {run_dir}: {env_id!r} has no image observation (its observations: {', '.join(observation_space.spaces)}); play shows frames")
+        raise WmlabError(
+            f"cannot play {run_dir}: {env_id!r} has no image observation (its observations: {', '.join(observation_space.spaces)}); play shows frames"
+        )
     if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
         raise WmlabError(f"cannot play {run_dir}: keys map to a Discrete or a 1-D Box action space, not {action_space}")
-    if isinstance(action_space, spaces.Box) and (len(action_space.shape) != 1 or not np.all(np.isfinite(action_space.low)) or not np.all(np.isfinite(action_space.high))):
+    if isinstance(action_space, spaces.Box) and (
+        len(action_space.shape) != 1
+        or not np.all(np.isfinite(action_space.low))
+        or not np.all(np.isfinite(action_space.high))
+    ):
         raise WmlabError(f"cannot play {run_dir}: keys can push a bounded 1-D Box of actions, not {action_space}")
     shape = tuple(image.shape)
     return Playable(
@@ -259,13 +276,44 @@ def action_meanings(env: Any) -> list[str] | None:
 
 #: Words in an action's name -> the key that asks for it; combined actions (Atari's UPRIGHTFIRE)
 #: are chords of these keys.
-DIRECTION_KEYS = (("UP", "ArrowUp"), ("DOWN", "ArrowDown"), ("LEFT", "ArrowLeft"), ("RIGHT", "ArrowRight"), ("FIRE", " "))
-NAMED_KEYS = {"forward": "ArrowUp", "backward": "ArrowDown", "left": "ArrowLeft", "right": "ArrowRight", "jump": " ", "fire": " ", "noop": None}
+DIRECTION_KEYS = (
+    ("UP", "ArrowUp"),
+    ("DOWN", "ArrowDown"),
+    ("LEFT", "ArrowLeft"),
+    ("RIGHT", "ArrowRight"),
+    ("FIRE", " "),
+)
+NAMED_KEYS = {
+    "forward": "ArrowUp",
+    "backward": "ArrowDown",
+    "left": "ArrowLeft",
+    "right": "ArrowRight",
+    "jump": " ",
+    "fire": " ",
+    "noop": None,
+}
 #: Keys the page keeps for itself: r reset, p pause, f dream from here, . one step while paused.
 COMMAND_KEYS = ("r", "p", "f", ".")
 SPARE_KEYS = list("1234567890qwetyuiasdghjklzxcvbnmo")
 #: Key pairs (minus, plus) for the dimensions of a Box action, in order.
-BOX_KEYS = (("ArrowLeft", "ArrowRight"), ("ArrowDown", "ArrowUp"), ("a", "d"), ("s", "w"), ("j", "l"), ("k", "i"), ("z", "x"), ("c", "v"), ("b", "n"), ("g", "h"), ("y", "t"), ("1", "2"), ("3", "4"), ("5", "6"), ("7", "8"), ("9", "0"))
+BOX_KEYS = (
+    ("ArrowLeft", "ArrowRight"),
+    ("ArrowDown", "ArrowUp"),
+    ("a", "d"),
+    ("s", "w"),
+    ("j", "l"),
+    ("k", "i"),
+    ("z", "x"),
+    ("c", "v"),
+    ("b", "n"),
+    ("g", "h"),
+    ("y", "t"),
+    ("1", "2"),
+    ("3", "4"),
+    ("5", "6"),
+    ("7", "8"),
+    ("9", "0"),
+)
 
 
 def controls(action_space: spaces.Space, meanings: list[str] | None = None) -> dict:
@@ -288,7 +336,11 @@ def controls(action_space: spaces.Space, meanings: list[str] | None = None) -> d
         idle = None
         used: set[tuple[str, ...]] = set()
         for index in range(count):
-            chord = _chord_of(names[index]) if named else ([DIRECTION_KEYS[index][1]] if index < len(DIRECTION_KEYS) else None)
+            chord = (
+                _chord_of(names[index])
+                if named
+                else ([DIRECTION_KEYS[index][1]] if index < len(DIRECTION_KEYS) else None)
+            )
             if chord == [] and idle is None:
                 idle = index
             elif chord and tuple(sorted(chord)) not in used:
@@ -307,7 +359,14 @@ def controls(action_space: spaces.Space, meanings: list[str] | None = None) -> d
         raise WmlabError(f"keys can push at most {len(BOX_KEYS)} action dimensions, not {low.size}")
     rest = np.where((low <= 0) & (high >= 0), 0.0, (low + high) / 2)
     dimensions = [
-        {"index": index, "minus": BOX_KEYS[index][0], "plus": BOX_KEYS[index][1], "low": float(low[index]), "high": float(high[index]), "rest": float(rest[index])}
+        {
+            "index": index,
+            "minus": BOX_KEYS[index][0],
+            "plus": BOX_KEYS[index][1],
+            "low": float(low[index]),
+            "high": float(high[index]),
+            "rest": float(rest[index]),
+        }
         for index in range(low.size)
     ]
     return {"kind": "box", "size": int(low.size), "dimensions": dimensions}
@@ -334,7 +393,9 @@ def _chord_of(name: str) -> list[str] | None:
 def parse_message(text: str, playable: Playable) -> dict:
     """Check one message from the page -> a command dict with typed fields, or ProtocolError."""
     if len(text) > MAX_UPLOAD_CHARACTERS:
-        raise ProtocolError(f"message too long ({len(text)} characters); an image upload may be at most {MAX_UPLOAD_BYTES // 1024} KiB")
+        raise ProtocolError(
+            f"message too long ({len(text)} characters); an image upload may be at most {MAX_UPLOAD_BYTES // 1024} KiB"
+        )
     try:
         message = json.loads(text)
     except json.JSONDecodeError as error:
@@ -345,9 +406,15 @@ def parse_message(text: str, playable: Playable) -> dict:
         raise ProtocolError(f"message must be a JSON object with a 'type', got {type(message).__name__}")
     kind = message.get("type")
     if kind != "image" and len(text) > MAX_MESSAGE_CHARACTERS:
-        raise ProtocolError(f"message too long ({len(text)} characters; at most {MAX_MESSAGE_CHARACTERS} except for an image upload)")
+        raise ProtocolError(
+            f"message too long ({len(text)} characters; at most {MAX_MESSAGE_CHARACTERS} except for an image upload)"
+        )
     if kind == "step":
-        return {"type": "step", "action": check_action(message.get("action"), playable.action_space), "seq": _integer(message, "seq", 0, 2**53, 0)}
+        return {
+            "type": "step",
+            "action": check_action(message.get("action"), playable.action_space),
+            "seq": _integer(message, "seq", 0, 2**53, 0),
+        }
     if kind == "reset":
         return {"type": "reset", "seed": _integer(message, "seed", 0, 2**31 - 1, None)}
     if kind == "dream_from_real":
@@ -363,8 +430,15 @@ def parse_message(text: str, playable: Playable) -> dict:
                 settings[name] = value
             elif name in playable.knobs:
                 knob = SAMPLING_KNOBS[name]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not knob.minimum <= value <= knob.maximum:
-                    raise ProtocolError(f"{name} must be a number in [{knob.minimum:g}, {knob.maximum:g}], got {value!r}")
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, (int, float))
+                    or not math.isfinite(value)
+                    or not knob.minimum <= value <= knob.maximum
+                ):
+                    raise ProtocolError(
+                        f"{name} must be a number in [{knob.minimum:g}, {knob.maximum:g}], got {value!r}"
+                    )
                 if knob.integer and value != int(value):
                     raise ProtocolError(f"{name} must be a whole number, got {value!r}")
                 settings[name] = int(value) if knob.integer else float(value)
@@ -407,18 +481,26 @@ def check_action(action: Any, space: spaces.Space) -> Any:
     is not in the action space."""
     if isinstance(space, spaces.Discrete):
         if isinstance(action, bool) or not isinstance(action, int):
-            raise ProtocolError(f"action must be a whole number in [0, {int(space.n) - 1}] for this Discrete({int(space.n)}) space, got {action!r}")
+            raise ProtocolError(
+                f"action must be a whole number in [0, {int(space.n) - 1}] for this Discrete({int(space.n)}) space, got {action!r}"
+            )
         if not int(space.start) <= action < int(space.start) + int(space.n):
             raise ProtocolError(f"action {action} is out of range: this space has actions 0 to {int(space.n) - 1}")
         return action
     size = int(space.shape[0])
-    if not isinstance(action, list) or len(action) != size or any(isinstance(value, bool) or not isinstance(value, (int, float)) for value in action):
+    if (
+        not isinstance(action, list)
+        or len(action) != size
+        or any(isinstance(value, bool) or not isinstance(value, (int, float)) for value in action)
+    ):
         raise ProtocolError(f"action must be a list of {size} numbers for this Box space, got {str(action)[:80]}")
     values = np.asarray(action, dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise ProtocolError("action values must be finite")
     if np.any(values < space.low) or np.any(values > space.high):
-        raise ProtocolError(f"action {action} is out of range: each value must lie in [{space.low.tolist()}, {space.high.tolist()}]")
+        raise ProtocolError(
+            f"action {action} is out of range: each value must lie in [{space.low.tolist()}, {space.high.tolist()}]"
+        )
     return values.astype(np.float32)
 
 
@@ -510,7 +592,14 @@ class PlaySession:
     """One player: a dream of one row (ImaginedEnv, batch 1) and, when `real`, the environment
     receiving the same actions. Methods return the Frame to show."""
 
-    def __init__(self, playable: Playable, seed: int = 0, real: bool = True, max_dream_steps: int = 100_000, stop_at_end: bool = False):
+    def __init__(
+        self,
+        playable: Playable,
+        seed: int = 0,
+        real: bool = True,
+        max_dream_steps: int = 100_000,
+        stop_at_end: bool = False,
+    ):
         self.playable = playable
         self.stop_at_end = bool(stop_at_end)
         self.end_predicted = False
@@ -552,7 +641,11 @@ class PlaySession:
         idle = self._idle_action()
         while len(self.history) < self.playable.context_frames and not self.real_done:
             observation, reward, terminated, truncated, _ = self.env.step(idle)
-            self.real_observation, self.real_reward, self.real_done = observation, float(reward), bool(terminated or truncated)
+            self.real_observation, self.real_reward, self.real_done = (
+                observation,
+                float(reward),
+                bool(terminated or truncated),
+            )
             self.history.append((observation, np.asarray(idle), False))
         return self._start_dream(self.history, "reset", env_ms)
 
@@ -560,7 +653,7 @@ class PlaySession:
         """Restart the dream from the real episode's latest frames (up to REAL_HISTORY of them)."""
         if self.env is None or not self.history or not self.real_enabled:
             raise ProtocolError("there is no real environment running to dream from: turn on 'real' and reset")
-        return self._start_dream(self.history[-max(REAL_HISTORY, self.playable.context_frames):], "real", 0.0)
+        return self._start_dream(self.history[-max(REAL_HISTORY, self.playable.context_frames) :], "real", 0.0)
 
     def start_from_image(self, data: bytes) -> Frame:
         """Start the dream from one uploaded PNG or JPEG; the real environment cannot follow."""
@@ -580,9 +673,15 @@ class PlaySession:
         started = time.perf_counter()
         with self.playable.lock:
             self.dream = ImaginedEnv(
-                self.playable.model, observations, batch_size=1, max_episode_steps=self.max_dream_steps,
-                initial_actions=actions, initial_is_first=is_first, imagine_kwargs=self._imagine_kwargs(),
-                sample_terminations=False, seed=self.seed,
+                self.playable.model,
+                observations,
+                batch_size=1,
+                max_episode_steps=self.max_dream_steps,
+                initial_actions=actions,
+                initial_is_first=is_first,
+                imagine_kwargs=self._imagine_kwargs(),
+                sample_terminations=False,
+                seed=self.seed,
             )
             self.dream.reset(options={"indices": [0]})
             frame = self.dream.render()[0]
@@ -607,7 +706,9 @@ class PlaySession:
         return np.array([dimension["rest"] for dimension in keys["dimensions"]], dtype=np.float32)
 
     def _imagine_kwargs(self) -> dict:
-        return {name: (int(value) if SAMPLING_KNOBS[name].integer else float(value)) for name, value in self.knobs.items()}
+        return {
+            name: (int(value) if SAMPLING_KNOBS[name].integer else float(value)) for name, value in self.knobs.items()
+        }
 
     # --- playing -------------------------------------------------------------------------------
 
@@ -618,16 +719,24 @@ class PlaySession:
         env_ms = 0.0
         if self.real_enabled and self.env is not None and self.real_observation is not None and not self.real_done:
             started = time.perf_counter()
-            observation, reward, terminated, truncated, _ = self.env.step(action if isinstance(action, np.ndarray) else int(action))
+            observation, reward, terminated, truncated, _ = self.env.step(
+                action if isinstance(action, np.ndarray) else int(action)
+            )
             env_ms = 1000 * (time.perf_counter() - started)
             self.real_observation, self.real_reward = observation, float(reward)
             self.real_done = bool(terminated or truncated)
-            self.history = (self.history + [(observation, np.asarray(action), False)])[-max(REAL_HISTORY, self.playable.context_frames):]
+            self.history = (self.history + [(observation, np.asarray(action), False)])[
+                -max(REAL_HISTORY, self.playable.context_frames) :
+            ]
         started = time.perf_counter()
         dream_reward = 0.0
         with self.playable.lock:
             if not self.dream_done:
-                batched = np.asarray(action, dtype=np.float32)[None] if isinstance(action, np.ndarray) else np.array([int(action)], dtype=np.int64)
+                batched = (
+                    np.asarray(action, dtype=np.float32)[None]
+                    if isinstance(action, np.ndarray)
+                    else np.array([int(action)], dtype=np.int64)
+                )
                 _, reward, terminated, truncated, _ = self.dream.step(batched)
                 dream_reward = float(reward[0])
                 self.end_predicted = bool(terminated[0])
@@ -660,9 +769,17 @@ class PlaySession:
     def _frame(self, dream: np.ndarray, dream_reward: float, model_ms: float, env_ms: float) -> Frame:
         real = self.real_observation["image"] if (self.real_enabled and self.real_observation is not None) else None
         frame = Frame(
-            dream=np.asarray(dream, dtype=np.uint8), real=None if real is None else np.asarray(real, dtype=np.uint8), step=self.steps,
-            dream_reward=dream_reward, real_reward=(self.real_reward if real is not None else None), dream_done=self.dream_done,
-            end_predicted=self.end_predicted, real_done=(self.real_done if real is not None else None), model_ms=model_ms, env_ms=env_ms, source=self.source,
+            dream=np.asarray(dream, dtype=np.uint8),
+            real=None if real is None else np.asarray(real, dtype=np.uint8),
+            step=self.steps,
+            dream_reward=dream_reward,
+            real_reward=(self.real_reward if real is not None else None),
+            dream_done=self.dream_done,
+            end_predicted=self.end_predicted,
+            real_done=(self.real_done if real is not None else None),
+            model_ms=model_ms,
+            env_ms=env_ms,
+            source=self.source,
         )
         if self.recording is not None and len(self.recording) < MAX_RECORDED_FRAMES:
             self.recording.append((time.perf_counter(), composite(frame)))

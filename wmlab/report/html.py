@@ -92,9 +92,7 @@ def register_section(name: str, function: SectionFunction) -> None:
     if not isinstance(name, str) or not name.strip():
         raise ValueError("a report section needs a non-empty name, used as its heading")
     if not callable(function):
-        raise TypeError(
-            f"section {name!r} needs a function run_dir -> str | None, got {function!r}"
-        )
+        raise TypeError(f"section {name!r} needs a function run_dir -> str | None, got {function!r}")
     _extra_sections[name] = function
 
 
@@ -297,10 +295,7 @@ def _table(columns: Iterable[Any], rows: Iterable[Iterable[Any]], css_class: str
             + "</tr>"
         )
     class_attribute = f' class="{css_class}"' if css_class else ""
-    return (
-        f"<table{class_attribute}><thead><tr>{head}</tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table>"
-    )
+    return f"<table{class_attribute}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _settings_table(settings: Mapping[str, Any]) -> str:
@@ -313,7 +308,7 @@ def _data_uri(data: bytes, mime: str) -> str:
 
 def _figure(data: bytes, mime: str, caption: str, attributes: str = "") -> str:
     return (
-        f"<figure{attributes}><img src=\"{_data_uri(data, mime)}\" alt=\"{_escape(caption)}\">"
+        f'<figure{attributes}><img src="{_data_uri(data, mime)}" alt="{_escape(caption)}">'
         f"<figcaption>{_escape(caption)}</figcaption></figure>"
     )
 
@@ -377,9 +372,7 @@ def _plot(series: Mapping[str, Series], title: str, size: tuple[float, float]) -
         marker = "o" if len(metric.values) <= 40 else None
         # In a legend under the title "loss/", "model" says as much as "loss/model".
         label = name.removeprefix(title) if len(series) > 1 else name
-        axes.plot(
-            metric.steps, metric.values, label=label, marker=marker, markersize=3, linewidth=1.4
-        )
+        axes.plot(metric.steps, metric.values, label=label, marker=marker, markersize=3, linewidth=1.4)
     axes.set_title(title)
     axes.set_xlabel("environment steps")
     axes.xaxis.set_major_formatter(EngFormatter(sep=""))  # 1.5M rather than 1500000 or 1e6 offsets
@@ -395,7 +388,9 @@ def _plot(series: Mapping[str, Series], title: str, size: tuple[float, float]) -
     return buffer.getvalue()
 
 
-def _plot_panels(series: Mapping[str, Series], title: str, columns: int = 3, panel: tuple[float, float] = (3.4, 2.4)) -> bytes:
+def _plot_panels(
+    series: Mapping[str, Series], title: str, columns: int = 3, panel: tuple[float, float] = (3.4, 2.4)
+) -> bytes:
     """Small multiples: one axes per metric against environment steps, as PNG bytes. The terms of
     one namespace differ in scale (an image loss in the thousands beside a KL near one), so each
     gets its own y axis rather than one squashing the others."""
@@ -464,10 +459,7 @@ def _curves_sections(context: _Context) -> tuple[str, str, str]:
     if metrics.unreadable_lines:
         shown = ", ".join(str(number) for number in metrics.unreadable_lines[:10])
         more = " and others" if len(metrics.unreadable_lines) > 10 else ""
-        context.note(
-            f"metrics.jsonl: {len(metrics.unreadable_lines)} corrupt line(s) skipped (line "
-            f"{shown}{more})."
-        )
+        context.note(f"metrics.jsonl: {len(metrics.unreadable_lines)} corrupt line(s) skipped (line {shown}{more}).")
     if not metrics.series:
         context.note(
             f"metrics.jsonl holds {metrics.records} complete record(s) but no metric logged at a "
@@ -481,7 +473,12 @@ def _curves_sections(context: _Context) -> tuple[str, str, str]:
         if len(shown) == 1:
             image = _plot({HEADLINE_METRIC: metrics.series[HEADLINE_METRIC]}, "evaluation return", (9, 4.2))
         else:  # return and success rate: two scales, two axes
-            image = _plot_panels({name: metrics.series[name] for name in shown}, "evaluation of the greedy agent", columns=2, panel=(4.6, 3.2))
+            image = _plot_panels(
+                {name: metrics.series[name] for name in shown},
+                "evaluation of the greedy agent",
+                columns=2,
+                panel=(4.6, 3.2),
+            )
         points = len(metrics.series[HEADLINE_METRIC].values)
         attributes = f' class="headline" data-metric="{HEADLINE_METRIC}"'
         headline = _figure(image, "image/png", f"{', '.join(shown)} ({points} evaluations)", attributes)
@@ -645,9 +642,7 @@ def _extra_section(run_dir: Path, name: str, function: SectionFunction) -> str:
         failure = f"{type(error).__name__}: {error}"
         return f'<p class="error">This section failed: {_escape(failure)}</p>'
     if fragment is not None and not isinstance(fragment, str):
-        raise TypeError(
-            f"report section {name!r} returned {type(fragment).__name__}, not str or None"
-        )
+        raise TypeError(f"report section {name!r} returned {type(fragment).__name__}, not str or None")
     return fragment or ""
 
 
@@ -655,9 +650,7 @@ def _extra_section(run_dir: Path, name: str, function: SectionFunction) -> str:
 # The page
 
 
-def build_report(
-    run_dir: str | os.PathLike[str], output: str | os.PathLike[str] | None = None
-) -> Path:
+def build_report(run_dir: str | os.PathLike[str], output: str | os.PathLike[str] | None = None) -> Path:
     """Write the run's report, by default to `run_dir/report.html`, and return its path.
 
     Raises RunDirectoryError when `run_dir` is not a directory or holds nothing to report.
@@ -686,10 +679,7 @@ def build_report(
         ("Videos", _videos_section(context)),
         ("Settings", _settings_table(config) if config else ""),
     ]
-    sections += [
-        (name, _extra_section(run_dir, name, function))
-        for name, function in _extra_sections.items()
-    ]
+    sections += [(name, _extra_section(run_dir, name, function)) for name, function in _extra_sections.items()]
     sections = [(title, body) for title, body in sections if body]
     if not sections:
         raise RunDirectoryError(
@@ -722,9 +712,7 @@ def _setting_name(config: Mapping[str, Any], key: str) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
-def _page(
-    run_dir: Path, config: Mapping[str, Any], notes: list[str], sections: list[tuple[str, str]]
-) -> str:
+def _page(run_dir: Path, config: Mapping[str, Any], notes: list[str], sections: list[tuple[str, str]]) -> str:
     run_name = run_dir.resolve().name
     algorithm, environment = _setting_name(config, "algorithm"), _setting_name(config, "env")
     subtitle = " on ".join(part for part in (algorithm, environment) if part)
@@ -741,9 +729,7 @@ def _page(
         navigation.append(f'<a href="#{anchor}">{_escape(heading)}</a>')
         bodies.append(f'<section id="{anchor}"><h2>{_escape(heading)}</h2>{body}</section>')
     notes_html = (
-        '<div class="notes"><strong>Notes</strong><ul>'
-        + "".join(f"<li>{note}</li>" for note in notes)
-        + "</ul></div>"
+        '<div class="notes"><strong>Notes</strong><ul>' + "".join(f"<li>{note}</li>" for note in notes) + "</ul></div>"
         if notes
         else ""
     )
@@ -759,13 +745,13 @@ def _page(
 <body>
 <header>
 <h1>{_escape(run_name)}</h1>
-{f'<p class="subtitle">{_escape(subtitle)}</p>' if subtitle else ''}
+{f'<p class="subtitle">{_escape(subtitle)}</p>' if subtitle else ""}
 <p class="muted">Generated {_escape(generated)} by wmlab report.</p>
 {_play_line(run_dir)}
-<nav>{' · '.join(navigation)}</nav>
+<nav>{" · ".join(navigation)}</nav>
 </header>
 {notes_html}
-{''.join(bodies)}
+{"".join(bodies)}
 </body>
 </html>
 """

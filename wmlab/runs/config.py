@@ -51,9 +51,19 @@ class TrainConfig(Config):
     """Also write TensorBoard event files under RUN_DIR/tensorboard."""
 
     limits = ranges(
-        steps=COUNT, num_envs=COUNT, train_ratio=NON_NEGATIVE, batch_size=COUNT, sequence_length=COUNT,
-        time_limit=NON_NEGATIVE, learning_starts=NON_NEGATIVE, replay_capacity=COUNT, eval_every=NON_NEGATIVE,
-        eval_episodes=COUNT, checkpoint_every=COUNT, log_every=COUNT, threads=NON_NEGATIVE,
+        steps=COUNT,
+        num_envs=COUNT,
+        train_ratio=NON_NEGATIVE,
+        batch_size=COUNT,
+        sequence_length=COUNT,
+        time_limit=NON_NEGATIVE,
+        learning_starts=NON_NEGATIVE,
+        replay_capacity=COUNT,
+        eval_every=NON_NEGATIVE,
+        eval_episodes=COUNT,
+        checkpoint_every=COUNT,
+        log_every=COUNT,
+        threads=NON_NEGATIVE,
     )
 
 
@@ -92,6 +102,14 @@ class OfflineTrainConfig(Config):
     """Also write TensorBoard event files under RUN_DIR/tensorboard."""
 
     limits = ranges(
-        updates=COUNT, batch_size=COUNT, sequence_length=COUNT, learning_rate=POSITIVE, adam_epsilon=POSITIVE,
-        grad_clip=NON_NEGATIVE, time_limit=NON_NEGATIVE, log_every=COUNT, checkpoint_every=COUNT, threads=NON_NEGATIVE,
+        updates=COUNT,
+        batch_size=COUNT,
+        sequence_length=COUNT,
+        learning_rate=POSITIVE,
+        adam_epsilon=POSITIVE,
+        grad_clip=NON_NEGATIVE,
+        time_limit=NON_NEGATIVE,
+        log_every=COUNT,
+        checkpoint_every=COUNT,
+        threads=NON_NEGATIVE,
     )

@@ -21,8 +21,8 @@ from typing import Any
 
 from wmlab.core.config import from_dict
 from wmlab.core.errors import IncompatibleSpaceError, RunDirectoryError
-from wmlab.core.registry import ALGORITHMS, MODELS
 from wmlab.core.files import sync
+from wmlab.core.registry import ALGORITHMS, MODELS
 from wmlab.core.serialization import load_state
 from wmlab.core.spaces import space_from_description
 from wmlab.envs.adapter import check_run_environment, make_env
@@ -32,7 +32,18 @@ CONFIG_FILE = "config.json"
 #: Written last into a checkpoint folder: its presence means every other file there is complete.
 COMPLETE_FILE = "complete.json"
 # Fields that may change when a run is resumed; anything else would make it another run.
-RESUMABLE_CHANGES = {"train.steps", "train.progress", "train.device", "train.threads", "train.tensorboard", "train.eval_every", "train.eval_episodes", "train.log_every", "train.checkpoint_every", "train.time_limit"}
+RESUMABLE_CHANGES = {
+    "train.steps",
+    "train.progress",
+    "train.device",
+    "train.threads",
+    "train.tensorboard",
+    "train.eval_every",
+    "train.eval_episodes",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.time_limit",
+}
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,9 @@ def load_run_spec(run_dir: Path) -> RunSpec:
     try:
         raw = json.loads(path.read_text())
         if isinstance(raw, dict) and raw.get("kind") == OFFLINE_KIND:
-            raise RunDirectoryError(f"{run_dir} holds a world model trained offline, not an agent: evaluate it with `wmlab eval {run_dir} --suite horizon` (or calibration, bound, controllability)")
+            raise RunDirectoryError(
+                f"{run_dir} holds a world model trained offline, not an agent: evaluate it with `wmlab eval {run_dir} --suite horizon` (or calibration, bound, controllability)"
+            )
         entry = ALGORITHMS.get(raw["algorithm"])
         check_run_environment(raw["env"], run_dir)
         return RunSpec(
@@ -120,6 +133,7 @@ def resume_checkpoint(run_dir: Path, rank: int = 0) -> Path:
         shutil.rmtree(leftover, ignore_errors=True)
     return target
 
+
 def build_agent(spec: RunSpec, observation_space, action_space, seed: int):
     agent_class = ALGORITHMS.get(spec.algorithm).load()
     return agent_class(spec.agent, observation_space, action_space, seed=seed, device=spec.train.device)
@@ -144,7 +158,16 @@ OFFLINE_KIND = "offline"
 #: Files of an offline run's model weights, under checkpoints/rank0/.
 MODEL_STATE = "model"
 #: Fields of an offline run that may change when it is resumed; anything else would make it another run.
-OFFLINE_RESUMABLE_CHANGES = {"train.updates", "train.progress", "train.device", "train.threads", "train.tensorboard", "train.log_every", "train.checkpoint_every", "train.time_limit"}
+OFFLINE_RESUMABLE_CHANGES = {
+    "train.updates",
+    "train.progress",
+    "train.device",
+    "train.threads",
+    "train.tensorboard",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.time_limit",
+}
 
 
 @dataclass(frozen=True)

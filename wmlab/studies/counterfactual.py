@@ -94,7 +94,9 @@ def variants(arguments: CounterfactualArguments) -> list[Variant]:
         raise WmlabError(f"--fraction must lie in (0, 1], got {arguments.fraction}")
     unknown = sorted(set(arguments.kinds) - set(COUNTERFACTUAL_KINDS))
     if unknown or not arguments.kinds:
-        raise WmlabError(f"--kinds must name one or more of {', '.join(COUNTERFACTUAL_KINDS)}, got {list(arguments.kinds)}")
+        raise WmlabError(
+            f"--kinds must name one or more of {', '.join(COUNTERFACTUAL_KINDS)}, got {list(arguments.kinds)}"
+        )
     found = [Variant("plain", "plain", {"counterfactual_fraction": 0.0})]
     for kind in dict.fromkeys(arguments.kinds):
         changes = {"counterfactual_fraction": float(arguments.fraction), "counterfactual_kind": kind}
@@ -119,12 +121,23 @@ def conditions(study: Study, arguments: CounterfactualArguments) -> tuple[list[C
     if "image" in keys and arguments.image_noise > 0:
         noise["image_noise"] = arguments.image_noise
     if noise:
-        label = ", ".join(f"{'vector' if key == 'observation_noise' else 'image'} std {value:g}" for key, value in noise.items())
+        label = ", ".join(
+            f"{'vector' if key == 'observation_noise' else 'image'} std {value:g}" for key, value in noise.items()
+        )
         found.append(Condition("observation_noise", f"observation noise ({label})", "perturbed", {**wrapped, **noise}))
     else:
-        notes.append("no observation-noise condition: the environment has no vector or image observation, or the noise is 0")
+        notes.append(
+            "no observation-noise condition: the environment has no vector or image observation, or the noise is 0"
+        )
     if has_physics and arguments.kick_std > 0:
-        found.append(Condition("kicks", f"velocity kicks (std {arguments.kick_std:g} every {arguments.kick_every} steps)", "perturbed", {**wrapped, "kick_std": arguments.kick_std, "kick_every": arguments.kick_every}))
+        found.append(
+            Condition(
+                "kicks",
+                f"velocity kicks (std {arguments.kick_std:g} every {arguments.kick_every} steps)",
+                "perturbed",
+                {**wrapped, "kick_std": arguments.kick_std, "kick_every": arguments.kick_every},
+            )
+        )
     else:
         notes.append("no velocity-kick condition: the environment exposes no MuJoCo physics, or --kick-std is 0")
     return found, notes
@@ -132,18 +145,27 @@ def conditions(study: Study, arguments: CounterfactualArguments) -> tuple[list[C
 
 def robustness(run: RunResult, conditions_: Sequence[Condition], episodes: int) -> dict[str, float]:
     """The run's greedy evaluation return in every condition, on the shared measurement seeds."""
+
     def compute() -> dict[str, float]:
         _, agent = load_trained_agent(run.run_dir)
         return {
-            condition.name: evaluate_agent(agent, condition.env, episodes=episodes, seed=MEASUREMENT_SEED, env_kwargs=condition.env_kwargs)["eval/return"]
+            condition.name: evaluate_agent(
+                agent, condition.env, episodes=episodes, seed=MEASUREMENT_SEED, env_kwargs=condition.env_kwargs
+            )["eval/return"]
             for condition in conditions_
         }
 
-    key = {"conditions": [asdict(condition) for condition in conditions_], "episodes": episodes, "seed": MEASUREMENT_SEED}
+    key = {
+        "conditions": [asdict(condition) for condition in conditions_],
+        "episodes": episodes,
+        "seed": MEASUREMENT_SEED,
+    }
     return cached_measurement(run.run_dir, "counterfactual_robustness", key, compute)
 
 
-def comparison_sentence(results: dict, conditions_: Sequence[Condition], runs: dict[str, list[RunResult]], seeds: int) -> str:
+def comparison_sentence(
+    results: dict, conditions_: Sequence[Condition], runs: dict[str, list[RunResult]], seeds: int
+) -> str:
     plain = results["plain"]
     clauses = []
     for name, result in results.items():
@@ -160,7 +182,11 @@ def comparison_sentence(results: dict, conditions_: Sequence[Condition], runs: d
             parts.append(text)
         clauses.append(f"the {result['label']} agent against plain Dreamer returned " + "; ".join(parts))
     all_runs = [run for group in runs.values() for run in group]
-    return f"Measured at {steps_phrase(all_runs)} over {seeds} seed{'s' if seeds != 1 else ''} (evaluation return, mean +- std over seeds): " + ". And ".join(clauses) + "."
+    return (
+        f"Measured at {steps_phrase(all_runs)} over {seeds} seed{'s' if seeds != 1 else ''} (evaluation return, mean +- std over seeds): "
+        + ". And ".join(clauses)
+        + "."
+    )
 
 
 def _change(result: dict, condition: str) -> float | None:
@@ -195,7 +221,9 @@ def draw(results: dict, conditions_: Sequence[Condition], path) -> None:
     save_figure(figure, path)
 
 
-def markdown(study: Study, results: dict, conditions_: Sequence[Condition], notes: Sequence[str], sentence: str, episodes: int) -> str:
+def markdown(
+    study: Study, results: dict, conditions_: Sequence[Condition], notes: Sequence[str], sentence: str, episodes: int
+) -> str:
     header = "| variant | " + " | ".join(condition.label for condition in conditions_) + " |"
     lines = [
         study.header("Counterfactual augmentation"),
@@ -205,7 +233,11 @@ def markdown(study: Study, results: dict, conditions_: Sequence[Condition], note
         "|---" * (len(conditions_) + 1) + "|",
     ]
     for result in results.values():
-        lines.append(f"| {result['label']} | " + " | ".join(fmt(result["returns"][condition.name]) for condition in conditions_) + " |")
+        lines.append(
+            f"| {result['label']} | "
+            + " | ".join(fmt(result["returns"][condition.name]) for condition in conditions_)
+            + " |"
+        )
     lines += ["", sentence]
     lines += [f"({note}.)" for note in notes]
     lines += ["", f"![returns under perturbation]({study.figure_path.name})", ""]
@@ -217,7 +249,9 @@ def run_counterfactual_study(arguments: CounterfactualArguments, argv: Sequence[
     study = Study(NAME, arguments, argv)
     compared = variants(arguments)
     conditions_, notes = conditions(study, arguments)
-    episodes = arguments.robustness_episodes if arguments.robustness_episodes is not None else (1 if study.quick else 10)
+    episodes = (
+        arguments.robustness_episodes if arguments.robustness_episodes is not None else (1 if study.quick else 10)
+    )
     runs = study.train_all(compared)
     results = {}
     for variant in compared:

@@ -63,7 +63,13 @@ def variants(arguments: HorizonArguments) -> list[Variant]:
     found = [Variant("plain", "plain (c=1)", {"horizon_confidence": 1.0})]
     for confidence in dict.fromkeys(arguments.confidences):
         if confidence < 1.0:
-            found.append(Variant(f"horizon-c{confidence:g}", f"horizon-aware (c={confidence:g})", {"horizon_confidence": float(confidence)}))
+            found.append(
+                Variant(
+                    f"horizon-c{confidence:g}",
+                    f"horizon-aware (c={confidence:g})",
+                    {"horizon_confidence": float(confidence)},
+                )
+            )
     if len(found) < 2:
         raise WmlabError("give at least one confidence below 1 (--confidences 0.9)")
     return found
@@ -105,7 +111,11 @@ def comparison_sentence(results: dict, runs: dict[str, list[RunResult]], seeds: 
             f"and {fmt(result['mean_over_training'])} vs {fmt(plain['mean_over_training'])} averaged over all evaluations of a run"
         )
     all_runs = [run for group in runs.values() for run in group]
-    return f"Measured at {steps_phrase(all_runs)} over {seeds} seed{'s' if seeds != 1 else ''} (mean +- std over seeds): " + "; ".join(clauses) + "."
+    return (
+        f"Measured at {steps_phrase(all_runs)} over {seeds} seed{'s' if seeds != 1 else ''} (mean +- std over seeds): "
+        + "; ".join(clauses)
+        + "."
+    )
 
 
 def draw(results: dict, path) -> None:
@@ -118,7 +128,14 @@ def draw(results: dict, path) -> None:
         curve = result["curve"]
         if not curve["steps"]:
             continue
-        axis.plot(curve["steps"], curve["mean"], color=color, marker="o", markersize=3, label=f"{result['label']} (n={result['final']['n']})")
+        axis.plot(
+            curve["steps"],
+            curve["mean"],
+            color=color,
+            marker="o",
+            markersize=3,
+            label=f"{result['label']} (n={result['final']['n']})",
+        )
         axis.fill_between(curve["steps"], curve["min"], curve["max"], color=color, alpha=0.2, linewidth=0)
     axis.set_xlabel("environment steps")
     axis.set_ylabel("evaluation return")
@@ -138,7 +155,9 @@ def markdown(study: Study, results: dict, sentence: str) -> str:
         minmax = "n/a" if final["min"] is None else f"{return_text(final['min'])} / {return_text(final['max'])}"
         steps = "/".join(str(step) for step in result["env_steps"])
         wall = "/".join(f"{seconds:.0f}" for seconds in result["wall_seconds"] if seconds is not None)
-        lines.append(f"| {result['label']} | {fmt(final)} | {minmax} | {fmt(result['mean_over_training'])} | {steps} | {wall} |")
+        lines.append(
+            f"| {result['label']} | {fmt(final)} | {minmax} | {fmt(result['mean_over_training'])} | {steps} | {wall} |"
+        )
     lines += ["", sentence, "", f"![evaluation return against environment steps]({study.figure_path.name})", ""]
     return "\n".join(lines)
 

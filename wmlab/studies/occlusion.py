@@ -93,7 +93,12 @@ def variants(study: Study, arguments: OcclusionArguments) -> list[Variant]:
         raise WmlabError("--length and --belief-horizon must be at least 1")
     return [
         Variant("plain", "trained without occlusion"),
-        Variant("with-occlusion", "trained with occlusion", env=OCCLUDED, env_kwargs=occluded_kwargs(study, arguments.start_probability, arguments.length)),
+        Variant(
+            "with-occlusion",
+            "trained with occlusion",
+            env=OCCLUDED,
+            env_kwargs=occluded_kwargs(study, arguments.start_probability, arguments.length),
+        ),
     ]
 
 
@@ -105,7 +110,9 @@ def _mse(predicted: torch.Tensor, real: np.ndarray, key: str) -> float:
 
 
 @torch.no_grad()
-def belief_errors(agent: Any, env: str, env_kwargs: dict, start_probability: float, horizon: int, episodes: int, seed: int) -> dict:
+def belief_errors(
+    agent: Any, env: str, env_kwargs: dict, start_probability: float, horizon: int, episodes: int, seed: int
+) -> dict:
     """Reconstruction MSE of the agent's belief against the true observation at k = 0..K steps
     into an occlusion, with the greedy policy on `episodes` episodes of the task occluded for K
     steps at a time (see the module docstring). Returns {"k": [0..K], "count": [...],
@@ -150,7 +157,10 @@ def belief_errors(agent: Any, env: str, env_kwargs: dict, start_probability: flo
         occluded.close()
 
     def mean(sums: np.ndarray, first: int) -> list[float | None]:
-        return [None if index < first or counts[index] == 0 else float(sums[index] / counts[index]) for index in range(horizon + 1)]
+        return [
+            None if index < first or counts[index] == 0 else float(sums[index] / counts[index])
+            for index in range(horizon + 1)
+        ]
 
     return {
         "k": list(range(horizon + 1)),
@@ -160,20 +170,41 @@ def belief_errors(agent: Any, env: str, env_kwargs: dict, start_probability: flo
     }
 
 
-def measure(run: RunResult, study: Study, arguments: OcclusionArguments, return_episodes: int, belief_episodes: int) -> dict:
+def measure(
+    run: RunResult, study: Study, arguments: OcclusionArguments, return_episodes: int, belief_episodes: int
+) -> dict:
     """Returns without and with occlusion, and the belief errors, of one trained run (cached)."""
+
     def compute() -> dict:
         _, agent = load_trained_agent(run.run_dir)
-        nominal = evaluate_agent(agent, study.env, episodes=return_episodes, seed=MEASUREMENT_SEED, env_kwargs=study.env_kwargs)["eval/return"]
+        nominal = evaluate_agent(
+            agent, study.env, episodes=return_episodes, seed=MEASUREMENT_SEED, env_kwargs=study.env_kwargs
+        )["eval/return"]
         occluded_kwargs_ = occluded_kwargs(study, arguments.start_probability, arguments.length)
-        occluded = evaluate_agent(agent, OCCLUDED, episodes=return_episodes, seed=MEASUREMENT_SEED, env_kwargs=occluded_kwargs_)["eval/return"]
-        beliefs = belief_errors(agent, study.env, study.env_kwargs, arguments.belief_start_probability, arguments.belief_horizon, belief_episodes, MEASUREMENT_SEED)
+        occluded = evaluate_agent(
+            agent, OCCLUDED, episodes=return_episodes, seed=MEASUREMENT_SEED, env_kwargs=occluded_kwargs_
+        )["eval/return"]
+        beliefs = belief_errors(
+            agent,
+            study.env,
+            study.env_kwargs,
+            arguments.belief_start_probability,
+            arguments.belief_horizon,
+            belief_episodes,
+            MEASUREMENT_SEED,
+        )
         return {"return_without_occlusion": nominal, "return_with_occlusion": occluded, "belief": beliefs}
 
     key = {
-        "env": study.env, "env_kwargs": study.env_kwargs, "start_probability": arguments.start_probability, "length": arguments.length,
-        "belief_horizon": arguments.belief_horizon, "belief_start_probability": arguments.belief_start_probability,
-        "return_episodes": return_episodes, "belief_episodes": belief_episodes, "seed": MEASUREMENT_SEED,
+        "env": study.env,
+        "env_kwargs": study.env_kwargs,
+        "start_probability": arguments.start_probability,
+        "length": arguments.length,
+        "belief_horizon": arguments.belief_horizon,
+        "belief_start_probability": arguments.belief_start_probability,
+        "return_episodes": return_episodes,
+        "belief_episodes": belief_episodes,
+        "seed": MEASUREMENT_SEED,
     }
     return cached_measurement(run.run_dir, "occlusion", key, compute)
 
@@ -253,7 +284,16 @@ def draw(results: dict, path) -> None:
     width = 0.8 / len(results)
     for index, result in enumerate(results.values()):
         x = positions + (index - (len(results) - 1) / 2) * width
-        right.bar(x, [result[name]["mean"] or 0.0 for name in names], width, yerr=[result[name]["std"] or 0.0 for name in names], capsize=3, color=f"C{index}", alpha=0.8, label=result["label"])
+        right.bar(
+            x,
+            [result[name]["mean"] or 0.0 for name in names],
+            width,
+            yerr=[result[name]["std"] or 0.0 for name in names],
+            capsize=3,
+            color=f"C{index}",
+            alpha=0.8,
+            label=result["label"],
+        )
     right.set_xticks(positions, ["without occlusion", "with occlusion"])
     right.set_ylabel("evaluation return")
     right.set_title("Returns (mean +- std over seeds)", fontsize=9)
@@ -261,7 +301,14 @@ def draw(results: dict, path) -> None:
     save_figure(figure, path)
 
 
-def markdown(study: Study, arguments: OcclusionArguments, results: dict, sentence: str, return_episodes: int, belief_episodes: int) -> str:
+def markdown(
+    study: Study,
+    arguments: OcclusionArguments,
+    results: dict,
+    sentence: str,
+    return_episodes: int,
+    belief_episodes: int,
+) -> str:
     key = plotted_key(results)
     horizon = arguments.belief_horizon
     ks = sorted({1, max(1, horizon // 2), horizon})
@@ -280,7 +327,11 @@ def markdown(study: Study, arguments: OcclusionArguments, results: dict, sentenc
     for result in results.values():
         means = result["belief"][key]["posterior"]["mean"]
         cells = [fmt_number(means[k] if k < len(means) else None) for k in [0, *ks]]
-        lines.append(f"| {result['label']} | {fmt(result['return_without_occlusion'])} | {fmt(result['return_with_occlusion'])} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {result['label']} | {fmt(result['return_without_occlusion'])} | {fmt(result['return_with_occlusion'])} | "
+            + " | ".join(cells)
+            + " |"
+        )
     lines += ["", sentence, "", f"![belief error against steps into an occlusion]({study.figure_path.name})", ""]
     return "\n".join(lines)
 
@@ -289,7 +340,9 @@ def run_occlusion_study(arguments: OcclusionArguments, argv: Sequence[str] = ())
     """Train, measure, plot and write; returns the results (also in OUT/occlusion.json)."""
     study = Study(NAME, arguments, argv)
     compared = variants(study, arguments)
-    return_episodes = arguments.robustness_episodes if arguments.robustness_episodes is not None else (1 if study.quick else 10)
+    return_episodes = (
+        arguments.robustness_episodes if arguments.robustness_episodes is not None else (1 if study.quick else 10)
+    )
     belief_episodes = arguments.belief_episodes if arguments.belief_episodes is not None else (1 if study.quick else 5)
     runs = study.train_all(compared)
     results = {}
@@ -300,7 +353,11 @@ def run_occlusion_study(arguments: OcclusionArguments, argv: Sequence[str] = ())
     draw(results, study.figure_path)
     output = {
         "occlusion": {"start_probability": arguments.start_probability, "length": arguments.length},
-        "belief_measurement": {"horizon": arguments.belief_horizon, "start_probability": arguments.belief_start_probability, "episodes": belief_episodes},
+        "belief_measurement": {
+            "horizon": arguments.belief_horizon,
+            "start_probability": arguments.belief_start_probability,
+            "episodes": belief_episodes,
+        },
         "return_episodes": return_episodes,
         "measurement_seed": MEASUREMENT_SEED,
         "variants": results,

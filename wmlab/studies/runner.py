@@ -39,10 +39,24 @@ from wmlab.runs.directory import CONFIG_FILE, RESUMABLE_CHANGES, RunSpec
 from wmlab.train.loop import Trainer
 
 #: Defaults of a full study and of its --quick smoke version (TrainConfig fields).
-FULL_TRAIN = {"steps": 100_000, "eval_every": 5_000, "eval_episodes": 5, "checkpoint_every": 5_000, "tensorboard": False}
+FULL_TRAIN = {
+    "steps": 100_000,
+    "eval_every": 5_000,
+    "eval_episodes": 5,
+    "checkpoint_every": 5_000,
+    "tensorboard": False,
+}
 QUICK_TRAIN = {
-    "steps": 200, "learning_starts": 100, "batch_size": 4, "sequence_length": 8, "train_ratio": 32.0,
-    "eval_every": 100, "eval_episodes": 1, "log_every": 50, "checkpoint_every": 200, "tensorboard": False,
+    "steps": 200,
+    "learning_starts": 100,
+    "batch_size": 4,
+    "sequence_length": 8,
+    "train_ratio": 32.0,
+    "eval_every": 100,
+    "eval_episodes": 1,
+    "log_every": 50,
+    "checkpoint_every": 200,
+    "tensorboard": False,
 }
 FULL_SEEDS, QUICK_SEEDS = 3, 1
 #: Agent settings of every study run (the user's --agent-overrides come after them).
@@ -138,7 +152,15 @@ def quick_agent_changes(config: Any) -> dict:
     """The tiny model of the test suite for a Dreamer preset: its latent type, heads and losses
     kept, small widths, a short imagination horizon, no random prefill."""
     gaussian = config.model.latent == "gaussian"
-    model = {"size": "tiny", "deterministic_size": None, "hidden_size": None, "classes": 0 if gaussian else None, "cnn_depth": None, "units": None, "stochastic_size": 4}
+    model = {
+        "size": "tiny",
+        "deterministic_size": None,
+        "hidden_size": None,
+        "classes": 0 if gaussian else None,
+        "cnn_depth": None,
+        "units": None,
+        "stochastic_size": 4,
+    }
     return {"model": model, "imagination_horizon": 4, "random_steps": 0}
 
 
@@ -161,14 +183,25 @@ class Study:
 
         self.config_class = ALGORITHMS.get(arguments.algo).load_config()
         if not (isinstance(self.config_class, type) and issubclass(self.config_class, DreamerConfig)):
-            raise WmlabError(f"the studies compare Dreamer variants; --algo {arguments.algo!r} is not a Dreamer algorithm (dreamer, dreamer-v1, dreamer-v2, ...)")
+            raise WmlabError(
+                f"the studies compare Dreamer variants; --algo {arguments.algo!r} is not a Dreamer algorithm (dreamer, dreamer-v1, dreamer-v2, ...)"
+            )
         self._from_dict = from_dict
 
         train = dict(QUICK_TRAIN if self.quick else FULL_TRAIN)
         train = deep_merge(train, train_overrides)
-        explicit = {"steps": arguments.steps, "eval_every": arguments.eval_every, "eval_episodes": arguments.eval_episodes}
+        explicit = {
+            "steps": arguments.steps,
+            "eval_every": arguments.eval_every,
+            "eval_episodes": arguments.eval_episodes,
+        }
         train.update({key: value for key, value in explicit.items() if value is not None})
-        train.update(time_limit=float(arguments.time_limit), device=arguments.device, threads=arguments.threads, progress=arguments.progress)
+        train.update(
+            time_limit=float(arguments.time_limit),
+            device=arguments.device,
+            threads=arguments.threads,
+            progress=arguments.progress,
+        )
         try:
             self.train = from_dict(TrainConfig, train)
         except (ValueError, TypeError) as error:
@@ -225,16 +258,26 @@ class Study:
                 run_dir = self.run_dir(variant, seed)
                 with RunLock(run_dir, wait=blocking) as lock:
                     if not lock.held:
-                        print(f"study {self.name}: {variant.label}, seed {seed} is being trained by another process; later", flush=True)
+                        print(
+                            f"study {self.name}: {variant.label}, seed {seed} is being trained by another process; later",
+                            flush=True,
+                        )
                         deferred.append((seed, variant))
                         continue
-                    print(f"study {self.name}: {variant.label}, seed {seed} ({len(summaries) + 1}/{len(jobs)}) in {run_dir}", flush=True)
-                    summaries[seed, variant.name] = train_or_reuse(self.spec(variant, seed), run_dir, force=self.arguments.force)
+                    print(
+                        f"study {self.name}: {variant.label}, seed {seed} ({len(summaries) + 1}/{len(jobs)}) in {run_dir}",
+                        flush=True,
+                    )
+                    summaries[seed, variant.name] = train_or_reuse(
+                        self.spec(variant, seed), run_dir, force=self.arguments.force
+                    )
             # Only runs that other processes hold are left: wait for each in turn.
             pending, blocking = deferred, True
         results: dict[str, list[RunResult]] = {variant.name: [] for variant in variants}
         for seed, variant in jobs:
-            results[variant.name].append(RunResult(variant, seed, self.run_dir(variant, seed), summaries[seed, variant.name]))
+            results[variant.name].append(
+                RunResult(variant, seed, self.run_dir(variant, seed), summaries[seed, variant.name])
+            )
         return results
 
     # --- outputs -----------------------------------------------------------------------------
@@ -254,7 +297,13 @@ class Study:
         """OUT/NAME.json and OUT/NAME.md (the figure is drawn by the study into `figure_path`); prints
         the comparison sentence and where the files are."""
         self.out.mkdir(parents=True, exist_ok=True)
-        payload = {"study": self.name, **results, "settings": self.settings(), "machine": machine_description(), "command": self.command}
+        payload = {
+            "study": self.name,
+            **results,
+            "settings": self.settings(),
+            "machine": machine_description(),
+            "command": self.command,
+        }
         json_path = self.out / f"{self.name}.json"
         json_path.write_text(json.dumps(payload, indent=2, default=_json_default))
         markdown_path = self.out / f"{self.name}.md"
@@ -354,7 +403,11 @@ def is_finished(summary: dict, train: Any) -> bool:
     """Whether a summary shows the run reached `train.steps` or used up `train.time_limit`."""
     if summary.get("env_steps", 0) >= train.steps:
         return True
-    return summary.get("stopped_by") == "time_limit" and train.time_limit > 0 and summary.get("wall_seconds", 0.0) >= train.time_limit - 1.0
+    return (
+        summary.get("stopped_by") == "time_limit"
+        and train.time_limit > 0
+        and summary.get("wall_seconds", 0.0) >= train.time_limit - 1.0
+    )
 
 
 def train_or_reuse(spec: Any, run_dir: Path, force: bool = False) -> dict:
@@ -382,7 +435,9 @@ def train_or_reuse(spec: Any, run_dir: Path, force: bool = False) -> dict:
             return Trainer(spec, run_dir, resume=True).run()
         return Trainer(spec, run_dir, force=True).run()
     if run_dir.exists() and any(run_dir.iterdir()) and not force:
-        raise RunDirectoryError(f"{run_dir} holds files but no run; pass --force to replace them, or choose another --out")
+        raise RunDirectoryError(
+            f"{run_dir} holds files but no run; pass --force to replace them, or choose another --out"
+        )
     return Trainer(spec, run_dir, force=True).run()
 
 
@@ -393,7 +448,11 @@ def cached_measurement(run_dir: Path, name: str, key: dict, compute: Callable[[]
     store = json.loads(path.read_text()) if path.is_file() else {}
     summary_path = Path(run_dir) / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    full_key = json.loads(json.dumps({**key, "env_steps": summary.get("env_steps"), "updates": summary.get("updates")}, default=_json_default))
+    full_key = json.loads(
+        json.dumps(
+            {**key, "env_steps": summary.get("env_steps"), "updates": summary.get("updates")}, default=_json_default
+        )
+    )
     entry = store.get(name)
     if entry is not None and entry.get("key") == full_key:
         return entry["value"]
@@ -429,7 +488,13 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
     if not finite:
         return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
     array = np.asarray(finite)
-    return {"mean": float(array.mean()), "std": float(array.std()), "min": float(array.min()), "max": float(array.max()), "n": len(finite)}
+    return {
+        "mean": float(array.mean()),
+        "std": float(array.std()),
+        "min": float(array.min()),
+        "max": float(array.max()),
+        "n": len(finite),
+    }
 
 
 def band(curves: Sequence[Sequence[float | None]]) -> dict[str, list[float | None]]:
@@ -449,7 +514,7 @@ def aggregate_curves(curves: Sequence[tuple[list[int], list[float]]]) -> dict[st
 
 
 def fmt(stats: dict[str, Any]) -> str:
-    """"mean +- std" of a `spread` (one decimal for returns of 10 or more, else 3 significant
+    """ "mean +- std" of a `spread` (one decimal for returns of 10 or more, else 3 significant
     digits), or "n/a"."""
     if stats.get("mean") is None:
         return "n/a"
@@ -467,7 +532,7 @@ def fmt_number(value: float | None, digits: int = 3) -> str:
 
 
 def steps_phrase(runs: Sequence[RunResult]) -> str:
-    """"N steps" when every run stopped at N, else "N1-N2 steps"."""
+    """ "N steps" when every run stopped at N, else "N1-N2 steps"."""
     steps = sorted({int(run.summary.get("env_steps", 0)) for run in runs})
     return f"{steps[0]} steps" if len(steps) == 1 else f"{steps[0]}-{steps[-1]} steps"
 

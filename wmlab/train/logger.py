@@ -25,7 +25,9 @@ class MetricsLogger:
     TensorBoard's reader sees one history with each step once.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_from: dict | None = None, resume_step: int | None = None):
+    def __init__(
+        self, run_dir: Path, tensorboard: bool = True, resume_from: dict | None = None, resume_step: int | None = None
+    ):
         """resume_from: `positions()` as the checkpoint saved them; resume_step: the checkpoint's
         global step, to cut metrics.jsonl by step where the checkpoint predates `positions()`."""
         self.enabled = is_main_process()
@@ -35,7 +37,11 @@ class MetricsLogger:
         if self.enabled and resume_from is not None:
             self._cut_back(resume_from)
         elif self.enabled and resume_step is not None and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines(keepends=True) if _complete_record_before(line, resume_step)]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines(keepends=True)
+                if _complete_record_before(line, resume_step)
+            ]
             replace_durably(self.path, "".join(kept))
         if self.enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from wmlab.core import distributed
 from wmlab.core.errors import RunDirectoryError
 from wmlab.core.faults import kill_point
 from wmlab.core.files import replace_durably, sync, write_durably
+from wmlab.core.progress import TrainingProgress
 from wmlab.core.serialization import load_state, save_state
 from wmlab.core.types import Transition
 from wmlab.data.replay import ReplayBuffer
@@ -45,7 +45,7 @@ from wmlab.eval.returns import episode_task, evaluate_agent, unbatch_action
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import COMPLETE_FILE, CONFIG_FILE, RunSpec, build_agent, resume_checkpoint
 from wmlab.train.logger import MetricsAverager, MetricsLogger
-from wmlab.core.progress import TrainingProgress
+
 
 @dataclass
 class Counters:
@@ -63,7 +63,9 @@ class Counters:
     recent_returns: list = field(default_factory=list)
     recent_lengths: list = field(default_factory=list)
     recent_task_returns: dict = field(default_factory=dict)  # task name -> returns, for multi-task environments
-    last_eval: dict = field(default_factory=dict)  # the last evaluation's metrics: a run resumed after its final checkpoint still reports them
+    last_eval: dict = field(
+        default_factory=dict
+    )  # the last evaluation's metrics: a run resumed after its final checkpoint still reports them
 
 
 class Trainer:
@@ -179,7 +181,10 @@ class Trainer:
         }
         save_state(loop_state, staging, "loop")
         kill_point("checkpoint-loop")
-        write_durably(staging / COMPLETE_FILE, json.dumps({"env_steps": self.counters.env_steps, "global_steps": self._global_steps()}))
+        write_durably(
+            staging / COMPLETE_FILE,
+            json.dumps({"env_steps": self.counters.env_steps, "global_steps": self._global_steps()}),
+        )
         sync(staging)
         sync(target.parent)
         kill_point("checkpoint-complete")
@@ -276,7 +281,9 @@ class Trainer:
             rewards.append(float(reward))
             terminateds.append(bool(terminated))
             truncateds.append(bool(truncated))
-            self._store(index, observation, action, reward, first=False, last=terminated or truncated, terminal=terminated)
+            self._store(
+                index, observation, action, reward, first=False, last=terminated or truncated, terminal=terminated
+            )
         metrics = {}
         if self.agent.learns_from == "transitions":
             transition = Transition(
@@ -377,13 +384,23 @@ class Trainer:
         self._session_start = time.perf_counter()
         self._log_clock, self._steps_since_log = time.perf_counter(), 0
         last_eval: dict[str, float] = dict(self.counters.last_eval)
-        bar = TrainingProgress(config.progress and distributed.is_main_process(), config.steps, config.time_limit, self._global_steps(), self._elapsed())
+        bar = TrainingProgress(
+            config.progress and distributed.is_main_process(),
+            config.steps,
+            config.time_limit,
+            self._global_steps(),
+            self._elapsed(),
+        )
         with bar:
             while self.counters.env_steps < target:
                 self.averager.add(self.collect_step())
                 self._steps_since_log += len(self.envs)
                 self.update()
-                bar.update(self._global_steps(), self._elapsed(), f"return {self.counters.recent_returns[-1]:.2f}" if self.counters.recent_returns else "")
+                bar.update(
+                    self._global_steps(),
+                    self._elapsed(),
+                    f"return {self.counters.recent_returns[-1]:.2f}" if self.counters.recent_returns else "",
+                )
                 if self.eval_every and self.counters.env_steps % self.eval_every < len(self.envs):
                     last_eval = self.evaluate()
                 at_log_step = self.counters.env_steps >= self.counters.next_log_step
@@ -400,7 +417,10 @@ class Trainer:
         self._checkpoint_now()
         if hasattr(self.agent, "on_run_end"):  # e.g. an RSSM's open-loop videos, after the last checkpoint
             self.agent.on_run_end(self.run_dir, self.replay)
-        self.counters.elapsed_seconds, self._session_start = self._elapsed(), time.perf_counter()  # the summary's wall time includes it
+        self.counters.elapsed_seconds, self._session_start = (
+            self._elapsed(),
+            time.perf_counter(),
+        )  # the summary's wall time includes it
         summary = self._summary(last_eval)
         self.logger.close()
         for env in self.envs:

@@ -40,8 +40,14 @@ import tyro
 
 from wmlab.core.config import differences, option_value
 from wmlab.core.errors import DatasetError, RunDirectoryError, WmlabError
+from wmlab.core.progress import StageProgress
 from wmlab.core.registry import MODELS
-from wmlab.core.serialization import global_random_state, load_state, restore_global_random_state, save_checkpoint_directory
+from wmlab.core.serialization import (
+    global_random_state,
+    load_state,
+    restore_global_random_state,
+    save_checkpoint_directory,
+)
 from wmlab.data.dataset import MANIFEST_FILE, OfflineDataset, load_dataset, read_manifest
 from wmlab.runs.config import OfflineTrainConfig
 from wmlab.runs.directory import (
@@ -54,7 +60,6 @@ from wmlab.runs.directory import (
     load_offline_run_spec,
 )
 from wmlab.train.logger import MetricsAverager, MetricsLogger
-from wmlab.core.progress import StageProgress
 
 TRAINER_STATE = "trainer"
 #: Families that have no loss of their own to fit offline, and why.
@@ -109,7 +114,9 @@ class OfflineTrainer:
         self.dataset = open_dataset(spec, seed=self.config.seed)
         self.model = build_world_model(spec)
         self._prepare_run_directory(resume=resume, force=force)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.config.learning_rate, eps=self.config.adam_epsilon)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=self.config.learning_rate, eps=self.config.adam_epsilon
+        )
         self.counters = OfflineCounters(next_log=self.config.log_every, next_checkpoint=self.config.checkpoint_every)
         if resume:
             self._load_checkpoint()
@@ -145,7 +152,9 @@ class OfflineTrainer:
             "sampler": json.dumps(self.dataset.sampler_state()),
             "rng": global_random_state(),
         }
-        save_checkpoint_directory(self._checkpoint_directory(), {MODEL_STATE: dict(self.model.state_dict()), TRAINER_STATE: trainer_state})
+        save_checkpoint_directory(
+            self._checkpoint_directory(), {MODEL_STATE: dict(self.model.state_dict()), TRAINER_STATE: trainer_state}
+        )
 
     def _load_checkpoint(self) -> None:
         directory = self._checkpoint_directory()
@@ -230,7 +239,9 @@ class OfflineTrainer:
 def wants_offline(argv: list[str]) -> bool:
     """Whether `wmlab train ARGV` asks for the offline trainer: --model or --dataset, or --resume
     of a run that was trained offline."""
-    if any(argument in ("--model", "--dataset") or argument.startswith(("--model=", "--dataset=")) for argument in argv):
+    if any(
+        argument in ("--model", "--dataset") or argument.startswith(("--model=", "--dataset=")) for argument in argv
+    ):
         return True
     resume = option_value(argv, "--resume")
     return resume is not None and (Path(resume) / CONFIG_FILE).is_file() and is_offline_run(resume)
@@ -245,11 +256,31 @@ def _command_class(model_config: type) -> type:
     return dataclasses.make_dataclass(
         "OfflineTrainCommand",
         [
-            ("model", documented(str, "World-model family (wmlab list shows them)."), dataclasses.field(default="rssm")),
-            ("dataset", documented(Path | None, "Dataset directory written by `wmlab record`."), dataclasses.field(default=None)),
-            ("run_dir", documented(Path | None, "Run directory (default runs/MODEL-DATASET-seedSEED)."), dataclasses.field(default=None)),
-            ("force", documented(bool, "Replace a run directory that already holds a run."), dataclasses.field(default=False)),
-            ("resume", documented(Path | None, "Continue the run in this directory from its last checkpoint."), dataclasses.field(default=None)),
+            (
+                "model",
+                documented(str, "World-model family (wmlab list shows them)."),
+                dataclasses.field(default="rssm"),
+            ),
+            (
+                "dataset",
+                documented(Path | None, "Dataset directory written by `wmlab record`."),
+                dataclasses.field(default=None),
+            ),
+            (
+                "run_dir",
+                documented(Path | None, "Run directory (default runs/MODEL-DATASET-seedSEED)."),
+                dataclasses.field(default=None),
+            ),
+            (
+                "force",
+                documented(bool, "Replace a run directory that already holds a run."),
+                dataclasses.field(default=False),
+            ),
+            (
+                "resume",
+                documented(Path | None, "Continue the run in this directory from its last checkpoint."),
+                dataclasses.field(default=None),
+            ),
             ("train", OfflineTrainConfig, dataclasses.field(default_factory=OfflineTrainConfig)),
             ("world_model", model_config, dataclasses.field(default_factory=model_config)),
         ],
@@ -273,21 +304,37 @@ def parse_offline_arguments(argv: list[str]) -> tuple[OfflineRunSpec, Path, bool
     if resume_dir is not None:
         saved = load_offline_run_spec(Path(resume_dir))
         command_class = _command_class(model_config_class(saved.model))
-        default = command_class(model=saved.model, dataset=Path(saved.dataset), run_dir=Path(resume_dir), resume=Path(resume_dir), train=saved.train, world_model=saved.world_model)
+        default = command_class(
+            model=saved.model,
+            dataset=Path(saved.dataset),
+            run_dir=Path(resume_dir),
+            resume=Path(resume_dir),
+            train=saved.train,
+            world_model=saved.world_model,
+        )
         parsed = tyro.cli(command_class, args=argv, default=default, prog="wmlab train")
         changed = {f"train.{name}" for name in differences(saved.train, parsed.train)}
         changed |= {f"world_model.{name}" for name in differences(saved.world_model, parsed.world_model)}
         changed |= {name for name in ("model", "dataset") if getattr(parsed, name) != getattr(default, name)}
         refused = sorted(changed - OFFLINE_RESUMABLE_CHANGES)
         if refused:
-            raise WmlabError(f"--resume continues the saved run; these settings cannot change: {', '.join(refused)} (start a new run instead)")
+            raise WmlabError(
+                f"--resume continues the saved run; these settings cannot change: {', '.join(refused)} (start a new run instead)"
+            )
         return dataclasses.replace(saved, train=parsed.train), Path(resume_dir), True, False
 
     name = option_value(argv, "--model") or "rssm"
     command_class = _command_class(model_config_class(name))
-    parsed = tyro.cli(command_class, args=argv, prog="wmlab train", description=f"Train the world model {name} on a recorded dataset. " + (MODELS.get(name).description or ""))
+    parsed = tyro.cli(
+        command_class,
+        args=argv,
+        prog="wmlab train",
+        description=f"Train the world model {name} on a recorded dataset. " + (MODELS.get(name).description or ""),
+    )
     if parsed.dataset is None:
-        raise WmlabError("give the dataset to train on: wmlab train --model FAMILY --dataset DIR (written by `wmlab record`)")
+        raise WmlabError(
+            "give the dataset to train on: wmlab train --model FAMILY --dataset DIR (written by `wmlab record`)"
+        )
     manifest = read_manifest(parsed.dataset)  # every episode file is checked when the trainer loads them
     with_actions = bool(manifest["actions"])
     if not with_actions:

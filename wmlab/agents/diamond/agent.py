@@ -26,10 +26,10 @@ from gymnasium import spaces
 
 from wmlab.agents.diamond.config import DiamondConfig
 from wmlab.agents.imagination.learner import ImaginationLearner
+from wmlab.core import distributed
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.diffusion import DiffusionWorldModel
-from wmlab.core import distributed
 
 
 class DiamondAgent:
@@ -37,7 +37,14 @@ class DiamondAgent:
 
     learns_from = "replay"
 
-    def __init__(self, config: DiamondConfig, observation_space: spaces.Dict, action_space: spaces.Space, seed: int, device: str = "cpu"):
+    def __init__(
+        self,
+        config: DiamondConfig,
+        observation_space: spaces.Dict,
+        action_space: spaces.Space,
+        seed: int,
+        device: str = "cpu",
+    ):
         if not isinstance(action_space, spaces.Discrete):
             raise IncompatibleSpaceError(
                 f"DIAMOND learns discrete actions (Atari), got {action_space}; for two rooms use --env two-rooms-discrete"
@@ -49,14 +56,26 @@ class DiamondAgent:
             torch.manual_seed(seed)
             self.world_model = DiffusionWorldModel(config.model, observation_space, action_space).to(self.device).eval()
             H, W = self.world_model.image_size
-            self.learner = ImaginationLearner(config.learner, (H, W, self.world_model.image_channels), int(action_space.n), self.device, self.generator)
+            self.learner = ImaginationLearner(
+                config.learner,
+                (H, W, self.world_model.image_channels),
+                int(action_space.n),
+                self.device,
+                self.generator,
+            )
         if config.learner.burn_in < 1 or config.learner.burn_in > 64:
             raise ValueError(f"learner.burn_in must be between 1 and 64, got {config.learner.burn_in}")
         self.denoiser_optimizer = torch.optim.AdamW(
-            self.world_model.denoiser.parameters(), lr=config.denoiser_learning_rate, weight_decay=config.weight_decay, eps=config.adam_epsilon
+            self.world_model.denoiser.parameters(),
+            lr=config.denoiser_learning_rate,
+            weight_decay=config.weight_decay,
+            eps=config.adam_epsilon,
         )
         self.reward_end_optimizer = torch.optim.AdamW(
-            self.world_model.reward_end.parameters(), lr=config.reward_end_learning_rate, weight_decay=config.weight_decay, eps=config.adam_epsilon
+            self.world_model.reward_end.parameters(),
+            lr=config.reward_end_learning_rate,
+            weight_decay=config.weight_decay,
+            eps=config.adam_epsilon,
         )
         self.updates = 0
 
@@ -83,9 +102,14 @@ class DiamondAgent:
         T = batch.shape[1]
         needed = max(config.model.context + 1, config.learner.burn_in)
         if T < needed:
-            raise ShapeError(f"DIAMOND trains on windows of at least {needed} steps (context + 1 and burn-in), got T={T}; pass --train.sequence-length 19")
+            raise ShapeError(
+                f"DIAMOND trains on windows of at least {needed} steps (context + 1 and burn-in), got T={T}; pass --train.sequence-length 19"
+            )
         warmup = min(1.0, (self.updates + 1) / config.warmup_updates) if config.warmup_updates > 0 else 1.0
-        for optimizer, rate in ((self.denoiser_optimizer, config.denoiser_learning_rate), (self.reward_end_optimizer, config.reward_end_learning_rate)):
+        for optimizer, rate in (
+            (self.denoiser_optimizer, config.denoiser_learning_rate),
+            (self.reward_end_optimizer, config.reward_end_learning_rate),
+        ):
             for group in optimizer.param_groups:
                 group["lr"] = rate * warmup
         self.world_model.train()
@@ -94,8 +118,12 @@ class DiamondAgent:
         total, metrics = self.world_model.loss_terms(batch)
         total.backward()
         distributed.average_gradients(self.world_model)
-        denoiser_norm = torch.nn.utils.clip_grad_norm_(self.world_model.denoiser.parameters(), config.denoiser_grad_clip)
-        reward_norm = torch.nn.utils.clip_grad_norm_(self.world_model.reward_end.parameters(), config.reward_end_grad_clip)
+        denoiser_norm = torch.nn.utils.clip_grad_norm_(
+            self.world_model.denoiser.parameters(), config.denoiser_grad_clip
+        )
+        reward_norm = torch.nn.utils.clip_grad_norm_(
+            self.world_model.reward_end.parameters(), config.reward_end_grad_clip
+        )
         self.denoiser_optimizer.step()
         self.reward_end_optimizer.step()
         self.world_model.eval()
@@ -105,7 +133,9 @@ class DiamondAgent:
         result["wm/reward_end_grad_norm"] = float(reward_norm)
         if self.updates > config.actor_critic_starts:
             steps = config.imagination_denoising_steps
-            result.update(self.learner.update(self.world_model, batch, **({"denoising_steps": steps} if steps > 0 else {})))
+            result.update(
+                self.learner.update(self.world_model, batch, **({"denoising_steps": steps} if steps > 0 else {}))
+            )
         return result
 
     def on_run_end(self, run_dir: str | Path, replay: Any) -> None:
@@ -123,7 +153,10 @@ class DiamondAgent:
         return {
             "world_model": dict(self.world_model.state_dict()),
             "learner": self.learner.state_dict(),
-            "optimizers": {"denoiser": self.denoiser_optimizer.state_dict(), "reward_end": self.reward_end_optimizer.state_dict()},
+            "optimizers": {
+                "denoiser": self.denoiser_optimizer.state_dict(),
+                "reward_end": self.reward_end_optimizer.state_dict(),
+            },
             "updates": self.updates,
             "generator": self.generator.get_state(),
         }

@@ -49,7 +49,11 @@ class DiamondCPUConfig(DiamondConfig):
     --train.train-ratio 38 --train.learning-starts 500` (one update per 4 environment steps)."""
 
     model: DiffusionConfig = field(default_factory=lambda: DIFFUSION_CPU)
-    learner: ImaginationConfig = field(default_factory=lambda: ImaginationConfig(channels=(16, 16, 32, 32), lstm_size=128, starts=8, learning_rate=3e-4))
+    learner: ImaginationConfig = field(
+        default_factory=lambda: ImaginationConfig(
+            channels=(16, 16, 32, 32), lstm_size=128, starts=8, learning_rate=3e-4
+        )
+    )
     denoiser_learning_rate: float = 3e-4
     reward_end_learning_rate: float = 3e-4
     actor_critic_starts: int = 200

@@ -31,6 +31,7 @@ from torch import nn
 
 from wmlab.agents.dreamer.config import DreamerConfig
 from wmlab.agents.dreamer.optim import Optimizer
+from wmlab.core import distributed
 from wmlab.core.errors import IncompatibleSpaceError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Transition
@@ -38,8 +39,6 @@ from wmlab.losses.returns import horizon_weighted_returns, lambda_returns, retur
 from wmlab.models.rssm import RSSM, State, dense_stack, resolve_widths
 from wmlab.nn.categorical import categorical_entropy, log_softmax, sample_one_hot, unimix_logits
 from wmlab.nn.distributions import TwoHot
-from wmlab.core import distributed
-
 
 # ----------------------------------------------------------------------------------------------
 # Action distributions: sample (differentiable), log_prob, entropy, mode — all over (..., A)
@@ -117,7 +116,16 @@ class TanhNormalPolicy(NormalPolicy):
 class Actor(nn.Module):
     """features (..., F) -> an action distribution in model space ([-1, 1]^A or one-hot over K)."""
 
-    def __init__(self, feature_size: int, action_size: int, discrete: bool, config: DreamerConfig, units: int, norm: str, activation: str):
+    def __init__(
+        self,
+        feature_size: int,
+        action_size: int,
+        discrete: bool,
+        config: DreamerConfig,
+        units: int,
+        norm: str,
+        activation: str,
+    ):
         super().__init__()
         self.config, self.discrete, self.action_size = config, discrete, action_size
         self.trunk = dense_stack(feature_size, units, config.actor_layers, norm, activation)
@@ -130,7 +138,9 @@ class Actor(nn.Module):
             # Where the raw std output is 0 the tanh-normal has init_std: softplus(raw + shift).
             self.std_shift = math.log(math.expm1(config.actor_init_std))
 
-    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    def draw_noise(
+        self, shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+    ) -> torch.Tensor:
         """The noise of `shape` samples, drawn ahead: uniforms (...) for a discrete actor,
         standard normals (..., A) for a continuous one; turned into actions by `sample_from`."""
         if self.discrete:
@@ -201,7 +211,9 @@ def check_spaces(config: DreamerConfig, observation_space: spaces.Space, action_
     if not 0.0 <= config.counterfactual_fraction <= 1.0:
         raise ValueError(f"counterfactual_fraction must lie in [0, 1], got {config.counterfactual_fraction}")
     if config.counterfactual_kind not in COUNTERFACTUAL_KINDS:
-        raise ValueError(f"counterfactual_kind must be one of {', '.join(COUNTERFACTUAL_KINDS)}, got {config.counterfactual_kind!r}")
+        raise ValueError(
+            f"counterfactual_kind must be one of {', '.join(COUNTERFACTUAL_KINDS)}, got {config.counterfactual_kind!r}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,7 +226,14 @@ class DreamerAgent:
 
     learns_from = "replay"
 
-    def __init__(self, config: DreamerConfig, observation_space: spaces.Space, action_space: spaces.Space, seed: int, device: str = "cpu"):
+    def __init__(
+        self,
+        config: DreamerConfig,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        seed: int,
+        device: str = "cpu",
+    ):
         check_spaces(config, observation_space, action_space)
         self.config = config
         self.observation_space, self.action_space = observation_space, action_space
@@ -245,7 +264,12 @@ class DreamerAgent:
         self.steps = 0
 
     def modules(self) -> dict[str, nn.Module]:
-        return {"world_model": self.world_model, "actor": self.actor, "critic": self.critic, "slow_critic": self.slow_critic}
+        return {
+            "world_model": self.world_model,
+            "actor": self.actor,
+            "critic": self.critic,
+            "slow_critic": self.slow_critic,
+        }
 
     @property
     def reinforce_weight(self) -> float:
@@ -265,7 +289,9 @@ class DreamerAgent:
         is_first = torch.as_tensor(np.asarray(obs["is_first"]), device=self.device).bool()
         sizes = check_shape("obs['is_first']", is_first, ("B",))
         B = sizes["B"]
-        state = self.initial_state(B) if state is None else {name: value.to(self.device) for name, value in state.items()}
+        state = (
+            self.initial_state(B) if state is None else {name: value.to(self.device) for name, value in state.items()}
+        )
         model = self.world_model
         keys = model.layout.image_keys + model.layout.vector_keys
         embedding = model.embed({key: np.asarray(obs[key])[:, None] for key in keys}, ("B", "T"), {"B": B, "T": 1})
@@ -283,7 +309,9 @@ class DreamerAgent:
             environment_action = action.argmax(-1).cpu().numpy().astype(np.int64)
         else:
             action = action.clamp(-1.0, 1.0)
-            environment_action = model.environment_action(action).cpu().numpy().astype(self.action_space.dtype, copy=False)
+            environment_action = (
+                model.environment_action(action).cpu().numpy().astype(self.action_space.dtype, copy=False)
+            )
         if explore:
             self.steps += B
         return environment_action, {"deter": latent["deter"], "stoch": latent["stoch"], "action": action}
@@ -326,7 +354,9 @@ class DreamerAgent:
                 for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
                     slow.lerp_(fast, self.config.slow_critic_fraction)
         names = list(metrics)
-        values = torch.stack([torch.as_tensor(metrics[name], dtype=torch.float32, device=self.device) for name in names]).tolist()
+        values = torch.stack(
+            [torch.as_tensor(metrics[name], dtype=torch.float32, device=self.device) for name in names]
+        ).tolist()
         return dict(zip(names, values))  # one host synchronisation per update
 
     def counterfactual_starts(self, starts: State) -> State:
@@ -412,7 +442,9 @@ class DreamerAgent:
                     critic_output = self.critic(features.detach().reshape(N * (H + 1), -1)).view(N, H + 1, -1)
                 values = self.critic.value(critic_output).detach()  # (N, H + 1)
             # Eq. 7, arXiv:2301.04104v1: R_t = r_{t+1} + gamma c_{t+1} ((1 - lambda) v_{t+1} + lambda R_{t+1}).
-            returns = lambda_returns(rewards[:, 1:], values[:, 1:], continues[:, 1:], values[:, -1], config.return_lambda, config.discount)
+            returns = lambda_returns(
+                rewards[:, 1:], values[:, 1:], continues[:, 1:], values[:, -1], config.return_lambda, config.discount
+            )
             returns = horizon_weighted_returns(returns, values[:, :-1], config.horizon_confidence)
         # Weight of step t: the probability that the trajectory is still alive, discounted
         # (DreamerV3: cumprod(gamma * c) / gamma), so that steps after a predicted end count less.
@@ -420,7 +452,11 @@ class DreamerAgent:
 
         if config.return_normalization:
             low, high = update_return_percentiles(
-                returns, self.return_low, self.return_high, config.return_normalization_decay, *config.return_percentiles
+                returns,
+                self.return_low,
+                self.return_high,
+                config.return_normalization_decay,
+                *config.return_percentiles,
             )
             if distributed.is_initialized():  # keep the replicas' statistics identical
                 both = torch.stack([low, high])
@@ -446,7 +482,12 @@ class DreamerAgent:
             objective = objective + (1 - rho) * returns / scale
         actor_loss = -(weights * objective).mean()
         actor_gradients = torch.autograd.grad(actor_loss, self.actor_optimizer.parameters, allow_unused=True)
-        actor_norm = self.actor_optimizer.step(gradients=[torch.zeros_like(p) if g is None else g for p, g in zip(self.actor_optimizer.parameters, actor_gradients)])
+        actor_norm = self.actor_optimizer.step(
+            gradients=[
+                torch.zeros_like(p) if g is None else g
+                for p, g in zip(self.actor_optimizer.parameters, actor_gradients)
+            ]
+        )
 
         # Critic (Eq. 10, arXiv:2301.04104v1): the lambda-returns' likelihood on the imagined states,
         # plus the likelihood of the slow critic's prediction (DreamerV3's regulariser).

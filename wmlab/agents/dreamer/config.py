@@ -20,7 +20,11 @@ class OptimizerConfig(Config):
     """One optimiser (Dreamer trains the world model, the actor and the critic with three)."""
 
     limits = ranges(
-        learning_rate=POSITIVE, epsilon=POSITIVE, weight_decay=NON_NEGATIVE, grad_clip=NON_NEGATIVE, adaptive_clip=NON_NEGATIVE,
+        learning_rate=POSITIVE,
+        epsilon=POSITIVE,
+        weight_decay=NON_NEGATIVE,
+        grad_clip=NON_NEGATIVE,
+        adaptive_clip=NON_NEGATIVE,
         warmup=NON_NEGATIVE,
     )
 
@@ -55,14 +59,29 @@ class DreamerConfig(Config):
     normalisation, REINFORCE actor with entropy 3e-4, LaProp with adaptive gradient clipping."""
 
     limits = ranges(
-        units=COUNT, actor_layers=COUNT, critic_layers=COUNT, actor_min_std=POSITIVE,
-        actor_max_std=at_least("actor_min_std"), actor_init_std=POSITIVE, actor_unimix=FRACTION,
-        actor_output_scale=POSITIVE, reinforce_continuous=FRACTION, reinforce_discrete=FRACTION,
-        entropy_scale=NON_NEGATIVE, critic_bins=at_least(2), imagination_horizon=COUNT,
-        discount=between(0, 1, low_open=True), return_lambda=FRACTION,
-        return_normalization_decay=between(0, 1, high_open=True), return_scale_limit=POSITIVE,
-        slow_critic_fraction=FRACTION, slow_critic_every=COUNT, slow_critic_regularizer=NON_NEGATIVE,
-        random_steps=NON_NEGATIVE, exploration_noise=NON_NEGATIVE, counterfactual_fraction=FRACTION,
+        units=COUNT,
+        actor_layers=COUNT,
+        critic_layers=COUNT,
+        actor_min_std=POSITIVE,
+        actor_max_std=at_least("actor_min_std"),
+        actor_init_std=POSITIVE,
+        actor_unimix=FRACTION,
+        actor_output_scale=POSITIVE,
+        reinforce_continuous=FRACTION,
+        reinforce_discrete=FRACTION,
+        entropy_scale=NON_NEGATIVE,
+        critic_bins=at_least(2),
+        imagination_horizon=COUNT,
+        discount=between(0, 1, low_open=True),
+        return_lambda=FRACTION,
+        return_normalization_decay=between(0, 1, high_open=True),
+        return_scale_limit=POSITIVE,
+        slow_critic_fraction=FRACTION,
+        slow_critic_every=COUNT,
+        slow_critic_regularizer=NON_NEGATIVE,
+        random_steps=NON_NEGATIVE,
+        exploration_noise=NON_NEGATIVE,
+        counterfactual_fraction=FRACTION,
     )
 
     model: RSSMConfig = field(default_factory=RSSMConfig)
@@ -210,9 +229,15 @@ class DreamerV1Config(DreamerConfig):
     discount: float = 0.99
     return_normalization: bool = False
     slow_critic_regularizer: float = 0.0
-    model_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 6e-4, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0))
-    actor_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 8e-5, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0))
-    critic_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 8e-5, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0))
+    model_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig("adam", 6e-4, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0)
+    )
+    actor_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig("adam", 8e-5, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0)
+    )
+    critic_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig("adam", 8e-5, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0)
+    )
     random_steps: int = 5000
     exploration_noise: float = 0.3
 
@@ -273,9 +298,15 @@ class DreamerV2Config(DreamerConfig):
     slow_critic_fraction: float = 1.0
     slow_critic_every: int = 100
     slow_critic_regularizer: float = 0.0
-    model_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 3e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0))
-    actor_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 1e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0))
-    critic_optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("adam", 1e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0))
+    model_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig("adam", 3e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0)
+    )
+    actor_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig("adam", 1e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0)
+    )
+    critic_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig("adam", 1e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0)
+    )
     random_steps: int = 10000
 
 
@@ -301,4 +332,9 @@ class DreamerCPUConfig(DreamerConfig):
     critic_optimizer: OptimizerConfig = field(default_factory=lambda: CPU_BEHAVIOUR_OPTIMIZER)
 
 
-PRESETS: dict[str, type[DreamerConfig]] = {"v1": DreamerV1Config, "v2": DreamerV2Config, "v3": DreamerConfig, "v3-cpu": DreamerCPUConfig}
+PRESETS: dict[str, type[DreamerConfig]] = {
+    "v1": DreamerV1Config,
+    "v2": DreamerV2Config,
+    "v3": DreamerConfig,
+    "v3-cpu": DreamerCPUConfig,
+}

@@ -21,7 +21,14 @@ class LaProp(torch.optim.Optimizer):
     """v = b2 v + (1 - b2) g^2;  m = b1 m + (1 - b1) g / (sqrt(v / (1 - b2^t)) + eps);
     p -= lr * m / (1 - b1^t)  (plus decoupled weight decay lr * wd * p)."""
 
-    def __init__(self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-20, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        params: Iterable[nn.Parameter],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-20,
+        weight_decay: float = 0.0,
+    ):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
     @torch.no_grad()
@@ -60,7 +67,9 @@ class Optimizer:
         if config.kind == "laprop":
             self.optimizer = LaProp(self.parameters, config.learning_rate, betas, config.epsilon, config.weight_decay)
         else:
-            self.optimizer = torch.optim.AdamW(self.parameters, config.learning_rate, betas, config.epsilon, config.weight_decay)
+            self.optimizer = torch.optim.AdamW(
+                self.parameters, config.learning_rate, betas, config.epsilon, config.weight_decay
+            )
         self.updates = 0
 
     def step(self, gradients: list[torch.Tensor] | None = None, loss: torch.Tensor | None = None) -> torch.Tensor:

@@ -35,7 +35,9 @@ from wmlab.models.tabular import TabularModel
 def discrete_sizes(algorithm: str, observation_space: Any, action_space: Any) -> tuple[int, int, int, int]:
     """(number of states, number of actions, first state index, first action index), or an
     IncompatibleSpaceError that says which environments a tabular agent can run on."""
-    state_space = observation_space.spaces.get("state") if isinstance(observation_space, gymnasium.spaces.Dict) else None
+    state_space = (
+        observation_space.spaces.get("state") if isinstance(observation_space, gymnasium.spaces.Dict) else None
+    )
     if not isinstance(state_space, gymnasium.spaces.Discrete):
         raise IncompatibleSpaceError(
             f"{algorithm} needs a discrete state observation (a Dict space whose 'state' entry is Discrete); "
@@ -132,7 +134,9 @@ class TabularAgent:
             return int(self.rng.random() * self.num_actions)
         return self.best_action(self.action_values(state))
 
-    def learn(self, state: int, action: int, reward: float, next_state: int, terminal: bool, truncated: bool = False) -> float:
+    def learn(
+        self, state: int, action: int, reward: float, next_state: int, terminal: bool, truncated: bool = False
+    ) -> float:
         """Learn from one real transition; returns the direct TD error."""
         raise NotImplementedError
 
@@ -202,7 +206,9 @@ class DynaQAgent(TabularAgent):
         self.updates += 1
         return error
 
-    def learn(self, state: int, action: int, reward: float, next_state: int, terminal: bool, truncated: bool = False) -> float:
+    def learn(
+        self, state: int, action: int, reward: float, next_state: int, terminal: bool, truncated: bool = False
+    ) -> float:
         error = self.q_update(state, action, reward, next_state, terminal)
         self.model.record(state, action, reward, next_state, terminal)
         self.real_steps += 1
@@ -284,7 +290,9 @@ class PrioritizedSweepingAgent(DynaQAgent):
                 return pair
         return None
 
-    def learn(self, state: int, action: int, reward: float, next_state: int, terminal: bool, truncated: bool = False) -> float:
+    def learn(
+        self, state: int, action: int, reward: float, next_state: int, terminal: bool, truncated: bool = False
+    ) -> float:
         self.model.record(state, action, reward, next_state, terminal)
         self.real_steps += 1
         target = reward if terminal else reward + self.config.gamma * max(self.q[next_state])
@@ -312,7 +320,9 @@ class PrioritizedSweepingAgent(DynaQAgent):
             for predecessor in model.predecessors[state]:
                 predecessor_state, predecessor_action = divmod(predecessor, num_actions)
                 predecessor_reward = model.reward[predecessor]
-                predecessor_target = predecessor_reward if model.terminal[predecessor] else predecessor_reward + gamma * state_value
+                predecessor_target = (
+                    predecessor_reward if model.terminal[predecessor] else predecessor_reward + gamma * state_value
+                )
                 priority = abs(predecessor_target - q[predecessor_state][predecessor_action])
                 if priority > theta:
                     self.push(predecessor, priority)
@@ -362,7 +372,9 @@ class TrajectorySamplingAgent(DynaQAgent):
         super().__init__(config, observation_space, action_space, seed, device)
         self.episode_start = -1  # the first state of the current episode, -1 before it is seen
 
-    def learn(self, state: int, action: int, reward: float, next_state: int, terminal: bool, truncated: bool = False) -> float:
+    def learn(
+        self, state: int, action: int, reward: float, next_state: int, terminal: bool, truncated: bool = False
+    ) -> float:
         if self.episode_start < 0:
             self.episode_start = state
         error = self.q_update(state, action, reward, next_state, terminal)
@@ -443,7 +455,9 @@ class Dyna2Agent(TabularAgent):
         super().__init__(config, observation_space, action_space, seed, device)
         self.tile_of = self._coarse_tiles()
         num_tiles = max(self.tile_of) + 1
-        self.num_features = self.num_states * self.num_actions + (num_tiles * self.num_actions if config.coarse_block > 1 else 0)
+        self.num_features = self.num_states * self.num_actions + (
+            num_tiles * self.num_actions if config.coarse_block > 1 else 0
+        )
         self.permanent = [0.0] * self.num_features
         self.transient = [0.0] * self.num_features
         self.traces: dict[int, float] = {}  # permanent memory's eligibility traces
@@ -455,7 +469,9 @@ class Dyna2Agent(TabularAgent):
         if columns <= 0:
             return [state // block for state in range(self.num_states)]
         tiles_per_row = -(-columns // block)
-        return [(state // columns // block) * tiles_per_row + (state % columns) // block for state in range(self.num_states)]
+        return [
+            (state // columns // block) * tiles_per_row + (state % columns) // block for state in range(self.num_states)
+        ]
 
     def features(self, state: int, action: int) -> tuple[int, ...]:
         table_feature = state * self.num_actions + action
@@ -492,7 +508,9 @@ class Dyna2Agent(TabularAgent):
             return pending[1]  # the action Sarsa already bootstrapped from
         return super().choose(state, explore)
 
-    def learn(self, state: int, action: int, reward: float, next_state: int, terminal: bool, truncated: bool = False) -> float:
+    def learn(
+        self, state: int, action: int, reward: float, next_state: int, terminal: bool, truncated: bool = False
+    ) -> float:
         self.model.record(state, action, reward, next_state, terminal)
         self.real_steps += 1
         target = reward
@@ -502,7 +520,9 @@ class Dyna2Agent(TabularAgent):
             next_action = super().choose(next_state, explore=True)
             target += self.config.gamma * self.permanent_value(next_state, next_action)
         error = target - self.permanent_value(state, action)
-        self.traces = self._sarsa_update(self.permanent, self.traces, state, action, error, self.config.alpha, self.config.trace_decay)
+        self.traces = self._sarsa_update(
+            self.permanent, self.traces, state, action, error, self.config.alpha, self.config.trace_decay
+        )
         self.updates += 1
         if terminal or truncated:
             self.traces = {}
@@ -513,7 +533,14 @@ class Dyna2Agent(TabularAgent):
         return error
 
     def _sarsa_update(
-        self, weights: list[float], traces: dict[int, float], state: int, action: int, error: float, alpha: float, trace_decay: float
+        self,
+        weights: list[float],
+        traces: dict[int, float],
+        state: int,
+        action: int,
+        error: float,
+        alpha: float,
+        trace_decay: float,
     ) -> dict[int, float]:
         """Accumulating-trace Sarsa(lambda) on linear weights (Sutton & Barto 12.7); returns the
         decayed traces with this pair's features added."""
@@ -557,7 +584,9 @@ class Dyna2Agent(TabularAgent):
                 next_action = self.simulated_action(next_state)
                 target += config.gamma * self.combined_value(next_state, next_action)
             error = target - self.combined_value(state, action)
-            traces = self._sarsa_update(self.transient, traces, state, action, error, config.transient_alpha, config.transient_trace_decay)
+            traces = self._sarsa_update(
+                self.transient, traces, state, action, error, config.transient_alpha, config.transient_trace_decay
+            )
             if restart:
                 state, action, length, traces = origin, self.simulated_action(origin), 0, {}
             else:

@@ -13,8 +13,13 @@ class DynaConfig(Config):
     """Dyna-Q, Dyna-Q+, prioritized sweeping and trajectory sampling (Sutton & Barto ch. 8)."""
 
     limits = ranges(
-        gamma=FRACTION, alpha=between(0, 1, low_open=True), epsilon=FRACTION, planning_steps=NON_NEGATIVE,
-        kappa=NON_NEGATIVE, theta=NON_NEGATIVE, max_trajectory_length=COUNT,
+        gamma=FRACTION,
+        alpha=between(0, 1, low_open=True),
+        epsilon=FRACTION,
+        planning_steps=NON_NEGATIVE,
+        kappa=NON_NEGATIVE,
+        theta=NON_NEGATIVE,
+        max_trajectory_length=COUNT,
     )
 
     gamma: float = 0.95
@@ -49,9 +54,17 @@ class Dyna2Config(Config):
     and a transient memory learned by search from the current state, both linear in features."""
 
     limits = ranges(
-        gamma=FRACTION, alpha=between(0, 1, low_open=True), transient_alpha=NON_NEGATIVE, epsilon=FRACTION,
-        transient_epsilon=FRACTION, trace_decay=FRACTION, transient_trace_decay=FRACTION,
-        planning_steps=NON_NEGATIVE, max_simulation_length=COUNT, coarse_block=COUNT, grid_columns=COUNT,
+        gamma=FRACTION,
+        alpha=between(0, 1, low_open=True),
+        transient_alpha=NON_NEGATIVE,
+        epsilon=FRACTION,
+        transient_epsilon=FRACTION,
+        trace_decay=FRACTION,
+        transient_trace_decay=FRACTION,
+        planning_steps=NON_NEGATIVE,
+        max_simulation_length=COUNT,
+        coarse_block=COUNT,
+        grid_columns=COUNT,
     )
 
     gamma: float = 0.95

@@ -63,7 +63,9 @@ class ActorCritic(nn.Module):
             width = channels
             H, W = H // 2, W // 2
         if H < 1 or W < 1:
-            raise ShapeError(f"the actor-critic's {len(config.channels)} pooling stages need frames of at least {2 ** len(config.channels)} pixels a side, got {image_shape[:2]}")
+            raise ShapeError(
+                f"the actor-critic's {len(config.channels)} pooling stages need frames of at least {2 ** len(config.channels)} pixels a side, got {image_shape[:2]}"
+            )
         self.encoder = nn.Sequential(*stages, nn.Flatten())
         self.lstm = nn.LSTMCell(width * H * W, config.lstm_size)
         self.actor = nn.Linear(config.lstm_size, actions)
@@ -123,14 +125,18 @@ class ImaginationLearner:
         return torch.multinomial(probabilities.cpu(), 1, generator=self.generator)[:, 0].to(logits.device)
 
     @torch.no_grad()
-    def act(self, images: Any, recurrent: Recurrent | None, is_first: Any, explore: bool) -> tuple[torch.Tensor, Recurrent]:
+    def act(
+        self, images: Any, recurrent: Recurrent | None, is_first: Any, explore: bool
+    ) -> tuple[torch.Tensor, Recurrent]:
         """Real frames (B, H, W, C), the LSTM state (None at the start), is_first (B,) ->
         (actions (B,), new LSTM state). While collecting, actions are sampled from the policy,
         uniform with probability epsilon; otherwise the most probable action is taken (greedy
         evaluation, which draws no random numbers, so evaluating does not change training)."""
         frames = self.seen(unit_frames(images, self.device))
         B = frames.shape[0]
-        recurrent = self.reset(recurrent, torch.as_tensor(np.asarray(is_first), device=self.device).bool().reshape(B), B)
+        recurrent = self.reset(
+            recurrent, torch.as_tensor(np.asarray(is_first), device=self.device).bool().reshape(B), B
+        )
         logits, _, recurrent = self.network(frames, recurrent)
         if not explore:
             return logits.argmax(-1), recurrent
@@ -157,7 +163,9 @@ class ImaginationLearner:
         B, T = batch.shape
         rows = slice(0, config.starts or B)
         if T < config.burn_in:
-            raise ShapeError(f"the actor-critic burns in on {config.burn_in} real steps, but the replay windows hold T={T}")
+            raise ShapeError(
+                f"the actor-critic burns in on {config.burn_in} real steps, but the replay windows hold T={T}"
+            )
         head = slice(0, config.burn_in)
         images = batch.obs["image"][rows, head]
         actions = batch.action[rows, head]
@@ -180,7 +188,11 @@ class ImaginationLearner:
                 return self.sample(logits)
 
             trajectory = world_model.imagine(start, policy, config.horizon, **imagine_kwargs)
-            generated = trajectory.observations["image"] if trajectory.observations is not None else world_model.decode(trajectory.states)["image"]
+            generated = (
+                trajectory.observations["image"]
+                if trajectory.observations is not None
+                else world_model.decode(trajectory.states)["image"]
+            )
             start_frame = world_model.decode(start)["image"]
         L = config.horizon
         sizes = check_shape("imagined frames", generated, (count, L, *start_frame.shape[1:]))
@@ -203,7 +215,9 @@ class ImaginationLearner:
             values.append(value)
         logits = torch.stack(logits[:L], 1)  # (B, L, A)
         values = torch.stack(values, 1)  # (B, L + 1)
-        returns = lambda_returns(rewards, values[:, 1:].detach(), continues, values[:, -1].detach(), config.lambda_, config.discount)
+        returns = lambda_returns(
+            rewards, values[:, 1:].detach(), continues, values[:, -1].detach(), config.lambda_, config.discount
+        )
         # The probability that the episode still runs at each start state (DreamerV3's weights).
         weights = torch.cat([torch.ones_like(continues[:, :1]), continues[:, :-1].cumprod(1)], 1)
         log_probabilities = logits.log_softmax(-1)
@@ -237,7 +251,11 @@ class ImaginationLearner:
     # --- checkpoints -------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"network": dict(self.network.state_dict()), "optimizer": self.optimizer.state_dict(), "updates": self.updates}
+        return {
+            "network": dict(self.network.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "updates": self.updates,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.network.load_state_dict(state["network"])

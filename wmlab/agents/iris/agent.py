@@ -42,13 +42,22 @@ class IrisAgent:
 
     learns_from = "replay"
 
-    def __init__(self, config: IrisConfig, observation_space: spaces.Dict, action_space: spaces.Space, seed: int, device: str = "cpu"):
+    def __init__(
+        self,
+        config: IrisConfig,
+        observation_space: spaces.Dict,
+        action_space: spaces.Space,
+        seed: int,
+        device: str = "cpu",
+    ):
         if not isinstance(action_space, spaces.Discrete):
             raise IncompatibleSpaceError(
                 f"IRIS learns discrete actions (Atari, MinAtar), got the action space {action_space}; for two rooms use --env two-rooms-discrete"
             )
         if config.model.continuous_actions or config.model.text_size:
-            raise ValueError("IRIS's world model takes neither continuous actions nor text: leave model.continuous_actions False and model.text_size 0")
+            raise ValueError(
+                "IRIS's world model takes neither continuous actions nor text: leave model.continuous_actions False and model.text_size 0"
+            )
         if config.tokenizer_frames < 1:
             raise ValueError(f"tokenizer_frames must be at least 1, got {config.tokenizer_frames}")
         self.config = config
@@ -58,10 +67,21 @@ class IrisAgent:
             torch.manual_seed(seed)
             self.world_model = TokenWorldModel(config.model, observation_space, action_space).to(self.device).eval()
             if config.learner.burn_in > self.world_model.context:
-                raise ValueError(f"learner.burn_in ({config.learner.burn_in}) must not exceed the world model's context of {self.world_model.context} steps")
+                raise ValueError(
+                    f"learner.burn_in ({config.learner.burn_in}) must not exceed the world model's context of {self.world_model.context} steps"
+                )
             view = self.reconstruct if config.reconstructed_inputs else None
-            self.learner = ImaginationLearner(config.learner, self.world_model.image_shape, int(action_space.n), self.device, self.generator, view=view)
-        self.tokenizer_optimizer = torch.optim.Adam(self.world_model.tokenizer.parameters(), lr=config.tokenizer_learning_rate)
+            self.learner = ImaginationLearner(
+                config.learner,
+                self.world_model.image_shape,
+                int(action_space.n),
+                self.device,
+                self.generator,
+                view=view,
+            )
+        self.tokenizer_optimizer = torch.optim.Adam(
+            self.world_model.tokenizer.parameters(), lr=config.tokenizer_learning_rate
+        )
         self.world_model_optimizer = torch.optim.AdamW(self.transformer_groups(), lr=config.world_model_learning_rate)
         self.updates = 0
 
@@ -70,15 +90,20 @@ class IrisAgent:
         biases, norms, embeddings (positions included) and the null action do not (IRIS's
         configure_optimizer)."""
         linear = {
-            id(module.weight) for name, module in self.world_model.named_modules()
-            if isinstance(module, torch.nn.Linear) and "embedding" not in name  # the action embedding is IRIS's nn.Embedding
+            id(module.weight)
+            for name, module in self.world_model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+            and "embedding" not in name  # the action embedding is IRIS's nn.Embedding
         }
         decay, no_decay = [], []
         for name, parameter in self.world_model.named_parameters():
             if name.startswith("tokenizer."):
                 continue
             (decay if id(parameter) in linear else no_decay).append(parameter)
-        return [{"params": decay, "weight_decay": self.config.world_model_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [
+            {"params": decay, "weight_decay": self.config.world_model_weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"world_model": self.world_model, "actor_critic": self.learner.network}
@@ -108,7 +133,9 @@ class IrisAgent:
         config, model = self.config, self.world_model
         B, T = batch.shape
         if T < config.learner.burn_in or T < 2:
-            raise ShapeError(f"IRIS trains on windows of at least {max(2, config.learner.burn_in)} steps (the burn-in), got T={T}")
+            raise ShapeError(
+                f"IRIS trains on windows of at least {max(2, config.learner.burn_in)} steps (the burn-in), got T={T}"
+            )
         result: dict[str, float] = {}
 
         # 1. tokenizer, on frames drawn from the batch
@@ -168,7 +195,10 @@ class IrisAgent:
         return {
             "world_model": dict(self.world_model.state_dict()),
             "learner": self.learner.state_dict(),
-            "optimizers": {"tokenizer": self.tokenizer_optimizer.state_dict(), "world_model": self.world_model_optimizer.state_dict()},
+            "optimizers": {
+                "tokenizer": self.tokenizer_optimizer.state_dict(),
+                "world_model": self.world_model_optimizer.state_dict(),
+            },
             "updates": self.updates,
             "generator": self.generator.get_state(),
         }

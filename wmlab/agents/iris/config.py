@@ -18,7 +18,17 @@ class IrisConfig:
     model: TokenWorldModelConfig = field(default_factory=lambda: TokenWorldModelConfig(size="iris"))
     """The token world model: VQ tokenizer (16 tokens of a 512-code vocabulary) and a 10-layer GPT."""
     learner: ImaginationConfig = field(
-        default_factory=lambda: ImaginationConfig(horizon=20, burn_in=20, discount=0.995, lambda_=0.95, entropy_weight=0.001, learning_rate=1e-4, warmup_updates=0, grad_clip=10.0, epsilon=0.01)
+        default_factory=lambda: ImaginationConfig(
+            horizon=20,
+            burn_in=20,
+            discount=0.995,
+            lambda_=0.95,
+            entropy_weight=0.001,
+            learning_rate=1e-4,
+            warmup_updates=0,
+            grad_clip=10.0,
+            epsilon=0.01,
+        )
     )
     """The actor-critic learned on generated frames (IRIS: CNN (32, 32, 64, 64) + LSTM 512,
     horizon 20, burn-in 20, gamma 0.995, lambda 0.95, entropy weight 0.001, Adam 1e-4, clip 10)."""
@@ -57,8 +67,18 @@ class IrisCPUConfig(IrisConfig):
     model: TokenWorldModelConfig = field(default_factory=lambda: TokenWorldModelConfig(size="cpu", stages=2))
     learner: ImaginationConfig = field(
         default_factory=lambda: ImaginationConfig(
-            channels=(16, 16, 32, 32), lstm_size=128, horizon=20, burn_in=4, starts=8, discount=0.995, lambda_=0.95,
-            entropy_weight=0.001, learning_rate=3e-4, warmup_updates=0, grad_clip=10.0, epsilon=0.01,
+            channels=(16, 16, 32, 32),
+            lstm_size=128,
+            horizon=20,
+            burn_in=4,
+            starts=8,
+            discount=0.995,
+            lambda_=0.95,
+            entropy_weight=0.001,
+            learning_rate=3e-4,
+            warmup_updates=0,
+            grad_clip=10.0,
+            epsilon=0.01,
         )
     )
     tokenizer_learning_rate: float = 3e-4

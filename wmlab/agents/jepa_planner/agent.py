@@ -70,7 +70,9 @@ class GoalValue(nn.Module):
         return -torch.sqrt(difference.pow(2).sum(-1) + 1e-6)
 
 
-def hindsight_pairs(lengths: np.ndarray, config: ValueConfig, rng: np.random.Generator, count: int) -> list[tuple[int, int, int]]:
+def hindsight_pairs(
+    lengths: np.ndarray, config: ValueConfig, rng: np.random.Generator, count: int
+) -> list[tuple[int, int, int]]:
     """(episode, t, j > t) triples for `count` hindsight goals: t uniform over an episode's
     transitions (episodes weighted by length), the goal j geometric ahead (Geom(1 - gamma), capped
     at the episode's end) for `geometric_goal_fraction` of them, else uniform among later steps."""
@@ -90,8 +92,16 @@ def hindsight_pairs(lengths: np.ndarray, config: ValueConfig, rng: np.random.Gen
     return triples
 
 
-def value_td_loss(value: GoalValue, target_value: GoalValue, z: torch.Tensor, goal: torch.Tensor, target_next: torch.Tensor,
-                  target_goal: torch.Tensor, reached: torch.Tensor, config: ValueConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def value_td_loss(
+    value: GoalValue,
+    target_value: GoalValue,
+    z: torch.Tensor,
+    goal: torch.Tensor,
+    target_next: torch.Tensor,
+    target_goal: torch.Tensor,
+    reached: torch.Tensor,
+    config: ValueConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """IQL's expectile loss on the TD target of the -1-per-step reaching problem (arriving ends it):
     V(z, g) against -1 + gamma (1 - reached) V_target(z', g), the target's embeddings given
     separately (they come from a target encoder when the encoder is trained). Returns (loss, mean V)."""
@@ -143,7 +153,15 @@ class PredictorRefiner:
     budget, and the wall's sharp edge at the door, which the joint training leaves blurred, is
     learnt (see docs/benchmarks.md, JEPA section)."""
 
-    def __init__(self, model: JEPAWorldModel, steps: int, batch_size: int = 256, length: int = 8, learning_rate: float = 1e-3, seed: int = 0):
+    def __init__(
+        self,
+        model: JEPAWorldModel,
+        steps: int,
+        batch_size: int = 256,
+        length: int = 8,
+        learning_rate: float = 1e-3,
+        seed: int = 0,
+    ):
         if steps < 1 or batch_size < 1 or length < 2:
             raise ValueError(f"need steps >= 1, batch_size >= 1 and length >= 2, got {steps}, {batch_size}, {length}")
         self.model, self.batch_size, self.length = model, batch_size, length
@@ -160,8 +178,10 @@ class PredictorRefiner:
         chosen = self.generator.choice(long_enough, self.batch_size)
         starts = self.generator.integers(0, lengths[chosen] - self.length + 1)
         windows = [slice(start, start + self.length) for start in starts]
-        return (torch.stack([embeddings[e][window] for e, window in zip(chosen, windows)]),
-                torch.stack([actions[e][window] for e, window in zip(chosen, windows)]))
+        return (
+            torch.stack([embeddings[e][window] for e, window in zip(chosen, windows)]),
+            torch.stack([actions[e][window] for e, window in zip(chosen, windows)]),
+        )
 
     def update(self, embeddings: list[torch.Tensor], actions: list[torch.Tensor]) -> dict[str, float]:
         """One step on [(length_i, D)] embeddings and [(length_i, A)] actions (action t leads into step t)."""
@@ -195,8 +215,9 @@ def state_pairs(lengths: np.ndarray, rng: np.random.Generator, count: int, same_
     return np.stack([first, t, second, np.where(same, j_same, j_other)], axis=1)
 
 
-def quasimetric_losses(value: GoalValue, z: torch.Tensor, z_next: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
-                       config: ValueConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def quasimetric_losses(
+    value: GoalValue, z: torch.Tensor, z_next: torch.Tensor, start: torch.Tensor, end: torch.Tensor, config: ValueConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """QRL's two terms (arXiv:2304.01203, Eq. 4) with d = -V: the push, mean softplus(offset - d(start,
     end)) with sharpness beta (small once the pairs are far apart), and the one-step constraint's
     violation, mean relu(d(z, z') - 1)^2 - epsilon^2 (at most 0 when the constraint holds).
@@ -241,13 +262,21 @@ class QuasimetricLearner:
         self.multiplier_optimizer.zero_grad(set_to_none=True)
         (-multiplier * violation.detach()).backward()
         self.multiplier_optimizer.step()
-        return {"loss/value": float(push.detach()), "value/mean": -float(distance), "value/constraint_violation": float(violation.detach()),
-                "value/lagrange_multiplier": float(multiplier.detach())}
+        return {
+            "loss/value": float(push.detach()),
+            "value/mean": -float(distance),
+            "value/constraint_violation": float(violation.detach()),
+            "value/lagrange_multiplier": float(multiplier.detach()),
+        }
 
 
 def make_value_learner(value: GoalValue, config: ValueConfig, seed: int = 0) -> "ValueLearner | QuasimetricLearner":
     """The learner that trains `value` on frozen embeddings by `config.objective`."""
-    return QuasimetricLearner(value, config, seed) if config.objective == "quasimetric" else ValueLearner(value, config, seed)
+    return (
+        QuasimetricLearner(value, config, seed)
+        if config.objective == "quasimetric"
+        else ValueLearner(value, config, seed)
+    )
 
 
 class EncoderShaping:
@@ -266,15 +295,26 @@ class EncoderShaping:
         config = self.config
         lengths = np.array([len(episode) for episode in episodes])
         triples = hindsight_pairs(lengths, config, self.generator, config.shaping_batch_size)
-        frames = np.stack([episodes[e][t] for e, t, _ in triples] + [episodes[e][t + 1] for e, t, _ in triples]
-                          + [episodes[e][j] for e, _, j in triples])
+        frames = np.stack(
+            [episodes[e][t] for e, t, _ in triples]
+            + [episodes[e][t + 1] for e, t, _ in triples]
+            + [episodes[e][j] for e, _, j in triples]
+        )
         B = len(triples)
         z_all = self.model.encode(frames)
         with torch.no_grad():
             target_all = self.model._encode_with(self.target_encoder, frames)
         reached = torch.tensor([j == t + 1 for _, t, j in triples], device=z_all.device)
-        loss, mean = value_td_loss(self.value, self.target_value, z_all[:B], z_all[2 * B:], target_all[B: 2 * B],
-                                   target_all[2 * B:], reached, config)
+        loss, mean = value_td_loss(
+            self.value,
+            self.target_value,
+            z_all[:B],
+            z_all[2 * B :],
+            target_all[B : 2 * B],
+            target_all[2 * B :],
+            reached,
+            config,
+        )
         return loss, {"loss/value_shaping": float(loss.detach()), "value/shaping_mean": float(mean)}
 
     def update_targets(self) -> None:
@@ -333,8 +373,9 @@ class JEPAPlannerAgent:
             raise RuntimeError("call set_goal(goal_observation) before act(): the planner needs a goal")
         if self.config.objective == "value":
             return value_returns(self.model, self.value, self.goal_embedding, terminal_only=self.config.value_at_end)
-        return goal_distance_returns(self.model, self.goal_embedding, terminal_only=self.config.distance_at_end,
-                                     norm=self.config.distance_norm)
+        return goal_distance_returns(
+            self.model, self.goal_embedding, terminal_only=self.config.distance_at_end, norm=self.config.distance_norm
+        )
 
     @torch.no_grad()
     def act(self, obs: Observation, state: Any, explore: bool) -> tuple[np.ndarray, Any]:
@@ -347,7 +388,9 @@ class JEPAPlannerAgent:
             embedding = self.model.encode(np.asarray(obs[self.model.observation_key]))  # (1, D)
             # The warm start moves the last plan past the steps executed from it since.
             shift = 1 if state["plan"] is None else self.config.replan_every
-            state["plan"] = self.planner.plan(self.rollout_fn(), embedding, self.action_space, explore=explore, shift=shift)
+            state["plan"] = self.planner.plan(
+                self.rollout_fn(), embedding, self.action_space, explore=explore, shift=shift
+            )
         action = state["plan"][state["step"] % self.config.replan_every].cpu().numpy().astype(np.float32)
         state["step"] += 1
         return action[None], state
@@ -380,7 +423,11 @@ class JEPAPlannerAgent:
         return metrics
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "value": self.value.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {
+            "model": self.model.state_dict(),
+            "value": self.value.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])

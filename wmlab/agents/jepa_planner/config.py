@@ -17,7 +17,16 @@ def default_mppi() -> MPPIConfig:
     # EB-JEPA plans two-rooms with MPPI at 200 samples and 20 elites over 20 iterations; we keep
     # the samples and elites and cut the iterations to 6 over a horizon of 8 (warm starts carry
     # the plan between steps) to fit a shared CPU. No policy prior: plans start from the Gaussian.
-    return MPPIConfig(horizon=8, iterations=6, samples=200, elites=20, policy_trajectories=0, temperature=1.0, min_std=0.1, max_std=1.0)
+    return MPPIConfig(
+        horizon=8,
+        iterations=6,
+        samples=200,
+        elites=20,
+        policy_trajectories=0,
+        temperature=1.0,
+        min_std=0.1,
+        max_std=1.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -26,10 +35,21 @@ class ValueConfig(Config):
     TD or as a quasimetric (see `objective`)."""
 
     limits = ranges(
-        hidden_size=COUNT, projection_size=COUNT, discount=between(0, 1, low_open=True), expectile=between(0, 1, low_open=True, high_open=True),
-        target_rate=FRACTION, geometric_goal_fraction=FRACTION, learning_rate=POSITIVE, batch_size=COUNT, shaping_scale=NON_NEGATIVE,
-        quasimetric_epsilon=POSITIVE, quasimetric_same_episode_share=FRACTION, quasimetric_offset=POSITIVE, quasimetric_beta=POSITIVE,
-        lagrange_learning_rate=POSITIVE, shaping_batch_size=COUNT,
+        hidden_size=COUNT,
+        projection_size=COUNT,
+        discount=between(0, 1, low_open=True),
+        expectile=between(0, 1, low_open=True, high_open=True),
+        target_rate=FRACTION,
+        geometric_goal_fraction=FRACTION,
+        learning_rate=POSITIVE,
+        batch_size=COUNT,
+        shaping_scale=NON_NEGATIVE,
+        quasimetric_epsilon=POSITIVE,
+        quasimetric_same_episode_share=FRACTION,
+        quasimetric_offset=POSITIVE,
+        quasimetric_beta=POSITIVE,
+        lagrange_learning_rate=POSITIVE,
+        shaping_batch_size=COUNT,
     )
 
     objective: str = "expectile"
@@ -93,7 +113,9 @@ class ValueConfig(Config):
         if self.objective not in VALUE_OBJECTIVES:
             raise ValueError(f"value objective must be one of {VALUE_OBJECTIVES}, got {self.objective!r}")
         if not 0.0 <= self.quasimetric_same_episode_share <= 1.0:
-            raise ValueError(f"quasimetric_same_episode_share must be in [0, 1], got {self.quasimetric_same_episode_share}")
+            raise ValueError(
+                f"quasimetric_same_episode_share must be in [0, 1], got {self.quasimetric_same_episode_share}"
+            )
         if self.quasimetric_epsilon <= 0 or self.quasimetric_offset <= 0 or self.quasimetric_beta <= 0:
             raise ValueError("quasimetric_epsilon, quasimetric_offset and quasimetric_beta must be positive")
 

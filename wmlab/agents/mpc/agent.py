@@ -13,12 +13,12 @@ import torch
 from gymnasium import spaces
 
 from wmlab.agents.mpc.config import MPCConfig
+from wmlab.core.distributed import average_gradients
 from wmlab.core.errors import IncompatibleSpaceError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.mlp import MLPWorldModel
 from wmlab.planners.shooting import RandomShooting, check_action_space
-from wmlab.core.distributed import average_gradients
 
 
 def discounted_return(rewards: torch.Tensor, continues: torch.Tensor, discount: float) -> torch.Tensor:

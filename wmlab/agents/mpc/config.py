@@ -14,8 +14,11 @@ class MPCConfig(Config):
     """A feed-forward dynamics model trained on replay; actions by random-shooting MPC through it."""
 
     limits = ranges(
-        discount=between(0, 1, low_open=True), learning_rate=POSITIVE, grad_clip=NON_NEGATIVE,
-        random_steps=NON_NEGATIVE, exploration_noise=NON_NEGATIVE,
+        discount=between(0, 1, low_open=True),
+        learning_rate=POSITIVE,
+        grad_clip=NON_NEGATIVE,
+        random_steps=NON_NEGATIVE,
+        exploration_noise=NON_NEGATIVE,
     )
 
     model: MLPWorldModelConfig = field(default_factory=MLPWorldModelConfig)

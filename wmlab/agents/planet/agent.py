@@ -15,12 +15,12 @@ import torch
 from gymnasium import spaces
 
 from wmlab.agents.planet.config import PlaNetConfig
+from wmlab.core import distributed
+from wmlab.core.distributed import average_gradients
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.rssm import RSSM, State
 from wmlab.planners.cem import CEM
-from wmlab.core import distributed
-from wmlab.core.distributed import average_gradients
 
 
 class PlaNetAgent:
@@ -30,7 +30,14 @@ class PlaNetAgent:
 
     learns_from = "replay"
 
-    def __init__(self, config: PlaNetConfig, observation_space: spaces.Space, action_space: spaces.Space, seed: int, device: str = "cpu"):
+    def __init__(
+        self,
+        config: PlaNetConfig,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        seed: int,
+        device: str = "cpu",
+    ):
         self.config = config
         self.observation_space, self.action_space = observation_space, action_space
         self.device = torch.device(device)
@@ -43,10 +50,14 @@ class PlaNetAgent:
             model = RSSM(config.model, observation_space, action_space)
         self.world_model = model.to(self.device)
         self.world_model.generator = self.model_generator
-        self.optimizer = torch.optim.Adam(self.world_model.parameters(), lr=config.learning_rate, eps=config.adam_epsilon)
+        self.optimizer = torch.optim.Adam(
+            self.world_model.parameters(), lr=config.learning_rate, eps=config.adam_epsilon
+        )
         self.planner = CEM(config.planner, generator=self.generator, device=self.device)
         self.steps = 0
-        self.plan_statistics: list[tuple[float, float]] = []  # (imagined return of the plan, its final std) per exploring plan
+        self.plan_statistics: list[
+            tuple[float, float]
+        ] = []  # (imagined return of the plan, its final std) per exploring plan
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"world_model": self.world_model}
@@ -72,14 +83,23 @@ class PlaNetAgent:
                 start = {name: value[row : row + 1] for name, value in latent.items()}
                 plans.append(self.planner.plan(self.rollout, start, self.action_space))
                 if explore:  # what the planner expects of its plan, logged with the next update
-                    self.plan_statistics.append((float(self.rollout(start, plans[-1][None].to(self.device))[0]), float(self.planner.distribution["std"].mean()) if "std" in self.planner.distribution else math.nan))
+                    self.plan_statistics.append(
+                        (
+                            float(self.rollout(start, plans[-1][None].to(self.device))[0]),
+                            float(self.planner.distribution["std"].mean())
+                            if "std" in self.planner.distribution
+                            else math.nan,
+                        )
+                    )
             actions = torch.stack([plan[0] for plan in plans]).cpu()
             if explore:
                 actions = self.add_noise(actions)
         if explore:
             self.steps += B
         encoded = model.encode_action(actions.to(self.device), ("B",), {"B": B})
-        environment_actions = actions.numpy().astype(np.int64 if model.discrete else self.action_space.dtype, copy=False)
+        environment_actions = actions.numpy().astype(
+            np.int64 if model.discrete else self.action_space.dtype, copy=False
+        )
         return environment_actions, {"deter": latent["deter"], "stoch": latent["stoch"], "action": encoded}
 
     @torch.no_grad()

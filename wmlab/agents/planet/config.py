@@ -20,8 +20,11 @@ class PlaNetConfig(Config):
     Action repeat belongs to the environment (e.g. dmc:cartpole-swingup's own setting)."""
 
     limits = ranges(
-        learning_rate=POSITIVE, adam_epsilon=POSITIVE, grad_clip=NON_NEGATIVE,
-        random_steps=NON_NEGATIVE, exploration_noise=NON_NEGATIVE,
+        learning_rate=POSITIVE,
+        adam_epsilon=POSITIVE,
+        grad_clip=NON_NEGATIVE,
+        random_steps=NON_NEGATIVE,
+        exploration_noise=NON_NEGATIVE,
     )
 
     model: RSSMConfig = field(default_factory=lambda: PLANET_MODEL)

@@ -22,12 +22,12 @@ import torch
 from gymnasium import spaces
 
 from wmlab.agents.tdmpc2.config import TDMPC2Config
+from wmlab.core.distributed import average_gradients
 from wmlab.core.errors import ShapeError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.tdmpc import TDMPCModel
 from wmlab.planners.mppi import MPPI
-from wmlab.core.distributed import average_gradients
 
 
 class TDMPC2Agent:
@@ -37,7 +37,14 @@ class TDMPC2Agent:
 
     learns_from = "replay"
 
-    def __init__(self, config: TDMPC2Config, observation_space: spaces.Dict, action_space: spaces.Space, seed: int, device: str = "cpu"):
+    def __init__(
+        self,
+        config: TDMPC2Config,
+        observation_space: spaces.Dict,
+        action_space: spaces.Space,
+        seed: int,
+        device: str = "cpu",
+    ):
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space
@@ -61,7 +68,11 @@ class TDMPC2Agent:
         self.policy_optimizer = torch.optim.Adam(groups["policy"], lr=config.learning_rate, eps=1e-5)
         A = model.action_size
         extra = config.extra_iterations_for_large_actions if (not model.discrete and A >= 20) else 0
-        self.planner = MPPI(replace(config.planner, iterations=config.planner.iterations + extra), generator=self.generator, device=self.device)
+        self.planner = MPPI(
+            replace(config.planner, iterations=config.planner.iterations + extra),
+            generator=self.generator,
+            device=self.device,
+        )
         # The planner searches in model units: [-1, 1] per dimension, or indices.
         self.planning_space = spaces.Discrete(A) if model.discrete else spaces.Box(-1.0, 1.0, (A,), np.float32)
         self.horizon = config.planner.horizon
@@ -94,7 +105,9 @@ class TDMPC2Agent:
         return actions.cpu().numpy().astype(self.action_space.dtype, copy=False), next_state
 
     @torch.no_grad()
-    def _plan_actions(self, obs: Observation, state: Any, is_first: np.ndarray, explore: bool) -> tuple[torch.Tensor, Any]:
+    def _plan_actions(
+        self, obs: Observation, state: Any, is_first: np.ndarray, explore: bool
+    ) -> tuple[torch.Tensor, Any]:
         tasks, masks = self.model.task_inputs(obs)  # (B,), (B, A) or None
         latents = self.model.encode({self.model.observation_key: obs[self.model.observation_key]}, task=tasks)
         check_shape("latents", latents, (is_first.shape[0], self.model.latent_size))
@@ -108,7 +121,11 @@ class TDMPC2Agent:
             fresh = state is None or bool(is_first[index])
             self.planner.previous_plan = None if fresh else torch.as_tensor(state[index], device=self.device)
             start = latent[None]
-            rollout = self.estimate_value if task is None and mask is None else partial(self.estimate_value, task=task, action_mask=mask)
+            rollout = (
+                self.estimate_value
+                if task is None and mask is None
+                else partial(self.estimate_value, task=task, action_mask=mask)
+            )
             prior = self.prior_actions(start, task=task, action_mask=mask)
             sequence = self.planner.plan(rollout, start, self.planning_space, prior_actions=prior, explore=explore)
             plan = self.planner.previous_plan
@@ -121,7 +138,9 @@ class TDMPC2Agent:
             actions.append(first if self.model.discrete else self.model.to_env_action(first))
         return torch.stack(actions), torch.stack(plans).cpu()
 
-    def prior_actions(self, latent: torch.Tensor, task: torch.Tensor | None = None, action_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    def prior_actions(
+        self, latent: torch.Tensor, task: torch.Tensor | None = None, action_mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """P sequences from the policy prior rolled through the dynamics from latent (1, D):
         (P, L, A) in [-1, 1] (zero outside a task's `action_mask` (A,)), or indices (P, L)."""
         count = self.config.planner.policy_trajectories
@@ -130,7 +149,9 @@ class TDMPC2Agent:
         z = latent.expand(count, -1)
         actions = []
         for step in range(self.horizon):
-            action = self.model.policy_distribution(z, generator=self.generator, task=task, action_mask=action_mask).action
+            action = self.model.policy_distribution(
+                z, generator=self.generator, task=task, action_mask=action_mask
+            ).action
             actions.append(action)
             if step < self.horizon - 1:
                 z = self.model.next(z, action, task)
@@ -138,7 +159,11 @@ class TDMPC2Agent:
         return sequences.argmax(-1) if self.model.discrete else sequences
 
     def _estimate_value(
-        self, latent: torch.Tensor, candidates: torch.Tensor, task: torch.Tensor | None = None, action_mask: torch.Tensor | None = None
+        self,
+        latent: torch.Tensor,
+        candidates: torch.Tensor,
+        task: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The rollout function handed to MPPI: latent (1, D), candidates (N, L, A) in [-1, 1] or
         indices (N, L) -> sum_t discount^t R(z_t, a_t) + discount^L V(z_L), V the average of two
@@ -146,11 +171,19 @@ class TDMPC2Agent:
         The random draws happen here, so that the rollout itself is deterministic (and compilable).
         A multi-task plan passes its task () and action mask (A,): candidates are masked before
         they are scored, as the authors mask their samples."""
-        actions = torch.nn.functional.one_hot(candidates, self.model.action_size).float() if self.model.discrete else candidates
+        actions = (
+            torch.nn.functional.one_hot(candidates, self.model.action_size).float()
+            if self.model.discrete
+            else candidates
+        )
         if action_mask is not None:
             actions = actions * action_mask
         members = self.model.two_members(self.generator)
-        noise = None if self.model.discrete else torch.randn((actions.shape[0], self.model.action_size), generator=self.generator).to(self.device)
+        noise = (
+            None
+            if self.model.discrete
+            else torch.randn((actions.shape[0], self.model.action_size), generator=self.generator).to(self.device)
+        )
         if task is None and action_mask is None:
             return self.rollout_return(latent, actions, members, noise)
         return self.rollout_return(latent, actions, members, noise, task, action_mask)
@@ -176,7 +209,9 @@ class TDMPC2Agent:
             discount *= gamma
             if self.model.termination_head is not None:
                 alive = alive * (self.model.termination_logits(z, task) <= 0).float()
-        return total + discount * alive * self.model.value(z, reduction="avg", members=members, noise=noise, task=task, action_mask=action_mask)
+        return total + discount * alive * self.model.value(
+            z, reduction="avg", members=members, noise=noise, task=task, action_mask=action_mask
+        )
 
     def random_actions(self, count: int, action_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Uniform random environment actions: (count, A) within the bounds (zero outside a task's
@@ -222,14 +257,21 @@ class TDMPC2Agent:
         grad_norm = torch.nn.utils.clip_grad_norm_(model_parameters, self.config.grad_clip)
         self.optimizer.step()
 
-        policy_loss, policy_metrics = self.model.policy_loss(result.latents, result.valid, task=result.task, action_mask=result.action_mask)
+        policy_loss, policy_metrics = self.model.policy_loss(
+            result.latents, result.valid, task=result.task, action_mask=result.action_mask
+        )
         policy_loss.backward()
         average_gradients(self.model.policy)
         policy_grad_norm = torch.nn.utils.clip_grad_norm_(self.model.policy.parameters(), self.config.grad_clip)
         self.policy_optimizer.step()
         self.model.update_target()
         self.model.eval()
-        return {**result.metrics, **policy_metrics, "wm/grad_norm": float(grad_norm), "policy/grad_norm": float(policy_grad_norm)}
+        return {
+            **result.metrics,
+            **policy_metrics,
+            "wm/grad_norm": float(grad_norm),
+            "policy/grad_norm": float(policy_grad_norm),
+        }
 
     # --- checkpoints -------------------------------------------------------------------------
 

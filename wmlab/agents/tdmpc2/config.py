@@ -25,8 +25,11 @@ class TDMPC2Config(Config):
     """
 
     limits = ranges(
-        learning_rate=POSITIVE, encoder_learning_rate_scale=NON_NEGATIVE, grad_clip=NON_NEGATIVE,
-        random_steps=NON_NEGATIVE, extra_iterations_for_large_actions=NON_NEGATIVE,
+        learning_rate=POSITIVE,
+        encoder_learning_rate_scale=NON_NEGATIVE,
+        grad_clip=NON_NEGATIVE,
+        random_steps=NON_NEGATIVE,
+        extra_iterations_for_large_actions=NON_NEGATIVE,
     )
 
     model: TDMPCModelConfig = field(default_factory=TDMPCModelConfig)

@@ -88,7 +88,14 @@ class WorldModelsAgent:
 
     learns_from = "replay"
 
-    def __init__(self, config: WorldModelsConfig, observation_space: spaces.Space, action_space: spaces.Space, seed: int = 0, device: str = "cpu"):
+    def __init__(
+        self,
+        config: WorldModelsConfig,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        seed: int = 0,
+        device: str = "cpu",
+    ):
         self.config = config
         self.observation_space = observation_space
         self.action_space = action_space
@@ -98,7 +105,9 @@ class WorldModelsAgent:
             self.world_model = VAEMDNRNN(config.model, observation_space, action_space).to(self.device)
         self.world_model.eval()
         self.inputs = config.controller.inputs
-        features = self.world_model.latent_size + (self.world_model.hidden_size if self.inputs == "latent_and_hidden" else 0)
+        features = self.world_model.latent_size + (
+            self.world_model.hidden_size if self.inputs == "latent_and_hidden" else 0
+        )
         self.controller = LinearController(features, action_space)
         #: C's parameters (P,); zeros until a trained controller is loaded.
         self.controller_parameters = torch.zeros(self.controller.parameter_count)
@@ -115,13 +124,20 @@ class WorldModelsAgent:
         check_shape("obs['image']", frames, ("B", 64, 64, self.world_model.channels))
         B = frames.shape[0]
         if state is None:
-            state = {"model": self.world_model.initial(B), "action": torch.zeros(B, self.world_model.action_size, device=self.device)}
+            state = {
+                "model": self.world_model.initial(B),
+                "action": torch.zeros(B, self.world_model.action_size, device=self.device),
+            }
             is_first = np.ones(B, dtype=bool)
         else:
             is_first = np.asarray(obs.get("is_first", np.zeros(B, dtype=bool)), dtype=bool).reshape(B)
         _, model_state = self.world_model.observe(
-            {"image": frames[:, None]}, state["action"][:, None], is_first[:, None], state["model"],
-            sample=self.config.sample_latents, generator=self.generator,
+            {"image": frames[:, None]},
+            state["action"][:, None],
+            is_first[:, None],
+            state["model"],
+            sample=self.config.sample_latents,
+            generator=self.generator,
         )
         features = controller_features(model_state, self.inputs)
         actions = self.controller(self.controller_parameters[None].to(self.device), features[None])[0]
@@ -148,7 +164,9 @@ class WorldModelsAgent:
         self.world_model.load_state_dict(state["world_model"])
         parameters = torch.as_tensor(state["controller"], dtype=torch.float32).reshape(-1)
         if parameters.shape != (self.controller.parameter_count,):
-            raise ValueError(f"controller parameters: expected {self.controller.parameter_count}, got {tuple(parameters.shape)}")
+            raise ValueError(
+                f"controller parameters: expected {self.controller.parameter_count}, got {tuple(parameters.shape)}"
+            )
         self.controller_parameters = parameters
         if "generator" in state:
             self.generator.set_state(torch.as_tensor(state["generator"]).cpu())

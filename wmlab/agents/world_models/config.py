@@ -58,7 +58,12 @@ class MDNRNNTrainingConfig(Config):
     """Stage 3: M on V's codes of the collected episodes."""
 
     limits = ranges(
-        updates=COUNT, batch_size=COUNT, sequence_length=COUNT, learning_rate=POSITIVE, grad_clip=NON_NEGATIVE, log_every=COUNT,
+        updates=COUNT,
+        batch_size=COUNT,
+        sequence_length=COUNT,
+        learning_rate=POSITIVE,
+        grad_clip=NON_NEGATIVE,
+        log_every=COUNT,
         checkpoint_every=COUNT,
     )
 
@@ -85,8 +90,15 @@ class ControllerTrainingConfig(Config):
     """Stage 4: C by CMA-ES, in the dream or in the real environment."""
 
     limits = ranges(
-        generations=COUNT, population=at_least(2), rollouts=COUNT, initial_sigma=POSITIVE, max_steps=NON_NEGATIVE,
-        eval_every=NON_NEGATIVE, eval_episodes=COUNT, workers=COUNT, envs_per_batch=COUNT,
+        generations=COUNT,
+        population=at_least(2),
+        rollouts=COUNT,
+        initial_sigma=POSITIVE,
+        max_steps=NON_NEGATIVE,
+        eval_every=NON_NEGATIVE,
+        eval_episodes=COUNT,
+        workers=COUNT,
+        envs_per_batch=COUNT,
     )
 
     inputs: Literal["latent_and_hidden", "latent"] = "latent_and_hidden"
@@ -123,7 +135,9 @@ class ControllerTrainingConfig(Config):
 class WorldModelsConfig(Config):
     """V (a VAE), M (an MDN-RNN) and C (a linear controller), trained in turn."""
 
-    limits = ranges(temperature=POSITIVE, evaluation_episodes=COUNT, dream_evaluation_episodes=COUNT, video_steps=NON_NEGATIVE)
+    limits = ranges(
+        temperature=POSITIVE, evaluation_episodes=COUNT, dream_evaluation_episodes=COUNT, video_steps=NON_NEGATIVE
+    )
 
     model: VAEMDNRNNConfig = field(default_factory=VAEMDNRNNConfig)
     """V and M: sizes, heads, loss weights."""
@@ -173,9 +187,18 @@ def default_config(env_id: str, quick: bool = False) -> WorldModelsConfig:
             config,
             collect=dataclasses.replace(config.collect, episodes=4, max_steps=60),
             vae=dataclasses.replace(config.vae, epochs=2, batch_size=32, log_every=5),
-            mdnrnn=dataclasses.replace(config.mdnrnn, updates=20, batch_size=8, sequence_length=16, log_every=5, checkpoint_every=10),
+            mdnrnn=dataclasses.replace(
+                config.mdnrnn, updates=20, batch_size=8, sequence_length=16, log_every=5, checkpoint_every=10
+            ),
             controller=dataclasses.replace(
-                config.controller, generations=3, population=6, rollouts=2, max_steps=60, eval_every=0, eval_episodes=2, envs_per_batch=16
+                config.controller,
+                generations=3,
+                population=6,
+                rollouts=2,
+                max_steps=60,
+                eval_every=0,
+                eval_episodes=2,
+                envs_per_batch=16,
             ),
             evaluation_episodes=2,
             dream_evaluation_episodes=8,

@@ -30,7 +30,9 @@ def _import_cma():
     try:
         import cma
     except ModuleNotFoundError:
-        raise WmlabError("training the World Models controller needs the cma package: pip install 'wmlab[cma]'") from None
+        raise WmlabError(
+            "training the World Models controller needs the cma package: pip install 'wmlab[cma]'"
+        ) from None
     return cma
 
 
@@ -44,14 +46,25 @@ class CMAES:
     initial_mean: the starting point (P,), zeros by default.
     """
 
-    def __init__(self, dimension: int, population: int, initial_sigma: float, seed: int = 0, initial_mean: np.ndarray | None = None):
+    def __init__(
+        self,
+        dimension: int,
+        population: int,
+        initial_sigma: float,
+        seed: int = 0,
+        initial_mean: np.ndarray | None = None,
+    ):
         if dimension < 1 or population < 2 or not initial_sigma > 0:
-            raise ValueError(f"CMA-ES needs dimension >= 1, population >= 2 and sigma > 0, got {dimension}, {population}, {initial_sigma}")
+            raise ValueError(
+                f"CMA-ES needs dimension >= 1, population >= 2 and sigma > 0, got {dimension}, {population}, {initial_sigma}"
+            )
         self.dimension = int(dimension)
         self.population = int(population)
         self.initial_sigma = float(initial_sigma)
         self.seed = int(seed)
-        self.initial_mean = np.zeros(dimension) if initial_mean is None else np.asarray(initial_mean, dtype=np.float64).copy()
+        self.initial_mean = (
+            np.zeros(dimension) if initial_mean is None else np.asarray(initial_mean, dtype=np.float64).copy()
+        )
         if self.initial_mean.shape != (self.dimension,):
             raise ValueError(f"initial_mean: expected ({self.dimension},), got {self.initial_mean.shape}")
         #: Fitness of every candidate told so far, one row per generation (G, N).
@@ -132,14 +145,22 @@ class CMAES:
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "CMAES":
         """Rebuild the strategy of `state_dict()`: exactly, by replaying its fitness history."""
-        strategy = cls(int(state["dimension"]), int(state["population"]), float(state["initial_sigma"]), int(state["seed"]), np.asarray(state["initial_mean"]))
+        strategy = cls(
+            int(state["dimension"]),
+            int(state["population"]),
+            float(state["initial_sigma"]),
+            int(state["seed"]),
+            np.asarray(state["initial_mean"]),
+        )
         offset = int(state.get("generation_offset", 0))
         history = np.asarray(state["fitness_history"], dtype=np.float64).reshape(-1, strategy.population)
         if offset == 0:
             for fitness in history:
                 strategy.ask()
                 strategy.tell(fitness)
-            if np.allclose(strategy.mean, np.asarray(state["mean"]), rtol=0, atol=1e-9) and math.isclose(strategy.sigma, float(state["sigma"]), rel_tol=1e-9):
+            if np.allclose(strategy.mean, np.asarray(state["mean"]), rtol=0, atol=1e-9) and math.isclose(
+                strategy.sigma, float(state["sigma"]), rel_tol=1e-9
+            ):
                 return strategy
             warnings.warn(
                 "replaying the CMA-ES fitness history did not reproduce the saved state (was the checkpoint written "
@@ -147,7 +168,9 @@ class CMAES:
             )
         covariance = np.asarray(state["covariance"], dtype=np.float64)
         strategy.seed = strategy.seed + int(state["generation"])  # a fresh stream, not a repeat of the first
-        strategy._strategy = strategy._new_strategy(np.asarray(state["mean"]), float(state["sigma"]), np.sqrt(np.clip(np.diag(covariance), 1e-30, None)))
+        strategy._strategy = strategy._new_strategy(
+            np.asarray(state["mean"]), float(state["sigma"]), np.sqrt(np.clip(np.diag(covariance), 1e-30, None))
+        )
         strategy.history = []
         strategy.generation_offset = int(state["generation"])
         return strategy

@@ -87,7 +87,12 @@ def _best_neighbour(land: Landscape, row: int, column: int) -> tuple[int, int] |
     best, best_score = None, -np.inf
     for dx, dy in NEIGHBOURS:
         r, c = row + dy, column + dx
-        if 0 <= r < land.free.shape[0] and 0 <= c < land.free.shape[1] and land.free[r, c] and land.scores[r, c] > best_score:
+        if (
+            0 <= r < land.free.shape[0]
+            and 0 <= c < land.free.shape[1]
+            and land.free[r, c]
+            and land.scores[r, c] > best_score
+        ):
             best, best_score = (r, c), land.scores[r, c]
     return best
 
@@ -142,8 +147,11 @@ def greedy_success(land: Landscape, max_moves: int | None = None) -> float:
 
 
 def summarise(land: Landscape) -> dict[str, float]:
-    return {"rank_correlation": round(rank_correlation(land), 4), "descent_accuracy": round(descent_accuracy(land), 4),
-            "greedy_success": round(greedy_success(land), 4)}
+    return {
+        "rank_correlation": round(rank_correlation(land), 4),
+        "descent_accuracy": round(descent_accuracy(land), 4),
+        "greedy_success": round(greedy_success(land), 4),
+    }
 
 
 def random_layouts(env: TwoRooms, count: int, seed: int) -> list[Layout]:
@@ -164,12 +172,15 @@ def layout_probe(embeddings: np.ndarray, factors: np.ndarray, seed: int = 0) -> 
     What a representation does not encode, no objective on it can use: a door position with a low
     R^2 means that no value on these embeddings can tell which way round the wall is shorter."""
     order = np.random.default_rng(seed).permutation(len(embeddings))
-    train, test = order[: len(order) * 3 // 4], order[len(order) * 3 // 4:]
+    train, test = order[: len(order) * 3 // 4], order[len(order) * 3 // 4 :]
     features = np.concatenate([np.ones((len(embeddings), 1)), embeddings], 1)
     weights, *_ = np.linalg.lstsq(features[train], factors[train], rcond=None)
     residual = ((features[test] @ weights - factors[test]) ** 2).mean(0)
     variance = factors[test].var(0)
-    return {name: round(float(1.0 - r / v), 4) if v > 0 else float("nan") for name, r, v in zip(LAYOUT_FACTORS, residual, variance)}
+    return {
+        name: round(float(1.0 - r / v), 4) if v > 0 else float("nan")
+        for name, r, v in zip(LAYOUT_FACTORS, residual, variance)
+    }
 
 
 Encoder = Callable[[np.ndarray], torch.Tensor]
@@ -185,8 +196,15 @@ within 0.12)."""
 
 
 @torch.no_grad()
-def wall_probe(encode: Encoder, rollout: Rollout, env: TwoRooms, layouts: list[Layout], steps: int = 8, heights: int = 12,
-               start_x: float = 0.32) -> dict[str, Any]:
+def wall_probe(
+    encode: Encoder,
+    rollout: Rollout,
+    env: TwoRooms,
+    layouts: list[Layout],
+    steps: int = 8,
+    heights: int = 12,
+    start_x: float = 0.32,
+) -> dict[str, Any]:
     """Does the model's predictor know where the wall stops the agent?
 
     From `start_x` in the left room, at `heights` heights per layout, the agent is pushed right
@@ -209,7 +227,9 @@ def wall_probe(encode: Encoder, rollout: Rollout, env: TwoRooms, layouts: list[L
             clear = low + 0.01 < y < high - 0.01
             if not clear and low - 0.05 <= y <= high + 0.05:
                 continue  # grazing the door's edge: neither clearly blocked nor clearly open
-            env.set_state({**snapshot, "agent": [start_x, float(y)], "goal": list(layout.goal), "door_y": layout.door_y})
+            env.set_state(
+                {**snapshot, "agent": [start_x, float(y)], "goal": list(layout.goal), "door_y": layout.door_y}
+            )
             start_frame = env.frame_at((start_x, y))
             for _ in range(steps):
                 true_frame, *_ = env.step(np.array([1.0, 0.0], np.float32))
@@ -231,10 +251,18 @@ def wall_probe(encode: Encoder, rollout: Rollout, env: TwoRooms, layouts: list[L
     for low, high in zip(WALL_PROBE_BINS, WALL_PROBE_BINS[1:]):
         inside = (door_distances >= low) & (door_distances < high)
         if inside.any():
-            by_door_distance[f"{low:g}-{high:g}"] = {"pushes": int(inside.sum()), "stopped": round(float(stopped[inside].mean()), 4)}
-    return {"blocked_pushes": len(blocked), "blocked_predicted_stopped": round(float(np.mean(stopped)), 4),
-            "blocked_error": round(float(np.median(blocked)), 4), "open_pushes": len(open_errors),
-            "open_error": round(float(np.median(open_errors)), 4), "stopped_by_door_distance": by_door_distance}
+            by_door_distance[f"{low:g}-{high:g}"] = {
+                "pushes": int(inside.sum()),
+                "stopped": round(float(stopped[inside].mean()), 4),
+            }
+    return {
+        "blocked_pushes": len(blocked),
+        "blocked_predicted_stopped": round(float(np.mean(stopped)), 4),
+        "blocked_error": round(float(np.median(blocked)), 4),
+        "open_pushes": len(open_errors),
+        "open_error": round(float(np.median(open_errors)), 4),
+        "stopped_by_door_distance": by_door_distance,
+    }
 
 
 def wall_blocked_share(episodes, geometry, min_push: float = 0.4, near_wall: float = 0.1) -> dict[str, float]:
@@ -243,8 +271,8 @@ def wall_blocked_share(episodes, geometry, min_push: float = 0.4, near_wall: flo
     `near_wall` of the wall. Episodes are dicts with "image" (T, H, W, 3) and "action" (T, 2), row t
     holding the action that led to frame t (the dataset convention). What the data never show,
     a predictor cannot learn."""
-    from wmlab.pipelines.jepa.pipeline import positions_from_frame
     from wmlab.envs.two_rooms import MIDDLE_X
+    from wmlab.pipelines.jepa.pipeline import positions_from_frame
 
     blocked = total = 0
     for episode in episodes:
@@ -252,12 +280,18 @@ def wall_blocked_share(episodes, geometry, min_push: float = 0.4, near_wall: flo
         push = episode["action"][1:, 0] * geometry.max_step
         moved = np.diff(x)
         total += len(moved)
-        blocked += int(np.sum((np.abs(episode["action"][1:, 0]) >= min_push) & (np.abs(moved) < 0.3 * np.abs(push))
-                              & (np.abs(x[:-1] - MIDDLE_X) < near_wall)))
+        blocked += int(
+            np.sum(
+                (np.abs(episode["action"][1:, 0]) >= min_push)
+                & (np.abs(moved) < 0.3 * np.abs(push))
+                & (np.abs(x[:-1] - MIDDLE_X) < near_wall)
+            )
+        )
     return {"transitions": total, "blocked": blocked, "blocked_share": round(blocked / max(total, 1), 4)}
 
 
 # ------------------------------------------------------------------------------- JEPA objectives
+
 
 def jepa_objectives(agent) -> dict[str, Objective]:
     """The two planning objectives of a JEPAPlannerAgent, scored on real frames (no prediction)."""
@@ -298,7 +332,9 @@ def dataset_probe(agent, dataset, max_frames: int = 4000) -> dict[str, float]:
     frames = frames[:: max(1, len(frames) // max_frames)]
     with torch.no_grad():
         agent.model.eval()
-        embeddings = torch.cat([agent.model.encode(frames[i: i + 512]) for i in range(0, len(frames), 512)]).cpu().numpy()
+        embeddings = (
+            torch.cat([agent.model.encode(frames[i : i + 512]) for i in range(0, len(frames), 512)]).cpu().numpy()
+        )
     return layout_probe(embeddings, np.stack([positions_from_frame(frame) for frame in frames]))
 
 
@@ -348,9 +384,9 @@ def landscape_command(argv: list[str]) -> int:
     import tyro
 
     from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, planner_config
-    from wmlab.data.dataset import load_dataset
     from wmlab.core.serialization import load_state
+    from wmlab.data.dataset import load_dataset
+    from wmlab.pipelines.jepa.pipeline import PipelineArguments, planner_config
 
     arguments = tyro.cli(LandscapeArguments, args=argv, prog="wmlab pipeline jepa-landscape")
     results_path = arguments.out / "results.json"
@@ -358,7 +394,9 @@ def landscape_command(argv: list[str]) -> int:
         raise SystemExit(f"{results_path} not found: point --out at a finished `wmlab pipeline jepa` run")
     settings = json.loads(results_path.read_text())["settings"]
     known = {name: value for name, value in settings.items() if name in PipelineArguments.__dataclass_fields__}
-    pipeline_arguments = PipelineArguments(**{**known, "out": Path(known["out"]), "objectives": tuple(known["objectives"])})
+    pipeline_arguments = PipelineArguments(
+        **{**known, "out": Path(known["out"]), "objectives": tuple(known["objectives"])}
+    )
     dataset = load_dataset(arguments.out / "dataset", seed=0)
     agent = JEPAPlannerAgent(planner_config(pipeline_arguments), dataset.observation_space, dataset.action_space)
     agent.load_state_dict(load_state(arguments.out / f"seed{arguments.seed}", arguments.checkpoint))
@@ -376,19 +414,36 @@ def landscape_command(argv: list[str]) -> int:
             first.insert(0, ("minus the path length", with_scores(first[0][1], -first[0][1].path_lengths)))
     probe = dataset_probe(agent, dataset)
     agent.model.eval()
-    wall = wall_probe(agent.model.encode, agent.model.rollout, env, random_layouts(env, arguments.layouts, seed=100_000))
+    wall = wall_probe(
+        agent.model.encode, agent.model.rollout, env, random_layouts(env, arguments.layouts, seed=100_000)
+    )
     wall["data"] = wall_blocked_share(dataset.episodes(), env.geometry)
-    summary = {name: {metric: round(float(np.mean([row[metric] for row in rows])), 4) for metric in rows[0]}
-               for name, rows in results.items()}
-    (arguments.out / f"landscape-seed{arguments.seed}-{arguments.checkpoint}.json").write_text(json.dumps({"summary": summary, "layout_probe_r2": probe, "wall_probe": wall, "per_layout": results}, indent=1))
-    figure = plot_landscapes(first, arguments.figure or arguments.out / f"landscape-seed{arguments.seed}-{arguments.checkpoint}.png")
+    summary = {
+        name: {metric: round(float(np.mean([row[metric] for row in rows])), 4) for metric in rows[0]}
+        for name, rows in results.items()
+    }
+    (arguments.out / f"landscape-seed{arguments.seed}-{arguments.checkpoint}.json").write_text(
+        json.dumps({"summary": summary, "layout_probe_r2": probe, "wall_probe": wall, "per_layout": results}, indent=1)
+    )
+    figure = plot_landscapes(
+        first, arguments.figure or arguments.out / f"landscape-seed{arguments.seed}-{arguments.checkpoint}.png"
+    )
     for name, metrics in summary.items():
         print(f"{name}: " + ", ".join(f"{metric} {value:.3f}" for metric, value in metrics.items()))
-    print("linear probe R^2 of the layout from the embeddings: " + ", ".join(f"{name} {value:.3f}" for name, value in probe.items()))
-    print(f"predictor at the wall: {wall['blocked_predicted_stopped']:.0%} of {wall['blocked_pushes']} blocked pushes predicted as stopped"
-          f" (median error {wall['blocked_error']:.2f} of a push; open pushes {wall['open_error']:.2f});"
-          f" the data show the wall stopping the agent in {wall['data']['blocked']} of {wall['data']['transitions']} transitions")
-    print("  blocked pushes predicted as stopped, by distance of the height from the door's centre: "
-          + ", ".join(f"{band} {row['stopped']:.0%} of {row['pushes']}" for band, row in wall["stopped_by_door_distance"].items()))
+    print(
+        "linear probe R^2 of the layout from the embeddings: "
+        + ", ".join(f"{name} {value:.3f}" for name, value in probe.items())
+    )
+    print(
+        f"predictor at the wall: {wall['blocked_predicted_stopped']:.0%} of {wall['blocked_pushes']} blocked pushes predicted as stopped"
+        f" (median error {wall['blocked_error']:.2f} of a push; open pushes {wall['open_error']:.2f});"
+        f" the data show the wall stopping the agent in {wall['data']['blocked']} of {wall['data']['transitions']} transitions"
+    )
+    print(
+        "  blocked pushes predicted as stopped, by distance of the height from the door's centre: "
+        + ", ".join(
+            f"{band} {row['stopped']:.0%} of {row['pushes']}" for band, row in wall["stopped_by_door_distance"].items()
+        )
+    )
     print(f"figure: {figure}")
     return 0

@@ -27,8 +27,8 @@ import torch
 from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, PredictorRefiner, make_value_learner
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig, default_mppi
 from wmlab.core.errors import RunDirectoryError, ShapeError
-from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, MIDDLE_X, WALL_RGB, TwoRoomsGeometry, scripted_action
 from wmlab.core.progress import StageProgress
+from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, MIDDLE_X, WALL_RGB, TwoRoomsGeometry, scripted_action
 
 
 def positions_from_frame(frame: np.ndarray) -> np.ndarray:
@@ -55,7 +55,9 @@ def random_waypoint(rng: np.random.Generator, geometry: TwoRoomsGeometry) -> np.
     return np.array([rng.uniform(low, high), rng.uniform(geometry.lowest, geometry.highest)])
 
 
-def wall_following_action(position: np.ndarray, state: dict, rng: np.random.Generator, flip_probability: float = 0.1) -> np.ndarray:
+def wall_following_action(
+    position: np.ndarray, state: dict, rng: np.random.Generator, flip_probability: float = 0.1
+) -> np.ndarray:
     """Feel along the wall for the door: head for the wall from whichever side the agent is on, then
     push into it (with `state["push"]`) while sliding up or down (`state["direction"]`), turning at
     the arena's ends and at random. Pushes land at every height, beside the door's edges too, and
@@ -71,9 +73,15 @@ def wall_following_action(position: np.ndarray, state: dict, rng: np.random.Gene
     return np.array([state["toward"] * state["push"], state["direction"] * rng.uniform(0.3, 1.0)])
 
 
-def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0), noise: float = 0.3,
-                       sticky_fraction: float = 0.0, hold_steps: tuple[int, int] = (4, 12), waypoint_fraction: float = 0.0,
-                       wall_fraction: float = 0.0):
+def exploration_policy(
+    seed: int,
+    random_fractions: tuple[float, ...] = (0.0, 0.3, 0.6, 1.0),
+    noise: float = 0.3,
+    sticky_fraction: float = 0.0,
+    hold_steps: tuple[int, int] = (4, 12),
+    waypoint_fraction: float = 0.0,
+    wall_fraction: float = 0.0,
+):
     """policy(obs, state) -> (action, state) for record_dataset. Per episode, with probability
     `sticky_fraction` a sticky random walk: a uniform random action held for a number of steps
     drawn from `hold_steps` (inclusive), then another; such walks run into the wall and slide along
@@ -88,9 +96,14 @@ def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.
     (an expert that only heads for the episode's goal lines up with the door from the start).
     With probability `wall_fraction` an episode follows the wall instead (`wall_following_action`,
     plus the same noise): pushes into the wall at every height, the door's edges included."""
-    if min(sticky_fraction, waypoint_fraction, wall_fraction) < 0.0 or sticky_fraction + waypoint_fraction + wall_fraction > 1.0:
-        raise ValueError(f"sticky_fraction, waypoint_fraction and wall_fraction must be in [0, 1] with a sum of at most 1, got {sticky_fraction}, "
-                         f"{waypoint_fraction} and {wall_fraction}")
+    if (
+        min(sticky_fraction, waypoint_fraction, wall_fraction) < 0.0
+        or sticky_fraction + waypoint_fraction + wall_fraction > 1.0
+    ):
+        raise ValueError(
+            f"sticky_fraction, waypoint_fraction and wall_fraction must be in [0, 1] with a sum of at most 1, got {sticky_fraction}, "
+            f"{waypoint_fraction} and {wall_fraction}"
+        )
     if not 1 <= hold_steps[0] <= hold_steps[1]:
         raise ValueError(f"hold_steps must be 1 <= low <= high, got {hold_steps}")
     rng, geometry = np.random.default_rng(seed), TwoRoomsGeometry()
@@ -98,12 +111,23 @@ def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.
     def noisy_expert(obs, state):
         if state is None or bool(obs["is_first"][0]):
             kind = rng.random()
-            state = {"random_fraction": float(rng.choice(random_fractions)), "sticky": bool(kind < sticky_fraction), "held": 0,
-                     "waypoint": random_waypoint(rng, geometry) if sticky_fraction <= kind < sticky_fraction + waypoint_fraction else None,
-                     "wall": bool(sticky_fraction + waypoint_fraction <= kind < sticky_fraction + waypoint_fraction + wall_fraction),
-                     "direction": 1.0 if rng.random() < 0.5 else -1.0, "push": float(rng.uniform(0.3, 1.0))}
+            state = {
+                "random_fraction": float(rng.choice(random_fractions)),
+                "sticky": bool(kind < sticky_fraction),
+                "held": 0,
+                "waypoint": random_waypoint(rng, geometry)
+                if sticky_fraction <= kind < sticky_fraction + waypoint_fraction
+                else None,
+                "wall": bool(
+                    sticky_fraction + waypoint_fraction <= kind < sticky_fraction + waypoint_fraction + wall_fraction
+                ),
+                "direction": 1.0 if rng.random() < 0.5 else -1.0,
+                "push": float(rng.uniform(0.3, 1.0)),
+            }
         if state["wall"]:
-            action = wall_following_action(positions_from_frame(obs["image"][0]), state, rng) + noise * rng.standard_normal(2)
+            action = wall_following_action(
+                positions_from_frame(obs["image"][0]), state, rng
+            ) + noise * rng.standard_normal(2)
         elif state["waypoint"] is not None:
             positions = positions_from_frame(obs["image"][0])
             if np.linalg.norm(positions[:2] - state["waypoint"]) < geometry.max_step:
@@ -128,7 +152,11 @@ def exploration_policy(seed: int, random_fractions: tuple[float, ...] = (0.0, 0.
 def exploration_name(sticky_fraction: float, waypoint_fraction: float = 0.0, wall_fraction: float = 0.0) -> str:
     """How the dataset manifest names the exploration policy (a reused dataset must match it)."""
     name = "noisy-scripted-expert+random"
-    for kind, fraction in (("sticky-random-walk", sticky_fraction), ("waypoint-tour", waypoint_fraction), ("wall-following", wall_fraction)):
+    for kind, fraction in (
+        ("sticky-random-walk", sticky_fraction),
+        ("waypoint-tour", waypoint_fraction),
+        ("wall-following", wall_fraction),
+    ):
         if fraction != 0.0:
             name += f"+{kind}:{fraction:g}"
     return name
@@ -261,7 +289,15 @@ def no_progress(steps: int, note: str = "") -> None:
     """The progress callback when no bar is shown."""
 
 
-def train_model(agent: JEPAPlannerAgent, dataset, steps: int, batch_size: int, length: int, log: Path, advance: Callable[..., None] = no_progress) -> dict:
+def train_model(
+    agent: JEPAPlannerAgent,
+    dataset,
+    steps: int,
+    batch_size: int,
+    length: int,
+    log: Path,
+    advance: Callable[..., None] = no_progress,
+) -> dict:
     started, metrics = time.time(), {}
     shaping_episodes = None
     if agent.config.value.shaping_scale > 0:
@@ -270,7 +306,14 @@ def train_model(agent: JEPAPlannerAgent, dataset, steps: int, batch_size: int, l
         metrics = agent.update(dataset.sample(batch_size, length), shaping_episodes)
         advance(1, f"loss {metrics['loss/total']:.3f}")
         if step % 100 == 0 or step == steps:
-            _log(log, {"step": step, "seconds": round(time.time() - started, 1), **{k: round(v, 5) for k, v in metrics.items()}})
+            _log(
+                log,
+                {
+                    "step": step,
+                    "seconds": round(time.time() - started, 1),
+                    **{k: round(v, 5) for k, v in metrics.items()},
+                },
+            )
     return metrics
 
 
@@ -284,7 +327,14 @@ def embed_episodes(model, dataset, chunk: int = 512) -> list[torch.Tensor]:
     return episodes
 
 
-def train_value(agent: JEPAPlannerAgent, episodes: list[torch.Tensor], steps: int, seed: int, log: Path, advance: Callable[..., None] = no_progress) -> dict:
+def train_value(
+    agent: JEPAPlannerAgent,
+    episodes: list[torch.Tensor],
+    steps: int,
+    seed: int,
+    log: Path,
+    advance: Callable[..., None] = no_progress,
+) -> dict:
     learner, metrics = make_value_learner(agent.value, agent.config.value, seed=seed), {}
     for step in range(1, steps + 1):
         metrics = learner.update(episodes)
@@ -294,14 +344,28 @@ def train_value(agent: JEPAPlannerAgent, episodes: list[torch.Tensor], steps: in
     return metrics
 
 
-def refine_predictor(agent: JEPAPlannerAgent, datasets: list, embeddings: list[torch.Tensor], steps: int, batch_size: int, length: int,
-                     seed: int, log: Path, advance: Callable[..., None] = no_progress) -> dict:
+def refine_predictor(
+    agent: JEPAPlannerAgent,
+    datasets: list,
+    embeddings: list[torch.Tensor],
+    steps: int,
+    batch_size: int,
+    length: int,
+    seed: int,
+    log: Path,
+    advance: Callable[..., None] = no_progress,
+) -> dict:
     """Train the predictor alone on frozen embeddings (see PredictorRefiner), those of the datasets'
     episodes in order; the last step's losses."""
-    actions = [torch.as_tensor(episode["action"], dtype=torch.float32, device=agent.device)
-               for dataset in datasets for episode in dataset.episodes()]
+    actions = [
+        torch.as_tensor(episode["action"], dtype=torch.float32, device=agent.device)
+        for dataset in datasets
+        for episode in dataset.episodes()
+    ]
     if [len(episode) for episode in actions] != [len(episode) for episode in embeddings]:
-        raise ShapeError(f"refine_predictor: {len(embeddings)} embedded episodes do not match the {len(actions)} episodes of actions step for step")
+        raise ShapeError(
+            f"refine_predictor: {len(embeddings)} embedded episodes do not match the {len(actions)} episodes of actions step for step"
+        )
     refiner, metrics = PredictorRefiner(agent.model, steps, batch_size, length, seed=seed), {}
     for step in range(1, steps + 1):
         metrics = refiner.update(embeddings, actions)
@@ -312,7 +376,15 @@ def refine_predictor(agent: JEPAPlannerAgent, datasets: list, embeddings: list[t
     return metrics
 
 
-def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: int, seed: int, log: Path | None = None, advance: Callable[..., None] = no_progress) -> dict:
+def evaluate(
+    agent: JEPAPlannerAgent,
+    objective: str,
+    episodes: int,
+    max_steps: int,
+    seed: int,
+    log: Path | None = None,
+    advance: Callable[..., None] = no_progress,
+) -> dict:
     """Success rate of MPC toward the goal image, random door, goal in the other room."""
     from wmlab.envs.two_rooms import MIDDLE_X, make_two_rooms_pixels
 
@@ -336,7 +408,15 @@ def evaluate(agent: JEPAPlannerAgent, objective: str, episodes: int, max_steps: 
         final_distances.append(0.0 if success else float(info["distance"]))
         advance(1, f"success {np.mean(successes):.0%}")
         if log is not None and (episode + 1) % 25 == 0:
-            _log(log, {"objective": objective, "episodes_done": episode + 1, "success_rate_so_far": float(np.mean(successes)), "seconds": round(time.time() - started, 1)})
+            _log(
+                log,
+                {
+                    "objective": objective,
+                    "episodes_done": episode + 1,
+                    "success_rate_so_far": float(np.mean(successes)),
+                    "seconds": round(time.time() - started, 1),
+                },
+            )
     return {
         "objective": objective,
         "episodes": episodes,
@@ -354,11 +434,18 @@ def check_evaluation_layouts(arguments: PipelineArguments) -> None:
     """Evaluation episodes must not start from a recorded episode's reset seed: the planner would
     be scored on layouts its model and value were trained on."""
     evaluation = range(arguments.eval_seed, arguments.eval_seed + arguments.eval_episodes)
-    for name, recorded in (("the main dataset's", range(0, arguments.episodes)),
-                           ("the extra wall-following episodes'", range(EXTRA_DATASET_SEED, EXTRA_DATASET_SEED + arguments.extra_wall_episodes))):
+    for name, recorded in (
+        ("the main dataset's", range(0, arguments.episodes)),
+        (
+            "the extra wall-following episodes'",
+            range(EXTRA_DATASET_SEED, EXTRA_DATASET_SEED + arguments.extra_wall_episodes),
+        ),
+    ):
         if evaluation.start < recorded.stop and recorded.start < evaluation.stop:
-            raise ValueError(f"--eval-seed {arguments.eval_seed} with {arguments.eval_episodes} episodes overlaps {name} reset seeds "
-                             f"{recorded.start}..{recorded.stop - 1}: evaluation layouts would repeat recorded ones")
+            raise ValueError(
+                f"--eval-seed {arguments.eval_seed} with {arguments.eval_episodes} episodes overlaps {name} reset seeds "
+                f"{recorded.start}..{recorded.stop - 1}: evaluation layouts would repeat recorded ones"
+            )
 
 
 def run_pipeline(arguments: PipelineArguments) -> dict:
@@ -372,35 +459,67 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     log = out / "metrics.jsonl"
     if arguments.quick:
-        arguments = replace(arguments, episodes=6, episode_steps=20, train_steps=3, value_steps=3, eval_episodes=1, eval_steps=5, sequence_length=4, batch_size=4,
-                            refine_steps=min(arguments.refine_steps, 3), refine_batch_size=4,
-                            extra_wall_episodes=min(arguments.extra_wall_episodes, 3))
+        arguments = replace(
+            arguments,
+            episodes=6,
+            episode_steps=20,
+            train_steps=3,
+            value_steps=3,
+            eval_episodes=1,
+            eval_steps=5,
+            sequence_length=4,
+            batch_size=4,
+            refine_steps=min(arguments.refine_steps, 3),
+            refine_batch_size=4,
+            extra_wall_episodes=min(arguments.extra_wall_episodes, 3),
+        )
     dataset_dir = out / "dataset"
     policy_name = exploration_name(arguments.sticky_episodes, arguments.waypoint_episodes, arguments.wall_episodes)
     if not (dataset_dir / "manifest.json").exists():
-        policy = exploration_policy(seed=0, sticky_fraction=arguments.sticky_episodes, waypoint_fraction=arguments.waypoint_episodes,
-                                    wall_fraction=arguments.wall_episodes)
+        policy = exploration_policy(
+            seed=0,
+            sticky_fraction=arguments.sticky_episodes,
+            waypoint_fraction=arguments.waypoint_episodes,
+            wall_fraction=arguments.wall_episodes,
+        )
         record_dataset(
-            "two-rooms", policy, arguments.episodes, dataset_dir, seed=0,
-            max_episode_steps=arguments.episode_steps, progress=arguments.progress, policy_name=policy_name,
+            "two-rooms",
+            policy,
+            arguments.episodes,
+            dataset_dir,
+            seed=0,
+            max_episode_steps=arguments.episode_steps,
+            progress=arguments.progress,
+            policy_name=policy_name,
         )
     else:
         recorded = json.loads((dataset_dir / "manifest.json").read_text()).get("policy")
         if recorded != policy_name:
-            raise RunDirectoryError(f"{dataset_dir} was recorded by {recorded!r}, not {policy_name!r} as asked (--sticky-episodes, --waypoint-episodes, --wall-episodes); "
-                                    "use another --out or remove that dataset")
+            raise RunDirectoryError(
+                f"{dataset_dir} was recorded by {recorded!r}, not {policy_name!r} as asked (--sticky-episodes, --waypoint-episodes, --wall-episodes); "
+                "use another --out or remove that dataset"
+            )
     dataset = load_dataset(dataset_dir, seed=0)
     extra = None
     if arguments.extra_wall_episodes > 0:
         extra_dir = out / "extra-dataset"
         if not (extra_dir / "manifest.json").exists():
-            record_dataset("two-rooms", exploration_policy(seed=1, wall_fraction=1.0), arguments.extra_wall_episodes, extra_dir,
-                           seed=EXTRA_DATASET_SEED, max_episode_steps=arguments.episode_steps, progress=arguments.progress,
-                           policy_name="wall-following")
+            record_dataset(
+                "two-rooms",
+                exploration_policy(seed=1, wall_fraction=1.0),
+                arguments.extra_wall_episodes,
+                extra_dir,
+                seed=EXTRA_DATASET_SEED,
+                max_episode_steps=arguments.episode_steps,
+                progress=arguments.progress,
+                policy_name="wall-following",
+            )
         extra = load_dataset(extra_dir, seed=0)
         if extra.num_episodes != arguments.extra_wall_episodes:
-            raise RunDirectoryError(f"{extra_dir} holds {extra.num_episodes} episodes, not the {arguments.extra_wall_episodes} asked "
-                                    "(--extra-wall-episodes); use another --out or remove that dataset")
+            raise RunDirectoryError(
+                f"{extra_dir} holds {extra.num_episodes} episodes, not the {arguments.extra_wall_episodes} asked "
+                "(--extra-wall-episodes); use another --out or remove that dataset"
+            )
     results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(arguments).items()}, "runs": []}
     with StageProgress(arguments.progress) as bars:
         for seed in range(arguments.first_seed, arguments.first_seed + arguments.seeds):
@@ -416,30 +535,55 @@ def summarise_seeds(runs: list[dict]) -> dict[str, dict[str, float]]:
     for run in runs:
         for evaluation in run["evaluations"]:
             rates.setdefault(evaluation["objective"], []).append(evaluation["success_rate"])
-    return {objective: {"success_mean": float(np.mean(values)), "success_std": float(np.std(values)), "seeds": len(values)}
-            for objective, values in rates.items()}
+    return {
+        objective: {"success_mean": float(np.mean(values)), "success_std": float(np.std(values)), "seeds": len(values)}
+        for objective, values in rates.items()
+    }
 
 
 def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
     """The agent configuration a pipeline run trains (and a later reader must rebuild to load it)."""
     from wmlab.models.jepa import JEPAConfig, JEPALossScales
 
-    model_config = JEPAConfig(collapse_prevention=arguments.collapse_prevention, momentum_steps=max(arguments.train_steps, 1),
-                              loss_scales=JEPALossScales(covariance=arguments.covariance_weight),
-                              encoder_head=arguments.encoder_head, embedding_size=arguments.embedding_size,
-                              layout_size=arguments.layout_size, hidden_size=arguments.hidden_size,
-                              predictor_layers=arguments.predictor_layers)
+    model_config = JEPAConfig(
+        collapse_prevention=arguments.collapse_prevention,
+        momentum_steps=max(arguments.train_steps, 1),
+        loss_scales=JEPALossScales(covariance=arguments.covariance_weight),
+        encoder_head=arguments.encoder_head,
+        embedding_size=arguments.embedding_size,
+        layout_size=arguments.layout_size,
+        hidden_size=arguments.hidden_size,
+        predictor_layers=arguments.predictor_layers,
+    )
     if arguments.quick:
         small_embedding = 64 if arguments.encoder_head == "spatial" else 8
-        model_config = replace(model_config, embedding_size=small_embedding, encoder_depth=4, hidden_size=32, predictor_channels=8,
-                               layout_size=4)
-    value_config = ValueConfig(space=arguments.value_space, shaping_scale=arguments.value_shaping, objective=arguments.value_objective)
+        model_config = replace(
+            model_config,
+            embedding_size=small_embedding,
+            encoder_depth=4,
+            hidden_size=32,
+            predictor_channels=8,
+            layout_size=4,
+        )
+    value_config = ValueConfig(
+        space=arguments.value_space, shaping_scale=arguments.value_shaping, objective=arguments.value_objective
+    )
     if arguments.quick:
         value_config = replace(value_config, hidden_size=16, projection_size=8, batch_size=32, shaping_batch_size=8)
-    planner = replace(default_mppi(), horizon=arguments.planning_horizon, iterations=arguments.planning_iterations,
-                      noise_exponent=arguments.planning_noise_exponent)
-    return JEPAPlannerConfig(model=model_config, value=value_config, planner=planner, replan_every=arguments.replan_every,
-                             distance_at_end=arguments.distance_at_end, distance_norm=arguments.distance_norm)
+    planner = replace(
+        default_mppi(),
+        horizon=arguments.planning_horizon,
+        iterations=arguments.planning_iterations,
+        noise_exponent=arguments.planning_noise_exponent,
+    )
+    return JEPAPlannerConfig(
+        model=model_config,
+        value=value_config,
+        planner=planner,
+        replan_every=arguments.replan_every,
+        distance_at_end=arguments.distance_at_end,
+        distance_norm=arguments.distance_norm,
+    )
 
 
 def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress, extra=None) -> dict:
@@ -449,7 +593,9 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
 
     out = arguments.out
     torch.manual_seed(seed)
-    agent = JEPAPlannerAgent(planner_config(arguments), dataset.observation_space, dataset.action_space, seed=seed, device=arguments.device)
+    agent = JEPAPlannerAgent(
+        planner_config(arguments), dataset.observation_space, dataset.action_space, seed=seed, device=arguments.device
+    )
     checkpoint = out / f"seed{seed}"
     model_metrics, value_metrics, model_seconds, value_seconds = {}, {}, 0.0, 0.0
 
@@ -460,11 +606,21 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
 
     def timed_value_training() -> tuple[dict, float]:
         started = time.time()
-        metrics = train_value(agent, embedded(), arguments.value_steps, seed, log,
-                              bars.task(f"seed {seed}: goal value", arguments.value_steps))
+        metrics = train_value(
+            agent,
+            embedded(),
+            arguments.value_steps,
+            seed,
+            log,
+            bars.task(f"seed {seed}: goal value", arguments.value_steps),
+        )
         return metrics, time.time() - started
 
-    reuse_refined = arguments.reuse_checkpoints and arguments.refine_steps > 0 and (checkpoint / "checkpoint-refined.safetensors").is_file()
+    reuse_refined = (
+        arguments.reuse_checkpoints
+        and arguments.refine_steps > 0
+        and (checkpoint / "checkpoint-refined.safetensors").is_file()
+    )
     if reuse_refined:  # the refined predictor and the value saved with it: nothing to train
         agent.load_state_dict(load_state(checkpoint, "checkpoint-refined"))
     elif arguments.reuse_checkpoints and (checkpoint / "checkpoint.safetensors").is_file():
@@ -475,24 +631,53 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
             save_state({"value": agent.value.state_dict()}, checkpoint, f"value-{arguments.value_objective}")
     else:
         started = time.time()
-        model_metrics = train_model(agent, dataset, arguments.train_steps, arguments.batch_size, arguments.sequence_length, log,
-                                    bars.task(f"seed {seed}: world model", arguments.train_steps))
+        model_metrics = train_model(
+            agent,
+            dataset,
+            arguments.train_steps,
+            arguments.batch_size,
+            arguments.sequence_length,
+            log,
+            bars.task(f"seed {seed}: world model", arguments.train_steps),
+        )
         model_seconds = time.time() - started
         value_metrics, value_seconds = timed_value_training()
         save_state(agent.state_dict(), checkpoint, "checkpoint")
-    run = {"seed": seed, "model_seconds": round(model_seconds, 1), "value_seconds": round(value_seconds, 1), "final_model_metrics": model_metrics, "final_value_metrics": value_metrics, "evaluations": []}
+    run = {
+        "seed": seed,
+        "model_seconds": round(model_seconds, 1),
+        "value_seconds": round(value_seconds, 1),
+        "final_model_metrics": model_metrics,
+        "final_value_metrics": value_metrics,
+        "evaluations": [],
+    }
     if arguments.refine_steps > 0 and not reuse_refined:
         started = time.time()
         embeddings = embedded()
         run["refine_episodes"] = len(embeddings)
-        run["final_refine_metrics"] = refine_predictor(agent, datasets, embeddings, arguments.refine_steps,
-                                                       arguments.refine_batch_size, arguments.sequence_length, seed, log,
-                                                       bars.task(f"seed {seed}: predictor", arguments.refine_steps))
+        run["final_refine_metrics"] = refine_predictor(
+            agent,
+            datasets,
+            embeddings,
+            arguments.refine_steps,
+            arguments.refine_batch_size,
+            arguments.sequence_length,
+            seed,
+            log,
+            bars.task(f"seed {seed}: predictor", arguments.refine_steps),
+        )
         run["refine_seconds"] = round(time.time() - started, 1)
         save_state(agent.state_dict(), checkpoint, "checkpoint-refined")
     for objective in arguments.objectives:
-        evaluation = evaluate(agent, objective, arguments.eval_episodes, arguments.eval_steps, seed=arguments.eval_seed, log=log,
-                              advance=bars.task(f"seed {seed}: plan by {objective}", arguments.eval_episodes))
+        evaluation = evaluate(
+            agent,
+            objective,
+            arguments.eval_episodes,
+            arguments.eval_steps,
+            seed=arguments.eval_seed,
+            log=log,
+            advance=bars.task(f"seed {seed}: plan by {objective}", arguments.eval_episodes),
+        )
         run["evaluations"].append(evaluation)
         _log(log, {"seed": seed, **evaluation})
     return run
@@ -506,8 +691,12 @@ def jepa_command(argv: list[str]) -> int:
     results = run_pipeline(arguments)
     for run in results["runs"]:
         for evaluation in run["evaluations"]:
-            print(f"seed {run['seed']} {evaluation['objective']}: success {evaluation['success_rate']:.1%} over {evaluation['episodes']} episodes"
-                  f" (ended in the goal's room {evaluation['reached_goal_room']:.0%}, path left {evaluation['mean_final_path_length']:.2f})")
+            print(
+                f"seed {run['seed']} {evaluation['objective']}: success {evaluation['success_rate']:.1%} over {evaluation['episodes']} episodes"
+                f" (ended in the goal's room {evaluation['reached_goal_room']:.0%}, path left {evaluation['mean_final_path_length']:.2f})"
+            )
     for objective, summary in results["summary"].items():
-        print(f"{objective}: success {summary['success_mean']:.1%} +- {summary['success_std']:.1%} over {summary['seeds']} seed(s)")
+        print(
+            f"{objective}: success {summary['success_mean']:.1%} +- {summary['success_std']:.1%} over {summary['seeds']} seed(s)"
+        )
     return 0

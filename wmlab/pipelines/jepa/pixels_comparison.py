@@ -33,11 +33,11 @@ import torch
 from gymnasium import spaces
 
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, default_mppi
-from wmlab.pipelines.jepa.pipeline import evaluate, exploration_policy, no_progress
+from wmlab.core.progress import StageProgress
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.rssm import RSSM, RSSMConfig, RSSMLossScales, State
+from wmlab.pipelines.jepa.pipeline import evaluate, exploration_policy, no_progress
 from wmlab.planners.mppi import MPPI, MPPIConfig
-from wmlab.core.progress import StageProgress
 
 
 def reward_free_rssm() -> RSSMConfig:
@@ -80,7 +80,14 @@ class RSSMGoalAgent:
 
     learns_from: Literal["transitions", "replay"] = "replay"
 
-    def __init__(self, config: RSSMGoalConfig, observation_space: spaces.Space, action_space: spaces.Space, seed: int = 0, device: str = "cpu"):
+    def __init__(
+        self,
+        config: RSSMGoalConfig,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        seed: int = 0,
+        device: str = "cpu",
+    ):
         self.config = config
         self.action_space = action_space
         self.device = torch.device(device)
@@ -88,7 +95,9 @@ class RSSMGoalAgent:
             torch.manual_seed(seed)
             self.model = RSSM(config.model, observation_space, action_space).to(self.device)
         if tuple(self.model.layout.image_keys) != ("image",) or self.model.layout.vector_keys:
-            raise ValueError(f"the RSSM goal planner plans toward an 'image' goal only, got keys {(*self.model.layout.image_keys, *self.model.layout.vector_keys)}")
+            raise ValueError(
+                f"the RSSM goal planner plans toward an 'image' goal only, got keys {(*self.model.layout.image_keys, *self.model.layout.vector_keys)}"
+            )
         self.model.generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.planner = MPPI(config.planner, seed=seed, device=self.device)
@@ -120,13 +129,25 @@ class RSSMGoalAgent:
         first = state is None or bool(np.asarray(obs.get("is_first", [False])).reshape(-1)[0])
         if first:
             self.planner.reset()
-            state = {**model.initial(1), "action": torch.zeros(1, model.action_size, device=self.device), "plan": None, "step": 0}
-        latent = model.filter_step(obs, state["action"], torch.tensor([first]), {"deter": state["deter"], "stoch": state["stoch"]})
+            state = {
+                **model.initial(1),
+                "action": torch.zeros(1, model.action_size, device=self.device),
+                "plan": None,
+                "step": 0,
+            }
+        latent = model.filter_step(
+            obs, state["action"], torch.tensor([first]), {"deter": state["deter"], "stoch": state["stoch"]}
+        )
         if state["plan"] is None or state["step"] % self.config.replan_every == 0:
             shift = 1 if state["plan"] is None else self.config.replan_every  # steps executed since the last plan
             state["plan"] = self.planner.plan(self.rollout, latent, self.action_space, explore=explore, shift=shift)
         action = state["plan"][state["step"] % self.config.replan_every].reshape(1, -1)
-        state = {**latent, "action": model.encode_action(action.to(self.device), ("B",), {"B": 1}), "plan": state["plan"], "step": state["step"] + 1}
+        state = {
+            **latent,
+            "action": model.encode_action(action.to(self.device), ("B",), {"B": 1}),
+            "plan": state["plan"],
+            "step": state["step"] + 1,
+        }
         return action.cpu().numpy().astype(np.float32), state
 
     def observe(self, transition: Transition) -> dict[str, float]:
@@ -192,8 +213,17 @@ class ComparisonArguments:
     """Show progress bars."""
 
 
-def train_for(agent: Any, dataset: Any, batch_size: int, length: int, steps: int | None, cpu_seconds: float | None, log: Path, name: str,
-              advance: Callable[..., None] = no_progress) -> dict[str, Any]:
+def train_for(
+    agent: Any,
+    dataset: Any,
+    batch_size: int,
+    length: int,
+    steps: int | None,
+    cpu_seconds: float | None,
+    log: Path,
+    name: str,
+    advance: Callable[..., None] = no_progress,
+) -> dict[str, Any]:
     """Gradient steps until `steps` are done or, when steps is None, this process has used
     `cpu_seconds` of CPU time. The budget is CPU time, not wall-clock, so that a machine shared
     with other jobs gives both models the same compute (at one torch thread the two coincide on
@@ -205,9 +235,23 @@ def train_for(agent: Any, dataset: Any, batch_size: int, length: int, steps: int
         advance(1, f"CPU {time.process_time() - cpu_started:.0f} s")
         if step % 100 == 0:
             with open(log, "a") as file:
-                file.write(json.dumps({"model": name, "step": step, "cpu_seconds": round(time.process_time() - cpu_started, 1), **{k: round(float(v), 5) for k, v in metrics.items()}}) + "\n")
-    return {"steps": step, "cpu_seconds": round(time.process_time() - cpu_started, 1), "wall_seconds": round(time.perf_counter() - started, 1),
-            "final_metrics": {k: round(float(v), 5) for k, v in metrics.items()}}
+                file.write(
+                    json.dumps(
+                        {
+                            "model": name,
+                            "step": step,
+                            "cpu_seconds": round(time.process_time() - cpu_started, 1),
+                            **{k: round(float(v), 5) for k, v in metrics.items()},
+                        }
+                    )
+                    + "\n"
+                )
+    return {
+        "steps": step,
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "final_metrics": {k: round(float(v), 5) for k, v in metrics.items()},
+    }
 
 
 def heldout_batch(directory: Path, windows: int, length: int, seed: int) -> Batch:
@@ -243,7 +287,10 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"| model | plans in | training (steps / CPU s) | latent error h={' / '.join(map(str, horizons))} | success ({results['jepa']['planning']['episodes']} episodes) | mean length |",
         "|---|---|---|---|---|---|",
     ]
-    for name, space in (("jepa", "representation (distance to the goal embedding)"), ("rssm", "pixels (MSE of decoded frames to the goal image)")):
+    for name, space in (
+        ("jepa", "representation (distance to the goal embedding)"),
+        ("rssm", "pixels (MSE of decoded frames to the goal image)"),
+    ):
         entry = results[name]
         curve = entry["latent_normalised_mse"]
         points = " / ".join(f"{curve[h - 1]:.3f}" for h in horizons)
@@ -252,7 +299,9 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"{entry['planning']['success_rate']:.1%} | {entry['planning']['mean_length']:.1f} |"
         )
     summed = results["jepa"]["planning_summed_over_horizon"]
-    lines.append(f"| JEPA, distance summed over the horizon | representation | (the same model) | | {summed['success_rate']:.1%} | {summed['mean_length']:.1f} |")
+    lines.append(
+        f"| JEPA, distance summed over the horizon | representation | (the same model) | | {summed['success_rate']:.1%} | {summed['mean_length']:.1f} |"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -263,14 +312,38 @@ def run_comparison(arguments: ComparisonArguments) -> dict[str, Any]:
 
     torch.set_num_threads(arguments.threads)
     if arguments.quick:
-        arguments = replace(arguments, episodes=6, heldout_episodes=3, episode_steps=20, train_steps=3, rssm_steps=3, batch_size=4,
-                            sequence_length=4, context=2, horizon=4, heldout_windows=4, eval_episodes=1, eval_steps=4)
+        arguments = replace(
+            arguments,
+            episodes=6,
+            heldout_episodes=3,
+            episode_steps=20,
+            train_steps=3,
+            rssm_steps=3,
+            batch_size=4,
+            sequence_length=4,
+            context=2,
+            horizon=4,
+            heldout_windows=4,
+            eval_episodes=1,
+            eval_steps=4,
+        )
     out = arguments.out
     out.mkdir(parents=True, exist_ok=True)
-    for directory, episodes, seed in ((out / "dataset", arguments.episodes, 0), (out / "heldout", arguments.heldout_episodes, 1)):
+    for directory, episodes, seed in (
+        (out / "dataset", arguments.episodes, 0),
+        (out / "heldout", arguments.heldout_episodes, 1),
+    ):
         if not (directory / "manifest.json").exists():
-            record_dataset("two-rooms", exploration_policy(seed=seed), episodes, directory, seed=seed,
-                           max_episode_steps=arguments.episode_steps, progress=arguments.progress, policy_name="noisy-scripted-expert+random")
+            record_dataset(
+                "two-rooms",
+                exploration_policy(seed=seed),
+                episodes,
+                directory,
+                seed=seed,
+                max_episode_steps=arguments.episode_steps,
+                progress=arguments.progress,
+                policy_name="noisy-scripted-expert+random",
+            )
     dataset = load_dataset(out / "dataset", seed=arguments.seed)
     spaces_ = (dataset.observation_space, dataset.action_space)
 
@@ -282,17 +355,29 @@ def run_comparison(arguments: ComparisonArguments) -> dict[str, Any]:
         jepa_model = replace(jepa_model, embedding_size=8, encoder_depth=4, hidden_size=32)
         rssm_model = replace(rssm_model, size="tiny")
         planner = replace(planner, samples=8, elites=2, iterations=2, horizon=4)
-    jepa = JEPAPlannerAgent(JEPAPlannerConfig(model=jepa_model, planner=planner, replan_every=arguments.replan_every), *spaces_, seed=arguments.seed, device=arguments.device)
-    rssm = RSSMGoalAgent(RSSMGoalConfig(model=rssm_model, planner=planner, replan_every=arguments.replan_every), *spaces_, seed=arguments.seed, device=arguments.device)
+    jepa = JEPAPlannerAgent(
+        JEPAPlannerConfig(model=jepa_model, planner=planner, replan_every=arguments.replan_every),
+        *spaces_,
+        seed=arguments.seed,
+        device=arguments.device,
+    )
+    rssm = RSSMGoalAgent(
+        RSSMGoalConfig(model=rssm_model, planner=planner, replan_every=arguments.replan_every),
+        *spaces_,
+        seed=arguments.seed,
+        device=arguments.device,
+    )
 
     with StageProgress(arguments.progress) as bars:
         return compare(arguments, dataset, jepa, rssm, bars)
 
 
-def compare(arguments: ComparisonArguments, dataset: Any, jepa: Any, rssm: RSSMGoalAgent, bars: StageProgress) -> dict[str, Any]:
+def compare(
+    arguments: ComparisonArguments, dataset: Any, jepa: Any, rssm: RSSMGoalAgent, bars: StageProgress
+) -> dict[str, Any]:
     """Train (or load) both models, measure them on the held-out windows, plan with both."""
-    from wmlab.eval.world_model_metrics import horizon_errors
     from wmlab.core.serialization import load_state, save_state
+    from wmlab.eval.world_model_metrics import horizon_errors
 
     out, log = arguments.out, arguments.out / "comparison.jsonl"
     checkpoints = out / f"comparison-seed{arguments.seed}"
@@ -303,19 +388,43 @@ def compare(arguments: ComparisonArguments, dataset: Any, jepa: Any, rssm: RSSMG
             agent.load_state_dict(load_state(checkpoints / name, "checkpoint"))
             trainings[name] = saved[name]
     else:
-        trainings["jepa"] = train_for(jepa, dataset, arguments.batch_size, arguments.sequence_length, arguments.train_steps, None, log, "jepa",
-                                      bars.task("JEPA training", arguments.train_steps))
-        trainings["rssm"] = train_for(rssm, dataset, arguments.batch_size, arguments.sequence_length, arguments.rssm_steps,
-                                      trainings["jepa"]["cpu_seconds"], log, "rssm", bars.task("RSSM training (same CPU time)", arguments.rssm_steps))
+        trainings["jepa"] = train_for(
+            jepa,
+            dataset,
+            arguments.batch_size,
+            arguments.sequence_length,
+            arguments.train_steps,
+            None,
+            log,
+            "jepa",
+            bars.task("JEPA training", arguments.train_steps),
+        )
+        trainings["rssm"] = train_for(
+            rssm,
+            dataset,
+            arguments.batch_size,
+            arguments.sequence_length,
+            arguments.rssm_steps,
+            trainings["jepa"]["cpu_seconds"],
+            log,
+            "rssm",
+            bars.task("RSSM training (same CPU time)", arguments.rssm_steps),
+        )
         for name, agent in (("jepa", jepa), ("rssm", rssm)):
             save_state(agent.state_dict(), checkpoints / name, "checkpoint")
         (checkpoints / "training.json").write_text(json.dumps(trainings, indent=2))
 
-    batch = heldout_batch(out / "heldout", arguments.heldout_windows, arguments.context + arguments.horizon, seed=arguments.seed)
-    results: dict[str, Any] = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(arguments).items()}}
+    batch = heldout_batch(
+        out / "heldout", arguments.heldout_windows, arguments.context + arguments.horizon, seed=arguments.seed
+    )
+    results: dict[str, Any] = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(arguments).items()}
+    }
     for name, agent in (("jepa", jepa), ("rssm", rssm)):
         agent.model.eval()
-        errors = horizon_errors(agent.model, batch, context=arguments.context, horizons=(1, 5, arguments.horizon), seed=arguments.seed)
+        errors = horizon_errors(
+            agent.model, batch, context=arguments.context, horizons=(1, 5, arguments.horizon), seed=arguments.seed
+        )
         results[name] = {
             "training": trainings[name],
             "parameters": sum(parameter.numel() for parameter in agent.model.parameters()),
@@ -326,14 +435,43 @@ def compare(arguments: ComparisonArguments, dataset: Any, jepa: Any, rssm: RSSMG
     # JEPA is also planned with its distance summed over the horizon, the JEPA pipeline's objective.
     jepa.config = replace(jepa.config, distance_at_end=True)
     episodes = arguments.eval_episodes
-    results["jepa"]["planning"] = evaluate(jepa, "distance", episodes, arguments.eval_steps, seed=100_000, log=log, advance=bars.task("JEPA planning", episodes))
+    results["jepa"]["planning"] = evaluate(
+        jepa,
+        "distance",
+        episodes,
+        arguments.eval_steps,
+        seed=100_000,
+        log=log,
+        advance=bars.task("JEPA planning", episodes),
+    )
     jepa.config = replace(jepa.config, distance_at_end=False)
-    results["jepa"]["planning_summed_over_horizon"] = evaluate(jepa, "distance", episodes, arguments.eval_steps, seed=100_000, log=log,
-                                                               advance=bars.task("JEPA planning, distance summed", episodes))
-    results["rssm"]["planning"] = evaluate(rssm, "pixels", episodes, arguments.eval_steps, seed=100_000, log=log, advance=bars.task("RSSM planning in pixels", episodes))
-    plot_latent_errors({f"JEPA ({results['jepa']['parameters'] / 1e6:.2f} M parameters)": results["jepa"]["latent_normalised_mse"],
-                        f"RSSM with pixel decoder ({results['rssm']['parameters'] / 1e6:.2f} M)": results["rssm"]["latent_normalised_mse"]},
-                       out / "latent_error.png")
+    results["jepa"]["planning_summed_over_horizon"] = evaluate(
+        jepa,
+        "distance",
+        episodes,
+        arguments.eval_steps,
+        seed=100_000,
+        log=log,
+        advance=bars.task("JEPA planning, distance summed", episodes),
+    )
+    results["rssm"]["planning"] = evaluate(
+        rssm,
+        "pixels",
+        episodes,
+        arguments.eval_steps,
+        seed=100_000,
+        log=log,
+        advance=bars.task("RSSM planning in pixels", episodes),
+    )
+    plot_latent_errors(
+        {
+            f"JEPA ({results['jepa']['parameters'] / 1e6:.2f} M parameters)": results["jepa"]["latent_normalised_mse"],
+            f"RSSM with pixel decoder ({results['rssm']['parameters'] / 1e6:.2f} M)": results["rssm"][
+                "latent_normalised_mse"
+            ],
+        },
+        out / "latent_error.png",
+    )
     (out / "comparison.json").write_text(json.dumps(results, indent=2))
     return results
 
@@ -342,7 +480,9 @@ def comparison_command(argv: list[str]) -> int:
     """`wmlab pipeline jepa-vs-rssm [--out DIR] [--train-steps N] ...`"""
     import tyro
 
-    arguments = tyro.cli(ComparisonArguments, args=argv, prog="wmlab pipeline jepa-vs-rssm", description=__doc__.splitlines()[0])
+    arguments = tyro.cli(
+        ComparisonArguments, args=argv, prog="wmlab pipeline jepa-vs-rssm", description=__doc__.splitlines()[0]
+    )
     results = run_comparison(arguments)
     table = markdown_table(results)
     print(table)

@@ -41,17 +41,17 @@ from gymnasium import spaces
 from wmlab.agents.world_models.agent import LinearController, WorldModelsAgent
 from wmlab.agents.world_models.config import WorldModelsConfig, default_config
 from wmlab.agents.world_models.evolution import CMAES
-from wmlab.pipelines.world_models.rollouts import RealRolloutSettings, RealRollouts, controller_features, dream_returns
 from wmlab.core.config import option_value, parse_json_object
 from wmlab.core.errors import RunDirectoryError, WmlabError
+from wmlab.core.progress import StageProgress
 from wmlab.core.serialization import load_state, save_state
 from wmlab.core.video import write_gif
 from wmlab.data.dataset import read_manifest, record_dataset
 from wmlab.envs.adapter import make_env
 from wmlab.envs.imagined import ImaginedEnv
 from wmlab.models.vae_mdnrnn import VAEMDNRNN, action_size, image_channels, prepare_frames
+from wmlab.pipelines.world_models.rollouts import RealRollouts, RealRolloutSettings, controller_features, dream_returns
 from wmlab.runs.config import TrainConfig
-from wmlab.core.progress import StageProgress
 
 STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "evaluate")
 ALGORITHM = "world-models"
@@ -101,10 +101,21 @@ def pipeline_command(argv: list[str]) -> int:
     defaults = command_class(env=env_id, quick=quick, config=default_config(env_id, quick))
     arguments = tyro.cli(command_class, args=argv, default=defaults, prog="wmlab pipeline world-models")
     env_kwargs = parse_json_object("--env-kwargs", arguments.env_kwargs)
-    run_dir = arguments.run_dir or Path("runs") / f"world-models-{arguments.env.replace(':', '-').replace('/', '-')}-seed{arguments.seed}"
+    run_dir = (
+        arguments.run_dir
+        or Path("runs") / f"world-models-{arguments.env.replace(':', '-').replace('/', '-')}-seed{arguments.seed}"
+    )
     summary = run_pipeline(
-        arguments.config, arguments.env, run_dir, seed=arguments.seed, env_kwargs=env_kwargs, device=arguments.device,
-        threads=arguments.threads, progress=arguments.progress, force=arguments.force, models_from=arguments.models_from,
+        arguments.config,
+        arguments.env,
+        run_dir,
+        seed=arguments.seed,
+        env_kwargs=env_kwargs,
+        device=arguments.device,
+        threads=arguments.threads,
+        progress=arguments.progress,
+        force=arguments.force,
+        models_from=arguments.models_from,
     )
     print(json.dumps(summary, indent=2))
     print(f"run directory: {run_dir}  (wmlab report {run_dir}; wmlab eval {run_dir})")
@@ -138,7 +149,18 @@ def run_pipeline(
 class Pipeline:
     """The stages of one run directory and what they share (settings, logger, progress)."""
 
-    def __init__(self, config: WorldModelsConfig, env_id: str, run_dir: Path, seed: int, env_kwargs: dict, device: str, threads: int, progress: bool, force: bool):
+    def __init__(
+        self,
+        config: WorldModelsConfig,
+        env_id: str,
+        run_dir: Path,
+        seed: int,
+        env_kwargs: dict,
+        device: str,
+        threads: int,
+        progress: bool,
+        force: bool,
+    ):
         self.config = config
         self.env_id = env_id
         self.run_dir = run_dir
@@ -168,7 +190,9 @@ class Pipeline:
             "algorithm": ALGORITHM,
             "env": self.env_id,
             "env_kwargs": self.env_kwargs,
-            "train": asdict(TrainConfig(seed=self.seed, device=str(self.device), progress=self.progress, tensorboard=False)),
+            "train": asdict(
+                TrainConfig(seed=self.seed, device=str(self.device), progress=self.progress, tensorboard=False)
+            ),
             "agent": asdict(self.config),
             "pipeline": {"stages": list(STAGES), "seed": self.seed},
         }
@@ -180,13 +204,31 @@ class Pipeline:
     def inputs(self, stage: str) -> dict[str, Any]:
         """The settings a stage's output depends on, its own and every earlier stage's."""
         config = self.config
-        parts: dict[str, Any] = {"env": self.env_id, "env_kwargs": self.env_kwargs, "seed": self.seed, "collect": asdict(config.collect)}
+        parts: dict[str, Any] = {
+            "env": self.env_id,
+            "env_kwargs": self.env_kwargs,
+            "seed": self.seed,
+            "collect": asdict(config.collect),
+        }
         later = {
             "vae": {"frame_crop": config.frame_crop, "model.vae": asdict(config.model.vae), "vae": asdict(config.vae)},
             "encode": {},
-            "mdnrnn": {"model.mdnrnn": asdict(config.model.mdnrnn), "loss_scales": asdict(config.model.loss_scales), "mdnrnn": asdict(config.mdnrnn)},
-            "controller": {"controller": asdict(config.controller), "dream": config.dream, "temperature": config.temperature, "sample_latents": config.sample_latents},
-            "evaluate": {"evaluation_episodes": config.evaluation_episodes, "dream_evaluation_episodes": config.dream_evaluation_episodes, "video_steps": config.video_steps},
+            "mdnrnn": {
+                "model.mdnrnn": asdict(config.model.mdnrnn),
+                "loss_scales": asdict(config.model.loss_scales),
+                "mdnrnn": asdict(config.mdnrnn),
+            },
+            "controller": {
+                "controller": asdict(config.controller),
+                "dream": config.dream,
+                "temperature": config.temperature,
+                "sample_latents": config.sample_latents,
+            },
+            "evaluate": {
+                "evaluation_episodes": config.evaluation_episodes,
+                "dream_evaluation_episodes": config.dream_evaluation_episodes,
+                "video_steps": config.video_steps,
+            },
         }
         for name in STAGES[1 : STAGES.index(stage) + 1]:
             parts.update(later[name])
@@ -278,9 +320,13 @@ class Pipeline:
             source = other / "stages" / stage
             if (self.stage_dir(stage) / f"{RESULT}.json").is_file():
                 continue
-            if not (source / f"{RESULT}.json").is_file() or load_state(source, RESULT).get("inputs") != self.inputs(stage):
+            if not (source / f"{RESULT}.json").is_file() or load_state(source, RESULT).get("inputs") != self.inputs(
+                stage
+            ):
                 if stage == STAGES[0]:
-                    raise RunDirectoryError(f"the rollouts of {other} were recorded with other settings than this run's; nothing can be reused")
+                    raise RunDirectoryError(
+                        f"the rollouts of {other} were recorded with other settings than this run's; nothing can be reused"
+                    )
                 return
             self.stage_dir(stage).mkdir(parents=True, exist_ok=True)
             if stage == "collect" and not (self.stage_dir(stage) / "dataset").exists():
@@ -291,7 +337,9 @@ class Pipeline:
             if stage == "vae" and (other / "figures" / "vae_reconstructions.png").is_file():
                 # The report of this run shows the V it uses.
                 (self.run_dir / "figures").mkdir(parents=True, exist_ok=True)
-                shutil.copy2(other / "figures" / "vae_reconstructions.png", self.run_dir / "figures" / "vae_reconstructions.png")
+                shutil.copy2(
+                    other / "figures" / "vae_reconstructions.png", self.run_dir / "figures" / "vae_reconstructions.png"
+                )
 
     # --- running -------------------------------------------------------------------------------
 
@@ -300,8 +348,12 @@ class Pipeline:
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(STAGES)}")
         functions: dict[str, Callable[[], None]] = {
-            "collect": self.collect, "vae": self.train_vae, "encode": self.encode,
-            "mdnrnn": self.train_mdnrnn, "controller": self.train_controller, "evaluate": self.evaluate,
+            "collect": self.collect,
+            "vae": self.train_vae,
+            "encode": self.encode,
+            "mdnrnn": self.train_mdnrnn,
+            "controller": self.train_controller,
+            "evaluate": self.evaluate,
         }
         for stage in STAGES:
             if stage not in stages or self.is_finished(stage):
@@ -331,18 +383,30 @@ class Pipeline:
             policy, name = brownian_policy(self.action_space, settings.brownian_dt, self.seed), "brownian"
         self.forget_metrics("collect/", -1)
         manifest = record_dataset(
-            self.env_id, policy, settings.episodes, directory, seed=self.seed, env_kwargs=self.env_kwargs,
-            progress=self.progress, max_episode_steps=settings.max_steps or None, force=True, policy_name=name,
+            self.env_id,
+            policy,
+            settings.episodes,
+            directory,
+            seed=self.seed,
+            env_kwargs=self.env_kwargs,
+            progress=self.progress,
+            max_episode_steps=settings.max_steps or None,
+            force=True,
+            policy_name=name,
         )
         episodes = list(read_episodes(directory, self.config.frame_crop))
-        self.save("collect", RESULT, {
-            "episodes": len(episodes),
-            "steps": int(sum(len(episode["reward"]) for episode in episodes)),
-            "lengths": np.array([len(episode["reward"]) for episode in episodes], dtype=np.int64),
-            "returns": np.array([entry.get("return", np.nan) for entry in manifest["episodes"]], dtype=np.float64),
-            # The dream starts from these, V's view of each episode's first frame.
-            "start_frames": np.stack([episode["image"][0] for episode in episodes]),
-        })
+        self.save(
+            "collect",
+            RESULT,
+            {
+                "episodes": len(episodes),
+                "steps": int(sum(len(episode["reward"]) for episode in episodes)),
+                "lengths": np.array([len(episode["reward"]) for episode in episodes], dtype=np.int64),
+                "returns": np.array([entry.get("return", np.nan) for entry in manifest["episodes"]], dtype=np.float64),
+                # The dream starts from these, V's view of each episode's first frame.
+                "start_frames": np.stack([episode["image"][0] for episode in episodes]),
+            },
+        )
         returns = [entry.get("return", 0.0) for entry in manifest["episodes"]]
         self.log(0, {"collect/episodes": len(episodes), "collect/return": float(np.mean(returns))})
 
@@ -381,16 +445,27 @@ class Pipeline:
                 loss.backward()
                 optimizer.step()
                 updates += 1
-                for key, value in {"vae/loss": float(loss.detach()), "vae/reconstruction": metrics["loss/reconstruction"], "vae/kl": metrics["wm/kl_raw"]}.items():
+                for key, value in {
+                    "vae/loss": float(loss.detach()),
+                    "vae/reconstruction": metrics["loss/reconstruction"],
+                    "vae/kl": metrics["wm/kl_raw"],
+                }.items():
                     averager.setdefault(key, []).append(value)
                 if updates % settings.log_every == 0:
                     self.log(updates, {key: float(np.mean(values)) for key, values in averager.items()})
                     averager = {}
                 advance(1, f"loss {float(loss.detach()):.1f}")
-            self.save("vae", CHECKPOINT, {
-                "weights": dict(model.vae.state_dict()), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "epoch": epoch + 1, "updates": updates,
-            })
+            self.save(
+                "vae",
+                CHECKPOINT,
+                {
+                    "weights": dict(model.vae.state_dict()),
+                    "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(),
+                    "epoch": epoch + 1,
+                    "updates": updates,
+                },
+            )
         if averager:
             self.log(updates, {key: float(np.mean(values)) for key, values in averager.items()})
         model.eval()
@@ -415,11 +490,15 @@ class Pipeline:
         model = self.build_model()
         model.vae.load_state_dict(self.load_result("vae")["weights"])
         model.eval()
-        columns: dict[str, list[np.ndarray]] = {key: [] for key in ("mean", "log_variance", "action", "reward", "is_terminal")}
+        columns: dict[str, list[np.ndarray]] = {
+            key: [] for key in ("mean", "log_variance", "action", "reward", "is_terminal")
+        }
         lengths = []
         for episode in read_episodes(self.stage_dir("collect") / "dataset", self.config.frame_crop):
             for start in range(0, len(episode["image"]), 256):
-                mean, log_variance = model.encode(torch.as_tensor(episode["image"][start : start + 256], device=self.device))
+                mean, log_variance = model.encode(
+                    torch.as_tensor(episode["image"][start : start + 256], device=self.device)
+                )
                 columns["mean"].append(mean.cpu().numpy())
                 columns["log_variance"].append(log_variance.cpu().numpy())
             action = np.asarray(episode["action"])
@@ -427,7 +506,12 @@ class Pipeline:
             columns["reward"].append(episode["reward"].astype(np.float32))
             columns["is_terminal"].append(episode["is_terminal"].astype(bool))
             lengths.append(len(episode["reward"]))
-        self.save("encode", RESULT, {key: np.concatenate(values) for key, values in columns.items()} | {"lengths": np.array(lengths, dtype=np.int64)})
+        self.save(
+            "encode",
+            RESULT,
+            {key: np.concatenate(values) for key, values in columns.items()}
+            | {"lengths": np.array(lengths, dtype=np.int64)},
+        )
 
     # --- stage 4: M ------------------------------------------------------------------------------
 
@@ -459,7 +543,9 @@ class Pipeline:
             # A fresh sample of every code per batch, as the authors train M.
             noise = torch.randn(batch["mean"].shape, generator=generator)
             latents = (batch["mean"] + (0.5 * batch["log_variance"]).exp() * noise).to(self.device)
-            loss, metrics = model.mdnrnn_loss(latents, batch["action"], batch["reward"], batch["is_first"], batch["is_terminal"], mask=batch["mask"])
+            loss, metrics = model.mdnrnn_loss(
+                latents, batch["action"], batch["reward"], batch["is_first"], batch["is_terminal"], mask=batch["mask"]
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip > 0:
@@ -473,7 +559,16 @@ class Pipeline:
                 self.log(updates, {key: float(np.mean(values)) for key, values in averager.items()})
                 averager = {}
             if updates % settings.checkpoint_every == 0 and updates < settings.updates:
-                self.save("mdnrnn", CHECKPOINT, {"weights": dict(model.mdnrnn.state_dict()), "optimizer": optimizer.state_dict(), "generator": generator.get_state(), "updates": updates})
+                self.save(
+                    "mdnrnn",
+                    CHECKPOINT,
+                    {
+                        "weights": dict(model.mdnrnn.state_dict()),
+                        "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(),
+                        "updates": updates,
+                    },
+                )
             advance(1, f"loss {float(loss.detach()):.3f}")
         self.save("mdnrnn", RESULT, {"weights": dict(model.mdnrnn.state_dict()), "updates": updates})
         (self.stage_dir("mdnrnn") / f"{CHECKPOINT}.json").unlink(missing_ok=True)
@@ -496,10 +591,17 @@ class Pipeline:
     def real_rollouts(self, model, controller, workers: int | None = None):
         settings = self.config.controller
         rollout_settings = RealRolloutSettings(
-            env_id=self.env_id, env_kwargs=self.env_kwargs, frame_crop=tuple(self.config.frame_crop), inputs=settings.inputs,
-            sample_latents=self.config.sample_latents, max_steps=settings.max_steps, envs_per_batch=settings.envs_per_batch,
+            env_id=self.env_id,
+            env_kwargs=self.env_kwargs,
+            frame_crop=tuple(self.config.frame_crop),
+            inputs=settings.inputs,
+            sample_latents=self.config.sample_latents,
+            max_steps=settings.max_steps,
+            envs_per_batch=settings.envs_per_batch,
         )
-        return RealRollouts(model, controller, rollout_settings, workers=settings.workers if workers is None else workers)
+        return RealRollouts(
+            model, controller, rollout_settings, workers=settings.workers if workers is None else workers
+        )
 
     def dream(self, model, batch_size: int, seed: int, whole_episodes: bool = False):
         """The dream as an environment, starting from V's view of real first frames; episodes are
@@ -507,10 +609,13 @@ class Pipeline:
         start_frames = self.load_result("collect")["start_frames"]
         cap = 0 if whole_episodes else self.config.controller.max_steps
         return ImaginedEnv(
-            model, {"image": start_frames[:, None]}, batch_size=batch_size,
+            model,
+            {"image": start_frames[:, None]},
+            batch_size=batch_size,
             max_episode_steps=cap or self.step_limit or DREAM_STEP_LIMIT,
             imagine_kwargs={"temperature": self.config.temperature},
-            sample_terminations=self.config.controller.sample_terminations, seed=seed,
+            sample_terminations=self.config.controller.sample_terminations,
+            seed=seed,
         )
 
     def train_controller(self) -> None:
@@ -523,7 +628,15 @@ class Pipeline:
             curve = {key: list(np.asarray(value).tolist()) for key, value in checkpoint["curve"].items()}
         else:
             strategy = CMAES(controller.parameter_count, settings.population, settings.initial_sigma, seed=self.seed)
-            curve = {"generation": [], "mean": [], "best": [], "worst": [], "sigma": [], "real_generation": [], "real_return": []}
+            curve = {
+                "generation": [],
+                "mean": [],
+                "best": [],
+                "worst": [],
+                "sigma": [],
+                "real_generation": [],
+                "real_return": [],
+            }
         self.forget_metrics("controller/", strategy.generation)
         N, R = settings.population, settings.rollouts
         dream = self.dream(model, N * R, self.seed) if self.config.dream else None
@@ -538,27 +651,56 @@ class Pipeline:
                 if dream is not None:
                     dream.reset(seed=int(stream.integers(2**31)))
                     starts = np.tile(stream.integers(dream.pool_size, size=R), N)
-                    returns, _ = dream_returns(dream, controller, torch.as_tensor(candidates, dtype=torch.float32), settings.inputs, starts)
+                    returns, _ = dream_returns(
+                        dream, controller, torch.as_tensor(candidates, dtype=torch.float32), settings.inputs, starts
+                    )
                 else:
                     seeds = np.tile(stream.integers(2**31 - 1, size=R), (N, 1))
                     returns, _ = real.returns(candidates, seeds)
                 fitness = returns.mean(1)
                 strategy.tell(fitness)
-                for key, value in (("generation", generation + 1), ("mean", fitness.mean()), ("best", fitness.max()), ("worst", fitness.min()), ("sigma", strategy.sigma)):
+                for key, value in (
+                    ("generation", generation + 1),
+                    ("mean", fitness.mean()),
+                    ("best", fitness.max()),
+                    ("worst", fitness.min()),
+                    ("sigma", strategy.sigma),
+                ):
                     curve[key].append(float(value))
-                metrics = {"controller/fitness_mean": fitness.mean(), "controller/fitness_best": fitness.max(), "controller/fitness_worst": fitness.min(), "controller/sigma": strategy.sigma}
-                if settings.eval_every and (generation + 1) % settings.eval_every == 0 and generation + 1 < settings.generations:
+                metrics = {
+                    "controller/fitness_mean": fitness.mean(),
+                    "controller/fitness_best": fitness.max(),
+                    "controller/fitness_worst": fitness.min(),
+                    "controller/sigma": strategy.sigma,
+                }
+                if (
+                    settings.eval_every
+                    and (generation + 1) % settings.eval_every == 0
+                    and generation + 1 < settings.generations
+                ):
                     real_return = self.real_score(real, strategy.mean, settings.eval_episodes, offset=generation + 1)
                     curve["real_generation"].append(generation + 1)
                     curve["real_return"].append(real_return)
                     metrics["controller/real_return"] = real_return
                 self.log(generation + 1, metrics)
-                self.save("controller", CHECKPOINT, {"cmaes": strategy.state_dict(), "curve": {key: np.asarray(value, dtype=np.float64) for key, value in curve.items()}})
+                self.save(
+                    "controller",
+                    CHECKPOINT,
+                    {
+                        "cmaes": strategy.state_dict(),
+                        "curve": {key: np.asarray(value, dtype=np.float64) for key, value in curve.items()},
+                    },
+                )
                 advance(1, f"fitness {fitness.mean():.1f} (best {fitness.max():.1f})")
-        self.save("controller", RESULT, {
-            "parameters": strategy.mean.astype(np.float32), "generations": strategy.generation,
-            "curve": {key: np.asarray(value, dtype=np.float64) for key, value in curve.items()},
-        })
+        self.save(
+            "controller",
+            RESULT,
+            {
+                "parameters": strategy.mean.astype(np.float32),
+                "generations": strategy.generation,
+                "curve": {key: np.asarray(value, dtype=np.float64) for key, value in curve.items()},
+            },
+        )
         (self.stage_dir("controller") / f"{CHECKPOINT}.json").unlink(missing_ok=True)
         (self.stage_dir("controller") / f"{CHECKPOINT}.safetensors").unlink(missing_ok=True)
         save_controller_curve(curve, self.config.dream, self.run_dir / "figures" / "controller_curve.png")
@@ -583,26 +725,45 @@ class Pipeline:
         with self.real_rollouts(model, controller) as real:
             seeds = (2**31 - 1 - np.arange(episodes)).reshape(1, -1)
             advance = self.bars.task("evaluate", 1, 0)
-            returns, lengths = real.returns(parameters[None], seeds, max_steps=0)  # whole episodes, whatever C trained on
+            returns, lengths = real.returns(
+                parameters[None], seeds, max_steps=0
+            )  # whole episodes, whatever C trained on
             advance(1, f"return {returns.mean():.1f}")
         returns, lengths = returns[0], lengths[0]
         summary: dict[str, Any] = {
-            "eval/return": float(returns.mean()), "eval/return_std": float(returns.std()), "eval/length": float(lengths.mean()),
-            "eval/episodes": int(episodes), "env": self.env_id, "dream": self.config.dream, "temperature": self.config.temperature,
-            "controller/inputs": self.config.controller.inputs, "controller/parameters": int(controller.parameter_count),
+            "eval/return": float(returns.mean()),
+            "eval/return_std": float(returns.std()),
+            "eval/length": float(lengths.mean()),
+            "eval/episodes": int(episodes),
+            "env": self.env_id,
+            "dream": self.config.dream,
+            "temperature": self.config.temperature,
+            "controller/inputs": self.config.controller.inputs,
+            "controller/parameters": int(controller.parameter_count),
             "controller/generations": int(result["generations"]),
         }
         dream_scores = np.zeros(0)
         if self.config.model.mdnrnn.predict_reward and self.config.dream_evaluation_episodes > 0:
             dream = self.dream(model, self.config.dream_evaluation_episodes, seed=self.seed + 7, whole_episodes=True)
-            dream_scores, _ = dream_returns(dream, controller, torch.as_tensor(parameters)[None], self.config.controller.inputs)
+            dream_scores, _ = dream_returns(
+                dream, controller, torch.as_tensor(parameters)[None], self.config.controller.inputs
+            )
             dream_scores = dream_scores[0]
             summary["dream/return"] = float(dream_scores.mean())
             summary["dream/return_std"] = float(dream_scores.std())
         generations = int(result["generations"])
-        self.log(generations, {key: value for key, value in summary.items() if key.startswith(("eval/", "dream/")) and isinstance(value, float)})
+        self.log(
+            generations,
+            {
+                key: value
+                for key, value in summary.items()
+                if key.startswith(("eval/", "dream/")) and isinstance(value, float)
+            },
+        )
         # The trained agent where `wmlab eval` looks for it.
-        agent = WorldModelsAgent(self.config, self.observation_space, self.action_space, seed=self.seed, device=str(self.device))
+        agent = WorldModelsAgent(
+            self.config, self.observation_space, self.action_space, seed=self.seed, device=str(self.device)
+        )
         agent.world_model.load_state_dict(model.state_dict())
         agent.controller_parameters = torch.as_tensor(parameters)
         save_state(agent.state_dict(), self.run_dir / "checkpoints" / "rank0", "agent")
@@ -638,7 +799,9 @@ class Pipeline:
         weights = torch.as_tensor(parameters)[None]
         with torch.no_grad():
             for _ in range(steps - 1):
-                actions = controller(weights, controller_features(observation["state"], self.config.controller.inputs)[None])[0]
+                actions = controller(
+                    weights, controller_features(observation["state"], self.config.controller.inputs)[None]
+                )[0]
                 observation, _, terminated, truncated, _ = dream.step(actions)
                 frames.append(dream.render()[0])
                 if bool(terminated[0] or truncated[0]):
@@ -708,8 +871,13 @@ class SequenceSampler:
         T = self.length
         steps = np.arange(T)
         mask = steps[None] < (self.lengths[episodes] - starts)[:, None]  # (B, T)
-        index = self.offsets[episodes][:, None] + np.minimum(starts[:, None] + steps[None], self.lengths[episodes][:, None] - 1)
-        batch = {key: torch.as_tensor(self.codes[key][index]) for key in ("mean", "log_variance", "action", "reward", "is_terminal")}
+        index = self.offsets[episodes][:, None] + np.minimum(
+            starts[:, None] + steps[None], self.lengths[episodes][:, None] - 1
+        )
+        batch = {
+            key: torch.as_tensor(self.codes[key][index])
+            for key in ("mean", "log_variance", "action", "reward", "is_terminal")
+        }
         is_first = np.zeros((batch_size, T), dtype=bool)
         is_first[:, 0] = True
         batch["is_first"] = torch.as_tensor(is_first)

@@ -100,7 +100,9 @@ class RealRollouts:
             env.close()
         self._envs = []
 
-    def returns(self, parameters: np.ndarray, seeds: np.ndarray, max_steps: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def returns(
+        self, parameters: np.ndarray, seeds: np.ndarray, max_steps: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """parameters (N, P), environment seeds (N, R) -> (returns (N, R), lengths (N, R)).
         `max_steps` overrides the settings' episode cap (0: the environment's own limit)."""
         max_steps = self.settings.max_steps if max_steps is None else int(max_steps)
@@ -127,14 +129,22 @@ class RealRollouts:
             payload = (self.model.config, weights, self.settings)
             # spawn: a fresh interpreter per worker, never a fork of a process holding torch threads.
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_initialise_worker, initargs=payload
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_initialise_worker,
+                initargs=payload,
             )
         return self._pool
 
 
 @torch.no_grad()
 def run_real_episodes(
-    model: VAEMDNRNN, controller: LinearController, settings: RealRolloutSettings, parameters: np.ndarray, seeds: np.ndarray, envs: list[Any] | None = None
+    model: VAEMDNRNN,
+    controller: LinearController,
+    settings: RealRolloutSettings,
+    parameters: np.ndarray,
+    seeds: np.ndarray,
+    envs: list[Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One real episode per row: parameters (B, P), seeds (B,) -> (returns (B,), lengths (B,)).
 
@@ -165,8 +175,12 @@ def run_real_episodes(
             frames = prepare_frames(np.stack([observations[index]["image"] for index in active]), settings.frame_crop)
             active_state = map_state(state, lambda tensor: tensor[active])
             _, new_state = model.observe(
-                {"image": frames[:, None]}, last_action[active][:, None], is_first[active][:, None], active_state,
-                sample=settings.sample_latents, generator=generator,
+                {"image": frames[:, None]},
+                last_action[active][:, None],
+                is_first[active][:, None],
+                active_state,
+                sample=settings.sample_latents,
+                generator=generator,
             )
             for key, value in new_state.items():
                 state[key][active] = value
@@ -174,7 +188,9 @@ def run_real_episodes(
             last_action[active] = model.encode_action(actions, ("B",), {"B": len(active)})
             is_first[active] = False
             for action, index in zip(controller.to_env(actions), active):
-                observation, reward, terminated, truncated, _ = envs[index].step(action.item() if action.ndim == 0 else action)
+                observation, reward, terminated, truncated, _ = envs[index].step(
+                    action.item() if action.ndim == 0 else action
+                )
                 observations[index] = observation
                 row = rows[index]
                 totals[row] += float(reward)
@@ -196,7 +212,9 @@ def _step_limit(env: Any) -> int:
 _worker: dict[str, Any] = {}
 
 
-def _initialise_worker(config: VAEMDNRNNConfig, weights: dict[str, torch.Tensor], settings: RealRolloutSettings) -> None:
+def _initialise_worker(
+    config: VAEMDNRNNConfig, weights: dict[str, torch.Tensor], settings: RealRolloutSettings
+) -> None:
     from wmlab.envs.adapter import make_env
 
     torch.set_num_threads(1)
