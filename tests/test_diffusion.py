@@ -564,3 +564,6 @@ def test_two_rooms_with_discrete_moves():
     assert info["agent"][1] < start[1] and info["agent"][0] == pytest.approx(start[0])
     with pytest.raises(ValueError, match="index in \\[0, 5\\)"):
         env.step(7)
+    assert env.unwrapped.get_action_meanings() == ["NOOP", "UP", "DOWN", "LEFT", "RIGHT"]
+    with pytest.raises(ValueError, match="continuous"):
+        make_env("two-rooms").unwrapped.get_action_meanings()

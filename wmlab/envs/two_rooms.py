@@ -40,6 +40,7 @@ AGENT_RGB = (230, 60, 50)
 #: The moves of `discrete_actions=True` (for agents of discrete actions, such as DIAMOND): stay,
 #: up, down, left, right, each a full step.
 DISCRETE_MOVES = ((0.0, 0.0), (0.0, 1.0), (0.0, -1.0), (-1.0, 0.0), (1.0, 0.0))
+DISCRETE_MOVE_NAMES = ("NOOP", "UP", "DOWN", "LEFT", "RIGHT")
 
 # The arena's middle: the wall is centred on it and "which side" is decided by it.
 MIDDLE_X = 0.5
@@ -306,6 +307,12 @@ class TwoRooms(gymnasium.Env):
         self._set_layout(agent, goal, door_y)
         self._elapsed_steps = 0
         return self._observation(), self._info(success=self._distance_to_goal() < geometry.goal_radius)
+
+    def get_action_meanings(self) -> list[str]:
+        """Names of the discrete moves, in Atari's words (the play page maps keys from them)."""
+        if not self.discrete_actions:
+            raise ValueError("two rooms has continuous actions here: its actions have no names")
+        return list(DISCRETE_MOVE_NAMES)
 
     def step(self, action):
         if self.discrete_actions:
