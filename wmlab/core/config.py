@@ -189,3 +189,20 @@ def parse_json_object(flag: str, text: str, error: type[WmlabError] = WmlabError
     if not isinstance(value, dict):
         raise error(f"{flag} must be a JSON object, got {text!r}")
     return value
+
+
+WidthsType = TypeVar("WidthsType")
+
+
+def widths_from_preset(config: Any, sizes: Mapping[str, WidthsType], family: str) -> WidthsType:
+    """The widths in effect for `config.size`: each field of the preset's widths dataclass that the
+    config sets explicitly (not None) wins over the named size's value."""
+    if config.size not in sizes:
+        raise ValueError(f"unknown {family} size {config.size!r}; choose one of {', '.join(sizes)}")
+    preset = sizes[config.size]
+    overrides = {
+        field.name: int(getattr(config, field.name))
+        for field in dataclasses.fields(preset)
+        if getattr(config, field.name) is not None
+    }
+    return dataclasses.replace(preset, **overrides)

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
+from wmlab.core.config import widths_from_preset
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Trajectory
@@ -205,15 +206,8 @@ class GenieConfig:
 
 
 def resolve_widths(config: GenieConfig) -> GenieWidths:
-    if config.size not in SIZES:
-        raise ValueError(f"unknown Genie size {config.size!r}; choose one of {', '.join(SIZES)}")
-    preset = SIZES[config.size]
-    return GenieWidths(
-        **{
-            name: int(getattr(config, name) if getattr(config, name) is not None else getattr(preset, name))
-            for name in GenieWidths.__dataclass_fields__
-        }
-    )
+    """The widths in effect: explicit fields win over the named size."""
+    return widths_from_preset(config, SIZES, "Genie")
 
 
 #: Named configurations: "genie" adds the paper's sampling (25 MaskGIT steps at temperature 2) to its size.

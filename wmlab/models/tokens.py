@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
+from wmlab.core.config import widths_from_preset
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape, format_expected, shape_matches
 from wmlab.core.types import Batch, Trajectory
@@ -207,15 +208,8 @@ class TokenWorldModelConfig:
 
 
 def resolve_widths(config: TokenWorldModelConfig) -> TokenWidths:
-    if config.size not in SIZES:
-        raise ValueError(f"unknown token model size {config.size!r}; choose one of {', '.join(SIZES)}")
-    preset = SIZES[config.size]
-    return TokenWidths(
-        **{
-            name: int(getattr(config, name) if getattr(config, name) is not None else getattr(preset, name))
-            for name in TokenWidths.__dataclass_fields__
-        }
-    )
+    """The widths in effect: explicit fields win over the named size."""
+    return widths_from_preset(config, SIZES, "token model")
 
 
 def _check_config(config: TokenWorldModelConfig) -> None:
