@@ -303,7 +303,7 @@ def test_imagination_keeps_the_actor_outputs_its_loss_reuses(version, action_spa
     starts = agent.world_model.initial(6)
     starts = {**starts, "deter": starts["deter"] + torch.randn_like(starts["deter"])}
     with torch.no_grad():
-        features, actions, outputs = agent.imagine(starts)
+        features, actions, outputs, _ = agent.imagine(starts)
     N, H = actions.shape[:2]
     assert outputs.requires_grad and outputs.shape[:2] == (N, H) and features.shape[1] == H + 1
     again = agent.actor.raw(features[:, :-1].reshape(N * H, -1))

@@ -632,6 +632,9 @@ class RSSM(nn.Module):
         actions_or_policy: Any | Callable[[State], Any],
         horizon: int | None = None,
         decode: bool = False,
+        noise: torch.Tensor | None = None,
+        model_space: bool = False,
+        step: Callable[[State, torch.Tensor, torch.Tensor], State] | None = None,
     ) -> Trajectory:
         """Roll the prior forward from state {"deter" (B, D), "stoch" (B, S * K)} with actions
         (B, L, A) (indices (B, L) when discrete) or a policy(state) -> action (B, A) | (B,).
@@ -639,12 +642,23 @@ class RSSM(nn.Module):
         Step l of the result is the state reached by action l: states {"deter", "stoch", and
         the prior's statistics} (B, L, ...), actions (B, L, A) as the model saw them, rewards
         (B, L), continues (B, L), and decoded observations when `decode`. Differentiable; wrap in
-        torch.no_grad() when planning."""
+        torch.no_grad() when planning.
+
+        Options for an agent that learns in imagination (Dreamer): `noise` (B, L, S), the latent
+        noise drawn ahead with `draw_noise` (else drawn here); `model_space`, the actions (or the
+        policy's) are already the model's inputs ([-1, 1] for a Box, one-hot floats for a Discrete
+        space) and are used as given, so that gradients reach an unbounded sample unchanged;
+        `step`, the one-step function with `imagine_step`'s signature (e.g. a torch.compile'd
+        `imagine_step`)."""
         sizes = check_shape("state['deter']", state["deter"], ("B", self.deterministic_size))
         check_shape("state['stoch']", state["stoch"], ("B", self.stochastic_features), sizes)
         policy = actions_or_policy if callable(actions_or_policy) else None
         if policy is None:
-            actions = self.encode_action(actions_or_policy, ("B", "L"), sizes)
+            if model_space:
+                actions = torch.as_tensor(actions_or_policy, device=self.device)
+                check_shape("actions", actions, ("B", "L", self.action_size), sizes)
+            else:
+                actions = self.encode_action(actions_or_policy, ("B", "L"), sizes)
             if horizon is not None and horizon != sizes["L"]:
                 raise ShapeError(
                     f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}"
@@ -652,15 +666,24 @@ class RSSM(nn.Module):
             horizon = sizes["L"]
         elif horizon is None:
             raise ValueError("imagine with a policy needs a horizon")
-        noise = self.draw_noise((sizes["B"], horizon))
+        if noise is None:
+            noise = self.draw_noise((sizes["B"], horizon))
+        else:
+            check_shape("noise", noise, ("B", horizon, self.config.stochastic_size), sizes)
+        step = self.imagine_step if step is None else step
         current = {"deter": state["deter"], "stoch": state["stoch"]}
         steps, taken = [], []
         for index in range(horizon):
-            action = actions[:, index] if policy is None else self.encode_action(policy(current), ("B",), dict(sizes))
-            current = self.imagine_step(current, action, noise[:, index])
+            if policy is None:
+                action = actions[:, index]
+            elif model_space:
+                action = policy(current)
+            else:
+                action = self.encode_action(policy(current), ("B",), dict(sizes))
+            current = step(current, action, noise[:, index])
             steps.append(current)
             taken.append(action)
-        states = {name: torch.stack([step[name] for step in steps], 1) for name in steps[0]}
+        states = {name: torch.stack([one[name] for one in steps], 1) for name in steps[0]}
         features = self.features(states)
         continue_logits = self.continue_logits(features)
         return Trajectory(

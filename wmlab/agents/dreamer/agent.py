@@ -34,7 +34,7 @@ from wmlab.agents.dreamer.optim import Optimizer
 from wmlab.core import distributed
 from wmlab.core.errors import IncompatibleSpaceError
 from wmlab.core.shapes import check_shape
-from wmlab.core.types import Batch, Observation, Transition
+from wmlab.core.types import Batch, Observation, Trajectory, Transition
 from wmlab.losses.returns import horizon_weighted_returns, lambda_returns, return_scale, update_return_percentiles
 from wmlab.models.rssm import RSSM, State, dense_stack, resolve_widths
 from wmlab.nn.categorical import categorical_entropy, log_softmax, sample_one_hot, unimix_logits
@@ -293,9 +293,7 @@ class DreamerAgent:
             self.initial_state(B) if state is None else {name: value.to(self.device) for name, value in state.items()}
         )
         model = self.world_model
-        keys = model.layout.image_keys + model.layout.vector_keys
-        embedding = model.embed({key: np.asarray(obs[key])[:, None] for key in keys}, ("B", "T"), {"B": B, "T": 1})
-        _, latent = model.observe_embedded(embedding, state["action"][:, None], is_first[:, None], state)
+        latent = model.filter_step(obs, state["action"], is_first, state)
         features = model.features(latent)
         if explore and self.steps < self.config.random_steps:
             action = self.random_actions(B)
@@ -382,56 +380,52 @@ class DreamerAgent:
         stoch = starts["stoch"].index_put((chosen,), replacement.to(starts["stoch"].dtype))
         return {"deter": starts["deter"], "stoch": stoch}
 
-    def imagine(self, starts: State) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """H steps of the prior driven by the actor from N start states: features (N, H + 1, F)
-        with the start first, model-space actions (N, H, A), and the actor's raw outputs
-        (N, H, K or 2A) on the (detached) features it acted from, with their graph kept whatever
-        the grad mode, so that the actor's loss reuses this forward pass instead of running the
-        actor again. The actions are differentiable where grad is enabled, so that returns can be
+    def imagine(self, starts: State) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Trajectory]:
+        """H steps of the prior driven by the actor from N start states (the RSSM's own `imagine`):
+        features (N, H + 1, F) with the start first, model-space actions (N, H, A), the actor's
+        raw outputs (N, H, K or 2A) on the (detached) features it acted from, with their graph
+        kept whatever the grad mode, so that the actor's loss reuses this forward pass instead of
+        running the actor again, and the trajectory (rewards and continues (N, H) of the states
+        reached). The actions are differentiable where grad is enabled, so that returns can be
         backpropagated through the dynamics. All random numbers are drawn ahead, so that one
         world-model step is a pure function (compilable)."""
         model, horizon = self.world_model, self.config.imagination_horizon
         N = starts["deter"].shape[0]
         latent_noise = model.draw_noise((N, horizon))
         action_noise = self.actor.draw_noise((N, horizon), self.generator, self.device)
-        step = self._imagination_step()
-        deter, stoch = starts["deter"], starts["stoch"]
-        features, actions, actor_outputs = [model.features(starts)], [], []
-        for t in range(horizon):
+        actor_outputs = []
+
+        def policy(state: State) -> torch.Tensor:  # (N, A) in model space
             with torch.enable_grad():
-                actor_outputs.append(self.actor.raw(features[-1].detach()))
-            action = self.actor.distribution(actor_outputs[-1]).sample_from(action_noise[:, t])
-            deter, stoch, feature = step(deter, stoch, action, latent_noise[:, t])
-            features.append(feature)
-            actions.append(action)
+                actor_outputs.append(self.actor.raw(model.features(state).detach()))
+            return self.actor.distribution(actor_outputs[-1]).sample_from(action_noise[:, len(actor_outputs) - 1])
+
+        trajectory = model.imagine(
+            starts, policy, horizon, noise=latent_noise, model_space=True, step=self._imagination_step()
+        )
+        features = torch.cat([model.features(starts)[:, None], model.features(trajectory.states)], 1)
         with torch.enable_grad():
             actor_outputs = torch.stack(actor_outputs, 1)
-        return torch.stack(features, 1), torch.stack(actions, 1), actor_outputs
-
-    def _imagine_one_step(self, deter, stoch, action, latent_noise):
-        """One imagined step of the prior under the given action."""
-        state = self.world_model.imagine_step({"deter": deter, "stoch": stoch}, action, latent_noise)
-        return state["deter"], state["stoch"], self.world_model.features(state)
+        return features, trajectory.actions, actor_outputs, trajectory
 
     def _imagination_step(self):
-        """The step function: compiled once with `config.compile`, else the plain method."""
+        """The RSSM's step function: compiled once with `config.compile`, else the plain method."""
         if not self.config.compile:
-            return self._imagine_one_step
+            return self.world_model.imagine_step
         if getattr(self, "_compiled_imagine_step", None) is None:
-            self._compiled_imagine_step = torch.compile(self._imagine_one_step, dynamic=False)
+            self._compiled_imagine_step = torch.compile(self.world_model.imagine_step, dynamic=False)
         return self._compiled_imagine_step
 
     def learn_behaviour(self, starts: State, start_continue: torch.Tensor) -> dict[str, torch.Tensor]:
         """One actor and one critic update from imagined trajectories (Sec. 3 of each paper)."""
-        config, model = self.config, self.world_model
+        config = self.config
         rho = self.reinforce_weight
         # Pure REINFORCE needs no gradient through the imagined dynamics: imagine without a graph.
         with torch.set_grad_enabled(rho < 1):
-            features, actions, actor_outputs = self.imagine(starts)  # (N, H + 1, F), (N, H, A), (N, H, .)
-            rewards = model.reward(features)  # (N, H + 1)
-            logits = model.continue_logits(features)
-            continues = torch.ones_like(rewards) if logits is None else torch.sigmoid(logits)
-            continues = torch.cat([start_continue[:, None], continues[:, 1:]], 1)
+            features, actions, actor_outputs, trajectory = self.imagine(starts)  # (N, H + 1, F), (N, H, A), (N, H, .)
+            rewards = trajectory.rewards  # (N, H), received on arriving at states 1 .. H
+            # The start's continue flag is the replay's; the imagined states' are predicted.
+            continues = torch.cat([start_continue[:, None], trajectory.continues], 1)  # (N, H + 1)
             N, H = actions.shape[:2]
             if config.critic_targets_from_slow:
                 critic_output = None
@@ -443,7 +437,7 @@ class DreamerAgent:
                 values = self.critic.value(critic_output).detach()  # (N, H + 1)
             # Eq. 7, arXiv:2301.04104v1: R_t = r_{t+1} + gamma c_{t+1} ((1 - lambda) v_{t+1} + lambda R_{t+1}).
             returns = lambda_returns(
-                rewards[:, 1:], values[:, 1:], continues[:, 1:], values[:, -1], config.return_lambda, config.discount
+                rewards, values[:, 1:], continues[:, 1:], values[:, -1], config.return_lambda, config.discount
             )
             returns = horizon_weighted_returns(returns, values[:, :-1], config.horizon_confidence)
         # Weight of step t: the probability that the trajectory is still alive, discounted
@@ -513,7 +507,7 @@ class DreamerAgent:
                 "critic/value": values.detach().mean(),
                 "critic/grad_norm": critic_norm,
                 "imagination/return": returns.detach().mean(),
-                "imagination/reward": rewards.detach()[:, 1:].mean(),
+                "imagination/reward": rewards.detach().mean(),
                 "imagination/continue": continues.detach()[:, 1:].mean(),
             }
 
