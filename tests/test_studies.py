@@ -12,6 +12,7 @@ from test_rssm import BOX, VECTORS, random_batch
 
 from wmlab.agents.dreamer.agent import DreamerAgent
 from wmlab.agents.dreamer.config import DreamerConfig
+from wmlab.agents.dreamer.hooks import CounterfactualStarts
 from wmlab.cli import main
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.envs.adapter import make_env
@@ -151,10 +152,11 @@ def test_counterfactual_fraction_zero_is_bit_identical_to_plain_dreamer(monkeypa
         replace(tiny(DreamerConfig()), counterfactual_fraction=0.0, counterfactual_kind="swap"), VECTORS, BOX, seed=0
     )
 
-    def never(self, starts):
-        raise AssertionError("counterfactual_starts must not run at fraction 0")
+    def never(self, model, starts, generator):
+        raise AssertionError("the counterfactual hook must not run at fraction 0")
 
-    monkeypatch.setattr(DreamerAgent, "counterfactual_starts", never)
+    monkeypatch.setattr(CounterfactualStarts, "starts", never)
+    assert off.hooks == []
     assert plain.update(batch) == off.update(batch)
     first, second = parameters(plain), parameters(off)
     assert all(torch.equal(first[name], second[name]) for name in first)
@@ -180,6 +182,12 @@ def starts_of(agent: DreamerAgent, seed: int = 0) -> dict[str, torch.Tensor]:
     return {"deter": posterior["deter"].flatten(0, 1), "stoch": posterior["stoch"].flatten(0, 1)}
 
 
+def counterfactual(agent: DreamerAgent, starts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    (hook,) = agent.hooks
+    assert isinstance(hook, CounterfactualStarts)
+    return hook.starts(agent.world_model, starts, agent.generator)
+
+
 def test_swap_passes_z_round_the_chosen_starts_and_keeps_h():
     agent = DreamerAgent(
         replace(tiny(DreamerConfig()), counterfactual_fraction=0.5, counterfactual_kind="swap"), VECTORS, BOX, seed=0
@@ -189,7 +197,7 @@ def test_swap_passes_z_round_the_chosen_starts_and_keeps_h():
     # Sampled one-hot z of a tiny untrained model can repeat; an offset per start makes each z
     # distinct (the swap moves whole rows and does not look at their values).
     starts["stoch"] = starts["stoch"] + torch.arange(N, dtype=starts["stoch"].dtype)[:, None]
-    changed = agent.counterfactual_starts(starts)
+    changed = counterfactual(agent, starts)
     assert torch.equal(changed["deter"], starts["deter"])
     moved = [index for index in range(N) if not torch.equal(changed["stoch"][index], starts["stoch"][index])]
     assert len(moved) == round(0.5 * N)  # every chosen start takes another's z
@@ -207,7 +215,7 @@ def test_resample_draws_z_from_the_prior_and_keeps_h():
     )
     starts = starts_of(agent)
     N = starts["deter"].shape[0]
-    changed = agent.counterfactual_starts(starts)
+    changed = counterfactual(agent, starts)
     assert torch.equal(changed["deter"], starts["deter"])
     moved = [index for index in range(N) if not torch.equal(changed["stoch"][index], starts["stoch"][index])]
     assert 1 <= len(moved) <= round(0.25 * N)
@@ -383,3 +391,23 @@ def test_a_run_another_process_holds_is_trained_last_and_waited_for(tmp_path, mo
     worker.join(timeout=30)
     assert order[-1] == "plain/seed0"
     assert [run.seed for run in results["plain"]] == [0, 1]
+
+
+def test_the_core_update_runs_the_hooks_a_study_attaches():
+    """A hook appended to `DreamerAgent.hooks` sees the starts and the targets of every update."""
+    seen = []
+
+    class Recorder(CounterfactualStarts):
+        def starts(self, model, starts, generator):
+            seen.append(("starts", starts["deter"].shape[0]))
+            return starts
+
+        def targets(self, returns, values):
+            seen.append(("targets", tuple(returns.shape)))
+            return returns
+
+    config = tiny(DreamerConfig())
+    agent = DreamerAgent(config, VECTORS, BOX, seed=0)
+    agent.hooks.append(Recorder(0.0))
+    agent.update(random_batch(VECTORS, BOX, B=3, T=5))
+    assert seen == [("starts", 15), ("targets", (15, config.imagination_horizon))]

@@ -3,7 +3,7 @@
 Dreamer's actor and critic learn only from imagination started at the posterior states of replayed
 data, so they never see situations the agent has not visited. The augmented variants intervene
 on the stochastic latent z of a fraction of those start states before imagining from them
-(`DreamerConfig.counterfactual_fraction` / `counterfactual_kind`, `DreamerAgent.counterfactual_starts`):
+(`DreamerConfig.counterfactual_fraction` / `counterfactual_kind`, `wmlab.agents.dreamer.hooks.CounterfactualStarts`):
 
 - "resample": z is drawn again from the prior p(z | h) of the start's recurrent state h, a
   situation the model finds plausible given the history but that did not happen;
@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from wmlab.agents.dreamer.agent import COUNTERFACTUAL_KINDS
+from wmlab.agents.dreamer.hooks import COUNTERFACTUAL_KINDS
 from wmlab.core.errors import WmlabError
 from wmlab.envs.adapter import make_env
 from wmlab.envs.perturb import physics_of

@@ -6,7 +6,7 @@ each imagined step t a confidence c_t = c ** t and trains the actor and critic o
 
     c_t * R_t^lambda + (1 - c_t) * v(s_t)
 
-(`DreamerConfig.horizon_confidence`, `wmlab.losses.returns.horizon_weighted_returns`): deep
+(`DreamerConfig.horizon_confidence`, `wmlab.agents.dreamer.hooks.HorizonConfidence`): deep
 states lean on the critic's value of the state itself instead of the returns imagined from it.
 The study trains plain Dreamer (c = 1) and one horizon-aware variant per confidence on the same
 seeds and compares their evaluation returns against environment steps.

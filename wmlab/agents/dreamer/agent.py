@@ -30,12 +30,13 @@ from gymnasium import spaces
 from torch import nn
 
 from wmlab.agents.dreamer.config import DreamerConfig
+from wmlab.agents.dreamer.hooks import UpdateHook, hooks_from_config
 from wmlab.agents.dreamer.optim import Optimizer
 from wmlab.core import distributed
 from wmlab.core.errors import IncompatibleSpaceError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Trajectory, Transition
-from wmlab.losses.returns import horizon_weighted_returns, lambda_returns, return_scale, update_return_percentiles
+from wmlab.losses.returns import lambda_returns, return_scale, update_return_percentiles
 from wmlab.models.rssm import RSSM, State, dense_stack, resolve_widths
 from wmlab.nn.categorical import categorical_entropy, log_softmax, sample_one_hot, unimix_logits
 from wmlab.nn.distributions import TwoHot
@@ -197,10 +198,6 @@ class Critic(nn.Module):
         return 0.5 * (output[..., 0] - target.detach()).pow(2)
 
 
-#: Interventions of the counterfactual augmentation (DreamerConfig.counterfactual_kind).
-COUNTERFACTUAL_KINDS = ("resample", "swap")
-
-
 def check_spaces(config: DreamerConfig, observation_space: spaces.Space, action_space: spaces.Space) -> None:
     if config.continuous_actor not in ("bounded_normal", "tanh_normal"):
         raise ValueError(f"continuous_actor must be bounded_normal or tanh_normal, got {config.continuous_actor!r}")
@@ -208,12 +205,6 @@ def check_spaces(config: DreamerConfig, observation_space: spaces.Space, action_
         raise ValueError(f"critic_head must be twohot or mse, got {config.critic_head!r}")
     if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
         raise IncompatibleSpaceError(f"Dreamer takes a bounded 1-D Box or a Discrete action space, got {action_space}")
-    if not 0.0 <= config.counterfactual_fraction <= 1.0:
-        raise ValueError(f"counterfactual_fraction must lie in [0, 1], got {config.counterfactual_fraction}")
-    if config.counterfactual_kind not in COUNTERFACTUAL_KINDS:
-        raise ValueError(
-            f"counterfactual_kind must be one of {', '.join(COUNTERFACTUAL_KINDS)}, got {config.counterfactual_kind!r}"
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,6 +250,8 @@ class DreamerAgent:
         # Running return percentiles (DreamerV3's return normalisation), start at 0 as the authors' do.
         self.return_low = torch.zeros((), device=self.device)
         self.return_high = torch.zeros((), device=self.device)
+        #: Study interventions in the update (wmlab.agents.dreamer.hooks), run in order.
+        self.hooks: list[UpdateHook] = hooks_from_config(config)
         self.updates = 0
         #: Environment steps taken while exploring (summed over environments): the clock of `random_steps`.
         self.steps = 0
@@ -342,8 +335,8 @@ class DreamerAgent:
 
         starts = {"deter": posterior["deter"].flatten(0, 1), "stoch": posterior["stoch"].flatten(0, 1)}
         start_continue = 1.0 - batch.is_terminal.flatten(0, 1).float()  # (N,)
-        if self.config.counterfactual_fraction > 0:
-            starts = self.counterfactual_starts(starts)
+        for hook in self.hooks:
+            starts = hook.starts(self.world_model, starts, self.generator)
         metrics.update(self.learn_behaviour(starts, start_continue))
 
         self.updates += 1
@@ -356,29 +349,6 @@ class DreamerAgent:
             [torch.as_tensor(metrics[name], dtype=torch.float32, device=self.device) for name in names]
         ).tolist()
         return dict(zip(names, values))  # one host synchronisation per update
-
-    def counterfactual_starts(self, starts: State) -> State:
-        """Counterfactual augmentation (wmlab.studies.counterfactual): intervene on the stochastic
-        latent z of round(counterfactual_fraction * N) of the N start states {"deter" (N, D),
-        "stoch" (N, S * K)}, chosen at random, and keep their recurrent state h, so that the actor
-        and critic also learn from states the replay never held. "resample": z ~ p(z | h);
-        "swap": the chosen starts pass their z round a random cycle, so that each takes the z of
-        another chosen start. The number of starts is unchanged (the intervened starts replace the
-        originals: the same cost per update as plain Dreamer); their continue flags stay their own."""
-        config, model = self.config, self.world_model
-        N = starts["deter"].shape[0]
-        count = min(N, int(round(config.counterfactual_fraction * N)))
-        if count == 0 or (config.counterfactual_kind == "swap" and count < 2):
-            return starts
-        chosen = torch.randperm(N, generator=self.generator, device=self.device)[:count]  # (count,)
-        with torch.no_grad():
-            if config.counterfactual_kind == "resample":
-                replacement = model.sample(model.prior(starts["deter"][chosen]), model.draw_noise((count,)))
-            else:
-                # chosen is in random order, so shifting it by one is a random cycle: no start keeps its own z.
-                replacement = starts["stoch"][chosen.roll(-1)]
-        stoch = starts["stoch"].index_put((chosen,), replacement.to(starts["stoch"].dtype))
-        return {"deter": starts["deter"], "stoch": stoch}
 
     def imagine(self, starts: State) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Trajectory]:
         """H steps of the prior driven by the actor from N start states (the RSSM's own `imagine`):
@@ -439,7 +409,8 @@ class DreamerAgent:
             returns = lambda_returns(
                 rewards, values[:, 1:], continues[:, 1:], values[:, -1], config.return_lambda, config.discount
             )
-            returns = horizon_weighted_returns(returns, values[:, :-1], config.horizon_confidence)
+            for hook in self.hooks:
+                returns = hook.targets(returns, values[:, :-1])
         # Weight of step t: the probability that the trajectory is still alive, discounted
         # (DreamerV3: cumprod(gamma * c) / gamma), so that steps after a predicted end count less.
         weights = (torch.cumprod(config.discount * continues.detach(), 1) / config.discount)[:, :-1]  # (N, H)
