@@ -150,6 +150,11 @@ class TokenLossScales:
     squared_error: float = 10.0
     """Mean squared pixel error of the tokenizer (`loss/squared_error`): stands in for IRIS's
     perceptual loss, which is left out; without it small objects are lost to the L1 median."""
+    moving_pixels: float = 0.0
+    """Extra weight, in both reconstruction terms, of the pixels that change between a frame and
+    the frame before or after it in its episode (weight 1 + this); 0: off (IRIS). Without it small
+    moving objects (MinAtar's ball and paddle, two-rooms' agent) vanish under the static
+    background: the pixel loss is lowest drawing the background only (docs/benchmarks.md)."""
     codebook: float = 1.0
     """||sg(z) - e||^2, moves the codes (`loss/codebook`)."""
     commitment: float = 0.25
@@ -198,6 +203,11 @@ class TokenWorldModelConfig:
     """Dropout in the transformer (IRIS: 0.1)."""
     dead_code_threshold: float = 0.1
     """Restart codes whose average share of the assignments falls below this / V (0: never)."""
+    usage_decay: float = 0.99
+    """Decay per update of each code's moving-average share (0.99: a code unused for ~230 updates is dead)."""
+    restart_on: str = "random"
+    """Where dead codes restart: "random" encoder outputs, or those with the largest quantisation
+    "error" (what the codebook represents worst: small objects; nn/vq.py)."""
     image_key: str = "image"
     """The observation key tokenized (uint8 (H, W, Ch)); other keys are ignored."""
     continuous_actions: bool = False
@@ -292,6 +302,8 @@ class Tokenizer(nn.Module):
         widths: TokenWidths,
         stages: int,
         dead_code_threshold: float,
+        usage_decay: float = 0.99,
+        restart_on: str = "random",
     ):
         super().__init__()
         channels = widths.channels
@@ -330,7 +342,12 @@ class Tokenizer(nn.Module):
         ]
         self.decoder = nn.Sequential(*decoder)
         self.quantizer = VectorQuantizer(
-            widths.codebook_size, widths.code_size, beta=1.0, dead_code_threshold=dead_code_threshold
+            widths.codebook_size,
+            widths.code_size,
+            beta=1.0,
+            dead_code_threshold=dead_code_threshold,
+            usage_decay=usage_decay,
+            restart_on=restart_on,
         )
 
     def encode(self, frames: torch.Tensor):
@@ -410,7 +427,13 @@ class TokenWorldModel(nn.Module):
 
         self.stages = grid_stages(self.image_shape[:2], config.stages)
         self.tokenizer = Tokenizer(
-            self.image_shape[2], self.image_shape[:2], widths, self.stages, config.dead_code_threshold
+            self.image_shape[2],
+            self.image_shape[:2],
+            widths,
+            self.stages,
+            config.dead_code_threshold,
+            config.usage_decay,
+            config.restart_on,
         )
         K = self.tokens_per_frame = self.tokenizer.tokens_per_frame
         self.context = widths.context
@@ -895,14 +918,36 @@ class TokenWorldModel(nn.Module):
         total, metrics = self.loss_terms(batch, text, drop)
         return total, {name: float(value) for name, value in zip(metrics, torch.stack(list(metrics.values())).tolist())}
 
-    def tokenizer_terms(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor]:
-        """The tokenizer's loss terms for frames (N, Ch, H, W) in [0, 1]: ({reconstruction,
-        squared_error, codebook, commitment}, the `Quantized` result, reconstructions (N, Ch, H, W))."""
+    def moving_weights(self, frames: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor | None:
+        """Pixel weights (B * T, 1, H, W) of frames (B * T, Ch, H, W) in windows with is_first
+        (B, T): 1 + loss_scales.moving_pixels where a pixel differs (by more than 0.1 in any
+        channel) from the same pixel of the frame before or after it in the same episode; None
+        when moving_pixels is 0."""
+        scale = self.config.loss_scales.moving_pixels
+        if scale <= 0:
+            return None
+        B, T = is_first.shape
+        video = frames.reshape(B, T, *frames.shape[1:])
+        changed = (video[:, 1:] - video[:, :-1]).abs().amax(2, keepdim=True) > 0.1  # (B, T - 1, 1, H, W)
+        changed = changed & ~is_first[:, 1:, None, None, None].bool()  # no change across an episode start
+        moving = torch.zeros_like(video[:, :, :1], dtype=torch.bool)
+        moving[:, 1:] |= changed
+        moving[:, :-1] |= changed
+        return (1.0 + scale * moving.float()).reshape(B * T, 1, *frames.shape[2:])
+
+    def tokenizer_terms(
+        self, frames: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor]:
+        """The tokenizer's loss terms for frames (N, Ch, H, W) in [0, 1], pixels weighted by
+        weights (N, 1, H, W) when given (`moving_weights`): ({reconstruction, squared_error,
+        codebook, commitment}, the `Quantized` result, reconstructions (N, Ch, H, W))."""
         quantized = self.tokenizer.encode(frames)
         reconstruction = self.tokenizer.decode_codes(quantized.quantized)
+        error = reconstruction - frames
+        weights = torch.ones_like(frames[:, :1]) if weights is None else weights
         terms = {
-            "reconstruction": (reconstruction - frames).abs().mean(),
-            "squared_error": (reconstruction - frames).pow(2).mean(),
+            "reconstruction": (weights * error.abs()).mean(),
+            "squared_error": (weights * error.pow(2)).mean(),
             "codebook": quantized.codebook_loss,
             "commitment": quantized.commitment_loss,
         }
@@ -939,7 +984,7 @@ class TokenWorldModel(nn.Module):
             check_shape("text", text, ("B", self.text_size) if text.dim() == 2 else ("B", "T", self.text_size), sizes)
 
         if tokenizer:
-            terms, quantized, reconstruction = self.tokenizer_terms(frames)
+            terms, quantized, reconstruction = self.tokenizer_terms(frames, self.moving_weights(frames, is_first))
         else:
             terms, reconstruction = {}, None
             was_training = self.tokenizer.training
