@@ -2,12 +2,14 @@
 cache, and one training update beside dreamer-cpu's.
 
     OMP_NUM_THREADS=1 python benchmarks/tokens_speed.py imagine --size cpu --batch 8 --horizon 10 --rounds 5
+    OMP_NUM_THREADS=1 python benchmarks/tokens_speed.py step --size cpu --batch 1 --horizon 30 --rounds 5
     OMP_NUM_THREADS=1 python benchmarks/tokens_speed.py update --size cpu --batch 16 --length 10
 
 `imagine`: from a state filtered on 5 real-shaped (random) 64 x 64 frames, imagine `horizon`
 steps of K = 16 tokens; the cached and the uncached (whole window recomputed per token) runs
 alternate for `rounds` rounds in one process, and the medians give tokens per second and their
-ratio. `update`: one update (loss, backward, Adam step) of the token model on a B x T batch,
+ratio. `step`: a stepper's imagine(horizon=1) calls with the cache carried in the state, rebuilt
+at every call, or absent. `update`: one update (loss, backward, Adam step) of the token model on a B x T batch,
 alternating with one `dreamer-cpu` update (world model + actor + critic) on B x `dreamer-length`
 frames of the same kind. Prints one JSON line.
 """
@@ -82,6 +84,53 @@ def imagine(arguments) -> dict:
     }
 
 
+def step(arguments) -> dict:
+    """A stepper's path (ImaginedEnv, the play page): `horizon` calls of imagine(horizon=1), each
+    from the state the last returned. Alternates three ways per round: the key-value cache carried
+    in the state ("carried"), the cache dropped between calls so each call rebuilds its window
+    ("rebuilt", the behaviour before the cache travelled in the state), and no cache at all."""
+    from wmlab.models.tokens import CACHE_KEYS
+
+    torch.manual_seed(arguments.seed)
+    model = TokenWorldModel(TokenWorldModelConfig(size=arguments.size), IMAGES, spaces.Discrete(4)).eval()
+    batch = random_batch(arguments.batch, 5, spaces.Discrete(4), arguments.seed)
+    _, last = model.observe(batch.obs, batch.action, batch.is_first)
+    actions = np.random.default_rng(arguments.seed).integers(0, 4, (arguments.batch, arguments.horizon))
+    tokens = arguments.batch * arguments.horizon * model.tokens_per_frame
+
+    def run(mode: str) -> None:
+        state = last
+        for index in range(arguments.horizon):
+            trajectory = model.imagine(state, actions[:, index : index + 1], 1, use_cache=mode != "uncached")
+            state = {name: value[:, -1] for name, value in trajectory.states.items()}
+            if mode == "rebuilt":
+                state = {name: value for name, value in state.items() if name not in CACHE_KEYS}
+
+    run("carried")  # warm-up
+    modes = ("carried", "rebuilt", "uncached")
+    times = {mode: [] for mode in modes}
+    for _ in range(arguments.rounds):
+        for mode in modes:
+            times[mode].append(timed(lambda: run(mode)))
+    medians = {mode: statistics.median(values) for mode, values in times.items()}
+    return {
+        "size": arguments.size,
+        "batch": arguments.batch,
+        "calls": arguments.horizon,
+        "context_steps": model.context,
+        "tokens_per_frame": model.tokens_per_frame,
+        "rounds": arguments.rounds,
+        **{f"{mode}_tokens_per_second": round(tokens / medians[mode], 1) for mode in modes},
+        **{f"{mode}_ms_per_step": round(1000 * medians[mode] / arguments.horizon, 1) for mode in modes},
+        "carried_over_rebuilt": round(medians["rebuilt"] / medians["carried"], 2),
+        "carried_over_uncached": round(medians["uncached"] / medians["carried"], 2),
+        "median_of_round_ratios_rebuilt": round(
+            statistics.median(r / c for r, c in zip(times["rebuilt"], times["carried"])), 2
+        ),
+        **{f"{mode}_seconds": [round(t, 3) for t in values] for mode, values in times.items()},
+    }
+
+
 def update(arguments) -> dict:
     from wmlab.agents.dreamer.agent import DreamerAgent
     from wmlab.agents.dreamer.config import DreamerCPUConfig
@@ -128,7 +177,7 @@ def update(arguments) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["imagine", "update"])
+    parser.add_argument("what", choices=["imagine", "step", "update"])
     parser.add_argument("--size", default="cpu", choices=["tiny", "cpu", "iris"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--horizon", type=int, default=10)
@@ -140,7 +189,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
-    result = imagine(arguments) if arguments.what == "imagine" else update(arguments)
+    result = {"imagine": imagine, "step": step, "update": update}[arguments.what](arguments)
     result.update(
         what=arguments.what,
         threads=arguments.threads,

@@ -59,6 +59,10 @@ class GenerateCommand:
     """Each frame is enlarged this many times (nearest neighbour) in the video and sheet."""
     columns: int = 10
     """Frames per row of the contact sheet."""
+    text: str | None = None
+    """A text prompt, for a text-conditioned run (`wmlab pipeline gaia`); its actions: none | random | recorded."""
+    guidance_scale: float = 3.0
+    """Classifier-free guidance scale of a text-conditioned run (1: the conditional model; 0: unconditional)."""
 
 
 def imagine_options(model: Any, denoising_steps: int, churn: float) -> dict[str, Any]:
@@ -212,6 +216,14 @@ def run(argv: list[str]) -> int:
     command = tyro.cli(GenerateCommand, args=argv, prog="wmlab generate", description=__doc__.split("\n\n")[0])
     if command.steps < 1:
         raise WmlabError(f"--steps must be at least 1, got {command.steps}")
+    from wmlab.pipelines import gaia
+
+    if gaia.is_gaia_run(command.run_dir):  # text-conditioned token model (GAIA-1 in small)
+        return gaia.generate_command(command)
+    if command.text is not None:
+        raise WmlabError(
+            f"{command.run_dir} is not a text-conditioned run: --text applies to `wmlab pipeline gaia` runs"
+        )
     spec, agent = load_trained_agent(command.run_dir)
     model = world_model_of(agent)
     if not getattr(model, "can_decode", False):

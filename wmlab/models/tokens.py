@@ -30,8 +30,10 @@ Imagination samples every frame token from softmax(logits / temperature) (temper
 argmax), so K rollouts from one start differ and the calibration suite has a distribution to
 measure. A key-value cache (nn/transformer.py) makes each sampled token cost one token step;
 `imagine(..., use_cache=False)` recomputes the whole window for every token (the slow reference,
-identical results). When the window is full the model restarts from the last `context - 1` steps,
-as IRIS's imagination refreshes its cache.
+identical results). When the window is full the model restarts from its last `refresh_keep` steps
+(half the context by default), as IRIS's imagination refreshes its cache (IRIS keeps the current
+frame only). The last imagined state carries the cache, so a stepper (wmlab.envs.imagined, the
+play page) calling imagine(horizon=1) pays one step of tokens per call, not the whole window.
 
 Deviations from IRIS: no perceptual (LPIPS) loss in the tokenizer (it needs pretrained VGG
 weights that nothing here may download) — the reconstruction loss is L1 plus a squared error
@@ -44,7 +46,9 @@ model on detached tokens (IRIS alternates them, also without gradients between t
 States are dicts of tensors (B, ...): "tokens" (B, K) the current frame's tokens, "latent"
 (B, K * E) their codes (the continuous vector the evaluation suites measure), "history"
 (B, C, K) and "history_actions" (B, C, A) the last C steps (right-aligned, the current frame
-last), "history_length" (B,) how many of them belong to the episode, and "text" (B, Dt) when
+last), "history_length" (B,) how many of them belong to the episode, "window" (B,) how many of
+those imagination's transformer sees (at most history_length; after the window restarts, fewer),
+and "text" (B, Dt) when
 the model is text-conditioned.
 
 Shape legend: B batch, T time, L horizon, K tokens per frame, V codebook size, E code size,
@@ -72,6 +76,8 @@ from wmlab.nn.transformer import KeyValueCache, Transformer, TransformerConfig
 from wmlab.nn.vq import VectorQuantizer
 
 State = dict[str, torch.Tensor]
+#: State entries of a key-value cache carried between imagine calls (see TokenWorldModel.imagine).
+CACHE_KEYS = ("kv_keys", "kv_values", "kv_steps", "kv_signature")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,6 +150,11 @@ class TokenLossScales:
     squared_error: float = 10.0
     """Mean squared pixel error of the tokenizer (`loss/squared_error`): stands in for IRIS's
     perceptual loss, which is left out; without it small objects are lost to the L1 median."""
+    moving_pixels: float = 0.0
+    """Extra weight, in both reconstruction terms, of the pixels that change between a frame and
+    the frame before or after it in its episode (weight 1 + this); 0: off (IRIS). Without it small
+    moving objects (MinAtar's ball and paddle, two-rooms' agent) vanish under the static
+    background: the pixel loss is lowest drawing the background only (docs/benchmarks.md)."""
     codebook: float = 1.0
     """||sg(z) - e||^2, moves the codes (`loss/codebook`)."""
     commitment: float = 0.25
@@ -172,9 +183,10 @@ class TokenWorldModelConfig:
     """Residual blocks per resolution of the tokenizer (unset: from `size`)."""
     residual_max_side: int | None = None
     """Residual blocks only at resolutions whose side is at most this (unset: from `size`; IRIS: all)."""
-    stages: int = 4
-    """Stride-2 stages of the tokenizer: 4 take 64 x 64 to 4 x 4 = 16 tokens (IRIS); a side not
-    divisible by 2^stages is refused."""
+    stages: int | None = None
+    """Stride-2 stages of the tokenizer: 4 take 64 x 64 to 4 x 4 = 16 tokens (IRIS); None: as many
+    as make a 4 x 4 grid of the frame (IRIS's 16 tokens at any side 4 * 2^s; 2 for 16 x 16
+    frames); a side not divisible by 2^stages is refused."""
     layers: int | None = None
     """Transformer blocks (unset: from `size`)."""
     heads: int | None = None
@@ -183,10 +195,19 @@ class TokenWorldModelConfig:
     """Transformer width (unset: from `size`)."""
     context: int | None = None
     """C, steps the transformer sees at once (unset: from `size`; IRIS: 20)."""
+    refresh_keep: int | None = None
+    """Steps kept when imagination's window fills the context and restarts (None: half the
+    context; IRIS restarts from the current frame, 1; context - 1 keeps the most context but
+    recomputes the window at every step)."""
     dropout: float = 0.1
     """Dropout in the transformer (IRIS: 0.1)."""
     dead_code_threshold: float = 0.1
     """Restart codes whose average share of the assignments falls below this / V (0: never)."""
+    usage_decay: float = 0.99
+    """Decay per update of each code's moving-average share (0.99: a code unused for ~230 updates is dead)."""
+    restart_on: str = "random"
+    """Where dead codes restart: "random" encoder outputs, or those with the largest quantisation
+    "error" (what the codebook represents worst: small objects; nn/vq.py)."""
     image_key: str = "image"
     """The observation key tokenized (uint8 (H, W, Ch)); other keys are ignored."""
     continuous_actions: bool = False
@@ -222,8 +243,26 @@ def _check_config(config: TokenWorldModelConfig) -> None:
     for name in ("text_dropout", "action_dropout", "dropout"):
         if not 0 <= getattr(config, name) < 1:
             raise ValueError(f"TokenWorldModelConfig.{name} must be in [0, 1), got {getattr(config, name)}")
-    if config.stages < 1:
+    if config.stages is not None and config.stages < 1:
         raise ValueError(f"TokenWorldModelConfig.stages must be at least 1, got {config.stages}")
+    if config.refresh_keep is not None and config.refresh_keep < 1:
+        raise ValueError(f"TokenWorldModelConfig.refresh_keep must be at least 1, got {config.refresh_keep}")
+
+
+def grid_stages(image_size: tuple[int, int], stages: int | None) -> int:
+    """The tokenizer's stride-2 stages: `stages`, or (None) those that take the frame to a 4 x 4
+    grid of tokens, refusing sides that are not 4 * 2^s."""
+    if stages is not None:
+        return int(stages)
+    height, width = image_size
+    side = min(height, width)
+    count = max(0, (side // 4).bit_length() - 1)
+    if count < 1 or height % (4 * 2**count) or width % (4 * 2**count) or side != 4 * 2**count:
+        raise IncompatibleSpaceError(
+            f"the tokenizer makes a 4 x 4 grid of tokens from square frames of side 4 * 2^s (16, 32, 64, ...);"
+            f" got {height} x {width}: set `stages` (e.g. 2 halvings of 16 x 16) or resize the frames"
+        )
+    return count
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,6 +302,8 @@ class Tokenizer(nn.Module):
         widths: TokenWidths,
         stages: int,
         dead_code_threshold: float,
+        usage_decay: float = 0.99,
+        restart_on: str = "random",
     ):
         super().__init__()
         channels = widths.channels
@@ -301,7 +342,12 @@ class Tokenizer(nn.Module):
         ]
         self.decoder = nn.Sequential(*decoder)
         self.quantizer = VectorQuantizer(
-            widths.codebook_size, widths.code_size, beta=1.0, dead_code_threshold=dead_code_threshold
+            widths.codebook_size,
+            widths.code_size,
+            beta=1.0,
+            dead_code_threshold=dead_code_threshold,
+            usage_decay=usage_decay,
+            restart_on=restart_on,
         )
 
     def encode(self, frames: torch.Tensor):
@@ -379,8 +425,15 @@ class TokenWorldModel(nn.Module):
                 f"the token world model takes a Discrete (or, with continuous_actions, a 1-D Box) action space, got {action_space}"
             )
 
+        self.stages = grid_stages(self.image_shape[:2], config.stages)
         self.tokenizer = Tokenizer(
-            self.image_shape[2], self.image_shape[:2], widths, config.stages, config.dead_code_threshold
+            self.image_shape[2],
+            self.image_shape[:2],
+            widths,
+            self.stages,
+            config.dead_code_threshold,
+            config.usage_decay,
+            config.restart_on,
         )
         K = self.tokens_per_frame = self.tokenizer.tokens_per_frame
         self.context = widths.context
@@ -435,6 +488,7 @@ class TokenWorldModel(nn.Module):
             "history": torch.zeros(B, C, K, dtype=torch.long, device=self.device),
             "history_actions": torch.zeros(B, C, self.action_size, device=self.device),
             "history_length": torch.zeros(B, dtype=torch.long, device=self.device),
+            "window": torch.zeros(B, dtype=torch.long, device=self.device),
         }
         if self.text_size:
             state["text"] = torch.zeros(B, self.text_size, device=self.device)
@@ -451,7 +505,8 @@ class TokenWorldModel(nn.Module):
             raise ShapeError("this token model is not text-conditioned (text_size is 0)")
         text = torch.as_tensor(text, device=self.device).float()
         check_shape("text", text, (state["tokens"].shape[0], self.text_size))
-        return {**state, "text": text}
+        # A carried key-value cache holds the old text's keys: drop it.
+        return {**{name: value for name, value in state.items() if name not in CACHE_KEYS}, "text": text}
 
     def encode_action(self, action: Any, leading: tuple[str, ...], sizes: dict[str, int]) -> torch.Tensor:
         """Environment actions -> (*leading, A): one-hot from indices (or kept when given one-hot),
@@ -537,6 +592,7 @@ class TokenWorldModel(nn.Module):
             "history": torch.cat([state["history"][:, 1:], tokens[:, None]], 1),
             "history_actions": torch.cat([state["history_actions"][:, 1:], action[:, None]], 1),
             "history_length": (length + 1).clamp_max(self.context),
+            "window": (torch.where(is_first, 0, state.get("window", length)) + 1).clamp_max(self.context),
         }
         return pushed
 
@@ -633,7 +689,9 @@ class TokenWorldModel(nn.Module):
         action everywhere (generation from text alone; the actions only set the horizon). use_cache False recomputes the
         whole window for every token (the slow reference). Step l of the result is the state
         reached by action l: states (B, L, ...), actions (B, L, A), rewards (B, L), continues
-        (B, L), observations when `decode`."""
+        (B, L), observations when `decode`. With the cache, the last state also carries it
+        ("kv_keys", "kv_values", "kv_steps", "kv_signature"), so that a call continuing from that
+        state (a stepper's imagine(horizon=1)) costs one step of tokens, not the whole window."""
         sizes = check_shape("state['tokens']", state["tokens"], ("B", self.tokens_per_frame))
         check_shape("state['history']", state["history"], ("B", self.context, self.tokens_per_frame), sizes)
         B = sizes["B"]
@@ -654,7 +712,7 @@ class TokenWorldModel(nn.Module):
             raise ValueError(
                 "use_actions=False needs a model trained with action_dropout > 0 (its null action is untrained otherwise)"
             )
-        K, C = self.tokens_per_frame, self.context
+        K, C, P = self.tokens_per_frame, self.context, self.tokens_per_step
         text = state.get("text") if self.text_size else None
 
         # Streams: the conditional rows, and with guidance the same rows with conditioning dropped.
@@ -670,21 +728,27 @@ class TokenWorldModel(nn.Module):
         elif not use_actions:
             drop_action = ~no_drop
 
-        # The step sequence so far: the valid history, then the imagined steps.
-        length = state["history_length"]
-        history_valid = torch.arange(C, device=self.device)[None] >= (C - length)[:, None]  # (B, C)
-        all_tokens = [state["history"][:, c] for c in range(C)]
-        all_actions = [state["history_actions"][:, c] for c in range(C)]
-        all_valid = [history_valid[:, c] for c in range(C)]
-        window_start = 0
-        cache: KeyValueCache | None = None
-        fed = 0  # tokens of the window already in the cache
-        current = state
-        steps, taken, rewards, ends = [], [], [], []
-
         def rows(x):
             return x.repeat(streams, *([1] * (x.dim() - 1))) if streams > 1 else x
 
+        # The step sequence: the history, then the imagined steps. Each row sees its last
+        # `row_window` steps; the batch's window spans the longest, the others padded on the left
+        # (masked), so a row's predictions do not depend on the other rows.
+        row_window = torch.minimum(state.get("window", state["history_length"]), state["history_length"])
+        all_tokens = [state["history"][:, c] for c in range(C)]
+        all_actions = [state["history_actions"][:, c] for c in range(C)]
+        signature = self._cache_signature(streams, use_actions)
+        carried = self._carried_cache(state, signature, streams, int(row_window.max())) if use_cache else None
+        if carried is not None:
+            cache, span = carried
+            fed = span * P - 1  # every token of the window but the current frame's last
+        else:
+            cache, fed = None, 0
+            span = max(1, int(row_window.max()))
+        window_start = C - span
+        keep = self.refresh_keep
+        current = state
+        steps, taken, rewards, ends = [], [], [], []
         memo: dict[str, Any] = {}
 
         def window_sequence(new_tokens: list[torch.Tensor], action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -694,11 +758,11 @@ class TokenWorldModel(nn.Module):
             if memo.get("window") != (window_start, count):
                 tokens = torch.stack(all_tokens[window_start:], 1)
                 acts = torch.stack(all_actions[window_start:], 1)
-                valid = torch.stack(all_valid[window_start:], 1)
+                valid = torch.arange(count, device=self.device)[None] >= (count - row_window)[:, None]  # (B, n)
                 memo["embedded"] = self.embed_steps(rows(tokens), rows(acts), text, drop_text, drop_action)
-                memo["keys"] = rows(valid).repeat_interleave(self.tokens_per_step, 1)
+                memo["keys"] = rows(valid).repeat_interleave(P, 1)
                 # Rows padded on the left count positions from their first valid step.
-                memo["padding"] = rows((~valid).long().sum(1)) * self.tokens_per_step
+                memo["padding"] = rows((~valid).long().sum(1)) * P
                 memo["window"] = (window_start, count)
             done = len(new_tokens)
             partial_tokens = torch.zeros(B, 1, K, dtype=torch.long, device=self.device)
@@ -712,10 +776,13 @@ class TokenWorldModel(nn.Module):
 
         for index in range(horizon):
             action = actions[:, index] if policy is None else self.encode_action(policy(current), ("B",), {"B": B})
-            # Keep the window within the context: restart from the last C - 1 steps when full.
-            if len(all_tokens) - window_start + 1 > C:
-                window_start = len(all_tokens) - (C - 1)
+            # A row whose window is full restarts from its last `keep` steps (and the cache with it).
+            full = row_window + 1 > C
+            if bool(full.any()):
+                row_window = torch.where(full, keep, row_window)
+                window_start = len(all_tokens) - max(1, int(row_window.max()))
                 cache = None
+                memo.clear()
             new_tokens: list[torch.Tensor] = []
             reward_output = end_logit = None
             for position in range(K):
@@ -744,13 +811,18 @@ class TokenWorldModel(nn.Module):
             codes = self.tokenizer.quantizer.lookup(tokens).flatten(1)
             all_tokens.append(tokens)
             all_actions.append(action)
-            all_valid.append(torch.ones(B, dtype=torch.bool, device=self.device))
+            row_window = row_window + 1
             current = self._push(current, tokens, codes, action, torch.zeros(B, dtype=torch.bool, device=self.device))
+            current["window"] = row_window
+            for name in CACHE_KEYS:
+                current.pop(name, None)
             steps.append(current)
             taken.append(action)
             rewards.append(self.reward_value(reward_output))
             ends.append(end_logit)
         states = {name: torch.stack([step[name] for step in steps], 1) for name in steps[0]}
+        if use_cache and cache is not None:
+            states.update(self._cache_in_states(cache, len(all_tokens) - window_start, signature, streams, horizon))
         end_logits = torch.stack(ends, 1)
         return Trajectory(
             states=states,
@@ -760,6 +832,68 @@ class TokenWorldModel(nn.Module):
             observations=self.decode(states) if decode else None,
             extras={"end_logits": end_logits},
         )
+
+    # --- the key-value cache carried in states ----------------------------------------------
+
+    @property
+    def refresh_keep(self) -> int:
+        """Steps an imagination window keeps when it fills the context and restarts."""
+        keep = self.config.refresh_keep
+        return max(1, self.context // 2) if keep is None else min(int(keep), self.context - 1)
+
+    def _cache_signature(self, streams: int, use_actions: bool) -> int:
+        """What a carried cache must have been made under: these weights (their in-place update
+        counters: an optimiser step or load_state_dict changes them), the same streams and
+        actions, and no dropout."""
+        version = sum(parameter._version for parameter in self.parameters())
+        return ((version * 4 + streams) * 2 + int(use_actions)) * 2 + int(self.training)
+
+    def _carried_cache(self, state: State, signature: int, streams: int, span: int) -> tuple[KeyValueCache, int] | None:
+        """(a copy of the cache of S*B rows, its window in steps) from a state that carries a
+        valid one made under `signature` over the `span` steps the rows' windows need, else None."""
+        if not all(name in state for name in CACHE_KEYS):
+            return None
+        steps, signatures = state["kv_steps"], state["kv_signature"]
+        window = int(steps[0])
+        valid = window >= 1 and window == max(1, span) and window <= self.context
+        if not valid or bool((steps != window).any()) or bool((signatures != signature).any()):
+            return None
+        keys, values = state["kv_keys"], state["kv_values"]
+        B, layers = keys.shape[0], self.widths.layers
+        if keys.shape[1] != streams * layers:
+            return None
+        cache = self.transformer.new_cache(streams * B, self.device)
+
+        def per_layer(tensor: torch.Tensor) -> list[torch.Tensor]:
+            # (B, S * layers, H, N, Dh) -> layers x (S * B, H, N, Dh), copied: the state stays as it was.
+            split = tensor.reshape(B, streams, layers, *tensor.shape[2:]).permute(2, 1, 0, 3, 4, 5)
+            return list(split.reshape(layers, streams * B, *tensor.shape[2:]).clone().unbind(0))
+
+        cache.keys, cache.values = per_layer(keys), per_layer(values)
+        cache.length = window * self.tokens_per_step - 1
+        return cache, window
+
+    def _cache_in_states(
+        self, cache: KeyValueCache, window: int, signature: int, streams: int, horizon: int
+    ) -> dict[str, torch.Tensor]:
+        """The cache as state entries over L steps (B, L, ...): valid in the last step only
+        (kv_steps 0 before it), its tensors views of one copy."""
+        layers = len(cache.keys)
+        B = cache.batch_size // streams
+
+        def per_row(tensors: list[torch.Tensor]) -> torch.Tensor:
+            stacked = torch.stack(tensors)  # (layers, S * B, H, N, Dh)
+            stacked = stacked.reshape(layers, streams, B, *stacked.shape[2:]).permute(2, 1, 0, 3, 4, 5)
+            return stacked.reshape(B, streams * layers, *stacked.shape[3:])[:, None].expand(B, horizon, -1, -1, -1, -1)
+
+        steps = torch.zeros(B, horizon, dtype=torch.long, device=self.device)
+        steps[:, -1] = window
+        return {
+            "kv_keys": per_row(cache.keys),
+            "kv_values": per_row(cache.values),
+            "kv_steps": steps,
+            "kv_signature": torch.full((B, horizon), signature, dtype=torch.long, device=self.device),
+        }
 
     @staticmethod
     def sample(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -784,14 +918,36 @@ class TokenWorldModel(nn.Module):
         total, metrics = self.loss_terms(batch, text, drop)
         return total, {name: float(value) for name, value in zip(metrics, torch.stack(list(metrics.values())).tolist())}
 
-    def tokenizer_terms(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor]:
-        """The tokenizer's loss terms for frames (N, Ch, H, W) in [0, 1]: ({reconstruction,
-        squared_error, codebook, commitment}, the `Quantized` result, reconstructions (N, Ch, H, W))."""
+    def moving_weights(self, frames: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor | None:
+        """Pixel weights (B * T, 1, H, W) of frames (B * T, Ch, H, W) in windows with is_first
+        (B, T): 1 + loss_scales.moving_pixels where a pixel differs (by more than 0.1 in any
+        channel) from the same pixel of the frame before or after it in the same episode; None
+        when moving_pixels is 0."""
+        scale = self.config.loss_scales.moving_pixels
+        if scale <= 0:
+            return None
+        B, T = is_first.shape
+        video = frames.reshape(B, T, *frames.shape[1:])
+        changed = (video[:, 1:] - video[:, :-1]).abs().amax(2, keepdim=True) > 0.1  # (B, T - 1, 1, H, W)
+        changed = changed & ~is_first[:, 1:, None, None, None].bool()  # no change across an episode start
+        moving = torch.zeros_like(video[:, :, :1], dtype=torch.bool)
+        moving[:, 1:] |= changed
+        moving[:, :-1] |= changed
+        return (1.0 + scale * moving.float()).reshape(B * T, 1, *frames.shape[2:])
+
+    def tokenizer_terms(
+        self, frames: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor]:
+        """The tokenizer's loss terms for frames (N, Ch, H, W) in [0, 1], pixels weighted by
+        weights (N, 1, H, W) when given (`moving_weights`): ({reconstruction, squared_error,
+        codebook, commitment}, the `Quantized` result, reconstructions (N, Ch, H, W))."""
         quantized = self.tokenizer.encode(frames)
         reconstruction = self.tokenizer.decode_codes(quantized.quantized)
+        error = reconstruction - frames
+        weights = torch.ones_like(frames[:, :1]) if weights is None else weights
         terms = {
-            "reconstruction": (reconstruction - frames).abs().mean(),
-            "squared_error": (reconstruction - frames).pow(2).mean(),
+            "reconstruction": (weights * error.abs()).mean(),
+            "squared_error": (weights * error.pow(2)).mean(),
             "codebook": quantized.codebook_loss,
             "commitment": quantized.commitment_loss,
         }
@@ -828,7 +984,7 @@ class TokenWorldModel(nn.Module):
             check_shape("text", text, ("B", self.text_size) if text.dim() == 2 else ("B", "T", self.text_size), sizes)
 
         if tokenizer:
-            terms, quantized, reconstruction = self.tokenizer_terms(frames)
+            terms, quantized, reconstruction = self.tokenizer_terms(frames, self.moving_weights(frames, is_first))
         else:
             terms, reconstruction = {}, None
             was_training = self.tokenizer.training

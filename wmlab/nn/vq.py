@@ -69,6 +69,10 @@ class VectorQuantizer(nn.Module):
     usage_decay: decay of that moving average, per call.
     normalize: quantise L2-normalised vectors against L2-normalised codes (cosine distance, as
         in ViT-VQGAN, arXiv:2110.04627, Sec. 3.2); off in IRIS.
+    restart_on: "random": a dead code moves onto an encoder output drawn uniformly (Jukebox);
+        "error": drawn with probability proportional to its squared distance from its code, so
+        that restarts go to what the codebook represents worst (a small object that shares the
+        background's code) rather than to the common background.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class VectorQuantizer(nn.Module):
         dead_code_threshold: float = 0.0,
         usage_decay: float = 0.99,
         normalize: bool = False,
+        restart_on: str = "random",
     ):
         super().__init__()
         if codebook_size < 2:
@@ -87,6 +92,9 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"the code dimension must be positive, got {dim}")
         if dead_code_threshold < 0 or not 0 < usage_decay < 1:
             raise ValueError("dead_code_threshold must be >= 0 and usage_decay in (0, 1)")
+        if restart_on not in ("random", "error"):
+            raise ValueError(f"restart_on must be 'random' or 'error', got {restart_on!r}")
+        self.restart_on = restart_on
         self.codebook_size = int(codebook_size)
         self.dim = int(dim)
         self.beta = float(beta)
@@ -144,7 +152,8 @@ class VectorQuantizer(nn.Module):
             with torch.no_grad():
                 self.average_usage.mul_(self.usage_decay).add_(share, alpha=1 - self.usage_decay)
             if self.dead_code_threshold > 0:
-                restarted = self.restart_dead_codes(z.detach().reshape(-1, self.dim))
+                errors = (z.detach() - codes.detach()).pow(2).sum(-1).reshape(-1)
+                restarted = self.restart_dead_codes(z.detach().reshape(-1, self.dim), errors)
         return Quantized(
             quantized=quantized,
             indices=indices,
@@ -157,14 +166,19 @@ class VectorQuantizer(nn.Module):
         )
 
     @torch.no_grad()
-    def restart_dead_codes(self, encodings: torch.Tensor) -> int:
+    def restart_dead_codes(self, encodings: torch.Tensor, errors: torch.Tensor | None = None) -> int:
         """Move every code whose moving-average share is below dead_code_threshold / K onto a
-        random row of encodings (N, D) (plus a little noise, so that two restarted codes never
-        coincide); returns how many moved. Their moving average restarts at the uniform share."""
+        row of encodings (N, D) (plus a little noise, so that two restarted codes never
+        coincide): a random row, or with `restart_on` "error" a row drawn in proportion to its
+        quantisation error errors (N,); returns how many moved. Their moving average restarts at
+        the uniform share."""
         dead = torch.nonzero(self.average_usage < self.dead_code_threshold / self.codebook_size).reshape(-1)
         if dead.numel() == 0 or encodings.shape[0] == 0:
             return 0
-        rows = torch.randint(encodings.shape[0], (dead.numel(),), device=encodings.device)
+        if self.restart_on == "error" and errors is not None and float(errors.sum()) > 0:
+            rows = torch.multinomial(errors.float(), dead.numel(), replacement=True)
+        else:
+            rows = torch.randint(encodings.shape[0], (dead.numel(),), device=encodings.device)
         chosen = encodings[rows]
         noise = 1e-3 * chosen.std().clamp_min(1e-6) * torch.randn_like(chosen)
         self.codebook.weight.data[dead] = (chosen + noise).to(self.codebook.weight.dtype)

@@ -59,12 +59,12 @@ class IrisCPUConfig(IrisConfig):
     """IRIS small enough to learn on a 2-core CPU: the token model's `cpu` size (4 layers, width
     128, 10 steps of context), an actor-critic of (16, 16, 32, 32) channels and an LSTM of 128, 8
     imagined rollouts of 20 steps per update (burn-in 4), learning rates 3e-4, the world model
-    after 200 updates and the actor-critic after 400. Train it on 16 x 16 frames (4 x 4 = 16
-    tokens with 2 stages): `--env minatar:breakout --env-kwargs '{"size": 16}'
-    --agent.model.stages 2 --train.batch-size 8 --train.sequence-length 10 --train.train-ratio 20
+    after 200 updates and the actor-critic after 400. The tokenizer makes 4 x 4 = 16 tokens of any
+    square frame of side 16, 32, 64 (IRIS's count); on MinAtar: `--env minatar:breakout --env-kwargs
+    '{"size": 16}' --train.batch-size 8 --train.sequence-length 10 --train.train-ratio 20
     --train.learning-starts 500` (one update per 4 environment steps)."""
 
-    model: TokenWorldModelConfig = field(default_factory=lambda: TokenWorldModelConfig(size="cpu", stages=2))
+    model: TokenWorldModelConfig = field(default_factory=lambda: TokenWorldModelConfig(size="cpu"))
     learner: ImaginationConfig = field(
         default_factory=lambda: ImaginationConfig(
             channels=(16, 16, 32, 32),

@@ -1,0 +1,110 @@
+"""`wmlab pipeline gaia` and `wmlab generate --text` on its run: the pipeline end to end at a tiny
+size, resume, the probe of the agent's move, and clear errors for an empty prompt, a caption file
+that does not match its episodes, and --text on a run without text."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from wmlab.cli import main
+from wmlab.core.errors import WmlabError
+from wmlab.data.captions import CAPTIONS_FILE
+from wmlab.envs.two_rooms import AGENT_RGB
+from wmlab.pipelines.gaia import agent_centre, probe_moves
+
+torch.set_num_threads(1)
+
+TINY = [
+    "--size",
+    "tiny",
+    "--image-size",
+    "16",
+    "--train-episodes",
+    "4",
+    "--valid-episodes",
+    "3",
+    "--episode-steps",
+    "10",
+    "--minutes",
+    "0",
+    "--starts",
+    "2",
+    "--steps",
+    "2",
+    "--length",
+    "6",
+    "--batch-size",
+    "2",
+    "--checkpoint-every",
+    "2",
+    "--log-every",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def gaia_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("gaia") / "run"
+    assert main(["pipeline", "gaia", "--run-dir", str(run_dir), "--updates", "2", *TINY]) == 0
+    return run_dir
+
+
+def test_the_pipeline_trains_measures_and_resumes(gaia_run):
+    result = json.loads((gaia_run / "result.json").read_text())
+    assert result["updates"] == 2
+    assert set(result["validation_token_loss"]) == {"text+actions", "actions only", "text only", "unconditional"}
+    assert set(result["text_fidelity"]) == {"0.0", "1.0", "3.0", "7.0"}
+    for scale in result["text_fidelity"].values():
+        assert {"agreement", "random_caption_baseline", "moves_with_agent_visible"} <= set(scale)
+    assert result["probe_accuracy_on_real_moves"] > 0.7  # the probe reads real moves (16 x 16 frames: 0.83)
+    config = json.loads((gaia_run / "config.json").read_text())
+    assert config["kind"] == "gaia" and config["model"]["text_size"] == 384
+    assert main(["pipeline", "gaia", "--resume", str(gaia_run), "--updates", "3"]) == 0
+    assert json.loads((gaia_run / "result.json").read_text())["updates"] == 3
+    lines = [json.loads(line) for line in (gaia_run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3]
+
+
+def test_generate_writes_a_video_a_contact_sheet_and_json(gaia_run, tmp_path):
+    out = tmp_path / "left.mp4"
+    argv = ["generate", str(gaia_run), "--text", "move left", "--actions", "random", "--steps", "3", "--out", str(out)]
+    assert main(argv) == 0
+    assert out.stat().st_size > 0 and out.with_suffix(".png").stat().st_size > 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["text"] == "move left" and len(summary["probe_moves"]) == 3
+
+
+def test_bad_prompts_and_caption_files_get_clear_errors(gaia_run, tmp_path, capsys):
+    for prompt in ("", "   "):
+        assert main(["generate", str(gaia_run), "--text", prompt, "--steps", "2"]) != 0
+        assert "--text is empty" in capsys.readouterr().err
+    assert main(["generate", str(gaia_run), "--steps", "2"]) != 0
+    assert "give a prompt" in capsys.readouterr().err
+    # A caption file that lost an episode is refused by name.
+    dataset = tmp_path / "captions"
+    shutil.copytree(gaia_run / "data" / "train", dataset)
+    content = json.loads((dataset / CAPTIONS_FILE).read_text())
+    content["episodes"] = content["episodes"][1:]
+    (dataset / CAPTIONS_FILE).write_text(json.dumps(content))
+    assert main(["pipeline", "gaia", "--run-dir", str(tmp_path / "other"), "--dataset", str(dataset), *TINY]) != 0
+    assert "does not match the episodes" in capsys.readouterr().err
+
+
+def test_generate_refuses_text_for_a_run_without_text(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"kind": "offline"}))
+    from wmlab.eval.generation import run
+
+    with pytest.raises(WmlabError, match="not a text-conditioned run"):
+        run([str(tmp_path), "--text", "move left"])
+
+
+def test_the_probe_reads_the_agent_centroid_and_its_moves():
+    frames = np.zeros((3, 16, 16, 3), np.uint8)
+    frames[0, 8, 8] = AGENT_RGB
+    frames[1, 8, 6] = AGENT_RGB  # two pixels left
+    centres = agent_centre(frames)
+    assert np.allclose(centres[0], [8.5 / 16, 1 - 8.5 / 16]) and np.isnan(centres[2]).all()
+    assert probe_moves(frames).tolist() == ["move left", "no agent"]

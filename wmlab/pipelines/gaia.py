@@ -1,0 +1,604 @@
+"""`wmlab pipeline gaia`: GAIA-1 in small, a token world model conditioned on text and actions,
+trained on captioned two-rooms episodes, then measured; `wmlab generate RUN_DIR --text ...` on it.
+
+    wmlab pipeline gaia --run-dir runs/gaia --minutes 15
+    wmlab pipeline gaia --resume runs/gaia --minutes 30          (continues the same run)
+    wmlab generate runs/gaia --text "move left" --actions none --guidance-scale 3 --out left.mp4
+
+1. Data: captioned two-rooms episodes (wmlab.data.captions, captions true by construction),
+   `train_episodes` from seed 0 and `valid_episodes` from seed 100000 (held-out layouts) into
+   RUN_DIR/data/{train,valid}; `--dataset DIR` trains on an existing captioned dataset instead
+   (a caption file that does not match its episodes is refused, naming the file).
+2. Training: the token model (wmlab.models.tokens; GAIA-1, Hu et al. 2023, arXiv:2309.17080,
+   Sec. 2) with a text token per step (the all-MiniLM-L6-v2 embedding of the step's caption,
+   wmlab.nn.text) and continuous actions, text and actions each dropped at random for
+   classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598); AdamW on B x T windows for
+   `updates` updates or `minutes` of wall clock, checkpointed (safetensors + JSON) for an exact
+   resume.
+3. Measures, in RUN_DIR/result.json:
+   - validation token loss (nats per token) on fixed held-out windows with text + actions,
+     actions only, text only, and neither (the unconditional model);
+   - text fidelity: from held-out first frames, `steps` frames generated from each movement
+     prompt ("move left/right/up/down") with the actions dropped, at guidance scales 0 (the
+     unconditional model), 1, 3, 7; a probe reads the agent's move in each pair of generated
+     frames (the centroid of agent-coloured pixels; its accuracy on real held-out moves is
+     reported beside it) and we count agreement with the prompt, against the random-caption
+     baseline (agreement of the same clips with a movement caption drawn at random);
+   - action fidelity: `controllability` (delta-PSNR of frames generated with the real against
+     shuffled actions) on held-out windows.
+
+    RUN_DIR/config.json                 "kind": "gaia", the model config and these settings
+    RUN_DIR/metrics.jsonl               training curve (loss terms every `log_every` updates)
+    RUN_DIR/checkpoints/rank0/          model.* and trainer.* (safetensors + JSON)
+    RUN_DIR/result.json                 the measures above
+
+Shape legend: B batch, T time, L generated steps, S start frames, Dt text features.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import tyro
+from gymnasium import spaces
+
+from wmlab.core.errors import RunDirectoryError, WmlabError
+from wmlab.core.serialization import (
+    global_random_state,
+    load_state,
+    restore_global_random_state,
+    save_checkpoint_directory,
+)
+from wmlab.core.spaces import space_from_description
+from wmlab.data.captions import MOVES, CaptionedDataset, caption_step, load_captioned, record_captioned_two_rooms
+from wmlab.data.dataset import read_manifest
+from wmlab.envs.two_rooms import AGENT_RGB
+from wmlab.models.tokens import TokenLossScales, TokenWorldModel, TokenWorldModelConfig
+
+CONFIG_FILE = "config.json"
+KIND = "gaia"
+GUIDANCE_SCALES = (0.0, 1.0, 3.0, 7.0)
+
+
+@dataclass(frozen=True)
+class GaiaConfig:
+    """GAIA-1 in small on captioned two-rooms."""
+
+    run_dir: Path = Path("runs/gaia")
+    """Where the run lives (data, checkpoints, metrics, result)."""
+    resume: Path | None = None
+    """Continue this run (its settings, with --updates / --minutes / --threads changed)."""
+    dataset: Path | None = None
+    """Train on this captioned dataset (wmlab.data.captions layout) instead of recording one."""
+    size: str = "cpu"
+    """Size of the token model (tiny, cpu, iris)."""
+    image_size: int = 32
+    """Side of the recorded frames (16, 32 or 64: a 4 x 4 grid of 16 tokens each)."""
+    train_episodes: int = 300
+    """Recorded training episodes (seeds 0, 1, ...)."""
+    valid_episodes: int = 40
+    """Recorded held-out episodes (seeds 100000, ...)."""
+    episode_steps: int = 40
+    """Longest recorded episode."""
+    updates: int = 100_000
+    """Training updates (the run stops at this or at `minutes`)."""
+    minutes: float = 15.0
+    """Wall-clock budget of the training, in minutes (0: none)."""
+    batch_size: int = 8
+    """B, windows per update."""
+    length: int = 8
+    """T, steps per window (at most the model's context)."""
+    learning_rate: float = 3e-4
+    """AdamW learning rate."""
+    text_dropout: float = 0.15
+    """Probability that a window's text is replaced by the null text (classifier-free guidance)."""
+    action_dropout: float = 0.15
+    """Probability that a window's actions are replaced by the null action."""
+    moving_pixels: float = 20.0
+    """Extra reconstruction weight of pixels that change between frames (the agent); see TokenLossScales."""
+    starts: int = 16
+    """Held-out start frames per prompt for text fidelity."""
+    steps: int = 6
+    """Frames generated per start for text fidelity."""
+    log_every: int = 25
+    """Updates between lines of metrics.jsonl."""
+    checkpoint_every: int = 100
+    """Updates between checkpoints."""
+    seed: int = 0
+    """Seed of the model, the window sampler and the generation."""
+    threads: int = 1
+    """torch threads."""
+
+
+def model_config(config: GaiaConfig, text_size: int) -> TokenWorldModelConfig:
+    return TokenWorldModelConfig(
+        size=config.size,
+        continuous_actions=True,
+        reward_head="twohot",
+        text_size=text_size,
+        text_dropout=config.text_dropout,
+        action_dropout=config.action_dropout,
+        guided="text",
+        loss_scales=TokenLossScales(moving_pixels=config.moving_pixels),
+    )
+
+
+def spaces_of(directory: Path) -> tuple[spaces.Space, spaces.Space]:
+    manifest = read_manifest(directory)
+    return space_from_description(manifest["observation_space"]), space_from_description(manifest["action_space"])
+
+
+# ----------------------------------------------------------------------------------------------
+# The probe of the agent's move
+
+
+def agent_centre(frames: np.ndarray) -> np.ndarray:
+    """Centroids (..., 2) as (x, y up) in arena units of the agent-coloured pixels of frames
+    (..., H, W, 3) in [0, 1] or uint8; NaN where no pixel is close to the agent's colour."""
+    frames = np.asarray(frames, dtype=np.float32)
+    if frames.max() > 1.5:
+        frames = frames / 255.0
+    height, width = frames.shape[-3:-1]
+    close = np.abs(frames - np.array(AGENT_RGB, np.float32) / 255.0).max(-1) < 0.2  # (..., H, W)
+    count = close.sum((-1, -2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y_pixels = (close * np.arange(height, dtype=np.float32)[:, None]).sum((-1, -2)) / count
+        x_pixels = (close * np.arange(width, dtype=np.float32)[None, :]).sum((-1, -2)) / count
+    return np.stack([(x_pixels + 0.5) / width, 1 - (y_pixels + 0.5) / height], -1)  # row 0 is the top
+
+
+def probe_moves(frames: np.ndarray) -> np.ndarray:
+    """The movement caption of each consecutive pair of frames (..., L, H, W, 3) -> (..., L - 1)
+    strings ("no agent" where a frame shows none); door and goal captions are not read."""
+    centres = agent_centre(frames)
+    moves = np.empty(centres.shape[:-2] + (centres.shape[-2] - 1,), dtype=object)
+    for index in np.ndindex(moves.shape):
+        before, after = centres[index[:-1] + (index[-1],)], centres[index[:-1] + (index[-1] + 1,)]
+        if np.isnan(before).any() or np.isnan(after).any():
+            moves[index] = "no agent"
+        else:
+            moves[index] = caption_step(tuple(before), tuple(after), False, False, 0.05, middle_x=2.0)
+    return moves
+
+
+def batch_text(captions: list[list[str]], table: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Captions [B][T] -> embeddings (B, T, Dt)."""
+    return torch.stack([torch.stack([table[caption] for caption in row]) for row in captions])
+
+
+# ----------------------------------------------------------------------------------------------
+# The run
+
+
+class GaiaRun:
+    """One run directory: data, model, optimiser, counters."""
+
+    def __init__(self, config: GaiaConfig, resume: bool = False):
+        from wmlab.nn.text import load_text_encoder
+
+        self.config, self.run_dir = config, Path(config.run_dir)
+        torch.set_num_threads(config.threads)
+        random.seed(config.seed)
+        np.random.seed(config.seed % 2**32)
+        torch.manual_seed(config.seed)
+        if not resume and self.run_dir.exists() and (self.run_dir / CONFIG_FILE).exists():
+            raise RunDirectoryError(
+                f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir} or choose another --run-dir"
+            )
+        self.train_dir = Path(config.dataset) if config.dataset else self.run_dir / "data" / "train"
+        self.valid_dir = self.run_dir / "data" / "valid"
+        started = time.time()
+        self._record()
+        self.train = load_captioned(self.train_dir, seed=config.seed)
+        self.valid = load_captioned(self.valid_dir, seed=config.seed + 1)
+        self.recording_seconds = time.time() - started
+        self.encoder = load_text_encoder()
+        vocabulary = sorted(set(self.train.vocabulary) | set(self.valid.vocabulary) | set(MOVES))
+        self.table = dict(zip(vocabulary, self.encoder.encode(vocabulary)))
+        observation_space, action_space = spaces_of(self.train_dir)
+        self.model = TokenWorldModel(model_config(config, self.encoder.dim), observation_space, action_space)
+        if config.length > self.model.context:
+            raise WmlabError(f"--length {config.length} exceeds the model's context of {self.model.context} steps")
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+        self.counters = {"updates": 0, "seconds": 0.0}
+        if resume:
+            self._load()
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / CONFIG_FILE).write_text(json.dumps(self.describe(), indent=2, default=str))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": KIND,
+            "pipeline": {
+                key: str(value) if isinstance(value, Path) else value for key, value in asdict(self.config).items()
+            },
+            "model": asdict(self.model.config),
+            "train_dataset": str(self.train_dir),
+            "valid_dataset": str(self.valid_dir),
+        }
+
+    def _record(self) -> None:
+        config = self.config
+        kwargs = {"image_size": config.image_size}
+        if config.dataset is None and not (self.train_dir / "captions.json").is_file():
+            record_captioned_two_rooms(
+                self.train_dir, config.train_episodes, 0, config.episode_steps, force=True, env_kwargs=kwargs
+            )
+        if not (self.valid_dir / "captions.json").is_file():
+            if config.dataset is not None:  # held-out layouts at the given dataset's frame size
+                observation_space, _ = spaces_of(self.train_dir)
+                kwargs = {"image_size": int(observation_space["image"].shape[0])}
+            record_captioned_two_rooms(
+                self.valid_dir, config.valid_episodes, 100_000, config.episode_steps, force=True, env_kwargs=kwargs
+            )
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def save(self) -> None:
+        trainer = {
+            "optimizer": self.optimizer.state_dict(),
+            "counters": dict(self.counters),
+            "sampler": json.dumps(self.train.rng.bit_generator.state),
+            "rng": global_random_state(),
+        }
+        save_checkpoint_directory(
+            self.run_dir / "checkpoints" / "rank0", {"model": dict(self.model.state_dict()), "trainer": trainer}
+        )
+
+    def _load(self) -> None:
+        directory = self.run_dir / "checkpoints" / "rank0"
+        if not directory.is_dir():
+            raise RunDirectoryError(f"cannot resume {self.run_dir}: it has no checkpoint ({directory})")
+        self.model.load_state_dict(load_state(directory, "model"))
+        trainer = load_state(directory, "trainer")
+        self.optimizer.load_state_dict(trainer["optimizer"])
+        self.counters = {
+            "updates": int(trainer["counters"]["updates"]),
+            "seconds": float(trainer["counters"]["seconds"]),
+        }
+        self.train.rng.bit_generator.state = json.loads(trainer["sampler"])
+        restore_global_random_state(trainer["rng"])
+
+    # --- training ------------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        config = self.config
+        self.model.train()
+        session = time.perf_counter()
+        base = self.counters["seconds"]
+        averaged: dict[str, list[float]] = {}
+        with (self.run_dir / "metrics.jsonl").open("a") as log:
+            while self.counters["updates"] < config.updates:
+                elapsed = base + time.perf_counter() - session
+                if config.minutes > 0 and elapsed >= config.minutes * 60:
+                    break
+                batch, captions = self.train.sample(config.batch_size, config.length)
+                loss, metrics = self.model.loss_terms(batch, batch_text(captions, self.table))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
+                self.optimizer.step()
+                self.counters["updates"] += 1
+                for name, value in metrics.items():
+                    averaged.setdefault(name, []).append(float(value))
+                if self.counters["updates"] % config.log_every == 0:
+                    line = {"step": self.counters["updates"], "time": round(elapsed, 1)}
+                    line.update({name: float(np.mean(values)) for name, values in averaged.items()})
+                    log.write(json.dumps(line) + "\n")
+                    log.flush()
+                    averaged = {}
+                if self.counters["updates"] % config.checkpoint_every == 0:
+                    self.counters["seconds"] = base + time.perf_counter() - session
+                    self.save()
+        self.counters["seconds"] = base + time.perf_counter() - session
+        self.save()
+        self.model.eval()
+
+    # --- measures ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def measure(self) -> dict[str, Any]:
+        from wmlab.eval.suites import SuiteSettings, evaluate_suite
+
+        config, model = self.config, self.model.eval()
+        validation = [self.valid.sample(config.batch_size, config.length) for _ in range(4)]
+        losses = {}
+        names = {None: "text+actions", "text": "actions only", "action": "text only", "both": "unconditional"}
+        for drop, name in names.items():
+            values = [
+                model.loss(batch, batch_text(captions, self.table), drop)[1]["loss/tokens"]
+                for batch, captions in validation
+            ]
+            losses[name] = float(np.mean(values))
+
+        # The probe on real held-out moves (movement captions only).
+        hits = []
+        for episode, steps in zip(self.valid.episodes[:20], self.valid.captions[:20]):
+            moves, truth = probe_moves(episode["image"]), np.array(steps[1:], dtype=object)
+            chosen = np.isin(truth, MOVES)
+            hits += (moves[chosen] == truth[chosen]).tolist()
+        fidelity = text_fidelity(model, self.valid, self.table, config.starts, config.steps, config.seed)
+        windows, captions = self.valid.sample(16, min(9, model.context))
+        controllability = evaluate_suite(
+            TextPrompted(model, batch_text([[row[0]] for row in captions], self.table)[:, 0]),
+            windows,
+            "controllability",
+            SuiteSettings(context=3),
+        )
+        share = {
+            move: float(np.mean([caption == move for steps in self.valid.captions for caption in steps[1:]]))
+            for move in MOVES
+        }
+        return {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "torch": torch.__version__,
+            "settings": self.describe()["pipeline"],
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "updates": self.counters["updates"],
+            "training_seconds": round(self.counters["seconds"], 1),
+            "train_steps": sum(len(episode["reward"]) for episode in self.train.episodes),
+            "validation_token_loss": losses,
+            "probe_accuracy_on_real_moves": float(np.mean(hits)) if hits else None,
+            "text_fidelity": fidelity,
+            "caption_share_in_validation": share,
+            "controllability": {
+                key: controllability.get(key) for key in ("mean_delta_psnr", "mean_latent_delta_db", "defined")
+            },
+        }
+
+
+@torch.no_grad()
+def text_fidelity(
+    model: TokenWorldModel, valid: CaptionedDataset, table: dict[str, torch.Tensor], starts: int, steps: int, seed: int
+) -> dict[str, Any]:
+    """Per guidance scale: agreement of the probe's reading of generated moves with the prompt,
+    the random-caption baseline (agreement with a movement caption drawn at random per clip),
+    and the share of generated frames that show an agent at all."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(valid.episodes), starts, replace=len(valid.episodes) < starts)
+    first = np.stack([valid.episodes[index]["image"][:1] for index in chosen])  # (S, 1, H, W, 3)
+    action_size = model.action_size
+    result = {}
+    for scale in GUIDANCE_SCALES:
+        agreement, baseline, visible, per_prompt = [], [], [], {}
+        for prompt in MOVES:
+            _, last = model.observe(
+                {"image": first},
+                np.zeros((starts, 1, action_size), np.float32),
+                np.ones((starts, 1), bool),
+                text=table[prompt].expand(starts, -1),
+            )
+            trajectory = model.imagine(
+                last,
+                np.zeros((starts, steps, action_size), np.float32),
+                steps,
+                guidance_scale=scale,
+                use_actions=False,
+                generator=torch.Generator().manual_seed(seed),
+            )
+            frames = np.concatenate([first, model.decode(trajectory.states)["image"].numpy()], 1)
+            moves = probe_moves(frames)  # (S, L)
+            random_captions = rng.choice(np.array(MOVES, dtype=object), size=moves.shape)
+            per_prompt[prompt] = float((moves == prompt).mean())
+            agreement.append(per_prompt[prompt])
+            baseline.append(float((moves == random_captions).mean()))
+            visible.append(float((moves != "no agent").mean()))
+        result[str(scale)] = {
+            "agreement": float(np.mean(agreement)),
+            "random_caption_baseline": float(np.mean(baseline)),
+            "moves_with_agent_visible": float(np.mean(visible)),
+            "per_prompt": per_prompt,
+        }
+    return result
+
+
+class TextPrompted:
+    """The model with a fixed text prompt (B, Dt) put into every state it filters, so that the
+    evaluation suites (which know nothing of text) can run on a text-conditioned model."""
+
+    def __init__(self, model: TokenWorldModel, text: torch.Tensor):
+        self.model, self.text = model, text
+        self.can_decode = True
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def initial(self, batch_size: int):
+        return self.model.with_text(self.model.initial(batch_size), self.text[:batch_size])
+
+    def observe(self, obs, action, is_first, state=None):
+        return self.model.observe(obs, action, is_first, state, text=self.text[: np.shape(is_first)[0]])
+
+    def imagine(self, state, actions, horizon=None, **kwargs):
+        return self.model.imagine(state, actions, horizon, **kwargs)
+
+    def decode(self, state):
+        return self.model.decode(state)
+
+
+def pipeline_command(argv: list[str]) -> int:
+    config = tyro.cli(GaiaConfig, args=argv, prog="wmlab pipeline gaia", description=__doc__.split("\n\n")[0])
+    resume = config.resume is not None
+    if resume:
+        path = Path(config.resume) / CONFIG_FILE
+        if not path.is_file():
+            raise RunDirectoryError(f"cannot resume {config.resume}: {path} is missing")
+        saved = json.loads(path.read_text())
+        if saved.get("kind") != KIND:
+            raise RunDirectoryError(f"{config.resume} is not a GAIA run ({path} says kind {saved.get('kind')!r})")
+        kept = {key: value for key, value in saved["pipeline"].items() if key not in ("updates", "minutes", "threads")}
+        kept.update(
+            run_dir=Path(config.resume),
+            resume=Path(config.resume),
+            dataset=kept.get("dataset") and Path(kept["dataset"]),
+        )
+        config = replace(
+            config, **{key: value for key, value in kept.items() if key in GaiaConfig.__dataclass_fields__}
+        )
+    run = GaiaRun(config, resume=resume)
+    print(
+        f"data: {len(run.train.episodes)} training / {len(run.valid.episodes)} held-out episodes; training from update {run.counters['updates']}"
+    )
+    run.fit()
+    print(f"trained: {run.counters['updates']} updates, {run.counters['seconds']:.0f} s; measuring")
+    result = run.measure()
+    (run.run_dir / "result.json").write_text(json.dumps(result, indent=2))
+    print(
+        json.dumps(
+            {key: result[key] for key in ("updates", "validation_token_loss", "text_fidelity", "controllability")}
+        )
+    )
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# wmlab generate on a GAIA run
+
+
+def is_gaia_run(run_dir: str | Path) -> bool:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("kind") == KIND
+    except ValueError:
+        return False
+
+
+def load_gaia_model(run_dir: str | Path) -> tuple[dict[str, Any], TokenWorldModel]:
+    """(the run's config.json, its model with the latest checkpoint's weights)."""
+    run_dir = Path(run_dir)
+    saved = json.loads((run_dir / CONFIG_FILE).read_text())
+    directory = run_dir / "checkpoints" / "rank0"
+    if not directory.is_dir():
+        raise RunDirectoryError(f"{run_dir} has no checkpoint yet ({directory} is missing)")
+    fields = dict(saved["model"])
+    fields["loss_scales"] = TokenLossScales(**fields["loss_scales"])
+    observation_space, action_space = spaces_of(Path(saved["train_dataset"]))
+    model = TokenWorldModel(TokenWorldModelConfig(**fields), observation_space, action_space)
+    model.load_state_dict(load_state(directory, "model"))
+    return saved, model.eval()
+
+
+@dataclass(frozen=True)
+class TextGeneration:
+    """What `wmlab generate` asks of a GAIA run."""
+
+    text: str
+    """The prompt, e.g. "move left"."""
+    actions: str = "none"
+    """none (text alone: the null action), random (uniform in the action box), recorded (the held-out episode's)."""
+    steps: int = 12
+    guidance_scale: float = 3.0
+    episode: int = 0
+    seed: int = 0
+    out: Path = Path("generated.mp4")
+    fps: int = 8
+    scale: int = 4
+    columns: int = 10
+
+
+def check_prompt(text: str | None) -> str:
+    """The prompt, stripped; an empty or blank one is refused."""
+    if text is None or not str(text).strip():
+        raise WmlabError('--text is empty: give the prompt as words, e.g. --text "move left"')
+    return str(text).strip()
+
+
+@torch.no_grad()
+def generate(run_dir: str | Path, request: TextGeneration) -> dict[str, Any]:
+    """Generate `steps` frames from a held-out first frame with the prompt (and actions), write
+    the MP4, the contact sheet and a JSON beside them; returns the JSON's content."""
+    from wmlab.eval.generation import write_contact_sheet, write_video
+    from wmlab.nn.text import load_text_encoder
+
+    prompt = check_prompt(request.text)
+    if request.actions not in ("none", "random", "recorded"):
+        raise WmlabError(f"--actions must be none, random or recorded for a GAIA run, got {request.actions!r}")
+    saved, model = load_gaia_model(run_dir)
+    valid = load_captioned(saved["valid_dataset"])
+    if not 0 <= request.episode < len(valid.episodes):
+        raise WmlabError(f"--episode {request.episode}: the held-out set holds {len(valid.episodes)} episodes")
+    episode = valid.episodes[request.episode]
+    embedding = load_text_encoder().encode([prompt])  # (1, Dt)
+    _, state = model.observe(
+        {"image": episode["image"][None, :1]},
+        np.zeros((1, 1, model.action_size), np.float32),
+        np.ones((1, 1), bool),
+        text=embedding,
+    )
+    generator = np.random.default_rng(request.seed)
+    real = None
+    if request.actions == "recorded":
+        available = len(episode["reward"]) - 1
+        if request.steps > available:
+            raise WmlabError(f"the episode has {available} recorded actions, fewer than --steps {request.steps}")
+        actions = episode["action"][None, 1 : 1 + request.steps].astype(np.float32)
+        real = episode["image"][1 : 1 + request.steps]
+    elif request.actions == "random":
+        actions = generator.uniform(-1, 1, (1, request.steps, model.action_size)).astype(np.float32)
+    else:
+        actions = np.zeros((1, request.steps, model.action_size), np.float32)
+    begin = time.perf_counter()
+    trajectory = model.imagine(
+        state,
+        actions,
+        request.steps,
+        guidance_scale=request.guidance_scale,
+        use_actions=request.actions != "none",
+        generator=torch.Generator().manual_seed(request.seed),
+    )
+    seconds = time.perf_counter() - begin
+    frames = model.decode(trajectory.states)["image"][0].clamp(0, 1)
+    generated = (frames * 255).round().to(torch.uint8).numpy()
+    out = Path(request.out)
+    write_video(out, generated, real, request.fps, request.scale)
+    write_contact_sheet(out.with_suffix(".png"), generated, real, request.columns, request.scale)
+    moves = probe_moves(np.concatenate([episode["image"][:1], generated]))
+    summary = {
+        "run": str(run_dir),
+        "kind": KIND,
+        "text": prompt,
+        "actions": request.actions,
+        "guidance_scale": request.guidance_scale,
+        "steps": request.steps,
+        "seed": request.seed,
+        "frames_per_second": request.steps / max(seconds, 1e-9),
+        "probe_moves": moves.tolist(),
+        "probe_agreement_with_prompt": float((moves == prompt).mean()),
+    }
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def generate_command(command: Any) -> int:
+    """`wmlab generate` (wmlab.eval.generation.GenerateCommand) on a GAIA run."""
+    if command.text is None:
+        raise WmlabError(f'{command.run_dir} is a text-conditioned GAIA run: give a prompt, e.g. --text "move left"')
+    request = TextGeneration(
+        text=command.text,
+        actions=command.actions,
+        steps=command.steps,
+        guidance_scale=command.guidance_scale,
+        episode=max(command.episode, 0),
+        seed=command.seed,
+        out=Path(command.out),
+        fps=command.fps,
+        scale=command.scale,
+        columns=command.columns,
+    )
+    summary = generate(command.run_dir, request)
+    print(
+        f"{request.steps} frames from {request.text!r} at guidance {request.guidance_scale}, "
+        f"{summary['frames_per_second']:.1f} frames per second; probe agreement {summary['probe_agreement_with_prompt']:.2f}"
+    )
+    print(f"written: {request.out}, {request.out.with_suffix('.png')}, {request.out.with_suffix('.json')}")
+    return 0
