@@ -222,13 +222,13 @@ def test_the_model_runs_as_an_imagined_environment():
 
 def capture_denoiser_inputs(model):
     seen = []
-    original = model.denoiser.forward
+    original = model.denoiser.prepare  # training and sampling both encode their context here
 
-    def spy(noisy, noise_level, context, actions, bucket=None, condition=None, keep=None):
+    def spy(context, actions, bucket=None, condition=None, keep=None):
         seen.append({"context": context.detach().clone(), "bucket": None if bucket is None else bucket.clone()})
-        return original(noisy, noise_level, context, actions, bucket, condition, keep)
+        return original(context, actions, bucket, condition, keep)
 
-    model.denoiser.forward = spy
+    model.denoiser.prepare = spy
     return seen
 
 
