@@ -580,7 +580,9 @@ class HashEncoder:
 
     def encode(self, texts):
         rows = [torch.Generator().manual_seed(sum(map(ord, text)) * 31 + len(text)) for text in texts]
-        return torch.nn.functional.normalize(torch.stack([torch.randn(self.dim, generator=row) for row in rows]), dim=-1)
+        return torch.nn.functional.normalize(
+            torch.stack([torch.randn(self.dim, generator=row) for row in rows]), dim=-1
+        )
 
 
 def test_instruction_dataset_trains_and_guides_a_text_conditioned_model(tmp_path):
@@ -596,14 +598,20 @@ def test_instruction_dataset_trains_and_guides_a_text_conditioned_model(tmp_path
     captions = load_captioned(tmp_path / "instructions").captions[0]
     episode = next(dataset.episodes())
     assert np.allclose(episode["condition"][3], HashEncoder().encode([captions[3]])[0].numpy(), atol=1e-6)
-    assert set(manifest["instructions"]) == {caption for steps in load_captioned(tmp_path / "captioned").captions for caption in steps}
+    assert set(manifest["instructions"]) == {
+        caption for steps in load_captioned(tmp_path / "captioned").captions for caption in steps
+    }
 
     config = replace(TINY, channels=(8, 8, 8), depths=(1, 1, 1), condition_size_input=6)
     torch.manual_seed(0)
     model = DiffusionWorldModel(config, dataset.observation_space, dataset.action_space)
     loss, metrics = model.loss(dataset.sample(4, 6))
     assert math.isfinite(float(loss)) and metrics["wm/denoising_targets"] == 4
-    _, state = model.observe({key: episode[key][None, :2] for key in ("image", "condition")}, episode["action"][None, :2], episode["is_first"][None, :2])
+    _, state = model.observe(
+        {key: episode[key][None, :2] for key in ("image", "condition")},
+        episode["action"][None, :2],
+        episode["is_first"][None, :2],
+    )
     text = HashEncoder().encode(["move left"])
     rollout = model.imagine(state, torch.zeros(1, 3, dtype=torch.long), condition=text, guidance=3.0)
     assert rollout.observations["image"].shape == (1, 3, 64, 64, 3)

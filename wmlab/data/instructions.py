@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.record > 0:
         record_captioned_two_rooms(arguments.captioned, arguments.record, arguments.seed, force=arguments.force)
     manifest = write_instruction_dataset(arguments.captioned, arguments.out, force=arguments.force)
-    print(f"{manifest['num_episodes']} episodes, {manifest['num_steps']} steps, instructions {manifest['instructions']}")
+    print(
+        f"{manifest['num_episodes']} episodes, {manifest['num_steps']} steps, instructions {manifest['instructions']}"
+    )
     return 0
 
 
