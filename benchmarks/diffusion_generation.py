@@ -4,6 +4,10 @@ GameNGen's context-noise ablation in small.
     # frames per second of generation at 1, 3, 10 denoising steps, PSNR at step 10 of each
     python benchmarks/diffusion_generation.py speed RUN_DIR --out speed.json
 
+    # real time: the current code against a baseline commit's, alternating in one process, on a
+    # denoiser trained here for --minutes on random two-rooms episodes (64 x 64)
+    python benchmarks/diffusion_generation.py realtime --baseline 12a29dc --minutes 8 --out realtime.json
+
     # GameNGen's figure in small: the denoiser trained on RUN_DIR's replay with and without
     # context-noise augmentation, PSNR of autoregressive generation under recorded actions
     python benchmarks/diffusion_generation.py context-noise RUN_DIR --minutes 10 --out noise.json
@@ -135,6 +139,137 @@ def train_denoiser(config, observation_space, action_space, episodes, minutes: f
     return model.eval(), updates
 
 
+class UniformAgent:
+    """Uniform random actions (collects the episodes that `realtime` trains and measures on)."""
+
+    def __init__(self, space, seed: int):
+        self.space = space
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs, state, explore: bool = False):
+        return np.array([self.rng.integers(self.space.n)]), state
+
+
+def baseline_model_class(commit: str):
+    """DiffusionWorldModel as it was at `commit`: its models/diffusion.py and nn/unet.py read from
+    git and imported under other names (the rest of wmlab is shared), so both versions run side
+    by side in one process on the same weights."""
+    import importlib.util
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    folder = Path(tempfile.mkdtemp(prefix="wmlab_baseline_"))
+    for name, path in (("baseline_unet", "wmlab/nn/unet.py"), ("baseline_diffusion", "wmlab/models/diffusion.py")):
+        source = subprocess.run(
+            ["git", "show", f"{commit}:{path}"], cwd=root, check=True, capture_output=True, text=True
+        ).stdout
+        source = source.replace("from wmlab.nn.unet import", "from baseline_unet import")
+        (folder / f"{name}.py").write_text(source)
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules["baseline_diffusion"].DiffusionWorldModel
+
+
+def frames_per_second(model, state, actions, frames: int, steps: int, predict_rewards: bool) -> float:
+    begin = time.perf_counter()
+    model.imagine(state, actions[:, :frames], frames, denoising_steps=steps, predict_rewards=predict_rewards)
+    return frames / (time.perf_counter() - begin)
+
+
+def realtime(arguments) -> dict:
+    """Train a denoiser (the CPU preset, current code) for `minutes` on random 64 x 64 two-rooms
+    episodes, then measure generation (B = 1) with the current and the baseline code alternating,
+    `rounds` times per denoising-step count, and PSNR at steps 1 and 10 on held-out windows."""
+    import statistics
+
+    from wmlab.envs.adapter import make_env
+    from wmlab.eval.suites import collect_episodes
+    from wmlab.models.diffusion import DIFFUSION_CPU
+
+    torch.set_num_threads(arguments.threads)
+    env_kwargs = {"reward": "dense", "max_episode_steps": 100}
+    env = make_env("two-rooms-discrete", **env_kwargs)
+    agent = UniformAgent(env.action_space, arguments.seed)
+    training = collect_episodes(agent, "two-rooms-discrete", env_kwargs, arguments.episodes, arguments.seed, 100, True)
+    held_out = collect_episodes(agent, "two-rooms-discrete", env_kwargs, 8, arguments.seed + 100_000, 100, True)
+    config = DIFFUSION_CPU
+    model, updates = train_denoiser(
+        config,
+        env.observation_space,
+        env.action_space,
+        training,
+        arguments.minutes,
+        arguments.batch_size,
+        arguments.seed,
+    )
+    baseline = baseline_model_class(arguments.baseline)(config, env.observation_space, env.action_space).eval()
+    baseline.load_state_dict(model.state_dict())
+    K = config.context
+    one = held_out_windows(held_out, K + arguments.frames, 1, arguments.seed)
+    quality = held_out_windows(held_out, K + 10, arguments.sequences, arguments.seed + 1)
+    rows = []
+    for steps in arguments.denoising_steps:
+        rates: dict[str, list[float]] = {
+            name: [] for name in ("current", "baseline", "current_rewards", "baseline_rewards")
+        }
+        with torch.no_grad():
+            states = {}
+            for name, network in (("current", model), ("baseline", baseline)):
+                _, states[name] = network.observe(
+                    {"image": one.obs["image"][:, :K]}, one.action[:, :K], one.is_first[:, :K], network.initial(1)
+                )
+            actions = torch.as_tensor(one.action[:, K:])
+            for name, network in (("current", model), ("baseline", baseline)):
+                frames_per_second(network, states[name], actions, 2, steps, True)  # warm-up
+            for _ in range(arguments.rounds):
+                for name, network in (("current", model), ("baseline", baseline)):
+                    rates[name].append(
+                        frames_per_second(network, states[name], actions, arguments.frames, steps, False)
+                    )
+                    rates[name + "_rewards"].append(
+                        frames_per_second(network, states[name], actions, arguments.frames, steps, True)
+                    )
+        medians = {name: statistics.median(values) for name, values in rates.items()}
+        curve = psnr_per_step(model, quality, K, 10, steps, arguments.seed)
+        curve_baseline = psnr_per_step(baseline, quality, K, 10, steps, arguments.seed)
+        rows.append(
+            {
+                "denoising_steps": steps,
+                "frames_per_second": medians["current"],
+                "frames_per_second_baseline": medians["baseline"],
+                "ratio": medians["current"] / medians["baseline"],
+                "per_round_ratios": [a / b for a, b in zip(rates["current"], rates["baseline"])],
+                "frames_per_second_with_rewards": medians["current_rewards"],
+                "frames_per_second_with_rewards_baseline": medians["baseline_rewards"],
+                "psnr_step_1": curve[0],
+                "psnr_step_10": curve[9],
+                "psnr_step_10_baseline_code": curve_baseline[9],
+                "rates": rates,
+            }
+        )
+        print(json.dumps({key: value for key, value in rows[-1].items() if key != "rates"}), flush=True)
+    real = torch.as_tensor(quality.obs["image"][:, K : K + 10]).float() / 255
+    last = torch.as_tensor(quality.obs["image"][:, K - 1 : K]).float().expand_as(real) / 255
+    repeat = psnr(real, last, leading=2).mean(0).tolist()
+    env.close()
+    return {
+        "baseline_commit": arguments.baseline,
+        "updates": updates,
+        "minutes": arguments.minutes,
+        "training_episodes": arguments.episodes,
+        "frames": arguments.frames,
+        "rounds": arguments.rounds,
+        "sequences": arguments.sequences,
+        "threads": arguments.threads,
+        "rows": rows,
+        "repeat_last_frame": {"psnr_step_1": repeat[0], "psnr_step_10": repeat[9]},
+    }
+
+
 def context_noise(arguments) -> dict:
     from wmlab.envs.adapter import make_env
     from wmlab.models.diffusion import DIFFUSION_CPU
@@ -212,6 +347,15 @@ def main() -> None:
     fast.add_argument("--denoising-steps", type=int, nargs="+", default=[1, 3, 10])
     fast.add_argument("--frames", type=int, default=50)
     fast.add_argument("--sequences", type=int, default=16)
+    clock = commands.add_parser("realtime")
+    clock.add_argument("--baseline", default="12a29dc", help="git commit of the code to compare against")
+    clock.add_argument("--minutes", type=float, default=8.0)
+    clock.add_argument("--episodes", type=int, default=40)
+    clock.add_argument("--batch-size", type=int, default=16)
+    clock.add_argument("--denoising-steps", type=int, nargs="+", default=[1, 3, 10])
+    clock.add_argument("--frames", type=int, default=50)
+    clock.add_argument("--rounds", type=int, default=5)
+    clock.add_argument("--sequences", type=int, default=16)
     noise = commands.add_parser("context-noise")
     noise.add_argument("run_dir", type=Path)
     noise.add_argument("--minutes", type=float, default=10.0)
@@ -220,15 +364,16 @@ def main() -> None:
     noise.add_argument("--held-out", type=int, default=3)
     noise.add_argument("--sequences", type=int, default=16)
     noise.add_argument("--figure", type=Path, default=None)
-    for sub in (fast, noise):
+    for sub in (fast, clock, noise):
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--threads", type=int, default=1)
         sub.add_argument("--out", type=Path, required=True)
     arguments = parser.parse_args()
-    result = speed(arguments) if arguments.command == "speed" else context_noise(arguments)
-    result["command"] = " ".join(
-        ["python benchmarks/diffusion_generation.py", arguments.command, str(arguments.run_dir)]
-    )
+    commands_run = {"speed": speed, "realtime": realtime, "context-noise": context_noise}
+    result = commands_run[arguments.command](arguments)
+    import sys
+
+    result["command"] = " ".join(["python benchmarks/diffusion_generation.py", *sys.argv[1:]])
     result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
     arguments.out.write_text(json.dumps(result, indent=2))

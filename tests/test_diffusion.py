@@ -222,13 +222,13 @@ def test_the_model_runs_as_an_imagined_environment():
 
 def capture_denoiser_inputs(model):
     seen = []
-    original = model.denoiser.forward
+    original = model.denoiser.prepare  # training and sampling both encode their context here
 
-    def spy(noisy, noise_level, context, actions, bucket=None, condition=None, keep=None):
+    def spy(context, actions, bucket=None, condition=None, keep=None):
         seen.append({"context": context.detach().clone(), "bucket": None if bucket is None else bucket.clone()})
-        return original(noisy, noise_level, context, actions, bucket, condition, keep)
+        return original(context, actions, bucket, condition, keep)
 
-    model.denoiser.forward = spy
+    model.denoiser.prepare = spy
     return seen
 
 
@@ -567,3 +567,59 @@ def test_two_rooms_with_discrete_moves():
     assert env.unwrapped.get_action_meanings() == ["NOOP", "UP", "DOWN", "LEFT", "RIGHT"]
     with pytest.raises(ValueError, match="continuous"):
         make_env("two-rooms").unwrapped.get_action_meanings()
+
+
+# ----------------------------------------------------------------------------------------------
+# UniSim: instructions instead of actions
+
+
+class HashEncoder:
+    """A deterministic stand-in for the sentence encoder: the same text, the same unit vector."""
+
+    dim = 6
+
+    def encode(self, texts):
+        rows = [torch.Generator().manual_seed(sum(map(ord, text)) * 31 + len(text)) for text in texts]
+        return torch.nn.functional.normalize(
+            torch.stack([torch.randn(self.dim, generator=row) for row in rows]), dim=-1
+        )
+
+
+def test_instruction_dataset_trains_and_guides_a_text_conditioned_model(tmp_path):
+    from wmlab.data.captions import load_captioned, record_captioned_two_rooms
+    from wmlab.data.dataset import load_dataset
+    from wmlab.data.instructions import write_instruction_dataset
+
+    record_captioned_two_rooms(tmp_path / "captioned", episodes=2, seed=0, max_episode_steps=10)
+    manifest = write_instruction_dataset(tmp_path / "captioned", tmp_path / "instructions", HashEncoder())
+    dataset = load_dataset(tmp_path / "instructions")
+    assert dataset.action_space == spaces.Discrete(1) and dataset.observation_space["condition"].shape == (6,)
+    # Row t's condition is the embedding of row t's caption.
+    captions = load_captioned(tmp_path / "instructions").captions[0]
+    episode = next(dataset.episodes())
+    assert np.allclose(episode["condition"][3], HashEncoder().encode([captions[3]])[0].numpy(), atol=1e-6)
+    assert set(manifest["instructions"]) == {
+        caption for steps in load_captioned(tmp_path / "captioned").captions for caption in steps
+    }
+
+    config = replace(TINY, channels=(8, 8, 8), depths=(1, 1, 1), condition_size_input=6)
+    torch.manual_seed(0)
+    model = DiffusionWorldModel(config, dataset.observation_space, dataset.action_space)
+    loss, metrics = model.loss(dataset.sample(4, 6))
+    assert math.isfinite(float(loss)) and metrics["wm/denoising_targets"] == 4
+    _, state = model.observe(
+        {key: episode[key][None, :2] for key in ("image", "condition")},
+        episode["action"][None, :2],
+        episode["is_first"][None, :2],
+    )
+    text = HashEncoder().encode(["move left"])
+    rollout = model.imagine(state, torch.zeros(1, 3, dtype=torch.long), condition=text, guidance=3.0)
+    assert rollout.observations["image"].shape == (1, 3, 64, 64, 3)
+
+
+def test_generate_refuses_an_instruction_for_a_model_trained_without_text():
+    from wmlab.eval.generation import instruction_options
+
+    with pytest.raises(WmlabError, match="trained without text"):
+        instruction_options(make_model(), "move left", 3.0)
+    assert instruction_options(make_model(), "", 3.0) == {}

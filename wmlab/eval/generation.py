@@ -12,7 +12,13 @@ sequence, after a warm-up frame; frames only, without the reward / end model whe
 can skip it), on whatever machine runs it.
 
 Any world model that decodes images works (`observe`, `imagine`, `decode`); `--denoising-steps`
-and `--churn` reach samplers that take them (the diffusion model's).
+and `--churn` reach samplers that take them (the diffusion model's). A world model trained
+offline (`wmlab train --model ... --dataset DIR`) starts from its dataset's episodes.
+
+Instructions (UniSim): `--text "move left"` encodes the text with the frozen sentence encoder
+(wmlab.nn.text) and conditions every generated frame on it, with classifier-free guidance
+`--guidance` (1: the conditional model); the model must have been trained on instructions
+(wmlab.data.instructions), else the command says so before loading anything else.
 
 Shape legend: L generated steps, H, W, C image.
 """
@@ -59,10 +65,14 @@ class GenerateCommand:
     """Each frame is enlarged this many times (nearest neighbour) in the video and sheet."""
     columns: int = 10
     """Frames per row of the contact sheet."""
-    text: str | None = None
-    """A text prompt, for a text-conditioned run (`wmlab pipeline gaia`); its actions: none | random | recorded."""
-    guidance_scale: float = 3.0
-    """Classifier-free guidance scale of a text-conditioned run (1: the conditional model; 0: unconditional)."""
+    text: str = ""
+    """A text prompt: an instruction conditioning every generated frame (UniSim: a diffusion model
+    trained on instructions) or the prompt of a text-conditioned token run (`wmlab pipeline gaia`)."""
+    guidance: float | None = None
+    """Classifier-free guidance scale of --text (1: the conditional model; 0: unconditional; default:
+    1 for instruction-trained diffusion models, 3 for GAIA runs)."""
+    text_encoder: str = ""
+    """The text encoder, as module:factory (empty: wmlab.nn.text's all-MiniLM-L6-v2)."""
 
 
 def imagine_options(model: Any, denoising_steps: int, churn: float) -> dict[str, Any]:
@@ -82,6 +92,30 @@ def imagine_options(model: Any, denoising_steps: int, churn: float) -> dict[str,
             )
         options["churn"] = churn
     return options
+
+
+def instruction_options(model: Any, text: str, guidance: float, encoder_spec: str = "") -> dict[str, Any]:
+    """imagine's options for an instruction: {"condition": (1, D), "guidance": w}, or {} without
+    text. A clear error where the model was trained without text (checked before the encoder loads)."""
+    if not text:
+        return {}
+    size = int(getattr(getattr(model, "config", None), "condition_size_input", 0) or 0)
+    if size <= 0:
+        raise WmlabError(
+            f"--text {text!r}: this {type(model).__name__} was trained without text (no conditioning vector); "
+            "train one on instructions (wmlab.data.instructions, --model.condition-size-input 384) to use --text"
+        )
+    from wmlab.nn.text import check_texts, load_text_encoder
+
+    check_texts([text])
+    encoder = load_text_encoder(encoder_spec or None)
+    if int(encoder.dim) != size:
+        raise WmlabError(
+            f"--text: the text encoder gives {encoder.dim} features, the model was trained on {size}; pass the model's --text-encoder"
+        )
+    with torch.no_grad():
+        condition = torch.as_tensor(encoder.encode([text])).float()
+    return {"condition": condition, "guidance": float(guidance)}
 
 
 def start_episode(episodes: list[dict[str, np.ndarray]], index: int, needed: int) -> dict[str, np.ndarray]:
@@ -115,6 +149,9 @@ def generate_frames(
     if actions not in ("recorded", "policy", "random"):
         raise WmlabError(f"--actions must be recorded, policy or random, got {actions!r}")
     head = {"image": episode["image"][None, :context]}
+    key = getattr(getattr(model, "config", None), "condition_key", None)
+    if key in episode and getattr(model.config, "condition_size_input", 0) > 0:
+        head[key] = episode[key][None, :context]  # the recorded instructions (UniSim)
     _, state = model.observe(
         head, episode["action"][None, :context], episode["is_first"][None, :context], model.initial(1)
     )
@@ -210,8 +247,9 @@ def write_contact_sheet(path: Path, generated: np.ndarray, real: np.ndarray | No
 
 
 def run(argv: list[str]) -> int:
+    from wmlab.data.dataset import load_dataset
     from wmlab.eval.suites import replay_episodes, world_model_of
-    from wmlab.runs.directory import load_trained_agent
+    from wmlab.runs.directory import is_offline_run, load_trained_agent, load_trained_model
 
     command = tyro.cli(GenerateCommand, args=argv, prog="wmlab generate", description=__doc__.split("\n\n")[0])
     if command.steps < 1:
@@ -220,20 +258,27 @@ def run(argv: list[str]) -> int:
 
     if gaia.is_gaia_run(command.run_dir):  # text-conditioned token model (GAIA-1 in small)
         return gaia.generate_command(command)
-    if command.text is not None:
-        raise WmlabError(
-            f"{command.run_dir} is not a text-conditioned run: --text applies to `wmlab pipeline gaia` runs"
-        )
-    spec, agent = load_trained_agent(command.run_dir)
-    model = world_model_of(agent)
+    offline = is_offline_run(command.run_dir)
+    if offline:  # a world model fitted to a dataset starts from the dataset's episodes
+        spec, model = load_trained_model(command.run_dir)
+        agent = None
+    else:
+        spec, agent = load_trained_agent(command.run_dir)
+        model = world_model_of(agent)
     if not getattr(model, "can_decode", False):
         raise WmlabError(f"{type(model).__name__} cannot decode its states into frames, so it cannot generate a video")
     if isinstance(model, torch.nn.Module):
         model.eval()
     options = imagine_options(model, command.denoising_steps, command.churn)
+    guidance = 1.0 if command.guidance is None else command.guidance
+    options.update(instruction_options(model, command.text, guidance, command.text_encoder))
     context = int(getattr(model, "context", 1))
     needed = context + (command.steps if command.actions == "recorded" else 0)
-    episode = start_episode(replay_episodes(command.run_dir), command.episode, max(needed, context))
+    if offline:
+        episodes = list(load_dataset(spec.dataset, with_actions=spec.with_actions).episodes())
+    else:
+        episodes = replay_episodes(command.run_dir)
+    episode = start_episode(episodes, command.episode, max(needed, context))
     if "image" not in episode:
         raise WmlabError("the run's observations hold no 'image' to generate")
     result = generate_frames(model, episode, context, command.steps, command.actions, agent, options, command.seed)
@@ -242,7 +287,9 @@ def run(argv: list[str]) -> int:
     write_contact_sheet(out.with_suffix(".png"), result["generated"], result["real"], command.columns, command.scale)
     summary = {
         "run": str(command.run_dir),
-        "algorithm": spec.algorithm,
+        "algorithm": spec.model if offline else spec.algorithm,
+        "text": command.text or None,
+        "guidance": guidance if command.text else None,
         "model": type(model).__name__,
         "steps": command.steps,
         "denoising_steps": options.get(

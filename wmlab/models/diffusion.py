@@ -43,6 +43,7 @@ features, M LSTM size, N noise levels.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -226,13 +227,19 @@ def karras_levels(
     steps: int, sigma_min: float, sigma_max: float, rho: float, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """(steps + 1,) noise levels from sigma_max down to sigma_min, then 0 (EDM Eq. 5)."""
+    return torch.tensor(karras_level_values(steps, sigma_min, sigma_max, rho), device=device)
+
+
+@functools.lru_cache(maxsize=64)
+def karras_level_values(steps: int, sigma_min: float, sigma_max: float, rho: float) -> tuple[float, ...]:
+    """`karras_levels` as Python floats (in float32 precision), computed once per schedule."""
     if steps == 1:
         levels = torch.tensor([sigma_max], dtype=torch.float64)
     else:
         ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
         low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
         levels = (high + ramp * (low - high)) ** rho
-    return torch.cat([levels, torch.zeros(1, dtype=torch.float64)]).float().to(device)
+    return tuple(torch.cat([levels, torch.zeros(1, dtype=torch.float64)]).float().tolist())
 
 
 def euler_sample(
@@ -245,21 +252,24 @@ def euler_sample(
     """Draw samples (shape) by Euler (or Heun) steps along the probability-flow ODE dx/dsigma =
     (x - D(x, sigma)) / sigma from x ~ N(0, sigma_max^2 I), optionally with churn (EDM Algorithm 2). `denoise(x (B, ...), sigma (B,)) -> (B, ...)` is the only access to the model."""
     check_sampler(config)
-    levels = karras_levels(config.steps, config.sigma_min, config.sigma_max, config.rho, device)
-    x = torch.randn(shape, generator=generator, device=device) * levels[0]
+    levels = karras_level_values(config.steps, config.sigma_min, config.sigma_max, config.rho)
+    x = torch.randn(shape, generator=generator, device=device).mul_(levels[0])
     gamma_step = min(config.churn / config.steps, math.sqrt(2) - 1)
-    for sigma, following in zip(levels[:-1], levels[1:]):  # noqa: RUF007 (tensors)
-        sigma_value = float(sigma)
-        gamma = gamma_step if config.churn > 0 and config.churn_min <= sigma_value <= config.churn_max else 0.0
+    B = shape[0]
+    for sigma, following in zip(levels[:-1], levels[1:]):
+        gamma = gamma_step if config.churn > 0 and config.churn_min <= sigma <= config.churn_max else 0.0
         sigma_hat = sigma * (1 + gamma)
         if gamma > 0:
             fresh = torch.randn(shape, generator=generator, device=device)
-            x = x + (sigma_hat**2 - sigma**2).sqrt() * config.churn_noise * fresh
-        slope = (x - denoise(x, sigma_hat.expand(shape[0]))) / sigma_hat
-        proposal = x + (following - sigma_hat) * slope
-        if config.order == 2 and float(following) > 0:
+            x = x + math.sqrt(sigma_hat**2 - sigma**2) * config.churn_noise * fresh
+        denoised = denoise(x, torch.full((B,), sigma_hat, device=device))
+        # x + (following - sigma_hat) (x - D) / sigma_hat, as one blend of x and D.
+        ratio = (following - sigma_hat) / sigma_hat
+        proposal = torch.lerp(x, denoised, -ratio)
+        if config.order == 2 and following > 0:
             # Heun: average the slopes at both ends of the step (EDM Algorithm 1, lines 9-11).
-            slope_end = (proposal - denoise(proposal, following.expand(shape[0]))) / following
+            slope = (x - denoised) / sigma_hat
+            slope_end = (proposal - denoise(proposal, torch.full((B,), following, device=device))) / following
             proposal = x + (following - sigma_hat) * (slope + slope_end) / 2
         x = proposal
     return x
@@ -302,25 +312,47 @@ class NextFrameDenoiser(nn.Module):
         condition: torch.Tensor | None = None,
         keep_condition: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        embedding = self.noise_embedding(noise_level) + self.action_projection(
-            self.action_embedding(actions).flatten(1)
-        )
+        prepared = self.prepare(context, actions, context_noise_bucket, condition, keep_condition)
+        return self.step(noisy, noise_level, prepared)
+
+    def prepare(
+        self,
+        context: torch.Tensor,
+        actions: torch.Tensor,
+        context_noise_bucket: torch.Tensor | None = None,
+        condition: torch.Tensor | None = None,
+        keep_condition: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What does not change between the denoising steps of one frame, computed once: (the
+        UNet input convolution's response to the context (B, channels[0], H, W), the sum of the
+        action, context-noise and conditioning embeddings (B, size))."""
+        B = context.shape[0]
+        embedding = self.action_projection(self.action_embedding(actions).flatten(1))
         if self.context_noise_embedding is not None:
             bucket = (
-                torch.zeros_like(noise_level, dtype=torch.long)
+                torch.zeros(B, dtype=torch.long, device=context.device)
                 if context_noise_bucket is None
                 else context_noise_bucket
             )
             embedding = embedding + self.context_noise_embedding(bucket)
         if self.condition_projection is not None:
-            null = self.null_condition.expand(noisy.shape[0], -1)
+            null = self.null_condition.expand(B, -1)
             if condition is None:
                 embedding = embedding + null
             else:
                 projected = self.condition_projection(condition.float())
-                keep = torch.ones_like(noise_level, dtype=torch.bool) if keep_condition is None else keep_condition
-                embedding = embedding + torch.where(keep[:, None], projected, null)
-        return self.unet(torch.cat([context, noisy], dim=1), self.condition_mlp(embedding))
+                if keep_condition is not None:
+                    projected = torch.where(keep_condition[:, None], projected, null)
+                embedding = embedding + projected
+        return self.unet.leading_response(context), embedding
+
+    def step(
+        self, noisy: torch.Tensor, noise_level: torch.Tensor, prepared: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """F for one noise level (B,) given `prepare`'s output: (B, C, H, W) -> (B, C, H, W)."""
+        response, embedding = prepared
+        condition = self.condition_mlp(self.noise_embedding(noise_level) + embedding)
+        return self.unet(noisy, condition, response)
 
 
 class RewardEndModel(nn.Module):
@@ -347,7 +379,8 @@ class RewardEndModel(nn.Module):
         hidden: torch.Tensor,
         cell: torch.Tensor,
     ):
-        features = self.encoder(torch.cat([previous, following], dim=1), self.action_embedding(action))[-1].flatten(1)
+        pair = torch.cat([previous, following], dim=1).contiguous(memory_format=torch.channels_last)
+        features = self.encoder(pair, self.action_embedding(action))[-1].flatten(1)
         hidden, cell = self.lstm(features, (hidden, cell))
         logits = self.head(hidden)
         return logits[:, :3], logits[:, 3:], hidden, cell
@@ -549,23 +582,42 @@ class DiffusionWorldModel(nn.Module):
         """D(x_sigma; sigma) for noisy frames (B, C, H, W), levels (B,), context frames (B, K, C,
         H, W) and the K conditioning actions (B, K), with clean context (context-noise bucket 0).
         With a conditioning vector (B, D), D_null + guidance (D_cond - D_null)."""
+        return self.denoiser_of(frames, actions, condition, guidance)(noisy, sigma)
+
+    def denoiser_of(
+        self,
+        frames: torch.Tensor,
+        actions: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        guidance: float = 1.0,
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The denoiser of one frame, `denoise(x (B, C, H, W), sigma (B,))`, with the context
+        frames (B, K, C, H, W), actions (B, K) and conditioning encoded once for all its steps
+        (see `denoise`)."""
         config = self.config
-        c_skip, c_out, c_in, c_noise = (
-            value[:, None, None, None] for value in preconditioning(sigma, config.sigma_data, config.sigma_offset_noise)
-        )
         context = frames.flatten(1, 2) / config.sigma_data
+        conditional = self.denoiser.prepare(context, actions, None, condition)
+        guided = condition is not None and guidance != 1.0
+        unconditional = self.denoiser.prepare(context, actions, None, None) if guided else None
 
-        def estimate(vector: torch.Tensor | None) -> torch.Tensor:
-            output = self.denoiser(c_in * noisy, c_noise[:, 0, 0, 0], context, actions, None, vector)
-            return c_skip * noisy + c_out * output
+        def denoise(noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            c_skip, c_out, c_in, c_noise = (
+                value[:, None, None, None]
+                for value in preconditioning(sigma, config.sigma_data, config.sigma_offset_noise)
+            )
+            scaled, level = c_in * noisy, c_noise[:, 0, 0, 0]
+            output = self.denoiser.step(scaled, level, conditional)
+            if unconditional is not None:
+                # D_null + w (D_cond - D_null) = c_skip x + c_out (F_null + w (F_cond - F_null)).
+                output_null = self.denoiser.step(scaled, level, unconditional)
+                output = torch.lerp(output_null, output, guidance)
+            denoised = torch.addcmul(c_skip * noisy, c_out, output)
+            if config.quantize:
+                # Round to 256 levels in place: ((d.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1.
+                denoised = denoised.clamp_(-1, 1).add_(1).mul_(127.5).round_().div_(127.5).sub_(1)
+            return denoised
 
-        denoised = estimate(condition)
-        if condition is not None and guidance != 1.0:
-            unconditional = estimate(None)
-            denoised = unconditional + guidance * (denoised - unconditional)
-        if config.quantize:
-            denoised = ((denoised.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
-        return denoised
+        return denoise
 
     @torch.no_grad()
     def sample_frame(
@@ -581,14 +633,11 @@ class DiffusionWorldModel(nn.Module):
         sampler = sampler or self.config.sampler
         B = state["frames"].shape[0]
         actions = torch.cat([state["actions"][:, 1:], action[:, None]], 1)
-
-        def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return self.denoise(x, sigma, state["frames"], actions, condition, guidance)
-
+        denoise = self.denoiser_of(state["frames"], actions, condition, guidance)
         frame = euler_sample(
             denoise, (B, self.image_channels, *self.image_size), sampler, generator or self.generator, self.device
         )
-        return frame.clamp(-1, 1)
+        return frame.clamp_(-1, 1)
 
     def resolve_condition(self, state: State, condition: Any | None) -> torch.Tensor | None:
         if condition is not None:

@@ -581,13 +581,13 @@ def generate(run_dir: str | Path, request: TextGeneration) -> dict[str, Any]:
 
 def generate_command(command: Any) -> int:
     """`wmlab generate` (wmlab.eval.generation.GenerateCommand) on a GAIA run."""
-    if command.text is None:
+    if not command.text.strip():
         raise WmlabError(f'{command.run_dir} is a text-conditioned GAIA run: give a prompt, e.g. --text "move left"')
     request = TextGeneration(
         text=command.text,
         actions=command.actions,
         steps=command.steps,
-        guidance_scale=command.guidance_scale,
+        guidance_scale=3.0 if command.guidance is None else command.guidance,
         episode=max(command.episode, 0),
         seed=command.seed,
         out=Path(command.out),

@@ -17,25 +17,21 @@ Shape legend: B batch (environments when acting), T time, H, W, C image, M LSTM 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import numpy as np
 import torch
 from gymnasium import spaces
 
 from wmlab.agents.diamond.config import DiamondConfig
+from wmlab.agents.imagination.agent import ImaginationAgent, require_discrete
 from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.core import distributed
-from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.types import Batch, Observation, Transition
+from wmlab.core.errors import ShapeError
+from wmlab.core.types import Batch
 from wmlab.models.diffusion import DiffusionWorldModel
 
 
-class DiamondAgent:
-    """DIAMOND's agent: a `DiffusionWorldModel` (`world_model`) and an `ImaginationLearner`."""
-
-    learns_from = "replay"
+class DiamondAgent(ImaginationAgent):
+    """DIAMOND's agent: a `DiffusionWorldModel` (`world_model`) and an `ImaginationLearner`
+    (acting, checkpoints and open-loop videos: wmlab.agents.imagination.agent)."""
 
     def __init__(
         self,
@@ -45,10 +41,7 @@ class DiamondAgent:
         seed: int,
         device: str = "cpu",
     ):
-        if not isinstance(action_space, spaces.Discrete):
-            raise IncompatibleSpaceError(
-                f"DIAMOND learns discrete actions (Atari), got {action_space}; for two rooms use --env two-rooms-discrete"
-            )
+        actions = require_discrete(action_space, "DIAMOND")
         self.config = config
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
@@ -59,7 +52,7 @@ class DiamondAgent:
             self.learner = ImaginationLearner(
                 config.learner,
                 (H, W, self.world_model.image_channels),
-                int(action_space.n),
+                actions,
                 self.device,
                 self.generator,
             )
@@ -79,19 +72,11 @@ class DiamondAgent:
         )
         self.updates = 0
 
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"world_model": self.world_model, "actor_critic": self.learner.network}
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"denoiser": self.denoiser_optimizer, "reward_end": self.reward_end_optimizer}
 
-    # --- acting ------------------------------------------------------------------------------
-
-    def act(self, obs: Observation, state: Any, explore: bool) -> tuple[np.ndarray, Any]:
-        """obs {"image": (B, H, W, C) uint8, "is_first": (B,)} -> (actions (B,) int64, the
-        actor-critic's LSTM state (hidden, cell) (B, M) each)."""
-        actions, recurrent = self.learner.act(obs["image"], state, obs["is_first"], explore)
-        return actions.cpu().numpy().astype(np.int64), recurrent
-
-    def observe(self, transition: Transition) -> dict[str, float]:
-        return {}  # learns from replay windows in `update`
+    def open_loop_context(self) -> int:
+        return self.config.model.context
 
     # --- learning ----------------------------------------------------------------------------
 
@@ -137,34 +122,3 @@ class DiamondAgent:
                 self.learner.update(self.world_model, batch, **({"denoising_steps": steps} if steps > 0 else {}))
             )
         return result
-
-    def on_run_end(self, run_dir: str | Path, replay: Any) -> None:
-        """Write open-loop videos of the world model (wmlab.eval.open_loop)."""
-        if not self.config.open_loop_report or replay is None or not distributed.is_main_process():
-            return
-        from wmlab.eval.open_loop import write_open_loop_report
-
-        write_open_loop_report(self.world_model, replay, run_dir, length=20, context=self.config.model.context)
-
-    # --- checkpoints -------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, optimiser moments, counters and the acting generator."""
-        return {
-            "world_model": dict(self.world_model.state_dict()),
-            "learner": self.learner.state_dict(),
-            "optimizers": {
-                "denoiser": self.denoiser_optimizer.state_dict(),
-                "reward_end": self.reward_end_optimizer.state_dict(),
-            },
-            "updates": self.updates,
-            "generator": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.world_model.load_state_dict(state["world_model"])
-        self.learner.load_state_dict(state["learner"])
-        self.denoiser_optimizer.load_state_dict(state["optimizers"]["denoiser"])
-        self.reward_end_optimizer.load_state_dict(state["optimizers"]["reward_end"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"].cpu())

@@ -20,27 +20,25 @@ Shape legend: B batch (environments when acting), T time, N frames, H, W, C imag
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from gymnasium import spaces
 
+from wmlab.agents.imagination.agent import ImaginationAgent, require_discrete
 from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.agents.iris.config import IrisConfig
 from wmlab.core import distributed
-from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.types import Batch, Observation, Transition
+from wmlab.core.errors import ShapeError
+from wmlab.core.types import Batch
 from wmlab.models.tokens import TokenWorldModel
 
 TOKENIZER_TERMS = ("reconstruction", "squared_error", "codebook", "commitment")
 
 
-class IrisAgent:
-    """IRIS's agent: a `TokenWorldModel` (`world_model`) and an `ImaginationLearner`."""
-
-    learns_from = "replay"
+class IrisAgent(ImaginationAgent):
+    """IRIS's agent: a `TokenWorldModel` (`world_model`) and an `ImaginationLearner` (acting,
+    checkpoints and open-loop videos: wmlab.agents.imagination.agent)."""
 
     def __init__(
         self,
@@ -50,10 +48,7 @@ class IrisAgent:
         seed: int,
         device: str = "cpu",
     ):
-        if not isinstance(action_space, spaces.Discrete):
-            raise IncompatibleSpaceError(
-                f"IRIS learns discrete actions (Atari, MinAtar), got the action space {action_space}; for two rooms use --env two-rooms-discrete"
-            )
+        require_discrete(action_space, "IRIS")
         if config.model.continuous_actions or config.model.text_size:
             raise ValueError(
                 "IRIS's world model takes neither continuous actions nor text: leave model.continuous_actions False and model.text_size 0"
@@ -61,6 +56,7 @@ class IrisAgent:
         if config.tokenizer_frames < 1:
             raise ValueError(f"tokenizer_frames must be at least 1, got {config.tokenizer_frames}")
         self.config = config
+        self.image_key = config.model.image_key
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
@@ -105,25 +101,17 @@ class IrisAgent:
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
-    def modules(self) -> dict[str, torch.nn.Module]:
-        return {"world_model": self.world_model, "actor_critic": self.learner.network}
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"tokenizer": self.tokenizer_optimizer, "world_model": self.world_model_optimizer}
+
+    def open_loop_context(self) -> int:
+        return min(self.config.learner.burn_in, self.world_model.context - 1)
 
     @torch.no_grad()
     def reconstruct(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (N, H, W, C) in [0, 1] -> the tokenizer's reconstructions (N, H, W, C) in [0, 1]."""
         tokens, _ = self.world_model.tokenize((frames * 255).round().to(torch.uint8))
         return self.world_model.decode({"tokens": tokens})[self.config.model.image_key].clamp(0, 1)
-
-    # --- acting ------------------------------------------------------------------------------
-
-    def act(self, obs: Observation, state: Any, explore: bool) -> tuple[np.ndarray, Any]:
-        """obs {image_key: (B, H, W, C) uint8, "is_first": (B,)} -> (actions (B,) int64, the
-        actor-critic's LSTM state (hidden, cell) (B, M) each)."""
-        actions, recurrent = self.learner.act(obs[self.config.model.image_key], state, obs["is_first"], explore)
-        return actions.cpu().numpy().astype(np.int64), recurrent
-
-    def observe(self, transition: Transition) -> dict[str, float]:
-        return {}  # learns from replay windows in `update`
 
     # --- learning ----------------------------------------------------------------------------
 
@@ -181,35 +169,3 @@ class IrisAgent:
         if self.updates > config.actor_critic_starts:
             result.update(self.learner.update(model, batch))
         return result
-
-    def on_run_end(self, run_dir: str | Path, replay: Any) -> None:
-        """Write open-loop videos of the world model (wmlab.eval.open_loop)."""
-        if not self.config.open_loop_report or replay is None or not distributed.is_main_process():
-            return
-        from wmlab.eval.open_loop import write_open_loop_report
-
-        context = min(self.config.learner.burn_in, self.world_model.context - 1)
-        write_open_loop_report(self.world_model, replay, run_dir, length=20, context=context)
-
-    # --- checkpoints -------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """Weights, optimiser moments, counters and the acting generator."""
-        return {
-            "world_model": dict(self.world_model.state_dict()),
-            "learner": self.learner.state_dict(),
-            "optimizers": {
-                "tokenizer": self.tokenizer_optimizer.state_dict(),
-                "world_model": self.world_model_optimizer.state_dict(),
-            },
-            "updates": self.updates,
-            "generator": self.generator.get_state(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.world_model.load_state_dict(state["world_model"])
-        self.learner.load_state_dict(state["learner"])
-        self.tokenizer_optimizer.load_state_dict(state["optimizers"]["tokenizer"])
-        self.world_model_optimizer.load_state_dict(state["optimizers"]["world_model"])
-        self.updates = int(state["updates"])
-        self.generator.set_state(state["generator"].cpu())
