@@ -196,7 +196,10 @@ def parse_train_arguments(argv: list[str]):
 def train_command(argv: list[str]) -> int:
     from wmlab.train.loop import Trainer
     from wmlab.train.offline import offline_train_command, wants_offline
+    from wmlab.train.video import video_train_command, wants_video_training
 
+    if wants_video_training(argv):  # --algo genie --dataset PATH: a model of video alone (latent actions)
+        return video_train_command(argv)
     if wants_offline(argv):  # --model FAMILY --dataset DIR: a world model fitted to a recorded dataset
         return offline_train_command(argv)
     spec, run_dir, resume, force = parse_train_arguments(argv)

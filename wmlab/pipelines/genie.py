@@ -37,6 +37,7 @@ from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.serialization import load_state, save_state
 from wmlab.data.video import VideoDataset, load_video
 from wmlab.models.latent_action import GenieConfig, GenieLossScales, GenieWorldModel
+from wmlab.runs.directory import load_trained_model
 
 CONFIG_FILE = "config.json"
 
@@ -267,9 +268,18 @@ def load_genie_run(run_dir: str | Path) -> tuple[GenieWorldModel, dict[str, Any]
     if not path.is_file():
         raise RunDirectoryError(f"{run_dir} holds no run ({path} is missing)")
     stored = json.loads(path.read_text())
+    if stored.get("kind") == "offline" and stored.get("model") == "genie":  # `wmlab train --algo genie`
+        spec, model = load_trained_model(run_dir)
+        model.eval()
+        return model, {
+            "dataset": spec.dataset,
+            "held_out": spec.held_out,
+            "seed": spec.train.seed,
+            "size": spec.frame_size,
+        }
     if stored.get("kind") != "genie":
         raise RunDirectoryError(
-            f"{run_dir} is not a Genie run (config kind {stored.get('kind')!r}); --suite grounding reads runs of `wmlab pipeline genie`"
+            f"{run_dir} is not a Genie run (config kind {stored.get('kind')!r}, model {stored.get('model')!r}); --suite grounding reads runs of `wmlab train --algo genie` and `wmlab pipeline genie`"
         )
     config = _config_from_json(stored)
     from gymnasium import spaces
