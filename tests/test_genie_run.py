@@ -196,3 +196,36 @@ def test_the_page_plays_genie_with_digit_keys_in_chromium(run_dir, tmp_path):
                 context.close()
         result = measure(url, seconds=2.0)  # turn-based: the next key as soon as a frame is drawn
     assert result["frames_per_second"] > 0 and result["key_presses_measured"] >= 1
+
+
+# --- few-label behavioural cloning ------------------------------------------------------------------
+
+
+def test_latent_to_real_map_by_hand():
+    from wmlab.pipelines.genie_cloning import latent_to_real
+
+    latent = np.array([0, 0, 0, 2, 2, 5])
+    real = np.array([1, 1, 3, 4, 4, 4])
+    # Latent 0 was seen with 1, 1, 3 -> 1; latent 2 -> 4; latent 5 -> 4; unseen ones -> 4, the most frequent.
+    assert latent_to_real(latent, real, codes=8, actions=5).tolist() == [1, 4, 4, 4, 4, 4, 4, 4]
+
+
+def test_the_scripted_expert_reaches_the_goal():
+    from wmlab.pipelines.genie_cloning import record_expert
+
+    frames, actions, success = record_expert(episodes=3, steps=60, seed=0)
+    assert success == 1.0 and [len(f) for f in frames] == [len(a) + 1 for a in actions]
+
+
+def test_cloning_pipeline_smoke(run_dir, tmp_path):
+    out = tmp_path / "cloning.json"
+    arguments = ["pipeline", "genie-cloning", str(run_dir), "--labels", "5", "--expert-episodes", "2"]
+    arguments += ["--updates", "2", "--batch-size", "4", "--eval-episodes", "1", "--episode-steps", "10"]
+    assert main([*arguments, "--seeds", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["seed"] for row in result["seeds"]] == [0, 1]
+    assert set(result["summary"]) == {"latent_policy", "oracle_all_labels", "random"}
+    assert len(result["seeds"][0]["map"]) == 8 and np.asarray(result["expert_video_grounding"]["confusion"]).shape == (
+        5,
+        8,
+    )
