@@ -300,7 +300,7 @@ def grounding_suite(
 ) -> dict[str, Any]:
     """Grounding and controllability (wmlab.eval.grounding) of a Genie run on its held-out
     episodes (or on `dataset`); writes RUN_DIR/eval/grounding.json and returns it."""
-    from wmlab.eval.grounding import controllability, grounding
+    from wmlab.eval.grounding import code_use, controllability, grounding
 
     if run_dir is None:
         raise WmlabError("give a run directory: wmlab eval RUN_DIR --suite grounding")
@@ -317,6 +317,7 @@ def grounding_suite(
     result["grounding"] = (
         grounding(model, video, sequences=sequences, seed=seed) if video.hidden_actions is not None else None
     )
+    result["code_use"] = code_use(model, video, sequences=sequences, seed=seed)
     # Genie reports delta-PSNR at t = 4: four generated frames after two real ones.
     result["controllability"] = controllability(
         model, video, sequences=max(1, sequences // 2), context=2, horizon=4, seed=seed

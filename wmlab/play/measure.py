@@ -192,6 +192,7 @@ def run(argv: list[str]) -> int:
             url, arguments.seconds, arguments.presses, arguments.speed, arguments.real, arguments.screenshot
         )
     result.update(
+        real_environment=arguments.real and playable.start_frames is None,
         run=str(arguments.run_dir),
         family=playable.family,
         algorithm=playable.algorithm,
