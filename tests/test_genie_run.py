@@ -127,7 +127,9 @@ def test_grounding_suite_reads_the_run(run_dir):
     assert result["held_out"] and grounding["true_classes"] == ["0", "1", "2", "3", "4"]
     assert np.asarray(grounding["confusion"]).shape == (5, 8) and grounding["steps"] == 12
     assert len(next(iter(result["controllability"]["delta_psnr"].values()))) == 4
-    assert {"next_frame_error_read_codes", "next_frame_error_random_codes", "code_perplexity"} <= set(result["code_use"])
+    assert {"next_frame_error_read_codes", "next_frame_error_random_codes", "code_perplexity"} <= set(
+        result["code_use"]
+    )
 
 
 # --- play -----------------------------------------------------------------------------------------
