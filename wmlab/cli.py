@@ -46,7 +46,7 @@ commands:
   envs     show the environment suites, their ids, spaces and install commands
   generate write an MP4 of a world model's generated frames (wmlab generate RUN_DIR --steps N)
   record   record episodes of any environment and policy to a dataset folder
-  pipeline run a multi-stage pipeline: main (make run's job), world-models, jepa, jepa-vs-rssm, jepa-landscape, genie, gaia (wmlab pipeline NAME --help)
+  pipeline run a multi-stage pipeline: main (make run's job), world-models, jepa, jepa-vs-rssm, jepa-landscape, genie, genie-cloning, gaia (wmlab pipeline NAME --help)
   bench    run a benchmark: dyna, envs, world-models-temperature, world-models-carracing, laptop, play
   study    run a study: horizon, counterfactual, occlusion (wmlab study NAME --help)
 """
@@ -196,7 +196,10 @@ def parse_train_arguments(argv: list[str]):
 def train_command(argv: list[str]) -> int:
     from wmlab.train.loop import Trainer
     from wmlab.train.offline import offline_train_command, wants_offline
+    from wmlab.train.video import video_train_command, wants_video_training
 
+    if wants_video_training(argv):  # --algo genie --dataset PATH: a model of video alone (latent actions)
+        return video_train_command(argv)
     if wants_offline(argv):  # --model FAMILY --dataset DIR: a world model fitted to a recorded dataset
         return offline_train_command(argv)
     spec, run_dir, resume, force = parse_train_arguments(argv)
@@ -398,6 +401,7 @@ PIPELINES = {
     "jepa-landscape": "wmlab.pipelines.jepa.landscape:landscape_command",
     "main": "wmlab.pipelines.main_job:main_job_command",
     "genie": "wmlab.pipelines.genie:pipeline_command",
+    "genie-cloning": "wmlab.pipelines.genie_cloning:pipeline_command",
     "gaia": "wmlab.pipelines.gaia:pipeline_command",
 }
 

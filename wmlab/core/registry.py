@@ -235,7 +235,7 @@ for _entry in [
     Entry(
         "genie",
         "wmlab.models.latent_action:GenieWorldModel",
-        "Genie: latent actions (8 codes) learned from video alone, ST-transformer VQ tokenizer, MaskGIT dynamics (Bruce et al. 2024); trained by `wmlab pipeline genie`",
+        "Genie: latent actions (8 codes) learned from video alone, ST-transformer VQ tokenizer, MaskGIT dynamics (Bruce et al. 2024); trained by `wmlab train --algo genie --dataset PATH` (or `wmlab pipeline genie`), played by `wmlab play` on keys 1-8",
         "wmlab.models.latent_action:GenieConfig",
     ),
     Entry(

@@ -291,3 +291,20 @@ def _read_wmlab_dataset(path: Path, size: tuple[int, int] | None, image_key: str
         sources=sources,
         action_space=dataset.action_space,
     )
+
+
+def load_run_video(spec) -> tuple[VideoDataset, VideoDataset | None]:
+    """(training episodes, held-out episodes or None) of the video a run learned from: spec is the
+    run's OfflineRunSpec (dataset, frame_size, held_out, train.seed, and the frame shape and count
+    it started on, checked here). The split is the one training used."""
+    video = load_video(spec.dataset, size=spec.frame_size)
+    shape = list(video.frame_shape)
+    recorded = list(spec.observation_space["spaces"]["image"]["shape"])
+    if shape != recorded or video.num_frames != spec.dataset_steps:
+        raise VideoError(
+            f"the video in {spec.dataset} no longer matches the run (frames {shape} x {video.num_frames}; the run "
+            f"started on {recorded} x {spec.dataset_steps}): use the same dataset, or start a new run"
+        )
+    if spec.held_out > 0 and len(video) > 1:
+        return video.split(spec.held_out, spec.train.seed)
+    return video, None

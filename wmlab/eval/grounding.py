@@ -142,6 +142,43 @@ def grounding(
     }
 
 
+def code_use(model: Any, video, sequences: int = 64, seed: int = 0) -> dict[str, Any]:
+    """Whether the latent action model's decoder uses its code, on windows of `video`: mean squared
+    next-frame error (pixels in [0, 1]) with the codes the encoder reads, with codes drawn
+    uniformly at random, and of copying the last frame; the share of pixels that change per
+    step; and how often each code is read (its perplexity). A decoder that ignores its code scores
+    the same with random codes: then the codes need not carry the action, and grounding fails."""
+    import torch
+
+    batch, _ = _windows(video, sequences, model.context, seed)
+    frames = torch.as_tensor(batch.obs["image"], device=model.device).float() / 255.0
+    segments = model.segments(torch.as_tensor(batch.is_first, device=model.device))
+    valid = ~torch.as_tensor(batch.is_first, device=model.device)[:, 1:]  # (B, T - 1) with an earlier frame
+    generator = torch.Generator().manual_seed(seed)
+    lam = model.latent_action
+    with torch.no_grad():
+        read = lam.encode(frames, segments)
+        drawn = torch.randint(0, int(model.config.action_codes), read.indices.shape, generator=generator)
+        random_codes = lam.quantizer.lookup(drawn.to(model.device))
+        target = frames[:, 1:]
+
+        def error(prediction: torch.Tensor) -> float:
+            per_step = (prediction - target).pow(2).flatten(2).mean(-1)
+            return float(per_step[valid].mean())
+
+        counts = torch.bincount(read.indices[:, 1:][valid], minlength=int(model.config.action_codes)).float()
+        share = counts / counts.sum().clamp_min(1)
+        changed = (frames[:, 1:] - frames[:, :-1]).abs().amax(-1) > 0.5 / 255
+        return {
+            "next_frame_error_read_codes": error(lam.predict_next(frames, read.quantized, segments)),
+            "next_frame_error_random_codes": error(lam.predict_next(frames, random_codes, segments)),
+            "next_frame_error_copy_last": error(frames[:, :-1]),
+            "changed_pixel_share": float(changed.float().flatten(2).mean(-1)[valid].mean()),
+            "code_shares": share.tolist(),
+            "code_perplexity": float(torch.exp(-(share[share > 0] * share[share > 0].log()).sum())),
+        }
+
+
 def latent_action_batch(model: Any, batch):
     """The batch with its action replaced by the latent actions the model reads in its frames."""
     actions = model.infer_actions(batch.obs, batch.is_first).cpu().numpy()
@@ -183,6 +220,11 @@ def summary(result: dict[str, Any]) -> str:
         share = "n/a" if normalised is None else f"{normalised:.3f}"
         parts.append(
             f"MI = {grounded['mutual_information_bits']:.3f} bits (normalised {share}), purity {grounded['purity']:.3f} (chance {grounded['chance_purity']:.3f})"
+        )
+    use = result.get("code_use")
+    if use:
+        parts.append(
+            f"next-frame error with read / random codes {use['next_frame_error_read_codes']:.5f} / {use['next_frame_error_random_codes']:.5f} (copy {use['next_frame_error_copy_last']:.5f}), code perplexity {use['code_perplexity']:.2f}"
         )
     control = result.get("controllability", {})
     if control.get("delta_psnr"):

@@ -37,6 +37,7 @@ from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.serialization import load_state, save_state
 from wmlab.data.video import VideoDataset, load_video
 from wmlab.models.latent_action import GenieConfig, GenieLossScales, GenieWorldModel
+from wmlab.runs.directory import load_trained_model
 
 CONFIG_FILE = "config.json"
 
@@ -267,9 +268,18 @@ def load_genie_run(run_dir: str | Path) -> tuple[GenieWorldModel, dict[str, Any]
     if not path.is_file():
         raise RunDirectoryError(f"{run_dir} holds no run ({path} is missing)")
     stored = json.loads(path.read_text())
+    if stored.get("kind") == "offline" and stored.get("model") == "genie":  # `wmlab train --algo genie`
+        spec, model = load_trained_model(run_dir)
+        model.eval()
+        return model, {
+            "dataset": spec.dataset,
+            "held_out": spec.held_out,
+            "seed": spec.train.seed,
+            "size": spec.frame_size,
+        }
     if stored.get("kind") != "genie":
         raise RunDirectoryError(
-            f"{run_dir} is not a Genie run (config kind {stored.get('kind')!r}); --suite grounding reads runs of `wmlab pipeline genie`"
+            f"{run_dir} is not a Genie run (config kind {stored.get('kind')!r}, model {stored.get('model')!r}); --suite grounding reads runs of `wmlab train --algo genie` and `wmlab pipeline genie`"
         )
     config = _config_from_json(stored)
     from gymnasium import spaces
@@ -290,7 +300,7 @@ def grounding_suite(
 ) -> dict[str, Any]:
     """Grounding and controllability (wmlab.eval.grounding) of a Genie run on its held-out
     episodes (or on `dataset`); writes RUN_DIR/eval/grounding.json and returns it."""
-    from wmlab.eval.grounding import controllability, grounding
+    from wmlab.eval.grounding import code_use, controllability, grounding
 
     if run_dir is None:
         raise WmlabError("give a run directory: wmlab eval RUN_DIR --suite grounding")
@@ -307,6 +317,7 @@ def grounding_suite(
     result["grounding"] = (
         grounding(model, video, sequences=sequences, seed=seed) if video.hidden_actions is not None else None
     )
+    result["code_use"] = code_use(model, video, sequences=sequences, seed=seed)
     # Genie reports delta-PSNR at t = 4: four generated frames after two real ones.
     result["controllability"] = controllability(
         model, video, sequences=max(1, sequences // 2), context=2, horizon=4, seed=seed

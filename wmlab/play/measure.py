@@ -79,7 +79,8 @@ def measure(
     screenshot: Path | None = None,
 ) -> dict:
     """Open the page at `url`, let it run `seconds`, pressing arrow keys `presses` times along the
-    way; return frame rates, latencies and the model's time per step (milliseconds)."""
+    way (a turn-based page: the next key as soon as a frame is drawn, `_press_turns`); return frame
+    rates, latencies and the model's time per step (milliseconds)."""
     from playwright.sync_api import sync_playwright
 
     query = f"?speed={speed:g}" + ("" if real else "&real=0")
@@ -90,22 +91,27 @@ def measure(
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(url + query)
-            page.wait_for_function("window.wmlabPlay && window.wmlabPlay.frames > 10", timeout=60_000)
-            page.evaluate("() => { window.wmlabPlay.latencies.length = 0; }")
-            model_times = []
-            start_frames, started = read_stats(page)["frames"], time.perf_counter()
-            keys = ["ArrowRight", "ArrowUp", "ArrowLeft", "ArrowDown"]
-            hold = seconds / max(presses, 1)
-            for index in range(presses):
-                page.keyboard.down(keys[index % len(keys)])
-                time.sleep(hold / 2)
-                model_times.append(read_stats(page)["model_ms"])
-                page.keyboard.up(keys[index % len(keys)])
-                time.sleep(hold / 2)
-            remaining = seconds - (time.perf_counter() - started)
-            if remaining > 0:
-                time.sleep(remaining)
-            final = read_stats(page)
+            page.wait_for_function("window.wmlabPlay && window.wmlabPlay.lastFrame", timeout=60_000)
+            controls = page.evaluate("() => window.wmlabPlay.info.controls")
+            if controls["kind"] == "discrete" and controls["turn_based"]:
+                final, start_frames, started, model_times = _press_turns(page, controls, seconds)
+            else:
+                page.wait_for_function("window.wmlabPlay.frames > 10", timeout=60_000)
+                page.evaluate("() => { window.wmlabPlay.latencies.length = 0; }")
+                model_times = []
+                start_frames, started = read_stats(page)["frames"], time.perf_counter()
+                keys = ["ArrowRight", "ArrowUp", "ArrowLeft", "ArrowDown"]
+                hold = seconds / max(presses, 1)
+                for index in range(presses):
+                    page.keyboard.down(keys[index % len(keys)])
+                    time.sleep(hold / 2)
+                    model_times.append(read_stats(page)["model_ms"])
+                    page.keyboard.up(keys[index % len(keys)])
+                    time.sleep(hold / 2)
+                remaining = seconds - (time.perf_counter() - started)
+                if remaining > 0:
+                    time.sleep(remaining)
+                final = read_stats(page)
             elapsed = time.perf_counter() - started
             if screenshot is not None:
                 screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -127,6 +133,24 @@ def measure(
         "speed_cap": speed,
         "real_environment": real,
     }
+
+
+def _press_turns(page, controls: dict, seconds: float) -> tuple[dict, int, float, list]:
+    """A turn-based page (one step per key press: MiniGrid, Genie's latent actions) played as fast
+    as it answers: the next action's key is pressed as soon as the last frame is drawn, cycling
+    through the actions. Returns (final stats, frames at the start, start time, model times)."""
+    keys = [action["keys"][0][0] for action in controls["actions"] if action["keys"]]
+    page.evaluate("() => { window.wmlabPlay.latencies.length = 0; }")
+    start_frames, started = read_stats(page)["frames"], time.perf_counter()
+    model_times, index = [], 0
+    idle = "() => window.wmlabPlay.turns.length === 0 && !window.wmlabPlay.inFlight"
+    while time.perf_counter() - started < seconds:
+        page.wait_for_function(idle, timeout=60_000, polling=1)
+        page.keyboard.press(keys[index % len(keys)])
+        index += 1
+        model_times.append(read_stats(page)["model_ms"])
+    page.wait_for_function(idle, timeout=60_000, polling=1)
+    return read_stats(page), start_frames, started, model_times
 
 
 @dataclass(frozen=True)
@@ -168,6 +192,7 @@ def run(argv: list[str]) -> int:
             url, arguments.seconds, arguments.presses, arguments.speed, arguments.real, arguments.screenshot
         )
     result.update(
+        real_environment=arguments.real and playable.start_frames is None,
         run=str(arguments.run_dir),
         family=playable.family,
         algorithm=playable.algorithm,

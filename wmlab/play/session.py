@@ -108,6 +108,9 @@ class Playable:
     context_frames: int
     render_fps: float | None
     lock: Any = field(default=None, repr=False)  # serialises model calls across sessions
+    # Frames (H, W, C) that a reset starts the dream from, one per reset in turn, for a model whose
+    # actions the environment does not take (Genie's latent actions): no real episode runs beside.
+    start_frames: list[np.ndarray] | None = None
 
     @property
     def family(self) -> str:
@@ -155,6 +158,7 @@ class Playable:
             "upload_refusal": reason,
             "max_upload_bytes": MAX_UPLOAD_BYTES,
             "render_fps": self.render_fps,
+            "real_environment": self.start_frames is None,
         }
 
 
@@ -162,8 +166,12 @@ def load_playable(run_dir: str | Path) -> Playable:
     """Load a run's world model for play with the run-loading helpers of `wmlab eval`, or refuse
     with the reason (it cannot decode, or the environment has no image to show)."""
     from wmlab.eval.suites import world_model_of
-    from wmlab.runs.directory import load_trained_agent
+    from wmlab.runs.directory import is_offline_run, load_trained_agent
 
+    if is_offline_run(run_dir):  # a world model fitted to recorded data (Genie's plays its latent actions)
+        from wmlab.play.offline import load_offline_playable
+
+        return load_offline_playable(run_dir)
     spec, agent = load_trained_agent(run_dir)
     return make_playable(world_model_of(agent), spec.env, spec.env_kwargs, run_dir, spec.algorithm)
 
@@ -627,6 +635,12 @@ class PlaySession:
 
         if seed is not None:
             self.seed = int(seed)
+        if self.playable.start_frames is not None:  # no real episode: the next start frame
+            frames = self.playable.start_frames
+            image = frames[(self.seed + self.episode) % len(frames)]
+            self.episode += 1
+            self.real_observation, self.real_done = None, True
+            return self._start_dream([({"image": image}, self._zero_action(), True)], "reset", 0.0)
         if self.env is None:
             self.env = make_env(self.playable.env_id, **self.playable.env_kwargs)
         started = time.perf_counter()

@@ -185,10 +185,16 @@ class OfflineRunSpec:
     dataset_steps: int = 0
     env: str = ""
     env_kwargs: dict = field(default_factory=dict)
+    held_out: float = 0.0
+    """Share of the dataset's episodes kept apart from training, for evaluation (video runs)."""
+    frame_size: tuple[int, int] | None = None
+    """(H, W) every frame is resized to when read (video runs); None keeps the dataset's size."""
 
     def to_json(self) -> dict:
         return {
             "kind": OFFLINE_KIND,
+            "held_out": self.held_out,
+            "frame_size": None if self.frame_size is None else list(self.frame_size),
             "model": self.model,
             "dataset": self.dataset,
             "env": self.env,
@@ -235,6 +241,8 @@ def load_offline_run_spec(run_dir: str | Path) -> OfflineRunSpec:
             dataset=raw["dataset"],
             env=raw.get("env", ""),
             env_kwargs=raw.get("env_kwargs", {}),
+            held_out=float(raw.get("held_out", 0.0)),
+            frame_size=None if raw.get("frame_size") is None else tuple(int(side) for side in raw["frame_size"]),
             with_actions=bool(raw["with_actions"]),
             dataset_steps=int(raw.get("dataset_steps", 0)),
             observation_space=raw["observation_space"],

@@ -111,7 +111,7 @@ class OfflineTrainer:
         torch.manual_seed(self.config.seed)
 
         # The dataset and the model are checked before the run directory is touched.
-        self.dataset = open_dataset(spec, seed=self.config.seed)
+        self.dataset = self.open_dataset(spec, seed=self.config.seed)
         self.model = build_world_model(spec)
         self._prepare_run_directory(resume=resume, force=force)
         self.optimizer = torch.optim.Adam(
@@ -122,6 +122,11 @@ class OfflineTrainer:
             self._load_checkpoint()
         self.logger = MetricsLogger(self.run_dir, tensorboard=self.config.tensorboard)
         self.averager = MetricsAverager()
+
+    def open_dataset(self, spec: OfflineRunSpec, seed: int):
+        """The windows to train on: anything with `sample(B, T) -> Batch`, `sampler_state()` and
+        `load_sampler_state(state)` (a recorded dataset here; video in wmlab.train.video)."""
+        return open_dataset(spec, seed)
 
     # ------------------------------------------------------------------------------------------
     # Run directory and checkpoints
@@ -298,6 +303,20 @@ def model_config_class(name: str) -> type:
     return entry.load_config()
 
 
+def check_resume_changes(parsed: Any, saved: Any, fields: tuple[str, ...]) -> None:
+    """Refuse a resume whose command line (parsed) changes anything of the saved run's command
+    (saved) but the trainer settings that may change (OFFLINE_RESUMABLE_CHANGES): the nested
+    `train` and `world_model` configs and the top-level `fields`."""
+    changed = {f"train.{name}" for name in differences(saved.train, parsed.train)}
+    changed |= {f"world_model.{name}" for name in differences(saved.world_model, parsed.world_model)}
+    changed |= {name for name in fields if getattr(parsed, name) != getattr(saved, name)}
+    refused = sorted(changed - OFFLINE_RESUMABLE_CHANGES)
+    if refused:
+        raise WmlabError(
+            f"--resume continues the saved run; these settings cannot change: {', '.join(refused)} (start a new run instead)"
+        )
+
+
 def parse_offline_arguments(argv: list[str]) -> tuple[OfflineRunSpec, Path, bool, bool]:
     """(OfflineRunSpec, run_dir, resume, force) from the command line."""
     resume_dir = option_value(argv, "--resume")
@@ -313,14 +332,7 @@ def parse_offline_arguments(argv: list[str]) -> tuple[OfflineRunSpec, Path, bool
             world_model=saved.world_model,
         )
         parsed = tyro.cli(command_class, args=argv, default=default, prog="wmlab train")
-        changed = {f"train.{name}" for name in differences(saved.train, parsed.train)}
-        changed |= {f"world_model.{name}" for name in differences(saved.world_model, parsed.world_model)}
-        changed |= {name for name in ("model", "dataset") if getattr(parsed, name) != getattr(default, name)}
-        refused = sorted(changed - OFFLINE_RESUMABLE_CHANGES)
-        if refused:
-            raise WmlabError(
-                f"--resume continues the saved run; these settings cannot change: {', '.join(refused)} (start a new run instead)"
-            )
+        check_resume_changes(parsed, default, ("model", "dataset"))
         return dataclasses.replace(saved, train=parsed.train), Path(resume_dir), True, False
 
     name = option_value(argv, "--model") or "rssm"
@@ -360,8 +372,17 @@ def parse_offline_arguments(argv: list[str]) -> tuple[OfflineRunSpec, Path, bool
 
 def offline_train_command(argv: list[str]) -> int:
     """`wmlab train --model FAMILY --dataset DIR [...]` and `wmlab train --resume OFFLINE_RUN`."""
-    spec, run_dir, resume, force = parse_offline_arguments(argv)
-    summary = OfflineTrainer(spec, run_dir, resume=resume, force=force).run()
+    return train_and_report(
+        OfflineTrainer, *parse_offline_arguments(argv), "eval {run} --suite horizon; wmlab report {run}"
+    )
+
+
+def train_and_report(
+    trainer_class: type, spec: OfflineRunSpec, run_dir: Path, resume: bool, force: bool, next_steps: str
+) -> int:
+    """Run a trainer of this family to the end; print its summary and what to do next with the
+    run ("wmlab " + next_steps, with {run} the run directory)."""
+    summary = trainer_class(spec, run_dir, resume=resume, force=force).run()
     print(json.dumps(summary, indent=2))
-    print(f"run directory: {run_dir}  (wmlab eval {run_dir} --suite horizon; wmlab report {run_dir})")
+    print(f"run directory: {run_dir}  (wmlab {next_steps.format(run=run_dir)})")
     return 0

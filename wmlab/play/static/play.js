@@ -74,6 +74,11 @@ function setup(info) {
   const speed = params.has("speed") ? Number(params.get("speed")) : (info.render_fps || 0);
   setSpeed(speed);
   if (params.get("real") === "0") { $("show-real").checked = false; toggleReal(); }
+  if (info.real_environment === false) {  // latent actions: no environment takes them
+    $("show-real").checked = false;
+    $("show-real").disabled = true;
+    document.body.classList.add("no-real");
+  }
   buildKnobs(info.knobs);
   buildLegend(info.controls);
   if (!info.upload) {

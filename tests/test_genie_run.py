@@ -1,0 +1,234 @@
+"""`wmlab train --algo genie`: Genie fitted by the offline trainer to video without actions, in an
+ordinary run directory (record first, resume exactly, grounding), and played with its latent
+actions on keys 1 to 8 (the session, and the page in headless Chromium)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from wmlab.cli import main
+from wmlab.core.serialization import load_state
+
+TINY_MODEL = ["--world-model.size", "tiny", "--world-model.patch", "16", "--world-model.action-patch", "16"]
+QUIET = ["--train.no-progress", "--train.no-tensorboard", "--train.batch-size", "2"]
+
+
+def train(*arguments) -> int:
+    return main(["train", *[str(argument) for argument in arguments]])
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Six random episodes of two-rooms-discrete (13 frames each), recorded by `train --env`."""
+    root = tmp_path_factory.mktemp("genie-run")
+    data = root / "rooms"
+    assert (
+        train(
+            "--algo",
+            "genie",
+            "--env",
+            "two-rooms-discrete",
+            "--record.episodes",
+            6,
+            "--record.max-episode-steps",
+            12,
+            "--dataset",
+            data,
+            "--run-dir",
+            root / "first",
+            "--train.updates",
+            2,
+            *TINY_MODEL,
+            *QUIET,
+        )
+        == 0
+    )
+    return data
+
+
+@pytest.fixture(scope="module")
+def run_dir(dataset) -> Path:
+    directory = dataset.parent / "genie"
+    assert (
+        train(
+            "--algo", "genie", "--dataset", dataset, "--run-dir", directory, "--train.updates", 6, *TINY_MODEL, *QUIET
+        )
+        == 0
+    )
+    return directory
+
+
+def refused(capsys, *arguments) -> str:
+    """The error `wmlab train ARGUMENTS` prints (it must fail)."""
+    assert train(*arguments) != 0
+    return capsys.readouterr().err
+
+
+def test_env_records_the_video_first_then_trains(dataset, capsys):
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["env_id"] == "two-rooms-discrete" and manifest["num_episodes"] == 6 and manifest["actions"]
+    assert (dataset.parent / "first" / "checkpoints" / "rank0" / "model.safetensors").is_file()
+    assert "already holds a dataset" in refused(
+        capsys, "--algo", "genie", "--env", "two-rooms-discrete", "--dataset", dataset
+    )
+
+
+def test_the_run_directory_is_an_ordinary_offline_run(run_dir):
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["kind"] == "offline" and config["model"] == "genie" and config["with_actions"] is False
+    assert config["env"] == "two-rooms-discrete" and config["held_out"] == 0.2
+    assert config["train"]["sequence_length"] == 4  # the tiny model's context, by default
+    files = {path.name for path in (run_dir / "checkpoints" / "rank0").iterdir()}
+    assert {path.rsplit(".", 1)[1] for path in files} <= {"safetensors", "json"}
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines and {"loss/dynamics", "loss/action_reconstruction", "action/perplexity"} <= set(lines[-1])
+    assert json.loads((run_dir / "summary.json").read_text())["updates"] == 6
+
+
+def test_training_sees_frames_of_the_training_episodes_only(run_dir):
+    from wmlab.runs.directory import load_offline_run_spec
+    from wmlab.train.video import VideoTrainer
+
+    spec = load_offline_run_spec(run_dir)
+    windows = VideoTrainer.open_dataset(None, spec, seed=0)
+    assert len(windows.video) == 5  # one of the six episodes is held out
+    batch = windows.sample(3, 4)
+    assert batch.action is None and batch.obs["image"].shape == (3, 4, 64, 64, 3)
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(dataset, tmp_path, capsys):
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    common = ["--algo", "genie", "--dataset", dataset, *TINY_MODEL, *QUIET, "--train.checkpoint-every", 2]
+    assert train(*common, "--run-dir", whole, "--train.updates", 4) == 0
+    assert train(*common, "--run-dir", parts, "--train.updates", 2) == 0
+    assert train("--resume", parts, "--train.updates", 4, "--train.no-progress") == 0
+    first = load_state(whole / "checkpoints" / "rank0", "model")
+    second = load_state(parts / "checkpoints" / "rank0", "model")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert "cannot change: held_out" in refused(capsys, "--resume", parts, "--held-out", 0.5)
+
+
+def test_missing_video_is_named(tmp_path, capsys):
+    assert "give the video" in refused(capsys, "--algo", "genie", "--run-dir", tmp_path / "run")
+    assert "nowhere does not exist" in refused(capsys, "--algo", "genie", "--dataset", tmp_path / "nowhere")
+
+
+def test_grounding_suite_reads_the_run(run_dir):
+    assert main(["eval", str(run_dir), "--suite", "grounding", "--sequences", "4", "--seed", "0"]) == 0
+    result = json.loads((run_dir / "eval" / "grounding.json").read_text())
+    grounding = result["grounding"]
+    assert result["held_out"] and grounding["true_classes"] == ["0", "1", "2", "3", "4"]
+    assert np.asarray(grounding["confusion"]).shape == (5, 8) and grounding["steps"] == 12
+    assert len(next(iter(result["controllability"]["delta_psnr"].values()))) == 4
+    assert {"next_frame_error_read_codes", "next_frame_error_random_codes", "code_perplexity"} <= set(
+        result["code_use"]
+    )
+
+
+# --- play -----------------------------------------------------------------------------------------
+
+
+def png_bytes(height: int, width: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_genie_run_plays_its_latent_actions_on_keys_1_to_8(run_dir):
+    pytest.importorskip("starlette", reason="wmlab play needs its extra: pip install 'wmlab[play]'")
+    from wmlab.play.session import PlaySession, ProtocolError, load_playable
+
+    playable = load_playable(run_dir)
+    info = playable.describe()
+    keys = [action["keys"] for action in info["controls"]["actions"]]
+    assert keys == [[[str(index)]] for index in range(1, 9)] and info["controls"]["turn_based"]
+    assert info["real_environment"] is False and info["upload"] and info["algorithm"] == "genie"
+    session = PlaySession(playable, seed=0)
+    frame = session.reset()
+    assert frame.real is None and frame.source == "reset" and frame.dream.shape == (64, 64, 3)
+    frame = session.step(7)
+    assert frame.step == 1 and frame.action == 7 and frame.real is None
+    # Any image starts a world: a 30 x 50 PNG is cropped and resized to 64 x 64.
+    frame = session.start_from_image(png_bytes(30, 50))
+    assert frame.source == "image" and frame.dream.shape == (64, 64, 3)
+    assert session.step(0).step == 1
+    with pytest.raises(ProtocolError, match="not an image"):
+        session.start_from_image(b"no picture here")
+
+
+def test_the_page_plays_genie_with_digit_keys_in_chromium(run_dir, tmp_path):
+    pytest.importorskip("starlette", reason="wmlab play needs its extra: pip install 'wmlab[play]'")
+    from wmlab.play.measure import browser_missing, launch, measure
+    from wmlab.play.server import BackgroundServer, create_app
+    from wmlab.play.session import load_playable
+
+    missing = browser_missing()
+    if missing:
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with BackgroundServer(create_app(load_playable(run_dir))) as url:
+        with sync_playwright() as playwright:
+            context = launch(playwright, str(tmp_path / "profile"))
+            try:
+                page = context.new_page()
+                errors = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
+                page.goto(url + "?speed=0")
+                page.wait_for_function("window.wmlabPlay && window.wmlabPlay.lastFrame", timeout=30_000)
+                assert "latent 8" in page.inner_text("#keys") and page.is_disabled("#show-real")
+                for expected, key in enumerate(["3", "8"], start=1):
+                    page.keyboard.press(key)
+                    page.wait_for_function(f"() => window.wmlabPlay.lastFrame.step === {expected}", timeout=10_000)
+                assert page.evaluate("() => window.wmlabPlay.lastFrame.action") == 7
+                upload = tmp_path / "photo.png"
+                upload.write_bytes(png_bytes(90, 40))
+                page.set_input_files("#upload", str(upload))
+                page.wait_for_function("() => window.wmlabPlay.lastFrame.source === 'image'", timeout=10_000)
+                assert errors == []
+            finally:
+                context.close()
+        result = measure(url, seconds=2.0)  # turn-based: the next key as soon as a frame is drawn
+    assert result["frames_per_second"] > 0 and result["key_presses_measured"] >= 1
+
+
+# --- few-label behavioural cloning ------------------------------------------------------------------
+
+
+def test_latent_to_real_map_by_hand():
+    from wmlab.pipelines.genie_cloning import latent_to_real
+
+    latent = np.array([0, 0, 0, 2, 2, 5])
+    real = np.array([1, 1, 3, 4, 4, 4])
+    # Latent 0 was seen with 1, 1, 3 -> 1; latent 2 -> 4; latent 5 -> 4; unseen ones -> 4, the most frequent.
+    assert latent_to_real(latent, real, codes=8, actions=5).tolist() == [1, 4, 4, 4, 4, 4, 4, 4]
+
+
+def test_the_scripted_expert_reaches_the_goal():
+    from wmlab.pipelines.genie_cloning import record_expert
+
+    frames, actions, success = record_expert(episodes=3, steps=60, seed=0)
+    assert success == 1.0 and [len(f) for f in frames] == [len(a) + 1 for a in actions]
+
+
+def test_cloning_pipeline_smoke(run_dir, tmp_path):
+    out = tmp_path / "cloning.json"
+    arguments = ["pipeline", "genie-cloning", str(run_dir), "--labels", "5", "--expert-episodes", "2"]
+    arguments += ["--updates", "2", "--batch-size", "4", "--eval-episodes", "1", "--episode-steps", "10"]
+    assert main([*arguments, "--seeds", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [row["seed"] for row in result["seeds"]] == [0, 1]
+    assert set(result["summary"]) == {"latent_policy", "oracle_all_labels", "random"}
+    assert len(result["seeds"][0]["map"]) == 8 and np.asarray(result["expert_video_grounding"]["confusion"]).shape == (
+        5,
+        8,
+    )
