@@ -157,3 +157,60 @@ def test_the_main_job_writes_every_report_section_within_its_time_limit(tmp_path
     # The moving-pixel error beside the repeat-the-last-frame baseline, and how to play.
     assert "moving-pixel MSE, repeat last real frame" in page
     assert f"wmlab play {run_dir}" in page
+
+
+# --- the foreground-weighted image loss ---------------------------------------------------------
+
+
+def test_foreground_weights_mark_the_pixels_that_differ_from_the_batch_mean_frame():
+    import torch
+
+    from wmlab.models.rssm import foreground_weights
+
+    frames = torch.full((4, 3, 8, 8), -0.4)
+    frames[0, 0, 2:4, 2:4] = 0.4  # a bright square in one frame of four
+    weights = foreground_weights(frames, weight=10.0, threshold=0.1)
+    assert weights.shape == (4, 1, 8, 8)
+    # Where the square is, every frame differs from the mean frame (the square's frame by 0.6,
+    # the others by 0.2): the region where something moves weighs 10, the rest 1.
+    assert torch.all(weights[:, 0, 2:4, 2:4] == 10.0)
+    assert weights.sum() == 4 * 64 + 9 * 4 * 4
+    # A static batch has no foreground.
+    assert torch.all(foreground_weights(torch.zeros(3, 3, 8, 8), 10.0, 0.1) == 1.0)
+
+
+def test_the_foreground_weight_scales_the_image_loss_but_not_the_reported_mse():
+    import dataclasses
+
+    import torch
+    from gymnasium import spaces
+
+    from wmlab.core.errors import ConfigError
+    from wmlab.core.types import Batch
+    from wmlab.models.rssm import RSSM, RSSMConfig
+
+    observation_space = spaces.Dict({"image": spaces.Box(0, 255, (16, 16, 3), np.uint8)})
+    action_space = spaces.Box(-1, 1, (2,), np.float32)
+    generator = np.random.default_rng(0)
+    images = np.full((2, 3, 16, 16, 3), 20, dtype=np.uint8)
+    images[0, :, 4:8, 4:8] = 230
+    batch = Batch(
+        obs={"image": images},
+        action=generator.uniform(-1, 1, (2, 3, 2)).astype(np.float32),
+        reward=np.zeros((2, 3), np.float32),
+        is_first=np.eye(2, 3, dtype=bool)[[0, 0]],
+        is_last=np.zeros((2, 3), bool),
+        is_terminal=np.zeros((2, 3), bool),
+    )
+    config = RSSMConfig(size="tiny", cnn_multipliers=(1, 2), stochastic_size=4, classes=4)
+    results = []
+    for weight in (1.0, 10.0):
+        torch.manual_seed(0)
+        model = RSSM(dataclasses.replace(config, foreground_weight=weight), observation_space, action_space)
+        model.generator = torch.Generator().manual_seed(1)
+        results.append(model.loss(batch)[1])
+    plain, weighted = results
+    assert weighted["loss/image"] > 1.5 * plain["loss/image"]
+    assert weighted["wm/image_mse"] == pytest.approx(plain["wm/image_mse"])
+    with pytest.raises(ConfigError, match="foreground_weight"):
+        dataclasses.replace(config, foreground_weight=0.5)

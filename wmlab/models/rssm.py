@@ -132,6 +132,8 @@ class RSSMConfig(Config):
         reward_bins=at_least(2),
         free_nats=NON_NEGATIVE,
         overshooting_distance=NON_NEGATIVE,
+        foreground_weight=at_least(1),
+        foreground_threshold=FRACTION,
     )
 
     size: str | None = "size1m"
@@ -206,6 +208,14 @@ class RSSMConfig(Config):
     this distance, towards the posterior; 0 turns it off."""
     loss_scales: RSSMLossScales = field(default_factory=RSSMLossScales)
     """Weights of the loss terms."""
+    foreground_weight: float = 1.0
+    """Weight, in the image reconstruction loss, of the pixels that differ from the batch's mean
+    frame by more than `foreground_threshold` in some channel (the objects that move between
+    frames or episodes); the rest weigh 1. 1 is every paper's plain sum of squared errors; larger
+    values are a deviation that makes small objects dominate the loss early."""
+    foreground_threshold: float = 0.1
+    """How far (pixel / 255) a target pixel must lie from the batch's mean frame, in its largest
+    channel, to count as foreground for `foreground_weight`."""
 
 
 def resolve_widths(config: RSSMConfig) -> RSSMWidths:
@@ -308,6 +318,14 @@ def term_name(key: str) -> str:
     """The loss term of observation `key`: `loss/image`, `loss/vector`, ... (prefixed with obs_
     where a key would shadow another term)."""
     return f"obs_{key}" if key in _RESERVED_TERMS else key
+
+
+def foreground_weights(target: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
+    """Per-pixel weights (N, 1, H, W) of the image loss for targets (N, C, H, W): `weight` where a
+    pixel differs from the batch's mean frame by more than `threshold` in some channel, else 1."""
+    mean_frame = target.mean(0, keepdim=True)
+    foreground = (target - mean_frame).abs().amax(1, keepdim=True) > threshold
+    return 1.0 + (weight - 1.0) * foreground.float()
 
 
 def stack_width(input_size: int, units: int, layers: int) -> int:
@@ -748,15 +766,18 @@ class RSSM(nn.Module):
 
         terms: dict[str, torch.Tensor] = {}
         weights: dict[str, float] = {}
+        image_errors: dict[str, torch.Tensor] = {}  # unweighted squared error per frame (B * T,)
         predictions = self.decoder(flat_features)
         for key in self.layout.image_keys:
             target = (
                 torch.as_tensor(batch.obs[key], device=self.device).flatten(0, 1).permute(0, 3, 1, 2).float() / 255.0
                 - 0.5
             )
-            terms[term_name(key)] = (
-                (predictions[key] - target).pow(2).sum((1, 2, 3)).unflatten(0, (sizes["B"], sizes["T"]))
-            )
+            squared = (predictions[key] - target).pow(2)  # (B * T, C, H, W)
+            image_errors[key] = squared.detach().sum((1, 2, 3))
+            if config.foreground_weight != 1.0:
+                squared = squared * foreground_weights(target, config.foreground_weight, config.foreground_threshold)
+            terms[term_name(key)] = squared.sum((1, 2, 3)).unflatten(0, (sizes["B"], sizes["T"]))
             weights[term_name(key)] = scales.image
         for key in self.layout.vector_keys:
             target = torch.as_tensor(batch.obs[key], device=self.device).flatten(0, 1).float()
@@ -796,7 +817,7 @@ class RSSM(nn.Module):
             predicted_reward = self.two_hot.decode(reward_output) if self.two_hot is not None else reward_output[..., 0]
             metrics["wm/reward_mse"] = (predicted_reward - reward).pow(2).mean()
             for key in self.layout.image_keys:
-                metrics[f"wm/{key}_mse"] = terms[term_name(key)].mean() / math.prod(predictions[key].shape[1:])
+                metrics[f"wm/{key}_mse"] = image_errors[key].mean() / math.prod(predictions[key].shape[1:])
         posterior = {name: value.detach() for name, value in posterior.items()}
         return total, metrics, posterior
 
