@@ -179,11 +179,14 @@ def stable(record: dict) -> dict:
 
 
 def weights_hash(run_dir: Path) -> str:
-    """A hash of the final checkpoint's tensors that ignores their names (a renamed key is not a
-    change of behaviour): the sorted digests of every tensor's bytes."""
+    """A hash of the final checkpoint's tensors (weights, optimiser moments, random states, replay)
+    that ignores their names (a renamed key is not a change of behaviour): the sorted digests of
+    every tensor's bytes."""
     digests = []
     for path in sorted(run_dir.rglob("*.safetensors")):
-        for tensor in load_file(str(path)).values():
+        for key, tensor in load_file(str(path)).items():
+            if "/plan_" in key:  # the planners' pending statistics, not weights
+                continue
             digests.append(hashlib.sha256(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest())
     return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:12]
 
@@ -209,6 +212,9 @@ def run_case(name: str, steps: int, root: Path) -> dict:
     seconds = time.perf_counter() - started
     records = [stable(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     metrics_hash = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:12]
+    # The same without the planners' own statistics (`plan/...`), which an agent may begin to log.
+    unplanned = [{key: value for key, value in record.items() if not key.startswith("plan/")} for record in records]
+    unplanned_hash = hashlib.sha256(json.dumps(unplanned, sort_keys=True).encode()).hexdigest()[:12]
     trained = [record for record in records if any(key.startswith("loss/") for key in record)]
     losses = {key: value for key, value in (trained[-1] if trained else {}).items() if key.startswith("loss/")}
     return {
@@ -216,6 +222,7 @@ def run_case(name: str, steps: int, root: Path) -> dict:
         "steps": settings["steps"],
         "eval_return": summary.get("eval/return"),
         "metrics_hash": metrics_hash,
+        "metrics_hash_without_plan": unplanned_hash,
         "records": len(records),
         "weights_hash": weights_hash(run_dir),
         "last_losses": losses,

@@ -1,18 +1,20 @@
 """The MPC agent: acting, learning, exact resume, incompatible spaces, and that planning through
 the learned model beats random actions on a tiny known task."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 
 from wmlab.agents.mpc import MPCAgent, MPCConfig
-from wmlab.agents.mpc.agent import discounted_return
-from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.errors import IncompatibleSpaceError, RunDirectoryError, ShapeError
 from wmlab.core.protocols import Agent
 from wmlab.core.serialization import load_state, save_state
 from wmlab.core.types import Batch
 from wmlab.models.mlp import MLPWorldModelConfig
+from wmlab.planners.rollout import discounted_return, imagined_return
 from wmlab.planners.shooting import RandomShootingConfig
 
 torch.set_num_threads(1)
@@ -201,3 +203,49 @@ def test_planning_through_the_learned_model_beats_random_actions():
     # optimum (about -4) (measured: within 1.8 of it, where random is 17.5 short).
     assert random_return < optimal_return - 10
     assert planned_return > optimal_return - 0.25 * (optimal_return - random_return)
+
+
+def test_planet_and_mpc_are_one_agent_differing_by_preset():
+    from wmlab.agents.planet.agent import PlaNetAgent
+    from wmlab.core.registry import ALGORITHMS
+
+    assert PlaNetAgent is MPCAgent
+    assert ALGORITHMS.get("planet").load() is ALGORITHMS.get("mpc").load() is MPCAgent
+    with pytest.raises(TypeError, match="no planner for"):
+        MPCAgent(replace(TINY, planner=TINY.model), VECTOR, BOX, seed=0)
+
+
+def test_exploration_noise_is_in_units_of_half_the_action_range():
+    """The planners' unit: noise 0.5 on a Box of half-range 2 jitters planned actions by std 1."""
+    wide = spaces.Box(-2.0, 2.0, (1,), np.float32)
+    agent = MPCAgent(replace(TINY, exploration_noise=0.5), VECTOR, wide, seed=0)
+    jittered = agent.add_noise(torch.zeros(20_000, 1))
+    # Within one std of a normal: 68 % (std 2, the full range's unit, would give 38 %); the
+    # clipping at the bounds (2 std) moves only the tails.
+    assert (jittered.abs() < 1.0).float().mean().item() == pytest.approx(0.683, abs=0.02)
+
+
+def test_imagined_return_scores_candidates_through_the_model():
+    agent = MPCAgent(TINY, VECTOR, BOX, seed=0)
+    start = torch.tensor([0.5])
+    candidates = torch.rand((5, 4, 1), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        trajectory = agent.world_model.imagine(start.expand(5, -1), candidates)
+    expected = discounted_return(trajectory.rewards, trajectory.continues, TINY.discount)
+    torch.testing.assert_close(imagined_return(agent.world_model, start, candidates, TINY.discount), expected)
+    torch.testing.assert_close(agent.rollout(start, candidates), expected)
+
+
+def test_a_checkpoint_that_names_the_model_model_still_loads():
+    """MPC checkpoints written before the agent's state dict came from `modules()`."""
+    agent = MPCAgent(TINY, VECTOR, BOX, seed=0)
+    agent.update(random_batch(BOX))
+    state = agent.state_dict()
+    state["model"] = state.pop("world_model")
+    fresh = MPCAgent(TINY, VECTOR, BOX, seed=1)
+    fresh.load_state_dict(state)
+    for mine, theirs in zip(fresh.world_model.parameters(), agent.world_model.parameters()):
+        assert torch.equal(mine, theirs)
+    del state["model"]
+    with pytest.raises(RunDirectoryError, match="no weights for 'world_model'"):
+        fresh.load_state_dict(state)

@@ -100,8 +100,8 @@ def assert_same_state(first: dict, second: dict) -> None:
     assert first["counters"] == second["counters"]
     assert first["lines"] == second["lines"]
     assert first["episodes"] == second["episodes"]
-    for name, tensor in first["agent"]["model"].items():
-        assert torch.equal(tensor, second["agent"]["model"][name]), name
+    for name, tensor in first["agent"]["world_model"].items():
+        assert torch.equal(tensor, second["agent"]["world_model"][name]), name
     assert json.dumps(first["agent"]["optimizer"]["param_groups"]) == json.dumps(
         second["agent"]["optimizer"]["param_groups"]
     )

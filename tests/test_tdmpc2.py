@@ -445,8 +445,8 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, env):
         return [{k: v for k, v in row.items() if k.startswith(("loss/", "eval/", "policy/q"))} for row in rows]
 
     assert lines(tmp_path / "resumed") == lines(tmp_path / "straight")
-    weights_a = load_state(tmp_path / "straight" / "checkpoints" / "rank0", "agent")["model"]
-    weights_b = load_state(tmp_path / "resumed" / "checkpoints" / "rank0", "agent")["model"]
+    weights_a = load_state(tmp_path / "straight" / "checkpoints" / "rank0", "agent")["world_model"]
+    weights_b = load_state(tmp_path / "resumed" / "checkpoints" / "rank0", "agent")["world_model"]
     for name, tensor in weights_a.items():
         assert torch.equal(tensor, weights_b[name]), name
 

@@ -84,8 +84,8 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
     weights_a = load_state(tmp_path / "straight" / "checkpoints" / "rank0", "agent")
     weights_b = load_state(tmp_path / "resumed" / "checkpoints" / "rank0", "agent")
-    for name, tensor in weights_a["model"].items():
-        assert torch.equal(tensor, weights_b["model"][name]), name
+    for name, tensor in weights_a["world_model"].items():
+        assert torch.equal(tensor, weights_b["world_model"][name]), name
 
 
 def test_a_time_limit_ends_the_run_like_its_last_step(tmp_path):
@@ -241,8 +241,8 @@ def test_data_parallel_smoke_two_processes(tmp_path):
         if "train/updates" in line
     ]
     assert log_steps == [50, 100, 150, 200]  # global steps, each written once: by rank 0 alone
-    rank0 = load_state(run_dir / "checkpoints" / "rank0", "agent")["model"]
-    rank1 = load_state(run_dir / "checkpoints" / "rank1", "agent")["model"]
+    rank0 = load_state(run_dir / "checkpoints" / "rank0", "agent")["world_model"]
+    rank1 = load_state(run_dir / "checkpoints" / "rank1", "agent")["world_model"]
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), name
     # each rank collected its own data (100 steps each: the episodes are still in progress)

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
 
 import tyro
 
@@ -97,44 +96,19 @@ def _confirm_named_environment(argv: list[str]) -> None:
 def _train_command_class(agent_config: type, algorithm: str = DEFAULT_ALGORITHM) -> type:
     """A dataclass for tyro: the run's identity plus the loop's and the algorithm's configs
     (`algorithm` is the --algo default shown by --help, the one whose config it lists)."""
-    from wmlab.runs.config import TrainConfig
-
-    def documented(kind, help_text):
-        return Annotated[kind, tyro.conf.arg(help=help_text)]
+    from wmlab.runs.config import TrainConfig, command_option, run_directory_options
 
     return dataclasses.make_dataclass(
         "TrainCommand",
         [
-            (
-                "algo",
-                documented(str, "Algorithm (wmlab list shows them); the options below are this algorithm's."),
-                dataclasses.field(default=algorithm),
+            command_option(
+                "algo", str, "Algorithm (wmlab list shows them); the options below are this algorithm's.", algorithm
             ),
-            (
-                "env",
-                documented(str, "Environment: a wmlab name, a gymnasium id, or my_package.module:EnvId-v0."),
-                dataclasses.field(default=DEFAULT_ENV),
+            command_option(
+                "env", str, "Environment: a wmlab name, a gymnasium id, or my_package.module:EnvId-v0.", DEFAULT_ENV
             ),
-            (
-                "env_kwargs",
-                documented(str, 'Environment options as JSON, e.g. \'{"observation": "pixels"}\'.'),
-                dataclasses.field(default="{}"),
-            ),
-            (
-                "run_dir",
-                documented(Path | None, "Run directory (default runs/ALGO-ENV-seedSEED)."),
-                dataclasses.field(default=None),
-            ),
-            (
-                "force",
-                documented(bool, "Replace a run directory that already holds a run."),
-                dataclasses.field(default=False),
-            ),
-            (
-                "resume",
-                documented(Path | None, "Continue the run in this directory from its last checkpoint."),
-                dataclasses.field(default=None),
-            ),
+            command_option("env_kwargs", str, 'Environment options as JSON, e.g. \'{"observation": "pixels"}\'.', "{}"),
+            *run_directory_options("runs/ALGO-ENV-seedSEED"),
             ("train", TrainConfig, dataclasses.field(default_factory=TrainConfig)),
             ("agent", agent_config, dataclasses.field(default_factory=agent_config)),
         ],

@@ -147,7 +147,7 @@ for _entry in [
     ),
     Entry(
         "planet",
-        "wmlab.agents.planet.agent:PlaNetAgent",
+        "wmlab.agents.mpc.agent:MPCAgent",
         "PlaNet: CEM planning in the latent space of a Gaussian RSSM (Hafner et al. 2019)",
         "wmlab.agents.planet.config:PlaNetConfig",
     ),

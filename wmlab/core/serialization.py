@@ -142,3 +142,22 @@ def save_checkpoint_directory(target: Path, states: dict[str, Any]) -> None:
         target.rename(previous)
     staging.rename(target)
     shutil.rmtree(previous, ignore_errors=True)
+
+
+def module_states(modules: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{name: the module's state dict} for an agent's `modules()`: the weights part of its
+    `state_dict`, under the names the training loop broadcasts them by."""
+    return {name: dict(module.state_dict()) for name, module in modules.items()}
+
+
+def load_module_states(modules: dict[str, Any], state: dict[str, Any], aliases: dict[str, str] | None = None) -> None:
+    """Inverse of `module_states`: load each module from `state[name]`, or from
+    `state[aliases[name]]` where an older checkpoint named it so."""
+    aliases = aliases or {}
+    for name, module in modules.items():
+        key = aliases[name] if name not in state and name in aliases else name
+        if key not in state:
+            raise RunDirectoryError(
+                f"the checkpoint holds no weights for {name!r}; it has {', '.join(sorted(map(str, state)))}"
+            )
+        module.load_state_dict(state[key])

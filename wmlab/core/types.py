@@ -89,3 +89,19 @@ class Trajectory:
     continues: Any
     observations: dict[str, Any] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+def replay_step(
+    observation: dict[str, Any], action: Any, reward: float, first: bool, last: bool, terminal: bool
+) -> dict[str, np.ndarray]:
+    """One environment step as the replay buffer and the datasets store it: the observation's keys
+    plus action, reward (float32) and the is_first / is_last / is_terminal flags."""
+    step = {key: np.asarray(value) for key, value in observation.items()}
+    step.update(
+        action=np.asarray(action),
+        reward=np.float32(reward),
+        is_first=np.bool_(first),
+        is_last=np.bool_(last),
+        is_terminal=np.bool_(terminal),
+    )
+    return step

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from wmlab.core.errors import RunDirectoryError, WmlabError
-from wmlab.core.types import Batch
+from wmlab.core.types import Batch, replay_step
 from wmlab.data.dataset import load_dataset
 from wmlab.envs.adapter import make_env
 from wmlab.eval import world_model_metrics as metrics
@@ -100,7 +100,7 @@ def collect_episodes(
         for episode in range(episodes):
             observation, _ = env.reset(seed=seed + episode)
             steps = [
-                _stored_step(
+                replay_step(
                     observation,
                     np.zeros(space.shape, dtype=space.dtype if space.shape else np.int64),
                     0.0,
@@ -116,27 +116,13 @@ def collect_episodes(
                 action, agent_state = agent.act(batched, agent_state, explore=explore)
                 action = unbatch_action(action)
                 observation, reward, terminated, truncated, _ = env.step(action)
-                steps.append(_stored_step(observation, action, reward, False, terminated or truncated, terminated))
+                steps.append(replay_step(observation, action, reward, False, terminated or truncated, terminated))
                 if terminated or truncated:
                     break
             collected.append({key: np.stack([step[key] for step in steps]) for key in steps[0]})
     finally:
         env.close()
     return collected
-
-
-def _stored_step(
-    observation: dict, action: Any, reward: float, first: bool, last: bool, terminal: bool
-) -> dict[str, np.ndarray]:
-    step = {key: np.asarray(value) for key, value in observation.items()}
-    step.update(
-        action=np.asarray(action),
-        reward=np.float32(reward),
-        is_first=np.bool_(first),
-        is_last=np.bool_(last),
-        is_terminal=np.bool_(terminal),
-    )
-    return step
 
 
 def episode_windows(episodes: Sequence[dict[str, np.ndarray]], count: int, length: int, seed: int = 0) -> Batch:

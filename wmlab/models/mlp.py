@@ -23,7 +23,7 @@ from torch import nn
 
 from wmlab.core.config import COUNT, POSITIVE, Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape
+from wmlab.core.shapes import check_shape, imagined_length
 from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.mlp import MLP
@@ -183,15 +183,8 @@ class MLPWorldModel(nn.Module):
         Differentiable; wrap in torch.no_grad() when planning."""
         sizes = check_shape("state", state, ("B", self.observation_size))
         policy = actions_or_policy if callable(actions_or_policy) else None
-        if policy is None:
-            actions = self.encode_action(actions_or_policy, ("B", "L"), sizes)
-            if horizon is not None and horizon != sizes["L"]:
-                raise ShapeError(
-                    f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}"
-                )
-            horizon = sizes["L"]
-        elif horizon is None:
-            raise ValueError("imagine with a policy needs a horizon")
+        actions = None if policy is not None else self.encode_action(actions_or_policy, ("B", "L"), sizes)
+        horizon = imagined_length(actions, horizon, sizes, policy is not None)
 
         state = state.to(self.dtype)
         states, taken, rewards, logits = [], [], [], []

@@ -36,8 +36,8 @@ from gymnasium import spaces
 from torch import nn
 
 from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, at_least, ranges
-from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape
+from wmlab.core.errors import IncompatibleSpaceError
+from wmlab.core.shapes import check_shape, imagined_length
 from wmlab.core.spaces import action_layout as space_action_layout
 from wmlab.core.spaces import discrete_action_input
 from wmlab.core.types import Batch, Trajectory
@@ -671,19 +671,13 @@ class RSSM(nn.Module):
         sizes = check_shape("state['deter']", state["deter"], ("B", self.deterministic_size))
         check_shape("state['stoch']", state["stoch"], ("B", self.stochastic_features), sizes)
         policy = actions_or_policy if callable(actions_or_policy) else None
-        if policy is None:
-            if model_space:
-                actions = torch.as_tensor(actions_or_policy, device=self.device)
-                check_shape("actions", actions, ("B", "L", self.action_size), sizes)
-            else:
-                actions = self.encode_action(actions_or_policy, ("B", "L"), sizes)
-            if horizon is not None and horizon != sizes["L"]:
-                raise ShapeError(
-                    f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}"
-                )
-            horizon = sizes["L"]
-        elif horizon is None:
-            raise ValueError("imagine with a policy needs a horizon")
+        actions = None
+        if policy is None and model_space:
+            actions = torch.as_tensor(actions_or_policy, device=self.device)
+            check_shape("actions", actions, ("B", "L", self.action_size), sizes)
+        elif policy is None:
+            actions = self.encode_action(actions_or_policy, ("B", "L"), sizes)
+        horizon = imagined_length(actions, horizon, sizes, policy is not None)
         if noise is None:
             noise = self.draw_noise((sizes["B"], horizon))
         else:

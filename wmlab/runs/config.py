@@ -2,9 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import tyro
 
 from wmlab.core.config import COUNT, NON_NEGATIVE, POSITIVE, Config, ranges
+
+
+def command_option(name: str, kind: Any, help_text: str, default: Any) -> tuple[str, Any, Any]:
+    """One field of a command's dataclass (for dataclasses.make_dataclass), documented for --help."""
+    return (name, Annotated[kind, tyro.conf.arg(help=help_text)], dataclasses.field(default=default))
+
+
+def run_directory_options(default_location: str) -> list[tuple[str, Any, Any]]:
+    """run_dir, force and resume: the options of every command that trains into a run directory."""
+    return [
+        command_option("run_dir", Path | None, f"Run directory (default {default_location}).", None),
+        command_option("force", bool, "Replace a run directory that already holds a run.", False),
+        command_option("resume", Path | None, "Continue the run in this directory from its last checkpoint.", None),
+    ]
 
 
 @dataclass(frozen=True)

@@ -69,13 +69,9 @@ class RunSpec:
 def load_run_spec(run_dir: Path) -> RunSpec:
     """Read RUN_DIR/config.json back into typed configs; clear errors when missing or corrupt."""
     path = Path(run_dir) / CONFIG_FILE
-    if not Path(run_dir).is_dir():
-        raise RunDirectoryError(f"run directory {run_dir} does not exist")
-    if not path.is_file():
-        raise RunDirectoryError(f"{run_dir} holds no run ({CONFIG_FILE} is missing)")
+    raw = _read_config(Path(run_dir))
     try:
-        raw = json.loads(path.read_text())
-        if isinstance(raw, dict) and raw.get("kind") == OFFLINE_KIND:
+        if raw.get("kind") == OFFLINE_KIND:
             raise RunDirectoryError(
                 f"{run_dir} holds a world model trained offline, not an agent: evaluate it with `wmlab eval {run_dir} --suite horizon` (or calibration, bound, controllability)"
             )
@@ -278,3 +274,16 @@ def load_trained_model(run_dir: str | Path):
     model = build_world_model(spec)
     model.load_state_dict(load_state(checkpoint, MODEL_STATE))
     return spec, model
+
+
+def refuse_to_overwrite(run_dir: Path, force: bool) -> bool:
+    """Whether `run_dir` holds a run that `force` lets the caller replace; without `force` such a
+    directory raises RunDirectoryError saying how to continue or replace it."""
+    if not (run_dir.exists() and any(run_dir.iterdir())):
+        return False
+    if not force:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run; pass --resume {run_dir} to continue it, "
+            "--force to replace it, or choose another --run-dir"
+        )
+    return True

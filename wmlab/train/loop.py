@@ -33,17 +33,23 @@ import numpy as np
 import torch
 
 from wmlab.core import distributed
-from wmlab.core.errors import RunDirectoryError
 from wmlab.core.faults import kill_point
 from wmlab.core.files import replace_durably, sync, write_durably
 from wmlab.core.progress import TrainingProgress
 from wmlab.core.serialization import load_state, save_state
-from wmlab.core.types import Transition
+from wmlab.core.types import Transition, replay_step
 from wmlab.data.replay import ReplayBuffer
 from wmlab.envs.adapter import make_env
 from wmlab.eval.returns import episode_task, evaluate_agent, unbatch_action
 from wmlab.runs.config import TrainConfig
-from wmlab.runs.directory import COMPLETE_FILE, CONFIG_FILE, RunSpec, build_agent, resume_checkpoint
+from wmlab.runs.directory import (
+    COMPLETE_FILE,
+    CONFIG_FILE,
+    RunSpec,
+    build_agent,
+    refuse_to_overwrite,
+    resume_checkpoint,
+)
 from wmlab.train.logger import MetricsAverager, MetricsLogger
 
 
@@ -132,14 +138,8 @@ class Trainer:
         if resume:
             resume_checkpoint(self.run_dir, self.rank)
             return
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            if not force:
-                raise RunDirectoryError(
-                    f"{self.run_dir} already holds a run; pass --resume {self.run_dir} to continue it, "
-                    "--force to replace it, or choose another --run-dir"
-                )
-            if distributed.is_main_process():
-                shutil.rmtree(self.run_dir)
+        if refuse_to_overwrite(self.run_dir, force) and distributed.is_main_process():
+            shutil.rmtree(self.run_dir)
         distributed.barrier()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if distributed.is_main_process():
@@ -252,15 +252,7 @@ class Trainer:
     def _store(self, index: int, observation, action, reward, first: bool, last: bool, terminal: bool) -> None:
         if self.replay is None:
             return
-        step = dict(observation)
-        step.update(
-            action=np.asarray(action),
-            reward=np.float32(reward),
-            is_first=np.bool_(first),
-            is_last=np.bool_(last),
-            is_terminal=np.bool_(terminal),
-        )
-        self.replay.add(step, env_index=index)
+        self.replay.add(replay_step(observation, action, reward, first, last, terminal), env_index=index)
 
     def _batched_observations(self) -> dict[str, np.ndarray]:
         batched = {key: np.stack([obs[key] for obs in self.observations]) for key in self.observations[0]}

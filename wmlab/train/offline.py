@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ from wmlab.core.serialization import (
     save_checkpoint_directory,
 )
 from wmlab.data.dataset import MANIFEST_FILE, OfflineDataset, load_dataset, read_manifest
-from wmlab.runs.config import OfflineTrainConfig
+from wmlab.runs.config import OfflineTrainConfig, command_option, run_directory_options
 from wmlab.runs.directory import (
     CONFIG_FILE,
     MODEL_STATE,
@@ -58,6 +58,7 @@ from wmlab.runs.directory import (
     build_world_model,
     is_offline_run,
     load_offline_run_spec,
+    refuse_to_overwrite,
 )
 from wmlab.train.logger import MetricsAverager, MetricsLogger
 
@@ -136,12 +137,7 @@ class OfflineTrainer:
             if not self._checkpoint_directory().is_dir():
                 raise RunDirectoryError(f"cannot resume {self.run_dir}: it has no checkpoint")
             return
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            if not force:
-                raise RunDirectoryError(
-                    f"{self.run_dir} already holds a run; pass --resume {self.run_dir} to continue it, "
-                    "--force to replace it, or choose another --run-dir"
-                )
+        if refuse_to_overwrite(self.run_dir, force):
             shutil.rmtree(self.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / CONFIG_FILE).write_text(json.dumps(self.spec.to_json(), indent=2))
@@ -254,38 +250,12 @@ def wants_offline(argv: list[str]) -> bool:
 
 def _command_class(model_config: type) -> type:
     """A dataclass for tyro: the model family, the dataset, the trainer's and the model's configs."""
-
-    def documented(kind, help_text):
-        return Annotated[kind, tyro.conf.arg(help=help_text)]
-
     return dataclasses.make_dataclass(
         "OfflineTrainCommand",
         [
-            (
-                "model",
-                documented(str, "World-model family (wmlab list shows them)."),
-                dataclasses.field(default="rssm"),
-            ),
-            (
-                "dataset",
-                documented(Path | None, "Dataset directory written by `wmlab record`."),
-                dataclasses.field(default=None),
-            ),
-            (
-                "run_dir",
-                documented(Path | None, "Run directory (default runs/MODEL-DATASET-seedSEED)."),
-                dataclasses.field(default=None),
-            ),
-            (
-                "force",
-                documented(bool, "Replace a run directory that already holds a run."),
-                dataclasses.field(default=False),
-            ),
-            (
-                "resume",
-                documented(Path | None, "Continue the run in this directory from its last checkpoint."),
-                dataclasses.field(default=None),
-            ),
+            command_option("model", str, "World-model family (wmlab list shows them).", "rssm"),
+            command_option("dataset", Path | None, "Dataset directory written by `wmlab record`.", None),
+            *run_directory_options("runs/MODEL-DATASET-seedSEED"),
             ("train", OfflineTrainConfig, dataclasses.field(default_factory=OfflineTrainConfig)),
             ("world_model", model_config, dataclasses.field(default_factory=model_config)),
         ],

@@ -34,8 +34,10 @@ from wmlab.agents.dreamer.hooks import UpdateHook, hooks_from_config
 from wmlab.agents.dreamer.optim import Optimizer
 from wmlab.core import distributed
 from wmlab.core.errors import IncompatibleSpaceError
+from wmlab.core.serialization import load_module_states, module_states
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Trajectory, Transition
+from wmlab.eval.open_loop import write_open_loop_report
 from wmlab.losses.returns import lambda_returns, return_scale, update_return_percentiles
 from wmlab.models.rssm import RSSM, State, dense_stack, resolve_widths
 from wmlab.nn.categorical import categorical_entropy, log_softmax, sample_one_hot, unimix_logits
@@ -488,8 +490,6 @@ class DreamerAgent:
         """Write open-loop prediction videos and an imagined-vs-real reward figure (wmlab.eval.open_loop)."""
         if not self.config.open_loop_report or replay is None or not distributed.is_main_process():
             return
-        from wmlab.eval.open_loop import write_open_loop_report
-
         write_open_loop_report(self.world_model, replay, run_dir)
 
     # --- checkpoints -------------------------------------------------------------------------
@@ -497,10 +497,7 @@ class DreamerAgent:
     def state_dict(self) -> dict[str, Any]:
         """Weights, optimiser moments, return statistics, counters and the random state."""
         return {
-            "world_model": dict(self.world_model.state_dict()),
-            "actor": dict(self.actor.state_dict()),
-            "critic": dict(self.critic.state_dict()),
-            "slow_critic": dict(self.slow_critic.state_dict()),
+            **module_states(self.modules()),
             "optimizers": {
                 "model": self.model_optimizer.state_dict(),
                 "actor": self.actor_optimizer.state_dict(),
@@ -514,10 +511,7 @@ class DreamerAgent:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.world_model.load_state_dict(state["world_model"])
-        self.actor.load_state_dict(state["actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.slow_critic.load_state_dict(state["slow_critic"])
+        load_module_states(self.modules(), state)
         self.model_optimizer.load_state_dict(state["optimizers"]["model"])
         self.actor_optimizer.load_state_dict(state["optimizers"]["actor"])
         self.critic_optimizer.load_state_dict(state["optimizers"]["critic"])

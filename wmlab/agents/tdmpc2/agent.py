@@ -24,6 +24,7 @@ from gymnasium import spaces
 from wmlab.agents.tdmpc2.config import TDMPC2Config
 from wmlab.core.distributed import average_gradients
 from wmlab.core.errors import ShapeError
+from wmlab.core.serialization import load_module_states, module_states
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.tdmpc import TDMPCModel
@@ -279,7 +280,7 @@ class TDMPC2Agent:
         """Weights (target ensemble and Q scale included), both optimisers, the step clock and the
         acting generator: everything a resumed run needs to continue exactly."""
         return {
-            "model": dict(self.model.state_dict()),
+            **module_states(self.modules()),
             "optimizer": self.optimizer.state_dict(),
             "policy_optimizer": self.policy_optimizer.state_dict(),
             "steps": self.steps,
@@ -287,7 +288,8 @@ class TDMPC2Agent:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        # Checkpoints written before 2026-12-06 name the model "model".
+        load_module_states(self.modules(), state, aliases={"world_model": "model"})
         self.optimizer.load_state_dict(state["optimizer"])
         self.policy_optimizer.load_state_dict(state["policy_optimizer"])
         self.steps = int(state["steps"])
