@@ -73,7 +73,7 @@ from wmlab.core.shapes import check_shape, format_expected, shape_matches
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.distributions import TwoHot
 from wmlab.nn.transformer import KeyValueCache, Transformer, TransformerConfig
-from wmlab.nn.vq import VectorQuantizer
+from wmlab.nn.vq import CodebookLossScales, VectorQuantizer
 
 State = dict[str, torch.Tensor]
 #: State entries of a key-value cache carried between imagine calls (see TokenWorldModel.imagine).
@@ -142,8 +142,9 @@ SIZES: dict[str, TokenWidths] = {
 
 
 @dataclass(frozen=True)
-class TokenLossScales:
-    """Weights of the loss terms, in one place (each reported unweighted as `loss/<term>`)."""
+class TokenLossScales(CodebookLossScales):
+    """Weights of the loss terms, in one place (each reported unweighted as `loss/<term>`); the
+    codebook and commitment weights come from nn/vq.py's CodebookLossScales."""
 
     reconstruction: float = 1.0
     """Mean absolute pixel error of the tokenizer, pixels in [0, 1] (`loss/reconstruction`; IRIS's L1 term)."""
@@ -155,10 +156,6 @@ class TokenLossScales:
     background (the per-pixel median of its frames): weight 1 + this; 0: off (IRIS). Without it
     small objects (MinAtar's ball and paddle, two-rooms' agent) vanish: the pixel loss is lowest
     drawing the background only (docs/benchmarks.md, IRIS agent section)."""
-    codebook: float = 1.0
-    """||sg(z) - e||^2, moves the codes (`loss/codebook`)."""
-    commitment: float = 0.25
-    """||z - sg(e)||^2, VQ-VAE's beta (0.25 in IRIS) (`loss/commitment`)."""
     tokens: float = 1.0
     """Cross-entropy of the next frame's tokens (`loss/tokens`)."""
     reward: float = 1.0

@@ -61,7 +61,7 @@ class IrisCPUConfig(IrisConfig):
     imagined rollouts of 20 steps per update (burn-in 4), learning rates 3e-4 (the tokenizer's
     1e-3), the world model after 200 updates and the actor-critic after 400; the tokenizer weighs
     pixels off the background 21 times (`foreground` 20: else MinAtar's ball and paddle and
-    two-rooms' agent vanish from the reconstructions) and restarts unused codes quickly onto the
+    two-rooms' agent vanish from the reconstructions) and restarts unused codes onto the
     worst-represented encodings. The tokenizer makes 4 x 4 = 16 tokens of any
     square frame of side 16, 32, 64 (IRIS's count); on MinAtar: `--env minatar:breakout --env-kwargs
     '{"size": 16}' --train.batch-size 8 --train.sequence-length 10 --train.train-ratio 20
@@ -69,7 +69,7 @@ class IrisCPUConfig(IrisConfig):
 
     model: TokenWorldModelConfig = field(
         default_factory=lambda: TokenWorldModelConfig(
-            size="cpu", loss_scales=TokenLossScales(foreground=20.0), usage_decay=0.9, restart_on="error"
+            size="cpu", loss_scales=TokenLossScales(foreground=20.0), restart_on="error"
         )
     )
     learner: ImaginationConfig = field(
