@@ -118,6 +118,44 @@ def test_dead_codes_restart_on_encoder_outputs():
     assert quantizer(data).restarted == 0  # never in evaluation
 
 
+def test_error_targeted_restarts_go_to_the_worst_represented_encodings():
+    """restart_on="error": a rare vector far from its code (a small object sharing the
+    background's code) gets the restarted codes; uniform restarts land on the common vectors."""
+    common = torch.zeros(200, 2)
+    rare = torch.tensor([[4.0, 4.0]])
+    encodings = torch.cat([common, rare])
+    errors = encodings.pow(2).sum(-1)  # every vector is quantised to a code at the origin
+    for restart_on, expected in (("error", 1.0), ("random", 0.0)):
+        torch.manual_seed(0)
+        quantizer = VectorQuantizer(8, 2, dead_code_threshold=0.5, restart_on=restart_on)
+        quantizer.average_usage[4:] = 0.0  # four dead codes
+        assert quantizer.restart_dead_codes(encodings, errors) == 4
+        moved = quantizer.codebook.weight[4:]
+        near_rare = ((moved - rare).norm(dim=-1) < 0.1).float().mean().item()
+        assert near_rare == expected
+    with pytest.raises(ValueError, match="restart_on"):
+        VectorQuantizer(8, 2, restart_on="nearest")
+
+
+def test_foreground_weights_mark_pixels_off_the_background():
+    from wmlab.models.tokens import TokenLossScales
+
+    config = TokenWorldModelConfig(size="tiny", loss_scales=TokenLossScales(foreground=20.0))
+    model = TokenWorldModel(config, SMALL, spaces.Discrete(3))
+    frames = torch.as_tensor(moving_square_frames(6)).permute(0, 3, 1, 2).float() / 255  # (6, 3, 16, 16)
+    weights = model.foreground_weights(frames)
+    square = (frames - torch.tensor([0, 0, 40 / 255])[:, None, None]).abs().amax(1, keepdim=True) > 0.5
+    square &= ~(frames[:, :1] > 0.5).all(0, keepdim=True)  # the grey bar is background
+    assert weights.shape == (6, 1, 16, 16) and set(weights.unique().tolist()) == {1.0, 21.0}
+    assert torch.equal(
+        weights == 21.0, (frames - frames.median(0, keepdim=True).values).abs().amax(1, keepdim=True) > 0.1
+    )
+    assert (weights[square] == 21.0).float().mean() > 0.9  # the moving square is foreground
+    assert torch.equal(
+        TokenWorldModel(TINY, SMALL, spaces.Discrete(3)).foreground_weights(frames), torch.ones(6, 1, 16, 16)
+    )
+
+
 def test_quantiser_refuses_bad_tokens_and_shapes():
     quantizer = VectorQuantizer(8, 4)
     with pytest.raises(ShapeError, match=r"\[0, 8\)"):

@@ -73,7 +73,7 @@ from wmlab.core.shapes import check_shape, format_expected, shape_matches
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.distributions import TwoHot
 from wmlab.nn.transformer import KeyValueCache, Transformer, TransformerConfig
-from wmlab.nn.vq import VectorQuantizer
+from wmlab.nn.vq import CodebookLossScales, VectorQuantizer
 
 State = dict[str, torch.Tensor]
 #: State entries of a key-value cache carried between imagine calls (see TokenWorldModel.imagine).
@@ -142,23 +142,20 @@ SIZES: dict[str, TokenWidths] = {
 
 
 @dataclass(frozen=True)
-class TokenLossScales:
-    """Weights of the loss terms, in one place (each reported unweighted as `loss/<term>`)."""
+class TokenLossScales(CodebookLossScales):
+    """Weights of the loss terms, in one place (each reported unweighted as `loss/<term>`); the
+    codebook and commitment weights come from nn/vq.py's CodebookLossScales."""
 
     reconstruction: float = 1.0
     """Mean absolute pixel error of the tokenizer, pixels in [0, 1] (`loss/reconstruction`; IRIS's L1 term)."""
     squared_error: float = 10.0
     """Mean squared pixel error of the tokenizer (`loss/squared_error`): stands in for IRIS's
     perceptual loss, which is left out; without it small objects are lost to the L1 median."""
-    moving_pixels: float = 0.0
-    """Extra weight, in both reconstruction terms, of the pixels that change between a frame and
-    the frame before or after it in its episode (weight 1 + this); 0: off (IRIS). Without it small
-    moving objects (MinAtar's ball and paddle, two-rooms' agent) vanish under the static
-    background: the pixel loss is lowest drawing the background only (docs/benchmarks.md)."""
-    codebook: float = 1.0
-    """||sg(z) - e||^2, moves the codes (`loss/codebook`)."""
-    commitment: float = 0.25
-    """||z - sg(e)||^2, VQ-VAE's beta (0.25 in IRIS) (`loss/commitment`)."""
+    foreground: float = 0.0
+    """Extra weight, in both reconstruction terms, of the pixels that differ from the batch's
+    background (the per-pixel median of its frames): weight 1 + this; 0: off (IRIS). Without it
+    small objects (MinAtar's ball and paddle, two-rooms' agent) vanish: the pixel loss is lowest
+    drawing the background only (docs/benchmarks.md, IRIS agent section)."""
     tokens: float = 1.0
     """Cross-entropy of the next frame's tokens (`loss/tokens`)."""
     reward: float = 1.0
@@ -918,33 +915,25 @@ class TokenWorldModel(nn.Module):
         total, metrics = self.loss_terms(batch, text, drop)
         return total, {name: float(value) for name, value in zip(metrics, torch.stack(list(metrics.values())).tolist())}
 
-    def moving_weights(self, frames: torch.Tensor, is_first: torch.Tensor) -> torch.Tensor | None:
-        """Pixel weights (B * T, 1, H, W) of frames (B * T, Ch, H, W) in windows with is_first
-        (B, T): 1 + loss_scales.moving_pixels where a pixel differs (by more than 0.1 in any
-        channel) from the same pixel of the frame before or after it in the same episode; None
-        when moving_pixels is 0."""
-        scale = self.config.loss_scales.moving_pixels
-        if scale <= 0:
-            return None
-        B, T = is_first.shape
-        video = frames.reshape(B, T, *frames.shape[1:])
-        changed = (video[:, 1:] - video[:, :-1]).abs().amax(2, keepdim=True) > 0.1  # (B, T - 1, 1, H, W)
-        changed = changed & ~is_first[:, 1:, None, None, None].bool()  # no change across an episode start
-        moving = torch.zeros_like(video[:, :, :1], dtype=torch.bool)
-        moving[:, 1:] |= changed
-        moving[:, :-1] |= changed
-        return (1.0 + scale * moving.float()).reshape(B * T, 1, *frames.shape[2:])
+    def foreground_weights(self, frames: torch.Tensor) -> torch.Tensor:
+        """Pixel weights (N, 1, H, W) of frames (N, Ch, H, W): 1 + loss_scales.foreground where a
+        pixel differs (by more than 0.1 in any channel) from the batch's background, the
+        per-pixel median of its N frames (all ones when foreground is 0 or N is 1)."""
+        scale = self.config.loss_scales.foreground
+        if scale <= 0 or frames.shape[0] < 2:
+            return torch.ones_like(frames[:, :1])
+        background = frames.median(0, keepdim=True).values
+        foreground = (frames - background).abs().amax(1, keepdim=True) > 0.1
+        return 1.0 + scale * foreground.float()
 
-    def tokenizer_terms(
-        self, frames: torch.Tensor, weights: torch.Tensor | None = None
-    ) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor]:
+    def tokenizer_terms(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor]:
         """The tokenizer's loss terms for frames (N, Ch, H, W) in [0, 1], pixels weighted by
-        weights (N, 1, H, W) when given (`moving_weights`): ({reconstruction, squared_error,
-        codebook, commitment}, the `Quantized` result, reconstructions (N, Ch, H, W))."""
+        `foreground_weights`: ({reconstruction, squared_error, codebook, commitment}, the
+        `Quantized` result, reconstructions (N, Ch, H, W))."""
         quantized = self.tokenizer.encode(frames)
         reconstruction = self.tokenizer.decode_codes(quantized.quantized)
         error = reconstruction - frames
-        weights = torch.ones_like(frames[:, :1]) if weights is None else weights
+        weights = self.foreground_weights(frames)
         terms = {
             "reconstruction": (weights * error.abs()).mean(),
             "squared_error": (weights * error.pow(2)).mean(),
@@ -984,7 +973,7 @@ class TokenWorldModel(nn.Module):
             check_shape("text", text, ("B", self.text_size) if text.dim() == 2 else ("B", "T", self.text_size), sizes)
 
         if tokenizer:
-            terms, quantized, reconstruction = self.tokenizer_terms(frames, self.moving_weights(frames, is_first))
+            terms, quantized, reconstruction = self.tokenizer_terms(frames)
         else:
             terms, reconstruction = {}, None
             was_training = self.tokenizer.training

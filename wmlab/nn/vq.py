@@ -30,6 +30,17 @@ from torch import nn
 from wmlab.core.errors import ShapeError
 
 
+@dataclass(frozen=True)
+class CodebookLossScales:
+    """The quantiser's two loss weights, shared by the loss-scale configs of every family with a
+    VQ tokenizer (wmlab.models.tokens; Genie's GenieLossScales may take them the same way)."""
+
+    codebook: float = 1.0
+    """||sg(z) - e||^2, moves the codes (`loss/codebook`)."""
+    commitment: float = 0.25
+    """||z - sg(e)||^2, VQ-VAE's beta (0.25 in VQ-VAE, IRIS and Genie) (`loss/commitment`)."""
+
+
 @dataclass
 class Quantized:
     """The result of quantising a batch of vectors z (..., D)."""

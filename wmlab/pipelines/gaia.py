@@ -101,8 +101,8 @@ class GaiaConfig:
     """Probability that a window's text is replaced by the null text (classifier-free guidance)."""
     action_dropout: float = 0.15
     """Probability that a window's actions are replaced by the null action."""
-    moving_pixels: float = 20.0
-    """Extra reconstruction weight of pixels that change between frames (the agent); see TokenLossScales."""
+    foreground: float = 20.0
+    """Extra reconstruction weight of pixels that differ from the batch's background (the agent, the goal); see TokenLossScales."""
     starts: int = 16
     """Held-out start frames per prompt for text fidelity."""
     steps: int = 6
@@ -126,7 +126,7 @@ def model_config(config: GaiaConfig, text_size: int) -> TokenWorldModelConfig:
         text_dropout=config.text_dropout,
         action_dropout=config.action_dropout,
         guided="text",
-        loss_scales=TokenLossScales(moving_pixels=config.moving_pixels),
+        loss_scales=TokenLossScales(foreground=config.foreground),
     )
 
 

@@ -130,11 +130,8 @@ class IrisAgent(ImaginationAgent):
         frames = model.frames(batch.obs, ("B", "T"), {})
         count = min(config.tokenizer_frames, frames.shape[0])
         chosen = torch.randperm(frames.shape[0], generator=self.generator)[:count].to(self.device)
-        weights = model.moving_weights(frames, torch.as_tensor(batch.is_first, device=self.device))
         model.tokenizer.train()
-        terms, quantized, reconstruction = model.tokenizer_terms(
-            frames[chosen], None if weights is None else weights[chosen]
-        )
+        terms, quantized, reconstruction = model.tokenizer_terms(frames[chosen])
         scales = config.model.loss_scales
         loss = sum(getattr(scales, name) * terms[name] for name in TOKENIZER_TERMS)
         self.tokenizer_optimizer.zero_grad(set_to_none=True)
