@@ -8,6 +8,14 @@ GameNGen's context-noise ablation in small.
     # denoiser trained here for --minutes on random two-rooms episodes (64 x 64)
     python benchmarks/diffusion_generation.py realtime --baseline 12a29dc --minutes 8 --out realtime.json
 
+    # DIAMOND's denoising-steps ablation in small: a fresh actor-critic trained in the imagination
+    # of RUN_DIR's world model with 1, 3, 10 denoising steps; its return inside and outside the model
+    python benchmarks/diffusion_generation.py steps-ablation RUN_DIR --updates 150 --out ablation.json
+
+    # UniSim in small: does the instruction-conditioned model (logs/unisim_cmd.sh trains one) move
+    # the agent as told? Agreement of the probed move with the instruction at guidance 0, 1, 3
+    python benchmarks/diffusion_generation.py unisim RUN_DIR --out unisim.json
+
     # GameNGen's figure in small: the denoiser trained on RUN_DIR's replay with and without
     # context-noise augmentation, PSNR of autoregressive generation under recorded actions
     python benchmarks/diffusion_generation.py context-noise RUN_DIR --minutes 10 --out noise.json
@@ -270,6 +278,178 @@ def realtime(arguments) -> dict:
     }
 
 
+def imagined_return(agent, model, batch: Batch, denoising_steps: int, greedy: bool) -> float:
+    """Mean undiscounted return of the agent's policy in the world model's imagination: the
+    learner's own rollout (burn-in on the batch's first steps, `horizon` imagined steps), rewards
+    weighted by the probability that the episode still runs."""
+    learner = agent.learner
+    config = learner.config
+    head = slice(0, config.burn_in)
+    images = batch.obs["image"][:, head]
+    count = len(images)
+    with torch.no_grad():
+        _, start = model.observe(
+            {"image": images}, batch.action[:, head], batch.is_first[:, head], model.initial(count)
+        )
+        recurrent = learner.network.initial(count, learner.device)
+        real = torch.as_tensor(images).float() / 255
+        for t in range(config.burn_in - 1):
+            _, _, recurrent = learner.network(real[:, t], recurrent)
+        acting = [recurrent]
+
+        def policy(state):
+            logits, _, acting[0] = learner.network(model.decode(state)["image"].float(), acting[0])
+            return logits.argmax(-1) if greedy else learner.sample(logits)
+
+        trajectory = model.imagine(start, policy, config.horizon, denoising_steps=denoising_steps)
+        alive = torch.cat([torch.ones_like(trajectory.continues[:, :1]), trajectory.continues[:, :-1].cumprod(1)], 1)
+    return float((trajectory.rewards * alive).sum(1).mean())
+
+
+def steps_ablation(arguments) -> dict:
+    """For each denoising-step count k: a fresh actor-critic (the run's seed) trained for `updates`
+    updates only in the imagination of RUN_DIR's trained world model with k steps (replay batches
+    of the run), then its return inside the model (imagined with k steps, sampled and greedy
+    actions) and outside (greedy episodes in the real environment)."""
+    from wmlab.agents.imagination.learner import ImaginationLearner
+    from wmlab.eval.returns import evaluate_agent
+    from wmlab.eval.suites import world_model_of
+    from wmlab.runs.directory import load_trained_agent
+
+    torch.set_num_threads(arguments.threads)
+    spec, agent = load_trained_agent(arguments.run_dir)
+    model = world_model_of(agent).eval()
+    episodes = replay_episodes(arguments.run_dir)
+    length = spec.train.sequence_length
+    probe = episode_windows(episodes, arguments.probe, agent.learner.config.burn_in, seed=arguments.seed + 7)
+    rows = []
+    for steps in arguments.denoising_steps:
+        generator = torch.Generator().manual_seed(arguments.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(arguments.seed)
+            H, W = model.image_size
+            agent.learner = ImaginationLearner(
+                agent.learner.config, (H, W, model.image_channels), model.action_size, agent.device, generator
+            )
+        agent.generator = generator
+        rng = np.random.default_rng(arguments.seed)
+        begin = time.perf_counter()
+        trace = []
+        for update in range(arguments.updates):
+            batch = episode_windows(episodes, spec.train.batch_size, length, seed=int(rng.integers(1 << 31)))
+            metrics = agent.learner.update(model, batch, denoising_steps=steps)
+            if update % 25 == 0 or update == arguments.updates - 1:
+                trace.append({"update": update, "ac/return": metrics["ac/return"], "ac/entropy": metrics["ac/entropy"]})
+        seconds = time.perf_counter() - begin
+        inside = {
+            f"inside_{mode}": imagined_return(agent, model, probe, steps, mode == "greedy")
+            for mode in ("sampled", "greedy")
+        }
+        outside = evaluate_agent(
+            agent,
+            spec.env,
+            arguments.episodes,
+            10_000_000 + arguments.seed,
+            spec.env_kwargs,
+            max_steps=arguments.max_steps,
+        )
+        row = {
+            "denoising_steps": steps,
+            "updates": arguments.updates,
+            "seconds": seconds,
+            **inside,
+            "outside_return": outside["eval/return"],
+            "outside_return_std": outside["eval/return_std"],
+            "outside_episodes": arguments.episodes,
+            "trace": trace,
+        }
+        rows.append(row)
+        print(json.dumps({key: value for key, value in row.items() if key != "trace"}), flush=True)
+    return {
+        "run": str(arguments.run_dir),
+        "env": spec.env,
+        "env_kwargs": spec.env_kwargs,
+        "seed": arguments.seed,
+        "rows": rows,
+    }
+
+
+MOVES = ("move left", "move right", "move up", "move down")
+
+
+def unisim(arguments) -> dict:
+    """Held-out captioned two-rooms starts (seeds 100,000 + i), `steps` frames generated under each
+    movement instruction at each guidance scale; the agent's move between consecutive frames is
+    read by gaia_small's probe (agent-coloured centroid); agreement = probed move == instruction."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gaia_small import probe_moves
+
+    from wmlab.data.captions import record_captioned_two_rooms
+    from wmlab.data.dataset import load_dataset
+    from wmlab.data.instructions import write_instruction_dataset
+    from wmlab.nn.text import load_text_encoder
+    from wmlab.runs.directory import load_trained_model
+
+    torch.set_num_threads(arguments.threads)
+    _, model = load_trained_model(arguments.run_dir)
+    model.eval()
+    encoder = load_text_encoder()
+    folder = Path(tempfile.mkdtemp(prefix="unisim_held_out_"))
+    record_captioned_two_rooms(folder / "captioned", arguments.held_out, seed=100_000)
+    write_instruction_dataset(folder / "captioned", folder / "instructions", encoder)
+    episodes = list(load_dataset(folder / "instructions").episodes())
+    K = model.context
+    starts = held_out_windows(episodes, K, arguments.held_out, arguments.seed)
+    real_moves = probe_moves(starts.obs["image"])
+    with torch.no_grad():
+        _, state = model.observe(
+            {"image": starts.obs["image"], "condition": starts.obs["condition"]},
+            starts.action,
+            starts.is_first,
+            model.initial(arguments.held_out),
+        )
+        table = torch.as_tensor(encoder.encode(list(MOVES))).float()
+    rows = []
+    for guidance in arguments.guidance:
+        agreement = {}
+        missing = []
+        for index, text in enumerate(MOVES):
+            torch.manual_seed(arguments.seed)
+            condition = table[index : index + 1].expand(arguments.held_out, -1)
+            trajectory = model.imagine(
+                state,
+                torch.zeros(arguments.held_out, arguments.steps, dtype=torch.long),
+                condition=condition,
+                guidance=guidance,
+                predict_rewards=False,
+            )
+            last = torch.as_tensor(starts.obs["image"][:, -1:]).float() / 255
+            frames = torch.cat([last, trajectory.observations["image"].float()], 1).numpy()
+            moves = probe_moves(frames)
+            agreement[text] = float((moves == text).mean())
+            missing.append(float((moves == "no agent").mean()))
+        rows.append(
+            {
+                "guidance": guidance,
+                "agreement": float(np.mean(list(agreement.values()))),
+                "per_instruction": agreement,
+                "no_agent_share": float(np.mean(missing)),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    chance = {text: float((real_moves == text).mean()) for text in MOVES}
+    return {
+        "run": str(arguments.run_dir),
+        "held_out": arguments.held_out,
+        "steps": arguments.steps,
+        "rows": rows,
+        "real_move_shares_in_context": chance,
+    }
+
+
 def context_noise(arguments) -> dict:
     from wmlab.envs.adapter import make_env
     from wmlab.models.diffusion import DIFFUSION_CPU
@@ -356,6 +536,18 @@ def main() -> None:
     clock.add_argument("--frames", type=int, default=50)
     clock.add_argument("--rounds", type=int, default=5)
     clock.add_argument("--sequences", type=int, default=16)
+    ablation = commands.add_parser("steps-ablation")
+    ablation.add_argument("run_dir", type=Path)
+    ablation.add_argument("--denoising-steps", type=int, nargs="+", default=[1, 3, 10])
+    ablation.add_argument("--updates", type=int, default=150)
+    ablation.add_argument("--episodes", type=int, default=50, help="real-environment episodes per row")
+    ablation.add_argument("--max-steps", type=int, default=1000)
+    ablation.add_argument("--probe", type=int, default=64, help="imagined rollouts for the return inside the model")
+    text = commands.add_parser("unisim")
+    text.add_argument("run_dir", type=Path)
+    text.add_argument("--held-out", type=int, default=16)
+    text.add_argument("--steps", type=int, default=6)
+    text.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 3.0])
     noise = commands.add_parser("context-noise")
     noise.add_argument("run_dir", type=Path)
     noise.add_argument("--minutes", type=float, default=10.0)
@@ -364,12 +556,18 @@ def main() -> None:
     noise.add_argument("--held-out", type=int, default=3)
     noise.add_argument("--sequences", type=int, default=16)
     noise.add_argument("--figure", type=Path, default=None)
-    for sub in (fast, clock, noise):
+    for sub in (fast, clock, ablation, text, noise):
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--threads", type=int, default=1)
         sub.add_argument("--out", type=Path, required=True)
     arguments = parser.parse_args()
-    commands_run = {"speed": speed, "realtime": realtime, "context-noise": context_noise}
+    commands_run = {
+        "speed": speed,
+        "realtime": realtime,
+        "steps-ablation": steps_ablation,
+        "unisim": unisim,
+        "context-noise": context_noise,
+    }
     result = commands_run[arguments.command](arguments)
     import sys
 

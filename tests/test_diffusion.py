@@ -312,6 +312,24 @@ def test_guidance_scale_one_is_the_conditional_model():
 # Bad input
 
 
+def test_the_fast_sampling_path_equals_the_plain_network():
+    """The context's input convolution computed once per frame, channels-last activations and the
+    fused modulation give the network's output on the concatenated input, in either layout."""
+    torch.manual_seed(0)
+    unet = UNet(9, 3, (8, 8), (1, 1), 16)
+    with torch.no_grad():
+        for parameter in unet.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    context, noisy, condition = torch.randn(2, 6, SIDE, SIDE), torch.randn(2, 3, SIDE, SIDE), torch.randn(2, 16)
+    with torch.no_grad():
+        whole = unet(torch.cat([context, noisy], 1), condition)
+        split = unet(noisy, condition, unet.leading_response(context))
+        unet.channels_last = False
+        plain = unet(torch.cat([context, noisy], 1), condition)
+    assert float(whole.abs().max()) > 1e-2 and whole.is_contiguous()
+    assert torch.allclose(split, whole, atol=1e-5) and torch.allclose(plain, whole, atol=1e-5)
+
+
 def test_a_frame_size_the_unet_cannot_take_is_refused():
     odd = spaces.Dict({"image": spaces.Box(0, 255, (60, 60, 3), np.uint8)})
     with pytest.raises(IncompatibleSpaceError, match="multiples of 8"):
