@@ -42,7 +42,10 @@ and "history_actions" (B, C) the last C frames and the latent actions that led t
 Deviations from Genie: sizes (the "genie" preset keeps the paper's codebooks, patch sizes, 16
 frames and MaskGIT settings at a much smaller width); plain VQ with dead-code restarts; learned
 position embeddings; the MaskGIT confidence is the sampled token's probability without MaskGIT's
-annealed Gumbel noise.
+annealed Gumbel noise. Two options of the latent action model, off by default, for video where
+little moves (two-rooms: 0.4 % of the pixels change per step): `loss_scales.action_motion`
+weights the next-frame error on changed pixels, and `action_sees_frames=False` gives its encoder
+the change alone (docs/benchmarks.md, Genie: what they do to grounding).
 
 Shape legend: B batch, T time, L horizon, C context frames, S tokens per frame, V tokenizer
 codebook, E code size, A latent action codes, P patch pixels (p * p * Ch), D width,
