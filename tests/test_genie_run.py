@@ -157,6 +157,10 @@ def test_a_genie_run_plays_its_latent_actions_on_keys_1_to_8(run_dir):
     assert frame.real is None and frame.source == "reset" and frame.dream.shape == (64, 64, 3)
     frame = session.step(7)
     assert frame.step == 1 and frame.action == 7 and frame.real is None
+    # The MaskGIT steps per frame are a slider, starting at the model's own.
+    assert playable.knobs == {"temperature": 1.0, "sampling_steps": playable.model.config.maskgit_steps}
+    session.settings(sampling_steps=2)
+    assert session.step(0).step == 2
     # Any image starts a world: a 30 x 50 PNG is cropped and resized to 64 x 64.
     frame = session.start_from_image(png_bytes(30, 50))
     assert frame.source == "image" and frame.dream.shape == (64, 64, 3)

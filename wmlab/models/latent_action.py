@@ -42,7 +42,10 @@ and "history_actions" (B, C) the last C frames and the latent actions that led t
 Deviations from Genie: sizes (the "genie" preset keeps the paper's codebooks, patch sizes, 16
 frames and MaskGIT settings at a much smaller width); plain VQ with dead-code restarts; learned
 position embeddings; the MaskGIT confidence is the sampled token's probability without MaskGIT's
-annealed Gumbel noise.
+annealed Gumbel noise. Two options of the latent action model, off by default, for video where
+little moves (two-rooms: 0.4 % of the pixels change per step): `loss_scales.action_motion`
+weights the next-frame error on changed pixels, and `action_sees_frames=False` gives its encoder
+the change alone (docs/benchmarks.md, Genie: what they do to grounding).
 
 Shape legend: B batch, T time, L horizon, C context frames, S tokens per frame, V tokenizer
 codebook, E code size, A latent action codes, P patch pixels (p * p * Ch), D width,
@@ -211,6 +214,11 @@ class GenieConfig:
     """The observation key read (uint8 (H, W, Ch)); other keys are ignored."""
     loss_scales: GenieLossScales = field(default_factory=GenieLossScales)
     """Weights of the loss terms."""
+
+    @property
+    def sampling_steps(self) -> int:
+        """maskgit_steps, under the name of `imagine`'s argument (the play page's slider reads it)."""
+        return self.maskgit_steps
 
 
 def resolve_widths(config: GenieConfig) -> GenieWidths:
@@ -745,12 +753,12 @@ class GenieWorldModel(nn.Module):
         actions_or_policy: Any | Callable[[State], Any],
         horizon: int | None = None,
         temperature: float | None = None,
-        steps: int | None = None,
+        sampling_steps: int | None = None,
         decode: bool = False,
         generator: torch.Generator | None = None,
     ) -> Trajectory:
         """Roll the dynamics from state (B, ...) with latent actions (B, L) (or one-hot (B, L, A))
-        or a policy(state) -> (B,), generating each frame by MaskGIT in `steps` steps (None: the
+        or a policy(state) -> (B,), generating each frame by MaskGIT in `sampling_steps` steps (None: the
         config's) at a temperature (None: the config's; 0: argmax). Step l of the result is the
         state reached by action l: states (B, L, ...), actions (B, L) long, rewards 0 and
         continues 1 (B, L) (Genie predicts neither), observations when `decode`."""
@@ -767,7 +775,7 @@ class GenieWorldModel(nn.Module):
         elif horizon is None:
             raise ValueError("imagine with a policy needs a horizon")
         temperature = self.config.temperature if temperature is None else float(temperature)
-        steps = self.config.maskgit_steps if steps is None else int(steps)
+        steps = self.config.maskgit_steps if sampling_steps is None else int(sampling_steps)
         generator = generator if generator is not None else self.generator
         S, C = self.tokens_per_frame, self.context
         current, trajectory, taken = state, [], []

@@ -77,6 +77,7 @@ function setup(info) {
   if (info.real_environment === false) {  // latent actions: no environment takes them
     $("show-real").checked = false;
     $("show-real").disabled = true;
+    $("dream-from-real").disabled = true;
     document.body.classList.add("no-real");
   }
   buildKnobs(info.knobs);
