@@ -31,6 +31,9 @@ import torch
 import tyro
 
 from wmlab.core.errors import WmlabError
+from wmlab.eval.suites import replay_episodes, world_model_of
+from wmlab.eval.world_model_metrics import psnr
+from wmlab.runs.directory import load_trained_agent
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,6 @@ def generate_frames(
     """Filter the episode's first `context` steps, then generate `steps` frames. Returns
     {"generated": uint8 (L, H, W, C), "real": uint8 (L, H, W, C) or None, "seconds": generation
     time, "fps", "psnr": per step or None}."""
-    from wmlab.eval.world_model_metrics import psnr
 
     options = dict(options or {})
     if actions not in ("recorded", "policy", "random"):
@@ -206,9 +208,6 @@ def write_contact_sheet(path: Path, generated: np.ndarray, real: np.ndarray | No
 
 
 def run(argv: list[str]) -> int:
-    from wmlab.eval.suites import replay_episodes, world_model_of
-    from wmlab.runs.directory import load_trained_agent
-
     command = tyro.cli(GenerateCommand, args=argv, prog="wmlab generate", description=__doc__.split("\n\n")[0])
     if command.steps < 1:
         raise WmlabError(f"--steps must be at least 1, got {command.steps}")
