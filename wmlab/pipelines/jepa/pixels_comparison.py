@@ -432,36 +432,18 @@ def compare(
         }
     # Both score a plan by its last predicted step (the RSSM decodes one frame per candidate);
     # JEPA is also planned with its distance summed over the horizon, the JEPA pipeline's objective.
-    jepa.config = replace(jepa.config, distance_at_end=True)
     episodes = arguments.eval_episodes
-    results["jepa"]["planning"] = evaluate(
-        jepa,
-        "distance",
-        episodes,
-        arguments.eval_steps,
-        seed=100_000,
-        log=log,
-        advance=bars.task("JEPA planning", episodes),
-    )
+
+    def planning(agent, objective: str, title: str) -> dict:
+        return evaluate(
+            agent, objective, episodes, arguments.eval_steps, seed=100_000, log=log, advance=bars.task(title, episodes)
+        )
+
+    jepa.config = replace(jepa.config, distance_at_end=True)
+    results["jepa"]["planning"] = planning(jepa, "distance", "JEPA planning")
     jepa.config = replace(jepa.config, distance_at_end=False)
-    results["jepa"]["planning_summed_over_horizon"] = evaluate(
-        jepa,
-        "distance",
-        episodes,
-        arguments.eval_steps,
-        seed=100_000,
-        log=log,
-        advance=bars.task("JEPA planning, distance summed", episodes),
-    )
-    results["rssm"]["planning"] = evaluate(
-        rssm,
-        "pixels",
-        episodes,
-        arguments.eval_steps,
-        seed=100_000,
-        log=log,
-        advance=bars.task("RSSM planning in pixels", episodes),
-    )
+    results["jepa"]["planning_summed_over_horizon"] = planning(jepa, "distance", "JEPA planning, distance summed")
+    results["rssm"]["planning"] = planning(rssm, "pixels", "RSSM planning in pixels")
     plot_latent_errors(
         {
             f"JEPA ({results['jepa']['parameters'] / 1e6:.2f} M parameters)": results["jepa"]["latent_normalised_mse"],
