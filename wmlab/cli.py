@@ -337,9 +337,13 @@ def envs_command(argv: list[str]) -> int:
 
 
 def generate_command(argv: list[str]) -> int:
-    from wmlab.eval.generation import run
+    from wmlab.eval.generation import generate, parse_command
+    from wmlab.pipelines import gaia
 
-    return run(argv)
+    command = parse_command(argv)
+    if gaia.is_gaia_run(command.run_dir):  # text-conditioned token model (GAIA-1 in small)
+        return gaia.generate_command(command)
+    return generate(command)
 
 
 def play_command(argv: list[str]) -> int:

@@ -37,6 +37,10 @@ import torch
 import tyro
 
 from wmlab.core.errors import WmlabError
+from wmlab.data.dataset import load_dataset
+from wmlab.eval.suites import replay_episodes, world_model_of
+from wmlab.eval.world_model_metrics import psnr
+from wmlab.runs.directory import is_offline_run, load_trained_agent, load_trained_model
 
 
 @dataclass(frozen=True)
@@ -143,7 +147,6 @@ def generate_frames(
     """Filter the episode's first `context` steps, then generate `steps` frames. Returns
     {"generated": uint8 (L, H, W, C), "real": uint8 (L, H, W, C) or None, "seconds": generation
     time, "fps", "psnr": per step or None}."""
-    from wmlab.eval.world_model_metrics import psnr
 
     options = dict(options or {})
     if actions not in ("recorded", "policy", "random"):
@@ -246,18 +249,21 @@ def write_contact_sheet(path: Path, generated: np.ndarray, real: np.ndarray | No
     return path
 
 
-def run(argv: list[str]) -> int:
-    from wmlab.data.dataset import load_dataset
-    from wmlab.eval.suites import replay_episodes, world_model_of
-    from wmlab.runs.directory import is_offline_run, load_trained_agent, load_trained_model
-
+def parse_command(argv: list[str]) -> GenerateCommand:
+    """`wmlab generate`'s arguments, checked."""
     command = tyro.cli(GenerateCommand, args=argv, prog="wmlab generate", description=__doc__.split("\n\n")[0])
     if command.steps < 1:
         raise WmlabError(f"--steps must be at least 1, got {command.steps}")
-    from wmlab.pipelines import gaia
+    return command
 
-    if gaia.is_gaia_run(command.run_dir):  # text-conditioned token model (GAIA-1 in small)
-        return gaia.generate_command(command)
+
+def run(argv: list[str]) -> int:
+    return generate(parse_command(argv))
+
+
+def generate(command: GenerateCommand) -> int:
+    """Write the video, contact sheet and summary of `command` (a run of any world model; GAIA
+    runs are dispatched by the CLI to wmlab.pipelines.gaia)."""
     offline = is_offline_run(command.run_dir)
     if offline:  # a world model fitted to a dataset starts from the dataset's episodes
         spec, model = load_trained_model(command.run_dir)

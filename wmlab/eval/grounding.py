@@ -31,8 +31,10 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+import torch
 
 from wmlab.core.errors import WmlabError
+from wmlab.eval import world_model_metrics as metrics
 
 # ----------------------------------------------------------------------------------------------
 # Pure measures
@@ -114,7 +116,6 @@ def grounding(
 ) -> dict[str, Any]:
     """Confusion matrix, mutual information and purity between the latent actions `model`
     reads in `sequences` windows of `video` (a VideoDataset with hidden_actions) and the true ones."""
-    import torch
 
     if video.hidden_actions is None:
         raise WmlabError(
@@ -190,9 +191,6 @@ def controllability(
 ) -> dict[str, Any]:
     """Genie's delta-PSNR per step on windows of `video`: latent actions read from the real future
     against latent actions drawn uniformly (common random numbers)."""
-    import torch
-
-    from wmlab.eval import world_model_metrics as metrics
 
     horizon = horizon or (model.context - context)
     batch, _ = _windows(video, sequences, context + horizon, seed)

@@ -27,6 +27,7 @@ import torch
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.types import Batch, replay_step
 from wmlab.data.dataset import load_dataset
+from wmlab.data.replay import read_episode
 from wmlab.envs.adapter import make_env
 from wmlab.eval import world_model_metrics as metrics
 from wmlab.eval.returns import unbatch_action
@@ -76,7 +77,6 @@ def world_model_of(agent: Any) -> Any:
 def replay_episodes(run_dir: str | Path, rank: int = 0) -> list[dict[str, np.ndarray]]:
     """The completed episodes stored in RUN_DIR/replay/rank<rank>/episodes, oldest first, read with
     the replay's checks (an unreadable, pickled or malformed file raises RunDirectoryError naming it)."""
-    from wmlab.data.replay import read_episode
 
     directory = Path(run_dir) / "replay" / f"rank{rank}" / "episodes"
     return [read_episode(path) for path in sorted(directory.glob("*.npz"))]
@@ -528,7 +528,6 @@ def report_section(run_dir: str | Path) -> str | None:
 def moving_pixel_table(result: dict) -> str:
     """HTML: the open-loop error over the moving pixels at each horizon beside the baseline that
     repeats the last real frame, and the whole-frame error (empty when no image key was measured)."""
-    import html
 
     at = result.get("at_horizon", {})
     model, baseline = at.get("open_loop", {}), at.get("repeat_last_frame", {})

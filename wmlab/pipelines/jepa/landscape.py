@@ -27,8 +27,13 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import tyro
 
-from wmlab.envs.two_rooms import TwoRooms, path_length
+from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
+from wmlab.core.serialization import load_state
+from wmlab.data.dataset import load_dataset
+from wmlab.envs.two_rooms import MIDDLE_X, TwoRooms, path_length
+from wmlab.pipelines.jepa.pipeline import PipelineArguments, planner_config, positions_from_frame
 
 Objective = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(frames (G, H, W, 3) uint8, goal frame (H, W, 3)) -> (G,) scores, higher is better."""
@@ -271,8 +276,6 @@ def wall_blocked_share(episodes, geometry, min_push: float = 0.4, near_wall: flo
     `near_wall` of the wall. Episodes are dicts with "image" (T, H, W, 3) and "action" (T, 2), row t
     holding the action that led to frame t (the dataset convention). What the data never show,
     a predictor cannot learn."""
-    from wmlab.envs.two_rooms import MIDDLE_X
-    from wmlab.pipelines.jepa.pipeline import positions_from_frame
 
     blocked = total = 0
     for episode in episodes:
@@ -326,7 +329,6 @@ def straight_line_scores(land: Landscape, layout: Layout) -> np.ndarray:
 
 def dataset_probe(agent, dataset, max_frames: int = 4000) -> dict[str, float]:
     """layout_probe on the recorded frames (evenly thinned to at most max_frames), labels read off by colour."""
-    from wmlab.pipelines.jepa.pipeline import positions_from_frame
 
     frames = np.concatenate([episode[agent.model.observation_key] for episode in dataset.episodes()])
     frames = frames[:: max(1, len(frames) // max_frames)]
@@ -381,12 +383,6 @@ class LandscapeArguments:
 
 def landscape_command(argv: list[str]) -> int:
     """`wmlab pipeline jepa-landscape --out RUN [--layouts N] ...`"""
-    import tyro
-
-    from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
-    from wmlab.core.serialization import load_state
-    from wmlab.data.dataset import load_dataset
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, planner_config
 
     arguments = tyro.cli(LandscapeArguments, args=argv, prog="wmlab pipeline jepa-landscape")
     results_path = arguments.out / "results.json"

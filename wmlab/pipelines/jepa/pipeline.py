@@ -23,12 +23,24 @@ from typing import Callable
 
 import numpy as np
 import torch
+import tyro
 
 from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, PredictorRefiner, make_value_learner
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig, default_mppi
 from wmlab.core.errors import RunDirectoryError, ShapeError
 from wmlab.core.progress import StageProgress
-from wmlab.envs.two_rooms import AGENT_RGB, GOAL_RGB, MIDDLE_X, WALL_RGB, TwoRoomsGeometry, scripted_action
+from wmlab.core.serialization import load_state, save_state
+from wmlab.data.dataset import load_dataset, record_dataset
+from wmlab.envs.two_rooms import (
+    AGENT_RGB,
+    GOAL_RGB,
+    MIDDLE_X,
+    WALL_RGB,
+    TwoRoomsGeometry,
+    make_two_rooms_pixels,
+    scripted_action,
+)
+from wmlab.models.jepa import JEPAConfig, JEPALossScales
 
 
 def positions_from_frame(frame: np.ndarray) -> np.ndarray:
@@ -386,7 +398,6 @@ def evaluate(
     advance: Callable[..., None] = no_progress,
 ) -> dict:
     """Success rate of MPC toward the goal image, random door, goal in the other room."""
-    from wmlab.envs.two_rooms import MIDDLE_X, make_two_rooms_pixels
 
     agent.config = replace(agent.config, objective=objective)
     env = make_two_rooms_pixels(max_episode_steps=max_steps)
@@ -449,8 +460,6 @@ def check_evaluation_layouts(arguments: PipelineArguments) -> None:
 
 
 def run_pipeline(arguments: PipelineArguments) -> dict:
-    from wmlab.data.dataset import load_dataset, record_dataset
-
     if arguments.retrain_value and not arguments.reuse_checkpoints:
         raise ValueError("--retrain-value retrains the value of saved checkpoints: pass --reuse-checkpoints too")
     check_evaluation_layouts(arguments)
@@ -543,7 +552,6 @@ def summarise_seeds(runs: list[dict]) -> dict[str, dict[str, float]]:
 
 def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
     """The agent configuration a pipeline run trains (and a later reader must rebuild to load it)."""
-    from wmlab.models.jepa import JEPAConfig, JEPALossScales
 
     model_config = JEPAConfig(
         collapse_prevention=arguments.collapse_prevention,
@@ -589,7 +597,6 @@ def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
 def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress, extra=None) -> dict:
     """Train (or load) one seed's model and value, then evaluate each objective. `extra`: more
     recorded episodes for the value and the predictor refinement only."""
-    from wmlab.core.serialization import load_state, save_state
 
     out = arguments.out
     torch.manual_seed(seed)
@@ -685,7 +692,6 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
 
 def jepa_command(argv: list[str]) -> int:
     """`wmlab pipeline jepa [--out DIR] [--train-steps N] ...`"""
-    import tyro
 
     arguments = tyro.cli(PipelineArguments, args=argv, prog="wmlab pipeline jepa")
     results = run_pipeline(arguments)

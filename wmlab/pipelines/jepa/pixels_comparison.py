@@ -30,11 +30,18 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
+import tyro
 from gymnasium import spaces
 
+from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, default_mppi
 from wmlab.core.progress import StageProgress
+from wmlab.core.serialization import load_state, save_state
 from wmlab.core.types import Batch, Observation, Transition
+from wmlab.data.dataset import load_dataset, record_dataset
+from wmlab.eval.suites import episode_windows
+from wmlab.eval.world_model_metrics import horizon_errors
+from wmlab.models.jepa import JEPAConfig
 from wmlab.models.rssm import RSSM, RSSMConfig, RSSMLossScales, State
 from wmlab.pipelines.jepa.pipeline import evaluate, exploration_policy, no_progress
 from wmlab.planners.mppi import MPPI, MPPIConfig
@@ -256,8 +263,6 @@ def train_for(
 
 def heldout_batch(directory: Path, windows: int, length: int, seed: int) -> Batch:
     """`windows` windows of `length` steps, each inside one held-out episode, drawn with a fixed seed."""
-    from wmlab.data.dataset import load_dataset
-    from wmlab.eval.suites import episode_windows
 
     return episode_windows(list(load_dataset(directory).episodes()), windows, length, seed=seed)
 
@@ -306,10 +311,6 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def run_comparison(arguments: ComparisonArguments) -> dict[str, Any]:
-    from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
-    from wmlab.data.dataset import load_dataset, record_dataset
-    from wmlab.models.jepa import JEPAConfig
-
     torch.set_num_threads(arguments.threads)
     if arguments.quick:
         arguments = replace(
@@ -376,8 +377,6 @@ def compare(
     arguments: ComparisonArguments, dataset: Any, jepa: Any, rssm: RSSMGoalAgent, bars: StageProgress
 ) -> dict[str, Any]:
     """Train (or load) both models, measure them on the held-out windows, plan with both."""
-    from wmlab.core.serialization import load_state, save_state
-    from wmlab.eval.world_model_metrics import horizon_errors
 
     out, log = arguments.out, arguments.out / "comparison.jsonl"
     checkpoints = out / f"comparison-seed{arguments.seed}"
@@ -433,36 +432,18 @@ def compare(
         }
     # Both score a plan by its last predicted step (the RSSM decodes one frame per candidate);
     # JEPA is also planned with its distance summed over the horizon, the JEPA pipeline's objective.
-    jepa.config = replace(jepa.config, distance_at_end=True)
     episodes = arguments.eval_episodes
-    results["jepa"]["planning"] = evaluate(
-        jepa,
-        "distance",
-        episodes,
-        arguments.eval_steps,
-        seed=100_000,
-        log=log,
-        advance=bars.task("JEPA planning", episodes),
-    )
+
+    def planning(agent, objective: str, title: str) -> dict:
+        return evaluate(
+            agent, objective, episodes, arguments.eval_steps, seed=100_000, log=log, advance=bars.task(title, episodes)
+        )
+
+    jepa.config = replace(jepa.config, distance_at_end=True)
+    results["jepa"]["planning"] = planning(jepa, "distance", "JEPA planning")
     jepa.config = replace(jepa.config, distance_at_end=False)
-    results["jepa"]["planning_summed_over_horizon"] = evaluate(
-        jepa,
-        "distance",
-        episodes,
-        arguments.eval_steps,
-        seed=100_000,
-        log=log,
-        advance=bars.task("JEPA planning, distance summed", episodes),
-    )
-    results["rssm"]["planning"] = evaluate(
-        rssm,
-        "pixels",
-        episodes,
-        arguments.eval_steps,
-        seed=100_000,
-        log=log,
-        advance=bars.task("RSSM planning in pixels", episodes),
-    )
+    results["jepa"]["planning_summed_over_horizon"] = planning(jepa, "distance", "JEPA planning, distance summed")
+    results["rssm"]["planning"] = planning(rssm, "pixels", "RSSM planning in pixels")
     plot_latent_errors(
         {
             f"JEPA ({results['jepa']['parameters'] / 1e6:.2f} M parameters)": results["jepa"]["latent_normalised_mse"],
@@ -478,7 +459,6 @@ def compare(
 
 def comparison_command(argv: list[str]) -> int:
     """`wmlab pipeline jepa-vs-rssm [--out DIR] [--train-steps N] ...`"""
-    import tyro
 
     arguments = tyro.cli(
         ComparisonArguments, args=argv, prog="wmlab pipeline jepa-vs-rssm", description=__doc__.splitlines()[0]

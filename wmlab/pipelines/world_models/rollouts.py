@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from wmlab.agents.world_models.agent import LinearController, controller_features
+from wmlab.envs.adapter import make_env
 from wmlab.envs.imagined import ImaginedEnv, map_state
 from wmlab.models.vae_mdnrnn import VAEMDNRNN, VAEMDNRNNConfig, prepare_frames
 
@@ -150,7 +151,6 @@ def run_real_episodes(
 
     Rows run in lockstep groups of `envs_per_batch`; `envs` is a cache of environments reused
     across calls (filled as needed)."""
-    from wmlab.envs.adapter import make_env
 
     envs = [] if envs is None else envs
     B = len(seeds)
@@ -215,8 +215,6 @@ _worker: dict[str, Any] = {}
 def _initialise_worker(
     config: VAEMDNRNNConfig, weights: dict[str, torch.Tensor], settings: RealRolloutSettings
 ) -> None:
-    from wmlab.envs.adapter import make_env
-
     torch.set_num_threads(1)
     env = make_env(settings.env_id, **settings.env_kwargs)
     model = VAEMDNRNN(config, env.observation_space, env.action_space)
