@@ -55,13 +55,18 @@ def timed(function) -> float:
     return time.perf_counter() - start
 
 
-def imagine(arguments) -> dict:
+def filtered_model(arguments) -> tuple[TokenWorldModel, dict, np.ndarray, int]:
+    """(the model, its state after 5 random frames, actions (B, horizon), tokens per rollout)."""
     torch.manual_seed(arguments.seed)
     model = TokenWorldModel(TokenWorldModelConfig(size=arguments.size), IMAGES, spaces.Discrete(4)).eval()
     batch = random_batch(arguments.batch, 5, spaces.Discrete(4), arguments.seed)
     _, last = model.observe(batch.obs, batch.action, batch.is_first)
     actions = np.random.default_rng(arguments.seed).integers(0, 4, (arguments.batch, arguments.horizon))
-    tokens = arguments.batch * arguments.horizon * model.tokens_per_frame
+    return model, last, actions, arguments.batch * arguments.horizon * model.tokens_per_frame
+
+
+def imagine(arguments) -> dict:
+    model, last, actions, tokens = filtered_model(arguments)
     model.imagine(last, actions[:, :1], 1)  # warm-up
     times = {True: [], False: []}
     for _ in range(arguments.rounds):
@@ -91,12 +96,7 @@ def step(arguments) -> dict:
     ("rebuilt", the behaviour before the cache travelled in the state), and no cache at all."""
     from wmlab.models.tokens import CACHE_KEYS
 
-    torch.manual_seed(arguments.seed)
-    model = TokenWorldModel(TokenWorldModelConfig(size=arguments.size), IMAGES, spaces.Discrete(4)).eval()
-    batch = random_batch(arguments.batch, 5, spaces.Discrete(4), arguments.seed)
-    _, last = model.observe(batch.obs, batch.action, batch.is_first)
-    actions = np.random.default_rng(arguments.seed).integers(0, 4, (arguments.batch, arguments.horizon))
-    tokens = arguments.batch * arguments.horizon * model.tokens_per_frame
+    model, last, actions, tokens = filtered_model(arguments)
 
     def run(mode: str) -> None:
         state = last

@@ -581,7 +581,7 @@ def generate(run_dir: str | Path, request: TextGeneration) -> dict[str, Any]:
 
 def generate_command(command: Any) -> int:
     """`wmlab generate` (wmlab.eval.generation.GenerateCommand) on a GAIA run."""
-    if not command.text.strip():
+    if not command.text:
         raise WmlabError(f'{command.run_dir} is a text-conditioned GAIA run: give a prompt, e.g. --text "move left"')
     request = TextGeneration(
         text=command.text,
