@@ -320,7 +320,7 @@ def steps_ablation(arguments) -> dict:
     spec, agent = load_trained_agent(arguments.run_dir)
     model = world_model_of(agent).eval()
     episodes = replay_episodes(arguments.run_dir)
-    length = spec.train.sequence_length
+    length = agent.learner.config.burn_in  # the learner reads only its burn-in from each window
     probe = episode_windows(episodes, arguments.probe, agent.learner.config.burn_in, seed=arguments.seed + 7)
     rows = []
     for steps in arguments.denoising_steps:
