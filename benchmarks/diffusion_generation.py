@@ -473,7 +473,15 @@ def curve(arguments) -> dict:
             metrics = evaluate_agent(UniformAgent(env.action_space, 0), spec.env, 200, 10_000_000, spec.env_kwargs)
             env.close()
             results["random"][key] = {name: float(value) for name, value in metrics.items()}
-        results["runs"].append({"run": str(run_dir), "env": key, "algorithm": spec.algorithm, "points": points})
+        results["runs"].append(
+            {
+                "run": str(run_dir),
+                "env": key,
+                "algorithm": spec.algorithm,
+                "eval_episodes": spec.train.eval_episodes,
+                "points": points,
+            }
+        )
     if arguments.figure:
         import matplotlib
 
@@ -486,17 +494,17 @@ def curve(arguments) -> dict:
             axis.errorbar(
                 points[:, 0],
                 points[:, 2],
-                yerr=points[:, 3] / np.sqrt(arguments.episodes),
+                yerr=points[:, 3] / np.sqrt(run["eval_episodes"]),
                 color=f"C{index}",
                 marker="o",
                 ms=3,
                 capsize=2,
-                label=f"{run['algorithm']}: {Path(run['run']).name}",
+                label=f"{run['algorithm']}: {Path(run['run']).name} ({run['eval_episodes']} episodes a point)",
             )
             random = results["random"][run["env"]]
             axis.axhline(random["eval/return"], color=f"C{index}", ls="--", lw=1, label="uniform random (200 episodes)")
         axis.set_xlabel("environment steps")
-        axis.set_ylabel(f"greedy return (mean of {arguments.episodes}, +- s.e.)")
+        axis.set_ylabel("greedy return (mean, +- s.e.)")
         axis.legend(fontsize=7)
         arguments.figure.parent.mkdir(parents=True, exist_ok=True)
         axis.figure.tight_layout()
@@ -607,7 +615,6 @@ def main() -> None:
     text.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 3.0])
     curves = commands.add_parser("curve")
     curves.add_argument("run_dirs", type=Path, nargs="+")
-    curves.add_argument("--episodes", type=int, default=20, help="evaluation episodes per point of the runs")
     curves.add_argument("--figure", type=Path, default=None)
     noise = commands.add_parser("context-noise")
     noise.add_argument("run_dir", type=Path)
