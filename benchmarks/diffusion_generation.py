@@ -320,7 +320,7 @@ def steps_ablation(arguments) -> dict:
     spec, agent = load_trained_agent(arguments.run_dir)
     model = world_model_of(agent).eval()
     episodes = replay_episodes(arguments.run_dir)
-    length = spec.train.sequence_length
+    length = agent.learner.config.burn_in  # the learner reads only its burn-in from each window
     probe = episode_windows(episodes, arguments.probe, agent.learner.config.burn_in, seed=arguments.seed + 7)
     rows = []
     for steps in arguments.denoising_steps:
@@ -450,6 +450,71 @@ def unisim(arguments) -> dict:
     }
 
 
+def curve(arguments) -> dict:
+    """The greedy evaluation return of runs (RUN_DIR/metrics.jsonl) against environment steps,
+    beside uniform random actions evaluated by the same protocol (evaluate_agent, 200 episodes,
+    seeds 10,000,000 + i); one figure."""
+    from wmlab.eval.returns import evaluate_agent
+    from wmlab.runs.directory import load_run_spec
+
+    results = {"runs": [], "random": {}}
+    for run_dir in arguments.run_dirs:
+        spec = load_run_spec(run_dir)
+        points = []
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if "eval/return" in row:
+                points.append([row["step"], row["time"], row["eval/return"], row["eval/return_std"]])
+        key = f"{spec.env} {json.dumps(spec.env_kwargs, sort_keys=True)}"
+        if key not in results["random"]:
+            from wmlab.envs.adapter import make_env
+
+            env = make_env(spec.env, **spec.env_kwargs)
+            metrics = evaluate_agent(UniformAgent(env.action_space, 0), spec.env, 200, 10_000_000, spec.env_kwargs)
+            env.close()
+            results["random"][key] = {name: float(value) for name, value in metrics.items()}
+        results["runs"].append(
+            {
+                "run": str(run_dir),
+                "env": key,
+                "algorithm": spec.algorithm,
+                "eval_episodes": spec.train.eval_episodes,
+                "points": points,
+            }
+        )
+    if arguments.figure:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        axis = plt.subplots(figsize=(5.5, 3.4))[1]
+        for index, run in enumerate(results["runs"]):
+            points = np.array(run["points"])
+            axis.errorbar(
+                points[:, 0],
+                points[:, 2],
+                yerr=points[:, 3] / np.sqrt(run["eval_episodes"]),
+                color=f"C{index}",
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=f"{run['algorithm']}: {Path(run['run']).name} ({run['eval_episodes']} episodes a point)",
+            )
+            random = results["random"][run["env"]]
+            axis.axhline(random["eval/return"], color=f"C{index}", ls="--", lw=1, label="uniform random (200 episodes)")
+        axis.set_xlabel("environment steps")
+        axis.set_ylabel("greedy return (mean, +- s.e.)")
+        axis.legend(fontsize=7)
+        arguments.figure.parent.mkdir(parents=True, exist_ok=True)
+        axis.figure.tight_layout()
+        axis.figure.savefig(arguments.figure, dpi=100)
+    for run in results["runs"]:
+        print(run["run"], [[round(value, 3) for value in point] for point in run["points"]])
+    print(json.dumps(results["random"]))
+    return results
+
+
 def context_noise(arguments) -> dict:
     from wmlab.envs.adapter import make_env
     from wmlab.models.diffusion import DIFFUSION_CPU
@@ -548,6 +613,9 @@ def main() -> None:
     text.add_argument("--held-out", type=int, default=16)
     text.add_argument("--steps", type=int, default=6)
     text.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 3.0])
+    curves = commands.add_parser("curve")
+    curves.add_argument("run_dirs", type=Path, nargs="+")
+    curves.add_argument("--figure", type=Path, default=None)
     noise = commands.add_parser("context-noise")
     noise.add_argument("run_dir", type=Path)
     noise.add_argument("--minutes", type=float, default=10.0)
@@ -556,7 +624,7 @@ def main() -> None:
     noise.add_argument("--held-out", type=int, default=3)
     noise.add_argument("--sequences", type=int, default=16)
     noise.add_argument("--figure", type=Path, default=None)
-    for sub in (fast, clock, ablation, text, noise):
+    for sub in (fast, clock, ablation, text, curves, noise):
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--threads", type=int, default=1)
         sub.add_argument("--out", type=Path, required=True)
@@ -566,6 +634,7 @@ def main() -> None:
         "realtime": realtime,
         "steps-ablation": steps_ablation,
         "unisim": unisim,
+        "curve": curve,
         "context-noise": context_noise,
     }
     result = commands_run[arguments.command](arguments)

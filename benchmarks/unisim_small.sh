@@ -1,0 +1,23 @@
+#!/bin/bash
+# UniSim in small (issue 27): captioned two-rooms -> instruction dataset -> offline diffusion model
+# conditioned on text -> wmlab generate --text at guidance 1 and 3. Usage (from the repository root):
+#   EPISODES=100 LIMIT=420 OUT=logs/unisim benchmarks/unisim_small.sh
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD OMP_NUM_THREADS=1
+PY=${PYTHON:-python}
+EPISODES=${EPISODES:-100}; LIMIT=${LIMIT:-420}; OUT=${OUT:-logs/unisim}
+set -e
+$PY -m wmlab.data.instructions $OUT/captioned $OUT/instructions --record $EPISODES --seed 0 --force
+$PY -m wmlab.cli train --model diffusion --dataset $OUT/instructions --run-dir $OUT/run --force \
+  --world-model.channels 16 16 32 32 --world-model.depths 1 1 1 1 --world-model.condition-size 64 \
+  --world-model.reward-end.channels 8 8 16 16 --world-model.reward-end.depths 1 1 1 1 \
+  --world-model.reward-end.condition-size 32 --world-model.reward-end.lstm-size 128 \
+  --world-model.condition-size-input 384 --world-model.condition-dropout 0.1 \
+  --train.batch-size 8 --train.sequence-length 8 --train.learning-rate 3e-4 --train.grad-clip 1 \
+  --train.updates 100000 --train.time-limit $LIMIT --train.seed 0 --train.threads 1 --train.no-progress --train.log-every 25
+for TEXT in "move left" "move right" "move up" "move down"; do
+  for W in 1 3; do
+    $PY -m wmlab.cli generate $OUT/run --steps 12 --actions random --text "$TEXT" --guidance $W --seed 0 \
+      --out "$OUT/generated/${TEXT// /_}_w$W.mp4"
+  done
+done
