@@ -236,3 +236,17 @@ def test_cloning_pipeline_smoke(run_dir, tmp_path):
         5,
         8,
     )
+
+
+def test_a_world_model_fitted_with_actions_plays_beside_its_environment(dataset, tmp_path):
+    pytest.importorskip("starlette", reason="wmlab play needs its extra: pip install 'wmlab[play]'")
+    from wmlab.play.session import PlaySession, load_playable
+
+    run = tmp_path / "rssm"
+    arguments = ["--model", "rssm", "--dataset", dataset, "--run-dir", run, "--world-model.size", "tiny"]
+    assert train(*arguments, "--train.updates", 2, "--train.sequence-length", 8, *QUIET) == 0
+    playable = load_playable(run)
+    info = playable.describe()
+    assert info["real_environment"] and info["env"] == "two-rooms-discrete" and info["controls"]["idle"] == 0
+    frame = PlaySession(playable, seed=0).reset()
+    assert frame.real.shape == (64, 64, 3) and frame.dream.shape == (64, 64, 3)
