@@ -72,11 +72,17 @@ def main() -> None:
     held_out = collect_episodes(held_out_policy, MAIN_ENV, env_kwargs, 16, seed=arguments.seed + 20_000)
     settings = SuiteSettings(sequences=16, context=5, horizon=20, seed=arguments.seed)
     windows = windows_for(held_out, settings)
-    print(json.dumps({"collect_cpu_s": round(time.process_time() - started, 1), "steps": sum(len(e["reward"]) for e in train)}))
+    print(
+        json.dumps(
+            {"collect_cpu_s": round(time.process_time() - started, 1), "steps": sum(len(e["reward"]) for e in train)}
+        )
+    )
     update_cpu = 0.0
     averaged: dict[str, list[float]] = {}
     for update in range(1, arguments.updates + 1):
-        batch = episode_windows(train, arguments.batch_size, arguments.sequence_length, seed=arguments.seed * 100_003 + update)
+        batch = episode_windows(
+            train, arguments.batch_size, arguments.sequence_length, seed=arguments.seed * 100_003 + update
+        )
         started = time.process_time()
         metrics = agent.update(batch)
         update_cpu += time.process_time() - started
@@ -92,7 +98,9 @@ def main() -> None:
             at = result["at_horizon"]
             moving = at["open_loop"]["image/moving_mse"]
             baseline = at["repeat_last_frame"]["image/moving_mse"]
-            success = evaluate_agent(agent, MAIN_ENV, episodes=arguments.eval_episodes, seed=10_000_000 + update, env_kwargs=env_kwargs)
+            success = evaluate_agent(
+                agent, MAIN_ENV, episodes=arguments.eval_episodes, seed=10_000_000 + update, env_kwargs=env_kwargs
+            )
             row = {
                 "update": update,
                 "update_cpu_s": round(update_cpu, 1),

@@ -214,3 +214,17 @@ def test_the_foreground_weight_scales_the_image_loss_but_not_the_reported_mse():
     assert weighted["wm/image_mse"] == pytest.approx(plain["wm/image_mse"])
     with pytest.raises(ConfigError, match="foreground_weight"):
         dataclasses.replace(config, foreground_weight=0.5)
+
+
+def test_two_rooms_success_bonus_zero_leaves_the_dense_reward_the_decrease_of_the_path_length():
+    from wmlab.envs.two_rooms import TwoRooms
+
+    rewards = {}
+    for bonus in (1.0, 0.0):
+        env = TwoRooms(observation="state", reward="dense", goal_in_other_room=False, success_bonus=bonus)
+        env.reset(seed=0, options={"door_y": 0.5, "agent": (0.2, 0.5), "goal": (0.2, 0.6)})
+        _, reward, terminated, _, info = env.step(np.array([0.0, 1.0]))  # 0.05 up: inside the goal's radius
+        assert terminated and info["success"]
+        rewards[bonus] = reward
+    assert rewards[0.0] == pytest.approx(0.05)
+    assert rewards[1.0] == pytest.approx(1.05)

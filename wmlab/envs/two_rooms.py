@@ -15,6 +15,7 @@ Rewards (`reward=`):
 - "sparse": 1.0 on reaching the goal (centre distance < `goal_radius`), which ends the episode.
 - "dense": each step, the decrease of the path length to the goal (straight when in the goal's
   room, via the door otherwise), plus the same 1.0 bonus on success.
+`success_bonus` changes that 1.0 (0 with the dense reward: the decrease of the path length alone).
 Episodes are truncated after `max_episode_steps`. `info` always carries "success" (bool),
 "agent" and "goal" (x, y), "door" (the door centre, x = 0.5) and "distance" (the path length).
 
@@ -228,6 +229,7 @@ class TwoRooms(gymnasium.Env):
         image_size: int = 64,
         render_mode: str | None = "rgb_array",
         discrete_actions: bool = False,
+        success_bonus: float = 1.0,
     ):
         if observation not in ("pixels", "state"):
             raise ValueError(f"observation must be 'pixels' or 'state', not {observation!r}")
@@ -249,6 +251,9 @@ class TwoRooms(gymnasium.Env):
         )
         self.observation_mode = observation
         self.reward_mode = reward
+        # The reward on reaching the goal (sparse), or the bonus added to the step's decrease of
+        # the path length then (dense; 0 leaves the decrease alone).
+        self.success_bonus = float(success_bonus)
         self.max_episode_steps = int(max_episode_steps)
         self.goal_in_other_room = bool(goal_in_other_room)
         self.image_size = int(image_size)
@@ -328,7 +333,7 @@ class TwoRooms(gymnasium.Env):
         self._elapsed_steps += 1
 
         success = self._distance_to_goal() < self.geometry.goal_radius
-        reward = 1.0 if success else 0.0
+        reward = self.success_bonus if success else 0.0
         if self.reward_mode == "dense":
             reward += before - self._path_length()
         truncated = self._elapsed_steps >= self.max_episode_steps
