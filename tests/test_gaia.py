@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from wmlab.cli import main
-from wmlab.core.errors import WmlabError
 from wmlab.data.captions import CAPTIONS_FILE
 from wmlab.envs.two_rooms import AGENT_RGB
 from wmlab.pipelines.gaia import agent_centre, probe_moves
