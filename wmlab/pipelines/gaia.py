@@ -3,7 +3,7 @@ trained on captioned two-rooms episodes, then measured; `wmlab generate RUN_DIR 
 
     wmlab pipeline gaia --run-dir runs/gaia --minutes 15
     wmlab pipeline gaia --resume runs/gaia --minutes 30          (continues the same run)
-    wmlab generate runs/gaia --text "move left" --actions none --guidance-scale 3 --out left.mp4
+    wmlab generate runs/gaia --text "move left" --actions none --guidance 3 --out left.mp4
 
 1. Data: captioned two-rooms episodes (wmlab.data.captions, captions true by construction),
    `train_episodes` from seed 0 and `valid_episodes` from seed 100000 (held-out layouts) into
