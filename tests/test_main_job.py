@@ -165,7 +165,7 @@ def test_the_main_job_writes_every_report_section_within_its_time_limit(tmp_path
 def test_foreground_weights_mark_the_pixels_that_differ_from_the_batch_mean_frame():
     import torch
 
-    from wmlab.models.rssm import foreground_weights
+    from wmlab.losses.pixels import foreground_weights
 
     frames = torch.full((4, 3, 8, 8), -0.4)
     frames[0, 0, 2:4, 2:4] = 0.4  # a bright square in one frame of four

@@ -42,6 +42,7 @@ from wmlab.core.spaces import action_layout as space_action_layout
 from wmlab.core.spaces import discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.kl import categorical_kl, gaussian_kl, gaussian_kl_free_nats, kl_balanced, kl_balanced_gaussian
+from wmlab.losses.pixels import foreground_weights
 from wmlab.nn.categorical import categorical_entropy, sample_one_hot, unimix_logits
 from wmlab.nn.conv import ConvDecoder, ConvEncoder, make_norm
 from wmlab.nn.distributions import TwoHot, symexp, symlog
@@ -318,14 +319,6 @@ def term_name(key: str) -> str:
     """The loss term of observation `key`: `loss/image`, `loss/vector`, ... (prefixed with obs_
     where a key would shadow another term)."""
     return f"obs_{key}" if key in _RESERVED_TERMS else key
-
-
-def foreground_weights(target: torch.Tensor, weight: float, threshold: float) -> torch.Tensor:
-    """Per-pixel weights (N, 1, H, W) of the image loss for targets (N, C, H, W): `weight` where a
-    pixel differs from the batch's mean frame by more than `threshold` in some channel, else 1."""
-    mean_frame = target.mean(0, keepdim=True)
-    foreground = (target - mean_frame).abs().amax(1, keepdim=True) > threshold
-    return 1.0 + (weight - 1.0) * foreground.float()
 
 
 def stack_width(input_size: int, units: int, layers: int) -> int:

@@ -71,6 +71,7 @@ from wmlab.core.config import widths_from_preset
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape, format_expected, shape_matches
 from wmlab.core.types import Batch, Trajectory
+from wmlab.losses.pixels import foreground_weights
 from wmlab.nn.distributions import TwoHot
 from wmlab.nn.transformer import KeyValueCache, Transformer, TransformerConfig
 from wmlab.nn.vq import CodebookLossScales, VectorQuantizer
@@ -922,9 +923,7 @@ class TokenWorldModel(nn.Module):
         scale = self.config.loss_scales.foreground
         if scale <= 0 or frames.shape[0] < 2:
             return torch.ones_like(frames[:, :1])
-        background = frames.median(0, keepdim=True).values
-        foreground = (frames - background).abs().amax(1, keepdim=True) > 0.1
-        return 1.0 + scale * foreground.float()
+        return foreground_weights(frames, 1.0 + scale, threshold=0.1, background="median")
 
     def tokenizer_terms(self, frames: torch.Tensor) -> tuple[dict[str, torch.Tensor], Any, torch.Tensor]:
         """The tokenizer's loss terms for frames (N, Ch, H, W) in [0, 1], pixels weighted by
