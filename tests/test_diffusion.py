@@ -30,9 +30,6 @@ from wmlab.models.diffusion import (
     preconditioning,
 )
 from wmlab.nn.unet import UNet
-from wmlab.runs.config import TrainConfig
-from wmlab.runs.directory import RunSpec
-from wmlab.train.loop import Trainer
 
 TINY = DiffusionConfig(
     channels=(8, 8),
@@ -527,7 +524,7 @@ def test_cli_smoke_diamond_cpu_then_eval_generate_and_resume(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 60
 
 
-def test_a_resumed_diamond_run_equals_an_uninterrupted_one(tmp_path):
+def test_a_resumed_diamond_run_equals_an_uninterrupted_one(straight_and_resumed, tmp_path):
     learner = ImaginationConfig(channels=(4, 4), lstm_size=16, horizon=3, starts=2)
     agent = DiamondConfig(
         model=replace(TINY, context=2),
@@ -535,32 +532,9 @@ def test_a_resumed_diamond_run_equals_an_uninterrupted_one(tmp_path):
         actor_critic_starts=1,
         open_loop_report=False,
     )
-    train = TrainConfig(
-        steps=40,
-        learning_starts=10,
-        train_ratio=10.0,
-        batch_size=2,
-        sequence_length=4,
-        eval_every=0,
-        eval_episodes=1,
-        checkpoint_every=20,
-        log_every=20,
-        progress=False,
-        tensorboard=False,
+    straight, resumed = straight_and_resumed(
+        "diamond-cpu", agent, {"image_size": 8, "max_episode_steps": 15, "reward": "dense"}
     )
-
-    def spec(steps):
-        return RunSpec(
-            "diamond-cpu",
-            "two-rooms-discrete",
-            train=replace(train, steps=steps),
-            agent=agent,
-            env_kwargs={"image_size": 8, "max_episode_steps": 15, "reward": "dense"},
-        )
-
-    straight = Trainer(spec(40), tmp_path / "straight").run()
-    Trainer(spec(20), tmp_path / "resumed").run()
-    resumed = Trainer(spec(40), tmp_path / "resumed", resume=True).run()
     for key in ("env_steps", "updates", "episodes", "eval/return"):
         assert resumed[key] == straight[key], key
     a = load_state(tmp_path / "straight" / "checkpoints" / "rank0", "agent")

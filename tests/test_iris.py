@@ -4,7 +4,6 @@ learner on its generated frames, through the CLI and the loop."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,9 +19,6 @@ from wmlab.core.registry import ALGORITHMS
 from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch
 from wmlab.models.tokens import TokenWorldModelConfig
-from wmlab.runs.config import TrainConfig
-from wmlab.runs.directory import RunSpec
-from wmlab.train.loop import Trainer
 
 TINY_MODEL = TokenWorldModelConfig(size="tiny", stages=2)
 TINY_LEARNER = ImaginationConfig(channels=(4, 4), lstm_size=16, horizon=3, burn_in=2, starts=2, warmup_updates=0)
@@ -103,7 +99,7 @@ def test_cli_smoke_iris_cpu_writes_a_checkpoint_evaluates_and_resumes(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["env_steps"] == 60
 
 
-def test_a_resumed_iris_run_equals_an_uninterrupted_one(tmp_path):
+def test_a_resumed_iris_run_equals_an_uninterrupted_one(straight_and_resumed, tmp_path):
     agent = IrisConfig(
         model=TINY_MODEL,
         learner=TINY_LEARNER,
@@ -112,32 +108,9 @@ def test_a_resumed_iris_run_equals_an_uninterrupted_one(tmp_path):
         actor_critic_starts=2,
         open_loop_report=False,
     )
-    train = TrainConfig(
-        steps=40,
-        learning_starts=10,
-        train_ratio=10.0,
-        batch_size=2,
-        sequence_length=4,
-        eval_every=0,
-        eval_episodes=1,
-        checkpoint_every=20,
-        log_every=20,
-        progress=False,
-        tensorboard=False,
+    straight, resumed = straight_and_resumed(
+        "iris-cpu", agent, {"image_size": 16, "max_episode_steps": 15, "reward": "dense"}
     )
-
-    def spec(steps):
-        return RunSpec(
-            "iris-cpu",
-            "two-rooms-discrete",
-            train=replace(train, steps=steps),
-            agent=agent,
-            env_kwargs={"image_size": 16, "max_episode_steps": 15, "reward": "dense"},
-        )
-
-    straight = Trainer(spec(40), tmp_path / "straight").run()
-    Trainer(spec(20), tmp_path / "resumed").run()
-    resumed = Trainer(spec(40), tmp_path / "resumed", resume=True).run()
     # Not eval/return: the interrupted run's final evaluation advances the loop's evaluation
     # counter, so its step-40 evaluation runs on another seed; the weights are compared instead.
     for key in ("env_steps", "updates", "episodes"):
