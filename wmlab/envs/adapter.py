@@ -20,7 +20,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import gymnasium
 import numpy as np
@@ -146,6 +146,23 @@ def make_env(env_id: str, seed: int | None = None, **kwargs: Any) -> DictObserva
         wrapped.reset(seed=seed)
         wrapped.action_space.seed(seed)
     return wrapped
+
+
+def make_wrapped(
+    wrapper: Callable[..., gymnasium.Env], name: str, env: str, env_kwargs: Mapping[str, Any] | None, options: Any
+) -> gymnasium.Env:
+    """`make_env(env, **env_kwargs)` wrapped in `wrapper(inner, **options)`, for a registered
+    environment `name` that wraps another (occluded, perturbed); the inner environment is closed
+    when the options are refused."""
+    inner = make_env(env, **dict(env_kwargs or {}))
+    try:
+        return wrapper(inner, **options)
+    except TypeError as error:
+        inner.close()
+        raise WmlabError(f"the {name} environment does not take these options {sorted(options)}: {error}") from None
+    except WmlabError:
+        inner.close()
+        raise
 
 
 #: prefix -> (factory `make(task, **kwargs)`, the pip extra that installs the suite)

@@ -71,33 +71,15 @@ def _normalize(name: str) -> str:
     return "".join(character for character in name.lower() if character.isalnum())
 
 
-def make_atari(
-    game: str,
-    size: int = 64,
-    grayscale: bool = False,
-    frame_skip: int = FRAME_SKIP,
-    noop_max: int = NOOP_MAX,
-    terminal_on_life_loss: bool = False,
-    max_frames: int = MAX_FRAMES,
-    full_action_space: bool = False,
-    seed: int | None = None,
-) -> "AtariEnv":
-    """The ALE game `game` (e.g. "Pong") under the Atari100k protocol; see the module docstring.
+def make_atari(game: str, **options: Any) -> "AtariEnv":
+    """The ALE game `game` (e.g. "Pong", any spelling `ale_game_name` resolves) under the Atari100k
+    protocol; `options` are AtariEnv's (size, grayscale, frame_skip, noop_max,
+    terminal_on_life_loss, max_frames, full_action_space, seed); see the module docstring.
 
     `terminal_on_life_loss`: True for training environments only; evaluation plays full games.
     `seed`: used by the first `reset()` that is given none.
     """
-    return AtariEnv(
-        ale_game_name(game),
-        size=size,
-        grayscale=grayscale,
-        frame_skip=frame_skip,
-        noop_max=noop_max,
-        terminal_on_life_loss=terminal_on_life_loss,
-        max_frames=max_frames,
-        full_action_space=full_action_space,
-        seed=seed,
-    )
+    return AtariEnv(ale_game_name(game), **options)
 
 
 class AtariEnv(gymnasium.Env):

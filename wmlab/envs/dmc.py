@@ -111,18 +111,9 @@ def parse_task(task: str) -> tuple[str, str]:
     )
 
 
-def make_dmc(
-    task: str,
-    observation: str = "state",
-    action_repeat: int | None = None,
-    size: int = 64,
-    camera: int | str | None = None,
-    time_limit: int = 1000,
-    seed: int | None = None,
-    fast_render: bool = True,
-    task_kwargs: Mapping[str, Any] | None = None,
-) -> "DeepMindControlEnv":
-    """The dm_control task `task` (e.g. "cartpole-swingup") as a gymnasium environment.
+def make_dmc(task: str, **options: Any) -> "DeepMindControlEnv":
+    """The dm_control task `task` (e.g. "cartpole-swingup") as a gymnasium environment; `options`
+    are DeepMindControlEnv's:
 
     `observation`: "state", "pixels" or "both" (see the module docstring). `action_repeat`:
     control steps per agent step (None: PlaNet's table). `size`: the square frame's side in
@@ -132,18 +123,7 @@ def make_dmc(
     reflections and skybox. `task_kwargs`: passed on to the dm_control task.
     """
     domain, task_name = parse_task(task)
-    return DeepMindControlEnv(
-        domain,
-        task_name,
-        observation=observation,
-        action_repeat=action_repeat,
-        size=size,
-        camera=camera,
-        time_limit=time_limit,
-        seed=seed,
-        fast_render=fast_render,
-        task_kwargs=task_kwargs,
-    )
+    return DeepMindControlEnv(domain, task_name, **options)
 
 
 class DeepMindControlEnv(gymnasium.Env):

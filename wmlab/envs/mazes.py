@@ -268,29 +268,35 @@ class DynaMaze(GridMaze):
         self.resolution = resolution
 
 
-class BlockingMaze(GridMaze):
-    """Sutton & Barto Example 8.2: after `change_step` steps the gap at the right end of the wall
-    closes and one opens at the left end, so a learned short path becomes a dead end."""
+class ChangingMaze(GridMaze):
+    """A maze of the book whose walls change once: `before` until `change_step` steps have been
+    taken (None: the maze's `default_change_step`), `after` from then on."""
 
-    def __init__(self, change_step: int = 1000, max_episode_steps: int | None = None, render_mode: str | None = None):
+    before: MazeLayout
+    after: MazeLayout
+    default_change_step: int
+
+    def __init__(
+        self, change_step: int | None = None, max_episode_steps: int | None = None, render_mode: str | None = None
+    ):
         super().__init__(
-            BLOCKING_MAZE_BEFORE,
-            later_layout=BLOCKING_MAZE_AFTER,
-            change_step=change_step,
+            self.before,
+            later_layout=self.after,
+            change_step=self.default_change_step if change_step is None else change_step,
             max_episode_steps=max_episode_steps,
             render_mode=render_mode,
         )
 
 
-class ShortcutMaze(GridMaze):
-    """Sutton & Barto Example 8.3: after `change_step` steps a gap opens at the right end of the
-    wall, a shortcut that an agent which trusts its model never discovers."""
+class BlockingMaze(ChangingMaze):
+    """Sutton & Barto Example 8.2: after `change_step` steps (1000 by default) the gap at the right
+    end of the wall closes and one opens at the left end, so a learned short path becomes a dead end."""
 
-    def __init__(self, change_step: int = 3000, max_episode_steps: int | None = None, render_mode: str | None = None):
-        super().__init__(
-            SHORTCUT_MAZE_BEFORE,
-            later_layout=SHORTCUT_MAZE_AFTER,
-            change_step=change_step,
-            max_episode_steps=max_episode_steps,
-            render_mode=render_mode,
-        )
+    before, after, default_change_step = BLOCKING_MAZE_BEFORE, BLOCKING_MAZE_AFTER, 1000
+
+
+class ShortcutMaze(ChangingMaze):
+    """Sutton & Barto Example 8.3: after `change_step` steps (3000 by default) a gap opens at the
+    right end of the wall, a shortcut that an agent which trusts its model never discovers."""
+
+    before, after, default_change_step = SHORTCUT_MAZE_BEFORE, SHORTCUT_MAZE_AFTER, 3000

@@ -34,6 +34,7 @@ import gymnasium
 import numpy as np
 
 from wmlab.core.errors import WmlabError
+from wmlab.envs.adapter import make_wrapped
 
 #: Mixed into the reset seed so that the schedule does not share the environment's random stream.
 SEED_TAG = 0x0CC1_0DE
@@ -100,14 +101,4 @@ class OcclusionWrapper(gymnasium.Wrapper):
 def make_occluded(env: str, env_kwargs: Mapping[str, Any] | None = None, **options: Any) -> OcclusionWrapper:
     """`make_env(env, **env_kwargs)` wrapped in an `OcclusionWrapper(**options)` (the registered
     environment "occluded")."""
-    from wmlab.envs.adapter import make_env
-
-    inner = make_env(env, **dict(env_kwargs or {}))
-    try:
-        return OcclusionWrapper(inner, **options)
-    except TypeError as error:
-        inner.close()
-        raise WmlabError(f"the occluded environment does not take these options {sorted(options)}: {error}") from None
-    except WmlabError:
-        inner.close()
-        raise
+    return make_wrapped(OcclusionWrapper, "occluded", env, env_kwargs, options)

@@ -31,6 +31,7 @@ import gymnasium
 import numpy as np
 
 from wmlab.core.errors import WmlabError
+from wmlab.envs.adapter import make_wrapped
 
 #: Mixed into the reset seed so that the perturbations do not share the environment's random stream.
 SEED_TAG = 0x5EED_0B5
@@ -110,14 +111,4 @@ class PerturbationWrapper(gymnasium.Wrapper):
 def make_perturbed(env: str, env_kwargs: Mapping[str, Any] | None = None, **options: Any) -> PerturbationWrapper:
     """`make_env(env, **env_kwargs)` wrapped in a `PerturbationWrapper(**options)` (the
     registered environment "perturbed")."""
-    from wmlab.envs.adapter import make_env
-
-    inner = make_env(env, **dict(env_kwargs or {}))
-    try:
-        return PerturbationWrapper(inner, **options)
-    except TypeError as error:
-        inner.close()
-        raise WmlabError(f"the perturbed environment does not take these options {sorted(options)}: {error}") from None
-    except WmlabError:
-        inner.close()
-        raise
+    return make_wrapped(PerturbationWrapper, "perturbed", env, env_kwargs, options)

@@ -23,9 +23,9 @@ from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, b
 from wmlab.core.protocols import RolloutFn
 from wmlab.planners.common import (
     BoxBounds,
+    SamplingPlanner,
     check_space,
     colored_noise,
-    make_generator,
     mix_with_uniform,
     sample_categorical,
     score,
@@ -75,7 +75,7 @@ class CEMConfig(Config):
     categoricals are drawn independently whatever its value."""
 
 
-class CEM:
+class CEM(SamplingPlanner):
     """Planner: `plan(rollout_fn, state, action_space)` -> the final mean (L, A) for a Box, or the
     most probable index per step (L,) for a Discrete space.
 
@@ -84,18 +84,9 @@ class CEM:
     seeded with `seed`), so that a plan does not depend on the device.
     """
 
-    def __init__(
-        self,
-        config: CEMConfig,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
-        device: str | torch.device = "cpu",
-    ):
-        self.config = config
-        self.generator = make_generator(generator, seed)
-        self.device = torch.device(device)
-        #: After each plan: mean and std (L, A), or probabilities (L, K); for inspection only.
-        self.distribution: dict[str, torch.Tensor] = {}
+    #: After each plan: mean and std (L, A), or probabilities (L, K); for inspection only.
+    distribution: dict[str, torch.Tensor]
+    config: CEMConfig
 
     @torch.no_grad()
     def plan(self, rollout_fn: RolloutFn, state: Any, action_space: spaces.Space) -> torch.Tensor:

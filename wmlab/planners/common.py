@@ -1,5 +1,6 @@
-"""What the sampling planners (CEM, MPPI) share: action bounds, candidate scoring, categorical
-sampling, and the generator that draws every random number.
+"""What the sampling planners (random shooting, CEM, MPPI) share: construction (config, generator,
+device), the spaces they take, action bounds, candidate scoring, categorical sampling, and the
+generator that draws every random number.
 
 Continuous spreads are measured in units of half the action range, so that one setting (TD-MPC2's
 min/max std 0.05/2 for actions in [-1, 1]) means the same for any bounds.
@@ -17,7 +18,6 @@ from gymnasium import spaces
 
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.protocols import RolloutFn
-from wmlab.planners.shooting import check_action_space
 
 
 def make_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator:
@@ -29,6 +29,39 @@ def make_generator(generator: torch.Generator | None, seed: int | None) -> torch
         if seed is not None:
             generator.manual_seed(seed)
     return generator
+
+
+class SamplingPlanner:
+    """What every planner keeps: its config, the CPU generator it draws every random number from
+    (the one given, or a new one seeded with `seed`), so that a plan does not depend on the device,
+    and the device its candidates are handed to the rollout function on."""
+
+    def __init__(
+        self,
+        config: Any,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        self.config = config
+        self.generator = make_generator(generator, seed)
+        self.device = torch.device(device)
+        #: After each plan, for inspection and logging: the sampling distribution it ended with.
+        self.distribution: dict[str, torch.Tensor] = {}
+
+
+def check_action_space(action_space: spaces.Space, planner: str = "random shooting") -> None:
+    """Raise IncompatibleSpaceError unless `planner` can sample from `action_space`: a Discrete
+    space or a bounded 1-D Box."""
+    if isinstance(action_space, spaces.Discrete):
+        return
+    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+        if np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high)):
+            return
+        raise IncompatibleSpaceError(
+            f"{planner} samples uniformly within the action bounds, and {action_space} is unbounded"
+        )
+    raise IncompatibleSpaceError(f"{planner} takes a 1-D Box or a Discrete action space, got {action_space}")
 
 
 class BoxBounds:
@@ -79,10 +112,7 @@ def colored_noise(count: int, length: int, size: int, exponent: float, generator
 
 def check_space(action_space: spaces.Space, planner: str) -> None:
     """A bounded 1-D Box or a Discrete space starting at 0 (indices are probabilities' columns)."""
-    try:
-        check_action_space(action_space)
-    except IncompatibleSpaceError as error:
-        raise IncompatibleSpaceError(str(error).replace("random shooting", planner)) from None
+    check_action_space(action_space, planner)
     if isinstance(action_space, spaces.Discrete) and int(action_space.start) != 0:
         raise IncompatibleSpaceError(f"{planner} takes Discrete actions that start at 0, got {action_space}")
 

@@ -33,10 +33,10 @@ from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, a
 from wmlab.core.protocols import RolloutFn
 from wmlab.planners.common import (
     BoxBounds,
+    SamplingPlanner,
     check_prior,
     check_space,
     colored_noise,
-    make_generator,
     mix_with_uniform,
     sample_categorical,
     score,
@@ -98,7 +98,7 @@ def elite_weights(elite_returns: torch.Tensor, temperature: float) -> torch.Tens
     return weights / weights.sum()
 
 
-class MPPI:
+class MPPI(SamplingPlanner):
     """Planner: `plan(rollout_fn, state, action_space, prior_actions=None, explore=False)` ->
     actions (L, A) for a Box, indices (L,) for a Discrete space.
 
@@ -107,24 +107,15 @@ class MPPI:
     with `seed`), so that a plan does not depend on the device.
     """
 
-    def __init__(
-        self,
-        config: MPPIConfig,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
-        device: str | torch.device = "cpu",
-    ):
-        self.config = config
-        self.generator = make_generator(generator, seed)
-        self.device = torch.device(device)
-        #: The distribution the last plan ended with, which the next plan starts from shifted by
-        #: one step: the mean (L, A) in action units for a Box, the probabilities (L, K) for a
-        #: Discrete space; None after `reset()`. Agents planning for several environments swap it
-        #: in and out per environment.
-        self.previous_plan: torch.Tensor | None = None
-        self._shift = 1
-        #: After each plan, for logging: "elite_returns" (E,), and "std" (L, A) or "probabilities" (L, K).
-        self.distribution: dict[str, torch.Tensor] = {}
+    config: MPPIConfig
+    #: The distribution the last plan ended with, which the next plan starts from shifted by
+    #: one step: the mean (L, A) in action units for a Box, the probabilities (L, K) for a
+    #: Discrete space; None after `reset()`. Agents planning for several environments swap it
+    #: in and out per environment.
+    previous_plan: torch.Tensor | None = None
+    _shift = 1
+    #: After each plan, for logging: "elite_returns" (E,), and "std" (L, A) or "probabilities" (L, K).
+    distribution: dict[str, torch.Tensor]
 
     def reset(self) -> None:
         """Forget the previous plan (call at the start of an episode)."""

@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from gymnasium import spaces
 
 from wmlab.core.config import COUNT, Config, ranges
-from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.protocols import RolloutFn
+from wmlab.planners.common import SamplingPlanner, check_action_space, score
 
 
 @dataclass(frozen=True)
@@ -32,20 +31,7 @@ class RandomShootingConfig(Config):
     """Number N of sequences sampled and scored per plan."""
 
 
-def check_action_space(action_space: spaces.Space) -> None:
-    """Raise IncompatibleSpaceError unless random shooting can sample from `action_space`."""
-    if isinstance(action_space, spaces.Discrete):
-        return
-    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-        if np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high)):
-            return
-        raise IncompatibleSpaceError(
-            f"random shooting samples uniformly within the action bounds, and {action_space} is unbounded"
-        )
-    raise IncompatibleSpaceError(f"random shooting takes a 1-D Box or a Discrete action space, got {action_space}")
-
-
-class RandomShooting:
+class RandomShooting(SamplingPlanner):
     """Planner: `plan(rollout_fn, state, action_space)` -> the best of `candidates` uniform
     sequences: actions (L, A) for a Box, indices (L,) for a Discrete space.
 
@@ -54,22 +40,7 @@ class RandomShooting:
     float (N, L, A) within the bounds, or int64 indices (N, L) for a Discrete space.
     """
 
-    def __init__(
-        self,
-        config: RandomShootingConfig,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
-        device: str | torch.device = "cpu",
-    ):
-        if generator is not None and seed is not None:
-            raise ValueError("pass a generator or a seed, not both")
-        if generator is None:
-            generator = torch.Generator()
-            if seed is not None:
-                generator.manual_seed(seed)
-        self.config = config
-        self.generator = generator
-        self.device = torch.device(device)
+    config: RandomShootingConfig
 
     def sample(self, action_space: spaces.Space, count: int, length: int | None = None) -> torch.Tensor:
         """`count` uniform sequences of `length` (the horizon by default): (count, L, A) float
@@ -87,11 +58,6 @@ class RandomShooting:
     @torch.no_grad()
     def plan(self, rollout_fn: RolloutFn, state: Any, action_space: spaces.Space) -> torch.Tensor:
         """The highest-return candidate: (L, A) for a Box, (L,) indices for a Discrete space."""
-        N = self.config.candidates
-        candidates = self.sample(action_space, N)
-        returns = torch.as_tensor(rollout_fn(state, candidates), device=self.device)
-        if tuple(returns.shape) != (N,):
-            raise ShapeError(f"rollout_fn returns: expected (N,) with N={N}, got {tuple(returns.shape)}")
-        # A NaN return (a diverging model) must never win the argmax.
-        returns = torch.nan_to_num(returns.float(), nan=-float("inf"))
-        return candidates[returns.argmax()]
+        candidates = self.sample(action_space, self.config.candidates)
+        # A NaN return (a diverging model) scores -inf and never wins the argmax.
+        return candidates[score(rollout_fn, state, candidates, self.device).argmax()]
