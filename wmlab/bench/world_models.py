@@ -179,6 +179,31 @@ def baselines(run_dir: Path, episodes: int) -> dict[str, dict[str, float]]:
     return results
 
 
+def controller_row(summary: dict, **labels: Any) -> dict:
+    """One table row from a controller's training summary: `labels` (seed, what was varied), the
+    returns in the dream and in reality and the stage seconds."""
+    return {
+        **labels,
+        "dream_return": summary.get("dream/return"),
+        "dream_return_std": summary.get("dream/return_std"),
+        "real_return": summary["eval/return"],
+        "real_return_std": summary["eval/return_std"],
+        "stage_seconds": summary.get("stage_seconds", {}),
+    }
+
+
+def benchmark_results(name: str, settings: dict, rows: list[dict], run_dir: Path, arguments: Any, paper: Any) -> dict:
+    """A benchmark's JSON: its rows beside the settings, the C = 0 and random baselines and the paper."""
+    return {
+        "benchmark": name,
+        "env": CARRACING,
+        "settings": settings,
+        "rows": rows,
+        "baselines": baselines(run_dir, benchmark_config(arguments.quick).evaluation_episodes),
+        "paper": paper,
+    }
+
+
 def baseline_lines(results: dict[str, dict[str, float]], columns: int) -> list[str]:
     blanks = " — |" * (columns - 2)
     return [
@@ -202,25 +227,9 @@ def temperature(argv: list[str]) -> int:
     for seed in range(arguments.seeds or 1):
         for tau in TEMPERATURES:
             summary = train_controller(run_dir, seed, arguments.quick, arguments.progress, "latent_and_hidden", tau)
-            rows.append(
-                {
-                    "seed": seed,
-                    "temperature": tau,
-                    "dream_return": summary.get("dream/return"),
-                    "dream_return_std": summary.get("dream/return_std"),
-                    "real_return": summary["eval/return"],
-                    "real_return_std": summary["eval/return_std"],
-                    "stage_seconds": summary.get("stage_seconds", {}),
-                }
-            )
-    results = {
-        "benchmark": "world-models-temperature",
-        "env": CARRACING,
-        "settings": dataclasses.asdict(benchmark_config(arguments.quick)),
-        "rows": rows,
-        "baselines": baselines(run_dir, benchmark_config(arguments.quick).evaluation_episodes),
-        "paper": PAPER["doom_tau"],
-    }
+            rows.append(controller_row(summary, seed=seed, temperature=tau))
+    settings = dataclasses.asdict(benchmark_config(arguments.quick))
+    results = benchmark_results("world-models-temperature", settings, rows, run_dir, arguments, PAPER["doom_tau"])
     markdown = "\n".join(
         [
             "### World Models: C trained inside the dream at several temperatures (CarRacing-v3)",
@@ -263,27 +272,13 @@ def carracing(argv: list[str]) -> int:
                 run_dir, seed, arguments.quick, arguments.progress, inputs, CARRACING_TEMPERATURE
             )
             rows.append(
-                {
-                    "seed": seed,
-                    "controller": name,
-                    "parameters": summary["controller/parameters"],
-                    "dream_return": summary.get("dream/return"),
-                    "real_return": summary["eval/return"],
-                    "real_return_std": summary["eval/return_std"],
-                    "stage_seconds": summary.get("stage_seconds", {}),
-                }
+                controller_row(summary, seed=seed, controller=name, parameters=summary["controller/parameters"])
             )
-    results = {
-        "benchmark": "world-models-carracing",
-        "env": CARRACING,
-        "settings": {
-            inputs: dataclasses.asdict(benchmark_config(arguments.quick, inputs))
-            for inputs in ("latent_and_hidden", "latent")
-        },
-        "rows": rows,
-        "baselines": baselines(run_dir, benchmark_config(arguments.quick).evaluation_episodes),
-        "paper": PAPER["carracing"],
+    settings = {
+        inputs: dataclasses.asdict(benchmark_config(arguments.quick, inputs))
+        for inputs in ("latent_and_hidden", "latent")
     }
+    results = benchmark_results("world-models-carracing", settings, rows, run_dir, arguments, PAPER["carracing"])
     markdown = "\n".join(
         [
             "### World Models on CarRacing-v3: V-M-C and the z-only controller",

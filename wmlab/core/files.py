@@ -1,4 +1,5 @@
-"""Durable file writes: what a crash (or a power cut) may not half-do.
+"""Durable file writes: what a crash (or a power cut) may not half-do; and JSON files read with an
+error that names the file.
 
 A file counts as written once its data is fsynced, and a rename or a new file in a folder once the
 folder is fsynced too.
@@ -6,8 +7,10 @@ folder is fsynced too.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 
 def sync(path: Path) -> None:
@@ -33,3 +36,14 @@ def replace_durably(path: Path, text: str) -> None:
     write_durably(temporary, text)
     os.replace(temporary, path)
     sync(path.parent)
+
+
+def read_json(path: Path, error: type[Exception], missing: str, invalid: str = "is not valid JSON") -> Any:
+    """The JSON value stored at `path`: `error(missing)` when there is no such file, and
+    `error("PATH <invalid> (what the parser said)")` when it does not parse."""
+    if not path.is_file():
+        raise error(missing)
+    try:
+        return json.loads(path.read_text())
+    except ValueError as reason:
+        raise error(f"{path} {invalid} ({reason})") from None

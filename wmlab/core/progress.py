@@ -6,13 +6,24 @@ from __future__ import annotations
 from typing import Callable
 
 
-class StageProgress:
+class _Display:
+    """A rich display (`_progress`, started by the subclass when enabled), stopped on exit."""
+
+    _progress = None
+
+    def __exit__(self, *exc_info) -> bool:
+        if self._progress is not None:
+            self._progress.__exit__(*exc_info)
+            self._progress = None
+        return False
+
+
+class StageProgress(_Display):
     """Rich progress bars for one stage (or nothing when disabled). The display starts with the
     first bar, so a stage that shows its own (the recording of rollouts) is left alone."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._progress = None
 
     def __enter__(self) -> "StageProgress":
         return self
@@ -46,12 +57,6 @@ class StageProgress:
 
         return advance
 
-    def __exit__(self, *exc_info) -> bool:
-        if self._progress is not None:
-            self._progress.__exit__(*exc_info)
-            self._progress = None
-        return False
-
 
 def seconds_left(
     steps: int, target: int, elapsed: float, time_limit: float, session_steps: int, session_seconds: float
@@ -77,7 +82,7 @@ def _clock(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class TrainingProgress:
+class TrainingProgress(_Display):
     """The training loop's bar. Its length and estimate follow whichever ends the run first: the
     step target or, with a time limit, the clock (so a run of 10^6 steps stopped after 9 minutes
     shows 9 minutes, not the days its steps would take). `update(steps, elapsed, note)` takes the
@@ -86,7 +91,6 @@ class TrainingProgress:
     def __init__(self, enabled: bool, target: int, time_limit: float, done: int, elapsed: float):
         self.enabled, self.target, self.time_limit = enabled, target, time_limit
         self._start_steps, self._start_elapsed = done, elapsed
-        self._progress = None
         self._task = None
 
     def __enter__(self) -> "TrainingProgress":
@@ -119,9 +123,3 @@ class TrainingProgress:
                 self._task, completed=fraction, steps=f"step {steps}/{self.target}{limit}", note=note, left=_clock(left)
             )
         return left
-
-    def __exit__(self, *exc_info) -> bool:
-        if self._progress is not None:
-            self._progress.__exit__(*exc_info)
-            self._progress = None
-        return False

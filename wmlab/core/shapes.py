@@ -53,12 +53,15 @@ def check_shape(
 
 def imagined_length(actions: Any, horizon: int | None, sizes: dict[str, int], policy: bool) -> int:
     """How many steps a world model's `imagine` rolls: `horizon` for a policy (required), else
-    the length L bound in `sizes` by the actions (B, L, ...), which `horizon`, where given, must
-    equal."""
+    the length L bound in `sizes` by the actions (B, L, ...) (indices (B, L) or vectors (B, L, A)),
+    which `horizon`, where given, must equal."""
     if policy:
         if horizon is None:
             raise ValueError("imagine with a policy needs a horizon")
         return horizon
     if horizon is not None and horizon != sizes["L"]:
-        raise ShapeError(f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}")
+        action_size = ", A" if actions.ndim > 2 else ""
+        raise ShapeError(
+            f"actions: expected (B, {horizon}{action_size}) for horizon {horizon}, got {tuple(actions.shape)}"
+        )
     return sizes["L"]

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from wmlab.core.files import read_json
 from wmlab.core.types import Batch
 from wmlab.data.dataset import (
     EPISODE_DIR,
@@ -50,6 +51,7 @@ from wmlab.data.dataset import (
     MANIFEST_FILE,
     DatasetError,
     _prepare_directory,
+    _row,
     _write_compressed,
     _write_text_atomically,
     describe_space,
@@ -171,17 +173,6 @@ def record_captioned_two_rooms(
     return content
 
 
-def _row(observation, action, reward, first, last, terminal) -> dict[str, np.ndarray]:
-    return {
-        **observation,
-        "action": action,
-        "reward": np.float32(reward),
-        "is_first": np.bool_(first),
-        "is_last": np.bool_(last),
-        "is_terminal": np.bool_(terminal),
-    }
-
-
 @dataclass
 class CaptionedDataset:
     """Episodes (dicts of (steps, ...) arrays) with one caption per step, sampled as windows."""
@@ -229,12 +220,7 @@ def load_captioned(directory: str | Path, seed: int = 0) -> CaptionedDataset:
     directory = Path(directory)
     manifest = read_manifest(directory)
     path = directory / CAPTIONS_FILE
-    if not path.is_file():
-        raise DatasetError(f"{path} is missing: {directory} holds episodes without captions")
-    try:
-        content = json.loads(path.read_text())
-    except ValueError as error:
-        raise DatasetError(f"{path} is not valid JSON ({error})") from None
+    content = read_json(path, DatasetError, f"{path} is missing: {directory} holds episodes without captions")
     if content.get("format") != CAPTIONS_FORMAT:
         raise DatasetError(f"{path}: caption format {content.get('format')!r}, this version reads {CAPTIONS_FORMAT}")
     listed = {entry["file"]: entry["length"] for entry in manifest["episodes"]}

@@ -40,6 +40,7 @@ from gymnasium import spaces
 
 from wmlab.core.config import parse_json_object
 from wmlab.core.errors import DatasetError
+from wmlab.core.progress import StageProgress
 from wmlab.core.spaces import describe_space, space_from_description
 from wmlab.core.types import Batch
 from wmlab.data.replay import ReplayBuffer
@@ -109,7 +110,8 @@ def record_dataset(
     action_dtype = _action_dtype(env.action_space)
     files = []
     try:
-        with _progress(progress, episodes) as advance:
+        with StageProgress(progress) as stages:
+            advance = stages.task("record", episodes)
             for episode in range(episodes):
                 columns, summary = _record_episode(
                     env, choose_action, seed + episode, action_dtype, store_actions, max_episode_steps
@@ -118,7 +120,7 @@ def record_dataset(
                 name = f"{EPISODE_DIR}/{episode:06d}-{length}.npz"
                 _write_compressed(directory / name, columns)
                 files.append({"file": name, "length": length, **summary})
-                advance()
+                advance(1)
     finally:
         env.close()
 
@@ -398,37 +400,6 @@ def _wmlab_version() -> str:
     import wmlab
 
     return wmlab.__version__
-
-
-class _progress:
-    """A rich progress bar over episodes (or nothing when disabled)."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("[bold]record"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task("record", total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc_info) -> bool:
-        if self.enabled:
-            self._bar.__exit__(*exc_info)
-        return False
 
 
 # ---------------------------------------------------------------------- command line

@@ -287,10 +287,23 @@ def plot_suite(suite: str, results: Sequence[dict], path: str | Path) -> Path | 
 
     drawers = {
         "horizon": _draw_horizon,
-        "calibration": _draw_calibration,
-        "bound": _draw_bound,
-        "dream": _draw_dream,
-        "controllability": _draw_controllability,
+        "calibration": _single_axis(
+            _draw_calibration,
+            "calibratable",
+            ("nominal interval p", "fraction of real futures inside", "Reliability of predictive intervals"),
+            figsize=(4.5, 4.2),
+        ),
+        "bound": _single_axis(
+            _draw_bound, "defined", ("horizon H", "latent error", "Compounding-error bound against measured error")
+        ),
+        "dream": _single_axis(
+            _draw_dream, None, ("horizon H", "return to H", "Dream against reality (dotted: where they part)")
+        ),
+        "controllability": _single_axis(
+            _draw_controllability,
+            "defined",
+            ("step t", "delta PSNR (dB)", "Controllability: real minus random actions"),
+        ),
     }
     figure = drawers[suite](plt, results)
     if figure is None:
@@ -318,24 +331,11 @@ def _draw_horizon(plt, results):
                 continue
             steps = np.arange(1, len(values) + 1)
             axis.plot(steps, np.array(values, dtype=float), color=color, label=f"{_label(result)} open loop")
-            filtered = result["filtering"].get(name)
-            if filtered is not None:
-                axis.plot(
-                    steps,
-                    np.array(filtered, dtype=float),
-                    color=color,
-                    linestyle="--",
-                    label=f"{_label(result)} filtering",
-                )
-            repeated = result.get("repeat_last_frame", {}).get(name)
-            if repeated is not None:
-                axis.plot(
-                    steps,
-                    np.array(repeated, dtype=float),
-                    color=color,
-                    linestyle=":",
-                    label=f"{_label(result)} repeat last frame",
-                )
+            for key, linestyle in (("filtering", "--"), ("repeat_last_frame", ":")):
+                compared = result.get(key, {}).get(name)
+                if compared is not None:
+                    label = f"{_label(result)} {key.replace('_', ' ')}"
+                    axis.plot(steps, np.array(compared, dtype=float), color=color, linestyle=linestyle, label=label)
         axis.set_xlabel("horizon (steps after the context)")
         axis.set_title(name)
         if name.endswith("mse"):
@@ -354,11 +354,28 @@ def _log_scale_if_wide(axis, decades: float = 1.0) -> None:
         axis.set_yscale("log")
 
 
-def _draw_calibration(plt, results):
-    drawable = [result for result in results if result.get("calibratable")]
-    if not drawable:
-        return None
-    figure, axis = plt.subplots(figsize=(4.5, 4.2))
+def _single_axis(draw, drawable_key: str | None, labels: tuple[str, str, str], figsize=(5.5, 3.6)):
+    """A suite's drawer of one axis: `draw(axis, drawable)` plots the results whose `drawable_key`
+    is true (all when None) and the axis gets `labels` (x label, y label, title) and a legend; the
+    drawer returns None when no result can be drawn."""
+
+    def drawer(plt, results):
+        drawable = [result for result in results if drawable_key is None or result.get(drawable_key)]
+        if not drawable:
+            return None
+        figure, axis = plt.subplots(figsize=figsize)
+        draw(axis, drawable)
+        xlabel, ylabel, title = labels
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
+        axis.legend(fontsize=7)
+        axis.set_title(title)
+        return figure
+
+    return drawer
+
+
+def _draw_calibration(axis, drawable: list[dict]) -> None:
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     for index, result in enumerate(drawable):
         levels = result["levels"]
@@ -372,20 +389,11 @@ def _draw_calibration(plt, results):
                 alpha=0.35 + 0.65 * (shade + 1) / len(result["horizons"]),
                 label=f"{_label(result)} h={horizon}",
             )
-    axis.set_xlabel("nominal interval p")
-    axis.set_ylabel("fraction of real futures inside")
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
-    axis.legend(fontsize=7)
-    axis.set_title("Reliability of predictive intervals")
-    return figure
 
 
-def _draw_bound(plt, results):
-    drawable = [result for result in results if result.get("defined")]
-    if not drawable:
-        return None
-    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+def _draw_bound(axis, drawable: list[dict]) -> None:
     for index, result in enumerate(drawable):
         bound = np.array(result["bound"], dtype=float)
         steps = np.arange(1, len(bound) + 1)
@@ -404,16 +412,10 @@ def _draw_bound(plt, results):
                 label=f"{_label(result)} measured",
             )
     _log_scale_if_wide(axis)
-    axis.set_xlabel("horizon H")
-    axis.set_ylabel("latent error")
-    axis.legend(fontsize=7)
-    axis.set_title("Compounding-error bound against measured error")
-    return figure
 
 
-def _draw_dream(plt, results):
-    figure, axis = plt.subplots(figsize=(5.5, 3.6))
-    for index, result in enumerate(results):
+def _draw_dream(axis, drawable: list[dict]) -> None:
+    for index, result in enumerate(drawable):
         steps = np.arange(1, len(result["real_return"]) + 1)
         axis.plot(steps, result["real_return"], color=f"C{index}", label=f"{_label(result)} real")
         axis.plot(
@@ -421,18 +423,9 @@ def _draw_dream(plt, results):
         )
         if result.get("parting_horizon"):
             axis.axvline(result["parting_horizon"], color=f"C{index}", linestyle=":", alpha=0.7)
-    axis.set_xlabel("horizon H")
-    axis.set_ylabel("return to H")
-    axis.legend(fontsize=7)
-    axis.set_title("Dream against reality (dotted: where they part)")
-    return figure
 
 
-def _draw_controllability(plt, results):
-    drawable = [result for result in results if result.get("defined")]
-    if not drawable:
-        return None
-    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+def _draw_controllability(axis, drawable: list[dict]) -> None:
     for index, result in enumerate(drawable):
         curves = sorted(result["delta_psnr"].items())
         if "latent_delta_db" in result:
@@ -446,11 +439,6 @@ def _draw_controllability(plt, results):
                 label=f"{_label(result)} {key}",
             )
     axis.axhline(0, color="grey", linewidth=0.8)
-    axis.set_xlabel("step t")
-    axis.set_ylabel("delta PSNR (dB)")
-    axis.legend(fontsize=7)
-    axis.set_title("Controllability: real minus random actions")
-    return figure
 
 
 def suite_summary(suite: str, result: dict) -> str:

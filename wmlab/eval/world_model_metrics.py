@@ -291,6 +291,12 @@ def moving_pixel_errors(real: Any, predicted: Any, reference: Any) -> dict[str, 
 # Rolling a model along real data
 
 
+def _window_record(model: Any, context: int, steps: int, sequences: int) -> dict[str, Any]:
+    """What every windowed measurement's result starts with: the model's class, the context
+    frames, the measured steps L after them and the B sequences."""
+    return {"model": type(model).__name__, "context": context, "steps": steps, "sequences": sequences}
+
+
 def window_parts(batch: Batch, context: int) -> tuple[int, int, int]:
     """(B, T, L) of a batch split into k context steps and L = T - k open-loop steps."""
     B, T = (int(size) for size in np.shape(batch.reward)[:2])
@@ -422,10 +428,7 @@ def horizon_errors(
 
     chosen = horizons_within(horizons, L)
     return {
-        "model": type(model).__name__,
-        "context": context,
-        "steps": L,
-        "sequences": B,
+        **_window_record(model, context, L, B),
         "horizons": chosen,
         "open_loop": open_loop,
         "filtering": filtering,
@@ -700,10 +703,7 @@ def dream_against_reality(
     gap = (predicted - real).abs().mean(0) / scale
     parting = next((h + 1 for h in range(L) if float(gap[h]) > threshold), None)
     return {
-        "model": type(model).__name__,
-        "context": context,
-        "steps": L,
-        "sequences": B,
+        **_window_record(model, context, L, B),
         "threshold": threshold,
         "predicted_return": _clean(predicted.mean(0)),
         "real_return": _clean(real.mean(0)),
@@ -758,7 +758,7 @@ def controllability(
     frame). "defined" is False only when neither can be measured, with the reason.
     """
     B, T, L = window_parts(batch, context)
-    base = {"model": type(model).__name__, "context": context, "steps": L, "sequences": B}
+    base = _window_record(model, context, L, B)
     real_actions = np.asarray(batch.action)[:, context:]
     draw = random_actions or shuffled_actions
     other_actions = draw(real_actions, np.random.default_rng(seed))

@@ -66,7 +66,7 @@ from torch import nn
 
 from wmlab.core.config import widths_from_preset
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape
+from wmlab.core.shapes import check_shape, imagined_length
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.transformer import Block, TransformerConfig
 from wmlab.nn.vq import VectorQuantizer
@@ -765,15 +765,8 @@ class GenieWorldModel(nn.Module):
         sizes = check_shape("state['history']", state["history"], ("B", self.context, self.tokens_per_frame))
         B = sizes["B"]
         policy = actions_or_policy if callable(actions_or_policy) else None
-        if policy is None:
-            actions = self.encode_actions(actions_or_policy, ("B", "L"), sizes)
-            if horizon is not None and horizon != sizes["L"]:
-                raise ShapeError(
-                    f"latent actions: expected (B, {horizon}) for horizon {horizon}, got {tuple(actions.shape)}"
-                )
-            horizon = sizes["L"]
-        elif horizon is None:
-            raise ValueError("imagine with a policy needs a horizon")
+        actions = None if policy is not None else self.encode_actions(actions_or_policy, ("B", "L"), sizes)
+        horizon = imagined_length(actions, horizon, sizes, policy is not None)
         temperature = self.config.temperature if temperature is None else float(temperature)
         steps = self.config.maskgit_steps if sampling_steps is None else int(sampling_steps)
         generator = generator if generator is not None else self.generator

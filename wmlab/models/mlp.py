@@ -23,6 +23,7 @@ from torch import nn
 
 from wmlab.core.config import COUNT, POSITIVE, Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.rollout import roll_steps
 from wmlab.core.shapes import check_shape, imagined_length
 from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
@@ -186,15 +187,10 @@ class MLPWorldModel(nn.Module):
         actions = None if policy is not None else self.encode_action(actions_or_policy, ("B", "L"), sizes)
         horizon = imagined_length(actions, horizon, sizes, policy is not None)
 
-        state = state.to(self.dtype)
-        states, taken, rewards, logits = [], [], [], []
-        for index in range(horizon):
-            action = actions[:, index] if policy is None else self.encode_action(policy(state), ("B",), dict(sizes))
-            state, reward, continue_logit = self.step(state, action)
-            states.append(state)
-            taken.append(action)
-            rewards.append(reward)
-            logits.append(continue_logit)
+        def choose(index: int, current: torch.Tensor) -> torch.Tensor:
+            return actions[:, index] if policy is None else self.encode_action(policy(current), ("B",), dict(sizes))
+
+        taken, (states, rewards, logits) = roll_steps(self.step, state.to(self.dtype), horizon, choose)
         states_tensor = torch.stack(states, 1)
         logits_tensor = torch.stack(logits, 1)
         return Trajectory(

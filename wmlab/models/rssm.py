@@ -329,6 +329,18 @@ def stack_width(input_size: int, units: int, layers: int) -> int:
 # Encoder and decoder
 
 
+def conv_options(layout: ObservationLayout, config: RSSMConfig, widths: RSSMWidths) -> dict[str, Any]:
+    """The conv stack's shape, the same for the encoder and its mirror the decoder."""
+    return {
+        "depth": widths.cnn_depth,
+        "multipliers": config.cnn_multipliers,
+        "kernel": config.cnn_kernel,
+        "norm": config.norm,
+        "activation": config.activation,
+        "image_size": layout.image_size,
+    }
+
+
 class MultiEncoder(nn.Module):
     """obs {key: (N, ...)} -> embedding (N, E): images through one conv stack, vectors through one MLP."""
 
@@ -339,15 +351,7 @@ class MultiEncoder(nn.Module):
         self.features = 0
         self.conv = None
         if layout.image_keys:
-            self.conv = ConvEncoder(
-                sum(layout.image_channels),
-                widths.cnn_depth,
-                config.cnn_multipliers,
-                config.cnn_kernel,
-                config.norm,
-                config.activation,
-                layout.image_size,
-            )
+            self.conv = ConvEncoder(sum(layout.image_channels), **conv_options(layout, config, widths))
             self.features += self.conv.features
         self.mlp = None
         if layout.vector_keys:
@@ -375,16 +379,7 @@ class MultiDecoder(nn.Module):
         self.layout = layout
         self.conv = None
         if layout.image_keys:
-            self.conv = ConvDecoder(
-                feature_size,
-                sum(layout.image_channels),
-                widths.cnn_depth,
-                config.cnn_multipliers,
-                config.cnn_kernel,
-                config.norm,
-                config.activation,
-                layout.image_size,
-            )
+            self.conv = ConvDecoder(feature_size, sum(layout.image_channels), **conv_options(layout, config, widths))
         self.mlp = None
         if layout.vector_keys:
             self.mlp = nn.Sequential(

@@ -45,7 +45,8 @@ from torch import nn
 
 from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, Config, above, at_least, between, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape
+from wmlab.core.rollout import roll_steps
+from wmlab.core.shapes import check_shape, imagined_length
 from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.activations import Mish
@@ -682,23 +683,19 @@ class TDMPCModel(nn.Module):
         if self.masks_actions and action_mask is None:
             raise ValueError("this TD-MPC2 model masks actions; imagine needs action_mask (B, A)")
         policy = actions_or_policy if callable(actions_or_policy) else None
-        if policy is None:
-            actions = self.to_model_action(actions_or_policy, ("B", "L"), sizes)
-            if horizon is not None and horizon != sizes["L"]:
-                raise ShapeError(f"actions: expected horizon {horizon}, got {sizes['L']} steps")
-            horizon = sizes["L"]
-        elif horizon is None:
-            raise ValueError("imagine with a policy needs a horizon")
+        actions = None if policy is not None else self.to_model_action(actions_or_policy, ("B", "L"), sizes)
+        horizon = imagined_length(actions, horizon, sizes, policy is not None)
         mask = None if action_mask is None else torch.as_tensor(action_mask, device=self.device).float()
-        latent, latents, taken, rewards = state, [], [], []
-        for step in range(horizon):
-            action = actions[:, step] if policy is None else self.to_model_action(policy(latent), ("B",), dict(sizes))
-            if mask is not None:
-                action = action * mask
-            rewards.append(self.reward(latent, action, task))
-            latent = self.next(latent, action, task)
-            latents.append(latent)
-            taken.append(action)
+
+        def choose(index: int, latent: torch.Tensor) -> torch.Tensor:
+            action = actions[:, index] if policy is None else self.to_model_action(policy(latent), ("B",), dict(sizes))
+            return action if mask is None else action * mask
+
+        def step(latent: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            reward = self.reward(latent, action, task)  # for taking `action` in `latent`
+            return self.next(latent, action, task), reward
+
+        taken, (latents, rewards) = roll_steps(step, state, horizon, choose)
         states = torch.stack(latents, 1)
         rewards_tensor = torch.stack(rewards, 1)
         return Trajectory(

@@ -20,6 +20,19 @@ from wmlab.core.errors import ShapeError
 from wmlab.nn.activations import activation_module
 
 
+def member_parameters(
+    layer: nn.Module, members: torch.Tensor | None, detach: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A member-stacked layer's (weight, bias): only the `members` selected (all when None), and
+    cut from the graph when `detach` (the Q-loss's target and the policy's frozen Qs)."""
+    weight, bias = layer.weight, layer.bias
+    if members is not None:
+        weight, bias = weight[members], bias[members]
+    if detach:
+        weight, bias = weight.detach(), bias.detach()
+    return weight, bias
+
+
 class EnsembleLinear(nn.Module):
     """E independent linear maps: x (E, M, in) -> (E, M, out)."""
 
@@ -33,11 +46,7 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None, detach: bool = False) -> torch.Tensor:
-        weight, bias = self.weight, self.bias
-        if members is not None:
-            weight, bias = weight[members], bias[members]
-        if detach:
-            weight, bias = weight.detach(), bias.detach()
+        weight, bias = member_parameters(self, members, detach)
         return torch.baddbmm(bias, x, weight)
 
 
@@ -51,11 +60,7 @@ class EnsembleLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None, detach: bool = False) -> torch.Tensor:
-        weight, bias = self.weight, self.bias
-        if members is not None:
-            weight, bias = weight[members], bias[members]
-        if detach:
-            weight, bias = weight.detach(), bias.detach()
+        weight, bias = member_parameters(self, members, detach)
         return F.layer_norm(x, x.shape[-1:], eps=self.eps) * weight + bias
 
 

@@ -566,33 +566,38 @@ def _bench_figures(context: _Context, source: str, figures: Any) -> str:
             context.note(f"bench/{source}: figure {relative} is not an image this page can show.")
             continue
         context.shown_files.add(path)
-        data = _embeddable(context, path)
-        if data is not None:
-            parts.append(_figure(data, mime, _caption(path)))
+        parts.append(_image_figure(context, path, mime))
     return "".join(parts)
 
 
-def _figures_section(context: _Context) -> str:
-    directory = context.run_dir / "figures"
-    if not directory.is_dir():
-        return ""
-    parts = []
-    for path in sorted(directory.iterdir()):
-        mime = IMAGE_TYPES.get(path.suffix.lower())
-        if mime is None or not path.is_file() or path.resolve() in context.shown_files:
-            continue
-        data = _embeddable(context, path)
-        if data is not None:
-            parts.append(_figure(data, mime, _caption(path)))
+def _image_figure(context: _Context, path: Path, mime: str) -> str:
+    """The image at `path` as a captioned figure; "" when it is too large to embed (noted)."""
+    data = _embeddable(context, path)
+    return "" if data is None else _figure(data, mime, _caption(path))
+
+
+def _run_files(context: _Context, folder: str) -> list[Path]:
+    """The entries of RUN_DIR/folder in name order ([] when there is no such folder)."""
+    directory = context.run_dir / folder
+    return sorted(directory.iterdir()) if directory.is_dir() else []
+
+
+def _grid(parts: list[str]) -> str:
     return f'<div class="grid">{"".join(parts)}</div>' if parts else ""
 
 
-def _videos_section(context: _Context) -> str:
-    directory = context.run_dir / "videos"
-    if not directory.is_dir():
-        return ""
+def _figures_section(context: _Context) -> str:
     parts = []
-    for path in sorted(directory.iterdir()):
+    for path in _run_files(context, "figures"):
+        mime = IMAGE_TYPES.get(path.suffix.lower())
+        if mime is not None and path.is_file() and path.resolve() not in context.shown_files:
+            parts.append(_image_figure(context, path, mime))
+    return _grid([part for part in parts if part])
+
+
+def _videos_section(context: _Context) -> str:
+    parts = []
+    for path in _run_files(context, "videos"):
         suffix = path.suffix.lower()
         if not path.is_file() or (suffix != ".gif" and suffix not in VIDEO_TYPES):
             continue
@@ -608,7 +613,7 @@ def _videos_section(context: _Context) -> str:
                 f'<source src="{_data_uri(data, mime)}" type="{mime}">'
                 f"</video><figcaption>{_escape(_caption(path))}</figcaption></figure>"
             )
-    return f'<div class="grid">{"".join(parts)}</div>' if parts else ""
+    return _grid(parts)
 
 
 def _video_caption(context: _Context, path: Path) -> str:

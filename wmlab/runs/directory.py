@@ -21,7 +21,7 @@ from typing import Any
 
 from wmlab.core.config import from_dict
 from wmlab.core.errors import IncompatibleSpaceError, RunDirectoryError
-from wmlab.core.files import sync
+from wmlab.core.files import read_json, sync
 from wmlab.core.registry import ALGORITHMS, MODELS
 from wmlab.core.serialization import load_state
 from wmlab.core.spaces import space_from_description
@@ -208,12 +208,7 @@ def _read_config(run_dir: Path) -> dict:
     path = Path(run_dir) / CONFIG_FILE
     if not Path(run_dir).is_dir():
         raise RunDirectoryError(f"run directory {run_dir} does not exist")
-    if not path.is_file():
-        raise RunDirectoryError(f"{run_dir} holds no run ({CONFIG_FILE} is missing)")
-    try:
-        raw = json.loads(path.read_text())
-    except ValueError as error:
-        raise RunDirectoryError(f"{path} is corrupt ({error})") from None
+    raw = read_json(path, RunDirectoryError, f"{run_dir} holds no run ({CONFIG_FILE} is missing)", "is corrupt")
     if not isinstance(raw, dict):
         raise RunDirectoryError(f"{path} is corrupt (it holds no JSON object)")
     return raw

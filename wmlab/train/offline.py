@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -287,23 +287,35 @@ def check_resume_changes(parsed: Any, saved: Any, fields: tuple[str, ...]) -> No
         )
 
 
+def parse_resumed(
+    argv: list[str], resume_dir: str, command_of: Callable[[OfflineRunSpec], tuple[type, dict[str, Any]]]
+) -> tuple[OfflineRunSpec, Path, bool, bool]:
+    """(the saved OfflineRunSpec with the command line's trainer settings, run_dir, True, False)
+    for `wmlab train ... --resume RUN_DIR`. `command_of(saved)` gives the command's class and the
+    fields, beside the dataset, that name what the run trains (they default to the saved values
+    and may not change, like everything but OFFLINE_RESUMABLE_CHANGES)."""
+    saved = load_offline_run_spec(Path(resume_dir))
+    command_class, fixed = command_of(saved)
+    default = command_class(
+        **fixed,
+        dataset=Path(saved.dataset),
+        run_dir=Path(resume_dir),
+        resume=Path(resume_dir),
+        train=saved.train,
+        world_model=saved.world_model,
+    )
+    parsed = tyro.cli(command_class, args=argv, default=default, prog="wmlab train")
+    check_resume_changes(parsed, default, (*fixed, "dataset"))
+    return dataclasses.replace(saved, train=parsed.train), Path(resume_dir), True, False
+
+
 def parse_offline_arguments(argv: list[str]) -> tuple[OfflineRunSpec, Path, bool, bool]:
     """(OfflineRunSpec, run_dir, resume, force) from the command line."""
     resume_dir = option_value(argv, "--resume")
     if resume_dir is not None:
-        saved = load_offline_run_spec(Path(resume_dir))
-        command_class = _command_class(model_config_class(saved.model))
-        default = command_class(
-            model=saved.model,
-            dataset=Path(saved.dataset),
-            run_dir=Path(resume_dir),
-            resume=Path(resume_dir),
-            train=saved.train,
-            world_model=saved.world_model,
+        return parse_resumed(
+            argv, resume_dir, lambda saved: (_command_class(model_config_class(saved.model)), {"model": saved.model})
         )
-        parsed = tyro.cli(command_class, args=argv, default=default, prog="wmlab train")
-        check_resume_changes(parsed, default, ("model", "dataset"))
-        return dataclasses.replace(saved, train=parsed.train), Path(resume_dir), True, False
 
     name = option_value(argv, "--model") or "rssm"
     command_class = _command_class(model_config_class(name))

@@ -39,9 +39,8 @@ from wmlab.runs.directory import (
     OfflineRunSpec,
     build_world_model,
     is_offline_run,
-    load_offline_run_spec,
 )
-from wmlab.train.offline import OfflineTrainer, check_resume_changes, train_and_report
+from wmlab.train.offline import OfflineTrainer, parse_resumed, train_and_report
 
 #: Model families that learn from frames alone (their actions are latent): trained here.
 VIDEO_MODELS = ("genie",)
@@ -170,21 +169,14 @@ def parse_video_arguments(argv: list[str]) -> tuple[OfflineRunSpec, Path, bool, 
     argv = ["--algo" if argument == "--model" else argument for argument in argv]
     resume_dir = option_value(argv, "--resume")
     if resume_dir is not None:
-        saved = load_offline_run_spec(Path(resume_dir))
-        command_class = _command_class(saved.model)
-        default = command_class(
-            algo=saved.model,
-            dataset=Path(saved.dataset),
-            run_dir=Path(resume_dir),
-            resume=Path(resume_dir),
-            held_out=saved.held_out,
-            size=saved.frame_size,
-            train=saved.train,
-            world_model=saved.world_model,
+        return parse_resumed(
+            argv,
+            resume_dir,
+            lambda saved: (
+                _command_class(saved.model),
+                {"algo": saved.model, "held_out": saved.held_out, "size": saved.frame_size},
+            ),
         )
-        parsed = tyro.cli(command_class, args=argv, default=default, prog="wmlab train")
-        check_resume_changes(parsed, default, ("algo", "dataset", "held_out", "size"))
-        return dataclasses.replace(saved, train=parsed.train), Path(resume_dir), True, False
 
     family = option_value(argv, "--algo") or VIDEO_MODELS[0]
     parsed = tyro.cli(
