@@ -41,12 +41,12 @@ from wmlab.studies.runner import (
     Variant,
     cached_measurement,
     fmt,
-    parse_study_arguments,
     pyplot,
     return_text,
     save_figure,
     spread,
     steps_phrase,
+    study_entry,
 )
 
 NAME = "counterfactual"
@@ -280,7 +280,4 @@ def run_counterfactual_study(arguments: CounterfactualArguments, argv: Sequence[
     return output
 
 
-def run(argv: list[str]) -> int:
-    arguments = parse_study_arguments(CounterfactualArguments, NAME, argv, DESCRIPTION)
-    run_counterfactual_study(arguments, argv)
-    return 0
+run = study_entry(CounterfactualArguments, NAME, DESCRIPTION, run_counterfactual_study)

@@ -30,12 +30,12 @@ from wmlab.studies.runner import (
     eval_curve,
     fmt,
     overlap_phrase,
-    parse_study_arguments,
     pyplot,
     return_text,
     save_figure,
     spread,
     steps_phrase,
+    study_entry,
 )
 
 NAME = "horizon"
@@ -175,7 +175,4 @@ def run_horizon_study(arguments: HorizonArguments, argv: Sequence[str] = ()) -> 
     return output
 
 
-def run(argv: list[str]) -> int:
-    arguments = parse_study_arguments(HorizonArguments, NAME, argv, DESCRIPTION)
-    run_horizon_study(arguments, argv)
-    return 0
+run = study_entry(HorizonArguments, NAME, DESCRIPTION, run_horizon_study)

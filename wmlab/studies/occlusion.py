@@ -45,11 +45,11 @@ from wmlab.studies.runner import (
     cached_measurement,
     fmt,
     fmt_number,
-    parse_study_arguments,
     pyplot,
     save_figure,
     spread,
     steps_phrase,
+    study_entry,
 )
 
 NAME = "occlusion"
@@ -367,7 +367,4 @@ def run_occlusion_study(arguments: OcclusionArguments, argv: Sequence[str] = ())
     return output
 
 
-def run(argv: list[str]) -> int:
-    arguments = parse_study_arguments(OcclusionArguments, NAME, argv, DESCRIPTION)
-    run_occlusion_study(arguments, argv)
-    return 0
+run = study_entry(OcclusionArguments, NAME, DESCRIPTION, run_occlusion_study)

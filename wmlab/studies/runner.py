@@ -567,3 +567,15 @@ def save_figure(figure: Any, path: Path) -> Path:
 
 def parse_study_arguments(cls: type, name: str, argv: Sequence[str], description: str) -> Any:
     return tyro.cli(cls, args=list(argv), prog=f"wmlab study {name}", description=description)
+
+
+def study_entry(
+    cls: type, name: str, description: str, study: Callable[[Any, Sequence[str]], dict]
+) -> Callable[[list[str]], int]:
+    """The `run(argv)` of `wmlab study NAME`: parse the study's arguments `cls`, run `study`, exit 0."""
+
+    def run(argv: list[str]) -> int:
+        study(parse_study_arguments(cls, name, argv, description), argv)
+        return 0
+
+    return run
