@@ -39,6 +39,7 @@ from torch import nn
 
 from wmlab.core.config import COUNT, NON_NEGATIVE, POSITIVE, Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.rollout import roll_steps
 from wmlab.core.shapes import check_shape
 from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
@@ -527,21 +528,20 @@ class VAEMDNRNN(nn.Module):
             horizon = sizes["L"]
         elif horizon is None or horizon < 1:
             raise ValueError("imagining with a policy needs a positive horizon")
-        steps: list[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        for index in range(horizon):
-            if policy is None:
-                action = encoded[:, index]
-            else:
-                action = self.encode_action(policy(state), ("B",), dict(sizes))
-            state, reward, continues = self.step(state, action, temperature, generator)
-            steps.append((state, action, reward, continues))
-        states = {key: torch.stack([step[0][key] for step in steps], 1) for key in ("latent", "hidden", "cell")}
+
+        def choose(index: int, current: dict[str, torch.Tensor]) -> torch.Tensor:
+            return encoded[:, index] if policy is None else self.encode_action(policy(current), ("B",), dict(sizes))
+
+        taken, (reached, rewards, continues) = roll_steps(
+            lambda current, action: self.step(current, action, temperature, generator), state, horizon, choose
+        )
+        states = {key: torch.stack([step[key] for step in reached], 1) for key in ("latent", "hidden", "cell")}
         observations = self.decode(states) if decode else None
         return Trajectory(
             states=states,
-            actions=torch.stack([step[1] for step in steps], 1),
-            rewards=torch.stack([step[2] for step in steps], 1),
-            continues=torch.stack([step[3] for step in steps], 1),
+            actions=torch.stack(taken, 1),
+            rewards=torch.stack(rewards, 1),
+            continues=torch.stack(continues, 1),
             observations=observations,
         )
 
