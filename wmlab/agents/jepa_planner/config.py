@@ -124,7 +124,7 @@ class ValueConfig(Config):
 class JEPAPlannerConfig(Config):
     """A JEPA world model, a goal-conditioned value on its embeddings, and MPC over both."""
 
-    limits = ranges(replan_every=COUNT, learning_rate=POSITIVE, gradient_clip=NON_NEGATIVE)
+    limits = ranges(replan_every=COUNT)
 
     model: JEPAConfig = field(default_factory=JEPAConfig)
     """The world model."""
@@ -147,10 +147,6 @@ class JEPAPlannerConfig(Config):
     `goal_distance_returns`."""
     replan_every: int = 4
     """MPC: execute this many actions of each plan before planning again."""
-    learning_rate: float = 3e-4
-    """Adam step size of the world model."""
-    gradient_clip: float = 10.0
-    """Global norm the world model's gradients are clipped to."""
 
     def __post_init__(self):
         super().__post_init__()
