@@ -28,7 +28,7 @@ from wmlab.agents.jepa_planner.agent import (
     value_returns,
 )
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
-from wmlab.core.errors import IncompatibleSpaceError
+from wmlab.core.errors import ConfigError, IncompatibleSpaceError
 from wmlab.core.types import Batch
 from wmlab.models.jepa import (
     JEPAConfig,
@@ -740,7 +740,7 @@ def test_the_command_line_sets_the_nested_configs():
     settings land in the configs the pipeline composes, with no copy of their fields beside them."""
     import tyro
 
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments
+    from wmlab.pipelines.jepa.pipeline import DataConfig, PipelineArguments
 
     def parse(*argv):
         return tyro.cli(PipelineArguments, args=list(argv))
@@ -763,6 +763,8 @@ def test_the_command_line_sets_the_nested_configs():
         parse("--planning-horizon", "15")  # the old flat flags are gone
     with pytest.raises(ValueError, match="replan_every"):
         parse("--planner.horizon", "3", "--replan-every", "4")
+    with pytest.raises(ConfigError, match="shares of the episodes"):
+        DataConfig(sticky_episodes=0.6, wall_episodes=0.5)
 
 
 def test_evaluation_layouts_must_not_repeat_recorded_ones():

@@ -23,6 +23,7 @@ from wmlab.agents.world_models.config import (
 from wmlab.agents.world_models.evolution import CMAES
 from wmlab.core.errors import RunDirectoryError, ShapeError
 from wmlab.core.protocols import Agent, WorldModel
+from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch
 from wmlab.envs.imagined import ImaginedEnv
 from wmlab.models.vae_mdnrnn import (
@@ -391,7 +392,7 @@ def test_pipeline_smoke_resume_and_eval(tmp_path, monkeypatch):
         env_kwargs={"reward": "dense"},
         progress=False,
         models_from=run_dir,
-        stages=("collect", "vae", "encode", "mdnrnn"),
+        stages=("collect", "vae", "mdnrnn"),
     )
     assert (retrained / "stages" / "vae" / "result.safetensors").read_bytes() == (
         run_dir / "stages" / "vae" / "result.safetensors"
@@ -402,8 +403,24 @@ def test_pipeline_smoke_resume_and_eval(tmp_path, monkeypatch):
         run_dir / "figures" / "vae_reconstructions.png"
     ).read_bytes()
 
-    # The trained V-M-C acts through the Agent protocol, and `wmlab eval` evaluates the run.
+    # V and M were fitted by the offline trainer: stages/mdnrnn/run is an ordinary offline run of the
+    # whole V-M model (V as the V stage left it), which `wmlab eval` reads.
     from wmlab.cli import main
+    from wmlab.runs.directory import load_trained_model
+
+    for stage, updates in (("vae", 3), ("mdnrnn", 4)):  # 39 frames in batches of 16, one epoch; 4 updates
+        config = json.loads((run_dir / "stages" / stage / "run" / "config.json").read_text())
+        assert config["kind"] == "offline" and config["model"] == "vae-mdnrnn" and config["train"]["updates"] == updates
+        assert not (run_dir / "stages" / stage / "checkpoint.json").exists()
+    _, model = load_trained_model(run_dir / "stages" / "mdnrnn" / "run")
+    results = {stage: load_state(run_dir / "stages" / stage, "result")["weights"] for stage in ("vae", "mdnrnn")}
+    for name, value in model.state_dict().items():
+        part, key = name.split(".", 1)
+        assert torch.equal(value, results[part][key]), name
+    model_run = str(run_dir / "stages" / "mdnrnn" / "run")
+    assert main(["eval", model_run, "--suite", "horizon", "--horizon", "2", "--context", "2", "--sequences", "2"]) == 0
+
+    # The trained V-M-C acts through the Agent protocol, and `wmlab eval` evaluates the run.
 
     assert main(["eval", str(run_dir), "--episodes", "1"]) == 0
     assert "eval/return" in json.loads((run_dir / "eval.json").read_text())

@@ -112,12 +112,6 @@ class ValueConfig(Config):
             raise ValueError(f"value space must be one of {VALUE_SPACES}, got {self.space!r}")
         if self.objective not in VALUE_OBJECTIVES:
             raise ValueError(f"value objective must be one of {VALUE_OBJECTIVES}, got {self.objective!r}")
-        if not 0.0 <= self.quasimetric_same_episode_share <= 1.0:
-            raise ValueError(
-                f"quasimetric_same_episode_share must be in [0, 1], got {self.quasimetric_same_episode_share}"
-            )
-        if self.quasimetric_epsilon <= 0 or self.quasimetric_offset <= 0 or self.quasimetric_beta <= 0:
-            raise ValueError("quasimetric_epsilon, quasimetric_offset and quasimetric_beta must be positive")
 
 
 @dataclass(frozen=True)

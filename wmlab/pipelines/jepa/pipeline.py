@@ -33,8 +33,8 @@ from wmlab.agents.jepa_planner.agent import (
     make_value_learner,
 )
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
-from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, Config, from_dict, ranges
-from wmlab.core.errors import RunDirectoryError, ShapeError
+from wmlab.core.config import COUNT, NON_NEGATIVE, Config, from_dict, ranges
+from wmlab.core.errors import ConfigError, RunDirectoryError, ShapeError
 from wmlab.core.progress import StageProgress
 from wmlab.core.serialization import load_state, save_state
 from wmlab.data.dataset import load_dataset, record_dataset
@@ -188,14 +188,7 @@ class DataConfig(Config):
     """What is recorded: episodes of the exploration policy (see `exploration_policy`) in two-rooms
     from pixels, and optionally wall-following episodes beside them."""
 
-    limits = ranges(
-        episodes=COUNT,
-        episode_steps=COUNT,
-        sticky_episodes=FRACTION,
-        waypoint_episodes=FRACTION,
-        wall_episodes=FRACTION,
-        extra_wall_episodes=NON_NEGATIVE,
-    )
+    limits = ranges(episodes=COUNT, episode_steps=COUNT, extra_wall_episodes=NON_NEGATIVE)
 
     episodes: int = 400
     """Episodes to record (capped at `episode_steps` steps each)."""
@@ -215,6 +208,15 @@ class DataConfig(Config):
     what trains on frozen embeddings, the goal value and the predictor refinement, beside the main
     dataset; the world model (the encoder) never sees them. They push into the wall at every height
     and cross the door both ways, what the predictor's wall and the value's detour are learnt from."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        shares = (self.sticky_episodes, self.waypoint_episodes, self.wall_episodes)
+        if min(shares) < 0 or sum(shares) > 1:
+            raise ConfigError(
+                "DataConfig: sticky_episodes, waypoint_episodes and wall_episodes are shares of the episodes, each "
+                f"at least 0 and together at most 1; got {', '.join(f'{share:g}' for share in shares)}"
+            )
 
 
 @dataclass(frozen=True)
@@ -598,8 +600,9 @@ def run_pipeline(arguments: PipelineArguments) -> dict:
     log = out / "metrics.jsonl"
     dataset, extra = record_datasets(arguments)
     results = {"settings": settings_json(arguments), "runs": []}
-    with StageProgress(arguments.train.progress) as bars:
-        for seed in range(arguments.train.seed, arguments.train.seed + arguments.seeds):
+    for seed in range(arguments.train.seed, arguments.train.seed + arguments.seeds):
+        # One display per seed: the offline trainer shows its own bar before the seed's first one.
+        with StageProgress(arguments.train.progress) as bars:
             results["runs"].append(run_seed(arguments, dataset, seed, log, bars, extra))
     results["summary"] = summarise_seeds(results["runs"])
     (out / "results.json").write_text(json.dumps(results, indent=2))
