@@ -28,6 +28,7 @@ C's learning curve) and videos/ (a real and a dream rollout), which `wmlab repor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -499,7 +500,8 @@ class Pipeline:
             checkpoint_every=settings.checkpoint_every,
         )
         vae = self.load_result("vae")["weights"]
-        model = self.fit("mdnrnn", MTraining(vae, self.config.frame_crop), train).model
+        recording = self.stage_dir("collect") / "dataset"
+        model = self.fit("mdnrnn", MTraining(vae, self.config.frame_crop, recording), train).model
         self.save("mdnrnn", RESULT, {"weights": dict(model.mdnrnn.state_dict()), "updates": train.updates})
         (self.stage_dir("mdnrnn") / f"{CHECKPOINT}.json").unlink(missing_ok=True)
         (self.stage_dir("mdnrnn") / f"{CHECKPOINT}.safetensors").unlink(missing_ok=True)
@@ -795,24 +797,42 @@ class VTraining(TrainingObjective):
 
 
 class MTraining(TrainingObjective):
-    """Stage 3 for the offline trainer: M alone on V's codes. V (the trained weights given) is frozen;
-    each frame of the B windows of T steps is encoded and a fresh z ~ q(z | x) drawn for every batch,
-    as the authors train M; gradients are clipped element-wise (by value), as they do."""
+    """Stage 3 for the offline trainer: M alone on V's codes. V (the trained weights given) is frozen
+    and encodes every recorded frame once (q(z | x)'s mean and log-variance, in chunks of 256 frames
+    in recording order); each batch then draws a fresh z ~ q(z | x) for every frame of its B windows
+    of T steps, as the authors train M. Gradients are clipped element-wise (by value), as they do."""
 
-    def __init__(self, vae_weights: dict[str, torch.Tensor], crop: tuple[int, int, int, int]):
-        self.vae_weights, self.crop = vae_weights, tuple(crop)
+    def __init__(self, vae_weights: dict[str, torch.Tensor], crop: tuple[int, int, int, int], dataset: Path):
+        self.vae_weights, self.crop, self.dataset = vae_weights, tuple(crop), Path(dataset)
 
+    @torch.no_grad()
     def prepare(self, model: VAEMDNRNN) -> None:
         model.vae.load_state_dict(self.vae_weights)
         model.vae.requires_grad_(False)
+        model.eval()
+        self.rows: dict[bytes, int] = {}  # a frame's digest -> its row of codes (its first appearance)
+        codes = []
+        for entry in read_manifest(self.dataset)["episodes"]:
+            with np.load(self.dataset / entry["file"], allow_pickle=False) as archive:
+                frames = archive["image"]
+            first = sum(len(chunk) for chunk in codes)
+            for offset, frame in enumerate(frames):
+                self.rows.setdefault(_digest(frame), first + offset)
+            prepared = prepare_frames(frames, self.crop)
+            codes += [
+                torch.cat(model.encode(prepared[start : start + 256]), -1) for start in range(0, len(prepared), 256)
+            ]
+        self.mean, self.log_variance = torch.cat(codes).chunk(2, dim=-1)  # (frames, Z) each
 
     def parameters(self, model: VAEMDNRNN) -> list[torch.nn.Parameter]:
         return list(model.mdnrnn.parameters())
 
     def loss(self, model: VAEMDNRNN, batch) -> tuple[torch.Tensor, dict[str, float]]:
-        with torch.no_grad():
-            mean, log_variance = model.encode(prepare_frames(np.asarray(batch.obs["image"]), self.crop))
-            latents = mean + (0.5 * log_variance).exp() * torch.randn_like(mean)  # (B, T, Z)
+        images = np.asarray(batch.obs["image"])  # (B, T, H, W, C)
+        rows = torch.as_tensor([self.rows[_digest(frame)] for frame in images.reshape(-1, *images.shape[2:])])
+        shape = (*images.shape[:2], -1)
+        mean, log_variance = self.mean[rows].reshape(shape), self.log_variance[rows].reshape(shape)
+        latents = mean + (0.5 * log_variance).exp() * torch.randn_like(mean)  # (B, T, Z)
         loss, metrics = model.mdnrnn_loss(latents, batch.action, batch.reward, batch.is_first, batch.is_terminal)
         named = {"mdnrnn/" + key.split("/", 1)[1]: value for key, value in metrics.items()}
         return loss, named | {"mdnrnn/loss": float(loss.detach())}
@@ -822,6 +842,11 @@ class MTraining(TrainingObjective):
         if limit > 0:
             torch.nn.utils.clip_grad_value_(parameters, limit)
         return norm
+
+
+def _digest(frame: np.ndarray) -> bytes:
+    """A 16-byte fingerprint of a frame's pixels (which codes belong to it)."""
+    return hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).digest()
 
 
 def _link_or_copy(source: str, destination: str) -> None:
