@@ -5,12 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, between, ranges
+from wmlab.core.errors import ConfigError
 from wmlab.models.jepa import DISTANCE_NORMS, JEPAConfig
 from wmlab.planners.mppi import MPPIConfig
 
 OBJECTIVES = ("distance", "value")
 VALUE_SPACES = ("projection", "embedding")
 VALUE_OBJECTIVES = ("expectile", "quasimetric")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse a setting that is not one of its choices, naming both."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def default_mppi() -> MPPIConfig:
@@ -108,10 +115,8 @@ class ValueConfig(Config):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.space not in VALUE_SPACES:
-            raise ValueError(f"value space must be one of {VALUE_SPACES}, got {self.space!r}")
-        if self.objective not in VALUE_OBJECTIVES:
-            raise ValueError(f"value objective must be one of {VALUE_OBJECTIVES}, got {self.objective!r}")
+        check_choice("value space", self.space, VALUE_SPACES)
+        check_choice("value objective", self.objective, VALUE_OBJECTIVES)
 
 
 @dataclass(frozen=True)
@@ -144,9 +149,7 @@ class JEPAPlannerConfig(Config):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.distance_norm not in DISTANCE_NORMS:
-            raise ValueError(f"distance_norm must be one of {DISTANCE_NORMS}, got {self.distance_norm!r}")
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("distance_norm", self.distance_norm, DISTANCE_NORMS)
         if not 1 <= self.replan_every <= self.planner.horizon:
             raise ValueError(f"replan_every must be in 1..horizon ({self.planner.horizon}), got {self.replan_every}")
