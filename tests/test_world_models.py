@@ -426,6 +426,34 @@ def test_pipeline_smoke_resume_and_eval(tmp_path, monkeypatch):
     assert "eval/return" in json.loads((run_dir / "eval.json").read_text())
 
 
+@pytest.mark.filterwarnings("ignore:no recorded episode terminated")
+def test_an_interrupted_m_stage_resumes_its_offline_run_to_the_same_weights(tmp_path, monkeypatch):
+    from wmlab.train.offline import OfflineTrainer
+
+    stages, settings = ("collect", "vae", "mdnrnn"), {"env_kwargs": {"reward": "dense"}, "progress": False}
+    run_pipeline(tiny_config(), "two-rooms", tmp_path / "whole", stages=stages, **settings)
+    original = OfflineTrainer.save_checkpoint
+
+    def interrupt_after_two_updates_of_m(self):
+        original(self)
+        if self.run_dir.parent.name == "mdnrnn" and self.counters.updates == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(OfflineTrainer, "save_checkpoint", interrupt_after_two_updates_of_m)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(tiny_config(), "two-rooms", tmp_path / "resumed", stages=stages, **settings)
+    monkeypatch.undo()
+    assert (tmp_path / "resumed" / "stages" / "mdnrnn" / "checkpoint.json").is_file()
+    run_pipeline(tiny_config(), "two-rooms", tmp_path / "resumed", stages=stages, **settings)
+    whole, resumed = (
+        load_state(tmp_path / run / "stages" / "mdnrnn", "result")["weights"] for run in ("whole", "resumed")
+    )
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[key], resumed[key]) for key in whole)
+    records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in records if "mdnrnn/loss" in record]
+    assert steps == sorted(set(steps)) == [2, 4]  # logged once each, across the interruption
+
+
 def test_agent_acts_on_raw_frames_and_needs_the_pipeline_to_learn():
     config = dataclasses.replace(tiny_config(), frame_crop=(0, 12, 0, 0))
     raw = spaces.Dict({"image": spaces.Box(0, 255, (96, 96, 3), np.uint8)})
