@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import replace
@@ -27,11 +28,10 @@ from wmlab.agents.jepa_planner.agent import (
     value_returns,
 )
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
-from wmlab.core.errors import IncompatibleSpaceError
+from wmlab.core.errors import ConfigError, IncompatibleSpaceError
 from wmlab.core.types import Batch
 from wmlab.models.jepa import (
     JEPAConfig,
-    JEPALossScales,
     JEPAWorldModel,
     SpatialSoftArgmax,
     collapse_diagnostics,
@@ -608,17 +608,27 @@ def test_embedding_space_value_is_a_scaled_distance_between_embeddings():
         ValueConfig(space="pixels")
 
 
-def test_agent_update_adds_the_shaping_loss_only_when_asked():
+def test_the_world_model_objective_adds_the_shaping_loss_only_when_asked():
+    from wmlab.pipelines.jepa.pipeline import JEPATraining
+
     config = JEPAPlannerConfig(
         model=TINY, value=ValueConfig(hidden_size=16, projection_size=8, shaping_scale=0.5, shaping_batch_size=4)
     )
     agent = JEPAPlannerAgent(config, VECTORS, ACTIONS)
     episodes = [np.random.default_rng(0).uniform(-1, 1, (6, 5)).astype(np.float32)]
+
+    def step(objective) -> dict:
+        objective.prepare(agent.model)
+        loss, metrics = objective.loss(agent.model, make_batch(VECTORS))
+        loss.backward()
+        objective.after_step(agent.model)
+        return metrics
+
     before = [p.detach().clone() for p in agent.value.parameters()]
-    metrics = agent.update(make_batch(VECTORS), episodes)
+    metrics = step(JEPATraining(agent.value, config.value, episodes))
     assert "loss/value_shaping" in metrics and math.isfinite(metrics["loss/value_shaping"])
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.value.parameters()))  # the value head learned too
-    assert "loss/value_shaping" not in agent.update(make_batch(VECTORS))  # no episodes: JEPA loss only
+    assert "loss/value_shaping" not in step(JEPATraining(agent.value, config.value))  # no episodes: JEPA loss only
 
 
 def test_pipeline_smoke(tmp_path):
@@ -631,29 +641,34 @@ def test_pipeline_smoke(tmp_path):
     assert np.allclose(read[:2], info["agent"], atol=0.01) and np.allclose(read[4], info["door"][1], atol=0.02)
     assert jepa_command(["--out", str(tmp_path / "jepa"), "--quick"]) == 0
     assert (tmp_path / "jepa" / "results.json").is_file()
-    assert (
-        jepa_command(
-            ["--out", str(tmp_path / "spatial"), "--quick", "--encoder-head", "spatial", "--objectives", "distance"]
-        )
-        == 0
-    )
+    spatial = ["--out", str(tmp_path / "spatial"), "--quick", "--model.encoder-head", "spatial"]
+    assert jepa_command([*spatial, "--evaluation.objectives", "distance"]) == 0
     settings = json.loads((tmp_path / "spatial" / "results.json").read_text())["settings"]
-    assert settings["encoder_head"] == "spatial"
-    assert (
-        jepa_command(
-            ["--out", str(tmp_path / "hybrid"), "--quick", "--encoder-head", "hybrid", "--objectives", "value"]
-        )
-        == 0
+    assert settings["agent"]["model"]["encoder_head"] == "spatial"
+    hybrid = ["--out", str(tmp_path / "hybrid"), "--quick", "--model.encoder-head", "hybrid"]
+    assert jepa_command([*hybrid, "--evaluation.objectives", "value"]) == 0
+
+
+def quick_arguments(out, objectives=("distance", "value"), seed=0, **changes):
+    """`wmlab pipeline jepa --quick` settings without progress bars."""
+    from wmlab.pipelines.jepa.pipeline import EvaluationConfig, PipelineArguments, default_training
+
+    return PipelineArguments(
+        out=out,
+        quick=True,
+        evaluation=EvaluationConfig(objectives=objectives),
+        train=dataclasses.replace(default_training(), progress=False, seed=seed),
+        **changes,
     )
 
 
 def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
     """Smoke run of `wmlab pipeline jepa --quick` (numbers meaningless): every stage runs, the
     results name both objectives with rates in [0, 1], and the replanning interval is passed on."""
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import default_agent, run_pipeline
 
-    results = run_pipeline(PipelineArguments(out=tmp_path, quick=True, replan_every=1))
-    assert results["settings"]["replan_every"] == 1
+    results = run_pipeline(quick_arguments(tmp_path, agent=dataclasses.replace(default_agent(), replan_every=1)))
+    assert results["settings"]["agent"]["replan_every"] == 1
     evaluations = results["runs"][0]["evaluations"]
     assert [evaluation["objective"] for evaluation in evaluations] == ["distance", "value"]
     assert all(0.0 <= evaluation["success_rate"] <= 1.0 for evaluation in evaluations)
@@ -665,18 +680,37 @@ def test_pipeline_smoke_records_trains_and_evaluates_both_objectives(tmp_path):
     assert (tmp_path / "results.json").is_file() and (tmp_path / "dataset" / "manifest.json").is_file()
 
 
+def test_the_world_model_stage_is_an_ordinary_offline_run(tmp_path):
+    """The pipeline's world model is fitted by the offline trainer into seedK/world-model, a run
+    directory `wmlab eval` reads; its weights are the ones the pipeline's agent saved."""
+    from wmlab.cli import main
+    from wmlab.core.serialization import load_state
+    from wmlab.pipelines.jepa.pipeline import run_pipeline
+    from wmlab.runs.directory import load_trained_model
+
+    run_pipeline(quick_arguments(tmp_path, ("distance",)))
+    run_dir = tmp_path / "seed0" / "world-model"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["kind"] == "offline" and config["model"] == "jepa"
+    assert config["dataset"] == str((tmp_path / "dataset").resolve()) and config["train"]["updates"] == 3
+    assert json.loads((run_dir / "summary.json").read_text())["updates"] == 3
+    _, model = load_trained_model(run_dir)
+    saved = load_state(tmp_path / "seed0", "checkpoint")["model"]
+    assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
+    assert (
+        main(["eval", str(run_dir), "--suite", "horizon", "--horizon", "2", "--context", "2", "--sequences", "2"]) == 0
+    )
+    assert json.loads((run_dir / "eval" / "horizon.json").read_text())["open_loop"]
+
+
 def test_pipeline_reuse_loads_saved_seeds_and_trains_the_missing_ones(tmp_path):
     """--reuse-checkpoints with more seeds than saved: seed 0's checkpoint is loaded as it was
     (no training time, same weights on disk), seed 1 is trained and saved beside it."""
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import run_pipeline
 
-    run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False))
+    run_pipeline(quick_arguments(tmp_path, ("distance",)))
     saved = (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes()
-    results = run_pipeline(
-        PipelineArguments(
-            out=tmp_path, quick=True, seeds=2, objectives=("distance",), reuse_checkpoints=True, progress=False
-        )
-    )
+    results = run_pipeline(quick_arguments(tmp_path, ("distance",), seeds=2, reuse_checkpoints=True))
     first, second = results["runs"]
     assert first["model_seconds"] == 0.0 and first["final_model_metrics"] == {}
     assert "loss/total" in second["final_model_metrics"]  # trained (its seconds may round to 0 at the quick size)
@@ -693,64 +727,72 @@ def test_pipeline_reuse_loads_saved_seeds_and_trains_the_missing_ones(tmp_path):
 
 
 def test_pipeline_first_seed_trains_that_seed(tmp_path):
-    """--first-seed 2 --seeds 1 trains and evaluates seed 2 only, saved under seed2."""
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
+    """--train.seed 2 --seeds 1 trains and evaluates seed 2 only, saved under seed2."""
+    from wmlab.pipelines.jepa.pipeline import run_pipeline
 
-    results = run_pipeline(
-        PipelineArguments(out=tmp_path, quick=True, first_seed=2, objectives=("distance",), progress=False)
-    )
+    results = run_pipeline(quick_arguments(tmp_path, ("distance",), seed=2))
     assert [run["seed"] for run in results["runs"]] == [2]
     assert (tmp_path / "seed2" / "checkpoint.safetensors").is_file() and not (tmp_path / "seed0").exists()
 
 
-def test_planner_config_takes_the_pipeline_planner_and_value_options():
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, planner_config
+def test_the_command_line_sets_the_nested_configs():
+    """--model.*, --value.*, --planner.*, --data.*, --train.*, --evaluation.* and the agent's own MPC
+    settings land in the configs the pipeline composes, with no copy of their fields beside them."""
+    import tyro
 
-    config = planner_config(
-        PipelineArguments(
-            planning_horizon=15, planning_iterations=10, replan_every=5, value_space="embedding", distance_at_end=True
-        )
+    from wmlab.pipelines.jepa.pipeline import DataConfig, PipelineArguments
+
+    def parse(*argv):
+        return tyro.cli(PipelineArguments, args=list(argv))
+
+    arguments = parse(
+        *("--planner.horizon", "15", "--planner.iterations", "10", "--replan-every", "5"),
+        *("--value.space", "embedding", "--distance-at-end", "--model.encoder-head", "hybrid"),
+        *("--model.layout-size", "8", "--model.loss-scales.covariance", "0.5", "--data.episodes", "30"),
+        *("--train.updates", "7", "--evaluation.objectives", "distance"),
     )
-    assert (config.planner.horizon, config.planner.iterations, config.replan_every) == (15, 10, 5)
-    assert config.distance_at_end and not planner_config(PipelineArguments()).distance_at_end
-    assert config.value.space == "embedding"
-    assert (config.distance_norm, config.planner.noise_exponent) == ("squared", 0.0)
-    smooth = planner_config(PipelineArguments(distance_norm="euclidean", planning_noise_exponent=2.0))
-    assert (smooth.distance_norm, smooth.planner.noise_exponent) == ("euclidean", 2.0)
-    assert planner_config(PipelineArguments(covariance_weight=0.5)).model.loss_scales.covariance == 0.5
-    assert planner_config(PipelineArguments()).model.loss_scales == JEPALossScales()
-    spatial = planner_config(PipelineArguments(encoder_head="spatial", embedding_size=512)).model
-    assert (spatial.encoder_head, spatial.embedding_size) == ("spatial", 512)
-    hybrid = planner_config(PipelineArguments(encoder_head="hybrid", layout_size=8)).model
-    assert (hybrid.encoder_head, hybrid.layout_size) == ("hybrid", 8)
-    wide = planner_config(PipelineArguments(hidden_size=512, predictor_layers=3)).model
-    assert (wide.hidden_size, wide.predictor_layers) == (512, 3)
+    agent = arguments.agent
+    assert (agent.planner.horizon, agent.planner.iterations, agent.replan_every) == (15, 10, 5)
+    assert agent.distance_at_end and agent.value.space == "embedding"
+    assert (agent.model.encoder_head, agent.model.layout_size, agent.model.loss_scales.covariance) == ("hybrid", 8, 0.5)
+    assert (arguments.data.episodes, arguments.train.updates, arguments.evaluation.objectives) == (30, 7, ("distance",))
+    defaults = parse()
+    assert (defaults.train.updates, defaults.train.batch_size, defaults.train.sequence_length) == (3000, 32, 8)
+    assert defaults.train.grad_clip == 10.0 and defaults.agent.model.momentum_steps == 3000
+    with pytest.raises(SystemExit):
+        parse("--planning-horizon", "15")  # the old flat flags are gone
     with pytest.raises(ValueError, match="replan_every"):
-        planner_config(PipelineArguments(planning_horizon=3, replan_every=4))
+        parse("--planner.horizon", "3", "--replan-every", "4")
+    with pytest.raises(ConfigError, match="shares of the episodes"):
+        DataConfig(sticky_episodes=0.6, wall_episodes=0.5)
 
 
 def test_evaluation_layouts_must_not_repeat_recorded_ones():
     from wmlab.pipelines.jepa.pipeline import (
         EXTRA_DATASET_SEED,
+        DataConfig,
+        EvaluationConfig,
         PipelineArguments,
         check_evaluation_layouts,
         run_pipeline,
     )
 
-    check_evaluation_layouts(PipelineArguments())  # 100000.. against 0..299
-    check_evaluation_layouts(PipelineArguments(eval_seed=200_000, extra_wall_episodes=300))
-    check_evaluation_layouts(PipelineArguments(eval_seed=300, episodes=300))  # just after the dataset
-    with pytest.raises(ValueError, match="main dataset"):
-        check_evaluation_layouts(PipelineArguments(eval_seed=250, episodes=300, eval_episodes=100))
-    with pytest.raises(ValueError, match="wall-following"):
-        check_evaluation_layouts(
-            PipelineArguments(eval_seed=EXTRA_DATASET_SEED - 10, eval_episodes=20, extra_wall_episodes=5)
+    def arguments(seed, evaluated=200, recorded=400, extra=0):
+        return PipelineArguments(
+            evaluation=EvaluationConfig(seed=seed, episodes=evaluated),
+            data=DataConfig(episodes=recorded, extra_wall_episodes=extra),
         )
-    check_evaluation_layouts(
-        PipelineArguments(eval_seed=EXTRA_DATASET_SEED - 10, eval_episodes=10, extra_wall_episodes=5)
-    )
+
+    check_evaluation_layouts(PipelineArguments())  # 100000.. against 0..399
+    check_evaluation_layouts(arguments(200_000, extra=300))
+    check_evaluation_layouts(arguments(300, recorded=300))  # just after the dataset
+    with pytest.raises(ValueError, match="main dataset"):
+        check_evaluation_layouts(arguments(250, evaluated=100, recorded=300))
+    with pytest.raises(ValueError, match="wall-following"):
+        check_evaluation_layouts(arguments(EXTRA_DATASET_SEED - 10, evaluated=20, extra=5))
+    check_evaluation_layouts(arguments(EXTRA_DATASET_SEED - 10, evaluated=10, extra=5))
     with pytest.raises(ValueError, match="overlaps"):
-        run_pipeline(PipelineArguments(eval_seed=0))
+        run_pipeline(arguments(0))
 
 
 def test_sticky_exploration_holds_each_random_action_for_the_drawn_number_of_steps():
@@ -830,12 +872,13 @@ def test_wall_following_pushes_into_the_wall_at_many_heights_and_finds_the_door(
 
 
 def test_pipeline_retrains_the_value_of_a_saved_checkpoint_without_touching_it(tmp_path):
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import run_pipeline
 
-    base = PipelineArguments(out=tmp_path, quick=True, objectives=("value",), progress=False)
+    base = quick_arguments(tmp_path, ("value",))
     run_pipeline(base)
     saved = (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes()
-    results = run_pipeline(replace(base, reuse_checkpoints=True, retrain_value=True, value_objective="quasimetric"))
+    quasimetric = replace(base.agent, value=replace(base.agent.value, objective="quasimetric"))
+    results = run_pipeline(replace(base, reuse_checkpoints=True, retrain_value=True, agent=quasimetric))
     assert "value/lagrange_multiplier" in results["runs"][0]["final_value_metrics"]
     assert (tmp_path / "seed0" / "value-quasimetric.safetensors").is_file()
     assert (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes() == saved
@@ -845,9 +888,9 @@ def test_pipeline_retrains_the_value_of_a_saved_checkpoint_without_touching_it(t
 
 def test_pipeline_refines_the_predictor_into_its_own_checkpoint_and_reuses_it(tmp_path):
     from wmlab.core.serialization import load_state
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import run_pipeline
 
-    base = PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False)
+    base = quick_arguments(tmp_path, ("distance",))
     run_pipeline(base)
     saved = (tmp_path / "seed0" / "checkpoint.safetensors").read_bytes()
     refined = run_pipeline(replace(base, reuse_checkpoints=True, refine_steps=3))["runs"][0]
@@ -869,26 +912,22 @@ def test_pipeline_refines_the_predictor_into_its_own_checkpoint_and_reuses_it(tm
 
 def test_pipeline_trains_value_and_refinement_on_extra_wall_episodes(tmp_path):
     from wmlab.core.errors import RunDirectoryError
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import DataConfig, run_pipeline
 
-    base = PipelineArguments(
-        out=tmp_path, quick=True, objectives=("value",), progress=False, extra_wall_episodes=2, refine_steps=2
-    )
+    base = quick_arguments(tmp_path, ("value",), data=DataConfig(extra_wall_episodes=2), refine_steps=2)
     run = run_pipeline(base)["runs"][0]
     manifest = json.loads((tmp_path / "extra-dataset" / "manifest.json").read_text())
     assert manifest["policy"] == "wall-following" and manifest["num_episodes"] == 2 and manifest["seed"] == 50_000
     assert run["refine_episodes"] == 6 + 2  # the quick run's 6 main episodes and the 2 extra ones
     assert "final_refine_metrics" in run and run["final_value_metrics"]
     with pytest.raises(RunDirectoryError, match="extra-wall-episodes"):
-        run_pipeline(replace(base, extra_wall_episodes=3))
+        run_pipeline(replace(base, data=DataConfig(extra_wall_episodes=3)))
 
 
 def test_pipeline_refuses_a_dataset_recorded_by_another_exploration(tmp_path):
     from wmlab.core.errors import RunDirectoryError
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
+    from wmlab.pipelines.jepa.pipeline import DataConfig, run_pipeline
 
-    run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), progress=False))
+    run_pipeline(quick_arguments(tmp_path, ("distance",)))
     with pytest.raises(RunDirectoryError, match="sticky"):
-        run_pipeline(
-            PipelineArguments(out=tmp_path, quick=True, objectives=("distance",), sticky_episodes=0.5, progress=False)
-        )
+        run_pipeline(quick_arguments(tmp_path, ("distance",), data=DataConfig(sticky_episodes=0.5)))

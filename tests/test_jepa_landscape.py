@@ -57,9 +57,11 @@ def test_a_wall_blind_distance_gets_stuck_behind_the_wall(true_landscape):
 
 
 def test_landscape_command_scores_a_trained_run(tmp_path):
-    from wmlab.pipelines.jepa.pipeline import PipelineArguments, run_pipeline
+    from test_jepa import quick_arguments
 
-    run_pipeline(PipelineArguments(out=tmp_path, quick=True, objectives=("value",), progress=False))
+    from wmlab.pipelines.jepa.pipeline import run_pipeline
+
+    run_pipeline(quick_arguments(tmp_path, ("value",)))
     assert L.landscape_command(["--out", str(tmp_path), "--layouts", "2", "--cells", "8"]) == 0
     written = json.loads((tmp_path / "landscape-seed0-checkpoint.json").read_text())
     summary = written["summary"]

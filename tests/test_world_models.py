@@ -23,6 +23,7 @@ from wmlab.agents.world_models.config import (
 from wmlab.agents.world_models.evolution import CMAES
 from wmlab.core.errors import RunDirectoryError, ShapeError
 from wmlab.core.protocols import Agent, WorldModel
+from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch
 from wmlab.envs.imagined import ImaginedEnv
 from wmlab.models.vae_mdnrnn import (
@@ -391,7 +392,7 @@ def test_pipeline_smoke_resume_and_eval(tmp_path, monkeypatch):
         env_kwargs={"reward": "dense"},
         progress=False,
         models_from=run_dir,
-        stages=("collect", "vae", "encode", "mdnrnn"),
+        stages=("collect", "vae", "mdnrnn"),
     )
     assert (retrained / "stages" / "vae" / "result.safetensors").read_bytes() == (
         run_dir / "stages" / "vae" / "result.safetensors"
@@ -402,11 +403,55 @@ def test_pipeline_smoke_resume_and_eval(tmp_path, monkeypatch):
         run_dir / "figures" / "vae_reconstructions.png"
     ).read_bytes()
 
-    # The trained V-M-C acts through the Agent protocol, and `wmlab eval` evaluates the run.
+    # V and M were fitted by the offline trainer: stages/mdnrnn/run is an ordinary offline run of the
+    # whole V-M model (V as the V stage left it), which `wmlab eval` reads.
     from wmlab.cli import main
+    from wmlab.runs.directory import load_trained_model
+
+    for stage, updates in (("vae", 3), ("mdnrnn", 4)):  # 39 frames in batches of 16, one epoch; 4 updates
+        config = json.loads((run_dir / "stages" / stage / "run" / "config.json").read_text())
+        assert config["kind"] == "offline" and config["model"] == "vae-mdnrnn" and config["train"]["updates"] == updates
+        assert not (run_dir / "stages" / stage / "checkpoint.json").exists()
+    _, model = load_trained_model(run_dir / "stages" / "mdnrnn" / "run")
+    results = {stage: load_state(run_dir / "stages" / stage, "result")["weights"] for stage in ("vae", "mdnrnn")}
+    for name, value in model.state_dict().items():
+        part, key = name.split(".", 1)
+        assert torch.equal(value, results[part][key]), name
+    model_run = str(run_dir / "stages" / "mdnrnn" / "run")
+    assert main(["eval", model_run, "--suite", "horizon", "--horizon", "2", "--context", "2", "--sequences", "2"]) == 0
+
+    # The trained V-M-C acts through the Agent protocol, and `wmlab eval` evaluates the run.
 
     assert main(["eval", str(run_dir), "--episodes", "1"]) == 0
     assert "eval/return" in json.loads((run_dir / "eval.json").read_text())
+
+
+@pytest.mark.filterwarnings("ignore:no recorded episode terminated")
+def test_an_interrupted_m_stage_resumes_its_offline_run_to_the_same_weights(tmp_path, monkeypatch):
+    from wmlab.train.offline import OfflineTrainer
+
+    stages, settings = ("collect", "vae", "mdnrnn"), {"env_kwargs": {"reward": "dense"}, "progress": False}
+    run_pipeline(tiny_config(), "two-rooms", tmp_path / "whole", stages=stages, **settings)
+    original = OfflineTrainer.save_checkpoint
+
+    def interrupt_after_two_updates_of_m(self):
+        original(self)
+        if self.run_dir.parent.name == "mdnrnn" and self.counters.updates == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(OfflineTrainer, "save_checkpoint", interrupt_after_two_updates_of_m)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(tiny_config(), "two-rooms", tmp_path / "resumed", stages=stages, **settings)
+    monkeypatch.undo()
+    assert (tmp_path / "resumed" / "stages" / "mdnrnn" / "checkpoint.json").is_file()
+    run_pipeline(tiny_config(), "two-rooms", tmp_path / "resumed", stages=stages, **settings)
+    whole, resumed = (
+        load_state(tmp_path / run / "stages" / "mdnrnn", "result")["weights"] for run in ("whole", "resumed")
+    )
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[key], resumed[key]) for key in whole)
+    records = [json.loads(line) for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in records if "mdnrnn/loss" in record]
+    assert steps == sorted(set(steps)) == [2, 4]  # logged once each, across the interruption
 
 
 def test_agent_acts_on_raw_frames_and_needs_the_pipeline_to_learn():

@@ -49,7 +49,7 @@ TEMPERATURES = (0.1, 0.5, 1.0, 1.15, 1.3)
 CARRACING = "CarRacing-v3"
 #: tau of (b): the paper's best DoomTakeCover temperature.
 CARRACING_TEMPERATURE = 1.15
-WORLD_MODEL_STAGES = ("collect", "vae", "encode", "mdnrnn")
+WORLD_MODEL_STAGES = ("collect", "vae", "mdnrnn")
 
 # The paper's numbers (REFERENCE.md), shown beside ours.
 PAPER = {

@@ -9,8 +9,11 @@ run directory.
 
 Each update samples B windows of T steps from the dataset (`wmlab.data.dataset`), takes the
 model's own `loss(batch)` and one Adam step on it (global gradient norm clipped); a model with an
-EMA target (`update_target`, the JEPA family's) moves it after each step. The run directory holds
-what an online run holds, so eval, the report and the studies read it the same way:
+EMA target (`update_target`, the JEPA family's) moves it after each step. A multi-stage pipeline
+passes its own `TrainingObjective` instead (one part of the model, another loss, clipping by value,
+state of its own such as a second network): the trainer's loop, run directory and resume stay the
+same. The run directory holds what an online run holds, so eval, the report and the studies read it
+the same way:
 
     RUN_DIR/config.json          "kind": "offline", the model family and config, the dataset, settings
     RUN_DIR/metrics.jsonl        averaged loss terms every `log_every` updates (step = updates)
@@ -83,6 +86,46 @@ class OfflineCounters:
 
 
 # ----------------------------------------------------------------------------------------------
+# What an update fits
+
+
+class TrainingObjective:
+    """What each update of the offline trainer fits: by default every parameter of the model on its
+    own `loss(batch)`, the global gradient norm clipped, and the model's EMA target (if any) moved
+    after the step. A pipeline stage subclasses it to fit one part of a model (World Models' V, then
+    M on V's codes) or to add a loss with its own network and optimiser (the JEPA planner's value
+    shaping); whatever it keeps is saved with the trainer's checkpoint (`state_dict`)."""
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        """Called once the model is built, before the optimiser is made and any checkpoint is loaded."""
+
+    def parameters(self, model: torch.nn.Module) -> list[torch.nn.Parameter]:
+        """The parameters the trainer's Adam steps."""
+        return list(model.parameters())
+
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """(scalar loss, metrics) of one batch of B x T windows."""
+        return model.loss(batch)
+
+    def clip_gradients(self, parameters: list[torch.nn.Parameter], limit: float) -> float:
+        """Clip the gradients in place (limit 0: not at all); returns their global norm before."""
+        return float(torch.nn.utils.clip_grad_norm_(parameters, limit if limit > 0 else float("inf")))
+
+    def after_step(self, model: torch.nn.Module) -> None:
+        """After the optimiser's step: an EMA target encoder follows the trained one."""
+        update_target = getattr(model, "update_target", None)
+        if update_target is not None:
+            update_target()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the objective needs to continue exactly (tensors and JSON values)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()`."""
+
+
+# ----------------------------------------------------------------------------------------------
 # The trainer
 
 
@@ -102,8 +145,16 @@ def open_dataset(spec: OfflineRunSpec, seed: int) -> OfflineDataset:
 class OfflineTrainer:
     """Fits (or resumes fitting) one world model to one dataset in `run_dir`."""
 
-    def __init__(self, spec: OfflineRunSpec, run_dir: str | Path, resume: bool = False, force: bool = False):
+    def __init__(
+        self,
+        spec: OfflineRunSpec,
+        run_dir: str | Path,
+        resume: bool = False,
+        force: bool = False,
+        objective: TrainingObjective | None = None,
+    ):
         self.spec, self.config = spec, spec.train
+        self.objective = objective or TrainingObjective()
         self.run_dir = Path(run_dir)
         if self.config.threads > 0:
             torch.set_num_threads(self.config.threads)
@@ -114,15 +165,17 @@ class OfflineTrainer:
         # The dataset and the model are checked before the run directory is touched.
         self.dataset = self.open_dataset(spec, seed=self.config.seed)
         self.model = build_world_model(spec)
+        self.objective.prepare(self.model)
         self._prepare_run_directory(resume=resume, force=force)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=self.config.learning_rate, eps=self.config.adam_epsilon
-        )
+        self.parameters = self.objective.parameters(self.model)
+        self.optimizer = torch.optim.Adam(self.parameters, lr=self.config.learning_rate, eps=self.config.adam_epsilon)
         self.counters = OfflineCounters(next_log=self.config.log_every, next_checkpoint=self.config.checkpoint_every)
         if resume:
             self._load_checkpoint()
         self.logger = MetricsLogger(self.run_dir, tensorboard=self.config.tensorboard)
         self.averager = MetricsAverager()
+        self.last_metrics: dict[str, float] = {}
+        """The metrics of the latest update (not averaged)."""
 
     def open_dataset(self, spec: OfflineRunSpec, seed: int):
         """The windows to train on: anything with `sample(B, T) -> Batch`, `sampler_state()` and
@@ -152,6 +205,7 @@ class OfflineTrainer:
             "counters": asdict(self.counters),
             "sampler": json.dumps(self.dataset.sampler_state()),
             "rng": global_random_state(),
+            "objective": self.objective.state_dict(),
         }
         save_checkpoint_directory(
             self._checkpoint_directory(), {MODEL_STATE: dict(self.model.state_dict()), TRAINER_STATE: trainer_state}
@@ -165,6 +219,7 @@ class OfflineTrainer:
         self.counters = OfflineCounters(**state["counters"])
         self.dataset.load_sampler_state(json.loads(state["sampler"]))
         restore_global_random_state(state["rng"])
+        self.objective.load_state_dict(state.get("objective", {}))
 
     # ------------------------------------------------------------------------------------------
     # Training
@@ -173,17 +228,15 @@ class OfflineTrainer:
         """One Adam step on the model's loss for B sampled windows of T steps."""
         self.model.train()
         batch = self.dataset.sample(self.config.batch_size, self.config.sequence_length)
-        loss, metrics = self.model.loss(batch)
+        loss, metrics = self.objective.loss(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         metrics = dict(metrics)
-        metrics["wm/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        metrics["wm/grad_norm"] = self.objective.clip_gradients(self.parameters, self.config.grad_clip)
         self.optimizer.step()
-        update_target = getattr(self.model, "update_target", None)
-        if update_target is not None:  # an EMA target encoder follows the trained one
-            update_target()
+        self.objective.after_step(self.model)
         self.counters.updates += 1
+        self.last_metrics = metrics
         return metrics
 
     def _elapsed(self) -> float:
@@ -329,27 +382,32 @@ def parse_offline_arguments(argv: list[str]) -> tuple[OfflineRunSpec, Path, bool
         raise WmlabError(
             "give the dataset to train on: wmlab train --model FAMILY --dataset DIR (written by `wmlab record`)"
         )
-    manifest = read_manifest(parsed.dataset)  # every episode file is checked when the trainer loads them
-    with_actions = bool(manifest["actions"])
-    if not with_actions:
+    run_dir = parsed.run_dir or Path("runs") / f"{name}-{Path(parsed.dataset).name}-seed{parsed.train.seed}"
+    return dataset_run_spec(name, parsed.dataset, parsed.train, parsed.world_model), run_dir, False, parsed.force
+
+
+def dataset_run_spec(name: str, dataset: str | Path, train: OfflineTrainConfig, world_model: Any) -> OfflineRunSpec:
+    """The spec of a run that fits the model family `name` (config `world_model`) to the dataset that
+    `wmlab record` (or `record_dataset`) wrote in `dataset`, which must hold actions."""
+    dataset = Path(dataset)
+    manifest = read_manifest(dataset)  # every episode file is checked when the trainer loads them
+    if not manifest["actions"]:
         raise DatasetError(
-            f"{name} learns action-conditioned dynamics, but {parsed.dataset / MANIFEST_FILE} says the dataset was "
+            f"{name} learns action-conditioned dynamics, but {dataset / MANIFEST_FILE} says the dataset was "
             "recorded without actions (--no-actions): record it with actions"
         )
-    run_dir = parsed.run_dir or Path("runs") / f"{name}-{Path(parsed.dataset).name}-seed{parsed.train.seed}"
-    spec = OfflineRunSpec(
+    return OfflineRunSpec(
         model=name,
-        dataset=str(Path(parsed.dataset).resolve()),
-        train=parsed.train,
-        world_model=parsed.world_model,
+        dataset=str(dataset.resolve()),
+        train=train,
+        world_model=world_model,
         observation_space=manifest["observation_space"],
         action_space=manifest["action_space"],
-        with_actions=with_actions,
+        with_actions=True,
         dataset_steps=sum(entry["length"] for entry in manifest["episodes"]),
         env=manifest["env_id"],
         env_kwargs=manifest.get("env_kwargs", {}),
     )
-    return spec, run_dir, False, parsed.force
 
 
 def offline_train_command(argv: list[str]) -> int:

@@ -33,6 +33,7 @@ from wmlab.core.types import Batch, Observation, Transition
 from wmlab.models.jepa import JEPAWorldModel, goal_distance_returns
 from wmlab.nn.mlp import MLP
 from wmlab.planners.mppi import MPPI
+from wmlab.runs.config import OfflineTrainConfig
 
 
 def expectile_loss(difference: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -350,15 +351,16 @@ class JEPAPlannerAgent:
         value: GoalValue | None = None,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        training: OfflineTrainConfig | None = None,
     ):
         self.config = config
         self.action_space = action_space
         self.device = torch.device(device)
         self.model = (model or JEPAWorldModel(config.model, observation_space, action_space)).to(self.device)
         self.value = (value or GoalValue(config.model.embedding_size, config.value)).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
-        self.value_optimizer = torch.optim.Adam(self.value.parameters(), lr=config.value.learning_rate)
-        self.shaping: EncoderShaping | None = None
+        # `update`'s Adam step size and gradient-norm clip (the pipeline trains with the offline trainer).
+        self.training = training or OfflineTrainConfig(grad_clip=10.0)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.training.learning_rate)
         self.planner = MPPI(config.planner, seed=seed, device=self.device)
         self.goal_embedding: torch.Tensor | None = None
 
@@ -398,27 +400,16 @@ class JEPAPlannerAgent:
     def observe(self, transition: Transition) -> dict[str, float]:
         return {}
 
-    def update(self, batch: Batch, shaping_episodes: list[np.ndarray] | None = None) -> dict[str, float]:
-        """One world-model gradient step (and the EMA target's update when configured). With
-        `value.shaping_scale` > 0 and the raw episodes given, the value loss on hindsight goals
-        joins the world-model loss and shapes the encoder (see EncoderShaping)."""
+    def update(self, batch: Batch) -> dict[str, float]:
+        """One world-model gradient step on the JEPA loss (and the EMA target's update when
+        configured); the value is trained apart (`make_value_learner`), or with the world model by
+        the pipeline's value shaping."""
         self.model.train()
         loss, metrics = self.model.loss(batch.to_torch(self.device))
-        shaping = self.config.value.shaping_scale > 0 and shaping_episodes is not None
-        if shaping:
-            if self.shaping is None:
-                self.shaping = EncoderShaping(self.model, self.value, self.config.value)
-            value_loss, value_metrics = self.shaping.loss(shaping_episodes)
-            loss = loss + self.config.value.shaping_scale * value_loss
-            metrics.update(value_metrics)
         self.optimizer.zero_grad(set_to_none=True)
-        self.value_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["grad/model_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.config.gradient_clip))
+        metrics["wm/grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.training.grad_clip))
         self.optimizer.step()
-        if shaping:
-            self.value_optimizer.step()
-            self.shaping.update_targets()
         self.model.update_target()
         return metrics
 

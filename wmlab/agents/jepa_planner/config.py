@@ -5,12 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, between, ranges
+from wmlab.core.errors import ConfigError
 from wmlab.models.jepa import DISTANCE_NORMS, JEPAConfig
 from wmlab.planners.mppi import MPPIConfig
 
 OBJECTIVES = ("distance", "value")
 VALUE_SPACES = ("projection", "embedding")
 VALUE_OBJECTIVES = ("expectile", "quasimetric")
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Refuse a setting that is not one of its choices, naming both."""
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {choices}, got {value!r}")
 
 
 def default_mppi() -> MPPIConfig:
@@ -108,23 +115,15 @@ class ValueConfig(Config):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.space not in VALUE_SPACES:
-            raise ValueError(f"value space must be one of {VALUE_SPACES}, got {self.space!r}")
-        if self.objective not in VALUE_OBJECTIVES:
-            raise ValueError(f"value objective must be one of {VALUE_OBJECTIVES}, got {self.objective!r}")
-        if not 0.0 <= self.quasimetric_same_episode_share <= 1.0:
-            raise ValueError(
-                f"quasimetric_same_episode_share must be in [0, 1], got {self.quasimetric_same_episode_share}"
-            )
-        if self.quasimetric_epsilon <= 0 or self.quasimetric_offset <= 0 or self.quasimetric_beta <= 0:
-            raise ValueError("quasimetric_epsilon, quasimetric_offset and quasimetric_beta must be positive")
+        check_choice("value space", self.space, VALUE_SPACES)
+        check_choice("value objective", self.objective, VALUE_OBJECTIVES)
 
 
 @dataclass(frozen=True)
 class JEPAPlannerConfig(Config):
     """A JEPA world model, a goal-conditioned value on its embeddings, and MPC over both."""
 
-    limits = ranges(replan_every=COUNT, learning_rate=POSITIVE, gradient_clip=NON_NEGATIVE)
+    limits = ranges(replan_every=COUNT)
 
     model: JEPAConfig = field(default_factory=JEPAConfig)
     """The world model."""
@@ -147,16 +146,10 @@ class JEPAPlannerConfig(Config):
     `goal_distance_returns`."""
     replan_every: int = 4
     """MPC: execute this many actions of each plan before planning again."""
-    learning_rate: float = 3e-4
-    """Adam step size of the world model."""
-    gradient_clip: float = 10.0
-    """Global norm the world model's gradients are clipped to."""
 
     def __post_init__(self):
         super().__post_init__()
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.distance_norm not in DISTANCE_NORMS:
-            raise ValueError(f"distance_norm must be one of {DISTANCE_NORMS}, got {self.distance_norm!r}")
+        check_choice("objective", self.objective, OBJECTIVES)
+        check_choice("distance_norm", self.distance_norm, DISTANCE_NORMS)
         if not 1 <= self.replan_every <= self.planner.horizon:
             raise ValueError(f"replan_every must be in 1..horizon ({self.planner.horizon}), got {self.replan_every}")

@@ -37,25 +37,27 @@ class CollectConfig(Config):
 
 @dataclass(frozen=True)
 class VAETrainingConfig(Config):
-    """Stage 2: V on every collected frame."""
+    """Stage 2: V on the collected frames, fitted by the offline trainer."""
 
     limits = ranges(epochs=COUNT, batch_size=COUNT, learning_rate=POSITIVE, max_frames=NON_NEGATIVE, log_every=COUNT)
 
     epochs: int = 10
-    """Passes over the collected frames (the authors: 10)."""
+    """Passes over the collected frames (the authors: 10): V gets epochs x frames / batch_size updates,
+    each on frames drawn uniformly (with replacement) from the recording."""
     batch_size: int = 100
     """Frames per update (the authors: 100)."""
     learning_rate: float = 1e-4
     """Adam learning rate (the authors: 0.0001)."""
     max_frames: int = 0
-    """Use at most this many frames, taken evenly across the episodes; 0 uses them all."""
+    """Count at most this many frames in an epoch (and show V's reconstructions of them, taken evenly
+    across the episodes); 0 counts them all."""
     log_every: int = 50
     """Write averaged metrics every this many updates."""
 
 
 @dataclass(frozen=True)
 class MDNRNNTrainingConfig(Config):
-    """Stage 3: M on V's codes of the collected episodes."""
+    """Stage 3: M on V's codes of the collected episodes, fitted by the offline trainer."""
 
     limits = ranges(
         updates=COUNT,
@@ -72,8 +74,8 @@ class MDNRNNTrainingConfig(Config):
     batch_size: int = 100
     """Sequences per update (the authors: 100)."""
     sequence_length: int = 999
-    """Steps per sequence; windows start anywhere in an episode and shorter episodes are taken
-    whole (the authors: 999, whole CarRacing episodes)."""
+    """Steps per window (at most the recording's length); a window that crosses into the next
+    episode restarts M's state there (the authors: 999, whole CarRacing episodes)."""
     learning_rate: float = 1e-3
     """Adam learning rate (the authors: 0.001)."""
     grad_clip: float = 1.0

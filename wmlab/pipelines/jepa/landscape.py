@@ -33,7 +33,7 @@ from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
 from wmlab.core.serialization import load_state
 from wmlab.data.dataset import load_dataset
 from wmlab.envs.two_rooms import MIDDLE_X, TwoRooms, path_length
-from wmlab.pipelines.jepa.pipeline import PipelineArguments, planner_config, positions_from_frame
+from wmlab.pipelines.jepa.pipeline import positions_from_frame, saved_arguments
 
 Objective = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """(frames (G, H, W, 3) uint8, goal frame (H, W, 3)) -> (G,) scores, higher is better."""
@@ -385,16 +385,13 @@ def landscape_command(argv: list[str]) -> int:
     """`wmlab pipeline jepa-landscape --out RUN [--layouts N] ...`"""
 
     arguments = tyro.cli(LandscapeArguments, args=argv, prog="wmlab pipeline jepa-landscape")
-    results_path = arguments.out / "results.json"
-    if not results_path.exists():
-        raise SystemExit(f"{results_path} not found: point --out at a finished `wmlab pipeline jepa` run")
-    settings = json.loads(results_path.read_text())["settings"]
-    known = {name: value for name, value in settings.items() if name in PipelineArguments.__dataclass_fields__}
-    pipeline_arguments = PipelineArguments(
-        **{**known, "out": Path(known["out"]), "objectives": tuple(known["objectives"])}
-    )
+    if not (arguments.out / "results.json").exists():
+        raise SystemExit(
+            f"{arguments.out / 'results.json'} not found: point --out at a finished `wmlab pipeline jepa` run"
+        )
+    pipeline_arguments = saved_arguments(arguments.out)
     dataset = load_dataset(arguments.out / "dataset", seed=0)
-    agent = JEPAPlannerAgent(planner_config(pipeline_arguments), dataset.observation_space, dataset.action_space)
+    agent = JEPAPlannerAgent(pipeline_arguments.agent, dataset.observation_space, dataset.action_space)
     agent.load_state_dict(load_state(arguments.out / f"seed{arguments.seed}", arguments.checkpoint))
     env = TwoRooms(observation="pixels")
     objectives = jepa_objectives(agent)

@@ -17,17 +17,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Annotated, Any, Callable
 
 import numpy as np
 import torch
 import tyro
 
-from wmlab.agents.jepa_planner.agent import GoalValue, JEPAPlannerAgent, PredictorRefiner, make_value_learner
-from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig, default_mppi
-from wmlab.core.errors import RunDirectoryError, ShapeError
+from wmlab.agents.jepa_planner.agent import (
+    EncoderShaping,
+    GoalValue,
+    JEPAPlannerAgent,
+    PredictorRefiner,
+    make_value_learner,
+)
+from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, ValueConfig
+from wmlab.core.config import COUNT, NON_NEGATIVE, Config, from_dict, ranges
+from wmlab.core.errors import ConfigError, RunDirectoryError, ShapeError
 from wmlab.core.progress import StageProgress
 from wmlab.core.serialization import load_state, save_state
 from wmlab.data.dataset import load_dataset, record_dataset
@@ -40,7 +47,9 @@ from wmlab.envs.two_rooms import (
     make_two_rooms_pixels,
     scripted_action,
 )
-from wmlab.models.jepa import JEPAConfig, JEPALossScales
+from wmlab.models.jepa import JEPAConfig
+from wmlab.runs.config import OfflineTrainConfig
+from wmlab.train.offline import OfflineTrainer, TrainingObjective, dataset_run_spec
 
 
 def positions_from_frame(frame: np.ndarray) -> np.ndarray:
@@ -175,11 +184,12 @@ def exploration_name(sticky_fraction: float, waypoint_fraction: float = 0.0, wal
 
 
 @dataclass(frozen=True)
-class PipelineArguments:
-    """Record two-rooms pixels offline, train a JEPA world model and a goal value, evaluate planning."""
+class DataConfig(Config):
+    """What is recorded: episodes of the exploration policy (see `exploration_policy`) in two-rooms
+    from pixels, and optionally wall-following episodes beside them."""
 
-    out: Path = Path("runs/jepa")
-    """Directory for the dataset, checkpoints and results."""
+    limits = ranges(episodes=COUNT, episode_steps=COUNT, extra_wall_episodes=NON_NEGATIVE)
+
     episodes: int = 400
     """Episodes to record (capped at `episode_steps` steps each)."""
     episode_steps: int = 100
@@ -193,98 +203,96 @@ class PipelineArguments:
     wall_episodes: float = 0.0
     """Share of recorded episodes that follow the wall (see `wall_following_action`): pushes into
     it at every height, beside the door's edges too; at most 1 - sticky - waypoint episodes."""
-    eval_steps: int = 60
-    """Steps allowed to reach the goal in evaluation (the scripted expert needs about 18 on average)."""
-    train_steps: int = 3000
-    """World-model gradient steps."""
-    batch_size: int = 32
-    """Windows per world-model batch."""
-    sequence_length: int = 8
-    """T, steps per window (the rollout loss predicts T - 1 steps open loop)."""
-    value_steps: int = 3000
-    """Goal-value gradient steps."""
-    eval_episodes: int = 200
-    """Evaluation episodes per objective and seed."""
-    eval_seed: int = 100_000
-    """Reset seed of the first evaluation episode (episode i: eval_seed + i). The reported protocol
-    uses 100000; another value gives held-out layouts, e.g. to check settings chosen on those."""
-    seeds: int = 1
-    """Training seeds (first_seed .. first_seed + seeds - 1); each trains its own model and value on
-    the same dataset."""
-    first_seed: int = 0
-    """The first training seed, so that seeds can run as separate processes side by side (each in
-    its own --out with a copy of the dataset); evaluation episodes are the same for every seed."""
-    objectives: tuple[str, ...] = ("distance", "value")
-    """Planning objectives to evaluate."""
-    replan_every: int = 4
-    """MPC: actions executed from each plan before planning again (1 .. the planner's horizon)."""
-    planning_horizon: int = 8
-    """MPPI's horizon L, in environment steps."""
-    planning_iterations: int = 6
-    """MPPI's refits per plan."""
-    distance_at_end: bool = False
-    """Distance objective: score a plan by the distance to the goal at the end of the horizon
-    instead of summed over it (a long horizon can then detour through the door)."""
-    distance_norm: str = "squared"
-    """Distance objective: "squared" or "euclidean" distance between predicted and goal embeddings."""
-    planning_noise_exponent: float = 0.0
-    """MPPI's sampling noise: 0 white, 2 brown (smooth sequences that travel farther; iCEM)."""
-    collapse_prevention: str = "vicreg"
-    """"vicreg" or "ema"."""
-    covariance_weight: float = 0.04
-    """Weight of VICReg's covariance term against a variance weight of 1 (VICReg's own ratio 1 : 25
-    is the default; EB-JEPA's two-rooms recipe uses 8 : 16)."""
-    encoder_head: str = "keypoints"
-    """How frames become embeddings: "keypoints" (spatial soft-argmax), "linear", "spatial" (a
-    feature map with a convolutional predictor, as PLDM / EB-JEPA) or "hybrid" (keypoints for what
-    moves beside a flattened map for the layout); see JEPAConfig.encoder_head."""
-    layout_size: int = 16
-    """"hybrid" head: dimensions of the embedding that hold the flattened map (the rest: keypoints)."""
-    hidden_size: int = 256
-    """Width of the predictor MLP (and of the inverse-dynamics head)."""
-    predictor_layers: int = 2
-    """Hidden layers of the predictor MLP: the wall is a sharp function of the agent's height and
-    the door's, which a small MLP blurs."""
-    embedding_size: int = 32
-    """D; with the "spatial" head a multiple of its 8 x 8 grid's 64 cells (512: 8 channels)."""
-    value_shaping: float = 0.0
-    """Weight of the goal value's loss in the world model's training, shaping the encoder with it
-    (arXiv:2601.00844); 0 trains the value afterwards on frozen embeddings only."""
-    value_objective: str = "expectile"
-    """How the goal value is trained on the frozen embeddings: "expectile" (IQL-style TD, the
-    paper's) or "quasimetric" (QRL: the widest distance every recorded transition allows)."""
-    value_space: str = "projection"
-    """Where the goal value is a distance: "projection" (a learned MLP phi on the embedding) or
-    "embedding" (the embedding itself, scaled: V = -exp(s) ||z - g||)."""
-    refine_steps: int = 0
-    """After the world model (trained or loaded): train its predictor alone for this many steps on
-    the frozen encoder's embeddings of every recorded frame (`PredictorRefiner`; windows of
-    --sequence-length, --refine-batch-size of them). A step costs about a twentieth of a
-    world-model step; the refined agent is saved as seedK/checkpoint-refined, the model's own
-    checkpoint left as it is. 0: no refinement."""
     extra_wall_episodes: int = 0
     """Wall-following episodes (see `wall_following_action`) recorded into OUT/extra-dataset for
     what trains on frozen embeddings, the goal value and the predictor refinement, beside the main
     dataset; the world model (the encoder) never sees them. They push into the wall at every height
     and cross the door both ways, what the predictor's wall and the value's detour are learnt from."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        shares = (self.sticky_episodes, self.waypoint_episodes, self.wall_episodes)
+        if min(shares) < 0 or sum(shares) > 1:
+            raise ConfigError(
+                "DataConfig: sticky_episodes, waypoint_episodes and wall_episodes are shares of the episodes, each "
+                f"at least 0 and together at most 1; got {', '.join(f'{share:g}' for share in shares)}"
+            )
+
+
+@dataclass(frozen=True)
+class EvaluationConfig(Config):
+    """MPC toward goal images in the other room (random door per episode)."""
+
+    limits = ranges(episodes=COUNT, steps=COUNT, seed=NON_NEGATIVE)
+
+    episodes: int = 200
+    """Evaluation episodes per objective and seed."""
+    steps: int = 60
+    """Steps allowed to reach the goal (the scripted expert needs about 18 on average)."""
+    seed: int = 100_000
+    """Reset seed of the first evaluation episode (episode i: seed + i). The reported protocol
+    uses 100000; another value gives held-out layouts, e.g. to check settings chosen on those."""
+    objectives: tuple[str, ...] = ("distance", "value")
+    """Planning objectives to evaluate (each replaces the agent's `objective` in turn)."""
+
+
+def default_agent() -> JEPAPlannerConfig:
+    """The agent the pipeline trains unless told otherwise: the planner's defaults, with the EMA
+    momentum (used only with --model.collapse-prevention ema) ramping over the default 3000 updates."""
+    return JEPAPlannerConfig(model=JEPAConfig(momentum_steps=3000))
+
+
+def default_training() -> OfflineTrainConfig:
+    """The world-model stage's offline trainer settings: 3000 updates of 32 windows of 8 steps, the
+    gradient norm clipped at 10, one torch thread, no TensorBoard."""
+    return OfflineTrainConfig(
+        updates=3000, batch_size=32, sequence_length=8, grad_clip=10.0, threads=1, tensorboard=False
+    )
+
+
+@dataclass(frozen=True)
+class PipelineArguments:
+    """Record two-rooms pixels offline, train a JEPA world model (with the offline trainer) and a goal
+    value, evaluate planning."""
+
+    out: Path = Path("runs/jepa")
+    """Directory for the dataset, checkpoints and results (the world model of seed K is the offline run
+    OUT/seedK/world-model, which `wmlab eval` and `wmlab report` read)."""
+    agent: Annotated[JEPAPlannerConfig, tyro.conf.arg(name="")] = field(default_factory=default_agent)
+    """The agent: its world model (--model.*), goal value (--value.*), MPPI (--planner.*) and MPC
+    settings. With --model.collapse-prevention ema, set --model.momentum-steps to --train.updates."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """What is recorded."""
+    train: OfflineTrainConfig = field(default_factory=default_training)
+    """The world model's offline training (`wmlab train --model jepa`'s settings); --train.seed is the
+    first training seed, --train.threads, --train.device and --train.progress serve every stage."""
+    value_steps: int = 3000
+    """Goal-value gradient steps on the frozen embeddings."""
+    refine_steps: int = 0
+    """After the world model (trained or loaded): train its predictor alone for this many steps on
+    the frozen encoder's embeddings of every recorded frame (`PredictorRefiner`; windows of
+    --train.sequence-length, --refine-batch-size of them). A step costs about a twentieth of a
+    world-model step; the refined agent is saved as seedK/checkpoint-refined, the model's own
+    checkpoint left as it is. 0: no refinement."""
     refine_batch_size: int = 256
     """Windows per predictor-refinement batch."""
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    """How planning is scored."""
+    seeds: int = 1
+    """Training seeds (--train.seed .. --train.seed + seeds - 1); each trains its own model and value on
+    the same dataset. Starting at another --train.seed lets seeds run as separate processes side by
+    side (each in its own --out with a copy of the dataset); evaluation episodes are the same for every seed."""
     reuse_checkpoints: bool = False
     """Load each seed's saved checkpoint from --out instead of training it (evaluate only); seeds
     with no checkpoint there yet are trained, so more seeds can be added to a run directory. With
     --refine-steps, a saved seedK/checkpoint-refined (its predictor and value) is loaded instead,
     and neither the value (--retrain-value) nor the predictor is trained again."""
     retrain_value: bool = False
-    """With --reuse-checkpoints: train a fresh goal value (--value-objective, --value-steps) on the
+    """With --reuse-checkpoints: train a fresh goal value (--value.objective, --value-steps) on the
     loaded model's frozen embeddings instead of the saved one, and save it beside the checkpoint as
     value-OBJECTIVE; the saved checkpoint is left as it is."""
     quick: bool = False
     """Tiny sizes for a smoke test; numbers not comparable."""
-    threads: int = 1
-    """torch CPU threads."""
-    device: str = "cpu"
-    progress: bool = True
-    """Show progress bars."""
 
 
 EXTRA_DATASET_SEED = 50_000
@@ -301,32 +309,74 @@ def no_progress(steps: int, note: str = "") -> None:
     """The progress callback when no bar is shown."""
 
 
-def train_model(
-    agent: JEPAPlannerAgent,
-    dataset,
-    steps: int,
-    batch_size: int,
-    length: int,
-    log: Path,
-    advance: Callable[..., None] = no_progress,
-) -> dict:
-    started, metrics = time.time(), {}
+class JEPATraining(TrainingObjective):
+    """The world model's update for the offline trainer: the JEPA loss (its EMA target, if any, moved
+    after each step); with `value.shaping_scale` > 0 and the raw episodes given, the goal value's TD
+    loss on hindsight goals joins it and shapes the encoder (EncoderShaping, arXiv:2601.00844), the
+    value stepped by an Adam of its own."""
+
+    def __init__(self, value: GoalValue, config: ValueConfig, shaping_episodes: list[np.ndarray] | None = None):
+        self.value, self.config, self.episodes = value, config, shaping_episodes
+        self.value_optimizer = torch.optim.Adam(value.parameters(), lr=config.learning_rate)
+        self.shaping: EncoderShaping | None = None
+
+    def prepare(self, model) -> None:
+        if self.config.shaping_scale > 0 and self.episodes is not None:
+            self.shaping = EncoderShaping(model, self.value, self.config)
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, metrics = model.loss(batch)
+        if self.shaping is not None:
+            value_loss, value_metrics = self.shaping.loss(self.episodes)
+            loss = loss + self.config.shaping_scale * value_loss
+            metrics.update(value_metrics)
+            self.value_optimizer.zero_grad(set_to_none=True)
+        return loss, metrics
+
+    def after_step(self, model) -> None:
+        if self.shaping is not None:
+            self.value_optimizer.step()
+            self.shaping.update_targets()
+        super().after_step(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.shaping is None:
+            return {}
+        return {
+            "value": self.value.state_dict(),
+            "value_optimizer": self.value_optimizer.state_dict(),
+            "target_encoder": self.shaping.target_encoder.state_dict(),
+            "target_value": self.shaping.target_value.state_dict(),
+            "generator": json.dumps(self.shaping.generator.bit_generator.state),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.shaping is None or not state:
+            return
+        self.value.load_state_dict(state["value"])
+        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.shaping.target_encoder.load_state_dict(state["target_encoder"])
+        self.shaping.target_value.load_state_dict(state["target_value"])
+        self.shaping.generator.bit_generator.state = json.loads(state["generator"])
+
+
+def train_world_model(
+    agent: JEPAPlannerAgent, dataset, train: OfflineTrainConfig, run_dir: Path, progress: bool = False
+) -> dict[str, float]:
+    """Fit the agent's JEPA world model to the recorded dataset with the offline trainer, into the
+    ordinary offline run directory `run_dir` (`wmlab eval` / `wmlab report` read it; replaced if it
+    exists), and load the result into the agent. Returns the last update's metrics."""
     shaping_episodes = None
     if agent.config.value.shaping_scale > 0:
         shaping_episodes = [episode[agent.model.observation_key] for episode in dataset.episodes()]
-    for step in range(1, steps + 1):
-        metrics = agent.update(dataset.sample(batch_size, length), shaping_episodes)
-        advance(1, f"loss {metrics['loss/total']:.3f}")
-        if step % 100 == 0 or step == steps:
-            _log(
-                log,
-                {
-                    "step": step,
-                    "seconds": round(time.time() - started, 1),
-                    **{k: round(v, 5) for k, v in metrics.items()},
-                },
-            )
-    return metrics
+    spec = dataset_run_spec("jepa", dataset.directory, replace(train, progress=progress), agent.config.model)
+    trainer = OfflineTrainer(
+        spec, run_dir, force=True, objective=JEPATraining(agent.value, agent.config.value, shaping_episodes)
+    )
+    trainer.run()
+    agent.model.load_state_dict(trainer.model.state_dict())
+    agent.model.eval()
+    return trainer.last_metrics
 
 
 @torch.no_grad()
@@ -444,98 +494,145 @@ def evaluate(
 def check_evaluation_layouts(arguments: PipelineArguments) -> None:
     """Evaluation episodes must not start from a recorded episode's reset seed: the planner would
     be scored on layouts its model and value were trained on."""
-    evaluation = range(arguments.eval_seed, arguments.eval_seed + arguments.eval_episodes)
+    evaluation = range(arguments.evaluation.seed, arguments.evaluation.seed + arguments.evaluation.episodes)
     for name, recorded in (
-        ("the main dataset's", range(0, arguments.episodes)),
+        ("the main dataset's", range(0, arguments.data.episodes)),
         (
             "the extra wall-following episodes'",
-            range(EXTRA_DATASET_SEED, EXTRA_DATASET_SEED + arguments.extra_wall_episodes),
+            range(EXTRA_DATASET_SEED, EXTRA_DATASET_SEED + arguments.data.extra_wall_episodes),
         ),
     ):
         if evaluation.start < recorded.stop and recorded.start < evaluation.stop:
             raise ValueError(
-                f"--eval-seed {arguments.eval_seed} with {arguments.eval_episodes} episodes overlaps {name} reset seeds "
-                f"{recorded.start}..{recorded.stop - 1}: evaluation layouts would repeat recorded ones"
+                f"--evaluation.seed {arguments.evaluation.seed} with {arguments.evaluation.episodes} episodes overlaps "
+                f"{name} reset seeds {recorded.start}..{recorded.stop - 1}: evaluation layouts would repeat recorded ones"
             )
 
 
-def run_pipeline(arguments: PipelineArguments) -> dict:
-    if arguments.retrain_value and not arguments.reuse_checkpoints:
-        raise ValueError("--retrain-value retrains the value of saved checkpoints: pass --reuse-checkpoints too")
-    check_evaluation_layouts(arguments)
-    torch.set_num_threads(arguments.threads)
-    out = arguments.out
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "metrics.jsonl"
-    if arguments.quick:
-        arguments = replace(
-            arguments,
-            episodes=6,
-            episode_steps=20,
-            train_steps=3,
-            value_steps=3,
-            eval_episodes=1,
-            eval_steps=5,
-            sequence_length=4,
-            batch_size=4,
-            refine_steps=min(arguments.refine_steps, 3),
-            refine_batch_size=4,
-            extra_wall_episodes=min(arguments.extra_wall_episodes, 3),
-        )
+def quick_settings(arguments: PipelineArguments) -> PipelineArguments:
+    """--quick: tiny data, budgets and networks (a smoke test whose numbers mean nothing)."""
+    agent, data = arguments.agent, arguments.data
+    model = replace(
+        agent.model,
+        embedding_size=64 if agent.model.encoder_head == "spatial" else 8,
+        encoder_depth=4,
+        hidden_size=32,
+        predictor_channels=8,
+        layout_size=4,
+        momentum_steps=3,
+    )
+    value = replace(agent.value, hidden_size=16, projection_size=8, batch_size=32, shaping_batch_size=8)
+    return replace(
+        arguments,
+        agent=replace(agent, model=model, value=value),
+        data=replace(data, episodes=6, episode_steps=20, extra_wall_episodes=min(data.extra_wall_episodes, 3)),
+        train=replace(arguments.train, updates=3, batch_size=4, sequence_length=4),
+        value_steps=3,
+        evaluation=replace(arguments.evaluation, episodes=1, steps=5),
+        refine_steps=min(arguments.refine_steps, 3),
+        refine_batch_size=4,
+    )
+
+
+def record_datasets(arguments: PipelineArguments):
+    """OUT/dataset (and OUT/extra-dataset with --data.extra-wall-episodes), recorded unless already
+    there with the same policy; (dataset, extra dataset or None)."""
+    out, data, progress = arguments.out, arguments.data, arguments.train.progress
     dataset_dir = out / "dataset"
-    policy_name = exploration_name(arguments.sticky_episodes, arguments.waypoint_episodes, arguments.wall_episodes)
+    policy_name = exploration_name(data.sticky_episodes, data.waypoint_episodes, data.wall_episodes)
     if not (dataset_dir / "manifest.json").exists():
         policy = exploration_policy(
             seed=0,
-            sticky_fraction=arguments.sticky_episodes,
-            waypoint_fraction=arguments.waypoint_episodes,
-            wall_fraction=arguments.wall_episodes,
+            sticky_fraction=data.sticky_episodes,
+            waypoint_fraction=data.waypoint_episodes,
+            wall_fraction=data.wall_episodes,
         )
         record_dataset(
             "two-rooms",
             policy,
-            arguments.episodes,
+            data.episodes,
             dataset_dir,
             seed=0,
-            max_episode_steps=arguments.episode_steps,
-            progress=arguments.progress,
+            max_episode_steps=data.episode_steps,
+            progress=progress,
             policy_name=policy_name,
         )
     else:
         recorded = json.loads((dataset_dir / "manifest.json").read_text()).get("policy")
         if recorded != policy_name:
             raise RunDirectoryError(
-                f"{dataset_dir} was recorded by {recorded!r}, not {policy_name!r} as asked (--sticky-episodes, --waypoint-episodes, --wall-episodes); "
-                "use another --out or remove that dataset"
+                f"{dataset_dir} was recorded by {recorded!r}, not {policy_name!r} as asked (--data.sticky-episodes, "
+                "--data.waypoint-episodes, --data.wall-episodes); use another --out or remove that dataset"
             )
     dataset = load_dataset(dataset_dir, seed=0)
-    extra = None
-    if arguments.extra_wall_episodes > 0:
-        extra_dir = out / "extra-dataset"
-        if not (extra_dir / "manifest.json").exists():
-            record_dataset(
-                "two-rooms",
-                exploration_policy(seed=1, wall_fraction=1.0),
-                arguments.extra_wall_episodes,
-                extra_dir,
-                seed=EXTRA_DATASET_SEED,
-                max_episode_steps=arguments.episode_steps,
-                progress=arguments.progress,
-                policy_name="wall-following",
-            )
-        extra = load_dataset(extra_dir, seed=0)
-        if extra.num_episodes != arguments.extra_wall_episodes:
-            raise RunDirectoryError(
-                f"{extra_dir} holds {extra.num_episodes} episodes, not the {arguments.extra_wall_episodes} asked "
-                "(--extra-wall-episodes); use another --out or remove that dataset"
-            )
-    results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(arguments).items()}, "runs": []}
-    with StageProgress(arguments.progress) as bars:
-        for seed in range(arguments.first_seed, arguments.first_seed + arguments.seeds):
+    if data.extra_wall_episodes == 0:
+        return dataset, None
+    extra_dir = out / "extra-dataset"
+    if not (extra_dir / "manifest.json").exists():
+        record_dataset(
+            "two-rooms",
+            exploration_policy(seed=1, wall_fraction=1.0),
+            data.extra_wall_episodes,
+            extra_dir,
+            seed=EXTRA_DATASET_SEED,
+            max_episode_steps=data.episode_steps,
+            progress=progress,
+            policy_name="wall-following",
+        )
+    extra = load_dataset(extra_dir, seed=0)
+    if extra.num_episodes != data.extra_wall_episodes:
+        raise RunDirectoryError(
+            f"{extra_dir} holds {extra.num_episodes} episodes, not the {data.extra_wall_episodes} asked "
+            "(--data.extra-wall-episodes); use another --out or remove that dataset"
+        )
+    return dataset, extra
+
+
+def run_pipeline(arguments: PipelineArguments) -> dict:
+    if arguments.retrain_value and not arguments.reuse_checkpoints:
+        raise ValueError("--retrain-value retrains the value of saved checkpoints: pass --reuse-checkpoints too")
+    check_evaluation_layouts(arguments)
+    if arguments.quick:
+        arguments = quick_settings(arguments)
+    torch.set_num_threads(max(arguments.train.threads, 1))
+    out = arguments.out
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "metrics.jsonl"
+    dataset, extra = record_datasets(arguments)
+    results = {"settings": settings_json(arguments), "runs": []}
+    for seed in range(arguments.train.seed, arguments.train.seed + arguments.seeds):
+        # One display per seed: the offline trainer shows its own bar before the seed's first one.
+        with StageProgress(arguments.train.progress) as bars:
             results["runs"].append(run_seed(arguments, dataset, seed, log, bars, extra))
     results["summary"] = summarise_seeds(results["runs"])
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def settings_json(arguments: PipelineArguments) -> dict[str, Any]:
+    """The settings as results.json records them (`saved_arguments` reads them back)."""
+    return json.loads(json.dumps(asdict(arguments), default=str))
+
+
+def saved_arguments(out: Path) -> PipelineArguments:
+    """The settings of the finished run in `out` (its results.json), as typed configs."""
+    path = out / "results.json"
+    if not path.exists():
+        raise RunDirectoryError(f"{path} not found: point --out at a finished `wmlab pipeline jepa` run")
+    settings = json.loads(path.read_text())["settings"]
+    if "agent" not in settings:
+        raise RunDirectoryError(
+            f"{path} was written before the pipeline's settings were nested (agent, data, train, evaluation); "
+            "rerun it with this version"
+        )
+    return PipelineArguments(
+        out=out,
+        agent=from_dict(JEPAPlannerConfig, settings["agent"]),
+        data=from_dict(DataConfig, settings["data"]),
+        train=from_dict(OfflineTrainConfig, settings["train"]),
+        evaluation=from_dict(EvaluationConfig, settings["evaluation"]),
+        **{name: settings[name] for name in ("value_steps", "refine_steps", "refine_batch_size", "seeds")},
+    )
 
 
 def summarise_seeds(runs: list[dict]) -> dict[str, dict[str, float]]:
@@ -550,50 +647,6 @@ def summarise_seeds(runs: list[dict]) -> dict[str, dict[str, float]]:
     }
 
 
-def planner_config(arguments: PipelineArguments) -> JEPAPlannerConfig:
-    """The agent configuration a pipeline run trains (and a later reader must rebuild to load it)."""
-
-    model_config = JEPAConfig(
-        collapse_prevention=arguments.collapse_prevention,
-        momentum_steps=max(arguments.train_steps, 1),
-        loss_scales=JEPALossScales(covariance=arguments.covariance_weight),
-        encoder_head=arguments.encoder_head,
-        embedding_size=arguments.embedding_size,
-        layout_size=arguments.layout_size,
-        hidden_size=arguments.hidden_size,
-        predictor_layers=arguments.predictor_layers,
-    )
-    if arguments.quick:
-        small_embedding = 64 if arguments.encoder_head == "spatial" else 8
-        model_config = replace(
-            model_config,
-            embedding_size=small_embedding,
-            encoder_depth=4,
-            hidden_size=32,
-            predictor_channels=8,
-            layout_size=4,
-        )
-    value_config = ValueConfig(
-        space=arguments.value_space, shaping_scale=arguments.value_shaping, objective=arguments.value_objective
-    )
-    if arguments.quick:
-        value_config = replace(value_config, hidden_size=16, projection_size=8, batch_size=32, shaping_batch_size=8)
-    planner = replace(
-        default_mppi(),
-        horizon=arguments.planning_horizon,
-        iterations=arguments.planning_iterations,
-        noise_exponent=arguments.planning_noise_exponent,
-    )
-    return JEPAPlannerConfig(
-        model=model_config,
-        value=value_config,
-        planner=planner,
-        replan_every=arguments.replan_every,
-        distance_at_end=arguments.distance_at_end,
-        distance_norm=arguments.distance_norm,
-    )
-
-
 def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: StageProgress, extra=None) -> dict:
     """Train (or load) one seed's model and value, then evaluate each objective. `extra`: more
     recorded episodes for the value and the predictor refinement only."""
@@ -601,7 +654,7 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
     out = arguments.out
     torch.manual_seed(seed)
     agent = JEPAPlannerAgent(
-        planner_config(arguments), dataset.observation_space, dataset.action_space, seed=seed, device=arguments.device
+        arguments.agent, dataset.observation_space, dataset.action_space, seed=seed, device=arguments.train.device
     )
     checkpoint = out / f"seed{seed}"
     model_metrics, value_metrics, model_seconds, value_seconds = {}, {}, 0.0, 0.0
@@ -635,17 +688,11 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
         if arguments.retrain_value:
             agent.value = GoalValue(agent.config.model.embedding_size, agent.config.value).to(agent.device)
             value_metrics, value_seconds = timed_value_training()
-            save_state({"value": agent.value.state_dict()}, checkpoint, f"value-{arguments.value_objective}")
+            save_state({"value": agent.value.state_dict()}, checkpoint, f"value-{agent.config.value.objective}")
     else:
         started = time.time()
-        model_metrics = train_model(
-            agent,
-            dataset,
-            arguments.train_steps,
-            arguments.batch_size,
-            arguments.sequence_length,
-            log,
-            bars.task(f"seed {seed}: world model", arguments.train_steps),
+        model_metrics = train_world_model(
+            agent, dataset, replace(arguments.train, seed=seed), checkpoint / "world-model", arguments.train.progress
         )
         model_seconds = time.time() - started
         value_metrics, value_seconds = timed_value_training()
@@ -668,30 +715,31 @@ def run_seed(arguments: PipelineArguments, dataset, seed: int, log: Path, bars: 
             embeddings,
             arguments.refine_steps,
             arguments.refine_batch_size,
-            arguments.sequence_length,
+            arguments.train.sequence_length,
             seed,
             log,
             bars.task(f"seed {seed}: predictor", arguments.refine_steps),
         )
         run["refine_seconds"] = round(time.time() - started, 1)
         save_state(agent.state_dict(), checkpoint, "checkpoint-refined")
-    for objective in arguments.objectives:
-        evaluation = evaluate(
+    evaluation = arguments.evaluation
+    for objective in evaluation.objectives:
+        scores = evaluate(
             agent,
             objective,
-            arguments.eval_episodes,
-            arguments.eval_steps,
-            seed=arguments.eval_seed,
+            evaluation.episodes,
+            evaluation.steps,
+            seed=evaluation.seed,
             log=log,
-            advance=bars.task(f"seed {seed}: plan by {objective}", arguments.eval_episodes),
+            advance=bars.task(f"seed {seed}: plan by {objective}", evaluation.episodes),
         )
-        run["evaluations"].append(evaluation)
-        _log(log, {"seed": seed, **evaluation})
+        run["evaluations"].append(scores)
+        _log(log, {"seed": seed, **scores})
     return run
 
 
 def jepa_command(argv: list[str]) -> int:
-    """`wmlab pipeline jepa [--out DIR] [--train-steps N] ...`"""
+    """`wmlab pipeline jepa [--out DIR] [--train.updates N] [--model.X ...] ...`"""
 
     arguments = tyro.cli(PipelineArguments, args=argv, prog="wmlab pipeline jepa")
     results = run_pipeline(arguments)

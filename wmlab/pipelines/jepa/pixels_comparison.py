@@ -198,24 +198,34 @@ class ComparisonArguments:
     rssm_steps: int | None = None
     """Fix the RSSM's gradient steps instead of matching JEPA's training time."""
     batch_size: int = 32
+    """Windows per gradient step, for both models."""
     sequence_length: int = 8
+    """Steps per window, for both models."""
     context: int = 5
     """Held-out windows: frames filtered before the open-loop rollout."""
     horizon: int = 15
     """Open-loop steps of the error-against-horizon curves."""
     heldout_windows: int = 64
+    """Held-out windows the error-against-horizon curves average over."""
     eval_episodes: int = 50
     """Goal-reaching episodes per model (the RSSM decodes every candidate frame, so it plans slowly)."""
     eval_steps: int = 60
+    """Steps allowed to reach the goal."""
     replan_every: int = 4
+    """MPC: actions executed from each plan before planning again, for both planners."""
     seed: int = 0
+    """Seed of both models' initialisation, their window sampling and the planners (the recordings
+    use seeds 0 and 1)."""
     reuse_checkpoints: bool = False
     """Load OUT/comparison-seed<k>/{jepa,rssm} instead of training (evaluate only)."""
     quick: bool = False
     """Tiny sizes for a smoke test; numbers not comparable."""
     markdown: Path | None = None
+    """Also write the comparison's table as Markdown here."""
     threads: int = 1
+    """Torch CPU threads."""
     device: str = "cpu"
+    """Torch device of both models."""
     progress: bool = True
     """Show progress bars."""
 

@@ -1,14 +1,18 @@
 """The World Models pipeline as one command (Ha & Schmidhuber 2018, arXiv:1803.10122, Sec. 3-4):
 
-    collect random rollouts -> train V -> encode every frame -> train M -> train C (CMA-ES, in the
-    dream or in reality) -> evaluate in reality
+    collect random rollouts -> train V -> train M on V's codes -> train C (CMA-ES, in the dream or
+    in reality) -> evaluate in reality
 
     wmlab pipeline world-models --env CarRacing-v3 --run-dir runs/carracing
     wmlab pipeline world-models --env two-rooms --env-kwargs '{"reward": "dense"}' --dream --temperature 1.15
     wmlab pipeline world-models --env CarRacing-v3 --run-dir runs/smoke --quick
 
 Each stage writes its output with `save_state` under RUN_DIR/stages/<stage>/ (result.json +
-result.safetensors, which mark it finished) and records the settings it was computed from.
+result.safetensors, which mark it finished) and records the settings it was computed from. V and
+M are fitted by the offline trainer (wmlab.train.offline) to the recorded rollouts, each into an
+ordinary offline run directory, stages/vae/run and stages/mdnrnn/run (`wmlab eval` and `wmlab
+report` read them; M's holds the whole V-M world model), with a TrainingObjective per stage: V
+alone on single frames, then M alone on the frozen V's codes of B windows of T steps.
 Running the command again skips finished stages; a stage interrupted midway resumes from its
 last checkpoint (V at epoch boundaries, M every `checkpoint_every` updates, CMA-ES after every
 generation); the recording of rollouts restarts from its first episode. A finished stage whose
@@ -24,6 +28,7 @@ C's learning curve) and videos/ (a real and a dream rollout), which `wmlab repor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -42,7 +47,7 @@ from wmlab.agents.world_models.agent import LinearController, WorldModelsAgent
 from wmlab.agents.world_models.config import WorldModelsConfig, default_config
 from wmlab.agents.world_models.evolution import CMAES
 from wmlab.core.config import option_value, parse_json_object
-from wmlab.core.errors import RunDirectoryError, WmlabError
+from wmlab.core.errors import RunDirectoryError
 from wmlab.core.progress import StageProgress
 from wmlab.core.serialization import load_state, save_state
 from wmlab.core.video import write_gif
@@ -51,10 +56,13 @@ from wmlab.envs.adapter import make_env
 from wmlab.envs.imagined import ImaginedEnv
 from wmlab.models.vae_mdnrnn import VAEMDNRNN, action_size, image_channels, prepare_frames
 from wmlab.pipelines.world_models.rollouts import RealRollouts, RealRolloutSettings, controller_features, dream_returns
-from wmlab.runs.config import TrainConfig
+from wmlab.runs.config import OfflineTrainConfig, TrainConfig
+from wmlab.train.offline import OfflineTrainer, TrainingObjective, dataset_run_spec
 
-STAGES = ("collect", "vae", "encode", "mdnrnn", "controller", "evaluate")
+STAGES = ("collect", "vae", "mdnrnn", "controller", "evaluate")
 ALGORITHM = "world-models"
+#: The world-model family of V and M, as the offline trainer names it.
+MODEL_FAMILY = "vae-mdnrnn"
 RESULT = "result"
 CHECKPOINT = "checkpoint"
 #: Dream episodes of an environment without its own step limit end here.
@@ -212,7 +220,6 @@ class Pipeline:
         }
         later = {
             "vae": {"frame_crop": config.frame_crop, "model.vae": asdict(config.model.vae), "vae": asdict(config.vae)},
-            "encode": {},
             "mdnrnn": {
                 "model.mdnrnn": asdict(config.model.mdnrnn),
                 "loss_scales": asdict(config.model.loss_scales),
@@ -312,7 +319,7 @@ class Pipeline:
         path.write_text("".join(line + "\n" for line in kept))
 
     def copy_models_from(self, other: Path) -> None:
-        """Take the finished collect, V, encode and M stages of `other`, in order, for as long as
+        """Take the finished collect, V and M stages of `other`, in order, for as long as
         their settings match this run's (a changed M still reuses the recording and V)."""
         if not (other / "stages").is_dir():
             raise RunDirectoryError(f"{other} holds no World Models stages to copy")
@@ -350,7 +357,6 @@ class Pipeline:
         functions: dict[str, Callable[[], None]] = {
             "collect": self.collect,
             "vae": self.train_vae,
-            "encode": self.encode,
             "mdnrnn": self.train_mdnrnn,
             "controller": self.train_controller,
             "evaluate": self.evaluate,
@@ -418,59 +424,49 @@ class Pipeline:
             model = VAEMDNRNN(self.config.model, self.observation_space, self.action_space)
         return model.to(self.device)
 
+    def fit(self, stage: str, objective: TrainingObjective, train: OfflineTrainConfig) -> OfflineTrainer:
+        """Fit the stage's part of V-M with the offline trainer on the recorded rollouts, into the
+        offline run directory stages/STAGE/run (resumed when an interrupted run of the same settings
+        is there); its metrics are copied into RUN_DIR/metrics.jsonl. Returns the finished trainer."""
+        run_dir = self.stage_dir(stage) / "run"
+        resume = self.load_checkpoint(stage) is not None and (run_dir / "checkpoints" / "rank0").is_dir()
+        if not resume:  # marks the run directory as this stage's, computed from these settings
+            self.save(stage, CHECKPOINT, {"run_dir": str(run_dir)})
+        spec = dataset_run_spec(MODEL_FAMILY, self.stage_dir("collect") / "dataset", train, self.config.model)
+        trainer = OfflineTrainer(spec, run_dir, resume=resume, force=not resume, objective=objective)
+        trainer.run()
+        prefix = f"{stage}/"
+        self.forget_metrics(prefix, -1)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            metrics = {key: value for key, value in record.items() if key.startswith(prefix)}
+            self.log(record["step"], metrics | {f"{prefix}grad_norm": record["wm/grad_norm"]})
+        return trainer
+
+    def stage_training(self, **settings) -> OfflineTrainConfig:
+        """The offline trainer's settings of a V or M stage (no TensorBoard: RUN_DIR has one log)."""
+        return OfflineTrainConfig(device=str(self.device), progress=self.progress, tensorboard=False, **settings)
+
     def train_vae(self) -> None:
         settings = self.config.vae
-        model = self.build_model()
         frames = self.vae_frames()
-        optimizer = torch.optim.Adam(model.vae.parameters(), lr=settings.learning_rate)
-        generator = torch.Generator().manual_seed(self.seed)
-        epoch, updates = 0, 0
-        checkpoint = self.load_checkpoint("vae")
-        if checkpoint is not None:
-            model.vae.load_state_dict(checkpoint["weights"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            generator.set_state(checkpoint["generator"])
-            epoch, updates = int(checkpoint["epoch"]), int(checkpoint["updates"])
-        self.forget_metrics("vae/", updates)
         batches = max(1, -(-len(frames) // settings.batch_size))
-        advance = self.bars.task("V", settings.epochs * batches, epoch * batches)
-        averager: dict[str, list[float]] = {}
-        model.train()
-        for epoch in range(epoch, settings.epochs):
-            order = torch.randperm(len(frames), generator=generator)
-            for start in range(0, len(frames), settings.batch_size):
-                images = torch.as_tensor(frames[order[start : start + settings.batch_size].numpy()], device=self.device)
-                loss, metrics = model.vae_loss(images, generator=None)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                updates += 1
-                for key, value in {
-                    "vae/loss": float(loss.detach()),
-                    "vae/reconstruction": metrics["loss/reconstruction"],
-                    "vae/kl": metrics["wm/kl_raw"],
-                }.items():
-                    averager.setdefault(key, []).append(value)
-                if updates % settings.log_every == 0:
-                    self.log(updates, {key: float(np.mean(values)) for key, values in averager.items()})
-                    averager = {}
-                advance(1, f"loss {float(loss.detach()):.1f}")
-            self.save(
-                "vae",
-                CHECKPOINT,
-                {
-                    "weights": dict(model.vae.state_dict()),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch + 1,
-                    "updates": updates,
-                },
-            )
-        if averager:
-            self.log(updates, {key: float(np.mean(values)) for key, values in averager.items()})
+        train = self.stage_training(
+            updates=settings.epochs * batches,
+            batch_size=settings.batch_size,
+            sequence_length=1,
+            learning_rate=settings.learning_rate,
+            grad_clip=0.0,
+            seed=self.seed,
+            log_every=settings.log_every,
+            checkpoint_every=batches,
+        )
+        model = self.fit("vae", VTraining(self.config.frame_crop), train).model
         model.eval()
         save_reconstructions(model, frames, self.run_dir / "figures" / "vae_reconstructions.png")
-        self.save("vae", RESULT, {"weights": dict(model.vae.state_dict()), "updates": updates, "frames": len(frames)})
+        self.save(
+            "vae", RESULT, {"weights": dict(model.vae.state_dict()), "updates": train.updates, "frames": len(frames)}
+        )
         (self.stage_dir("vae") / f"{CHECKPOINT}.json").unlink(missing_ok=True)
         (self.stage_dir("vae") / f"{CHECKPOINT}.safetensors").unlink(missing_ok=True)
 
@@ -483,98 +479,34 @@ class Pipeline:
             frames = frames[np.linspace(0, len(frames) - 1, limit).round().astype(np.int64)]
         return frames
 
-    # --- stage 3: codes of every frame -----------------------------------------------------------
-
-    @torch.no_grad()
-    def encode(self) -> None:
-        model = self.build_model()
-        model.vae.load_state_dict(self.load_result("vae")["weights"])
-        model.eval()
-        columns: dict[str, list[np.ndarray]] = {
-            key: [] for key in ("mean", "log_variance", "action", "reward", "is_terminal")
-        }
-        lengths = []
-        for episode in read_episodes(self.stage_dir("collect") / "dataset", self.config.frame_crop):
-            for start in range(0, len(episode["image"]), 256):
-                mean, log_variance = model.encode(
-                    torch.as_tensor(episode["image"][start : start + 256], device=self.device)
-                )
-                columns["mean"].append(mean.cpu().numpy())
-                columns["log_variance"].append(log_variance.cpu().numpy())
-            action = np.asarray(episode["action"])
-            columns["action"].append(action.astype(np.int64) if action.ndim == 1 else action.astype(np.float32))
-            columns["reward"].append(episode["reward"].astype(np.float32))
-            columns["is_terminal"].append(episode["is_terminal"].astype(bool))
-            lengths.append(len(episode["reward"]))
-        self.save(
-            "encode",
-            RESULT,
-            {key: np.concatenate(values) for key, values in columns.items()}
-            | {"lengths": np.array(lengths, dtype=np.int64)},
-        )
-
-    # --- stage 4: M ------------------------------------------------------------------------------
+    # --- stage 3: M ------------------------------------------------------------------------------
 
     def train_mdnrnn(self) -> None:
         settings = self.config.mdnrnn
-        model = self.build_model()
-        codes = self.load_result("encode")
-        if self.config.model.mdnrnn.predict_done and not np.asarray(codes["is_terminal"]).any():
+        manifest = read_manifest(self.stage_dir("collect") / "dataset")
+        if self.config.model.mdnrnn.predict_done and not any(entry.get("terminated") for entry in manifest["episodes"]):
             warnings.warn(
                 "no recorded episode terminated, so M's done head learns from no terminal example; a C trained in the "
                 "dream may learn to end its episodes there (pass --model.mdnrnn.no-predict-done when the task cannot end)"
             )
-        sampler = SequenceSampler(codes, settings.sequence_length)
-        optimizer = torch.optim.Adam(model.mdnrnn.parameters(), lr=settings.learning_rate)
-        generator = torch.Generator().manual_seed(self.seed + 1)
-        updates = 0
-        checkpoint = self.load_checkpoint("mdnrnn")
-        if checkpoint is not None:
-            model.mdnrnn.load_state_dict(checkpoint["weights"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            generator.set_state(checkpoint["generator"])
-            updates = int(checkpoint["updates"])
-        self.forget_metrics("mdnrnn/", updates)
-        advance = self.bars.task("M", settings.updates, updates)
-        averager: dict[str, list[float]] = {}
-        model.train()
-        while updates < settings.updates:
-            batch = sampler.sample(settings.batch_size, generator)
-            # A fresh sample of every code per batch, as the authors train M.
-            noise = torch.randn(batch["mean"].shape, generator=generator)
-            latents = (batch["mean"] + (0.5 * batch["log_variance"]).exp() * noise).to(self.device)
-            loss, metrics = model.mdnrnn_loss(
-                latents, batch["action"], batch["reward"], batch["is_first"], batch["is_terminal"], mask=batch["mask"]
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip > 0:
-                torch.nn.utils.clip_grad_value_(model.mdnrnn.parameters(), settings.grad_clip)
-            optimizer.step()
-            updates += 1
-            for key, value in metrics.items():
-                averager.setdefault("mdnrnn/" + key.split("/", 1)[1], []).append(value)
-            averager.setdefault("mdnrnn/loss", []).append(float(loss.detach()))
-            if updates % settings.log_every == 0 or updates == settings.updates:
-                self.log(updates, {key: float(np.mean(values)) for key, values in averager.items()})
-                averager = {}
-            if updates % settings.checkpoint_every == 0 and updates < settings.updates:
-                self.save(
-                    "mdnrnn",
-                    CHECKPOINT,
-                    {
-                        "weights": dict(model.mdnrnn.state_dict()),
-                        "optimizer": optimizer.state_dict(),
-                        "generator": generator.get_state(),
-                        "updates": updates,
-                    },
-                )
-            advance(1, f"loss {float(loss.detach()):.3f}")
-        self.save("mdnrnn", RESULT, {"weights": dict(model.mdnrnn.state_dict()), "updates": updates})
+        train = self.stage_training(
+            updates=settings.updates,
+            batch_size=settings.batch_size,
+            sequence_length=min(settings.sequence_length, int(manifest["num_steps"])),
+            learning_rate=settings.learning_rate,
+            grad_clip=settings.grad_clip,
+            seed=self.seed,
+            log_every=settings.log_every,
+            checkpoint_every=settings.checkpoint_every,
+        )
+        vae = self.load_result("vae")["weights"]
+        recording = self.stage_dir("collect") / "dataset"
+        model = self.fit("mdnrnn", MTraining(vae, self.config.frame_crop, recording), train).model
+        self.save("mdnrnn", RESULT, {"weights": dict(model.mdnrnn.state_dict()), "updates": train.updates})
         (self.stage_dir("mdnrnn") / f"{CHECKPOINT}.json").unlink(missing_ok=True)
         (self.stage_dir("mdnrnn") / f"{CHECKPOINT}.safetensors").unlink(missing_ok=True)
 
-    # --- stage 5: C ------------------------------------------------------------------------------
+    # --- stage 4: C ------------------------------------------------------------------------------
 
     def trained_model(self):
         model = self.build_model()
@@ -713,7 +645,7 @@ class Pipeline:
         returns, _ = real.returns(np.asarray(parameters)[None], seeds, max_steps=0)
         return float(returns.mean())
 
-    # --- stage 6: evaluation in reality ----------------------------------------------------------
+    # --- stage 5: evaluation in reality ----------------------------------------------------------
 
     def evaluate(self) -> None:
         model = self.trained_model()
@@ -844,45 +776,77 @@ def read_episodes(directory: Path, crop: tuple[int, int, int, int]):
         yield episode
 
 
-class SequenceSampler:
-    """Windows of M's training sequences from the codes of whole episodes.
+class VTraining(TrainingObjective):
+    """Stage 2 for the offline trainer: V alone, on single frames (windows of T = 1) cropped and made
+    64 x 64 as V reads them; the squared error plus the KL term (free bits), no gradient clipping."""
 
-    A window starts uniformly among the positions of all episodes that leave `length` steps
-    (an episode shorter than that is taken whole, the rest of its window padded and masked out);
-    each window starts afresh (is_first at its first step), as M is trained.
-    """
+    def __init__(self, crop: tuple[int, int, int, int]):
+        self.crop = tuple(crop)
 
-    def __init__(self, codes: dict[str, Any], length: int):
-        self.codes = {key: np.asarray(value) for key, value in codes.items() if key != "inputs"}
-        lengths = self.codes["lengths"]
-        self.offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        self.lengths = lengths
-        self.length = int(min(length, lengths.max()))
-        if self.length < 2:
-            raise WmlabError("M needs episodes of at least 2 steps to learn from; collect longer episodes")
-        self.starts_per_episode = np.maximum(lengths - self.length + 1, 1)
+    def parameters(self, model: VAEMDNRNN) -> list[torch.nn.Parameter]:
+        return list(model.vae.parameters())
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """(B, T, ...) tensors: mean, log_variance, action, reward, is_first, is_terminal, mask."""
-        weights = torch.as_tensor(self.starts_per_episode, dtype=torch.float64)
-        episodes = torch.multinomial(weights, batch_size, replacement=True, generator=generator).numpy()
-        fractions = torch.rand(batch_size, generator=generator, dtype=torch.float64).numpy()
-        starts = (fractions * self.starts_per_episode[episodes]).astype(np.int64)
-        T = self.length
-        steps = np.arange(T)
-        mask = steps[None] < (self.lengths[episodes] - starts)[:, None]  # (B, T)
-        index = self.offsets[episodes][:, None] + np.minimum(
-            starts[:, None] + steps[None], self.lengths[episodes][:, None] - 1
-        )
-        batch = {
-            key: torch.as_tensor(self.codes[key][index])
-            for key in ("mean", "log_variance", "action", "reward", "is_terminal")
+    def loss(self, model: VAEMDNRNN, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        frames = prepare_frames(np.asarray(batch.obs["image"]), self.crop)  # (B, T, 64, 64, C)
+        loss, metrics = model.vae_loss(frames.reshape(-1, *frames.shape[-3:]))
+        return loss, {
+            "vae/loss": float(loss.detach()),
+            "vae/reconstruction": metrics["loss/reconstruction"],
+            "vae/kl": metrics["wm/kl_raw"],
         }
-        is_first = np.zeros((batch_size, T), dtype=bool)
-        is_first[:, 0] = True
-        batch["is_first"] = torch.as_tensor(is_first)
-        batch["mask"] = torch.as_tensor(mask)
-        return batch
+
+
+class MTraining(TrainingObjective):
+    """Stage 3 for the offline trainer: M alone on V's codes. V (the trained weights given) is frozen
+    and encodes every recorded frame once (q(z | x)'s mean and log-variance, in chunks of 256 frames
+    in recording order); each batch then draws a fresh z ~ q(z | x) for every frame of its B windows
+    of T steps, as the authors train M. Gradients are clipped element-wise (by value), as they do."""
+
+    def __init__(self, vae_weights: dict[str, torch.Tensor], crop: tuple[int, int, int, int], dataset: Path):
+        self.vae_weights, self.crop, self.dataset = vae_weights, tuple(crop), Path(dataset)
+
+    @torch.no_grad()
+    def prepare(self, model: VAEMDNRNN) -> None:
+        model.vae.load_state_dict(self.vae_weights)
+        model.vae.requires_grad_(False)
+        model.eval()
+        self.rows: dict[bytes, int] = {}  # a frame's digest -> its row of codes (its first appearance)
+        codes = []
+        for entry in read_manifest(self.dataset)["episodes"]:
+            with np.load(self.dataset / entry["file"], allow_pickle=False) as archive:
+                frames = archive["image"]
+            first = sum(len(chunk) for chunk in codes)
+            for offset, frame in enumerate(frames):
+                self.rows.setdefault(_digest(frame), first + offset)
+            prepared = prepare_frames(frames, self.crop)
+            codes += [
+                torch.cat(model.encode(prepared[start : start + 256]), -1) for start in range(0, len(prepared), 256)
+            ]
+        self.mean, self.log_variance = torch.cat(codes).chunk(2, dim=-1)  # (frames, Z) each
+
+    def parameters(self, model: VAEMDNRNN) -> list[torch.nn.Parameter]:
+        return list(model.mdnrnn.parameters())
+
+    def loss(self, model: VAEMDNRNN, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        images = np.asarray(batch.obs["image"])  # (B, T, H, W, C)
+        rows = torch.as_tensor([self.rows[_digest(frame)] for frame in images.reshape(-1, *images.shape[2:])])
+        shape = (*images.shape[:2], -1)
+        mean, log_variance = self.mean[rows].reshape(shape), self.log_variance[rows].reshape(shape)
+        latents = mean + (0.5 * log_variance).exp() * torch.randn_like(mean)  # (B, T, Z)
+        loss, metrics = model.mdnrnn_loss(latents, batch.action, batch.reward, batch.is_first, batch.is_terminal)
+        named = {"mdnrnn/" + key.split("/", 1)[1]: value for key, value in metrics.items()}
+        return loss, named | {"mdnrnn/loss": float(loss.detach())}
+
+    def clip_gradients(self, parameters: list[torch.nn.Parameter], limit: float) -> float:
+        norm = super().clip_gradients(parameters, 0.0)
+        if limit > 0:
+            torch.nn.utils.clip_grad_value_(parameters, limit)
+        return norm
+
+
+def _digest(frame: np.ndarray) -> bytes:
+    """A 16-byte fingerprint of a frame's pixels (which codes belong to it)."""
+    return hashlib.blake2b(np.ascontiguousarray(frame).data, digest_size=16).digest()
 
 
 def _link_or_copy(source: str, destination: str) -> None:
