@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import widths_from_preset
+from wmlab.core.config import size_table, widths_from_preset
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Trajectory
@@ -99,47 +99,23 @@ class GenieWidths:
 #: patch sizes (4 for the tokenizer, 16 for the latent action model) and 16-frame context at a
 #: width for one GPU (the paper's models are 200M-10.7B parameters); "cpu": minutes per thousand
 #: updates on one core at 64 x 64; "tiny": tests.
-SIZES: dict[str, GenieWidths] = {
-    "tiny": GenieWidths(
-        width=32,
-        heads=2,
-        tokenizer_layers=1,
-        action_layers=1,
-        dynamics_layers=2,
-        patch=4,
-        action_patch=4,
-        codebook_size=64,
-        code_size=8,
-        action_code_size=8,
-        context=4,
-    ),
-    "cpu": GenieWidths(
-        width=64,
-        heads=4,
-        tokenizer_layers=2,
-        action_layers=2,
-        dynamics_layers=3,
-        patch=8,
-        action_patch=16,
-        codebook_size=256,
-        code_size=16,
-        action_code_size=16,
-        context=6,
-    ),
-    "genie": GenieWidths(
-        width=512,
-        heads=8,
-        tokenizer_layers=8,
-        action_layers=8,
-        dynamics_layers=12,
-        patch=4,
-        action_patch=16,
-        codebook_size=1024,
-        code_size=32,
-        action_code_size=32,
-        context=16,
-    ),
-}
+SIZES: dict[str, GenieWidths] = size_table(
+    GenieWidths,
+    """
+    size              tiny  cpu  genie
+    width             32    64   512
+    heads             2     4    8
+    tokenizer_layers  1     2    8
+    action_layers     1     2    8
+    dynamics_layers   2     3    12
+    patch             4     8    4
+    action_patch      4     16   16
+    codebook_size     64    256  1024
+    code_size         8     16   32
+    action_code_size  8     16   32
+    context           4     6    16
+    """,
+)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from wmlab.core.config import COUNT, Config, ranges
+from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.protocols import RolloutFn
 
@@ -24,7 +24,7 @@ from wmlab.core.protocols import RolloutFn
 class RandomShootingConfig(Config):
     """Random-shooting search over action sequences."""
 
-    limits = ranges(horizon=COUNT, candidates=COUNT)
+    limits = ranges(counts="horizon candidates")
 
     horizon: int = 10
     """Length L of each candidate action sequence."""
