@@ -69,7 +69,7 @@ from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.transformer import Block, TransformerConfig
-from wmlab.nn.vq import VectorQuantizer
+from wmlab.nn.vq import CodebookLossScales, VectorQuantizer
 
 State = dict[str, torch.Tensor]
 
@@ -119,15 +119,12 @@ SIZES: dict[str, GenieWidths] = size_table(
 
 
 @dataclass(frozen=True)
-class GenieLossScales:
-    """Weights of the loss terms, in one place (each reported unweighted as `loss/<term>`)."""
+class GenieLossScales(CodebookLossScales):
+    """Weights of the loss terms, in one place (each reported unweighted as `loss/<term>`); the
+    tokenizer's codebook and commitment weights come from nn/vq.py's CodebookLossScales."""
 
     reconstruction: float = 1.0
     """Tokenizer: mean squared pixel error, pixels in [0, 1] (`loss/reconstruction`)."""
-    codebook: float = 1.0
-    """Tokenizer: ||sg(z) - e||^2 (`loss/codebook`)."""
-    commitment: float = 0.25
-    """Tokenizer: ||z - sg(e)||^2, VQ-VAE's beta (`loss/commitment`)."""
     action_reconstruction: float = 1.0
     """Latent action model: mean squared error of the next frame (`loss/action_reconstruction`)."""
     action_codebook: float = 1.0
