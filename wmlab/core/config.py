@@ -14,14 +14,21 @@ out of range raises ConfigError naming the class, the field, the value and the r
         horizon: int = 12
         candidates: int = 1000
         elites: int = 100
-        limits = ranges(horizon=at_least(1), candidates=at_least(1), elites=between(1, "candidates"))
+        limits = ranges(counts="horizon candidates", elites=between(1, "candidates"))
 
-A bound may name another field of the same config ("candidates" above).
+`ranges` takes the common kinds as groups of field names (`counts`, `positive`, `non_negative`,
+`fractions`: see KINDS) and any other range per field. A bound may name another field of the same
+config ("candidates" above). A name in `limits` that is not a field of the class is refused when
+the class is defined.
+
+Size tables. A model's named sizes are a table: `size_table(Widths, text)` reads one column per
+size and one row per field of the widths dataclass.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import math
 import typing
@@ -79,24 +86,57 @@ def between(low: float | str, high: float | str, low_open: bool = False, high_op
     return Limit(low=low, high=high, low_open=low_open, high_open=high_open)
 
 
-def ranges(**limits: Limit) -> Mapping[str, Limit]:
-    """A config class's `limits`, read-only: field name -> Limit."""
-    return MappingProxyType(limits)
-
-
 #: Shorthands for the ranges most fields have.
 POSITIVE = above(0)
 NON_NEGATIVE = at_least(0)
 FRACTION = between(0, 1)
 COUNT = at_least(1)
 
+#: The kinds `ranges` takes as groups of field names.
+KINDS: Mapping[str, Limit] = MappingProxyType(
+    {"counts": COUNT, "positive": POSITIVE, "non_negative": NON_NEGATIVE, "fractions": FRACTION}
+)
+
+
+def ranges(**limits: Limit | str) -> Mapping[str, Limit]:
+    """A config class's `limits`, read-only: field name -> Limit.
+
+    A keyword of KINDS takes the names of the fields of that kind, separated by spaces
+    (`counts="layers units"`); any other keyword is one field and its Limit."""
+    table: dict[str, Limit] = {}
+    for key, value in limits.items():
+        if isinstance(value, str) and key in KINDS:
+            names, limit = value.split(), KINDS[key]
+        elif isinstance(value, Limit):
+            names, limit = [key], value
+        else:
+            raise TypeError(f"ranges({key}=...): give a Limit, or field names under one of {', '.join(KINDS)}")
+        for name in names:
+            if name in table:
+                raise TypeError(f"ranges: {name} is given two ranges")
+            table[name] = limit
+    return MappingProxyType(table)
+
 
 class Config:
-    """Base of wmlab's frozen dataclass configs: the ranges in `limits` are checked at construction.
+    """Base of wmlab's frozen dataclass configs: the ranges in `limits` (with those of the base
+    classes) are checked at construction.
 
     A subclass that needs its own __post_init__ calls super().__post_init__() first."""
 
     limits: typing.ClassVar[Mapping[str, Limit]] = MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass's ranges add to those of its bases (their fields are its fields).
+        cls.limits = MappingProxyType(
+            {name: limit for klass in cls.__mro__[::-1] for name, limit in vars(klass).get("limits", {}).items()}
+        )
+        # A misspelt name would otherwise fail only when an instance is built.
+        declared = {name for klass in cls.__mro__ for name in inspect.get_annotations(klass)}
+        unknown = sorted(set(cls.limits) - declared)
+        if unknown:
+            raise TypeError(f"{cls.__name__}.limits names no field: {', '.join(unknown)}")
 
     def __post_init__(self) -> None:
         check_limits(self)
@@ -192,6 +232,24 @@ def parse_json_object(flag: str, text: str, error: type[WmlabError] = WmlabError
 
 
 WidthsType = TypeVar("WidthsType")
+
+
+def size_table(widths: type[WidthsType], text: str) -> dict[str, WidthsType]:
+    """A model's named sizes from a text table: a header row `size` and the sizes' names, then one
+    row per field of the `widths` dataclass (in any order) with its whole-number value in each size:
+
+        size    tiny  cpu
+        width   32    128
+        layers  2     4
+    """
+    (corner, *sizes), *rows = (line.split() for line in text.strip().splitlines())
+    names = sorted(field.name for field in dataclasses.fields(widths))
+    if corner != "size" or sorted(row[0] for row in rows) != names:
+        raise TypeError(f"size table of {widths.__name__}: it needs a row per field ({', '.join(names)}) under size")
+    for row in rows:
+        if len(row) != len(sizes) + 1:
+            raise TypeError(f"size table of {widths.__name__}: row {row[0]} has not one value per size ({len(sizes)})")
+    return {size: widths(**{row[0]: int(row[column]) for row in rows}) for column, size in enumerate(sizes, start=1)}
 
 
 def widths_from_preset(config: Any, sizes: Mapping[str, WidthsType], family: str) -> WidthsType:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import COUNT, FRACTION, POSITIVE, Config, between, ranges
+from wmlab.core.config import Config, between, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Trajectory
@@ -81,19 +81,11 @@ class JEPAConfig(Config):
     """An action-conditioned JEPA world model; the defaults are a small CPU-sized model."""
 
     limits = ranges(
-        embedding_size=COUNT,
-        encoder_depth=COUNT,
-        layout_size=COUNT,
-        keypoints=COUNT,
-        keypoint_temperature=POSITIVE,
-        predictor_channels=COUNT,
-        temporal_variance_target=POSITIVE,
-        hidden_size=COUNT,
-        predictor_layers=COUNT,
-        variance_target=POSITIVE,
-        momentum_start=FRACTION,
+        counts="embedding_size encoder_depth layout_size keypoints predictor_channels hidden_size predictor_layers"
+        " momentum_steps",
+        positive="keypoint_temperature temporal_variance_target variance_target",
+        fractions="momentum_start",
         momentum_end=between("momentum_start", 1),
-        momentum_steps=COUNT,
     )
 
     embedding_size: int = 32

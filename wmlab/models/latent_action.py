@@ -64,12 +64,12 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import widths_from_preset
+from wmlab.core.config import size_table, widths_from_preset
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape, imagined_length
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.transformer import Block, TransformerConfig
-from wmlab.nn.vq import VectorQuantizer
+from wmlab.nn.vq import CodebookLossScales, VectorQuantizer
 
 State = dict[str, torch.Tensor]
 
@@ -99,59 +99,32 @@ class GenieWidths:
 #: patch sizes (4 for the tokenizer, 16 for the latent action model) and 16-frame context at a
 #: width for one GPU (the paper's models are 200M-10.7B parameters); "cpu": minutes per thousand
 #: updates on one core at 64 x 64; "tiny": tests.
-SIZES: dict[str, GenieWidths] = {
-    "tiny": GenieWidths(
-        width=32,
-        heads=2,
-        tokenizer_layers=1,
-        action_layers=1,
-        dynamics_layers=2,
-        patch=4,
-        action_patch=4,
-        codebook_size=64,
-        code_size=8,
-        action_code_size=8,
-        context=4,
-    ),
-    "cpu": GenieWidths(
-        width=64,
-        heads=4,
-        tokenizer_layers=2,
-        action_layers=2,
-        dynamics_layers=3,
-        patch=8,
-        action_patch=16,
-        codebook_size=256,
-        code_size=16,
-        action_code_size=16,
-        context=6,
-    ),
-    "genie": GenieWidths(
-        width=512,
-        heads=8,
-        tokenizer_layers=8,
-        action_layers=8,
-        dynamics_layers=12,
-        patch=4,
-        action_patch=16,
-        codebook_size=1024,
-        code_size=32,
-        action_code_size=32,
-        context=16,
-    ),
-}
+SIZES: dict[str, GenieWidths] = size_table(
+    GenieWidths,
+    """
+    size              tiny  cpu  genie
+    width             32    64   512
+    heads             2     4    8
+    tokenizer_layers  1     2    8
+    action_layers     1     2    8
+    dynamics_layers   2     3    12
+    patch             4     8    4
+    action_patch      4     16   16
+    codebook_size     64    256  1024
+    code_size         8     16   32
+    action_code_size  8     16   32
+    context           4     6    16
+    """,
+)
 
 
 @dataclass(frozen=True)
-class GenieLossScales:
-    """Weights of the loss terms, in one place (each reported unweighted as `loss/<term>`)."""
+class GenieLossScales(CodebookLossScales):
+    """Weights of the loss terms, in one place (each reported unweighted as `loss/<term>`); the
+    tokenizer's codebook and commitment weights come from nn/vq.py's CodebookLossScales."""
 
     reconstruction: float = 1.0
     """Tokenizer: mean squared pixel error, pixels in [0, 1] (`loss/reconstruction`)."""
-    codebook: float = 1.0
-    """Tokenizer: ||sg(z) - e||^2 (`loss/codebook`)."""
-    commitment: float = 0.25
-    """Tokenizer: ||z - sg(e)||^2, VQ-VAE's beta (`loss/commitment`)."""
     action_reconstruction: float = 1.0
     """Latent action model: mean squared error of the next frame (`loss/action_reconstruction`)."""
     action_codebook: float = 1.0

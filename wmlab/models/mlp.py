@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import COUNT, POSITIVE, Config, ranges
+from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.rollout import roll_steps
 from wmlab.core.shapes import check_shape, imagined_length
@@ -47,7 +47,7 @@ class MLPLossScales:
 class MLPWorldModelConfig(Config):
     """The feed-forward dynamics model. The optimiser belongs to the algorithm that trains it."""
 
-    limits = ranges(hidden_size=COUNT, layers=COUNT, min_std=POSITIVE)
+    limits = ranges(counts="hidden_size layers", positive="min_std")
 
     hidden_size: int = 256
     """Units in each hidden layer."""

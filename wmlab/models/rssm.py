@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, at_least, ranges
+from wmlab.core.config import Config, at_least, ranges, size_table
 from wmlab.core.errors import IncompatibleSpaceError
 from wmlab.core.shapes import check_shape, imagined_length
 from wmlab.core.spaces import action_layout as space_action_layout
@@ -69,16 +69,17 @@ class RSSMWidths:
 
 #: DreamerV3's named sizes (authors' configs.yaml: size1m ... size400m set rssm deter / hidden /
 #: classes, the conv depth and every MLP's units), plus "tiny" for tests.
-SIZES: dict[str, RSSMWidths] = {
-    "tiny": RSSMWidths(deterministic=64, hidden=32, classes=4, cnn_depth=4, units=32),
-    "size1m": RSSMWidths(deterministic=512, hidden=64, classes=4, cnn_depth=4, units=64),
-    "size12m": RSSMWidths(deterministic=2048, hidden=256, classes=16, cnn_depth=16, units=256),
-    "size25m": RSSMWidths(deterministic=3072, hidden=384, classes=24, cnn_depth=24, units=384),
-    "size50m": RSSMWidths(deterministic=4096, hidden=512, classes=32, cnn_depth=32, units=512),
-    "size100m": RSSMWidths(deterministic=6144, hidden=768, classes=48, cnn_depth=48, units=768),
-    "size200m": RSSMWidths(deterministic=8192, hidden=1024, classes=64, cnn_depth=64, units=1024),
-    "size400m": RSSMWidths(deterministic=12288, hidden=1536, classes=96, cnn_depth=96, units=1536),
-}
+SIZES: dict[str, RSSMWidths] = size_table(
+    RSSMWidths,
+    """
+    size           tiny  size1m  size12m  size25m  size50m  size100m  size200m  size400m
+    deterministic  64    512     2048     3072     4096     6144      8192      12288
+    hidden         32    64      256      384      512      768       1024      1536
+    classes        4     4       16       24       32       48        64        96
+    cnn_depth      4     4       16       24       32       48        64        96
+    units          32    64      256      384      512      768       1024      1536
+    """,
+)
 
 
 @dataclass(frozen=True)
@@ -113,28 +114,13 @@ class RSSMConfig(Config):
     agents' presets set PlaNet's and DreamerV1/V2's values. The optimiser belongs to the agent."""
 
     limits = ranges(
-        deterministic_size=COUNT,
-        hidden_size=COUNT,
-        stochastic_size=COUNT,
-        classes=NON_NEGATIVE,
-        min_std=POSITIVE,
-        unimix=FRACTION,
-        blocks=COUNT,
-        core_layers=COUNT,
-        prior_layers=COUNT,
-        posterior_layers=COUNT,
-        cnn_depth=COUNT,
-        cnn_kernel=COUNT,
-        units=COUNT,
-        encoder_layers=COUNT,
-        decoder_layers=COUNT,
-        reward_layers=COUNT,
-        continue_layers=COUNT,
+        counts="deterministic_size hidden_size stochastic_size blocks core_layers prior_layers posterior_layers"
+        " cnn_depth cnn_kernel units encoder_layers decoder_layers reward_layers continue_layers",
+        positive="min_std",
+        non_negative="classes free_nats overshooting_distance",
+        fractions="unimix foreground_threshold",
         reward_bins=at_least(2),
-        free_nats=NON_NEGATIVE,
-        overshooting_distance=NON_NEGATIVE,
         foreground_weight=at_least(1),
-        foreground_threshold=FRACTION,
     )
 
     size: str | None = "size1m"

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, Config, above, at_least, between, ranges
+from wmlab.core.config import Config, above, at_least, between, ranges, size_table, widths_from_preset
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.rollout import roll_steps
 from wmlab.core.shapes import check_shape, imagined_length
@@ -56,7 +56,8 @@ from wmlab.nn.mlp import dense_layers
 from wmlab.nn.norms import SimNorm
 
 
-class TDMPCSizes(NamedTuple):
+@dataclass(frozen=True)
+class TDMPCSizes:
     """The widths that a size preset fixes."""
 
     encoder_width: int
@@ -68,13 +69,17 @@ class TDMPCSizes(NamedTuple):
 
 #: TD-MPC2's model sizes (its common/__init__.py MODEL_SIZE). The names are the paper's parameter
 #: counts for its multi-task setting; the measured counts for a given task differ (see the README).
-PRESETS: dict[str, TDMPCSizes] = {
-    "1M": TDMPCSizes(encoder_width=256, mlp_width=384, latent_size=128, encoder_layers=2, q_functions=2),
-    "5M": TDMPCSizes(encoder_width=256, mlp_width=512, latent_size=512, encoder_layers=2, q_functions=5),
-    "19M": TDMPCSizes(encoder_width=1024, mlp_width=1024, latent_size=768, encoder_layers=3, q_functions=5),
-    "48M": TDMPCSizes(encoder_width=1792, mlp_width=1792, latent_size=768, encoder_layers=4, q_functions=5),
-    "317M": TDMPCSizes(encoder_width=4096, mlp_width=4096, latent_size=1376, encoder_layers=5, q_functions=8),
-}
+PRESETS: dict[str, TDMPCSizes] = size_table(
+    TDMPCSizes,
+    """
+    size            1M   5M   19M   48M   317M
+    encoder_width   256  256  1024  1792  4096
+    mlp_width       384  512  1024  1792  4096
+    latent_size     128  512  768   768   1376
+    encoder_layers  2    2    3     4     5
+    q_functions     2    5    5     5     8
+    """,
+)
 
 
 @dataclass(frozen=True)
@@ -97,24 +102,16 @@ class TDMPCModelConfig(Config):
     to the algorithm that trains it."""
 
     limits = ranges(
-        encoder_width=COUNT,
-        mlp_width=COUNT,
-        latent_size=COUNT,
-        encoder_layers=COUNT,
+        counts="encoder_width mlp_width latent_size encoder_layers conv_channels simnorm_group task_embedding_size",
+        non_negative="entropy_coef image_shift",
+        fractions="target_tau scale_tau",
         q_functions=at_least(2),
-        conv_channels=COUNT,
-        simnorm_group=COUNT,
         bins=at_least(2),
         value_high=above("value_low"),
         dropout=between(0, 1, high_open=True),
         log_std_max=above("log_std_min"),
-        entropy_coef=NON_NEGATIVE,
         rho=between(0, 1, low_open=True),
         discount=between(0, 1, low_open=True),
-        target_tau=FRACTION,
-        scale_tau=FRACTION,
-        image_shift=NON_NEGATIVE,
-        task_embedding_size=COUNT,
     )
 
     size: str = "5M"
@@ -173,15 +170,7 @@ class TDMPCModelConfig(Config):
 
     def sizes(self) -> TDMPCSizes:
         """The preset's widths with any explicitly set field taking precedence."""
-        if self.size not in PRESETS:
-            raise ValueError(f"unknown TD-MPC2 size {self.size!r}; choose one of {', '.join(PRESETS)}")
-        preset = PRESETS[self.size]
-        return TDMPCSizes(
-            *(
-                getattr(self, name) if getattr(self, name) is not None else getattr(preset, name)
-                for name in TDMPCSizes._fields
-            )
-        )
+        return widths_from_preset(self, PRESETS, "TD-MPC2")
 
 
 class PolicyOutput(NamedTuple):

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import widths_from_preset
+from wmlab.core.config import size_table, widths_from_preset
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape, format_expected, shape_matches
 from wmlab.core.types import Batch, Trajectory
@@ -105,41 +105,21 @@ class TokenWidths:
 #: 4 heads, width 256, 20 steps); "cpu": residual blocks only at 16 x 16 and below (at 64 x 64
 #: and 32 x 32 they cost most of an update; docs/benchmarks.md has the times), a smaller code and
 #: transformer; "tiny": tests.
-SIZES: dict[str, TokenWidths] = {
-    "tiny": TokenWidths(
-        codebook_size=32,
-        code_size=16,
-        channels=8,
-        residual_blocks=1,
-        residual_max_side=4096,
-        layers=2,
-        heads=2,
-        width=32,
-        context=8,
-    ),
-    "cpu": TokenWidths(
-        codebook_size=512,
-        code_size=64,
-        channels=32,
-        residual_blocks=1,
-        residual_max_side=16,
-        layers=4,
-        heads=4,
-        width=128,
-        context=10,
-    ),
-    "iris": TokenWidths(
-        codebook_size=512,
-        code_size=512,
-        channels=64,
-        residual_blocks=2,
-        residual_max_side=4096,
-        layers=10,
-        heads=4,
-        width=256,
-        context=20,
-    ),
-}
+SIZES: dict[str, TokenWidths] = size_table(
+    TokenWidths,
+    """
+    size               tiny  cpu  iris
+    codebook_size      32    512  512
+    code_size          16    64   512
+    channels           8     32   64
+    residual_blocks    1     1    2
+    residual_max_side  4096  16   4096
+    layers             2     4    10
+    heads              2     4    4
+    width              32    128  256
+    context            8     10   20
+    """,
+)
 
 
 @dataclass(frozen=True)

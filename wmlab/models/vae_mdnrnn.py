@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import COUNT, NON_NEGATIVE, POSITIVE, Config, ranges
+from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.rollout import roll_steps
 from wmlab.core.shapes import check_shape
@@ -57,7 +57,7 @@ _LOG_SQRT_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 class ConvVAEConfig(Config):
     """V: the convolutional variational autoencoder."""
 
-    limits = ranges(latent_size=COUNT, free_nats=NON_NEGATIVE)
+    limits = ranges(counts="latent_size", non_negative="free_nats")
 
     latent_size: int = 32
     """Z, the size of the code (32 for CarRacing, 64 for DoomTakeCover in the paper)."""
@@ -74,7 +74,7 @@ class ConvVAEConfig(Config):
 class MDNRNNConfig(Config):
     """M: the LSTM with a mixture-density head and reward / done heads."""
 
-    limits = ranges(hidden_size=COUNT, mixtures=COUNT)
+    limits = ranges(counts="hidden_size mixtures")
 
     hidden_size: int = 256
     """D, the LSTM's units (256 for CarRacing, 512 for DoomTakeCover in the paper)."""
@@ -111,7 +111,7 @@ class VAEMDNRNNLossScales:
 class VAEMDNRNNConfig(Config):
     """The combined V + M world model. Optimisers belong to the algorithm that trains it."""
 
-    limits = ranges(temperature=POSITIVE)
+    limits = ranges(positive="temperature")
 
     vae: ConvVAEConfig = field(default_factory=ConvVAEConfig)
     """V's sizes and KL floor."""

@@ -33,7 +33,7 @@ from wmlab.core.errors import ShapeError
 @dataclass(frozen=True)
 class CodebookLossScales:
     """The quantiser's two loss weights, shared by the loss-scale configs of every family with a
-    VQ tokenizer (wmlab.models.tokens; Genie's GenieLossScales may take them the same way)."""
+    VQ tokenizer (wmlab.models.tokens, and Genie's tokenizer in wmlab.models.latent_action)."""
 
     codebook: float = 1.0
     """||sg(z) - e||^2, moves the codes (`loss/codebook`)."""

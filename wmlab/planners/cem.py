@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
-from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, between, ranges
+from wmlab.core.config import between, ranges
 from wmlab.core.protocols import RolloutFn
 from wmlab.planners.common import (
     BoxBounds,
+    SamplingConfig,
     SamplingPlanner,
     check_space,
     colored_noise,
@@ -33,25 +34,18 @@ from wmlab.planners.common import (
 
 
 @dataclass(frozen=True)
-class CEMConfig(Config):
-    """Cross-entropy method; the defaults are PlaNet's (arXiv:1811.04551, Sec. 3)."""
+class CEMConfig(SamplingConfig):
+    """Cross-entropy method; the defaults are PlaNet's (arXiv:1811.04551, Sec. 3): horizon 12, 10
+    iterations, no uniform mix, white noise."""
 
     limits = ranges(
-        horizon=COUNT,
-        iterations=COUNT,
-        candidates=COUNT,
+        counts="candidates",
+        positive="initial_std",
+        non_negative="min_std",
         elites=between(1, "candidates"),
         momentum=between(0, 1, high_open=True),
-        initial_std=POSITIVE,
-        min_std=NON_NEGATIVE,
-        uniform_mix=FRACTION,
-        noise_exponent=NON_NEGATIVE,
     )
 
-    horizon: int = 12
-    """Length L of each candidate action sequence."""
-    iterations: int = 10
-    """Refits of the sampling distribution per plan."""
     candidates: int = 1000
     """Sequences N sampled and scored per iteration."""
     elites: int = 100
@@ -65,14 +59,6 @@ class CEMConfig(Config):
     min_std: float = 0.0
     """Floor on the refitted standard deviation, in units of half the action range (PlaNet: none).
     A positive floor keeps the search from collapsing on an early, wrong elite."""
-    uniform_mix: float = 0.0
-    """Discrete spaces: weight of the uniform distribution mixed into each refit, so that no
-    action's probability drops below uniform_mix / K (the discrete counterpart of min_std)."""
-    noise_exponent: float = 0.0
-    """Exponent beta of the sampling noise's power spectrum 1 / f^beta along the horizon (iCEM's
-    colored noise, arXiv:2008.06389): 0 white (PlaNet), 2-3 smooth sequences that hold a direction
-    and travel farther, for plans that must detour. Box actions only: a Discrete space's per-step
-    categoricals are drawn independently whatever its value."""
 
 
 class CEM(SamplingPlanner):

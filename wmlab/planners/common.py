@@ -10,14 +10,37 @@ Shape legend: N candidates, L horizon, A action dim, K number of discrete action
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from gymnasium import spaces
 
+from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.protocols import RolloutFn
+
+
+@dataclass(frozen=True)
+class SamplingConfig(Config):
+    """The settings every sampling planner has; each planner's config adds its own and sets its
+    paper's defaults."""
+
+    limits = ranges(counts="horizon iterations", fractions="uniform_mix", non_negative="noise_exponent")
+
+    horizon: int = 12
+    """Length L of each candidate action sequence."""
+    iterations: int = 10
+    """Refits of the sampling distribution per plan."""
+    uniform_mix: float = 0.0
+    """Discrete spaces: weight of the uniform distribution mixed into each refit, so that every
+    action keeps at least uniform_mix / K probability (the discrete counterpart of min_std)."""
+    noise_exponent: float = 0.0
+    """Exponent beta of the sampling noise's power spectrum 1 / f^beta along the horizon (iCEM's
+    colored noise, arXiv:2008.06389): 0 white (PlaNet, TD-MPC2), 2-3 smooth sequences that hold a
+    direction and travel farther, for plans that must detour. Box actions only: a Discrete space's
+    per-step categoricals are drawn independently whatever its value."""
 
 
 def make_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator:

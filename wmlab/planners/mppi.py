@@ -29,10 +29,11 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, at_least, between, ranges
+from wmlab.core.config import at_least, between, ranges
 from wmlab.core.protocols import RolloutFn
 from wmlab.planners.common import (
     BoxBounds,
+    SamplingConfig,
     SamplingPlanner,
     check_prior,
     check_space,
@@ -44,26 +45,21 @@ from wmlab.planners.common import (
 
 
 @dataclass(frozen=True)
-class MPPIConfig(Config):
-    """MPPI with a policy prior and warm starts; the defaults are TD-MPC2's (its config.yaml)."""
+class MPPIConfig(SamplingConfig):
+    """MPPI with a policy prior and warm starts; the defaults are TD-MPC2's (its config.yaml):
+    horizon 3, 6 iterations, white noise; a uniform mix of 0.05 for Discrete spaces is a wmlab
+    choice (the paper is continuous-only)."""
 
     limits = ranges(
-        horizon=COUNT,
-        iterations=COUNT,
-        samples=COUNT,
+        counts="samples",
+        positive="temperature min_std",
+        non_negative="policy_trajectories",
         elites=between(1, "samples"),
-        policy_trajectories=NON_NEGATIVE,
-        temperature=POSITIVE,
-        min_std=POSITIVE,
         max_std=at_least("min_std"),
-        uniform_mix=FRACTION,
-        noise_exponent=NON_NEGATIVE,
     )
 
     horizon: int = 3
-    """Length L of each candidate action sequence."""
     iterations: int = 6
-    """Refits of the sampling distribution per plan."""
     samples: int = 512
     """Sequences N scored per iteration, the policy-prior sequences included."""
     elites: int = 64
@@ -78,13 +74,6 @@ class MPPIConfig(Config):
     max_std: float = 2.0
     """Standard deviation each plan starts from (and its ceiling), in units of half the action range."""
     uniform_mix: float = 0.05
-    """Discrete spaces: weight of the uniform distribution mixed into each refit, so that every
-    action keeps at least uniform_mix / K probability (a wmlab choice; the paper is continuous-only)."""
-    noise_exponent: float = 0.0
-    """Exponent beta of the sampling noise's power spectrum 1 / f^beta along the horizon (iCEM's
-    colored noise, arXiv:2008.06389): 0 white (TD-MPC2), 2-3 smooth sequences that hold a direction
-    and travel farther, for plans that must detour. Box actions only: a Discrete space's per-step
-    categoricals are drawn independently whatever its value."""
 
 
 def elite_weights(elite_returns: torch.Tensor, temperature: float) -> torch.Tensor:

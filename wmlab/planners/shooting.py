@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from gymnasium import spaces
 
-from wmlab.core.config import COUNT, Config, ranges
+from wmlab.core.config import Config, ranges
 from wmlab.core.protocols import RolloutFn
 from wmlab.planners.common import SamplingPlanner, check_action_space, score
 
@@ -23,7 +23,7 @@ from wmlab.planners.common import SamplingPlanner, check_action_space, score
 class RandomShootingConfig(Config):
     """Random-shooting search over action sequences."""
 
-    limits = ranges(horizon=COUNT, candidates=COUNT)
+    limits = ranges(counts="horizon candidates")
 
     horizon: int = 10
     """Length L of each candidate action sequence."""

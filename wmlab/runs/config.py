@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import tyro
 
-from wmlab.core.config import COUNT, NON_NEGATIVE, POSITIVE, Config, ranges
+from wmlab.core.config import Config, ranges
 
 
 def command_option(name: str, kind: Any, help_text: str, default: Any) -> tuple[str, Any, Any]:
@@ -27,7 +27,24 @@ def run_directory_options(default_location: str) -> list[tuple[str, Any, Any]]:
 
 
 @dataclass(frozen=True)
-class TrainConfig(Config):
+class SessionConfig(Config):
+    """Where and how visibly a training command runs: the options that the online and the offline
+    trainer share (their own fields follow these)."""
+
+    device: str = "cpu"
+    """Torch device for the agent or model ('cpu', 'cuda', 'cuda:1', 'mps')."""
+    threads: int = 0
+    """Torch CPU threads (0: leave torch's default)."""
+    progress: bool = True
+    """Show a progress bar."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files under RUN_DIR/tensorboard."""
+
+    limits = ranges(non_negative="threads")
+
+
+@dataclass(frozen=True)
+class TrainConfig(SessionConfig):
     """How long to train and how to schedule collection, updates, evaluation and checkpoints."""
 
     steps: int = 20_000
@@ -60,34 +77,15 @@ class TrainConfig(Config):
     """Write a resumable checkpoint every this many environment steps (and always at the end)."""
     log_every: int = 1_000
     """Write averaged training metrics every this many environment steps."""
-    device: str = "cpu"
-    """Torch device for the agent ('cpu', 'cuda', 'cuda:1', 'mps')."""
-    threads: int = 0
-    """Torch CPU threads (0: leave torch's default)."""
-    progress: bool = True
-    """Show a progress bar."""
-    tensorboard: bool = True
-    """Also write TensorBoard event files under RUN_DIR/tensorboard."""
 
     limits = ranges(
-        steps=COUNT,
-        num_envs=COUNT,
-        train_ratio=NON_NEGATIVE,
-        batch_size=COUNT,
-        sequence_length=COUNT,
-        time_limit=NON_NEGATIVE,
-        learning_starts=NON_NEGATIVE,
-        replay_capacity=COUNT,
-        eval_every=NON_NEGATIVE,
-        eval_episodes=COUNT,
-        checkpoint_every=COUNT,
-        log_every=COUNT,
-        threads=NON_NEGATIVE,
+        counts="steps num_envs batch_size sequence_length replay_capacity eval_episodes checkpoint_every log_every",
+        non_negative="train_ratio time_limit learning_starts eval_every",
     )
 
 
 @dataclass(frozen=True)
-class OfflineTrainConfig(Config):
+class OfflineTrainConfig(SessionConfig):
     """How the offline trainer (`wmlab train --model FAMILY --dataset DIR`) fits a world model to
     a recorded dataset: Adam on the model's own `loss` over B x T windows."""
 
@@ -111,24 +109,9 @@ class OfflineTrainConfig(Config):
     """Write averaged training metrics every this many updates."""
     checkpoint_every: int = 1_000
     """Write a resumable checkpoint every this many updates (and always at the end)."""
-    device: str = "cpu"
-    """Torch device for the model ('cpu', 'cuda', 'cuda:1', 'mps')."""
-    threads: int = 0
-    """Torch CPU threads (0: leave torch's default)."""
-    progress: bool = True
-    """Show a progress bar."""
-    tensorboard: bool = True
-    """Also write TensorBoard event files under RUN_DIR/tensorboard."""
 
     limits = ranges(
-        updates=COUNT,
-        batch_size=COUNT,
-        sequence_length=COUNT,
-        learning_rate=POSITIVE,
-        adam_epsilon=POSITIVE,
-        grad_clip=NON_NEGATIVE,
-        time_limit=NON_NEGATIVE,
-        log_every=COUNT,
-        checkpoint_every=COUNT,
-        threads=NON_NEGATIVE,
+        counts="updates batch_size sequence_length log_every checkpoint_every",
+        positive="learning_rate adam_epsilon",
+        non_negative="grad_clip time_limit",
     )

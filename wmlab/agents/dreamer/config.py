@@ -9,9 +9,9 @@ other defaults. Every field can still be overridden on the command line
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, POSITIVE, Config, at_least, between, ranges
+from wmlab.core.config import Config, at_least, between, ranges
 from wmlab.models.rssm import RSSMConfig, RSSMLossScales
 
 
@@ -19,14 +19,7 @@ from wmlab.models.rssm import RSSMConfig, RSSMLossScales
 class OptimizerConfig(Config):
     """One optimiser (Dreamer trains the world model, the actor and the critic with three)."""
 
-    limits = ranges(
-        learning_rate=POSITIVE,
-        epsilon=POSITIVE,
-        weight_decay=NON_NEGATIVE,
-        grad_clip=NON_NEGATIVE,
-        adaptive_clip=NON_NEGATIVE,
-        warmup=NON_NEGATIVE,
-    )
+    limits = ranges(positive="learning_rate epsilon", non_negative="weight_decay grad_clip adaptive_clip warmup")
 
     kind: str = "laprop"
     """"laprop" (DreamerV3's current optimiser: RMS-normalise the gradient, then momentum) or "adam"
@@ -59,29 +52,15 @@ class DreamerConfig(Config):
     normalisation, REINFORCE actor with entropy 3e-4, LaProp with adaptive gradient clipping."""
 
     limits = ranges(
-        units=COUNT,
-        actor_layers=COUNT,
-        critic_layers=COUNT,
-        actor_min_std=POSITIVE,
+        counts="units actor_layers critic_layers imagination_horizon slow_critic_every",
+        positive="actor_min_std actor_init_std actor_output_scale return_scale_limit",
+        non_negative="entropy_scale slow_critic_regularizer random_steps exploration_noise",
+        fractions="actor_unimix reinforce_continuous reinforce_discrete return_lambda slow_critic_fraction"
+        " counterfactual_fraction",
         actor_max_std=at_least("actor_min_std"),
-        actor_init_std=POSITIVE,
-        actor_unimix=FRACTION,
-        actor_output_scale=POSITIVE,
-        reinforce_continuous=FRACTION,
-        reinforce_discrete=FRACTION,
-        entropy_scale=NON_NEGATIVE,
         critic_bins=at_least(2),
-        imagination_horizon=COUNT,
         discount=between(0, 1, low_open=True),
-        return_lambda=FRACTION,
         return_normalization_decay=between(0, 1, high_open=True),
-        return_scale_limit=POSITIVE,
-        slow_critic_fraction=FRACTION,
-        slow_critic_every=COUNT,
-        slow_critic_regularizer=NON_NEGATIVE,
-        random_steps=NON_NEGATIVE,
-        exploration_noise=NON_NEGATIVE,
-        counterfactual_fraction=FRACTION,
     )
 
     model: RSSMConfig = field(default_factory=RSSMConfig)
@@ -174,6 +153,38 @@ class DreamerConfig(Config):
     state h) or "swap" (take the z of another randomly chosen intervened start; h unchanged)."""
 
 
+# --- What DreamerV1 and DreamerV2 share (DreamerV3 changed all of it) ----------------------------
+
+
+def early_adam(learning_rate: float, epsilon: float, weight_decay: float = 0.0) -> OptimizerConfig:
+    """Adam as DreamerV1 and V2 use it: global gradient norm clipped at 100, no adaptive clipping,
+    no warm-up."""
+    return OptimizerConfig(
+        kind="adam",
+        learning_rate=learning_rate,
+        epsilon=epsilon,
+        weight_decay=weight_decay,
+        grad_clip=100.0,
+        adaptive_clip=0.0,
+        warmup=0,
+    )
+
+
+@dataclass(frozen=True)
+class EarlyDreamerConfig(DreamerConfig):
+    """The settings DreamerV1 and DreamerV2 share: a 4-layer actor, a scalar (squared-error) critic,
+    discount 0.99, no return normalisation, no uniform mix or small output scale in the actor, no
+    slow-critic regulariser, Adam."""
+
+    actor_layers: int = 4
+    actor_unimix: float = 0.0
+    actor_output_scale: float = 1.0
+    critic_head: str = "mse"
+    discount: float = 0.99
+    return_normalization: bool = False
+    slow_critic_regularizer: float = 0.0
+
+
 # --- DreamerV1 (arXiv:1912.01603; defaults of the authors' dreamer.py) -------------------------
 
 V1_MODEL = RSSMConfig(
@@ -211,102 +222,66 @@ V1_MODEL = RSSMConfig(
 
 
 @dataclass(frozen=True)
-class DreamerV1Config(DreamerConfig):
+class DreamerV1Config(EarlyDreamerConfig):
     """DreamerV1: Gaussian RSSM, tanh-normal actor trained by backpropagating lambda-returns
     through the learned dynamics, Adam, free nats 3."""
 
     model: RSSMConfig = field(default_factory=lambda: V1_MODEL)
-    actor_layers: int = 4
     critic_layers: int = 3
     continuous_actor: str = "tanh_normal"
     actor_min_std: float = 1e-4
-    actor_unimix: float = 0.0
-    actor_output_scale: float = 1.0
     reinforce_continuous: float = 0.0
     reinforce_discrete: float = 0.0
     entropy_scale: float = 0.0
-    critic_head: str = "mse"
-    discount: float = 0.99
-    return_normalization: bool = False
-    slow_critic_regularizer: float = 0.0
-    model_optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig("adam", 6e-4, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0)
-    )
-    actor_optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig("adam", 8e-5, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0)
-    )
-    critic_optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig("adam", 8e-5, 1e-8, 0.9, 0.999, 0.0, 100.0, 0.0, 0)
-    )
+    model_optimizer: OptimizerConfig = field(default_factory=lambda: early_adam(6e-4, 1e-8))
+    actor_optimizer: OptimizerConfig = field(default_factory=lambda: early_adam(8e-5, 1e-8))
+    critic_optimizer: OptimizerConfig = field(default_factory=lambda: early_adam(8e-5, 1e-8))
     random_steps: int = 5000
     exploration_noise: float = 0.3
 
 
 # --- DreamerV2 (arXiv:2010.02193; the defaults of the authors' configs.yaml) -------------------
 
-V2_MODEL = RSSMConfig(
-    size=None,
+#: DreamerV2's world model is DreamerV1's with these changes (by the two authors' configs):
+#: categorical latents with KL balancing and no free nats, a layer-normalised GRU of twice the
+#: width, deeper MLP heads, wider convolutions and a discount (continue) head.
+V2_MODEL = replace(
+    V1_MODEL,
     deterministic_size=400,
     hidden_size=400,
     stochastic_size=32,
     classes=32,
     latent="categorical",
-    unimix=0.0,
-    core="gru",
     gru_norm="layer",
-    prior_layers=1,
-    posterior_layers=1,
-    norm="none",
-    activation="elu",
     cnn_depth=48,
-    cnn_multipliers=(1, 2, 4, 8),
-    cnn_kernel=4,
-    units=400,
     encoder_layers=4,
     decoder_layers=4,
     reward_layers=4,
     continue_layers=4,
-    symlog_inputs=False,
-    vector_loss="mse",
-    reward_head="mse",
     predict_continue=True,
     kl_balancing=True,
     free_nats=0.0,
-    free_nats_average_first=True,
     # KL balancing 0.8 with KL scale 1; images as a unit-variance Gaussian log-likelihood.
     loss_scales=RSSMLossScales(image=0.5, vector=1.0, reward=1.0, continuation=1.0, dynamics=0.8, representation=0.2),
 )
 
 
 @dataclass(frozen=True)
-class DreamerV2Config(DreamerConfig):
+class DreamerV2Config(EarlyDreamerConfig):
     """DreamerV2: 32 x 32 categorical RSSM with KL balancing 0.8, actor gradients mixing REINFORCE
     (0.9) and dynamics backpropagation (0.1), a target critic copied every 100 updates, Adam."""
 
     model: RSSMConfig = field(default_factory=lambda: V2_MODEL)
-    actor_layers: int = 4
     critic_layers: int = 4
-    actor_unimix: float = 0.0
-    actor_output_scale: float = 1.0
     reinforce_continuous: float = 0.9
     reinforce_discrete: float = 0.9
     entropy_scale: float = 1e-4
-    critic_head: str = "mse"
-    discount: float = 0.99
-    return_normalization: bool = False
     critic_targets_from_slow: bool = True
     slow_critic_fraction: float = 1.0
     slow_critic_every: int = 100
-    slow_critic_regularizer: float = 0.0
-    model_optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig("adam", 3e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0)
-    )
-    actor_optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig("adam", 1e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0)
-    )
-    critic_optimizer: OptimizerConfig = field(
-        default_factory=lambda: OptimizerConfig("adam", 1e-4, 1e-5, 0.9, 0.999, 1e-6, 100.0, 0.0, 0)
-    )
+    model_optimizer: OptimizerConfig = field(default_factory=lambda: early_adam(3e-4, 1e-5, weight_decay=1e-6))
+    actor_optimizer: OptimizerConfig = field(default_factory=lambda: early_adam(1e-4, 1e-5, weight_decay=1e-6))
+    critic_optimizer: OptimizerConfig = field(default_factory=lambda: early_adam(1e-4, 1e-5, weight_decay=1e-6))
     random_steps: int = 10000
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from wmlab.core.config import COUNT, FRACTION, NON_NEGATIVE, Config, between, ranges
+from wmlab.core.config import Config, between, ranges
 
 
 @dataclass(frozen=True)
@@ -13,13 +13,10 @@ class DynaConfig(Config):
     """Dyna-Q, Dyna-Q+, prioritized sweeping and trajectory sampling (Sutton & Barto ch. 8)."""
 
     limits = ranges(
-        gamma=FRACTION,
+        counts="max_trajectory_length",
+        non_negative="planning_steps kappa theta",
+        fractions="gamma epsilon",
         alpha=between(0, 1, low_open=True),
-        epsilon=FRACTION,
-        planning_steps=NON_NEGATIVE,
-        kappa=NON_NEGATIVE,
-        theta=NON_NEGATIVE,
-        max_trajectory_length=COUNT,
     )
 
     gamma: float = 0.95
@@ -54,17 +51,10 @@ class Dyna2Config(Config):
     and a transient memory learned by search from the current state, both linear in features."""
 
     limits = ranges(
-        gamma=FRACTION,
+        counts="max_simulation_length coarse_block grid_columns",
+        non_negative="transient_alpha planning_steps",
+        fractions="gamma epsilon transient_epsilon trace_decay transient_trace_decay",
         alpha=between(0, 1, low_open=True),
-        transient_alpha=NON_NEGATIVE,
-        epsilon=FRACTION,
-        transient_epsilon=FRACTION,
-        trace_decay=FRACTION,
-        transient_trace_decay=FRACTION,
-        planning_steps=NON_NEGATIVE,
-        max_simulation_length=COUNT,
-        coarse_block=COUNT,
-        grid_columns=COUNT,
     )
 
     gamma: float = 0.95

@@ -3,10 +3,24 @@ Appendix A and the authors' config/trainer.yaml (Atari 100k)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from wmlab.agents.imagination.config import ImaginationConfig
 from wmlab.models.tokens import TokenLossScales, TokenWorldModelConfig
+
+#: IRIS's actor-critic: DIAMOND's learner (the same CNN + LSTM) with IRIS's horizon, burn-in,
+#: discount, warm-up and clipping.
+IRIS_LEARNER = ImaginationConfig(
+    horizon=20,
+    burn_in=20,
+    discount=0.995,
+    lambda_=0.95,
+    entropy_weight=0.001,
+    learning_rate=1e-4,
+    warmup_updates=0,
+    grad_clip=10.0,
+    epsilon=0.01,
+)
 
 
 @dataclass(frozen=True)
@@ -17,19 +31,7 @@ class IrisConfig:
 
     model: TokenWorldModelConfig = field(default_factory=lambda: TokenWorldModelConfig(size="iris"))
     """The token world model: VQ tokenizer (16 tokens of a 512-code vocabulary) and a 10-layer GPT."""
-    learner: ImaginationConfig = field(
-        default_factory=lambda: ImaginationConfig(
-            horizon=20,
-            burn_in=20,
-            discount=0.995,
-            lambda_=0.95,
-            entropy_weight=0.001,
-            learning_rate=1e-4,
-            warmup_updates=0,
-            grad_clip=10.0,
-            epsilon=0.01,
-        )
-    )
+    learner: ImaginationConfig = field(default_factory=lambda: IRIS_LEARNER)
     """The actor-critic learned on generated frames (IRIS: CNN (32, 32, 64, 64) + LSTM 512,
     horizon 20, burn-in 20, gamma 0.995, lambda 0.95, entropy weight 0.001, Adam 1e-4, clip 10)."""
     tokenizer_learning_rate: float = 1e-4
@@ -73,19 +75,8 @@ class IrisCPUConfig(IrisConfig):
         )
     )
     learner: ImaginationConfig = field(
-        default_factory=lambda: ImaginationConfig(
-            channels=(16, 16, 32, 32),
-            lstm_size=128,
-            horizon=20,
-            burn_in=4,
-            starts=8,
-            discount=0.995,
-            lambda_=0.95,
-            entropy_weight=0.001,
-            learning_rate=3e-4,
-            warmup_updates=0,
-            grad_clip=10.0,
-            epsilon=0.01,
+        default_factory=lambda: replace(
+            IRIS_LEARNER, channels=(16, 16, 32, 32), lstm_size=128, burn_in=4, starts=8, learning_rate=3e-4
         )
     )
     tokenizer_learning_rate: float = 1e-3

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wmlab.core.config import NON_NEGATIVE, POSITIVE, Config, between, ranges
+from wmlab.core.config import Config, between, ranges
 from wmlab.models.mlp import MLPWorldModelConfig
 from wmlab.planners.shooting import RandomShootingConfig
 
@@ -17,12 +17,9 @@ class PlanningConfig(Config):
     and the planner (MPCConfig, PlaNetConfig), and the agent builds whichever it is given."""
 
     limits = ranges(
+        positive="learning_rate adam_epsilon",
+        non_negative="grad_clip random_steps exploration_noise",
         discount=between(0, 1, low_open=True),
-        learning_rate=POSITIVE,
-        adam_epsilon=POSITIVE,
-        grad_clip=NON_NEGATIVE,
-        random_steps=NON_NEGATIVE,
-        exploration_noise=NON_NEGATIVE,
     )
 
     discount: float = 1.0

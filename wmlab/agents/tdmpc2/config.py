@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wmlab.core.config import NON_NEGATIVE, POSITIVE, Config, ranges
+from wmlab.core.config import Config, ranges
 from wmlab.models.tdmpc import TDMPCModelConfig
 from wmlab.planners.mppi import MPPIConfig
 
@@ -25,11 +25,8 @@ class TDMPC2Config(Config):
     """
 
     limits = ranges(
-        learning_rate=POSITIVE,
-        encoder_learning_rate_scale=NON_NEGATIVE,
-        grad_clip=NON_NEGATIVE,
-        random_steps=NON_NEGATIVE,
-        extra_iterations_for_large_actions=NON_NEGATIVE,
+        positive="learning_rate",
+        non_negative="encoder_learning_rate_scale grad_clip random_steps extra_iterations_for_large_actions",
     )
 
     model: TDMPCModelConfig = field(default_factory=TDMPCModelConfig)
