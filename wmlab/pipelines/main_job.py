@@ -47,7 +47,7 @@ from wmlab.runs.config import TrainConfig
 #: The task: two-rooms from pixels, the goal in the agent's room, the dense reward.
 MAIN_ENV = "two-rooms"
 MAIN_ENV_KWARGS = {
-    "reward": "dense",
+    "reward": "distance",
     "success_bonus": 0.0,
     "goal_in_other_room": False,
     "max_episode_steps": 40,
@@ -93,6 +93,7 @@ MAIN_TRAIN = TrainConfig(
     batch_size=16,
     sequence_length=16,
     eval_every=750,
+    eval_starts=1500,  # not before the planner acts (random_steps): the random policy's success says nothing
     eval_episodes=10,
     checkpoint_every=1000,
     log_every=100,
@@ -139,6 +140,7 @@ QUICK_TRAIN = replace(
     batch_size=4,
     sequence_length=8,
     eval_every=50,
+    eval_starts=0,
     eval_episodes=1,
     checkpoint_every=80,
     log_every=20,

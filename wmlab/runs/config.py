@@ -54,6 +54,9 @@ class TrainConfig(Config):
     """Replay capacity in steps; the oldest whole episodes are evicted first."""
     eval_every: int = 5_000
     """Evaluate the greedy agent every this many environment steps (0: only at the end)."""
+    eval_starts: int = 0
+    """No periodic evaluation before this many environment steps (e.g. while a long random
+    collection has not yet let the agent learn anything); the final one always runs."""
     eval_episodes: int = 5
     """Episodes per evaluation."""
     checkpoint_every: int = 5_000
@@ -79,6 +82,7 @@ class TrainConfig(Config):
         learning_starts=NON_NEGATIVE,
         replay_capacity=COUNT,
         eval_every=NON_NEGATIVE,
+        eval_starts=NON_NEGATIVE,
         eval_episodes=COUNT,
         checkpoint_every=COUNT,
         log_every=COUNT,
