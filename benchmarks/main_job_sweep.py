@@ -48,7 +48,14 @@ def main() -> None:
     parser.add_argument("--agent", action="append", default=[], help="PlaNet config field=JSON value")
     parser.add_argument("--planner", action="append", default=[], help="CEM config field=JSON value")
     parser.add_argument("--env", action="append", default=[], help="env kwarg=JSON value")
+    parser.add_argument("--diagnose", action="store_true", help="per-episode distances and reward-model agreement")
+    parser.add_argument(
+        "--run", default="", help="only diagnose the trained agent of this run directory (a main job's)"
+    )
     arguments = parser.parse_args()
+    if arguments.run:
+        diagnose_run(arguments.run, arguments.eval_episodes, arguments.seed)
+        return
 
     torch.set_num_threads(1)
     torch.manual_seed(arguments.seed)
@@ -98,9 +105,12 @@ def main() -> None:
             at = result["at_horizon"]
             moving = at["open_loop"]["image/moving_mse"]
             baseline = at["repeat_last_frame"]["image/moving_mse"]
-            success = evaluate_agent(
-                agent, MAIN_ENV, episodes=arguments.eval_episodes, seed=10_000_000 + update, env_kwargs=env_kwargs
-            )
+            if arguments.diagnose:
+                success = diagnose_agent(agent, env_kwargs, arguments.eval_episodes, seed=10_000_000 + update)
+            else:
+                success = evaluate_agent(
+                    agent, MAIN_ENV, episodes=arguments.eval_episodes, seed=10_000_000 + update, env_kwargs=env_kwargs
+                )
             row = {
                 "update": update,
                 "update_cpu_s": round(update_cpu, 1),
@@ -109,12 +119,74 @@ def main() -> None:
                 "ratio_h10": round(moving["10"] / baseline["10"], 3),
                 "success": success.get("eval/success"),
                 "return": round(success["eval/return"], 3),
+                **{name: value for name, value in success.items() if name.startswith("diagnose/")},
                 **{name: round(float(np.mean(values)), 4) for name, values in averaged.items()},
             }
             averaged.clear()
             print(json.dumps(row), flush=True)
     if arguments.picture:
         write_picture(agent.world_model, windows, settings.context, arguments.picture)
+
+
+def diagnose_run(run_dir: str, episodes: int, seed: int) -> None:
+    """Greedy episodes of a finished run's agent on fresh seeds (30,000,000 + seed), diagnosed."""
+    from wmlab.runs.directory import load_trained_agent
+
+    torch.set_num_threads(1)
+    spec, agent = load_trained_agent(run_dir)
+    started = time.process_time()
+    result = diagnose_agent(agent, spec.env_kwargs, episodes, seed=30_000_000 + seed)
+    print(
+        json.dumps({"run": run_dir, "episodes": episodes, "cpu_s": round(time.process_time() - started, 1), **result})
+    )
+
+
+@torch.no_grad()
+def diagnose_agent(agent, env_kwargs: dict, episodes: int, seed: int) -> dict:
+    """Greedy episodes with why they fail: the path length to the goal at the start, at its
+    smallest and at the end, and how well the model's reward for each executed action (one
+    imagined step from the filtered state) agrees with the real reward."""
+    from wmlab.envs.adapter import make_env
+    from wmlab.pipelines.main_job import MAIN_ENV
+
+    env = make_env(MAIN_ENV, **env_kwargs)
+    model = agent.world_model
+    model.eval()
+    rows, imagined, real = [], [], []
+    for episode in range(episodes):
+        observation, info = env.reset(seed=seed + episode)
+        start = closest = info["distance"]
+        state, total, is_first = None, 0.0, True
+        while True:
+            batched = {key: value[None] for key, value in observation.items()}
+            batched["is_first"] = np.array([is_first])
+            action, state = agent.act(batched, state, explore=False)
+            latent = {"deter": state["deter"], "stoch": state["stoch"]}
+            step = model.imagine(latent, torch.as_tensor(action, dtype=torch.float32)[:, None])
+            imagined.append(float(step.rewards[0, 0]))
+            observation, reward, terminated, truncated, info = env.step(action[0])
+            real.append(float(reward))
+            total += float(reward)
+            closest = min(closest, info["distance"])
+            is_first = False
+            if terminated or truncated:
+                break
+        rows.append((bool(info["success"]), start, closest, info["distance"], total))
+    env.close()
+    success = np.array([row[0] for row in rows])
+    failed = [row for row in rows if not row[0]]
+    imagined_array, real_array = np.array(imagined), np.array(real)
+    return {
+        "eval/success": float(success.mean()),
+        "eval/return": float(np.mean([row[4] for row in rows])),
+        "diagnose/start_distance_failed": [round(row[1], 2) for row in failed],
+        "diagnose/closest_failed": [round(row[2], 2) for row in failed],
+        "diagnose/final_failed": [round(row[3], 2) for row in failed],
+        "diagnose/start_distance_succeeded": round(float(np.mean([r[1] for r in rows if r[0]] or [np.nan])), 2),
+        "diagnose/reward_correlation": round(float(np.corrcoef(imagined_array, real_array)[0, 1]), 3),
+        "diagnose/reward_abs_error": round(float(np.abs(imagined_array - real_array).mean()), 4),
+        "diagnose/real_reward_std": round(float(real_array.std()), 4),
+    }
 
 
 @torch.no_grad()

@@ -228,3 +228,31 @@ def test_two_rooms_success_bonus_zero_leaves_the_dense_reward_the_decrease_of_th
         rewards[bonus] = reward
     assert rewards[0.0] == pytest.approx(0.05)
     assert rewards[1.0] == pytest.approx(1.05)
+
+
+def test_two_rooms_distance_reward_is_minus_the_path_length_after_the_step():
+    from wmlab.envs.two_rooms import TwoRooms
+
+    env = TwoRooms(observation="state", reward="distance", goal_in_other_room=False, success_bonus=0.0)
+    env.reset(seed=0, options={"door_y": 0.5, "agent": (0.2, 0.3), "goal": (0.2, 0.6)})
+    _, reward, terminated, _, info = env.step(np.array([0.0, 1.0]))  # 0.05 up: 0.25 from the goal
+    assert not terminated and reward == pytest.approx(-0.25) and reward == pytest.approx(-info["distance"])
+    _, again, _, _, _ = env.step(np.array([0.0, 0.0]))  # standing still pays the same again
+    assert again == pytest.approx(reward)
+    with pytest.raises(ValueError, match="'distance'"):
+        TwoRooms(reward="closer")
+
+
+def test_no_periodic_evaluation_before_eval_starts(tmp_path):
+    import json
+
+    from wmlab.agents.dyna.config import DynaConfig
+    from wmlab.runs.config import TrainConfig
+    from wmlab.train import loop
+
+    train = TrainConfig(
+        steps=300, eval_every=50, eval_starts=200, eval_episodes=1, log_every=100, checkpoint_every=1000
+    )
+    loop.Trainer(loop.RunSpec("dyna-q", "dyna-maze", train=train, agent=DynaConfig()), tmp_path / "run").run()
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "eval/return" in line] == [200, 250, 300]

@@ -15,6 +15,8 @@ Rewards (`reward=`):
 - "sparse": 1.0 on reaching the goal (centre distance < `goal_radius`), which ends the episode.
 - "dense": each step, the decrease of the path length to the goal (straight when in the goal's
   room, via the door otherwise), plus the same 1.0 bonus on success.
+- "distance": minus the path length after the step (a function of where the agent stands, not of
+  its last move), plus the same 1.0 bonus on success.
 `success_bonus` changes that 1.0 (0 with the dense reward: the decrease of the path length alone).
 Episodes are truncated after `max_episode_steps`. `info` always carries "success" (bool),
 "agent" and "goal" (x, y), "door" (the door centre, x = 0.5) and "distance" (the path length).
@@ -233,8 +235,8 @@ class TwoRooms(gymnasium.Env):
     ):
         if observation not in ("pixels", "state"):
             raise ValueError(f"observation must be 'pixels' or 'state', not {observation!r}")
-        if reward not in ("sparse", "dense"):
-            raise ValueError(f"reward must be 'sparse' or 'dense', not {reward!r}")
+        if reward not in ("sparse", "dense", "distance"):
+            raise ValueError(f"reward must be 'sparse', 'dense' or 'distance', not {reward!r}")
         if max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be at least 1, not {max_episode_steps}")
         if render_mode not in (None, "rgb_array"):
@@ -336,6 +338,8 @@ class TwoRooms(gymnasium.Env):
         reward = self.success_bonus if success else 0.0
         if self.reward_mode == "dense":
             reward += before - self._path_length()
+        elif self.reward_mode == "distance":
+            reward -= self._path_length()
         truncated = self._elapsed_steps >= self.max_episode_steps
         return self._observation(), float(reward), bool(success), bool(truncated), self._info(success)
 

@@ -71,6 +71,9 @@ class TrainConfig(SessionConfig):
     """Replay capacity in steps; the oldest whole episodes are evicted first."""
     eval_every: int = 5_000
     """Evaluate the greedy agent every this many environment steps (0: only at the end)."""
+    eval_starts: int = 0
+    """No periodic evaluation before this many environment steps (e.g. while a long random
+    collection has not yet let the agent learn anything); the final one always runs."""
     eval_episodes: int = 5
     """Episodes per evaluation."""
     checkpoint_every: int = 5_000
@@ -80,7 +83,7 @@ class TrainConfig(SessionConfig):
 
     limits = ranges(
         counts="steps num_envs batch_size sequence_length replay_capacity eval_episodes checkpoint_every log_every",
-        non_negative="train_ratio time_limit learning_starts eval_every",
+        non_negative="train_ratio time_limit learning_starts eval_every eval_starts",
     )
 
 

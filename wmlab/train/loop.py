@@ -393,7 +393,7 @@ class Trainer:
                     self._elapsed(),
                     f"return {self.counters.recent_returns[-1]:.2f}" if self.counters.recent_returns else "",
                 )
-                if self.eval_every and self.counters.env_steps % self.eval_every < len(self.envs):
+                if self._evaluation_due():
                     last_eval = self.evaluate()
                 at_log_step = self.counters.env_steps >= self.counters.next_log_step
                 if at_log_step:
@@ -418,6 +418,12 @@ class Trainer:
         for env in self.envs:
             env.close()
         return summary
+
+    def _evaluation_due(self) -> bool:
+        steps = self.counters.env_steps
+        if not self.eval_every or steps * self.world_size < self.config.eval_starts:
+            return False
+        return steps % self.eval_every < len(self.envs)
 
     def _time_is_up(self, at_log_step: bool) -> bool:
         """Whether `time_limit` is spent: checked every step in one process; with several ranks
