@@ -217,11 +217,23 @@ def test_latent_to_real_map_by_hand():
     assert latent_to_real(latent, real, codes=8, actions=5).tolist() == [1, 4, 4, 4, 4, 4, 4, 4]
 
 
-def test_the_scripted_expert_reaches_the_goal():
+@pytest.mark.parametrize(
+    "env_id, env_kwargs",
+    [
+        ("two-rooms-discrete", {}),
+        ("minigrid:Empty-8x8", {"observation": "rgb_full", "size": 64, "agent_start_pos": None}),
+    ],
+)
+def test_the_scripted_expert_reaches_the_goal(env_id, env_kwargs):
+    if env_id.startswith("minigrid"):
+        pytest.importorskip("minigrid", reason="MiniGrid is an optional extra")
     from wmlab.pipelines.genie_cloning import record_expert
 
-    frames, actions, success = record_expert(episodes=3, steps=60, seed=0)
+    frames, actions, success = record_expert(env_id, env_kwargs, episodes=3, steps=60, seed=0)
     assert success == 1.0 and [len(f) for f in frames] == [len(a) + 1 for a in actions]
+    if env_id.startswith("minigrid"):
+        # A shortest path on the empty 8 x 8 room (6 x 6 free cells): at most 10 steps and 3 turns.
+        assert max(len(a) for a in actions) <= 13 and set(np.concatenate(actions).tolist()) <= {0, 1, 2}
 
 
 def test_cloning_pipeline_smoke(run_dir, tmp_path):
@@ -250,3 +262,35 @@ def test_a_world_model_fitted_with_actions_plays_beside_its_environment(dataset,
     assert info["real_environment"] and info["env"] == "two-rooms-discrete" and info["controls"]["idle"] == 0
     frame = PlaySession(playable, seed=0).reset()
     assert frame.real.shape == (64, 64, 3) and frame.dream.shape == (64, 64, 3)
+
+
+# --- delta-PSNR beside models trained with the real actions -----------------------------------------
+
+
+def test_compare_splits_the_genie_runs_episodes_and_measures_every_run_on_the_same_windows(run_dir, tmp_path):
+    from wmlab.data.video import load_video
+    from wmlab.pipelines.genie import load_genie_run
+
+    split = tmp_path / "train-split"
+    assert main(["pipeline", "genie-compare", "split", str(run_dir), "--out", str(split)]) == 0
+    _, info = load_genie_run(run_dir)
+    training, held_out = load_video(info["dataset"]).split(info["held_out"], info["seed"])
+    written = json.loads((split / "manifest.json").read_text())
+    names = [Path(entry["file"]).name for entry in written["episodes"]]
+    assert names == [Path(source).name for source in training.sources]
+    assert not set(names) & {Path(source).name for source in held_out.sources}
+    assert written["num_steps"] == training.num_frames
+    rssm = tmp_path / "rssm"
+    tiny = ["--world-model.size", "tiny", "--world-model.stochastic-size", "4", "--world-model.reward-bins", "15"]
+    assert train("--model", "rssm", "--dataset", split, "--run-dir", rssm, "--train.updates", 2, *tiny, *QUIET) == 0
+    out = tmp_path / "compare.json"
+    arguments = ["pipeline", "genie-compare", "table", str(run_dir), str(rssm), "--sequences", "3", "--out", str(out)]
+    assert main(arguments) == 0
+    result = json.loads(out.read_text())
+    assert [row["model"] for row in result["rows"]] == ["GenieWorldModel", "RSSM"]
+    for row in result["rows"]:
+        for draw in ("uniform", "shuffled"):
+            assert len(row[draw]["delta_psnr"]) == 4 and all(np.isfinite(row[draw]["delta_psnr"]))
+            # delta-PSNR is the difference of the two PSNRs it reports.
+            expected = np.subtract(row[draw]["psnr_real_actions"], row[draw]["psnr_random_actions"])
+            np.testing.assert_allclose(row[draw]["delta_psnr"], expected, atol=1e-6)

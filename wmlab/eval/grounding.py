@@ -28,6 +28,7 @@ Shape legend: N steps, B windows, T frames, K latent actions, I true action clas
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -197,12 +198,19 @@ def controllability(
     if isinstance(model, torch.nn.Module):
         model.eval()
     batch = latent_action_batch(model, batch)
-    codes = int(model.config.action_codes)
+    return metrics.controllability(
+        model, batch, context, random_actions=uniform_actions(int(model.config.action_codes)), seed=seed
+    )
 
-    def uniform(actions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return rng.integers(0, codes, size=actions.shape).astype(actions.dtype)
 
-    return metrics.controllability(model, batch, context, random_actions=uniform, seed=seed)
+def uniform_actions(count: int) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+    """draw(actions (B, L), rng) -> actions of the same shape drawn uniformly from 0 .. count - 1:
+    Genie's random actions for delta-PSNR."""
+
+    def draw(actions: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(0, count, size=actions.shape).astype(actions.dtype)
+
+    return draw
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,10 +5,16 @@ against behavioural cloning on every real label (the oracle) and a random policy
 
     wmlab train --algo genie --dataset data/rooms-discrete --run-dir runs/genie-rooms ...
     wmlab pipeline genie-cloning runs/genie-rooms --labels 50 --seeds 3
+    wmlab pipeline genie-cloning runs/genie-minigrid --env-kwargs '{"agent_start_pos": null}'
 
-1. Expert video: `expert_episodes` episodes of the scripted expert of two rooms
-   (wmlab.envs.two_rooms.scripted_action, turned into the nearest of the 5 discrete moves); its
-   actions are kept apart.
+The environment is the one the Genie run's video was recorded from (its id and keyword arguments,
+which `--env-kwargs` may extend: MiniGrid's Empty rooms start every episode in the same corner
+unless `agent_start_pos` is null).
+
+1. Expert video: `expert_episodes` episodes of a scripted expert: on two rooms
+   wmlab.envs.two_rooms.scripted_action turned into the nearest of the 5 discrete moves; on
+   MiniGrid the first action of a shortest path to the goal (breadth-first search over cell and
+   direction with left, right, forward). Its actions are kept apart.
 2. The Genie run's latent action model reads the latent action of every expert transition
    (`infer_actions`): the action a_{t+1} that leads from frame x_t to x_{t+1}.
 3. Latent policy: a CNN on frame x_t trained by cross-entropy to predict a_{t+1}.
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +46,13 @@ import torch.nn.functional as F
 import tyro
 from torch import nn
 
+from wmlab.core.config import parse_json_object
 from wmlab.core.errors import WmlabError
 from wmlab.envs.adapter import make_env
 from wmlab.nn.conv import ConvEncoder
 
-ENV = "two-rooms-discrete"
+#: MiniGrid's DIR_TO_VEC: the cell step of directions 0-3 (right, down, left, up).
+MINIGRID_STEPS = ((1, 0), (0, 1), (-1, 0), (0, -1))
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,9 @@ class CloningConfig:
     """Few-label behavioural cloning from a Genie run's latent actions."""
 
     run_dir: tyro.conf.Positional[Path]
-    """A Genie run (`wmlab train --algo genie`) trained on two-rooms-discrete video."""
+    """A Genie run (`wmlab train --algo genie`) trained on video of two-rooms-discrete or a MiniGrid task."""
+    env_kwargs: str = "{}"
+    """Keyword arguments added to those the video was recorded with, as a JSON object."""
     labels: int = 50
     """Labelled transitions the latent -> real map is fitted on."""
     expert_episodes: int = 100
@@ -62,6 +73,8 @@ class CloningConfig:
     """Adam updates of each policy."""
     batch_size: int = 64
     """Frames per update."""
+    downsample: int = 2
+    """The policies read frames average-pooled by this factor (1: full resolution)."""
     learning_rate: float = 1e-3
     """Adam's step size."""
     eval_episodes: int = 50
@@ -73,6 +86,48 @@ class CloningConfig:
 
 
 def expert_action(env) -> int:
+    """The scripted expert's action in two-rooms-discrete or a MiniGrid task."""
+    from wmlab.envs.two_rooms import TwoRooms
+
+    if isinstance(env.unwrapped, TwoRooms):
+        return two_rooms_expert_action(env)
+    if hasattr(env.unwrapped, "agent_pos") and hasattr(env.unwrapped, "grid"):
+        return minigrid_expert_action(env)
+    raise WmlabError(
+        f"no scripted expert for {type(env.unwrapped).__name__}: the cloning benchmark plays two-rooms-discrete or MiniGrid"
+    )
+
+
+def minigrid_expert_action(env) -> int:
+    """The first action (0 left, 1 right, 2 forward) of a shortest path from the agent's cell and
+    direction to the goal, by breadth-first search; forward where no path exists."""
+    world = env.unwrapped
+
+    def cell(x: int, y: int):
+        return world.grid.get(x, y)
+
+    start = (int(world.agent_pos[0]), int(world.agent_pos[1]), int(world.agent_dir))
+    first: dict[tuple[int, int, int], int | None] = {start: None}
+    frontier = deque([start])
+    while frontier:
+        state = frontier.popleft()
+        x, y, direction = state
+        here = cell(x, y)
+        if here is not None and here.type == "goal":
+            return 2 if first[state] is None else int(first[state])
+        dx, dy = MINIGRID_STEPS[direction]
+        ahead = cell(x + dx, y + dy)
+        moves = [(0, (x, y, (direction - 1) % 4)), (1, (x, y, (direction + 1) % 4))]
+        if ahead is None or ahead.can_overlap():
+            moves.append((2, (x + dx, y + dy, direction)))
+        for action, following in moves:
+            if following not in first:
+                first[following] = action if first[state] is None else first[state]
+                frontier.append(following)
+    return 2
+
+
+def two_rooms_expert_action(env) -> int:
     """The discrete move (stay, up, down, left, right) nearest the scripted expert's continuous move."""
     from wmlab.envs.two_rooms import DISCRETE_MOVES, scripted_action
 
@@ -82,20 +137,22 @@ def expert_action(env) -> int:
     return int(np.argmax([np.dot(move, candidate) for candidate in DISCRETE_MOVES]))
 
 
-def record_expert(episodes: int, steps: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+def record_expert(
+    env_id: str, env_kwargs: dict[str, Any], episodes: int, steps: int, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray], float]:
     """(frames per episode (T + 1, H, W, C), actions per episode (T,), success rate) of the expert."""
-    env = make_env(ENV, max_episode_steps=steps)
+    env = make_env(env_id, max_episode_steps=steps, **env_kwargs)
     frames, actions, successes = [], [], 0
     for episode in range(episodes):
         observation, _ = env.reset(seed=seed + episode)
         episode_frames, episode_actions, done = [observation["image"]], [], False
         while not done:
             action = expert_action(env)
-            observation, _, terminated, truncated, _ = env.step(action)
+            observation, _, terminated, truncated, info = env.step(action)
             episode_frames.append(observation["image"])
             episode_actions.append(action)
             done = terminated or truncated
-            successes += int(terminated)
+            successes += int(info.get("success", terminated))
         frames.append(np.stack(episode_frames))
         actions.append(np.asarray(episode_actions, dtype=np.int64))
     env.close()
@@ -114,14 +171,17 @@ def latent_labels(model, frames: list[np.ndarray]) -> list[np.ndarray]:
 class FramePolicy(nn.Module):
     """Frames (B, H, W, C) uint8 -> logits (B, A), read at half the resolution (CPU budget)."""
 
-    def __init__(self, actions: int, image_size: tuple[int, int]):
+    def __init__(self, actions: int, image_size: tuple[int, int], downsample: int = 2):
         super().__init__()
-        half = (image_size[0] // 2, image_size[1] // 2)
-        self.encoder = ConvEncoder(3, 16, (1, 2, 4), kernel=4, image_size=half)
+        self.downsample = downsample
+        reduced = (image_size[0] // downsample, image_size[1] // downsample)
+        self.encoder = ConvEncoder(3, 16, (1, 2, 4), kernel=4, image_size=reduced)
         self.head = nn.Linear(self.encoder.features, actions)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        images = F.avg_pool2d(frames.permute(0, 3, 1, 2).float() / 255.0 - 0.5, 2)
+        images = frames.permute(0, 3, 1, 2).float() / 255.0 - 0.5
+        if self.downsample > 1:
+            images = F.avg_pool2d(images, self.downsample)
         return self.head(self.encoder(images))
 
 
@@ -129,7 +189,7 @@ def fit_policy(frames: np.ndarray, targets: np.ndarray, actions: int, config: Cl
     """A FramePolicy fitted by cross-entropy to targets (N,) of frames (N, H, W, C)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    policy = FramePolicy(actions, frames.shape[1:3])
+    policy = FramePolicy(actions, frames.shape[1:3], config.downsample)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
     images, labels = torch.as_tensor(frames), torch.as_tensor(targets)
     for _ in range(config.updates):
@@ -150,17 +210,17 @@ def latent_to_real(latent: np.ndarray, real: np.ndarray, codes: int, actions: in
     return np.where(counts.sum(1) > 0, counts.argmax(1), fallback)
 
 
-def evaluate(choose, episodes: int, steps: int) -> float:
+def evaluate(choose, env_id: str, env_kwargs: dict[str, Any], episodes: int, steps: int) -> float:
     """Success rate of choose(frame (H, W, C), env) -> action in `episodes` fresh episodes."""
-    env = make_env(ENV, max_episode_steps=steps)
+    env = make_env(env_id, max_episode_steps=steps, **env_kwargs)
     successes = 0
     for episode in range(episodes):
         observation, _ = env.reset(seed=100_000 + episode)
         done = False
         while not done:
-            observation, _, terminated, truncated, _ = env.step(choose(observation["image"], env))
+            observation, _, terminated, truncated, info = env.step(choose(observation["image"], env))
             done = terminated or truncated
-            successes += int(terminated)
+            successes += int(info.get("success", terminated))
     env.close()
     return successes / episodes
 
@@ -174,22 +234,42 @@ def greedy(policy: FramePolicy, mapping: np.ndarray | None = None):
     return choose
 
 
+def recorded_env(dataset: str | Path) -> tuple[str, dict[str, Any]]:
+    """(environment id, keyword arguments) a `wmlab record` dataset was recorded from."""
+    from wmlab.data.dataset import read_manifest
+
+    manifest = read_manifest(Path(dataset))
+    if not manifest.get("env_id"):
+        raise WmlabError(f"{dataset} names no environment: the cloning benchmark plays the video's environment")
+    return manifest["env_id"], dict(manifest.get("env_kwargs", {}))
+
+
 def run_cloning(config: CloningConfig) -> dict[str, Any]:
     from wmlab.pipelines.genie import load_genie_run
 
-    model, _ = load_genie_run(config.run_dir)
-    if tuple(model.image_shape) != (64, 64, 3):
-        raise WmlabError(
-            f"{config.run_dir}: the cloning benchmark plays {ENV} at 64 x 64, the model takes {model.image_shape}"
-        )
+    model, info = load_genie_run(config.run_dir)
+    env_id, env_kwargs = recorded_env(info["dataset"])
+    env_kwargs.update(parse_json_object("--env-kwargs", config.env_kwargs))
     started = time.perf_counter()
-    frames, actions, expert_success = record_expert(config.expert_episodes, config.episode_steps, seed=50_000)
+    frames, actions, expert_success = record_expert(
+        env_id, env_kwargs, config.expert_episodes, config.episode_steps, seed=50_000
+    )
+    if tuple(frames[0].shape[1:]) != tuple(model.image_shape):
+        raise WmlabError(
+            f"{config.run_dir}: {env_id} draws frames of {frames[0].shape[1:]}, the model takes {model.image_shape}"
+        )
     latents = latent_labels(model, frames)
     inputs = np.concatenate([episode[:-1] for episode in frames])  # x_t of every transition
     real = np.concatenate(actions)
     latent = np.concatenate(latents)
-    codes, moves = int(model.config.action_codes), 5
-    expert_eval = evaluate(lambda _, env: expert_action(env), config.eval_episodes, config.episode_steps)
+    with make_env(env_id, **env_kwargs) as env:
+        moves = int(env.action_space.n)
+    codes = int(model.config.action_codes)
+
+    def play(choose) -> float:
+        return evaluate(choose, env_id, env_kwargs, config.eval_episodes, config.episode_steps)
+
+    expert_eval = play(lambda _, env: expert_action(env))
     rows = []
     for seed in range(config.seeds):
         rng = np.random.default_rng(seed)
@@ -201,11 +281,9 @@ def run_cloning(config: CloningConfig) -> dict[str, Any]:
         rows.append(
             {
                 "seed": seed,
-                "latent_policy": evaluate(greedy(latent_policy, mapping), config.eval_episodes, config.episode_steps),
-                "oracle_all_labels": evaluate(greedy(oracle), config.eval_episodes, config.episode_steps),
-                "random": evaluate(
-                    lambda *_: int(random_rng.integers(moves)), config.eval_episodes, config.episode_steps
-                ),
+                "latent_policy": play(greedy(latent_policy, mapping)),
+                "oracle_all_labels": play(greedy(oracle)),
+                "random": play(lambda *_: int(random_rng.integers(moves))),
                 "map": mapping.tolist(),
             }
         )
@@ -218,7 +296,8 @@ def run_cloning(config: CloningConfig) -> dict[str, Any]:
     confusion = confusion_matrix(real, latent, moves, codes)
     return {
         "config": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(config).items()},
-        "env": ENV,
+        "env": env_id,
+        "env_kwargs": env_kwargs,
         "expert_transitions": int(len(real)),
         "expert_success_on_its_video": expert_success,
         "expert_success_on_eval_episodes": expert_eval,
