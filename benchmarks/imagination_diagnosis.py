@@ -264,7 +264,8 @@ def imagined_vs_real(arguments) -> dict:
     # Objects kept or lost: lit pixels (> 0.5) per channel of the imagined frames against the
     # real ones, by imagined step (MinAtar: bricks, paddle, ball, trail).
     real_frames = torch.as_tensor(batch.obs["image"][:, burn_in:]).float() / 255
-    imagined_frames = trajectory.observations["image"].float()
+    observations = trajectory.observations or model.decode(trajectory.states)
+    imagined_frames = observations["image"].float()
     lit_real = (real_frames > 0.5).float().sum((2, 3)).mean(0)  # (L, C)
     lit_imagined = (imagined_frames > 0.5).float().sum((2, 3)).mean(0)
     frame_error = (imagined_frames - real_frames).pow(2).mean((0, 2, 3, 4))  # (L,)
