@@ -20,6 +20,7 @@ from wmlab.cli import main
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError, WmlabError
 from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch, Trajectory
+from wmlab.eval.returns import evaluate_agent
 from wmlab.models.diffusion import (
     DiffusionConfig,
     DiffusionWorldModel,
@@ -30,6 +31,7 @@ from wmlab.models.diffusion import (
     preconditioning,
 )
 from wmlab.nn.unet import UNet
+from wmlab.runs.directory import load_trained_agent
 
 TINY = DiffusionConfig(
     channels=(8, 8),
@@ -535,8 +537,15 @@ def test_a_resumed_diamond_run_equals_an_uninterrupted_one(straight_and_resumed,
     straight, resumed = straight_and_resumed(
         "diamond-cpu", agent, {"image_size": 8, "max_episode_steps": 15, "reward": "dense"}
     )
-    for key in ("env_steps", "updates", "episodes", "eval/return"):
+    for key in ("env_steps", "updates", "episodes"):
         assert resumed[key] == straight[key], key
+    # The final evaluations ran on other episode seeds (the stopped half evaluated once before
+    # resuming, and each evaluation takes new seeds): the two policies, on the same seeds.
+    returns = [
+        evaluate_agent(agent, spec.env, 2, 0, spec.env_kwargs)["eval/return"]
+        for spec, agent in (load_trained_agent(tmp_path / name) for name in ("straight", "resumed"))
+    ]
+    assert returns[0] == returns[1]
     a = load_state(tmp_path / "straight" / "checkpoints" / "rank0", "agent")
     b = load_state(tmp_path / "resumed" / "checkpoints" / "rank0", "agent")
     for name, tensor in a["world_model"].items():

@@ -57,6 +57,8 @@ from torch import nn
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError, WmlabError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Trajectory
+from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
+from wmlab.losses.pixels import foreground_weights
 from wmlab.nn.unet import ConditionedEncoder, FourierFeatures, UNet, check_frame_size
 
 State = dict[str, torch.Tensor]
@@ -114,10 +116,18 @@ class DiffusionLossScales:
 
     denoising: float = 1.0
     """Mean squared error of the network's output against the preconditioned target (`loss/denoising`)."""
+    foreground: float = 0.0
+    """Extra weight, in the denoising error, of the pixels where a target frame differs from the
+    per-pixel median of the batch's targets: weight 1 + this (wmlab.losses.pixels); 0: off
+    (DIAMOND). Without it a small denoiser draws MinAtar Breakout's bricks but never its paddle,
+    ball or trail, and imagined episodes never end (docs/benchmarks.md)."""
     reward: float = 1.0
     """Cross-entropy of the reward's sign (`loss/reward`)."""
     end: float = 1.0
     """Cross-entropy of the end flag (`loss/end`)."""
+    sparse_weight: float = 1.0
+    """Weight, in the reward's and the end's cross-entropies, of the steps with a nonzero reward
+    sign or an end, against 1 for the others (wmlab.losses.events); 1: the plain mean (DIAMOND)."""
 
 
 @dataclass(frozen=True)
@@ -709,6 +719,7 @@ class DiffusionWorldModel(nn.Module):
                 reward_logits, end_logits, hidden, cell = self.reward_end(
                     current["frames"][:, -1], frame, action, current["hidden"], current["cell"]
                 )
+                reward_logits, end_logits = self.calibrated(reward_logits, end_logits)
             else:
                 reward_logits = torch.tensor([0.0, 1.0, 0.0], device=self.device).log().expand(B, 3)
                 end_logits = torch.tensor([1.0, 0.0], device=self.device).log().expand(B, 2)
@@ -794,7 +805,12 @@ class DiffusionWorldModel(nn.Module):
             keep,
         )
         target = (targets - c_skip * noisy) / c_out
-        loss = (output - target).pow(2).mean()
+        loss = (output - target).pow(2)
+        if config.loss_scales.foreground > 0 and N > 1:
+            weights = foreground_weights(targets, 1.0 + config.loss_scales.foreground, background="median")
+            loss = (loss * weights).mean() / weights.mean()
+        else:
+            loss = loss.mean()
         with torch.no_grad():
             denoised = c_skip * noisy + c_out * output
             metrics = {
@@ -853,16 +869,13 @@ class DiffusionWorldModel(nn.Module):
             torch.stack(vectors) if vectors else None,
         )
 
-    def reward_end_loss(
-        self,
-        frames: torch.Tensor,
-        actions: torch.Tensor,
-        reward: torch.Tensor,
-        is_first: torch.Tensor,
-        is_terminal: torch.Tensor,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Cross-entropies of the reward's sign and the end flag at every step t >= 1 that does
-        not start an episode, the LSTM run over the window from zero (reset at episode starts)."""
+    def reward_end_logits(
+        self, frames: torch.Tensor, actions: torch.Tensor, is_first: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The reward / end model run over windows from a zero LSTM state (reset at episode
+        starts): frames (B, T, C, H, W) in [-1, 1], actions (B, T), is_first (B, T) -> (reward
+        logits (B, T - 1, 3), end logits (B, T - 1, 2) for the steps 1..T-1, mask (B, T - 1) of
+        the steps that carry a target: those that do not start an episode)."""
         B, T = frames.shape[:2]
         M = self.config.reward_end.lstm_size
         hidden = frames.new_zeros(B, M)
@@ -879,19 +892,47 @@ class DiffusionWorldModel(nn.Module):
             )
             reward_logits.append(logits_reward)
             end_logits.append(logits_end)
-        mask = ~is_first[:, 1:]
-        reward_logits = torch.stack(reward_logits, 1)[mask]
-        end_logits = torch.stack(end_logits, 1)[mask]
+        return torch.stack(reward_logits, 1), torch.stack(end_logits, 1), ~is_first[:, 1:]
+
+    def calibrated(self, reward_logits: torch.Tensor, end_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reward logits (..., 3) and end logits (..., 2) with the loss's event weighting undone
+        (`loss_scales.sparse_weight`; wmlab.losses.events.calibrated_logits): what `imagine` uses."""
+        sparse = self.config.loss_scales.sparse_weight
+        return calibrated_logits(reward_logits, (0, 2), sparse), calibrated_logits(end_logits, (1,), sparse)
+
+    def reward_end_loss(
+        self,
+        frames: torch.Tensor,
+        actions: torch.Tensor,
+        reward: torch.Tensor,
+        is_first: torch.Tensor,
+        is_terminal: torch.Tensor,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Cross-entropies of the reward's sign and the end flag at every step t >= 1 that does
+        not start an episode, the LSTM run over the window from zero (reset at episode starts).
+        With `loss_scales.sparse_weight` w, the steps of a nonzero reward sign (an end) weigh
+        w times the others in the reward's (end's) cross-entropy, normalised by the total weight:
+        sparse events are not drowned by the many steps without one."""
+        reward_logits, end_logits, mask = self.reward_end_logits(frames, actions, is_first)
+        reward_logits, end_logits = reward_logits[mask], end_logits[mask]
         reward_target = reward[:, 1:][mask].sign().long() + 1
         end_target = is_terminal[:, 1:][mask].long()
+        sparse = self.config.loss_scales.sparse_weight
         terms = {
-            "reward": F.cross_entropy(reward_logits, reward_target),
-            "end": F.cross_entropy(end_logits, end_target),
+            "reward": event_weighted_mean(
+                F.cross_entropy(reward_logits, reward_target, reduction="none"), reward_target != 1, sparse
+            ),
+            "end": event_weighted_mean(
+                F.cross_entropy(end_logits, end_target, reduction="none"), end_target == 1, sparse
+            ),
         }
         with torch.no_grad():
+            reward_logits, end_logits = self.calibrated(reward_logits, end_logits)
             metrics = {
                 "wm/reward_accuracy": (reward_logits.argmax(-1) == reward_target).float().mean(),
                 "wm/end_accuracy": (end_logits.argmax(-1) == end_target).float().mean(),
+                **event_scores("wm/reward", reward_logits.argmax(-1) != 1, reward_target != 1),
+                **event_scores("wm/end", end_logits.argmax(-1) == 1, end_target == 1),
             }
         return terms, metrics
 

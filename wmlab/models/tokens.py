@@ -71,6 +71,7 @@ from wmlab.core.config import size_table, widths_from_preset
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape, format_expected, shape_matches
 from wmlab.core.types import Batch, Trajectory
+from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
 from wmlab.losses.pixels import foreground_weights
 from wmlab.nn.distributions import TwoHot
 from wmlab.nn.transformer import KeyValueCache, Transformer, TransformerConfig
@@ -143,6 +144,9 @@ class TokenLossScales(CodebookLossScales):
     """Cross-entropy of the reward's sign class (IRIS) or its two-hot bins (`loss/reward`)."""
     end: float = 1.0
     """Binary cross-entropy of the end (terminal) flag (`loss/end`)."""
+    sparse_weight: float = 1.0
+    """Weight, in the reward's and the end's losses, of the steps with a nonzero reward or an end,
+    against 1 for the others (wmlab.losses.events); 1: the plain mean (IRIS)."""
 
 
 @dataclass(frozen=True)
@@ -639,6 +643,15 @@ class TokenWorldModel(nn.Module):
         at_action = blocks[:, :, self.offset]
         return self.token_head(predictors), self.reward_head(at_action), self.end_head(at_action)[..., 0]
 
+    def calibrated(self, reward_output: torch.Tensor, end_logit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reward head's output (..., 3 or bins) and end logits (...) with the loss's event
+        weighting undone (`loss_scales.sparse_weight`; wmlab.losses.events.calibrated_logits;
+        the two-hot head is not weighted): what `imagine` uses."""
+        sparse = self.config.loss_scales.sparse_weight
+        if self.two_hot is None:
+            reward_output = calibrated_logits(reward_output, (0, 2), sparse)
+        return reward_output, calibrated_logits(end_logit, None, sparse)
+
     def reward_value(self, output: torch.Tensor) -> torch.Tensor:
         """Expected reward (...) from the reward head's output (..., 3 or bins)."""
         if self.two_hot is not None:
@@ -781,7 +794,9 @@ class TokenWorldModel(nn.Module):
                 last = features[:, -1]  # (S*B, D): predicts frame token `position`
                 logits = self.token_head(last)
                 if position == 0:
-                    reward_output, end_logit = self.reward_head(last[:B]), self.end_head(last[:B])[..., 0]
+                    reward_output, end_logit = self.calibrated(
+                        self.reward_head(last[:B]), self.end_head(last[:B])[..., 0]
+                    )
                 if guided:
                     logits = logits[B:] + guidance_scale * (logits[:B] - logits[B:])
                 new_tokens.append(self.sample(logits, temperature, generator))
@@ -996,16 +1011,26 @@ class TokenWorldModel(nn.Module):
             reward_loss = F.cross_entropy(
                 reward_output.flatten(0, 1), (torch.sign(reward) + 1).long().flatten(), reduction="none"
             ).reshape(B, T)
-        terms["reward"] = (reward_loss * weight).sum() / count
-        terms["end"] = (
-            F.binary_cross_entropy_with_logits(end_logit, is_terminal, reduction="none") * weight
-        ).sum() / count
+        sparse = scales.sparse_weight
+        reward_events = reward != 0 if self.two_hot is None else torch.zeros_like(reward, dtype=torch.bool)
+        terms["reward"] = event_weighted_mean(reward_loss, reward_events, sparse, weight)
+        terms["end"] = event_weighted_mean(
+            F.binary_cross_entropy_with_logits(end_logit, is_terminal, reduction="none"),
+            is_terminal > 0,
+            sparse,
+            weight,
+        )
         total = sum(getattr(scales, name) * value for name, value in terms.items())
         metrics = {f"loss/{name}": value.detach() for name, value in terms.items()}
         metrics["loss/world_model"] = total.detach()
         with torch.no_grad():
             hits = (token_logits.argmax(-1) == tokens).float().mean(-1)
             metrics["wm/token_accuracy"] = (hits * weight).sum() / count
+            reward_output, end_logit = self.calibrated(reward_output, end_logit)
+            metrics.update(event_scores("wm/end", (end_logit > 0) & predicted, (is_terminal > 0) & predicted))
+            if self.two_hot is None:
+                nonzero = reward_output.argmax(-1) != 1
+                metrics.update(event_scores("wm/reward", nonzero & predicted, (reward != 0) & predicted))
             if reconstruction is None:
                 return total, metrics
             metrics.update({name: value.float() for name, value in quantized.metrics("vq").items()})

@@ -70,6 +70,9 @@ class ActorCritic(nn.Module):
         self.lstm = nn.LSTMCell(width * H * W, config.lstm_size)
         self.actor = nn.Linear(config.lstm_size, actions)
         self.critic = nn.Linear(config.lstm_size, 1)
+        for head in (self.actor, self.critic):  # a uniform policy and zero values at the start (DIAMOND)
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
         self.lstm_size = config.lstm_size
 
     def initial(self, batch_size: int, device: torch.device) -> Recurrent:

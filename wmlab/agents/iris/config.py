@@ -60,8 +60,10 @@ class IrisConfig:
 class IrisCPUConfig(IrisConfig):
     """IRIS small enough to learn on a 2-core CPU: the token model's `cpu` size (4 layers, width
     128, 10 steps of context), an actor-critic of (16, 16, 32, 32) channels and an LSTM of 128, 8
-    imagined rollouts of 20 steps per update (burn-in 4), learning rates 3e-4 (the tokenizer's
-    1e-3), the world model after 200 updates and the actor-critic after 400; the tokenizer weighs
+    imagined rollouts of 20 steps per update (burn-in 4), learning rates 3e-4 (the world model),
+    1e-3 (the tokenizer and the actor-critic), the world model after 100 updates and the
+    actor-critic after 200; reward and end steps weigh 10 in the world model's loss (calibrated
+    back in imagination: sparse events are otherwise learned last); the tokenizer weighs
     pixels off the background 21 times (`foreground` 20: else MinAtar's ball and paddle and
     two-rooms' agent vanish from the reconstructions) and restarts unused codes onto the
     worst-represented encodings. The tokenizer makes 4 x 4 = 16 tokens of any
@@ -71,16 +73,16 @@ class IrisCPUConfig(IrisConfig):
 
     model: TokenWorldModelConfig = field(
         default_factory=lambda: TokenWorldModelConfig(
-            size="cpu", loss_scales=TokenLossScales(foreground=20.0), restart_on="error"
+            size="cpu", loss_scales=TokenLossScales(foreground=20.0, sparse_weight=10.0), restart_on="error"
         )
     )
     learner: ImaginationConfig = field(
         default_factory=lambda: replace(
-            IRIS_LEARNER, channels=(16, 16, 32, 32), lstm_size=128, burn_in=4, starts=8, learning_rate=3e-4
+            IRIS_LEARNER, channels=(16, 16, 32, 32), lstm_size=128, burn_in=4, starts=8, learning_rate=1e-3
         )
     )
     tokenizer_learning_rate: float = 1e-3
     world_model_learning_rate: float = 3e-4
     tokenizer_frames: int = 64
-    world_model_starts: int = 200
-    actor_critic_starts: int = 400
+    world_model_starts: int = 100
+    actor_critic_starts: int = 200
