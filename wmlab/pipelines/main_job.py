@@ -101,9 +101,6 @@ MAIN_TRAIN = TrainConfig(
     batch_size=8,
     sequence_length=16,
     eval_every=750,
-    # The greedy planner is evaluated from step 2250 on (2250, 3000, 3750 and the end): before it
-    # scores 10-30 % and the two evaluations would cost the last 200 steps of the budget.
-    eval_starts=2250,
     eval_episodes=10,
     checkpoint_every=1000,
     log_every=100,
@@ -128,7 +125,7 @@ class MainJobArguments:
     """Seed of the environments, the model and the planner."""
     progress: bool = True
     """Show the training progress bar."""
-    reserve: float = 30.0
+    reserve: float = 40.0
     """Seconds of the budget kept for the world-model measurement and the report after training."""
     quick: bool = False
     """A smoke run in seconds (tiny model, planner and budget) that writes every part of the run
@@ -150,7 +147,6 @@ QUICK_TRAIN = replace(
     batch_size=4,
     sequence_length=8,
     eval_every=50,
-    eval_starts=0,
     eval_episodes=1,
     checkpoint_every=80,
     log_every=20,
