@@ -92,14 +92,17 @@ def sheeprl_s_config(actions: str):
     3e-5 eps 1e-5 clip 100.
     """
     from wmlab.agents.dreamer.config import DreamerConfig, OptimizerConfig
-    from wmlab.models.rssm import RSSMConfig, RSSMLossScales
+    from wmlab.models.rssm import RSSMConfig, RSSMLossScales, RSSMSizes
 
     model = RSSMConfig(
-        size=None,
-        deterministic_size=512,  # recurrent_model.recurrent_state_size
-        hidden_size=512,  # recurrent_model.dense_units = transition/representation hidden_size
+        size=RSSMSizes(
+            deterministic_size=512,  # recurrent_model.recurrent_state_size
+            hidden_size=512,  # recurrent_model.dense_units = transition/representation hidden_size
+            classes=32,  # world_model.discrete_size
+            cnn_depth=32,  # encoder.cnn_channels_multiplier
+            units=512,  # dense_units
+        ),
         stochastic_size=32,  # world_model.stochastic_size
-        classes=32,  # world_model.discrete_size
         latent="categorical",
         unimix=0.01,  # algo.unimix
         core="gru",  # RecurrentModel: MLP([z, a]) -> LayerNormGRUCell
@@ -108,10 +111,8 @@ def sheeprl_s_config(actions: str):
         posterior_layers=1,  # representation_model: one hidden layer on [h, embed]
         norm="layer",  # sheeprl.models.models.LayerNorm / LayerNormChannelLast, eps 1e-3
         activation="silu",  # dense_act / cnn_act torch.nn.SiLU
-        cnn_depth=32,  # encoder.cnn_channels_multiplier
         cnn_multipliers=(1, 2, 4, 8),  # SheepRL's CNNEncoder: (2 ** i) * multiplier
         cnn_kernel=4,  # kernel 4, stride 2, padding 1
-        units=512,  # dense_units
         encoder_layers=2,  # mlp_layers
         decoder_layers=2,
         reward_layers=2,

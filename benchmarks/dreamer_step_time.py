@@ -21,6 +21,7 @@ from step_timing import timed_calls
 from wmlab.agents.dreamer.agent import DreamerAgent
 from wmlab.agents.dreamer.config import PRESETS
 from wmlab.core.types import Batch
+from wmlab.models.rssm import SIZES
 
 
 def main() -> None:
@@ -44,12 +45,7 @@ def main() -> None:
             config,
             model=replace(
                 config.model,
-                size=arguments.size,
-                deterministic_size=None,
-                hidden_size=None,
-                classes=None,
-                cnn_depth=None,
-                units=None,
+                size=SIZES[arguments.size],
             ),
         )
     if arguments.obs == "pixels":

@@ -32,7 +32,9 @@ from wmlab.agents.planet.config import PlaNetConfig
 from wmlab.agents.tdmpc2.config import TDMPC2Config
 from wmlab.models.diffusion import DiffusionConfig, RewardEndConfig
 from wmlab.models.mlp import MLPWorldModelConfig
-from wmlab.models.tdmpc import TDMPCModelConfig
+from wmlab.models.rssm import SIZES as RSSM_SIZES
+from wmlab.models.tdmpc import TDMPCModelConfig, TDMPCSizes
+from wmlab.models.tokens import SIZES as TOKEN_SIZES
 from wmlab.models.tokens import TokenWorldModelConfig
 from wmlab.planners.cem import CEMConfig
 from wmlab.planners.mppi import MPPIConfig
@@ -51,12 +53,7 @@ def tiny_dreamer(config: DreamerConfig, **changes) -> DreamerConfig:
     gaussian = config.model.latent == "gaussian"
     model = dataclasses.replace(
         config.model,
-        size="tiny",
-        deterministic_size=None,
-        hidden_size=None,
-        classes=0 if gaussian else None,
-        cnn_depth=None,
-        units=None,
+        size=RSSM_SIZES.preset("tiny", classes=0) if gaussian else RSSM_SIZES["tiny"],
         stochastic_size=4,
         reward_bins=31 if config.model.reward_head == "twohot" else config.model.reward_bins,
     )
@@ -66,9 +63,9 @@ def tiny_dreamer(config: DreamerConfig, **changes) -> DreamerConfig:
 
 
 def tiny_planet(**changes) -> PlaNetConfig:
-    model = dataclasses.replace(
-        PlaNetConfig().model, size=None, deterministic_size=16, hidden_size=16, stochastic_size=4, units=16, cnn_depth=4
-    )
+    model = PlaNetConfig().model
+    sizes = dataclasses.replace(model.size, deterministic_size=16, hidden_size=16, units=16, cnn_depth=4)
+    model = dataclasses.replace(model, size=sizes, stochastic_size=4)
     planner = CEMConfig(horizon=4, iterations=2, candidates=32, elites=4)
     return PlaNetConfig(model=model, planner=planner, random_steps=50, open_loop_report=False, **changes)
 
@@ -86,16 +83,15 @@ def tiny_mpc(**changes) -> MPCConfig:
 
 
 def tiny_tdmpc2() -> TDMPC2Config:
-    model = TDMPCModelConfig(
-        encoder_width=16, mlp_width=16, latent_size=8, encoder_layers=1, q_functions=2, bins=31, discount=0.9
-    )
+    sizes = TDMPCSizes(encoder_width=16, mlp_width=16, latent_size=8, encoder_layers=1, q_functions=2)
+    model = TDMPCModelConfig(size=sizes, bins=31, discount=0.9)
     planner = MPPIConfig(horizon=3, samples=32, elites=4, iterations=2, policy_trajectories=4)
     return TDMPC2Config(model=model, planner=planner, random_steps=50)
 
 
 def tiny_iris() -> IrisConfig:
     return IrisConfig(
-        model=TokenWorldModelConfig(size="tiny", stages=2),
+        model=TokenWorldModelConfig(size=TOKEN_SIZES["tiny"], stages=2),
         learner=ImaginationConfig(channels=(4, 4), lstm_size=16, horizon=3, burn_in=2, starts=2, warmup_updates=0),
         tokenizer_frames=8,
         world_model_starts=1,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from wmlab.agents.tdmpc2.config import TDMPC2Config, heuristic_discount
-from wmlab.models.tdmpc import TDMPCModelConfig
+from wmlab.models.tdmpc import SIZES, TDMPCModelConfig
 from wmlab.planners.mppi import MPPIConfig
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import RunSpec
@@ -54,7 +54,7 @@ def dmc_spec(steps: int, seed: int, size: str) -> RunSpec:
         threads=1,
         progress=False,
     )
-    agent = TDMPC2Config(model=TDMPCModelConfig(size=size), random_steps=2500)
+    agent = TDMPC2Config(model=TDMPCModelConfig(size=SIZES[size]), random_steps=2500)
     return RunSpec("tdmpc2", "dmc:cartpole-swingup", train=train, agent=agent, env_kwargs={"action_repeat": 2})
 
 
@@ -80,7 +80,7 @@ def cartpole_spec(steps: int, seed: int, size: str, episodic: bool = True) -> Ru
         progress=False,
     )
     planner = MPPIConfig(samples=64, elites=8, policy_trajectories=8)
-    model = TDMPCModelConfig(size=size, episodic=episodic)
+    model = TDMPCModelConfig(size=SIZES[size], episodic=episodic)
     agent = TDMPC2Config(model=model, planner=planner, random_steps=1000)
     return RunSpec("tdmpc2", "CartPole-v1", train=train, agent=agent)
 
@@ -121,7 +121,7 @@ def multitask_spec(
         threads=1,
         progress=False,
     )
-    agent = TDMPC2Config(model=TDMPCModelConfig(size=size, task_discounts=discounts), random_steps=2500)
+    agent = TDMPC2Config(model=TDMPCModelConfig(size=SIZES[size], task_discounts=discounts), random_steps=2500)
     return RunSpec("tdmpc2", "multitask", train=train, agent=agent, env_kwargs=env_kwargs)
 
 
@@ -164,7 +164,7 @@ def speed(steps: int, sizes: list[str], compile_modes: list[bool]) -> None:
 
     for size in sizes:
         for compiled in compile_modes:
-            config = TDMPC2Config(model=TDMPCModelConfig(size=size), random_steps=0, compile=compiled)
+            config = TDMPC2Config(model=TDMPCModelConfig(size=SIZES[size]), random_steps=0, compile=compiled)
             agent = TDMPC2Agent(config, env.observation_space, env.action_space, seed=0)
             observation, _ = env.reset(seed=0)
             state, first, acts, updates = None, True, [], []
@@ -213,7 +213,10 @@ def simnorm_speed(steps: int, rounds: int) -> None:
     torch.set_num_threads(1)
     env = make_env("dmc:cartpole-swingup", action_repeat=2)
     agent = TDMPC2Agent(
-        TDMPC2Config(model=TDMPCModelConfig(size="1M"), random_steps=0), env.observation_space, env.action_space, seed=0
+        TDMPC2Config(model=TDMPCModelConfig(size=SIZES["1M"]), random_steps=0),
+        env.observation_space,
+        env.action_space,
+        seed=0,
     )
     observation, _ = env.reset(seed=0)
     batched = {key: value[None] for key, value in observation.items()}

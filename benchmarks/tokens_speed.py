@@ -26,7 +26,7 @@ import torch
 from gymnasium import spaces
 
 from wmlab.core.types import Batch
-from wmlab.models.tokens import TokenWorldModel, TokenWorldModelConfig
+from wmlab.models.tokens import SIZES, TokenWorldModel, TokenWorldModelConfig
 
 IMAGES = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
 
@@ -58,7 +58,7 @@ def timed(function) -> float:
 def filtered_model(arguments) -> tuple[TokenWorldModel, dict, np.ndarray, int]:
     """(the model, its state after 5 random frames, actions (B, horizon), tokens per rollout)."""
     torch.manual_seed(arguments.seed)
-    model = TokenWorldModel(TokenWorldModelConfig(size=arguments.size), IMAGES, spaces.Discrete(4)).eval()
+    model = TokenWorldModel(TokenWorldModelConfig(size=SIZES[arguments.size]), IMAGES, spaces.Discrete(4)).eval()
     batch = random_batch(arguments.batch, 5, spaces.Discrete(4), arguments.seed)
     _, last = model.observe(batch.obs, batch.action, batch.is_first)
     actions = np.random.default_rng(arguments.seed).integers(0, 4, (arguments.batch, arguments.horizon))
@@ -136,7 +136,7 @@ def update(arguments) -> dict:
     from wmlab.agents.dreamer.config import DreamerCPUConfig
 
     torch.manual_seed(arguments.seed)
-    model = TokenWorldModel(TokenWorldModelConfig(size=arguments.size), IMAGES, spaces.Discrete(4)).train()
+    model = TokenWorldModel(TokenWorldModelConfig(size=SIZES[arguments.size]), IMAGES, spaces.Discrete(4)).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)  # IRIS: Adam(W) 1e-4
     batch = random_batch(arguments.batch, arguments.length, spaces.Discrete(4), arguments.seed)
 

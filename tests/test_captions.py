@@ -11,7 +11,7 @@ from gymnasium import spaces
 
 from wmlab.data.captions import CAPTIONS, caption_step, load_captioned, record_captioned_two_rooms
 from wmlab.data.dataset import DatasetError, load_dataset
-from wmlab.models.tokens import TokenWorldModel, TokenWorldModelConfig
+from wmlab.models.tokens import SIZES, TokenWorldModel, TokenWorldModelConfig
 
 torch.set_num_threads(1)
 
@@ -73,7 +73,7 @@ def test_text_conditioned_loss_on_per_step_captions(captioned):
     table = {caption: torch.randn(8) for caption in dataset.vocabulary}  # stands in for the sentence encoder
     text = torch.stack([torch.stack([table[caption] for caption in row]) for row in captions])  # (B, T, Dt)
     config = TokenWorldModelConfig(
-        size="tiny",
+        size=SIZES["tiny"],
         dropout=0.0,
         continuous_actions=True,
         reward_head="twohot",

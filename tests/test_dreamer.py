@@ -18,6 +18,7 @@ from wmlab.agents.planet.agent import PlaNetAgent
 from wmlab.agents.planet.config import PlaNetConfig
 from wmlab.cli import main
 from wmlab.core.serialization import load_state
+from wmlab.models.rssm import SIZES
 from wmlab.planners.cem import CEMConfig
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import RunSpec
@@ -29,12 +30,7 @@ def tiny(config: DreamerConfig) -> DreamerConfig:
     gaussian = config.model.latent == "gaussian"
     model = replace(
         config.model,
-        size="tiny",
-        deterministic_size=None,
-        hidden_size=None,
-        classes=0 if gaussian else None,
-        cnn_depth=None,
-        units=None,
+        size=SIZES.preset("tiny", classes=0) if gaussian else SIZES["tiny"],
         stochastic_size=4,
     )
     return replace(config, model=model, imagination_horizon=4, random_steps=0)
@@ -66,8 +62,9 @@ def test_every_preset_updates_and_acts(version, observation_space, action_space)
 @pytest.mark.parametrize("observation_space", [PIXELS, VECTORS], ids=["pixels", "vectors"])
 @pytest.mark.parametrize("action_space", [BOX, DISCRETE], ids=["box", "discrete"])
 def test_planet_updates_and_plans(observation_space, action_space):
+    model = PlaNetConfig().model
     model = replace(
-        PlaNetConfig().model, deterministic_size=16, hidden_size=16, stochastic_size=4, cnn_depth=4, units=16
+        model, size=replace(model.size, deterministic_size=16, hidden_size=16, cnn_depth=4, units=16), stochastic_size=4
     )
     config = PlaNetConfig(
         model=model, planner=CEMConfig(horizon=3, iterations=2, candidates=16, elites=4), random_steps=0
@@ -80,21 +77,21 @@ def test_planet_updates_and_plans(observation_space, action_space):
     action, state = agent.act({**obs, "is_first": np.ones(2, bool)}, None, explore=True)
     action, state = agent.act({**obs, "is_first": np.zeros(2, bool)}, state, explore=False)
     assert action.shape == ((2,) if action_space is DISCRETE else (2, 2))
-    assert PlaNetConfig().model.deterministic_size == 200 and PlaNetConfig().planner == CEMConfig(
+    assert PlaNetConfig().model.size.deterministic_size == 200 and PlaNetConfig().planner == CEMConfig(
         horizon=12, iterations=10, candidates=1000, elites=100
     )
 
 
 def test_presets_differ_where_the_papers_do():
     v1, v2, v3 = (PRESETS[name]() for name in ("v1", "v2", "v3"))
-    assert (v1.model.latent, v1.model.stochastic_size, v1.model.deterministic_size, v1.model.free_nats) == (
+    assert (v1.model.latent, v1.model.stochastic_size, v1.model.size.deterministic_size, v1.model.free_nats) == (
         "gaussian",
         30,
         200,
         3.0,
     )
     assert (v1.continuous_actor, v1.reinforce_continuous) == ("tanh_normal", 0.0)
-    assert (v2.model.latent, v2.model.stochastic_size, v2.model.classes) == ("categorical", 32, 32)
+    assert (v2.model.latent, v2.model.stochastic_size, v2.model.size.classes) == ("categorical", 32, 32)
     assert (v2.model.loss_scales.dynamics, v2.model.loss_scales.representation) == (0.8, 0.2)
     assert 0 < v2.reinforce_discrete < 1
     assert (
@@ -209,14 +206,13 @@ def test_cli_smoke_planet_on_vectors(tmp_path):
         "--run-dir",
         run_dir,
         *TINY_ARGUMENTS[:-4],
-        "--agent.model.deterministic-size",
-        16,
-        "--agent.model.hidden-size",
-        16,
+        "--agent.model.size",
+        "tiny",
+        "deterministic_size=16",
+        "hidden_size=16",
+        "units=16",
         "--agent.model.stochastic-size",
         4,
-        "--agent.model.units",
-        16,
         "--agent.planner.candidates",
         20,
         "--agent.planner.elites",

@@ -54,14 +54,16 @@ def test_the_token_model_takes_minatar_frames_with_one_stage():
 
     from wmlab.core.errors import IncompatibleSpaceError
     from wmlab.core.types import Batch
-    from wmlab.models.tokens import TokenWorldModel, TokenWorldModelConfig
+    from wmlab.models.tokens import SIZES, TokenWorldModel, TokenWorldModelConfig
 
     env = make_env("minatar:breakout")
     with pytest.raises(IncompatibleSpaceError, match="divisible by 16; got 10 x 10"):
-        TokenWorldModel(TokenWorldModelConfig(size="tiny", stages=4), env.observation_space, env.action_space)
+        TokenWorldModel(TokenWorldModelConfig(size=SIZES["tiny"], stages=4), env.observation_space, env.action_space)
     with pytest.raises(IncompatibleSpaceError, match="4 x 4 grid.*got 10 x 10"):
-        TokenWorldModel(TokenWorldModelConfig(size="tiny"), env.observation_space, env.action_space)
-    model = TokenWorldModel(TokenWorldModelConfig(size="tiny", stages=1), env.observation_space, env.action_space)
+        TokenWorldModel(TokenWorldModelConfig(size=SIZES["tiny"]), env.observation_space, env.action_space)
+    model = TokenWorldModel(
+        TokenWorldModelConfig(size=SIZES["tiny"], stages=1), env.observation_space, env.action_space
+    )
     assert model.tokens_per_frame == 25  # 5 x 5 tokens of a 10 x 10 frame
     frames, actions = [env.reset(seed=0)[0]["image"]], [0]
     for _ in range(3):

@@ -20,6 +20,7 @@ from wmlab.eval.grounding import (
     mutual_information,
 )
 from wmlab.models.latent_action import (
+    SIZES,
     GenieConfig,
     GenieWorldModel,
     maskgit_fill,
@@ -65,8 +66,8 @@ def video_batch(frames: np.ndarray) -> Batch:
     )
 
 
-def tiny_model(**overrides) -> GenieWorldModel:
-    config = GenieConfig(size="tiny", heads=4, maskgit_steps=4, **overrides)
+def tiny_model() -> GenieWorldModel:
+    config = GenieConfig(size=SIZES.preset("tiny", heads=4), maskgit_steps=4)
     return GenieWorldModel(config, spaces.Dict({"image": spaces.Box(0, 255, (SIZE, SIZE, 3), np.uint8)}))
 
 
@@ -208,7 +209,9 @@ def test_protocol_shapes_losses_and_refusals():
     with pytest.raises(ShapeError, match="context"):
         model.loss(video_batch(shifting_video(1, 5, np.random.default_rng(0))[0]))
     with pytest.raises(IncompatibleSpaceError, match="patches"):
-        GenieWorldModel(GenieConfig(size="tiny"), spaces.Dict({"image": spaces.Box(0, 255, (18, 16, 3), np.uint8)}))
+        GenieWorldModel(
+            GenieConfig(size=SIZES["tiny"]), spaces.Dict({"image": spaces.Box(0, 255, (18, 16, 3), np.uint8)})
+        )
 
 
 def test_an_image_of_another_size_is_resized_or_refused():
@@ -335,10 +338,8 @@ def test_pipeline_cli_resume_and_grounding(tmp_path):
         str(tmp_path / "rooms"),
         "--model.size",
         "tiny",
-        "--model.patch",
-        "16",
-        "--model.action-patch",
-        "16",
+        "patch=16",
+        "action_patch=16",
         "--size",
         "32",
         "32",
@@ -353,7 +354,7 @@ def test_pipeline_cli_resume_and_grounding(tmp_path):
     assert result["controllability"]["defined"]
 
     # Resume: 2 + 2 interrupted updates give the weights of 4 uninterrupted ones, bit for bit.
-    model = GenieConfig(size="tiny", patch=16, action_patch=16)
+    model = GenieConfig(size=SIZES.preset("tiny", patch=16, action_patch=16))
     config = GeniePipelineConfig(
         dataset=str(tmp_path / "rooms"),
         model=model,

@@ -15,7 +15,7 @@ import torch
 from wmlab.cli import main
 from wmlab.core.serialization import load_state
 
-TINY_MODEL = ["--world-model.size", "tiny", "--world-model.patch", "16", "--world-model.action-patch", "16"]
+TINY_MODEL = ["--world-model.size", "tiny", "patch=16", "action_patch=16"]
 QUIET = ["--train.no-progress", "--train.no-tensorboard", "--train.batch-size", "2"]
 
 

@@ -123,14 +123,14 @@ def test_the_token_model_weighs_and_calibrates_its_events_too():
     """IRIS's reward and end heads: the same weighting in the loss (events weigh more: with an
     untrained end head, predicting 'no end' everywhere, the weighted end term is larger), and
     the same shift of the logits in imagination."""
-    from wmlab.models.tokens import TokenLossScales, TokenWorldModel, TokenWorldModelConfig
+    from wmlab.models.tokens import SIZES, TokenLossScales, TokenWorldModel, TokenWorldModelConfig
 
     images = spaces.Dict({"image": spaces.Box(0, 255, (16, 16, 3), np.uint8)})
     losses = {}
     for weight in (1.0, 9.0):
         torch.manual_seed(0)
         config = TokenWorldModelConfig(
-            size="tiny", stages=2, dropout=0.0, loss_scales=TokenLossScales(sparse_weight=weight)
+            size=SIZES["tiny"], stages=2, dropout=0.0, loss_scales=TokenLossScales(sparse_weight=weight)
         )
         model = TokenWorldModel(config, images, spaces.Discrete(3)).eval()
         with torch.no_grad():

@@ -18,9 +18,9 @@ from wmlab.core.errors import IncompatibleSpaceError
 from wmlab.core.registry import ALGORITHMS
 from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch
-from wmlab.models.tokens import TokenWorldModelConfig
+from wmlab.models.tokens import SIZES, TokenWorldModelConfig
 
-TINY_MODEL = TokenWorldModelConfig(size="tiny", stages=2)
+TINY_MODEL = TokenWorldModelConfig(size=SIZES["tiny"], stages=2)
 TINY_LEARNER = ImaginationConfig(channels=(4, 4), lstm_size=16, horizon=3, burn_in=2, starts=2, warmup_updates=0)
 IMAGES = spaces.Dict({"image": spaces.Box(0, 255, (16, 16, 3), np.uint8)})
 
@@ -76,7 +76,7 @@ def run_cli(*arguments) -> int:
 def test_iris_and_iris_cpu_are_registered_with_the_papers_settings():
     assert ALGORITHMS.get("iris").load() is IrisAgent and ALGORITHMS.get("iris-cpu").load() is IrisAgent
     paper = IrisConfig()
-    assert paper.model.size == "iris" and paper.learner.horizon == 20 and paper.learner.burn_in == 20
+    assert paper.model.size == SIZES["iris"] and paper.learner.horizon == 20 and paper.learner.burn_in == 20
     assert paper.learner.discount == 0.995 and paper.learner.lambda_ == 0.95 and paper.learner.entropy_weight == 0.001
     assert IrisCPUConfig().learner.horizon == 20
 

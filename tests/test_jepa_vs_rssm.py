@@ -15,7 +15,7 @@ from gymnasium import spaces
 from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig
 from wmlab.models.jepa import JEPAConfig, goal_distance_returns
-from wmlab.models.rssm import RSSMConfig
+from wmlab.models.rssm import SIZES, RSSMConfig
 from wmlab.pipelines.jepa.pixels_comparison import (
     ComparisonArguments,
     RSSMGoalAgent,
@@ -32,7 +32,7 @@ TINY_PLANNER = MPPIConfig(horizon=3, iterations=2, samples=8, elites=2, policy_t
 
 def tiny_rssm_agent(**overrides) -> RSSMGoalAgent:
     return RSSMGoalAgent(
-        RSSMGoalConfig(model=RSSMConfig(size="tiny"), planner=TINY_PLANNER, replan_every=2, **overrides),
+        RSSMGoalConfig(model=RSSMConfig(size=SIZES["tiny"]), planner=TINY_PLANNER, replan_every=2, **overrides),
         PIXELS,
         ACTIONS,
     )

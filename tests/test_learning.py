@@ -24,8 +24,9 @@ from wmlab.agents.dreamer.config import DreamerCPUConfig, OptimizerConfig
 from wmlab.agents.planet.config import PlaNetConfig
 from wmlab.agents.tdmpc2.config import TDMPC2Config
 from wmlab.core.registry import register_env
+from wmlab.models.rssm import SIZES as RSSM_SIZES
 from wmlab.models.rssm import RSSMConfig
-from wmlab.models.tdmpc import TDMPCModelConfig
+from wmlab.models.tdmpc import TDMPCModelConfig, TDMPCSizes
 from wmlab.pipelines.world_models.pipeline import pipeline_command
 from wmlab.planners.cem import CEMConfig
 from wmlab.planners.mppi import MPPIConfig
@@ -134,7 +135,8 @@ def test_random_actions_are_far_below_the_bar():
 
 def test_dreamer_learns_to_drive_the_point_home(tmp_path):
     fast = OptimizerConfig(learning_rate=1e-3, warmup=0)
-    model = RSSMConfig(size="tiny", deterministic_size=32, hidden_size=32, stochastic_size=4, units=32, reward_bins=31)
+    sizes = RSSM_SIZES.preset("tiny", deterministic_size=32, hidden_size=32, units=32)
+    model = RSSMConfig(size=sizes, stochastic_size=4, reward_bins=31)
     agent = dataclasses.replace(
         DreamerCPUConfig(),
         model=model,
@@ -156,15 +158,9 @@ def test_dreamer_learns_to_drive_the_point_home(tmp_path):
 
 
 def test_planet_learns_to_drive_the_point_home(tmp_path):
-    model = dataclasses.replace(
-        PlaNetConfig().model,
-        size=None,
-        deterministic_size=32,
-        hidden_size=32,
-        stochastic_size=4,
-        units=32,
-        free_nats=1.0,
-    )
+    model = PlaNetConfig().model
+    sizes = dataclasses.replace(model.size, deterministic_size=32, hidden_size=32, units=32)
+    model = dataclasses.replace(model, size=sizes, stochastic_size=4, free_nats=1.0)
     agent = PlaNetConfig(
         model=model,
         planner=CEMConfig(horizon=8, iterations=4, candidates=100, elites=10),
@@ -178,9 +174,8 @@ def test_planet_learns_to_drive_the_point_home(tmp_path):
 
 
 def test_tdmpc2_learns_to_drive_the_point_home(tmp_path):
-    model = TDMPCModelConfig(
-        encoder_width=32, mlp_width=32, latent_size=16, encoder_layers=1, q_functions=2, bins=31, discount=0.9
-    )
+    sizes = TDMPCSizes(encoder_width=32, mlp_width=32, latent_size=16, encoder_layers=1, q_functions=2)
+    model = TDMPCModelConfig(size=sizes, bins=31, discount=0.9)
     planner = MPPIConfig(horizon=3, samples=64, elites=8, iterations=3, policy_trajectories=8)
     agent = TDMPC2Config(model=model, planner=planner, random_steps=100, learning_rate=1e-3)
     summary, records = train(tmp_path, "tdmpc2", agent, steps=500, batch_size=8, sequence_length=4, train_ratio=32.0)

@@ -187,7 +187,7 @@ def test_the_foreground_weight_scales_the_image_loss_but_not_the_reported_mse():
 
     from wmlab.core.errors import ConfigError
     from wmlab.core.types import Batch
-    from wmlab.models.rssm import RSSM, RSSMConfig
+    from wmlab.models.rssm import RSSM, SIZES, RSSMConfig
 
     observation_space = spaces.Dict({"image": spaces.Box(0, 255, (16, 16, 3), np.uint8)})
     action_space = spaces.Box(-1, 1, (2,), np.float32)
@@ -202,7 +202,7 @@ def test_the_foreground_weight_scales_the_image_loss_but_not_the_reported_mse():
         is_last=np.zeros((2, 3), bool),
         is_terminal=np.zeros((2, 3), bool),
     )
-    config = RSSMConfig(size="tiny", cnn_multipliers=(1, 2), stochastic_size=4, classes=4)
+    config = RSSMConfig(size=SIZES["tiny"], cnn_multipliers=(1, 2), stochastic_size=4)
     results = []
     for weight in (1.0, 10.0):
         torch.manual_seed(0)

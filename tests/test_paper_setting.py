@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from wmlab.cli import parse_train_arguments
+from wmlab.models.rssm import SIZES as RSSM_SIZES
+from wmlab.models.tdmpc import SIZES as TDMPC_SIZES
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "paper_setting.py"
 
@@ -34,11 +36,11 @@ def parsed(paper_setting, job: str, tmp_path: Path, smoke: bool):
 def test_the_jobs_are_the_papers_settings(paper_setting, tmp_path):
     tdmpc2 = parsed(paper_setting, "tdmpc2", tmp_path, smoke=False)
     assert (tdmpc2.algorithm, tdmpc2.env, tdmpc2.env_kwargs) == ("tdmpc2", "dmc:cartpole-swingup", {"action_repeat": 2})
-    assert tdmpc2.agent.model.size == "5M" and tdmpc2.agent.planner.samples == 512
+    assert tdmpc2.agent.model.size == TDMPC_SIZES["5M"] and tdmpc2.agent.planner.samples == 512
     assert (tdmpc2.train.batch_size, tdmpc2.train.sequence_length, tdmpc2.train.train_ratio) == (256, 4, 1024)
     assert (tdmpc2.train.time_limit, tdmpc2.train.seed, tdmpc2.train.device) == (380.0, 1, "cpu")
     dreamer = parsed(paper_setting, "dreamer", tmp_path, smoke=False)
-    assert dreamer.agent.model.size == "size12m" and dreamer.agent.model.latent == "categorical"
+    assert dreamer.agent.model.size == RSSM_SIZES["size12m"] and dreamer.agent.model.latent == "categorical"
     assert (dreamer.train.batch_size, dreamer.train.sequence_length, dreamer.train.train_ratio) == (16, 64, 512)
     planet = parsed(paper_setting, "planet", tmp_path, smoke=False)
     assert (

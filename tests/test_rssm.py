@@ -13,9 +13,9 @@ from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.types import Batch
 from wmlab.losses.kl import categorical_kl, gaussian_kl, gaussian_kl_free_nats, kl_balanced, kl_balanced_gaussian
 from wmlab.losses.returns import horizon_weighted_returns, lambda_returns, return_scale, update_return_percentiles
-from wmlab.models.rssm import RSSM, SIZES, RSSMConfig, resolve_widths
+from wmlab.models.rssm import RSSM, SIZES, RSSMConfig
 from wmlab.nn.categorical import sample_one_hot, unimix_logits
-from wmlab.nn.conv import ConvDecoder, ConvEncoder
+from wmlab.nn.conv import ConvDecoder, ConvEncoder, ConvStages
 from wmlab.nn.gru import BlockGRUCell, NormGRUCell
 
 # --------------------------------------------------------------------------------------------
@@ -24,12 +24,13 @@ from wmlab.nn.gru import BlockGRUCell, NormGRUCell
 
 @pytest.mark.parametrize("kernel, multipliers", [(4, (1, 2, 4, 8)), (5, (2, 3, 4, 4))])
 def test_conv_encoder_and_decoder_round_trip_shapes(kernel, multipliers):
-    encoder = ConvEncoder(3, depth=4, multipliers=multipliers, kernel=kernel)
+    stages = ConvStages(depth=4, multipliers=multipliers, kernel=kernel)
+    encoder = ConvEncoder(3, stages)
     images = torch.rand(2, 3, 64, 64)
     features = encoder(images)
     assert encoder.output_shape == (4 * multipliers[-1], 4, 4)
     assert features.shape == (2, encoder.features)
-    decoder = ConvDecoder(features.shape[1], 3, depth=4, multipliers=multipliers, kernel=kernel)
+    decoder = ConvDecoder(features.shape[1], 3, stages)
     assert decoder(features).shape == (2, 3, 64, 64)
     with pytest.raises(ShapeError, match=r"expected \(B, 3, 64, 64\)"):
         encoder(torch.rand(2, 64, 64, 3))
@@ -183,7 +184,7 @@ BOTH = spaces.Dict(
 )
 BOX = spaces.Box(-2.0, 2.0, (2,), np.float32)
 DISCRETE = spaces.Discrete(3)
-TINY = RSSMConfig(size="tiny", stochastic_size=4)
+TINY = RSSMConfig(size=SIZES["tiny"], stochastic_size=4)
 GAUSSIAN = dataclasses.replace(
     TINY,
     latent="gaussian",
@@ -286,11 +287,13 @@ def test_rssm_rejects_bad_inputs_clearly():
         RSSM(TINY, VECTORS, spaces.Box(-np.inf, np.inf, (2,), np.float32))
 
 
-def test_sizes_follow_the_published_table_and_explicit_widths_win():
-    assert resolve_widths(RSSMConfig(size="size12m")) == SIZES["size12m"]
-    assert (SIZES["size200m"].deterministic, SIZES["size200m"].hidden, SIZES["size200m"].classes) == (8192, 1024, 64)
-    assert resolve_widths(RSSMConfig(size="size12m", units=100)).units == 100
-    with pytest.raises(ValueError, match="unknown RSSM size"):
-        resolve_widths(RSSMConfig(size="size13m"))
-    with pytest.raises(ValueError, match="is unset"):
-        resolve_widths(RSSMConfig(size=None, deterministic_size=8))
+def test_sizes_follow_the_published_table_and_changed_widths_win():
+    size200m = SIZES["size200m"]
+    assert (size200m.deterministic_size, size200m.hidden_size, size200m.classes) == (8192, 1024, 64)
+    model = RSSM(RSSMConfig(size=SIZES.preset("tiny", units=24), stochastic_size=4), VECTORS, BOX)
+    assert model.config.size == SIZES.preset("tiny", units=24)
+    assert model.reward_head[-1].in_features == 24  # the heads take the changed units
+    with pytest.raises(ValueError, match="unknown RSSM size 'size13m'; choose one of tiny, size1m"):
+        SIZES["size13m"]
+    with pytest.raises(ValueError, match="RSSMSizes.units = 0 is out of range"):
+        SIZES.preset("tiny", units=0)

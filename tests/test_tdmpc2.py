@@ -22,7 +22,7 @@ from wmlab.core.registry import register_env
 from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch
 from wmlab.models.tdmpc import (
-    PRESETS,
+    SIZES,
     TDMPCModel,
     TDMPCModelConfig,
     horizon_loss,
@@ -44,7 +44,9 @@ DISCRETE = spaces.Discrete(3)
 
 def tiny_model_config(size: str = "1M", **overrides) -> TDMPCModelConfig:
     """The preset's structure (encoder layers, ensemble size) at widths of 16."""
-    return TDMPCModelConfig(size=size, encoder_width=16, mlp_width=16, latent_size=16, conv_channels=4, **overrides)
+    return TDMPCModelConfig(
+        size=SIZES.preset(size, encoder_width=16, mlp_width=16, latent_size=16), conv_channels=4, **overrides
+    )
 
 
 TINY_AGENT = TDMPC2Config(
@@ -206,14 +208,14 @@ def test_min_of_two_random_target_qs():
     )
 
 
-@pytest.mark.parametrize("size", list(PRESETS))
+@pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("observation_space", [VECTOR, PIXELS], ids=["vector", "pixels"])
 @pytest.mark.parametrize("action_space", [BOX, DISCRETE], ids=["box", "discrete"])
 def test_every_preset_at_a_tiny_width_has_shapes_and_finite_losses(size, observation_space, action_space):
     torch.manual_seed(0)
     model = TDMPCModel(tiny_model_config(size), observation_space, action_space).train()
-    assert model.sizes.q_functions == PRESETS[size].q_functions
-    assert model.sizes.encoder_layers == PRESETS[size].encoder_layers
+    assert model.config.size.q_functions == SIZES[size].q_functions
+    assert model.config.size.encoder_layers == SIZES[size].encoder_layers
     batch = random_batch(observation_space, action_space)
     result = model.compute_loss(batch)
     assert result.total.ndim == 0 and torch.isfinite(result.total)
@@ -235,11 +237,11 @@ def test_every_preset_at_a_tiny_width_has_shapes_and_finite_losses(size, observa
 
 
 def test_the_paper_presets_widths_and_parameter_counts():
-    assert PRESETS["1M"].latent_size == 128 and PRESETS["5M"].mlp_width == 512 and PRESETS["317M"].latent_size == 1376
+    assert SIZES["1M"].latent_size == 128 and SIZES["5M"].mlp_width == 512 and SIZES["317M"].latent_size == 1376
     dmc_cartpole = spaces.Dict({"vector": spaces.Box(-np.inf, np.inf, (5,), np.float32)})
     counts = {}
     for size in ("1M", "5M"):
-        model = TDMPCModel(TDMPCModelConfig(size=size), dmc_cartpole, spaces.Box(-1.0, 1.0, (1,), np.float32))
+        model = TDMPCModel(TDMPCModelConfig(size=SIZES[size]), dmc_cartpole, spaces.Box(-1.0, 1.0, (1,), np.float32))
         counts[size] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert 0.9e6 < counts["1M"] < 1.5e6 and 4e6 < counts["5M"] < 6e6  # measured 1,198,257 and 4,932,704
 
@@ -261,9 +263,9 @@ def test_bad_inputs():
     with pytest.raises(IncompatibleSpaceError, match="'vector'"):
         TDMPCModel(tiny_model_config(), spaces.Dict({"state": spaces.Discrete(4)}), BOX)
     with pytest.raises(ValueError, match="unknown TD-MPC2 size"):
-        TDMPCModelConfig(size="2M").sizes()
-    with pytest.raises(ValueError, match="at least 2"):
-        TDMPCModel(tiny_model_config(q_functions=1), VECTOR, BOX)
+        TDMPCModelConfig(size=SIZES["2M"])
+    with pytest.raises(ValueError, match="q_functions = 1 is out of range; allowed: at least 2"):
+        SIZES.preset("1M", q_functions=1)
     model = TDMPCModel(tiny_model_config(), VECTOR, BOX)
     with pytest.raises(ShapeError, match="obs\\['vector'\\]"):
         model.loss(replace(random_batch(VECTOR, BOX), obs={"vector": np.zeros((4, 4, 5), np.float32)}))
@@ -353,12 +355,9 @@ def test_cli_smoke_run_on_pendulum(tmp_path):
             "100",
             "--agent.model.size",
             "1M",
-            "--agent.model.latent-size",
-            "16",
-            "--agent.model.mlp-width",
-            "16",
-            "--agent.model.encoder-width",
-            "16",
+            "latent_size=16",
+            "mlp_width=16",
+            "encoder_width=16",
             "--agent.planner.samples",
             "16",
             "--agent.planner.elites",
@@ -372,7 +371,7 @@ def test_cli_smoke_run_on_pendulum(tmp_path):
     assert code == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 300 and summary["updates"] > 0 and math.isfinite(summary["eval/return"])
-    assert json.loads((run_dir / "config.json").read_text())["agent"]["model"]["latent_size"] == 16
+    assert json.loads((run_dir / "config.json").read_text())["agent"]["model"]["size"]["latent_size"] == 16
 
 
 class Line(gymnasium.Env):

@@ -17,7 +17,7 @@ from wmlab.core.registry import UnknownNameError
 from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch
 from wmlab.envs.adapter import make_env
-from wmlab.models.tdmpc import TDMPCModel, TDMPCModelConfig, gaussian_log_prob, squash_log_prob
+from wmlab.models.tdmpc import SIZES, TDMPCModel, TDMPCModelConfig, gaussian_log_prob, squash_log_prob
 from wmlab.planners.mppi import MPPIConfig
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import RunSpec
@@ -28,7 +28,7 @@ TASKS = ["two-rooms-state", "Pendulum-v1"]
 
 
 def tiny_model(**overrides) -> TDMPCModelConfig:
-    return TDMPCModelConfig(size="1M", encoder_width=16, mlp_width=16, latent_size=16, **overrides)
+    return TDMPCModelConfig(size=SIZES.preset("1M", encoder_width=16, mlp_width=16, latent_size=16), **overrides)
 
 
 TINY_AGENT = TDMPC2Config(
@@ -278,12 +278,9 @@ def test_cli_smoke_run_reports_returns_per_task(tmp_path):
             "100",
             "--agent.model.size",
             "1M",
-            "--agent.model.latent-size",
-            "16",
-            "--agent.model.mlp-width",
-            "16",
-            "--agent.model.encoder-width",
-            "16",
+            "latent_size=16",
+            "mlp_width=16",
+            "encoder_width=16",
             "--agent.model.task-embedding-size",
             "8",
             "--agent.model.task-discounts",

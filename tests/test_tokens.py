@@ -13,7 +13,7 @@ from wmlab.core.protocols import WorldModel
 from wmlab.core.registry import MODELS
 from wmlab.core.types import Batch
 from wmlab.eval.suites import SuiteSettings, evaluate_suite
-from wmlab.models.tokens import TokenWorldModel, TokenWorldModelConfig
+from wmlab.models.tokens import SIZES, TokenWorldModel, TokenWorldModelConfig
 from wmlab.nn.transformer import SpatioTemporalBlock, Transformer, TransformerConfig
 from wmlab.nn.vq import VectorQuantizer
 
@@ -21,7 +21,7 @@ torch.set_num_threads(1)
 
 SIDE = 16  # 16 x 16 frames, 2 stages: 4 x 4 = 16 tokens, as IRIS's 64 x 64 with 4 stages
 SMALL = spaces.Dict({"image": spaces.Box(0, 255, (SIDE, SIDE, 3), np.uint8)})
-TINY = TokenWorldModelConfig(size="tiny", stages=2, dropout=0.0, dead_code_threshold=0.0)
+TINY = TokenWorldModelConfig(size=SIZES["tiny"], stages=2, dropout=0.0, dead_code_threshold=0.0)
 
 
 def moving_square_frames(steps: int, seed: int = 0) -> np.ndarray:
@@ -140,7 +140,7 @@ def test_error_targeted_restarts_go_to_the_worst_represented_encodings():
 def test_foreground_weights_mark_pixels_off_the_background():
     from wmlab.models.tokens import TokenLossScales
 
-    config = TokenWorldModelConfig(size="tiny", loss_scales=TokenLossScales(foreground=20.0))
+    config = TokenWorldModelConfig(size=SIZES["tiny"], loss_scales=TokenLossScales(foreground=20.0))
     model = TokenWorldModel(config, SMALL, spaces.Discrete(3))
     frames = torch.as_tensor(moving_square_frames(6)).permute(0, 3, 1, 2).float() / 255  # (6, 3, 16, 16)
     weights = model.foreground_weights(frames)
@@ -227,7 +227,7 @@ def test_registered_and_implements_the_protocol():
 def test_tokenizer_round_trips_a_fitted_frame_set():
     torch.manual_seed(0)
     config = TokenWorldModelConfig(
-        size="tiny", stages=2, dropout=0.0, dead_code_threshold=0.1, codebook_size=128, channels=16
+        size=SIZES.preset("tiny", codebook_size=128, channels=16), stages=2, dropout=0.0, dead_code_threshold=0.1
     )
     model = TokenWorldModel(config, SMALL, spaces.Discrete(3))
     frames = moving_square_frames(8)
@@ -268,7 +268,7 @@ def test_model_level_causality_a_later_frame_never_changes_an_earlier_prediction
 def test_cached_and_uncached_imagination_agree(text):
     torch.manual_seed(0)
     config = TokenWorldModelConfig(
-        size="tiny", stages=2, dropout=0.0, text_size=8 if text else 0, text_dropout=0.1 if text else 0.0
+        size=SIZES["tiny"], stages=2, dropout=0.0, text_size=8 if text else 0, text_dropout=0.1 if text else 0.0
     )
     model = TokenWorldModel(config, SMALL, spaces.Discrete(3)).eval()
     for parameter in model.transformer.parameters():  # larger weights than the init, so the logits are far from uniform
@@ -308,7 +308,7 @@ def test_one_step_calls_carry_the_cache_and_match_the_uncached_stepper(text):
 
     torch.manual_seed(0)
     config = TokenWorldModelConfig(
-        size="tiny", stages=2, dropout=0.0, text_size=8 if text else 0, text_dropout=0.1 if text else 0.0
+        size=SIZES["tiny"], stages=2, dropout=0.0, text_size=8 if text else 0, text_dropout=0.1 if text else 0.0
     )
     model = TokenWorldModel(config, SMALL, spaces.Discrete(3)).eval()
     for parameter in model.transformer.parameters():
@@ -387,7 +387,7 @@ def test_a_tiny_model_overfits_a_fixed_eight_step_sequence():
 def test_conditioning_changes_the_output_and_guidance_interpolates():
     torch.manual_seed(0)
     config = TokenWorldModelConfig(
-        size="tiny", stages=2, dropout=0.0, text_size=8, text_dropout=0.2, action_dropout=0.2, guided="both"
+        size=SIZES["tiny"], stages=2, dropout=0.0, text_size=8, text_dropout=0.2, action_dropout=0.2, guided="both"
     )
     model = TokenWorldModel(config, SMALL, spaces.Discrete(3)).eval()
     torch.nn.init.normal_(model.text_embedding.weight)
@@ -468,12 +468,12 @@ def test_bad_inputs_get_clear_errors():
         TokenWorldModel(TINY, SMALL, spaces.Box(-1, 1, (2,), np.float32))
     odd = spaces.Dict({"image": spaces.Box(0, 255, (60, 60, 3), np.uint8)})
     with pytest.raises(IncompatibleSpaceError, match="divisible by 16; got 60 x 60"):
-        TokenWorldModel(TokenWorldModelConfig(size="tiny", stages=4), odd, spaces.Discrete(3))
+        TokenWorldModel(TokenWorldModelConfig(size=SIZES["tiny"], stages=4), odd, spaces.Discrete(3))
     with pytest.raises(IncompatibleSpaceError, match=r"4 x 4 grid .*side 4 \* 2\^s.*got 60 x 60"):
-        TokenWorldModel(TokenWorldModelConfig(size="tiny"), odd, spaces.Discrete(3))
+        TokenWorldModel(TokenWorldModelConfig(size=SIZES["tiny"]), odd, spaces.Discrete(3))
     for side, stages in ((16, 2), (64, 4)):  # by default the grid is 4 x 4 (IRIS's 16 tokens)
         square = spaces.Dict({"image": spaces.Box(0, 255, (side, side, 3), np.uint8)})
-        assert TokenWorldModel(TokenWorldModelConfig(size="tiny"), square, spaces.Discrete(3)).stages == stages
+        assert TokenWorldModel(TokenWorldModelConfig(size=SIZES["tiny"]), square, spaces.Discrete(3)).stages == stages
     with pytest.raises(IncompatibleSpaceError, match="uint8 image"):
         TokenWorldModel(TINY, spaces.Dict({"vector": spaces.Box(-1, 1, (3,), np.float32)}), spaces.Discrete(3))
     model = TokenWorldModel(TINY, SMALL, spaces.Discrete(3))
@@ -482,7 +482,9 @@ def test_bad_inputs_get_clear_errors():
         model.loss(batch)
     with pytest.raises(ShapeError, match=r"\[0, 3\)"):
         model.observe(batch.obs, batch.action + 5, batch.is_first)
-    text_model = TokenWorldModel(TokenWorldModelConfig(size="tiny", stages=2, text_size=8), SMALL, spaces.Discrete(3))
+    text_model = TokenWorldModel(
+        TokenWorldModelConfig(size=SIZES["tiny"], stages=2, text_size=8), SMALL, spaces.Discrete(3)
+    )
     with pytest.raises(ShapeError, match="text-conditioned"):
         text_model.loss(sequence_batch(steps=4))
     with pytest.raises(ValueError, match="action_dropout"):
@@ -491,7 +493,7 @@ def test_bad_inputs_get_clear_errors():
         model.loss(sequence_batch(steps=4), drop="everything")
     # GAIA-1's continuous actions are accepted when asked for.
     gaia = TokenWorldModel(
-        TokenWorldModelConfig(size="tiny", stages=2, continuous_actions=True),
+        TokenWorldModelConfig(size=SIZES["tiny"], stages=2, continuous_actions=True),
         SMALL,
         spaces.Box(-1, 1, (2,), np.float32),
     )

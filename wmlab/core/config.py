@@ -21,8 +21,7 @@ out of range raises ConfigError naming the class, the field, the value and the r
 config ("candidates" above). A name in `limits` that is not a field of the class is refused when
 the class is defined.
 
-Size tables. A model's named sizes are a table: `size_table(Widths, text)` reads one column per
-size and one row per field of the widths dataclass.
+A model's named sizes (a nested widths dataclass and its table of presets) are in wmlab.core.sizes.
 """
 
 from __future__ import annotations
@@ -37,6 +36,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from wmlab.core.errors import ConfigError, WmlabError
+from wmlab.core.sizes import fold_flat_widths
 
 ConfigType = TypeVar("ConfigType")
 
@@ -163,6 +163,7 @@ def from_dict(cls: type[ConfigType], data: dict[str, Any]) -> ConfigType:
         raise TypeError(f"{cls} is not a dataclass")
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+    data = fold_flat_widths(cls, data)  # a config.json from before the sizes were nested
     hints = typing.get_type_hints(cls)
     names = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -229,38 +230,3 @@ def parse_json_object(flag: str, text: str, error: type[WmlabError] = WmlabError
     if not isinstance(value, dict):
         raise error(f"{flag} must be a JSON object, got {text!r}")
     return value
-
-
-WidthsType = TypeVar("WidthsType")
-
-
-def size_table(widths: type[WidthsType], text: str) -> dict[str, WidthsType]:
-    """A model's named sizes from a text table: a header row `size` and the sizes' names, then one
-    row per field of the `widths` dataclass (in any order) with its whole-number value in each size:
-
-        size    tiny  cpu
-        width   32    128
-        layers  2     4
-    """
-    (corner, *sizes), *rows = (line.split() for line in text.strip().splitlines())
-    names = sorted(field.name for field in dataclasses.fields(widths))
-    if corner != "size" or sorted(row[0] for row in rows) != names:
-        raise TypeError(f"size table of {widths.__name__}: it needs a row per field ({', '.join(names)}) under size")
-    for row in rows:
-        if len(row) != len(sizes) + 1:
-            raise TypeError(f"size table of {widths.__name__}: row {row[0]} has not one value per size ({len(sizes)})")
-    return {size: widths(**{row[0]: int(row[column]) for row in rows}) for column, size in enumerate(sizes, start=1)}
-
-
-def widths_from_preset(config: Any, sizes: Mapping[str, WidthsType], family: str) -> WidthsType:
-    """The widths in effect for `config.size`: each field of the preset's widths dataclass that the
-    config sets explicitly (not None) wins over the named size's value."""
-    if config.size not in sizes:
-        raise ValueError(f"unknown {family} size {config.size!r}; choose one of {', '.join(sizes)}")
-    preset = sizes[config.size]
-    overrides = {
-        field.name: int(getattr(config, field.name))
-        for field in dataclasses.fields(preset)
-        if getattr(config, field.name) is not None
-    }
-    return dataclasses.replace(preset, **overrides)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
+
 from wmlab.core.errors import ShapeError
 
 
@@ -65,3 +67,16 @@ def imagined_length(actions: Any, horizon: int | None, sizes: dict[str, int], po
             f"actions: expected (B, {horizon}{action_size}) for horizon {horizon}, got {tuple(actions.shape)}"
         )
     return sizes["L"]
+
+
+def step_signals(
+    batch: Any, device: torch.device | str, sizes: dict[str, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch's per-step signals as tensors on `device`, each checked as (B, T) against `sizes`
+    (and binding B and T there): reward float, is_first bool, is_terminal float (1.0 at a terminal)."""
+    reward = torch.as_tensor(batch.reward, device=device).float()
+    is_first = torch.as_tensor(batch.is_first, device=device).bool()
+    is_terminal = torch.as_tensor(batch.is_terminal, device=device).float()
+    for name, value in (("reward", reward), ("is_first", is_first), ("is_terminal", is_terminal)):
+        check_shape(name, value, ("B", "T"), sizes)
+    return reward, is_first, is_terminal

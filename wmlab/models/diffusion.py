@@ -55,7 +55,7 @@ from gymnasium import spaces
 from torch import nn
 
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError, WmlabError
-from wmlab.core.shapes import check_shape
+from wmlab.core.shapes import check_shape, imagined_length, step_signals
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
 from wmlab.losses.pixels import foreground_weights
@@ -684,13 +684,8 @@ class DiffusionWorldModel(nn.Module):
         sizes = self.check_state(state)
         B = sizes["B"]
         policy = actions_or_policy if callable(actions_or_policy) else None
-        if policy is None:
-            actions = self.encode_actions(actions_or_policy, ("B", "L"), sizes)
-            if horizon is not None and horizon != sizes["L"]:
-                raise ShapeError(f"actions: expected (B, {horizon}) for horizon {horizon}, got {tuple(actions.shape)}")
-            horizon = sizes["L"]
-        elif horizon is None:
-            raise ValueError("imagine with a policy needs a horizon")
+        actions = None if policy is not None else self.encode_actions(actions_or_policy, ("B", "L"), sizes)
+        horizon = imagined_length(actions, horizon, sizes, policy is not None)
         sampler = self.config.sampler
         if denoising_steps is not None or churn is not None:
             from dataclasses import replace
@@ -949,11 +944,7 @@ class DiffusionWorldModel(nn.Module):
         if sizes["T"] < 2:
             raise ShapeError(f"the diffusion world model learns from windows of at least 2 steps, got T={sizes['T']}")
         actions = self.encode_actions(batch.action, ("B", "T"), sizes)
-        reward = torch.as_tensor(batch.reward, device=self.device).float()
-        is_first = torch.as_tensor(batch.is_first, device=self.device).bool()
-        is_terminal = torch.as_tensor(batch.is_terminal, device=self.device).bool()
-        for name, value in (("reward", reward), ("is_first", is_first), ("is_terminal", is_terminal)):
-            check_shape(name, value, ("B", "T"), sizes)
+        reward, is_first, is_terminal = step_signals(batch, self.device, sizes)
         condition = self.condition_of(batch.obs, ("B", "T"), sizes)
         denoising, metrics = self.denoising_loss(frames, actions, is_first, condition)
         terms, reward_metrics = self.reward_end_loss(frames, actions, reward, is_first, is_terminal)

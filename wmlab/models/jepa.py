@@ -41,7 +41,7 @@ from wmlab.core.config import Config, between, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Trajectory
-from wmlab.nn.conv import ConvEncoder
+from wmlab.nn.conv import ConvEncoder, ConvStages
 from wmlab.nn.mlp import MLP
 
 COLLAPSE_PREVENTIONS = ("vicreg", "ema")
@@ -380,7 +380,7 @@ class JEPAWorldModel(nn.Module):
             height, width, channels = self.observation_shape
             if config.encoder_head == "keypoints":
                 multipliers = config.encoder_multipliers[: config.keypoint_stages]
-                conv = ConvEncoder(channels, config.encoder_depth, multipliers, image_size=(height, width))
+                conv = ConvEncoder(channels, ConvStages(config.encoder_depth, multipliers, image_size=(height, width)))
                 self.encoder = nn.Sequential(
                     conv,
                     SpatialSoftArgmax(conv.output_shape, config.keypoints, config.keypoint_temperature),
@@ -389,13 +389,14 @@ class JEPAWorldModel(nn.Module):
             elif config.encoder_head == "hybrid":
                 stages = config.keypoint_stages
                 conv = ConvEncoder(
-                    channels, config.encoder_depth, config.encoder_multipliers[:stages], image_size=(height, width)
+                    channels,
+                    ConvStages(config.encoder_depth, config.encoder_multipliers[:stages], image_size=(height, width)),
                 )
                 layout_encoder = ConvEncoder(
                     conv.output_shape[0],
-                    config.encoder_depth,
-                    config.encoder_multipliers[stages:],
-                    image_size=conv.output_shape[1:],
+                    ConvStages(
+                        config.encoder_depth, config.encoder_multipliers[stages:], image_size=conv.output_shape[1:]
+                    ),
                 )
                 head = HybridHead(
                     conv.output_shape,
@@ -407,12 +408,8 @@ class JEPAWorldModel(nn.Module):
                 )
                 self.encoder = nn.Sequential(conv, head)
             elif config.encoder_head == "spatial":
-                conv = ConvEncoder(
-                    channels,
-                    config.encoder_depth,
-                    config.encoder_multipliers[: config.spatial_stages],
-                    image_size=(height, width),
-                )
+                multipliers = config.encoder_multipliers[: config.spatial_stages]
+                conv = ConvEncoder(channels, ConvStages(config.encoder_depth, multipliers, image_size=(height, width)))
                 cells = conv.output_shape[1] * conv.output_shape[2]
                 if D % cells:
                     raise ValueError(
@@ -421,9 +418,8 @@ class JEPAWorldModel(nn.Module):
                 self.grid_shape = (D // cells, *conv.output_shape[1:])
                 self.encoder = nn.Sequential(conv, SpatialHead(conv.output_shape, D // cells))
             else:
-                conv = ConvEncoder(
-                    channels, config.encoder_depth, config.encoder_multipliers, image_size=(height, width)
-                )
+                stages = ConvStages(config.encoder_depth, config.encoder_multipliers, image_size=(height, width))
+                conv = ConvEncoder(channels, stages)
                 self.encoder = nn.Sequential(conv, nn.Linear(conv.features, D))
         else:
             if config.encoder_head in ("spatial", "hybrid"):

@@ -64,9 +64,10 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import size_table, widths_from_preset
+from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import check_shape, imagined_length
+from wmlab.core.sizes import SizeTable
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.transformer import Block, TransformerConfig
 from wmlab.nn.vq import CodebookLossScales, VectorQuantizer
@@ -79,28 +80,45 @@ State = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
-class GenieWidths:
-    """One row of the size table."""
+class GenieSizes(Config):
+    """The widths that a named size fixes (one column of SIZES)."""
+
+    limits = ranges(
+        counts="width heads tokenizer_layers action_layers dynamics_layers patch action_patch codebook_size"
+        " code_size action_code_size context"
+    )
 
     width: int
+    """D, width of every transformer."""
     heads: int
+    """Attention heads."""
     tokenizer_layers: int
+    """ST layers of the tokenizer's encoder and of its decoder."""
     action_layers: int
+    """ST layers of the latent action encoder and of its decoder."""
     dynamics_layers: int
+    """ST layers of the dynamics model."""
     patch: int
+    """Side of the tokenizer's square patches, one token each."""
     action_patch: int
+    """Side of the latent action model's patches."""
     codebook_size: int
+    """V, the tokenizer's codes."""
     code_size: int
+    """E, dimension of the tokenizer's codes."""
     action_code_size: int
+    """Dimension of the latent action codes."""
     context: int
+    """C, frames the models see at once (Genie: 16)."""
 
 
 #: "genie": the paper's codebooks (1024 tokenizer codes of 32 dimensions, 8 latent actions of 32),
 #: patch sizes (4 for the tokenizer, 16 for the latent action model) and 16-frame context at a
 #: width for one GPU (the paper's models are 200M-10.7B parameters); "cpu": minutes per thousand
 #: updates on one core at 64 x 64; "tiny": tests.
-SIZES: dict[str, GenieWidths] = size_table(
-    GenieWidths,
+SIZES: SizeTable[GenieSizes] = SizeTable(
+    GenieSizes,
+    "Genie",
     """
     size              tiny  cpu  genie
     width             32    64   512
@@ -141,34 +159,14 @@ class GenieLossScales(CodebookLossScales):
 
 @dataclass(frozen=True)
 class GenieConfig:
-    """Genie's three models. Widths come from `size` unless set."""
+    """Genie's three models."""
 
-    size: str = "cpu"
-    """Named size: tiny, cpu, genie (the paper's codebooks and patches at a smaller width)."""
+    size: SIZES.annotation = SIZES["cpu"]
+    """The widths: a named size (tiny, cpu, genie: the paper's codebooks and patches at a smaller
+    width) and any changed fields (`--model.size cpu patch=16 action_patch=16`; in Python
+    `SIZES.preset("cpu", patch=16)`)."""
     action_codes: int = 8
     """A, latent actions in the codebook (Genie: 8)."""
-    width: int | None = None
-    """D, width of every transformer (unset: from `size`)."""
-    heads: int | None = None
-    """Attention heads (unset: from `size`)."""
-    tokenizer_layers: int | None = None
-    """ST layers of the tokenizer's encoder and of its decoder (unset: from `size`)."""
-    action_layers: int | None = None
-    """ST layers of the latent action encoder and of its decoder (unset: from `size`)."""
-    dynamics_layers: int | None = None
-    """ST layers of the dynamics model (unset: from `size`)."""
-    patch: int | None = None
-    """Side of the tokenizer's square patches, one token each (unset: from `size`)."""
-    action_patch: int | None = None
-    """Side of the latent action model's patches (unset: from `size`)."""
-    codebook_size: int | None = None
-    """V, the tokenizer's codes (unset: from `size`)."""
-    code_size: int | None = None
-    """E, dimension of the tokenizer's codes (unset: from `size`)."""
-    action_code_size: int | None = None
-    """Dimension of the latent action codes (unset: from `size`)."""
-    context: int | None = None
-    """C, frames the models see at once (unset: from `size`; Genie: 16)."""
     dropout: float = 0.0
     """Dropout inside the transformers."""
     dead_code_threshold: float = 0.1
@@ -194,16 +192,11 @@ class GenieConfig:
         return self.maskgit_steps
 
 
-def resolve_widths(config: GenieConfig) -> GenieWidths:
-    """The widths in effect: explicit fields win over the named size."""
-    return widths_from_preset(config, SIZES, "Genie")
-
-
 #: Named configurations: "genie" adds the paper's sampling (25 MaskGIT steps at temperature 2) to its size.
 PRESETS: dict[str, GenieConfig] = {
-    "tiny": GenieConfig(size="tiny", maskgit_steps=4),
-    "cpu": GenieConfig(size="cpu"),
-    "genie": GenieConfig(size="genie", maskgit_steps=25, temperature=2.0),
+    "tiny": GenieConfig(size=SIZES["tiny"], maskgit_steps=4),
+    "cpu": GenieConfig(size=SIZES["cpu"]),
+    "genie": GenieConfig(size=SIZES["genie"], maskgit_steps=25, temperature=2.0),
 }
 
 PARTS = ("tokenizer", "latent_action", "dynamics")
@@ -302,7 +295,7 @@ class VideoTokenizer(nn.Module):
     """Frames (B, T, H, W, Ch) in [0, 1] <-> tokens (B, T, S) of a V-code book (ST-ViViT VQ-VAE)."""
 
     def __init__(
-        self, image_shape: tuple[int, int, int], widths: GenieWidths, dropout: float, dead_code_threshold: float
+        self, image_shape: tuple[int, int, int], widths: GenieSizes, dropout: float, dead_code_threshold: float
     ):
         super().__init__()
         self.height, self.width, channels = image_shape
@@ -349,7 +342,7 @@ class LatentActionModel(nn.Module):
     def __init__(
         self,
         image_shape: tuple[int, int, int],
-        widths: GenieWidths,
+        widths: GenieSizes,
         action_codes: int,
         dropout: float,
         dead_code_threshold: float,
@@ -417,7 +410,7 @@ class DynamicsModel(nn.Module):
     """MaskGIT over frame tokens: tokens (B, T, S) (the mask token V where hidden) and the latent
     actions (B, T) that led to each frame (A: none) -> logits (B, T, S, V)."""
 
-    def __init__(self, tokens_per_frame: int, widths: GenieWidths, action_codes: int, dropout: float):
+    def __init__(self, tokens_per_frame: int, widths: GenieSizes, action_codes: int, dropout: float):
         super().__init__()
         self.mask_token = widths.codebook_size
         self.no_action = action_codes
@@ -505,7 +498,7 @@ class GenieWorldModel(nn.Module):
         if config.maskgit_steps < 1 or config.temperature < 0 or config.action_codes < 2:
             raise ValueError("GenieConfig: maskgit_steps >= 1, temperature >= 0 and action_codes >= 2 are required")
         self.config = config
-        self.widths = widths = resolve_widths(config)
+        widths = config.size
         self.generator: torch.Generator | None = None
         if isinstance(observation_space, spaces.Dict):
             if config.image_key not in observation_space.spaces:
@@ -615,7 +608,7 @@ class GenieWorldModel(nn.Module):
         C, S, device = self.context, self.tokens_per_frame, self.device
         return {
             "tokens": torch.zeros(batch_size, S, dtype=torch.long, device=device),
-            "latent": torch.zeros(batch_size, S * self.widths.code_size, device=device),
+            "latent": torch.zeros(batch_size, S * self.config.size.code_size, device=device),
             "history": torch.zeros(batch_size, C, S, dtype=torch.long, device=device),
             "history_actions": torch.full((batch_size, C), self.config.action_codes, dtype=torch.long, device=device),
             "history_length": torch.zeros(batch_size, dtype=torch.long, device=device),
@@ -798,6 +791,15 @@ class GenieWorldModel(nn.Module):
 
     # --- learning ----------------------------------------------------------------------------
 
+    def _encode_for(self, parts: Sequence[str], part: str, frames: torch.Tensor, segments: torch.Tensor) -> Any:
+        """The quantised codes of frames (B, T, H, W, Ch) by the encoder `part` ("tokenizer" or
+        "latent_action") when `parts` trains it or the dynamics (which learns on its indices), else
+        None; gradients reach the encoder only when its own part is trained."""
+        if part not in parts and "dynamics" not in parts:
+            return None
+        with torch.set_grad_enabled(part in parts and torch.is_grad_enabled()):
+            return getattr(self, part).encode(frames, segments)
+
     def loss(self, batch: Batch, parts: Sequence[str] = PARTS) -> tuple[torch.Tensor, dict[str, float]]:
         """(scalar loss, metrics) for B windows of T <= C frames; see `loss_terms`."""
         total, metrics = self.loss_terms(batch, parts)
@@ -831,37 +833,31 @@ class GenieWorldModel(nn.Module):
         terms: dict[str, torch.Tensor] = {}
         metrics: dict[str, torch.Tensor] = {}
 
-        tokens = None
-        if "tokenizer" in parts or "dynamics" in parts:
-            with torch.set_grad_enabled("tokenizer" in parts and torch.is_grad_enabled()):
-                quantized = self.tokenizer.encode(frames, segments)
-            tokens = quantized.indices.detach()
-            if "tokenizer" in parts:
-                reconstruction = self.tokenizer.decode_codes(quantized.quantized, segments)
-                terms["reconstruction"] = (reconstruction - frames).pow(2).mean()
-                terms["codebook"] = quantized.codebook_loss
-                terms["commitment"] = quantized.commitment_loss
-                with torch.no_grad():
-                    error = (reconstruction.clamp(0, 1) - frames).pow(2).flatten(2).mean(-1).clamp_min(1e-10)
-                    metrics["wm/reconstruction_psnr"] = (-10 * error.log10()).mean()
-                    metrics.update(quantized.metrics("vq"))
+        quantized = self._encode_for(parts, "tokenizer", frames, segments)
+        tokens = None if quantized is None else quantized.indices.detach()
+        if "tokenizer" in parts:
+            reconstruction = self.tokenizer.decode_codes(quantized.quantized, segments)
+            terms["reconstruction"] = (reconstruction - frames).pow(2).mean()
+            terms["codebook"] = quantized.codebook_loss
+            terms["commitment"] = quantized.commitment_loss
+            with torch.no_grad():
+                error = (reconstruction.clamp(0, 1) - frames).pow(2).flatten(2).mean(-1).clamp_min(1e-10)
+                metrics["wm/reconstruction_psnr"] = (-10 * error.log10()).mean()
+                metrics.update(quantized.metrics("vq"))
 
-        actions = None
-        if "latent_action" in parts or "dynamics" in parts:
-            with torch.set_grad_enabled("latent_action" in parts and torch.is_grad_enabled()):
-                latent = self.latent_action.encode(frames, segments)
-            actions = latent.indices.detach()
-            if "latent_action" in parts:
-                predicted_frames = self.latent_action.predict_next(frames, latent.quantized, segments)
-                error = (predicted_frames - frames[:, 1:]).pow(2)  # (B, T - 1, H, W, Ch)
-                if scales.action_motion > 0:
-                    changed = (frames[:, 1:] - frames[:, :-1]).abs().amax(-1, keepdim=True) > 0.5 / 255
-                    error = error * (1 + scales.action_motion * changed.float())
-                error = error.flatten(2).mean(-1)  # (B, T - 1)
-                terms["action_reconstruction"] = (error * weight[:, 1:]).sum() / count
-                terms["action_codebook"] = latent.codebook_loss
-                terms["action_commitment"] = latent.commitment_loss
-                metrics.update(latent.metrics("action"))
+        latent = self._encode_for(parts, "latent_action", frames, segments)
+        actions = None if latent is None else latent.indices.detach()
+        if "latent_action" in parts:
+            predicted_frames = self.latent_action.predict_next(frames, latent.quantized, segments)
+            error = (predicted_frames - frames[:, 1:]).pow(2)  # (B, T - 1, H, W, Ch)
+            if scales.action_motion > 0:
+                changed = (frames[:, 1:] - frames[:, :-1]).abs().amax(-1, keepdim=True) > 0.5 / 255
+                error = error * (1 + scales.action_motion * changed.float())
+            error = error.flatten(2).mean(-1)  # (B, T - 1)
+            terms["action_reconstruction"] = (error * weight[:, 1:]).sum() / count
+            terms["action_codebook"] = latent.codebook_loss
+            terms["action_commitment"] = latent.commitment_loss
+            metrics.update(latent.metrics("action"))
 
         if "dynamics" in parts:
             actions = torch.where(predicted, actions, torch.full_like(actions, self.config.action_codes))

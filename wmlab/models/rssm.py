@@ -35,16 +35,17 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import Config, at_least, ranges, size_table
+from wmlab.core.config import Config, at_least, ranges
 from wmlab.core.errors import IncompatibleSpaceError
-from wmlab.core.shapes import check_shape, imagined_length
+from wmlab.core.shapes import check_shape, imagined_length, step_signals
+from wmlab.core.sizes import SizeTable
 from wmlab.core.spaces import action_layout as space_action_layout
 from wmlab.core.spaces import discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.kl import categorical_kl, gaussian_kl, gaussian_kl_free_nats, kl_balanced, kl_balanced_gaussian
 from wmlab.losses.pixels import foreground_weights
 from wmlab.nn.categorical import categorical_entropy, sample_one_hot, unimix_logits
-from wmlab.nn.conv import ConvDecoder, ConvEncoder, make_norm
+from wmlab.nn.conv import ConvDecoder, ConvEncoder, ConvStages, make_norm
 from wmlab.nn.distributions import TwoHot, symexp, symlog
 from wmlab.nn.gru import BlockGRUCell, NormGRUCell
 from wmlab.nn.mlp import dense_layers, make_activation
@@ -57,27 +58,35 @@ State = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
-class RSSMWidths:
-    """One row of the size table: the widths that a named size fixes."""
+class RSSMSizes(Config):
+    """The widths that a named size fixes (one column of SIZES)."""
 
-    deterministic: int
-    hidden: int
+    limits = ranges(counts="deterministic_size hidden_size cnn_depth units", non_negative="classes")
+
+    deterministic_size: int
+    """D, the GRU state size."""
+    hidden_size: int
+    """Units of the RSSM's hidden layers: GRU input, prior and posterior."""
     classes: int
+    """K, classes per categorical variable (ignored for Gaussian latents)."""
     cnn_depth: int
+    """Channels of the first conv stage are cnn_depth * cnn_multipliers[0]."""
     units: int
+    """Units of the vector encoder / decoder and the reward / continue heads."""
 
 
 #: DreamerV3's named sizes (authors' configs.yaml: size1m ... size400m set rssm deter / hidden /
 #: classes, the conv depth and every MLP's units), plus "tiny" for tests.
-SIZES: dict[str, RSSMWidths] = size_table(
-    RSSMWidths,
+SIZES: SizeTable[RSSMSizes] = SizeTable(
+    RSSMSizes,
+    "RSSM",
     """
-    size           tiny  size1m  size12m  size25m  size50m  size100m  size200m  size400m
-    deterministic  64    512     2048     3072     4096     6144      8192      12288
-    hidden         32    64      256      384      512      768       1024      1536
-    classes        4     4       16       24       32       48        64        96
-    cnn_depth      4     4       16       24       32       48        64        96
-    units          32    64      256      384      512      768       1024      1536
+    size                tiny  size1m  size12m  size25m  size50m  size100m  size200m  size400m
+    deterministic_size  64    512     2048     3072     4096     6144      8192      12288
+    hidden_size         32    64      256      384      512      768       1024      1536
+    classes             4     4       16       24       32       48        64        96
+    cnn_depth           4     4       16       24       32       48        64        96
+    units               32    64      256      384      512      768       1024      1536
     """,
 )
 
@@ -114,26 +123,21 @@ class RSSMConfig(Config):
     agents' presets set PlaNet's and DreamerV1/V2's values. The optimiser belongs to the agent."""
 
     limits = ranges(
-        counts="deterministic_size hidden_size stochastic_size blocks core_layers prior_layers posterior_layers"
-        " cnn_depth cnn_kernel units encoder_layers decoder_layers reward_layers continue_layers",
+        counts="stochastic_size blocks core_layers prior_layers posterior_layers"
+        " cnn_kernel encoder_layers decoder_layers reward_layers continue_layers",
         positive="min_std",
-        non_negative="classes free_nats overshooting_distance",
+        non_negative="free_nats overshooting_distance",
         fractions="unimix foreground_threshold",
         reward_bins=at_least(2),
         foreground_weight=at_least(1),
     )
 
-    size: str | None = "size1m"
-    """Named size (tiny, size1m, size12m, size25m, size50m, size100m, size200m, size400m); the width
-    fields below that are left unset take its values. None: every width must be set."""
-    deterministic_size: int | None = None
-    """D, the GRU state size (unset: from `size`)."""
-    hidden_size: int | None = None
-    """Units of the RSSM's hidden layers: GRU input, prior and posterior (unset: from `size`)."""
+    size: SIZES.annotation = SIZES["size1m"]
+    """The widths: a named size (tiny, size1m, size12m, size25m, size50m, size100m, size200m,
+    size400m) and any changed fields (`--agent.model.size size12m units=300`; in Python
+    `SIZES.preset("size12m", units=300)`)."""
     stochastic_size: int = 32
     """S: categorical variables, or Gaussian dimensions."""
-    classes: int | None = None
-    """K, classes per categorical variable (unset: from `size`; ignored for Gaussian latents)."""
     latent: str = "categorical"
     """Stochastic latent: "categorical" (DreamerV2/V3) or "gaussian" (PlaNet, DreamerV1)."""
     min_std: float = 0.1
@@ -157,14 +161,10 @@ class RSSMConfig(Config):
     """Norm after every hidden layer and conv stage: rms (DreamerV3), layer, none."""
     activation: str = "silu"
     """Activation of every hidden layer: silu, elu, relu, gelu, tanh, mish."""
-    cnn_depth: int | None = None
-    """Channels of the first conv stage are cnn_depth * cnn_multipliers[0] (unset: from `size`)."""
     cnn_multipliers: tuple[int, ...] = (2, 3, 4, 4)
     """Channel multipliers of the stride-2 conv stages; four stages take 64 x 64 to 4 x 4."""
     cnn_kernel: int = 5
     """Kernel size of the conv stages."""
-    units: int | None = None
-    """Units of the vector encoder / decoder and the reward / continue heads (unset: from `size`)."""
     encoder_layers: int = 3
     """Hidden layers of the vector encoder."""
     decoder_layers: int = 3
@@ -203,28 +203,6 @@ class RSSMConfig(Config):
     foreground_threshold: float = 0.1
     """How far (pixel / 255) a target pixel must lie from the batch's mean frame, in its largest
     channel, to count as foreground for `foreground_weight`."""
-
-
-def resolve_widths(config: RSSMConfig) -> RSSMWidths:
-    """The widths in effect: explicit fields win over the named size."""
-    if config.size is not None and config.size not in SIZES:
-        raise ValueError(f"unknown RSSM size {config.size!r}; choose one of {', '.join(SIZES)}")
-    preset = SIZES.get(config.size) if config.size is not None else None
-    explicit = {
-        "deterministic": config.deterministic_size,
-        "hidden": config.hidden_size,
-        "classes": config.classes,
-        "cnn_depth": config.cnn_depth,
-        "units": config.units,
-    }
-    values = {}
-    for name, value in explicit.items():
-        if value is None:
-            if preset is None:
-                raise ValueError(f"RSSMConfig: set a size or every width; {name} is unset")
-            value = getattr(preset, name)
-        values[name] = int(value)
-    return RSSMWidths(**values)
 
 
 def _check_config(config: RSSMConfig) -> None:
@@ -315,29 +293,24 @@ def stack_width(input_size: int, units: int, layers: int) -> int:
 # Encoder and decoder
 
 
-def conv_options(layout: ObservationLayout, config: RSSMConfig, widths: RSSMWidths) -> dict[str, Any]:
-    """The conv stack's shape, the same for the encoder and its mirror the decoder."""
-    return {
-        "depth": widths.cnn_depth,
-        "multipliers": config.cnn_multipliers,
-        "kernel": config.cnn_kernel,
-        "norm": config.norm,
-        "activation": config.activation,
-        "image_size": layout.image_size,
-    }
+def conv_stages(layout: ObservationLayout, config: RSSMConfig, widths: RSSMSizes) -> ConvStages:
+    """The conv stack's stages, the same for the encoder and its mirror the decoder."""
+    return ConvStages(
+        widths.cnn_depth, config.cnn_multipliers, config.cnn_kernel, config.norm, config.activation, layout.image_size
+    )
 
 
 class MultiEncoder(nn.Module):
     """obs {key: (N, ...)} -> embedding (N, E): images through one conv stack, vectors through one MLP."""
 
-    def __init__(self, layout: ObservationLayout, config: RSSMConfig, widths: RSSMWidths):
+    def __init__(self, layout: ObservationLayout, config: RSSMConfig, widths: RSSMSizes):
         super().__init__()
         self.layout = layout
         self.symlog_inputs = config.symlog_inputs
         self.features = 0
         self.conv = None
         if layout.image_keys:
-            self.conv = ConvEncoder(sum(layout.image_channels), **conv_options(layout, config, widths))
+            self.conv = ConvEncoder(sum(layout.image_channels), conv_stages(layout, config, widths))
             self.features += self.conv.features
         self.mlp = None
         if layout.vector_keys:
@@ -360,12 +333,12 @@ class MultiDecoder(nn.Module):
     """features (N, F) -> {image key: (N, C, H, W) in pixel / 255 - 0.5 units, vector key: (N, D)
     in the loss's space (symlog when `vector_loss` is symlog_mse)}."""
 
-    def __init__(self, layout: ObservationLayout, feature_size: int, config: RSSMConfig, widths: RSSMWidths):
+    def __init__(self, layout: ObservationLayout, feature_size: int, config: RSSMConfig, widths: RSSMSizes):
         super().__init__()
         self.layout = layout
         self.conv = None
         if layout.image_keys:
-            self.conv = ConvDecoder(feature_size, sum(layout.image_channels), **conv_options(layout, config, widths))
+            self.conv = ConvDecoder(feature_size, sum(layout.image_channels), conv_stages(layout, config, widths))
         self.mlp = None
         if layout.vector_keys:
             self.mlp = nn.Sequential(
@@ -403,7 +376,7 @@ class RSSM(nn.Module):
         super().__init__()
         _check_config(config)
         self.config = config
-        self.widths = widths = resolve_widths(config)
+        widths = config.size
         self.layout = observation_layout(observation_space)
         self.action_size, self.discrete = action_layout(action_space)
         self.generator: torch.Generator | None = None
@@ -413,7 +386,7 @@ class RSSM(nn.Module):
             self.register_buffer("action_centre", (low + high) / 2, persistent=False)
             self.register_buffer("action_half_range", (high - low) / 2, persistent=False)
 
-        S, D, H = config.stochastic_size, widths.deterministic, widths.hidden
+        S, D, H = config.stochastic_size, widths.deterministic_size, widths.hidden_size
         self.categorical = config.latent == "categorical"
         self.classes = widths.classes if self.categorical else 0
         #: Size of the flattened stochastic state z: S * K, or S.
@@ -721,11 +694,7 @@ class RSSM(nn.Module):
         sizes: dict[str, int] = {}
         embedding = self.embed(batch.obs, ("B", "T"), sizes)
         actions = self.encode_action(batch.action, ("B", "T"), sizes)
-        reward = torch.as_tensor(batch.reward, device=self.device).float()
-        is_first = torch.as_tensor(batch.is_first, device=self.device).bool()
-        is_terminal = torch.as_tensor(batch.is_terminal, device=self.device).float()
-        for name, value in (("reward", reward), ("is_first", is_first), ("is_terminal", is_terminal)):
-            check_shape(name, value, ("B", "T"), sizes)
+        reward, is_first, is_terminal = step_signals(batch, self.device, sizes)
 
         posterior, _ = self.observe_embedded(embedding, actions, is_first)
         prior = self.prior(posterior["deter"])

@@ -43,10 +43,11 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import Config, above, at_least, between, ranges, size_table, widths_from_preset
+from wmlab.core.config import Config, above, at_least, between, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.rollout import roll_steps
 from wmlab.core.shapes import check_shape, imagined_length
+from wmlab.core.sizes import SizeTable
 from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.activations import Mish
@@ -57,20 +58,28 @@ from wmlab.nn.norms import SimNorm
 
 
 @dataclass(frozen=True)
-class TDMPCSizes:
-    """The widths that a size preset fixes."""
+class TDMPCSizes(Config):
+    """The widths that a size preset fixes (one column of SIZES)."""
+
+    limits = ranges(counts="encoder_width mlp_width latent_size encoder_layers", q_functions=at_least(2))
 
     encoder_width: int
+    """Units of the vector encoder's hidden layers."""
     mlp_width: int
+    """Units of the hidden layers of dynamics, reward, value and policy."""
     latent_size: int
+    """Latent size D, a multiple of `simnorm_group`."""
     encoder_layers: int
+    """Layers of the vector encoder, the output layer included."""
     q_functions: int
+    """Members of the Q ensemble (5 for 5M-48M, 2 for 1M, 8 for 317M)."""
 
 
 #: TD-MPC2's model sizes (its common/__init__.py MODEL_SIZE). The names are the paper's parameter
 #: counts for its multi-task setting; the measured counts for a given task differ (see the README).
-PRESETS: dict[str, TDMPCSizes] = size_table(
+SIZES: SizeTable[TDMPCSizes] = SizeTable(
     TDMPCSizes,
+    "TD-MPC2",
     """
     size            1M   5M   19M   48M   317M
     encoder_width   256  256  1024  1792  4096
@@ -102,10 +111,9 @@ class TDMPCModelConfig(Config):
     to the algorithm that trains it."""
 
     limits = ranges(
-        counts="encoder_width mlp_width latent_size encoder_layers conv_channels simnorm_group task_embedding_size",
+        counts="conv_channels simnorm_group task_embedding_size",
         non_negative="entropy_coef image_shift",
         fractions="target_tau scale_tau",
-        q_functions=at_least(2),
         bins=at_least(2),
         value_high=above("value_low"),
         dropout=between(0, 1, high_open=True),
@@ -114,18 +122,9 @@ class TDMPCModelConfig(Config):
         discount=between(0, 1, low_open=True),
     )
 
-    size: str = "5M"
-    """Size preset: 1M, 5M, 19M, 48M or 317M (TD-MPC2's presets). Widths left unset below come from it."""
-    encoder_width: int | None = None
-    """Units of the vector encoder's hidden layers (unset: from `size`)."""
-    mlp_width: int | None = None
-    """Units of the hidden layers of dynamics, reward, value and policy (unset: from `size`)."""
-    latent_size: int | None = None
-    """Latent size D, a multiple of `simnorm_group` (unset: from `size`)."""
-    encoder_layers: int | None = None
-    """Layers of the vector encoder, the output layer included (unset: from `size`)."""
-    q_functions: int | None = None
-    """Members of the Q ensemble (unset: from `size`; 5 for 5M-48M, 2 for 1M, 8 for 317M)."""
+    size: SIZES.annotation = SIZES["5M"]
+    """The widths: a size preset (1M, 5M, 19M, 48M or 317M: TD-MPC2's) and any changed fields
+    (`--agent.model.size 1M latent_size=64`; in Python `SIZES.preset("1M", latent_size=64)`)."""
     conv_channels: int = 32
     """Channels of each layer of the pixel encoder."""
     simnorm_group: int = 8
@@ -167,10 +166,6 @@ class TDMPCModelConfig(Config):
     length with the heuristic of `discount`); empty: `discount` for every task."""
     loss_scales: TDMPCLossScales = field(default_factory=TDMPCLossScales)
     """Weights of the consistency, reward and value terms."""
-
-    def sizes(self) -> TDMPCSizes:
-        """The preset's widths with any explicitly set field taking precedence."""
-        return widths_from_preset(self, PRESETS, "TD-MPC2")
 
 
 class PolicyOutput(NamedTuple):
@@ -321,8 +316,7 @@ class TDMPCModel(nn.Module):
     def __init__(self, config: TDMPCModelConfig, observation_space: spaces.Space, action_space: spaces.Space):
         super().__init__()
         self.config = config
-        sizes = config.sizes()
-        self.sizes = sizes
+        sizes = config.size
         if sizes.q_functions < 2:
             raise ValueError(
                 f"TD-MPC2's targets take the min of two Q-functions; q_functions must be at least 2, got {sizes.q_functions}"
@@ -546,7 +540,7 @@ class TDMPCModel(nn.Module):
 
     def two_members(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Two distinct random members of the Q ensemble, (2,) on the model's device."""
-        return torch.randperm(self.sizes.q_functions, generator=generator)[:2].to(self.device)
+        return torch.randperm(self.config.size.q_functions, generator=generator)[:2].to(self.device)
 
     def policy_distribution(
         self,
@@ -768,7 +762,7 @@ class TDMPCModel(nn.Module):
         rollout = torch.stack(latents, 1)  # (B, H + 1, D)
         reward_loss = self.two_hot.loss(self.reward_logits(rollout[:, :-1], actions, task), rewards)  # (B, H)
         value_loss = self.two_hot.loss(
-            self.q_logits(rollout[:, :-1], actions, task=task), targets.expand(self.sizes.q_functions, -1, -1)
+            self.q_logits(rollout[:, :-1], actions, task=task), targets.expand(self.config.size.q_functions, -1, -1)
         ).mean(0)
 
         rho = self.config.rho

@@ -67,9 +67,10 @@ import torch.nn.functional as F
 from gymnasium import spaces
 from torch import nn
 
-from wmlab.core.config import size_table, widths_from_preset
+from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape, format_expected, shape_matches
+from wmlab.core.shapes import check_shape, format_expected, imagined_length, shape_matches, step_signals
+from wmlab.core.sizes import SizeTable
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
 from wmlab.losses.pixels import foreground_weights
@@ -87,18 +88,32 @@ CACHE_KEYS = ("kv_keys", "kv_values", "kv_steps", "kv_signature")
 
 
 @dataclass(frozen=True)
-class TokenWidths:
-    """One row of the size table."""
+class TokenSizes(Config):
+    """The widths that a named size fixes (one column of SIZES)."""
+
+    limits = ranges(
+        counts="codebook_size code_size channels residual_max_side layers heads width context",
+        non_negative="residual_blocks",
+    )
 
     codebook_size: int
+    """V, codes in the tokenizer's vocabulary."""
     code_size: int
+    """E, dimension of each code."""
     channels: int
+    """Channels of every conv stage of the tokenizer."""
     residual_blocks: int
+    """Residual blocks per resolution of the tokenizer."""
     residual_max_side: int
+    """Residual blocks only at resolutions whose side is at most this (IRIS: all)."""
     layers: int
+    """Transformer blocks."""
     heads: int
+    """Attention heads."""
     width: int
+    """Transformer width."""
     context: int
+    """C, steps the transformer sees at once (IRIS: 20)."""
 
 
 #: "iris": the paper (arXiv:2209.00588, Appendix A / the authors' tokenizer and world-model
@@ -106,8 +121,9 @@ class TokenWidths:
 #: 4 heads, width 256, 20 steps); "cpu": residual blocks only at 16 x 16 and below (at 64 x 64
 #: and 32 x 32 they cost most of an update; docs/benchmarks.md has the times), a smaller code and
 #: transformer; "tiny": tests.
-SIZES: dict[str, TokenWidths] = size_table(
-    TokenWidths,
+SIZES: SizeTable[TokenSizes] = SizeTable(
+    TokenSizes,
+    "token model",
     """
     size               tiny  cpu  iris
     codebook_size      32    512  512
@@ -151,32 +167,15 @@ class TokenLossScales(CodebookLossScales):
 
 @dataclass(frozen=True)
 class TokenWorldModelConfig:
-    """IRIS's token world model (and GAIA-1's conditioning). Widths come from `size` unless set."""
+    """IRIS's token world model (and GAIA-1's conditioning)."""
 
-    size: str = "cpu"
-    """Named size: tiny, cpu, iris (the paper's)."""
-    codebook_size: int | None = None
-    """V, codes in the tokenizer's vocabulary (unset: from `size`)."""
-    code_size: int | None = None
-    """E, dimension of each code (unset: from `size`)."""
-    channels: int | None = None
-    """Channels of every conv stage of the tokenizer (unset: from `size`)."""
-    residual_blocks: int | None = None
-    """Residual blocks per resolution of the tokenizer (unset: from `size`)."""
-    residual_max_side: int | None = None
-    """Residual blocks only at resolutions whose side is at most this (unset: from `size`; IRIS: all)."""
+    size: SIZES.annotation = SIZES["cpu"]
+    """The widths: a named size (tiny, cpu, iris: the paper's) and any changed fields
+    (`--agent.model.size cpu context=8`; in Python `SIZES.preset("cpu", context=8)`)."""
     stages: int | None = None
     """Stride-2 stages of the tokenizer: 4 take 64 x 64 to 4 x 4 = 16 tokens (IRIS); None: as many
     as make a 4 x 4 grid of the frame (IRIS's 16 tokens at any side 4 * 2^s; 2 for 16 x 16
     frames); a side not divisible by 2^stages is refused."""
-    layers: int | None = None
-    """Transformer blocks (unset: from `size`)."""
-    heads: int | None = None
-    """Attention heads (unset: from `size`)."""
-    width: int | None = None
-    """Transformer width (unset: from `size`)."""
-    context: int | None = None
-    """C, steps the transformer sees at once (unset: from `size`; IRIS: 20)."""
     refresh_keep: int | None = None
     """Steps kept when imagination's window fills the context and restarts (None: half the
     context; IRIS restarts from the current frame, 1; context - 1 keeps the most context but
@@ -208,11 +207,6 @@ class TokenWorldModelConfig:
     """What the unconditional pass of guidance drops: "text", "action" or "both"."""
     loss_scales: TokenLossScales = field(default_factory=TokenLossScales)
     """Weights of the loss terms."""
-
-
-def resolve_widths(config: TokenWorldModelConfig) -> TokenWidths:
-    """The widths in effect: explicit fields win over the named size."""
-    return widths_from_preset(config, SIZES, "token model")
 
 
 def _check_config(config: TokenWorldModelConfig) -> None:
@@ -281,7 +275,7 @@ class Tokenizer(nn.Module):
         self,
         image_channels: int,
         image_size: tuple[int, int],
-        widths: TokenWidths,
+        widths: TokenSizes,
         stages: int,
         dead_code_threshold: float,
         usage_decay: float = 0.99,
@@ -365,7 +359,7 @@ class TokenWorldModel(nn.Module):
         super().__init__()
         _check_config(config)
         self.config = config
-        self.widths = widths = resolve_widths(config)
+        widths = config.size
         self.generator: torch.Generator | None = None
         # Observation: one uint8 image key.
         if not isinstance(observation_space, spaces.Dict) or config.image_key not in observation_space.spaces:
@@ -466,7 +460,7 @@ class TokenWorldModel(nn.Module):
         B, K, C = batch_size, self.tokens_per_frame, self.context
         state = {
             "tokens": torch.zeros(B, K, dtype=torch.long, device=self.device),
-            "latent": torch.zeros(B, K * self.widths.code_size, device=self.device),
+            "latent": torch.zeros(B, K * self.config.size.code_size, device=self.device),
             "history": torch.zeros(B, C, K, dtype=torch.long, device=self.device),
             "history_actions": torch.zeros(B, C, self.action_size, device=self.device),
             "history_length": torch.zeros(B, dtype=torch.long, device=self.device),
@@ -687,15 +681,8 @@ class TokenWorldModel(nn.Module):
         check_shape("state['history']", state["history"], ("B", self.context, self.tokens_per_frame), sizes)
         B = sizes["B"]
         policy = actions_or_policy if callable(actions_or_policy) else None
-        if policy is None:
-            actions = self.encode_action(actions_or_policy, ("B", "L"), sizes)
-            if horizon is not None and horizon != sizes["L"]:
-                raise ShapeError(
-                    f"actions: expected (B, {horizon}, A) for horizon {horizon}, got {tuple(actions.shape)}"
-                )
-            horizon = sizes["L"]
-        elif horizon is None:
-            raise ValueError("imagine with a policy needs a horizon")
+        actions = None if policy is not None else self.encode_action(actions_or_policy, ("B", "L"), sizes)
+        horizon = imagined_length(actions, horizon, sizes, policy is not None)
         temperature = self.config.temperature if temperature is None else float(temperature)
         generator = generator if generator is not None else self.generator
         guided = self.conditioned and guidance_scale != 1.0
@@ -852,7 +839,7 @@ class TokenWorldModel(nn.Module):
         if not valid or bool((steps != window).any()) or bool((signatures != signature).any()):
             return None
         keys, values = state["kv_keys"], state["kv_values"]
-        B, layers = keys.shape[0], self.widths.layers
+        B, layers = keys.shape[0], self.config.size.layers
         if keys.shape[1] != streams * layers:
             return None
         cache = self.transformer.new_cache(streams * B, self.device)
@@ -955,11 +942,7 @@ class TokenWorldModel(nn.Module):
         B, T = sizes["B"], sizes["T"]
         if T > self.context:
             raise ShapeError(f"batch: windows of T={T} steps exceed the model's context of {self.context} steps")
-        reward = torch.as_tensor(batch.reward, device=self.device).float()
-        is_first = torch.as_tensor(batch.is_first, device=self.device).bool()
-        is_terminal = torch.as_tensor(batch.is_terminal, device=self.device).float()
-        for name, value in (("reward", reward), ("is_first", is_first), ("is_terminal", is_terminal)):
-            check_shape(name, value, ("B", "T"), sizes)
+        reward, is_first, is_terminal = step_signals(batch, self.device, sizes)
         if self.text_size:
             if text is None:
                 raise ShapeError("this token model is text-conditioned: loss needs text (B, Dt) or per step (B, T, Dt)")

@@ -12,7 +12,7 @@ Shape legend: B batch (any leading dimensions), C channels, H, W image, D featur
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -66,38 +66,40 @@ def _check_image_size(image_size: tuple[int, int], stages: int) -> tuple[int, in
     return height // factor, width // factor
 
 
+@dataclass(frozen=True)
+class ConvStages:
+    """The stride-2 stages of a conv encoder, which its decoder mirrors in reverse: stage i has
+    depth * multipliers[i] channels (DreamerV3 (2, 3, 4, 4); DreamerV1/V2 and PlaNet (1, 2, 4, 8)),
+    then a norm over channels ("rms", "layer", "none") and an activation; images are (H, W) =
+    `image_size` at the encoder's input and the decoder's output."""
+
+    depth: int
+    multipliers: tuple[int, ...] = (2, 3, 4, 4)
+    kernel: int = 5
+    norm: str = "rms"
+    activation: str = "silu"
+    image_size: tuple[int, int] = (64, 64)
+
+
 class ConvEncoder(nn.Module):
-    """Images (B, C, H, W) float -> features (B, D), D = channels of the last stage * its H * W.
+    """Images (B, C, H, W) float -> features (B, D), D = channels of the last stage * its H * W."""
 
-    `multipliers` gives each stage's channels as multiples of `depth`: DreamerV3 uses (2, 3, 4, 4),
-    DreamerV1/V2 and PlaNet (1, 2, 4, 8).
-    """
-
-    def __init__(
-        self,
-        input_channels: int,
-        depth: int,
-        multipliers: Sequence[int] = (2, 3, 4, 4),
-        kernel: int = 5,
-        norm: str = "rms",
-        activation: str = "silu",
-        image_size: tuple[int, int] = (64, 64),
-    ):
+    def __init__(self, input_channels: int, stages: ConvStages):
         super().__init__()
         self.input_channels = input_channels
-        self.image_size = tuple(image_size)
-        padding, _ = _padding(kernel)
-        stages: list[nn.Module] = []
+        self.image_size = tuple(stages.image_size)
+        padding, _ = _padding(stages.kernel)
+        layers: list[nn.Module] = []
         channels = input_channels
-        for multiplier in multipliers:
-            stages += [
-                nn.Conv2d(channels, depth * multiplier, kernel, stride=2, padding=padding),
-                ChannelNorm(norm, depth * multiplier),
-                make_activation(activation),
+        for multiplier in stages.multipliers:
+            layers += [
+                nn.Conv2d(channels, stages.depth * multiplier, stages.kernel, stride=2, padding=padding),
+                ChannelNorm(stages.norm, stages.depth * multiplier),
+                make_activation(stages.activation),
             ]
-            channels = depth * multiplier
-        self.net = nn.Sequential(*stages)
-        height, width = _check_image_size(self.image_size, len(multipliers))
+            channels = stages.depth * multiplier
+        self.net = nn.Sequential(*layers)
+        height, width = _check_image_size(self.image_size, len(stages.multipliers))
         #: (C, H, W) of the last stage.
         self.output_shape = (channels, height, width)
         self.features = channels * height * width
@@ -116,37 +118,28 @@ class ConvDecoder(nn.Module):
     then stride-2 transposed convolutions back to full size. The output is linear (no squashing);
     the caller decides what it means (here: pixels / 255 - 0.5)."""
 
-    def __init__(
-        self,
-        input_size: int,
-        output_channels: int,
-        depth: int,
-        multipliers: Sequence[int] = (2, 3, 4, 4),
-        kernel: int = 5,
-        norm: str = "rms",
-        activation: str = "silu",
-        image_size: tuple[int, int] = (64, 64),
-    ):
+    def __init__(self, input_size: int, output_channels: int, stages: ConvStages):
         super().__init__()
         self.input_size = input_size
-        height, width = _check_image_size(tuple(image_size), len(multipliers))
-        channels = [depth * multiplier for multiplier in multipliers]
+        height, width = _check_image_size(tuple(stages.image_size), len(stages.multipliers))
+        channels = [stages.depth * multiplier for multiplier in stages.multipliers]
         self.start_shape = (channels[-1], height, width)
+        kernel, activation = stages.kernel, stages.activation
         padding, output_padding = _padding(kernel)
         self.project = nn.Sequential(
             nn.Linear(input_size, math.prod(self.start_shape)),
-            make_norm(norm, math.prod(self.start_shape)),
+            make_norm(stages.norm, math.prod(self.start_shape)),
             make_activation(activation),
         )
-        stages: list[nn.Module] = []
+        layers: list[nn.Module] = []
         for current, following in zip(reversed(channels), list(reversed(channels))[1:]):
-            stages += [
+            layers += [
                 nn.ConvTranspose2d(current, following, kernel, 2, padding, output_padding),
-                ChannelNorm(norm, following),
+                ChannelNorm(stages.norm, following),
                 make_activation(activation),
             ]
-        stages.append(nn.ConvTranspose2d(channels[0], output_channels, kernel, 2, padding, output_padding))
-        self.net = nn.Sequential(*stages)
+        layers.append(nn.ConvTranspose2d(channels[0], output_channels, kernel, 2, padding, output_padding))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B, C, H, W)
         if features.dim() != 2 or features.shape[1] != self.input_size:

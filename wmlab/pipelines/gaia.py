@@ -49,6 +49,7 @@ import torch
 import tyro
 from gymnasium import spaces
 
+from wmlab.core.config import from_dict
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.serialization import (
     global_random_state,
@@ -60,7 +61,7 @@ from wmlab.core.spaces import space_from_description
 from wmlab.data.captions import MOVES, CaptionedDataset, caption_step, load_captioned, record_captioned_two_rooms
 from wmlab.data.dataset import read_manifest
 from wmlab.envs.two_rooms import AGENT_RGB
-from wmlab.models.tokens import TokenLossScales, TokenWorldModel, TokenWorldModelConfig
+from wmlab.models.tokens import SIZES, TokenLossScales, TokenWorldModel, TokenWorldModelConfig
 
 CONFIG_FILE = "config.json"
 KIND = "gaia"
@@ -119,7 +120,7 @@ class GaiaConfig:
 
 def model_config(config: GaiaConfig, text_size: int) -> TokenWorldModelConfig:
     return TokenWorldModelConfig(
-        size=config.size,
+        size=SIZES[config.size],
         continuous_actions=True,
         reward_head="twohot",
         text_size=text_size,
@@ -480,10 +481,8 @@ def load_gaia_model(run_dir: str | Path) -> tuple[dict[str, Any], TokenWorldMode
     directory = run_dir / "checkpoints" / "rank0"
     if not directory.is_dir():
         raise RunDirectoryError(f"{run_dir} has no checkpoint yet ({directory} is missing)")
-    fields = dict(saved["model"])
-    fields["loss_scales"] = TokenLossScales(**fields["loss_scales"])
     observation_space, action_space = spaces_of(Path(saved["train_dataset"]))
-    model = TokenWorldModel(TokenWorldModelConfig(**fields), observation_space, action_space)
+    model = TokenWorldModel(from_dict(TokenWorldModelConfig, saved["model"]), observation_space, action_space)
     model.load_state_dict(load_state(directory, "model"))
     return saved, model.eval()
 

@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from wmlab.core.config import from_dict
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.serialization import load_state, save_state
 from wmlab.data.video import VideoDataset, load_video
-from wmlab.models.latent_action import GenieConfig, GenieLossScales, GenieWorldModel
+from wmlab.models.latent_action import GenieConfig, GenieWorldModel
 from wmlab.runs.directory import load_trained_model
 
 CONFIG_FILE = "config.json"
@@ -73,7 +74,7 @@ class GeniePipelineConfig:
     resume: str = ""
     """Continue the run in this directory (its config is reused; stage lengths may grow)."""
     model: GenieConfig = field(default_factory=GenieConfig)
-    """The model (widths from --model.size: tiny, cpu, genie)."""
+    """The model (its widths: `--model.size NAME [FIELD=VALUE ...]`, NAME tiny, cpu or genie)."""
     stages: GenieStages = field(default_factory=GenieStages)
     """Updates per stage and the optimiser."""
     size: tuple[int, int] | None = None
@@ -214,9 +215,7 @@ def _config_json(config: GeniePipelineConfig, video: VideoDataset) -> dict[str, 
 
 def _config_from_json(stored: dict[str, Any]) -> GeniePipelineConfig:
     data = dict(stored["config"])
-    model = dict(data.pop("model"))
-    model["loss_scales"] = GenieLossScales(**model.get("loss_scales", {}))
-    data["model"] = GenieConfig(**model)
+    data["model"] = from_dict(GenieConfig, data.pop("model"))  # a model of an older run too
     data["stages"] = GenieStages(**data["stages"])
     data["size"] = None if data.get("size") is None else tuple(data["size"])
     return GeniePipelineConfig(**data)

@@ -49,7 +49,7 @@ from torch import nn
 from wmlab.core.config import parse_json_object
 from wmlab.core.errors import WmlabError
 from wmlab.envs.adapter import make_env
-from wmlab.nn.conv import ConvEncoder
+from wmlab.nn.conv import ConvEncoder, ConvStages
 
 #: MiniGrid's DIR_TO_VEC: the cell step of directions 0-3 (right, down, left, up).
 MINIGRID_STEPS = ((1, 0), (0, 1), (-1, 0), (0, -1))
@@ -175,7 +175,7 @@ class FramePolicy(nn.Module):
         super().__init__()
         self.downsample = downsample
         reduced = (image_size[0] // downsample, image_size[1] // downsample)
-        self.encoder = ConvEncoder(3, 16, (1, 2, 4), kernel=4, image_size=reduced)
+        self.encoder = ConvEncoder(3, ConvStages(16, (1, 2, 4), kernel=4, image_size=reduced))
         self.head = nn.Linear(self.encoder.features, actions)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:

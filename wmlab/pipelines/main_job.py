@@ -66,10 +66,7 @@ MAIN_ENV_KWARGS = {
 #: PlaNet's RSSM (Gaussian latent of 30) at laptop width, with the reward and the foreground pixels weighted up.
 MAIN_MODEL = replace(
     PLANET_MODEL,
-    deterministic_size=128,
-    hidden_size=128,
-    units=128,
-    cnn_depth=16,
+    size=replace(PLANET_MODEL.size, deterministic_size=128, hidden_size=128, units=128, cnn_depth=16),
     cnn_multipliers=(1, 2, 4),  # three stride-2 stages take 32 x 32 to 4 x 4
     # Balanced KL with a cheap representation term (DreamerV2/V3's), so that locating a small
     # disc costs the posterior a tenth of a nat per nat. Under PlaNet's single KL (weight 1
@@ -135,7 +132,11 @@ class MainJobArguments:
 #: --quick: the same stages at a size that runs in seconds (tests).
 QUICK_AGENT = replace(
     MAIN_AGENT,
-    model=replace(MAIN_MODEL, deterministic_size=16, hidden_size=16, units=16, stochastic_size=4, cnn_depth=2),
+    model=replace(
+        MAIN_MODEL,
+        size=replace(MAIN_MODEL.size, deterministic_size=16, hidden_size=16, units=16, cnn_depth=2),
+        stochastic_size=4,
+    ),
     planner=CEMConfig(horizon=2, iterations=1, candidates=8, elites=2),
     random_steps=60,
 )

@@ -34,6 +34,7 @@ from wmlab.bench.common import machine_description
 from wmlab.core.config import from_dict, parse_json_object
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.registry import ALGORITHMS
+from wmlab.models.rssm import SIZES
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import CONFIG_FILE, RESUMABLE_CHANGES, RunSpec
 from wmlab.train.loop import Trainer
@@ -152,15 +153,7 @@ def quick_agent_changes(config: Any) -> dict:
     """The tiny model of the test suite for a Dreamer preset: its latent type, heads and losses
     kept, small widths, a short imagination horizon, no random prefill."""
     gaussian = config.model.latent == "gaussian"
-    model = {
-        "size": "tiny",
-        "deterministic_size": None,
-        "hidden_size": None,
-        "classes": 0 if gaussian else None,
-        "cnn_depth": None,
-        "units": None,
-        "stochastic_size": 4,
-    }
+    model = {"size": asdict(SIZES.preset("tiny", classes=0) if gaussian else SIZES["tiny"]), "stochastic_size": 4}
     return {"model": model, "imagination_horizon": 4, "random_steps": 0}
 
 

@@ -39,7 +39,7 @@ from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Trajectory, Transition
 from wmlab.eval.open_loop import write_open_loop_report
 from wmlab.losses.returns import lambda_returns, return_scale, update_return_percentiles
-from wmlab.models.rssm import RSSM, State, dense_stack, resolve_widths
+from wmlab.models.rssm import RSSM, State, dense_stack
 from wmlab.nn.categorical import categorical_entropy, log_softmax, sample_one_hot, unimix_logits
 from wmlab.nn.distributions import TwoHot
 
@@ -237,7 +237,7 @@ class DreamerAgent:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = RSSM(config.model, observation_space, action_space)
-            units = config.units if config.units is not None else resolve_widths(config.model).units
+            units = config.units if config.units is not None else config.model.size.units
             norm, activation = config.model.norm, config.model.activation
             actor = Actor(model.feature_size, model.action_size, model.discrete, config, units, norm, activation)
             critic = Critic(model.feature_size, config, units, norm, activation)

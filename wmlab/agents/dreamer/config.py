@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from wmlab.core.config import Config, at_least, between, ranges
-from wmlab.models.rssm import RSSMConfig, RSSMLossScales
+from wmlab.models.rssm import RSSMConfig, RSSMLossScales, RSSMSizes
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class DreamerConfig(Config):
     model: RSSMConfig = field(default_factory=RSSMConfig)
     """The world model (size, latents, heads, KL and loss scales)."""
     units: int | None = None
-    """Units of the actor's and critic's hidden layers (unset: the world model's `units`)."""
+    """Units of the actor's and critic's hidden layers (unset: the world model's `size.units`)."""
     actor_layers: int = 3
     """Hidden layers of the actor."""
     critic_layers: int = 3
@@ -188,11 +188,8 @@ class EarlyDreamerConfig(DreamerConfig):
 # --- DreamerV1 (arXiv:1912.01603; defaults of the authors' dreamer.py) -------------------------
 
 V1_MODEL = RSSMConfig(
-    size=None,
-    deterministic_size=200,
-    hidden_size=200,
+    size=RSSMSizes(deterministic_size=200, hidden_size=200, classes=0, cnn_depth=32, units=400),
     stochastic_size=30,
-    classes=0,
     latent="gaussian",
     min_std=0.1,
     unimix=0.0,
@@ -202,10 +199,8 @@ V1_MODEL = RSSMConfig(
     posterior_layers=1,
     norm="none",
     activation="elu",
-    cnn_depth=32,
     cnn_multipliers=(1, 2, 4, 8),
     cnn_kernel=4,
-    units=400,
     encoder_layers=2,
     decoder_layers=2,
     reward_layers=2,
@@ -247,13 +242,10 @@ class DreamerV1Config(EarlyDreamerConfig):
 #: width, deeper MLP heads, wider convolutions and a discount (continue) head.
 V2_MODEL = replace(
     V1_MODEL,
-    deterministic_size=400,
-    hidden_size=400,
+    size=replace(V1_MODEL.size, deterministic_size=400, hidden_size=400, classes=32, cnn_depth=48),
     stochastic_size=32,
-    classes=32,
     latent="categorical",
     gru_norm="layer",
-    cnn_depth=48,
     encoder_layers=4,
     decoder_layers=4,
     reward_layers=4,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from wmlab.agents.imagination.config import ImaginationConfig
-from wmlab.models.tokens import TokenLossScales, TokenWorldModelConfig
+from wmlab.models.tokens import SIZES, TokenLossScales, TokenWorldModelConfig
 
 #: IRIS's actor-critic: DIAMOND's learner (the same CNN + LSTM) with IRIS's horizon, burn-in,
 #: discount, warm-up and clipping.
@@ -29,7 +29,7 @@ class IrisConfig:
     --train.train-ratio 1280 --train.learning-starts 1000` (one update of each part per
     environment step, IRIS's 200 steps of each per 200 collected)."""
 
-    model: TokenWorldModelConfig = field(default_factory=lambda: TokenWorldModelConfig(size="iris"))
+    model: TokenWorldModelConfig = field(default_factory=lambda: TokenWorldModelConfig(size=SIZES["iris"]))
     """The token world model: VQ tokenizer (16 tokens of a 512-code vocabulary) and a 10-layer GPT."""
     learner: ImaginationConfig = field(default_factory=lambda: IRIS_LEARNER)
     """The actor-critic learned on generated frames (IRIS: CNN (32, 32, 64, 64) + LSTM 512,
@@ -73,7 +73,7 @@ class IrisCPUConfig(IrisConfig):
 
     model: TokenWorldModelConfig = field(
         default_factory=lambda: TokenWorldModelConfig(
-            size="cpu", loss_scales=TokenLossScales(foreground=20.0, sparse_weight=10.0), restart_on="error"
+            size=SIZES["cpu"], loss_scales=TokenLossScales(foreground=20.0, sparse_weight=10.0), restart_on="error"
         )
     )
     learner: ImaginationConfig = field(

@@ -12,7 +12,7 @@ from wmlab.planners.cem import CEMConfig
 
 #: PlaNet's RSSM: GRU 200, Gaussian latent 30, free nats 3 (arXiv:1811.04551, Sec. 4 and
 #: Appendix A) — DreamerV1's model (which inherited it) with ReLU and 200-unit layers.
-PLANET_MODEL = replace(V1_MODEL, activation="relu", units=200)
+PLANET_MODEL = replace(V1_MODEL, activation="relu", size=replace(V1_MODEL.size, units=200))
 
 
 @dataclass(frozen=True)

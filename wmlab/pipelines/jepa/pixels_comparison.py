@@ -42,7 +42,7 @@ from wmlab.data.dataset import load_dataset, record_dataset
 from wmlab.eval.suites import episode_windows
 from wmlab.eval.world_model_metrics import horizon_errors
 from wmlab.models.jepa import JEPAConfig
-from wmlab.models.rssm import RSSM, RSSMConfig, RSSMLossScales, State
+from wmlab.models.rssm import RSSM, SIZES, RSSMConfig, RSSMLossScales, State
 from wmlab.pipelines.jepa.pipeline import evaluate, exploration_policy, no_progress
 from wmlab.planners.mppi import MPPI, MPPIConfig
 
@@ -50,7 +50,7 @@ from wmlab.planners.mppi import MPPI, MPPIConfig
 def reward_free_rssm() -> RSSMConfig:
     """DreamerV3's RSSM at size1m with the reward term off: the offline episodes carry no reward
     the comparison may use (JEPA never sees one either)."""
-    return RSSMConfig(size="size1m", loss_scales=RSSMLossScales(reward=0.0))
+    return RSSMConfig(size=SIZES["size1m"], loss_scales=RSSMLossScales(reward=0.0))
 
 
 @dataclass(frozen=True)
@@ -364,7 +364,7 @@ def run_comparison(arguments: ComparisonArguments) -> dict[str, Any]:
     planner = default_mppi()
     if arguments.quick:
         jepa_model = replace(jepa_model, embedding_size=8, encoder_depth=4, hidden_size=32)
-        rssm_model = replace(rssm_model, size="tiny")
+        rssm_model = replace(rssm_model, size=SIZES["tiny"])
         planner = replace(planner, samples=8, elites=2, iterations=2, horizon=4)
     jepa = JEPAPlannerAgent(
         JEPAPlannerConfig(model=jepa_model, planner=planner, replan_every=arguments.replan_every),
