@@ -256,11 +256,12 @@ class NoDecoder(ToyFamily):
 def test_models_that_cannot_decode_are_refused_with_the_reason(tmp_path):
     with pytest.raises(WmlabError, match="has no decoder"):
         make_playable(NoDecoder(), "two-rooms", {}, tmp_path)
+    from wmlab.models.tdmpc import SIZES as TDMPC_SIZES
     from wmlab.models.tdmpc import TDMPCModel, TDMPCModelConfig
 
     vectors = spaces.Dict({"vector": spaces.Box(-1.0, 1.0, (3,), np.float32)})
     tdmpc = TDMPCModel(
-        TDMPCModelConfig(encoder_width=16, mlp_width=16, latent_size=16, q_functions=2),
+        TDMPCModelConfig(size=TDMPC_SIZES.preset("5M", encoder_width=16, mlp_width=16, latent_size=16, q_functions=2)),
         vectors,
         spaces.Box(-1.0, 1.0, (2,), np.float32),
     )

@@ -72,7 +72,8 @@ class TDMPCSizes(Config):
     encoder_layers: int
     """Layers of the vector encoder, the output layer included."""
     q_functions: int
-    """Members of the Q ensemble (5 for 5M-48M, 2 for 1M, 8 for 317M)."""
+    """Members of the Q ensemble, at least 2: the TD targets take the min of two (5 for 5M-48M, 2 for
+    1M, 8 for 317M)."""
 
 
 #: TD-MPC2's model sizes (its common/__init__.py MODEL_SIZE). The names are the paper's parameter
@@ -317,10 +318,6 @@ class TDMPCModel(nn.Module):
         super().__init__()
         self.config = config
         sizes = config.size
-        if sizes.q_functions < 2:
-            raise ValueError(
-                f"TD-MPC2's targets take the min of two Q-functions; q_functions must be at least 2, got {sizes.q_functions}"
-            )
         if sizes.latent_size % config.simnorm_group:
             raise ValueError(
                 f"latent_size {sizes.latent_size} is not a multiple of simnorm_group {config.simnorm_group}"
