@@ -89,20 +89,29 @@ class MaskedJEPAConfig:
     """A tiny ViT-style I-JEPA / V-JEPA."""
 
     image_size: int = 64
+    """H = W, the side of the square images, a multiple of `patch_size`."""
     patch_size: int = 8
+    """Side of the square patches, one token each."""
     channels: int = 3
+    """C, channels of the images."""
     width: int = 64
     """D, the token width of the encoder."""
     depth: int = 2
     """Transformer layers of the encoder."""
     predictor_width: int = 32
+    """D', the token width of the narrow predictor."""
     predictor_depth: int = 1
+    """Transformer layers of the predictor."""
     heads: int = 4
+    """Attention heads of the encoder and of the predictor."""
     momentum_start: float = 0.996
+    """EMA momentum of the target encoder at update 0 (I-JEPA: 0.996)."""
     momentum_end: float = 1.0
+    """EMA momentum at `momentum_steps` updates and after."""
     momentum_steps: int = 10_000
+    """Updates over which the momentum ramps from start to end."""
     momentum_schedule: str = "linear"
-    """I-JEPA ramps its EMA momentum linearly."""
+    """"linear" (I-JEPA ramps its EMA momentum linearly) or "cosine"."""
 
 
 def _transformer(width: int, depth: int, heads: int) -> nn.TransformerEncoder:
