@@ -55,6 +55,7 @@ def test_a_size_table_reads_rows_under_the_field_names():
 
 def test_a_preset_by_name_with_changed_fields_and_bad_names_refused():
     assert TABLE["cpu"] == Widths(width=128, layers=4)
+    assert "cpu" in TABLE and "huge" not in TABLE and TABLE.get("huge") is None
     assert TABLE.preset("tiny", width=64) == Widths(width=64, layers=2)
     with pytest.raises(ConfigError, match="unknown test model size 'huge'; choose one of tiny, cpu"):
         TABLE["huge"]

@@ -74,9 +74,17 @@ class SizeTable(Mapping[str, Widths], Generic[Widths]):
         _TABLES[widths] = self
 
     def __getitem__(self, name: str) -> Widths:
+        """The size `name`; an unknown name raises ConfigError listing the sizes (not KeyError:
+        the name comes from the user), so `in` and `get` are answered here, not by catching it."""
         if name not in self._presets:
             raise ConfigError(f"unknown {self.family} size {name!r}; choose one of {', '.join(self._presets)}")
         return self._presets[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._presets
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._presets.get(name, default)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._presets)
