@@ -165,6 +165,25 @@ def make_wrapped(
         raise
 
 
+class SeededWrapper(gymnasium.Wrapper):
+    """A wrapper of a registered environment that wraps another (occluded, perturbed) and draws
+    from its own generator `_random`: seeded by `seed`, reseeded by `reset(seed=...)`, with the
+    subclass's `seed_tag` mixed in so that it never shares the environment's random stream. It
+    exports no state: a resumed run restores the inner environment and restarts this stream."""
+
+    seed_tag: int = 0
+
+    def __init__(self, env: gymnasium.Env, seed: int = 0):
+        super().__init__(env)
+        self._random = np.random.default_rng((int(seed), self.seed_tag))
+
+    def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None):
+        observation, info = self.env.reset(seed=seed, options=options)
+        if seed is not None:
+            self._random = np.random.default_rng((int(seed), self.seed_tag))
+        return observation, info
+
+
 #: prefix -> (factory `make(task, **kwargs)`, the pip extra that installs the suite)
 SUITES = {
     "dmc": ("wmlab.envs.dmc:make_dmc", "dmc"),
