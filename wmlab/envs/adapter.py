@@ -20,7 +20,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import gymnasium
 import numpy as np
@@ -184,13 +184,24 @@ class SeededWrapper(gymnasium.Wrapper):
         return observation, info
 
 
-#: prefix -> (factory `make(task, **kwargs)`, the pip extra that installs the suite)
+class Suite(NamedTuple):
+    """An environment suite reached through a prefix (`atari:Pong`)."""
+
+    factory: str
+    """"module:function" of `make(task, **kwargs)`."""
+    extra: str
+    """The pip extra that installs it (`pip install 'wmlab[EXTRA]'`)."""
+    module: str
+    """The third-party module it needs (what the extra installs)."""
+
+
+#: prefix -> Suite
 SUITES = {
-    "dmc": ("wmlab.envs.dmc:make_dmc", "dmc"),
-    "atari": ("wmlab.envs.atari:make_atari", "atari"),
-    "minigrid": ("wmlab.envs.minigrid:make_minigrid", "minigrid"),
-    "crafter": ("wmlab.envs.crafter:make_crafter", "crafter"),
-    "minatar": ("wmlab.envs.minatar:make_minatar", "minatar"),
+    "dmc": Suite("wmlab.envs.dmc:make_dmc", "dmc", "dm_control"),
+    "atari": Suite("wmlab.envs.atari:make_atari", "atari", "ale_py"),
+    "minigrid": Suite("wmlab.envs.minigrid:make_minigrid", "minigrid", "minigrid"),
+    "crafter": Suite("wmlab.envs.crafter:make_crafter", "crafter", "crafter"),
+    "minatar": Suite("wmlab.envs.minatar:make_minatar", "minatar", "minatar"),
 }
 
 
@@ -198,14 +209,14 @@ def _make_suite(env_id: str, **kwargs: Any) -> gymnasium.Env:
     from wmlab.core.registry import _load
 
     prefix, _, task = env_id.partition(":")
-    target, extra = SUITES[prefix]
+    suite = SUITES[prefix]
     try:
-        factory = _load(target)
+        factory = _load(suite.factory)
     except ModuleNotFoundError as error:
         if error.name and error.name.startswith("wmlab"):
             raise
         raise WmlabError(
-            f"{env_id!r} needs the {extra} suite: pip install 'wmlab[{extra}]' (missing module {error.name!r})"
+            f"{env_id!r} needs the {suite.extra} suite: pip install 'wmlab[{suite.extra}]' (missing module {error.name!r})"
         ) from None
     return factory(task, **kwargs)
 
