@@ -91,7 +91,8 @@ def sheeprl_s_config(actions: str):
     REINFORCE for discrete ones), Adam world model lr 1e-4 eps 1e-8 clip 1000, actor and critic lr
     3e-5 eps 1e-5 clip 100.
     """
-    from wmlab.agents.dreamer.config import DreamerConfig, OptimizerConfig
+    from wmlab.agents.dreamer.config import DreamerConfig
+    from wmlab.core.optim import OptimizerConfig
     from wmlab.models.rssm import RSSMConfig, RSSMLossScales, RSSMSizes
 
     model = RSSMConfig(
@@ -130,28 +131,9 @@ def sheeprl_s_config(actions: str):
             image=1.0, vector=1.0, reward=1.0, continuation=1.0, dynamics=0.5, representation=0.1
         ),
     )
-    model_optimizer = OptimizerConfig(
-        kind="adam",
-        learning_rate=1e-4,
-        epsilon=1e-8,
-        beta1=0.9,
-        beta2=0.999,
-        weight_decay=0.0,
-        grad_clip=1000.0,
-        adaptive_clip=0.0,
-        warmup=0,
-    )
-    behaviour_optimizer = OptimizerConfig(
-        kind="adam",
-        learning_rate=3e-5,
-        epsilon=1e-5,
-        beta1=0.9,
-        beta2=0.999,
-        weight_decay=0.0,
-        grad_clip=100.0,
-        adaptive_clip=0.0,
-        warmup=0,
-    )
+    # Adam (betas 0.9, 0.999, no weight decay, no adaptive clipping, no warm-up: OptimizerConfig's defaults)
+    model_optimizer = OptimizerConfig(learning_rate=1e-4, epsilon=1e-8, grad_clip=1000.0)
+    behaviour_optimizer = OptimizerConfig(learning_rate=3e-5, epsilon=1e-5, grad_clip=100.0)
     del actions  # both action kinds use the same settings: objective_mix null is reinforce 0 / 1 below
     return DreamerConfig(
         model=model,

@@ -23,16 +23,15 @@ import torch
 from safetensors.torch import load_file
 
 from wmlab.agents.diamond.config import DiamondConfig
-from wmlab.agents.dreamer.config import DreamerConfig, DreamerV1Config, DreamerV2Config
+from wmlab.agents.dreamer.config import DreamerConfig, DreamerV1Config, DreamerV2Config, at_size
 from wmlab.agents.dyna.config import Dyna2Config, DynaConfig
-from wmlab.agents.imagination.config import ImaginationConfig
+from wmlab.agents.imagination.config import ACTOR_CRITIC_OPTIMIZER, ImaginationConfig
 from wmlab.agents.iris.config import IrisConfig
 from wmlab.agents.mpc.config import MPCConfig
 from wmlab.agents.planet.config import PlaNetConfig
 from wmlab.agents.tdmpc2.config import TDMPC2Config
 from wmlab.models.diffusion import DiffusionConfig, RewardEndConfig
 from wmlab.models.mlp import MLPWorldModelConfig
-from wmlab.models.rssm import SIZES as RSSM_SIZES
 from wmlab.models.tdmpc import TDMPCModelConfig, TDMPCSizes
 from wmlab.models.tokens import SIZES as TOKEN_SIZES
 from wmlab.models.tokens import TokenWorldModelConfig
@@ -50,16 +49,9 @@ STATE = {"observation": "state", "max_episode_steps": 25, "reward": "dense"}
 
 
 def tiny_dreamer(config: DreamerConfig, **changes) -> DreamerConfig:
-    gaussian = config.model.latent == "gaussian"
-    model = dataclasses.replace(
-        config.model,
-        size=RSSM_SIZES.preset("tiny", classes=0) if gaussian else RSSM_SIZES["tiny"],
-        stochastic_size=4,
-        reward_bins=31 if config.model.reward_head == "twohot" else config.model.reward_bins,
-    )
-    return dataclasses.replace(
-        config, model=model, imagination_horizon=4, random_steps=50, open_loop_report=False, **changes
-    )
+    reward_bins = 31 if config.model.reward_head == "twohot" else config.model.reward_bins
+    tiny = at_size(config, "tiny", stochastic_size=4, reward_bins=reward_bins)
+    return dataclasses.replace(tiny, imagination_horizon=4, random_steps=50, open_loop_report=False, **changes)
 
 
 def tiny_planet(**changes) -> PlaNetConfig:
@@ -92,7 +84,14 @@ def tiny_tdmpc2() -> TDMPC2Config:
 def tiny_iris() -> IrisConfig:
     return IrisConfig(
         model=TokenWorldModelConfig(size=TOKEN_SIZES["tiny"], stages=2),
-        learner=ImaginationConfig(channels=(4, 4), lstm_size=16, horizon=3, burn_in=2, starts=2, warmup_updates=0),
+        learner=ImaginationConfig(
+            channels=(4, 4),
+            lstm_size=16,
+            horizon=3,
+            burn_in=2,
+            starts=2,
+            optimizer=dataclasses.replace(ACTOR_CRITIC_OPTIMIZER, warmup=0),
+        ),
         tokenizer_frames=8,
         world_model_starts=1,
         actor_critic_starts=2,

@@ -14,7 +14,7 @@ from gymnasium import spaces
 
 from wmlab.agents.diamond.agent import DiamondAgent
 from wmlab.agents.diamond.config import DiamondConfig
-from wmlab.agents.imagination.config import ImaginationConfig
+from wmlab.agents.imagination.config import ACTOR_CRITIC_OPTIMIZER, ImaginationConfig
 from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.cli import main
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError, WmlabError
@@ -404,8 +404,7 @@ def test_the_imagination_learner_learns_from_any_world_model_of_its_interface():
         lstm_size=16,
         horizon=4,
         burn_in=2,
-        learning_rate=3e-3,
-        warmup_updates=0,
+        optimizer=replace(ACTOR_CRITIC_OPTIMIZER, learning_rate=3e-3, warmup=0),
         entropy_weight=0.0,
         discount=0.9,
     )

@@ -12,13 +12,12 @@ import torch
 from test_rssm import BOX, DISCRETE, PIXELS, VECTORS, random_batch
 
 from wmlab.agents.dreamer.agent import DreamerAgent, NormalPolicy, TanhNormalPolicy
-from wmlab.agents.dreamer.config import PRESETS, DreamerConfig
-from wmlab.agents.dreamer.optim import LaProp
+from wmlab.agents.dreamer.config import PRESETS, DreamerConfig, at_size
 from wmlab.agents.planet.agent import PlaNetAgent
 from wmlab.agents.planet.config import PlaNetConfig
 from wmlab.cli import main
+from wmlab.core.optim import LaProp
 from wmlab.core.serialization import load_state
-from wmlab.models.rssm import SIZES
 from wmlab.planners.cem import CEMConfig
 from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import RunSpec
@@ -27,13 +26,7 @@ from wmlab.train.loop import Trainer
 
 def tiny(config: DreamerConfig) -> DreamerConfig:
     """The preset at the tiny size: its latent type, heads and losses, small widths."""
-    gaussian = config.model.latent == "gaussian"
-    model = replace(
-        config.model,
-        size=SIZES.preset("tiny", classes=0) if gaussian else SIZES["tiny"],
-        stochastic_size=4,
-    )
-    return replace(config, model=model, imagination_horizon=4, random_steps=0)
+    return replace(at_size(config, "tiny", stochastic_size=4), imagination_horizon=4, random_steps=0)
 
 
 @pytest.mark.parametrize("version", ["v1", "v2", "v3"])

@@ -190,11 +190,19 @@ def test_describe_suites_names_every_suite_and_how_to_install_it(monkeypatch):
     assert all(row["examples"] for row in rows.values())
 
 
+def test_every_suite_the_adapter_makes_is_described_and_every_described_one_is_made():
+    from wmlab.envs.adapter import SUITES
+    from wmlab.envs.suites import DESCRIPTIONS, UNPREFIXED_MODULES
+
+    assert set(DESCRIPTIONS) == set(SUITES) | set(UNPREFIXED_MODULES)
+    assert not set(SUITES) & set(UNPREFIXED_MODULES)
+
+
 def test_describe_suites_probes_the_real_spaces(monkeypatch):
     from wmlab.envs import suites as envs_extra
 
     for name in ("dmc", "atari", "crafter"):  # slow to build; the others show the mechanism
-        monkeypatch.delitem(envs_extra.SUITES, name)
+        monkeypatch.delitem(envs_extra.DESCRIPTIONS, name)
     rows = {row["suite"]: row for row in envs_extra.describe_suites(probe=True)}
     assert rows["minigrid"]["observation"] == "image (64, 64, 3) uint8 in [0, 255]"
     assert rows["minigrid"]["action"] == "Discrete(7)"

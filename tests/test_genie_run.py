@@ -171,36 +171,26 @@ def test_a_genie_run_plays_its_latent_actions_on_keys_1_to_8(run_dir):
 
 def test_the_page_plays_genie_with_digit_keys_in_chromium(run_dir, tmp_path):
     pytest.importorskip("starlette", reason="wmlab play needs its extra: pip install 'wmlab[play]'")
-    from wmlab.play.measure import browser_missing, launch, measure
+    from wmlab.play.measure import browser_missing, measure, open_page
     from wmlab.play.server import BackgroundServer, create_app
     from wmlab.play.session import load_playable
 
     missing = browser_missing()
     if missing:
         pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
 
     with BackgroundServer(create_app(load_playable(run_dir))) as url:
-        with sync_playwright() as playwright:
-            context = launch(playwright, str(tmp_path / "profile"))
-            try:
-                page = context.new_page()
-                errors = []
-                page.on("pageerror", lambda error: errors.append(str(error)))
-                page.goto(url + "?speed=0")
-                page.wait_for_function("window.wmlabPlay && window.wmlabPlay.lastFrame", timeout=30_000)
-                assert "latent 8" in page.inner_text("#keys") and page.is_disabled("#show-real")
-                for expected, key in enumerate(["3", "8"], start=1):
-                    page.keyboard.press(key)
-                    page.wait_for_function(f"() => window.wmlabPlay.lastFrame.step === {expected}", timeout=10_000)
-                assert page.evaluate("() => window.wmlabPlay.lastFrame.action") == 7
-                upload = tmp_path / "photo.png"
-                upload.write_bytes(png_bytes(90, 40))
-                page.set_input_files("#upload", str(upload))
-                page.wait_for_function("() => window.wmlabPlay.lastFrame.source === 'image'", timeout=10_000)
-                assert errors == []
-            finally:
-                context.close()
+        with open_page(url + "?speed=0", str(tmp_path / "profile")) as (page, errors):
+            assert "latent 8" in page.inner_text("#keys") and page.is_disabled("#show-real")
+            for expected, key in enumerate(["3", "8"], start=1):
+                page.keyboard.press(key)
+                page.wait_for_function(f"() => window.wmlabPlay.lastFrame.step === {expected}", timeout=10_000)
+            assert page.evaluate("() => window.wmlabPlay.lastFrame.action") == 7
+            upload = tmp_path / "photo.png"
+            upload.write_bytes(png_bytes(90, 40))
+            page.set_input_files("#upload", str(upload))
+            page.wait_for_function("() => window.wmlabPlay.lastFrame.source === 'image'", timeout=10_000)
+            assert errors == []
         result = measure(url, seconds=2.0)  # turn-based: the next key as soon as a frame is drawn
     assert result["frames_per_second"] > 0 and result["key_presses_measured"] >= 1
 

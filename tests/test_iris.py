@@ -4,13 +4,14 @@ learner on its generated frames, through the CLI and the loop."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 
-from wmlab.agents.imagination.config import ImaginationConfig
+from wmlab.agents.imagination.config import ACTOR_CRITIC_OPTIMIZER, ImaginationConfig
 from wmlab.agents.iris.agent import IrisAgent
 from wmlab.agents.iris.config import IrisConfig, IrisCPUConfig
 from wmlab.cli import main
@@ -21,7 +22,9 @@ from wmlab.core.types import Batch
 from wmlab.models.tokens import SIZES, TokenWorldModelConfig
 
 TINY_MODEL = TokenWorldModelConfig(size=SIZES["tiny"], stages=2)
-TINY_LEARNER = ImaginationConfig(channels=(4, 4), lstm_size=16, horizon=3, burn_in=2, starts=2, warmup_updates=0)
+TINY_LEARNER = ImaginationConfig(
+    channels=(4, 4), lstm_size=16, horizon=3, burn_in=2, starts=2, optimizer=replace(ACTOR_CRITIC_OPTIMIZER, warmup=0)
+)
 IMAGES = spaces.Dict({"image": spaces.Box(0, 255, (16, 16, 3), np.uint8)})
 
 TINY_ARGUMENTS = [

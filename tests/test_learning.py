@@ -20,7 +20,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from wmlab.agents.dreamer.config import DreamerCPUConfig, OptimizerConfig
+from wmlab.agents.dreamer.config import V3_OPTIMIZER, DreamerCPUConfig
 from wmlab.agents.planet.config import PlaNetConfig
 from wmlab.agents.tdmpc2.config import TDMPC2Config
 from wmlab.core.registry import register_env
@@ -134,7 +134,7 @@ def test_random_actions_are_far_below_the_bar():
 
 
 def test_dreamer_learns_to_drive_the_point_home(tmp_path):
-    fast = OptimizerConfig(learning_rate=1e-3, warmup=0)
+    fast = dataclasses.replace(V3_OPTIMIZER, learning_rate=1e-3, warmup=0)
     sizes = RSSM_SIZES.preset("tiny", deterministic_size=32, hidden_size=32, units=32)
     model = RSSMConfig(size=sizes, stochastic_size=4, reward_bins=31)
     agent = dataclasses.replace(

@@ -445,70 +445,61 @@ def test_without_chromium_the_browser_tests_say_how_to_install(monkeypatch):
 
 
 def test_the_page_plays_in_headless_chromium(server, tmp_path):
-    from wmlab.play.measure import browser_missing, launch
+    from wmlab.play.measure import browser_missing, open_page
 
     missing = browser_missing()
     if missing:
         pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
 
     last = "() => window.wmlabPlay.lastFrame"
-    with sync_playwright() as playwright:
-        context = launch(playwright, str(tmp_path / "profile"))
-        try:
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(server + "?speed=0")
-            page.wait_for_function("window.wmlabPlay && window.wmlabPlay.frames > 5", timeout=30_000)
-            assert "←" in page.inner_text("#keys")  # the legend shows the arrows of the Box action
+    with open_page(server + "?speed=0", str(tmp_path / "profile")) as (page, errors):
+        page.wait_for_function("window.wmlabPlay.frames > 5", timeout=30_000)
+        assert "←" in page.inner_text("#keys")  # the legend shows the arrows of the Box action
 
-            def hold(key: str) -> dict:
-                page.keyboard.down(key)
-                page.wait_for_function(
-                    f"() => {{ const f = window.wmlabPlay.lastFrame; return f.action && f.action[0] === {1 if key == 'ArrowRight' else -1}; }}",
-                    timeout=10_000,
-                )
-                frames = page.evaluate("() => window.wmlabPlay.frames")
-                page.wait_for_function(f"() => window.wmlabPlay.frames > {frames + 3}", timeout=10_000)
-                frame = page.evaluate(last)
-                page.keyboard.up(key)
-                return frame
-
-            right, left = hold("ArrowRight"), hold("ArrowLeft")
-            assert right["action"] == [1.0, 0.0] and left["action"] == [-1.0, 0.0]
-            assert right["dream"] != left["dream"]
-            assert page.evaluate("() => window.wmlabPlay.latencies.length") >= 2
-            page.wait_for_function("() => window.wmlabPlay.stats.fps > 0", timeout=10_000)
-            assert float(page.inner_text("#fps")) > 0
-
-            page.keyboard.press("p")  # pause, then reset: the step count starts again
-            page.wait_for_timeout(200)
-            paused_at = page.evaluate(last)["step"]
-            assert paused_at > 5
-            page.click("#reset")
+        def hold(key: str) -> dict:
+            page.keyboard.down(key)
             page.wait_for_function(
-                "() => window.wmlabPlay.lastFrame.step === 0 && window.wmlabPlay.lastFrame.source === 'reset'",
+                f"() => {{ const f = window.wmlabPlay.lastFrame; return f.action && f.action[0] === {1 if key == 'ArrowRight' else -1}; }}",
                 timeout=10_000,
             )
-            page.keyboard.press(".")
-            page.wait_for_function("() => window.wmlabPlay.lastFrame.step === 1", timeout=10_000)
-            page.keyboard.press("p")
-            page.wait_for_function("() => window.wmlabPlay.lastFrame.step > 3", timeout=10_000)
+            frames = page.evaluate("() => window.wmlabPlay.frames")
+            page.wait_for_function(f"() => window.wmlabPlay.frames > {frames + 3}", timeout=10_000)
+            frame = page.evaluate(last)
+            page.keyboard.up(key)
+            return frame
 
+        right, left = hold("ArrowRight"), hold("ArrowLeft")
+        assert right["action"] == [1.0, 0.0] and left["action"] == [-1.0, 0.0]
+        assert right["dream"] != left["dream"]
+        assert page.evaluate("() => window.wmlabPlay.latencies.length") >= 2
+        page.wait_for_function("() => window.wmlabPlay.stats.fps > 0", timeout=10_000)
+        assert float(page.inner_text("#fps")) > 0
+
+        page.keyboard.press("p")  # pause, then reset: the step count starts again
+        page.wait_for_timeout(200)
+        paused_at = page.evaluate(last)["step"]
+        assert paused_at > 5
+        page.click("#reset")
+        page.wait_for_function(
+            "() => window.wmlabPlay.lastFrame.step === 0 && window.wmlabPlay.lastFrame.source === 'reset'",
+            timeout=10_000,
+        )
+        page.keyboard.press(".")
+        page.wait_for_function("() => window.wmlabPlay.lastFrame.step === 1", timeout=10_000)
+        page.keyboard.press("p")
+        page.wait_for_function("() => window.wmlabPlay.lastFrame.step > 3", timeout=10_000)
+
+        page.click("#record")
+        page.wait_for_timeout(300)
+        with page.expect_download(timeout=30_000) as download:
             page.click("#record")
-            page.wait_for_timeout(300)
-            with page.expect_download(timeout=30_000) as download:
-                page.click("#record")
-            assert Path(download.value.path()).read_bytes()[:6] == b"GIF89a"
+        assert Path(download.value.path()).read_bytes()[:6] == b"GIF89a"
 
-            upload = tmp_path / "start.png"
-            upload.write_bytes(png_bytes())
-            page.set_input_files("#upload", str(upload))
-            page.wait_for_function("() => window.wmlabPlay.lastFrame.source === 'image'", timeout=10_000)
-            assert errors == []
-        finally:
-            context.close()
+        upload = tmp_path / "start.png"
+        upload.write_bytes(png_bytes())
+        page.set_input_files("#upload", str(upload))
+        page.wait_for_function("() => window.wmlabPlay.lastFrame.source === 'image'", timeout=10_000)
+        assert errors == []
 
 
 def test_the_report_links_to_the_command_that_plays_the_run(run_dir, tmp_path):

@@ -21,6 +21,12 @@ out of range raises ConfigError naming the class, the field, the value and the r
 config ("candidates" above). A name in `limits` that is not a field of the class is refused when
 the class is defined.
 
+Moved settings. A config whose flat settings moved into a nested config names them in a class
+attribute `moved_fields` (old name -> "field.setting", or a tuple of such places where one old
+setting now stands in several); `from_dict` reads an older run's config.json through it:
+
+    moved_fields = MappingProxyType({"grad_clip": ("tokenizer_optimizer.grad_clip", "world_model_optimizer.grad_clip")})
+
 A model's named sizes (a nested widths dataclass and its table of presets) are in wmlab.core.sizes.
 """
 
@@ -163,6 +169,7 @@ def from_dict(cls: type[ConfigType], data: dict[str, Any]) -> ConfigType:
         raise TypeError(f"{cls} is not a dataclass")
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+    data = _move_fields(cls, data)
     data = fold_flat_widths(cls, data)  # a config.json from before the sizes were nested
     hints = typing.get_type_hints(cls)
     names = {field.name for field in dataclasses.fields(cls)}
@@ -178,6 +185,28 @@ def from_dict(cls: type[ConfigType], data: dict[str, Any]) -> ConfigType:
             else _restore_sequence(hints[name], value)
         )
     return cls(**values)
+
+
+def _move_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with the settings named in `cls.moved_fields` (an older config.json's) moved to their
+    new places: each old value is written over the new field's default, in every place it moved to."""
+    moved = getattr(cls, "moved_fields", {})
+    if not set(data) & set(moved):
+        return data
+    data = dict(data)
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    for old_name, places in moved.items():
+        if old_name not in data:
+            continue
+        value = data.pop(old_name)
+        for place in (places,) if isinstance(places, str) else places:
+            name, _, inner = place.partition(".")
+            if name not in data:
+                field = fields[name]
+                default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+                data[name] = dataclasses.asdict(default)
+            data[name] = {**data[name], inner: value}
+    return data
 
 
 def _dataclass_in(hint: Any) -> type | None:

@@ -20,7 +20,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import gymnasium
 import numpy as np
@@ -165,13 +165,43 @@ def make_wrapped(
         raise
 
 
-#: prefix -> (factory `make(task, **kwargs)`, the pip extra that installs the suite)
+class SeededWrapper(gymnasium.Wrapper):
+    """A wrapper of a registered environment that wraps another (occluded, perturbed) and draws
+    from its own generator `_random`: seeded by `seed`, reseeded by `reset(seed=...)`, with the
+    subclass's `seed_tag` mixed in so that it never shares the environment's random stream. It
+    exports no state: a resumed run restores the inner environment and restarts this stream."""
+
+    seed_tag: int = 0
+
+    def __init__(self, env: gymnasium.Env, seed: int = 0):
+        super().__init__(env)
+        self._random = np.random.default_rng((int(seed), self.seed_tag))
+
+    def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None):
+        observation, info = self.env.reset(seed=seed, options=options)
+        if seed is not None:
+            self._random = np.random.default_rng((int(seed), self.seed_tag))
+        return observation, info
+
+
+class Suite(NamedTuple):
+    """An environment suite reached through a prefix (`atari:Pong`)."""
+
+    factory: str
+    """"module:function" of `make(task, **kwargs)`."""
+    extra: str
+    """The pip extra that installs it (`pip install 'wmlab[EXTRA]'`)."""
+    module: str
+    """The third-party module it needs (what the extra installs)."""
+
+
+#: prefix -> Suite
 SUITES = {
-    "dmc": ("wmlab.envs.dmc:make_dmc", "dmc"),
-    "atari": ("wmlab.envs.atari:make_atari", "atari"),
-    "minigrid": ("wmlab.envs.minigrid:make_minigrid", "minigrid"),
-    "crafter": ("wmlab.envs.crafter:make_crafter", "crafter"),
-    "minatar": ("wmlab.envs.minatar:make_minatar", "minatar"),
+    "dmc": Suite("wmlab.envs.dmc:make_dmc", "dmc", "dm_control"),
+    "atari": Suite("wmlab.envs.atari:make_atari", "atari", "ale_py"),
+    "minigrid": Suite("wmlab.envs.minigrid:make_minigrid", "minigrid", "minigrid"),
+    "crafter": Suite("wmlab.envs.crafter:make_crafter", "crafter", "crafter"),
+    "minatar": Suite("wmlab.envs.minatar:make_minatar", "minatar", "minatar"),
 }
 
 
@@ -179,14 +209,14 @@ def _make_suite(env_id: str, **kwargs: Any) -> gymnasium.Env:
     from wmlab.core.registry import _load
 
     prefix, _, task = env_id.partition(":")
-    target, extra = SUITES[prefix]
+    suite = SUITES[prefix]
     try:
-        factory = _load(target)
+        factory = _load(suite.factory)
     except ModuleNotFoundError as error:
         if error.name and error.name.startswith("wmlab"):
             raise
         raise WmlabError(
-            f"{env_id!r} needs the {extra} suite: pip install 'wmlab[{extra}]' (missing module {error.name!r})"
+            f"{env_id!r} needs the {suite.extra} suite: pip install 'wmlab[{suite.extra}]' (missing module {error.name!r})"
         ) from None
     return factory(task, **kwargs)
 

@@ -34,14 +34,13 @@ import gymnasium
 import numpy as np
 
 from wmlab.core.errors import WmlabError
-from wmlab.envs.adapter import make_wrapped
-
-#: Mixed into the reset seed so that the schedule does not share the environment's random stream.
-SEED_TAG = 0x0CC1_0DE
+from wmlab.envs.adapter import SeededWrapper, make_wrapped
 
 
-class OcclusionWrapper(gymnasium.Wrapper):
+class OcclusionWrapper(SeededWrapper):
     """Blank runs of consecutive observations (see the module docstring)."""
+
+    seed_tag = 0x0CC1_0DE
 
     def __init__(
         self,
@@ -52,7 +51,7 @@ class OcclusionWrapper(gymnasium.Wrapper):
         keys: Sequence[str] = ("image", "vector"),
         seed: int = 0,
     ):
-        super().__init__(env)
+        super().__init__(env, seed)
         if not 0.0 <= start_probability <= 1.0 or not 0.0 <= episode_probability <= 1.0:
             raise WmlabError(
                 f"probabilities must lie in [0, 1], got start_probability={start_probability}, episode_probability={episode_probability}"
@@ -68,14 +67,11 @@ class OcclusionWrapper(gymnasium.Wrapper):
         self.start_probability = float(start_probability)
         self.length = int(length)
         self.episode_probability = float(episode_probability)
-        self._random = np.random.default_rng((int(seed), SEED_TAG))
         self._susceptible = False
         self._occlusion_step = 0  # k of the current step; 0 when not occluded
 
     def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None):
-        observation, info = self.env.reset(seed=seed, options=options)
-        if seed is not None:
-            self._random = np.random.default_rng((int(seed), SEED_TAG))
+        observation, info = super().reset(seed=seed, options=options)
         self._susceptible = bool(self._random.random() < self.episode_probability)
         self._occlusion_step = 0
         return observation, {**info, "occluded": False, "occlusion_step": 0, "true_observation": observation}

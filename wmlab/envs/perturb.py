@@ -31,10 +31,7 @@ import gymnasium
 import numpy as np
 
 from wmlab.core.errors import WmlabError
-from wmlab.envs.adapter import make_wrapped
-
-#: Mixed into the reset seed so that the perturbations do not share the environment's random stream.
-SEED_TAG = 0x5EED_0B5
+from wmlab.envs.adapter import SeededWrapper, make_wrapped
 
 
 def physics_of(env: gymnasium.Env) -> Any | None:
@@ -42,8 +39,10 @@ def physics_of(env: gymnasium.Env) -> Any | None:
     return getattr(env.unwrapped, "physics", None)
 
 
-class PerturbationWrapper(gymnasium.Wrapper):
+class PerturbationWrapper(SeededWrapper):
     """Gaussian observation noise and random velocity kicks (see the module docstring)."""
+
+    seed_tag = 0x5EED_0B5
 
     def __init__(
         self,
@@ -54,7 +53,7 @@ class PerturbationWrapper(gymnasium.Wrapper):
         kick_every: int = 10,
         seed: int = 0,
     ):
-        super().__init__(env)
+        super().__init__(env, seed)
         if observation_noise < 0 or image_noise < 0 or kick_std < 0:
             raise WmlabError(
                 f"noise levels must be non-negative, got observation_noise={observation_noise}, image_noise={image_noise}, kick_std={kick_std}"
@@ -69,13 +68,10 @@ class PerturbationWrapper(gymnasium.Wrapper):
         self.image_noise = float(image_noise)
         self.kick_std = float(kick_std)
         self.kick_every = int(kick_every)
-        self._random = np.random.default_rng((int(seed), SEED_TAG))
         self._steps = 0
 
     def reset(self, *, seed: int | None = None, options: Mapping[str, Any] | None = None):
-        observation, info = self.env.reset(seed=seed, options=options)
-        if seed is not None:
-            self._random = np.random.default_rng((int(seed), SEED_TAG))
+        observation, info = super().reset(seed=seed, options=options)
         self._steps = 0
         return self._perturb(observation), {**info, "kicked": False, "true_observation": observation}
 

@@ -7,51 +7,40 @@ from typing import Any
 
 import numpy as np
 
-#: suite -> (module that must be importable, pip extra, example ids, what its spaces are)
-SUITES: dict[str, dict[str, Any]] = {
-    "built-in": {
-        "module": None,
-        "extra": None,
-        "examples": ["dyna-maze", "two-rooms", "two-rooms-state"],
-        "spaces": "pure numpy; discrete states, 64x64 RGB pixels or state vectors (wmlab list)",
-    },
-    "gymnasium": {
-        "module": "gymnasium",
-        "extra": None,
-        "examples": ["CartPole-v1", "Pendulum-v1"],
-        "spaces": "any gymnasium id, or my_package.module:EnvId-v0 from your own package",
-    },
-    "dmc": {
-        "module": "dm_control",
-        "extra": "dmc",
-        "examples": ["dmc:cartpole-swingup", "dmc:walker-walk"],
-        "spaces": "DeepMind Control Suite: continuous actions in [-1, 1]; proprioceptive vectors or pixels",
-    },
-    "atari": {
-        "module": "ale_py",
-        "extra": "atari",
-        "examples": ["atari:Pong", "atari:Breakout"],
-        "spaces": "Arcade Learning Environment: pixel frames, discrete actions",
-    },
-    "minigrid": {
-        "module": "minigrid",
-        "extra": "minigrid",
-        "examples": ["minigrid:DoorKey-5x5", "minigrid:Empty-8x8"],
-        "spaces": "64x64 RGB of the full grid or the agent's view, or a symbolic vector; 7 discrete actions",
-    },
-    "crafter": {
-        "module": "crafter",
-        "extra": "crafter",
-        "examples": ["crafter:reward", "crafter:noreward"],
-        "spaces": "64x64 RGB, 17 discrete actions, 22 achievements (Crafter score)",
-    },
-    "minatar": {
-        "module": "minatar",
-        "extra": "minatar",
-        "examples": ["minatar:breakout", "minatar:space_invaders"],
-        "spaces": "MinAtar: 10x10 frames of 4-10 binary object channels as uint8 (size option upscales), minimal discrete actions",
-    },
+from wmlab.envs.adapter import SUITES, make_env
+
+#: What `wmlab envs` shows of each suite: example ids and what its spaces are. The module a prefixed
+#: suite needs and the pip extra that installs it are the adapter's (wmlab.envs.adapter.SUITES).
+DESCRIPTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "built-in": (
+        ("dyna-maze", "two-rooms", "two-rooms-state"),
+        "pure numpy; discrete states, 64x64 RGB pixels or state vectors (wmlab list)",
+    ),
+    "gymnasium": (
+        ("CartPole-v1", "Pendulum-v1"),
+        "any gymnasium id, or my_package.module:EnvId-v0 from your own package",
+    ),
+    "dmc": (
+        ("dmc:cartpole-swingup", "dmc:walker-walk"),
+        "DeepMind Control Suite: continuous actions in [-1, 1]; proprioceptive vectors or pixels",
+    ),
+    "atari": (("atari:Pong", "atari:Breakout"), "Arcade Learning Environment: pixel frames, discrete actions"),
+    "minigrid": (
+        ("minigrid:DoorKey-5x5", "minigrid:Empty-8x8"),
+        "64x64 RGB of the full grid or the agent's view, or a symbolic vector; 7 discrete actions",
+    ),
+    "crafter": (
+        ("crafter:reward", "crafter:noreward"),
+        "64x64 RGB, 17 discrete actions, 22 achievements (Crafter score)",
+    ),
+    "minatar": (
+        ("minatar:breakout", "minatar:space_invaders"),
+        "MinAtar: 10x10 frames of 4-10 binary object channels as uint8 (size option upscales), minimal discrete actions",
+    ),
 }
+
+#: The module each suite without a prefix needs (None: nothing beyond wmlab's own dependencies).
+UNPREFIXED_MODULES = {"built-in": None, "gymnasium": "gymnasium"}
 
 
 def describe_suites(probe: bool = True) -> list[dict[str, Any]]:
@@ -61,24 +50,24 @@ def describe_suites(probe: bool = True) -> list[dict[str, Any]]:
     actual observation and action spaces; a failure is reported in "error", not raised.
     """
     rows = []
-    for name, suite in SUITES.items():
-        available = suite["module"] is None or importlib.util.find_spec(suite["module"]) is not None
+    for name, (examples, description) in DESCRIPTIONS.items():
+        adapted = SUITES.get(name)
+        module = adapted.module if adapted else UNPREFIXED_MODULES[name]
+        available = module is None or importlib.util.find_spec(module) is not None
         row = {
             "suite": name,
-            "examples": list(suite["examples"]),
-            "description": suite["spaces"],
+            "examples": list(examples),
+            "description": description,
             "available": available,
-            "install": None if available or suite["extra"] is None else f"pip install 'wmlab[{suite['extra']}]'",
+            "install": None if available or adapted is None else f"pip install 'wmlab[{adapted.extra}]'",
         }
         if probe and available:
-            row.update(_probe(suite["examples"][0]))
+            row.update(_probe(examples[0]))
         rows.append(row)
     return rows
 
 
 def _probe(env_id: str) -> dict[str, Any]:
-    from wmlab.envs.adapter import make_env
-
     try:
         env = make_env(env_id)
     except Exception as error:  # noqa: BLE001 — any failure is shown to the user, not raised

@@ -40,8 +40,9 @@ from __future__ import annotations
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,7 @@ from gymnasium import spaces
 
 from wmlab.core.config import from_dict
 from wmlab.core.errors import RunDirectoryError, WmlabError
+from wmlab.core.optim import OptimizerConfig, clipped_step, make_optimizer
 from wmlab.core.serialization import (
     global_random_state,
     load_state,
@@ -71,6 +73,9 @@ GUIDANCE_SCALES = (0.0, 1.0, 3.0, 7.0)
 @dataclass(frozen=True)
 class GaiaConfig:
     """GAIA-1 in small on captioned two-rooms."""
+
+    #: Settings that moved into `optimizer` (read from an older run's config.json).
+    moved_fields = MappingProxyType({"learning_rate": "optimizer.learning_rate"})
 
     run_dir: Path = Path("runs/gaia")
     """Where the run lives (data, checkpoints, metrics, result)."""
@@ -96,8 +101,10 @@ class GaiaConfig:
     """B, windows per update."""
     length: int = 8
     """T, steps per window (at most the model's context)."""
-    learning_rate: float = 3e-4
-    """AdamW learning rate."""
+    optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(learning_rate=3e-4, weight_decay=0.01, grad_clip=10.0)
+    )
+    """AdamW of the token model (learning rate 3e-4, weight decay 0.01, gradient norm clipped at 10)."""
     text_dropout: float = 0.15
     """Probability that a window's text is replaced by the null text (classifier-free guidance)."""
     action_dropout: float = 0.15
@@ -207,7 +214,7 @@ class GaiaRun:
         self.model = TokenWorldModel(model_config(config, self.encoder.dim), observation_space, action_space)
         if config.length > self.model.context:
             raise WmlabError(f"--length {config.length} exceeds the model's context of {self.model.context} steps")
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate, weight_decay=0.01)
+        self.optimizer = make_optimizer(self.model.parameters(), config.optimizer)
         self.counters = {"updates": 0, "seconds": 0.0}
         if resume:
             self._load()
@@ -285,8 +292,7 @@ class GaiaRun:
                 loss, metrics = self.model.loss_terms(batch, batch_text(captions, self.table))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
-                self.optimizer.step()
+                clipped_step(self.optimizer, self.model.parameters(), config.optimizer, self.counters["updates"])
                 self.counters["updates"] += 1
                 for name, value in metrics.items():
                     averaged.setdefault(name, []).append(float(value))
@@ -435,15 +441,16 @@ def pipeline_command(argv: list[str]) -> int:
         saved = json.loads(path.read_text())
         if saved.get("kind") != KIND:
             raise RunDirectoryError(f"{config.resume} is not a GAIA run ({path} says kind {saved.get('kind')!r})")
-        kept = {key: value for key, value in saved["pipeline"].items() if key not in ("updates", "minutes", "threads")}
+        names = {setting.name for setting in fields(GaiaConfig)}
+        known = {key: value for key, value in saved["pipeline"].items() if key in names | set(GaiaConfig.moved_fields)}
+        settings = from_dict(GaiaConfig, known)
+        kept = {name: getattr(settings, name) for name in names - {"updates", "minutes", "threads"}}
         kept.update(
             run_dir=Path(config.resume),
             resume=Path(config.resume),
-            dataset=kept.get("dataset") and Path(kept["dataset"]),
+            dataset=settings.dataset and Path(settings.dataset),
         )
-        config = replace(
-            config, **{key: value for key, value in kept.items() if key in GaiaConfig.__dataclass_fields__}
-        )
+        config = replace(config, **kept)
     run = GaiaRun(config, resume=resume)
     print(
         f"data: {len(run.train.episodes)} training / {len(run.valid.episodes)} held-out episodes; training from update {run.counters['updates']}"

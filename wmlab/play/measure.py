@@ -11,6 +11,7 @@ frames over the whole window, and read the model's own time per step from the fr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import statistics
@@ -18,6 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 import tyro
 
@@ -64,6 +66,26 @@ def launch(playwright, user_data_dir: str | None = None, width: int = 1280, heig
     )
 
 
+@contextlib.contextmanager
+def open_page(url: str, user_data_dir: str | None = None, timeout_ms: int = 60_000) -> Iterator[tuple[Any, list[str]]]:
+    """The play page at `url` in a fresh headless Chromium (`launch`), once it has drawn its first
+    frame: yields (page, errors), `errors` collecting the page's uncaught errors as they happen.
+    The browser closes on leaving."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = launch(playwright, user_data_dir)
+        try:
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(url)
+            page.wait_for_function("window.wmlabPlay && window.wmlabPlay.lastFrame", timeout=timeout_ms)
+            yield page, errors
+        finally:
+            context.close()
+
+
 def read_stats(page) -> dict:
     return page.evaluate(
         "() => ({frames: window.wmlabPlay.frames, latencies: window.wmlabPlay.latencies.slice(), stats: {...window.wmlabPlay.stats}, model_ms: window.wmlabPlay.lastFrame && window.wmlabPlay.lastFrame.model_ms})"
@@ -81,45 +103,34 @@ def measure(
     """Open the page at `url`, let it run `seconds`, pressing arrow keys `presses` times along the
     way (a turn-based page: the next key as soon as a frame is drawn, `_press_turns`); return frame
     rates, latencies and the model's time per step (milliseconds)."""
-    from playwright.sync_api import sync_playwright
-
     query = f"?speed={speed:g}" + ("" if real else "&real=0")
-    with sync_playwright() as playwright:
-        context = launch(playwright)
-        try:
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(url + query)
-            page.wait_for_function("window.wmlabPlay && window.wmlabPlay.lastFrame", timeout=60_000)
-            controls = page.evaluate("() => window.wmlabPlay.info.controls")
-            if controls["kind"] == "discrete" and controls["turn_based"]:
-                final, start_frames, started, model_times = _press_turns(page, controls, seconds)
-            else:
-                page.wait_for_function("window.wmlabPlay.frames > 10", timeout=60_000)
-                page.evaluate("() => { window.wmlabPlay.latencies.length = 0; }")
-                model_times = []
-                start_frames, started = read_stats(page)["frames"], time.perf_counter()
-                keys = ["ArrowRight", "ArrowUp", "ArrowLeft", "ArrowDown"]
-                hold = seconds / max(presses, 1)
-                for index in range(presses):
-                    page.keyboard.down(keys[index % len(keys)])
-                    time.sleep(hold / 2)
-                    model_times.append(read_stats(page)["model_ms"])
-                    page.keyboard.up(keys[index % len(keys)])
-                    time.sleep(hold / 2)
-                remaining = seconds - (time.perf_counter() - started)
-                if remaining > 0:
-                    time.sleep(remaining)
-                final = read_stats(page)
-            elapsed = time.perf_counter() - started
-            if screenshot is not None:
-                screenshot.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(screenshot))
-            if errors:
-                raise WmlabError(f"the page raised: {errors[0]}")
-        finally:
-            context.close()
+    with open_page(url + query) as (page, errors):
+        controls = page.evaluate("() => window.wmlabPlay.info.controls")
+        if controls["kind"] == "discrete" and controls["turn_based"]:
+            final, start_frames, started, model_times = _press_turns(page, controls, seconds)
+        else:
+            page.wait_for_function("window.wmlabPlay.frames > 10", timeout=60_000)
+            page.evaluate("() => { window.wmlabPlay.latencies.length = 0; }")
+            model_times = []
+            start_frames, started = read_stats(page)["frames"], time.perf_counter()
+            keys = ["ArrowRight", "ArrowUp", "ArrowLeft", "ArrowDown"]
+            hold = seconds / max(presses, 1)
+            for index in range(presses):
+                page.keyboard.down(keys[index % len(keys)])
+                time.sleep(hold / 2)
+                model_times.append(read_stats(page)["model_ms"])
+                page.keyboard.up(keys[index % len(keys)])
+                time.sleep(hold / 2)
+            remaining = seconds - (time.perf_counter() - started)
+            if remaining > 0:
+                time.sleep(remaining)
+            final = read_stats(page)
+        elapsed = time.perf_counter() - started
+        if screenshot is not None:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot))
+        if errors:
+            raise WmlabError(f"the page raised: {errors[0]}")
     latencies = sorted(final["latencies"])
     model_times = [value for value in model_times if value is not None]
     return {

@@ -25,6 +25,7 @@ from wmlab.agents.imagination.agent import ImaginationAgent, require_discrete
 from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.core import distributed
 from wmlab.core.errors import ShapeError
+from wmlab.core.optim import clipped_step, make_optimizer
 from wmlab.core.types import Batch
 from wmlab.models.diffusion import DiffusionWorldModel
 
@@ -58,17 +59,9 @@ class DiamondAgent(ImaginationAgent):
             )
         if config.learner.burn_in < 1 or config.learner.burn_in > 64:
             raise ValueError(f"learner.burn_in must be between 1 and 64, got {config.learner.burn_in}")
-        self.denoiser_optimizer = torch.optim.AdamW(
-            self.world_model.denoiser.parameters(),
-            lr=config.denoiser_learning_rate,
-            weight_decay=config.weight_decay,
-            eps=config.adam_epsilon,
-        )
-        self.reward_end_optimizer = torch.optim.AdamW(
-            self.world_model.reward_end.parameters(),
-            lr=config.reward_end_learning_rate,
-            weight_decay=config.weight_decay,
-            eps=config.adam_epsilon,
+        self.denoiser_optimizer = make_optimizer(self.world_model.denoiser.parameters(), config.denoiser_optimizer)
+        self.reward_end_optimizer = make_optimizer(
+            self.world_model.reward_end.parameters(), config.reward_end_optimizer
         )
         self.updates = 0
 
@@ -90,27 +83,21 @@ class DiamondAgent(ImaginationAgent):
             raise ShapeError(
                 f"DIAMOND trains on windows of at least {needed} steps (context + 1 and burn-in), got T={T}; pass --train.sequence-length 19"
             )
-        warmup = min(1.0, (self.updates + 1) / config.warmup_updates) if config.warmup_updates > 0 else 1.0
-        for optimizer, rate in (
-            (self.denoiser_optimizer, config.denoiser_learning_rate),
-            (self.reward_end_optimizer, config.reward_end_learning_rate),
-        ):
-            for group in optimizer.param_groups:
-                group["lr"] = rate * warmup
         self.world_model.train()
         self.denoiser_optimizer.zero_grad(set_to_none=True)
         self.reward_end_optimizer.zero_grad(set_to_none=True)
         total, metrics = self.world_model.loss_terms(batch)
         total.backward()
         distributed.average_gradients(self.world_model)
-        denoiser_norm = torch.nn.utils.clip_grad_norm_(
-            self.world_model.denoiser.parameters(), config.denoiser_grad_clip
+        denoiser_norm = clipped_step(
+            self.denoiser_optimizer, self.world_model.denoiser.parameters(), config.denoiser_optimizer, self.updates
         )
-        reward_norm = torch.nn.utils.clip_grad_norm_(
-            self.world_model.reward_end.parameters(), config.reward_end_grad_clip
+        reward_norm = clipped_step(
+            self.reward_end_optimizer,
+            self.world_model.reward_end.parameters(),
+            config.reward_end_optimizer,
+            self.updates,
         )
-        self.denoiser_optimizer.step()
-        self.reward_end_optimizer.step()
         self.world_model.eval()
         self.updates += 1
         result = {name: float(value) for name, value in metrics.items()}

@@ -4,9 +4,15 @@ config/trainer.yaml and config/agent/default.yaml (Atari 100k)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
-from wmlab.agents.imagination.config import ImaginationConfig
+from wmlab.agents.imagination.config import ACTOR_CRITIC_OPTIMIZER, ImaginationConfig
+from wmlab.core.optim import OptimizerConfig
 from wmlab.models.diffusion import DIFFUSION_CPU, DiffusionConfig, DiffusionLossScales
+
+#: DIAMOND's world-model optimiser (config/trainer.yaml: denoiser.optimizer and
+#: rew_end_model.optimizer); the two differ in their gradient clip.
+WORLD_MODEL_OPTIMIZER = OptimizerConfig(learning_rate=1e-4, epsilon=1e-8, weight_decay=1e-2, warmup=100)
 
 
 @dataclass(frozen=True)
@@ -14,24 +20,30 @@ class DiamondConfig:
     """The paper's preset. Train it with `--train.sequence-length 19` (the reward model's windows
     are horizon + context = 19 steps in DIAMOND) and `--train.batch-size 32`."""
 
+    #: Settings that moved into the optimisers' configs (read from an older run's config.json).
+    moved_fields = MappingProxyType(
+        {
+            "denoiser_learning_rate": "denoiser_optimizer.learning_rate",
+            "reward_end_learning_rate": "reward_end_optimizer.learning_rate",
+            "weight_decay": ("denoiser_optimizer.weight_decay", "reward_end_optimizer.weight_decay"),
+            "adam_epsilon": ("denoiser_optimizer.epsilon", "reward_end_optimizer.epsilon"),
+            "warmup_updates": ("denoiser_optimizer.warmup", "reward_end_optimizer.warmup"),
+            "denoiser_grad_clip": "denoiser_optimizer.grad_clip",
+            "reward_end_grad_clip": "reward_end_optimizer.grad_clip",
+        }
+    )
+
     model: DiffusionConfig = field(default_factory=DiffusionConfig)
     """The diffusion world model: UNet widths, EDM noise levels, sampler, reward / end model."""
     learner: ImaginationConfig = field(default_factory=ImaginationConfig)
     """The actor-critic learned on generated frames."""
-    denoiser_learning_rate: float = 1e-4
-    """AdamW learning rate of the denoiser (DIAMOND: 1e-4)."""
-    reward_end_learning_rate: float = 1e-4
-    """AdamW learning rate of the reward / end model (DIAMOND: 1e-4)."""
-    weight_decay: float = 1e-2
-    """AdamW weight decay of both world-model parts (DIAMOND: 1e-2)."""
-    adam_epsilon: float = 1e-8
-    """AdamW epsilon (DIAMOND: 1e-8)."""
-    warmup_updates: int = 100
-    """World-model updates over which the learning rates rise linearly from 0 (DIAMOND: 100)."""
-    denoiser_grad_clip: float = 1.0
-    """Largest gradient norm of the denoiser (DIAMOND: 1)."""
-    reward_end_grad_clip: float = 100.0
-    """Largest gradient norm of the reward / end model (DIAMOND: 100)."""
+    denoiser_optimizer: OptimizerConfig = field(default_factory=lambda: replace(WORLD_MODEL_OPTIMIZER, grad_clip=1.0))
+    """AdamW of the denoiser (DIAMOND: learning rate 1e-4, weight decay 1e-2, epsilon 1e-8, 100
+    updates of warm-up, global gradient norm clipped at 1)."""
+    reward_end_optimizer: OptimizerConfig = field(
+        default_factory=lambda: replace(WORLD_MODEL_OPTIMIZER, grad_clip=100.0)
+    )
+    """AdamW of the reward / end model (DIAMOND: as the denoiser's, the gradient norm clipped at 100)."""
     actor_critic_starts: int = 0
     """World-model updates before the actor-critic starts learning in imagination."""
     imagination_denoising_steps: int = 0
@@ -58,9 +70,16 @@ class DiamondCPUConfig(DiamondConfig):
     )
     learner: ImaginationConfig = field(
         default_factory=lambda: ImaginationConfig(
-            channels=(16, 16, 32, 32), lstm_size=128, starts=8, learning_rate=1e-3, warmup_updates=0
+            channels=(16, 16, 32, 32),
+            lstm_size=128,
+            starts=8,
+            optimizer=replace(ACTOR_CRITIC_OPTIMIZER, learning_rate=1e-3, warmup=0),
         )
     )
-    denoiser_learning_rate: float = 3e-4
-    reward_end_learning_rate: float = 1e-3
+    denoiser_optimizer: OptimizerConfig = field(
+        default_factory=lambda: replace(WORLD_MODEL_OPTIMIZER, learning_rate=3e-4, grad_clip=1.0)
+    )
+    reward_end_optimizer: OptimizerConfig = field(
+        default_factory=lambda: replace(WORLD_MODEL_OPTIMIZER, learning_rate=1e-3, grad_clip=100.0)
+    )
     actor_critic_starts: int = 250

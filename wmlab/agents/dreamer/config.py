@@ -10,40 +10,15 @@ other defaults. Every field can still be overridden on the command line
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from wmlab.core.config import Config, at_least, between, ranges
-from wmlab.models.rssm import RSSMConfig, RSSMLossScales, RSSMSizes
+from wmlab.core.optim import OptimizerConfig
+from wmlab.models.rssm import SIZES, RSSMConfig, RSSMLossScales, RSSMSizes
 
-
-@dataclass(frozen=True)
-class OptimizerConfig(Config):
-    """One optimiser (Dreamer trains the world model, the actor and the critic with three)."""
-
-    limits = ranges(positive="learning_rate epsilon", non_negative="weight_decay grad_clip adaptive_clip warmup")
-
-    kind: str = "laprop"
-    """"laprop" (DreamerV3's current optimiser: RMS-normalise the gradient, then momentum) or "adam"
-    (AdamW: decoupled weight decay)."""
-    learning_rate: float = 4e-5
-    """Step size after warm-up."""
-    epsilon: float = 1e-20
-    """Added to the RMS denominator."""
-    beta1: float = 0.9
-    """Momentum decay."""
-    beta2: float = 0.999
-    """Decay of the squared-gradient average."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay per step, times the learning rate."""
-    grad_clip: float = 0.0
-    """Largest global gradient norm (0: off)."""
-    adaptive_clip: float = 0.3
-    """Adaptive gradient clipping: each tensor's gradient norm is capped at this fraction of the
-    tensor's norm (at least 1e-3), as in DreamerV3's current optimiser (0: off)."""
-    warmup: int = 1000
-    """Updates over which the learning rate ramps linearly from 0 (0: none)."""
-
-
-V3_OPTIMIZER = OptimizerConfig()
+#: DreamerV3's optimiser (its current configs.yaml): LaProp 4e-5 with epsilon 1e-20, adaptive gradient
+#: clipping at 0.3, 1000 updates of warm-up.
+V3_OPTIMIZER = OptimizerConfig(kind="laprop", learning_rate=4e-5, epsilon=1e-20, adaptive_clip=0.3, warmup=1000)
 
 
 @dataclass(frozen=True)
@@ -159,15 +134,7 @@ class DreamerConfig(Config):
 def early_adam(learning_rate: float, epsilon: float, weight_decay: float = 0.0) -> OptimizerConfig:
     """Adam as DreamerV1 and V2 use it: global gradient norm clipped at 100, no adaptive clipping,
     no warm-up."""
-    return OptimizerConfig(
-        kind="adam",
-        learning_rate=learning_rate,
-        epsilon=epsilon,
-        weight_decay=weight_decay,
-        grad_clip=100.0,
-        adaptive_clip=0.0,
-        warmup=0,
-    )
+    return OptimizerConfig(learning_rate=learning_rate, epsilon=epsilon, weight_decay=weight_decay, grad_clip=100.0)
 
 
 @dataclass(frozen=True)
@@ -282,8 +249,8 @@ class DreamerV2Config(EarlyDreamerConfig):
 
 # --- The CPU preset: DreamerV3 for a laptop budget ---------------------------------------------
 
-CPU_MODEL_OPTIMIZER = OptimizerConfig(learning_rate=3e-4, warmup=0)
-CPU_BEHAVIOUR_OPTIMIZER = OptimizerConfig(learning_rate=1e-4, warmup=0)
+CPU_MODEL_OPTIMIZER = replace(V3_OPTIMIZER, learning_rate=3e-4, warmup=0)
+CPU_BEHAVIOUR_OPTIMIZER = replace(V3_OPTIMIZER, learning_rate=1e-4, warmup=0)
 
 
 @dataclass(frozen=True)
@@ -305,3 +272,12 @@ PRESETS: dict[str, type[DreamerConfig]] = {
     "v3": DreamerConfig,
     "v3-cpu": DreamerCPUConfig,
 }
+
+
+def at_size(config: DreamerConfig, size: str, **model_changes: Any) -> DreamerConfig:
+    """`config` with its RSSM at the named `size` (see RSSMConfig.size): the widths a preset sets
+    itself (V1's and V2's) give way to the size's, the preset's latent type, heads and losses stay;
+    `model_changes` are further RSSMConfig fields."""
+    gaussian = config.model.latent == "gaussian"
+    sizes = SIZES.preset(size, classes=0) if gaussian else SIZES[size]
+    return replace(config, model=replace(config.model, size=sizes, **model_changes))

@@ -3,12 +3,28 @@ config/trainer.yaml and config/agent/default.yaml; IRIS uses the same learner)."
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from wmlab.core.optim import OptimizerConfig
+
+#: DIAMOND's actor-critic optimiser (config/trainer.yaml: actor_critic.optimizer).
+ACTOR_CRITIC_OPTIMIZER = OptimizerConfig(learning_rate=1e-4, epsilon=1e-8, warmup=100, grad_clip=100.0)
 
 
 @dataclass(frozen=True)
 class ImaginationConfig:
     """A CNN + LSTM actor-critic over frames, trained on lambda-returns of imagined rollouts."""
+
+    #: Settings that moved into `optimizer` (read from an older run's config.json).
+    moved_fields = MappingProxyType(
+        {
+            "learning_rate": "optimizer.learning_rate",
+            "adam_epsilon": "optimizer.epsilon",
+            "warmup_updates": "optimizer.warmup",
+            "grad_clip": "optimizer.grad_clip",
+        }
+    )
 
     channels: tuple[int, ...] = (32, 32, 64, 64)
     """Channels of the frame encoder's stages (3x3 convolution, SiLU, 2x2 max-pooling each; DIAMOND: [32, 32, 64, 64])."""
@@ -29,13 +45,8 @@ class ImaginationConfig:
     """Weight of the policy's entropy bonus (DIAMOND: 0.001)."""
     value_weight: float = 1.0
     """Weight of the critic's squared error (DIAMOND: 1)."""
-    learning_rate: float = 1e-4
-    """Adam learning rate (DIAMOND: 1e-4)."""
-    adam_epsilon: float = 1e-8
-    """Adam epsilon (DIAMOND: 1e-8)."""
-    warmup_updates: int = 100
-    """Updates over which the learning rate rises linearly from 0 (DIAMOND: 100)."""
-    grad_clip: float = 100.0
-    """Largest global gradient norm per update (DIAMOND: 100)."""
+    optimizer: OptimizerConfig = field(default_factory=lambda: ACTOR_CRITIC_OPTIMIZER)
+    """Adam of the actor-critic (DIAMOND: learning rate 1e-4, epsilon 1e-8, 100 updates of warm-up,
+    global gradient norm clipped at 100)."""
     epsilon: float = 0.01
     """Probability of a uniform random action while collecting (DIAMOND: 0.01)."""

@@ -41,6 +41,7 @@ from torch import nn
 
 from wmlab.agents.imagination.config import ImaginationConfig
 from wmlab.core.errors import ShapeError
+from wmlab.core.optim import clipped_step, make_optimizer
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch
 from wmlab.losses.returns import lambda_returns
@@ -115,7 +116,7 @@ class ImaginationLearner:
         self.generator = generator
         self.view = view
         self.network = ActorCritic(config, image_shape, actions).to(device)
-        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=config.learning_rate, eps=config.adam_epsilon)
+        self.optimizer = make_optimizer(self.network.parameters(), config.optimizer)
         self.updates = 0
 
     # --- acting ------------------------------------------------------------------------------
@@ -231,13 +232,9 @@ class ImaginationLearner:
         critic_loss = (weights * (values[:, :L] - returns.detach()).pow(2)).mean()
         loss = actor_loss + config.value_weight * critic_loss
 
-        warmup = min(1.0, (self.updates + 1) / config.warmup_updates) if config.warmup_updates > 0 else 1.0
-        for group in self.optimizer.param_groups:
-            group["lr"] = config.learning_rate * warmup
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.network.parameters(), config.grad_clip)
-        self.optimizer.step()
+        grad_norm = clipped_step(self.optimizer, self.network.parameters(), config.optimizer, self.updates)
         self.network.eval()
         self.updates += 1
         return {

@@ -30,6 +30,7 @@ from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.agents.iris.config import IrisConfig
 from wmlab.core import distributed
 from wmlab.core.errors import ShapeError
+from wmlab.core.optim import clipped_step, make_optimizer
 from wmlab.core.types import Batch
 from wmlab.models.tokens import TokenWorldModel
 
@@ -75,10 +76,8 @@ class IrisAgent(ImaginationAgent):
                 self.generator,
                 view=view,
             )
-        self.tokenizer_optimizer = torch.optim.Adam(
-            self.world_model.tokenizer.parameters(), lr=config.tokenizer_learning_rate
-        )
-        self.world_model_optimizer = torch.optim.AdamW(self.transformer_groups(), lr=config.world_model_learning_rate)
+        self.tokenizer_optimizer = make_optimizer(self.world_model.tokenizer.parameters(), config.tokenizer_optimizer)
+        self.world_model_optimizer = make_optimizer(self.transformer_groups(), config.world_model_optimizer)
         self.updates = 0
 
     def transformer_groups(self) -> list[dict[str, Any]]:
@@ -97,7 +96,7 @@ class IrisAgent(ImaginationAgent):
                 continue
             (decay if id(parameter) in linear else no_decay).append(parameter)
         return [
-            {"params": decay, "weight_decay": self.config.world_model_weight_decay},
+            {"params": decay, "weight_decay": self.config.world_model_optimizer.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
 
@@ -137,8 +136,9 @@ class IrisAgent(ImaginationAgent):
         self.tokenizer_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(model.tokenizer)
-        norm = torch.nn.utils.clip_grad_norm_(model.tokenizer.parameters(), config.grad_clip)
-        self.tokenizer_optimizer.step()
+        norm = clipped_step(
+            self.tokenizer_optimizer, model.tokenizer.parameters(), config.tokenizer_optimizer, self.updates
+        )
         model.tokenizer.eval()
         with torch.no_grad():
             error = (reconstruction.clamp(0, 1) - frames[chosen]).pow(2).flatten(1).mean(-1).clamp_min(1e-10)
@@ -156,8 +156,7 @@ class IrisAgent(ImaginationAgent):
             total.backward()
             distributed.average_gradients(model)
             parameters = [p for group in self.world_model_optimizer.param_groups for p in group["params"]]
-            norm = torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-            self.world_model_optimizer.step()
+            norm = clipped_step(self.world_model_optimizer, parameters, config.world_model_optimizer, self.updates)
             model.eval()
             result.update({name: float(value) for name, value in metrics.items()})
             result["wm/world_model_grad_norm"] = float(norm)

@@ -4,8 +4,10 @@ Appendix A and the authors' config/trainer.yaml (Atari 100k)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 from wmlab.agents.imagination.config import ImaginationConfig
+from wmlab.core.optim import OptimizerConfig
 from wmlab.models.tokens import SIZES, TokenLossScales, TokenWorldModelConfig
 
 #: IRIS's actor-critic: DIAMOND's learner (the same CNN + LSTM) with IRIS's horizon, burn-in,
@@ -16,9 +18,7 @@ IRIS_LEARNER = ImaginationConfig(
     discount=0.995,
     lambda_=0.95,
     entropy_weight=0.001,
-    learning_rate=1e-4,
-    warmup_updates=0,
-    grad_clip=10.0,
+    optimizer=OptimizerConfig(learning_rate=1e-4, grad_clip=10.0),
     epsilon=0.01,
 )
 
@@ -29,19 +29,30 @@ class IrisConfig:
     --train.train-ratio 1280 --train.learning-starts 1000` (one update of each part per
     environment step, IRIS's 200 steps of each per 200 collected)."""
 
+    #: Settings that moved into the optimisers' configs (read from an older run's config.json).
+    moved_fields = MappingProxyType(
+        {
+            "tokenizer_learning_rate": "tokenizer_optimizer.learning_rate",
+            "world_model_learning_rate": "world_model_optimizer.learning_rate",
+            "world_model_weight_decay": "world_model_optimizer.weight_decay",
+            "grad_clip": ("tokenizer_optimizer.grad_clip", "world_model_optimizer.grad_clip"),
+        }
+    )
+
     model: TokenWorldModelConfig = field(default_factory=lambda: TokenWorldModelConfig(size=SIZES["iris"]))
     """The token world model: VQ tokenizer (16 tokens of a 512-code vocabulary) and a 10-layer GPT."""
     learner: ImaginationConfig = field(default_factory=lambda: IRIS_LEARNER)
     """The actor-critic learned on generated frames (IRIS: CNN (32, 32, 64, 64) + LSTM 512,
     horizon 20, burn-in 20, gamma 0.995, lambda 0.95, entropy weight 0.001, Adam 1e-4, clip 10)."""
-    tokenizer_learning_rate: float = 1e-4
-    """Adam learning rate of the tokenizer (IRIS: 1e-4)."""
-    world_model_learning_rate: float = 1e-4
-    """AdamW learning rate of the transformer and its heads (IRIS: 1e-4)."""
-    world_model_weight_decay: float = 0.01
-    """AdamW weight decay of the transformer's weight matrices (IRIS: 0.01)."""
-    grad_clip: float = 10.0
-    """Largest gradient norm of the tokenizer and of the world model (IRIS: 10)."""
+    tokenizer_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(learning_rate=1e-4, grad_clip=10.0)
+    )
+    """Adam of the tokenizer (IRIS: learning rate 1e-4, gradient norm clipped at 10)."""
+    world_model_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(learning_rate=1e-4, weight_decay=0.01, grad_clip=10.0)
+    )
+    """AdamW of the transformer and its heads, the weight decay on its weight matrices only (IRIS:
+    learning rate 1e-4, weight decay 0.01, gradient norm clipped at 10)."""
     tokenizer_frames: int = 256
     """Frames drawn at random from each replay batch for the tokenizer's step (IRIS: 256)."""
     world_model_starts: int = 4000
@@ -78,11 +89,20 @@ class IrisCPUConfig(IrisConfig):
     )
     learner: ImaginationConfig = field(
         default_factory=lambda: replace(
-            IRIS_LEARNER, channels=(16, 16, 32, 32), lstm_size=128, burn_in=4, starts=8, learning_rate=1e-3
+            IRIS_LEARNER,
+            channels=(16, 16, 32, 32),
+            lstm_size=128,
+            burn_in=4,
+            starts=8,
+            optimizer=replace(IRIS_LEARNER.optimizer, learning_rate=1e-3),
         )
     )
-    tokenizer_learning_rate: float = 1e-3
-    world_model_learning_rate: float = 3e-4
+    tokenizer_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(learning_rate=1e-3, grad_clip=10.0)
+    )
+    world_model_optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(learning_rate=3e-4, weight_decay=0.01, grad_clip=10.0)
+    )
     tokenizer_frames: int = 64
     world_model_starts: int = 100
     actor_critic_starts: int = 200
