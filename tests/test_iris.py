@@ -150,3 +150,32 @@ def test_stages_start_in_order_and_the_actor_reads_reconstructions():
     assert "loss/tokens" in seen[3] and "loss/actor" in seen[3] and "loss/reconstruction" in seen[3]
     frames = torch.as_tensor(batch.obs["image"][:, 0]).float() / 255
     assert torch.allclose(agent.learner.seen(frames), agent.reconstruct(frames))
+
+
+def test_code_restarts_stop_at_restart_codes_until():
+    # A fast usage decay kills the unused codes within a few updates; restarts happen only in the
+    # first `restart_codes_until` updates (IRIS: none at all, the default).
+    assert IrisConfig().restart_codes_until == 0 and IrisCPUConfig().restart_codes_until == 0
+    model = TokenWorldModelConfig(size="tiny", stages=2, usage_decay=0.5)
+    config = IrisConfig(
+        model=model,
+        learner=TINY_LEARNER,
+        tokenizer_frames=8,
+        world_model_starts=100,
+        actor_critic_starts=100,
+        restart_codes_until=8,
+    )
+    agent = IrisAgent(config, IMAGES, spaces.Discrete(3), seed=0)
+    rng = np.random.default_rng(0)
+    B, T = 2, 4
+    batch = Batch(
+        obs={"image": rng.integers(0, 256, (B, T, 16, 16, 3), dtype=np.uint8)},
+        action=rng.integers(0, 3, (B, T)),
+        reward=np.zeros((B, T), np.float32),
+        is_first=np.zeros((B, T), bool),
+        is_terminal=np.zeros((B, T), bool),
+        is_last=np.zeros((B, T), bool),
+    )
+    restarted = [agent.update(batch)["vq/restarted"] for _ in range(16)]
+    assert sum(restarted[:8]) > 0, restarted
+    assert sum(restarted[8:]) == 0, restarted
