@@ -129,14 +129,10 @@ def test_a_continuous_action_space_is_refused():
         IrisAgent(config, IMAGES, spaces.Box(-1, 1, (2,), np.float32), seed=0)
 
 
-def test_stages_start_in_order_and_the_actor_reads_reconstructions():
-    config = IrisConfig(
-        model=TINY_MODEL, learner=TINY_LEARNER, tokenizer_frames=8, world_model_starts=2, actor_critic_starts=3
-    )
-    agent = IrisAgent(config, IMAGES, spaces.Discrete(3), seed=0)
+def random_batch(B: int = 2, T: int = 4) -> Batch:
+    """B windows of T steps of random 16 x 16 frames, actions and rewards, no episode boundary."""
     rng = np.random.default_rng(0)
-    B, T = 2, 4
-    batch = Batch(
+    return Batch(
         obs={"image": rng.integers(0, 256, (B, T, 16, 16, 3), dtype=np.uint8)},
         action=rng.integers(0, 3, (B, T)),
         reward=rng.normal(size=(B, T)).astype(np.float32),
@@ -144,6 +140,15 @@ def test_stages_start_in_order_and_the_actor_reads_reconstructions():
         is_terminal=np.zeros((B, T), bool),
         is_last=np.zeros((B, T), bool),
     )
+
+
+def test_stages_start_in_order_and_the_actor_reads_reconstructions():
+    config = IrisConfig(
+        model=TINY_MODEL, learner=TINY_LEARNER, tokenizer_frames=8, world_model_starts=2, actor_critic_starts=3
+    )
+    agent = IrisAgent(config, IMAGES, spaces.Discrete(3), seed=0)
+    batch = random_batch()
+    B, T = batch.shape
     seen = [set(agent.update(batch)) for _ in range(4)]
     assert "loss/reconstruction" in seen[0] and "loss/tokens" not in seen[0] and "loss/actor" not in seen[0]
     assert "loss/tokens" in seen[2] and "loss/actor" not in seen[2]
@@ -166,16 +171,7 @@ def test_code_restarts_stop_at_restart_codes_until():
         restart_codes_until=8,
     )
     agent = IrisAgent(config, IMAGES, spaces.Discrete(3), seed=0)
-    rng = np.random.default_rng(0)
-    B, T = 2, 4
-    batch = Batch(
-        obs={"image": rng.integers(0, 256, (B, T, 16, 16, 3), dtype=np.uint8)},
-        action=rng.integers(0, 3, (B, T)),
-        reward=np.zeros((B, T), np.float32),
-        is_first=np.zeros((B, T), bool),
-        is_terminal=np.zeros((B, T), bool),
-        is_last=np.zeros((B, T), bool),
-    )
+    batch = random_batch()
     restarted = [agent.update(batch)["vq/restarted"] for _ in range(16)]
     assert sum(restarted[:8]) > 0, restarted
     assert sum(restarted[8:]) == 0, restarted

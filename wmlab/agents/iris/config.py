@@ -70,8 +70,8 @@ class IrisCPUConfig(IrisConfig):
     actor-critic after 200; reward and end steps weigh 10 in the world model's loss (calibrated
     back in imagination: sparse events are otherwise learned last); the tokenizer weighs
     pixels off the background 21 times (`foreground` 20: else MinAtar's ball and paddle and
-    two-rooms' agent vanish from the reconstructions) and restarts unused codes onto the
-    worst-represented encodings. The tokenizer makes 4 x 4 = 16 tokens of any
+    two-rooms' agent vanish from the reconstructions); codes never restart (`restart_codes_until`
+    0; with it raised, onto the worst-represented encodings). The tokenizer makes 4 x 4 = 16 tokens of any
     square frame of side 16, 32, 64 (IRIS's count); on MinAtar: `--env minatar:breakout --env-kwargs
     '{"size": 16}' --train.batch-size 8 --train.sequence-length 10 --train.train-ratio 20
     --train.learning-starts 500` (one update per 4 environment steps)."""
