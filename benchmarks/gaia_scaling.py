@@ -1,15 +1,16 @@
 """GAIA-1's scaling claim in small (issue 26, benchmark (d)): validation token loss of three
 transformer sizes trained for the same number of updates on the same frozen tokens.
 
-GAIA-1 (Hu et al. 2023, arXiv:2309.17080, Sec. 5 "Scaling") fits the validation cross-entropy
+GAIA-1 (Hu et al. 2023, arXiv:2309.17080, its scaling section) fits the validation cross-entropy
 of its world model against compute for models of growing size, all reading the tokens of one
 fixed image tokenizer. In small, on `wmlab pipeline gaia`'s captioned two-rooms data:
 
 1. data, text table and a `cpu` token model come from `wmlab.pipelines.gaia.GaiaRun` (300
    training episodes from seed 0, 40 held-out ones from seed 100000);
 2. the tokenizer alone learns for `--tokenizer-updates` updates (Adam, `--tokenizer-lr`,
-   the pipeline's foreground weighting), then is frozen and shared: every size sees the same
-   tokens, so their token losses are comparable;
+   the pipeline's foreground weighting, dead codes restarted onto the worst-represented
+   encodings at usage decay `--tokenizer-usage-decay`), then is frozen and shared: every size
+   sees the same tokens, so their token losses are comparable;
 3. each size (layers x width, 4 heads, the `cpu` context of 10 steps) trains from the same seed on
    the same sequence of batches (B x T windows, text and actions each dropped with probability
    0.15), AdamW 3e-4, for `--updates` updates; every `--eval-every` updates its token loss on the
@@ -151,7 +152,12 @@ def run_command(args) -> None:
         seed=args.seed,
     )
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    run = GaiaRun(config, resume=(out / "data_run" / "config.json").exists())
+    (out / "data_run" / "config.json").unlink(missing_ok=True)  # the recorded episodes are reused
+    run = GaiaRun(config)
+    # Restarts are harmless before the tokens are frozen, and needed: without them the tokenizer
+    # collapsed onto 5 codes and never drew the agent (200 updates, decay 0.99: no code died yet).
+    quantizer = run.model.tokenizer.quantizer
+    quantizer.usage_decay, quantizer.restart_on = args.tokenizer_usage_decay, args.tokenizer_restart_on
     tokenizer = train_tokenizer(run, args.tokenizer_updates, args.tokenizer_lr, args.batch, args.length)
     print(json.dumps({"tokenizer": tokenizer}), flush=True)
     run.valid.rng = np.random.default_rng(args.seed + 1)
@@ -179,11 +185,17 @@ def plot_command(args) -> None:
     import matplotlib.pyplot as plt
 
     result = json.loads(Path(args.result).read_text())
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4))
     for size in result["sizes"]:
         label = f"{size['layers']} x {size['width']} ({size['transformer_parameters'] / 1e6:.2f} M)"
         curve = size["curve"]
-        left.plot([p["updates"] for p in curve], [p["valid_token_loss"] for p in curve], marker="o", label=label)
+        losses = [p["valid_token_loss"] for p in curve]
+        left.plot([p["updates"] for p in curve], losses, marker="o", label=label)
+        middle.plot([p["seconds"] for p in curve], losses, marker="o", label=label)
+    middle.set_xlabel("training seconds (shared, loaded 2-core CPU; 1 thread)")
+    middle.set_ylabel("validation token loss (nats / token)")
+    middle.set_title("the same curves against wall clock")
+    middle.legend()
     left.set_xlabel("updates (batches of 8 x 8 steps)")
     left.set_ylabel("validation token loss (nats / token)")
     left.set_title("held-out captioned two-rooms, same frozen tokens")
@@ -212,6 +224,8 @@ def main() -> None:
     run.add_argument("--updates", type=int, default=300, help="transformer updates of every size")
     run.add_argument("--tokenizer-updates", type=int, default=200)
     run.add_argument("--tokenizer-lr", type=float, default=1e-3)
+    run.add_argument("--tokenizer-usage-decay", type=float, default=0.9, help="of the codes' usage (restarts)")
+    run.add_argument("--tokenizer-restart-on", default="error", choices=["random", "error"])
     run.add_argument("--learning-rate", type=float, default=3e-4)
     run.add_argument("--batch", type=int, default=8)
     run.add_argument("--length", type=int, default=8)
