@@ -132,14 +132,10 @@ def test_a_continuous_action_space_is_refused():
         IrisAgent(config, IMAGES, spaces.Box(-1, 1, (2,), np.float32), seed=0)
 
 
-def test_stages_start_in_order_and_the_actor_reads_reconstructions():
-    config = IrisConfig(
-        model=TINY_MODEL, learner=TINY_LEARNER, tokenizer_frames=8, world_model_starts=2, actor_critic_starts=3
-    )
-    agent = IrisAgent(config, IMAGES, spaces.Discrete(3), seed=0)
+def random_batch(B: int = 2, T: int = 4) -> Batch:
+    """B windows of T steps of random 16 x 16 frames, actions and rewards, no episode boundary."""
     rng = np.random.default_rng(0)
-    B, T = 2, 4
-    batch = Batch(
+    return Batch(
         obs={"image": rng.integers(0, 256, (B, T, 16, 16, 3), dtype=np.uint8)},
         action=rng.integers(0, 3, (B, T)),
         reward=rng.normal(size=(B, T)).astype(np.float32),
@@ -147,9 +143,38 @@ def test_stages_start_in_order_and_the_actor_reads_reconstructions():
         is_terminal=np.zeros((B, T), bool),
         is_last=np.zeros((B, T), bool),
     )
+
+
+def test_stages_start_in_order_and_the_actor_reads_reconstructions():
+    config = IrisConfig(
+        model=TINY_MODEL, learner=TINY_LEARNER, tokenizer_frames=8, world_model_starts=2, actor_critic_starts=3
+    )
+    agent = IrisAgent(config, IMAGES, spaces.Discrete(3), seed=0)
+    batch = random_batch()
+    B, T = batch.shape
     seen = [set(agent.update(batch)) for _ in range(4)]
     assert "loss/reconstruction" in seen[0] and "loss/tokens" not in seen[0] and "loss/actor" not in seen[0]
     assert "loss/tokens" in seen[2] and "loss/actor" not in seen[2]
     assert "loss/tokens" in seen[3] and "loss/actor" in seen[3] and "loss/reconstruction" in seen[3]
     frames = torch.as_tensor(batch.obs["image"][:, 0]).float() / 255
     assert torch.allclose(agent.learner.seen(frames), agent.reconstruct(frames))
+
+
+def test_code_restarts_stop_at_restart_codes_until():
+    # A fast usage decay kills the unused codes within a few updates; restarts happen only in the
+    # first `restart_codes_until` updates (IRIS: none at all, the default).
+    assert IrisConfig().restart_codes_until == 0 and IrisCPUConfig().restart_codes_until == 0
+    model = TokenWorldModelConfig(size=SIZES["tiny"], stages=2, usage_decay=0.5)
+    config = IrisConfig(
+        model=model,
+        learner=TINY_LEARNER,
+        tokenizer_frames=8,
+        world_model_starts=100,
+        actor_critic_starts=100,
+        restart_codes_until=8,
+    )
+    agent = IrisAgent(config, IMAGES, spaces.Discrete(3), seed=0)
+    batch = random_batch()
+    restarted = [agent.update(batch)["vq/restarted"] for _ in range(16)]
+    assert sum(restarted[:8]) > 0, restarted
+    assert sum(restarted[8:]) == 0, restarted

@@ -129,6 +129,9 @@ class IrisAgent(ImaginationAgent):
         frames = model.frames(batch.obs, ("B", "T"), {})
         count = min(config.tokenizer_frames, frames.shape[0])
         chosen = torch.randperm(frames.shape[0], generator=self.generator)[:count].to(self.device)
+        # No dead-code restarts after `restart_codes_until` (IRIS: none): they re-mean tokens.
+        restarting = self.updates < config.restart_codes_until
+        model.tokenizer.quantizer.dead_code_threshold = config.model.dead_code_threshold if restarting else 0.0
         model.tokenizer.train()
         terms, quantized, reconstruction = model.tokenizer_terms(frames[chosen])
         scales = config.model.loss_scales
