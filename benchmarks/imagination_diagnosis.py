@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
+from dataclasses import is_dataclass, replace
 
 import numpy as np
 import torch
@@ -354,6 +354,53 @@ def denoiser(arguments) -> dict:
     return {"arguments": vars(arguments), "rows": rows}
 
 
+def with_changes(config, changes: dict):
+    """A frozen dataclass config with nested changes applied ({"model": {"loss_scales": {...}}})."""
+    direct = {}
+    for name, value in changes.items():
+        current = getattr(config, name)
+        direct[name] = with_changes(current, value) if isinstance(value, dict) and is_dataclass(current) else value
+    return replace(config, **direct)
+
+
+def iris_world_model(arguments) -> dict:
+    """IRIS's tokenizer and world model (iris-cpu with `--changes`, no actor-critic) trained on a
+    uniform-random stream: on held-out windows every `--every` updates, the next-token accuracy,
+    reward and end precision / recall (calibrated, as imagination reads them), PSNR and code usage."""
+    from wmlab.agents.iris.agent import IrisAgent
+    from wmlab.agents.iris.config import IrisCPUConfig
+    from wmlab.envs.adapter import make_env
+
+    torch.set_num_threads(1)
+    kwargs = json.loads(arguments.env_kwargs)
+    train = record_stream(arguments.env, kwargs, arguments.steps, arguments.seed)
+    held_out = record_stream(arguments.env, kwargs, arguments.steps // 2, arguments.seed + 1000)
+    env = make_env(arguments.env, **kwargs)
+    config = with_changes(IrisCPUConfig(), {"actor_critic_starts": 10**9, **json.loads(arguments.changes)})
+    agent = IrisAgent(config, env.observation_space, env.action_space, seed=arguments.seed)
+    rng = np.random.default_rng(arguments.seed)
+    probe = stream_windows(held_out, 128, arguments.length, np.random.default_rng(arguments.seed + 1))
+    rows = []
+    begin = time.perf_counter()
+    for update in range(1, arguments.updates + 1):
+        if update == arguments.freeze_tokenizer_after:
+            for group in agent.tokenizer_optimizer.param_groups:
+                group["lr"] = 0.0
+        agent.update(stream_windows(train, arguments.batch_size, arguments.length, rng))
+        if update % arguments.every == 0 and update > config.world_model_starts:
+            with torch.no_grad():
+                _, metrics = agent.world_model.loss_terms(probe)
+                tokens, _ = agent.world_model.tokenize(torch.as_tensor(probe.obs["image"]).flatten(0, 1))
+                tokens = tokens.reshape(*probe.reward.shape, -1)
+                repeated = torch.as_tensor(~probe.is_first[:, 1:])
+                copied = (tokens[:, 1:] == tokens[:, :-1]).float().mean(-1)[repeated].mean()
+            row = {"update": update, "seconds": round(time.perf_counter() - begin, 1), "copy_accuracy": float(copied)}
+            row.update({name: round(float(value), 4) for name, value in metrics.items()})
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return {"arguments": vars(arguments), "rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -388,12 +435,25 @@ def main() -> None:
     command.add_argument("--denoising-steps", type=int, default=0, help="diffusion models: 0 = the agent's setting")
     command.add_argument("--seed", type=int, default=0)
     command.add_argument("--out", default=None)
+    command = commands.add_parser("iris-world-model")
+    command.add_argument("--env", default="minatar:breakout")
+    command.add_argument("--env-kwargs", default='{"size": 16}')
+    command.add_argument("--steps", type=int, default=4000)
+    command.add_argument("--updates", type=int, default=1000)
+    command.add_argument("--every", type=int, default=100)
+    command.add_argument("--batch-size", type=int, default=8)
+    command.add_argument("--length", type=int, default=10)
+    command.add_argument("--changes", default="{}", help="JSON changes of the iris-cpu config, nested")
+    command.add_argument("--freeze-tokenizer-after", type=int, default=0, help="0: never")
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--out", default=None)
     arguments = parser.parse_args()
     commands_by_name = {
         "reward-end": reward_end,
         "evaluate": evaluate,
         "imagined-vs-real": imagined_vs_real,
         "denoiser": denoiser,
+        "iris-world-model": iris_world_model,
     }
     result = commands_by_name[arguments.command](arguments)
     if arguments.out:

@@ -162,8 +162,10 @@ def test_stages_start_in_order_and_the_actor_reads_reconstructions():
 
 def test_code_restarts_stop_at_restart_codes_until():
     # A fast usage decay kills the unused codes within a few updates; restarts happen only in the
-    # first `restart_codes_until` updates (IRIS: none at all, the default).
-    assert IrisConfig().restart_codes_until == 0 and IrisCPUConfig().restart_codes_until == 0
+    # first `restart_codes_until` updates (IRIS: none at all, the default; the CPU preset: until
+    # the world model starts).
+    assert IrisConfig().restart_codes_until == 0
+    assert IrisCPUConfig().restart_codes_until == IrisCPUConfig().world_model_starts
     model = TokenWorldModelConfig(size=SIZES["tiny"], stages=2, usage_decay=0.5)
     config = IrisConfig(
         model=model,

@@ -3,6 +3,8 @@ the transformer (causal mask, key-value cache, adaLN-zero), the tokenizer's roun
 against uncached imagination, overfitting a fixed sequence, conditioning and guidance, the
 evaluation suites through the WorldModel protocol, and bad inputs."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -246,6 +248,32 @@ def test_tokenizer_round_trips_a_fitted_frame_set():
     error = (decoded - torch.as_tensor(frames).float() / 255).pow(2).flatten(1).mean(-1)
     psnr = (-10 * error.log10()).mean().item()
     assert psnr > 24.0, f"round-trip PSNR {psnr:.1f} dB"
+
+
+def test_patch_encoder_gives_each_patch_its_own_token():
+    """With encoder="patch" a token is a function of its own 4 x 4 patch alone: a change in one
+    patch changes that patch's token at most, and a repeated patch always gets the same token;
+    the conv encoder (IRIS's) lets a change reach the neighbours' encodings."""
+    torch.manual_seed(0)
+    patch = TokenWorldModel(replace(TINY, encoder="patch"), SMALL, spaces.Discrete(3)).eval()
+    conv = TokenWorldModel(TINY, SMALL, spaces.Discrete(3)).eval()
+    frame = moving_square_frames(1)[0]
+    changed = frame.copy()
+    changed[0, 0] = (255, 255, 255)  # one pixel of the top-left patch
+    with torch.no_grad():
+        encodings = {
+            name: [
+                model.tokenizer.encoder(torch.as_tensor(f[None]).permute(0, 3, 1, 2).float() / 255)
+                for f in (frame, changed)
+            ]
+            for name, model in (("patch", patch), ("conv", conv))
+        }
+    moved = {name: (a - b).abs().amax(1).flatten() for name, (a, b) in encodings.items()}  # (16,) per token
+    assert moved["patch"][0] > 0 and moved["patch"][1:].abs().max() == 0
+    assert moved["conv"][1:].abs().max() > 0
+    tiled = np.tile(frame[:4, :4], (4, 4, 1))  # the same patch everywhere
+    tokens, _ = patch.tokenize(tiled[None])
+    assert tokens.unique().numel() == 1
 
 
 def test_model_level_causality_a_later_frame_never_changes_an_earlier_prediction():

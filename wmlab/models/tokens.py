@@ -176,6 +176,11 @@ class TokenWorldModelConfig:
     """Stride-2 stages of the tokenizer: 4 take 64 x 64 to 4 x 4 = 16 tokens (IRIS); None: as many
     as make a 4 x 4 grid of the frame (IRIS's 16 tokens at any side 4 * 2^s; 2 for 16 x 16
     frames); a side not divisible by 2^stages is refused."""
+    encoder: str = "conv"
+    """The tokenizer's encoder: "conv" (IRIS: convolutions and residual blocks across the frame,
+    so a token also sees its neighbours' pixels) or "patch" (each token computed from its own
+    patch alone, as a per-patch MLP: identical patches always get the same token, so a static
+    part of the scene keeps its tokens from frame to frame)."""
     refresh_keep: int | None = None
     """Steps kept when imagination's window fills the context and restarts (None: half the
     context; IRIS restarts from the current frame, 1; context - 1 keeps the most context but
@@ -212,6 +217,8 @@ class TokenWorldModelConfig:
 def _check_config(config: TokenWorldModelConfig) -> None:
     if config.reward_head not in ("sign", "twohot"):
         raise ValueError(f"TokenWorldModelConfig.reward_head must be sign or twohot, got {config.reward_head!r}")
+    if config.encoder not in ("conv", "patch"):
+        raise ValueError(f"TokenWorldModelConfig.encoder must be conv or patch, got {config.encoder!r}")
     if config.guided not in ("text", "action", "both"):
         raise ValueError(f"TokenWorldModelConfig.guided must be text, action or both, got {config.guided!r}")
     if config.temperature < 0:
@@ -280,6 +287,7 @@ class Tokenizer(nn.Module):
         dead_code_threshold: float,
         usage_decay: float = 0.99,
         restart_on: str = "random",
+        encoder_kind: str = "conv",
     ):
         super().__init__()
         channels = widths.channels
@@ -299,12 +307,20 @@ class Tokenizer(nn.Module):
         self.tokens_per_frame = self.grid[0] * self.grid[1]
         self.image_channels = image_channels
         side = max(height, width)
-        encoder: list[nn.Module] = [nn.Conv2d(image_channels, channels, 3, padding=1)]
-        for stage in range(stages):
-            encoder += blocks_at(side >> stage)
-            encoder.append(nn.Conv2d(channels, channels, 4, stride=2, padding=1))
-        encoder += blocks_at(side >> stages)
-        encoder += [nn.GroupNorm(math.gcd(channels, 8), channels), nn.SiLU(), nn.Conv2d(channels, widths.code_size, 1)]
+        if encoder_kind == "patch":  # one patch per token, read by 1 x 1 convolutions: an MLP per patch
+            encoder: list[nn.Module] = [nn.Conv2d(image_channels, channels, factor, stride=factor), nn.SiLU()]
+            encoder += [nn.Conv2d(channels, channels, 1), nn.SiLU(), nn.Conv2d(channels, widths.code_size, 1)]
+        else:
+            encoder = [nn.Conv2d(image_channels, channels, 3, padding=1)]
+            for stage in range(stages):
+                encoder += blocks_at(side >> stage)
+                encoder.append(nn.Conv2d(channels, channels, 4, stride=2, padding=1))
+            encoder += blocks_at(side >> stages)
+            encoder += [
+                nn.GroupNorm(math.gcd(channels, 8), channels),
+                nn.SiLU(),
+                nn.Conv2d(channels, widths.code_size, 1),
+            ]
         self.encoder = nn.Sequential(*encoder)
         decoder: list[nn.Module] = [nn.Conv2d(widths.code_size, channels, 3, padding=1)]
         decoder += blocks_at(side >> stages)
@@ -410,6 +426,7 @@ class TokenWorldModel(nn.Module):
             config.dead_code_threshold,
             config.usage_decay,
             config.restart_on,
+            config.encoder,
         )
         K = self.tokens_per_frame = self.tokenizer.tokens_per_frame
         self.context = widths.context
