@@ -11,6 +11,8 @@ import pytest
 import torch
 from gymnasium import spaces
 
+from wmlab.agents.imagination.config import ImaginationConfig
+from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.core.errors import ShapeError
 from wmlab.core.types import Batch
 from wmlab.losses.events import calibrated_logits, event_weighted_mean
@@ -179,3 +181,27 @@ def test_the_denoiser_loss_weighs_the_pixels_off_the_median_frame():
             results[name, foreground] = float(loss)
     assert results["still", 20.0] == pytest.approx(results["still", 0.0], rel=1e-6)
     assert results["moving", 20.0] > 1.02 * results["moving", 0.0], results
+
+
+def test_evaluation_samples_at_its_temperature_without_touching_training_draws():
+    config = ImaginationConfig(channels=(4,), lstm_size=8, horizon=2, burn_in=1)
+    generator = torch.Generator().manual_seed(3)
+    learner = ImaginationLearner(config, (8, 8, 3), 3, torch.device("cpu"), generator)
+    logits = torch.tensor([[2.0, 1.0, 0.0]]).repeat(2000, 1)
+    state_before = generator.get_state()
+    actions = learner.evaluation_action(logits)
+    assert torch.equal(generator.get_state(), state_before)  # training's stream untouched
+    shares = torch.bincount(actions, minlength=3).float() / len(actions)
+    assert torch.allclose(shares, logits[0].softmax(-1), atol=0.04), shares
+    # Reseeded from the update count: the same round draws the same actions again, a new round others.
+    learner.evaluated_at = None
+    assert torch.equal(learner.evaluation_action(logits), actions)
+    learner.updates += 1
+    assert not torch.equal(learner.evaluation_action(logits), actions)
+    cold = ImaginationLearner(replace(config, evaluation_temperature=0.5), (8, 8, 3), 3, torch.device("cpu"), generator)
+    colder = torch.bincount(cold.evaluation_action(logits), minlength=3).float() / len(actions)
+    assert torch.allclose(colder, (logits[0] / 0.5).softmax(-1), atol=0.04), colder
+    greedy = ImaginationLearner(
+        replace(config, evaluation_temperature=0.0), (8, 8, 3), 3, torch.device("cpu"), generator
+    )
+    assert torch.equal(greedy.evaluation_action(logits), torch.zeros(2000, dtype=torch.long))

@@ -50,3 +50,6 @@ class ImaginationConfig:
     global gradient norm clipped at 100)."""
     epsilon: float = 0.01
     """Probability of a uniform random action while collecting (DIAMOND: 0.01)."""
+    evaluation_temperature: float = 1.0
+    """Evaluation samples its actions from softmax(logits / this), no uniform actions (DIAMOND's
+    test episodes: 1; IRIS's: 0.5); 0: the most probable action (greedy)."""

@@ -114,6 +114,11 @@ class ImaginationLearner:
         self.actions = actions
         self.device = device
         self.generator = generator
+        # Evaluation draws its own numbers (training's are untouched), reseeded at each round from
+        # the update count, so a resumed run evaluates as the uninterrupted one.
+        self.evaluation_generator = torch.Generator()
+        self.evaluation_seed = generator.initial_seed()
+        self.evaluated_at: int | None = None
         self.view = view
         self.network = ActorCritic(config, image_shape, actions).to(device)
         self.optimizer = make_optimizer(self.network.parameters(), config.optimizer)
@@ -121,12 +126,26 @@ class ImaginationLearner:
 
     # --- acting ------------------------------------------------------------------------------
 
-    def sample(self, logits: torch.Tensor, epsilon: float = 0.0) -> torch.Tensor:
+    def sample(
+        self, logits: torch.Tensor, epsilon: float = 0.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Actions (B,) drawn from softmax(logits (B, A)), uniform with probability epsilon."""
         probabilities = logits.softmax(-1)
         if epsilon > 0:
             probabilities = (1 - epsilon) * probabilities + epsilon / self.actions
-        return torch.multinomial(probabilities.cpu(), 1, generator=self.generator)[:, 0].to(logits.device)
+        generator = self.generator if generator is None else generator
+        return torch.multinomial(probabilities.cpu(), 1, generator=generator)[:, 0].to(logits.device)
+
+    def evaluation_action(self, logits: torch.Tensor) -> torch.Tensor:
+        """Actions (B,) of an evaluation episode: sampled at `evaluation_temperature` (0: argmax)
+        from the evaluation generator, seeded afresh when the update count has changed."""
+        temperature = self.config.evaluation_temperature
+        if temperature == 0:
+            return logits.argmax(-1)
+        if self.evaluated_at != self.updates:
+            self.evaluation_generator.manual_seed(self.evaluation_seed * 1_000_003 + self.updates)
+            self.evaluated_at = self.updates
+        return self.sample(logits / temperature, generator=self.evaluation_generator)
 
     @torch.no_grad()
     def act(
@@ -134,8 +153,8 @@ class ImaginationLearner:
     ) -> tuple[torch.Tensor, Recurrent]:
         """Real frames (B, H, W, C), the LSTM state (None at the start), is_first (B,) ->
         (actions (B,), new LSTM state). While collecting, actions are sampled from the policy,
-        uniform with probability epsilon; otherwise the most probable action is taken (greedy
-        evaluation, which draws no random numbers, so evaluating does not change training)."""
+        uniform with probability epsilon; evaluating, as `evaluation_action` (its own random
+        numbers, so evaluating does not change training)."""
         frames = self.seen(unit_frames(images, self.device))
         B = frames.shape[0]
         recurrent = self.reset(
@@ -143,7 +162,7 @@ class ImaginationLearner:
         )
         logits, _, recurrent = self.network(frames, recurrent)
         if not explore:
-            return logits.argmax(-1), recurrent
+            return self.evaluation_action(logits), recurrent
         return self.sample(logits, self.config.epsilon), recurrent
 
     def seen(self, frames: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ IRIS_LEARNER = ImaginationConfig(
     entropy_weight=0.001,
     optimizer=OptimizerConfig(learning_rate=1e-4, grad_clip=10.0),
     epsilon=0.01,
+    evaluation_temperature=0.5,
 )
 
 
@@ -43,7 +44,8 @@ class IrisConfig:
     """The token world model: VQ tokenizer (16 tokens of a 512-code vocabulary) and a 10-layer GPT."""
     learner: ImaginationConfig = field(default_factory=lambda: IRIS_LEARNER)
     """The actor-critic learned on generated frames (IRIS: CNN (32, 32, 64, 64) + LSTM 512,
-    horizon 20, burn-in 20, gamma 0.995, lambda 0.95, entropy weight 0.001, Adam 1e-4, clip 10)."""
+    horizon 20, burn-in 20, gamma 0.995, lambda 0.95, entropy weight 0.001, Adam 1e-4, clip 10;
+    test episodes sample at temperature 0.5)."""
     tokenizer_optimizer: OptimizerConfig = field(
         default_factory=lambda: OptimizerConfig(learning_rate=1e-4, grad_clip=10.0)
     )
