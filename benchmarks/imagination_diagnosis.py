@@ -14,7 +14,8 @@ measured alone on recorded real data (issues 26 / 27).
     python benchmarks/imagination_diagnosis.py denoiser RUN_DIR --updates 300 --foreground 20 --out dn.json
 
     # a trained run's final policy in the real environment: greedy, sampled (the collection
-    # policy: epsilon 0.01) and uniform random, the same episode seeds for all three
+    # policy: epsilon 0.01), sampled at each of --temperatures with epsilon 0 (IRIS's test
+    # episodes: 0.5, DIAMOND's: 1) and uniform random, the same episode seeds for all
     python benchmarks/imagination_diagnosis.py evaluate RUN_DIR --episodes 100 --out eval.json
 
 Data: a stream of uniform-random episodes (`--steps` steps, seed `--seed`), windows of
@@ -194,8 +195,9 @@ def evaluate(arguments) -> dict:
     agent.generator.manual_seed(arguments.seed)
     random_actions = np.random.default_rng(arguments.seed)
 
-    def acting(explore: bool):
+    def acting(explore: bool, temperature: float = 0.0):
         def policy(observation, state, first):
+            agent.learner.config = replace(agent.learner.config, evaluation_temperature=temperature)
             batched = {key: value[None] for key, value in observation.items()}
             batched["is_first"] = np.array([first])
             action, state = agent.act(batched, state, explore=explore)
@@ -207,7 +209,9 @@ def evaluate(arguments) -> dict:
         return int(random_actions.integers(env.action_space.n)), None
 
     result = {"run": str(arguments.run_dir), "env": spec.env, "env_kwargs": spec.env_kwargs, "seed": arguments.seed}
-    for name, policy in (("greedy", acting(False)), ("sampled", acting(True)), ("random", uniform)):
+    policies = {"greedy": acting(False), "sampled": acting(True)}
+    policies.update({f"temperature_{value:g}": acting(False, value) for value in arguments.temperatures if value > 0})
+    for name, policy in (*policies.items(), ("random", uniform)):
         returns = np.asarray(play(env, policy, arguments.episodes, arguments.seed, arguments.max_steps))
         result[name] = {
             "mean": float(returns.mean()),
@@ -420,6 +424,9 @@ def main() -> None:
     command.add_argument("run_dir")
     command.add_argument("--episodes", type=int, default=100)
     command.add_argument("--max-steps", type=int, default=500)
+    command.add_argument(
+        "--temperatures", type=float, nargs="*", default=[0.5, 1.0], help="evaluation temperatures (epsilon 0)"
+    )
     command.add_argument("--seed", type=int, default=20_000)
     command.add_argument("--out", default=None)
     command = commands.add_parser("denoiser")
