@@ -79,12 +79,12 @@ class IrisCPUConfig(IrisConfig):
     """IRIS small enough to learn on a 2-core CPU: the token model's `cpu` size (4 layers, width
     128, 10 steps of context), an actor-critic of (16, 16, 32, 32) channels and an LSTM of 128, 8
     imagined rollouts of 20 steps per update (burn-in 4), learning rates 3e-4 (the world model),
-    1e-3 (the tokenizer and the actor-critic). The tokenizer reads each token from its own patch
-    (`encoder` "patch": a static part of the scene keeps its tokens, so the next frame's tokens
-    are predictable; IRIS's conv encoder changed 79 % of MinAtar Breakout's tokens from one frame
-    to the next where 17 % of the patches change, and next-token accuracy stayed at 0.5), learns
-    alone for 600 updates with dead codes restarted onto the worst-represented encodings
-    (`restart_codes_until` 600: without restarts it settles on a handful of codes), then the
+    1e-3 (the tokenizer and the actor-critic). The tokenizer learns alone for 600 updates with
+    dead codes restarted onto the worst-represented encodings (`restart_codes_until` 600: with the
+    world model after 100 updates and no restarts, next-token accuracy stayed near 0.5 on MinAtar
+    Breakout and the reward head never fired) and reads each token from its own patch (`encoder`
+    "patch": a patch that does not change keeps its token, a steadier target than IRIS's conv
+    encoder gives: next-token accuracy 0.87 against 0.80 after 700 world-model updates), then the
     world model learns, and the actor-critic after 800 updates; reward and end steps weigh 10
     in the world model's loss (calibrated back in imagination: sparse events are otherwise
     learned last); the tokenizer weighs pixels off the background 21 times (`foreground` 20:
