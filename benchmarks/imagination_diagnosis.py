@@ -394,6 +394,11 @@ def iris_world_model(arguments) -> dict:
         if update % arguments.every == 0 and update > config.world_model_starts:
             with torch.no_grad():
                 _, metrics = agent.world_model.loss_terms(probe)
+                # What the actions are worth: token loss with each window's actions drawn afresh.
+                actions = agent.world_model.action_size
+                shuffled = replace(probe, action=np.random.default_rng(7).integers(0, actions, probe.action.shape))
+                _, unconditioned = agent.world_model.loss_terms(shuffled, tokenizer=False)
+                metrics["action_gain"] = unconditioned["loss/tokens"] - metrics["loss/tokens"]
                 tokens, _ = agent.world_model.tokenize(torch.as_tensor(probe.obs["image"]).flatten(0, 1))
                 tokens = tokens.reshape(*probe.reward.shape, -1)
                 repeated = torch.as_tensor(~probe.is_first[:, 1:])

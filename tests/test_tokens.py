@@ -276,6 +276,27 @@ def test_patch_encoder_gives_each_patch_its_own_token():
     assert tokens.unique().numel() == 1
 
 
+def test_action_in_tokens_gives_every_frame_prediction_the_action():
+    """With action_in_tokens the step's action reaches each of its frame-token predictions
+    directly: at initialisation (attention near uniform, action embeddings small) changing the
+    action moves every token's logits of that step, more than through the action token alone."""
+    batch = sequence_batch(steps=4, batch=2)
+    other = replace(batch, action=(np.asarray(batch.action) + 1) % 3)
+    moved = {}
+    for flag in (False, True):
+        torch.manual_seed(0)
+        model = TokenWorldModel(replace(TINY, action_in_tokens=flag), SMALL, spaces.Discrete(3)).eval()
+        logits = []
+        for windows in (batch, other):
+            model.token_head._forward_hooks.clear()
+            seen = record_head_outputs(model)
+            with torch.no_grad():
+                model.loss_terms(windows)
+            logits.append(torch.cat(seen))
+        moved[flag] = (logits[0] - logits[1]).abs().mean().item()
+    assert moved[True] > 3 * moved[False] > 0, moved
+
+
 def test_model_level_causality_a_later_frame_never_changes_an_earlier_prediction():
     torch.manual_seed(0)
     model = TokenWorldModel(TINY, SMALL, spaces.Discrete(3)).eval()
@@ -292,11 +313,20 @@ def test_model_level_causality_a_later_frame_never_changes_an_earlier_prediction
     assert torch.allclose(outputs[0][0][:, 4, 0], outputs[1][0][:, 4, 0], atol=1e-6)
 
 
-@pytest.mark.parametrize("text", [False, True], ids=["iris", "gaia-guided"])
-def test_cached_and_uncached_imagination_agree(text):
+@pytest.mark.parametrize(
+    "text, action_in_tokens",
+    [(False, False), (True, False), (False, True)],
+    ids=["iris", "gaia-guided", "action-in-tokens"],
+)
+def test_cached_and_uncached_imagination_agree(text, action_in_tokens):
     torch.manual_seed(0)
     config = TokenWorldModelConfig(
-        size=SIZES["tiny"], stages=2, dropout=0.0, text_size=8 if text else 0, text_dropout=0.1 if text else 0.0
+        size=SIZES["tiny"],
+        stages=2,
+        dropout=0.0,
+        text_size=8 if text else 0,
+        text_dropout=0.1 if text else 0.0,
+        action_in_tokens=action_in_tokens,
     )
     model = TokenWorldModel(config, SMALL, spaces.Discrete(3)).eval()
     for parameter in model.transformer.parameters():  # larger weights than the init, so the logits are far from uniform

@@ -181,6 +181,11 @@ class TokenWorldModelConfig:
     so a token also sees its neighbours' pixels) or "patch" (each token computed from its own
     patch alone, as a per-patch MLP: identical patches always get the same token, so a static
     part of the scene keeps its tokens from frame to frame)."""
+    action_in_tokens: bool = False
+    """Also add each step's action embedding to the embeddings of that step's frame tokens, so
+    every prediction of the next frame reads the action directly, not only through attention to
+    the action token (IRIS: the action token alone; at a CPU budget the transformer had not
+    learned to attend to it: identical predictions under any actions after 500 updates)."""
     refresh_keep: int | None = None
     """Steps kept when imagination's window fills the context and restarts (None: half the
     context; IRIS restarts from the current frame, 1; context - 1 keeps the most context but
@@ -608,7 +613,10 @@ class TokenWorldModel(nn.Module):
             action_embedding = torch.where(
                 drop_action[:, None, None], self.null_action.expand_as(action_embedding), action_embedding
             )
-        parts = [action_embedding[:, :, None], self.token_embedding(tokens)]
+        frame_embedding = self.token_embedding(tokens)  # (B, T, K, D)
+        if self.config.action_in_tokens:
+            frame_embedding = frame_embedding + action_embedding[:, :, None]
+        parts = [action_embedding[:, :, None], frame_embedding]
         if self.text_size:
             if text is None:
                 raise ShapeError(
