@@ -376,6 +376,7 @@ def iris_world_model(arguments) -> dict:
     from wmlab.envs.adapter import make_env
 
     torch.set_num_threads(1)
+    torch.manual_seed(arguments.seed)  # dropout draws from the global generator
     kwargs = json.loads(arguments.env_kwargs)
     train = record_stream(arguments.env, kwargs, arguments.steps, arguments.seed)
     held_out = record_stream(arguments.env, kwargs, arguments.steps // 2, arguments.seed + 1000)
@@ -404,7 +405,7 @@ def iris_world_model(arguments) -> dict:
                 repeated = torch.as_tensor(~probe.is_first[:, 1:])
                 copied = (tokens[:, 1:] == tokens[:, :-1]).float().mean(-1)[repeated].mean()
             row = {"update": update, "seconds": round(time.perf_counter() - begin, 1), "copy_accuracy": float(copied)}
-            row.update({name: round(float(value), 4) for name, value in metrics.items()})
+            row.update({name: round(float(value), 6) for name, value in metrics.items()})
             rows.append(row)
             print(json.dumps(row), flush=True)
     return {"arguments": vars(arguments), "rows": rows}
