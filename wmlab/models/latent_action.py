@@ -66,7 +66,8 @@ from torch import nn
 
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape, imagined_length
+from wmlab.core.rollout import action_source
+from wmlab.core.shapes import check_shape
 from wmlab.core.sizes import SizeTable
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.transformer import Block, TransformerConfig
@@ -730,9 +731,7 @@ class GenieWorldModel(nn.Module):
         continues 1 (B, L) (Genie predicts neither), observations when `decode`."""
         sizes = check_shape("state['history']", state["history"], ("B", self.context, self.tokens_per_frame))
         B = sizes["B"]
-        policy = actions_or_policy if callable(actions_or_policy) else None
-        actions = None if policy is not None else self.encode_actions(actions_or_policy, ("B", "L"), sizes)
-        horizon = imagined_length(actions, horizon, sizes, policy is not None)
+        choose, horizon = action_source(actions_or_policy, horizon, sizes, self.encode_actions)
         temperature = self.config.temperature if temperature is None else float(temperature)
         steps = self.config.maskgit_steps if sampling_steps is None else int(sampling_steps)
         generator = generator if generator is not None else self.generator
@@ -740,7 +739,7 @@ class GenieWorldModel(nn.Module):
         current, trajectory, taken = state, [], []
         no_first = torch.zeros(B, dtype=torch.bool, device=self.device)
         for index in range(horizon):
-            action = actions[:, index] if policy is None else self.encode_actions(policy(current), ("B",), {"B": B})
+            action = choose(index, current)
             # The window: the last C - 1 frames of the history, then the frame to generate.
             history = current["history"][:, 1:]
             window_actions = torch.cat([current["history_actions"][:, 1:], action[:, None]], 1)
