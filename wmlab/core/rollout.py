@@ -1,4 +1,5 @@
-"""The loop inside a world model's `imagine`: choose an action, take one model step, collect.
+"""The loop inside a world model's `imagine`: where each step's action comes from, and the loop
+that chooses an action, takes one model step and collects.
 
 Shape legend: B batch, L horizon.
 """
@@ -6,6 +7,35 @@ Shape legend: B batch, L horizon.
 from __future__ import annotations
 
 from typing import Any, Callable
+
+from wmlab.core.shapes import imagined_length
+
+#: A family's action encoder: encode(actions, leading names, sizes) -> the model's actions
+#: (*leading, ...), checking the leading dimensions against (and binding them in) `sizes`.
+ActionEncoder = Callable[[Any, tuple[str, ...], dict[str, int]], Any]
+
+
+def action_source(
+    actions_or_policy: Any, horizon: int | None, sizes: dict[str, int], encode: ActionEncoder
+) -> tuple[Callable[[int, Any], Any], int]:
+    """Where the actions of a world model's `imagine` come from: given actions (B, L, ...) (encoded
+    here, binding L in `sizes`) or a policy(state) -> action (B, ...), returns (choose(l, current
+    state) -> the model's action at step l: the actions' column l, or the policy's choice encoded;
+    the number of steps L: `horizon` for a policy, else the actions' length, see
+    `imagined_length`). `sizes` holds B, bound by the caller from the state."""
+    if callable(actions_or_policy):
+        policy = actions_or_policy
+
+        def policy_action(index: int, state: Any) -> Any:
+            return encode(policy(state), ("B",), dict(sizes))
+
+        return policy_action, imagined_length(None, horizon, sizes, policy=True)
+    actions = encode(actions_or_policy, ("B", "L"), sizes)
+
+    def given_action(index: int, state: Any) -> Any:
+        return actions[:, index]
+
+    return given_action, imagined_length(actions, horizon, sizes, policy=False)
 
 
 def roll_steps(

@@ -54,12 +54,12 @@ def check_shape(
 
 
 def imagined_length(actions: Any, horizon: int | None, sizes: dict[str, int], policy: bool) -> int:
-    """How many steps a world model's `imagine` rolls: `horizon` for a policy (required), else
-    the length L bound in `sizes` by the actions (B, L, ...) (indices (B, L) or vectors (B, L, A)),
-    which `horizon`, where given, must equal."""
+    """How many steps a world model's `imagine` rolls: `horizon` for a policy (required, at least
+    1), else the length L bound in `sizes` by the actions (B, L, ...) (indices (B, L) or vectors
+    (B, L, A)), which `horizon`, where given, must equal."""
     if policy:
-        if horizon is None:
-            raise ValueError("imagine with a policy needs a horizon")
+        if horizon is None or horizon < 1:
+            raise ValueError(f"imagine with a policy needs a positive horizon, got {horizon}")
         return horizon
     if horizon is not None and horizon != sizes["L"]:
         action_size = ", A" if actions.ndim > 2 else ""

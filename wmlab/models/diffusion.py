@@ -55,7 +55,8 @@ from gymnasium import spaces
 from torch import nn
 
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError, WmlabError
-from wmlab.core.shapes import check_shape, imagined_length, step_signals
+from wmlab.core.rollout import action_source
+from wmlab.core.shapes import check_shape, step_signals
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
 from wmlab.losses.pixels import foreground_weights
@@ -683,9 +684,7 @@ class DiffusionWorldModel(nn.Module):
         reward model's LSTM state left as it was."""
         sizes = self.check_state(state)
         B = sizes["B"]
-        policy = actions_or_policy if callable(actions_or_policy) else None
-        actions = None if policy is not None else self.encode_actions(actions_or_policy, ("B", "L"), sizes)
-        horizon = imagined_length(actions, horizon, sizes, policy is not None)
+        choose, horizon = action_source(actions_or_policy, horizon, sizes, self.encode_actions)
         sampler = self.config.sampler
         if denoising_steps is not None or churn is not None:
             from dataclasses import replace
@@ -705,10 +704,7 @@ class DiffusionWorldModel(nn.Module):
             current["condition"] = vector
         taken, rewards, continues, hiddens, cells, action_history = [], [], [], [], [], []
         for index in range(horizon):
-            if policy is None:
-                action = actions[:, index]
-            else:
-                action = self.encode_actions(policy(current), ("B",), {"B": B})
+            action = choose(index, current)
             frame = self.sample_frame(current, action, sampler, generator, vector, guidance)
             if predict_rewards:
                 reward_logits, end_logits, hidden, cell = self.reward_end(

@@ -66,7 +66,8 @@ from torch import nn
 
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape, imagined_length
+from wmlab.core.rollout import action_source
+from wmlab.core.shapes import check_shape
 from wmlab.core.sizes import SizeTable
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.transformer import Block, TransformerConfig
@@ -223,6 +224,13 @@ def unpatchify(patches: torch.Tensor, patch: int, height: int, width: int) -> to
     return x.reshape(*leading, height, width, channels)
 
 
+def patch_grid(image_shape: tuple[int, int, int], patch: int) -> tuple[int, int]:
+    """(S, P) for frames (H, W, Ch) cut into patch x patch patches (`patchify`): patches per frame
+    and values per patch."""
+    height, width, channels = image_shape
+    return (height // patch) * (width // patch), patch * patch * channels
+
+
 def frame_attention_mask(segments: torch.Tensor) -> torch.Tensor:
     """Temporal attention mask (B, T, T) from segment ids (B, T): a frame sees the frames of its
     own segment (an episode; padding gets a segment of its own), and always itself (so that no
@@ -263,6 +271,13 @@ class SpatioTemporalStack(nn.Module):
         self.temporal = nn.ModuleList(Block(config, causal=True) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
 
+    @classmethod
+    def at_size(
+        cls, layers: int, widths: GenieSizes, tokens_per_frame: int, dropout: float, condition_size: int = 0
+    ) -> SpatioTemporalStack:
+        """`layers` block pairs at a Genie size's width, heads and context frames."""
+        return cls(layers, widths.width, widths.heads, tokens_per_frame, widths.context, dropout, condition_size)
+
     def forward(
         self, x: torch.Tensor, segments: torch.Tensor | None = None, condition: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -298,25 +313,17 @@ class VideoTokenizer(nn.Module):
         self, image_shape: tuple[int, int, int], widths: GenieSizes, dropout: float, dead_code_threshold: float
     ):
         super().__init__()
-        self.height, self.width, channels = image_shape
+        self.height, self.width, _ = image_shape
         self.patch = widths.patch
-        self.tokens_per_frame = (self.height // self.patch) * (self.width // self.patch)
-        pixels = self.patch * self.patch * channels
-        stack = {
-            "width": widths.width,
-            "heads": widths.heads,
-            "tokens_per_frame": self.tokens_per_frame,
-            "frames": widths.context,
-            "dropout": dropout,
-        }
+        self.tokens_per_frame, pixels = patch_grid(image_shape, self.patch)
         self.embed = nn.Linear(pixels, widths.width)
-        self.encoder = SpatioTemporalStack(widths.tokenizer_layers, **stack)
+        self.encoder = SpatioTemporalStack.at_size(widths.tokenizer_layers, widths, self.tokens_per_frame, dropout)
         self.to_code = nn.Linear(widths.width, widths.code_size)
         self.quantizer = VectorQuantizer(
             widths.codebook_size, widths.code_size, beta=1.0, dead_code_threshold=dead_code_threshold
         )
         self.from_code = nn.Linear(widths.code_size, widths.width)
-        self.decoder = SpatioTemporalStack(widths.tokenizer_layers, **stack)
+        self.decoder = SpatioTemporalStack.at_size(widths.tokenizer_layers, widths, self.tokens_per_frame, dropout)
         self.to_pixels = nn.Linear(widths.width, pixels)
 
     def encode(self, frames: torch.Tensor, segments: torch.Tensor | None = None):
@@ -349,20 +356,12 @@ class LatentActionModel(nn.Module):
         sees_frames: bool = True,
     ):
         super().__init__()
-        self.height, self.width, channels = image_shape
+        self.height, self.width, _ = image_shape
         self.patch = widths.action_patch
         self.sees_frames = sees_frames
-        tokens = (self.height // self.patch) * (self.width // self.patch)
-        pixels = self.patch * self.patch * channels
-        stack = {
-            "width": widths.width,
-            "heads": widths.heads,
-            "tokens_per_frame": tokens,
-            "frames": widths.context,
-            "dropout": dropout,
-        }
+        tokens, pixels = patch_grid(image_shape, self.patch)
         self.embed = nn.Linear((2 if sees_frames else 1) * pixels, widths.width)
-        self.encoder = SpatioTemporalStack(widths.action_layers, **stack)
+        self.encoder = SpatioTemporalStack.at_size(widths.action_layers, widths, tokens, dropout)
         self.to_action = nn.Linear(widths.width, widths.action_code_size)
         self.quantizer = VectorQuantizer(
             action_codes,
@@ -374,7 +373,9 @@ class LatentActionModel(nn.Module):
         )
         self.decoder_embed = nn.Linear(pixels, widths.width)
         self.action_embed = nn.Linear(widths.action_code_size, widths.width)
-        self.decoder = SpatioTemporalStack(widths.action_layers, **stack, condition_size=widths.action_code_size)
+        self.decoder = SpatioTemporalStack.at_size(
+            widths.action_layers, widths, tokens, dropout, condition_size=widths.action_code_size
+        )
         self.to_pixels = nn.Linear(widths.width, pixels)
         nn.init.normal_(self.to_pixels.weight, std=1e-3)  # starts near copying the last frame
         nn.init.zeros_(self.to_pixels.bias)
@@ -416,9 +417,7 @@ class DynamicsModel(nn.Module):
         self.no_action = action_codes
         self.token_embed = nn.Embedding(widths.codebook_size + 1, widths.width)
         self.action_embed = nn.Embedding(action_codes + 1, widths.width)
-        self.stack = SpatioTemporalStack(
-            widths.dynamics_layers, widths.width, widths.heads, tokens_per_frame, widths.context, dropout
-        )
+        self.stack = SpatioTemporalStack.at_size(widths.dynamics_layers, widths, tokens_per_frame, dropout)
         self.head = nn.Linear(widths.width, widths.codebook_size)
 
     def forward(
@@ -730,9 +729,7 @@ class GenieWorldModel(nn.Module):
         continues 1 (B, L) (Genie predicts neither), observations when `decode`."""
         sizes = check_shape("state['history']", state["history"], ("B", self.context, self.tokens_per_frame))
         B = sizes["B"]
-        policy = actions_or_policy if callable(actions_or_policy) else None
-        actions = None if policy is not None else self.encode_actions(actions_or_policy, ("B", "L"), sizes)
-        horizon = imagined_length(actions, horizon, sizes, policy is not None)
+        choose, horizon = action_source(actions_or_policy, horizon, sizes, self.encode_actions)
         temperature = self.config.temperature if temperature is None else float(temperature)
         steps = self.config.maskgit_steps if sampling_steps is None else int(sampling_steps)
         generator = generator if generator is not None else self.generator
@@ -740,7 +737,7 @@ class GenieWorldModel(nn.Module):
         current, trajectory, taken = state, [], []
         no_first = torch.zeros(B, dtype=torch.bool, device=self.device)
         for index in range(horizon):
-            action = actions[:, index] if policy is None else self.encode_actions(policy(current), ("B",), {"B": B})
+            action = choose(index, current)
             # The window: the last C - 1 frames of the history, then the frame to generate.
             history = current["history"][:, 1:]
             window_actions = torch.cat([current["history_actions"][:, 1:], action[:, None]], 1)

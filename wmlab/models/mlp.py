@@ -23,8 +23,8 @@ from torch import nn
 
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.rollout import roll_steps
-from wmlab.core.shapes import check_shape, imagined_length
+from wmlab.core.rollout import action_source, roll_steps
+from wmlab.core.shapes import check_shape
 from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.mlp import MLP
@@ -183,13 +183,7 @@ class MLPWorldModel(nn.Module):
         it is not terminal: states (B, L, D), actions (B, L, A), rewards (B, L), continues (B, L).
         Differentiable; wrap in torch.no_grad() when planning."""
         sizes = check_shape("state", state, ("B", self.observation_size))
-        policy = actions_or_policy if callable(actions_or_policy) else None
-        actions = None if policy is not None else self.encode_action(actions_or_policy, ("B", "L"), sizes)
-        horizon = imagined_length(actions, horizon, sizes, policy is not None)
-
-        def choose(index: int, current: torch.Tensor) -> torch.Tensor:
-            return actions[:, index] if policy is None else self.encode_action(policy(current), ("B",), dict(sizes))
-
+        choose, horizon = action_source(actions_or_policy, horizon, sizes, self.encode_action)
         taken, (states, rewards, logits) = roll_steps(self.step, state.to(self.dtype), horizon, choose)
         states_tensor = torch.stack(states, 1)
         logits_tensor = torch.stack(logits, 1)

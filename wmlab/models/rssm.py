@@ -37,7 +37,8 @@ from torch import nn
 
 from wmlab.core.config import Config, at_least, ranges
 from wmlab.core.errors import IncompatibleSpaceError
-from wmlab.core.shapes import check_shape, imagined_length, step_signals
+from wmlab.core.rollout import action_source
+from wmlab.core.shapes import check_shape, step_signals
 from wmlab.core.sizes import SizeTable
 from wmlab.core.spaces import action_layout as space_action_layout
 from wmlab.core.spaces import discrete_action_input
@@ -466,6 +467,13 @@ class RSSM(nn.Module):
             return scaled / scaled.detach().abs().clamp_min(1.0)
         return discrete_action_input(action, self.action_size, leading, sizes)
 
+    def model_space_action(self, action: Any, leading: tuple[str, ...], sizes: dict[str, int]) -> torch.Tensor:
+        """Actions already in the model's units ([-1, 1] for a Box, one-hot floats for a Discrete
+        space) -> the same tensor, checked as (*leading, A): `imagine`'s `model_space` inputs."""
+        action = torch.as_tensor(action, device=self.device)
+        check_shape("action", action, (*leading, self.action_size), sizes)
+        return action
+
     def environment_action(self, action: torch.Tensor) -> torch.Tensor:
         """Model-space actions (..., A) in [-1, 1] -> the environment's bounds (Box only)."""
         return self.action_centre + self.action_half_range * action.clamp(-1.0, 1.0)
@@ -617,14 +625,8 @@ class RSSM(nn.Module):
         `imagine_step`)."""
         sizes = check_shape("state['deter']", state["deter"], ("B", self.deterministic_size))
         check_shape("state['stoch']", state["stoch"], ("B", self.stochastic_features), sizes)
-        policy = actions_or_policy if callable(actions_or_policy) else None
-        actions = None
-        if policy is None and model_space:
-            actions = torch.as_tensor(actions_or_policy, device=self.device)
-            check_shape("actions", actions, ("B", "L", self.action_size), sizes)
-        elif policy is None:
-            actions = self.encode_action(actions_or_policy, ("B", "L"), sizes)
-        horizon = imagined_length(actions, horizon, sizes, policy is not None)
+        encode = self.model_space_action if model_space else self.encode_action
+        choose, horizon = action_source(actions_or_policy, horizon, sizes, encode)
         if noise is None:
             noise = self.draw_noise((sizes["B"], horizon))
         else:
@@ -633,12 +635,7 @@ class RSSM(nn.Module):
         current = {"deter": state["deter"], "stoch": state["stoch"]}
         steps, taken = [], []
         for index in range(horizon):
-            if policy is None:
-                action = actions[:, index]
-            elif model_space:
-                action = policy(current)
-            else:
-                action = self.encode_action(policy(current), ("B",), dict(sizes))
+            action = choose(index, current)
             current = step(current, action, noise[:, index])
             steps.append(current)
             taken.append(action)

@@ -45,8 +45,8 @@ from torch import nn
 
 from wmlab.core.config import Config, above, at_least, between, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.rollout import roll_steps
-from wmlab.core.shapes import check_shape, imagined_length
+from wmlab.core.rollout import action_source, roll_steps
+from wmlab.core.shapes import check_shape
 from wmlab.core.sizes import SizeTable
 from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
@@ -662,13 +662,11 @@ class TDMPCModel(nn.Module):
         sizes = check_shape("state", state, ("B", self.latent_size))
         if self.masks_actions and action_mask is None:
             raise ValueError("this TD-MPC2 model masks actions; imagine needs action_mask (B, A)")
-        policy = actions_or_policy if callable(actions_or_policy) else None
-        actions = None if policy is not None else self.to_model_action(actions_or_policy, ("B", "L"), sizes)
-        horizon = imagined_length(actions, horizon, sizes, policy is not None)
+        given, horizon = action_source(actions_or_policy, horizon, sizes, self.to_model_action)
         mask = None if action_mask is None else torch.as_tensor(action_mask, device=self.device).float()
 
         def choose(index: int, latent: torch.Tensor) -> torch.Tensor:
-            action = actions[:, index] if policy is None else self.to_model_action(policy(latent), ("B",), dict(sizes))
+            action = given(index, latent)
             return action if mask is None else action * mask
 
         def step(latent: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,7 +69,8 @@ from torch import nn
 
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.shapes import check_shape, format_expected, imagined_length, shape_matches, step_signals
+from wmlab.core.rollout import action_source
+from wmlab.core.shapes import check_shape, format_expected, shape_matches, step_signals
 from wmlab.core.sizes import SizeTable
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
@@ -705,9 +706,7 @@ class TokenWorldModel(nn.Module):
         sizes = check_shape("state['tokens']", state["tokens"], ("B", self.tokens_per_frame))
         check_shape("state['history']", state["history"], ("B", self.context, self.tokens_per_frame), sizes)
         B = sizes["B"]
-        policy = actions_or_policy if callable(actions_or_policy) else None
-        actions = None if policy is not None else self.encode_action(actions_or_policy, ("B", "L"), sizes)
-        horizon = imagined_length(actions, horizon, sizes, policy is not None)
+        choose, horizon = action_source(actions_or_policy, horizon, sizes, self.encode_action)
         temperature = self.config.temperature if temperature is None else float(temperature)
         generator = generator if generator is not None else self.generator
         guided = self.conditioned and guidance_scale != 1.0
@@ -778,7 +777,7 @@ class TokenWorldModel(nn.Module):
             return torch.cat([memo["embedded"], partial], 1), keys
 
         for index in range(horizon):
-            action = actions[:, index] if policy is None else self.encode_action(policy(current), ("B",), {"B": B})
+            action = choose(index, current)
             # A row whose window is full restarts from its last `keep` steps (and the cache with it).
             full = row_window + 1 > C
             if bool(full.any()):

@@ -39,7 +39,7 @@ from torch import nn
 
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
-from wmlab.core.rollout import roll_steps
+from wmlab.core.rollout import action_source, roll_steps
 from wmlab.core.shapes import check_shape
 from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
@@ -519,19 +519,7 @@ class VAEMDNRNN(nn.Module):
         makes the sampling reproducible.
         """
         sizes = self.check_state(state)
-        policy = actions_or_policy if callable(actions_or_policy) else None
-        if policy is None:
-            actions = torch.as_tensor(actions_or_policy, device=self.device)
-            encoded = self.encode_action(actions, ("B", "L"), sizes)
-            if horizon is not None and horizon != sizes["L"]:
-                raise ShapeError(f"horizon {horizon} does not match the {sizes['L']} actions given")
-            horizon = sizes["L"]
-        elif horizon is None or horizon < 1:
-            raise ValueError("imagining with a policy needs a positive horizon")
-
-        def choose(index: int, current: dict[str, torch.Tensor]) -> torch.Tensor:
-            return encoded[:, index] if policy is None else self.encode_action(policy(current), ("B",), dict(sizes))
-
+        choose, horizon = action_source(actions_or_policy, horizon, sizes, self.encode_action)
         taken, (reached, rewards, continues) = roll_steps(
             lambda current, action: self.step(current, action, temperature, generator), state, horizon, choose
         )

@@ -154,6 +154,15 @@ class SelfAttention(nn.Module):
         return self.residual_dropout(self.out(attended.transpose(1, 2).reshape(B, T, D)))
 
 
+def zero_modulation(condition_size: int, outputs: int) -> nn.Sequential:
+    """adaLN-zero's regression from the condition: SiLU then Linear(Dc, outputs), weights and
+    biases initialised at zero so that the conditioned layer starts as the identity."""
+    modulation = nn.Sequential(nn.SiLU(), nn.Linear(condition_size, outputs))
+    nn.init.zeros_(modulation[1].weight)
+    nn.init.zeros_(modulation[1].bias)
+    return modulation
+
+
 class Block(nn.Module):
     """One pre-norm transformer block, with adaLN-zero when condition_size > 0."""
 
@@ -173,11 +182,8 @@ class Block(nn.Module):
             nn.Linear(4 * width, width, bias=config.bias),
             nn.Dropout(config.dropout),
         )
-        self.modulation = None
-        if conditioned:
-            self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.condition_size, 6 * width))
-            nn.init.zeros_(self.modulation[1].weight)
-            nn.init.zeros_(self.modulation[1].bias)
+        # shift, scale and gate of each of the two branches
+        self.modulation = zero_modulation(config.condition_size, 6 * width) if conditioned else None
 
     def forward(
         self,
@@ -216,11 +222,8 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         conditioned = config.condition_size > 0
         self.norm = nn.LayerNorm(config.width, elementwise_affine=not conditioned, bias=config.bias)
-        self.final_modulation = None
-        if conditioned:  # DiT's final layer: shift and scale from c, zero-initialised
-            self.final_modulation = nn.Sequential(nn.SiLU(), nn.Linear(config.condition_size, 2 * config.width))
-            nn.init.zeros_(self.final_modulation[1].weight)
-            nn.init.zeros_(self.final_modulation[1].bias)
+        # DiT's final layer: shift and scale from c
+        self.final_modulation = zero_modulation(config.condition_size, 2 * config.width) if conditioned else None
         self.apply(_init_weights)
 
     def new_cache(self, batch_size: int, device=None, dtype=torch.float32) -> KeyValueCache:

@@ -40,12 +40,14 @@ from wmlab.studies.runner import (
     StudyArguments,
     Variant,
     cached_measurement,
+    counted,
     fmt,
+    markdown_table,
+    measured_phrase,
     pyplot,
     return_text,
     save_figure,
     spread,
-    steps_phrase,
     study_entry,
 )
 
@@ -181,11 +183,8 @@ def comparison_sentence(
                     text += f" (change from nominal {_signed(changes[0])} vs {_signed(changes[1])})"
             parts.append(text)
         clauses.append(f"the {result['label']} agent against plain Dreamer returned " + "; ".join(parts))
-    all_runs = [run for group in runs.values() for run in group]
     return (
-        f"Measured at {steps_phrase(all_runs)} over {seeds} seed{'s' if seeds != 1 else ''} (evaluation return, mean +- std over seeds): "
-        + ". And ".join(clauses)
-        + "."
+        f"{measured_phrase(runs, seeds)} (evaluation return, mean +- std over seeds): " + ". And ".join(clauses) + "."
     )
 
 
@@ -224,24 +223,17 @@ def draw(results: dict, conditions_: Sequence[Condition], path) -> None:
 def markdown(
     study: Study, results: dict, conditions_: Sequence[Condition], notes: Sequence[str], sentence: str, episodes: int
 ) -> str:
-    header = "| variant | " + " | ".join(condition.label for condition in conditions_) + " |"
-    lines = [
-        study.header("Counterfactual augmentation"),
-        f"Greedy evaluation return after training, {episodes} episode{'s' if episodes != 1 else ''} per agent and condition on the same seeds (mean +- std over training seeds):",
+    intro = [
+        f"Greedy evaluation return after training, {counted(episodes, 'episode')} per agent and condition on the same seeds (mean +- std over training seeds):",
         "",
-        header,
-        "|---" * (len(conditions_) + 1) + "|",
     ]
-    for result in results.values():
-        lines.append(
-            f"| {result['label']} | "
-            + " | ".join(fmt(result["returns"][condition.name]) for condition in conditions_)
-            + " |"
-        )
-    lines += ["", sentence]
-    lines += [f"({note}.)" for note in notes]
-    lines += ["", f"![returns under perturbation]({study.figure_path.name})", ""]
-    return "\n".join(lines)
+    columns = ["variant", *(condition.label for condition in conditions_)]
+    rows = [
+        [result["label"], *(fmt(result["returns"][condition.name]) for condition in conditions_)]
+        for result in results.values()
+    ]
+    table = markdown_table(columns, rows)
+    return study.document("Counterfactual augmentation", intro, table, sentence, "returns under perturbation", notes)
 
 
 def run_counterfactual_study(arguments: CounterfactualArguments, argv: Sequence[str] = ()) -> dict:
@@ -249,9 +241,7 @@ def run_counterfactual_study(arguments: CounterfactualArguments, argv: Sequence[
     study = Study(NAME, arguments, argv)
     compared = variants(arguments)
     conditions_, notes = conditions(study, arguments)
-    episodes = (
-        arguments.robustness_episodes if arguments.robustness_episodes is not None else (1 if study.quick else 10)
-    )
+    episodes = study.count(arguments.robustness_episodes, 10)
     runs = study.train_all(compared)
     results = {}
     for variant in compared:

@@ -29,12 +29,13 @@ from wmlab.studies.runner import (
     aggregate_curves,
     eval_curve,
     fmt,
+    markdown_table,
+    measured_phrase,
     overlap_phrase,
     pyplot,
     return_text,
     save_figure,
     spread,
-    steps_phrase,
     study_entry,
 )
 
@@ -110,12 +111,7 @@ def comparison_sentence(results: dict, runs: dict[str, list[RunResult]], seeds: 
             f"{result['label']} reached a final evaluation return of {fmt(result['final'])} vs plain {fmt(plain['final'])}{difference}, "
             f"and {fmt(result['mean_over_training'])} vs {fmt(plain['mean_over_training'])} averaged over all evaluations of a run"
         )
-    all_runs = [run for group in runs.values() for run in group]
-    return (
-        f"Measured at {steps_phrase(all_runs)} over {seeds} seed{'s' if seeds != 1 else ''} (mean +- std over seeds): "
-        + "; ".join(clauses)
-        + "."
-    )
+    return f"{measured_phrase(runs, seeds)} (mean +- std over seeds): " + "; ".join(clauses) + "."
 
 
 def draw(results: dict, path) -> None:
@@ -145,21 +141,24 @@ def draw(results: dict, path) -> None:
 
 
 def markdown(study: Study, results: dict, sentence: str) -> str:
-    lines = [
-        study.header("Horizon-aware policy optimisation"),
-        "| variant | final eval return | min / max over seeds | mean eval return over training | steps | wall time per run (s) |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for result in results.values():
         final = result["final"]
         minmax = "n/a" if final["min"] is None else f"{return_text(final['min'])} / {return_text(final['max'])}"
         steps = "/".join(str(step) for step in result["env_steps"])
         wall = "/".join(f"{seconds:.0f}" for seconds in result["wall_seconds"] if seconds is not None)
-        lines.append(
-            f"| {result['label']} | {fmt(final)} | {minmax} | {fmt(result['mean_over_training'])} | {steps} | {wall} |"
-        )
-    lines += ["", sentence, "", f"![evaluation return against environment steps]({study.figure_path.name})", ""]
-    return "\n".join(lines)
+        rows.append([result["label"], fmt(final), minmax, fmt(result["mean_over_training"]), steps, wall])
+    columns = [
+        "variant",
+        "final eval return",
+        "min / max over seeds",
+        "mean eval return over training",
+        "steps",
+        "wall time per run (s)",
+    ]
+    table = markdown_table(columns, rows)
+    caption = "evaluation return against environment steps"
+    return study.document("Horizon-aware policy optimisation", [], table, sentence, caption)
 
 
 def run_horizon_study(arguments: HorizonArguments, argv: Sequence[str] = ()) -> dict:

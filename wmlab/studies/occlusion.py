@@ -43,12 +43,14 @@ from wmlab.studies.runner import (
     Variant,
     band,
     cached_measurement,
+    counted,
     fmt,
     fmt_number,
+    markdown_table,
+    measured_phrase,
     pyplot,
     save_figure,
     spread,
-    steps_phrase,
     study_entry,
 )
 
@@ -236,6 +238,11 @@ def plotted_key(results: dict) -> str:
     return "vector" if "vector" in keys else keys[0]
 
 
+def reported_steps(horizon: int) -> list[int]:
+    """The steps into an occlusion that the sentence and the table report: 1, K / 2 and K."""
+    return sorted({1, max(1, horizon // 2), horizon})
+
+
 def comparison_sentence(results: dict, runs: dict[str, list[RunResult]], seeds: int, horizon: int) -> str:
     key = plotted_key(results)
     with_, without = results["with-occlusion"], results["plain"]
@@ -244,12 +251,11 @@ def comparison_sentence(results: dict, runs: dict[str, list[RunResult]], seeds: 
         values = result["belief"][key][line]["mean"]
         return fmt_number(values[k] if k < len(values) else None)
 
-    ks = sorted({1, max(1, horizon // 2), horizon})
+    ks = reported_steps(horizon)
     post = ", ".join(f"k={k}: {at(with_, 'posterior', k)} vs {at(without, 'posterior', k)}" for k in ks)
     prior = ", ".join(f"k={k}: {at(with_, 'prior', k)} vs {at(without, 'prior', k)}" for k in ks)
-    all_runs = [run for group in runs.values() for run in group]
     return (
-        f"Measured at {steps_phrase(all_runs)} over {seeds} seed{'s' if seeds != 1 else ''} (mean over seeds; model trained with occlusion vs without): "
+        f"{measured_phrase(runs, seeds)} (mean over seeds; model trained with occlusion vs without): "
         f"the belief's {key} reconstruction MSE against the true observation was {post} steps into an occlusion "
         f"(unoccluded filtering error k=0: {at(with_, 'posterior', 0)} vs {at(without, 'posterior', 0)}; "
         f"open-loop prior from the last unoccluded state: {prior}). "
@@ -311,39 +317,31 @@ def markdown(
 ) -> str:
     key = plotted_key(results)
     horizon = arguments.belief_horizon
-    ks = sorted({1, max(1, horizon // 2), horizon})
-    lines = [
-        study.header("Partial observability"),
+    steps = [0, *reported_steps(horizon)]
+    intro = [
         f"Occlusion in training and in the occluded return evaluation: start probability {arguments.start_probability:g} per step, "
         f"{arguments.length} blank steps. Belief measurement: occlusions of K = {horizon} steps (start probability "
-        f"{arguments.belief_start_probability:g}), {belief_episodes} episode{'s' if belief_episodes != 1 else ''} per run; "
-        f"returns: {return_episodes} episode{'s' if return_episodes != 1 else ''} per run and condition; the same seeds for both models.",
+        f"{arguments.belief_start_probability:g}), {counted(belief_episodes, 'episode')} per run; "
+        f"returns: {counted(return_episodes, 'episode')} per run and condition; the same seeds for both models.",
         "",
-        "| model | return without occlusion | return with occlusion | "
-        + " | ".join(f"{key} MSE k={k}" for k in [0, *ks])
-        + " |",
-        "|---" * (3 + 1 + len(ks)) + "|",
     ]
+    rows = []
     for result in results.values():
         means = result["belief"][key]["posterior"]["mean"]
-        cells = [fmt_number(means[k] if k < len(means) else None) for k in [0, *ks]]
-        lines.append(
-            f"| {result['label']} | {fmt(result['return_without_occlusion'])} | {fmt(result['return_with_occlusion'])} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    lines += ["", sentence, "", f"![belief error against steps into an occlusion]({study.figure_path.name})", ""]
-    return "\n".join(lines)
+        returns = [fmt(result["return_without_occlusion"]), fmt(result["return_with_occlusion"])]
+        rows.append([result["label"], *returns, *(fmt_number(means[k] if k < len(means) else None) for k in steps)])
+    columns = ["model", "return without occlusion", "return with occlusion", *(f"{key} MSE k={k}" for k in steps)]
+    table = markdown_table(columns, rows)
+    caption = "belief error against steps into an occlusion"
+    return study.document("Partial observability", intro, table, sentence, caption)
 
 
 def run_occlusion_study(arguments: OcclusionArguments, argv: Sequence[str] = ()) -> dict:
     """Train, measure, plot and write; returns the results (also in OUT/occlusion.json)."""
     study = Study(NAME, arguments, argv)
     compared = variants(study, arguments)
-    return_episodes = (
-        arguments.robustness_episodes if arguments.robustness_episodes is not None else (1 if study.quick else 10)
-    )
-    belief_episodes = arguments.belief_episodes if arguments.belief_episodes is not None else (1 if study.quick else 5)
+    return_episodes = study.count(arguments.robustness_episodes, 10)
+    belief_episodes = study.count(arguments.belief_episodes, 5)
     runs = study.train_all(compared)
     results = {}
     for variant in compared:

@@ -24,7 +24,7 @@ import math
 import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import tyro
@@ -169,7 +169,7 @@ class Study:
         self.env_kwargs = parse_json_object("--env-kwargs", arguments.env_kwargs)
         self.agent_overrides = parse_json_object("--agent-overrides", arguments.agent_overrides)
         train_overrides = parse_json_object("--train-overrides", arguments.train_overrides)
-        seeds = arguments.seeds if arguments.seeds is not None else (QUICK_SEEDS if self.quick else FULL_SEEDS)
+        seeds = self.count(arguments.seeds, FULL_SEEDS, QUICK_SEEDS)
         if seeds < 1:
             raise WmlabError(f"--seeds must be at least 1, got {seeds}")
         self.seeds = list(range(seeds))
@@ -201,6 +201,11 @@ class Study:
             raise WmlabError(f"--train-overrides: {error}") from None
         # Fail on bad overrides before the first run starts.
         self.agent_config(Variant("check", "check"))
+
+    def count(self, requested: int | None, full: int, quick: int = 1) -> int:
+        """A count the command line may set (seeds, measurement episodes): as requested, else
+        `full`, or `quick` with --quick."""
+        return requested if requested is not None else (quick if self.quick else full)
 
     # --- configs -----------------------------------------------------------------------------
 
@@ -305,6 +310,21 @@ class Study:
         if results.get("comparison"):
             print(results["comparison"])
         return {"json": json_path, "markdown": markdown_path, "figure": self.figure_path}
+
+    def document(
+        self,
+        title: str,
+        intro: Sequence[str],
+        table: Sequence[str],
+        sentence: str,
+        figure_caption: str,
+        notes: Sequence[str] = (),
+    ) -> str:
+        """The study's markdown section: the header, the intro lines, the table (`markdown_table`),
+        the comparison sentence with the notes in parentheses, and the figure."""
+        notes_lines = [f"({note}.)" for note in notes]
+        figure = f"![{figure_caption}]({self.figure_path.name})"
+        return "\n".join([self.header(title), *intro, *table, "", sentence, *notes_lines, "", figure, ""])
 
     @property
     def figure_path(self) -> Path:
@@ -522,6 +542,26 @@ def fmt_number(value: float | None, digits: int = 3) -> str:
     if value is None or not math.isfinite(value):
         return "n/a"
     return f"{value:.{digits}g}"
+
+
+def counted(count: int, noun: str) -> str:
+    """ "1 seed", "3 seeds": a count and its noun, plural unless the count is 1."""
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """A markdown table's lines: the column titles, the rule, then one line per row of cells."""
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|---" * len(columns) + "|",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+
+
+def measured_phrase(runs: dict[str, list[RunResult]], seeds: int) -> str:
+    """ "Measured at N steps over K seeds": how every study's comparison sentence begins."""
+    all_runs = [run for group in runs.values() for run in group]
+    return f"Measured at {steps_phrase(all_runs)} over {counted(seeds, 'seed')}"
 
 
 def steps_phrase(runs: Sequence[RunResult]) -> str:
