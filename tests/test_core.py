@@ -11,7 +11,9 @@ import torch
 from wmlab.core.config import differences, from_dict
 from wmlab.core.errors import IncompatibleSpaceError, RunDirectoryError
 from wmlab.core.registry import ALGORITHMS, ENVIRONMENTS, MODELS, UnknownNameError, register_env
+from wmlab.core.rollout import action_source
 from wmlab.core.serialization import load_state, save_state
+from wmlab.core.shapes import check_shape
 from wmlab.envs import make_env
 
 
@@ -166,3 +168,30 @@ def test_pixels_from_a_gymnasium_env_and_a_clear_refusal(tmp_path, monkeypatch):
         make_env("dmx:cartpole-swingup")
     with pytest.raises(WmlabError, match="does not take these options"):
         make_env("dyna-maze", observation="pixels")
+
+
+def test_action_source_serves_given_actions_by_column_and_a_policy_encoded():
+    def encode(actions, leading, sizes):  # indices -> one-hot, checking the leading dimensions
+        actions = torch.as_tensor(actions)
+        check_shape("actions", actions, leading, sizes)
+        return torch.nn.functional.one_hot(actions, 3).float()
+
+    given = np.array([[0, 1, 2, 1], [2, 2, 0, 0]])
+    sizes = {"B": 2}
+    choose, horizon = action_source(given, None, sizes, encode)
+    assert horizon == 4 and sizes["L"] == 4
+    assert torch.equal(choose(2, None), torch.eye(3)[[2, 0]])
+    with pytest.raises(ValueError):  # a horizon that disagrees with the actions' length
+        action_source(given, 3, {"B": 2}, encode)
+
+    seen = []
+
+    def policy(state):
+        seen.append(state)
+        return np.array([1, 0])
+
+    choose, horizon = action_source(policy, 5, {"B": 2}, encode)
+    assert horizon == 5 and torch.equal(choose(0, "state"), torch.eye(3)[[1, 0]]) and seen == ["state"]
+    for bad in (None, 0):
+        with pytest.raises(ValueError, match="positive horizon"):
+            action_source(policy, bad, {"B": 2}, encode)

@@ -185,8 +185,10 @@ class TokenWorldModelConfig:
     action_in_tokens: bool = False
     """Also add each step's action embedding to the embeddings of that step's frame tokens, so
     every prediction of the next frame reads the action directly, not only through attention to
-    the action token (IRIS: the action token alone; at a CPU budget the transformer had not
-    learned to attend to it: identical predictions under any actions after 500 updates)."""
+    the action token (IRIS: the action token alone; in the 2026-12-06 iris-cpu run the
+    transformer had not learned to read it: identical predictions under any actions after about
+    500 world-model updates). Measured so far, it did not make the actions matter sooner
+    (docs/benchmarks.md, "IRIS on MinAtar Breakout with the new tokens")."""
     refresh_keep: int | None = None
     """Steps kept when imagination's window fills the context and restarts (None: half the
     context; IRIS restarts from the current frame, 1; context - 1 keeps the most context but

@@ -83,8 +83,8 @@ class IrisCPUConfig(IrisConfig):
     dead codes restarted onto the worst-represented encodings (`restart_codes_until` 600: with the
     world model after 100 updates and no restarts, next-token accuracy stayed near 0.5 on MinAtar
     Breakout and the reward head never fired) and reads each token from its own patch (`encoder`
-    "patch": a patch that does not change keeps its token, a steadier target than IRIS's conv
-    encoder gives: next-token accuracy 0.87 against 0.80 after 700 world-model updates), then the
+    "patch": a patch that does not change keeps its token, 83 % of a frame's tokens repeat
+    against 20 % with IRIS's conv encoder: a steadier target for the transformer), then the
     world model learns, and the actor-critic after 800 updates; reward and end steps weigh 10
     in the world model's loss (calibrated back in imagination: sparse events are otherwise
     learned last); the tokenizer weighs pixels off the background 21 times (`foreground` 20:
