@@ -399,7 +399,7 @@ def iris_world_model(arguments) -> dict:
                 actions = agent.world_model.action_size
                 shuffled = replace(probe, action=np.random.default_rng(7).integers(0, actions, probe.action.shape))
                 _, unconditioned = agent.world_model.loss_terms(shuffled, tokenizer=False)
-                metrics["action_gain"] = unconditioned["loss/tokens"] - metrics["loss/tokens"]
+                metrics["action_gain"] = unconditioned["wm/token_nll"] - metrics["wm/token_nll"]
                 tokens, _ = agent.world_model.tokenize(torch.as_tensor(probe.obs["image"]).flatten(0, 1))
                 tokens = tokens.reshape(*probe.reward.shape, -1)
                 repeated = torch.as_tensor(~probe.is_first[:, 1:])

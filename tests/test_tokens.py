@@ -442,6 +442,41 @@ def test_a_tiny_model_overfits_a_fixed_eight_step_sequence():
     assert trajectory.continues[0, -1] < 0.1 and trajectory.continues[0, :-1].min() > 0.9
 
 
+def test_changed_token_weighting_is_undone_where_logits_are_read():
+    """`changed_tokens` w weighs the loss of tokens that differ from the previous frame's; its
+    optimum is p(c) w_c / Z, and the calibrated logits give back p. Imagination reads the
+    calibrated logits: with w huge, a greedy rollout copies the previous frame's tokens."""
+    torch.manual_seed(0)
+    weight = 4.0
+    model = TokenWorldModel(
+        replace(TINY, loss_scales=replace(TINY.loss_scales, changed_tokens=weight)), SMALL, spaces.Discrete(3)
+    )
+    p = torch.tensor([0.1, 0.2, 0.4, 0.25, 0.05])
+    previous = torch.tensor(2)
+    optimum = torch.log(p * torch.where(torch.arange(5) == previous, 1.0, weight))  # the weighted loss's minimiser
+    assert torch.allclose(model.calibrated_token_logits(optimum, previous).softmax(-1), p, atol=1e-6)
+    # The reported token loss is weighted; the token NLL metric is read from calibrated logits.
+    plain = TokenWorldModel(TINY, SMALL, spaces.Discrete(3)).eval()
+    _, metrics = plain.loss(sequence_batch(steps=4))
+    assert metrics["wm/token_nll"] == pytest.approx(metrics["loss/tokens"], rel=1e-5)
+    copying = TokenWorldModel(
+        replace(TINY, loss_scales=replace(TINY.loss_scales, changed_tokens=1e12)), SMALL, spaces.Discrete(3)
+    ).eval()
+    copying.load_state_dict(plain.state_dict())
+    batch = sequence_batch(steps=3)
+    rollouts = {}
+    for name, world_model in (("plain", plain), ("copying", copying)):
+        _, last = world_model.observe(batch.obs, batch.action, batch.is_first)
+        trajectory = world_model.imagine(last, np.zeros((1, 4), np.int64), 4, temperature=0.0)
+        tokens = torch.cat([last["tokens"][:, None], trajectory.states["tokens"]], 1)
+        rollouts[name] = (tokens[:, 1:] == tokens[:, :-1]).float().mean().item()
+    assert rollouts["copying"] == 1.0 and rollouts["plain"] < 1.0, rollouts
+    with pytest.raises(ValueError, match="changed_tokens must be > 0"):
+        TokenWorldModel(
+            replace(TINY, loss_scales=replace(TINY.loss_scales, changed_tokens=0.0)), SMALL, spaces.Discrete(3)
+        )
+
+
 def test_conditioning_changes_the_output_and_guidance_interpolates():
     torch.manual_seed(0)
     config = TokenWorldModelConfig(
