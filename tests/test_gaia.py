@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from wmlab.cli import main
+from wmlab.core.serialization import load_state
 from wmlab.data.captions import CAPTIONS_FILE
 from wmlab.envs.two_rooms import AGENT_RGB
 from wmlab.pipelines.gaia import agent_centre, probe_moves
@@ -41,6 +42,8 @@ TINY = [
     "2",
     "--log-every",
     "1",
+    "--tokenizer-updates",
+    "1",
 ]
 
 
@@ -61,10 +64,21 @@ def test_the_pipeline_trains_measures_and_resumes(gaia_run):
     assert result["probe_accuracy_on_real_moves"] > 0.7  # the probe reads real moves (16 x 16 frames: 0.83)
     config = json.loads((gaia_run / "config.json").read_text())
     assert config["kind"] == "gaia" and config["model"]["text_size"] == 384
+    tokenizer_before = tokenizer_weights(gaia_run)
     assert main(["pipeline", "gaia", "--resume", str(gaia_run), "--updates", "3"]) == 0
     assert json.loads((gaia_run / "result.json").read_text())["updates"] == 3
     lines = [json.loads(line) for line in (gaia_run / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3]
+    # The tokenizer learns alone first (--tokenizer-updates 1), then the transformer on its frozen tokens.
+    assert "loss/reconstruction" in lines[0] and "loss/tokens" not in lines[0]
+    assert "loss/tokens" in lines[2] and "loss/reconstruction" not in lines[2]
+    after = tokenizer_weights(gaia_run)
+    assert all(torch.equal(tensor, after[name]) for name, tensor in tokenizer_before.items())
+
+
+def tokenizer_weights(run_dir) -> dict[str, torch.Tensor]:
+    state = load_state(run_dir / "checkpoints" / "rank0", "model")
+    return {name: tensor.clone() for name, tensor in state.items() if name.startswith("tokenizer.")}
 
 
 def test_generate_writes_a_video_a_contact_sheet_and_json(gaia_run, tmp_path):

@@ -140,6 +140,10 @@ SIZES: SizeTable[TokenSizes] = SizeTable(
 )
 
 
+#: The tokenizer's loss terms (weighted by TokenLossScales), in the order they are summed.
+TOKENIZER_TERMS = ("reconstruction", "squared_error", "codebook", "commitment")
+
+
 @dataclass(frozen=True)
 class TokenLossScales(CodebookLossScales):
     """Weights of the loss terms, in one place (each reported unweighted as `loss/<term>`); the
@@ -970,6 +974,14 @@ class TokenWorldModel(nn.Module):
             "commitment": quantized.commitment_loss,
         }
         return terms, quantized, reconstruction
+
+    def tokenizer_loss(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any, torch.Tensor]:
+        """The tokenizer's own step (IRIS trains it apart from the transformer): (the terms of
+        `tokenizer_terms` weighted by loss_scales, the terms, the `Quantized` result,
+        reconstructions (N, Ch, H, W)) for frames (N, Ch, H, W) in [0, 1]."""
+        terms, quantized, reconstruction = self.tokenizer_terms(frames)
+        scales = self.config.loss_scales
+        return sum(getattr(scales, name) * terms[name] for name in TOKENIZER_TERMS), terms, quantized, reconstruction
 
     def loss_terms(
         self, batch: Batch, text: Any = None, drop: str | None = None, tokenizer: bool = True

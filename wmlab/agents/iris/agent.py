@@ -34,8 +34,6 @@ from wmlab.core.optim import clipped_step, make_optimizer
 from wmlab.core.types import Batch
 from wmlab.models.tokens import TokenWorldModel
 
-TOKENIZER_TERMS = ("reconstruction", "squared_error", "codebook", "commitment")
-
 
 class IrisAgent(ImaginationAgent):
     """IRIS's agent: a `TokenWorldModel` (`world_model`) and an `ImaginationLearner` (acting,
@@ -133,9 +131,7 @@ class IrisAgent(ImaginationAgent):
         restarting = self.updates < config.restart_codes_until
         model.tokenizer.quantizer.dead_code_threshold = config.model.dead_code_threshold if restarting else 0.0
         model.tokenizer.train()
-        terms, quantized, reconstruction = model.tokenizer_terms(frames[chosen])
-        scales = config.model.loss_scales
-        loss = sum(getattr(scales, name) * terms[name] for name in TOKENIZER_TERMS)
+        loss, terms, quantized, reconstruction = model.tokenizer_loss(frames[chosen])
         self.tokenizer_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(model.tokenizer)
