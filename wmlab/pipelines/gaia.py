@@ -313,7 +313,13 @@ class GaiaRun:
                 elapsed = base + time.perf_counter() - session
                 if config.minutes > 0 and elapsed >= config.minutes * 60:
                     break
-                batch, captions = self.train.sample(config.batch_size, config.length)
+                # The tokenizer's updates see B x T frames drawn one by one (IRIS samples its
+                # tokenizer's frames so): windows' frames repeat the same scene.
+                tokenizer_phase = self.counters["updates"] < config.tokenizer_updates
+                shape = (
+                    (config.batch_size * config.length, 1) if tokenizer_phase else (config.batch_size, config.length)
+                )
+                batch, captions = self.train.sample(*shape)
                 metrics = self.step(batch, captions)
                 self.counters["updates"] += 1
                 for name, value in metrics.items():
