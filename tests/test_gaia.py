@@ -61,6 +61,7 @@ def test_the_pipeline_trains_measures_and_resumes(gaia_run):
     assert set(result["text_fidelity"]) == {"0.0", "1.0", "3.0", "7.0"}
     for scale in result["text_fidelity"].values():
         assert {"agreement", "random_caption_baseline", "moves_with_agent_visible"} <= set(scale)
+    assert 0.0 <= result["agent_in_reconstructions"] <= 1.0
     assert result["probe_accuracy_on_real_moves"] > 0.7  # the probe reads real moves (16 x 16 frames: 0.83)
     config = json.loads((gaia_run / "config.json").read_text())
     assert config["kind"] == "gaia" and config["model"]["text_size"] == 384

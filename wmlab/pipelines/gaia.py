@@ -385,6 +385,11 @@ class GaiaRun:
             moves, truth = probe_moves(episode["image"]), np.array(steps[1:], dtype=object)
             chosen = np.isin(truth, MOVES)
             hits += (moves[chosen] == truth[chosen]).tolist()
+        # The tokenizer's share: held-out frames whose reconstruction still shows the agent.
+        frames = np.concatenate([episode["image"] for episode in self.valid.episodes])[::3]
+        tokens, _ = model.tokenize(torch.as_tensor(frames))
+        reconstructions = model.decode({"tokens": tokens})["image"].numpy()
+        drawn = float(np.isfinite(agent_centre(reconstructions)).all(-1).mean())
         fidelity = text_fidelity(model, self.valid, self.table, config.starts, config.steps, config.seed)
         windows, captions = self.valid.sample(16, min(9, model.context))
         controllability = evaluate_suite(
@@ -407,6 +412,7 @@ class GaiaRun:
             "train_steps": sum(len(episode["reward"]) for episode in self.train.episodes),
             "validation_token_loss": losses,
             "probe_accuracy_on_real_moves": float(np.mean(hits)) if hits else None,
+            "agent_in_reconstructions": drawn,
             "text_fidelity": fidelity,
             "caption_share_in_validation": share,
             "controllability": {
