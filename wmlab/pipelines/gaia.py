@@ -9,8 +9,9 @@ trained on captioned two-rooms episodes, then measured; `wmlab generate RUN_DIR 
    `train_episodes` from seed 0 and `valid_episodes` from seed 100000 (held-out layouts) into
    RUN_DIR/data/{train,valid}; `--dataset DIR` trains on an existing captioned dataset instead
    (a caption file that does not match its episodes is refused, naming the file).
-2. Training: the token model (wmlab.models.tokens; GAIA-1, Hu et al. 2023, arXiv:2309.17080,
-   Sec. 2) with a text token per step (the all-MiniLM-L6-v2 embedding of the step's caption,
+2. Training, GAIA-1's way round: the tokenizer alone for `tokenizer_updates` (frames drawn one
+   by one, Adam 1e-3, dead codes restarted), then the transformer on its frozen tokens: the
+   token model (wmlab.models.tokens; GAIA-1, Hu et al. 2023, arXiv:2309.17080, Sec. 2) with a text token per step (the all-MiniLM-L6-v2 embedding of the step's caption,
    wmlab.nn.text) and continuous actions, text and actions each dropped at random for
    classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598); AdamW on B x T windows for
    `updates` updates or `minutes` of wall clock, checkpointed (safetensors + JSON) for an exact
