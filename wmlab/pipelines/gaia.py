@@ -11,8 +11,9 @@ trained on captioned two-rooms episodes, then measured; `wmlab generate RUN_DIR 
    (a caption file that does not match its episodes is refused, naming the file).
 2. Training, GAIA-1's way round: the tokenizer alone for `tokenizer_updates` (frames drawn one
    by one, Adam 1e-3, dead codes restarted), then the transformer on its frozen tokens: the
-   token model (wmlab.models.tokens; GAIA-1, Hu et al. 2023, arXiv:2309.17080, Sec. 2) with a text token per step (the all-MiniLM-L6-v2 embedding of the step's caption,
-   wmlab.nn.text) and continuous actions, text and actions each dropped at random for
+   token model (wmlab.models.tokens; GAIA-1, Hu et al. 2023, arXiv:2309.17080, Sec. 2) with a
+   text token per step (the all-MiniLM-L6-v2 embedding of the step's caption, wmlab.nn.text)
+   and continuous actions, text and actions each dropped at random for
    classifier-free guidance (Ho & Salimans 2022, arXiv:2207.12598); AdamW on B x T windows for
    `updates` updates or `minutes` of wall clock, checkpointed (safetensors + JSON) for an exact
    resume.
