@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from test_diffusion import TINY, HashEncoder
+from test_diffusion import TINY, TINY_ARGUMENTS, HashEncoder
 
 from wmlab.agents.imagination.config import ImaginationConfig
 from wmlab.agents.imagination.learner import ImaginationLearner
@@ -142,6 +142,8 @@ def test_instructions_map_to_the_real_moves_and_unknown_ones_are_refused():
 # the pipeline, end to end at a tiny size
 
 QUIET = ["--train.threads", "1", "--train.no-progress"]
+#: diamond-cpu, tiny, in the real environment (test_diffusion's settings at 64 x 64 frames)
+DIAMOND_ARGUMENTS = [str(argument) for argument in TINY_ARGUMENTS[2:]] + ["--agent.no-open-loop-report"]
 TINY_MODEL = [
     "--world-model.channels", "8", "8",
     "--world-model.depths", "1", "1",
@@ -194,17 +196,25 @@ def unisim_runs(tmp_path_factory):
 
 def test_cli_smoke_trains_in_the_simulator_and_evaluates_zero_shot(unisim_runs, capsys):
     root, unisim, _ = unisim_runs
-    out = root / "zero-shot"
-    arguments = ["pipeline", "unisim", "--run", unisim, "--out", out, "--updates", 2, *TINY_AGENT]
+    baseline = root / "diamond"
+    real = ["train", "--algo", "diamond-cpu", "--env", "two-rooms-discrete", "--run-dir", baseline]
+    arguments = [*real, *DIAMOND_ARGUMENTS, "--env-kwargs", '{"max_episode_steps": 15}']
     assert main([str(argument) for argument in arguments]) == 0
+    out = root / "zero-shot"
+    arguments = ["pipeline", "unisim", "--run", unisim, "--out", out, *TINY_AGENT]
+    assert main([str(argument) for argument in [*arguments, "--baseline", baseline, "--match-baseline"]]) == 0
     result = json.loads((out / "result.json").read_text())
-    assert result["updates"] == 2 and result["instructions"]["move left"] == "LEFT"
-    for player in ("zero_shot", "random"):
+    # as many actor-critic updates in the simulator as the baseline's in the real environment
+    assert result["updates"] == result["baseline"]["updates"] > 0
+    assert result["instructions"]["move left"] == "LEFT"
+    for player in ("zero_shot", "random", "baseline"):
         assert 0 <= result[player]["eval/success"] <= 1 and result[player]["eval/length"] <= 15
     assert (out / "checkpoints" / "rank0" / "agent.safetensors").is_file()
     assert len((out / "metrics.jsonl").read_text().splitlines()) >= 1
     assert main([str(argument) for argument in arguments]) == 2
     assert "already holds a result" in capsys.readouterr().err
+    assert main([str(argument) for argument in [*arguments, "--force", "--baseline", unisim]]) == 2
+    assert "not an agent" in capsys.readouterr().err
 
 
 def test_the_pipeline_refuses_a_run_without_instructions_and_an_unknown_instruction(unisim_runs, capsys):

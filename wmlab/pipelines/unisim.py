@@ -96,6 +96,8 @@ class UnisimConfig:
     """Episode i of every evaluation (zero-shot, random, baseline) starts from reset(seed=this + i)."""
     baseline: Path | None = None
     """An agent run trained in the real environment (diamond-cpu), evaluated on the same episodes."""
+    match_baseline: bool = False
+    """Train for as many actor-critic updates as the baseline's learner made (instead of `updates`)."""
     text_encoder: str = ""
     """The text encoder, as module:factory (empty: wmlab.nn.text's all-MiniLM-L6-v2, as the dataset's)."""
     log_every: int = 25
@@ -226,6 +228,22 @@ def run_zero_shot(config: UnisimConfig) -> dict[str, Any]:
             f"the text encoder gives {table.shape[-1]} features, {config.run} was trained on {model.config.condition_size_input}; pass its --text-encoder"
         )
 
+    baseline = None
+    if config.baseline is not None:
+        from wmlab.runs.directory import load_trained_agent
+
+        baseline_spec, baseline = load_trained_agent(config.baseline)
+        trained_in = (baseline_spec.env, dict(baseline_spec.env_kwargs))
+        if trained_in != (config.env, env_kwargs) or not hasattr(baseline, "learner"):
+            raise WmlabError(
+                f"the baseline {config.baseline} must be an imagination agent (diamond-cpu) trained in {config.env} "
+                f"with --env-kwargs {json.dumps(env_kwargs)}; it is {baseline_spec.algorithm} in {trained_in[0]} "
+                f"with {json.dumps(trained_in[1])}"
+            )
+        if config.match_baseline:
+            config = replace(config, updates=int(baseline.learner.updates))
+    elif config.match_baseline:
+        raise WmlabError("--match-baseline needs --baseline RUN_DIR")
     out = Path(config.out)
     if (out / "result.json").exists() and not config.force:
         raise RunDirectoryError(f"{out} already holds a result; pass --force to overwrite it")
@@ -265,15 +283,11 @@ def run_zero_shot(config: UnisimConfig) -> dict[str, Any]:
         "zero_shot": evaluate(ZeroShotAgent(learner, moves)),
         "random": evaluate(RandomAgent(actions, config.seed)),
     }
-    if config.baseline is not None:
-        from wmlab.runs.directory import load_trained_agent
-
-        baseline_spec, baseline = load_trained_agent(config.baseline)
-        if baseline_spec.env != config.env:
-            raise WmlabError(f"the baseline {config.baseline} was trained in {baseline_spec.env}, not {config.env}")
+    if baseline is not None:
         result["baseline"] = {
             "run": str(config.baseline),
-            "updates": getattr(baseline, "updates", None),
+            "updates": int(baseline.learner.updates),  # its actor-critic's
+            "world_model_updates": int(baseline.updates),
             **evaluate(baseline),
         }
     (out / "result.json").write_text(json.dumps(result, indent=2))
