@@ -228,4 +228,6 @@ def test_the_pipeline_refuses_a_run_without_instructions_and_an_unknown_instruct
     assert "trained without instructions" in refused("--run", plain)
     assert "unknown instruction 'jump'" in refused("--run", unisim, "--instructions", "move left", "jump")
     assert "does not exist" in refused("--run", root / "nowhere")
+    assert "--episodes >= 1" in refused("--run", unisim, "--episodes", 0)
+    assert "--match-baseline needs --baseline" in refused("--run", unisim, "--match-baseline")
     assert not (root / "refused" / "result.json").exists()

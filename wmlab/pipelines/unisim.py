@@ -46,6 +46,7 @@ import tyro
 from wmlab.agents.diamond.config import DiamondCPUConfig
 from wmlab.agents.imagination.config import ImaginationConfig
 from wmlab.agents.imagination.learner import ImaginationLearner
+from wmlab.core.config import parse_json_object
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.serialization import save_checkpoint_directory
 from wmlab.core.types import Trajectory
@@ -209,9 +210,9 @@ def run_zero_shot(config: UnisimConfig) -> dict[str, Any]:
     from wmlab.nn.text import load_text_encoder
 
     if config.updates < 0 or config.episodes < 1:
-        raise ValueError(f"updates must be >= 0 and episodes >= 1, got {config.updates} and {config.episodes}")
+        raise WmlabError(f"--updates must be >= 0 and --episodes >= 1, got {config.updates} and {config.episodes}")
     torch.set_num_threads(config.threads)
-    env_kwargs = json.loads(config.env_kwargs)
+    env_kwargs = parse_json_object("--env-kwargs", config.env_kwargs)
     spec, model = load_simulator(Path(config.run))
     dataset = load_dataset(spec.dataset, seed=config.seed)
     known = list(json.loads((Path(spec.dataset) / "manifest.json").read_text()).get("instructions", []))
