@@ -45,7 +45,7 @@ commands:
   envs     show the environment suites, their ids, spaces and install commands
   generate write an MP4 of a world model's generated frames (wmlab generate RUN_DIR --steps N)
   record   record episodes of any environment and policy to a dataset folder
-  pipeline run a multi-stage pipeline: main (make run's job), world-models, jepa, jepa-vs-rssm, jepa-landscape, genie, genie-cloning, genie-compare, gaia (wmlab pipeline NAME --help)
+  pipeline run a multi-stage pipeline: main (make run's job), world-models, jepa, jepa-vs-rssm, jepa-landscape, genie, genie-cloning, genie-compare, gaia, unisim (wmlab pipeline NAME --help)
   bench    run a benchmark: dyna, envs, world-models-temperature, world-models-carracing, laptop, play
   study    run a study: horizon, counterfactual, occlusion (wmlab study NAME --help)
 """
@@ -382,6 +382,7 @@ PIPELINES = {
     "genie-cloning": "wmlab.pipelines.genie_cloning:pipeline_command",
     "genie-compare": "wmlab.pipelines.genie_compare:pipeline_command",
     "gaia": "wmlab.pipelines.gaia:pipeline_command",
+    "unisim": "wmlab.pipelines.unisim:pipeline_command",
 }
 
 

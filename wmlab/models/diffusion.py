@@ -661,6 +661,23 @@ class DiffusionWorldModel(nn.Module):
             return condition
         return state.get("condition")
 
+    def condition_source(
+        self, state: State, condition: Any | None, horizon: int
+    ) -> Callable[[int, State], torch.Tensor | None]:
+        """Where `imagine`'s conditioning vector of step l comes from: a callable condition(l,
+        current state) -> (B, D), the column l of per-step vectors (B, L, D), or one vector (B, D)
+        (or the state's) for every step; each checked as (B, D)."""
+        if callable(condition):
+            return lambda index, current: self.resolve_condition(state, condition(index, current))
+        if condition is not None and torch.as_tensor(condition).dim() == 3:
+            steps = torch.as_tensor(condition, device=self.device).float()
+            if self.config.condition_size_input > 0:  # else the first step's check names the problem
+                B, D = state["frames"].shape[0], self.config.condition_size_input
+                check_shape("per-step condition", steps, (B, horizon, D))
+            return lambda index, current: self.resolve_condition(state, steps[:, index])
+        vector = self.resolve_condition(state, condition)
+        return lambda index, current: vector
+
     @torch.no_grad()
     def imagine(
         self,
@@ -677,8 +694,9 @@ class DiffusionWorldModel(nn.Module):
         """Generate L frames from state (B, ...) with actions (B, L) (indices, or one-hot (B, L,
         A)) or a policy(state) -> action (B,). Each frame is sampled (`denoising_steps`, default
         the config's; `churn` > 0 for the stochastic sampler); a conditioning vector (B, D) (or the
-        state's) is mixed with the null one at `guidance`. Returns states (B, L, ...) (the frames
-        a view of one buffer), actions (B, L), rewards (B, L) (expected sign), continues (B, L)
+        state's), one per step (B, L, D), or a callable condition(l, current state) -> (B, D) (an
+        instruction a policy picks at every step, UniSim) is mixed with the null one at
+        `guidance`. Returns states (B, L, ...) (the frames a view of one buffer), actions (B, L), rewards (B, L) (expected sign), continues (B, L)
         (1 - P(end)) and the generated frames as observations {"image": (B, L, H, W, C) in [0, 1]}.
         `predict_rewards` False generates frames only (a video): rewards 0, continues 1, and the
         reward model's LSTM state left as it was."""
@@ -695,16 +713,19 @@ class DiffusionWorldModel(nn.Module):
                 **({"churn": float(churn)} if churn is not None else {}),
             )
         check_sampler(sampler)
-        vector = self.resolve_condition(state, condition)
+        condition_at = self.condition_source(state, condition, horizon)
+        vector = None if callable(condition) else condition_at(0, state)
         K = self.context
         buffer = torch.empty(B, K - 1 + horizon, self.image_channels, *self.image_size, device=self.device)
         buffer[:, : K - 1] = state["frames"][:, 1:]
         current = {name: value for name, value in state.items()}
         if vector is not None:
             current["condition"] = vector
-        taken, rewards, continues, hiddens, cells, action_history = [], [], [], [], [], []
+        taken, rewards, continues, hiddens, cells, action_history, vectors = [], [], [], [], [], [], []
         for index in range(horizon):
             action = choose(index, current)
+            vector = condition_at(index, current)
+            vectors.append(vector)
             frame = self.sample_frame(current, action, sampler, generator, vector, guidance)
             if predict_rewards:
                 reward_logits, end_logits, hidden, cell = self.reward_end(
@@ -737,7 +758,7 @@ class DiffusionWorldModel(nn.Module):
             "cell": torch.stack(cells, 1),
         }
         if vector is not None:
-            states["condition"] = vector[:, None].expand(B, horizon, -1)
+            states["condition"] = torch.stack(vectors, 1)
         return Trajectory(
             states=states,
             actions=torch.stack(taken, 1),
