@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wmlab.core.seeding import seeded
 from wmlab.core.types import Batch
 from wmlab.eval.suites import episode_windows, replay_episodes
 from wmlab.eval.world_model_metrics import psnr
@@ -325,8 +326,7 @@ def steps_ablation(arguments) -> dict:
     rows = []
     for steps in arguments.denoising_steps:
         generator = torch.Generator().manual_seed(arguments.seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(arguments.seed)
+        with seeded(arguments.seed):
             H, W = model.image_size
             agent.learner = ImaginationLearner(
                 agent.learner.config, (H, W, model.image_channels), model.action_size, agent.device, generator

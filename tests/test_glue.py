@@ -10,7 +10,8 @@ from PIL import Image
 
 from wmlab.core.config import parse_json_object
 from wmlab.core.errors import DatasetError, IncompatibleSpaceError, ShapeError, WmlabError
-from wmlab.core.spaces import action_layout
+from wmlab.core.seeding import seeded
+from wmlab.core.spaces import BoxBounds, action_layout
 from wmlab.core.video import write_gif
 from wmlab.nn.mlp import MLP, dense_layers
 
@@ -71,3 +72,30 @@ def test_discrete_actions_enter_models_as_one_hot_or_as_given():
     assert discrete_action_input(relaxed, 3, ("B",), {}).dtype == torch.float32
     with pytest.raises(ShapeError, match="expected indices"):
         discrete_action_input(torch.zeros(2, 4), 3, ("B",), {})
+    with pytest.raises(ShapeError, match=r"indices must lie in \[0, 3\), got \[0, 3\]"):
+        discrete_action_input(torch.tensor([0, 3]), 3, ("B",), {}, check_range=True)
+
+
+def test_box_bounds_map_actions_to_the_unit_range_and_back_on_any_device():
+    bounds = BoxBounds(spaces.Box(np.array([-2.0, 0.0]), np.array([2.0, 10.0])))
+    assert bounds.size == 2 and bounds.state_dict() == {}  # buffers, not checkpointed
+    actions = torch.tensor([[-2.0, 0.0], [0.0, 5.0], [2.0, 10.0]])
+    assert bounds.to_unit(actions).tolist() == [[-1.0, -1.0], [0.0, 0.0], [1.0, 1.0]]
+    assert torch.equal(bounds.from_unit(bounds.to_unit(actions)), actions)
+    assert bounds.clamp(torch.tensor([3.0, -1.0])).tolist() == [2.0, 0.0]
+    owner = torch.nn.Module()
+    owner.bounds = bounds
+    assert owner.to(torch.float64).bounds.centre.dtype == torch.float64  # follows its owner
+    flat = BoxBounds(spaces.Box(np.array([1.0]), np.array([1.0])), min_half_range=1e-6)
+    assert flat.half_range.item() == pytest.approx(1e-6)
+
+
+def test_seeded_blocks_repeat_their_draws_and_leave_the_callers_stream_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    with seeded(1):
+        first = torch.rand(2)
+    with seeded(1):
+        assert torch.equal(torch.rand(2), first)
+    assert torch.equal(torch.rand(3), expected)

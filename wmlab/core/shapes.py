@@ -69,14 +69,28 @@ def imagined_length(actions: Any, horizon: int | None, sizes: dict[str, int], po
     return sizes["L"]
 
 
+def episode_starts(is_first: Any, device: torch.device | str, sizes: dict[str, int]) -> torch.Tensor:
+    """is_first (B, T) as a bool tensor on `device`, checked against `sizes` (binding B and T there)."""
+    is_first = torch.as_tensor(is_first, device=device).bool()
+    check_shape("is_first", is_first, ("B", "T"), sizes)
+    return is_first
+
+
+def signal_tensors(
+    reward: Any, is_first: Any, is_terminal: Any, device: torch.device | str, sizes: dict[str, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-step signals as tensors on `device`, each checked as (B, T) against `sizes` (and binding
+    B and T there): reward float, is_first bool, is_terminal float (1.0 at a terminal)."""
+    reward = torch.as_tensor(reward, device=device).float()
+    check_shape("reward", reward, ("B", "T"), sizes)
+    is_first = episode_starts(is_first, device, sizes)
+    is_terminal = torch.as_tensor(is_terminal, device=device).float()
+    check_shape("is_terminal", is_terminal, ("B", "T"), sizes)
+    return reward, is_first, is_terminal
+
+
 def step_signals(
     batch: Any, device: torch.device | str, sizes: dict[str, int]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch's per-step signals as tensors on `device`, each checked as (B, T) against `sizes`
-    (and binding B and T there): reward float, is_first bool, is_terminal float (1.0 at a terminal)."""
-    reward = torch.as_tensor(batch.reward, device=device).float()
-    is_first = torch.as_tensor(batch.is_first, device=device).bool()
-    is_terminal = torch.as_tensor(batch.is_terminal, device=device).float()
-    for name, value in (("reward", reward), ("is_first", is_first), ("is_terminal", is_terminal)):
-        check_shape(name, value, ("B", "T"), sizes)
-    return reward, is_first, is_terminal
+    """A batch's reward, is_first and is_terminal (B, T) as `signal_tensors` returns them."""
+    return signal_tensors(batch.reward, batch.is_first, batch.is_terminal, device, sizes)

@@ -1,5 +1,6 @@
-"""Gymnasium spaces: as JSON (how a dataset's manifest and a run's config.json record them), and the
-action layout every model and agent reads from an action space."""
+"""Gymnasium spaces: as JSON (how a dataset's manifest and a run's config.json record them), the
+action layout every model and agent reads from an action space, and a Box's bounds with their map
+to [-1, 1] (the models' and the planners' action units)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
+from torch import nn
 
 from wmlab.core.errors import DatasetError, IncompatibleSpaceError, ShapeError
 from wmlab.core.shapes import format_expected, shape_matches
@@ -42,10 +44,12 @@ def discrete_action_input(
     leading: tuple[str, ...],
     sizes: dict[str, int],
     dtype: torch.dtype = torch.float32,
+    check_range: bool = False,
 ) -> torch.Tensor:
     """Discrete actions as model inputs (*leading, K): indices (*leading) become one-hot; float
     one-hot or probability vectors (*leading, K) are kept as given, so that gradients flow through a
-    relaxed policy. Binds the letters of `leading` in `sizes`."""
+    relaxed policy. Binds the letters of `leading` in `sizes`. With `check_range`, indices outside
+    [0, K) are refused with their range (it reads the indices' extremes: a device sync)."""
     one_hot = shape_matches(tuple(action.shape), (*leading, action_size), sizes)
     if one_hot is not None and action.is_floating_point():
         sizes.update(one_hot)
@@ -56,8 +60,44 @@ def discrete_action_input(
             f"action: expected indices {format_expected(leading, sizes)} or one-hot "
             f"{format_expected((*leading, action_size), sizes)}, got {tuple(action.shape)}"
         )
+    if check_range and action.numel() and (int(action.min()) < 0 or int(action.max()) >= action_size):
+        raise ShapeError(
+            f"action: indices must lie in [0, {action_size}), got [{int(action.min())}, {int(action.max())}]"
+        )
     sizes.update(indices)
     return F.one_hot(action.long(), action_size).to(dtype)
+
+
+class BoxBounds(nn.Module):
+    """The bounds of a 1-D Box with finite bounds, and the affine map between its actions and
+    [-1, 1]: action = centre + half_range * unit. The bounds are float32 buffers (A,) that follow
+    their owner's `.to(device)` and stay out of its checkpoints; `min_half_range` > 0 keeps a
+    dimension with equal bounds from dividing by zero."""
+
+    def __init__(self, action_space: spaces.Box, min_half_range: float = 0.0):
+        super().__init__()
+        low = torch.as_tensor(action_space.low, dtype=torch.float32)
+        high = torch.as_tensor(action_space.high, dtype=torch.float32)
+        half_range = (high - low) / 2
+        if min_half_range > 0:
+            half_range = half_range.clamp_min(min_half_range)
+        self.size = int(low.shape[0])
+        self.register_buffer("low", low, persistent=False)
+        self.register_buffer("high", high, persistent=False)
+        self.register_buffer("centre", (low + high) / 2, persistent=False)
+        self.register_buffer("half_range", half_range, persistent=False)
+
+    def to_unit(self, action: torch.Tensor) -> torch.Tensor:  # (..., A) -> (..., A)
+        """Environment actions -> (action - centre) / half_range: [-1, 1] inside the bounds, not clipped."""
+        return (action - self.centre) / self.half_range
+
+    def from_unit(self, unit: torch.Tensor) -> torch.Tensor:  # (..., A) -> (..., A)
+        """Actions in [-1, 1] -> centre + half_range * unit: the bounds' range (not clipped)."""
+        return self.centre + self.half_range * unit
+
+    def clamp(self, actions: torch.Tensor) -> torch.Tensor:  # (..., A) -> (..., A)
+        """Actions clipped into the bounds, dimension by dimension."""
+        return torch.maximum(torch.minimum(actions, self.high), self.low)
 
 
 def describe_space(space: spaces.Space) -> dict[str, Any]:

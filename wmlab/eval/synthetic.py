@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from wmlab.core.seeding import seeded
 from wmlab.core.types import Batch, Trajectory
 
 
@@ -111,8 +112,7 @@ def sample_batch(
     start = torch.as_tensor(generator.normal(size=(batch_size, model.size)))
     actions = generator.normal(scale=action_std, size=(batch_size, length, model.action_size))
     actions[:, 0] = 0.0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         trajectory = model.imagine(start, actions[:, 1:], length - 1)
     states = torch.cat([start[:, None], trajectory.states], 1).numpy()
     rewards = np.concatenate([np.zeros((batch_size, 1)), trajectory.rewards.numpy()], 1).astype(np.float32)

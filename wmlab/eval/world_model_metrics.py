@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wmlab.core.seeding import seeded
 from wmlab.core.types import Batch, Trajectory
 
 DEFAULT_HORIZONS = (1, 5, 10, 20, 50)
@@ -132,8 +133,7 @@ def common_random_numbers(model: Any, seed: int) -> Iterator[None]:
     state), not by sampling."""
     generator = getattr(model, "generator", None)
     saved = generator.get_state() if isinstance(generator, torch.Generator) else None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         if saved is not None:
             generator.manual_seed(seed)
         try:

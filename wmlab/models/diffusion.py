@@ -56,7 +56,7 @@ from torch import nn
 
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError, WmlabError
 from wmlab.core.rollout import action_source
-from wmlab.core.shapes import check_shape, step_signals
+from wmlab.core.shapes import check_shape, episode_starts, step_signals
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
 from wmlab.losses.pixels import foreground_weights
@@ -543,8 +543,7 @@ class DiffusionWorldModel(nn.Module):
         sizes: dict[str, int] = {}
         frames = self.to_model_frames(obs[self.key], ("B", "T"), sizes)
         actions = self.encode_actions(action, ("B", "T"), sizes)
-        is_first = torch.as_tensor(is_first, device=self.device).bool()
-        check_shape("is_first", is_first, ("B", "T"), sizes)
+        is_first = episode_starts(is_first, self.device, sizes)
         condition = self.condition_of(obs, ("B", "T"), sizes)
         B, T = sizes["B"], sizes["T"]
         state = self.initial(B) if state is None else state

@@ -232,6 +232,14 @@ def ema_momentum(step: int, start: float, end: float, total_steps: int, schedule
     raise ValueError(f"unknown momentum schedule {schedule!r}; choose one of {MOMENTUM_SCHEDULES}")
 
 
+def scheduled_momentum(config: Any, updates: int) -> float:
+    """`ema_momentum` after `updates` target updates, on the schedule of a config's
+    momentum_start, momentum_end, momentum_steps and momentum_schedule fields."""
+    return ema_momentum(
+        updates, config.momentum_start, config.momentum_end, config.momentum_steps, config.momentum_schedule
+    )
+
+
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """target <- momentum * target + (1 - momentum) * online, parameter by parameter."""
@@ -589,14 +597,7 @@ class JEPAWorldModel(nn.Module):
     # ------------------------------------------------------------------ EMA target
 
     def current_momentum(self) -> float:
-        config = self.config
-        return ema_momentum(
-            int(self.target_updates),
-            config.momentum_start,
-            config.momentum_end,
-            config.momentum_steps,
-            config.momentum_schedule,
-        )
+        return scheduled_momentum(self.config, int(self.target_updates))
 
     def update_target(self) -> float:
         """After each optimiser step: move the EMA target toward the encoder; returns the momentum

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmlab.core.errors import ShapeError
-from wmlab.models.jepa import ema_momentum, ema_update
+from wmlab.models.jepa import ema_update, scheduled_momentum
 
 
 def sample_block(
@@ -190,14 +190,7 @@ class MaskedJEPA(nn.Module):
         }
 
     def update_target(self) -> float:
-        config = self.config
-        momentum = ema_momentum(
-            int(self.target_updates),
-            config.momentum_start,
-            config.momentum_end,
-            config.momentum_steps,
-            config.momentum_schedule,
-        )
+        momentum = scheduled_momentum(self.config, int(self.target_updates))
         ema_update(self.target_encoder, self.encoder, momentum)
         ema_update(self.target_patch_embedding, self.patch_embedding, momentum)
         self.target_updates += 1

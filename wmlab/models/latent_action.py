@@ -67,7 +67,7 @@ from torch import nn
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.rollout import action_source
-from wmlab.core.shapes import check_shape
+from wmlab.core.shapes import check_shape, episode_starts
 from wmlab.core.sizes import SizeTable
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.transformer import Block, TransformerConfig
@@ -673,8 +673,7 @@ class GenieWorldModel(nn.Module):
         sizes: dict[str, int] = {}
         frames = self.frames(obs, ("B", "T"), sizes)
         B, T = sizes["B"], sizes["T"]
-        is_first = torch.as_tensor(is_first, device=self.device).bool()
-        check_shape("is_first", is_first, ("B", "T"), sizes)
+        is_first = episode_starts(is_first, self.device, sizes)
         actions = (
             self.infer_actions(frames, is_first) if action is None else self.encode_actions(action, ("B", "T"), sizes)
         )
@@ -819,8 +818,7 @@ class GenieWorldModel(nn.Module):
             raise ShapeError(f"batch: windows of T={T} frames exceed the model's context of {self.context} frames")
         if T < 2:
             raise ShapeError("batch: Genie learns from changes between frames, windows need T >= 2")
-        is_first = torch.as_tensor(batch.is_first, device=self.device).bool()
-        check_shape("is_first", is_first, ("B", "T"), sizes)
+        is_first = episode_starts(batch.is_first, self.device, sizes)
         segments = self.segments(is_first)
         # Step t has an earlier frame of its episode in the window.
         predicted = (~is_first).clone()

@@ -38,10 +38,10 @@ from torch import nn
 from wmlab.core.config import Config, at_least, ranges
 from wmlab.core.errors import IncompatibleSpaceError
 from wmlab.core.rollout import action_source
-from wmlab.core.shapes import check_shape, step_signals
+from wmlab.core.shapes import check_shape, episode_starts, step_signals
 from wmlab.core.sizes import SizeTable
+from wmlab.core.spaces import BoxBounds, discrete_action_input
 from wmlab.core.spaces import action_layout as space_action_layout
-from wmlab.core.spaces import discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.kl import categorical_kl, gaussian_kl, gaussian_kl_free_nats, kl_balanced, kl_balanced_gaussian
 from wmlab.losses.pixels import foreground_weights
@@ -381,11 +381,7 @@ class RSSM(nn.Module):
         self.layout = observation_layout(observation_space)
         self.action_size, self.discrete = action_layout(action_space)
         self.generator: torch.Generator | None = None
-        if not self.discrete:
-            low = torch.as_tensor(action_space.low, dtype=torch.float32)
-            high = torch.as_tensor(action_space.high, dtype=torch.float32)
-            self.register_buffer("action_centre", (low + high) / 2, persistent=False)
-            self.register_buffer("action_half_range", (high - low) / 2, persistent=False)
+        self.action_bounds = None if self.discrete else BoxBounds(action_space)
 
         S, D, H = config.stochastic_size, widths.deterministic_size, widths.hidden_size
         self.categorical = config.latent == "categorical"
@@ -461,7 +457,7 @@ class RSSM(nn.Module):
         action = torch.as_tensor(action, device=self.device)
         if not self.discrete:
             check_shape("action", action, (*leading, self.action_size), sizes)
-            scaled = (action.float() - self.action_centre) / self.action_half_range
+            scaled = self.action_bounds.to_unit(action.float())
             # DreamerV3 divides by max(1, |a|) with a stop-gradient: a policy's unbounded sample
             # cannot push the dynamics outside the range they were trained on.
             return scaled / scaled.detach().abs().clamp_min(1.0)
@@ -476,7 +472,7 @@ class RSSM(nn.Module):
 
     def environment_action(self, action: torch.Tensor) -> torch.Tensor:
         """Model-space actions (..., A) in [-1, 1] -> the environment's bounds (Box only)."""
-        return self.action_centre + self.action_half_range * action.clamp(-1.0, 1.0)
+        return self.action_bounds.from_unit(action.clamp(-1.0, 1.0))
 
     # --- distributions -----------------------------------------------------------------------
 
@@ -560,8 +556,7 @@ class RSSM(nn.Module):
         sizes: dict[str, int] = {}
         embedding = self.embed(obs, ("B", "T"), sizes)
         actions = self.encode_action(action, ("B", "T"), sizes)
-        is_first = torch.as_tensor(is_first, device=self.device)
-        check_shape("is_first", is_first, ("B", "T"), sizes)
+        is_first = episode_starts(is_first, self.device, sizes)
         return self.observe_embedded(embedding, actions, is_first, state)
 
     @torch.no_grad()

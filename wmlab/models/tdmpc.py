@@ -48,7 +48,7 @@ from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.rollout import action_source, roll_steps
 from wmlab.core.shapes import check_shape
 from wmlab.core.sizes import SizeTable
-from wmlab.core.spaces import action_layout, discrete_action_input
+from wmlab.core.spaces import BoxBounds, action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.activations import Mish
 from wmlab.nn.distributions import TwoHot
@@ -326,11 +326,7 @@ class TDMPCModel(nn.Module):
         self.latent_size = D
         self.observation_key, self.observation_shape = observation_entry(observation_space)
         self.discrete, self.action_size = action_entry(action_space)
-        if not self.discrete:
-            low = torch.as_tensor(action_space.low, dtype=torch.float32)
-            high = torch.as_tensor(action_space.high, dtype=torch.float32)
-            self.register_buffer("action_centre", (low + high) / 2, persistent=False)
-            self.register_buffer("action_half_range", (high - low) / 2, persistent=False)
+        self.action_bounds = None if self.discrete else BoxBounds(action_space)
         A = self.action_size
         self.num_tasks, self.masks_actions = task_entries(observation_space, self.action_size, self.discrete)
         if self.num_tasks and self.observation_key == "image":
@@ -412,13 +408,13 @@ class TDMPCModel(nn.Module):
         if self.discrete:
             return discrete_action_input(action, self.action_size, leading, sizes)
         check_shape("action", action, (*leading, self.action_size), sizes)
-        return ((action.float() - self.action_centre) / self.action_half_range).clamp(-1.0, 1.0)
+        return self.action_bounds.to_unit(action.float()).clamp(-1.0, 1.0)
 
     def to_env_action(self, action: torch.Tensor) -> torch.Tensor:
         """Model units -> environment actions: (..., A) in the Box's bounds, or indices (...)."""
         if self.discrete:
             return action.argmax(-1)
-        return self.action_centre + self.action_half_range * action
+        return self.action_bounds.from_unit(action)
 
     # --- tasks (multi-task models only) -------------------------------------------------------
 

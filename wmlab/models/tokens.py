@@ -70,8 +70,9 @@ from torch import nn
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.rollout import action_source
-from wmlab.core.shapes import check_shape, format_expected, shape_matches, step_signals
+from wmlab.core.shapes import check_shape, episode_starts, step_signals
 from wmlab.core.sizes import SizeTable
+from wmlab.core.spaces import BoxBounds, action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
 from wmlab.losses.pixels import foreground_weights
@@ -410,33 +411,13 @@ class TokenWorldModel(nn.Module):
             )
         self.image_shape = tuple(int(side) for side in image.shape)
         # Action: one-hot of a Discrete space, or a Box scaled to [-1, 1] when allowed.
-        if isinstance(action_space, spaces.Discrete):
-            if int(action_space.start) != 0:
-                raise IncompatibleSpaceError(
-                    f"the token world model takes Discrete actions that start at 0, got {action_space}"
-                )
-            self.discrete, self.action_size = True, int(action_space.n)
-        elif isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-            if not config.continuous_actions:
-                raise IncompatibleSpaceError(
-                    f"IRIS's token world model takes a Discrete action space, got the continuous {action_space};"
-                    " set continuous_actions=True (GAIA-1's linear action embedding) to accept it"
-                )
-            low, high = (
-                torch.as_tensor(action_space.low, dtype=torch.float32),
-                torch.as_tensor(action_space.high, dtype=torch.float32),
-            )
-            if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-                raise IncompatibleSpaceError(
-                    f"a Box action space needs finite bounds to be scaled to [-1, 1], got {action_space}"
-                )
-            self.discrete, self.action_size = False, int(action_space.shape[0])
-            self.register_buffer("action_centre", (low + high) / 2, persistent=False)
-            self.register_buffer("action_half_range", ((high - low) / 2).clamp_min(1e-6), persistent=False)
-        else:
+        if isinstance(action_space, spaces.Box) and not config.continuous_actions:
             raise IncompatibleSpaceError(
-                f"the token world model takes a Discrete (or, with continuous_actions, a 1-D Box) action space, got {action_space}"
+                f"IRIS's token world model takes a Discrete action space, got the continuous {action_space};"
+                " set continuous_actions=True (GAIA-1's linear action embedding) to accept it"
             )
+        self.action_size, self.discrete = action_layout(action_space, "the token world model", bounded=True)
+        self.action_bounds = None if self.discrete else BoxBounds(action_space, min_half_range=1e-6)
 
         self.stages = grid_stages(self.image_shape[:2], config.stages)
         self.tokenizer = Tokenizer(
@@ -532,22 +513,8 @@ class TokenWorldModel(nn.Module):
         action = torch.as_tensor(action, device=self.device)
         if not self.discrete:
             check_shape("action", action, (*leading, self.action_size), sizes)
-            return ((action.float() - self.action_centre) / self.action_half_range).clamp(-1, 1)
-        one_hot = shape_matches(tuple(action.shape), (*leading, self.action_size), sizes)
-        if one_hot is not None and action.is_floating_point():
-            sizes.update(one_hot)
-            return action.float()
-        indices = shape_matches(tuple(action.shape), leading, sizes)
-        if indices is None:
-            raise ShapeError(
-                f"action: expected indices {format_expected(leading, sizes)} or one-hot {format_expected((*leading, self.action_size), sizes)}, got {tuple(action.shape)}"
-            )
-        if action.numel() and (int(action.min()) < 0 or int(action.max()) >= self.action_size):
-            raise ShapeError(
-                f"action: indices must lie in [0, {self.action_size}), got [{int(action.min())}, {int(action.max())}]"
-            )
-        sizes.update(indices)
-        return F.one_hot(action.long(), self.action_size).float()
+            return self.action_bounds.to_unit(action.float()).clamp(-1, 1)
+        return discrete_action_input(action, self.action_size, leading, sizes, check_range=True)
 
     def frames(self, obs: dict, leading: tuple[str, ...], sizes: dict[str, int]) -> torch.Tensor:
         """obs[image_key] uint8 (*leading, H, W, Ch) -> floats (N, Ch, H, W) in [0, 1], N = prod(leading)."""
@@ -576,8 +543,7 @@ class TokenWorldModel(nn.Module):
         sizes: dict[str, int] = {}
         frames = self.frames(obs, ("B", "T"), sizes)
         actions = self.encode_action(action, ("B", "T"), sizes)
-        is_first = torch.as_tensor(is_first, device=self.device).bool()
-        check_shape("is_first", is_first, ("B", "T"), sizes)
+        is_first = episode_starts(is_first, self.device, sizes)
         B, T = sizes["B"], sizes["T"]
         state = self.initial(B) if state is None else state
         if text is not None:

@@ -40,7 +40,7 @@ from torch import nn
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.rollout import action_source, roll_steps
-from wmlab.core.shapes import check_shape
+from wmlab.core.shapes import check_shape, episode_starts, signal_tensors
 from wmlab.core.spaces import action_layout, discrete_action_input
 from wmlab.core.types import Batch, Trajectory
 
@@ -467,8 +467,7 @@ class VAEMDNRNN(nn.Module):
         images = torch.as_tensor(obs["image"], device=self.device)
         sizes = check_shape("obs['image']", images, ("B", "T", IMAGE_SIZE, IMAGE_SIZE, self.channels))
         actions = self.encode_action(action, ("B", "T"), sizes)
-        is_first = torch.as_tensor(is_first, device=self.device).bool()
-        check_shape("is_first", is_first, ("B", "T"), sizes)
+        is_first = episode_starts(is_first, self.device, sizes)
         B, T = sizes["B"], sizes["T"]
         state = self.initial(B) if state is None else state
         self.check_state(state, sizes)
@@ -570,12 +569,8 @@ class VAEMDNRNN(nn.Module):
         (B, T) marks the steps that exist, when windows are padded past an episode's end."""
         sizes = check_shape("latents", latents, ("B", "T", self.latent_size))
         actions = self.encode_action(action, ("B", "T"), sizes)
-        reward = torch.as_tensor(reward, device=self.device).float()
-        check_shape("reward", reward, ("B", "T"), sizes)
-        is_first = torch.as_tensor(is_first, device=self.device).bool().clone()
-        check_shape("is_first", is_first, ("B", "T"), sizes)
-        is_terminal = torch.as_tensor(is_terminal, device=self.device).float()
-        check_shape("is_terminal", is_terminal, ("B", "T"), sizes)
+        reward, is_first, is_terminal = signal_tensors(reward, is_first, is_terminal, self.device, sizes)
+        is_first = is_first.clone()
         is_first[:, 0] = True
         exists = torch.ones_like(is_first) if mask is None else torch.as_tensor(mask, device=self.device).bool()
         check_shape("mask", exists, ("B", "T"), sizes)

@@ -21,8 +21,8 @@ from gymnasium import spaces
 
 from wmlab.core.config import between, ranges
 from wmlab.core.protocols import RolloutFn
+from wmlab.core.spaces import BoxBounds
 from wmlab.planners.common import (
-    BoxBounds,
     SamplingConfig,
     SamplingPlanner,
     check_space,
@@ -79,7 +79,7 @@ class CEM(SamplingPlanner):
         check_space(action_space, "CEM")
         if isinstance(action_space, spaces.Discrete):
             return self._plan_discrete(rollout_fn, state, int(action_space.n))
-        return self._plan_box(rollout_fn, state, BoxBounds(action_space, self.device))
+        return self._plan_box(rollout_fn, state, BoxBounds(action_space).to(self.device))
 
     def _plan_box(self, rollout_fn: RolloutFn, state: Any, bounds: BoxBounds) -> torch.Tensor:
         config = self.config
@@ -90,14 +90,14 @@ class CEM(SamplingPlanner):
         for _ in range(config.iterations):
             noise = colored_noise(N, L, A, config.noise_exponent, self.generator).to(self.device)
             unit = (mean + std * noise).clamp(-1.0, 1.0)  # PlaNet clips candidates to the bounds
-            returns = score(rollout_fn, state, bounds.centre + bounds.half_range * unit, self.device)
+            returns = score(rollout_fn, state, bounds.from_unit(unit), self.device)
             elites = unit[returns.topk(config.elites).indices]  # (K, L, A)
             fitted_mean = elites.mean(0)
             fitted_std = elites.std(0, unbiased=False)
             mean = config.momentum * mean + (1 - config.momentum) * fitted_mean
             std = (config.momentum * std + (1 - config.momentum) * fitted_std).clamp_min(config.min_std)
-        self.distribution = {"mean": bounds.centre + bounds.half_range * mean, "std": bounds.half_range * std}
-        return bounds.centre + bounds.half_range * mean
+        self.distribution = {"mean": bounds.from_unit(mean), "std": bounds.half_range * std}
+        return bounds.from_unit(mean)
 
     def _plan_discrete(self, rollout_fn: RolloutFn, state: Any, K: int) -> torch.Tensor:
         config = self.config

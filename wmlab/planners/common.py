@@ -87,21 +87,6 @@ def check_action_space(action_space: spaces.Space, planner: str = "random shooti
     raise IncompatibleSpaceError(f"{planner} takes a 1-D Box or a Discrete action space, got {action_space}")
 
 
-class BoxBounds:
-    """Centre and half-range of a bounded 1-D Box, as float32 tensors (A,) on `device`."""
-
-    def __init__(self, action_space: spaces.Box, device: torch.device):
-        low = torch.as_tensor(action_space.low, dtype=torch.float32, device=device)
-        high = torch.as_tensor(action_space.high, dtype=torch.float32, device=device)
-        self.low, self.high = low, high
-        self.centre = (low + high) / 2
-        self.half_range = (high - low) / 2
-        self.size = int(low.shape[0])
-
-    def clamp(self, actions: torch.Tensor) -> torch.Tensor:  # (..., A) -> (..., A)
-        return torch.maximum(torch.minimum(actions, self.high), self.low)
-
-
 def colored_noise(count: int, length: int, size: int, exponent: float, generator: torch.Generator) -> torch.Tensor:
     """Gaussian noise (count, length, size) on the CPU, of unit variance at every step, whose power
     spectrum along the length falls as 1 / f^exponent (iCEM, Pinneri et al. 2020,

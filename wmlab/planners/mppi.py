@@ -31,8 +31,8 @@ from gymnasium import spaces
 
 from wmlab.core.config import at_least, between, ranges
 from wmlab.core.protocols import RolloutFn
+from wmlab.core.spaces import BoxBounds
 from wmlab.planners.common import (
-    BoxBounds,
     SamplingConfig,
     SamplingPlanner,
     check_prior,
@@ -137,7 +137,7 @@ class MPPI(SamplingPlanner):
             )
         if isinstance(action_space, spaces.Discrete):
             return self._plan_discrete(rollout_fn, state, int(action_space.n), prior, explore)
-        return self._plan_box(rollout_fn, state, BoxBounds(action_space, self.device), prior, explore)
+        return self._plan_box(rollout_fn, state, BoxBounds(action_space).to(self.device), prior, explore)
 
     def _warm_start(self, fill: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
         """`previous` (L, ...) shifted forward by the plan's `shift`, the freed last steps taken from
@@ -158,20 +158,16 @@ class MPPI(SamplingPlanner):
         L, A = config.horizon, bounds.size
         sampled = config.samples - (0 if prior is None else prior.shape[0])
         # The search runs in units of half the range around the centre, so spreads are scale-free.
-        previous = (
-            None
-            if self.previous_plan is None
-            else (self.previous_plan.to(self.device) - bounds.centre) / bounds.half_range
-        )
+        previous = None if self.previous_plan is None else bounds.to_unit(self.previous_plan.to(self.device))
         mean = self._warm_start(torch.zeros(L, A, device=self.device), previous)
         std = torch.full((L, A), config.max_std, device=self.device)
-        prior_unit = None if prior is None else ((prior - bounds.centre) / bounds.half_range).clamp(-1.0, 1.0)
+        prior_unit = None if prior is None else bounds.to_unit(prior).clamp(-1.0, 1.0)
         for _ in range(config.iterations):
             noise = colored_noise(sampled, L, A, config.noise_exponent, self.generator).to(self.device)
             candidates = (mean + std * noise).clamp(-1.0, 1.0)
             if prior_unit is not None:
                 candidates = torch.cat([prior_unit, candidates])
-            returns = score(rollout_fn, state, bounds.centre + bounds.half_range * candidates, self.device)
+            returns = score(rollout_fn, state, bounds.from_unit(candidates), self.device)
             elite_returns, elite_indices = returns.topk(config.elites)
             elites = candidates[elite_indices]  # (E, L, A)
             weights = elite_weights(elite_returns, config.temperature)[:, None, None]
@@ -180,9 +176,9 @@ class MPPI(SamplingPlanner):
         sequence = elites[self._choose(weights.flatten())]
         if explore:
             sequence = (sequence + std * torch.randn((L, A), generator=self.generator).to(self.device)).clamp(-1.0, 1.0)
-        self.previous_plan = bounds.centre + bounds.half_range * mean
+        self.previous_plan = bounds.from_unit(mean)
         self.distribution = {"elite_returns": elite_returns, "std": bounds.half_range * std}
-        return bounds.centre + bounds.half_range * sequence
+        return bounds.from_unit(sequence)
 
     def _plan_discrete(self, rollout_fn, state, K: int, prior: torch.Tensor | None, explore: bool) -> torch.Tensor:
         config = self.config

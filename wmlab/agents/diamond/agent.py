@@ -26,6 +26,7 @@ from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.core import distributed
 from wmlab.core.errors import ShapeError
 from wmlab.core.optim import clipped_step, make_optimizer
+from wmlab.core.seeding import seeded
 from wmlab.core.types import Batch
 from wmlab.models.diffusion import DiffusionWorldModel
 
@@ -46,8 +47,7 @@ class DiamondAgent(ImaginationAgent):
         self.config = config
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.world_model = DiffusionWorldModel(config.model, observation_space, action_space).to(self.device).eval()
             H, W = self.world_model.image_size
             self.learner = ImaginationLearner(

@@ -34,6 +34,7 @@ from wmlab.agents.dreamer.hooks import UpdateHook, hooks_from_config
 from wmlab.agents.dreamer.optim import Optimizer
 from wmlab.core import distributed
 from wmlab.core.errors import IncompatibleSpaceError
+from wmlab.core.seeding import seeded
 from wmlab.core.serialization import load_module_states, module_states
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Trajectory, Transition
@@ -234,8 +235,7 @@ class DreamerAgent:
         # One generator on the agent's device draws every random number of acting and learning,
         # so that its state makes the agent resumable.
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = RSSM(config.model, observation_space, action_space)
             units = config.units if config.units is not None else config.model.size.units
             norm, activation = config.model.norm, config.model.activation

@@ -31,6 +31,7 @@ from wmlab.agents.iris.config import IrisConfig
 from wmlab.core import distributed
 from wmlab.core.errors import ShapeError
 from wmlab.core.optim import clipped_step, make_optimizer
+from wmlab.core.seeding import seeded
 from wmlab.core.types import Batch
 from wmlab.models.tokens import TokenWorldModel
 
@@ -58,8 +59,7 @@ class IrisAgent(ImaginationAgent):
         self.image_key = config.model.image_key
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.world_model = TokenWorldModel(config.model, observation_space, action_space).to(self.device).eval()
             if config.learner.burn_in > self.world_model.context:
                 raise ValueError(

@@ -25,6 +25,7 @@ from wmlab.agents.mpc.config import PlanningConfig
 from wmlab.core import distributed
 from wmlab.core.distributed import average_gradients
 from wmlab.core.errors import IncompatibleSpaceError
+from wmlab.core.seeding import seeded
 from wmlab.core.serialization import load_module_states, module_states
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Transition
@@ -94,8 +95,7 @@ class MPCAgent:
         # device. Their states make acting and learning resumable.
         self.generator = torch.Generator().manual_seed(seed)
         # Seed the initial weights without disturbing the caller's global random state.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = family(config.model, observation_space, action_space)
         self.world_model = model.to(self.device)
         self.model_generator: torch.Generator | None = None

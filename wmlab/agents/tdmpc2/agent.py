@@ -24,6 +24,7 @@ from gymnasium import spaces
 from wmlab.agents.tdmpc2.config import TDMPC2Config
 from wmlab.core.distributed import average_gradients
 from wmlab.core.errors import ShapeError
+from wmlab.core.seeding import seeded
 from wmlab.core.serialization import load_module_states, module_states
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Observation, Transition
@@ -54,8 +55,7 @@ class TDMPC2Agent:
         # acting resumable whatever the device; updates draw from torch's global generator, which
         # the training loop checkpoints.
         self.generator = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             model = TDMPCModel(config.model, observation_space, action_space)
         self.model = model.to(self.device).eval()
         groups = model.parameter_groups()

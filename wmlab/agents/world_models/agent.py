@@ -19,6 +19,7 @@ from gymnasium import spaces
 
 from wmlab.agents.world_models.config import WorldModelsConfig
 from wmlab.core.errors import WmlabError
+from wmlab.core.seeding import seeded
 from wmlab.core.shapes import check_shape
 from wmlab.core.spaces import action_layout
 from wmlab.core.types import Batch, Observation, Transition
@@ -100,8 +101,7 @@ class WorldModelsAgent:
         self.observation_space = observation_space
         self.action_space = action_space
         self.device = torch.device(device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.world_model = VAEMDNRNN(config.model, observation_space, action_space).to(self.device)
         self.world_model.eval()
         self.inputs = config.controller.inputs

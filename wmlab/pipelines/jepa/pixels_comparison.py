@@ -36,6 +36,7 @@ from gymnasium import spaces
 from wmlab.agents.jepa_planner.agent import JEPAPlannerAgent
 from wmlab.agents.jepa_planner.config import JEPAPlannerConfig, default_mppi
 from wmlab.core.progress import StageProgress
+from wmlab.core.seeding import seeded
 from wmlab.core.serialization import load_state, save_state
 from wmlab.core.types import Batch, Observation, Transition
 from wmlab.data.dataset import load_dataset, record_dataset
@@ -98,8 +99,7 @@ class RSSMGoalAgent:
         self.config = config
         self.action_space = action_space
         self.device = torch.device(device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.model = RSSM(config.model, observation_space, action_space).to(self.device)
         if tuple(self.model.layout.image_keys) != ("image",) or self.model.layout.vector_keys:
             raise ValueError(

@@ -49,6 +49,7 @@ from wmlab.agents.world_models.evolution import CMAES
 from wmlab.core.config import option_value, parse_json_object
 from wmlab.core.errors import RunDirectoryError
 from wmlab.core.progress import StageProgress
+from wmlab.core.seeding import seeded
 from wmlab.core.serialization import load_state, save_state
 from wmlab.core.video import write_gif
 from wmlab.data.dataset import read_manifest, record_dataset
@@ -419,8 +420,7 @@ class Pipeline:
     # --- stage 2: V ------------------------------------------------------------------------------
 
     def build_model(self):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed):
             model = VAEMDNRNN(self.config.model, self.observation_space, self.action_space)
         return model.to(self.device)
 
