@@ -91,7 +91,8 @@ class IrisCPUConfig(IrisConfig):
     undone in imagination), with each step's action added to its frame tokens
     (`action_in_tokens`): with IRIS's plain loss and action token alone, the transformer had not
     begun to read the actions after 700 updates on MinAtar Breakout (token loss with redrawn
-    actions within 0.0002 nats of the real ones'); with both, 0.039 nats after 400; the tokenizer weighs pixels off the background 21 times (`foreground` 20:
+    actions within 0.0002 nats of the real ones); with both, 0.039 nats after 400; the
+    tokenizer weighs pixels off the background 21 times (`foreground` 20:
     else MinAtar's ball and paddle and two-rooms' agent vanish from the reconstructions). The
     tokenizer makes 4 x 4 = 16 tokens of any square frame of side 16, 32, 64 (IRIS's count); on
     MinAtar: `--env minatar:breakout --env-kwargs '{"size": 16}' --train.batch-size 8
