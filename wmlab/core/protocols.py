@@ -35,6 +35,11 @@ import numpy as np
 
 from wmlab.core.types import Batch, Observation, Trajectory, Transition
 
+#: The second argument of every world model's `imagine`: the actions to take (B, L, ...) (indices
+#: (B, L) or one-hot / continuous (B, L, A), as the family encodes its action space), or a policy
+#: `policy(state) -> action (B, ...)` asked at every imagined step for the state reached so far.
+ActionsOrPolicy = Any | Callable[[Any], Any]
+
 
 @runtime_checkable
 class WorldModel(Protocol):
@@ -56,7 +61,7 @@ class WorldModel(Protocol):
         Returns (posterior states over time (B, T, ...), last state (B, ...)).
         """
 
-    def imagine(self, state: Any, actions_or_policy: Any, horizon: int) -> Trajectory:
+    def imagine(self, state: Any, actions_or_policy: ActionsOrPolicy, horizon: int) -> Trajectory:
         """Roll forward with no observations from state (B, ...), given actions (B, L, A) or a
         policy `policy(state) -> action (B, A)`. The Trajectory's states, rewards and continues
         are what the planners and the metrics read; its observations are the decoded predictions

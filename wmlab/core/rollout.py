@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.shapes import imagined_length
 
 #: A family's action encoder: encode(actions, leading names, sizes) -> the model's actions
@@ -16,7 +17,7 @@ ActionEncoder = Callable[[Any, tuple[str, ...], dict[str, int]], Any]
 
 
 def action_source(
-    actions_or_policy: Any, horizon: int | None, sizes: dict[str, int], encode: ActionEncoder
+    actions_or_policy: ActionsOrPolicy, horizon: int | None, sizes: dict[str, int], encode: ActionEncoder
 ) -> tuple[Callable[[int, Any], Any], int]:
     """Where the actions of a world model's `imagine` come from: given actions (B, L, ...) (encoded
     here, binding L in `sizes`) or a policy(state) -> action (B, ...), returns (choose(l, current

@@ -12,11 +12,12 @@ Shape legend: B batch, T time, L horizon, A action dim, D features.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.seeding import seeded
 from wmlab.core.types import Batch, Trajectory
 
@@ -66,7 +67,9 @@ class LinearGaussianModel:
         states = torch.as_tensor(np.asarray(obs["vector"]), dtype=torch.float64)
         return states, states[:, -1]
 
-    def imagine(self, state: torch.Tensor, actions_or_policy: Any | Callable, horizon: int | None = None) -> Trajectory:
+    def imagine(
+        self, state: torch.Tensor, actions_or_policy: ActionsOrPolicy, horizon: int | None = None
+    ) -> Trajectory:
         policy = actions_or_policy if callable(actions_or_policy) else None
         actions = None if policy else torch.as_tensor(np.asarray(actions_or_policy), dtype=torch.float64)
         horizon = actions.shape[1] if horizon is None else horizon

@@ -55,6 +55,7 @@ from gymnasium import spaces
 from torch import nn
 
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError, WmlabError
+from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.rollout import action_source
 from wmlab.core.shapes import check_shape, episode_starts, step_signals
 from wmlab.core.types import Batch, Trajectory
@@ -681,7 +682,7 @@ class DiffusionWorldModel(nn.Module):
     def imagine(
         self,
         state: State,
-        actions_or_policy: Any | Callable[[State], Any],
+        actions_or_policy: ActionsOrPolicy,
         horizon: int | None = None,
         denoising_steps: int | None = None,
         generator: torch.Generator | None = None,

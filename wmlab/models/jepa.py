@@ -39,6 +39,7 @@ from torch import nn
 
 from wmlab.core.config import Config, between, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch, Trajectory
 from wmlab.nn.conv import ConvEncoder, ConvStages
@@ -505,7 +506,7 @@ class JEPAWorldModel(nn.Module):
         embeddings = self.encode(obs[self.observation_key])
         return embeddings, embeddings[:, -1]
 
-    def imagine(self, state: torch.Tensor, actions_or_policy: Any, horizon: int) -> Trajectory:
+    def imagine(self, state: torch.Tensor, actions_or_policy: ActionsOrPolicy, horizon: int) -> Trajectory:
         """Roll the predictor from embeddings (B, D) under actions (B, L, A) or `policy(z) -> (B, A)`."""
         if callable(actions_or_policy):
             actions, states, z = [], [], state

@@ -66,6 +66,7 @@ from torch import nn
 
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.rollout import action_source
 from wmlab.core.shapes import check_shape, episode_starts
 from wmlab.core.sizes import SizeTable
@@ -714,7 +715,7 @@ class GenieWorldModel(nn.Module):
     def imagine(
         self,
         state: State,
-        actions_or_policy: Any | Callable[[State], Any],
+        actions_or_policy: ActionsOrPolicy,
         horizon: int | None = None,
         temperature: float | None = None,
         sampling_steps: int | None = None,

@@ -14,7 +14,7 @@ Discrete space), D observation features.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from torch import nn
 
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.rollout import action_source, roll_steps
 from wmlab.core.shapes import check_shape
 from wmlab.core.spaces import action_layout, discrete_action_input
@@ -174,7 +175,7 @@ class MLPWorldModel(nn.Module):
     def imagine(
         self,
         state: torch.Tensor,
-        actions_or_policy: Any | Callable[[torch.Tensor], Any],
+        actions_or_policy: ActionsOrPolicy,
         horizon: int | None = None,
     ) -> Trajectory:
         """Roll forward from state (B, D) with actions (B, L, A) (indices (B, L) when discrete)

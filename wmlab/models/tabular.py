@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.types import Batch, Trajectory
 
 # What a table entry is based on.
@@ -159,7 +160,7 @@ class TabularModel:
         cells = np.asarray(obs["state"], dtype=np.int64)
         return cells, cells[:, -1]
 
-    def imagine(self, state: Any, actions_or_policy: Any, horizon: int) -> Trajectory:
+    def imagine(self, state: Any, actions_or_policy: ActionsOrPolicy, horizon: int) -> Trajectory:
         """Follow the table for `horizon` steps from cells (B,).
 
         Actions are (B, L) indices, (B, L, A) one-hot, or a policy `policy(cells (B,)) -> (B,)`.

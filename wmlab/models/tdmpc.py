@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ from torch import nn
 
 from wmlab.core.config import Config, above, at_least, between, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.rollout import action_source, roll_steps
 from wmlab.core.shapes import check_shape
 from wmlab.core.sizes import SizeTable
@@ -644,7 +645,7 @@ class TDMPCModel(nn.Module):
     def imagine(
         self,
         state: torch.Tensor,
-        actions_or_policy: Any | Callable[[torch.Tensor], Any],
+        actions_or_policy: ActionsOrPolicy,
         horizon: int | None = None,
         task: torch.Tensor | None = None,
         action_mask: torch.Tensor | None = None,

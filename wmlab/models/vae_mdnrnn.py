@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from torch import nn
 
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.rollout import action_source, roll_steps
 from wmlab.core.shapes import check_shape, episode_starts, signal_tensors
 from wmlab.core.spaces import action_layout, discrete_action_input
@@ -502,7 +503,7 @@ class VAEMDNRNN(nn.Module):
     def imagine(
         self,
         state: dict[str, torch.Tensor],
-        actions_or_policy: Any | Callable[[dict[str, torch.Tensor]], Any],
+        actions_or_policy: ActionsOrPolicy,
         horizon: int | None = None,
         temperature: float | None = None,
         generator: torch.Generator | None = None,
