@@ -37,6 +37,7 @@ from torch import nn
 
 from wmlab.core.config import Config, at_least, ranges
 from wmlab.core.errors import IncompatibleSpaceError
+from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.rollout import action_source
 from wmlab.core.shapes import check_shape, episode_starts, step_signals
 from wmlab.core.sizes import SizeTable
@@ -205,19 +206,19 @@ class RSSMConfig(Config):
     """How far (pixel / 255) a target pixel must lie from the batch's mean frame, in its largest
     channel, to count as foreground for `foreground_weight`."""
 
-
-def _check_config(config: RSSMConfig) -> None:
-    choices = {
-        "latent": ("categorical", "gaussian"),
-        "core": ("gru", "block_gru"),
-        "vector_loss": ("symlog_mse", "mse"),
-        "reward_head": ("twohot", "mse"),
-    }
-    for name, allowed in choices.items():
-        if getattr(config, name) not in allowed:
-            raise ValueError(f"RSSMConfig.{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
-    if not 0 <= config.unimix < 1:
-        raise ValueError(f"RSSMConfig.unimix must be in [0, 1), got {config.unimix}")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        choices = {
+            "latent": ("categorical", "gaussian"),
+            "core": ("gru", "block_gru"),
+            "vector_loss": ("symlog_mse", "mse"),
+            "reward_head": ("twohot", "mse"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"RSSMConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 0 <= self.unimix < 1:
+            raise ValueError(f"RSSMConfig.unimix must be in [0, 1), got {self.unimix}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,7 +376,6 @@ class RSSM(nn.Module):
 
     def __init__(self, config: RSSMConfig, observation_space: spaces.Space, action_space: spaces.Space):
         super().__init__()
-        _check_config(config)
         self.config = config
         widths = config.size
         self.layout = observation_layout(observation_space)
@@ -597,7 +597,7 @@ class RSSM(nn.Module):
     def imagine(
         self,
         state: State,
-        actions_or_policy: Any | Callable[[State], Any],
+        actions_or_policy: ActionsOrPolicy,
         horizon: int | None = None,
         decode: bool = False,
         noise: torch.Tensor | None = None,

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +69,7 @@ from torch import nn
 
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.rollout import action_source
 from wmlab.core.shapes import check_shape, episode_starts, step_signals
 from wmlab.core.sizes import SizeTable
@@ -234,25 +235,24 @@ class TokenWorldModelConfig:
     loss_scales: TokenLossScales = field(default_factory=TokenLossScales)
     """Weights of the loss terms."""
 
-
-def _check_config(config: TokenWorldModelConfig) -> None:
-    if config.reward_head not in ("sign", "twohot"):
-        raise ValueError(f"TokenWorldModelConfig.reward_head must be sign or twohot, got {config.reward_head!r}")
-    if config.encoder not in ("conv", "patch"):
-        raise ValueError(f"TokenWorldModelConfig.encoder must be conv or patch, got {config.encoder!r}")
-    if config.guided not in ("text", "action", "both"):
-        raise ValueError(f"TokenWorldModelConfig.guided must be text, action or both, got {config.guided!r}")
-    if config.temperature < 0:
-        raise ValueError(f"TokenWorldModelConfig.temperature must be >= 0, got {config.temperature}")
-    for name in ("text_dropout", "action_dropout", "dropout"):
-        if not 0 <= getattr(config, name) < 1:
-            raise ValueError(f"TokenWorldModelConfig.{name} must be in [0, 1), got {getattr(config, name)}")
-    if config.stages is not None and config.stages < 1:
-        raise ValueError(f"TokenWorldModelConfig.stages must be at least 1, got {config.stages}")
-    if config.loss_scales.changed_tokens <= 0:
-        raise ValueError(f"TokenLossScales.changed_tokens must be > 0, got {config.loss_scales.changed_tokens}")
-    if config.refresh_keep is not None and config.refresh_keep < 1:
-        raise ValueError(f"TokenWorldModelConfig.refresh_keep must be at least 1, got {config.refresh_keep}")
+    def __post_init__(self) -> None:
+        if self.reward_head not in ("sign", "twohot"):
+            raise ValueError(f"TokenWorldModelConfig.reward_head must be sign or twohot, got {self.reward_head!r}")
+        if self.encoder not in ("conv", "patch"):
+            raise ValueError(f"TokenWorldModelConfig.encoder must be conv or patch, got {self.encoder!r}")
+        if self.guided not in ("text", "action", "both"):
+            raise ValueError(f"TokenWorldModelConfig.guided must be text, action or both, got {self.guided!r}")
+        if self.temperature < 0:
+            raise ValueError(f"TokenWorldModelConfig.temperature must be >= 0, got {self.temperature}")
+        for name in ("text_dropout", "action_dropout", "dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"TokenWorldModelConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.stages is not None and self.stages < 1:
+            raise ValueError(f"TokenWorldModelConfig.stages must be at least 1, got {self.stages}")
+        if self.loss_scales.changed_tokens <= 0:
+            raise ValueError(f"TokenLossScales.changed_tokens must be > 0, got {self.loss_scales.changed_tokens}")
+        if self.refresh_keep is not None and self.refresh_keep < 1:
+            raise ValueError(f"TokenWorldModelConfig.refresh_keep must be at least 1, got {self.refresh_keep}")
 
 
 def grid_stages(image_size: tuple[int, int], stages: int | None) -> int:
@@ -396,7 +396,6 @@ class TokenWorldModel(nn.Module):
 
     def __init__(self, config: TokenWorldModelConfig, observation_space: spaces.Space, action_space: spaces.Space):
         super().__init__()
-        _check_config(config)
         self.config = config
         widths = config.size
         self.generator: torch.Generator | None = None
@@ -679,7 +678,7 @@ class TokenWorldModel(nn.Module):
     def imagine(
         self,
         state: State,
-        actions_or_policy: Any | Callable[[State], Any],
+        actions_or_policy: ActionsOrPolicy,
         horizon: int | None = None,
         temperature: float | None = None,
         guidance_scale: float = 1.0,
