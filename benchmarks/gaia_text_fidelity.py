@@ -9,6 +9,12 @@ is the share of probed moves equal to the prompt; the random-caption baseline is
 to a movement caption drawn at random for each move. Per guidance scale this prints the mean over
 seeds of the agreement, of the baseline and of their gap, with the standard error over seeds.
 
+Action fidelity at the same scales ((c) asks for guidance against both): `wmlab eval`'s
+controllability suite (delta-PSNR of frames imagined under the recorded actions against redrawn
+ones, 3 context steps) on 16 held-out windows per seed, the model prompted with each window's first
+caption and imagining at each guidance scale (its guided pass drops what the config's `guided`
+names).
+
     python benchmarks/gaia_text_fidelity.py RUN_DIR --starts 16 --seeds 0 1 2 3 --out fidelity.json
 """
 
@@ -22,8 +28,9 @@ import numpy as np
 import torch
 
 from wmlab.data.captions import MOVES, load_captioned
+from wmlab.eval.suites import SuiteSettings, evaluate_suite
 from wmlab.nn.text import load_text_encoder
-from wmlab.pipelines.gaia import load_gaia_model, text_fidelity
+from wmlab.pipelines.gaia import TextPrompted, batch_text, load_gaia_model, text_fidelity
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -45,10 +52,20 @@ def main() -> None:
     torch.set_num_threads(arguments.threads)
     saved, model = load_gaia_model(arguments.run_dir)
     valid = load_captioned(saved["valid_dataset"])
-    table = dict(zip(MOVES, torch.as_tensor(load_text_encoder().encode(list(MOVES))).float()))
-    per_seed = {
-        seed: text_fidelity(model, valid, table, arguments.starts, arguments.steps, seed) for seed in arguments.seeds
-    }
+    encoder = load_text_encoder()
+    vocabulary = sorted(set(valid.vocabulary) | set(MOVES))
+    table = dict(zip(vocabulary, torch.as_tensor(encoder.encode(vocabulary)).float()))
+    per_seed = {}
+    for seed in arguments.seeds:
+        per_seed[seed] = text_fidelity(model, valid, table, arguments.starts, arguments.steps, seed)
+        windows, captions = load_captioned(saved["valid_dataset"], seed=seed).sample(16, min(9, model.context))
+        prompts = batch_text([[row[0]] for row in captions], table)[:, 0]
+        for scale, row in per_seed[seed].items():
+            torch.manual_seed(seed)
+            suite = evaluate_suite(
+                TextPrompted(model, prompts, float(scale)), windows, "controllability", SuiteSettings(context=3)
+            )
+            row["controllability_delta_psnr"] = float(suite["mean_delta_psnr"]["image"])
     scales = list(per_seed[arguments.seeds[0]])
     rows = {}
     for scale in scales:
@@ -58,12 +75,14 @@ def main() -> None:
             "random_caption_baseline": summary([row["random_caption_baseline"] for row in measured]),
             "gap": summary([row["agreement"] - row["random_caption_baseline"] for row in measured]),
             "moves_with_agent_visible": summary([row["moves_with_agent_visible"] for row in measured]),
+            "controllability_delta_psnr": summary([row["controllability_delta_psnr"] for row in measured]),
         }
         print(
             f"guidance {scale}: agreement {rows[scale]['agreement']['mean']:.3f}, "
             f"random caption {rows[scale]['random_caption_baseline']['mean']:.3f}, "
             f"gap {rows[scale]['gap']['mean']:+.3f} +- {rows[scale]['gap']['standard_error']:.3f}, "
-            f"agent visible {rows[scale]['moves_with_agent_visible']['mean']:.2f}"
+            f"agent visible {rows[scale]['moves_with_agent_visible']['mean']:.2f}, "
+            f"controllability {rows[scale]['controllability_delta_psnr']['mean']:.3f} dB"
         )
     result = {
         "run": str(arguments.run_dir),

@@ -476,11 +476,12 @@ def text_fidelity(
 
 
 class TextPrompted:
-    """The model with a fixed text prompt (B, Dt) put into every state it filters, so that the
-    evaluation suites (which know nothing of text) can run on a text-conditioned model."""
+    """The model with a fixed text prompt (B, Dt) put into every state it filters, and imagining at
+    a fixed guidance scale, so that the evaluation suites (which know nothing of text or guidance)
+    can run on a text-conditioned model."""
 
-    def __init__(self, model: TokenWorldModel, text: torch.Tensor):
-        self.model, self.text = model, text
+    def __init__(self, model: TokenWorldModel, text: torch.Tensor, guidance_scale: float = 1.0):
+        self.model, self.text, self.guidance_scale = model, text, guidance_scale
         self.can_decode = True
 
     def __getattr__(self, name):
@@ -493,6 +494,7 @@ class TextPrompted:
         return self.model.observe(obs, action, is_first, state, text=self.text[: np.shape(is_first)[0]])
 
     def imagine(self, state, actions, horizon=None, **kwargs):
+        kwargs.setdefault("guidance_scale", self.guidance_scale)
         return self.model.imagine(state, actions, horizon, **kwargs)
 
     def decode(self, state):
