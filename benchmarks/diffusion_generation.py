@@ -39,6 +39,7 @@ import torch
 
 from wmlab.core.seeding import seeded
 from wmlab.core.types import Batch
+from wmlab.data.captions import MOVES
 from wmlab.eval.suites import episode_windows, replay_episodes
 from wmlab.eval.world_model_metrics import psnr
 
@@ -374,23 +375,17 @@ def steps_ablation(arguments) -> dict:
     }
 
 
-MOVES = ("move left", "move right", "move up", "move down")
-
-
 def unisim(arguments) -> dict:
     """Held-out captioned two-rooms starts (seeds 100,000 + i), `steps` frames generated under each
     movement instruction at each guidance scale; the agent's move between consecutive frames is
-    read by gaia_small's probe (agent-coloured centroid); agreement = probed move == instruction."""
-    import sys
+    read by the GAIA pipeline's probe (agent-coloured centroid); agreement = probed move == instruction."""
     import tempfile
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from gaia_small import probe_moves
 
     from wmlab.data.captions import record_captioned_two_rooms
     from wmlab.data.dataset import load_dataset
     from wmlab.data.instructions import write_instruction_dataset
     from wmlab.nn.text import load_text_encoder
+    from wmlab.pipelines.gaia import probe_moves
     from wmlab.runs.directory import load_trained_model
 
     torch.set_num_threads(arguments.threads)

@@ -4,6 +4,7 @@ cache, and one training update beside dreamer-cpu's.
     OMP_NUM_THREADS=1 python benchmarks/tokens_speed.py imagine --size cpu --batch 8 --horizon 10 --rounds 5
     OMP_NUM_THREADS=1 python benchmarks/tokens_speed.py step --size cpu --batch 1 --horizon 30 --rounds 5
     OMP_NUM_THREADS=1 python benchmarks/tokens_speed.py update --size cpu --batch 16 --length 10
+    OMP_NUM_THREADS=1 python benchmarks/tokens_speed.py actor-critic --starts 8 32 64 --length 10 --rounds 3
 
 `imagine`: from a state filtered on 5 real-shaped (random) 64 x 64 frames, imagine `horizon`
 steps of K = 16 tokens; the cached and the uncached (whole window recomputed per token) runs
@@ -11,7 +12,10 @@ alternate for `rounds` rounds in one process, and the medians give tokens per se
 ratio. `step`: a stepper's imagine(horizon=1) calls with the cache carried in the state, rebuilt
 at every call, or absent. `update`: one update (loss, backward, Adam step) of the token model on a B x T batch,
 alternating with one `dreamer-cpu` update (world model + actor + critic) on B x `dreamer-length`
-frames of the same kind. Prints one JSON line.
+frames of the same kind. `actor-critic`: one `iris-cpu` actor-critic update (burn-in, 20 imagined
+steps of 16 tokens, lambda-returns, backward) from each number of `--starts`, the counts
+alternating in every round, on random 16 x 16 frames (MinAtar's size in the laptop rows) with an
+untrained model (the cost does not depend on the weights). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from wmlab.models.tokens import SIZES, TokenWorldModel, TokenWorldModelConfig
 IMAGES = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
 
 
-def random_batch(B: int, T: int, actions: spaces.Space, seed: int = 0) -> Batch:
+def random_batch(B: int, T: int, actions: spaces.Space, seed: int = 0, size: int = 64) -> Batch:
     rng = np.random.default_rng(seed)
     is_first = np.zeros((B, T), bool)
     is_first[:, 0] = True
@@ -40,7 +44,7 @@ def random_batch(B: int, T: int, actions: spaces.Space, seed: int = 0) -> Batch:
     else:
         action = rng.uniform(-1, 1, (B, T, *actions.shape)).astype(np.float32)
     return Batch(
-        {"image": rng.integers(0, 256, (B, T, 64, 64, 3), dtype=np.uint8)},
+        {"image": rng.integers(0, 256, (B, T, size, size, 3), dtype=np.uint8)},
         action,
         rng.normal(size=(B, T)).astype(np.float32),
         is_first,
@@ -175,21 +179,54 @@ def update(arguments) -> dict:
     }
 
 
+def actor_critic(arguments) -> dict:
+    from wmlab.agents.iris.agent import IrisAgent
+    from wmlab.agents.iris.config import IrisCPUConfig
+
+    torch.manual_seed(arguments.seed)
+    images = spaces.Dict({"image": spaces.Box(0, 255, (16, 16, 3), np.uint8)})
+    agent = IrisAgent(IrisCPUConfig(), images, spaces.Discrete(3), seed=arguments.seed)
+    batches = {
+        starts: random_batch(starts, arguments.length, spaces.Discrete(3), arguments.seed, size=16)
+        for starts in arguments.starts
+    }
+    for _ in range(arguments.warmup):
+        for batch in batches.values():
+            agent.learner.update(agent.world_model, batch)
+    times = {starts: [] for starts in arguments.starts}
+    for _ in range(arguments.rounds):
+        for starts, batch in batches.items():
+            times[starts].append(timed(lambda: agent.learner.update(agent.world_model, batch)))
+    medians = {starts: statistics.median(values) for starts, values in times.items()}
+    first = arguments.starts[0]
+    return {
+        "length": arguments.length,
+        "horizon": agent.learner.config.horizon,
+        "seconds_per_update_median": {str(starts): round(value, 3) for starts, value in medians.items()},
+        f"ratio_to_{first}_starts": {
+            str(starts): round(value / medians[first], 3) for starts, value in medians.items()
+        },
+        "seconds": {str(starts): [round(t, 3) for t in values] for starts, values in times.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["imagine", "step", "update"])
+    parser.add_argument("what", choices=["imagine", "step", "update", "actor-critic"])
     parser.add_argument("--size", default="cpu", choices=["tiny", "cpu", "iris"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--horizon", type=int, default=10)
     parser.add_argument("--length", type=int, default=10)
     parser.add_argument("--dreamer-length", type=int, default=64)
+    parser.add_argument("--starts", type=int, nargs="+", default=[8, 32, 64], help="actor-critic: starts compared")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     arguments = parser.parse_args()
     torch.set_num_threads(arguments.threads)
-    result = {"imagine": imagine, "step": step, "update": update}[arguments.what](arguments)
+    commands = {"imagine": imagine, "step": step, "update": update, "actor-critic": actor_critic}
+    result = commands[arguments.what](arguments)
     result.update(
         what=arguments.what,
         threads=arguments.threads,

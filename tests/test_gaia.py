@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from wmlab.cli import main
+from wmlab.core.errors import ShapeError
 from wmlab.core.serialization import load_state
 from wmlab.data.captions import CAPTIONS_FILE
 from wmlab.envs.two_rooms import AGENT_RGB
@@ -114,3 +115,15 @@ def test_the_probe_reads_the_agent_centroid_and_its_moves():
     centres = agent_centre(frames)
     assert np.allclose(centres[0], [8.5 / 16, 1 - 8.5 / 16]) and np.isnan(centres[2]).all()
     assert probe_moves(frames).tolist() == ["move left", "no agent"]
+
+
+def test_the_probe_reads_the_scale_from_the_dtype_and_refuses_mixed_frames():
+    frames = np.zeros((2, 16, 16, 3), np.uint8)
+    frames[:, 8, 8] = AGENT_RGB
+    as_float = frames.astype(np.float32) / 255
+    assert np.allclose(agent_centre(frames), agent_centre(as_float))
+    # A uint8 first frame concatenated with float generated frames is the mistake that once hid
+    # every generated agent: it is refused, not silently rescaled.
+    mixed = np.concatenate([frames[:1].astype(np.float32), as_float[1:]])
+    with pytest.raises(ShapeError, match=r"\[0, 1\]"):
+        agent_centre(mixed)

@@ -15,7 +15,7 @@ from wmlab.agents.imagination.config import ACTOR_CRITIC_OPTIMIZER, ImaginationC
 from wmlab.agents.iris.agent import IrisAgent
 from wmlab.agents.iris.config import IrisConfig, IrisCPUConfig
 from wmlab.cli import main
-from wmlab.core.errors import IncompatibleSpaceError
+from wmlab.core.errors import IncompatibleSpaceError, ShapeError
 from wmlab.core.registry import ALGORITHMS
 from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch
@@ -180,3 +180,27 @@ def test_code_restarts_stop_at_restart_codes_until():
     restarted = [agent.update(batch)["vq/restarted"] for _ in range(16)]
     assert sum(restarted[:8]) > 0, restarted
     assert sum(restarted[8:]) == 0, restarted
+
+
+def test_model_rows_train_the_models_on_the_first_rows_and_the_actor_critic_on_all():
+    config = IrisConfig(
+        model=TINY_MODEL,
+        learner=replace(TINY_LEARNER, starts=0),
+        tokenizer_frames=64,
+        world_model_starts=0,
+        actor_critic_starts=0,
+        model_rows=2,
+    )
+    agent = IrisAgent(config, IMAGES, spaces.Discrete(3), seed=0)
+    seen = {}
+    model, learner = agent.world_model, agent.learner
+    tokenizer_loss, loss_terms, learner_update = model.tokenizer_loss, model.loss_terms, learner.update
+    model.tokenizer_loss = lambda frames: seen.setdefault("tokenizer", frames.shape[0]) and tokenizer_loss(frames)
+    model.loss_terms = lambda batch, **kw: seen.setdefault("world_model", batch.shape) and loss_terms(batch, **kw)
+    learner.update = lambda model, batch, **kw: (
+        seen.setdefault("actor_critic", batch.shape) and learner_update(model, batch, **kw)
+    )
+    agent.update(random_batch(B=5, T=4))
+    assert seen == {"tokenizer": 2 * 4, "world_model": (2, 4), "actor_critic": (5, 4)}
+    with pytest.raises(ShapeError, match="model_rows 2 exceeds the replay batch of 1"):
+        agent.update(random_batch(B=1, T=4))

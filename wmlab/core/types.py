@@ -56,6 +56,20 @@ class Batch:
     def shape(self) -> tuple[int, int]:
         return tuple(self.reward.shape[:2])  # (B, T)
 
+    def rows(self, count: int) -> "Batch":
+        """The first `count` sequences (count, T, ...)."""
+        B = self.shape[0]
+        if not 0 < count <= B:
+            raise ValueError(f"cannot take the first {count} rows of a batch of {B} sequences")
+        return Batch(
+            obs={key: value[:count] for key, value in self.obs.items()},
+            action=self.action[:count],
+            reward=self.reward[:count],
+            is_first=self.is_first[:count],
+            is_last=self.is_last[:count],
+            is_terminal=self.is_terminal[:count],
+        )
+
     def to_torch(self, device="cpu") -> "Batch":
         import torch
 

@@ -53,7 +53,7 @@ import tyro
 from gymnasium import spaces
 
 from wmlab.core.config import from_dict
-from wmlab.core.errors import RunDirectoryError, WmlabError
+from wmlab.core.errors import RunDirectoryError, ShapeError, WmlabError
 from wmlab.core.optim import OptimizerConfig, clipped_step, make_optimizer
 from wmlab.core.serialization import (
     global_random_state,
@@ -172,10 +172,16 @@ def spaces_of(directory: Path) -> tuple[spaces.Space, spaces.Space]:
 
 def agent_centre(frames: np.ndarray) -> np.ndarray:
     """Centroids (..., 2) as (x, y up) in arena units of the agent-coloured pixels of frames
-    (..., H, W, 3) in [0, 1] or uint8; NaN where no pixel is close to the agent's colour."""
-    frames = np.asarray(frames, dtype=np.float32)
-    if frames.max() > 1.5:
-        frames = frames / 255.0
+    (..., H, W, 3), uint8 or float in [0, 1] (the scale is read from the dtype, never guessed from
+    the values); NaN where no pixel is close to the agent's colour."""
+    frames = np.asarray(frames)
+    if np.issubdtype(frames.dtype, np.integer):
+        frames = frames.astype(np.float32) / 255.0
+    elif frames.size and float(frames.max()) > 1.5:
+        raise ShapeError(
+            f"agent_centre: float frames must lie in [0, 1], got values up to {float(frames.max()):.1f} "
+            "(uint8 frames and float frames mixed into one array?)"
+        )
     height, width = frames.shape[-3:-1]
     close = np.abs(frames - np.array(AGENT_RGB, np.float32) / 255.0).max(-1) < 0.2  # (..., H, W)
     count = close.sum((-1, -2))
@@ -452,7 +458,8 @@ def text_fidelity(
                 use_actions=False,
                 generator=torch.Generator().manual_seed(seed),
             )
-            frames = np.concatenate([first, model.decode(trajectory.states)["image"].numpy()], 1)
+            generated = (model.decode(trajectory.states)["image"].clamp(0, 1) * 255).round().to(torch.uint8)
+            frames = np.concatenate([first, generated.numpy()], 1)  # both uint8
             moves = probe_moves(frames)  # (S, L)
             random_captions = rng.choice(np.array(MOVES, dtype=object), size=moves.shape)
             per_prompt[prompt] = float((moves == prompt).mean())
@@ -469,11 +476,12 @@ def text_fidelity(
 
 
 class TextPrompted:
-    """The model with a fixed text prompt (B, Dt) put into every state it filters, so that the
-    evaluation suites (which know nothing of text) can run on a text-conditioned model."""
+    """The model with a fixed text prompt (B, Dt) put into every state it filters, and imagining at
+    a fixed guidance scale, so that the evaluation suites (which know nothing of text or guidance)
+    can run on a text-conditioned model."""
 
-    def __init__(self, model: TokenWorldModel, text: torch.Tensor):
-        self.model, self.text = model, text
+    def __init__(self, model: TokenWorldModel, text: torch.Tensor, guidance_scale: float = 1.0):
+        self.model, self.text, self.guidance_scale = model, text, guidance_scale
         self.can_decode = True
 
     def __getattr__(self, name):
@@ -486,6 +494,7 @@ class TextPrompted:
         return self.model.observe(obs, action, is_first, state, text=self.text[: np.shape(is_first)[0]])
 
     def imagine(self, state, actions, horizon=None, **kwargs):
+        kwargs.setdefault("guidance_scale", self.guidance_scale)
         return self.model.imagine(state, actions, horizon, **kwargs)
 
     def decode(self, state):

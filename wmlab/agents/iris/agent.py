@@ -114,17 +114,21 @@ class IrisAgent(ImaginationAgent):
 
     def update(self, batch: Batch) -> dict[str, float]:
         """One tokenizer update, then one world-model update and one actor-critic update once
-        their starts are passed, on the same replay batch."""
+        their starts are passed, on the same replay batch (the first `model_rows` of it for the
+        tokenizer and the world model, when set)."""
         config, model = self.config, self.world_model
         B, T = batch.shape
         if T < config.learner.burn_in or T < 2:
             raise ShapeError(
                 f"IRIS trains on windows of at least {max(2, config.learner.burn_in)} steps (the burn-in), got T={T}"
             )
+        if config.model_rows > B:
+            raise ShapeError(f"model_rows {config.model_rows} exceeds the replay batch of {B} windows")
+        model_batch = batch.rows(config.model_rows) if config.model_rows else batch
         result: dict[str, float] = {}
 
         # 1. tokenizer, on frames drawn from the batch
-        frames = model.frames(batch.obs, ("B", "T"), {})
+        frames = model.frames(model_batch.obs, ("B", "T"), {})
         count = min(config.tokenizer_frames, frames.shape[0])
         chosen = torch.randperm(frames.shape[0], generator=self.generator)[:count].to(self.device)
         # No dead-code restarts after `restart_codes_until` (IRIS: none): they re-mean tokens.
@@ -150,7 +154,7 @@ class IrisAgent(ImaginationAgent):
         # 2. world model, on the windows tokenized without gradients
         if self.updates > config.world_model_starts:
             model.train()
-            total, metrics = model.loss_terms(batch, tokenizer=False)
+            total, metrics = model.loss_terms(model_batch, tokenizer=False)
             self.world_model_optimizer.zero_grad(set_to_none=True)
             total.backward()
             distributed.average_gradients(model)
