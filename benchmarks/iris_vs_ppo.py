@@ -254,8 +254,8 @@ def plot(summary: dict[str, dict[str, Any]], figure: str | Path, title: str, not
             axis.axhspan(mean - error, mean + error, color=line.get_color(), alpha=0.15)
     axis.set_xlim(0, right)
     axis.set_xlabel("environment steps")
-    axis.set_ylabel("evaluation return (greedy policy)")
-    axis.set_title(title)
+    axis.set_ylabel("evaluation return (each method's test policy)")
+    axis.set_title(title, fontsize=9)
     axis.legend(loc="best", fontsize=8)
     if note:
         axis.text(0.99, 0.02, note, transform=axis.transAxes, ha="right", va="bottom", fontsize=8, color="dimgray")
@@ -461,7 +461,8 @@ def plot_command(args: argparse.Namespace) -> int:
             for step, mean, error in zip(entry["steps"], entry["mean"], entry["standard_error"])
         )
         print(f"{entry['label']} (seeds {entry['seeds']}): {rows}")
-    plot(summary, args.figure, title=f"{env_text or 'evaluation return'}: mean ± s.e. over seeds", note=args.note)
+    title = f"{env_text}\nmean ± s.e. over seeds" if env_text else "evaluation return: mean ± s.e. over seeds"
+    plot(summary, args.figure, title=title, note=args.note)
     sentence = finding(summary, env)
     if args.summary:
         Path(args.summary).write_text(json.dumps({"finding": sentence, "methods": summary}, indent=1) + "\n")
