@@ -193,13 +193,20 @@ def test_model_rows_train_the_models_on_the_first_rows_and_the_actor_critic_on_a
     )
     agent = IrisAgent(config, IMAGES, spaces.Discrete(3), seed=0)
     seen = {}
+
+    def recorded(name, function, size):
+        """`function`, writing size(its arguments) under `name` in `seen` when called."""
+
+        def call(*arguments, **keywords):
+            seen[name] = size(*arguments)
+            return function(*arguments, **keywords)
+
+        return call
+
     model, learner = agent.world_model, agent.learner
-    tokenizer_loss, loss_terms, learner_update = model.tokenizer_loss, model.loss_terms, learner.update
-    model.tokenizer_loss = lambda frames: seen.setdefault("tokenizer", frames.shape[0]) and tokenizer_loss(frames)
-    model.loss_terms = lambda batch, **kw: seen.setdefault("world_model", batch.shape) and loss_terms(batch, **kw)
-    learner.update = lambda model, batch, **kw: (
-        seen.setdefault("actor_critic", batch.shape) and learner_update(model, batch, **kw)
-    )
+    model.tokenizer_loss = recorded("tokenizer", model.tokenizer_loss, lambda frames: frames.shape[0])
+    model.loss_terms = recorded("world_model", model.loss_terms, lambda batch: batch.shape)
+    learner.update = recorded("actor_critic", learner.update, lambda model, batch: batch.shape)
     agent.update(random_batch(B=5, T=4))
     assert seen == {"tokenizer": 2 * 4, "world_model": (2, 4), "actor_critic": (5, 4)}
     with pytest.raises(ShapeError, match="model_rows 2 exceeds the replay batch of 1"):
