@@ -10,6 +10,7 @@ from PIL import Image
 
 from wmlab.core.config import parse_json_object
 from wmlab.core.errors import DatasetError, IncompatibleSpaceError, ShapeError, WmlabError
+from wmlab.core.images import to_pixels
 from wmlab.core.seeding import seeded
 from wmlab.core.spaces import BoxBounds, action_layout
 from wmlab.core.video import write_gif
@@ -99,3 +100,15 @@ def test_seeded_blocks_repeat_their_draws_and_leave_the_callers_stream_alone():
     with seeded(1):
         assert torch.equal(torch.rand(2), first)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_pixels_from_float_frames_are_clamped_rounded_and_keep_their_kind():
+    values = [-0.2, 0.0, 0.6 / 255, 0.499, 1.0, 1.7]
+    expected = [0, 0, 1, 127, 255, 255]
+    from_tensor = to_pixels(torch.tensor(values).reshape(1, 6, 1))
+    from_array = to_pixels(np.array(values, dtype=np.float64).reshape(1, 6, 1))
+    assert from_tensor.dtype == torch.uint8 and from_tensor.shape == (1, 6, 1)
+    assert from_array.dtype == np.uint8 and from_array.shape == (1, 6, 1)
+    assert from_tensor.flatten().tolist() == expected and from_array.flatten().tolist() == expected
+    already = np.arange(256, dtype=np.uint8)
+    assert to_pixels(already) is already  # uint8 passes through, not divided or rescaled

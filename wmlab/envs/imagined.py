@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from wmlab.core.errors import ShapeError
+from wmlab.core.images import to_pixels
 from wmlab.core.protocols import WorldModel
 
 
@@ -256,9 +257,7 @@ class ImaginedEnv:
             raise RuntimeError("call reset() before render()")
         image = self.world_model.decode(self.state)["image"]
         image = image.cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-        if image.dtype != np.uint8:
-            image = (np.clip(image, 0.0, 1.0) * 255).round().astype(np.uint8)
-        return image
+        return to_pixels(image)
 
 
 def _where_rows(rows: torch.Tensor, kept: Any, new: Any) -> Any:

@@ -37,6 +37,7 @@ import torch
 import tyro
 
 from wmlab.core.errors import WmlabError
+from wmlab.core.images import to_pixels
 from wmlab.data.dataset import load_dataset
 from wmlab.eval.suites import replay_episodes, world_model_of
 from wmlab.eval.world_model_metrics import psnr
@@ -181,7 +182,7 @@ def generate_frames(
 
         def chosen(current: Any) -> Any:
             frame = model.decode(current)["image"]
-            image = (frame.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            image = to_pixels(frame).cpu().numpy()
             action, memory[0] = agent.act(
                 {"image": image, "is_first": np.array([memory[0] is None])}, memory[0], explore=False
             )
@@ -198,7 +199,7 @@ def generate_frames(
         if trajectory.observations is not None
         else model.decode(trajectory.states)["image"]
     )
-    generated = (torch.as_tensor(frames)[0].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    generated = to_pixels(torch.as_tensor(frames)[0]).cpu().numpy()
     per_step = None
     if real is not None:
         per_step = psnr(

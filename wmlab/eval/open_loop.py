@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wmlab.core.images import to_pixels
 from wmlab.core.video import write_gif
 
 
@@ -60,7 +61,7 @@ def video_frames(real: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     error = (predicted - truth + 1.0) / 2.0
     rows = np.concatenate([truth, predicted, error], axis=3)  # (B, T, H, 3W, C)
     frames = np.concatenate(list(rows), axis=1)  # (T, B * H, 3W, C)
-    return (frames.clip(0, 1) * 255).round().astype(np.uint8)
+    return to_pixels(frames)
 
 
 # Colours of the status line: the context (the model filters real frames) and the open loop.

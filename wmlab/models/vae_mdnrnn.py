@@ -39,6 +39,7 @@ from torch import nn
 
 from wmlab.core.config import Config, ranges
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError
+from wmlab.core.images import to_pixels
 from wmlab.core.protocols import ActionsOrPolicy
 from wmlab.core.rollout import action_source, roll_steps
 from wmlab.core.shapes import check_shape, episode_starts, signal_tensors
@@ -436,7 +437,7 @@ class VAEMDNRNN(nn.Module):
         latent = state["latent"] if isinstance(state, dict) else state
         leading = latent.shape[:-1]
         frames = self.vae.decode(latent.reshape(-1, self.latent_size))
-        images = (frames * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1)
+        images = to_pixels(frames).permute(0, 2, 3, 1)
         return {"image": images.reshape(*leading, IMAGE_SIZE, IMAGE_SIZE, self.channels)}
 
     # --- the WorldModel protocol -------------------------------------------------------------

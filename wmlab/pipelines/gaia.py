@@ -54,6 +54,7 @@ from gymnasium import spaces
 
 from wmlab.core.config import from_dict
 from wmlab.core.errors import RunDirectoryError, ShapeError, WmlabError
+from wmlab.core.images import to_pixels
 from wmlab.core.optim import OptimizerConfig, clipped_step, make_optimizer
 from wmlab.core.serialization import (
     global_random_state,
@@ -458,7 +459,7 @@ def text_fidelity(
                 use_actions=False,
                 generator=torch.Generator().manual_seed(seed),
             )
-            generated = (model.decode(trajectory.states)["image"].clamp(0, 1) * 255).round().to(torch.uint8)
+            generated = to_pixels(model.decode(trajectory.states)["image"])
             frames = np.concatenate([first, generated.numpy()], 1)  # both uint8
             moves = probe_moves(frames)  # (S, L)
             random_captions = rng.choice(np.array(MOVES, dtype=object), size=moves.shape)
@@ -634,8 +635,7 @@ def generate(run_dir: str | Path, request: TextGeneration) -> dict[str, Any]:
         generator=torch.Generator().manual_seed(request.seed),
     )
     seconds = time.perf_counter() - begin
-    frames = model.decode(trajectory.states)["image"][0].clamp(0, 1)
-    generated = (frames * 255).round().to(torch.uint8).numpy()
+    generated = to_pixels(model.decode(trajectory.states)["image"][0]).numpy()
     out = Path(request.out)
     write_video(out, generated, real, request.fps, request.scale)
     write_contact_sheet(out.with_suffix(".png"), generated, real, request.columns, request.scale)

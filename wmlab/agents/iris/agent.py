@@ -30,6 +30,7 @@ from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.agents.iris.config import IrisConfig
 from wmlab.core import distributed
 from wmlab.core.errors import ShapeError
+from wmlab.core.images import to_pixels
 from wmlab.core.optim import clipped_step, make_optimizer
 from wmlab.core.seeding import seeded
 from wmlab.core.types import Batch
@@ -107,7 +108,7 @@ class IrisAgent(ImaginationAgent):
     @torch.no_grad()
     def reconstruct(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames (N, H, W, C) in [0, 1] -> the tokenizer's reconstructions (N, H, W, C) in [0, 1]."""
-        tokens, _ = self.world_model.tokenize((frames * 255).round().to(torch.uint8))
+        tokens, _ = self.world_model.tokenize(to_pixels(frames))
         return self.world_model.decode({"tokens": tokens})[self.config.model.image_key].clamp(0, 1)
 
     # --- learning ----------------------------------------------------------------------------
