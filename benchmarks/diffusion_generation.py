@@ -351,7 +351,7 @@ def steps_ablation(arguments) -> dict:
             spec.env,
             arguments.episodes,
             10_000_000 + arguments.seed,
-            spec.env_kwargs,
+            spec.evaluation_env_kwargs,
             max_steps=arguments.max_steps,
         )
         row = {
@@ -370,6 +370,7 @@ def steps_ablation(arguments) -> dict:
         "run": str(arguments.run_dir),
         "env": spec.env,
         "env_kwargs": spec.env_kwargs,
+        "eval_env_kwargs": spec.eval_env_kwargs,
         "seed": arguments.seed,
         "rows": rows,
     }
@@ -460,12 +461,13 @@ def curve(arguments) -> dict:
             row = json.loads(line)
             if "eval/return" in row:
                 points.append([row["step"], row["time"], row["eval/return"], row["eval/return_std"]])
-        key = f"{spec.env} {json.dumps(spec.env_kwargs, sort_keys=True)}"
+        played = spec.evaluation_env_kwargs
+        key = f"{spec.env} {json.dumps(played, sort_keys=True)}"
         if key not in results["random"]:
             from wmlab.envs.adapter import make_env
 
-            env = make_env(spec.env, **spec.env_kwargs)
-            metrics = evaluate_agent(UniformAgent(env.action_space, 0), spec.env, 200, 10_000_000, spec.env_kwargs)
+            env = make_env(spec.env, **played)
+            metrics = evaluate_agent(UniformAgent(env.action_space, 0), spec.env, 200, 10_000_000, played)
             env.close()
             results["random"][key] = {name: float(value) for name, value in metrics.items()}
         results["runs"].append(

@@ -191,7 +191,7 @@ def evaluate(arguments) -> dict:
 
     torch.set_num_threads(1)
     spec, agent = load_trained_agent(arguments.run_dir)
-    env = make_env(spec.env, **spec.env_kwargs)
+    env = make_env(spec.env, **spec.evaluation_env_kwargs)
     agent.generator.manual_seed(arguments.seed)
     random_actions = np.random.default_rng(arguments.seed)
 
@@ -208,7 +208,12 @@ def evaluate(arguments) -> dict:
     def uniform(observation, state, first):
         return int(random_actions.integers(env.action_space.n)), None
 
-    result = {"run": str(arguments.run_dir), "env": spec.env, "env_kwargs": spec.env_kwargs, "seed": arguments.seed}
+    result = {
+        "run": str(arguments.run_dir),
+        "env": spec.env,
+        "env_kwargs": spec.evaluation_env_kwargs,
+        "seed": arguments.seed,
+    }
     policies = {"greedy": acting(False), "sampled": acting(True)}
     policies.update({f"temperature_{value:g}": acting(False, value) for value in arguments.temperatures if value > 0})
     for name, policy in (*policies.items(), ("random", uniform)):

@@ -13,7 +13,7 @@ import torch
 
 from wmlab.agents.mpc.config import MPCConfig
 from wmlab.cli import main
-from wmlab.core.errors import RunDirectoryError
+from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.serialization import load_state
 from wmlab.models.mlp import MLPWorldModelConfig
 from wmlab.planners.shooting import RandomShootingConfig
@@ -270,3 +270,24 @@ def test_help_documents_every_field_and_bad_overrides_fail(capsys):
         with pytest.raises(SystemExit) as exit_info:
             run_cli("train", "--algo", "mpc", "--env", "two-rooms-state", *bad)
         assert exit_info.value.code == 2
+
+
+def test_evaluation_episodes_play_with_the_eval_env_kwargs_over_the_runs(tmp_path):
+    from wmlab.cli import parse_train_arguments
+    from wmlab.runs.directory import load_run_spec
+
+    spec = replace(tiny_spec(150), eval_env_kwargs={"max_episode_steps": 5})
+    assert spec.evaluation_env_kwargs == {"max_episode_steps": 5}
+    Trainer(spec, tmp_path / "run").run()
+    evaluations = metric_lines(tmp_path / "run", "eval/length")
+    training = metric_lines(tmp_path / "run", "train/length")
+    assert evaluations and all(line["eval/length"] <= 5 for line in evaluations)
+    assert max(line["train/length"] for line in training) > 5  # training kept the run's 40-step episodes
+    assert load_run_spec(tmp_path / "run").eval_env_kwargs == {"max_episode_steps": 5}
+    # from the command line, and fixed for the run's life: a resume may not change it
+    parsed, *_ = parse_train_arguments(
+        ["--algo", "dyna-q", "--env", "dyna-maze", "--eval-env-kwargs", '{"max_episode_steps": 7}']
+    )
+    assert parsed.eval_env_kwargs == {"max_episode_steps": 7} and parsed.env_kwargs == {}
+    with pytest.raises(WmlabError, match="cannot change: eval_env_kwargs"):
+        parse_train_arguments(["--resume", str(tmp_path / "run"), "--eval-env-kwargs", "{}"])

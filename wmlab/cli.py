@@ -108,6 +108,14 @@ def _train_command_class(agent_config: type, algorithm: str = DEFAULT_ALGORITHM)
                 "env", str, "Environment: a wmlab name, a gymnasium id, or my_package.module:EnvId-v0.", DEFAULT_ENV
             ),
             command_option("env_kwargs", str, 'Environment options as JSON, e.g. \'{"observation": "pixels"}\'.', "{}"),
+            command_option(
+                "eval_env_kwargs",
+                str,
+                "Environment options that evaluation episodes change, as JSON over --env-kwargs: e.g. Atari agents "
+                "trained with '{\"terminal_on_life_loss\": true}' are scored on whole games with "
+                "'{\"terminal_on_life_loss\": false}'.",
+                "{}",
+            ),
             *run_directory_options("runs/ALGO-ENV-seedSEED"),
             ("train", TrainConfig, dataclasses.field(default_factory=TrainConfig)),
             ("agent", agent_config, dataclasses.field(default_factory=agent_config)),
@@ -131,6 +139,7 @@ def parse_train_arguments(argv: list[str]):
             algo=saved.algorithm,
             env=saved.env,
             env_kwargs=json.dumps(saved.env_kwargs),
+            eval_env_kwargs=json.dumps(saved.eval_env_kwargs),
             run_dir=Path(resume_dir),
             resume=Path(resume_dir),
             train=saved.train,
@@ -139,15 +148,17 @@ def parse_train_arguments(argv: list[str]):
         parsed = tyro.cli(command_class, args=argv, default=default, prog="wmlab train")
         changed = {f"train.{name}" for name in differences(saved.train, parsed.train)}
         changed |= {f"agent.{name}" for name in differences(saved.agent, parsed.agent)}
-        changed |= {name for name in ("algo", "env", "env_kwargs") if getattr(parsed, name) != getattr(default, name)}
+        changed |= {
+            name
+            for name in ("algo", "env", "env_kwargs", "eval_env_kwargs")
+            if getattr(parsed, name) != getattr(default, name)
+        }
         refused = sorted(changed - RESUMABLE_CHANGES)
         if refused:
             raise WmlabError(
                 f"--resume continues the saved run; these settings cannot change: {', '.join(refused)} (start a new run instead)"
             )
-        spec = RunSpec(
-            algorithm=saved.algorithm, env=saved.env, env_kwargs=saved.env_kwargs, train=parsed.train, agent=saved.agent
-        )
+        spec = dataclasses.replace(saved, train=parsed.train)
         return spec, Path(resume_dir), True, False
 
     algorithm = option_value(argv, "--algo") or DEFAULT_ALGORITHM
@@ -162,8 +173,14 @@ def parse_train_arguments(argv: list[str]):
         parsed.run_dir
         or Path("runs") / f"{parsed.algo}-{parsed.env.replace(':', '-').replace('/', '-')}-seed{parsed.train.seed}"
     )
-    env_kwargs = parse_json_object("--env-kwargs", parsed.env_kwargs)
-    spec = RunSpec(algorithm=parsed.algo, env=parsed.env, env_kwargs=env_kwargs, train=parsed.train, agent=parsed.agent)
+    spec = RunSpec(
+        algorithm=parsed.algo,
+        env=parsed.env,
+        env_kwargs=parse_json_object("--env-kwargs", parsed.env_kwargs),
+        eval_env_kwargs=parse_json_object("--eval-env-kwargs", parsed.eval_env_kwargs),
+        train=parsed.train,
+        agent=parsed.agent,
+    )
     return spec, run_dir, False, parsed.force
 
 
@@ -240,7 +257,7 @@ def eval_command(argv: list[str]) -> int:
 
     spec, agent = load_trained_agent(arguments.run_dir)
     metrics = evaluate_agent(
-        agent, spec.env, episodes=arguments.episodes, seed=arguments.seed, env_kwargs=spec.env_kwargs
+        agent, spec.env, episodes=arguments.episodes, seed=arguments.seed, env_kwargs=spec.evaluation_env_kwargs
     )
     output = arguments.out or arguments.run_dir / "eval.json"
     output.write_text(json.dumps({"episodes": arguments.episodes, "seed": arguments.seed, **metrics}, indent=2))

@@ -21,7 +21,9 @@ learns what losing a life means, but the next `reset()` only resumes the same ga
 reset, no no-ops; it returns the current frame) until the game is really over. Training
 configurations turn it on (IRIS's and DIAMOND's training environments do; DreamerV3's
 atari100k configuration leaves lives unused); evaluation must play full games and keeps the
-default, False — scores are only comparable over full games. `info["game_over"]` (the game
+default, False — scores are only comparable over full games. A run does both with
+`wmlab train --env-kwargs '{"terminal_on_life_loss": true}' --eval-env-kwargs
+'{"terminal_on_life_loss": false}'` (evaluation episodes take the second over the first). `info["game_over"]` (the game
 ended or reached `max_frames`: the next reset is a real one) tells the two apart, and
 `info["lives"]` gives the count.
 
@@ -76,7 +78,8 @@ def make_atari(game: str, **options: Any) -> "AtariEnv":
     protocol; `options` are AtariEnv's (size, grayscale, frame_skip, noop_max,
     terminal_on_life_loss, max_frames, full_action_space, seed); see the module docstring.
 
-    `terminal_on_life_loss`: True for training environments only; evaluation plays full games.
+    `terminal_on_life_loss`: True for training environments only; evaluation plays full games
+    (`wmlab train --eval-env-kwargs '{"terminal_on_life_loss": false}'`).
     `seed`: used by the first `reset()` that is given none.
     """
     return AtariEnv(ale_game_name(game), **options)

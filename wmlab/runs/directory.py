@@ -55,12 +55,20 @@ class RunSpec:
     train: TrainConfig
     agent: Any
     env_kwargs: dict = field(default_factory=dict)
+    eval_env_kwargs: dict = field(default_factory=dict)
+    """Environment options that evaluation episodes change (Atari: trained on lives, scored on games)."""
+
+    @property
+    def evaluation_env_kwargs(self) -> dict:
+        """The environment options of evaluation episodes: the run's, with `eval_env_kwargs` over them."""
+        return {**self.env_kwargs, **self.eval_env_kwargs}
 
     def to_json(self) -> dict:
         return {
             "algorithm": self.algorithm,
             "env": self.env,
             "env_kwargs": self.env_kwargs,
+            "eval_env_kwargs": self.eval_env_kwargs,
             "train": asdict(self.train),
             "agent": asdict(self.agent),
         }
@@ -81,6 +89,7 @@ def load_run_spec(run_dir: Path) -> RunSpec:
             algorithm=raw["algorithm"],
             env=raw["env"],
             env_kwargs=raw.get("env_kwargs", {}),
+            eval_env_kwargs=raw.get("eval_env_kwargs", {}),
             train=from_dict(TrainConfig, raw["train"]),
             agent=from_dict(entry.load_config(), raw["agent"]),
         )

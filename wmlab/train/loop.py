@@ -332,7 +332,7 @@ class Trainer:
             self.spec.env,
             episodes=self.config.eval_episodes,
             seed=10_000_000 + 1000 * self.counters.evaluations + self.seed,
-            env_kwargs=self.spec.env_kwargs,
+            env_kwargs=self.spec.evaluation_env_kwargs,
             world_state=getattr(self.envs[0].unwrapped, "world_state", lambda: None)(),
         )
         self.counters.evaluations += 1
