@@ -29,6 +29,7 @@ warm-up frame, with torch's threads as set (1 here): frames only (denoiser and s
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import replace
@@ -312,7 +313,11 @@ def steps_ablation(arguments) -> dict:
     """For each denoising-step count k: a fresh actor-critic (the run's seed) trained for `updates`
     updates only in the imagination of RUN_DIR's trained world model with k steps (replay batches
     of the run), then its return inside the model (imagined with k steps, sampled and greedy
-    actions) and outside (greedy episodes in the real environment)."""
+    actions) and outside (episodes in the real environment, the agent's evaluation mode).
+
+    `--keep-actor-critic`: start each k from the run's own trained actor-critic instead (a copy
+    each time); with `--updates 0` the rows compare the trained agent's return inside the model at
+    each k against one measurement of its return outside."""
     from wmlab.agents.imagination.learner import ImaginationLearner
     from wmlab.eval.returns import evaluate_agent
     from wmlab.eval.suites import world_model_of
@@ -324,14 +329,20 @@ def steps_ablation(arguments) -> dict:
     episodes = replay_episodes(arguments.run_dir)
     length = agent.learner.config.burn_in  # the learner reads only its burn-in from each window
     probe = episode_windows(episodes, arguments.probe, agent.learner.config.burn_in, seed=arguments.seed + 7)
+    trained = copy.deepcopy(agent.learner)
     rows = []
+    outside_once = None  # the trained agent's real return, when no k changes it
     for steps in arguments.denoising_steps:
         generator = torch.Generator().manual_seed(arguments.seed)
-        with seeded(arguments.seed):
-            H, W = model.image_size
-            agent.learner = ImaginationLearner(
-                agent.learner.config, (H, W, model.image_channels), model.action_size, agent.device, generator
-            )
+        if arguments.keep_actor_critic:
+            agent.learner = copy.deepcopy(trained)
+            agent.learner.generator = generator
+        else:
+            with seeded(arguments.seed):
+                H, W = model.image_size
+                agent.learner = ImaginationLearner(
+                    agent.learner.config, (H, W, model.image_channels), model.action_size, agent.device, generator
+                )
         agent.generator = generator
         rng = np.random.default_rng(arguments.seed)
         begin = time.perf_counter()
@@ -346,7 +357,7 @@ def steps_ablation(arguments) -> dict:
             f"inside_{mode}": imagined_return(agent, model, probe, steps, mode == "greedy")
             for mode in ("sampled", "greedy")
         }
-        outside = evaluate_agent(
+        outside = outside_once or evaluate_agent(
             agent,
             spec.env,
             arguments.episodes,
@@ -354,9 +365,12 @@ def steps_ablation(arguments) -> dict:
             spec.evaluation_env_kwargs,
             max_steps=arguments.max_steps,
         )
+        if arguments.keep_actor_critic and arguments.updates == 0:
+            outside_once = outside
         row = {
             "denoising_steps": steps,
             "updates": arguments.updates,
+            "actor_critic": "the run's, continued" if arguments.keep_actor_critic else "fresh",
             "seconds": seconds,
             **inside,
             "outside_return": outside["eval/return"],
@@ -605,6 +619,9 @@ def main() -> None:
     ablation.add_argument("--episodes", type=int, default=50, help="real-environment episodes per row")
     ablation.add_argument("--max-steps", type=int, default=1000)
     ablation.add_argument("--probe", type=int, default=64, help="imagined rollouts for the return inside the model")
+    ablation.add_argument(
+        "--keep-actor-critic", action="store_true", help="start from the run's trained actor-critic, not a fresh one"
+    )
     text = commands.add_parser("unisim")
     text.add_argument("run_dir", type=Path)
     text.add_argument("--held-out", type=int, default=16)
