@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from wmlab.bench.common import parse_bench_arguments, prepare_run_dir, write_results
+from wmlab.bench.dyna import dyna_markdown, format_dyna_table, run_dyna_benchmark
 
 
 def run(argv: list[str]) -> int:
-    from wmlab.bench.dyna import dyna_markdown, format_dyna_table, run_dyna_benchmark
-
     arguments = parse_bench_arguments(
         "dyna",
         argv,

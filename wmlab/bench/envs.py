@@ -32,6 +32,9 @@ from typing import Any, Callable
 import numpy as np
 
 from wmlab.core.progress import StageProgress
+from wmlab.envs import make_env
+from wmlab.envs.atari import MAX_FRAMES, NOOP_MAX, ale_game_name, area_resizer
+from wmlab.envs.dmc import DEFAULT_ACTION_REPEAT, DEFAULT_CAMERA, PLANET_ACTION_REPEAT, make_dmc, parse_task
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,6 @@ def _actions(sampler: Callable[[np.random.Generator], Any], steps: int, seed: in
 
 
 def _wmlab_loop(case: EnvCase, seed: int, steps: int) -> Loop:
-    from wmlab.envs import make_env
-
     env = make_env(case.env_id, seed=seed, **case.kwargs)
 
     def step(action: Any) -> None:
@@ -178,8 +179,6 @@ def _raw_dmc_loop(case: EnvCase, seed: int, steps: int) -> Loop:
     import mujoco
     from dm_control import suite
     from dm_control.mujoco.engine import Camera
-
-    from wmlab.envs.dmc import DEFAULT_ACTION_REPEAT, DEFAULT_CAMERA, PLANET_ACTION_REPEAT, parse_task
 
     domain, task = parse_task(case.env_id.removeprefix("dmc:"))
     repeat = case.kwargs.get("action_repeat") or PLANET_ACTION_REPEAT.get(domain, DEFAULT_ACTION_REPEAT)
@@ -212,8 +211,6 @@ def _raw_dmc_loop(case: EnvCase, seed: int, steps: int) -> Loop:
 def _raw_atari_loop(case: EnvCase, seed: int, steps: int) -> Loop:
     import ale_py
     import gymnasium
-
-    from wmlab.envs.atari import MAX_FRAMES, NOOP_MAX, ale_game_name, area_resizer
 
     gymnasium.register_envs(ale_py)
     game = ale_game_name(case.env_id.removeprefix("atari:"))
@@ -282,7 +279,6 @@ def _sampler_box(low: np.ndarray, high: np.ndarray) -> Callable[[np.random.Gener
 
 def _measure_render(task: str, frames: int, blocks: int = 3) -> dict[str, Any]:
     """Milliseconds per frame with the effects on and off: median of blocks taken in turn."""
-    from wmlab.envs.dmc import make_dmc
 
     environments = {fast: make_dmc(task, observation="state", seed=0, fast_render=fast) for fast in (False, True)}
     for env in environments.values():
@@ -312,8 +308,6 @@ def _gl_renderer() -> str | None:
     """Which OpenGL implementation rendered the frames (a GPU's driver, or Mesa's llvmpipe)."""
     try:
         from OpenGL import GL
-
-        from wmlab.envs.dmc import make_dmc
 
         env = make_dmc("cartpole-swingup", observation="state", seed=0)
         env.reset()

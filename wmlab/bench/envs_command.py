@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from wmlab.bench import envs_extra
 from wmlab.bench.common import parse_bench_arguments, prepare_run_dir, write_results
+from wmlab.bench.envs import envs_markdown, envs_tables, format_envs_table, run_envs_benchmark
 
 
 def run(argv: list[str]) -> int:
-    from wmlab.bench.envs import envs_markdown, envs_tables, format_envs_table, run_envs_benchmark
-
     arguments = parse_bench_arguments(
         "envs",
         argv,
@@ -17,7 +17,6 @@ def run(argv: list[str]) -> int:
     )
     run_dir = prepare_run_dir(arguments)
     results = run_envs_benchmark(quick=arguments.quick, seeds=arguments.seeds or 5, progress=arguments.progress)
-    from wmlab.bench import envs_extra
 
     extra = envs_extra.run_envs_benchmark(
         quick=arguments.quick, repetitions=arguments.seeds or envs_extra.DEFAULT_REPETITIONS

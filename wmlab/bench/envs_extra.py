@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from wmlab.envs.adapter import make_env
+
 #: The MiniGrid task measured: an 8 x 8 grid, drawn at 8 pixels per cell, is exactly 64 x 64 in
 #: both pipelines, so they render the same image.
 MINIGRID_TASK = "MiniGrid-DoorKey-8x8-v0"
@@ -67,8 +69,6 @@ class _RawCrafter:
 
 class _Wmlab:
     def __init__(self, env_id: str) -> None:
-        from wmlab.envs.adapter import make_env
-
         self.env = make_env(env_id)
 
     def reset(self, seed: int | None) -> None:

@@ -43,7 +43,9 @@ from wmlab.agents.world_models.config import (
     default_config,
 )
 from wmlab.bench.common import BenchArguments, machine_description, parse_bench_arguments
+from wmlab.envs.adapter import make_env
 from wmlab.models.vae_mdnrnn import ConvVAEConfig, MDNRNNConfig, VAEMDNRNNConfig
+from wmlab.pipelines.world_models.pipeline import brownian_policy, run_pipeline
 
 TEMPERATURES = (0.1, 0.5, 1.0, 1.15, 1.3)
 CARRACING = "CarRacing-v3"
@@ -99,7 +101,6 @@ def benchmark_config(
 
 def train_world_model(run_dir: Path, seed: int, quick: bool, progress: bool) -> Path:
     """V and M once per seed, in RUN_DIR/seed<seed>/world_model."""
-    from wmlab.pipelines.world_models.pipeline import run_pipeline
 
     base = run_dir / f"seed{seed}" / "world_model"
     run_pipeline(benchmark_config(quick), CARRACING, base, seed=seed, progress=progress, stages=WORLD_MODEL_STAGES)
@@ -110,7 +111,6 @@ def train_controller(
     run_dir: Path, seed: int, quick: bool, progress: bool, inputs: str, temperature: float
 ) -> dict[str, Any]:
     """C in the dream of the seed's world model, then its evaluation; returns the run's summary."""
-    from wmlab.pipelines.world_models.pipeline import run_pipeline
 
     base = train_world_model(run_dir, seed, quick, progress)
     name = f"tau-{temperature}" if inputs == "latent_and_hidden" else f"z-only-tau-{temperature}"
@@ -150,8 +150,6 @@ def baselines(run_dir: Path, episodes: int) -> dict[str, dict[str, float]]:
     cache = run_dir / "bench" / "baselines.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    from wmlab.envs.adapter import make_env
-    from wmlab.pipelines.world_models.pipeline import brownian_policy
 
     env = make_env(CARRACING)
     collect = CollectConfig()

@@ -57,6 +57,8 @@ from wmlab.data.dataset import (
     describe_space,
     read_manifest,
 )
+from wmlab.envs.adapter import make_env
+from wmlab.envs.two_rooms import scripted_action
 
 CAPTIONS_FILE = "captions.json"
 CAPTIONS_FORMAT = 1
@@ -98,8 +100,6 @@ def record_captioned_two_rooms(
 ) -> dict[str, Any]:
     """Record `episodes` captioned two-rooms episodes (64 x 64 pixels, actions in [-1, 1]^2) to
     `directory`; returns the captions file's content. Episode i starts from reset(seed=seed + i)."""
-    from wmlab.envs.adapter import make_env
-    from wmlab.envs.two_rooms import scripted_action
 
     if episodes < 1:
         raise ValueError(f"episodes must be at least 1, got {episodes}")

@@ -29,7 +29,7 @@ import torch
 from gymnasium import spaces
 
 from wmlab.core.spaces import describe_space, space_from_description
-from wmlab.data.captions import CAPTIONS_FILE, load_captioned
+from wmlab.data.captions import CAPTIONS_FILE, load_captioned, record_captioned_two_rooms
 from wmlab.data.dataset import (
     EPISODE_DIR,
     FORMAT_VERSION,
@@ -39,6 +39,7 @@ from wmlab.data.dataset import (
     _write_compressed,
     _write_text_atomically,
 )
+from wmlab.nn.text import load_text_encoder
 
 #: The observation key of the instruction embedding (DiffusionConfig.condition_key's default).
 CONDITION_KEY = "condition"
@@ -49,7 +50,6 @@ def write_instruction_dataset(
 ) -> dict[str, Any]:
     """Write the instruction dataset of the captioned dataset `captioned` to `out`; `encoder` is a
     text encoder (`encode(texts) -> (N, D)`, `dim`; default wmlab.nn.text's). Returns the manifest."""
-    from wmlab.nn.text import load_text_encoder
 
     source = load_captioned(captioned)
     encoder = encoder if encoder is not None else load_text_encoder()
@@ -113,8 +113,6 @@ def write_instruction_dataset(
 def main(argv: list[str] | None = None) -> int:
     """python -m wmlab.data.instructions CAPTIONED OUT [--record N] [--force]"""
     import argparse
-
-    from wmlab.data.captions import record_captioned_two_rooms
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("captioned", type=Path, help="captioned dataset (recorded first with --record N)")

@@ -41,6 +41,7 @@ import numpy as np
 
 from wmlab.core.errors import WmlabError
 from wmlab.core.types import Batch
+from wmlab.data.dataset import load_dataset, read_manifest
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".avi", ".webm", ".mov", ".mkv")
 IMAGE_SUFFIXES = (".png",)
@@ -272,8 +273,6 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _read_wmlab_dataset(path: Path, size: tuple[int, int] | None, image_key: str) -> VideoDataset:
-    from wmlab.data.dataset import load_dataset, read_manifest
-
     manifest = read_manifest(path)
     dataset = load_dataset(path, with_actions=bool(manifest["actions"]))
     frames, actions, sources = [], [], []

@@ -27,7 +27,8 @@ import numpy as np
 from gymnasium import spaces
 
 from wmlab.core.errors import IncompatibleSpaceError, RunDirectoryError, WmlabError
-from wmlab.core.registry import ENVIRONMENTS, UnknownNameError
+from wmlab.core.registry import ENVIRONMENTS, UnknownNameError, _load
+from wmlab.envs.images import area_resizer
 
 #: `module:EnvId` ids that the person running this command typed (confirm_environment).
 _NAMED_BY_USER: set[str] = set()
@@ -206,8 +207,6 @@ SUITES = {
 
 
 def _make_suite(env_id: str, **kwargs: Any) -> gymnasium.Env:
-    from wmlab.core.registry import _load
-
     prefix, _, task = env_id.partition(":")
     suite = SUITES[prefix]
     try:
@@ -271,8 +270,6 @@ def _gymnasium_pixels(env_id: str, size: int = 64, **kwargs: Any) -> gymnasium.E
             f"{env_id!r} cannot be observed from pixels: it does not render rgb_array frames; use its state observations"
         )
     from gymnasium.wrappers import AddRenderObservation, TransformObservation
-
-    from wmlab.envs.images import area_resizer
 
     resize = area_resizer(size, 3)[0]
     frames = AddRenderObservation(env, render_only=True)

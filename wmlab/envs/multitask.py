@@ -48,6 +48,7 @@ from gymnasium import spaces
 
 from wmlab.core.errors import IncompatibleSpaceError, WmlabError
 from wmlab.core.registry import UnknownNameError
+from wmlab.envs.adapter import make_env
 
 #: Observation keys the multi-task environment adds; a task may not use them itself.
 TASK_KEY = "task"
@@ -303,8 +304,6 @@ def _parse_tasks(
 
 
 def _make_task(index: int, task_id: str, kwargs: dict[str, Any]):
-    from wmlab.envs.adapter import make_env
-
     try:
         return make_env(task_id, **kwargs)
     except UnknownNameError as error:

@@ -41,6 +41,7 @@ from wmlab.core.images import to_pixels
 from wmlab.data.dataset import load_dataset
 from wmlab.eval.suites import replay_episodes, world_model_of
 from wmlab.eval.world_model_metrics import psnr
+from wmlab.nn.text import check_texts, load_text_encoder
 from wmlab.runs.directory import is_offline_run, load_trained_agent, load_trained_model
 
 
@@ -110,7 +111,6 @@ def instruction_options(model: Any, text: str, guidance: float, encoder_spec: st
             f"--text {text!r}: this {type(model).__name__} was trained without text (no conditioning vector); "
             "train one on instructions (wmlab.data.instructions, --model.condition-size-input 384) to use --text"
         )
-    from wmlab.nn.text import check_texts, load_text_encoder
 
     check_texts([text])
     encoder = load_text_encoder(encoder_spec or None)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from wmlab.nn.mlp import make_activation
+
 # Above this, tanh(softplus(x)) is 1 in float32 and u^2 would overflow: mish(x) = x.
 _LINEAR_ABOVE = 20.0
 
@@ -48,6 +50,5 @@ class Mish(nn.Module):
 
 def activation_module(name: str) -> nn.Module:
     """The activation `name` (see wmlab.nn.mlp.ACTIVATIONS), with the fast Mish above for "mish"."""
-    from wmlab.nn.mlp import make_activation
 
     return Mish() if name == "mish" else make_activation(name)

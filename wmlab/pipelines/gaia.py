@@ -66,7 +66,10 @@ from wmlab.core.spaces import space_from_description
 from wmlab.data.captions import MOVES, CaptionedDataset, caption_step, load_captioned, record_captioned_two_rooms
 from wmlab.data.dataset import read_manifest
 from wmlab.envs.two_rooms import AGENT_RGB
+from wmlab.eval.generation import write_contact_sheet, write_video
+from wmlab.eval.suites import SuiteSettings, evaluate_suite
 from wmlab.models.tokens import SIZES, TokenLossScales, TokenWorldModel, TokenWorldModelConfig
+from wmlab.nn.text import load_text_encoder
 
 CONFIG_FILE = "config.json"
 KIND = "gaia"
@@ -219,8 +222,6 @@ class GaiaRun:
     """One run directory: data, model, optimiser, counters."""
 
     def __init__(self, config: GaiaConfig, resume: bool = False):
-        from wmlab.nn.text import load_text_encoder
-
         self.config, self.run_dir = config, Path(config.run_dir)
         torch.set_num_threads(config.threads)
         random.seed(config.seed)
@@ -375,8 +376,6 @@ class GaiaRun:
 
     @torch.no_grad()
     def measure(self) -> dict[str, Any]:
-        from wmlab.eval.suites import SuiteSettings, evaluate_suite
-
         config, model = self.config, self.model.eval()
         validation = [self.valid.sample(config.batch_size, config.length) for _ in range(4)]
         losses = {}
@@ -595,8 +594,6 @@ def check_prompt(text: str | None) -> str:
 def generate(run_dir: str | Path, request: TextGeneration) -> dict[str, Any]:
     """Generate `steps` frames from a held-out first frame with the prompt (and actions), write
     the MP4, the contact sheet and a JSON beside them; returns the JSON's content."""
-    from wmlab.eval.generation import write_contact_sheet, write_video
-    from wmlab.nn.text import load_text_encoder
 
     prompt = check_prompt(request.text)
     if request.actions not in ("none", "random", "recorded"):

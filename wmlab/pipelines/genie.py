@@ -37,6 +37,7 @@ from wmlab.core.config import from_dict
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.serialization import load_state, save_state
 from wmlab.data.video import VideoDataset, load_video
+from wmlab.eval.grounding import code_use, controllability, grounding
 from wmlab.models.latent_action import GenieConfig, GenieWorldModel
 from wmlab.runs.directory import load_trained_model
 
@@ -299,7 +300,6 @@ def grounding_suite(
 ) -> dict[str, Any]:
     """Grounding and controllability (wmlab.eval.grounding) of a Genie run on its held-out
     episodes (or on `dataset`); writes RUN_DIR/eval/grounding.json and returns it."""
-    from wmlab.eval.grounding import code_use, controllability, grounding
 
     if run_dir is None:
         raise WmlabError("give a run directory: wmlab eval RUN_DIR --suite grounding")

@@ -48,8 +48,12 @@ from torch import nn
 
 from wmlab.core.config import parse_json_object
 from wmlab.core.errors import WmlabError
+from wmlab.data.dataset import read_manifest
 from wmlab.envs.adapter import make_env
+from wmlab.envs.two_rooms import DISCRETE_MOVES, TwoRooms, scripted_action
+from wmlab.eval.grounding import confusion_matrix, grounding_scores
 from wmlab.nn.conv import ConvEncoder, ConvStages
+from wmlab.pipelines.genie import load_genie_run
 
 #: MiniGrid's DIR_TO_VEC: the cell step of directions 0-3 (right, down, left, up).
 MINIGRID_STEPS = ((1, 0), (0, 1), (-1, 0), (0, -1))
@@ -87,7 +91,6 @@ class CloningConfig:
 
 def expert_action(env) -> int:
     """The scripted expert's action in two-rooms-discrete or a MiniGrid task."""
-    from wmlab.envs.two_rooms import TwoRooms
 
     if isinstance(env.unwrapped, TwoRooms):
         return two_rooms_expert_action(env)
@@ -129,7 +132,6 @@ def minigrid_expert_action(env) -> int:
 
 def two_rooms_expert_action(env) -> int:
     """The discrete move (stay, up, down, left, right) nearest the scripted expert's continuous move."""
-    from wmlab.envs.two_rooms import DISCRETE_MOVES, scripted_action
 
     move = scripted_action(env)
     if np.abs(move).max() < 1e-6:
@@ -236,7 +238,6 @@ def greedy(policy: FramePolicy, mapping: np.ndarray | None = None):
 
 def recorded_env(dataset: str | Path) -> tuple[str, dict[str, Any]]:
     """(environment id, keyword arguments) a `wmlab record` dataset was recorded from."""
-    from wmlab.data.dataset import read_manifest
 
     manifest = read_manifest(Path(dataset))
     if not manifest.get("env_id"):
@@ -245,8 +246,6 @@ def recorded_env(dataset: str | Path) -> tuple[str, dict[str, Any]]:
 
 
 def run_cloning(config: CloningConfig) -> dict[str, Any]:
-    from wmlab.pipelines.genie import load_genie_run
-
     model, info = load_genie_run(config.run_dir)
     env_id, env_kwargs = recorded_env(info["dataset"])
     env_kwargs.update(parse_json_object("--env-kwargs", config.env_kwargs))
@@ -291,7 +290,6 @@ def run_cloning(config: CloningConfig) -> dict[str, Any]:
         name: {"mean": float(np.mean([row[name] for row in rows])), "std": float(np.std([row[name] for row in rows]))}
         for name in ("latent_policy", "oracle_all_labels", "random")
     }
-    from wmlab.eval.grounding import confusion_matrix, grounding_scores
 
     confusion = confusion_matrix(real, latent, moves, codes)
     return {

@@ -46,8 +46,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from wmlab.agents.planet.config import PLANET_MODEL, PlaNetConfig
+from wmlab.envs.adapter import make_env
+from wmlab.eval.suites import (
+    SuiteSettings,
+    collect_episodes,
+    evaluate_suite,
+    report_section,
+    suite_summary,
+    windows_for,
+    world_model_of,
+    write_suite,
+)
 from wmlab.planners.cem import CEMConfig
+from wmlab.report.html import build_report, register_section
 from wmlab.runs.config import TrainConfig
+from wmlab.runs.directory import RunSpec, load_trained_agent
+from wmlab.train.loop import Trainer
 
 #: The task: two-rooms from pixels, the goal in the agent's room, the dense reward.
 MAIN_ENV = "two-rooms"
@@ -164,8 +178,6 @@ QUICK_TRAIN = replace(
 
 
 def main_job_spec(arguments: MainJobArguments):
-    from wmlab.runs.directory import RunSpec
-
     train = replace(
         QUICK_TRAIN if arguments.quick else MAIN_TRAIN,
         steps=QUICK_TRAIN.steps if arguments.quick else arguments.steps,
@@ -203,16 +215,6 @@ def held_out_horizon_suite(run_dir: Path, settings) -> dict:
     for 20 open-loop steps). Written as RUN_DIR/eval/horizon.json and its figure."""
     import torch
 
-    from wmlab.envs.adapter import make_env
-    from wmlab.eval.suites import (
-        collect_episodes,
-        evaluate_suite,
-        windows_for,
-        world_model_of,
-        write_suite,
-    )
-    from wmlab.runs.directory import load_trained_agent
-
     spec, agent = load_trained_agent(run_dir)
     model = world_model_of(agent)
     model.eval()
@@ -229,9 +231,6 @@ def held_out_horizon_suite(run_dir: Path, settings) -> dict:
 
 def main_job(arguments: MainJobArguments) -> dict:
     """Train, measure, report; returns the summary (also written to RUN_DIR/main_job.json)."""
-    from wmlab.eval.suites import SuiteSettings, report_section, suite_summary
-    from wmlab.report.html import build_report, register_section
-    from wmlab.train.loop import Trainer
 
     started, cpu_started = time.perf_counter(), time.process_time()
     spec = main_job_spec(arguments)

@@ -50,6 +50,11 @@ from wmlab.core.config import parse_json_object
 from wmlab.core.errors import RunDirectoryError, WmlabError
 from wmlab.core.serialization import save_checkpoint_directory
 from wmlab.core.types import Trajectory
+from wmlab.data.dataset import load_dataset
+from wmlab.envs.adapter import make_env
+from wmlab.eval.returns import evaluate_agent
+from wmlab.nn.text import load_text_encoder
+from wmlab.runs.directory import is_offline_run, load_trained_agent, load_trained_model
 
 KIND = "unisim-zero-shot"
 
@@ -168,7 +173,6 @@ class RandomAgent:
 
 def load_simulator(run: Path) -> tuple[Any, Any]:
     """(OfflineRunSpec, model) of a UniSim run; a clear error for any other run."""
-    from wmlab.runs.directory import is_offline_run, load_trained_model
 
     if not is_offline_run(run):
         raise RunDirectoryError(
@@ -204,10 +208,6 @@ def instruction_moves(instructions: tuple[str, ...], known: list[str], meanings:
 def run_zero_shot(config: UnisimConfig) -> dict[str, Any]:
     """Train the actor-critic in the simulator, then evaluate it, random play and the baseline in
     the real environment; writes OUT and returns result.json's content."""
-    from wmlab.data.dataset import load_dataset
-    from wmlab.envs.adapter import make_env
-    from wmlab.eval.returns import evaluate_agent
-    from wmlab.nn.text import load_text_encoder
 
     if config.updates < 0 or config.episodes < 1:
         raise WmlabError(f"--updates must be >= 0 and --episodes >= 1, got {config.updates} and {config.episodes}")
@@ -231,8 +231,6 @@ def run_zero_shot(config: UnisimConfig) -> dict[str, Any]:
 
     baseline = None
     if config.baseline is not None:
-        from wmlab.runs.directory import load_trained_agent
-
         baseline_spec, baseline = load_trained_agent(config.baseline)
         trained_in = (baseline_spec.env, dict(baseline_spec.env_kwargs))
         if trained_in != (config.env, env_kwargs) or not hasattr(baseline, "learner"):

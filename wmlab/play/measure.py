@@ -24,6 +24,8 @@ from typing import Any, Iterator
 import tyro
 
 from wmlab.core.errors import WmlabError
+from wmlab.play.server import BackgroundServer, create_app
+from wmlab.play.session import load_playable
 
 CHROMIUM = "/usr/bin/chromium"
 #: Headless, no GPU, and nothing that reaches the network on its own.
@@ -192,9 +194,6 @@ def run(argv: list[str]) -> int:
     if missing:
         raise WmlabError(missing)
     import torch
-
-    from wmlab.play.server import BackgroundServer, create_app
-    from wmlab.play.session import load_playable
 
     torch.set_num_threads(arguments.threads)
     playable = load_playable(arguments.run_dir)

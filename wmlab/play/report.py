@@ -6,13 +6,14 @@ import html
 import shlex
 from pathlib import Path
 
+from wmlab.core.errors import WmlabError
+from wmlab.play.session import load_playable
+
 
 def play_section(run_dir: str | Path) -> str | None:
     """An HTML fragment with `wmlab play RUN_DIR`, or the reason the run cannot be played; None
     for a directory without a checkpoint. Add it with
     `wmlab.report.html.register_section("Play", play_section)`."""
-    from wmlab.core.errors import WmlabError
-    from wmlab.play.session import load_playable
 
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoints").is_dir():

@@ -38,6 +38,7 @@ from wmlab.play.session import (
     Playable,
     PlaySession,
     ProtocolError,
+    load_playable,
     parse_message,
 )
 
@@ -308,8 +309,6 @@ def play_command(argv: list[str]) -> int:
         raise WmlabError(missing)
     arguments = tyro.cli(PlayCommand, args=argv, prog="wmlab play")
     import torch
-
-    from wmlab.play.session import load_playable
 
     if arguments.threads > 0:
         torch.set_num_threads(arguments.threads)

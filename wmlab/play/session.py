@@ -42,7 +42,11 @@ import torch
 from gymnasium import spaces
 
 from wmlab.core.errors import WmlabError
+from wmlab.data.video import load_run_video
+from wmlab.envs.adapter import make_env
 from wmlab.envs.imagined import ImaginedEnv
+from wmlab.eval.suites import world_model_of
+from wmlab.runs.directory import is_offline_run, load_trained_agent, load_trained_model
 
 #: Largest uploaded image, in bytes of the PNG or JPEG file.
 MAX_UPLOAD_BYTES = 2 * 1024 * 1024
@@ -165,8 +169,6 @@ class Playable:
 def load_playable(run_dir: str | Path) -> Playable:
     """Load a run's world model for play with the run-loading helpers of `wmlab eval`, or refuse
     with the reason (it cannot decode, or the environment has no image to show)."""
-    from wmlab.eval.suites import world_model_of
-    from wmlab.runs.directory import is_offline_run, load_trained_agent
 
     if is_offline_run(run_dir):  # a world model fitted to recorded data (Genie's plays its latent actions)
         return load_offline_playable(run_dir)
@@ -190,9 +192,6 @@ def load_offline_playable(run_dir: str | Path) -> Playable:
     an uploaded image of any size starts a dream of its own (`decode_image` fits it)."""
     import sys
     import threading
-
-    from wmlab.data.video import load_run_video
-    from wmlab.runs.directory import load_trained_model
 
     run_dir = Path(run_dir)
     spec, model = load_trained_model(run_dir)
@@ -234,8 +233,6 @@ def make_playable(model: Any, env_id: str, env_kwargs: dict, run_dir: str | Path
     """A Playable for any WorldModel and the environment it was trained on; WmlabError with the
     reason when it cannot be played."""
     import threading
-
-    from wmlab.envs.adapter import make_env
 
     run_dir = Path(run_dir)
     if isinstance(model, torch.nn.Module):
@@ -685,7 +682,6 @@ class PlaySession:
 
     def reset(self, seed: int | None = None) -> Frame:
         """A new real episode (seeded) and a dream started from its first frame."""
-        from wmlab.envs.adapter import make_env
 
         if seed is not None:
             self.seed = int(seed)

@@ -32,6 +32,7 @@ from wmlab.core.config import option_value, parse_json_object
 from wmlab.core.errors import DatasetError, WmlabError
 from wmlab.core.registry import MODELS
 from wmlab.core.spaces import describe_space
+from wmlab.data.dataset import record_dataset
 from wmlab.data.video import VideoDataset, load_run_video, load_video
 from wmlab.runs.config import OfflineTrainConfig
 from wmlab.runs.directory import (
@@ -144,8 +145,6 @@ def _command_class(family: str) -> type:
 
 
 def _record(parsed) -> Path:
-    from wmlab.data.dataset import record_dataset
-
     target = (
         parsed.dataset or Path("data") / f"{parsed.env.replace(':', '-').replace('/', '-')}-seed{parsed.record.seed}"
     )

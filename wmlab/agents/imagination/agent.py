@@ -22,6 +22,7 @@ from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.core import distributed
 from wmlab.core.errors import IncompatibleSpaceError
 from wmlab.core.types import Observation, Transition
+from wmlab.eval.open_loop import write_open_loop_report
 
 
 def require_discrete(action_space: spaces.Space, algorithm: str) -> int:
@@ -73,7 +74,6 @@ class ImaginationAgent:
         """Write open-loop videos of the world model (wmlab.eval.open_loop)."""
         if not self.config.open_loop_report or replay is None or not distributed.is_main_process():
             return
-        from wmlab.eval.open_loop import write_open_loop_report
 
         write_open_loop_report(self.world_model, replay, run_dir, length=20, context=self.open_loop_context())
 
