@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+import tyro
 
 from wmlab.core.errors import RunDirectoryError
 
@@ -34,8 +38,6 @@ class BenchArguments:
 
 
 def parse_bench_arguments(name: str, argv: list[str], description: str) -> BenchArguments:
-    import tyro
-
     return tyro.cli(BenchArguments, args=argv, prog=f"wmlab bench {name}", description=description)
 
 
@@ -55,9 +57,6 @@ def prepare_run_dir(arguments: BenchArguments) -> Path | None:
 
 
 def machine_description() -> dict[str, Any]:
-    import os
-
-    import torch
 
     return {
         "date": datetime.date.today().isoformat(),

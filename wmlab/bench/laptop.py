@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tyro
+
 from wmlab.bench.common import machine_description
 from wmlab.core.errors import WmlabError
 from wmlab.core.registry import UnknownNameError
@@ -210,8 +212,6 @@ def markdown_table(name: str, task: LaptopTask, arguments: LaptopArguments, resu
 
 
 def run(argv: list[str]) -> int:
-    import tyro
-
     arguments = tyro.cli(LaptopArguments, args=argv, prog="wmlab bench laptop", description=__doc__.splitlines()[0])
     if arguments.task not in TASKS:
         raise UnknownNameError(f"unknown laptop task {arguments.task!r}; tasks: {', '.join(TASKS)}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors.torch import load_file, save_file
 
 from wmlab.core.errors import RunDirectoryError
 from wmlab.core.files import sync, write_durably
@@ -77,7 +78,6 @@ def unflatten_state(tensors: dict[str, Any], skeleton: Any) -> Any:
 
 def save_state(state: Any, directory: Path, name: str) -> None:
     """Write `name.safetensors` and `name.json` under `directory`, both on disk (fsynced) when it returns."""
-    from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     tensors, skeleton = flatten_state(state)
@@ -90,7 +90,6 @@ def save_state(state: Any, directory: Path, name: str) -> None:
 
 def load_state(directory: Path, name: str) -> Any:
     """Inverse of save_state; a missing or corrupt file raises RunDirectoryError naming it."""
-    from safetensors.torch import load_file
 
     tensor_path, skeleton_path = directory / f"{name}.safetensors", directory / f"{name}.json"
     for path in (tensor_path, skeleton_path):

@@ -18,6 +18,7 @@ Shape legend: T steps, D text features.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import shutil
@@ -112,7 +113,6 @@ def write_instruction_dataset(
 
 def main(argv: list[str] | None = None) -> int:
     """python -m wmlab.data.instructions CAPTIONED OUT [--record N] [--force]"""
-    import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("captioned", type=Path, help="captioned dataset (recorded first with --record N)")

@@ -50,6 +50,7 @@ observations and rewards.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from typing import Any, Mapping
@@ -101,7 +102,6 @@ def parse_task(task: str) -> tuple[str, str]:
     domain = DOMAIN_ALIASES.get(domain, domain)
     if separator and (domain, task_name) in suite.ALL_TASKS:
         return domain, task_name
-    import difflib
 
     known = [f"{name}-{level}" for name, level in suite.ALL_TASKS]
     close = difflib.get_close_matches(task.replace("_", "-") if not separator else task, known, n=5)

@@ -46,7 +46,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -705,8 +705,6 @@ class DiffusionWorldModel(nn.Module):
         choose, horizon = action_source(actions_or_policy, horizon, sizes, self.encode_actions)
         sampler = self.config.sampler
         if denoising_steps is not None or churn is not None:
-            from dataclasses import replace
-
             sampler = replace(
                 sampler,
                 **({"steps": int(denoising_steps)} if denoising_steps is not None else {}),

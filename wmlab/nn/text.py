@@ -29,6 +29,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 from wmlab.core.errors import WmlabError
@@ -260,7 +261,6 @@ class SentenceEncoder(nn.Module):
 
     def __init__(self, directory: str | Path, max_tokens: int = 256, device: str | torch.device = "cpu"):
         super().__init__()
-        from safetensors.torch import load_file
 
         directory = Path(directory)
         for name in ("config.json", "vocab.txt", "model.safetensors"):

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import tyro
 
 from wmlab.core.config import from_dict
 from wmlab.core.errors import RunDirectoryError, WmlabError
@@ -328,7 +329,6 @@ def grounding_suite(
 
 def pipeline_command(argv: list[str]) -> int:
     """`wmlab pipeline genie ARGS`."""
-    import tyro
 
     config = tyro.cli(GeniePipelineConfig, args=argv, prog="wmlab pipeline genie")
     trainer, summary = train_genie(config)

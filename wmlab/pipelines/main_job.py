@@ -45,6 +45,9 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+import tyro
+
 from wmlab.agents.planet.config import PLANET_MODEL, PlaNetConfig
 from wmlab.envs.adapter import make_env
 from wmlab.eval.suites import (
@@ -203,8 +206,6 @@ class RandomPolicy:
         self.action_space.seed(seed)
 
     def act(self, observation, state, explore: bool):
-        import numpy as np
-
         count = len(observation["is_first"])
         return np.stack([self.action_space.sample() for _ in range(count)]), state
 
@@ -258,7 +259,6 @@ def main_job(arguments: MainJobArguments) -> dict:
 
 def main_job_command(argv: list[str]) -> int:
     """`wmlab pipeline main [--run-dir runs/main] [--time-limit 580] [--threads 1]`"""
-    import tyro
 
     arguments = tyro.cli(MainJobArguments, args=argv, prog="wmlab pipeline main")
     result = main_job(arguments)

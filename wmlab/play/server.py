@@ -23,10 +23,12 @@ import json
 import socket
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tyro
 
@@ -216,7 +218,6 @@ def _same_origin(headers: Any) -> bool:
     origin = headers.get("origin")
     if origin is None:
         return True
-    from urllib.parse import urlsplit
 
     return urlsplit(origin).netloc == headers.get("host")
 
@@ -266,8 +267,6 @@ class BackgroundServer:
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.listener]}, daemon=True)
 
     def __enter__(self) -> str:
-        import time
-
         self.thread.start()
         for _ in range(500):
             if self.server.started:

@@ -32,6 +32,8 @@ import itertools
 import json
 import math
 import re
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,8 +192,6 @@ def load_offline_playable(run_dir: str | Path) -> Playable:
     environment takes: its keys are the latent actions (1 to 8 for Genie's 8), the page steps once
     per key press, a reset starts the dream from the first frame of the next held-out episode, and
     an uploaded image of any size starts a dream of its own (`decode_image` fits it)."""
-    import sys
-    import threading
 
     run_dir = Path(run_dir)
     spec, model = load_trained_model(run_dir)
@@ -232,7 +232,6 @@ def load_offline_playable(run_dir: str | Path) -> Playable:
 def make_playable(model: Any, env_id: str, env_kwargs: dict, run_dir: str | Path, algorithm: str = "") -> Playable:
     """A Playable for any WorldModel and the environment it was trained on; WmlabError with the
     reason when it cannot be played."""
-    import threading
 
     run_dir = Path(run_dir)
     if isinstance(model, torch.nn.Module):
