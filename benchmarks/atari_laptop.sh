@@ -1,0 +1,22 @@
+#!/bin/bash
+# The laptop rows of issues 26 and 27 on Atari 100k games: 2 hours of one core per run, the CPU
+# preset, 64 x 64 frames, episodes that end at a lost life in training and whole games in
+# evaluation (as IRIS's and DIAMOND's). Two runs share the 2 cores; start them side by side:
+#   ALGO=iris-cpu GAME=Pong SEED=0 OUT=logs/atari benchmarks/atari_laptop.sh &
+#   ALGO=iris-cpu GAME=Pong SEED=1 OUT=logs/atari benchmarks/atari_laptop.sh &
+# then the protocol's return of every kept checkpoint (IRIS: temperature 0.5; DIAMOND: 1):
+#   python benchmarks/imagination_diagnosis.py evaluate RUN --episodes 20 --temperatures 0.5 --out eval.json
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD OMP_NUM_THREADS=1
+PY=${PYTHON:-python}
+ALGO=${ALGO:-iris-cpu}; GAME=${GAME:-Pong}; SEED=${SEED:-0}; OUT=${OUT:-logs/atari}; LIMIT=${LIMIT:-7200}
+case $ALGO in
+  iris-cpu) SHAPE="--train.batch-size 8 --train.sequence-length 10 --train.train-ratio 20" ;;
+  diamond-cpu) SHAPE="--train.batch-size 8 --train.sequence-length 19 --train.train-ratio 38" ;;
+  *) echo "ALGO must be iris-cpu or diamond-cpu" >&2; exit 2 ;;
+esac
+exec $PY -m wmlab.cli train --algo $ALGO --env atari:$GAME --run-dir $OUT/$ALGO-$GAME-seed$SEED \
+  --env-kwargs '{"terminal_on_life_loss": true}' --eval-env-kwargs '{"terminal_on_life_loss": false}' \
+  $SHAPE --train.seed $SEED --train.learning-starts 1000 --train.time-limit $LIMIT --train.steps 100000 \
+  --train.eval-every 2500 --train.eval-episodes 5 --train.checkpoint-every 2500 --train.threads 1 \
+  --train.no-progress --train.log-every 250 ${EXTRA:-}
