@@ -284,6 +284,11 @@ def test_evaluation_episodes_play_with_the_eval_env_kwargs_over_the_runs(tmp_pat
     assert evaluations and all(line["eval/length"] <= 5 for line in evaluations)
     assert max(line["train/length"] for line in training) > 5  # training kept the run's 40-step episodes
     assert load_run_spec(tmp_path / "run").eval_env_kwargs == {"max_episode_steps": 5}
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "eval_env_kwargs": [5]}))
+    with pytest.raises(RunDirectoryError, match="eval_env_kwargs must be a JSON object"):
+        load_run_spec(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(config))
     # from the command line, and fixed for the run's life: a resume may not change it
     parsed, *_ = parse_train_arguments(
         ["--algo", "dyna-q", "--env", "dyna-maze", "--eval-env-kwargs", '{"max_episode_steps": 7}']

@@ -85,6 +85,9 @@ def load_run_spec(run_dir: Path) -> RunSpec:
             )
         entry = ALGORITHMS.get(raw["algorithm"])
         check_run_environment(raw["env"], run_dir)
+        for key in ("env_kwargs", "eval_env_kwargs"):
+            if not isinstance(raw.get(key, {}), dict):
+                raise ValueError(f"{key} must be a JSON object, found {type(raw[key]).__name__}")
         return RunSpec(
             algorithm=raw["algorithm"],
             env=raw["env"],
