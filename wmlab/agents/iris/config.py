@@ -69,7 +69,7 @@ class IrisConfig:
     run dropped next-token accuracy from 0.52 to 0.10. Keep it at most `world_model_starts`."""
     model_rows: int = 0
     """Replay rows (the first ones) the tokenizer and the world model train on; the actor-critic
-    imagines from `learner.starts` rows (both 0: every row). On a CPU an actor-critic update costs
+    imagines from `learner.starts` rows (both 0, as in both presets: every row). On a CPU an actor-critic update costs
     about as much from 32 starts as from 8 (imagination there is a sequence of small one-token
     transformer calls, paid per call, not per row): a replay batch of 32 with `model_rows` 8 gives
     the actor-critic four times the imagined rollouts at the world model's cost of 8 rows."""
@@ -120,7 +120,7 @@ class IrisCPUConfig(IrisConfig):
             channels=(16, 16, 32, 32),
             lstm_size=128,
             burn_in=4,
-            starts=8,
+            starts=0,
             optimizer=replace(IRIS_LEARNER.optimizer, learning_rate=1e-3),
         )
     )
