@@ -7,6 +7,7 @@ export PYTHONPATH=$PWD OMP_NUM_THREADS=1
 PY=${PYTHON:-python}
 EPISODES=${EPISODES:-100}; LIMIT=${LIMIT:-420}; OUT=${OUT:-logs/unisim}
 FOREGROUND=${FOREGROUND:-0}  # the denoiser's foreground pixel weight (diamond-cpu: 20); 0: off, as measured
+SPARSE=${SPARSE:-1}  # weight of reward / end steps in the reward-end model's losses (diamond-cpu: 10); 1: plain, as measured
 set -e
 $PY -m wmlab.data.instructions $OUT/captioned $OUT/instructions --record $EPISODES --seed 0 --force
 $PY -m wmlab.cli train --model diffusion --dataset $OUT/instructions --run-dir $OUT/run --force \
@@ -14,7 +15,7 @@ $PY -m wmlab.cli train --model diffusion --dataset $OUT/instructions --run-dir $
   --world-model.reward-end.channels 8 8 16 16 --world-model.reward-end.depths 1 1 1 1 \
   --world-model.reward-end.condition-size 32 --world-model.reward-end.lstm-size 128 \
   --world-model.condition-size-input 384 --world-model.condition-dropout 0.1 \
-  --world-model.loss-scales.foreground $FOREGROUND \
+  --world-model.loss-scales.foreground $FOREGROUND --world-model.loss-scales.sparse-weight $SPARSE \
   --train.batch-size 8 --train.sequence-length 8 --train.learning-rate 3e-4 --train.grad-clip 1 \
   --train.updates 100000 --train.time-limit $LIMIT --train.seed 0 --train.threads 1 --train.no-progress --train.log-every 25
 for TEXT in "move left" "move right" "move up" "move down"; do
