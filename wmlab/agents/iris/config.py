@@ -69,10 +69,10 @@ class IrisConfig:
     run dropped next-token accuracy from 0.52 to 0.10. Keep it at most `world_model_starts`."""
     model_rows: int = 0
     """Replay rows (the first ones) the tokenizer and the world model train on; the actor-critic
-    imagines from `learner.starts` rows (both 0, as in both presets: every row). On a CPU an actor-critic update costs
-    about as much from 32 starts as from 8 (imagination there is a sequence of small one-token
-    transformer calls, paid per call, not per row): a replay batch of 32 with `model_rows` 8 gives
-    the actor-critic four times the imagined rollouts at the world model's cost of 8 rows."""
+    imagines from `learner.starts` rows (both 0, as in both presets: every row). A replay batch of
+    32 with `model_rows` 8 gives the actor-critic four times the imagined rollouts while the world
+    model trains on 8 windows; on a CPU its update then costs about 2.2x the 8-row one (measured
+    in docs/benchmarks.md, not 4x: imagination is a sequence of small one-token transformer calls)."""
     reconstructed_inputs: bool = True
     """The actor reads the tokenizer's reconstructions of real frames, acting and in the burn-in,
     as it reads generated frames in imagination (IRIS: use_original_obs false)."""
