@@ -15,6 +15,10 @@ ones, 3 context steps) on 16 held-out windows per seed, the model prompted with 
 caption and imagining at each guidance scale (its guided pass drops what the config's `guided`
 names).
 
+Action fidelity by the same probe (`wmlab.pipelines.gaia.action_fidelity`): per seed, clips from
+the same number of held-out first frames under one constant action per move, the text dropped
+(guidance 0), and the agreement of the probed moves with the action's move against a random move.
+
     python benchmarks/gaia_text_fidelity.py RUN_DIR --starts 16 --seeds 0 1 2 3 --out fidelity.json
 """
 
@@ -30,7 +34,7 @@ import torch
 from wmlab.data.captions import MOVES, load_captioned
 from wmlab.eval.suites import SuiteSettings, evaluate_suite
 from wmlab.nn.text import load_text_encoder
-from wmlab.pipelines.gaia import TextPrompted, batch_text, load_gaia_model, text_fidelity
+from wmlab.pipelines.gaia import TextPrompted, action_fidelity, batch_text, load_gaia_model, text_fidelity
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -53,11 +57,12 @@ def main() -> None:
     saved, model = load_gaia_model(arguments.run_dir)
     valid = load_captioned(saved["valid_dataset"])
     encoder = load_text_encoder()
-    vocabulary = sorted(set(valid.vocabulary) | set(MOVES))
+    vocabulary = sorted(set(valid.vocabulary) | {*MOVES, "stay still"})
     table = dict(zip(vocabulary, torch.as_tensor(encoder.encode(vocabulary)).float()))
-    per_seed = {}
+    per_seed, actions = {}, {}
     for seed in arguments.seeds:
         per_seed[seed] = text_fidelity(model, valid, table, arguments.starts, arguments.steps, seed)
+        actions[seed] = action_fidelity(model, valid, table, arguments.starts, arguments.steps, seed)
         windows, captions = load_captioned(saved["valid_dataset"], seed=seed).sample(16, min(9, model.context))
         prompts = batch_text([[row[0]] for row in captions], table)[:, 0]
         for scale, row in per_seed[seed].items():
@@ -84,8 +89,26 @@ def main() -> None:
             f"agent visible {rows[scale]['moves_with_agent_visible']['mean']:.2f}, "
             f"controllability {rows[scale]['controllability_delta_psnr']['mean']:.3f} dB"
         )
+    action_rows = {
+        name: summary([actions[seed][key] for seed in arguments.seeds])
+        for name, key in (
+            ("agreement", "agreement"),
+            ("random_move_baseline", "random_move_baseline"),
+            ("moves_with_agent_visible", "moves_with_agent_visible"),
+        )
+    }
+    action_rows["gap"] = summary(
+        [actions[seed]["agreement"] - actions[seed]["random_move_baseline"] for seed in arguments.seeds]
+    )
+    print(
+        f"actions alone (guidance 0): agreement {action_rows['agreement']['mean']:.3f}, "
+        f"random move {action_rows['random_move_baseline']['mean']:.3f}, "
+        f"gap {action_rows['gap']['mean']:+.3f} +- {action_rows['gap']['standard_error']:.3f}, "
+        f"agent visible {action_rows['moves_with_agent_visible']['mean']:.2f}"
+    )
     result = {
         "run": str(arguments.run_dir),
+        "action_fidelity": {"per_seed": {str(seed): value for seed, value in actions.items()}, "summary": action_rows},
         "settings": {key: str(value) for key, value in vars(arguments).items()},
         "per_seed": {str(seed): value for seed, value in per_seed.items()},
         "summary": rows,

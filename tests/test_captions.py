@@ -9,7 +9,13 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from wmlab.data.captions import CAPTIONS, caption_step, load_captioned, record_captioned_two_rooms
+from wmlab.data.captions import (
+    CAPTIONS,
+    MOVE_DIRECTIONS,
+    caption_step,
+    load_captioned,
+    record_captioned_two_rooms,
+)
 from wmlab.data.dataset import DatasetError, load_dataset
 from wmlab.models.tokens import SIZES, TokenWorldModel, TokenWorldModelConfig
 
@@ -86,3 +92,26 @@ def test_text_conditioned_loss_on_per_step_captions(captioned):
     )
     loss, metrics = model.loss(batch, text=text)
     assert np.isfinite(loss.item()) and metrics["loss/tokens"] > 0
+
+
+def test_each_move_direction_moves_the_agent_as_its_caption_says():
+    from wmlab.envs.adapter import make_env
+
+    env = make_env("two-rooms")
+    world = env.unwrapped
+    for move, direction in MOVE_DIRECTIONS.items():
+        captions = []
+        for seed in range(6):
+            env.reset(seed=seed)
+            before = world.agent_position
+            _, _, _, _, info = env.step(np.asarray(direction, np.float32) * 0.8)
+            after = world.agent_position
+            captions.append(
+                caption_step(
+                    before, after, bool(info["success"]), world.geometry.in_wall_band(after[0]), world.geometry.max_step
+                )
+            )
+        # a start against a wall may leave the agent still; every step that moves goes the named way
+        moved = [caption for caption in captions if caption in MOVE_DIRECTIONS]
+        assert len(moved) >= 4 and set(moved) == {move}, (move, captions)
+    env.close()

@@ -63,6 +63,9 @@ def test_the_pipeline_trains_measures_and_resumes(gaia_run):
     for scale in result["text_fidelity"].values():
         assert {"agreement", "random_caption_baseline", "moves_with_agent_visible"} <= set(scale)
     assert 0.0 <= result["agent_in_reconstructions"] <= 1.0
+    actions = result["action_fidelity"]
+    assert set(actions["per_move"]) == {"move left", "move right", "move up", "move down"}
+    assert all(0.0 <= actions[key] <= 1.0 for key in ("agreement", "random_move_baseline", "moves_with_agent_visible"))
     assert result["probe_accuracy_on_real_moves"] > 0.7  # the probe reads real moves (16 x 16 frames: 0.83)
     config = json.loads((gaia_run / "config.json").read_text())
     assert config["kind"] == "gaia" and config["model"]["text_size"] == 384

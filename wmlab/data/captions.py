@@ -63,6 +63,8 @@ from wmlab.envs.two_rooms import scripted_action
 CAPTIONS_FILE = "captions.json"
 CAPTIONS_FORMAT = 1
 MOVES = ("move left", "move right", "move up", "move down")
+#: The recorder's held directions, in the env's action units (x right, y up), one per move caption.
+MOVE_DIRECTIONS = {"move left": (-1.0, 0.0), "move right": (1.0, 0.0), "move up": (0.0, 1.0), "move down": (0.0, -1.0)}
 CAPTIONS = ("start", *MOVES, "pass through the door", "reach the goal", "stay still")
 
 
@@ -123,7 +125,7 @@ def record_captioned_two_rooms(
             while not done:
                 if held_steps == 0 and (not expert or rng.random() < wander):
                     direction = rng.integers(4)
-                    held = np.array([(-1, 0), (1, 0), (0, 1), (0, -1)][direction], np.float32) * rng.uniform(0.6, 1.0)
+                    held = np.array(MOVE_DIRECTIONS[MOVES[direction]], np.float32) * rng.uniform(0.6, 1.0)
                     held_steps = int(rng.integers(hold[0], hold[1] + 1))
                 action = held if held_steps > 0 else scripted_action(env)
                 held_steps = max(held_steps - 1, 0)
