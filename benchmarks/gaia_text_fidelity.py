@@ -90,12 +90,8 @@ def main() -> None:
             f"controllability {rows[scale]['controllability_delta_psnr']['mean']:.3f} dB"
         )
     action_rows = {
-        name: summary([actions[seed][key] for seed in arguments.seeds])
-        for name, key in (
-            ("agreement", "agreement"),
-            ("random_move_baseline", "random_move_baseline"),
-            ("moves_with_agent_visible", "moves_with_agent_visible"),
-        )
+        key: summary([actions[seed][key] for seed in arguments.seeds])
+        for key in ("agreement", "random_move_baseline", "moves_with_agent_visible")
     }
     action_rows["gap"] = summary(
         [actions[seed]["agreement"] - actions[seed]["random_move_baseline"] for seed in arguments.seeds]

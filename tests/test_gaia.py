@@ -4,17 +4,18 @@ that does not match its episodes, and --text on a run without text."""
 
 import json
 import shutil
+import types
 
 import numpy as np
 import pytest
 import torch
 
 from wmlab.cli import main
-from wmlab.core.errors import ShapeError
+from wmlab.core.errors import ShapeError, WmlabError
 from wmlab.core.serialization import load_state
-from wmlab.data.captions import CAPTIONS_FILE
+from wmlab.data.captions import CAPTIONS_FILE, CaptionedDataset
 from wmlab.envs.two_rooms import AGENT_RGB
-from wmlab.pipelines.gaia import agent_centre, probe_moves
+from wmlab.pipelines.gaia import action_fidelity, agent_centre, probe_moves
 
 torch.set_num_threads(1)
 
@@ -130,3 +131,45 @@ def test_the_probe_reads_the_scale_from_the_dtype_and_refuses_mixed_frames():
     mixed = np.concatenate([frames[:1].astype(np.float32), as_float[1:]])
     with pytest.raises(ShapeError, match=r"\[0, 1\]"):
         agent_centre(mixed)
+
+
+class SteeredModel:
+    """A stand-in for the token model on 16 x 16 frames whose imagined agent moves 2 pixels a step
+    in the direction of its action (`obedient`) or stays where it is, to test `action_fidelity`'s
+    way from actions to probed moves."""
+
+    discrete, action_size = False, 2
+
+    def __init__(self, obedient: bool):
+        self.obedient = obedient
+
+    def observe(self, obs, action, is_first, text=None):
+        _, rows, columns = np.nonzero((obs["image"][:, -1] == AGENT_RGB).all(-1))  # one agent pixel a frame
+        return None, np.stack([rows, columns], -1).astype(np.float64)
+
+    def imagine(self, start, actions, horizon, guidance_scale, generator):
+        step = np.stack([-np.sign(actions[..., 1]), np.sign(actions[..., 0])], -1) * 2 * self.obedient  # y is up
+        return types.SimpleNamespace(states=start[:, None] + np.cumsum(step, 1))
+
+    def decode(self, states):
+        frames = torch.zeros(*states.shape[:-1], 16, 16, 3)
+        for index in np.ndindex(states.shape[:-1]):
+            row, column = states[index].astype(int)
+            frames[index + (row, column)] = torch.tensor(AGENT_RGB) / 255.0
+        return {"image": frames}
+
+
+def test_action_fidelity_reads_the_moves_that_the_actions_cause():
+    frames = np.zeros((5, 16, 16, 3), np.uint8)
+    frames[:, 8, 8] = AGENT_RGB
+    valid = CaptionedDataset(None, [{"image": frames}], [["start"] * 5], ("start",))
+    table = {"stay still": torch.zeros(4)}
+    obeyed = action_fidelity(SteeredModel(obedient=True), valid, table, starts=2, steps=3, seed=0)
+    assert obeyed["agreement"] == 1.0 and obeyed["moves_with_agent_visible"] == 1.0
+    assert set(obeyed["per_move"].values()) == {1.0} and obeyed["random_move_baseline"] < 0.6
+    ignored = action_fidelity(SteeredModel(obedient=False), valid, table, starts=2, steps=3, seed=0)
+    assert ignored["agreement"] == 0.0  # an agent that stays still follows no move
+    model = SteeredModel(obedient=True)
+    model.action_size = 5
+    with pytest.raises(WmlabError, match="2-D continuous moves"):
+        action_fidelity(model, valid, table, starts=2, steps=3, seed=0)
