@@ -72,8 +72,9 @@ class IrisConfig:
     imagines from `learner.starts` rows (both 0, as in both presets: every row). A replay batch of
     32 with `model_rows` 8 gives the actor-critic four times the imagined rollouts while the world
     model trains on 8 windows; on a CPU its update then costs about 2.2x the 8-row one (measured
-    in docs/benchmarks.md, not 4x: imagination is a sequence of small one-token transformer calls). On MinAtar Breakout at the
-    2-hour budget it did not help (two seeds below random; docs/benchmarks.md, ninth session)."""
+    in docs/benchmarks.md, not 4x: imagination is a sequence of small one-token transformer calls).
+    On MinAtar Breakout at the 2-hour budget it did not help (two seeds below random;
+    docs/benchmarks.md, ninth session)."""
     reconstructed_inputs: bool = True
     """The actor reads the tokenizer's reconstructions of real frames, acting and in the burn-in,
     as it reads generated frames in imagination (IRIS: use_original_obs false)."""
