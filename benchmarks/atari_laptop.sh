@@ -7,13 +7,14 @@
 # A run cut short (a session's end, a reboot) continues where its last checkpoint left it when the
 # same command is run again: the time limit counts over all its pieces. CHECKPOINT sets how many
 # environment steps a cut may lose (default 2500; every checkpoint also writes the new replay).
-# Then the protocol's return of every kept checkpoint (IRIS: temperature 0.5; DIAMOND: 1):
-#   python benchmarks/imagination_diagnosis.py evaluate RUN --episodes 20 --temperatures 0.5 --out eval.json
+# The agent's weights are kept every KEEP steps (default 2500) in RUN/kept/step-N; then the
+# protocol's return of each (IRIS: temperature 0.5; DIAMOND: 1):
+#   python benchmarks/imagination_diagnosis.py evaluate RUN/kept/step-N --episodes 20 --temperatures 0.5 --out eval.json
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD OMP_NUM_THREADS=1
 PY=${PYTHON:-python}
 ALGO=${ALGO:-iris-cpu}; GAME=${GAME:-Pong}; SEED=${SEED:-0}; OUT=${OUT:-logs/atari}; LIMIT=${LIMIT:-7200}
-CHECKPOINT=${CHECKPOINT:-2500}; RUN=$OUT/$ALGO-$GAME-seed$SEED
+CHECKPOINT=${CHECKPOINT:-2500}; KEEP=${KEEP:-2500}; RUN=$OUT/$ALGO-$GAME-seed$SEED
 case $ALGO in
   iris-cpu) SHAPE="--train.batch-size 8 --train.sequence-length 10 --train.train-ratio 20" ;;
   diamond-cpu) SHAPE="--train.batch-size 8 --train.sequence-length 19 --train.train-ratio 38" ;;
@@ -25,5 +26,5 @@ fi
 exec $PY -m wmlab.cli train --algo $ALGO --env atari:$GAME --run-dir $RUN \
   --env-kwargs '{"terminal_on_life_loss": true}' --eval-env-kwargs '{"terminal_on_life_loss": false}' \
   $SHAPE --train.seed $SEED --train.learning-starts 1000 --train.time-limit $LIMIT --train.steps 100000 \
-  --train.eval-every 2500 --train.eval-episodes 5 --train.checkpoint-every $CHECKPOINT --train.threads 1 \
+  --train.eval-every 2500 --train.eval-episodes 5 --train.checkpoint-every $CHECKPOINT --train.keep-every $KEEP --train.threads 1 \
   --train.no-progress --train.log-every 250 ${EXTRA:-}

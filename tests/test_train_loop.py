@@ -18,7 +18,7 @@ from wmlab.core.serialization import load_state
 from wmlab.models.mlp import MLPWorldModelConfig
 from wmlab.planners.shooting import RandomShootingConfig
 from wmlab.runs.config import TrainConfig
-from wmlab.runs.directory import RunSpec
+from wmlab.runs.directory import RunSpec, load_trained_agent
 from wmlab.train.loop import Trainer
 
 TINY_TRAIN = TrainConfig(
@@ -296,3 +296,36 @@ def test_evaluation_episodes_play_with_the_eval_env_kwargs_over_the_runs(tmp_pat
     assert parsed.eval_env_kwargs == {"max_episode_steps": 7} and parsed.env_kwargs == {}
     with pytest.raises(WmlabError, match="cannot change: eval_env_kwargs"):
         parse_train_arguments(["--resume", str(tmp_path / "run"), "--eval-env-kwargs", "{}"])
+
+
+def test_kept_weights_are_runs_of_their_own_and_survive_a_resume(tmp_path):
+    spec = tiny_spec(300)
+    spec = replace(spec, train=replace(spec.train, keep_every=100))
+    straight = tmp_path / "straight"
+    Trainer(spec, straight).run()
+    assert sorted(p.name for p in (straight / "kept").iterdir()) == ["step-100", "step-200", "step-300"]
+
+    # Each is a run directory: evaluation loads it; the weights move between keeps and the last
+    # equals the final checkpoint (no update after step 300).
+    first_spec, first = load_trained_agent(straight / "kept" / "step-100")
+    assert first_spec == spec
+    final = load_state(straight / "checkpoints" / "rank0", "agent")["world_model"]
+    last = load_state(straight / "kept" / "step-300" / "checkpoints" / "rank0", "agent")["world_model"]
+    early = first.state_dict()["world_model"]
+    assert all(torch.equal(last[name], final[name]) for name in final)
+    assert any(not torch.equal(early[name], final[name]) for name in final)
+    with pytest.raises(RunDirectoryError, match="kept along a run"):
+        Trainer(spec, straight / "kept" / "step-100", resume=True)
+
+    # A resumed run keeps the same steps with the same weights; a keep of a lost step (written
+    # after the checkpoint it resumes from, before a crash) is dropped.
+    resumed = tmp_path / "resumed"
+    Trainer(replace(spec, train=replace(spec.train, steps=150)), resumed).run()
+    stale = resumed / "kept" / "step-250"  # never a keep step: only the resume can remove it
+    stale.mkdir(parents=True)
+    Trainer(spec, resumed, resume=True).run()
+    assert sorted(p.name for p in (resumed / "kept").iterdir()) == ["step-100", "step-200", "step-300"]
+    for step in (100, 200, 300):
+        a = load_state(straight / "kept" / f"step-{step}" / "checkpoints" / "rank0", "agent")["world_model"]
+        b = load_state(resumed / "kept" / f"step-{step}" / "checkpoints" / "rank0", "agent")["world_model"]
+        assert all(torch.equal(a[name], b[name]) for name in a), step

@@ -80,10 +80,14 @@ class TrainConfig(SessionConfig):
     """Write a resumable checkpoint every this many environment steps (and always at the end)."""
     log_every: int = 1_000
     """Write averaged training metrics every this many environment steps."""
+    keep_every: int = 0
+    """Keep the agent's weights every this many environment steps in RUN_DIR/kept/step-N, a run
+    directory of its own (config.json, checkpoints/) that `wmlab eval` reads like any run, to
+    measure the agent along training afterwards (0: keep none; the checkpoint is overwritten)."""
 
     limits = ranges(
         counts="steps num_envs batch_size sequence_length replay_capacity eval_episodes checkpoint_every log_every",
-        non_negative="train_ratio time_limit learning_starts eval_every eval_starts",
+        non_negative="train_ratio time_limit learning_starts eval_every eval_starts keep_every",
     )
 
 

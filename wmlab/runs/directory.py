@@ -42,8 +42,11 @@ RESUMABLE_CHANGES = {
     "train.eval_episodes",
     "train.log_every",
     "train.checkpoint_every",
+    "train.keep_every",
     "train.time_limit",
 }
+#: Folder of a run's kept weights (`--train.keep-every`): RUN_DIR/kept/step-N, each a run directory.
+KEPT_FOLDER = "kept"
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,11 @@ def resume_checkpoint(run_dir: Path, rank: int = 0) -> Path:
         found = find_checkpoint(run_dir, rank)
     except RunDirectoryError:
         raise RunDirectoryError(f"cannot resume {run_dir}: it has no checkpoint for rank {rank}") from None
+    if json.loads((found / COMPLETE_FILE).read_text()).get("kept"):
+        raise RunDirectoryError(
+            f"cannot resume {run_dir}: it holds weights kept along a run (--train.keep-every), which "
+            "evaluation reads but training cannot continue from; resume the run it was kept from"
+        )
     target = Path(run_dir) / "checkpoints" / f"rank{rank}"
     previous = target.with_name(target.name + ".old")
     if found != target:

@@ -13,6 +13,7 @@ A run directory holds everything needed to continue it:
     RUN_DIR/replay/rank<r>/    each process's episodes, written as they complete
     RUN_DIR/checkpoints/rank<r>/  agent weights, optimiser, RNG states, counters, environment state
     RUN_DIR/summary.json       headline numbers at the end (rank 0)
+    RUN_DIR/kept/step-<N>/     the agent's weights at step N, with `keep_every` (rank 0)
 
 Data-parallel training under torchrun: each rank collects with its own seed and replay, gradients
 are averaged inside the agent's update (wmlab.core.distributed.average_gradients), and only rank 0
@@ -45,6 +46,7 @@ from wmlab.runs.config import TrainConfig
 from wmlab.runs.directory import (
     COMPLETE_FILE,
     CONFIG_FILE,
+    KEPT_FOLDER,
     RunSpec,
     build_agent,
     refuse_to_overwrite,
@@ -110,6 +112,7 @@ class Trainer:
         # Schedules are given in environment steps over all processes; each process counts its own.
         self.log_every = max(1, self.config.log_every // self.world_size)
         self.eval_every = self.config.eval_every // self.world_size
+        self.keep_every = self.config.keep_every // self.world_size
         self.checkpoint_every = max(1, self.config.checkpoint_every // self.world_size)
         self.counters = Counters(next_log_step=self.log_every, next_checkpoint_step=self.checkpoint_every)
         self.observations: list[dict[str, np.ndarray]] = []
@@ -119,6 +122,7 @@ class Trainer:
         self.episode_lengths = np.zeros(self.config.num_envs, dtype=np.int64)
         if resume:
             self._load_checkpoint()
+            self._drop_kept_weights_after_checkpoint()
         else:
             self._reset_all_envs()
         self.logger = MetricsLogger(
@@ -395,6 +399,8 @@ class Trainer:
                 )
                 if self._evaluation_due():
                     last_eval = self.evaluate()
+                if self._keep_due():
+                    self.keep_weights()
                 at_log_step = self.counters.env_steps >= self.counters.next_log_step
                 if at_log_step:
                     self._log()
@@ -424,6 +430,34 @@ class Trainer:
         if not self.eval_every or steps * self.world_size < self.config.eval_starts:
             return False
         return steps % self.eval_every < len(self.envs)
+
+    def _keep_due(self) -> bool:
+        # By the step count alone, so that a resumed run keeps the same steps as an uninterrupted one.
+        return bool(self.keep_every) and self.counters.env_steps % self.keep_every < len(self.envs)
+
+    def _drop_kept_weights_after_checkpoint(self) -> None:
+        """Kept weights of steps after the checkpoint a run resumes from belong to steps that are
+        lost and will be run again: they go (the resumed run keeps its own)."""
+        if not distributed.is_main_process():
+            return
+        for kept in (self.run_dir / KEPT_FOLDER).glob("step-*"):
+            step = kept.name[len("step-") :]
+            if step.isdigit() and int(step) > self._global_steps():
+                shutil.rmtree(kept, ignore_errors=True)
+
+    def keep_weights(self) -> Path | None:
+        """Write the agent's weights now as RUN_DIR/kept/step-N (N: global environment steps), a
+        run directory that evaluation reads like the run itself; rank 0 only. A copy left by an
+        interrupted write is replaced."""
+        if not distributed.is_main_process():
+            return None
+        target = self.run_dir / KEPT_FOLDER / f"step-{self._global_steps()}"
+        shutil.rmtree(target, ignore_errors=True)
+        weights = target / "checkpoints" / "rank0"
+        save_state(self.agent.state_dict(), weights, "agent")
+        shutil.copyfile(self.run_dir / CONFIG_FILE, target / CONFIG_FILE)
+        write_durably(weights / COMPLETE_FILE, json.dumps({"env_steps": self._global_steps(), "kept": True}))
+        return target
 
     def _time_is_up(self, at_log_step: bool) -> bool:
         """Whether `time_limit` is spent: checked every step in one process; with several ranks
