@@ -8,8 +8,9 @@ PY=${PYTHON:-python}
 EPISODES=${EPISODES:-100}; LIMIT=${LIMIT:-420}; OUT=${OUT:-logs/unisim}
 FOREGROUND=${FOREGROUND:-0}  # the denoiser's foreground pixel weight (diamond-cpu: 20); 0: off, as measured
 SPARSE=${SPARSE:-1}  # weight of reward / end steps in the reward-end model's losses (diamond-cpu: 10); 1: plain, as measured
+ENV_KWARGS=${ENV_KWARGS:-{\}}  # two-rooms options of the recording, e.g. '{"reward": "dense"}' (the zero-shot row needs the same)
 set -e
-$PY -m wmlab.data.instructions $OUT/captioned $OUT/instructions --record $EPISODES --seed 0 --force
+$PY -m wmlab.data.instructions $OUT/captioned $OUT/instructions --record $EPISODES --seed 0 --env-kwargs "$ENV_KWARGS" --force
 $PY -m wmlab.cli train --model diffusion --dataset $OUT/instructions --run-dir $OUT/run --force \
   --world-model.channels 16 16 32 32 --world-model.depths 1 1 1 1 --world-model.condition-size 64 \
   --world-model.reward-end.channels 8 8 16 16 --world-model.reward-end.depths 1 1 1 1 \

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from wmlab.core.config import parse_json_object
 from wmlab.core.spaces import describe_space, space_from_description
 from wmlab.data.captions import CAPTIONS_FILE, load_captioned, record_captioned_two_rooms
 from wmlab.data.dataset import (
@@ -119,10 +120,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--record", type=int, default=0, help="first record this many captioned two-rooms episodes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--env-kwargs", default="{}", help='two-rooms options of the recording, as JSON (e.g. \'{"reward": "dense"}\')'
+    )
     parser.add_argument("--force", action="store_true")
     arguments = parser.parse_args(argv)
     if arguments.record > 0:
-        record_captioned_two_rooms(arguments.captioned, arguments.record, arguments.seed, force=arguments.force)
+        record_captioned_two_rooms(
+            arguments.captioned,
+            arguments.record,
+            arguments.seed,
+            force=arguments.force,
+            env_kwargs=parse_json_object("--env-kwargs", arguments.env_kwargs),
+        )
     manifest = write_instruction_dataset(arguments.captioned, arguments.out, force=arguments.force)
     print(
         f"{manifest['num_episodes']} episodes, {manifest['num_steps']} steps, instructions {manifest['instructions']}"
