@@ -231,3 +231,32 @@ def test_the_pipeline_refuses_a_run_without_instructions_and_an_unknown_instruct
     assert "--episodes >= 1" in refused("--run", unisim, "--episodes", 0)
     assert "--match-baseline needs --baseline" in refused("--run", unisim, "--match-baseline")
     assert not (root / "refused" / "result.json").exists()
+
+
+def test_the_instruction_recording_takes_two_rooms_options(tmp_path, monkeypatch):
+    """`python -m wmlab.data.instructions --env-kwargs` reaches the recorder: a dense-reward
+    recording pays a reward at ordinary steps, the sparse one only at the goal."""
+    from wmlab.data import instructions
+    from wmlab.data.captions import record_captioned_two_rooms
+    from wmlab.data.dataset import load_dataset
+
+    recorded = {}
+
+    def record(directory, episodes, seed, force, env_kwargs):
+        recorded["env_kwargs"] = env_kwargs
+        return record_captioned_two_rooms(
+            directory, episodes, seed, max_episode_steps=10, force=force, env_kwargs=env_kwargs
+        )
+
+    monkeypatch.setattr(instructions, "record_captioned_two_rooms", record)
+    monkeypatch.setattr(instructions, "load_text_encoder", lambda *_: HashEncoder())
+    for reward in ("dense", "sparse"):
+        out = tmp_path / reward
+        arguments = [str(out / "captioned"), str(out / "instructions"), "--record", "2", "--force"]
+        assert instructions.main([*arguments, "--env-kwargs", json.dumps({"reward": reward})]) == 0
+        assert recorded["env_kwargs"] == {"reward": reward}
+        rows = list(load_dataset(out / "instructions").episodes())
+        paid = sum(int(np.count_nonzero(episode["reward"][~episode["is_terminal"]])) for episode in rows)
+        assert (paid > 0) == (reward == "dense")
+    with pytest.raises(WmlabError, match="--env-kwargs"):
+        instructions.main([*arguments, "--env-kwargs", "[1]"])
