@@ -16,6 +16,10 @@ GameNGen's context-noise ablation in small.
     # the agent as told? Agreement of the probed move with the instruction at guidance 0, 1, 3
     python benchmarks/diffusion_generation.py unisim RUN_DIR --out unisim.json
 
+    # does an offline (UniSim) run's reward / end model see the rewards and ends of its episodes?
+    # calibrated probability at the steps that have one against the others, and the rank AUC
+    python benchmarks/diffusion_generation.py reward-events RUN_DIR [--dataset DIR] --out events.json
+
     # GameNGen's figure in small: the denoiser trained on RUN_DIR's replay with and without
     # context-noise augmentation, PSNR of autoregressive generation under recorded actions
     python benchmarks/diffusion_generation.py context-noise RUN_DIR --minutes 10 --out noise.json
@@ -595,6 +599,57 @@ def figure(results: dict, path: Path) -> None:
     axis.figure.savefig(path, dpi=100)
 
 
+def rank_auc(score: np.ndarray, label: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    positive, negative = score[label], score[~label]
+    if not len(positive) or not len(negative):
+        return float("nan")
+    above = (positive[:, None] > negative[None, :]).sum() + 0.5 * (positive[:, None] == negative[None, :]).sum()
+    return float(above / (len(positive) * len(negative)))
+
+
+def reward_events(arguments) -> dict:
+    """Over every episode of the run's dataset (or --dataset): the reward / end model run along
+    each whole episode (as `observe` filters), its calibrated probability of a positive reward
+    (of an end) at the steps that have one and at the others, the rank AUC between them, and how
+    often it says more than one half. AUC 0.5: the model does not see the events."""
+    from wmlab.data.dataset import load_dataset
+    from wmlab.runs.directory import load_trained_model
+
+    torch.set_num_threads(arguments.threads)
+    spec, model = load_trained_model(arguments.run_dir)
+    model.eval()
+    dataset = load_dataset(arguments.dataset or spec.dataset)
+    scores = {"reward": ([], []), "end": ([], [])}
+    with torch.no_grad():
+        for episode in dataset.episodes():
+            sizes: dict[str, int] = {}
+            frames = model.to_model_frames(episode[model.key][None], ("B", "T"), sizes)
+            actions = model.encode_actions(episode["action"][None], ("B", "T"), sizes)
+            is_first = torch.as_tensor(episode["is_first"][None], device=model.device)
+            reward_logits, end_logits, mask = model.reward_end_logits(frames, actions, is_first)
+            reward_logits, end_logits = model.calibrated(reward_logits[mask], end_logits[mask])
+            kept = mask[0].cpu().numpy()
+            scores["reward"][0].append(reward_logits.softmax(-1)[:, 2].cpu().numpy())
+            scores["reward"][1].append(episode["reward"][1:][kept] > 0)
+            scores["end"][0].append(end_logits.softmax(-1)[:, 1].cpu().numpy())
+            scores["end"][1].append(episode["is_terminal"][1:][kept].astype(bool))
+    result = {"run": str(arguments.run_dir), "dataset": str(arguments.dataset or spec.dataset)}
+    for name, (probabilities, labels) in scores.items():
+        p, y = np.concatenate(probabilities), np.concatenate(labels)
+        result[name] = {
+            "steps": int(len(y)),
+            "events": int(y.sum()),
+            "mean_probability_at_events": float(p[y].mean()) if y.any() else float("nan"),
+            "mean_probability_elsewhere": float(p[~y].mean()) if (~y).any() else float("nan"),
+            "auc": rank_auc(p, y),
+            "said_above_half": int((p > 0.5).sum()),
+            "events_said_above_half": int((p[y] > 0.5).sum()),
+        }
+        print(name, json.dumps(result[name]), flush=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -627,6 +682,9 @@ def main() -> None:
     text.add_argument("--held-out", type=int, default=16)
     text.add_argument("--steps", type=int, default=6)
     text.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 3.0])
+    events = commands.add_parser("reward-events")
+    events.add_argument("run_dir", type=Path)
+    events.add_argument("--dataset", type=Path, default=None, help="episodes to read (default: the run's dataset)")
     curves = commands.add_parser("curve")
     curves.add_argument("run_dirs", type=Path, nargs="+")
     curves.add_argument("--figure", type=Path, default=None)
@@ -638,7 +696,7 @@ def main() -> None:
     noise.add_argument("--held-out", type=int, default=3)
     noise.add_argument("--sequences", type=int, default=16)
     noise.add_argument("--figure", type=Path, default=None)
-    for sub in (fast, clock, ablation, text, curves, noise):
+    for sub in (fast, clock, ablation, text, events, curves, noise):
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--threads", type=int, default=1)
         sub.add_argument("--out", type=Path, required=True)
@@ -648,6 +706,7 @@ def main() -> None:
         "realtime": realtime,
         "steps-ablation": steps_ablation,
         "unisim": unisim,
+        "reward-events": reward_events,
         "curve": curve,
         "context-noise": context_noise,
     }
