@@ -8,6 +8,7 @@ PY=${PYTHON:-python}
 EPISODES=${EPISODES:-100}; LIMIT=${LIMIT:-420}; OUT=${OUT:-logs/unisim}
 FOREGROUND=${FOREGROUND:-0}  # the denoiser's foreground pixel weight (diamond-cpu: 20); 0: off, as measured
 SPARSE=${SPARSE:-1}  # weight of reward / end steps in the reward-end model's losses (diamond-cpu: 10); 1: plain, as measured
+SKIP=${SKIP:-0}  # 1: the reward-end head also reads the encoder's features past the LSTM (feature_skip); 0: DIAMOND's
 ENV_KWARGS=${ENV_KWARGS:-{\}}  # two-rooms options of the recording, e.g. '{"reward": "dense"}' (the zero-shot row needs the same)
 set -e
 $PY -m wmlab.data.instructions $OUT/captioned $OUT/instructions --record $EPISODES --seed 0 --env-kwargs "$ENV_KWARGS" --force
@@ -15,6 +16,7 @@ $PY -m wmlab.cli train --model diffusion --dataset $OUT/instructions --run-dir $
   --world-model.channels 16 16 32 32 --world-model.depths 1 1 1 1 --world-model.condition-size 64 \
   --world-model.reward-end.channels 8 8 16 16 --world-model.reward-end.depths 1 1 1 1 \
   --world-model.reward-end.condition-size 32 --world-model.reward-end.lstm-size 128 \
+  $([ "$SKIP" = 1 ] && echo --world-model.reward-end.feature-skip) \
   --world-model.condition-size-input 384 --world-model.condition-dropout 0.1 \
   --world-model.loss-scales.foreground $FOREGROUND --world-model.loss-scales.sparse-weight $SPARSE \
   --train.batch-size 8 --train.sequence-length 8 --train.learning-rate 3e-4 --train.grad-clip 1 \

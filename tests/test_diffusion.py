@@ -175,6 +175,26 @@ def test_action_conditioning_changes_the_prediction(trained):
     assert float(((blue - targets[1] / 255.0) ** 2).mean()) < 0.005
 
 
+@pytest.mark.parametrize("feature_skip", [False, True])
+def test_the_feature_skip_lets_the_reward_head_read_the_frames_past_the_lstm(feature_skip):
+    """With the LSTM silenced (all its weights zero, so its output is zero for any input), DIAMOND's
+    head says the same for every frame pair; with `feature_skip` it still reads the frames."""
+    config = replace(TINY, reward_end=replace(TINY.reward_end, feature_skip=feature_skip))
+    reward_end = make_model(config).reward_end
+    for parameter in reward_end.lstm.parameters():
+        parameter.data.zero_()
+    torch.manual_seed(1)
+    previous, following = torch.rand(2, 4, 3, SIDE, SIDE) * 2 - 1
+    hidden = torch.zeros(4, TINY.reward_end.lstm_size)
+    with torch.no_grad():
+        reward_logits, end_logits, new_hidden, _ = reward_end(
+            previous, following, torch.zeros(4, dtype=torch.long), hidden, hidden
+        )
+    assert torch.equal(new_hidden, hidden)
+    spread = float((reward_logits - reward_logits[:1]).abs().max() + (end_logits - end_logits[:1]).abs().max())
+    assert (spread > 1e-4) == feature_skip, spread
+
+
 def test_imagine_samples_a_predictive_distribution_and_follows_the_protocol():
     model = make_model()
     with torch.no_grad():

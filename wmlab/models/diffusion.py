@@ -110,6 +110,10 @@ class RewardEndConfig:
     """Action embedding size (DIAMOND: 128)."""
     lstm_size: int = 512
     """M, the LSTM's size (DIAMOND: 512)."""
+    feature_skip: bool = False
+    """The head also reads the encoder's features of the step, beside the LSTM's output (DIAMOND:
+    the LSTM's output alone). A reward seen in the frame pair then need not pass the LSTM, which
+    at small sizes stays at the prior on two-rooms' dense reward (docs/benchmarks.md)."""
 
 
 @dataclass(frozen=True)
@@ -378,10 +382,10 @@ class RewardEndModel(nn.Module):
         factor = 2 ** (len(config.channels) - 1)
         features = config.channels[-1] * (image_size[0] // factor) * (image_size[1] // factor)
         self.lstm = nn.LSTMCell(features, config.lstm_size)
-        self.head = nn.Sequential(
-            nn.Linear(config.lstm_size, config.lstm_size), nn.SiLU(), nn.Linear(config.lstm_size, 5)
-        )
+        head_input = config.lstm_size + (features if config.feature_skip else 0)
+        self.head = nn.Sequential(nn.Linear(head_input, config.lstm_size), nn.SiLU(), nn.Linear(config.lstm_size, 5))
         self.lstm_size = config.lstm_size
+        self.feature_skip = config.feature_skip
 
     def forward(
         self,
@@ -394,7 +398,7 @@ class RewardEndModel(nn.Module):
         pair = torch.cat([previous, following], dim=1).contiguous(memory_format=torch.channels_last)
         features = self.encoder(pair, self.action_embedding(action))[-1].flatten(1)
         hidden, cell = self.lstm(features, (hidden, cell))
-        logits = self.head(hidden)
+        logits = self.head(torch.cat([hidden, features], 1) if self.feature_skip else hidden)
         return logits[:, :3], logits[:, 3:], hidden, cell
 
 
