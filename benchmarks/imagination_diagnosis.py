@@ -216,7 +216,13 @@ def evaluate(arguments) -> dict:
     }
     policies = {"greedy": acting(False), "sampled": acting(True)}
     policies.update({f"temperature_{value:g}": acting(False, value) for value in arguments.temperatures if value > 0})
-    for name, policy in (*policies.items(), ("random", uniform)):
+    policies["random"] = uniform
+    unknown = sorted(set(arguments.policies or ()) - set(policies))
+    if unknown:
+        raise SystemExit(f"no policy {', '.join(unknown)}; these are: {', '.join(policies)}")
+    for name, policy in policies.items():
+        if arguments.policies and name not in arguments.policies:
+            continue
         returns = np.asarray(play(env, policy, arguments.episodes, arguments.seed, arguments.max_steps))
         result[name] = {
             "mean": float(returns.mean()),
@@ -437,6 +443,9 @@ def main() -> None:
     command.add_argument("--max-steps", type=int, default=500)
     command.add_argument(
         "--temperatures", type=float, nargs="*", default=[0.5, 1.0], help="evaluation temperatures (epsilon 0)"
+    )
+    command.add_argument(
+        "--policies", nargs="*", default=None, help="only these: greedy, sampled, temperature_T, random (default: all)"
     )
     command.add_argument("--seed", type=int, default=20_000)
     command.add_argument("--out", default=None)
