@@ -41,7 +41,7 @@ SPEC = RunSpec(
     "mpc",
     "two-rooms-state",
     train=TrainConfig(
-        steps=400,
+        steps=800,
         learning_starts=30,
         train_ratio=8.0,
         batch_size=4,

@@ -113,7 +113,7 @@ def test_a_run_killed_28_times_ends_exactly_as_if_never_killed(tmp_path):
     assert sessions[-1]["outcome"] == "exit 0", finished.stderr[-3000:]
 
     reference, killed = run_record(tmp_path / "reference"), run_record(tmp_path / "killed")
-    assert killed["counters"]["env_steps"] == 400 and killed["counters"]["updates"] > 0
+    assert killed["counters"]["env_steps"] == 800 and killed["counters"]["updates"] > 0
     assert len(killed["episodes"]) == len(reference["episodes"]) > 0
     assert killed["checkpoints"] == ["rank0"]
     assert_equal_nested(killed, reference)
