@@ -105,7 +105,9 @@ def tiny_diamond() -> DiamondConfig:
         depths=(1, 1),
         condition_size=16,
         context=2,
-        reward_end=RewardEndConfig(channels=(4, 4), depths=(1, 1), condition_size=8, lstm_size=16),
+        middle_blocks=0,  # as when the reference values were recorded
+        skip_every_block=False,
+        reward_end=RewardEndConfig(channels=(4, 4), depths=(1, 1), condition_size=8, lstm_size=16, middle_blocks=0),
     )
     learner = ImaginationConfig(channels=(4, 4), lstm_size=16, horizon=3, starts=2, burn_in=2)
     return DiamondConfig(model=model, learner=learner, actor_critic_starts=1, open_loop_report=False)

@@ -3,6 +3,7 @@ generated frames, the DIAMOND agent through the CLI, and `wmlab generate`."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import replace
@@ -17,6 +18,7 @@ from wmlab.agents.diamond.config import DiamondConfig
 from wmlab.agents.imagination.config import ACTOR_CRITIC_OPTIMIZER, ImaginationConfig
 from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.cli import main
+from wmlab.core.config import from_dict
 from wmlab.core.errors import IncompatibleSpaceError, ShapeError, WmlabError
 from wmlab.core.serialization import load_state
 from wmlab.core.types import Batch, Trajectory
@@ -30,7 +32,7 @@ from wmlab.models.diffusion import (
     karras_levels,
     preconditioning,
 )
-from wmlab.nn.unet import UNet
+from wmlab.nn.unet import SelfAttention2d, UNet
 from wmlab.runs.directory import load_trained_agent
 
 TINY = DiffusionConfig(
@@ -347,6 +349,53 @@ def test_the_fast_sampling_path_equals_the_plain_network():
         plain = unet(torch.cat([context, noisy], 1), condition)
     assert float(whole.abs().max()) > 1e-2 and whole.is_contiguous()
     assert torch.allclose(split, whole, atol=1e-5) and torch.allclose(plain, whole, atol=1e-5)
+
+
+def test_the_middle_self_attention_is_multi_head_attention_over_the_positions():
+    """Heads of 8 channels over the H x W positions, added to the normalised input (DIAMOND's
+    residual); untrained, the group norm alone."""
+    torch.manual_seed(0)
+    attention = SelfAttention2d(16)
+    x = torch.randn(2, 16, 3, 5)
+    h = attention.norm(x)
+    assert attention.heads == 2 and torch.equal(attention(x), h)
+    torch.nn.init.normal_(attention.output.weight)
+    q, k, v = attention.qkv(h).flatten(2).chunk(3, dim=1)  # (B, C, HW) each, heads of 8 channels
+    heads = []
+    for head in range(2):
+        part = slice(8 * head, 8 * head + 8)
+        weights = torch.softmax(q[:, part].transpose(1, 2) @ k[:, part] / math.sqrt(8), dim=-1)  # (B, HW, HW)
+        heads.append(v[:, part] @ weights.transpose(1, 2))  # (B, 8, HW)
+    expected = h + attention.output(torch.cat(heads, 1).reshape(2, 16, 3, 5))
+    assert torch.allclose(attention(x), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="heads"):
+        SelfAttention2d(17)
+
+
+def test_the_paper_preset_has_diamonds_networks_and_an_older_run_loads_without_their_new_parts():
+    """The paper preset's UNet (between its input and output convolutions) and reward encoder
+    have exactly the parameter counts of DIAMOND's code (its Atari configuration: 4,263,552 and
+    388,160, with the middle attention blocks and the way up that takes a skip at every block); a
+    config.json written before those settings existed reads as the compact UNet without middle
+    blocks, so an older run's checkpoint still loads."""
+    images = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
+    paper = DiffusionWorldModel(DiffusionConfig(), images, spaces.Discrete(4))
+    count = lambda *modules: sum(p.numel() for module in modules for p in module.parameters())  # noqa: E731
+    unet = paper.denoiser.unet
+    assert count(unet) - count(unet.encoder.input, unet.output_norm, unet.output) == 4_263_552
+    assert count(paper.reward_end.encoder) == 388_160
+    older = replace(TINY, middle_blocks=0, skip_every_block=False, reward_end=replace(TINY.reward_end, middle_blocks=0))
+    saved = make_model(older).state_dict()
+    written_before = json.loads(json.dumps(dataclasses.asdict(older)))
+    del (
+        written_before["middle_blocks"],
+        written_before["skip_every_block"],
+        written_before["reward_end"]["middle_blocks"],
+    )
+    read = from_dict(DiffusionConfig, written_before)
+    assert read == older
+    DiffusionWorldModel(read, IMAGES, ACTIONS).load_state_dict(saved)  # strict: every weight matches
+    assert from_dict(DiffusionConfig, json.loads(json.dumps(dataclasses.asdict(TINY)))) == TINY
 
 
 def test_a_frame_size_the_unet_cannot_take_is_refused():

@@ -27,6 +27,12 @@ setting now stands in several); `from_dict` reads an older run's config.json thr
 
     moved_fields = MappingProxyType({"grad_clip": ("tokenizer_optimizer.grad_clip", "world_model_optimizer.grad_clip")})
 
+Settings added later. A field added with a default that changes the network (the paper's) names,
+in a class attribute `older_runs`, the value that a config.json written before the field existed
+was trained with; `from_dict` reads such a config.json with it, so the older run still loads:
+
+    older_runs = MappingProxyType({"middle_blocks": 0})
+
 A model's named sizes (a nested widths dataclass and its table of presets) are in wmlab.core.sizes.
 """
 
@@ -170,6 +176,7 @@ def from_dict(cls: type[ConfigType], data: dict[str, Any]) -> ConfigType:
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
     data = _move_fields(cls, data)
+    data = {**getattr(cls, "older_runs", {}), **data}
     data = fold_flat_widths(cls, data)  # a config.json from before the sizes were nested
     hints = typing.get_type_hints(cls)
     names = {field.name for field in dataclasses.fields(cls)}

@@ -3,7 +3,7 @@ text embedding, for a world model conditioned on instructions instead of low-lev
 (UniSim's p(x_t | x_{t-1}, c), arXiv:2310.06114, Sec. 2.2).
 
     write_instruction_dataset("data/two-rooms-captions", "data/two-rooms-instructions")
-    wmlab train --model diffusion --dataset data/two-rooms-instructions --model.condition-size-input 384 ...
+    wmlab train --model diffusion --dataset data/two-rooms-instructions --world-model.condition-size-input 384 ...
     wmlab generate RUN_DIR --steps 30 --text "move left" --guidance 3
 
 The written directory is an ordinary offline dataset (`wmlab.data.dataset`) whose observations

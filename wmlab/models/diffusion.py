@@ -47,6 +47,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -110,10 +111,13 @@ class RewardEndConfig:
     """Action embedding size (DIAMOND: 128)."""
     lstm_size: int = 512
     """M, the LSTM's size (DIAMOND: 512)."""
+    middle_blocks: int = 2
+    """Residual blocks with self-attention after the encoder's last level (DIAMOND: 2)."""
     feature_skip: bool = False
     """The head also reads the encoder's features of the step, beside the LSTM's output (DIAMOND:
     the LSTM's output alone). A reward seen in the frame pair then need not pass the LSTM, which
     at small sizes stays at the prior on two-rooms' dense reward (docs/benchmarks.md)."""
+    older_runs = MappingProxyType({"middle_blocks": 0})  # a run trained before the middle blocks existed
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,13 @@ class DiffusionConfig:
     """Channels of the UNet's levels; frames need sides that are multiples of 2^(levels - 1)."""
     depths: tuple[int, ...] = (2, 2, 2, 2)
     """Residual blocks per UNet level."""
+    middle_blocks: int = 2
+    """Residual blocks with self-attention between the UNet's way down and its way up, at the
+    lowest resolution (DIAMOND: 2, whatever its per-level attention says)."""
+    skip_every_block: bool = True
+    """DIAMOND's way up: depths[i] + 1 blocks per level, each concatenating one feature map of the
+    way down, and a convolution after each upsampling. False: wmlab's compact way up, depths[i]
+    blocks and one skip per level (wmlab.nn.unet.UNet)."""
     condition_size: int = 256
     """Width of the conditioning vector that drives every adaptive group norm."""
     context: int = 4
@@ -184,14 +195,20 @@ class DiffusionConfig:
     """The reward and end model."""
     loss_scales: DiffusionLossScales = field(default_factory=DiffusionLossScales)
     """Weights of the loss terms."""
+    older_runs = MappingProxyType({"middle_blocks": 0, "skip_every_block": False})  # runs trained before these existed
 
 
-#: A preset small enough to learn on a 2-core CPU (about 0.2M denoiser parameters).
+#: A preset small enough to learn on a 2-core CPU (about 0.2M denoiser parameters), with the
+#: compact way up and without the middle blocks (every CPU row in docs/benchmarks.md was measured so).
 DIFFUSION_CPU = DiffusionConfig(
     channels=(16, 16, 32, 32),
     depths=(1, 1, 1, 1),
+    middle_blocks=0,
+    skip_every_block=False,
     condition_size=64,
-    reward_end=RewardEndConfig(channels=(8, 8, 16, 16), depths=(1, 1, 1, 1), condition_size=32, lstm_size=128),
+    reward_end=RewardEndConfig(
+        channels=(8, 8, 16, 16), depths=(1, 1, 1, 1), middle_blocks=0, condition_size=32, lstm_size=128
+    ),
 )
 
 
@@ -316,7 +333,15 @@ class NextFrameDenoiser(nn.Module):
         )
         self.null_condition = nn.Parameter(torch.zeros(size)) if config.condition_size_input > 0 else None
         self.condition_mlp = nn.Sequential(nn.Linear(size, size), nn.SiLU(), nn.Linear(size, size))
-        self.unet = UNet((K + 1) * image_channels, image_channels, config.channels, config.depths, size)
+        self.unet = UNet(
+            (K + 1) * image_channels,
+            image_channels,
+            config.channels,
+            config.depths,
+            size,
+            middle_blocks=config.middle_blocks,
+            skip_every_block=config.skip_every_block,
+        )
 
     def forward(
         self,
@@ -378,7 +403,9 @@ class RewardEndModel(nn.Module):
     def __init__(self, config: RewardEndConfig, image_channels: int, image_size: tuple[int, int], actions: int):
         super().__init__()
         self.action_embedding = nn.Embedding(actions, config.condition_size)
-        self.encoder = ConditionedEncoder(2 * image_channels, config.channels, config.depths, config.condition_size)
+        self.encoder = ConditionedEncoder(
+            2 * image_channels, config.channels, config.depths, config.condition_size, config.middle_blocks
+        )
         factor = 2 ** (len(config.channels) - 1)
         features = config.channels[-1] * (image_size[0] // factor) * (image_size[1] // factor)
         self.lstm = nn.LSTMCell(features, config.lstm_size)

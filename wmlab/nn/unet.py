@@ -9,9 +9,11 @@ and UniSim's in small. Each residual block is
 (the scale-and-shift conditioning of Dhariwal & Nichol 2021, Sec. 3.3 "adaptive group
 normalization"), so the noise level, the action and any other conditioning reach every layer. The
 UNet has one level per entry of `channels`: `depths[i]` residual blocks, then a stride-2
-convolution down (all levels but the last); the way up mirrors it with nearest-neighbour
-upsampling and the skip of the same level concatenated on channels. Output convolutions start at
-zero, so an untrained block is the identity and an untrained UNet outputs zeros.
+convolution down (all levels but the last); the way up mirrors it, upsampling and concatenating
+the way down's feature maps of the same level on channels (two layouts: see `UNet`). Output convolutions start at
+zero, so an untrained block is the identity and an untrained UNet outputs zeros. Between the way
+down and the way up, `middle_blocks` residual blocks each followed by self-attention over the
+lowest resolution's positions (DIAMOND's UNet and reward encoder end their way down with two).
 
 Shape legend: B batch, C channels, H, W image, D conditioning features.
 """
@@ -29,6 +31,8 @@ from wmlab.core.errors import ShapeError
 
 #: Channels per group of every group norm (DIAMOND's GroupNorm uses groups of 32 channels).
 GROUP_SIZE = 32
+#: Channels per head of the middle blocks' self-attention (DIAMOND: 8).
+ATTENTION_HEAD_SIZE = 8
 
 
 def group_count(channels: int) -> int:
@@ -78,6 +82,47 @@ class ResidualBlock(nn.Module):
         return self.skip(x) + h
 
 
+class SelfAttention2d(nn.Module):
+    """(B, C, H, W) -> (B, C, H, W): multi-head self-attention over the H x W positions, heads of
+    ATTENTION_HEAD_SIZE channels, after a group norm; the output projection starts at zero. As in
+    DIAMOND's code, the residual adds to the normalised input: norm(x) + out(attention(norm(x)))
+    (so an untrained block is a group norm, not the identity)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.heads = max(1, channels // ATTENTION_HEAD_SIZE)
+        if channels % self.heads:
+            raise ValueError(
+                f"self-attention over {channels} channels: {self.heads} heads of about {ATTENTION_HEAD_SIZE} channels "
+                f"do not divide them; use a multiple of {ATTENTION_HEAD_SIZE} (or fewer than {2 * ATTENTION_HEAD_SIZE})"
+            )
+        self.norm = nn.GroupNorm(group_count(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.output = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        x = self.norm(x)
+        # (B, 3C, H, W) -> three (B, heads, H * W, C / heads)
+        q, k, v = self.qkv(x).reshape(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
+        attended = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H * W, C / heads)
+        return x + self.output(attended.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class MiddleBlock(nn.Module):
+    """A residual block, then self-attention: DIAMOND's blocks at the lowest resolution."""
+
+    def __init__(self, channels: int, condition_size: int):
+        super().__init__()
+        self.residual = ResidualBlock(channels, channels, condition_size)
+        self.attention = SelfAttention2d(channels)
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        return self.attention(self.residual(x, condition))
+
+
 class FourierFeatures(nn.Module):
     """Scalars (B,) -> (B, size) random Fourier features [cos 2 pi w x, sin 2 pi w x] with fixed
     frequencies w ~ N(0, 1) (the noise-level embedding of EDM's and DIAMOND's networks)."""
@@ -115,12 +160,21 @@ def check_frame_size(height: int, width: int, levels: int, name: str = "frame") 
 
 class ConditionedEncoder(nn.Module):
     """The UNet's way down alone: (B, C_in, H, W), conditioning (B, D) -> the feature map of each
-    level [(B, channels[i], H / 2^i, W / 2^i)]. DIAMOND's reward and end model encodes its frames
-    with this half."""
+    level [(B, channels[i], H / 2^i, W / 2^i)], the last one after the `middle_blocks`. DIAMOND's
+    reward and end model encodes its frames with this half."""
 
-    def __init__(self, in_channels: int, channels: Sequence[int], depths: Sequence[int], condition_size: int):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: Sequence[int],
+        depths: Sequence[int],
+        condition_size: int,
+        middle_blocks: int = 0,
+    ):
         super().__init__()
         check_levels(channels, depths)
+        if middle_blocks < 0:
+            raise ValueError(f"middle_blocks must be at least 0, got {middle_blocks}")
         self.levels = len(channels)
         self.input = nn.Conv2d(in_channels, channels[0], 3, padding=1)
         self.blocks = nn.ModuleList()
@@ -134,6 +188,7 @@ class ConditionedEncoder(nn.Module):
             self.blocks.append(nn.ModuleList(blocks))
             last = level == len(channels) - 1
             self.downsample.append(nn.Identity() if last else nn.Conv2d(width, width, 3, stride=2, padding=1))
+        self.middle = nn.ModuleList(MiddleBlock(width, condition_size) for _ in range(middle_blocks))
 
     def leading_response(self, leading: torch.Tensor) -> torch.Tensor:
         """(B, C_lead, H, W) -> (B, channels[0], H, W): the input convolution's response to the
@@ -148,25 +203,45 @@ class ConditionedEncoder(nn.Module):
         self, x: torch.Tensor, condition: torch.Tensor, leading: torch.Tensor | None = None
     ) -> list[torch.Tensor]:
         """x (B, C_in, H, W), or its trailing channels when `leading` (B, channels[0], H, W) is
-        the `leading_response` to the others."""
+        the `leading_response` to the others -> each level's last feature map, the lowest one
+        after the middle blocks."""
+        levels, bottom = self.features(x, condition, leading)
+        return [level[-1] for level in levels[:-1]] + [bottom]
+
+    def features(
+        self, x: torch.Tensor, condition: torch.Tensor, leading: torch.Tensor | None = None
+    ) -> tuple[list[list[torch.Tensor]], torch.Tensor]:
+        """As `forward`, with every feature map: ([per level: its input, then each block's output],
+        the lowest level's last map after the middle blocks)."""
         check_frame_size(x.shape[-2], x.shape[-1], self.levels, "UNet input")
         if leading is None:
             h = self.input(x)
         else:
             weight = self.input.weight[:, self.input.in_channels - x.shape[1] :]
             h = F.conv2d(x, weight, self.input.bias, padding=1) + leading
-        skips = []
+        levels = []
         for blocks, down in zip(self.blocks, self.downsample):
+            level = [h]
             for block in blocks:
                 h = block(h, condition)
-            skips.append(h)
+                level.append(h)
+            levels.append(level)
             h = down(h)
-        return skips
+        for block in self.middle:
+            h = block(h, condition)
+        return levels, h
 
 
 class UNet(nn.Module):
     """(B, C_in, H, W), conditioning (B, D) -> (B, C_out, H, W). H and W must be multiples of
-    2 ** (len(channels) - 1)."""
+    2 ** (len(channels) - 1).
+
+    The way up has one of two layouts. Compact (`skip_every_block` False): `depths[i]` blocks per
+    level, the first of each level above the bottom taking that level's last feature map of the
+    way down as its one skip, nearest-neighbour upsampling. DIAMOND's (True): `depths[i] + 1` blocks
+    per level, each taking one skip (the way down's feature maps of that level in reverse: each
+    block's output, then the level's input), the last one returning to the level below's channels,
+    and upsampling by nearest neighbour then a 3x3 convolution."""
 
     def __init__(
         self,
@@ -176,6 +251,8 @@ class UNet(nn.Module):
         depths: Sequence[int],
         condition_size: int,
         channels_last: bool = True,
+        middle_blocks: int = 0,
+        skip_every_block: bool = False,
     ):
         super().__init__()
         self.channels, self.depths = tuple(channels), tuple(depths)
@@ -183,18 +260,29 @@ class UNet(nn.Module):
         # without reordering (1.2-1.6x faster forward on 64 x 64 frames here); weights keep
         # torch's layout, so checkpoints are unchanged.
         self.channels_last = channels_last
-        self.encoder = ConditionedEncoder(in_channels, channels, depths, condition_size)
+        self.skip_every_block = skip_every_block
+        # The encoder ends with the middle blocks; the way up starts from its last feature map.
+        self.encoder = ConditionedEncoder(in_channels, channels, depths, condition_size, middle_blocks)
         self.up_blocks = nn.ModuleList()
+        self.upsample = nn.ModuleList()
         width = channels[-1]
         for level in reversed(range(len(channels))):
+            bottom = level == len(channels) - 1
             blocks = []
-            for index in range(depths[level]):
-                # The first block of each level above the bottom takes the skip of its level on its
-                # channels (at the bottom the skip would be the input itself).
-                bottom = level == len(channels) - 1
-                incoming = width + channels[level] if index == 0 and not bottom else width
-                blocks.append(ResidualBlock(incoming, channels[level], condition_size))
-                width = channels[level]
+            if skip_every_block:
+                self.upsample.append(nn.Identity() if bottom else nn.Conv2d(width, width, 3, padding=1))
+                below = channels[max(0, level - 1)]  # the channels of the level's input
+                for index in range(depths[level] + 1):
+                    skip, out = (channels[level], channels[level]) if index < depths[level] else (below, below)
+                    blocks.append(ResidualBlock(width + skip, out, condition_size))
+                    width = out
+            else:
+                for index in range(depths[level]):
+                    # The first block of each level above the bottom takes the skip of its level on
+                    # its channels (at the bottom the skip would be the input itself).
+                    incoming = width + channels[level] if index == 0 and not bottom else width
+                    blocks.append(ResidualBlock(incoming, channels[level], condition_size))
+                    width = channels[level]
             self.up_blocks.append(nn.ModuleList(blocks))
         self.output_norm = nn.GroupNorm(group_count(width), width)
         self.output = nn.Conv2d(width, out_channels, 3, padding=1)
@@ -215,12 +303,17 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, condition: torch.Tensor, leading: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C_in, H, W) -> (B, C_out, H, W); with `leading` (see `leading_response`), x holds
         the trailing input channels only."""
-        skips = self.encoder(self.layout(x), condition, leading)
-        h = skips[-1]
+        levels, h = self.encoder.features(self.layout(x), condition, leading)
         for position, blocks in enumerate(self.up_blocks):
+            level = levels[len(levels) - 1 - position]
+            if self.skip_every_block:
+                if position > 0:
+                    h = self.upsample[position](F.interpolate(h, size=level[0].shape[-2:], mode="nearest"))
+                for block, skip in zip(blocks, reversed(level)):
+                    h = block(torch.cat([h, skip], dim=1), condition)
+                continue
             if position > 0:
-                skip = skips[len(skips) - 1 - position]
-                h = torch.cat([F.interpolate(h, size=skip.shape[-2:], mode="nearest"), skip], dim=1)
+                h = torch.cat([F.interpolate(h, size=level[-1].shape[-2:], mode="nearest"), level[-1]], dim=1)
             for block in blocks:
                 h = block(h, condition)
         return self.output(silu(self.output_norm(h))).contiguous()
