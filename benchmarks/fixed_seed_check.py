@@ -86,6 +86,7 @@ def tiny_iris() -> IrisConfig:
         model=TokenWorldModelConfig(size=TOKEN_SIZES["tiny"], stages=2),
         learner=ImaginationConfig(
             channels=(4, 4),
+            encoder="plain",  # as when the reference values were recorded
             lstm_size=16,
             horizon=3,
             burn_in=2,
@@ -109,7 +110,7 @@ def tiny_diamond() -> DiamondConfig:
         skip_every_block=False,
         reward_end=RewardEndConfig(channels=(4, 4), depths=(1, 1), condition_size=8, lstm_size=16, middle_blocks=0),
     )
-    learner = ImaginationConfig(channels=(4, 4), lstm_size=16, horizon=3, starts=2, burn_in=2)
+    learner = ImaginationConfig(channels=(4, 4), encoder="plain", lstm_size=16, horizon=3, starts=2, burn_in=2)
     return DiamondConfig(model=model, learner=learner, actor_critic_starts=1, open_loop_report=False)
 
 

@@ -3,6 +3,8 @@ find (wmlab.losses.events), and the shared actor-critic's learning."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import replace
 
@@ -11,8 +13,11 @@ import pytest
 import torch
 from gymnasium import spaces
 
+from wmlab.agents.diamond.config import DiamondConfig
 from wmlab.agents.imagination.config import ImaginationConfig
-from wmlab.agents.imagination.learner import ImaginationLearner
+from wmlab.agents.imagination.learner import ActorCritic, ImaginationLearner
+from wmlab.agents.iris.config import IrisConfig
+from wmlab.core.config import from_dict
 from wmlab.core.errors import ShapeError
 from wmlab.core.types import Batch
 from wmlab.losses.events import calibrated_logits, event_weighted_mean
@@ -209,3 +214,22 @@ def test_evaluation_samples_at_its_temperature_without_touching_training_draws()
         replace(config, evaluation_temperature=0.0), (8, 8, 3), 3, torch.device("cpu"), generator
     )
     assert torch.equal(greedy.evaluation_action(logits), torch.zeros(2000, dtype=torch.long))
+
+
+def test_the_paper_presets_actor_critics_are_diamonds_and_iris_networks_and_older_runs_load():
+    """With 4 actions on 64 x 64 frames, DIAMOND's preset has its code's 3,229,637 parameters
+    (residual stages with group norm), IRIS's its code's 3,217,957 (convolutions with ReLU); a
+    config.json written before the encoder setting existed reads as the plain stages."""
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(ActorCritic(DiamondConfig().learner, (64, 64, 3), 4)) == 3_229_637
+    assert count(ActorCritic(IrisConfig().learner, (64, 64, 3), 4)) == 3_217_957
+    relu = [type(layer) for layer in ActorCritic(IrisConfig().learner, (64, 64, 3), 4).encoder]
+    assert relu.count(torch.nn.ReLU) == 4 and torch.nn.SiLU not in relu
+    plain = replace(ImaginationConfig(), channels=(4, 4), encoder="plain")
+    torch.manual_seed(0)
+    saved = ActorCritic(plain, (8, 8, 3), 2).state_dict()
+    written_before = json.loads(json.dumps(dataclasses.asdict(plain)))
+    del written_before["encoder"]
+    read = from_dict(ImaginationConfig, written_before)
+    assert read == plain
+    ActorCritic(read, (8, 8, 3), 2).load_state_dict(saved)  # strict: every weight matches

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
 
 from wmlab.core.optim import OptimizerConfig
 
@@ -26,8 +27,16 @@ class ImaginationConfig:
         }
     )
 
+    #: A run written before `encoder` existed used the plain stages.
+    older_runs = MappingProxyType({"encoder": "plain"})
+
     channels: tuple[int, ...] = (32, 32, 64, 64)
-    """Channels of the frame encoder's stages (3x3 convolution, SiLU, 2x2 max-pooling each; DIAMOND: [32, 32, 64, 64])."""
+    """Channels of the frame encoder's stages, each halving the frame by 2x2 max-pooling (DIAMOND and IRIS: [32, 32, 64, 64])."""
+    encoder: Literal["residual", "relu", "plain"] = "residual"
+    """The encoder's stages. "residual" (DIAMOND): a 3x3 input convolution, then per stage a
+    residual block (group norm, SiLU, 3x3 convolution; a 1x1 convolution on the skip where the
+    channels change) and max-pooling. "relu" (IRIS): 3x3 convolution, max-pooling, ReLU. "plain"
+    (the CPU presets): 3x3 convolution, SiLU, max-pooling."""
     lstm_size: int = 512
     """Size of the LSTM over encoded frames (DIAMOND: 512)."""
     horizon: int = 15

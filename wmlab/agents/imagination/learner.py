@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from wmlab.agents.imagination.config import ImaginationConfig
@@ -45,30 +46,59 @@ from wmlab.core.optim import clipped_step, make_optimizer
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch
 from wmlab.losses.returns import lambda_returns
+from wmlab.nn.unet import group_count
 
 Recurrent = tuple[torch.Tensor, torch.Tensor]  # LSTM (hidden, cell), each (B, M)
 
 
+class ResidualStage(nn.Module):
+    """(B, C_in, H, W) -> (B, C_out, H, W): x' + conv(silu(group_norm(x))), x' the input or its
+    1x1 projection where the channels change (a stage of DIAMOND's actor-critic encoder)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(group_count(in_channels), in_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.conv(F.silu(self.norm(x)))
+
+
+def frame_encoder(config: ImaginationConfig, in_channels: int) -> nn.Sequential:
+    """The actor-critic's CNN, (B, C, H, W) -> (B, C_last, H / 2^stages, W / 2^stages), in the
+    layout `config.encoder` names."""
+    stages: list[nn.Module] = []
+    width = in_channels
+    if config.encoder == "residual":
+        stages.append(nn.Conv2d(in_channels, config.channels[0], 3, padding=1))
+        width = config.channels[0]
+    for channels in config.channels:
+        if config.encoder == "residual":
+            stages += [ResidualStage(width, channels), nn.MaxPool2d(2)]
+        else:
+            activation = nn.ReLU() if config.encoder == "relu" else nn.SiLU()
+            stages += [nn.Conv2d(width, channels, 3, padding=1), activation, nn.MaxPool2d(2)]
+        width = channels
+    return nn.Sequential(*stages)
+
+
 class ActorCritic(nn.Module):
     """frames (B, H, W, C) in [0, 1], LSTM state -> (action logits (B, A), value (B,), new state).
-    A CNN (3x3 convolution, SiLU, 2x2 max-pooling per stage) encodes the frame, an LSTM carries
-    the past, and two linear heads read it (DIAMOND's actor-critic)."""
+    A CNN (`frame_encoder`: DIAMOND's residual stages, IRIS's convolutions with ReLU, or plain
+    ones) encodes the frame, an LSTM carries the past, and two linear heads read it."""
 
     def __init__(self, config: ImaginationConfig, image_shape: tuple[int, int, int], actions: int):
         super().__init__()
         H, W, C = image_shape
-        stages: list[nn.Module] = []
-        width = C
-        for channels in config.channels:
-            stages += [nn.Conv2d(width, channels, 3, padding=1), nn.SiLU(), nn.MaxPool2d(2)]
-            width = channels
-            H, W = H // 2, W // 2
+        stages = len(config.channels)
+        H, W = H // 2**stages, W // 2**stages
         if H < 1 or W < 1:
             raise ShapeError(
-                f"the actor-critic's {len(config.channels)} pooling stages need frames of at least {2 ** len(config.channels)} pixels a side, got {image_shape[:2]}"
+                f"the actor-critic's {stages} pooling stages need frames of at least {2**stages} pixels a side, got {image_shape[:2]}"
             )
-        self.encoder = nn.Sequential(*stages, nn.Flatten())
-        self.lstm = nn.LSTMCell(width * H * W, config.lstm_size)
+        self.encoder = nn.Sequential(*frame_encoder(config, C), nn.Flatten())
+        self.lstm = nn.LSTMCell(config.channels[-1] * H * W, config.lstm_size)
         self.actor = nn.Linear(config.lstm_size, actions)
         self.critic = nn.Linear(config.lstm_size, 1)
         for head in (self.actor, self.critic):  # a uniform policy and zero values at the start (DIAMOND)

@@ -10,9 +10,10 @@ from wmlab.agents.imagination.config import ImaginationConfig
 from wmlab.core.optim import OptimizerConfig
 from wmlab.models.tokens import SIZES, TokenLossScales, TokenWorldModelConfig
 
-#: IRIS's actor-critic: DIAMOND's learner (the same CNN + LSTM) with IRIS's horizon, burn-in,
-#: discount, warm-up and clipping.
+#: IRIS's actor-critic: DIAMOND's learner with IRIS's CNN (convolutions, max-pooling, ReLU),
+#: horizon, burn-in, discount, warm-up and clipping.
 IRIS_LEARNER = ImaginationConfig(
+    encoder="relu",
     horizon=20,
     burn_in=20,
     discount=0.995,
@@ -120,6 +121,7 @@ class IrisCPUConfig(IrisConfig):
         default_factory=lambda: replace(
             IRIS_LEARNER,
             channels=(16, 16, 32, 32),
+            encoder="plain",
             lstm_size=128,
             burn_in=4,
             starts=0,
