@@ -32,7 +32,8 @@ from wmlab.models.diffusion import (
     karras_levels,
     preconditioning,
 )
-from wmlab.nn.unet import SelfAttention2d, UNet
+from wmlab.nn.spatial_attention import SelfAttention2d
+from wmlab.nn.unet import MiddleBlock, UNet
 from wmlab.runs.directory import load_trained_agent
 
 TINY = DiffusionConfig(
@@ -352,10 +353,10 @@ def test_the_fast_sampling_path_equals_the_plain_network():
 
 
 def test_the_middle_self_attention_is_multi_head_attention_over_the_positions():
-    """Heads of 8 channels over the H x W positions, added to the normalised input (DIAMOND's
-    residual); untrained, the group norm alone."""
+    """DIAMOND's middle blocks: heads of 8 channels over the H x W positions, added to the
+    normalised input; untrained, the group norm alone. IRIS's form adds to the input instead."""
     torch.manual_seed(0)
-    attention = SelfAttention2d(16)
+    attention = MiddleBlock(16, 4).attention
     x = torch.randn(2, 16, 3, 5)
     h = attention.norm(x)
     assert attention.heads == 2 and torch.equal(attention(x), h)
@@ -366,10 +367,12 @@ def test_the_middle_self_attention_is_multi_head_attention_over_the_positions():
         part = slice(8 * head, 8 * head + 8)
         weights = torch.softmax(q[:, part].transpose(1, 2) @ k[:, part] / math.sqrt(8), dim=-1)  # (B, HW, HW)
         heads.append(v[:, part] @ weights.transpose(1, 2))  # (B, 8, HW)
-    expected = h + attention.output(torch.cat(heads, 1).reshape(2, 16, 3, 5))
-    assert torch.allclose(attention(x), expected, atol=1e-5)
+    attended = attention.output(torch.cat(heads, 1).reshape(2, 16, 3, 5))
+    assert torch.allclose(attention(x), h + attended, atol=1e-5)
+    attention.add_to = "input"
+    assert torch.allclose(attention(x), x + attended, atol=1e-5)
     with pytest.raises(ValueError, match="heads"):
-        SelfAttention2d(17)
+        SelfAttention2d(17, heads=2)
 
 
 def test_the_paper_preset_has_diamonds_networks_and_an_older_run_loads_without_their_new_parts():

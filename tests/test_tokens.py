@@ -226,10 +226,17 @@ def test_registered_and_implements_the_protocol():
     assert model.tokens_per_frame == 16
 
 
-def test_tokenizer_round_trips_a_fitted_frame_set():
+@pytest.mark.parametrize("encoder", ["conv", "vqgan"])
+def test_tokenizer_round_trips_a_fitted_frame_set(encoder):
+    """Both convolutional tokenizers (IRIS's VQGAN with attention at the 4 x 4 and 8 x 8 maps)."""
     torch.manual_seed(0)
     config = TokenWorldModelConfig(
-        size=SIZES.preset("tiny", codebook_size=128, channels=16), stages=2, dropout=0.0, dead_code_threshold=0.1
+        size=SIZES.preset("tiny", codebook_size=128, channels=16),
+        stages=2,
+        dropout=0.0,
+        dead_code_threshold=0.1,
+        encoder=encoder,
+        attention_sides=(4, 8),
     )
     model = TokenWorldModel(config, SMALL, spaces.Discrete(3))
     frames = moving_square_frames(8)
@@ -248,6 +255,24 @@ def test_tokenizer_round_trips_a_fitted_frame_set():
     error = (decoded - torch.as_tensor(frames).float() / 255).pow(2).flatten(1).mean(-1)
     psnr = (-10 * error.log10()).mean().item()
     assert psnr > 24.0, f"round-trip PSNR {psnr:.1f} dB"
+
+
+def test_the_paper_preset_has_iris_networks():
+    """IRIS's preset on 64 x 64 frames with 4 actions: the tokenizer has the authors' 4,027,523
+    parameters (VQGAN encoder and decoder with attention at 8 x 8 and 16 x 16, pre- and
+    post-quantisation convolutions, 512 codes of 512) and the transformer their 7,898,112 plus
+    the 340 x 256 position embedding; 16 tokens a frame, decoded back to 64 x 64."""
+    from wmlab.agents.iris.config import IrisConfig
+
+    torch.manual_seed(0)
+    images = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
+    model = TokenWorldModel(IrisConfig().model, images, spaces.Discrete(4))
+    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+    assert count(model.tokenizer) == 4_027_523
+    assert count(model.transformer) == 7_898_112 + 340 * 256
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    tokens, _ = model.tokenize(frames)
+    assert tokens.shape == (2, 16) and model.decode({"tokens": tokens})["image"].shape == (2, 64, 64, 3)
 
 
 def test_patch_encoder_gives_each_patch_its_own_token():

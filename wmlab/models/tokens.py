@@ -78,6 +78,7 @@ from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
 from wmlab.losses.pixels import foreground_weights
 from wmlab.nn.distributions import TwoHot
+from wmlab.nn.spatial_attention import SelfAttention2d
 from wmlab.nn.transformer import KeyValueCache, Transformer, TransformerConfig
 from wmlab.nn.vq import CodebookLossScales, VectorQuantizer
 
@@ -191,10 +192,15 @@ class TokenWorldModelConfig:
     as make a 4 x 4 grid of the frame (IRIS's 16 tokens at any side 4 * 2^s; 2 for 16 x 16
     frames); a side not divisible by 2^stages is refused."""
     encoder: str = "conv"
-    """The tokenizer's encoder: "conv" (IRIS: convolutions and residual blocks across the frame,
-    so a token also sees its neighbours' pixels) or "patch" (each token computed from its own
-    patch alone, as a per-patch MLP: identical patches always get the same token, so a static
-    part of the scene keeps its tokens from frame to frame)."""
+    """The tokenizer's encoder and decoder: "vqgan" (IRIS's networks: residual blocks and
+    self-attention at `attention_sides`, a middle with attention, one more residual block per
+    level in the decoder), "conv" (residual blocks and convolutions across the frame without
+    attention, so a token also sees its neighbours' pixels) or "patch" (each token computed from
+    its own patch alone, as a per-patch MLP: identical patches always get the same token, so a
+    static part of the scene keeps its tokens from frame to frame)."""
+    attention_sides: tuple[int, ...] = (8, 16)
+    """"vqgan": the feature-map sides whose residual blocks are followed by self-attention (IRIS:
+    8 and 16 on 64 x 64 frames)."""
     action_in_tokens: bool = False
     """Also add each step's action embedding to the embeddings of that step's frame tokens, so
     every prediction of the next frame reads the action directly, not only through attention to
@@ -238,8 +244,8 @@ class TokenWorldModelConfig:
     def __post_init__(self) -> None:
         if self.reward_head not in ("sign", "twohot"):
             raise ValueError(f"TokenWorldModelConfig.reward_head must be sign or twohot, got {self.reward_head!r}")
-        if self.encoder not in ("conv", "patch"):
-            raise ValueError(f"TokenWorldModelConfig.encoder must be conv or patch, got {self.encoder!r}")
+        if self.encoder not in ("vqgan", "conv", "patch"):
+            raise ValueError(f"TokenWorldModelConfig.encoder must be vqgan, conv or patch, got {self.encoder!r}")
         if self.guided not in ("text", "action", "both"):
             raise ValueError(f"TokenWorldModelConfig.guided must be text, action or both, got {self.guided!r}")
         if self.temperature < 0:
@@ -276,16 +282,17 @@ def grid_stages(image_size: tuple[int, int], stages: int | None) -> int:
 
 
 class ResidualBlock(nn.Module):
-    """GroupNorm -> SiLU -> conv 3x3, twice, plus the input (the VQGAN / IRIS residual block)."""
+    """GroupNorm -> SiLU -> conv 3x3, twice, plus the input (the VQGAN / IRIS residual block;
+    `groups` None: gcd(channels, 8))."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int | None = None, eps: float = 1e-5):
         super().__init__()
-        groups = math.gcd(channels, 8)
+        groups = math.gcd(channels, 8) if groups is None else groups
         self.layers = nn.Sequential(
-            nn.GroupNorm(groups, channels),
+            nn.GroupNorm(groups, channels, eps=eps),
             nn.SiLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
-            nn.GroupNorm(groups, channels),
+            nn.GroupNorm(groups, channels, eps=eps),
             nn.SiLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
@@ -294,11 +301,102 @@ class ResidualBlock(nn.Module):
         return x + self.layers(x)
 
 
+def compact_networks(
+    image_channels: int, widths: TokenSizes, stages: int, side: int, patch: bool
+) -> tuple[nn.Sequential, nn.Sequential]:
+    """The "conv" (or, with `patch`, "patch") encoder and the decoder of `Tokenizer`."""
+    channels = widths.channels
+
+    def blocks_at(side: int) -> list[nn.Module]:
+        count = widths.residual_blocks if side <= widths.residual_max_side else 0
+        return [ResidualBlock(channels) for _ in range(count)]
+
+    factor = 2**stages
+    if patch:  # one patch per token, read by 1 x 1 convolutions: an MLP per patch
+        encoder: list[nn.Module] = [nn.Conv2d(image_channels, channels, factor, stride=factor), nn.SiLU()]
+        encoder += [nn.Conv2d(channels, channels, 1), nn.SiLU(), nn.Conv2d(channels, widths.code_size, 1)]
+    else:
+        encoder = [nn.Conv2d(image_channels, channels, 3, padding=1)]
+        for stage in range(stages):
+            encoder += blocks_at(side >> stage)
+            encoder.append(nn.Conv2d(channels, channels, 4, stride=2, padding=1))
+        encoder += blocks_at(side >> stages)
+        encoder += [
+            nn.GroupNorm(math.gcd(channels, 8), channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, widths.code_size, 1),
+        ]
+    decoder: list[nn.Module] = [nn.Conv2d(widths.code_size, channels, 3, padding=1)]
+    decoder += blocks_at(side >> stages)
+    for stage in reversed(range(stages)):
+        decoder += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1)]
+        decoder += blocks_at(side >> stage)
+    decoder += [
+        nn.GroupNorm(math.gcd(channels, 8), channels),
+        nn.SiLU(),
+        nn.Conv2d(channels, image_channels, 3, padding=1),
+    ]
+    return nn.Sequential(*encoder), nn.Sequential(*decoder)
+
+
+#: Group norm of IRIS's tokenizer (taming-transformers' Normalize): 32 groups, eps 1e-6.
+VQGAN_GROUPS, VQGAN_EPS = 32, 1e-6
+
+
+def vqgan_networks(
+    image_channels: int, widths: TokenSizes, stages: int, side: int, attention_sides: tuple[int, ...]
+) -> tuple[nn.Sequential, nn.Sequential]:
+    """IRIS's tokenizer networks (its nets.py, from taming-transformers, at one width): the
+    encoder and the decoder of `Tokenizer` with encoder "vqgan"."""
+    channels, blocks = widths.channels, widths.residual_blocks
+    groups = math.gcd(channels, VQGAN_GROUPS)
+
+    def norm() -> nn.GroupNorm:
+        return nn.GroupNorm(groups, channels, eps=VQGAN_EPS)
+
+    def residual() -> ResidualBlock:
+        return ResidualBlock(channels, groups, VQGAN_EPS)
+
+    def attention() -> SelfAttention2d:
+        return SelfAttention2d(channels, heads=1, groups=groups, eps=VQGAN_EPS, add_to="input")
+
+    def level(side: int, count: int) -> list[nn.Module]:
+        with_attention = side in attention_sides
+        return [
+            module for _ in range(count) for module in ([residual(), attention()] if with_attention else [residual()])
+        ]
+
+    middle = [residual(), attention(), residual()]
+    encoder: list[nn.Module] = [nn.Conv2d(image_channels, channels, 3, padding=1)]
+    for stage in range(stages + 1):
+        encoder += level(side >> stage, blocks)
+        if stage < stages:  # a stride-2 convolution padded on the right and bottom only, as IRIS's
+            encoder += [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(channels, channels, 3, stride=2)]
+    encoder += middle
+    encoder += [norm(), nn.SiLU(), nn.Conv2d(channels, widths.code_size, 3, padding=1)]
+    encoder.append(nn.Conv2d(widths.code_size, widths.code_size, 1))  # IRIS's pre-quantisation convolution
+    decoder: list[nn.Module] = [
+        nn.Conv2d(widths.code_size, widths.code_size, 1),  # IRIS's post-quantisation convolution
+        nn.Conv2d(widths.code_size, channels, 3, padding=1),
+    ]
+    decoder += [residual(), attention(), residual()]
+    for stage in reversed(range(stages + 1)):
+        decoder += level(side >> stage, blocks + 1)
+        if stage > 0:
+            decoder += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1)]
+    decoder += [norm(), nn.SiLU(), nn.Conv2d(channels, image_channels, 3, padding=1)]
+    return nn.Sequential(*encoder), nn.Sequential(*decoder)
+
+
 class Tokenizer(nn.Module):
     """Frames (N, Ch, H, W) in [0, 1] <-> K = (H / 2^s) (W / 2^s) tokens of a V-code book.
 
-    Encoder: conv in, then per stage residual blocks and a stride-2 conv; residual blocks at the
-    bottom; a 1x1 conv to the code size. The decoder mirrors it with nearest upsampling.
+    Encoder ("conv"): conv in, then per stage residual blocks and a stride-2 conv; residual
+    blocks at the bottom; a 1x1 conv to the code size. The decoder mirrors it with nearest
+    upsampling. "vqgan" is IRIS's (taming-transformers' VQGAN without the GAN): per level
+    residual blocks, each followed by self-attention where the side is in `attention_sides`; a
+    middle of residual block, attention, residual block; a 3x3 then a 1x1 conv to the code size;
+    the decoder has one residual block more per level. "patch": one patch per token.
     """
 
     def __init__(
@@ -311,14 +409,9 @@ class Tokenizer(nn.Module):
         usage_decay: float = 0.99,
         restart_on: str = "random",
         encoder_kind: str = "conv",
+        attention_sides: tuple[int, ...] = (),
     ):
         super().__init__()
-        channels = widths.channels
-
-        def blocks_at(side: int) -> list[nn.Module]:
-            count = widths.residual_blocks if side <= widths.residual_max_side else 0
-            return [ResidualBlock(channels) for _ in range(count)]
-
         factor = 2**stages
         height, width = image_size
         if height % factor or width % factor:
@@ -330,32 +423,10 @@ class Tokenizer(nn.Module):
         self.tokens_per_frame = self.grid[0] * self.grid[1]
         self.image_channels = image_channels
         side = max(height, width)
-        if encoder_kind == "patch":  # one patch per token, read by 1 x 1 convolutions: an MLP per patch
-            encoder: list[nn.Module] = [nn.Conv2d(image_channels, channels, factor, stride=factor), nn.SiLU()]
-            encoder += [nn.Conv2d(channels, channels, 1), nn.SiLU(), nn.Conv2d(channels, widths.code_size, 1)]
+        if encoder_kind == "vqgan":
+            self.encoder, self.decoder = vqgan_networks(image_channels, widths, stages, side, attention_sides)
         else:
-            encoder = [nn.Conv2d(image_channels, channels, 3, padding=1)]
-            for stage in range(stages):
-                encoder += blocks_at(side >> stage)
-                encoder.append(nn.Conv2d(channels, channels, 4, stride=2, padding=1))
-            encoder += blocks_at(side >> stages)
-            encoder += [
-                nn.GroupNorm(math.gcd(channels, 8), channels),
-                nn.SiLU(),
-                nn.Conv2d(channels, widths.code_size, 1),
-            ]
-        self.encoder = nn.Sequential(*encoder)
-        decoder: list[nn.Module] = [nn.Conv2d(widths.code_size, channels, 3, padding=1)]
-        decoder += blocks_at(side >> stages)
-        for stage in reversed(range(stages)):
-            decoder += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1)]
-            decoder += blocks_at(side >> stage)
-        decoder += [
-            nn.GroupNorm(math.gcd(channels, 8), channels),
-            nn.SiLU(),
-            nn.Conv2d(channels, image_channels, 3, padding=1),
-        ]
-        self.decoder = nn.Sequential(*decoder)
+            self.encoder, self.decoder = compact_networks(image_channels, widths, stages, side, encoder_kind == "patch")
         self.quantizer = VectorQuantizer(
             widths.codebook_size,
             widths.code_size,
@@ -429,6 +500,7 @@ class TokenWorldModel(nn.Module):
             config.usage_decay,
             config.restart_on,
             config.encoder,
+            config.attention_sides,
         )
         K = self.tokens_per_frame = self.tokenizer.tokens_per_frame
         self.context = widths.context

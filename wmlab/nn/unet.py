@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from wmlab.core.errors import ShapeError
+from wmlab.nn.spatial_attention import SelfAttention2d
 
 #: Channels per group of every group norm (DIAMOND's GroupNorm uses groups of 32 channels).
 GROUP_SIZE = 32
@@ -82,42 +83,16 @@ class ResidualBlock(nn.Module):
         return self.skip(x) + h
 
 
-class SelfAttention2d(nn.Module):
-    """(B, C, H, W) -> (B, C, H, W): multi-head self-attention over the H x W positions, heads of
-    ATTENTION_HEAD_SIZE channels, after a group norm; the output projection starts at zero. As in
-    DIAMOND's code, the residual adds to the normalised input: norm(x) + out(attention(norm(x)))
-    (so an untrained block is a group norm, not the identity)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.heads = max(1, channels // ATTENTION_HEAD_SIZE)
-        if channels % self.heads:
-            raise ValueError(
-                f"self-attention over {channels} channels: {self.heads} heads of about {ATTENTION_HEAD_SIZE} channels "
-                f"do not divide them; use a multiple of {ATTENTION_HEAD_SIZE} (or fewer than {2 * ATTENTION_HEAD_SIZE})"
-            )
-        self.norm = nn.GroupNorm(group_count(channels), channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.output = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.output.weight)
-        nn.init.zeros_(self.output.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        x = self.norm(x)
-        # (B, 3C, H, W) -> three (B, heads, H * W, C / heads)
-        q, k, v = self.qkv(x).reshape(B, 3, self.heads, C // self.heads, H * W).transpose(-1, -2).unbind(1)
-        attended = F.scaled_dot_product_attention(q, k, v)  # (B, heads, H * W, C / heads)
-        return x + self.output(attended.transpose(-1, -2).reshape(B, C, H, W))
-
-
 class MiddleBlock(nn.Module):
     """A residual block, then self-attention: DIAMOND's blocks at the lowest resolution."""
 
     def __init__(self, channels: int, condition_size: int):
         super().__init__()
         self.residual = ResidualBlock(channels, channels, condition_size)
-        self.attention = SelfAttention2d(channels)
+        # DIAMOND's attention: heads of 8 channels, its group norm's groups, added to the normalised input
+        self.attention = SelfAttention2d(
+            channels, heads=max(1, channels // ATTENTION_HEAD_SIZE), groups=group_count(channels), add_to="normalized"
+        )
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         return self.attention(self.residual(x, condition))

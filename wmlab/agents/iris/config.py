@@ -41,8 +41,10 @@ class IrisConfig:
         }
     )
 
-    model: TokenWorldModelConfig = field(default_factory=lambda: TokenWorldModelConfig(size=SIZES["iris"]))
-    """The token world model: VQ tokenizer (16 tokens of a 512-code vocabulary) and a 10-layer GPT."""
+    model: TokenWorldModelConfig = field(
+        default_factory=lambda: TokenWorldModelConfig(size=SIZES["iris"], encoder="vqgan")
+    )
+    """The token world model: IRIS's VQGAN tokenizer (16 tokens of a 512-code vocabulary) and a 10-layer GPT."""
     learner: ImaginationConfig = field(default_factory=lambda: IRIS_LEARNER)
     """The actor-critic learned on generated frames (IRIS: CNN (32, 32, 64, 64) + LSTM 512,
     horizon 20, burn-in 20, gamma 0.995, lambda 0.95, entropy weight 0.001, Adam 1e-4, clip 10;
