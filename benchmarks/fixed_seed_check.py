@@ -108,6 +108,7 @@ def tiny_diamond() -> DiamondConfig:
         context=2,
         middle_blocks=0,  # as when the reference values were recorded
         skip_every_block=False,
+        action_projection=True,
         reward_end=RewardEndConfig(channels=(4, 4), depths=(1, 1), condition_size=8, lstm_size=16, middle_blocks=0),
     )
     learner = ImaginationConfig(channels=(4, 4), encoder="plain", lstm_size=16, horizon=3, starts=2, burn_in=2)

@@ -13,7 +13,7 @@ ENV_KWARGS=${ENV_KWARGS:-{\}}  # two-rooms options of the recording, e.g. '{"rew
 set -e
 $PY -m wmlab.data.instructions $OUT/captioned $OUT/instructions --record $EPISODES --seed 0 --env-kwargs "$ENV_KWARGS" --force
 $PY -m wmlab.cli train --model diffusion --dataset $OUT/instructions --run-dir $OUT/run --force \
-  --world-model.channels 16 16 32 32 --world-model.depths 1 1 1 1 --world-model.condition-size 64 --world-model.middle-blocks 0 --world-model.no-skip-every-block \
+  --world-model.channels 16 16 32 32 --world-model.depths 1 1 1 1 --world-model.condition-size 64 --world-model.middle-blocks 0 --world-model.no-skip-every-block --world-model.action-projection \
   --world-model.reward-end.channels 8 8 16 16 --world-model.reward-end.depths 1 1 1 1 --world-model.reward-end.middle-blocks 0 \
   --world-model.reward-end.condition-size 32 --world-model.reward-end.lstm-size 128 \
   $([ "$SKIP" = 1 ] && echo --world-model.reward-end.feature-skip) \

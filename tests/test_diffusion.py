@@ -376,25 +376,31 @@ def test_the_middle_self_attention_is_multi_head_attention_over_the_positions():
 
 
 def test_the_paper_preset_has_diamonds_networks_and_an_older_run_loads_without_their_new_parts():
-    """The paper preset's UNet (between its input and output convolutions) and reward encoder
-    have exactly the parameter counts of DIAMOND's code (its Atari configuration: 4,263,552 and
-    388,160, with the middle attention blocks and the way up that takes a skip at every block); a
-    config.json written before those settings existed reads as the compact UNet without middle
-    blocks, so an older run's checkpoint still loads."""
+    """The paper preset's UNet (between its input and output convolutions), denoiser and reward
+    encoder have exactly the parameter counts of DIAMOND's code (its Atari configuration:
+    4,263,552, 4,405,955 and 388,160: the middle attention blocks, the way up that takes a skip
+    at every block, the action embeddings summed without a projection); a config.json written
+    before those settings existed reads as wmlab's earlier networks, so an older run's checkpoint
+    still loads."""
     images = spaces.Dict({"image": spaces.Box(0, 255, (64, 64, 3), np.uint8)})
     paper = DiffusionWorldModel(DiffusionConfig(), images, spaces.Discrete(4))
     count = lambda *modules: sum(p.numel() for module in modules for p in module.parameters())  # noqa: E731
     unet = paper.denoiser.unet
     assert count(unet) - count(unet.encoder.input, unet.output_norm, unet.output) == 4_263_552
+    assert count(paper.denoiser) == 4_405_955  # DIAMOND's InnerModel: the paper's "4.4M"
     assert count(paper.reward_end.encoder) == 388_160
-    older = replace(TINY, middle_blocks=0, skip_every_block=False, reward_end=replace(TINY.reward_end, middle_blocks=0))
+    older = replace(
+        TINY,
+        middle_blocks=0,
+        skip_every_block=False,
+        action_projection=True,
+        reward_end=replace(TINY.reward_end, middle_blocks=0),
+    )
     saved = make_model(older).state_dict()
     written_before = json.loads(json.dumps(dataclasses.asdict(older)))
-    del (
-        written_before["middle_blocks"],
-        written_before["skip_every_block"],
-        written_before["reward_end"]["middle_blocks"],
-    )
+    for name in ("middle_blocks", "skip_every_block", "action_projection"):
+        del written_before[name]
+    del written_before["reward_end"]["middle_blocks"]
     read = from_dict(DiffusionConfig, written_before)
     assert read == older
     DiffusionWorldModel(read, IMAGES, ACTIONS).load_state_dict(saved)  # strict: every weight matches

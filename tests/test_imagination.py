@@ -32,6 +32,7 @@ TINY = DiffusionConfig(
     depths=(1, 1),
     middle_blocks=0,
     skip_every_block=False,
+    action_projection=True,
     condition_size=16,
     context=2,
     reward_end=RewardEndConfig(channels=(8, 8), depths=(1, 1), middle_blocks=0, condition_size=8, lstm_size=32),

@@ -152,6 +152,9 @@ class DiffusionConfig:
     middle_blocks: int = 2
     """Residual blocks with self-attention between the UNet's way down and its way up, at the
     lowest resolution (DIAMOND: 2, whatever its per-level attention says)."""
+    action_projection: bool = False
+    """A linear layer on the K concatenated action embeddings before they join the conditioning
+    (always there when K does not divide `condition_size`); DIAMOND: none."""
     skip_every_block: bool = True
     """DIAMOND's way up: depths[i] + 1 blocks per level, each concatenating one feature map of the
     way down, and a convolution after each upsampling. False: wmlab's compact way up, depths[i]
@@ -195,16 +198,20 @@ class DiffusionConfig:
     """The reward and end model."""
     loss_scales: DiffusionLossScales = field(default_factory=DiffusionLossScales)
     """Weights of the loss terms."""
-    older_runs = MappingProxyType({"middle_blocks": 0, "skip_every_block": False})  # runs trained before these existed
+    older_runs = MappingProxyType(  # runs trained before these settings existed
+        {"middle_blocks": 0, "skip_every_block": False, "action_projection": True}
+    )
 
 
 #: A preset small enough to learn on a 2-core CPU (about 0.2M denoiser parameters), with the
-#: compact way up and without the middle blocks (every CPU row in docs/benchmarks.md was measured so).
+#: compact way up, the action projection and without the middle blocks (every CPU row in
+#: docs/benchmarks.md was measured so).
 DIFFUSION_CPU = DiffusionConfig(
     channels=(16, 16, 32, 32),
     depths=(1, 1, 1, 1),
     middle_blocks=0,
     skip_every_block=False,
+    action_projection=True,
     condition_size=64,
     reward_end=RewardEndConfig(
         channels=(8, 8, 16, 16), depths=(1, 1, 1, 1), middle_blocks=0, condition_size=32, lstm_size=128
@@ -324,7 +331,12 @@ class NextFrameDenoiser(nn.Module):
         self.noise_embedding = FourierFeatures(size)
         # One embedding per context position, concatenated (DIAMOND embeds the K actions so).
         self.action_embedding = nn.Embedding(actions, size // K)
-        self.action_projection = nn.Linear((size // K) * K, size)
+        # DIAMOND sums the concatenated embeddings into the conditioning as they are (size // K
+        # each); a linear projection where K does not divide the size, or where asked.
+        fits = (size // K) * K == size
+        self.action_projection = (
+            nn.Identity() if fits and not config.action_projection else nn.Linear((size // K) * K, size)
+        )
         self.context_noise_embedding = (
             nn.Embedding(config.context_noise_buckets, size) if config.context_noise else None
         )
