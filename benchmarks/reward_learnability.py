@@ -108,11 +108,12 @@ def run(arguments) -> dict:
     actions = dataset.action_space.n
     if arguments.model == "diamond":
         config = RewardEndConfig(
-            tuple(arguments.channels),
-            tuple(arguments.depths),
-            arguments.condition_size,
-            arguments.width,
-            arguments.feature_skip,
+            channels=tuple(arguments.channels),
+            depths=tuple(arguments.depths),
+            condition_size=arguments.condition_size,
+            lstm_size=arguments.width,
+            middle_blocks=arguments.middle_blocks,
+            feature_skip=arguments.feature_skip,
         )
         classifier = WorldModelRewards(config, channels, (height, width_pixels), actions)
     else:
@@ -164,6 +165,9 @@ def main() -> None:
     parser.add_argument("--depths", type=int, nargs="+", default=[1, 1, 1, 1], help="diamond: blocks per level")
     parser.add_argument("--condition-size", type=int, default=32, help="diamond: action embedding size")
     parser.add_argument("--feature-skip", action="store_true", help="diamond: RewardEndConfig.feature_skip")
+    parser.add_argument(
+        "--middle-blocks", type=int, default=0, help="diamond: RewardEndConfig.middle_blocks (attention at the end)"
+    )
     parser.add_argument("--width", type=int, default=128, help="LSTM size (reference: the ReLU layer has twice it)")
     parser.add_argument("--updates", type=int, default=1500)
     parser.add_argument("--every", type=int, default=250)
