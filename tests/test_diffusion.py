@@ -387,7 +387,7 @@ def test_the_paper_preset_has_diamonds_networks_and_an_older_run_loads_without_t
     count = lambda *modules: sum(p.numel() for module in modules for p in module.parameters())  # noqa: E731
     unet = paper.denoiser.unet
     assert count(unet) - count(unet.encoder.input, unet.output_norm, unet.output) == 4_263_552
-    assert count(paper.denoiser) == 4_405_955  # DIAMOND's InnerModel: the paper's "4.4M"
+    assert count(paper.denoiser) == 4_405_955  # DIAMOND's InnerModel
     assert count(paper.reward_end.encoder) == 388_160
     older = replace(
         TINY,
