@@ -42,7 +42,9 @@ class IrisConfig:
     )
 
     model: TokenWorldModelConfig = field(
-        default_factory=lambda: TokenWorldModelConfig(size=SIZES["iris"], encoder="vqgan")
+        default_factory=lambda: TokenWorldModelConfig(
+            size=SIZES["iris"], encoder="vqgan", loss_scales=TokenLossScales(commitment=1.0)
+        )
     )
     """The token world model: IRIS's VQGAN tokenizer (16 tokens of a 512-code vocabulary) and a 10-layer GPT."""
     learner: ImaginationConfig = field(default_factory=lambda: IRIS_LEARNER)
