@@ -87,6 +87,7 @@ def tiny_iris() -> IrisConfig:
         learner=ImaginationConfig(
             channels=(4, 4),
             encoder="plain",  # as when the reference values were recorded
+            diamond_lstm_init=False,
             lstm_size=16,
             horizon=3,
             burn_in=2,
@@ -109,9 +110,13 @@ def tiny_diamond() -> DiamondConfig:
         middle_blocks=0,  # as when the reference values were recorded
         skip_every_block=False,
         action_projection=True,
-        reward_end=RewardEndConfig(channels=(4, 4), depths=(1, 1), condition_size=8, lstm_size=16, middle_blocks=0),
+        reward_end=RewardEndConfig(
+            channels=(4, 4), depths=(1, 1), condition_size=8, lstm_size=16, middle_blocks=0, diamond_lstm_init=False
+        ),
     )
-    learner = ImaginationConfig(channels=(4, 4), encoder="plain", lstm_size=16, horizon=3, starts=2, burn_in=2)
+    learner = ImaginationConfig(
+        channels=(4, 4), encoder="plain", diamond_lstm_init=False, lstm_size=16, horizon=3, starts=2, burn_in=2
+    )
     return DiamondConfig(model=model, learner=learner, actor_critic_starts=1, open_loop_report=False)
 
 

@@ -35,7 +35,9 @@ TINY = DiffusionConfig(
     action_projection=True,
     condition_size=16,
     context=2,
-    reward_end=RewardEndConfig(channels=(8, 8), depths=(1, 1), middle_blocks=0, condition_size=8, lstm_size=32),
+    reward_end=RewardEndConfig(
+        channels=(8, 8), depths=(1, 1), middle_blocks=0, diamond_lstm_init=False, condition_size=8, lstm_size=32
+    ),
 )
 
 
@@ -234,3 +236,20 @@ def test_the_paper_presets_actor_critics_are_diamonds_and_iris_networks_and_olde
     read = from_dict(ImaginationConfig, written_before)
     assert read == plain
     ActorCritic(read, (8, 8, 3), 2).load_state_dict(saved)  # strict: every weight matches
+
+
+def test_diamonds_lstm_initialisation_opens_the_forget_gate():
+    """DIAMOND's presets initialise their LSTMs as its code does: orthogonal recurrent weights,
+    zero biases but the forget gate's input bias at 1; IRIS's and the CPU presets keep torch's."""
+    torch.manual_seed(0)
+    diamond = ActorCritic(replace(ImaginationConfig(), channels=(4, 4), lstm_size=8), (8, 8, 3), 2).lstm
+    recurrent = diamond.weight_hh.data
+    assert torch.allclose(recurrent.T @ recurrent, torch.eye(8), atol=1e-5)  # (32, 8): orthonormal columns
+    assert torch.equal(diamond.bias_ih.data, torch.tensor([0.0] * 8 + [1.0] * 8 + [0.0] * 16))
+    assert torch.equal(diamond.bias_hh.data, torch.zeros(32))
+    iris = ActorCritic(replace(IrisConfig().learner, channels=(4, 4), lstm_size=8), (8, 8, 3), 2).lstm
+    assert not torch.equal(iris.bias_ih.data[8:16], torch.ones(8))
+    images = spaces.Dict({"image": spaces.Box(0, 255, (SIDE, SIDE, 1), np.uint8)})
+    config = replace(TINY, reward_end=replace(TINY.reward_end, diamond_lstm_init=True))
+    model = DiffusionWorldModel(config, images, spaces.Discrete(2))
+    assert torch.equal(model.reward_end.lstm.bias_ih.data[32:64], torch.ones(32))

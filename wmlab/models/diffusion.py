@@ -62,6 +62,7 @@ from wmlab.core.shapes import check_shape, episode_starts, step_signals
 from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
 from wmlab.losses.pixels import foreground_weights
+from wmlab.nn.lstm import diamond_lstm_init
 from wmlab.nn.unet import ConditionedEncoder, FourierFeatures, UNet, check_frame_size
 
 State = dict[str, torch.Tensor]
@@ -113,11 +114,14 @@ class RewardEndConfig:
     """M, the LSTM's size (DIAMOND: 512)."""
     middle_blocks: int = 2
     """Residual blocks with self-attention after the encoder's last level (DIAMOND: 2)."""
+    diamond_lstm_init: bool = True
+    """Initialise the LSTM as DIAMOND does (wmlab.nn.lstm: Xavier and orthogonal weights, forget
+    gate bias 1); False: torch's default."""
     feature_skip: bool = False
     """The head also reads the encoder's features of the step, beside the LSTM's output (DIAMOND:
     the LSTM's output alone). A reward seen in the frame pair then need not pass the LSTM, which
     at small sizes stays at the prior on two-rooms' dense reward (docs/benchmarks.md)."""
-    older_runs = MappingProxyType({"middle_blocks": 0})  # a run trained before the middle blocks existed
+    older_runs = MappingProxyType({"middle_blocks": 0, "diamond_lstm_init": False})  # runs from before these existed
 
 
 @dataclass(frozen=True)
@@ -214,7 +218,12 @@ DIFFUSION_CPU = DiffusionConfig(
     action_projection=True,
     condition_size=64,
     reward_end=RewardEndConfig(
-        channels=(8, 8, 16, 16), depths=(1, 1, 1, 1), middle_blocks=0, condition_size=32, lstm_size=128
+        channels=(8, 8, 16, 16),
+        depths=(1, 1, 1, 1),
+        middle_blocks=0,
+        diamond_lstm_init=False,
+        condition_size=32,
+        lstm_size=128,
     ),
 )
 
@@ -421,6 +430,8 @@ class RewardEndModel(nn.Module):
         factor = 2 ** (len(config.channels) - 1)
         features = config.channels[-1] * (image_size[0] // factor) * (image_size[1] // factor)
         self.lstm = nn.LSTMCell(features, config.lstm_size)
+        if config.diamond_lstm_init:
+            diamond_lstm_init(self.lstm)
         head_input = config.lstm_size + (features if config.feature_skip else 0)
         self.head = nn.Sequential(nn.Linear(head_input, config.lstm_size), nn.SiLU(), nn.Linear(config.lstm_size, 5))
         self.lstm_size = config.lstm_size

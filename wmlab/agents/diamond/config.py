@@ -72,6 +72,7 @@ class DiamondCPUConfig(DiamondConfig):
         default_factory=lambda: ImaginationConfig(
             channels=(16, 16, 32, 32),
             encoder="plain",
+            diamond_lstm_init=False,
             lstm_size=128,
             starts=8,
             optimizer=replace(ACTOR_CRITIC_OPTIMIZER, learning_rate=1e-3, warmup=0),

@@ -27,8 +27,8 @@ class ImaginationConfig:
         }
     )
 
-    #: A run written before `encoder` existed used the plain stages.
-    older_runs = MappingProxyType({"encoder": "plain"})
+    #: A run written before `encoder` existed used the plain stages and torch's LSTM initialisation.
+    older_runs = MappingProxyType({"encoder": "plain", "diamond_lstm_init": False})
 
     channels: tuple[int, ...] = (32, 32, 64, 64)
     """Channels of the frame encoder's stages, each halving the frame by 2x2 max-pooling (DIAMOND and IRIS: [32, 32, 64, 64])."""
@@ -39,6 +39,9 @@ class ImaginationConfig:
     (the CPU presets): 3x3 convolution, SiLU, max-pooling."""
     lstm_size: int = 512
     """Size of the LSTM over encoded frames (DIAMOND: 512)."""
+    diamond_lstm_init: bool = True
+    """Initialise the LSTM as DIAMOND does (wmlab.nn.lstm: Xavier and orthogonal weights, forget
+    gate bias 1); False: torch's default (IRIS)."""
     horizon: int = 15
     """Imagined steps per rollout (DIAMOND: 15)."""
     burn_in: int = 4

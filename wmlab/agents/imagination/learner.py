@@ -46,6 +46,7 @@ from wmlab.core.optim import clipped_step, make_optimizer
 from wmlab.core.shapes import check_shape
 from wmlab.core.types import Batch
 from wmlab.losses.returns import lambda_returns
+from wmlab.nn.lstm import diamond_lstm_init
 from wmlab.nn.unet import group_count
 
 Recurrent = tuple[torch.Tensor, torch.Tensor]  # LSTM (hidden, cell), each (B, M)
@@ -99,6 +100,8 @@ class ActorCritic(nn.Module):
             )
         self.encoder = nn.Sequential(*frame_encoder(config, C), nn.Flatten())
         self.lstm = nn.LSTMCell(config.channels[-1] * H * W, config.lstm_size)
+        if config.diamond_lstm_init:
+            diamond_lstm_init(self.lstm)
         self.actor = nn.Linear(config.lstm_size, actions)
         self.critic = nn.Linear(config.lstm_size, 1)
         for head in (self.actor, self.critic):  # a uniform policy and zero values at the start (DIAMOND)

@@ -14,6 +14,7 @@ from wmlab.models.tokens import SIZES, TokenLossScales, TokenWorldModelConfig
 #: horizon, burn-in, discount, warm-up and clipping.
 IRIS_LEARNER = ImaginationConfig(
     encoder="relu",
+    diamond_lstm_init=False,
     horizon=20,
     burn_in=20,
     discount=0.995,
