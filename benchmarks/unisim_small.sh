@@ -10,11 +10,15 @@ FOREGROUND=${FOREGROUND:-0}  # the denoiser's foreground pixel weight (diamond-c
 SPARSE=${SPARSE:-1}  # weight of reward / end steps in the reward-end model's losses (diamond-cpu: 10); 1: plain, as measured
 SKIP=${SKIP:-0}  # 1: the reward-end head also reads the encoder's features past the LSTM (feature_skip); 0: DIAMOND's
 ENV_KWARGS=${ENV_KWARGS:-{\}}  # two-rooms options of the recording, e.g. '{"reward": "dense"}' (the zero-shot row needs the same)
+REWARD_MIDDLE=${REWARD_MIDDLE:-0}  # the reward-end encoder's middle attention blocks (DIAMOND: 2); 0: as measured before 2026-12-07
+RECORD=${RECORD:-1}  # 0: reuse $OUT/instructions as it is (same EPISODES and ENV_KWARGS)
 set -e
-$PY -m wmlab.data.instructions $OUT/captioned $OUT/instructions --record $EPISODES --seed 0 --env-kwargs "$ENV_KWARGS" --force
+if [ "$RECORD" = 1 ]; then
+  $PY -m wmlab.data.instructions $OUT/captioned $OUT/instructions --record $EPISODES --seed 0 --env-kwargs "$ENV_KWARGS" --force
+fi
 $PY -m wmlab.cli train --model diffusion --dataset $OUT/instructions --run-dir $OUT/run --force \
   --world-model.channels 16 16 32 32 --world-model.depths 1 1 1 1 --world-model.condition-size 64 --world-model.middle-blocks 0 --world-model.no-skip-every-block --world-model.action-projection \
-  --world-model.reward-end.channels 8 8 16 16 --world-model.reward-end.depths 1 1 1 1 --world-model.reward-end.middle-blocks 0 \
+  --world-model.reward-end.channels 8 8 16 16 --world-model.reward-end.depths 1 1 1 1 --world-model.reward-end.middle-blocks $REWARD_MIDDLE \
   --world-model.reward-end.condition-size 32 --world-model.reward-end.lstm-size 128 \
   $([ "$SKIP" = 1 ] && echo --world-model.reward-end.feature-skip) \
   --world-model.condition-size-input 384 --world-model.condition-dropout 0.1 \
