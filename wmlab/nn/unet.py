@@ -10,10 +10,11 @@ and UniSim's in small. Each residual block is
 normalization"), so the noise level, the action and any other conditioning reach every layer. The
 UNet has one level per entry of `channels`: `depths[i]` residual blocks, then a stride-2
 convolution down (all levels but the last); the way up mirrors it, upsampling and concatenating
-the way down's feature maps of the same level on channels (two layouts: see `UNet`). Output convolutions start at
-zero, so an untrained block is the identity and an untrained UNet outputs zeros. Between the way
-down and the way up, `middle_blocks` residual blocks each followed by self-attention over the
+the way down's feature maps of the same level on channels (two layouts: see `UNet`). Between the
+way down and the way up, `middle_blocks` residual blocks each followed by self-attention over the
 lowest resolution's positions (DIAMOND's UNet and reward encoder end their way down with two).
+Output convolutions start at zero, so an untrained residual block is the identity and an
+untrained UNet outputs zeros.
 
 Shape legend: B batch, C channels, H, W image, D conditioning features.
 """
