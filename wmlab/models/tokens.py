@@ -358,7 +358,7 @@ def vqgan_networks(
         return ResidualBlock(channels, groups, VQGAN_EPS)
 
     def attention() -> SelfAttention2d:
-        return SelfAttention2d(channels, heads=1, groups=groups, eps=VQGAN_EPS, add_to="input")
+        return SelfAttention2d(channels, heads=1, groups=groups, eps=VQGAN_EPS, add_to="input", zero_output=False)
 
     def level(side: int, count: int) -> list[nn.Module]:
         with_attention = side in attention_sides
@@ -366,20 +366,22 @@ def vqgan_networks(
             module for _ in range(count) for module in ([residual(), attention()] if with_attention else [residual()])
         ]
 
-    middle = [residual(), attention(), residual()]
+    def middle() -> list[nn.Module]:
+        return [residual(), attention(), residual()]
+
     encoder: list[nn.Module] = [nn.Conv2d(image_channels, channels, 3, padding=1)]
     for stage in range(stages + 1):
         encoder += level(side >> stage, blocks)
         if stage < stages:  # a stride-2 convolution padded on the right and bottom only, as IRIS's
             encoder += [nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(channels, channels, 3, stride=2)]
-    encoder += middle
+    encoder += middle()
     encoder += [norm(), nn.SiLU(), nn.Conv2d(channels, widths.code_size, 3, padding=1)]
     encoder.append(nn.Conv2d(widths.code_size, widths.code_size, 1))  # IRIS's pre-quantisation convolution
     decoder: list[nn.Module] = [
         nn.Conv2d(widths.code_size, widths.code_size, 1),  # IRIS's post-quantisation convolution
         nn.Conv2d(widths.code_size, channels, 3, padding=1),
     ]
-    decoder += [residual(), attention(), residual()]
+    decoder += middle()
     for stage in reversed(range(stages + 1)):
         decoder += level(side >> stage, blocks + 1)
         if stage > 0:

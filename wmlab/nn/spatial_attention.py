@@ -15,9 +15,10 @@ from torch import nn
 
 
 class SelfAttention2d(nn.Module):
-    """Multi-head self-attention over the H x W positions after a group norm; the output
-    projection starts at zero. `add_to` "input": x + out(attention(norm(x))), so an untrained
-    block is the identity; "normalized" (DIAMOND's code): norm(x) + out(attention(norm(x)))."""
+    """Multi-head self-attention over the H x W positions after a group norm. `add_to` "input":
+    x + out(attention(norm(x))); "normalized" (DIAMOND's code): norm(x) + out(attention(norm(x))).
+    `zero_output`: the output projection starts at zero (DIAMOND's; taming-transformers' and so
+    IRIS's keep torch's default initialisation)."""
 
     def __init__(
         self,
@@ -26,6 +27,7 @@ class SelfAttention2d(nn.Module):
         groups: int = 1,
         eps: float = 1e-5,
         add_to: Literal["input", "normalized"] = "input",
+        zero_output: bool = True,
     ):
         super().__init__()
         if heads < 1 or channels % heads:
@@ -36,8 +38,9 @@ class SelfAttention2d(nn.Module):
         self.norm = nn.GroupNorm(groups, channels, eps=eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.output = nn.Conv2d(channels, channels, 1)
-        nn.init.zeros_(self.output.weight)
-        nn.init.zeros_(self.output.bias)
+        if zero_output:
+            nn.init.zeros_(self.output.weight)
+            nn.init.zeros_(self.output.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
