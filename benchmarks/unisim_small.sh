@@ -11,6 +11,7 @@ SPARSE=${SPARSE:-1}  # weight of reward / end steps in the reward-end model's lo
 SKIP=${SKIP:-0}  # 1: the reward-end head also reads the encoder's features past the LSTM (feature_skip); 0: DIAMOND's
 ENV_KWARGS=${ENV_KWARGS:-{\}}  # two-rooms options of the recording, e.g. '{"reward": "dense"}' (the zero-shot row needs the same)
 REWARD_MIDDLE=${REWARD_MIDDLE:-0}  # the reward-end encoder's middle attention blocks (DIAMOND: 2); 0: as measured before 2026-12-07
+WEIGHT_DECAY=${WEIGHT_DECAY:-0}  # AdamW's decoupled weight decay (DIAMOND: 0.01); 0: Adam, as measured before 2026-12-07 15:50
 RECORD=${RECORD:-1}  # 0: reuse $OUT/instructions as it is (same EPISODES and ENV_KWARGS)
 set -e
 if [ "$RECORD" = 1 ]; then
@@ -23,7 +24,7 @@ $PY -m wmlab.cli train --model diffusion --dataset $OUT/instructions --run-dir $
   $([ "$SKIP" = 1 ] && echo --world-model.reward-end.feature-skip) \
   --world-model.condition-size-input 384 --world-model.condition-dropout 0.1 \
   --world-model.loss-scales.foreground $FOREGROUND --world-model.loss-scales.sparse-weight $SPARSE \
-  --train.batch-size 8 --train.sequence-length 8 --train.learning-rate 3e-4 --train.grad-clip 1 \
+  --train.batch-size 8 --train.sequence-length 8 --train.learning-rate 3e-4 --train.grad-clip 1 --train.weight-decay $WEIGHT_DECAY \
   --train.updates 100000 --train.time-limit $LIMIT --train.seed 0 --train.threads 1 --train.no-progress --train.log-every 25
 for TEXT in "move left" "move right" "move up" "move down"; do
   for W in 1 3; do

@@ -14,6 +14,7 @@ import torch
 from wmlab.cli import main
 from wmlab.core.serialization import load_state
 from wmlab.data.dataset import record_dataset
+from wmlab.runs.directory import build_world_model, load_offline_run_spec
 
 STATE_ENV, PIXEL_ENV = "two-rooms-state", "two-rooms"
 FAST = ["--train.batch-size", "4", "--train.sequence-length", "6", "--train.no-progress", "--train.no-tensorboard"]
@@ -106,6 +107,30 @@ def test_each_family_trains_offline_resumes_exactly_and_is_evaluated(datasets, t
     assert main(["eval", str(whole), "--suite", "horizon", "--horizon", "4", "--context", "2", "--sequences", "3"]) == 0
     result = json.loads((whole / "eval" / "horizon.json").read_text())
     assert f": {family} (" in result["label"] and result["open_loop"]
+
+
+def test_weight_decay_is_decoupled_and_survives_a_resume(datasets, tmp_path):
+    # AdamW: each step is Adam's, with the weights first shrunk by lr * weight_decay. With one update
+    # from the same initialisation, the decayed run differs from the plain one by exactly that.
+    rate, decay = 1e-3, 0.5
+    options = ["--train.learning-rate", str(rate)]
+    assert train(datasets / "state", tmp_path / "plain", "mlp", 1, *options) == 0
+    assert train(datasets / "state", tmp_path / "decayed", "mlp", 1, *options, "--train.weight-decay", str(decay)) == 0
+    plain, decayed = weights(tmp_path / "plain"), weights(tmp_path / "decayed")
+    spec = load_offline_run_spec(tmp_path / "plain")
+    torch.manual_seed(spec.train.seed)  # the trainer's initialisation, before any update
+    initial = dict(build_world_model(spec).state_dict())
+    for name, start in initial.items():
+        if start.is_floating_point():
+            torch.testing.assert_close(plain[name] - decayed[name], rate * decay * start, rtol=1e-4, atol=1e-7)
+    assert any(bool((start != 0).any()) for start in initial.values() if start.is_floating_point())
+
+    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
+    assert train(datasets / "state", whole, "mlp", 4, "--train.weight-decay", "0.1") == 0
+    assert train(datasets / "state", interrupted, "mlp", 2, "--train.weight-decay", "0.1") == 0
+    assert main(["train", "--resume", str(interrupted), "--train.updates", "4"]) == 0
+    for name, value in weights(whole).items():
+        assert torch.equal(value, weights(interrupted)[name]), name
 
 
 def test_the_report_of_an_offline_run(datasets, tmp_path):

@@ -106,6 +106,9 @@ class OfflineTrainConfig(SessionConfig):
     """Adam's step size."""
     adam_epsilon: float = 1e-8
     """Adam's epsilon."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW; DIAMOND's models: 1e-2) on every parameter, per step times
+    the learning rate; 0: plain Adam."""
     grad_clip: float = 100.0
     """Clip the global gradient norm to this (0: no clipping)."""
     seed: int = 0
@@ -120,5 +123,5 @@ class OfflineTrainConfig(SessionConfig):
     limits = ranges(
         counts="updates batch_size sequence_length log_every checkpoint_every",
         positive="learning_rate adam_epsilon",
-        non_negative="grad_clip time_limit",
+        non_negative="weight_decay grad_clip time_limit",
     )

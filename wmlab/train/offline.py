@@ -8,8 +8,9 @@ run directory.
     wmlab report runs/rssm-rooms
 
 Each update samples B windows of T steps from the dataset (`wmlab.data.dataset`), takes the
-model's own `loss(batch)` and one Adam step on it (global gradient norm clipped); a model with an
-EMA target (`update_target`, the JEPA family's) moves it after each step. A multi-stage pipeline
+model's own `loss(batch)` and one Adam step on it (AdamW with a `weight_decay`; global gradient
+norm clipped); a model with an EMA target (`update_target`, the JEPA family's) moves it after each
+step. A multi-stage pipeline
 passes its own `TrainingObjective` instead (one part of the model, another loss, clipping by value,
 state of its own such as a second network): the trainer's loop, run directory and resume stay the
 same. The run directory holds what an online run holds, so eval, the report and the studies read it
@@ -129,6 +130,17 @@ class TrainingObjective:
 # The trainer
 
 
+def make_offline_optimizer(parameters: list[torch.nn.Parameter], config: OfflineTrainConfig) -> torch.optim.Optimizer:
+    """Adam, or AdamW when the config has a weight decay. The decay matters more than its size
+    suggests: behind a normalisation the decay shrinks the weights and so raises their effective step
+    (docs/benchmarks.md: the UniSim reward model learns with 1e-2 and stays at the prior without)."""
+    if config.weight_decay > 0:
+        return torch.optim.AdamW(
+            parameters, lr=config.learning_rate, eps=config.adam_epsilon, weight_decay=config.weight_decay
+        )
+    return torch.optim.Adam(parameters, lr=config.learning_rate, eps=config.adam_epsilon)
+
+
 def open_dataset(spec: OfflineRunSpec, seed: int) -> OfflineDataset:
     """The spec's dataset, checked against what the run was started on."""
     dataset = load_dataset(spec.dataset, with_actions=spec.with_actions, seed=seed)
@@ -168,7 +180,7 @@ class OfflineTrainer:
         self.objective.prepare(self.model)
         self._prepare_run_directory(resume=resume, force=force)
         self.parameters = self.objective.parameters(self.model)
-        self.optimizer = torch.optim.Adam(self.parameters, lr=self.config.learning_rate, eps=self.config.adam_epsilon)
+        self.optimizer = make_offline_optimizer(self.parameters, self.config)
         self.counters = OfflineCounters(next_log=self.config.log_every, next_checkpoint=self.config.checkpoint_every)
         if resume:
             self._load_checkpoint()
