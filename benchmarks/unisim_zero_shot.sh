@@ -13,16 +13,18 @@ UNISIM=${UNISIM:-logs/unisim/run}; STEPS=${STEPS:-4500}; SEEDS=${SEEDS:-0 1 2}; 
 EPISODES=${EPISODES:-50}; GUIDANCE=${GUIDANCE:-1}
 SKIP=${SKIP:-0}  # 1: diamond-cpu's reward-end head also reads its features past the LSTM (as unisim_small.sh's SKIP)
 REWARD_MIDDLE=${REWARD_MIDDLE:-0}  # diamond-cpu's reward-end middle attention blocks (as unisim_small.sh's REWARD_MIDDLE)
+BASELINES=${BASELINES:-}  # an earlier OUT: reuse its real-env agents (diamond-seedS) instead of training them again
 ENV_KWARGS=${ENV_KWARGS:-{\}}  # as the simulator's recording (benchmarks/unisim_small.sh), e.g. '{"reward": "dense"}'
 set -e
 for SEED in $SEEDS; do
-  $PY -m wmlab.cli train --algo diamond-cpu --env two-rooms-discrete --env-kwargs "$ENV_KWARGS" --run-dir $OUT/diamond-seed$SEED --force \
+  BASELINE=${BASELINES:-$OUT}/diamond-seed$SEED
+  [ -n "$BASELINES" ] || $PY -m wmlab.cli train --algo diamond-cpu --env two-rooms-discrete --env-kwargs "$ENV_KWARGS" --run-dir $OUT/diamond-seed$SEED --force \
     --train.seed $SEED --train.batch-size 8 --train.sequence-length 19 --train.train-ratio 38 \
     $([ "$SKIP" = 1 ] && echo --agent.model.reward-end.feature-skip) \
     --agent.model.reward-end.middle-blocks $REWARD_MIDDLE \
     --train.learning-starts 500 --train.steps $STEPS --train.eval-every 0 --train.threads 1 --train.no-progress
   $PY -m wmlab.cli pipeline unisim --run $UNISIM --out $OUT/zero-shot-seed$SEED --seed $SEED --force \
-    --env-kwargs "$ENV_KWARGS" --baseline $OUT/diamond-seed$SEED --match-baseline --episodes $EPISODES --guidance $GUIDANCE
+    --env-kwargs "$ENV_KWARGS" --baseline $BASELINE --match-baseline --episodes $EPISODES --guidance $GUIDANCE
 done
 $PY - "$OUT" $SEEDS <<'PY'
 import json, sys
