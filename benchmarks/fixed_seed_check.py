@@ -117,7 +117,16 @@ def tiny_diamond() -> DiamondConfig:
     learner = ImaginationConfig(
         channels=(4, 4), encoder="plain", diamond_lstm_init=False, lstm_size=16, horizon=3, starts=2, burn_in=2
     )
-    return DiamondConfig(model=model, learner=learner, actor_critic_starts=1, open_loop_report=False)
+    paper = DiamondConfig()
+    return DiamondConfig(
+        model=model,
+        learner=learner,
+        # decay on every parameter, as when the reference values were recorded
+        denoiser_optimizer=dataclasses.replace(paper.denoiser_optimizer, decay="all"),
+        reward_end_optimizer=dataclasses.replace(paper.reward_end_optimizer, decay="all"),
+        actor_critic_starts=1,
+        open_loop_report=False,
+    )
 
 
 REPLAY = dict(learning_starts=50, batch_size=4, sequence_length=8, train_ratio=8.0)

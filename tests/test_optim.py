@@ -10,7 +10,7 @@ from wmlab.agents.diamond.config import DiamondConfig, DiamondCPUConfig
 from wmlab.agents.imagination.config import ImaginationConfig
 from wmlab.agents.iris.config import IrisCPUConfig
 from wmlab.core.config import from_dict
-from wmlab.core.optim import OptimizerConfig, clipped_step, make_optimizer
+from wmlab.core.optim import OptimizerConfig, clipped_step, make_module_optimizer, make_optimizer
 
 
 def test_a_diamond_config_json_written_before_the_optimizer_settings_moved_still_loads():
@@ -77,3 +77,32 @@ def test_the_clipped_step_is_torchs_clip_and_adam_step_and_warms_up_linearly():
 def test_an_unknown_optimizer_kind_is_refused():
     with pytest.raises(ValueError, match="adam or laprop"):
         OptimizerConfig(kind="sgd")
+
+
+def test_decay_weights_spares_biases_norms_and_embeddings_as_diamonds_configure_opt():
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3), torch.nn.GroupNorm(2, 4), torch.nn.Embedding(3, 4), torch.nn.LSTMCell(4, 4)
+    )
+    decayed = {"0.weight", "3.weight_ih", "3.weight_hh"}
+    config = OptimizerConfig(learning_rate=0.1, weight_decay=0.5, decay="weights")
+    optimizer = make_module_optimizer(module, config)
+    before = {name: parameter.detach().clone() for name, parameter in module.named_parameters()}
+    for parameter in module.parameters():
+        parameter.grad = torch.zeros_like(parameter)  # AdamW's step is then the decay alone
+    optimizer.step()
+    for name, parameter in module.named_parameters():
+        expected = before[name] * (1 - 0.1 * 0.5) if name in decayed else before[name]
+        torch.testing.assert_close(parameter.detach(), expected, msg=name)
+    # "all" decays every parameter, as before this setting existed
+    optimizer = make_module_optimizer(module, OptimizerConfig(learning_rate=0.1, weight_decay=0.5))
+    assert [len(group["params"]) for group in optimizer.param_groups] == [len(list(module.parameters()))]
+    with pytest.raises(ValueError, match="decay must be all or weights"):
+        OptimizerConfig(decay="biases")
+
+
+def test_diamonds_paper_preset_decays_weights_only_and_the_cpu_preset_everything():
+    assert DiamondConfig().denoiser_optimizer.decay == DiamondConfig().reward_end_optimizer.decay == "weights"
+    assert DiamondCPUConfig().denoiser_optimizer.decay == DiamondCPUConfig().reward_end_optimizer.decay == "all"
+    older = from_dict(DiamondConfig, {"denoiser_optimizer": {"learning_rate": 1e-4}})
+    assert older.denoiser_optimizer.decay == "all"  # a config.json from before the setting

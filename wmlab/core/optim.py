@@ -3,7 +3,8 @@ clipping, linear warm-up.
 
 A learner holds an `OptimizerConfig` per optimiser it owns (Dreamer's world model, actor and critic;
 DIAMOND's denoiser and reward / end model; IRIS's tokenizer and transformer; the actor-critic
-learned in imagination), builds the optimiser with `make_optimizer` and, once the gradients are in
+learned in imagination), builds the optimiser with `make_optimizer` (or `make_module_optimizer`,
+which can spare biases, norms and embeddings the weight decay) and, once the gradients are in
 place, calls `clipped_step`.
 
 LaProp (Ziyin et al. 2020, arXiv:2002.04839) normalises each gradient by its running RMS first and
@@ -43,6 +44,10 @@ class OptimizerConfig(Config):
     """Decay of the squared-gradient average."""
     weight_decay: float = 0.0
     """Decoupled weight decay per step, times the learning rate."""
+    decay: str = "all"
+    """Which parameters the weight decay shrinks: "all", or "weights": those of linear,
+    convolution and LSTM layers, not biases, norms or embeddings (DIAMOND's configure_opt, after
+    minGPT; with `make_module_optimizer`)."""
     grad_clip: float = 0.0
     """Largest global gradient norm (0: off)."""
     adaptive_clip: float = 0.0
@@ -55,6 +60,8 @@ class OptimizerConfig(Config):
         super().__post_init__()
         if self.kind not in ("adam", "laprop"):
             raise ValueError(f"optimizer kind must be adam or laprop, got {self.kind!r}")
+        if self.decay not in ("all", "weights"):
+            raise ValueError(f"optimizer decay must be all or weights, got {self.decay!r}")
 
 
 class LaProp(torch.optim.Optimizer):
@@ -101,6 +108,42 @@ def make_optimizer(parameters: Iterable[nn.Parameter] | Iterable[dict[str, Any]]
     if config.kind == "laprop":
         return LaProp(parameters, config.learning_rate, betas, config.epsilon, config.weight_decay)
     return torch.optim.AdamW(parameters, config.learning_rate, betas, config.epsilon, config.weight_decay)
+
+
+#: The layers whose weights decay under `decay="weights"` (DIAMOND's configure_opt).
+DECAYED_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LSTMCell, nn.LSTM)
+
+
+def weight_decay_groups(
+    module: nn.Module,
+    weight_decay: float,
+    layers: tuple[type[nn.Module], ...] = DECAYED_LAYERS,
+    leave_out: tuple[str, ...] = (),
+    not_decayed: tuple[str, ...] = (),
+) -> list[dict[str, Any]]:
+    """Two parameter groups of `module`, in its parameter order: the weights of `layers` decay by
+    `weight_decay`; every other parameter (biases, norms, embeddings) does not. Parameters whose
+    name starts with one of `leave_out` (another optimiser's) are in neither; layers whose name
+    contains one of `not_decayed` keep their weights too."""
+    decayed = {
+        id(parameter)
+        for layer_name, layer in module.named_modules()
+        if isinstance(layer, layers) and not any(part in layer_name for part in not_decayed)
+        for name, parameter in layer.named_parameters(recurse=False)
+        if name.startswith("weight")
+    }
+    decay, no_decay = [], []
+    for name, parameter in module.named_parameters():
+        if not name.startswith(leave_out):
+            (decay if id(parameter) in decayed else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_module_optimizer(module: nn.Module, config: OptimizerConfig):
+    """The optimiser of every parameter of `module`, its weight decay on those `config.decay` names."""
+    if config.decay == "weights":
+        return make_optimizer(weight_decay_groups(module, config.weight_decay), config)
+    return make_optimizer(module.parameters(), config)
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from wmlab.agents.imagination.agent import ImaginationAgent, require_discrete
 from wmlab.agents.imagination.learner import ImaginationLearner
 from wmlab.core import distributed
 from wmlab.core.errors import ShapeError
-from wmlab.core.optim import clipped_step, make_optimizer
+from wmlab.core.optim import clipped_step, make_module_optimizer
 from wmlab.core.seeding import seeded
 from wmlab.core.types import Batch
 from wmlab.models.diffusion import DiffusionWorldModel
@@ -59,10 +59,8 @@ class DiamondAgent(ImaginationAgent):
             )
         if config.learner.burn_in < 1 or config.learner.burn_in > 64:
             raise ValueError(f"learner.burn_in must be between 1 and 64, got {config.learner.burn_in}")
-        self.denoiser_optimizer = make_optimizer(self.world_model.denoiser.parameters(), config.denoiser_optimizer)
-        self.reward_end_optimizer = make_optimizer(
-            self.world_model.reward_end.parameters(), config.reward_end_optimizer
-        )
+        self.denoiser_optimizer = make_module_optimizer(self.world_model.denoiser, config.denoiser_optimizer)
+        self.reward_end_optimizer = make_module_optimizer(self.world_model.reward_end, config.reward_end_optimizer)
         self.updates = 0
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:

@@ -11,8 +11,11 @@ from wmlab.core.optim import OptimizerConfig
 from wmlab.models.diffusion import DIFFUSION_CPU, DiffusionConfig, DiffusionLossScales
 
 #: DIAMOND's world-model optimiser (config/trainer.yaml: denoiser.optimizer and
-#: rew_end_model.optimizer); the two differ in their gradient clip.
-WORLD_MODEL_OPTIMIZER = OptimizerConfig(learning_rate=1e-4, epsilon=1e-8, weight_decay=1e-2, warmup=100)
+#: rew_end_model.optimizer; src/utils.py configure_opt: the weight decay on the weights of linear,
+#: convolution and LSTM layers only); the two differ in their gradient clip.
+WORLD_MODEL_OPTIMIZER = OptimizerConfig(
+    learning_rate=1e-4, epsilon=1e-8, weight_decay=1e-2, decay="weights", warmup=100
+)
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,9 @@ class DiamondCPUConfig(DiamondConfig):
         )
     )
     denoiser_optimizer: OptimizerConfig = field(
-        default_factory=lambda: replace(WORLD_MODEL_OPTIMIZER, learning_rate=3e-4, grad_clip=1.0)
+        default_factory=lambda: replace(WORLD_MODEL_OPTIMIZER, learning_rate=3e-4, grad_clip=1.0, decay="all")
     )
     reward_end_optimizer: OptimizerConfig = field(
-        default_factory=lambda: replace(WORLD_MODEL_OPTIMIZER, learning_rate=1e-3, grad_clip=100.0)
+        default_factory=lambda: replace(WORLD_MODEL_OPTIMIZER, learning_rate=1e-3, grad_clip=100.0, decay="all")
     )
     actor_critic_starts: int = 250

@@ -31,7 +31,7 @@ from wmlab.agents.iris.config import IrisConfig
 from wmlab.core import distributed
 from wmlab.core.errors import ShapeError
 from wmlab.core.images import to_pixels
-from wmlab.core.optim import clipped_step, make_optimizer
+from wmlab.core.optim import clipped_step, make_optimizer, weight_decay_groups
 from wmlab.core.seeding import seeded
 from wmlab.core.types import Batch
 from wmlab.models.tokens import TokenWorldModel
@@ -83,21 +83,9 @@ class IrisAgent(ImaginationAgent):
         """The world model's parameters outside the tokenizer: the weights of linear layers decay;
         biases, norms, embeddings (positions included) and the null action do not (IRIS's
         configure_optimizer)."""
-        linear = {
-            id(module.weight)
-            for name, module in self.world_model.named_modules()
-            if isinstance(module, torch.nn.Linear)
-            and "embedding" not in name  # the action embedding is IRIS's nn.Embedding
-        }
-        decay, no_decay = [], []
-        for name, parameter in self.world_model.named_parameters():
-            if name.startswith("tokenizer."):
-                continue
-            (decay if id(parameter) in linear else no_decay).append(parameter)
-        return [
-            {"params": decay, "weight_decay": self.config.world_model_optimizer.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        decay = self.config.world_model_optimizer.weight_decay
+        # the action embedding is IRIS's nn.Embedding
+        return weight_decay_groups(self.world_model, decay, (torch.nn.Linear,), ("tokenizer.",), ("embedding",))
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"tokenizer": self.tokenizer_optimizer, "world_model": self.world_model_optimizer}
