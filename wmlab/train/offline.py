@@ -132,8 +132,8 @@ class TrainingObjective:
 
 def make_offline_optimizer(parameters: list[torch.nn.Parameter], config: OfflineTrainConfig) -> torch.optim.Optimizer:
     """Adam, or AdamW when the config has a weight decay. The decay matters more than its size
-    suggests: behind a normalisation the decay shrinks the weights and so raises their effective step
-    (docs/benchmarks.md: the UniSim reward model learns with 1e-2 and stays at the prior without)."""
+    suggests (docs/benchmarks.md: with 1e-2 on every parameter UniSim's reward model learns, where
+    it stays at the prior without, and its denoiser no longer follows the instruction)."""
     if config.weight_decay > 0:
         return torch.optim.AdamW(
             parameters, lr=config.learning_rate, eps=config.adam_epsilon, weight_decay=config.weight_decay
