@@ -7,14 +7,13 @@ run directory.
     wmlab eval runs/rssm-rooms --suite horizon
     wmlab report runs/rssm-rooms
 
-Each update samples B windows of T steps from the dataset (`wmlab.data.dataset`), takes the
-model's own `loss(batch)` and one Adam step on it (AdamW with a `weight_decay`; global gradient
-norm clipped); a model with an EMA target (`update_target`, the JEPA family's) moves it after each
-step. A multi-stage pipeline
-passes its own `TrainingObjective` instead (one part of the model, another loss, clipping by value,
-state of its own such as a second network): the trainer's loop, run directory and resume stay the
-same. The run directory holds what an online run holds, so eval, the report and the studies read it
-the same way:
+Each update samples B windows of T steps from the dataset (`wmlab.data.dataset`), takes the model's
+own `loss(batch)` and one Adam step on it (AdamW with a `weight_decay`; global gradient norm
+clipped); a model with an EMA target (`update_target`, the JEPA family's) moves it after each step.
+A multi-stage pipeline passes its own `TrainingObjective` instead (one part of the model, another
+loss, clipping by value, state of its own such as a second network): the trainer's loop, run
+directory and resume stay the same. The run directory holds what an online run holds, so eval, the
+report and the studies read it the same way:
 
     RUN_DIR/config.json          "kind": "offline", the model family and config, the dataset, settings
     RUN_DIR/metrics.jsonl        averaged loss terms every `log_every` updates (step = updates)
