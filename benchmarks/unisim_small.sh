@@ -12,6 +12,7 @@ SKIP=${SKIP:-0}  # 1: the reward-end head also reads the encoder's features past
 ENV_KWARGS=${ENV_KWARGS:-{\}}  # two-rooms options of the recording, e.g. '{"reward": "dense"}' (the zero-shot row needs the same)
 REWARD_MIDDLE=${REWARD_MIDDLE:-0}  # the reward-end encoder's middle attention blocks (DIAMOND: 2); 0: as measured before 2026-12-07
 WEIGHT_DECAY=${WEIGHT_DECAY:-0}  # AdamW's decoupled weight decay (DIAMOND: 0.01); 0: Adam, as measured before 2026-12-07 15:50
+DECAY_PARTS=${DECAY_PARTS:-}  # the model's parts that WEIGHT_DECAY applies to, e.g. reward_end; empty: every parameter
 RECORD=${RECORD:-1}  # 0: reuse $OUT/instructions as it is (same EPISODES and ENV_KWARGS)
 set -e
 if [ "$RECORD" = 1 ]; then
@@ -25,6 +26,7 @@ $PY -m wmlab.cli train --model diffusion --dataset $OUT/instructions --run-dir $
   --world-model.condition-size-input 384 --world-model.condition-dropout 0.1 \
   --world-model.loss-scales.foreground $FOREGROUND --world-model.loss-scales.sparse-weight $SPARSE \
   --train.batch-size 8 --train.sequence-length 8 --train.learning-rate 3e-4 --train.grad-clip 1 --train.weight-decay $WEIGHT_DECAY \
+  $([ -n "$DECAY_PARTS" ] && echo --train.weight-decay-parts $DECAY_PARTS) \
   --train.updates 100000 --train.time-limit $LIMIT --train.seed 0 --train.threads 1 --train.no-progress --train.log-every 25
 for TEXT in "move left" "move right" "move up" "move down"; do
   for W in 1 3; do

@@ -133,6 +133,34 @@ def test_weight_decay_is_decoupled_and_survives_a_resume(datasets, tmp_path):
         assert torch.equal(value, weights(interrupted)[name]), name
 
 
+def test_weight_decay_applies_to_the_named_parts_only(datasets, tmp_path, capsys):
+    # One update from the same initialisation: the VAE's weights are shrunk by lr * weight_decay
+    # beyond the plain run's, the MDN-RNN's take exactly the plain Adam step.
+    rate, decay = 1e-3, 0.5
+    options = ["--train.learning-rate", str(rate)]
+    assert train(datasets / "pixels", tmp_path / "plain", "vae-mdnrnn", 1, *options) == 0
+    decayed_run = tmp_path / "decayed"
+    parts = ["--train.weight-decay", str(decay), "--train.weight-decay-parts", "vae"]
+    assert train(datasets / "pixels", decayed_run, "vae-mdnrnn", 1, *options, *parts) == 0
+    plain, decayed = weights(tmp_path / "plain"), weights(decayed_run)
+    torch.manual_seed(0)
+    initial = dict(build_world_model(load_offline_run_spec(decayed_run)).state_dict())
+    for name, start in initial.items():
+        if not start.is_floating_point():
+            continue
+        if name.startswith("vae."):
+            torch.testing.assert_close(plain[name] - decayed[name], rate * decay * start, rtol=1e-4, atol=1e-7)
+        else:
+            assert torch.equal(plain[name], decayed[name]), name
+    assert main(["train", "--resume", str(decayed_run), "--train.updates", "2"]) == 0
+
+    unknown = ["--train.weight-decay", "0.1", "--train.weight-decay-parts", "reward_end"]
+    assert train(datasets / "pixels", tmp_path / "unknown", "vae-mdnrnn", 1, *unknown) == 2
+    error = capsys.readouterr().err
+    assert "'reward_end'" in error and "mdnrnn, vae" in error
+    assert not (tmp_path / "unknown").exists()
+
+
 def test_the_report_of_an_offline_run(datasets, tmp_path):
     run_dir = tmp_path / "run"
     assert train(datasets / "state", run_dir, "mlp", 4, "--train.log-every", "2") == 0

@@ -107,8 +107,11 @@ class OfflineTrainConfig(SessionConfig):
     adam_epsilon: float = 1e-8
     """Adam's epsilon."""
     weight_decay: float = 0.0
-    """Decoupled weight decay (AdamW; DIAMOND's models: 1e-2) on every parameter, per step times
-    the learning rate; 0: plain Adam."""
+    """Decoupled weight decay (AdamW; DIAMOND's models: 1e-2), per step times the learning rate,
+    on every parameter or on the parts named by `weight_decay_parts`; 0: plain Adam."""
+    weight_decay_parts: tuple[str, ...] = ()
+    """The model's top-level modules that the weight decay applies to (the diffusion model's
+    `reward_end` or `denoiser`); the other parameters take plain Adam steps. Empty: every parameter."""
     grad_clip: float = 100.0
     """Clip the global gradient norm to this (0: no clipping)."""
     seed: int = 0

@@ -8,8 +8,9 @@ run directory.
     wmlab report runs/rssm-rooms
 
 Each update samples B windows of T steps from the dataset (`wmlab.data.dataset`), takes the model's
-own `loss(batch)` and one Adam step on it (AdamW with a `weight_decay`; global gradient norm
-clipped); a model with an EMA target (`update_target`, the JEPA family's) moves it after each step.
+own `loss(batch)` and one Adam step on it (AdamW with a `weight_decay`, on the whole model or on
+the parts named in `weight_decay_parts`; global gradient norm clipped); a model with an EMA target
+(`update_target`, the JEPA family's) moves it after each step.
 A multi-stage pipeline passes its own `TrainingObjective` instead (one part of the model, another
 loss, clipping by value, state of its own such as a second network): the trainer's loop, run
 directory and resume stay the same. The run directory holds what an online run holds, so eval, the
@@ -129,15 +130,39 @@ class TrainingObjective:
 # The trainer
 
 
-def make_offline_optimizer(parameters: list[torch.nn.Parameter], config: OfflineTrainConfig) -> torch.optim.Optimizer:
-    """Adam, or AdamW when the config has a weight decay. The decay matters more than its size
-    suggests (docs/benchmarks.md: with 1e-2 on every parameter UniSim's reward model learns, where
-    it stays at the prior without, and its denoiser no longer follows the instruction)."""
-    if config.weight_decay > 0:
-        return torch.optim.AdamW(
-            parameters, lr=config.learning_rate, eps=config.adam_epsilon, weight_decay=config.weight_decay
+def make_offline_optimizer(
+    parameters: list[torch.nn.Parameter], config: OfflineTrainConfig, model: torch.nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """Adam, or AdamW when the config has a weight decay: on every parameter, or only on the model's
+    parts named in `weight_decay_parts` (top-level modules), the rest in a group without decay.
+    The decay matters more than its size suggests (docs/benchmarks.md: with 1e-2 on every parameter
+    UniSim's reward model learns, where it stays at the prior without, and its denoiser no longer
+    follows the instruction)."""
+    options = dict(lr=config.learning_rate, eps=config.adam_epsilon)
+    if config.weight_decay <= 0:
+        return torch.optim.Adam(parameters, **options)
+    if not config.weight_decay_parts:
+        return torch.optim.AdamW(parameters, weight_decay=config.weight_decay, **options)
+    decayed = {id(parameter) for parameter in decayed_part_parameters(model, config.weight_decay_parts)}
+    groups = [
+        {"params": [p for p in parameters if id(p) in decayed], "weight_decay": config.weight_decay},
+        {"params": [p for p in parameters if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([group for group in groups if group["params"]], **options)
+
+
+def decayed_part_parameters(model: torch.nn.Module | None, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
+    """The parameters of the model's top-level modules named in `parts`; a clear error for a name
+    the model does not have."""
+    children = dict(model.named_children()) if model is not None else {}
+    available = sorted(name for name, child in children.items() if any(True for _ in child.parameters()))
+    unknown = [part for part in parts if part not in available]
+    if unknown:
+        raise WmlabError(
+            f"--train.weight-decay-parts names {', '.join(map(repr, unknown))}, which this model does not have; "
+            f"its parts with parameters are: {', '.join(available) or 'none'}"
         )
-    return torch.optim.Adam(parameters, lr=config.learning_rate, eps=config.adam_epsilon)
+    return [parameter for part in parts for parameter in children[part].parameters()]
 
 
 def open_dataset(spec: OfflineRunSpec, seed: int) -> OfflineDataset:
@@ -177,9 +202,9 @@ class OfflineTrainer:
         self.dataset = self.open_dataset(spec, seed=self.config.seed)
         self.model = build_world_model(spec)
         self.objective.prepare(self.model)
-        self._prepare_run_directory(resume=resume, force=force)
         self.parameters = self.objective.parameters(self.model)
-        self.optimizer = make_offline_optimizer(self.parameters, self.config)
+        self.optimizer = make_offline_optimizer(self.parameters, self.config, self.model)
+        self._prepare_run_directory(resume=resume, force=force)
         self.counters = OfflineCounters(next_log=self.config.log_every, next_checkpoint=self.config.checkpoint_every)
         if resume:
             self._load_checkpoint()
