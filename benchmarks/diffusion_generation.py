@@ -16,6 +16,10 @@ GameNGen's context-noise ablation in small.
     # the agent as told? Agreement of the probed move with the instruction at guidance 0, 1, 3
     python benchmarks/diffusion_generation.py unisim RUN_DIR --out unisim.json
 
+    # do the UniSim simulator's predicted rewards follow its own frames? Its expected reward sign
+    # under each instruction against two-rooms' dense reward read from the generated frames
+    python benchmarks/diffusion_generation.py imagined-rewards RUN_DIR --out rewards.json
+
     # does an offline (UniSim) run's reward / end model see the rewards and ends of its episodes?
     # calibrated probability at the steps that have one against the others, and the rank AUC
     python benchmarks/diffusion_generation.py reward-events RUN_DIR [--dataset DIR] --out events.json
@@ -394,17 +398,15 @@ def steps_ablation(arguments) -> dict:
     }
 
 
-def unisim(arguments) -> dict:
-    """Held-out captioned two-rooms starts (seeds 100,000 + i), `steps` frames generated under each
-    movement instruction at each guidance scale; the agent's move between consecutive frames is
-    read by the GAIA pipeline's probe (agent-coloured centroid); agreement = probed move == instruction."""
+def held_out_instruction_starts(arguments, env_kwargs: dict | None = None):
+    """The UniSim run's model, the text encoder's embeddings of MOVES, `held_out` context windows of
+    captioned two-rooms episodes it never saw (seeds 100,000 + i) and its state after them."""
     import tempfile
 
     from wmlab.data.captions import record_captioned_two_rooms
     from wmlab.data.dataset import load_dataset
     from wmlab.data.instructions import write_instruction_dataset
     from wmlab.nn.text import load_text_encoder
-    from wmlab.pipelines.gaia import probe_moves
     from wmlab.runs.directory import load_trained_model
 
     torch.set_num_threads(arguments.threads)
@@ -412,12 +414,10 @@ def unisim(arguments) -> dict:
     model.eval()
     encoder = load_text_encoder()
     folder = Path(tempfile.mkdtemp(prefix="unisim_held_out_"))
-    record_captioned_two_rooms(folder / "captioned", arguments.held_out, seed=100_000)
+    record_captioned_two_rooms(folder / "captioned", arguments.held_out, seed=100_000, env_kwargs=env_kwargs)
     write_instruction_dataset(folder / "captioned", folder / "instructions", encoder)
     episodes = list(load_dataset(folder / "instructions").episodes())
-    K = model.context
-    starts = held_out_windows(episodes, K, arguments.held_out, arguments.seed)
-    real_moves = probe_moves(starts.obs["image"])
+    starts = held_out_windows(episodes, model.context, arguments.held_out, arguments.seed)
     with torch.no_grad():
         _, state = model.observe(
             {"image": starts.obs["image"], "condition": starts.obs["condition"]},
@@ -426,20 +426,37 @@ def unisim(arguments) -> dict:
             model.initial(arguments.held_out),
         )
         table = torch.as_tensor(encoder.encode(list(MOVES))).float()
+    return model, table, starts, state
+
+
+def imagine_instruction(model, state, table, index: int, arguments, guidance: float, predict_rewards: bool):
+    """`steps` frames imagined from every start under MOVES[index] (seeded as `unisim` does)."""
+    torch.manual_seed(arguments.seed)
+    condition = table[index : index + 1].expand(arguments.held_out, -1)
+    with torch.no_grad():
+        return model.imagine(
+            state,
+            torch.zeros(arguments.held_out, arguments.steps, dtype=torch.long),
+            condition=condition,
+            guidance=guidance,
+            predict_rewards=predict_rewards,
+        )
+
+
+def unisim(arguments) -> dict:
+    """Held-out captioned two-rooms starts (seeds 100,000 + i), `steps` frames generated under each
+    movement instruction at each guidance scale; the agent's move between consecutive frames is
+    read by the GAIA pipeline's probe (agent-coloured centroid); agreement = probed move == instruction."""
+    from wmlab.pipelines.gaia import probe_moves
+
+    model, table, starts, state = held_out_instruction_starts(arguments)
+    real_moves = probe_moves(starts.obs["image"])
     rows = []
     for guidance in arguments.guidance:
         agreement = {}
         missing = []
         for index, text in enumerate(MOVES):
-            torch.manual_seed(arguments.seed)
-            condition = table[index : index + 1].expand(arguments.held_out, -1)
-            trajectory = model.imagine(
-                state,
-                torch.zeros(arguments.held_out, arguments.steps, dtype=torch.long),
-                condition=condition,
-                guidance=guidance,
-                predict_rewards=False,
-            )
+            trajectory = imagine_instruction(model, state, table, index, arguments, guidance, predict_rewards=False)
             last = torch.as_tensor(starts.obs["image"][:, -1:]).float() / 255
             frames = torch.cat([last, trajectory.observations["image"].float()], 1).numpy()
             moves = probe_moves(frames)
@@ -462,6 +479,89 @@ def unisim(arguments) -> dict:
         "rows": rows,
         "real_move_shares_in_context": chance,
     }
+
+
+def path_decreases(frames: np.ndarray) -> np.ndarray:
+    """Two-rooms' dense reward read from frames (B, L, H, W, 3) in [0, 1] or uint8: the decrease of
+    the path length from the agent to the goal between consecutive frames (B, L - 1), the agent and
+    the goal found by colour (gaia.agent_centre), the door from the gap in the wall's middle column of
+    the first frame; NaN where a frame shows no agent or the first no goal."""
+    from wmlab.envs.two_rooms import GOAL_RGB, MIDDLE_X, WALL_RGB, TwoRoomsGeometry, path_length
+    from wmlab.pipelines.gaia import agent_centre
+
+    frames = np.asarray(frames)
+    if np.issubdtype(frames.dtype, np.integer):
+        frames = frames.astype(np.float32) / 255.0
+    agents = agent_centre(frames)  # (B, L, 2)
+    goals = agent_centre(frames[:, 0], GOAL_RGB)  # (B, 2)
+    size = frames.shape[-2]
+    column = frames[:, 0, :, int(MIDDLE_X * size)]  # (B, H, 3)
+    gap = np.abs(column - np.array(WALL_RGB, np.float32) / 255.0).max(-1) >= 0.2  # (B, H)
+    geometry = TwoRoomsGeometry()
+    decreases = np.full(agents.shape[:2], np.nan)
+    for b in range(len(frames)):
+        if not gap[b].any() or np.isnan(goals[b]).any():
+            continue
+        door_y = 1 - (np.flatnonzero(gap[b]).mean() + 0.5) / size
+        for t in range(agents.shape[1]):
+            if not np.isnan(agents[b, t]).any():
+                decreases[b, t] = path_length(agents[b, t], goals[b], door_y, geometry)
+    return decreases[:, :-1] - decreases[:, 1:]
+
+
+def imagined_rewards(arguments) -> dict:
+    """Do the simulator's rewards follow its own frames? From held-out starts recorded with the
+    dense reward, `steps` frames imagined under each instruction with the reward model on: its
+    expected reward sign at each step against the sign of two-rooms' dense reward read from the
+    frames (path_decreases; |decrease| under `--still` counts as 0). The same reading on the real
+    context windows, against their recorded reward, checks the reading itself."""
+    model, table, starts, state = held_out_instruction_starts(arguments, env_kwargs={"reward": "dense"})
+
+    def signs(decrease: np.ndarray) -> np.ndarray:
+        return np.where(np.abs(decrease) < arguments.still, 0.0, np.sign(decrease))
+
+    real = path_decreases(starts.obs["image"])
+    recorded = np.asarray(starts.reward, dtype=np.float64)[:, 1:]
+    after_reset = np.asarray(starts.is_first)[:, 1:].astype(bool)
+    seen = ~np.isnan(real) & ~after_reset
+    result = {
+        "run": str(arguments.run_dir),
+        "held_out": arguments.held_out,
+        "steps": arguments.steps,
+        "guidance": arguments.guidance[0],
+        "still": arguments.still,
+        "reading_check": {
+            "steps": int(seen.sum()),
+            "correlation_with_recorded_reward": float(np.corrcoef(real[seen], recorded[seen])[0, 1]),
+            "sign_agreement": float((signs(real[seen]) == np.sign(recorded[seen])).mean()),
+        },
+    }
+    print("reading check", json.dumps(result["reading_check"]), flush=True)
+    predicted_all, read_all, rows = [], [], {}
+    for index, text in enumerate(MOVES):
+        trajectory = imagine_instruction(model, state, table, index, arguments, arguments.guidance[0], True)
+        last = torch.as_tensor(starts.obs["image"][:, -1:]).float() / 255
+        frames = torch.cat([last, trajectory.observations["image"].float()], 1).numpy()
+        read = path_decreases(frames)
+        predicted = trajectory.rewards.numpy().astype(np.float64)
+        kept = ~np.isnan(read)
+        predicted_all.append(predicted[kept])
+        read_all.append(signs(read[kept]))
+        rows[text] = {
+            "steps_read": int(kept.sum()),
+            "mean_predicted_reward": float(predicted.mean()),
+            "mean_sign_read_from_frames": float(signs(read[kept]).mean()) if kept.any() else float("nan"),
+            "mean_decrease_read_from_frames": float(read[kept].mean()) if kept.any() else float("nan"),
+        }
+        print(text, json.dumps(rows[text]), flush=True)
+    predicted, read = np.concatenate(predicted_all), np.concatenate(read_all)
+    result["per_instruction"] = rows
+    result["correlation"] = float(np.corrcoef(predicted, read)[0, 1]) if len(read) > 1 else float("nan")
+    moving = read != 0
+    result["sign_agreement_where_the_frames_move"] = float((np.sign(predicted[moving]) == read[moving]).mean())
+    result["share_of_steps_the_frames_move"] = float(moving.mean())
+    print(json.dumps({k: result[k] for k in ("correlation", "sign_agreement_where_the_frames_move")}), flush=True)
+    return result
 
 
 def curve(arguments) -> dict:
@@ -682,6 +782,12 @@ def main() -> None:
     text.add_argument("--held-out", type=int, default=16)
     text.add_argument("--steps", type=int, default=6)
     text.add_argument("--guidance", type=float, nargs="+", default=[0.0, 1.0, 3.0])
+    rewards = commands.add_parser("imagined-rewards")
+    rewards.add_argument("run_dir", type=Path)
+    rewards.add_argument("--held-out", type=int, default=32)
+    rewards.add_argument("--steps", type=int, default=6)
+    rewards.add_argument("--guidance", type=float, nargs=1, default=[1.0])
+    rewards.add_argument("--still", type=float, default=0.01, help="|path decrease| below this reads as no move")
     events = commands.add_parser("reward-events")
     events.add_argument("run_dir", type=Path)
     events.add_argument("--dataset", type=Path, default=None, help="episodes to read (default: the run's dataset)")
@@ -696,7 +802,7 @@ def main() -> None:
     noise.add_argument("--held-out", type=int, default=3)
     noise.add_argument("--sequences", type=int, default=16)
     noise.add_argument("--figure", type=Path, default=None)
-    for sub in (fast, clock, ablation, text, events, curves, noise):
+    for sub in (fast, clock, ablation, text, rewards, events, curves, noise):
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--threads", type=int, default=1)
         sub.add_argument("--out", type=Path, required=True)
@@ -706,6 +812,7 @@ def main() -> None:
         "realtime": realtime,
         "steps-ablation": steps_ablation,
         "unisim": unisim,
+        "imagined-rewards": imagined_rewards,
         "reward-events": reward_events,
         "curve": curve,
         "context-noise": context_noise,

@@ -121,6 +121,17 @@ def test_the_probe_reads_the_agent_centroid_and_its_moves():
     assert probe_moves(frames).tolist() == ["move left", "no agent"]
 
 
+def test_the_probe_finds_the_goal_by_its_colour_in_a_rendered_frame():
+    from wmlab.envs.adapter import make_env
+    from wmlab.envs.two_rooms import GOAL_RGB
+
+    env = make_env("two-rooms")
+    frame, info = env.reset(seed=3)
+    goal = agent_centre(frame["image"], GOAL_RGB)
+    assert np.allclose(goal, info["goal"], atol=1.0 / 64) and not np.allclose(goal, info["agent"], atol=0.05)
+    assert np.allclose(agent_centre(frame["image"]), info["agent"], atol=1.0 / 64)
+
+
 def test_the_probe_reads_the_scale_from_the_dtype_and_refuses_mixed_frames():
     frames = np.zeros((2, 16, 16, 3), np.uint8)
     frames[:, 8, 8] = AGENT_RGB

@@ -181,10 +181,11 @@ def spaces_of(directory: Path) -> tuple[spaces.Space, spaces.Space]:
 # The probe of the agent's move
 
 
-def agent_centre(frames: np.ndarray) -> np.ndarray:
+def agent_centre(frames: np.ndarray, colour: tuple[int, int, int] = AGENT_RGB) -> np.ndarray:
     """Centroids (..., 2) as (x, y up) in arena units of the agent-coloured pixels of frames
     (..., H, W, 3), uint8 or float in [0, 1] (the scale is read from the dtype, never guessed from
-    the values); NaN where no pixel is close to the agent's colour."""
+    the values); NaN where no pixel is close to the agent's colour (or `colour`: GOAL_RGB finds the
+    goal)."""
     frames = np.asarray(frames)
     if np.issubdtype(frames.dtype, np.integer):
         frames = frames.astype(np.float32) / 255.0
@@ -194,7 +195,7 @@ def agent_centre(frames: np.ndarray) -> np.ndarray:
             "(uint8 frames and float frames mixed into one array?)"
         )
     height, width = frames.shape[-3:-1]
-    close = np.abs(frames - np.array(AGENT_RGB, np.float32) / 255.0).max(-1) < 0.2  # (..., H, W)
+    close = np.abs(frames - np.array(colour, np.float32) / 255.0).max(-1) < 0.2  # (..., H, W)
     count = close.sum((-1, -2))
     with np.errstate(invalid="ignore", divide="ignore"):
         y_pixels = (close * np.arange(height, dtype=np.float32)[:, None]).sum((-1, -2)) / count
