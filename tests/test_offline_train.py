@@ -15,6 +15,7 @@ from wmlab.cli import main
 from wmlab.core.serialization import load_state
 from wmlab.data.dataset import record_dataset
 from wmlab.runs.directory import build_world_model, load_offline_run_spec
+from wmlab.train.offline import OfflineTrainer
 
 STATE_ENV, PIXEL_ENV = "two-rooms-state", "two-rooms"
 FAST = ["--train.batch-size", "4", "--train.sequence-length", "6", "--train.no-progress", "--train.no-tensorboard"]
@@ -159,6 +160,29 @@ def test_weight_decay_applies_to_the_named_parts_only(datasets, tmp_path, capsys
     error = capsys.readouterr().err
     assert "'reward_end'" in error and "mdnrnn, vae" in error
     assert not (tmp_path / "unknown").exists()
+
+
+def test_named_parts_are_clipped_on_their_own_norms(datasets, tmp_path):
+    # With a tiny limit both gradients are clipped: each part's norm ends at the limit, where one
+    # global clip would leave their joint norm there.
+    limit = 1e-3
+    run = tmp_path / "run"
+    assert (
+        train(
+            datasets / "pixels", run, "vae-mdnrnn", 1, "--train.grad-clip", str(limit), "--train.grad-clip-parts", "vae"
+        )
+        == 0
+    )
+    trainer = OfflineTrainer(load_offline_run_spec(run), tmp_path / "again")
+    trainer.update()
+    for part in ("vae", "mdnrnn"):
+        grads = [p.grad.norm() for p in getattr(trainer.model, part).parameters() if p.grad is not None]
+        assert float(torch.stack(grads).norm()) == pytest.approx(limit, rel=1e-3), part
+    metrics = trainer.last_metrics
+    assert metrics["wm/grad_norm/vae"] > limit and metrics["wm/grad_norm/rest"] > limit
+    assert metrics["wm/grad_norm"] == pytest.approx(
+        (metrics["wm/grad_norm/vae"] ** 2 + metrics["wm/grad_norm/rest"] ** 2) ** 0.5
+    )
 
 
 def test_the_report_of_an_offline_run(datasets, tmp_path):

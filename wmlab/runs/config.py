@@ -114,6 +114,11 @@ class OfflineTrainConfig(SessionConfig):
     `reward_end` or `denoiser`); the other parameters take plain Adam steps. Empty: every parameter."""
     grad_clip: float = 100.0
     """Clip the global gradient norm to this (0: no clipping)."""
+    grad_clip_parts: tuple[str, ...] = ()
+    """The model's top-level modules whose gradient norm is clipped on its own (to `grad_clip`),
+    apart from the global norm of the rest: a part with large gradients (UniSim's reward model
+    once it learns) then no longer shrinks the steps of the others, as with DIAMOND's separate
+    optimisers. Empty: one global norm."""
     seed: int = 0
     """Seed of the model's initialisation, the window sampler and the model's own random draws."""
     time_limit: float = 0.0

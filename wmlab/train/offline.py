@@ -9,9 +9,9 @@ run directory.
 
 Each update samples B windows of T steps from the dataset (`wmlab.data.dataset`), takes the model's
 own `loss(batch)` and one Adam step on it (AdamW with a `weight_decay`, on the whole model or on
-the parts named in `weight_decay_parts`; global gradient norm clipped); a model with an EMA target
-(`update_target`, the JEPA family's) moves it after each step.
-A multi-stage pipeline passes its own `TrainingObjective` instead (one part of the model, another
+the parts named in `weight_decay_parts`; gradient norm clipped, globally or per part with
+`grad_clip_parts`); a model with an EMA target (`update_target`, the JEPA family's) moves it after
+each step. A multi-stage pipeline passes its own `TrainingObjective` instead (one part of the model, another
 loss, clipping by value, state of its own such as a second network): the trainer's loop, run
 directory and resume stay the same. The run directory holds what an online run holds, so eval, the
 report and the studies read it the same way:
@@ -143,7 +143,7 @@ def make_offline_optimizer(
         return torch.optim.Adam(parameters, **options)
     if not config.weight_decay_parts:
         return torch.optim.AdamW(parameters, weight_decay=config.weight_decay, **options)
-    decayed = {id(parameter) for parameter in decayed_part_parameters(model, config.weight_decay_parts)}
+    decayed = {id(parameter) for parameter in part_parameters(model, config.weight_decay_parts, "weight-decay-parts")}
     groups = [
         {"params": [p for p in parameters if id(p) in decayed], "weight_decay": config.weight_decay},
         {"params": [p for p in parameters if id(p) not in decayed], "weight_decay": 0.0},
@@ -151,18 +151,33 @@ def make_offline_optimizer(
     return torch.optim.AdamW([group for group in groups if group["params"]], **options)
 
 
-def decayed_part_parameters(model: torch.nn.Module | None, parts: tuple[str, ...]) -> list[torch.nn.Parameter]:
-    """The parameters of the model's top-level modules named in `parts`; a clear error for a name
-    the model does not have."""
+def part_parameters(model: torch.nn.Module | None, parts: tuple[str, ...], option: str) -> list[torch.nn.Parameter]:
+    """The parameters of the model's top-level modules named in `parts` (by `--train.OPTION`); a
+    clear error for a name the model does not have."""
     children = dict(model.named_children()) if model is not None else {}
     available = sorted(name for name, child in children.items() if any(True for _ in child.parameters()))
     unknown = [part for part in parts if part not in available]
     if unknown:
         raise WmlabError(
-            f"--train.weight-decay-parts names {', '.join(map(repr, unknown))}, which this model does not have; "
+            f"--train.{option} names {', '.join(map(repr, unknown))}, which this model does not have; "
             f"its parts with parameters are: {', '.join(available) or 'none'}"
         )
     return [parameter for part in parts for parameter in children[part].parameters()]
+
+
+def clip_groups(
+    parameters: list[torch.nn.Parameter], model: torch.nn.Module, parts: tuple[str, ...]
+) -> dict[str, list[torch.nn.Parameter]]:
+    """The parameters clipped together: each named part on its own, "" for the rest (one group of
+    all of them when `parts` is empty)."""
+    groups: dict[str, list[torch.nn.Parameter]] = {}
+    taken: set[int] = set()
+    trained = {id(parameter) for parameter in parameters}
+    for part in parts:
+        groups[part] = [p for p in part_parameters(model, (part,), "grad-clip-parts") if id(p) in trained]
+        taken.update(id(p) for p in groups[part])
+    groups[""] = [p for p in parameters if id(p) not in taken]
+    return {name: group for name, group in groups.items() if group}
 
 
 def open_dataset(spec: OfflineRunSpec, seed: int) -> OfflineDataset:
@@ -204,6 +219,7 @@ class OfflineTrainer:
         self.objective.prepare(self.model)
         self.parameters = self.objective.parameters(self.model)
         self.optimizer = make_offline_optimizer(self.parameters, self.config, self.model)
+        self.clip_groups = clip_groups(self.parameters, self.model, self.config.grad_clip_parts)
         self._prepare_run_directory(resume=resume, force=force)
         self.counters = OfflineCounters(next_log=self.config.log_every, next_checkpoint=self.config.checkpoint_every)
         if resume:
@@ -268,7 +284,15 @@ class OfflineTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         metrics = dict(metrics)
-        metrics["wm/grad_norm"] = self.objective.clip_gradients(self.parameters, self.config.grad_clip)
+        norms = {
+            name: self.objective.clip_gradients(group, self.config.grad_clip)
+            for name, group in self.clip_groups.items()
+        }
+        if len(norms) == 1:
+            metrics["wm/grad_norm"] = next(iter(norms.values()))
+        else:
+            metrics["wm/grad_norm"] = sum(norm**2 for norm in norms.values()) ** 0.5
+            metrics.update({f"wm/grad_norm/{name or 'rest'}": norm for name, norm in norms.items()})
         self.optimizer.step()
         self.objective.after_step(self.model)
         self.counters.updates += 1
