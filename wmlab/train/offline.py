@@ -11,10 +11,10 @@ Each update samples B windows of T steps from the dataset (`wmlab.data.dataset`)
 own `loss(batch)` and one Adam step on it (AdamW with a `weight_decay`, on the whole model or on
 the parts named in `weight_decay_parts`; gradient norm clipped, globally or per part with
 `grad_clip_parts`); a model with an EMA target (`update_target`, the JEPA family's) moves it after
-each step. A multi-stage pipeline passes its own `TrainingObjective` instead (one part of the model, another
-loss, clipping by value, state of its own such as a second network): the trainer's loop, run
-directory and resume stay the same. The run directory holds what an online run holds, so eval, the
-report and the studies read it the same way:
+each step. A multi-stage pipeline passes its own `TrainingObjective` instead (one part of the
+model, another loss, clipping by value, state of its own such as a second network): the trainer's
+loop, run directory and resume stay the same. The run directory holds what an online run holds,
+so eval, the report and the studies read it the same way:
 
     RUN_DIR/config.json          "kind": "offline", the model family and config, the dataset, settings
     RUN_DIR/metrics.jsonl        averaged loss terms every `log_every` updates (step = updates)
@@ -135,9 +135,8 @@ def make_offline_optimizer(
 ) -> torch.optim.Optimizer:
     """Adam, or AdamW when the config has a weight decay: on every parameter, or only on the model's
     parts named in `weight_decay_parts` (top-level modules), the rest in a group without decay.
-    The decay matters more than its size suggests (docs/benchmarks.md: with 1e-2 on every parameter
-    UniSim's reward model learns, where it stays at the prior without, and its denoiser no longer
-    follows the instruction)."""
+    The decay matters more than its size suggests (docs/benchmarks.md: with 1e-2 on its reward
+    model UniSim's reward model learns, where it stays at the prior without)."""
     options = dict(lr=config.learning_rate, eps=config.adam_epsilon)
     if config.weight_decay <= 0:
         return torch.optim.Adam(parameters, **options)
