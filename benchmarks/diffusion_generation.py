@@ -549,7 +549,7 @@ def imagined_rewards(arguments) -> dict:
         read_all.append(signs(read[kept]))
         rows[text] = {
             "steps_read": int(kept.sum()),
-            "mean_predicted_reward": float(predicted.mean()),
+            "mean_predicted_reward": float(predicted[kept].mean()) if kept.any() else float("nan"),
             "mean_sign_read_from_frames": float(signs(read[kept]).mean()) if kept.any() else float("nan"),
             "mean_decrease_read_from_frames": float(read[kept].mean()) if kept.any() else float("nan"),
         }
