@@ -14,6 +14,8 @@ REWARD_MIDDLE=${REWARD_MIDDLE:-0}  # the reward-end encoder's middle attention b
 WEIGHT_DECAY=${WEIGHT_DECAY:-0}  # AdamW's decoupled weight decay (DIAMOND: 0.01); 0: Adam, as measured before 2026-12-07 15:50
 DECAY_PARTS=${DECAY_PARTS:-}  # the model's parts that WEIGHT_DECAY applies to, e.g. reward_end; empty: every parameter
 CLIP_PARTS=${CLIP_PARTS:-}  # the model's parts whose gradient norm is clipped on its own, e.g. reward_end; empty: one global norm
+STANDARDIZE=${STANDARDIZE:-0}  # 1: the instruction embedding standardised per dimension (condition_standardize); 0: as measured before 2026-12-07 21:00
+UPDATES=${UPDATES:-100000}  # at most this many updates (LIMIT seconds bound the run too)
 RECORD=${RECORD:-1}  # 0: reuse $OUT/instructions as it is (same EPISODES and ENV_KWARGS)
 set -e
 if [ "$RECORD" = 1 ]; then
@@ -24,11 +26,11 @@ $PY -m wmlab.cli train --model diffusion --dataset $OUT/instructions --run-dir $
   --world-model.reward-end.channels 8 8 16 16 --world-model.reward-end.depths 1 1 1 1 --world-model.reward-end.middle-blocks $REWARD_MIDDLE \
   --world-model.reward-end.condition-size 32 --world-model.reward-end.lstm-size 128 \
   $([ "$SKIP" = 1 ] && echo --world-model.reward-end.feature-skip) \
-  --world-model.condition-size-input 384 --world-model.condition-dropout 0.1 \
+  --world-model.condition-size-input 384 --world-model.condition-dropout 0.1 $([ "$STANDARDIZE" = 1 ] && echo --world-model.condition-standardize) \
   --world-model.loss-scales.foreground $FOREGROUND --world-model.loss-scales.sparse-weight $SPARSE \
   --train.batch-size 8 --train.sequence-length 8 --train.learning-rate 3e-4 --train.grad-clip 1 --train.weight-decay $WEIGHT_DECAY \
   $([ -n "$DECAY_PARTS" ] && echo --train.weight-decay-parts $DECAY_PARTS) $([ -n "$CLIP_PARTS" ] && echo --train.grad-clip-parts $CLIP_PARTS) \
-  --train.updates 100000 --train.time-limit $LIMIT --train.seed 0 --train.threads 1 --train.no-progress --train.log-every 25
+  --train.updates $UPDATES --train.time-limit $LIMIT --train.seed 0 --train.threads 1 --train.no-progress --train.log-every 25
 for TEXT in "move left" "move right" "move up" "move down"; do
   for W in 1 3; do
     $PY -m wmlab.cli generate $OUT/run --steps 12 --actions random --text "$TEXT" --guidance $W --seed 0 \

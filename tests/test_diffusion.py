@@ -281,6 +281,44 @@ def test_context_noise_is_applied_in_training_and_not_at_sampling():
     assert all(torch.allclose(call["context"], clean_context[:1], atol=1e-6) for call in seen)
 
 
+def conditioned_batch(condition: np.ndarray) -> Batch:
+    """two_transitions' windows repeated, each with its conditioning vector (B, 2, D)."""
+    batch, _ = two_transitions()
+    repeat = condition.shape[0] // batch.action.shape[0]
+    obs = {"image": np.repeat(batch.obs["image"], repeat, 0), "condition": condition.astype(np.float32)}
+    signals = (batch.reward, batch.is_first, batch.is_last, batch.is_terminal)
+    return Batch(obs, np.repeat(batch.action, repeat, 0), *(np.repeat(value, repeat, 0) for value in signals))
+
+
+def test_condition_standardize_projects_the_standardised_vector_learnt_in_training_only():
+    config = replace(TINY, condition_size_input=3, condition_standardize=True)
+    model = make_model(config)
+    assert make_model(replace(TINY, condition_size_input=3)).denoiser.condition_normalizer is None  # off by default
+    generator = np.random.default_rng(0)
+    vectors = np.array([5.0, -2.0, 0.5]) + np.array([0.1, 3.0, 0.01]) * generator.standard_normal((64, 2, 3))
+    model.eval()
+    model.loss_terms(conditioned_batch(vectors))
+    assert float(model.denoiser.condition_normalizer.count) == 0  # evaluation losses leave the statistics
+    model.train()
+    model.loss_terms(conditioned_batch(vectors))
+    normalizer = model.denoiser.condition_normalizer
+    flat = torch.tensor(vectors.reshape(-1, 3), dtype=torch.float32)
+    assert float(normalizer.count) == 128
+    assert torch.allclose(normalizer.mean, flat.mean(0), atol=1e-5)
+    assert torch.allclose(normalizer.std, flat.std(0, unbiased=False), atol=1e-5)
+    # the projection reads the standardised vector
+    seen = []
+    original = model.denoiser.condition_projection.forward
+    model.denoiser.condition_projection.forward = lambda x: seen.append(x) or original(x)
+    frames = torch.zeros(4, 2, 3, SIDE, SIDE)
+    model.denoise(torch.zeros(4, 3, SIDE, SIDE), torch.full((4,), 0.7), frames, torch.zeros(4, 2, dtype=torch.long), flat[:4])
+    assert torch.allclose(seen[-1], (flat[:4] - flat.mean(0)) / flat.std(0, unbiased=False), atol=1e-4)
+    # the statistics are part of the checkpoint
+    restored = make_model(config, seed=1)
+    restored.load_state_dict(model.state_dict())
+    assert torch.equal(restored.denoiser.condition_normalizer.mean, normalizer.mean)
+
+
 def test_guidance_scale_one_is_the_conditional_model():
     config = replace(TINY, condition_size_input=3, quantize=False)
     model = make_model(config)
@@ -317,15 +355,7 @@ def test_guidance_scale_one_is_the_conditional_model():
     seen = []
     original = model.denoiser.forward
     model.denoiser.forward = lambda *args: seen.append(args[-1]) or original(*args)
-    batch, _ = two_transitions()
-    obs = {"image": np.repeat(batch.obs["image"], 32, 0), "condition": np.ones((64, 2, 3), np.float32)}
-    model.loss_terms(
-        Batch(
-            obs,
-            np.repeat(batch.action, 32, 0),
-            *(np.repeat(value, 32, 0) for value in (batch.reward, batch.is_first, batch.is_last, batch.is_terminal)),
-        )
-    )
+    model.loss_terms(conditioned_batch(np.ones((64, 2, 3))))
     kept = seen[-1]
     assert 0 < int((~kept).sum()) < 64
 

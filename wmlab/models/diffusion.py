@@ -63,6 +63,7 @@ from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
 from wmlab.losses.pixels import foreground_weights
 from wmlab.nn.lstm import diamond_lstm_init
+from wmlab.nn.normalizer import RunningNormalizer
 from wmlab.nn.unet import ConditionedEncoder, FourierFeatures, UNet, check_frame_size
 
 State = dict[str, torch.Tensor]
@@ -198,6 +199,13 @@ class DiffusionConfig:
     condition_dropout: float = 0.1
     """Probability of replacing the conditioning vector by the null embedding in training
     (classifier-free guidance)."""
+    condition_standardize: bool = False
+    """Standardise the conditioning vector per dimension, with the exact running mean and standard
+    deviation of every vector the loss has seen (wmlab.nn.normalizer), before its projection. The
+    sentence embeddings of short instructions share most of their direction (cosine 0.86 between
+    "move left" and "move right" in all-MiniLM-L6-v2), so unstandardised their differences are
+    small beside the rest of the conditioning. False: the vector as it comes, as measured before
+    2026-12-07 21:00."""
     reward_end: RewardEndConfig = field(default_factory=RewardEndConfig)
     """The reward and end model."""
     loss_scales: DiffusionLossScales = field(default_factory=DiffusionLossScales)
@@ -353,6 +361,11 @@ class NextFrameDenoiser(nn.Module):
             nn.Linear(config.condition_size_input, size) if config.condition_size_input > 0 else None
         )
         self.null_condition = nn.Parameter(torch.zeros(size)) if config.condition_size_input > 0 else None
+        self.condition_normalizer = (
+            RunningNormalizer(config.condition_size_input)
+            if config.condition_size_input > 0 and config.condition_standardize
+            else None
+        )
         self.condition_mlp = nn.Sequential(nn.Linear(size, size), nn.SiLU(), nn.Linear(size, size))
         self.unet = UNet(
             (K + 1) * image_channels,
@@ -402,7 +415,10 @@ class NextFrameDenoiser(nn.Module):
             if condition is None:
                 embedding = embedding + null
             else:
-                projected = self.condition_projection(condition.float())
+                condition = condition.float()
+                if self.condition_normalizer is not None:
+                    condition = self.condition_normalizer.normalize(condition)
+                projected = self.condition_projection(condition)
                 if keep_condition is not None:
                     projected = torch.where(keep_condition[:, None], projected, null)
                 embedding = embedding + projected
@@ -1015,6 +1031,8 @@ class DiffusionWorldModel(nn.Module):
         actions = self.encode_actions(batch.action, ("B", "T"), sizes)
         reward, is_first, is_terminal = step_signals(batch, self.device, sizes)
         condition = self.condition_of(batch.obs, ("B", "T"), sizes)
+        if condition is not None and self.denoiser.condition_normalizer is not None and self.training:
+            self.denoiser.condition_normalizer.update(condition.float())
         denoising, metrics = self.denoising_loss(frames, actions, is_first, condition)
         terms, reward_metrics = self.reward_end_loss(frames, actions, reward, is_first, is_terminal)
         terms["denoising"] = denoising
