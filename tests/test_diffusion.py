@@ -311,7 +311,9 @@ def test_condition_standardize_projects_the_standardised_vector_learnt_in_traini
     original = model.denoiser.condition_projection.forward
     model.denoiser.condition_projection.forward = lambda x: seen.append(x) or original(x)
     frames = torch.zeros(4, 2, 3, SIDE, SIDE)
-    model.denoise(torch.zeros(4, 3, SIDE, SIDE), torch.full((4,), 0.7), frames, torch.zeros(4, 2, dtype=torch.long), flat[:4])
+    model.denoise(
+        torch.zeros(4, 3, SIDE, SIDE), torch.full((4,), 0.7), frames, torch.zeros(4, 2, dtype=torch.long), flat[:4]
+    )
     assert torch.allclose(seen[-1], (flat[:4] - flat.mean(0)) / flat.std(0, unbiased=False), atol=1e-4)
     # the statistics are part of the checkpoint
     restored = make_model(config, seed=1)
