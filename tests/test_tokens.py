@@ -565,6 +565,29 @@ def test_conditioning_changes_the_output_and_guidance_interpolates():
     assert full != pytest.approx(dropped_loss, abs=1e-6)
 
 
+def test_text_standardize_projects_the_standardised_embedding_learnt_in_training_only():
+    config = TokenWorldModelConfig(size=SIZES["tiny"], stages=2, dropout=0.0, text_size=3, text_standardize=True)
+    torch.manual_seed(0)
+    model = TokenWorldModel(config, SMALL, spaces.Discrete(3))
+    assert TokenWorldModel(replace(config, text_standardize=False), SMALL, spaces.Discrete(3)).text_normalizer is None
+    batch = sequence_batch(steps=3, batch=4)
+    text = torch.tensor([5.0, -2.0, 0.5]) + torch.tensor([0.1, 3.0, 0.01]) * torch.randn(4, 3)
+    model.eval()
+    model.loss(batch, text)
+    assert float(model.text_normalizer.count) == 0  # evaluation losses leave the statistics
+    model.train()
+    model.loss(batch, text)
+    assert torch.allclose(model.text_normalizer.mean, text.mean(0), atol=1e-5)
+    assert torch.allclose(model.text_normalizer.std, text.std(0, unbiased=False), atol=1e-5)
+    seen = []
+    original = model.text_embedding.forward
+    model.text_embedding.forward = lambda x: seen.append(x) or original(x)
+    model.eval()
+    _, last = model.observe(batch.obs, batch.action, batch.is_first, text=text)
+    model.imagine(last, np.zeros((4, 1), np.int64), 1, temperature=0.0)
+    assert torch.allclose(seen[-1], (text - text.mean(0)) / text.std(0, unbiased=False), atol=1e-4)
+
+
 def test_evaluation_suites_run_on_the_token_model():
     torch.manual_seed(0)
     model = TokenWorldModel(TINY, SMALL, spaces.Discrete(3)).eval()

@@ -78,6 +78,7 @@ from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.events import calibrated_logits, event_scores, event_weighted_mean
 from wmlab.losses.pixels import foreground_weights
 from wmlab.nn.distributions import TwoHot
+from wmlab.nn.normalizer import RunningNormalizer
 from wmlab.nn.spatial_attention import SelfAttention2d
 from wmlab.nn.transformer import KeyValueCache, Transformer, TransformerConfig
 from wmlab.nn.vq import CodebookLossScales, VectorQuantizer
@@ -234,6 +235,11 @@ class TokenWorldModelConfig:
     """Dt of a text embedding conditioning every step (GAIA-1); 0: no text token."""
     text_dropout: float = 0.0
     """Training: probability that a sequence's text is replaced by the null embedding (GAIA-1: classifier-free guidance)."""
+    text_standardize: bool = False
+    """Standardise the text embedding per dimension, with the exact running statistics of every
+    embedding the training loss has seen (wmlab.nn.normalizer), before its projection; as the
+    diffusion model's `condition_standardize` (short captions' embeddings share most of their
+    direction). False: as measured before 2026-12-07 21:30."""
     action_dropout: float = 0.0
     """Training: probability that a sequence's actions are replaced by the null embedding."""
     guided: str = "text"
@@ -526,6 +532,7 @@ class TokenWorldModel(nn.Module):
         if self.text_size:
             self.text_embedding = nn.Linear(self.text_size, D)
             self.null_text = nn.Parameter(torch.zeros(D))
+        self.text_normalizer = RunningNormalizer(self.text_size) if self.text_size and config.text_standardize else None
         self.two_hot = TwoHot() if config.reward_head == "twohot" else None
 
         def head(out: int) -> nn.Sequential:
@@ -682,7 +689,10 @@ class TokenWorldModel(nn.Module):
                 raise ShapeError(
                     "this token model is text-conditioned: pass text (B, Dt) (the null text is dropped conditioning)"
                 )
-            text_embedding = self.text_embedding(text.float())
+            text = text.float()
+            if self.text_normalizer is not None:
+                text = self.text_normalizer.normalize(text)
+            text_embedding = self.text_embedding(text)
             text_embedding = (text_embedding[:, None] if text_embedding.dim() == 2 else text_embedding)[
                 :, :, None
             ].expand(B, T, 1, -1)
@@ -1048,6 +1058,8 @@ class TokenWorldModel(nn.Module):
                 raise ShapeError("this token model is text-conditioned: loss needs text (B, Dt) or per step (B, T, Dt)")
             text = torch.as_tensor(text, device=self.device).float()
             check_shape("text", text, ("B", self.text_size) if text.dim() == 2 else ("B", "T", self.text_size), sizes)
+            if self.text_normalizer is not None and self.training:
+                self.text_normalizer.update(text)
 
         if tokenizer:
             terms, quantized, reconstruction = self.tokenizer_terms(frames)

@@ -137,6 +137,9 @@ class GaiaConfig:
     """Add each step's action to its frame tokens' embeddings (TokenWorldModelConfig)."""
     text_dropout: float = 0.15
     """Probability that a window's text is replaced by the null text (classifier-free guidance)."""
+    text_standardize: bool = False
+    """Standardise the caption embeddings per dimension before the text token's projection
+    (TokenWorldModelConfig.text_standardize)."""
     action_dropout: float = 0.15
     """Probability that a window's actions are replaced by the null action."""
     foreground: float = 20.0
@@ -162,6 +165,7 @@ def model_config(config: GaiaConfig, text_size: int) -> TokenWorldModelConfig:
         reward_head="twohot",
         text_size=text_size,
         text_dropout=config.text_dropout,
+        text_standardize=config.text_standardize,
         action_dropout=config.action_dropout,
         guided="text",
         # The tokenizer phase restarts dead codes onto the worst-reconstructed encodings (as in
