@@ -17,7 +17,8 @@ GameNGen's context-noise ablation in small.
     python benchmarks/diffusion_generation.py unisim RUN_DIR --out unisim.json
 
     # do the UniSim simulator's predicted rewards follow its own frames? Its expected reward sign
-    # under each instruction against two-rooms' dense reward read from the generated frames
+    # under each instruction against two-rooms' dense reward read from the generated frames, and the
+    # share of generated moves that pass through the wall outside the door
     python benchmarks/diffusion_generation.py imagined-rewards RUN_DIR --out rewards.json
 
     # does an offline (UniSim) run's reward / end model see the rewards and ends of its episodes?
@@ -481,12 +482,12 @@ def unisim(arguments) -> dict:
     }
 
 
-def path_decreases(frames: np.ndarray) -> np.ndarray:
-    """Two-rooms' dense reward read from frames (B, L, H, W, 3) in [0, 1] or uint8: the decrease of
-    the path length from the agent to the goal between consecutive frames (B, L - 1), the agent and
-    the goal found by colour (gaia.agent_centre), the door from the gap in the wall's middle column of
-    the first frame; NaN where a frame shows no agent or the first no goal."""
-    from wmlab.envs.two_rooms import GOAL_RGB, MIDDLE_X, WALL_RGB, TwoRoomsGeometry, path_length
+def frame_geometry(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-rooms read from frames (B, L, H, W, 3) in [0, 1] or uint8: the agent's centre (B, L, 2)
+    and the goal's (B, 2) found by colour (gaia.agent_centre), and the door's centre height (B,)
+    from the gap in the wall's middle column of the first frame, in arena units (NaN where a frame
+    shows no agent, no goal or no gap)."""
+    from wmlab.envs.two_rooms import GOAL_RGB, MIDDLE_X, WALL_RGB
     from wmlab.pipelines.gaia import agent_centre
 
     frames = np.asarray(frames)
@@ -497,16 +498,54 @@ def path_decreases(frames: np.ndarray) -> np.ndarray:
     size = frames.shape[-2]
     column = frames[:, 0, :, int(MIDDLE_X * size)]  # (B, H, 3)
     gap = np.abs(column - np.array(WALL_RGB, np.float32) / 255.0).max(-1) >= 0.2  # (B, H)
+    doors = np.array([1 - (np.flatnonzero(row).mean() + 0.5) / size if row.any() else np.nan for row in gap])
+    return agents, goals, doors
+
+
+def path_decreases(frames: np.ndarray) -> np.ndarray:
+    """Two-rooms' dense reward read from frames (B, L, H, W, 3): the decrease of the path length
+    from the agent to the goal between consecutive frames (B, L - 1) (frame_geometry); NaN where a
+    frame shows no agent or the first no goal or door."""
+    from wmlab.envs.two_rooms import TwoRoomsGeometry, path_length
+
+    agents, goals, doors = frame_geometry(frames)
     geometry = TwoRoomsGeometry()
     decreases = np.full(agents.shape[:2], np.nan)
-    for b in range(len(frames)):
-        if not gap[b].any() or np.isnan(goals[b]).any():
+    for b in range(len(agents)):
+        if np.isnan(doors[b]) or np.isnan(goals[b]).any():
             continue
-        door_y = 1 - (np.flatnonzero(gap[b]).mean() + 0.5) / size
         for t in range(agents.shape[1]):
             if not np.isnan(agents[b, t]).any():
-                decreases[b, t] = path_length(agents[b, t], goals[b], door_y, geometry)
+                decreases[b, t] = path_length(agents[b, t], goals[b], doors[b], geometry)
     return decreases[:, :-1] - decreases[:, 1:]
+
+
+def wall_crossings(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Moves between consecutive frames (B, L, H, W, 3) that take the agent's centre from one room
+    to the other outside the door: where the straight line between the two centres meets the
+    wall's middle, its height lies further than half the door's height from the door's centre,
+    so the agent would have passed through the wall itself. -> (crossed (B, L - 1), read (B, L - 1):
+    both frames show the agent and the first the door)."""
+    from wmlab.envs.two_rooms import MIDDLE_X, TwoRoomsGeometry
+
+    agents, _, doors = frame_geometry(frames)
+    before, after = agents[:, :-1], agents[:, 1:]  # (B, L - 1, 2)
+    read = ~np.isnan(before).any(-1) & ~np.isnan(after).any(-1) & ~np.isnan(doors)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sides = (before[..., 0] < MIDDLE_X) != (after[..., 0] < MIDDLE_X)
+        fraction = (MIDDLE_X - before[..., 0]) / (after[..., 0] - before[..., 0])
+        height = before[..., 1] + fraction * (after[..., 1] - before[..., 1])
+        outside = np.abs(height - doors[:, None]) > TwoRoomsGeometry().door_height / 2
+    return read & sides & outside, read
+
+
+def crossing_share(frames: np.ndarray, counted: np.ndarray | None = None) -> float:
+    """The share of the moves read in frames (B, L, H, W, 3) that pass through the wall
+    (wall_crossings), of those where `counted` (B, L - 1) is true (default: all)."""
+    crossed, read = wall_crossings(frames)
+    if counted is not None:
+        read = read & counted
+    return float(crossed[read].mean()) if read.any() else float("nan")
 
 
 def imagined_rewards(arguments) -> dict:
@@ -534,6 +573,7 @@ def imagined_rewards(arguments) -> dict:
             "steps": int(seen.sum()),
             "correlation_with_recorded_reward": float(np.corrcoef(real[seen], recorded[seen])[0, 1]),
             "sign_agreement": float((signs(real[seen]) == np.sign(recorded[seen])).mean()),
+            "wall_crossing_share": crossing_share(starts.obs["image"], ~after_reset),
         },
     }
     print("reading check", json.dumps(result["reading_check"]), flush=True)
@@ -552,6 +592,7 @@ def imagined_rewards(arguments) -> dict:
             "mean_predicted_reward": float(predicted[kept].mean()) if kept.any() else float("nan"),
             "mean_sign_read_from_frames": float(signs(read[kept]).mean()) if kept.any() else float("nan"),
             "mean_decrease_read_from_frames": float(read[kept].mean()) if kept.any() else float("nan"),
+            "wall_crossing_share": crossing_share(frames),
         }
         print(text, json.dumps(rows[text]), flush=True)
     predicted, read = np.concatenate(predicted_all), np.concatenate(read_all)
