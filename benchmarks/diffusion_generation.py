@@ -290,34 +290,6 @@ def realtime(arguments) -> dict:
     }
 
 
-def imagined_return(agent, model, batch: Batch, denoising_steps: int, greedy: bool) -> float:
-    """Mean undiscounted return of the agent's policy in the world model's imagination: the
-    learner's own rollout (burn-in on the batch's first steps, `horizon` imagined steps), rewards
-    weighted by the probability that the episode still runs."""
-    learner = agent.learner
-    config = learner.config
-    head = slice(0, config.burn_in)
-    images = batch.obs["image"][:, head]
-    count = len(images)
-    with torch.no_grad():
-        _, start = model.observe(
-            {"image": images}, batch.action[:, head], batch.is_first[:, head], model.initial(count)
-        )
-        recurrent = learner.network.initial(count, learner.device)
-        real = torch.as_tensor(images).float() / 255
-        for t in range(config.burn_in - 1):
-            _, _, recurrent = learner.network(real[:, t], recurrent)
-        acting = [recurrent]
-
-        def policy(state):
-            logits, _, acting[0] = learner.network(model.decode(state)["image"].float(), acting[0])
-            return logits.argmax(-1) if greedy else learner.sample(logits)
-
-        trajectory = model.imagine(start, policy, config.horizon, denoising_steps=denoising_steps)
-        alive = torch.cat([torch.ones_like(trajectory.continues[:, :1]), trajectory.continues[:, :-1].cumprod(1)], 1)
-    return float((trajectory.rewards * alive).sum(1).mean())
-
-
 def steps_ablation(arguments) -> dict:
     """For each denoising-step count k: a fresh actor-critic (the run's seed) trained for `updates`
     updates only in the imagination of RUN_DIR's trained world model with k steps (replay batches
@@ -362,9 +334,12 @@ def steps_ablation(arguments) -> dict:
             if update % 25 == 0 or update == arguments.updates - 1:
                 trace.append({"update": update, "ac/return": metrics["ac/return"], "ac/entropy": metrics["ac/entropy"]})
         seconds = time.perf_counter() - begin
+        draws = torch.Generator().manual_seed(arguments.seed + 11)
         inside = {
-            f"inside_{mode}": imagined_return(agent, model, probe, steps, mode == "greedy")
-            for mode in ("sampled", "greedy")
+            f"inside_{mode}": agent.learner.imagined_return(
+                model, probe, policy, draws, denoising_steps=steps, generator=draws
+            )["return"]
+            for mode, policy in (("sampled", "sample"), ("greedy", "greedy"))
         }
         outside = outside_once or evaluate_agent(
             agent,

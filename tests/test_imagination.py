@@ -219,6 +219,67 @@ def test_evaluation_samples_at_its_temperature_without_touching_training_draws()
     assert torch.equal(greedy.evaluation_action(logits), torch.zeros(2000, dtype=torch.long))
 
 
+class ActionPaysItsIndex:
+    """A world model whose reward is the action's index and whose episodes never end: the
+    imagined return of a rollout is the sum of the actions taken."""
+
+    def initial(self, batch_size: int) -> dict:
+        return {"frame": torch.zeros(batch_size, 8, 8, 3)}
+
+    def observe(self, obs, actions, is_first, state):
+        return None, {"frame": torch.as_tensor(obs["image"][:, -1]).float() / 255}
+
+    def decode(self, state) -> dict:
+        return {"image": state["frame"]}
+
+    def imagine(self, state, policy, horizon: int, **options):
+        from wmlab.core.types import Trajectory
+
+        actions = torch.stack([policy(state) for _ in range(horizon)], 1)  # (B, L)
+        frames = state["frame"][:, None].expand(-1, horizon, -1, -1, -1)
+        return Trajectory(
+            states=None,
+            actions=actions,
+            rewards=actions.float(),
+            continues=torch.ones(actions.shape),
+            observations={"image": frames},
+        )
+
+
+def test_the_imagined_return_of_the_policy_greedy_and_uniform_leaves_training_draws_alone():
+    config = ImaginationConfig(channels=(4,), lstm_size=8, horizon=5, burn_in=2, starts=2)
+    generator = torch.Generator().manual_seed(0)
+    learner = ImaginationLearner(config, (8, 8, 3), 3, torch.device("cpu"), generator)
+    rng = np.random.default_rng(0)
+    B = 400  # every row is imagined, not only the `starts` of an update
+    batch = Batch(
+        obs={"image": rng.integers(0, 255, (B, 2, 8, 8, 3), dtype=np.uint8)},
+        action=np.zeros((B, 2), np.int64),
+        reward=np.zeros((B, 2), np.float32),
+        is_first=np.zeros((B, 2), bool),
+        is_terminal=np.zeros((B, 2), bool),
+        is_last=np.zeros((B, 2), bool),
+    )
+    training_state = generator.get_state()
+    model = ActionPaysItsIndex()
+    uniform = learner.imagined_return(model, batch, "uniform", torch.Generator().manual_seed(1))
+    assert uniform["return"] == pytest.approx(5 * 1.0, abs=0.15)  # horizon x mean index of 0, 1, 2
+    assert np.allclose(uniform["action_shares"], 1 / 3, atol=0.03)
+    greedy = learner.imagined_return(model, batch, "greedy", torch.Generator().manual_seed(1))
+    assert greedy["return_std"] >= 0 and sum(greedy["action_shares"]) == pytest.approx(1.0)
+    favourite = int(np.argmax(greedy["action_shares"]))
+    # every greedy step of the favourite pays its index; the policy's samples lie between
+    assert greedy["return"] == pytest.approx(5 * float(np.dot(greedy["action_shares"], range(3))))
+    with torch.no_grad():  # raise the favourite's logit: greedy and sampled rollouts pay 5 x its index
+        learner.network.actor.bias[favourite] += 50.0
+    for policy in ("greedy", "sample"):
+        result = learner.imagined_return(model, batch, policy, torch.Generator().manual_seed(2))
+        assert result["return"] == pytest.approx(5 * favourite) and result["action_shares"][favourite] == 1.0
+    assert torch.equal(generator.get_state(), training_state)
+    with pytest.raises(ValueError, match="'uniform'"):
+        learner.imagined_return(model, batch, "random", generator)
+
+
 def test_the_paper_presets_actor_critics_are_diamonds_and_iris_networks_and_older_runs_load():
     """With 4 actions on 64 x 64 frames, DIAMOND's preset has its code's 3,229,637 parameters
     (residual stages with group norm), IRIS's its code's 3,217,957 (convolutions with ReLU); a

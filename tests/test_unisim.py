@@ -5,6 +5,7 @@ model's `imagine`, the actor-critic trained in the instruction-conditioned simul
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 from dataclasses import replace
@@ -217,6 +218,30 @@ def test_cli_smoke_trains_in_the_simulator_and_evaluates_zero_shot(unisim_runs, 
     assert "not an agent" in capsys.readouterr().err
 
 
+def test_evaluating_along_the_way_logs_both_returns_and_leaves_training_as_it_was(unisim_runs):
+    from safetensors.torch import load_file
+
+    root, unisim, _ = unisim_runs
+    base = ["pipeline", "unisim", "--run", unisim, "--updates", 2, *TINY_AGENT]
+    assert main([str(argument) for argument in [*base, "--out", root / "plain-ac"]]) == 0
+    watched = root / "watched-ac"
+    assert main([str(argument) for argument in [*base, "--out", watched, "--evaluate-every", 1, "--probe", 3]]) == 0
+    rows = [json.loads(line) for line in (watched / "evaluations.jsonl").read_text().splitlines()]
+    assert [row["update"] for row in rows] == [0, 1, 2]
+    for row in rows:
+        assert 0 <= row["zero_shot"]["eval/success"] <= 1
+        for policy in ("simulator_sample", "simulator_uniform"):
+            assert math.isfinite(row[policy]["return"]) and sum(row[policy]["action_shares"]) == pytest.approx(1.0)
+        assert (watched / "kept" / f"update-{row['update']}" / "agent.safetensors").is_file()
+    # the uniform rollouts draw the same numbers at every evaluation
+    assert rows[0]["simulator_uniform"] == rows[2]["simulator_uniform"]
+    # the last row's evaluation is result.json's, and training drew what the unwatched run drew
+    assert rows[-1]["zero_shot"] == json.loads((watched / "result.json").read_text())["zero_shot"]
+    plain = load_file(root / "plain-ac" / "checkpoints" / "rank0" / "agent.safetensors")
+    kept = load_file(watched / "checkpoints" / "rank0" / "agent.safetensors")
+    assert plain.keys() == kept.keys() and all(torch.equal(plain[key], kept[key]) for key in plain)
+
+
 def test_the_pipeline_refuses_a_run_without_instructions_and_an_unknown_instruction(unisim_runs, capsys):
     root, unisim, plain = unisim_runs
     base = ["pipeline", "unisim", "--out", root / "refused", "--updates", 1, *TINY_AGENT]
@@ -230,6 +255,7 @@ def test_the_pipeline_refuses_a_run_without_instructions_and_an_unknown_instruct
     assert "does not exist" in refused("--run", root / "nowhere")
     assert "--episodes >= 1" in refused("--run", unisim, "--episodes", 0)
     assert "--match-baseline needs --baseline" in refused("--run", unisim, "--match-baseline")
+    assert "--evaluate-every must be >= 0" in refused("--run", unisim, "--evaluate-every", -1)
     assert not (root / "refused" / "result.json").exists()
 
 

@@ -110,6 +110,13 @@ class UnisimConfig:
     """Write the actor-critic's losses to metrics.jsonl every this many updates."""
     time_limit: float = 0.0
     """Stop training after this many seconds (0: no limit); the updates reached are reported."""
+    evaluate_every: int = 0
+    """Every this many updates (0: never) and at the end, append a row to OUT/evaluations.jsonl: the
+    zero-shot return in the real environment (`episodes` episodes) and the return inside the
+    simulator of the policy and of uniform random instructions (`probe` fixed starts); the actor-critic
+    is kept in OUT/kept/update-N."""
+    probe: int = 32
+    """Burn-in windows of the model's dataset, drawn once, from which `evaluate_every` imagines."""
     threads: int = 1
     """torch threads."""
     force: bool = False
@@ -211,6 +218,10 @@ def run_zero_shot(config: UnisimConfig) -> dict[str, Any]:
 
     if config.updates < 0 or config.episodes < 1:
         raise WmlabError(f"--updates must be >= 0 and --episodes >= 1, got {config.updates} and {config.episodes}")
+    if config.evaluate_every < 0 or config.probe < 1:
+        raise WmlabError(
+            f"--evaluate-every must be >= 0 and --probe >= 1, got {config.evaluate_every} and {config.probe}"
+        )
     torch.set_num_threads(config.threads)
     env_kwargs = parse_json_object("--env-kwargs", config.env_kwargs)
     spec, model = load_simulator(Path(config.run))
@@ -256,20 +267,47 @@ def run_zero_shot(config: UnisimConfig) -> dict[str, Any]:
     options: dict[str, Any] = {"guidance": config.guidance, "generator": generator}
     if config.denoising_steps:
         options["denoising_steps"] = config.denoising_steps
-    started = time.time()
-    with open(out / "metrics.jsonl", "w") as log:
-        while learner.updates < config.updates:
-            if config.time_limit and time.time() - started > config.time_limit:
-                break
-            metrics = learner.update(simulator, dataset.sample(config.batch_size, config.learner.burn_in), **options)
-            if learner.updates % config.log_every == 0 or learner.updates == config.updates:
-                log.write(json.dumps({"update": learner.updates, "time": time.time() - started, **metrics}) + "\n")
-                log.flush()
-    seconds = time.time() - started
-    save_checkpoint_directory(out / "checkpoints" / "rank0", {"agent": learner.state_dict()})
 
     def evaluate(agent: Any) -> dict[str, float]:
         return evaluate_agent(agent, config.env, config.episodes, config.evaluation_seed, env_kwargs)
+
+    probe = None
+    if config.evaluate_every > 0:
+        drawn_from = dataset.sampler_state()  # the probe's windows leave training's draws as they were
+        probe = dataset.sample(config.probe, config.learner.burn_in)
+        dataset.load_sampler_state(drawn_from)
+
+    def evaluate_in_both(log: Any) -> float:
+        """One row of evaluations.jsonl (`evaluate_every`), the same probe numbers every time; -> seconds."""
+        begun = time.time()
+        row: dict[str, Any] = {"update": learner.updates, "zero_shot": evaluate(ZeroShotAgent(learner, moves))}
+        for policy in ("sample", "uniform"):
+            numbers = torch.Generator().manual_seed(config.seed + 17)
+            inside = learner.imagined_return(simulator, probe, policy, numbers, **{**options, "generator": numbers})
+            row[f"simulator_{policy}"] = inside
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+        save_checkpoint_directory(out / "kept" / f"update-{learner.updates}", {"agent": learner.state_dict()})
+        return time.time() - begun
+
+    started, evaluating = time.time(), 0.0  # evaluation counts neither in the time limit nor in training_seconds
+    evaluations = open(out / "evaluations.jsonl", "w") if probe is not None else None
+    with open(out / "metrics.jsonl", "w") as log:
+        while learner.updates < config.updates:
+            if config.time_limit and time.time() - started - evaluating > config.time_limit:
+                break
+            if evaluations is not None and learner.updates % config.evaluate_every == 0:
+                evaluating += evaluate_in_both(evaluations)
+            metrics = learner.update(simulator, dataset.sample(config.batch_size, config.learner.burn_in), **options)
+            if learner.updates % config.log_every == 0 or learner.updates == config.updates:
+                seconds = time.time() - started - evaluating
+                log.write(json.dumps({"update": learner.updates, "time": seconds, **metrics}) + "\n")
+                log.flush()
+    seconds = time.time() - started - evaluating
+    if evaluations is not None:
+        evaluate_in_both(evaluations)
+        evaluations.close()
+    save_checkpoint_directory(out / "checkpoints" / "rank0", {"agent": learner.state_dict()})
 
     result: dict[str, Any] = {
         "run": str(config.run),

@@ -212,12 +212,22 @@ class ImaginationLearner:
 
     # --- learning ----------------------------------------------------------------------------
 
-    def update(self, world_model: Any, batch: Batch, **imagine_kwargs: Any) -> dict[str, float]:
-        """One actor-critic update from the first `burn_in` steps of B replay windows (the first
-        `starts` rows when set); `imagine_kwargs` pass to the world model's `imagine`."""
+    def rollout(
+        self,
+        world_model: Any,
+        batch: Batch,
+        choose: Callable[[torch.Tensor], torch.Tensor],
+        every_row: bool = False,
+        **imagine_kwargs: Any,
+    ) -> tuple[Any, torch.Tensor, torch.Tensor, Recurrent]:
+        """Steps 1-2 of an update without gradients: burn-in on the first `burn_in` steps of B replay
+        windows (the first `starts` rows when set and not `every_row`), then `horizon` imagined steps, each action
+        choose(logits (B, A)) -> (B,) from the newest generated frame. -> (trajectory, generated
+        frames (B, L, H, W, C), the last burn-in frame as the model decodes it (B, H, W, C), the
+        LSTM state after the burn-in before that frame)."""
         config = self.config
         B, T = batch.shape
-        rows = slice(0, config.starts or B)
+        rows = slice(0, B if every_row else config.starts or B)
         if T < config.burn_in:
             raise ShapeError(
                 f"the actor-critic burns in on {config.burn_in} real steps, but the replay windows hold T={T}"
@@ -241,7 +251,7 @@ class ImaginationLearner:
 
             def policy(state: Any) -> torch.Tensor:
                 logits, _, acting[0] = self.network(world_model.decode(state)["image"].float(), acting[0])
-                return self.sample(logits)
+                return choose(logits)
 
             trajectory = world_model.imagine(start, policy, config.horizon, **imagine_kwargs)
             generated = (
@@ -250,6 +260,46 @@ class ImaginationLearner:
                 else world_model.decode(trajectory.states)["image"]
             )
             start_frame = world_model.decode(start)["image"]
+        return trajectory, generated, start_frame, burned_in
+
+    def imagined_return(
+        self, world_model: Any, batch: Batch, policy: str, draws: torch.Generator, **imagine_kwargs: Any
+    ) -> dict[str, Any]:
+        """The undiscounted return of one rollout from each of the batch's B starts (`rollout`) inside the world model,
+        rewards weighted by the predicted probability that the episode still runs, with actions
+        sampled from the policy ("sample"), its argmax ("greedy") or uniform ("uniform", the
+        baseline), drawn from `draws` (training's numbers are untouched; pass the same generator as
+        imagine_kwargs' `generator` to seed the model's sampling too).
+        -> {"return": mean, "return_std", "action_shares": the share of each action}"""
+        if policy not in ("sample", "greedy", "uniform"):
+            raise ValueError(f"policy must be 'sample', 'greedy' or 'uniform', not {policy!r}")
+
+        def choose(logits: torch.Tensor) -> torch.Tensor:
+            if policy == "greedy":
+                return logits.argmax(-1)
+            return self.sample(torch.zeros_like(logits) if policy == "uniform" else logits, generator=draws)
+
+        trajectory, _, _, _ = self.rollout(world_model, batch, choose, every_row=True, **imagine_kwargs)
+        rewards = torch.as_tensor(trajectory.rewards).float().cpu()
+        continues = torch.as_tensor(trajectory.continues).float().cpu()
+        alive = torch.cat([torch.ones_like(continues[:, :1]), continues[:, :-1].cumprod(1)], 1)
+        returns = (rewards * alive).sum(1)
+        taken = torch.as_tensor(trajectory.actions).cpu()
+        if taken.dim() == 3:
+            taken = taken.argmax(-1)
+        shares = torch.bincount(taken.reshape(-1).long(), minlength=self.actions).float() / taken.numel()
+        return {
+            "return": float(returns.mean()),
+            "return_std": float(returns.std()) if len(returns) > 1 else 0.0,
+            "action_shares": [float(share) for share in shares],
+        }
+
+    def update(self, world_model: Any, batch: Batch, **imagine_kwargs: Any) -> dict[str, float]:
+        """One actor-critic update from the first `burn_in` steps of B replay windows (the first
+        `starts` rows when set); `imagine_kwargs` pass to the world model's `imagine`."""
+        config = self.config
+        trajectory, generated, start_frame, burned_in = self.rollout(world_model, batch, self.sample, **imagine_kwargs)
+        count = generated.shape[0]
         L = config.horizon
         sizes = check_shape("imagined frames", generated, (count, L, *start_frame.shape[1:]))
         rewards = torch.as_tensor(trajectory.rewards, device=self.device).float()
