@@ -17,13 +17,10 @@ from pathlib import Path
 
 import torch
 
-from wmlab.agents.imagination.config import ImaginationConfig
 from wmlab.agents.imagination.learner import ImaginationLearner
-from wmlab.core.config import from_dict, parse_json_object
-from wmlab.core.serialization import load_state
-from wmlab.envs.adapter import make_env
+from wmlab.core.config import parse_json_object
 from wmlab.eval.returns import evaluate_agent
-from wmlab.pipelines.unisim import ZeroShotAgent, instruction_moves
+from wmlab.pipelines.unisim import ZeroShotAgent, load_zero_shot
 
 
 class CountingAgent(ZeroShotAgent):
@@ -43,21 +40,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="an output directory of `wmlab pipeline unisim`")
     parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a kept actor-critic (OUT/kept/update-N)")
     arguments = parser.parse_args()
 
     torch.set_num_threads(1)
-    config = json.loads((arguments.out / "config.json").read_text())["pipeline"]
+    config, learner, moves = load_zero_shot(arguments.out, arguments.checkpoint)
     instructions, env_kwargs = tuple(config["instructions"]), parse_json_object("env_kwargs", config["env_kwargs"])
-    env = make_env(config["env"], **env_kwargs)
-    meanings = list(env.unwrapped.get_action_meanings()) if hasattr(env.unwrapped, "get_action_meanings") else []
-    image_shape = env.observation_space["image"].shape
-    env.close()
-    moves = instruction_moves(instructions, list(instructions), meanings, config["env"])
-    learner_config = from_dict(ImaginationConfig, config["learner"])
-    learner = ImaginationLearner(
-        learner_config, tuple(image_shape), len(instructions), torch.device("cpu"), torch.Generator().manual_seed(0)
-    )
-    learner.load_state_dict(load_state(arguments.out / "checkpoints" / "rank0", "agent"))
     counts: Counter = Counter()
     result = evaluate_agent(
         CountingAgent(learner, moves, counts), config["env"], arguments.episodes, config["evaluation_seed"], env_kwargs

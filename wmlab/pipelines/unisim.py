@@ -46,9 +46,9 @@ import tyro
 from wmlab.agents.diamond.config import DiamondCPUConfig
 from wmlab.agents.imagination.config import ImaginationConfig
 from wmlab.agents.imagination.learner import ImaginationLearner
-from wmlab.core.config import parse_json_object
+from wmlab.core.config import from_dict, parse_json_object
 from wmlab.core.errors import RunDirectoryError, WmlabError
-from wmlab.core.serialization import save_checkpoint_directory
+from wmlab.core.serialization import load_state, save_checkpoint_directory
 from wmlab.core.types import Trajectory
 from wmlab.data.dataset import load_dataset
 from wmlab.envs.adapter import make_env
@@ -193,6 +193,34 @@ def load_simulator(run: Path) -> tuple[Any, Any]:
             "--world-model.condition-size-input 384)"
         )
     return spec, model.eval()
+
+
+def load_zero_shot(out: Path, checkpoint: Path | None = None) -> tuple[dict[str, Any], ImaginationLearner, np.ndarray]:
+    """(the pipeline's settings, its actor-critic, the move of each instruction) of an output
+    directory of `wmlab pipeline unisim`; `checkpoint` a folder holding agent.* (default its final
+    checkpoint; OUT/kept/update-N holds the one after N updates with --evaluate-every)."""
+    config_path = Path(out) / "config.json"
+    if not config_path.is_file():
+        raise RunDirectoryError(f"{out} is not an output directory of `wmlab pipeline unisim` (no config.json)")
+    config = json.loads(config_path.read_text())
+    if config.get("kind") != KIND:
+        raise RunDirectoryError(f"{out} holds {config.get('kind')!r}, not a {KIND} output")
+    settings = config["pipeline"]
+    instructions = tuple(settings["instructions"])
+    env = make_env(settings["env"], **parse_json_object("env_kwargs", settings["env_kwargs"]))
+    meanings = list(env.unwrapped.get_action_meanings()) if hasattr(env.unwrapped, "get_action_meanings") else []
+    image_shape = tuple(int(side) for side in env.observation_space["image"].shape)
+    env.close()
+    moves = instruction_moves(instructions, list(instructions), meanings, settings["env"])
+    learner = ImaginationLearner(
+        from_dict(ImaginationConfig, settings["learner"]),
+        image_shape,
+        len(instructions),
+        torch.device("cpu"),
+        torch.Generator().manual_seed(int(settings["seed"])),
+    )
+    learner.load_state_dict(load_state(Path(checkpoint or Path(out) / "checkpoints" / "rank0"), "agent"))
+    return settings, learner, moves
 
 
 def instruction_moves(instructions: tuple[str, ...], known: list[str], meanings: list[str], env: str) -> np.ndarray:

@@ -262,6 +262,19 @@ class ImaginationLearner:
             start_frame = world_model.decode(start)["image"]
         return trajectory, generated, start_frame, burned_in
 
+    def chooser(self, policy: str, draws: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+        """logits (B, A) -> actions (B,): sampled from the policy ("sample"), its argmax ("greedy")
+        or uniform ("uniform"), random numbers drawn from `draws`."""
+        if policy not in ("sample", "greedy", "uniform"):
+            raise ValueError(f"policy must be 'sample', 'greedy' or 'uniform', not {policy!r}")
+
+        def choose(logits: torch.Tensor) -> torch.Tensor:
+            if policy == "greedy":
+                return logits.argmax(-1)
+            return self.sample(torch.zeros_like(logits) if policy == "uniform" else logits, generator=draws)
+
+        return choose
+
     def imagined_return(
         self, world_model: Any, batch: Batch, policy: str, draws: torch.Generator, **imagine_kwargs: Any
     ) -> dict[str, Any]:
@@ -271,15 +284,9 @@ class ImaginationLearner:
         baseline), drawn from `draws` (training's numbers are untouched; pass the same generator as
         imagine_kwargs' `generator` to seed the model's sampling too).
         -> {"return": mean, "return_std", "action_shares": the share of each action}"""
-        if policy not in ("sample", "greedy", "uniform"):
-            raise ValueError(f"policy must be 'sample', 'greedy' or 'uniform', not {policy!r}")
-
-        def choose(logits: torch.Tensor) -> torch.Tensor:
-            if policy == "greedy":
-                return logits.argmax(-1)
-            return self.sample(torch.zeros_like(logits) if policy == "uniform" else logits, generator=draws)
-
-        trajectory, _, _, _ = self.rollout(world_model, batch, choose, every_row=True, **imagine_kwargs)
+        trajectory, _, _, _ = self.rollout(
+            world_model, batch, self.chooser(policy, draws), every_row=True, **imagine_kwargs
+        )
         rewards = torch.as_tensor(trajectory.rewards).float().cpu()
         continues = torch.as_tensor(trajectory.continues).float().cpu()
         alive = torch.cat([torch.ones_like(continues[:, :1]), continues[:, :-1].cumprod(1)], 1)

@@ -1,0 +1,110 @@
+"""Does a UniSim zero-shot policy learn inside its simulator, and is what it learns true of the
+simulator's own frames? (issue 27). For each kept actor-critic of a `wmlab pipeline unisim
+--evaluate-every` output, rollouts inside the simulator from `--probe` burn-in windows of the
+simulator's dataset (the same windows and random numbers for every checkpoint and policy), with
+the policy's sampled instructions and with uniform random ones, each read two ways:
+
+- predicted: the return the simulator's reward / end model gives (what the actor-critic maximises);
+- read: two-rooms' dense reward read from the generated frames (diffusion_generation.path_decreases:
+  the decrease of the path length from the agent to the goal between consecutive frames, summed
+  over the steps where both frames show the agent), in the real environment's units, and as signs
+  (+1 closer, -1 further, 0 under `--still`), the units of DIAMOND's reward model.
+
+A policy whose predicted return beats uniform's but whose read return does not exploits the
+reward model; one whose read return beats uniform's too learns something true of the frames, and
+a failure in the real environment is then the simulator's dynamics (transfer).
+
+    python benchmarks/unisim_policy_in_simulator.py OUT/seed0 --probe 64 --out policy_in_simulator.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusion_generation import path_decreases  # this folder, first on the path when run as a script
+
+from wmlab.data.dataset import load_dataset
+from wmlab.nn.text import load_text_encoder
+from wmlab.pipelines.unisim import InstructionSimulator, load_simulator, load_zero_shot
+
+
+def kept_checkpoints(out: Path) -> list[Path]:
+    """OUT/kept/update-N in the order of N, or OUT's final checkpoint where none was kept."""
+    kept = [path for path in (out / "kept").glob("update-*") if re.fullmatch(r"update-\d+", path.name)]
+    kept.sort(key=lambda path: int(path.name.split("-")[1]))
+    return kept or [out / "checkpoints" / "rank0"]
+
+
+def read_rollout(learner, simulator, batch, policy: str, seed: int, still: float, options: dict) -> dict:
+    """One rollout per window under `policy`; its predicted and frame-read returns."""
+    draws = torch.Generator().manual_seed(seed)
+    trajectory, generated, start_frame, _ = learner.rollout(
+        simulator, batch, learner.chooser(policy, draws), every_row=True, **options, generator=draws
+    )
+    frames = torch.cat([start_frame[:, None], generated], 1).float().numpy()  # (B, L + 1, H, W, C)
+    read = path_decreases(frames)  # (B, L), NaN where a frame shows no agent
+    rewards = torch.as_tensor(trajectory.rewards).float()
+    continues = torch.as_tensor(trajectory.continues).float()
+    alive = torch.cat([torch.ones_like(continues[:, :1]), continues[:, :-1].cumprod(1)], 1)
+    predicted = (rewards * alive).sum(1).numpy()
+    taken = torch.as_tensor(trajectory.actions).reshape(-1).long()
+    shares = torch.bincount(taken, minlength=learner.actions).float() / taken.numel()
+    return {
+        "predicted_return": float(predicted.mean()),
+        "read_return": float(np.nansum(read, 1).mean()),
+        # in the reward model's units: +1 a step closer, -1 further, 0 still (|decrease| < still)
+        "read_sign_return": float(np.nansum(np.where(np.abs(read) < still, 0.0, np.sign(read)), 1).mean()),
+        "read_share": float((~np.isnan(read)).mean()),
+        "action_shares": [round(float(share), 3) for share in shares],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, help="an output directory of `wmlab pipeline unisim`")
+    parser.add_argument("--probe", type=int, default=64, help="burn-in windows (rollouts per checkpoint and policy)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--still", type=float, default=0.01, help="|path decrease| below this reads as no move")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, required=True, help="where to write the rows")
+    arguments = parser.parse_args()
+
+    torch.set_num_threads(arguments.threads)
+    settings, learner, _ = load_zero_shot(arguments.out)
+    spec, model = load_simulator(Path(settings["run"]))
+    encoder = load_text_encoder(settings["text_encoder"] or None)
+    with torch.no_grad():
+        table = torch.as_tensor(encoder.encode(list(settings["instructions"]))).float()
+    simulator = InstructionSimulator(model, table)
+    batch = load_dataset(spec.dataset, seed=arguments.seed + 29).sample(arguments.probe, learner.config.burn_in)
+    options = {"guidance": settings["guidance"]}
+    if settings["denoising_steps"]:
+        options["denoising_steps"] = settings["denoising_steps"]
+    rows = []
+    uniform = read_rollout(learner, simulator, batch, "uniform", arguments.seed, arguments.still, options)
+    print("uniform", json.dumps(uniform), flush=True)
+    for checkpoint in kept_checkpoints(arguments.out):
+        _, learner, _ = load_zero_shot(arguments.out, checkpoint)
+        row = {"checkpoint": checkpoint.name, "updates": learner.updates}
+        row.update(read_rollout(learner, simulator, batch, "sample", arguments.seed, arguments.still, options))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    result = {
+        "out": str(arguments.out),
+        "probe": arguments.probe,
+        "horizon": learner.config.horizon,
+        "instructions": settings["instructions"],
+        "uniform": uniform,
+        "policy": rows,
+    }
+    arguments.json.parent.mkdir(parents=True, exist_ok=True)
+    arguments.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
