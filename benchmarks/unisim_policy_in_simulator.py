@@ -40,8 +40,9 @@ def kept_checkpoints(out: Path) -> list[Path]:
     return kept or [out / "checkpoints" / "rank0"]
 
 
-def read_rollout(learner, simulator, batch, policy: str, seed: int, still: float, options: dict) -> dict:
-    """One rollout per window under `policy`; its predicted and frame-read returns."""
+def read_rollout(learner, simulator, batch, policy: str, seed: int, still: float, options: dict, names) -> dict:
+    """One rollout per window under `policy`; its predicted and frame-read returns, and per
+    instruction `names[i]` the mean predicted reward and read sign of the steps that chose it."""
     draws = torch.Generator().manual_seed(seed)
     trajectory, generated, start_frame, _ = learner.rollout(
         simulator, batch, learner.chooser(policy, draws), every_row=True, **options, generator=draws
@@ -52,15 +53,26 @@ def read_rollout(learner, simulator, batch, policy: str, seed: int, still: float
     continues = torch.as_tensor(trajectory.continues).float()
     alive = torch.cat([torch.ones_like(continues[:, :1]), continues[:, :-1].cumprod(1)], 1)
     predicted = (rewards * alive).sum(1).numpy()
-    taken = torch.as_tensor(trajectory.actions).reshape(-1).long()
-    shares = torch.bincount(taken, minlength=learner.actions).float() / taken.numel()
+    taken = torch.as_tensor(trajectory.actions).long()
+    shares = torch.bincount(taken.reshape(-1), minlength=learner.actions).float() / taken.numel()
+    signs = np.where(np.abs(read) < still, 0.0, np.sign(read))
+    per_instruction = {}
+    for index, name in enumerate(names):
+        chosen = (taken == index).numpy() & ~np.isnan(read)
+        if chosen.any():
+            per_instruction[name] = {
+                "steps": int(chosen.sum()),
+                "predicted_reward": round(float(rewards.numpy()[chosen].mean()), 3),
+                "read_sign": round(float(signs[chosen].mean()), 3),
+            }
     return {
         "predicted_return": float(predicted.mean()),
         "read_return": float(np.nansum(read, 1).mean()),
         # in the reward model's units: +1 a step closer, -1 further, 0 still (|decrease| < still)
-        "read_sign_return": float(np.nansum(np.where(np.abs(read) < still, 0.0, np.sign(read)), 1).mean()),
+        "read_sign_return": float(np.nansum(signs, 1).mean()),
         "read_share": float((~np.isnan(read)).mean()),
         "action_shares": [round(float(share), 3) for share in shares],
+        "per_instruction": per_instruction,
     }
 
 
@@ -81,17 +93,18 @@ def main() -> None:
     with torch.no_grad():
         table = torch.as_tensor(encoder.encode(list(settings["instructions"]))).float()
     simulator = InstructionSimulator(model, table)
+    names = list(settings["instructions"])
     batch = load_dataset(spec.dataset, seed=arguments.seed + 29).sample(arguments.probe, learner.config.burn_in)
     options = {"guidance": settings["guidance"]}
     if settings["denoising_steps"]:
         options["denoising_steps"] = settings["denoising_steps"]
     rows = []
-    uniform = read_rollout(learner, simulator, batch, "uniform", arguments.seed, arguments.still, options)
+    uniform = read_rollout(learner, simulator, batch, "uniform", arguments.seed, arguments.still, options, names)
     print("uniform", json.dumps(uniform), flush=True)
     for checkpoint in kept_checkpoints(arguments.out):
         _, learner, _ = load_zero_shot(arguments.out, checkpoint)
         row = {"checkpoint": checkpoint.name, "updates": learner.updates}
-        row.update(read_rollout(learner, simulator, batch, "sample", arguments.seed, arguments.still, options))
+        row.update(read_rollout(learner, simulator, batch, "sample", arguments.seed, arguments.still, options, names))
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {
