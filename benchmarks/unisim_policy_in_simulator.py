@@ -33,9 +33,11 @@ from wmlab.nn.text import load_text_encoder
 from wmlab.pipelines.unisim import InstructionSimulator, load_simulator, load_zero_shot
 
 
-def kept_checkpoints(out: Path) -> list[Path]:
-    """OUT/kept/update-N in the order of N, or OUT's final checkpoint where none was kept."""
+def kept_checkpoints(out: Path, updates: list[int] | None = None) -> list[Path]:
+    """OUT/kept/update-N in the order of N (those N in `updates` when given), or OUT's final
+    checkpoint where none was kept."""
     kept = [path for path in (out / "kept").glob("update-*") if re.fullmatch(r"update-\d+", path.name)]
+    kept = [path for path in kept if updates is None or int(path.name.split("-")[1]) in updates]
     kept.sort(key=lambda path: int(path.name.split("-")[1]))
     return kept or [out / "checkpoints" / "rank0"]
 
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="an output directory of `wmlab pipeline unisim`")
     parser.add_argument("--probe", type=int, default=64, help="burn-in windows (rollouts per checkpoint and policy)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--updates", type=int, nargs="+", default=None, help="read only OUT/kept/update-N of these N")
     parser.add_argument("--still", type=float, default=0.01, help="|path decrease| below this reads as no move")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, required=True, help="where to write the rows")
@@ -101,7 +104,7 @@ def main() -> None:
     rows = []
     uniform = read_rollout(learner, simulator, batch, "uniform", arguments.seed, arguments.still, options, names)
     print("uniform", json.dumps(uniform), flush=True)
-    for checkpoint in kept_checkpoints(arguments.out):
+    for checkpoint in kept_checkpoints(arguments.out, arguments.updates):
         _, learner, _ = load_zero_shot(arguments.out, checkpoint)
         row = {"checkpoint": checkpoint.name, "updates": learner.updates}
         row.update(read_rollout(learner, simulator, batch, "sample", arguments.seed, arguments.still, options, names))
