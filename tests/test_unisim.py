@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import math
+import runpy
 import sys
 import types
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,7 +220,7 @@ def test_cli_smoke_trains_in_the_simulator_and_evaluates_zero_shot(unisim_runs, 
     assert "not an agent" in capsys.readouterr().err
 
 
-def test_evaluating_along_the_way_logs_both_returns_and_leaves_training_as_it_was(unisim_runs):
+def test_evaluating_along_the_way_logs_both_returns_and_leaves_training_as_it_was(unisim_runs, monkeypatch):
     from safetensors.torch import load_file
 
     root, unisim, _ = unisim_runs
@@ -240,6 +242,20 @@ def test_evaluating_along_the_way_logs_both_returns_and_leaves_training_as_it_wa
     plain = load_file(root / "plain-ac" / "checkpoints" / "rank0" / "agent.safetensors")
     kept = load_file(watched / "checkpoints" / "rank0" / "agent.safetensors")
     assert plain.keys() == kept.keys() and all(torch.equal(plain[key], kept[key]) for key in plain)
+
+    # the benchmark reads the kept actor-critics inside the simulator, each against uniform instructions
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "unisim_policy_in_simulator.py"
+    arguments = [str(watched), "--probe", "3", "--updates", "0", "2", "--json", str(root / "inside.json")]
+    with monkeypatch.context() as patch:
+        patch.setattr(sys, "argv", [str(script), *arguments])
+        patch.syspath_prepend(str(script.parent))
+        runpy.run_path(str(script), run_name="__main__")
+    inside = json.loads((root / "inside.json").read_text())
+    assert [row["updates"] for row in inside["policy"]] == [0, 2]
+    horizon = inside["horizon"]
+    for reading in [inside["uniform"], *inside["policy"]]:
+        assert sum(reading["action_shares"]) == pytest.approx(1.0, abs=0.01) and 0 <= reading["read_share"] <= 1
+        assert sum(row["steps"] for row in reading["per_instruction"].values()) <= 3 * horizon
 
 
 def test_the_pipeline_refuses_a_run_without_instructions_and_an_unknown_instruction(unisim_runs, capsys):
