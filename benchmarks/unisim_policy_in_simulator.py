@@ -90,7 +90,8 @@ def main() -> None:
     arguments = parser.parse_args()
 
     torch.set_num_threads(arguments.threads)
-    settings, learner, _ = load_zero_shot(arguments.out)
+    checkpoints = kept_checkpoints(arguments.out, arguments.updates)
+    settings, learner, _ = load_zero_shot(arguments.out, checkpoints[0])  # a stopped run has no final one
     spec, model = load_simulator(Path(settings["run"]))
     encoder = load_text_encoder(settings["text_encoder"] or None)
     with torch.no_grad():
@@ -104,7 +105,7 @@ def main() -> None:
     rows = []
     uniform = read_rollout(learner, simulator, batch, "uniform", arguments.seed, arguments.still, options, names)
     print("uniform", json.dumps(uniform), flush=True)
-    for checkpoint in kept_checkpoints(arguments.out, arguments.updates):
+    for checkpoint in checkpoints:
         _, learner, _ = load_zero_shot(arguments.out, checkpoint)
         row = {"checkpoint": checkpoint.name, "updates": learner.updates}
         row.update(read_rollout(learner, simulator, batch, "sample", arguments.seed, arguments.still, options, names))
