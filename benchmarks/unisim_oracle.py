@@ -11,7 +11,13 @@ policy plays the pipeline's 50 real evaluation episodes (seeds 1,000,000 + i).
 If this learner does not beat random play with a perfect simulator in as many updates, the
 zero-shot row is bounded by the actor-critic, not by the simulator.
 
+`--oracle frame-rewards` keeps the UniSim simulator's frames and replaces only its rewards: the
+sign of two-rooms' dense reward read from each pair of generated frames
+(diffusion_generation.path_decreases; |decrease| under 0.01 reads as 0, an unread step as 0), so
+that the reward model and the dynamics can be told apart.
+
     python benchmarks/unisim_oracle.py /work/runs/unisim-std/run --updates 1500 --evaluate-every 250 --json oracle.json
+    python benchmarks/unisim_oracle.py /work/runs/unisim-std/run --oracle frame-rewards --updates 750 --json frame_rewards.json
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from diffusion_generation import frame_geometry  # this folder, first on the path when run as a script
+from diffusion_generation import frame_geometry, path_decreases  # this folder, first on the path when run as a script
 
 from wmlab.agents.diamond.config import DiamondCPUConfig
 from wmlab.agents.imagination.learner import ImaginationLearner
@@ -31,7 +38,15 @@ from wmlab.core.types import Trajectory
 from wmlab.data.dataset import load_dataset
 from wmlab.envs.two_rooms import make_two_rooms_discrete
 from wmlab.eval.returns import evaluate_agent
-from wmlab.pipelines.unisim import INSTRUCTION_MOVES, RandomAgent, ZeroShotAgent, instruction_moves, load_simulator
+from wmlab.nn.text import load_text_encoder
+from wmlab.pipelines.unisim import (
+    INSTRUCTION_MOVES,
+    InstructionSimulator,
+    RandomAgent,
+    ZeroShotAgent,
+    instruction_moves,
+    load_simulator,
+)
 
 #: Offsets (arena units) tried in order of length when a read position is refused: up to 2 pixels of 64.
 NUDGE = 2 / 64
@@ -124,6 +139,31 @@ class TwoRoomsOracle:
         )
 
 
+class FrameRewards:
+    """The UniSim simulator (InstructionSimulator) with its rewards replaced by the signs of the
+    dense reward read from its own frames; its frames and continues kept."""
+
+    def __init__(self, simulator, still: float = 0.01):
+        self.simulator, self.still = simulator, still
+
+    def initial(self, batch_size: int):
+        return self.simulator.initial(batch_size)
+
+    def observe(self, obs, actions, is_first, state):
+        return self.simulator.observe(obs, actions, is_first, state)
+
+    def decode(self, state) -> dict:
+        return self.simulator.decode(state)
+
+    def imagine(self, state, policy, horizon: int, **options) -> Trajectory:
+        start = self.simulator.decode(state)["image"]
+        trajectory = self.simulator.imagine(state, policy, horizon, **options)
+        frames = torch.cat([start[:, None], trajectory.observations["image"]], 1).float().numpy()
+        read = np.nan_to_num(path_decreases(frames), nan=0.0)
+        signs = np.where(np.abs(read) < self.still, 0.0, np.sign(read))
+        return replace(trajectory, rewards=torch.as_tensor(signs, dtype=torch.float32))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="the UniSim run whose dataset gives the burn-in windows")
@@ -133,13 +173,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--env-kwargs", default='{"reward": "dense"}')
+    parser.add_argument("--oracle", choices=["environment", "frame-rewards"], default="environment")
+    parser.add_argument("--guidance", type=float, default=1.0, help="the simulator's, with --oracle frame-rewards")
     parser.add_argument("--json", type=Path, required=True)
     arguments = parser.parse_args()
 
     torch.set_num_threads(1)
     torch.manual_seed(arguments.seed)
     env_kwargs = json.loads(arguments.env_kwargs)
-    spec, _ = load_simulator(arguments.run)
+    spec, model = load_simulator(arguments.run)
     dataset = load_dataset(spec.dataset, seed=arguments.seed)
     instructions = tuple(INSTRUCTION_MOVES)
     env = make_two_rooms_discrete(**env_kwargs)
@@ -150,7 +192,14 @@ def main() -> None:
     config = DiamondCPUConfig().learner
     generator = torch.Generator().manual_seed(arguments.seed)
     learner = ImaginationLearner(config, tuple(image_shape), len(instructions), torch.device("cpu"), generator)
-    oracle = TwoRoomsOracle(moves, env_kwargs, arguments.seed)
+    options: dict = {}
+    if arguments.oracle == "environment":
+        oracle = TwoRoomsOracle(moves, env_kwargs, arguments.seed)
+    else:
+        with torch.no_grad():
+            table = torch.as_tensor(load_text_encoder().encode(list(instructions))).float()
+        oracle = FrameRewards(InstructionSimulator(model, table))
+        options = {"guidance": arguments.guidance, "generator": generator}
 
     def evaluate() -> dict:
         return evaluate_agent(
@@ -174,13 +223,14 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         if learner.updates >= arguments.updates:
             break
-        trace.append(learner.update(oracle, dataset.sample(arguments.batch_size, config.burn_in)))
+        trace.append(learner.update(oracle, dataset.sample(arguments.batch_size, config.burn_in), **options))
     result = {
         "run": str(arguments.run),
         "seed": arguments.seed,
         "learner": "diamond-cpu's (DiamondCPUConfig().learner)",
-        "windows_read": oracle.read,
-        "windows_drawn_at_random": oracle.unread,
+        "oracle": arguments.oracle,
+        "windows_read": getattr(oracle, "read", None),
+        "windows_drawn_at_random": getattr(oracle, "unread", None),
         "random": random_play,
         "rows": rows,
     }

@@ -57,3 +57,24 @@ def test_the_oracle_plays_instructions_from_the_situation_a_frame_shows(oracle_m
     assert expected[0][0] == 1.0 and expected[1][0] == 1.0 and expected[0][1] == 0.0  # toward the goal; staying
     assert trajectory.continues.tolist() == [[1.0, 1.0]] * 3
     assert trajectory.observations["image"].shape == (3, 2, *frames.shape[1:])
+
+
+def test_frame_rewards_replace_the_simulators_rewards_by_the_signs_its_frames_show(oracle_module):
+    from wmlab.core.types import Trajectory
+
+    env = make_two_rooms_discrete(reward="dense")
+    env.reset(seed=0, options={"door_y": 0.5, "agent": (0.2, 0.2), "goal": (0.2, 0.8)})
+    path = [(0.2, 0.2), (0.2, 0.3), (0.2, 0.3), (0.2, 0.2)]  # toward the goal, still, away
+    frames = torch.as_tensor(np.stack([env.unwrapped.frame_at(point) for point in path])).float()[None] / 255
+
+    class Scripted:
+        def decode(self, state):
+            return {"image": frames[:, 0]}
+
+        def imagine(self, state, policy, horizon, **options):
+            rewards = torch.full((1, horizon), 5.0)  # what a reward model might say; replaced
+            return Trajectory(None, torch.zeros(1, horizon), rewards, torch.ones(1, horizon), {"image": frames[:, 1:]})
+
+    trajectory = oracle_module["FrameRewards"](Scripted()).imagine(None, None, 3)
+    assert trajectory.rewards.tolist() == [[1.0, 0.0, -1.0]]
+    assert trajectory.continues.tolist() == [[1.0, 1.0, 1.0]]
