@@ -6,7 +6,8 @@ and the door from each window's last frame (diffusion_generation.frame_geometry)
 of the environment to that situation, and plays the policy's instructions there as their moves
 for `horizon` steps. Rewards are the signs of the true rewards (what DIAMOND's reward model is
 trained to predict: -1, 0, +1), continues 0 after the goal. Every `--evaluate-every` updates, the
-policy plays the pipeline's 50 real evaluation episodes (seeds 1,000,000 + i).
+policy plays the pipeline's 50 real evaluation episodes (seeds 1,000,000 + i), and its instruction
+shares over one rollout from each of 32 fixed windows inside the oracle are logged.
 
 If this learner does not beat random play with a perfect simulator in as many updates, the
 zero-shot row is bounded by the actor-critic, not by the simulator.
@@ -206,6 +207,9 @@ def main() -> None:
             ZeroShotAgent(learner, moves), "two-rooms-discrete", arguments.episodes, 1_000_000, env_kwargs
         )
 
+    drawn_from = dataset.sampler_state()  # the probe's windows leave training's draws as they were
+    probe = dataset.sample(32, config.burn_in)
+    dataset.load_sampler_state(drawn_from)
     rows, started = [], time.time()
     random_play = evaluate_agent(
         RandomAgent(len(meanings), arguments.seed), "two-rooms-discrete", arguments.episodes, 1_000_000, env_kwargs
@@ -215,6 +219,10 @@ def main() -> None:
     while True:
         if learner.updates % arguments.evaluate_every == 0 or learner.updates == arguments.updates:
             row = {"updates": learner.updates, "seconds": round(time.time() - started), **evaluate()}
+            # the policy's choices inside the oracle: the instruction shares of one rollout from each probe window
+            draws = torch.Generator().manual_seed(arguments.seed + 17)
+            inside = learner.imagined_return(oracle, probe, "sample", draws, **{**options, "generator": draws})
+            row["action_shares"] = [round(share, 3) for share in inside["action_shares"]]
             if trace:
                 recent = trace[-arguments.evaluate_every :]
                 row["imagined_reward"] = float(np.mean([m["ac/imagined_reward"] for m in recent]))
