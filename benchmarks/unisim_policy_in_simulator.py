@@ -51,12 +51,8 @@ def read_rollout(learner, simulator, batch, policy: str, seed: int, still: float
     )
     frames = torch.cat([start_frame[:, None], generated], 1).float().numpy()  # (B, L + 1, H, W, C)
     read = path_decreases(frames)  # (B, L), NaN where a frame shows no agent
-    rewards = torch.as_tensor(trajectory.rewards).float()
-    continues = torch.as_tensor(trajectory.continues).float()
-    alive = torch.cat([torch.ones_like(continues[:, :1]), continues[:, :-1].cumprod(1)], 1)
-    predicted = (rewards * alive).sum(1).numpy()
-    taken = torch.as_tensor(trajectory.actions).long()
-    shares = torch.bincount(taken.reshape(-1), minlength=learner.actions).float() / taken.numel()
+    predicted, taken, shares = learner.read_trajectory(trajectory)
+    rewards = torch.as_tensor(trajectory.rewards).float().cpu()
     signs = np.where(np.abs(read) < still, 0.0, np.sign(read))
     per_instruction = {}
     for index, name in enumerate(names):

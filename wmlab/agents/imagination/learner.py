@@ -44,7 +44,7 @@ from wmlab.agents.imagination.config import ImaginationConfig
 from wmlab.core.errors import ShapeError
 from wmlab.core.optim import clipped_step, make_optimizer
 from wmlab.core.shapes import check_shape
-from wmlab.core.types import Batch
+from wmlab.core.types import Batch, Trajectory
 from wmlab.losses.returns import lambda_returns
 from wmlab.nn.lstm import diamond_lstm_init
 from wmlab.nn.unet import group_count
@@ -275,6 +275,20 @@ class ImaginationLearner:
 
         return choose
 
+    def read_trajectory(self, trajectory: Trajectory) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """An imagined trajectory -> (undiscounted returns (B,), each step's reward weighted by the
+        predicted probability that the episode still runs; the actions as indices (B, L); the
+        share of each action (A,)), on the CPU."""
+        rewards = torch.as_tensor(trajectory.rewards).float().cpu()
+        continues = torch.as_tensor(trajectory.continues).float().cpu()
+        alive = torch.cat([torch.ones_like(continues[:, :1]), continues[:, :-1].cumprod(1)], 1)
+        taken = torch.as_tensor(trajectory.actions).cpu()
+        if taken.dim() == 3:  # one-hot (B, L, A) -> indices
+            taken = taken.argmax(-1)
+        taken = taken.long()
+        shares = torch.bincount(taken.reshape(-1), minlength=self.actions).float() / taken.numel()
+        return (rewards * alive).sum(1), taken, shares
+
     def imagined_return(
         self, world_model: Any, batch: Batch, policy: str, draws: torch.Generator, **imagine_kwargs: Any
     ) -> dict[str, Any]:
@@ -287,14 +301,7 @@ class ImaginationLearner:
         trajectory, _, _, _ = self.rollout(
             world_model, batch, self.chooser(policy, draws), every_row=True, **imagine_kwargs
         )
-        rewards = torch.as_tensor(trajectory.rewards).float().cpu()
-        continues = torch.as_tensor(trajectory.continues).float().cpu()
-        alive = torch.cat([torch.ones_like(continues[:, :1]), continues[:, :-1].cumprod(1)], 1)
-        returns = (rewards * alive).sum(1)
-        taken = torch.as_tensor(trajectory.actions).cpu()
-        if taken.dim() == 3:
-            taken = taken.argmax(-1)
-        shares = torch.bincount(taken.reshape(-1).long(), minlength=self.actions).float() / taken.numel()
+        returns, _, shares = self.read_trajectory(trajectory)
         return {
             "return": float(returns.mean()),
             "return_std": float(returns.std()) if len(returns) > 1 else 0.0,
